@@ -1,0 +1,344 @@
+//! Per-backend live state in atomics, shared by the data plane (records outcomes) and the control
+//! plane (health). It outlives routing tables: a reload carries it over to the new table.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
+pub fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // Starts at 1 so that 0 can mean "never".
+    Instant::now().duration_since(epoch).as_nanos() as u64 + 1
+}
+
+/// Decay time constant of the latency EWMA: old samples weigh e^-1 after this long.
+const EWMA_DECAY_NANOS: f64 = 2e9;
+
+/// Active health as last decided by the prober (with rise/fall hysteresis).
+const FLAG_DOWN: u8 = 1;
+/// Drained by an operator: no new requests; in-flight ones finish.
+const FLAG_DRAINED: u8 = 2;
+
+/// Live state of one backend of one service's region.
+#[derive(Debug)]
+pub struct BackendState {
+    flags: AtomicU8,
+    in_flight: AtomicU32,
+    /// Peak-EWMA of time to response head, f64 nanoseconds as bits; 0 = no sample yet.
+    ewma_bits: AtomicU64,
+    ewma_stamp: AtomicU64,
+    /// Probe round-trip EWMA, f64 nanoseconds as bits.
+    probe_rtt_bits: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// `now_nanos()` until which passive health keeps this backend out; 0 = not ejected.
+    ejected_until: AtomicU64,
+    ejections: AtomicU32,
+    /// Counts toward rise/fall; owned by the single prober task of this backend.
+    probe_streak: AtomicU32,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    /// Set once the prober has a result, so `/backends` can tell "not probed yet".
+    probed: AtomicBool,
+}
+
+impl Default for BackendState {
+    fn default() -> Self {
+        BackendState {
+            flags: AtomicU8::new(0),
+            in_flight: AtomicU32::new(0),
+            ewma_bits: AtomicU64::new(0),
+            ewma_stamp: AtomicU64::new(0),
+            probe_rtt_bits: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            probe_streak: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            probed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Why a backend does not take new requests, if it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    Down,
+    Drained,
+    Ejected,
+}
+
+impl Unavailable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::Down => "down",
+            Unavailable::Drained => "drained",
+            Unavailable::Ejected => "ejected",
+        }
+    }
+}
+
+impl BackendState {
+    /// True when new requests may go here: up, not drained, not ejected.
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        self.flags.load(Relaxed) == 0 && self.not_ejected()
+    }
+
+    #[inline]
+    fn not_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Relaxed);
+        until == 0 || until <= now_nanos()
+    }
+
+    pub fn unavailable_reason(&self) -> Option<Unavailable> {
+        let flags = self.flags.load(Relaxed);
+        if flags & FLAG_DRAINED != 0 {
+            Some(Unavailable::Drained)
+        } else if flags & FLAG_DOWN != 0 {
+            Some(Unavailable::Down)
+        } else if !self.not_ejected() {
+            Some(Unavailable::Ejected)
+        } else {
+            None
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.flags.load(Relaxed) & FLAG_DOWN == 0
+    }
+
+    pub fn is_drained(&self) -> bool {
+        self.flags.load(Relaxed) & FLAG_DRAINED != 0
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        !self.not_ejected()
+    }
+
+    /// Marks the backend up or down; returns true if that changed it.
+    pub fn set_up(&self, up: bool) -> bool {
+        let before = if up {
+            self.flags.fetch_and(!FLAG_DOWN, Relaxed)
+        } else {
+            self.flags.fetch_or(FLAG_DOWN, Relaxed)
+        };
+        self.probed.store(true, Relaxed);
+        (before & FLAG_DOWN == 0) != up
+    }
+
+    pub fn was_probed(&self) -> bool {
+        self.probed.load(Relaxed)
+    }
+
+    /// Drains (no new requests) or undrains; returns true if that changed it.
+    pub fn set_drained(&self, drained: bool) -> bool {
+        let before = if drained {
+            self.flags.fetch_or(FLAG_DRAINED, Relaxed)
+        } else {
+            self.flags.fetch_and(!FLAG_DRAINED, Relaxed)
+        };
+        (before & FLAG_DRAINED != 0) != drained
+    }
+
+    #[inline]
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Peak-EWMA latency to response head; `None` before the first sample.
+    pub fn latency(&self) -> Option<Duration> {
+        let v = f64::from_bits(self.ewma_bits.load(Relaxed));
+        (v > 0.0).then(|| Duration::from_nanos(v as u64))
+    }
+
+    /// The latency estimate used for picking, in nanoseconds; backends without samples get a
+    /// small optimistic default so they are tried.
+    #[inline]
+    pub fn latency_cost(&self) -> f64 {
+        let v = f64::from_bits(self.ewma_bits.load(Relaxed));
+        if v > 0.0 { v } else { 1e6 }
+    }
+
+    pub fn probe_rtt(&self) -> Option<Duration> {
+        let v = f64::from_bits(self.probe_rtt_bits.load(Relaxed));
+        (v > 0.0).then(|| Duration::from_nanos(v as u64))
+    }
+
+    /// Records a sample of time to response head. Peak-sensitive: a slower sample replaces the
+    /// estimate at once, faster ones pull it down gradually.
+    pub fn record_latency(&self, sample: Duration) {
+        let rtt = sample.as_nanos() as f64;
+        let now = now_nanos();
+        let last = self.ewma_stamp.swap(now, Relaxed);
+        let elapsed = now.saturating_sub(last) as f64;
+        let w = (-elapsed / EWMA_DECAY_NANOS).exp();
+        let _ = self.ewma_bits.fetch_update(Relaxed, Relaxed, |bits| {
+            let cur = f64::from_bits(bits);
+            let next = if cur <= 0.0 || rtt > cur { rtt } else { cur * w + rtt * (1.0 - w) };
+            Some(next.to_bits())
+        });
+    }
+
+    /// Records a probe round trip (plain EWMA, alpha 0.3).
+    pub fn record_probe_rtt(&self, sample: Duration) {
+        let rtt = sample.as_nanos() as f64;
+        let _ = self.probe_rtt_bits.fetch_update(Relaxed, Relaxed, |bits| {
+            let cur = f64::from_bits(bits);
+            let next = if cur <= 0.0 { rtt } else { cur * 0.7 + rtt * 0.3 };
+            Some(next.to_bits())
+        });
+    }
+
+    /// Records the outcome of a real request for passive health. Returns `Some(cool_down)` when
+    /// this failure ejected the backend.
+    pub fn record_outcome(&self, ok: bool, policy: &streamgate_config::Outlier) -> Option<Duration> {
+        if ok {
+            self.consecutive_failures.store(0, Relaxed);
+            // A success after an ejection expired ends the ejection history gradually.
+            if self.ejected_until.load(Relaxed) != 0 && self.not_ejected() {
+                self.ejected_until.store(0, Relaxed);
+            }
+            return None;
+        }
+        self.failures.fetch_add(1, Relaxed);
+        let threshold = policy.consecutive_failures?;
+        let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        if n < threshold.get() || !self.not_ejected() {
+            return None;
+        }
+        self.consecutive_failures.store(0, Relaxed);
+        let times = self.ejections.fetch_add(1, Relaxed).min(16);
+        let cool_down = policy
+            .base_ejection
+            .saturating_mul(1u32 << times.min(10))
+            .min(policy.max_ejection);
+        self.ejected_until.store(now_nanos() + cool_down.as_nanos() as u64, Relaxed);
+        Some(cool_down)
+    }
+
+    /// Forgets passive-health history (after an active probe saw the backend recover).
+    pub fn clear_ejection(&self) {
+        self.ejected_until.store(0, Relaxed);
+        self.ejections.store(0, Relaxed);
+        self.consecutive_failures.store(0, Relaxed);
+    }
+
+    /// Consecutive probe results of one kind: positive = successes, stored by the prober.
+    pub fn probe_streak(&self) -> &AtomicU32 {
+        &self.probe_streak
+    }
+}
+
+/// Counts one request against a backend for as long as it lives (until the response body ends).
+#[derive(Debug)]
+pub struct Lease {
+    state: Arc<BackendState>,
+    started: Instant,
+}
+
+impl Lease {
+    pub fn new(state: Arc<BackendState>) -> Lease {
+        state.in_flight.fetch_add(1, Relaxed);
+        state.requests.fetch_add(1, Relaxed);
+        Lease { state, started: Instant::now() }
+    }
+
+    pub fn state(&self) -> &BackendState {
+        &self.state
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Records the time from lease to response head; returns it.
+    pub fn record_head(&self) -> Duration {
+        let took = self.started.elapsed();
+        self.state.record_latency(took);
+        took
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.state.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_counts_in_flight_until_dropped() {
+        let s = Arc::new(BackendState::default());
+        let a = Lease::new(s.clone());
+        let b = Lease::new(s.clone());
+        assert_eq!(s.in_flight(), 2);
+        drop(a);
+        assert_eq!(s.in_flight(), 1);
+        drop(b);
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.requests.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let s = BackendState::default();
+        assert_eq!(s.latency(), None);
+        s.record_latency(Duration::from_millis(10));
+        assert_eq!(s.latency(), Some(Duration::from_millis(10)));
+        s.record_latency(Duration::from_millis(100));
+        assert_eq!(s.latency(), Some(Duration::from_millis(100)), "a peak is taken at once");
+        s.record_latency(Duration::from_millis(1));
+        let after = s.latency().unwrap();
+        assert!(after <= Duration::from_millis(100) && after > Duration::from_millis(1));
+    }
+
+    #[test]
+    fn flags_and_reasons() {
+        let s = BackendState::default();
+        assert!(s.is_available());
+        assert!(s.set_drained(true));
+        assert!(!s.set_drained(true));
+        assert_eq!(s.unavailable_reason(), Some(Unavailable::Drained));
+        s.set_drained(false);
+        assert!(s.set_up(false));
+        assert_eq!(s.unavailable_reason(), Some(Unavailable::Down));
+        assert!(!s.is_available());
+        s.set_up(true);
+        assert!(s.is_available());
+    }
+
+    #[test]
+    fn consecutive_failures_eject_with_growing_cool_down() {
+        let policy = streamgate_config::Outlier {
+            consecutive_failures: std::num::NonZeroU32::new(3),
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(3),
+        };
+        let s = BackendState::default();
+        assert_eq!(s.record_outcome(false, &policy), None);
+        assert_eq!(s.record_outcome(true, &policy), None, "a success resets the streak");
+        assert_eq!(s.record_outcome(false, &policy), None);
+        assert_eq!(s.record_outcome(false, &policy), None);
+        assert_eq!(s.record_outcome(false, &policy), Some(Duration::from_secs(1)));
+        assert!(!s.is_available());
+        assert_eq!(s.unavailable_reason(), Some(Unavailable::Ejected));
+        // Expire it by hand and fail again: the cool-down doubles, capped by max_ejection.
+        s.ejected_until.store(1, Relaxed);
+        for _ in 0..2 {
+            s.record_outcome(false, &policy);
+        }
+        assert_eq!(s.record_outcome(false, &policy), Some(Duration::from_secs(2)));
+        s.ejected_until.store(1, Relaxed);
+        for _ in 0..2 {
+            s.record_outcome(false, &policy);
+        }
+        assert_eq!(s.record_outcome(false, &policy), Some(Duration::from_secs(3)));
+    }
+}

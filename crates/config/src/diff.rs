@@ -1,0 +1,80 @@
+//! What changed between two configurations, so a reload can say what it did and what it could not.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use crate::model::Config;
+
+/// The difference between a running configuration and a new one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigDiff {
+    pub services_added: Vec<String>,
+    pub services_removed: Vec<String>,
+    pub services_changed: Vec<String>,
+    pub regions_added: Vec<String>,
+    pub regions_removed: Vec<String>,
+    pub backends_added: Vec<(String, SocketAddr)>,
+    pub backends_removed: Vec<(String, SocketAddr)>,
+    /// Settings a reload cannot apply; they take effect at the next restart.
+    pub needs_restart: Vec<String>,
+}
+
+impl ConfigDiff {
+    pub fn is_empty(&self) -> bool {
+        *self == ConfigDiff::default()
+    }
+}
+
+/// Compares `old` with `new`.
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let mut d = ConfigDiff::default();
+    let names = |v: &mut dyn Iterator<Item = &String>| v.cloned().collect::<BTreeSet<_>>();
+
+    let old_s = names(&mut old.services.iter().map(|s| &s.name));
+    let new_s = names(&mut new.services.iter().map(|s| &s.name));
+    d.services_added = new_s.difference(&old_s).cloned().collect();
+    d.services_removed = old_s.difference(&new_s).cloned().collect();
+    for s in &new.services {
+        if let Some(o) = old.services.iter().find(|o| o.name == s.name)
+            && o != s
+        {
+            d.services_changed.push(s.name.clone());
+        }
+    }
+
+    let old_r = names(&mut old.regions.iter().map(|r| &r.name));
+    let new_r = names(&mut new.regions.iter().map(|r| &r.name));
+    d.regions_added = new_r.difference(&old_r).cloned().collect();
+    d.regions_removed = old_r.difference(&new_r).cloned().collect();
+    let backends = |c: &Config| {
+        c.regions
+            .iter()
+            .flat_map(|r| r.backends.iter().map(move |b| (r.name.clone(), b.address)))
+            .collect::<BTreeSet<_>>()
+    };
+    let (ob, nb) = (backends(old), backends(new));
+    d.backends_added = nb.difference(&ob).cloned().collect();
+    d.backends_removed = ob.difference(&nb).cloned().collect();
+
+    if old.runtime.workers != new.runtime.workers {
+        d.needs_restart.push("runtime.workers".into());
+    }
+    if old.admin.listen != new.admin.listen {
+        d.needs_restart.push("admin.listen".into());
+    }
+    for l in &new.listeners {
+        match old.listeners.iter().find(|o| o.name == l.name) {
+            None => d.needs_restart.push(format!("listeners \"{}\" (new)", l.name)),
+            Some(o) if o.listen != l.listen || o.protocol != l.protocol => {
+                d.needs_restart.push(format!("listeners \"{}\" (address or protocol)", l.name))
+            }
+            Some(_) => {}
+        }
+    }
+    for o in &old.listeners {
+        if !new.listeners.iter().any(|l| l.name == o.name) {
+            d.needs_restart.push(format!("listeners \"{}\" (removed)", o.name));
+        }
+    }
+    d
+}

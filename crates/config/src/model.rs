@@ -1,0 +1,364 @@
+//! The validated configuration: every value parsed, every cross-reference resolved.
+//!
+//! Constructed only by [`crate::parse`]; holding a `Config` means the file was valid.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// A whole, valid configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the configuration came from, for logs and the admin API.
+    pub source: Source,
+    pub runtime: Runtime,
+    /// Defaults for every service; a service's own `[services.timeouts]` overrides them.
+    pub timeouts: Timeouts,
+    pub admin: Admin,
+    pub geo: Option<Geo>,
+    pub access_log: AccessLog,
+    pub listeners: Vec<Listener>,
+    pub regions: Vec<Region>,
+    pub services: Vec<Service>,
+}
+
+impl Config {
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}
+
+/// The file a configuration was read from and a digest of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub path: PathBuf,
+    /// FNV-1a of the file's bytes: equal digests mean an unchanged file.
+    pub digest: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// Worker threads; `None` means one per CPU.
+    pub workers: Option<NonZeroUsize>,
+    /// How long in-flight requests may run after SIGTERM before connections are closed.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect to a backend.
+    pub connect: Duration,
+    /// A client must send the whole request head within this time.
+    pub request_header: Duration,
+    /// A client connection with no bytes moving for this long is closed.
+    pub idle: Duration,
+    /// A backend must send its response head within this time of the request.
+    pub upstream_response: Duration,
+    /// A pooled idle backend connection is closed after this long.
+    pub upstream_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(3),
+            request_header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            upstream_response: Duration::from_secs(30),
+            upstream_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geo {
+    pub database: PathBuf,
+    pub default_region: Option<String>,
+    /// Peers whose X-Forwarded-For or PROXY header names the client.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLog {
+    pub enabled: bool,
+    /// `None` writes to standard output.
+    pub path: Option<PathBuf>,
+    pub format: AccessLogFormat,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog { enabled: false, path: None, format: AccessLogFormat::Json }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Json,
+    /// A template with `$field` placeholders.
+    Template(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub protocol: Protocol,
+    pub max_connections: Option<NonZeroUsize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+    Tcp,
+    TlsPassthrough,
+}
+
+impl Protocol {
+    pub const NAMES: &'static str = "http, https, tcp, tls_passthrough";
+
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Some(match s {
+            "http" => Protocol::Http,
+            "https" => Protocol::Https,
+            "tcp" => Protocol::Tcp,
+            "tls_passthrough" => Protocol::TlsPassthrough,
+            _ => return None,
+        })
+    }
+
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Region {
+    pub name: String,
+    pub location: Option<Location>,
+    /// Upper-case ISO 3166-1 alpha-2 codes mapped to this region explicitly.
+    pub countries: Vec<String>,
+    pub backends: Vec<Backend>,
+    /// Fraction of backends that must be up for the region to count as healthy, in (0, 1].
+    pub min_healthy: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Location {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub address: SocketAddr,
+    pub weight: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    pub listeners: Vec<String>,
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    /// Region names in priority order: the first is the primary.
+    pub regions: Vec<String>,
+    pub region_policy: RegionPolicy,
+    pub backend_policy: BackendPolicy,
+    pub timeouts: Timeouts,
+    pub health: Option<HealthCheck>,
+    pub outlier: Outlier,
+    pub failover: Failover,
+    pub retry: Retry,
+}
+
+/// A Host header pattern: exact name, `*.suffix`, or `*` for any.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Any,
+    /// Lower-case name without port.
+    Exact(String),
+    /// Lower-case suffix including the leading dot, e.g. `.example.com`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let valid = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        };
+        if let Some(rest) = s.strip_prefix("*.") {
+            if valid(rest) {
+                return Ok(HostPattern::Suffix(format!(".{rest}")));
+            }
+        } else if valid(&s) {
+            return Ok(HostPattern::Exact(s));
+        }
+        Err(format!(
+            "invalid host pattern \"{s}\"; expected an exact name, \"*.example.com\" or \"*\""
+        ))
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Suffix(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const NAMES: &'static str = concat!($($text, ", "),+);
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($text => Some(Self::$variant),)+ _ => None }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+
+            /// The accepted names, comma separated, for error messages.
+            pub fn expected() -> &'static str {
+                Self::NAMES.trim_end_matches(", ")
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// How a service picks a region.
+    RegionPolicy { Geo = "geo", Latency = "latency", Failover = "failover" }
+);
+named_enum!(
+    /// How a service picks a backend inside a region.
+    BackendPolicy {
+        RoundRobin = "round_robin",
+        LeastConn = "least_conn",
+        Latency = "latency",
+        Random = "random",
+    }
+);
+named_enum!(
+    /// What a service does when no region is healthy.
+    AllDownPolicy { FailOpen = "fail_open", FailClosed = "fail_closed" }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that mark a down backend up.
+    pub rise: NonZeroU32,
+    /// Consecutive failures that mark an up backend down.
+    pub fall: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    Tcp,
+    Http(HttpProbe),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpProbe {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    /// Inclusive range of statuses that count as healthy.
+    pub expect_status: (u16, u16),
+    pub body_contains: Option<String>,
+}
+
+/// Passive health: consecutive failures of real traffic eject a backend for a growing cool-down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// `None` disables passive ejection.
+    pub consecutive_failures: Option<NonZeroU32>,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: NonZeroU32::new(5),
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failover {
+    /// A recovered region must stay healthy this long before it gets traffic back.
+    pub hold_down: Duration,
+    /// After the hold-down, its share grows linearly over this long (zero: all at once).
+    pub ramp: Duration,
+    pub when_all_down: AllDownPolicy,
+    /// The latency policy keeps its current region unless another is faster by more than this.
+    pub latency_tolerance: Duration,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        Failover {
+            hold_down: Duration::from_secs(30),
+            ramp: Duration::ZERO,
+            when_all_down: AllDownPolicy::FailOpen,
+            latency_tolerance: Duration::from_millis(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retry {
+    /// Extra attempts for an idempotent request whose backend failed before answering.
+    pub attempts: u32,
+    /// Retries may add at most this fraction of requests (per second), on top of `min_per_second`.
+    pub budget_ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry { attempts: 1, budget_ratio: 0.2, min_per_second: 10 }
+    }
+}

@@ -1,0 +1,159 @@
+//! The file as written: serde types that mirror the TOML keys one to one.
+//!
+//! Every value that validation may reject is `Spanned` so its error can name a line. Unknown keys
+//! are refused here (`deny_unknown_fields`); everything else is checked in `validate`.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    pub admin: Option<RawAdmin>,
+    pub geo: Option<S<RawGeo>>,
+    pub access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub listeners: Vec<S<RawListener>>,
+    #[serde(default)]
+    pub regions: Vec<S<RawRegion>>,
+    #[serde(default)]
+    pub services: Vec<S<RawService>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRuntime {
+    pub workers: Option<S<i64>>,
+    pub shutdown_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<S<String>>,
+    pub request_header: Option<S<String>>,
+    pub idle: Option<S<String>>,
+    pub upstream_response: Option<S<String>>,
+    pub upstream_idle: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<S<String>>,
+    pub token_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGeo {
+    pub database: S<String>,
+    pub default_region: Option<S<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccessLog {
+    pub enabled: Option<bool>,
+    pub path: Option<S<String>>,
+    pub format: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub name: S<String>,
+    pub listen: S<String>,
+    pub protocol: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRegion {
+    pub name: S<String>,
+    pub location: Option<S<RawLocation>>,
+    #[serde(default)]
+    pub countries: Vec<S<String>>,
+    pub backends: Option<S<Vec<S<RawBackend>>>>,
+    pub min_healthy: Option<S<f64>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLocation {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBackend {
+    pub address: S<String>,
+    pub weight: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub name: S<String>,
+    pub listeners: S<Vec<S<String>>>,
+    pub hosts: Option<S<Vec<S<String>>>>,
+    pub path_prefix: Option<S<String>>,
+    pub regions: S<Vec<S<String>>>,
+    pub region_policy: Option<S<String>>,
+    pub backend_policy: Option<S<String>>,
+    pub timeouts: Option<RawTimeouts>,
+    pub health: Option<S<RawHealth>>,
+    pub outlier: Option<RawOutlier>,
+    pub failover: Option<RawFailover>,
+    pub retry: Option<RawRetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub kind: Option<S<String>>,
+    pub path: Option<S<String>>,
+    pub method: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub expect_status: Option<S<String>>,
+    pub body_contains: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<i64>>,
+    pub fall: Option<S<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub consecutive_failures: Option<S<i64>>,
+    pub base_ejection: Option<S<String>>,
+    pub max_ejection: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFailover {
+    pub hold_down: Option<S<String>>,
+    pub ramp: Option<S<String>>,
+    pub when_all_down: Option<S<String>>,
+    pub latency_tolerance: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub attempts: Option<S<i64>>,
+    pub budget_percent: Option<S<f64>>,
+    pub min_per_second: Option<S<i64>>,
+}

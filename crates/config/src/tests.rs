@@ -1,0 +1,211 @@
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+[runtime]
+workers = 2
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[[regions]]
+name = "us-east"
+location = { lat = 39.0, lon = -77.5 }
+countries = ["us", "CA"]
+backends = [ { address = "127.0.0.1:9001", weight = 3 }, { address = "127.0.0.1:9002" } ]
+
+[[regions]]
+name = "eu-west"
+backends = [ { address = "127.0.0.1:9101" } ]
+
+[[services]]
+name = "video"
+listeners = ["web"]
+hosts = ["video.example.com", "*.cdn.example.com"]
+path_prefix = "/v/"
+regions = ["us-east", "eu-west"]
+backend_policy = "least_conn"
+
+[services.timeouts]
+connect = "250ms"
+"#;
+
+fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+    parse(Path::new("demo.toml"), text)
+}
+
+fn messages(text: &str) -> Vec<String> {
+    parse_str(text).unwrap_err().0.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn parses_the_contract_keys() {
+    let c = parse_str(GOOD).unwrap();
+    assert_eq!(c.runtime.workers.map(|w| w.get()), Some(2));
+    assert_eq!(c.listeners[0].listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.listeners[0].protocol, Protocol::Http);
+    let us = &c.regions[0];
+    assert_eq!(us.countries, vec!["US", "CA"]);
+    assert_eq!(us.backends[0].weight.get(), 3);
+    assert_eq!(us.backends[1].weight.get(), 1);
+    let s = &c.services[0];
+    assert_eq!(s.backend_policy, BackendPolicy::LeastConn);
+    assert_eq!(s.region_policy, RegionPolicy::Failover);
+    assert_eq!(
+        s.hosts,
+        vec![
+            HostPattern::Exact("video.example.com".into()),
+            HostPattern::Suffix(".cdn.example.com".into())
+        ]
+    );
+    assert_eq!(s.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(s.timeouts.upstream_response, Timeouts::default().upstream_response);
+    assert_ne!(c.source.digest, 0);
+}
+
+#[test]
+fn names_file_line_and_key_path_with_what_was_expected() {
+    let text = GOOD.replace("\"least_conn\"", "\"leastconn\"");
+    let line = text.lines().position(|l| l.contains("leastconn")).unwrap() + 1;
+    assert_eq!(
+        messages(&text),
+        vec![format!(
+            "demo.toml:{line}: services[0].backend_policy: unknown policy \"leastconn\"; expected one of round_robin, least_conn, latency, random"
+        )]
+    );
+}
+
+#[test]
+fn reports_every_error_at_once() {
+    let text = r#"
+[runtime]
+workers = 0
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:8080"
+
+[[regions]]
+name = "empty"
+
+[[services]]
+name = "a"
+listeners = ["web", "nope"]
+regions = ["missing"]
+region_policy = "nearest"
+
+[services.timeouts]
+connect = "3 parsecs"
+"#;
+    let errs = messages(text);
+    assert_eq!(
+        errs,
+        vec![
+            "demo.toml:3: runtime.workers: 0 is out of range; expected 1 to 1024",
+            "demo.toml:10: listeners[1].name: duplicate listener name \"web\"",
+            "demo.toml:11: listeners[1].listen: 127.0.0.1:8080 is already used by listeners[0].listen",
+            "demo.toml:13: regions[0].backends: region \"empty\" has no backends; add backends = [{ address = \"127.0.0.1:9001\" }]",
+            "demo.toml:18: services[0].listeners[1]: no listener named \"nope\"; defined listeners: web, web",
+            "demo.toml:19: services[0].regions[0]: no region named \"missing\"; defined regions: empty",
+            "demo.toml:20: services[0].region_policy: unknown policy \"nearest\"; expected one of geo, latency, failover",
+            "demo.toml:23: services[0].timeouts.connect: \"3 parsecs\": unknown unit \" parsecs\"; expected one of us, ms, s, m, h, d",
+        ]
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let text = GOOD.replace("path_prefix = \"/v/\"", "path_prefx = \"/v/\"");
+    let errs = messages(&text);
+    assert_eq!(errs.len(), 1);
+    let line = text.lines().position(|l| l.contains("path_prefx")).unwrap() + 1;
+    assert!(
+        errs[0].starts_with(&format!("demo.toml:{line}: services[0].path_prefx: unknown field `path_prefx`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let errs = messages("[runtime]\nworkers = = 2\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("demo.toml:2: "), "{errs:?}");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let errs = messages(&GOOD.replace("workers = 2", "workers = \"two\""));
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].starts_with("demo.toml:3: runtime.workers: "), "{errs:?}");
+}
+
+#[test]
+fn duplicate_routes_and_bad_hosts() {
+    let text = format!(
+        "{GOOD}\n[[services]]\nname = \"copy\"\nlisteners = [\"web\"]\nhosts = [\"video.example.com\", \"bad host\"]\npath_prefix = \"/v/\"\nregions = [\"eu-west\"]\n"
+    );
+    let errs = messages(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains("services[1].hosts[1]: invalid host pattern \"bad host\""), "{errs:?}");
+    assert!(
+        errs[1].contains("services[1].path_prefix: listener \"web\", host \"video.example.com\", path \"/v/\" is already routed to service \"video\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn geo_policy_needs_a_database_and_admin_off_loopback_needs_a_token() {
+    let text = GOOD.replace("backend_policy = \"least_conn\"", "region_policy = \"geo\"")
+        + "\n[admin]\nlisten = \"0.0.0.0:9901\"\n";
+    let errs = messages(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains("region_policy: policy \"geo\" needs a [geo] table"), "{errs:?}");
+    assert!(errs[1].contains("admin.listen: 0.0.0.0:9901 is reachable off this machine"), "{errs:?}");
+}
+
+#[test]
+fn health_check_keys() {
+    let text = format!(
+        "{GOOD}\n[services.health]\nkind = \"http\"\npath = \"/healthz\"\nexpect_status = \"2xx\"\ninterval = \"200ms\"\nfall = 3\n"
+    );
+    let c = parse_str(&text).unwrap();
+    let h = c.services[0].health.as_ref().unwrap();
+    assert_eq!(h.interval, Duration::from_millis(200));
+    assert_eq!(h.fall.get(), 3);
+    assert_eq!(h.rise.get(), 2);
+    match &h.kind {
+        HealthKind::Http(p) => {
+            assert_eq!(p.path, "/healthz");
+            assert_eq!(p.expect_status, (200, 299));
+        }
+        HealthKind::Tcp => panic!("expected http"),
+    }
+    let bad = format!("{GOOD}\n[services.health]\nkind = \"tcp\"\npath = \"/x\"\n");
+    assert!(messages(&bad)[0].contains("services[0].health.path: only http health checks take this key"));
+}
+
+#[test]
+fn port_zero_listeners_may_repeat() {
+    let text = GOOD.replace("127.0.0.1:8080", "127.0.0.1:0")
+        + "\n[[listeners]]\nname = \"web2\"\nlisten = \"127.0.0.1:0\"\n";
+    parse_str(&text).unwrap();
+}
+
+#[test]
+fn diff_reports_changes() {
+    let a = parse_str(GOOD).unwrap();
+    let b = parse_str(&GOOD.replace("127.0.0.1:9002", "127.0.0.1:9003").replace("workers = 2", "workers = 3"))
+        .unwrap();
+    let d = diff::diff(&a, &b);
+    assert_eq!(d.backends_added, vec![("us-east".to_string(), "127.0.0.1:9003".parse().unwrap())]);
+    assert_eq!(d.backends_removed, vec![("us-east".to_string(), "127.0.0.1:9002".parse().unwrap())]);
+    assert_eq!(d.needs_restart, vec!["runtime.workers".to_string()]);
+    assert!(diff::diff(&a, &a).is_empty());
+}

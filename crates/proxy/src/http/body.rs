@@ -1,0 +1,117 @@
+//! Body types: what the proxy sends upstream and what it answers clients with. Plain enums, so a
+//! request allocates no boxed body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use streamgate_balance::Lease;
+
+use crate::io::ActiveRequest;
+
+/// A request body on its way to a backend.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body; such a request can be sent again to another backend.
+    Empty,
+    /// The client's body, streamed as it arrives.
+    Stream(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream(b) => b.size_hint(),
+        }
+    }
+}
+
+/// What stays alive until the client has the whole response: the backend's in-flight count and
+/// the connection's "a request is active" mark.
+#[derive(Debug, Default)]
+pub struct Completion {
+    pub lease: Option<Lease>,
+    pub active: Option<ActiveRequest>,
+}
+
+/// A response body to a client.
+#[derive(Debug)]
+pub struct ProxyBody {
+    inner: Inner,
+    done: Option<Completion>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn upstream(body: Incoming, done: Completion) -> ProxyBody {
+        ProxyBody { inner: Inner::Upstream(body), done: Some(done) }
+    }
+
+    pub fn full(data: impl Into<Bytes>, done: Completion) -> ProxyBody {
+        let data = data.into();
+        let inner = Inner::Full(if data.is_empty() { None } else { Some(data) });
+        ProxyBody { inner, done: Some(done) }
+    }
+
+    pub fn empty() -> ProxyBody {
+        ProxyBody { inner: Inner::Full(None), done: None }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            // The response is complete (or broken): release the backend now, not when hyper
+            // gets round to dropping the body.
+            this.done = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Full(d) => d.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Data-path errors: which side failed, what the client is told, whether a retry is safe.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we will not forward.
+    Downstream,
+    /// A backend failed or no backend could be used.
+    Upstream,
+}
+
+/// Why a request was not forwarded or not answered by a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("HTTP/1.1 request without a Host header")]
+    MissingHost,
+    #[error("no service for this host on listener {listener}")]
+    UnknownHost { listener: String },
+    #[error("no route for this path on listener {listener}")]
+    UnknownPath { listener: String },
+    #[error("method {method} is not supported by this proxy")]
+    MethodNotAllowed { method: String },
+    #[error("service {service}: no usable backend in any region")]
+    NoBackend { service: String },
+    #[error("backend {backend}: connect failed: {reason}")]
+    Connect { backend: SocketAddr, reason: String },
+    #[error("backend {backend}: connect timed out")]
+    ConnectTimeout { backend: SocketAddr },
+    #[error("backend {backend}: no response head within {after:?}")]
+    ResponseTimeout { backend: SocketAddr, after: Duration },
+    #[error("backend {backend}: {reason}")]
+    Upstream { backend: SocketAddr, reason: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost { .. } | ProxyError::UnknownPath { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::MissingHost
+            | ProxyError::UnknownHost { .. }
+            | ProxyError::UnknownPath { .. }
+            | ProxyError::MethodNotAllowed { .. } => Side::Downstream,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// True when the request never reached a backend, so sending it elsewhere cannot repeat it.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. })
+    }
+
+    /// The `upstream_errors_total` kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Connect { .. } => "connect",
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => "timeout",
+            ProxyError::Upstream { .. } => "protocol",
+            _ => "none",
+        }
+    }
+
+    /// The short plain-text body the client gets: what happened, never a backend address.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
+            ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
+            ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
+            ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",
+            ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
+            ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
+            ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed\n",
+            ProxyError::ConnectTimeout { .. } => "504 Gateway Timeout: backend did not accept the connection in time\n",
+            ProxyError::ResponseTimeout { .. } => "504 Gateway Timeout: backend did not answer in time\n",
+        }
+    }
+
+    /// Classifies a client error for `backend`.
+    pub fn from_client(backend: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let reason = root_cause(e);
+        if e.is_connect() {
+            if reason.contains("timed out") || reason.contains("timeout") {
+                ProxyError::ConnectTimeout { backend }
+            } else {
+                ProxyError::Connect { backend, reason }
+            }
+        } else {
+            ProxyError::Upstream { backend, reason }
+        }
+    }
+}
+
+/// The innermost error message, which says what actually happened.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    let mut msg = cur.to_string();
+    while let Some(next) = cur.source() {
+        msg = next.to_string();
+        cur = next;
+    }
+    msg
+}

@@ -1,0 +1,200 @@
+//! Header rules of a proxy (RFC 9110 §7.6): hop-by-hop headers stop here, forwarding headers are
+//! added.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+use ipnet::IpNet;
+
+/// The name StreamGate uses in Via.
+pub const VIA_NAME: &str = "streamgate";
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers: the fixed list and any named in Connection.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are hop-by-hop too.
+    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(list) = conn.to_str() {
+            for name in list.split(',') {
+                let name = name.trim();
+                if !name.is_empty()
+                    && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
+                {
+                    headers.remove(n);
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    for name in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    // TE: only "trailers" may cross (gRPC needs it); anything else is hop-by-hop.
+    if let Some(te) = headers.get(header::TE) {
+        let keep = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        if keep {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Adds X-Forwarded-For (appending the peer this request came from), -Proto, -Host and Via to
+/// a request about to go upstream.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, https: bool, host: Option<&str>, version: Version) {
+    let ip = peer.to_canonical().to_string();
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {ip}")) {
+                headers.insert(&X_FORWARDED_FOR, v);
+            }
+        }
+        _ => {
+            if let Ok(v) = HeaderValue::from_str(&ip) {
+                headers.insert(&X_FORWARDED_FOR, v);
+            }
+        }
+    }
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    if let Some(h) = host
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        headers.insert(&X_FORWARDED_HOST, v);
+    }
+    append_via(headers, version);
+}
+
+/// Appends this hop to Via.
+pub fn append_via(headers: &mut HeaderMap, version: Version) {
+    let hop = match version {
+        Version::HTTP_10 => "1.0 streamgate",
+        Version::HTTP_2 => "2 streamgate",
+        Version::HTTP_3 => "3 streamgate",
+        _ => "1.1 streamgate",
+    };
+    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {hop}")) {
+                headers.insert(header::VIA, v);
+            }
+        }
+        None => {
+            headers.insert(header::VIA, HeaderValue::from_static(hop));
+        }
+    }
+}
+
+/// The client address to believe: the socket peer, or, when the peer is a trusted proxy, the
+/// nearest untrusted address in X-Forwarded-For.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut client = peer;
+    // Walk right to left: each hop was appended by the proxy before it.
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(s) = value.to_str() else { return client };
+        for part in s.rsplit(',') {
+            let Some(ip) = parse_forwarded_ip(part.trim()) else { return client };
+            client = ip.to_canonical();
+            if !is_trusted(client, trusted) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(&ip))
+}
+
+/// An X-Forwarded-For element: a bare address, or one with a port ("1.2.3.4:5", "[::1]:5").
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    None
+}
+
+/// Methods that may be sent again without changing the outcome (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_listed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::UPGRADE).is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarding_headers_append() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert(header::VIA, HeaderValue::from_static("1.1 cdn"));
+        add_forwarding(&mut h, "::ffff:10.0.0.1".parse().unwrap(), false, Some("example.com"), Version::HTTP_2);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
+        assert_eq!(h.get(header::VIA).unwrap(), "1.1 cdn, 2 streamgate");
+    }
+
+    #[test]
+    fn client_ip_believes_only_trusted_peers() {
+        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7, 10.1.2.3"));
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(local, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(client_ip(stranger, &h, &trusted), stranger, "an untrusted peer's header is ignored");
+        assert_eq!(client_ip(local, &h, &[]), local);
+        let mut garbage = HeaderMap::new();
+        garbage.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(client_ip(local, &garbage, &trusted), local);
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(client_ip(mapped, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+}

@@ -1,0 +1,281 @@
+//! Client connection timeouts enforced at the socket: the request head must arrive within
+//! `request_header` of its first byte, an idle keep-alive connection closes after `idle`, and a
+//! client that stops reading a response for `idle` is dropped.
+//!
+//! hyper's own header timer also runs while a keep-alive connection waits for its next request,
+//! which would make the two settings one; doing it here keeps them distinct, as in nginx
+//! (client_header_timeout, keepalive_timeout, send_timeout) and HAProxy (http-request,
+//! http-keep-alive).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use streamgate_balance::stats::now_nanos;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Requests in progress on one client connection, shared by the socket wrapper and the
+/// request handler.
+#[derive(Debug)]
+pub struct ConnActivity {
+    active: AtomicU32,
+    /// `now_nanos()` when the last request finished (or the connection was accepted).
+    idle_since: AtomicU64,
+}
+
+impl ConnActivity {
+    pub fn new() -> Arc<ConnActivity> {
+        Arc::new(ConnActivity { active: AtomicU32::new(0), idle_since: AtomicU64::new(now_nanos()) })
+    }
+}
+
+/// Marks a request active on its connection until dropped (when its response body is done).
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<ConnActivity>);
+
+impl ActiveRequest {
+    pub fn new(conn: &Arc<ConnActivity>) -> ActiveRequest {
+        conn.active.fetch_add(1, Relaxed);
+        ActiveRequest(conn.clone())
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle_since.store(now_nanos(), Relaxed);
+        }
+    }
+}
+
+/// The client-side timeouts of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    pub request_header: Duration,
+    pub idle: Duration,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A client socket with the timeouts above.
+#[derive(Debug)]
+pub struct TimedIo<T> {
+    inner: T,
+    activity: Arc<ConnActivity>,
+    timeouts: ClientTimeouts,
+    last_rx: u64,
+    /// When the first byte arrived while no request was active: a request head is being read.
+    head_started: u64,
+    /// HTTP/2 has no per-request head phase at this level; only idle applies.
+    is_h2: Option<bool>,
+    write_blocked_since: u64,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed_for: u64,
+}
+
+impl<T> TimedIo<T> {
+    pub fn new(inner: T, activity: Arc<ConnActivity>, timeouts: ClientTimeouts) -> TimedIo<T> {
+        TimedIo {
+            inner,
+            activity,
+            timeouts,
+            last_rx: now_nanos(),
+            head_started: 0,
+            is_h2: None,
+            write_blocked_since: 0,
+            sleep: None,
+            armed_for: 0,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// The earliest deadline that applies now, with what it enforces.
+    fn deadline(&mut self) -> Option<(u64, &'static str)> {
+        let mut best: Option<(u64, &'static str)> = None;
+        let mut consider = |at: u64, what: &'static str| {
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, what));
+            }
+        };
+        if self.write_blocked_since != 0 {
+            consider(self.write_blocked_since + nanos(self.timeouts.idle), "client stopped reading");
+        }
+        if self.activity.active.load(Relaxed) == 0 {
+            let idle_since = self.activity.idle_since.load(Relaxed);
+            consider(self.last_rx.max(idle_since) + nanos(self.timeouts.idle), "idle");
+            if self.head_started > idle_since && self.is_h2 != Some(true) {
+                consider(self.head_started + nanos(self.timeouts.request_header), "request header");
+            }
+        } else {
+            self.head_started = 0;
+        }
+        best
+    }
+
+    /// Arms the timer for the current deadline; an error once it has passed.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let Some((at, what)) = self.deadline() else { return Poll::Pending };
+        let now = now_nanos();
+        if now >= at {
+            return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, format!("{what} timeout")));
+        }
+        let when = Instant::now() + Duration::from_nanos(at - now);
+        if self.armed_for != at {
+            self.armed_for = at;
+            match &mut self.sleep {
+                Some(s) => s.as_mut().reset(when),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(when))),
+            }
+        }
+        if let Some(s) = &mut self.sleep
+            && s.as_mut().poll(cx).is_ready()
+        {
+            self.armed_for = 0;
+            // Re-check: activity may have moved the deadline since the timer was armed.
+            return self.poll_deadline(cx);
+        }
+        Poll::Pending
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos() as u64
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    let now = now_nanos();
+                    this.last_rx = now;
+                    if this.is_h2.is_none() {
+                        let n = got.len().min(H2_PREFACE.len());
+                        this.is_h2 = Some(got[..n] == H2_PREFACE[..n]);
+                    }
+                    if this.activity.active.load(Relaxed) == 0
+                        && this.head_started <= this.activity.idle_since.load(Relaxed)
+                    {
+                        this.head_started = now;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match this.poll_deadline(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.after_write(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.after_write(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T> TimedIo<T> {
+    fn after_write(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Pending => {
+                if self.write_blocked_since == 0 {
+                    self.write_blocked_since = now_nanos();
+                }
+                match self.poll_deadline(cx) {
+                    Poll::Ready(e) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            other => {
+                self.write_blocked_since = 0;
+                other
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timeouts() -> ClientTimeouts {
+        ClientTimeouts { request_header: Duration::from_millis(100), idle: Duration::from_millis(300) }
+    }
+
+    #[tokio::test]
+    async fn idle_connection_times_out() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut io = TimedIo::new(server, ConnActivity::new(), timeouts());
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 8];
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_started_head_must_finish_within_request_header() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut io = TimedIo::new(server, ConnActivity::new(), timeouts());
+        client.write_all(b"GET / HT").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 8);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().contains("request header"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn no_client_timeout_while_a_request_is_active() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = ConnActivity::new();
+        let mut io = TimedIo::new(server, activity.clone(), timeouts());
+        let active = ActiveRequest::new(&activity);
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await;
+        assert!(read.is_err(), "still waiting after more than idle: the request holds it open");
+        drop(active);
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 1);
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().contains("request header") || err.to_string().contains("idle"));
+    }
+}

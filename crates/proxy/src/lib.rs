@@ -1,0 +1,9 @@
+//! streamgate-proxy: the data plane. Accepts client connections, forwards HTTP/1.1 and HTTP/2
+//! to the backends the routing table picks, and streams the answers back.
+
+pub mod http;
+pub mod io;
+pub mod upstream;
+
+pub use http::{HttpProxy, ListenerLimits, bind, serve};
+pub use upstream::Upstreams;

@@ -1,0 +1,111 @@
+//! Wiring: a validated config becomes bound listeners, a published routing table and the tasks
+//! that serve them. Used by `streamgate run`, `streamgate demo` and the end-to-end tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use streamgate_balance::{GeoDb, GeoHandle, RoutingTable, TableHandle};
+use streamgate_config::{Config, Protocol};
+use streamgate_proxy::{HttpProxy, ListenerLimits, Upstreams};
+use streamgate_telemetry::Metrics;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// A started daemon: listeners bound and serving.
+#[derive(Debug)]
+pub struct Daemon {
+    pub table: TableHandle,
+    pub geo: GeoHandle,
+    pub metrics: Arc<Metrics>,
+    listeners: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Daemon {
+    /// Binds every listener (all or nothing), publishes the first routing table and starts
+    /// serving.
+    pub async fn start(config: Config) -> Result<Daemon> {
+        let metrics = Arc::new(Metrics::new());
+        let config = Arc::new(config);
+        let geo: GeoHandle = Arc::new(ArcSwapOption::empty());
+        if let Some(g) = &config.geo {
+            let path = g.database.clone();
+            let db = tokio::task::spawn_blocking(move || GeoDb::open(&path))
+                .await
+                .context("geo database check was interrupted")??;
+            if let Some(w) = &db.warning {
+                warn!(database = %db.path().display(), warning = %w, "geo database: verify() complained; using it anyway");
+            }
+            info!(
+                database = %db.path().display(),
+                db_type = db.database_type(),
+                records = db.records_checked,
+                "geo database loaded"
+            );
+            geo.store(Some(Arc::new(db)));
+        }
+        let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::build(config.clone(), None, &metrics)));
+        let upstreams = Arc::new(Upstreams::default());
+
+        let mut bound = Vec::new();
+        for l in &config.listeners {
+            let listener = streamgate_proxy::bind(l.listen)
+                .with_context(|| format!("listener \"{}\": cannot bind {}", l.name, l.listen))?;
+            bound.push((l, listener));
+        }
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut listeners = Vec::new();
+        for (l, listener) in bound {
+            let addr = listener.local_addr()?;
+            listeners.push((l.name.clone(), addr));
+            match l.protocol {
+                Protocol::Http => {
+                    let proxy = HttpProxy::new(&l.name, false, table.clone(), geo.clone(), upstreams.clone(), metrics.clone());
+                    let limits = ListenerLimits { max_connections: l.max_connections.map(|n| n.get()) };
+                    tasks.spawn(streamgate_proxy::serve(listener, proxy, limits, shutdown_rx.clone()));
+                }
+                other => anyhow::bail!("listener \"{}\": protocol {other:?} is not available in this version", l.name),
+            }
+            info!(listener = %l.name, address = %addr, protocol = "http", "listening");
+        }
+        Ok(Daemon { table, geo, metrics, listeners, shutdown, tasks })
+    }
+
+    /// Where listener `name` is bound (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+    }
+
+    pub fn listeners(&self) -> &[(String, SocketAddr)] {
+        &self.listeners
+    }
+
+    /// Publishes a routing table for `config`, carrying live state over from the current one.
+    pub fn apply(&self, config: Config) {
+        let current = self.table.load_full();
+        let next = RoutingTable::build(Arc::new(config), Some(&current), &self.metrics);
+        self.table.store(Arc::new(next));
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `deadline`, then returns.
+    /// Returns false if connections were still open at the deadline.
+    pub async fn shutdown(mut self, deadline: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(deadline, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok();
+        if !drained {
+            self.tasks.abort_all();
+        }
+        drained
+    }
+}

@@ -1,0 +1,7 @@
+//! streamgate-telemetry: every metric StreamGate exports, in one place, and the log setup.
+
+pub mod logging;
+mod metrics;
+
+pub use metrics::{Metrics, CODE_CLASSES, LATENCY_BUCKETS, code_class_index};
+pub use prometheus;

@@ -1,0 +1,234 @@
+//! Typed metric families. The names are a contract with dashboards and alert rules (DESIGN.md):
+//! change them only together with deploy/.
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Histogram buckets in seconds, suited to an edge: 100 µs to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Values of the `code_class` label, indexed by [`code_class_index`].
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CODE_CLASSES`] for an HTTP status code.
+pub fn code_class_index(status: u16) -> usize {
+    match status {
+        0..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
+/// Every metric family StreamGate exports, registered in one registry with the `streamgate_` prefix.
+///
+/// Labels are bounded: service, region, backend and listener names come from the config; client
+/// addresses, hosts and paths are never label values.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `global_load_balancer_requests_total{service,region,code_class}`
+    pub requests: IntCounterVec,
+    /// `latency_by_region_seconds{region}`: request start to response head.
+    pub latency_by_region: HistogramVec,
+    /// `traffic_routing_requests_total{region,reason}`
+    pub routing: IntCounterVec,
+    /// `data_locality_requests_total{region,data_type}`
+    pub locality_requests: IntCounterVec,
+    /// `data_locality_latency_seconds{region,data_type}`
+    pub locality_latency: HistogramVec,
+    /// `failovers_total{service,from,to}`
+    pub failovers: IntCounterVec,
+    /// `health_checks_total{backend,result}`
+    pub health_checks: IntCounterVec,
+    /// `upstream_errors_total{region,kind}`: connect, timeout, protocol.
+    pub upstream_errors: IntCounterVec,
+    /// `retries_total{service}`
+    pub retries: IntCounterVec,
+    /// `unrouted_requests_total{listener}`: requests for a host or path no service claims.
+    pub unrouted: IntCounterVec,
+    /// `connections_total{listener}` and `connections_active{listener}`
+    pub connections: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    /// `config_reloads_total{result}`
+    pub config_reloads: IntCounterVec,
+    /// `config_last_reload_success_timestamp_seconds`
+    pub config_last_reload_success: Gauge,
+    pub cache_bytes: IntGauge,
+    pub cache_objects: IntGauge,
+    /// `cache_served_bytes_total{source}`: source = cache | origin.
+    pub cache_served_bytes: IntCounterVec,
+    pub cache_evictions: IntCounter,
+    /// `recovery_point_age_seconds`
+    pub recovery_point_age: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("streamgate".into()), None)
+            .expect("a static prefix is a valid registry prefix");
+        let r = &registry;
+        Metrics {
+            requests: counter_vec(
+                r,
+                "global_load_balancer_requests_total",
+                "HTTP requests answered, by service, region and status class",
+                &["service", "region", "code_class"],
+            ),
+            latency_by_region: histogram_vec(
+                r,
+                "latency_by_region_seconds",
+                "Time from request to response head, by serving region",
+                &["region"],
+            ),
+            routing: counter_vec(
+                r,
+                "traffic_routing_requests_total",
+                "Routing decisions by chosen region and reason (geo, latency, failover, primary, retry, fail_open)",
+                &["region", "reason"],
+            ),
+            locality_requests: counter_vec(
+                r,
+                "data_locality_requests_total",
+                "Requests by where their data came from (cache_hit, cache_miss, cache_stale, pass)",
+                &["region", "data_type"],
+            ),
+            locality_latency: histogram_vec(
+                r,
+                "data_locality_latency_seconds",
+                "Time to response head by where the data came from",
+                &["region", "data_type"],
+            ),
+            failovers: counter_vec(
+                r,
+                "failovers_total",
+                "Times a service's traffic moved from one region to another",
+                &["service", "from", "to"],
+            ),
+            health_checks: counter_vec(
+                r,
+                "health_checks_total",
+                "Active health probes by backend and result",
+                &["backend", "result"],
+            ),
+            upstream_errors: counter_vec(
+                r,
+                "upstream_errors_total",
+                "Failed backend attempts by region and kind (connect, timeout, protocol)",
+                &["region", "kind"],
+            ),
+            retries: counter_vec(r, "retries_total", "Requests retried on another backend", &["service"]),
+            unrouted: counter_vec(
+                r,
+                "unrouted_requests_total",
+                "Requests no service claims (answered 404 or 421, never forwarded)",
+                &["listener"],
+            ),
+            connections: counter_vec(r, "connections_total", "Accepted client connections", &["listener"]),
+            connections_active: gauge_vec(r, "connections_active", "Open client connections", &["listener"]),
+            config_reloads: counter_vec(
+                r,
+                "config_reloads_total",
+                "Config reloads by result (success, failure)",
+                &["result"],
+            ),
+            config_last_reload_success: gauge(
+                r,
+                "config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration that was applied",
+            ),
+            cache_bytes: int_gauge(r, "cache_bytes", "Bytes held by the edge cache"),
+            cache_objects: int_gauge(r, "cache_objects", "Objects held by the edge cache"),
+            cache_served_bytes: counter_vec(
+                r,
+                "cache_served_bytes_total",
+                "Response body bytes served, by source (cache, origin)",
+                &["source"],
+            ),
+            cache_evictions: int_counter(r, "cache_evictions_total", "Cache entries evicted for space or expiry"),
+            recovery_point_age: gauge(
+                r,
+                "recovery_point_age_seconds",
+                "Age of the newest verified recovery point (snapshot)",
+            ),
+            registry,
+        }
+    }
+
+    /// The whole registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let encoder = prometheus::TextEncoder::new();
+        // Encoding into a Vec cannot fail for text; a family that fails is skipped, not fatal.
+        let _ = encoder.encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("metric names are unique and valid");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(r, HistogramVec::new(opts, labels).expect("valid metric"))
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    register(r, Gauge::new(name, help).expect("valid metric"))
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    register(r, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn int_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    register(r, IntCounter::new(name, help).expect("valid metric"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_names() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["video", "us-east", "2xx"]).inc();
+        let text = m.render();
+        assert!(
+            text.contains(
+                "streamgate_global_load_balancer_requests_total{code_class=\"2xx\",region=\"us-east\",service=\"video\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn code_classes() {
+        assert_eq!(CODE_CLASSES[code_class_index(204)], "2xx");
+        assert_eq!(CODE_CLASSES[code_class_index(503)], "5xx");
+        assert_eq!(CODE_CLASSES[code_class_index(404)], "4xx");
+    }
+}
