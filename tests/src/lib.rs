@@ -1,1 +1,20 @@
-//! x
+//! streamgate-tests: the loopback harness (origins on 127.0.0.1:0, the daemon in-process or as
+//! a process, real clients) used by the end-to-end tests in `tests/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod daemon;
+pub mod origin;
+
+pub use client::{Answer, get, get_from, http1, http2, raw_exchange, send};
+pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, write_config};
+pub use origin::Origin;
+
+/// `[ { address = "…", weight = w }, … ]` for a region's backends.
+pub fn backends(list: &[(&Origin, u32)]) -> String {
+    let items: Vec<String> = list
+        .iter()
+        .map(|(o, w)| format!("{{ address = \"{}\", weight = {} }}", o.addr, w))
+        .collect();
+    format!("[ {} ]", items.join(", "))
+}

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use streamgate_balance::stats::now_nanos;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -25,11 +26,18 @@ pub struct ConnActivity {
     active: AtomicU32,
     /// `now_nanos()` when the last request finished (or the connection was accepted).
     idle_since: AtomicU64,
+    /// The connection task, woken when its last request ends so the idle timer gets armed even
+    /// if the socket stays quiet.
+    waker: AtomicWaker,
 }
 
 impl ConnActivity {
     pub fn new() -> Arc<ConnActivity> {
-        Arc::new(ConnActivity { active: AtomicU32::new(0), idle_since: AtomicU64::new(now_nanos()) })
+        Arc::new(ConnActivity {
+            active: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now_nanos()),
+            waker: AtomicWaker::new(),
+        })
     }
 }
 
@@ -48,6 +56,7 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         if self.0.active.fetch_sub(1, Relaxed) == 1 {
             self.0.idle_since.store(now_nanos(), Relaxed);
+            self.0.waker.wake();
         }
     }
 }
@@ -171,10 +180,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.poll_deadline(cx) {
-                Poll::Ready(e) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                this.activity.waker.register(cx.waker());
+                match this.poll_deadline(cx) {
+                    Poll::Ready(e) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             other => other,
         }
     }

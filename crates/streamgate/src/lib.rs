@@ -1,5 +1,6 @@
 //! streamgate: the daemon's wiring, shared by the binary and the end-to-end tests.
 
+pub mod cli;
 pub mod daemon;
 pub mod demo;
 

@@ -85,18 +85,20 @@ impl HttpProxy {
         });
         let idempotent = is_idempotent(&parts.method);
         let max_attempts = 1 + service.spec.retry.attempts;
-        let mut avoid: Option<&Backend> = None;
+        let Some(mut pick) = service.pick(&facts, None) else {
+            let e = ProxyError::NoBackend { service: service.name.to_string() };
+            warn!(service = %service.name, "no usable backend in any region: answering 503");
+            self.metrics.requests.with_label_values(&[&*service.name, "none", "5xx"]).inc();
+            return Err((e, active));
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(pick) = service.pick(&facts, avoid) else {
-                self.metrics.requests.with_label_values(&[&*service.name, "none", "5xx"]).inc();
-                return Err((ProxyError::NoBackend { service: service.name.to_string() }, active));
-            };
-            let replayable = matches!(body, RequestBody::Empty);
-            let can_retry = attempt < max_attempts && replayable;
+            let can_retry = attempt < max_attempts && matches!(body, RequestBody::Empty);
             let this_body = std::mem::replace(&mut body, RequestBody::Empty);
-            let mut upstream_parts = if can_retry { parts.clone() } else { std::mem::replace(&mut parts, Request::new(()).into_parts().0) };
+            // Keep a copy of the head only while a retry is still possible.
+            let mut upstream_parts =
+                if can_retry { parts.clone() } else { std::mem::replace(&mut parts, Request::new(()).into_parts().0) };
             upstream_parts.uri = backend_uri(pick.backend, &path_and_query);
             let upstream_req = Request::from_parts(upstream_parts, this_body);
 
@@ -108,19 +110,23 @@ impl HttpProxy {
                     let status = resp.status();
                     self.note_outcome(service, &pick, status.as_u16() < 500);
                     let retry_status = matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
-                    if retry_status && idempotent && can_retry && service.state.try_retry(&service.spec.retry) {
+                    if retry_status
+                        && idempotent
+                        && can_retry
+                        && let Some(next) = self.retry_target(service, &facts, &pick)
+                    {
                         warn!(
                             service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
-                            status = status.as_u16(), "backend answered {status}; retrying on another backend"
+                            next = %next.backend.address, status = status.as_u16(),
+                            "backend answered {status}; retrying on another backend"
                         );
-                        service.retries.inc();
-                        avoid = Some(pick.backend);
+                        pick = next;
                         continue;
                     }
                     pick.region.metrics.latency.observe(started.elapsed().as_secs_f64());
                     pick.region.metrics.routing[pick.reason.index()].inc();
                     pick.region.metrics.requests[code_class_index(status.as_u16())].inc();
-                    return Ok(upstream_response(resp, Completion { lease: Some(lease), active: Some(active) }));
+                    return Ok(upstream_response(resp, client_version, Completion { lease: Some(lease), active: Some(active) }));
                 }
                 Ok(Err(e)) => ProxyError::from_client(pick.backend.address, &e),
                 Err(_) => ProxyError::ResponseTimeout { backend: pick.backend.address, after: timeouts.upstream_response },
@@ -131,13 +137,15 @@ impl HttpProxy {
             // A request that never left can go elsewhere; an idempotent one may be sent again
             // unless the backend was merely slow (a retry would double the wait).
             let safe = failure.never_sent() || (idempotent && !matches!(failure, ProxyError::ResponseTimeout { .. }));
-            if safe && can_retry && service.state.try_retry(&service.spec.retry) {
+            if safe
+                && can_retry
+                && let Some(next) = self.retry_target(service, &facts, &pick)
+            {
                 warn!(
                     service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
-                    error = %failure, "backend failed; retrying on another backend"
+                    next = %next.backend.address, error = %failure, "backend failed; retrying on another backend"
                 );
-                service.retries.inc();
-                avoid = Some(pick.backend);
+                pick = next;
                 continue;
             }
             warn!(
@@ -148,6 +156,17 @@ impl HttpProxy {
             pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
             return Err((failure, active));
         }
+    }
+
+    /// Another backend for a retry, if there is one and the retry budget allows it.
+    fn retry_target<'t>(&self, service: &'t Service, facts: &ClientFacts, failed: &Pick<'t>) -> Option<Pick<'t>> {
+        let next = service.pick(facts, Some(failed.backend))?;
+        if !service.state.try_retry(&service.spec.retry) {
+            tracing::debug!(service = %service.name, "retry budget spent; not retrying");
+            return None;
+        }
+        service.retries.inc();
+        Some(next)
     }
 
     fn note_outcome(&self, service: &Service, pick: &Pick<'_>, ok: bool) {
@@ -188,11 +207,12 @@ fn backend_uri(backend: &Backend, pq: &PathAndQuery) -> Uri {
         .unwrap_or_else(|_| Uri::from_static("/"))
 }
 
-fn upstream_response(resp: Response<Incoming>, done: Completion) -> Response<ProxyBody> {
+fn upstream_response(resp: Response<Incoming>, client_version: Version, done: Completion) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
-    let version = parts.version;
     strip_hop_by_hop(&mut parts.headers);
-    append_via(&mut parts.headers, version);
+    append_via(&mut parts.headers, parts.version);
+    // The client gets our protocol version, whatever the backend spoke.
+    parts.version = client_version;
     Response::from_parts(parts, ProxyBody::upstream(body, done))
 }
 

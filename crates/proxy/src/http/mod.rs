@@ -59,6 +59,8 @@ fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
+        // Head and idle deadlines are enforced by `TimedIo`; hyper's own would merge them.
+        .header_read_timeout(None)
         .keep_alive(true)
         .half_close(false)
         // Request heads above this get 431; bodies are streamed and not limited by it.

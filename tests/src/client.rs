@@ -1,0 +1,100 @@
+//! Real HTTP clients for tests: hyper's pooled client over HTTP/1.1 or HTTP/2 (prior
+//! knowledge), a one-shot client bound to a chosen source address, and raw TCP.
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A response read whole.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn http1() -> TestClient {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(c)
+}
+
+pub fn http2() -> TestClient {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).http2_only(true).build(c)
+}
+
+/// GET `url` with extra headers.
+pub async fn get(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+    send(client, Method::GET, url, headers, Bytes::new()).await
+}
+
+pub async fn send(
+    client: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> anyhow::Result<Answer> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client.request(req.body(Full::new(body))?).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer { status: parts.status, headers: parts.headers, body })
+}
+
+/// One HTTP/1.1 GET over a fresh connection from source address `from` (any 127.x.y.z works on
+/// Linux), so the proxy sees that peer address.
+pub async fn get_from(from: IpAddr, to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+    let socket = if from.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(from, 0))?;
+    let stream = socket.connect(to).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri(path).header("host", to.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Empty::<Bytes>::new())?).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer { status: parts.status, headers: parts.headers, body })
+}
+
+/// Writes `raw` on a new connection and reads until the peer closes or `limit` bytes arrive.
+pub async fn raw_exchange(to: SocketAddr, raw: &[u8], limit: usize) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(to).await?;
+    s.write_all(raw).await?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < limit {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}

@@ -1,0 +1,176 @@
+//! Starting StreamGate for a test: in this process (the real listeners and data plane) or as the
+//! real binary in a child process (signals, memory, logs).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use streamgate::Daemon;
+use tempfile::TempDir;
+
+/// Writes `text` as `streamgate.toml` in a new temporary directory.
+pub fn write_config(text: &str) -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("streamgate.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Path of a file under the repository's `fixtures/`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(rel)
+}
+
+/// A daemon running in this test process.
+#[derive(Debug)]
+pub struct TestDaemon {
+    pub daemon: Daemon,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+}
+
+impl TestDaemon {
+    /// Parses `text` (as a file in a temp dir) and starts the daemon on it.
+    pub async fn start(text: &str) -> TestDaemon {
+        let (dir, config_path) = write_config(text);
+        let config = streamgate_config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let daemon = Daemon::start(config).await.expect("daemon starts");
+        TestDaemon { daemon, dir, config_path }
+    }
+
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.daemon.listener_addr(name).unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    pub fn url(&self, listener: &str, path: &str) -> String {
+        format!("http://{}{}", self.addr(listener), path)
+    }
+}
+
+/// The daemon binary running as a child process, its log lines collected.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    pub child: Child,
+    pub listeners: Vec<(String, SocketAddr)>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub dir: TempDir,
+    pub config_path: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `bin run --config <text>` with JSON logs and waits until every listener in
+    /// `expect_listeners` logged its bound address.
+    pub fn start(bin: &str, text: &str, expect_listeners: &[&str]) -> DaemonProcess {
+        let (dir, config_path) = write_config(text);
+        let mut child = Command::new(bin)
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut listeners = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while listeners.len() < expect_listeners.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("daemon did not report its listeners; log:\n{}", logs.lock().unwrap().join("\n"))
+            });
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "listening"
+            {
+                let name = v["listener"].as_str().unwrap_or_default().to_string();
+                let addr: SocketAddr = v["address"].as_str().unwrap_or_default().parse().unwrap();
+                listeners.push((name, addr));
+            }
+        }
+        DaemonProcess { child, listeners, logs, dir, config_path }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a).unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name ("TERM", "HUP", ...).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// Peak resident memory so far, from /proc (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM") * 1024
+    }
+
+    pub fn rss(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS") * 1024
+    }
+
+    /// Log lines so far, parsed as JSON.
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.logs.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
