@@ -1,1 +1,206 @@
-fn main(){}
+//! The load benchmark: StreamGate, nginx and HAProxy in front of the same loopback origin, each
+//! proxy alone on one core with one worker, the load generator and origin on the other core.
+//! Contenders alternate over several short rounds; the report gives medians and StreamGate's
+//! median ratio to each of the others.
+//!
+//! Run: `cargo run --release -p streamgate-bench -- --rounds 5 --duration 5`
+
+mod contenders;
+mod tools;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use contenders::Contender;
+use tools::Measured;
+
+#[derive(Debug, Parser)]
+#[command(about = "StreamGate beside nginx and HAProxy on loopback, one core each")]
+struct Args {
+    /// Rounds per scenario; each round runs every contender once, in rotating order.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Scenarios to run (comma separated): pass-1k, pass-100k, latency-1k, h2c-1k.
+    #[arg(long, value_delimiter = ',', default_value = "pass-1k,pass-100k,latency-1k,h2c-1k")]
+    scenarios: Vec<String>,
+    /// A streamgate binary to use instead of building target/release/streamgate.
+    #[arg(long)]
+    streamgate: Option<PathBuf>,
+    /// Core for the proxies.
+    #[arg(long, default_value_t = 0)]
+    proxy_cpu: usize,
+    /// Core for the load generator and the origin.
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Write every measurement as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Load {
+    Wrk { connections: u32 },
+    H2load { clients: u32, streams: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    name: &'static str,
+    path: &'static str,
+    load: Load,
+    what: &'static str,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "pass-1k", path: "/1k", load: Load::Wrk { connections: 64 }, what: "HTTP/1.1 keep-alive, 64 connections, 1 KiB" },
+    Scenario { name: "pass-100k", path: "/100k", load: Load::Wrk { connections: 64 }, what: "HTTP/1.1 keep-alive, 64 connections, 100 KiB" },
+    Scenario { name: "latency-1k", path: "/1k", load: Load::Wrk { connections: 8 }, what: "HTTP/1.1 keep-alive, 8 connections, 1 KiB" },
+    Scenario { name: "h2c-1k", path: "/1k", load: Load::H2load { clients: 16, streams: 8 }, what: "h2c, 16 connections x 8 streams, 1 KiB" },
+];
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    scenario: String,
+    contender: String,
+    round: usize,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_req: f64,
+    errors: u64,
+}
+
+#[allow(clippy::print_stdout)]
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let binary = contenders::streamgate_binary(args.streamgate.clone())?;
+    let work = tempfile::tempdir().context("creating a work directory")?;
+    let duration = Duration::from_secs(args.duration);
+
+    eprintln!("starting origin (nginx, core {}) and proxies (core {})...", args.load_cpu, args.proxy_cpu);
+    let origin = contenders::start_origin(work.path(), args.load_cpu)?;
+    let proxies: Vec<Contender> = vec![
+        contenders::start_streamgate(work.path(), args.proxy_cpu, origin.addr, &binary)?,
+        contenders::start_nginx(work.path(), args.proxy_cpu, origin.addr)?,
+        contenders::start_haproxy(work.path(), args.proxy_cpu, origin.addr)?,
+    ];
+
+    let mut rows = Vec::new();
+    for name in &args.scenarios {
+        let Some(sc) = SCENARIOS.iter().find(|s| s.name == name) else {
+            anyhow::bail!("unknown scenario {name}; expected one of pass-1k, pass-100k, latency-1k, h2c-1k");
+        };
+        // A short warm-up per contender fills pools and caches.
+        for p in &proxies {
+            measure(sc, p, args.load_cpu, Duration::from_secs(1))?;
+        }
+        for round in 0..args.rounds {
+            for k in 0..proxies.len() {
+                let p = &proxies[(round + k) % proxies.len()];
+                let cpu_before = p.cpu_seconds();
+                let m = measure(sc, p, args.load_cpu, duration)?;
+                let cpu = p.cpu_seconds() - cpu_before;
+                let row = Row {
+                    scenario: sc.name.into(),
+                    contender: p.name.into(),
+                    round,
+                    rps: m.rps,
+                    p50_ms: m.p50 * 1e3,
+                    p99_ms: m.p99 * 1e3,
+                    cpu_us_per_req: if m.requests > 0 { cpu * 1e6 / m.requests as f64 } else { 0.0 },
+                    errors: m.errors,
+                };
+                eprintln!(
+                    "  {:<11} round {} {:<10} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  {:>6.1} us cpu/req  errors {}",
+                    row.scenario, round + 1, row.contender, row.rps, row.p50_ms, row.p99_ms, row.cpu_us_per_req, row.errors
+                );
+                rows.push(row);
+            }
+        }
+    }
+
+    println!("{}", report(&rows, &args, &proxies));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn measure(sc: &Scenario, p: &Contender, cpu: usize, d: Duration) -> Result<Measured> {
+    match sc.load {
+        Load::Wrk { connections } => tools::wrk(cpu, &format!("http://{}{}", p.http, sc.path), connections, d),
+        Load::H2load { clients, streams } => {
+            tools::h2load(cpu, &format!("http://{}{}", p.h2c, sc.path), clients, streams, d)
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n## Load benchmark: {} rounds x {} s, proxies on core {}, wrk/h2load + origin on core {}\n",
+        args.rounds, args.duration, args.proxy_cpu, args.load_cpu
+    );
+    let _ = writeln!(out, "| scenario | proxy | req/s (median) | p50 ms | p99 ms | CPU us/req | errors |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let names: Vec<&str> = proxies.iter().map(|p| p.name).collect();
+    let mut ratio_lines = Vec::new();
+    for sc in SCENARIOS.iter().filter(|s| args.scenarios.iter().any(|n| n == s.name)) {
+        let of = |who: &str| rows.iter().filter(|r| r.scenario == sc.name && r.contender == who).collect::<Vec<_>>();
+        for who in &names {
+            let r = of(who);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {} |",
+                sc.name,
+                who,
+                median(r.iter().map(|x| x.rps).collect()),
+                median(r.iter().map(|x| x.p50_ms).collect()),
+                median(r.iter().map(|x| x.p99_ms).collect()),
+                median(r.iter().map(|x| x.cpu_us_per_req).collect()),
+                r.iter().map(|x| x.errors).sum::<u64>(),
+            );
+        }
+        // Ratios are taken per round (contenders of a round ran back to back), then the median.
+        let sg = of("streamgate");
+        for other in names.iter().filter(|n| **n != "streamgate") {
+            let o = of(other);
+            let per_round = |f: fn(&Row) -> f64| {
+                median(sg.iter().zip(&o).filter(|(_, b)| f(b) > 0.0).map(|(a, b)| f(a) / f(b)).collect())
+            };
+            ratio_lines.push(format!(
+                "| {} ({}) | {} | {:.2}x | {:.2}x |",
+                sc.name,
+                sc.what,
+                other,
+                per_round(|r| r.rps),
+                per_round(|r| r.p99_ms)
+            ));
+        }
+    }
+    let _ = writeln!(out, "\nStreamGate's median per-round ratio (req/s: higher is better; p99: lower is better):\n");
+    let _ = writeln!(out, "| scenario | vs | req/s ratio | p99 ratio |");
+    let _ = writeln!(out, "|---|---|---:|---:|");
+    for l in ratio_lines {
+        let _ = writeln!(out, "{l}");
+    }
+    out
+}

@@ -1,0 +1,235 @@
+//! The processes of a benchmark: the shared origin, and each proxy pinned to its own core with one
+//! worker.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// A proxy under test.
+#[derive(Debug)]
+pub struct Contender {
+    pub name: &'static str,
+    /// HTTP/1.1 listener.
+    pub http: SocketAddr,
+    /// HTTP/2 cleartext (prior knowledge) listener.
+    pub h2c: SocketAddr,
+    child: Child,
+}
+
+impl Contender {
+    /// CPU seconds used so far by the process and its children (nginx's worker).
+    pub fn cpu_seconds(&self) -> f64 {
+        process_tree_cpu(self.child.id())
+    }
+}
+
+impl Drop for Contender {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The origin every proxy forwards to: nginx serving static files, on the load generator's core.
+#[derive(Debug)]
+pub struct OriginServer {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for OriginServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!("{what} exited during start-up ({status}); see its log in the work directory");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 20s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn pinned(cpu: usize, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", &cpu.to_string(), program]);
+    c
+}
+
+/// Files the origin serves: `/1k` and `/100k`.
+pub fn write_payloads(dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("1k"), vec![b'a'; 1024])?;
+    std::fs::write(dir.join("100k"), vec![b'b'; 100 * 1024])?;
+    Ok(())
+}
+
+fn nginx_common(work: &Path, name: &str) -> String {
+    let w = work.display();
+    format!(
+        "worker_processes 1;\ndaemon off;\nuser root;\npid {w}/{name}.pid;\nerror_log {w}/{name}.error.log warn;\n\
+         events {{ worker_connections 8192; }}\n"
+    )
+}
+
+fn nginx_temp_paths(work: &Path, name: &str) -> String {
+    let w = work.display();
+    format!(
+        "client_body_temp_path {w}/{name}-body; proxy_temp_path {w}/{name}-proxy; fastcgi_temp_path {w}/{name}-fcgi; \
+         uwsgi_temp_path {w}/{name}-uwsgi; scgi_temp_path {w}/{name}-scgi;\n"
+    )
+}
+
+pub fn start_origin(work: &Path, cpu: usize) -> Result<OriginServer> {
+    let addr = free_port()?;
+    let root = work.join("www");
+    std::fs::create_dir_all(&root)?;
+    write_payloads(&root)?;
+    let conf = format!(
+        "{}http {{\n access_log off;\n {}\n keepalive_requests 10000000;\n keepalive_timeout 300s;\n open_file_cache max=16;\n sendfile on;\n tcp_nopush on;\n \
+         server {{ listen {addr} backlog=4096; location / {{ root {}; }} }}\n}}\n",
+        nginx_common(work, "origin"),
+        nginx_temp_paths(work, "origin"),
+        root.display()
+    );
+    let path = work.join("origin.conf");
+    std::fs::write(&path, conf)?;
+    let mut child = pinned(cpu, "nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(work.join("origin.stderr.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the nginx origin (apt-get install nginx)")?;
+    wait_listening(addr, &mut child, "nginx origin")?;
+    Ok(OriginServer { addr, child })
+}
+
+pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
+    let (http, h2c) = (free_port()?, free_port()?);
+    // A production-style proxy config: upstream keep-alive, forwarding headers like StreamGate
+    // adds, buffers in memory (never spilling to temp files).
+    let conf = format!(
+        "{}http {{\n access_log off;\n {}\n keepalive_requests 10000000;\n keepalive_timeout 300s;\n \
+         upstream origin {{ server {origin}; keepalive 256; keepalive_requests 10000000; }}\n \
+         server {{\n  listen {http} backlog=4096;\n  listen {h2c} http2 backlog=4096;\n  \
+         location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+         proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+         proxy_buffers 32 8k; proxy_max_temp_file_size 0; }}\n }}\n}}\n",
+        nginx_common(work, "nginx"),
+        nginx_temp_paths(work, "nginx"),
+    );
+    let path = work.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let mut child = pinned(cpu, "nginx")
+        .arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(work.join("nginx.stderr.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx (apt-get install nginx)")?;
+    wait_listening(http, &mut child, "nginx")?;
+    Ok(Contender { name: "nginx", http, h2c, child })
+}
+
+pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
+    let (http, h2c) = (free_port()?, free_port()?);
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  \
+         option http-keep-alive\n  option forwardfor\n  http-reuse always\n\n\
+         frontend fe\n  bind {http}\n  bind {h2c} proto h2\n  default_backend be\n\n\
+         backend be\n  server origin {origin}\n"
+    );
+    let path = work.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let log = std::fs::File::create(work.join("haproxy.log"))?;
+    let mut child = pinned(cpu, "haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    wait_listening(http, &mut child, "haproxy")?;
+    Ok(Contender { name: "haproxy", http, h2c, child })
+}
+
+pub fn start_streamgate(work: &Path, cpu: usize, origin: SocketAddr, binary: &Path) -> Result<Contender> {
+    let http = free_port()?;
+    let conf = format!(
+        "[runtime]\nworkers = 1\n\n[admin]\nlisten = \"{}\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"{http}\"\n\n\
+         [[regions]]\nname = \"local\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\n\
+         [[services]]\nname = \"bench\"\nlisteners = [\"web\"]\nregions = [\"local\"]\n",
+        free_port()?
+    );
+    let path = work.join("streamgate.toml");
+    std::fs::write(&path, conf)?;
+    let log = std::fs::File::create(work.join("streamgate.log"))?;
+    let mut child = pinned(cpu, &binary.display().to_string())
+        .args(["--log-level", "warn", "run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    wait_listening(http, &mut child, "streamgate")?;
+    // HTTP/1.1 and h2c share StreamGate's listener.
+    Ok(Contender { name: "streamgate", http, h2c: http, child })
+}
+
+/// Builds the release binary unless one was given.
+pub fn streamgate_binary(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    eprintln!("building streamgate (release)...");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "streamgate"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release -p streamgate failed");
+    }
+    Ok(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/streamgate")))
+}
+
+/// CPU seconds (user + system) of `pid` and its direct children.
+fn process_tree_cpu(pid: u32) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    for e in entries.flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // Fields after the ")" of the command name: state ppid ... utime(14) stime(15).
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ppid: u32 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if p == pid || ppid == pid {
+            let ut: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+            let st: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += ut + st;
+        }
+    }
+    total as f64 / ticks
+}
