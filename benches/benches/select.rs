@@ -12,7 +12,15 @@ use streamgate_telemetry::Metrics;
 
 fn table(policy: &str, backends: usize) -> RoutingTable {
     let list: Vec<String> = (0..backends)
-        .map(|i| format!("{{ address = \"10.{}.{}.{}:8080\", weight = {} }}", i >> 16 & 255, i >> 8 & 255, i & 255, 1 + i % 3))
+        .map(|i| {
+            format!(
+                "{{ address = \"10.{}.{}.{}:8080\", weight = {} }}",
+                i >> 16 & 255,
+                i >> 8 & 255,
+                i & 255,
+                1 + i % 3
+            )
+        })
         .collect();
     let text = format!(
         "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n[[regions]]\nname = \"r\"\nbackends = [ {} ]\n\
@@ -30,7 +38,12 @@ fn picks(c: &mut Criterion) {
             let t = table(policy, n);
             let service = &t.services[0];
             // Some load so least_conn and latency have something to compare.
-            let _held: Vec<Lease> = service.regions[0].backends.iter().step_by(3).map(|b| Lease::new(b.state.clone())).collect();
+            let _held: Vec<Lease> = service.regions[0]
+                .backends
+                .iter()
+                .step_by(3)
+                .map(|b| Lease::new(b.state.clone()))
+                .collect();
             let facts = ClientFacts::default();
             group.bench_with_input(BenchmarkId::new(policy, n), &n, |b, _| {
                 b.iter(|| black_box(service.pick(black_box(&facts), None)).map(|p| p.backend_index))

@@ -147,7 +147,12 @@ pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Conten
         .spawn()
         .context("starting nginx (apt-get install nginx)")?;
     wait_listening(http, &mut child, "nginx")?;
-    Ok(Contender { name: "nginx", http, h2c, child })
+    Ok(Contender {
+        name: "nginx",
+        http,
+        h2c,
+        child,
+    })
 }
 
 pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
@@ -170,10 +175,20 @@ pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         .spawn()
         .context("starting haproxy (apt-get install haproxy)")?;
     wait_listening(http, &mut child, "haproxy")?;
-    Ok(Contender { name: "haproxy", http, h2c, child })
+    Ok(Contender {
+        name: "haproxy",
+        http,
+        h2c,
+        child,
+    })
 }
 
-pub fn start_streamgate(work: &Path, cpu: usize, origin: SocketAddr, binary: &Path) -> Result<Contender> {
+pub fn start_streamgate(
+    work: &Path,
+    cpu: usize,
+    origin: SocketAddr,
+    binary: &Path,
+) -> Result<Contender> {
     let http = free_port()?;
     let conf = format!(
         "[runtime]\nworkers = 1\n\n[admin]\nlisten = \"{}\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"{http}\"\n\n\
@@ -193,7 +208,12 @@ pub fn start_streamgate(work: &Path, cpu: usize, origin: SocketAddr, binary: &Pa
         .with_context(|| format!("starting {}", binary.display()))?;
     wait_listening(http, &mut child, "streamgate")?;
     // HTTP/1.1 and h2c share StreamGate's listener.
-    Ok(Contender { name: "streamgate", http, h2c: http, child })
+    Ok(Contender {
+        name: "streamgate",
+        http,
+        h2c: http,
+        child,
+    })
 }
 
 /// Builds the release binary unless one was given.
@@ -210,19 +230,30 @@ pub fn streamgate_binary(given: Option<PathBuf>) -> Result<PathBuf> {
     if !status.success() {
         bail!("cargo build --release -p streamgate failed");
     }
-    Ok(PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/streamgate")))
+    Ok(PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/release/streamgate"
+    )))
 }
 
 /// CPU seconds (user + system) of `pid` and its direct children.
 fn process_tree_cpu(pid: u32) -> f64 {
     let ticks = 100.0; // USER_HZ on Linux
     let mut total = 0u64;
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
     for e in entries.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
         // Fields after the ")" of the command name: state ppid ... utime(14) stime(15).
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ppid: u32 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         if p == pid || ppid == pid {

@@ -27,7 +27,11 @@ struct Args {
     #[arg(long, default_value_t = 5)]
     duration: u64,
     /// Scenarios to run (comma separated): pass-1k, pass-100k, latency-1k, h2c-1k.
-    #[arg(long, value_delimiter = ',', default_value = "pass-1k,pass-100k,latency-1k,h2c-1k")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pass-1k,pass-100k,latency-1k,h2c-1k"
+    )]
     scenarios: Vec<String>,
     /// A streamgate binary to use instead of building target/release/streamgate.
     #[arg(long)]
@@ -58,10 +62,33 @@ struct Scenario {
 }
 
 const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "pass-1k", path: "/1k", load: Load::Wrk { connections: 64 }, what: "HTTP/1.1 keep-alive, 64 connections, 1 KiB" },
-    Scenario { name: "pass-100k", path: "/100k", load: Load::Wrk { connections: 64 }, what: "HTTP/1.1 keep-alive, 64 connections, 100 KiB" },
-    Scenario { name: "latency-1k", path: "/1k", load: Load::Wrk { connections: 8 }, what: "HTTP/1.1 keep-alive, 8 connections, 1 KiB" },
-    Scenario { name: "h2c-1k", path: "/1k", load: Load::H2load { clients: 16, streams: 8 }, what: "h2c, 16 connections x 8 streams, 1 KiB" },
+    Scenario {
+        name: "pass-1k",
+        path: "/1k",
+        load: Load::Wrk { connections: 64 },
+        what: "HTTP/1.1 keep-alive, 64 connections, 1 KiB",
+    },
+    Scenario {
+        name: "pass-100k",
+        path: "/100k",
+        load: Load::Wrk { connections: 64 },
+        what: "HTTP/1.1 keep-alive, 64 connections, 100 KiB",
+    },
+    Scenario {
+        name: "latency-1k",
+        path: "/1k",
+        load: Load::Wrk { connections: 8 },
+        what: "HTTP/1.1 keep-alive, 8 connections, 1 KiB",
+    },
+    Scenario {
+        name: "h2c-1k",
+        path: "/1k",
+        load: Load::H2load {
+            clients: 16,
+            streams: 8,
+        },
+        what: "h2c, 16 connections x 8 streams, 1 KiB",
+    },
 ];
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -73,6 +100,11 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_req: f64,
+    /// Busy share of the load generator's core: near 100% means the generator, not the proxy,
+    /// set the pace.
+    load_core_busy: f64,
+    /// Load-core CPU per request (wrk/h2load + origin), in microseconds.
+    load_cpu_us_per_req: f64,
     errors: u64,
 }
 
@@ -83,7 +115,10 @@ fn main() -> Result<()> {
     let work = tempfile::tempdir().context("creating a work directory")?;
     let duration = Duration::from_secs(args.duration);
 
-    eprintln!("starting origin (nginx, core {}) and proxies (core {})...", args.load_cpu, args.proxy_cpu);
+    eprintln!(
+        "starting origin (nginx, core {}) and proxies (core {})...",
+        args.load_cpu, args.proxy_cpu
+    );
     let origin = contenders::start_origin(work.path(), args.load_cpu)?;
     let proxies: Vec<Contender> = vec![
         contenders::start_streamgate(work.path(), args.proxy_cpu, origin.addr, &binary)?,
@@ -94,7 +129,9 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for name in &args.scenarios {
         let Some(sc) = SCENARIOS.iter().find(|s| s.name == name) else {
-            anyhow::bail!("unknown scenario {name}; expected one of pass-1k, pass-100k, latency-1k, h2c-1k");
+            anyhow::bail!(
+                "unknown scenario {name}; expected one of pass-1k, pass-100k, latency-1k, h2c-1k"
+            );
         };
         // A short warm-up per contender fills pools and caches.
         for p in &proxies {
@@ -104,8 +141,14 @@ fn main() -> Result<()> {
             for k in 0..proxies.len() {
                 let p = &proxies[(round + k) % proxies.len()];
                 let cpu_before = p.cpu_seconds();
+                let core_before = core_ticks(args.load_cpu);
                 let m = measure(sc, p, args.load_cpu, duration)?;
                 let cpu = p.cpu_seconds() - cpu_before;
+                let core_after = core_ticks(args.load_cpu);
+                let (busy, total) = (
+                    core_after.0 - core_before.0,
+                    (core_after.0 + core_after.1) - (core_before.0 + core_before.1),
+                );
                 let row = Row {
                     scenario: sc.name.into(),
                     contender: p.name.into(),
@@ -113,12 +156,31 @@ fn main() -> Result<()> {
                     rps: m.rps,
                     p50_ms: m.p50 * 1e3,
                     p99_ms: m.p99 * 1e3,
-                    cpu_us_per_req: if m.requests > 0 { cpu * 1e6 / m.requests as f64 } else { 0.0 },
+                    cpu_us_per_req: if m.requests > 0 {
+                        cpu * 1e6 / m.requests as f64
+                    } else {
+                        0.0
+                    },
+                    load_core_busy: if total > 0.0 { busy / total } else { 0.0 },
+                    load_cpu_us_per_req: if m.requests > 0 {
+                        busy / 100.0 * 1e6 / m.requests as f64
+                    } else {
+                        0.0
+                    },
                     errors: m.errors,
                 };
                 eprintln!(
-                    "  {:<11} round {} {:<10} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  {:>6.1} us cpu/req  errors {}",
-                    row.scenario, round + 1, row.contender, row.rps, row.p50_ms, row.p99_ms, row.cpu_us_per_req, row.errors
+                    "  {:<11} round {} {:<10} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  {:>6.1} us cpu/req  load core {:>3.0}% busy, {:>5.1} us/req  errors {}",
+                    row.scenario,
+                    round + 1,
+                    row.contender,
+                    row.rps,
+                    row.p50_ms,
+                    row.p99_ms,
+                    row.cpu_us_per_req,
+                    row.load_core_busy * 100.0,
+                    row.load_cpu_us_per_req,
+                    row.errors
                 );
                 rows.push(row);
             }
@@ -135,11 +197,41 @@ fn main() -> Result<()> {
 
 fn measure(sc: &Scenario, p: &Contender, cpu: usize, d: Duration) -> Result<Measured> {
     match sc.load {
-        Load::Wrk { connections } => tools::wrk(cpu, &format!("http://{}{}", p.http, sc.path), connections, d),
-        Load::H2load { clients, streams } => {
-            tools::h2load(cpu, &format!("http://{}{}", p.h2c, sc.path), clients, streams, d)
-        }
+        Load::Wrk { connections } => tools::wrk(
+            cpu,
+            &format!("http://{}{}", p.http, sc.path),
+            connections,
+            d,
+        ),
+        Load::H2load { clients, streams } => tools::h2load(
+            cpu,
+            &format!("http://{}{}", p.h2c, sc.path),
+            clients,
+            streams,
+            d,
+        ),
     }
+}
+
+/// (busy, idle) clock ticks of one core, from /proc/stat.
+fn core_ticks(cpu: usize) -> (f64, f64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let prefix = format!("cpu{cpu} ");
+    let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) else {
+        return (0.0, 0.0);
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return (0.0, 0.0);
+    }
+    // user nice system idle iowait irq softirq steal
+    let idle = v[3] + v[4];
+    let busy: f64 = v.iter().sum::<f64>() - idle;
+    (busy, idle)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -148,7 +240,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
@@ -159,23 +255,35 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
         "\n## Load benchmark: {} rounds x {} s, proxies on core {}, wrk/h2load + origin on core {}\n",
         args.rounds, args.duration, args.proxy_cpu, args.load_cpu
     );
-    let _ = writeln!(out, "| scenario | proxy | req/s (median) | p50 ms | p99 ms | CPU us/req | errors |");
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| scenario | proxy | req/s (median) | p50 ms | p99 ms | proxy CPU us/req | load core busy | load core us/req | errors |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let names: Vec<&str> = proxies.iter().map(|p| p.name).collect();
     let mut ratio_lines = Vec::new();
-    for sc in SCENARIOS.iter().filter(|s| args.scenarios.iter().any(|n| n == s.name)) {
-        let of = |who: &str| rows.iter().filter(|r| r.scenario == sc.name && r.contender == who).collect::<Vec<_>>();
+    for sc in SCENARIOS
+        .iter()
+        .filter(|s| args.scenarios.iter().any(|n| n == s.name))
+    {
+        let of = |who: &str| {
+            rows.iter()
+                .filter(|r| r.scenario == sc.name && r.contender == who)
+                .collect::<Vec<_>>()
+        };
         for who in &names {
             let r = of(who);
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {} |",
+                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.0}% | {:.1} | {} |",
                 sc.name,
                 who,
                 median(r.iter().map(|x| x.rps).collect()),
                 median(r.iter().map(|x| x.p50_ms).collect()),
                 median(r.iter().map(|x| x.p99_ms).collect()),
                 median(r.iter().map(|x| x.cpu_us_per_req).collect()),
+                median(r.iter().map(|x| x.load_core_busy * 100.0).collect()),
+                median(r.iter().map(|x| x.load_cpu_us_per_req).collect()),
                 r.iter().map(|x| x.errors).sum::<u64>(),
             );
         }
@@ -184,21 +292,34 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
         for other in names.iter().filter(|n| **n != "streamgate") {
             let o = of(other);
             let per_round = |f: fn(&Row) -> f64| {
-                median(sg.iter().zip(&o).filter(|(_, b)| f(b) > 0.0).map(|(a, b)| f(a) / f(b)).collect())
+                median(
+                    sg.iter()
+                        .zip(&o)
+                        .filter(|(_, b)| f(b) > 0.0)
+                        .map(|(a, b)| f(a) / f(b))
+                        .collect(),
+                )
             };
             ratio_lines.push(format!(
-                "| {} ({}) | {} | {:.2}x | {:.2}x |",
+                "| {} ({}) | {} | {:.2}x | {:.2}x | {:.2}x |",
                 sc.name,
                 sc.what,
                 other,
                 per_round(|r| r.rps),
-                per_round(|r| r.p99_ms)
+                per_round(|r| r.p99_ms),
+                per_round(|r| r.cpu_us_per_req)
             ));
         }
     }
-    let _ = writeln!(out, "\nStreamGate's median per-round ratio (req/s: higher is better; p99: lower is better):\n");
-    let _ = writeln!(out, "| scenario | vs | req/s ratio | p99 ratio |");
-    let _ = writeln!(out, "|---|---|---:|---:|");
+    let _ = writeln!(
+        out,
+        "\nStreamGate's median per-round ratio (req/s: higher is better; p99 and CPU per request: lower is better):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | vs | req/s ratio | p99 ratio | CPU/req ratio |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|");
     for l in ratio_lines {
         let _ = writeln!(out, "{l}");
     }

@@ -28,7 +28,11 @@ pub fn wrk(cpu: usize, url: &str, connections: u32, duration: Duration) -> Resul
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse_wrk(&text)
 }
@@ -44,7 +48,12 @@ pub fn parse_wrk(text: &str) -> Result<Measured> {
         } else if let Some(v) = t.strip_prefix("99%") {
             m.p99 = parse_duration(v.trim())?;
         } else if t.contains("requests in") {
-            m.requests = t.split_whitespace().next().unwrap_or("0").parse().unwrap_or(0);
+            m.requests = t
+                .split_whitespace()
+                .next()
+                .unwrap_or("0")
+                .parse()
+                .unwrap_or(0);
         } else if let Some(rest) = t.strip_prefix("Non-2xx or 3xx responses:") {
             m.errors += rest.trim().parse::<u64>().unwrap_or(0);
         } else if let Some(rest) = t.strip_prefix("Socket errors:") {
@@ -63,7 +72,13 @@ pub fn parse_wrk(text: &str) -> Result<Measured> {
 }
 
 /// Runs h2load (HTTP/2 over cleartext, prior knowledge) with one thread on `cpu`.
-pub fn h2load(cpu: usize, url: &str, clients: u32, streams: u32, duration: Duration) -> Result<Measured> {
+pub fn h2load(
+    cpu: usize,
+    url: &str,
+    clients: u32,
+    streams: u32,
+    duration: Duration,
+) -> Result<Measured> {
     let out = Command::new("taskset")
         .args(["-c", &cpu.to_string(), "h2load", "-t1"])
         .arg(format!("-c{clients}"))
@@ -74,7 +89,11 @@ pub fn h2load(cpu: usize, url: &str, clients: u32, streams: u32, duration: Durat
         .context("running h2load (apt-get install nghttp2-client)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!("h2load failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "h2load failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     parse_h2load(&text)
 }
@@ -86,7 +105,12 @@ pub fn parse_h2load(text: &str) -> Result<Measured> {
         if t.starts_with("finished in") {
             // "finished in 5.00s, 41234.20 req/s, 45.12MB/s"
             if let Some(rps) = t.split(',').nth(1) {
-                m.rps = rps.trim().trim_end_matches("req/s").trim().parse().context("h2load req/s")?;
+                m.rps = rps
+                    .trim()
+                    .trim_end_matches("req/s")
+                    .trim()
+                    .parse()
+                    .context("h2load req/s")?;
             }
         } else if t.starts_with("requests:") {
             // "requests: 206171 total, 206171 started, 206171 done, 206171 succeeded, 0 failed, 0 errored, 0 timeout"
@@ -119,7 +143,9 @@ pub fn parse_h2load(text: &str) -> Result<Measured> {
 fn parse_duration(s: &str) -> Result<f64> {
     let s = s.trim();
     let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
-    let n: f64 = s[..split].parse().with_context(|| format!("duration {s:?}"))?;
+    let n: f64 = s[..split]
+        .parse()
+        .with_context(|| format!("duration {s:?}"))?;
     Ok(match &s[split..] {
         "us" => n * 1e-6,
         "ms" => n * 1e-3,

@@ -41,11 +41,17 @@ pub fn http1() -> TestClient {
 pub fn http2() -> TestClient {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).http2_only(true).build(c)
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(c)
 }
 
 /// GET `url` with extra headers.
-pub async fn get(client: &TestClient, url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+pub async fn get(
+    client: &TestClient,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Answer> {
     send(client, Method::GET, url, headers, Bytes::new()).await
 }
 
@@ -63,13 +69,26 @@ pub async fn send(
     let resp = client.request(req.body(Full::new(body))?).await?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Answer { status: parts.status, headers: parts.headers, body })
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// One HTTP/1.1 GET over a fresh connection from source address `from` (any 127.x.y.z works on
 /// Linux), so the proxy sees that peer address.
-pub async fn get_from(from: IpAddr, to: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
-    let socket = if from.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+pub async fn get_from(
+    from: IpAddr,
+    to: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Answer> {
+    let socket = if from.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.bind(SocketAddr::new(from, 0))?;
     let stream = socket.connect(to).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -78,10 +97,16 @@ pub async fn get_from(from: IpAddr, to: SocketAddr, path: &str, headers: &[(&str
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = sender.send_request(req.body(Empty::<Bytes>::new())?).await?;
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new())?)
+        .await?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await?.to_bytes();
-    Ok(Answer { status: parts.status, headers: parts.headers, body })
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Writes `raw` on a new connection and reads until the peer closes or `limit` bytes arrive.

@@ -21,7 +21,9 @@ pub fn write_config(text: &str) -> (TempDir, PathBuf) {
 
 /// Path of a file under the repository's `fixtures/`.
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(rel)
 }
 
 /// A daemon running in this test process.
@@ -36,14 +38,21 @@ impl TestDaemon {
     /// Parses `text` (as a file in a temp dir) and starts the daemon on it.
     pub async fn start(text: &str) -> TestDaemon {
         let (dir, config_path) = write_config(text);
-        let config = streamgate_config::load(&config_path).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let config = streamgate_config::load(&config_path)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let daemon = Daemon::start(config).await.expect("daemon starts");
-        TestDaemon { daemon, dir, config_path }
+        TestDaemon {
+            daemon,
+            dir,
+            config_path,
+        }
     }
 
     /// The bound address of listener `name`.
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.daemon.listener_addr(name).unwrap_or_else(|| panic!("no listener {name}"))
+        self.daemon
+            .listener_addr(name)
+            .unwrap_or_else(|| panic!("no listener {name}"))
     }
 
     pub fn url(&self, listener: &str, path: &str) -> String {
@@ -89,7 +98,10 @@ impl DaemonProcess {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
                 let _ = child.kill();
-                panic!("daemon did not report its listeners; log:\n{}", logs.lock().unwrap().join("\n"))
+                panic!(
+                    "daemon did not report its listeners; log:\n{}",
+                    logs.lock().unwrap().join("\n")
+                )
             });
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"] == "listening"
@@ -99,11 +111,21 @@ impl DaemonProcess {
                 listeners.push((name, addr));
             }
         }
-        DaemonProcess { child, listeners, logs, dir, config_path }
+        DaemonProcess {
+            child,
+            listeners,
+            logs,
+            dir,
+            config_path,
+        }
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a).unwrap()
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .unwrap()
     }
 
     pub fn pid(&self) -> u32 {
@@ -112,7 +134,11 @@ impl DaemonProcess {
 
     /// Sends a signal by name ("TERM", "HUP", ...).
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -127,7 +153,12 @@ impl DaemonProcess {
 
     /// Log lines so far, parsed as JSON.
     pub fn log_json(&self) -> Vec<serde_json::Value> {
-        self.logs.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Waits for the process to exit, up to `timeout`.

@@ -72,7 +72,9 @@ impl Origin {
             let mut conns = JoinSet::new();
             loop {
                 while conns.try_join_next().is_some() {}
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let name = name_owned.clone();
                 let st = st.clone();
@@ -88,7 +90,12 @@ impl Origin {
                 });
             }
         });
-        Origin { name: name.to_string(), addr, state, task }
+        Origin {
+            name: name.to_string(),
+            addr,
+            state,
+            task,
+        }
     }
 
     pub fn hits(&self) -> u64 {
@@ -112,7 +119,12 @@ impl Origin {
     }
 
     pub fn last_headers(&self) -> HeaderMap {
-        self.state.last_headers.lock().unwrap().clone().unwrap_or_default()
+        self.state
+            .last_headers
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default()
     }
 
     /// Closes the listener and every open connection: the origin is dead.
@@ -173,7 +185,10 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
                     return None;
                 }
                 let n = (total - sent).min(chunk.len() as u64);
-                Some((Ok::<_, BoxError>(Frame::data(chunk.slice(..n as usize))), sent + n))
+                Some((
+                    Ok::<_, BoxError>(Frame::data(chunk.slice(..n as usize))),
+                    sent + n,
+                ))
             }
         });
         return builder
@@ -205,10 +220,16 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
         let map: serde_json::Map<String, serde_json::Value> = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v.to_str().unwrap_or(""))))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::Value::from(v.to_str().unwrap_or("")),
+                )
+            })
             .collect();
-        return builder.body(full(serde_json::Value::Object(map).to_string())).unwrap();
+        return builder
+            .body(full(serde_json::Value::Object(map).to_string()))
+            .unwrap();
     }
     builder.body(full(format!("origin {name} {path}"))).unwrap()
 }
-

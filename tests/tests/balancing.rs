@@ -33,8 +33,16 @@ async fn counts(origins: &[&Origin]) -> Vec<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_honours_weights_within_two_percent_over_10000_requests() {
-    let (a, b, c) = (Origin::start("a").await, Origin::start("b").await, Origin::start("c").await);
-    let d = TestDaemon::start(&config("round_robin", &backends(&[(&a, 1), (&b, 2), (&c, 7)]))).await;
+    let (a, b, c) = (
+        Origin::start("a").await,
+        Origin::start("b").await,
+        Origin::start("c").await,
+    );
+    let d = TestDaemon::start(&config(
+        "round_robin",
+        &backends(&[(&a, 1), (&b, 2), (&c, 7)]),
+    ))
+    .await;
     let url = d.url("web", "/");
     let client = http1();
     let total = 10_000u64;
@@ -43,7 +51,10 @@ async fn round_robin_honours_weights_within_two_percent_over_10000_requests() {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 for _ in 0..total / 16 {
-                    assert_eq!(get(&client, &url, &[]).await.unwrap().status, StatusCode::OK);
+                    assert_eq!(
+                        get(&client, &url, &[]).await.unwrap().status,
+                        StatusCode::OK
+                    );
                 }
             })
         })
@@ -57,7 +68,10 @@ async fn round_robin_honours_weights_within_two_percent_over_10000_requests() {
     for (hits, weight) in got.iter().zip([1.0, 2.0, 7.0]) {
         let share = *hits as f64 / sum as f64;
         let want = weight / 10.0;
-        assert!((share - want).abs() <= 0.02, "got {got:?}: share {share:.3}, want {want:.3}");
+        assert!(
+            (share - want).abs() <= 0.02,
+            "got {got:?}: share {share:.3}, want {want:.3}"
+        );
     }
 }
 
@@ -74,7 +88,10 @@ async fn least_conn_steers_away_from_a_slow_backend() {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 for _ in 0..30 {
-                    assert_eq!(get(&client, &url, &[]).await.unwrap().status, StatusCode::OK);
+                    assert_eq!(
+                        get(&client, &url, &[]).await.unwrap().status,
+                        StatusCode::OK
+                    );
                 }
             })
         })
@@ -110,7 +127,13 @@ async fn thousands_of_table_swaps_under_load_fail_no_request_and_new_weights_app
     let client = http1();
     let load: Vec<_> = (0..16)
         .map(|_| {
-            let (client, url, failures, done, stop) = (client.clone(), url.clone(), failures.clone(), done.clone(), stop.clone());
+            let (client, url, failures, done, stop) = (
+                client.clone(),
+                url.clone(),
+                failures.clone(),
+                done.clone(),
+                stop.clone(),
+            );
             tokio::spawn(async move {
                 while !stop.load(SeqCst) {
                     match get(&client, &url, &[]).await {
@@ -130,32 +153,49 @@ async fn thousands_of_table_swaps_under_load_fail_no_request_and_new_weights_app
         let d = d.clone();
         tokio::spawn(async move {
             for i in 0..swaps {
-                d.daemon.apply(if i % 2 == 0 { cfg_b.clone() } else { cfg_a.clone() });
+                d.daemon.apply(if i % 2 == 0 {
+                    cfg_b.clone()
+                } else {
+                    cfg_a.clone()
+                });
                 tokio::task::yield_now().await;
             }
         })
     };
     swapper.await.unwrap();
     // The last swap (i = swaps-1, odd) published heavy_a; make it heavy_b for the final check.
-    d.daemon.apply(streamgate_config::load(&{
-        std::fs::write(&d.config_path, &heavy_b).unwrap();
-        d.config_path.clone()
-    })
-    .unwrap());
+    d.daemon.apply(
+        streamgate_config::load(&{
+            std::fs::write(&d.config_path, &heavy_b).unwrap();
+            d.config_path.clone()
+        })
+        .unwrap(),
+    );
     let version = d.daemon.table.load().version;
     assert_eq!(version, swaps + 2);
 
     let (a0, b0) = (a.hits(), b.hits());
     let before = done.load(SeqCst);
-    assert!(eventually(Duration::from_secs(30), || done.load(SeqCst) >= before + 2000).await);
+    assert!(
+        eventually(Duration::from_secs(30), || done.load(SeqCst)
+            >= before + 2000)
+        .await
+    );
     stop.store(true, SeqCst);
     for t in load {
         t.await.unwrap();
     }
-    assert_eq!(failures.load(SeqCst), 0, "no request failed during {swaps} swaps");
+    assert_eq!(
+        failures.load(SeqCst),
+        0,
+        "no request failed during {swaps} swaps"
+    );
     let (da, db) = (a.hits() - a0, b.hits() - b0);
     let share_b = db as f64 / (da + db) as f64;
-    assert!((share_b - 0.9).abs() < 0.03, "after the swaps b gets {share_b:.3} (a {da}, b {db})");
+    assert!(
+        (share_b - 0.9).abs() < 0.03,
+        "after the swaps b gets {share_b:.3} (a {da}, b {db})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,10 +203,21 @@ async fn a_reload_keeps_live_backend_state() {
     let a = Origin::start("a").await;
     let text = config("least_conn", &backends(&[(&a, 1)]));
     let d = TestDaemon::start(&text).await;
-    assert_eq!(get(&http1(), &d.url("web", "/"), &[]).await.unwrap().status, StatusCode::OK);
-    let before = d.daemon.table.load().services[0].regions[0].backends[0].state.clone();
+    assert_eq!(
+        get(&http1(), &d.url("web", "/"), &[]).await.unwrap().status,
+        StatusCode::OK
+    );
+    let before = d.daemon.table.load().services[0].regions[0].backends[0]
+        .state
+        .clone();
     assert!(before.latency().is_some());
-    d.daemon.apply(streamgate_config::load(&d.config_path).unwrap());
-    let after = d.daemon.table.load().services[0].regions[0].backends[0].state.clone();
-    assert!(Arc::ptr_eq(&before, &after), "the same backend keeps its stats across a reload");
+    d.daemon
+        .apply(streamgate_config::load(&d.config_path).unwrap());
+    let after = d.daemon.table.load().services[0].regions[0].backends[0]
+        .state
+        .clone();
+    assert!(
+        Arc::ptr_eq(&before, &after),
+        "the same backend keeps its stats across a reload"
+    );
 }

@@ -49,7 +49,11 @@ regions = ["us-east", "eu-west"]
 backend_policy = "leastconn"
 "#;
     let (_dir, path) = write_config(text);
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let file = path.display();
@@ -61,24 +65,53 @@ backend_policy = "leastconn"
         )
     );
 
-    let good = text.replace(", \"eu-west\"", "").replace("leastconn", "least_conn");
+    let good = text
+        .replace(", \"eu-west\"", "")
+        .replace("leastconn", "least_conn");
     let (_dir, path) = write_config(&good);
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("OK (1 listeners, 1 regions, 1 services)"));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK (1 listeners, 1 regions, 1 services)")
+    );
 }
 
 #[test]
 fn check_names_unknown_keys_and_missing_files() {
     let (_dir, path) = write_config("[runtime]\nworkerz = 2\n");
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.starts_with(&format!("{}:2: runtime.workerz: unknown field `workerz`", path.display())), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:2: runtime.workerz: unknown field `workerz`",
+            path.display()
+        )),
+        "{stderr}"
+    );
 
-    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/streamgate.toml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/streamgate.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/streamgate.toml: cannot read config file"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/streamgate.toml: cannot read config file")
+    );
 }
 
 #[test]
@@ -95,12 +128,19 @@ async fn sigterm_finishes_the_in_flight_request_then_exits() {
     let mut p = DaemonProcess::start(BIN, &service(&backends(&[(&origin, 1)]), ""), &["web"]);
     let url = format!("http://{}/slow", p.addr("web"));
     let in_flight = tokio::spawn(async move { get(&http1(), &url, &[]).await });
-    assert!(eventually(Duration::from_secs(5), || origin.hits() == 1).await, "request reached the origin");
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits() == 1).await,
+        "request reached the origin"
+    );
     p.signal("TERM");
     // New connections are refused once the listener is closed.
     let addr = p.addr("web");
     assert!(
-        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(addr).is_err()).await,
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_err())
+        .await,
         "listener closed after SIGTERM"
     );
     let answer = in_flight.await.unwrap().unwrap();
@@ -109,25 +149,50 @@ async fn sigterm_finishes_the_in_flight_request_then_exits() {
     let status = p.wait_exit(Duration::from_secs(10)).expect("daemon exits");
     assert!(status.success(), "{status:?}");
     let logs = p.log_json();
-    assert!(logs.iter().any(|l| l["message"] == "all connections closed; bye"), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l["message"] == "all connections closed; bye"),
+        "{logs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_logs_one_line_naming_the_backend() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let p = DaemonProcess::start(BIN, &service(&format!("[ {{ address = \"{dead}\" }} ]"), ""), &["web"]);
-    let a = get(&http1(), &format!("http://{}/", p.addr("web")), &[]).await.unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let p = DaemonProcess::start(
+        BIN,
+        &service(&format!("[ {{ address = \"{dead}\" }} ]"), ""),
+        &["web"],
+    );
+    let a = get(&http1(), &format!("http://{}/", p.addr("web")), &[])
+        .await
+        .unwrap();
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     let dead_s = dead.to_string();
     let found = eventually(Duration::from_secs(5), || {
-        p.log_json().iter().any(|l| l["message"] == "request failed" && l["backend"] == dead_s.as_str())
+        p.log_json()
+            .iter()
+            .any(|l| l["message"] == "request failed" && l["backend"] == dead_s.as_str())
     })
     .await;
-    let lines: Vec<_> = p.log_json().into_iter().filter(|l| l["backend"] == dead_s.as_str()).collect();
+    let lines: Vec<_> = p
+        .log_json()
+        .into_iter()
+        .filter(|l| l["backend"] == dead_s.as_str())
+        .collect();
     assert!(found, "{lines:?}");
     assert_eq!(lines.len(), 1, "one line per failure: {lines:?}");
     assert_eq!(lines[0]["status"], 502);
-    assert!(lines[0]["error"].as_str().unwrap().contains("connect failed"), "{lines:?}");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connect failed"),
+        "{lines:?}"
+    );
 }
 
 /// 1 GiB each way through the daemon: its peak memory grows by a small bounded amount, because
@@ -139,12 +204,18 @@ async fn a_1_gib_download_and_upload_do_not_raise_memory() {
     let p = DaemonProcess::start(BIN, &service(&backends(&[(&origin, 1)]), ""), &["web"]);
     let base = format!("http://{}", p.addr("web"));
     // Warm up pools and buffers first so the baseline includes them.
-    get(&http1(), &format!("{base}/bytes/1000000"), &[]).await.unwrap();
+    get(&http1(), &format!("{base}/bytes/1000000"), &[])
+        .await
+        .unwrap();
     let before = p.peak_rss();
 
     let started = Instant::now();
     let resp = http1()
-        .request(http::Request::get(format!("{base}/bytes/{GIB}")).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap())
+        .request(
+            http::Request::get(format!("{base}/bytes/{GIB}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
@@ -159,15 +230,19 @@ async fn a_1_gib_download_and_upload_do_not_raise_memory() {
     assert_eq!(got, GIB);
 
     let chunks = futures_util::stream::iter((0..GIB / (1 << 20)).map(|_| {
-        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![1u8; 1 << 20])))
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            1u8;
+            1 << 20
+        ])))
     }));
     let upload = http::Request::builder()
         .method(Method::POST)
         .uri(format!("{base}/sink"))
         .body(http_body_util::StreamBody::new(chunks))
         .unwrap();
-    let up_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::StreamBody<_>>();
+    let up_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::StreamBody<_>>();
     let resp = up_client.request(upload).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let n = resp.into_body().collect().await.unwrap().to_bytes();
@@ -175,6 +250,11 @@ async fn a_1_gib_download_and_upload_do_not_raise_memory() {
 
     let after = p.peak_rss();
     let grew = after.saturating_sub(before);
-    eprintln!("2 GiB streamed in {:?}; peak RSS {} -> {} MiB", started.elapsed(), before >> 20, after >> 20);
+    eprintln!(
+        "2 GiB streamed in {:?}; peak RSS {} -> {} MiB",
+        started.elapsed(),
+        before >> 20,
+        after >> 20
+    );
     assert!(grew < 48 << 20, "peak RSS grew by {} MiB", grew >> 20);
 }

@@ -31,7 +31,13 @@ async fn http1_and_http2_reach_the_origin_with_forwarding_headers() {
     let origin = Origin::start("a").await;
     let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
 
-    let a = get(&http1(), &d.url("web", "/hello?x=1"), &[("host", "app.example.com")]).await.unwrap();
+    let a = get(
+        &http1(),
+        &d.url("web", "/hello?x=1"),
+        &[("host", "app.example.com")],
+    )
+    .await
+    .unwrap();
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.text(), "origin a /hello");
     assert_eq!(a.header("x-origin"), Some("a"));
@@ -57,13 +63,21 @@ async fn hop_by_hop_headers_stop_at_the_proxy() {
     let a = get(
         &http1(),
         &d.url("web", "/"),
-        &[("connection", "keep-alive, x-private"), ("x-private", "secret"), ("keep-alive", "timeout=5"), ("x-public", "1")],
+        &[
+            ("connection", "keep-alive, x-private"),
+            ("x-private", "secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-public", "1"),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(a.status, StatusCode::OK);
     let seen = origin.last_headers();
-    assert!(seen.get("x-private").is_none(), "a header named in Connection is hop-by-hop");
+    assert!(
+        seen.get("x-private").is_none(),
+        "a header named in Connection is hop-by-hop"
+    );
     assert!(seen.get("keep-alive").is_none());
     assert_eq!(seen["x-public"], "1");
     // The origin's own Connection-listed header does not reach the client either.
@@ -120,12 +134,32 @@ regions = ["static"]
     let d = TestDaemon::start(&config).await;
     let c = http1();
     let url = |p: &str| d.url("web", p);
-    assert_eq!(get(&c, &url("/users"), &[("host", "api.example.com")]).await.unwrap().text(), "origin api /users");
-    assert_eq!(get(&c, &url("/v2/users"), &[("host", "API.example.com:80")]).await.unwrap().text(), "origin api-v2 /v2/users");
-    assert_eq!(get(&c, &url("/img.png"), &[("host", "eu.cdn.example.com")]).await.unwrap().text(), "origin static /img.png");
+    assert_eq!(
+        get(&c, &url("/users"), &[("host", "api.example.com")])
+            .await
+            .unwrap()
+            .text(),
+        "origin api /users"
+    );
+    assert_eq!(
+        get(&c, &url("/v2/users"), &[("host", "API.example.com:80")])
+            .await
+            .unwrap()
+            .text(),
+        "origin api-v2 /v2/users"
+    );
+    assert_eq!(
+        get(&c, &url("/img.png"), &[("host", "eu.cdn.example.com")])
+            .await
+            .unwrap()
+            .text(),
+        "origin static /img.png"
+    );
 
     let before = api.hits() + api_v2.hits() + static_.hits();
-    let unknown = get(&c, &url("/"), &[("host", "evil.example.net")]).await.unwrap();
+    let unknown = get(&c, &url("/"), &[("host", "evil.example.net")])
+        .await
+        .unwrap();
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.text(), "404 Not Found: no service for this host\n");
     // Absolute-form requests name their own host: still routed by it, never forwarded elsewhere.
@@ -137,7 +171,11 @@ regions = ["static"]
     .await
     .unwrap();
     assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
-    assert_eq!(api.hits() + api_v2.hits() + static_.hits(), before, "nothing was forwarded");
+    assert_eq!(
+        api.hits() + api_v2.hits() + static_.hits(),
+        before,
+        "nothing was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -146,10 +184,20 @@ async fn streams_request_and_response_bodies() {
     let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
     let body = Bytes::from(vec![7u8; 3 * 1024 * 1024 + 17]);
     for client in [http1(), http2()] {
-        let a = send(&client, Method::POST, &d.url("web", "/echo"), &[], body.clone()).await.unwrap();
+        let a = send(
+            &client,
+            Method::POST,
+            &d.url("web", "/echo"),
+            &[],
+            body.clone(),
+        )
+        .await
+        .unwrap();
         assert_eq!(a.status, StatusCode::OK);
         assert_eq!(a.body, body);
-        let a = get(&client, &d.url("web", "/bytes/5000000"), &[]).await.unwrap();
+        let a = get(&client, &d.url("web", "/bytes/5000000"), &[])
+            .await
+            .unwrap();
         assert_eq!(a.body.len(), 5_000_000);
     }
 }
@@ -157,7 +205,10 @@ async fn streams_request_and_response_bodies() {
 #[tokio::test]
 async fn refused_backend_is_502_with_a_short_body() {
     // A port that was just free: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let config = one_service(&format!("[ {{ address = \"{dead}\" }} ]"), "");
     let d = TestDaemon::start(&config).await;
     let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
@@ -168,11 +219,21 @@ async fn refused_backend_is_502_with_a_short_body() {
 
 #[tokio::test]
 async fn no_usable_backend_is_503() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let extra = "[services.outlier]\nconsecutive_failures = 1\nbase_ejection = \"1m\"\n[services.failover]\nwhen_all_down = \"fail_closed\"\n";
-    let d = TestDaemon::start(&one_service(&format!("[ {{ address = \"{dead}\" }} ]"), extra)).await;
+    let d = TestDaemon::start(&one_service(
+        &format!("[ {{ address = \"{dead}\" }} ]"),
+        extra,
+    ))
+    .await;
     let c = http1();
-    assert_eq!(get(&c, &d.url("web", "/"), &[]).await.unwrap().status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        get(&c, &d.url("web", "/"), &[]).await.unwrap().status,
+        StatusCode::BAD_GATEWAY
+    );
     // The failure ejected the only backend; fail_closed answers 503 instead of trying it.
     let a = get(&c, &d.url("web", "/"), &[]).await.unwrap();
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -189,16 +250,29 @@ async fn slow_backend_is_504() {
     let started = std::time::Instant::now();
     let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(a.text(), "504 Gateway Timeout: backend did not answer in time\n");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(
+        a.text(),
+        "504 Gateway Timeout: backend did not answer in time\n"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(origin.hits(), 1, "a timed-out request is not retried");
 }
 
 #[tokio::test]
 async fn a_dead_backend_is_retried_on_another_and_the_client_sees_200() {
     let live = Origin::start("live").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let list = format!("[ {{ address = \"{dead}\" }}, {{ address = \"{}\" }} ]", live.addr);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let list = format!(
+        "[ {{ address = \"{dead}\" }}, {{ address = \"{}\" }} ]",
+        live.addr
+    );
     let d = TestDaemon::start(&one_service(&list, "")).await;
     let c = http1();
     for _ in 0..20 {
@@ -213,31 +287,66 @@ async fn a_503_from_a_backend_is_retried_for_idempotent_requests_only() {
     let sick = Origin::start("sick").await;
     sick.set_status(503);
     let well = Origin::start("well").await;
-    let d = TestDaemon::start(&one_service(&backends(&[(&sick, 1), (&well, 1)]), "[services.outlier]\nconsecutive_failures = 0\n")).await;
+    let d = TestDaemon::start(&one_service(
+        &backends(&[(&sick, 1), (&well, 1)]),
+        "[services.outlier]\nconsecutive_failures = 0\n",
+    ))
+    .await;
     let c = http1();
     for _ in 0..10 {
-        assert_eq!(get(&c, &d.url("web", "/"), &[]).await.unwrap().status, StatusCode::OK);
+        assert_eq!(
+            get(&c, &d.url("web", "/"), &[]).await.unwrap().status,
+            StatusCode::OK
+        );
     }
     let mut saw_503 = false;
     for _ in 0..10 {
-        let a = send(&c, Method::POST, &d.url("web", "/"), &[], Bytes::new()).await.unwrap();
+        let a = send(&c, Method::POST, &d.url("web", "/"), &[], Bytes::new())
+            .await
+            .unwrap();
         saw_503 |= a.status == StatusCode::SERVICE_UNAVAILABLE;
     }
-    assert!(saw_503, "a POST that reached the sick backend gets its 503, not a replay");
+    assert!(
+        saw_503,
+        "a POST that reached the sick backend gets its 503, not a replay"
+    );
 }
 
 #[tokio::test]
 async fn malformed_requests_get_4xx() {
     let origin = Origin::start("a").await;
     let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
-    let bad = raw_exchange(d.addr("web"), b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 4096).await.unwrap();
+    let bad = raw_exchange(
+        d.addr("web"),
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        4096,
+    )
+    .await
+    .unwrap();
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
-    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(80 * 1024));
-    let big = raw_exchange(d.addr("web"), huge.as_bytes(), 4096).await.unwrap();
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(80 * 1024)
+    );
+    let big = raw_exchange(d.addr("web"), huge.as_bytes(), 4096)
+        .await
+        .unwrap();
     assert!(big.starts_with("HTTP/1.1 431"), "{big}");
-    let no_host = raw_exchange(d.addr("web"), b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", 4096).await.unwrap();
+    let no_host = raw_exchange(
+        d.addr("web"),
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        4096,
+    )
+    .await
+    .unwrap();
     assert!(no_host.starts_with("HTTP/1.1 400"), "{no_host}");
-    let connect = raw_exchange(d.addr("web"), b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n", 4096).await.unwrap();
+    let connect = raw_exchange(
+        d.addr("web"),
+        b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+        4096,
+    )
+    .await
+    .unwrap();
     assert!(connect.starts_with("HTTP/1.1 405"), "{connect}");
     assert_eq!(origin.hits(), 0);
 }
@@ -250,14 +359,21 @@ async fn slow_request_heads_and_idle_connections_are_closed() {
     let d = TestDaemon::start(&config).await;
     let started = std::time::Instant::now();
     // Half a request head, then nothing: closed after request_header.
-    let partial = raw_exchange(d.addr("web"), b"GET / HTTP/1.1\r\nHost: x\r\n", 4096).await.unwrap();
+    let partial = raw_exchange(d.addr("web"), b"GET / HTTP/1.1\r\nHost: x\r\n", 4096)
+        .await
+        .unwrap();
     let took = started.elapsed();
     assert!(!partial.contains("200 OK"), "{partial}");
-    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     // A keep-alive connection that goes quiet after a request: closed after idle, not before.
     let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -265,5 +381,8 @@ async fn slow_request_heads_and_idle_connections_are_closed() {
     let closed = s.read(&mut buf).await.unwrap_or(0);
     assert_eq!(closed, 0, "closed by the proxy");
     let idle = quiet.elapsed();
-    assert!(idle >= Duration::from_millis(500) && idle < Duration::from_secs(3), "{idle:?}");
+    assert!(
+        idle >= Duration::from_millis(500) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
 }

@@ -119,10 +119,14 @@ impl GeoDb {
     /// record decoded, then that it has country data at all. Opening alone is not enough: a
     /// corrupt file can open and fail at lookup time.
     pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| GeoError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
-        let reader = Reader::from_source(bytes)
-            .map_err(|e| GeoError::Open { path: path.to_path_buf(), reason: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| GeoError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let reader = Reader::from_source(bytes).map_err(|e| GeoError::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
         let mut warning = None;
         if let Err(e) = reader.verify() {
             let reason = e.to_string();
@@ -130,19 +134,32 @@ impl GeoDb {
             if reason.contains("description") {
                 warning = Some(reason);
             } else {
-                return Err(GeoError::Corrupt { path: path.to_path_buf(), reason });
+                return Err(GeoError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason,
+                });
             }
         }
         let mut records_checked = 0;
         let mut with_country = 0;
-        let networks = reader
-            .networks(WithinOptions::default())
-            .map_err(|e| GeoError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+        let networks =
+            reader
+                .networks(WithinOptions::default())
+                .map_err(|e| GeoError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
         for item in networks {
-            let result = item.map_err(|e| GeoError::Corrupt { path: path.to_path_buf(), reason: e.to_string() })?;
+            let result = item.map_err(|e| GeoError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
             let record: Option<Record<'_>> = result.decode().map_err(|e| {
                 let network = result.network().map(|n| n.to_string()).unwrap_or_default();
-                GeoError::Corrupt { path: path.to_path_buf(), reason: format!("record for {network}: {e}") }
+                GeoError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("record for {network}: {e}"),
+                }
             })?;
             records_checked += 1;
             if record.as_ref().and_then(country_of).is_some() {
@@ -155,7 +172,12 @@ impl GeoDb {
                 db_type: reader.metadata().database_type.clone(),
             });
         }
-        Ok(GeoDb { reader, path: path.to_path_buf(), records_checked, warning })
+        Ok(GeoDb {
+            reader,
+            path: path.to_path_buf(),
+            records_checked,
+            warning,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -179,10 +201,12 @@ impl GeoDb {
         }
         let record: Record<'_> = result.decode().ok()??;
         let country = country_of(&record);
-        let coordinates = record
-            .location
-            .as_ref()
-            .and_then(|l| Some(Location { lat: l.latitude?, lon: l.longitude? }));
+        let coordinates = record.location.as_ref().and_then(|l| {
+            Some(Location {
+                lat: l.latitude?,
+                lon: l.longitude?,
+            })
+        });
         let (location, located_by) = match (coordinates, country) {
             (Some(loc), _) => (Some(loc), LocatedBy::Coordinates),
             (None, Some(c)) => match centroid(c.as_str()) {
@@ -191,7 +215,11 @@ impl GeoDb {
             },
             (None, None) => return None,
         };
-        Some(GeoInfo { country, location, located_by })
+        Some(GeoInfo {
+            country,
+            location,
+            located_by,
+        })
     }
 }
 

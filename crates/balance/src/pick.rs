@@ -76,7 +76,11 @@ impl Service {
         if let Some(i) = ramping {
             let region = &self.regions[i];
             if let Some(b) = region.selector.select(&region.backends, usable) {
-                let reason = if avoid.is_some() { RouteReason::Retry } else { RouteReason::Failover };
+                let reason = if avoid.is_some() {
+                    RouteReason::Retry
+                } else {
+                    RouteReason::Failover
+                };
                 return Some(self.finish(i, b, reason));
             }
         }
@@ -102,16 +106,33 @@ impl Service {
     }
 
     fn finish(&self, region_index: usize, backend_index: usize, reason: RouteReason) -> Pick<'_> {
-        if reason != RouteReason::FailOpen && self.state.all_down.load(std::sync::atomic::Ordering::Relaxed) {
-            self.state.all_down.store(false, std::sync::atomic::Ordering::Relaxed);
+        if reason != RouteReason::FailOpen
+            && self
+                .state
+                .all_down
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.state
+                .all_down
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(service = %self.name, "a region is healthy again; normal routing resumed");
         }
         let region = &self.regions[region_index];
-        Pick { region_index, region, backend_index, backend: &region.backends[backend_index], reason }
+        Pick {
+            region_index,
+            region,
+            backend_index,
+            backend: &region.backends[backend_index],
+            reason,
+        }
     }
 
     fn note_all_down(&self) {
-        if !self.state.all_down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !self
+            .state
+            .all_down
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             let policy = self.spec.failover.when_all_down;
             tracing::warn!(
                 service = %self.name,
@@ -136,7 +157,10 @@ impl Service {
     /// Regions in the order this client should try them.
     pub fn region_order(&self, client: &ClientFacts) -> RegionOrder {
         let n = self.regions.len().min(MAX_REGIONS);
-        let mut order = RegionOrder { order: [0; MAX_REGIONS], len: n };
+        let mut order = RegionOrder {
+            order: [0; MAX_REGIONS],
+            len: n,
+        };
         for (i, slot) in order.order[..n].iter_mut().enumerate() {
             *slot = i as u8;
         }
@@ -184,25 +208,37 @@ impl Service {
         let mut keys = [(0u8, 0f64); MAX_REGIONS];
         for (k, &i) in order.iter().enumerate() {
             let nanos = self.regions[i as usize].health.latency_nanos();
-            keys[k] = if nanos == 0 { (1, i as f64) } else { (0, nanos as f64) };
+            keys[k] = if nanos == 0 {
+                (1, i as f64)
+            } else {
+                (0, nanos as f64)
+            };
         }
         insertion_sort_by_key(order, &mut keys[..order.len()]);
         // Stay on the current choice unless the best is faster by more than the tolerance, so
         // traffic does not flap between nearly equal regions.
-        let current = self.state.latency_choice.load(std::sync::atomic::Ordering::Relaxed);
+        let current = self
+            .state
+            .latency_choice
+            .load(std::sync::atomic::Ordering::Relaxed);
         let best = order[0] as usize;
         if current < self.regions.len() && current != best {
             let cur = &self.regions[current];
             let cur_nanos = cur.health.latency_nanos();
             let best_nanos = self.regions[best].health.latency_nanos();
             let tolerance = self.spec.failover.latency_tolerance.as_nanos() as u64;
-            if cur.is_eligible() && cur_nanos != 0 && cur_nanos <= best_nanos.saturating_add(tolerance) {
+            if cur.is_eligible()
+                && cur_nanos != 0
+                && cur_nanos <= best_nanos.saturating_add(tolerance)
+            {
                 move_to_front(order, current);
                 return;
             }
         }
         if current != best {
-            self.state.latency_choice.store(best, std::sync::atomic::Ordering::Relaxed);
+            self.state
+                .latency_choice
+                .store(best, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -241,8 +277,14 @@ mod tests {
 
     #[test]
     fn distances() {
-        let frankfurt = Location { lat: 50.11, lon: 8.68 };
-        let virginia = Location { lat: 39.04, lon: -77.49 };
+        let frankfurt = Location {
+            lat: 50.11,
+            lon: 8.68,
+        };
+        let virginia = Location {
+            lat: 39.04,
+            lon: -77.49,
+        };
         let d = distance_km(frankfurt, virginia);
         assert!((6500.0..6700.0).contains(&d), "{d}");
         assert_eq!(distance_km(frankfurt, frankfurt), 0.0);

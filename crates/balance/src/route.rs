@@ -14,11 +14,14 @@ struct Routes(Vec<(Box<str>, usize)>);
 impl Routes {
     fn add(&mut self, prefix: &str, service: usize) {
         self.0.push((prefix.into(), service));
-        self.0.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.0.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
     }
 
     fn find(&self, path: &str) -> Option<usize> {
-        self.0.iter().find(|(p, _)| path.starts_with(&**p)).map(|(_, s)| *s)
+        self.0
+            .iter()
+            .find(|(p, _)| path.starts_with(&**p))
+            .map(|(_, s)| *s)
     }
 }
 
@@ -43,19 +46,24 @@ pub enum NoRoute {
 impl Router {
     pub fn add(&mut self, host: &HostPattern, prefix: &str, service: usize) {
         match host {
-            HostPattern::Any => self.any.get_or_insert_with(Routes::default).add(prefix, service),
-            HostPattern::Exact(h) => self.exact.entry(h.as_str().into()).or_default().add(prefix, service),
-            HostPattern::Suffix(s) => {
-                match self.suffixes.iter_mut().find(|(x, _)| **x == **s) {
-                    Some((_, r)) => r.add(prefix, service),
-                    None => {
-                        let mut r = Routes::default();
-                        r.add(prefix, service);
-                        self.suffixes.push((s.as_str().into(), r));
-                        self.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-                    }
+            HostPattern::Any => self
+                .any
+                .get_or_insert_with(Routes::default)
+                .add(prefix, service),
+            HostPattern::Exact(h) => self
+                .exact
+                .entry(h.as_str().into())
+                .or_default()
+                .add(prefix, service),
+            HostPattern::Suffix(s) => match self.suffixes.iter_mut().find(|(x, _)| **x == **s) {
+                Some((_, r)) => r.add(prefix, service),
+                None => {
+                    let mut r = Routes::default();
+                    r.add(prefix, service);
+                    self.suffixes.push((s.as_str().into(), r));
+                    self.suffixes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
                 }
-            }
+            },
         }
     }
 
@@ -69,7 +77,11 @@ impl Router {
         let name: &str = &name;
         let routes = if let Some(r) = self.exact.get(name) {
             Some(r)
-        } else if let Some((_, r)) = self.suffixes.iter().find(|(s, _)| name.len() > s.len() && name.ends_with(&**s)) {
+        } else if let Some((_, r)) = self
+            .suffixes
+            .iter()
+            .find(|(s, _)| name.len() > s.len() && name.ends_with(&**s))
+        {
             Some(r)
         } else {
             self.any.as_ref()
@@ -85,7 +97,11 @@ fn normalise_host(host: &str) -> std::borrow::Cow<'_, str> {
         host.find(']').map_or(host, |i| &host[..=i])
     } else {
         host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host }
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
         })
     };
     let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
@@ -117,7 +133,11 @@ mod tests {
         assert_eq!(r.route("a.cdn.example.com", "/x"), Ok(2));
         assert_eq!(r.route("API.Example.com:8080", "/x"), Ok(3));
         assert_eq!(r.route("api.example.com.", "/v2/users"), Ok(4));
-        assert_eq!(r.route("example.com", "/"), Ok(0), "*.example.com does not match the bare name");
+        assert_eq!(
+            r.route("example.com", "/"),
+            Ok(0),
+            "*.example.com does not match the bare name"
+        );
     }
 
     #[test]

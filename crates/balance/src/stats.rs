@@ -178,7 +178,11 @@ impl BackendState {
         let w = (-elapsed / EWMA_DECAY_NANOS).exp();
         let _ = self.ewma_bits.fetch_update(Relaxed, Relaxed, |bits| {
             let cur = f64::from_bits(bits);
-            let next = if cur <= 0.0 || rtt > cur { rtt } else { cur * w + rtt * (1.0 - w) };
+            let next = if cur <= 0.0 || rtt > cur {
+                rtt
+            } else {
+                cur * w + rtt * (1.0 - w)
+            };
             Some(next.to_bits())
         });
     }
@@ -188,14 +192,22 @@ impl BackendState {
         let rtt = sample.as_nanos() as f64;
         let _ = self.probe_rtt_bits.fetch_update(Relaxed, Relaxed, |bits| {
             let cur = f64::from_bits(bits);
-            let next = if cur <= 0.0 { rtt } else { cur * 0.7 + rtt * 0.3 };
+            let next = if cur <= 0.0 {
+                rtt
+            } else {
+                cur * 0.7 + rtt * 0.3
+            };
             Some(next.to_bits())
         });
     }
 
     /// Records the outcome of a real request for passive health. Returns `Some(cool_down)` when
     /// this failure ejected the backend.
-    pub fn record_outcome(&self, ok: bool, policy: &streamgate_config::Outlier) -> Option<Duration> {
+    pub fn record_outcome(
+        &self,
+        ok: bool,
+        policy: &streamgate_config::Outlier,
+    ) -> Option<Duration> {
         if ok {
             self.consecutive_failures.store(0, Relaxed);
             // A success after an ejection expired ends the ejection history gradually.
@@ -216,7 +228,8 @@ impl BackendState {
             .base_ejection
             .saturating_mul(1u32 << times.min(10))
             .min(policy.max_ejection);
-        self.ejected_until.store(now_nanos() + cool_down.as_nanos() as u64, Relaxed);
+        self.ejected_until
+            .store(now_nanos() + cool_down.as_nanos() as u64, Relaxed);
         Some(cool_down)
     }
 
@@ -244,7 +257,10 @@ impl Lease {
     pub fn new(state: Arc<BackendState>) -> Lease {
         state.in_flight.fetch_add(1, Relaxed);
         state.requests.fetch_add(1, Relaxed);
-        Lease { state, started: Instant::now() }
+        Lease {
+            state,
+            started: Instant::now(),
+        }
     }
 
     pub fn state(&self) -> &BackendState {
@@ -293,7 +309,11 @@ mod tests {
         s.record_latency(Duration::from_millis(10));
         assert_eq!(s.latency(), Some(Duration::from_millis(10)));
         s.record_latency(Duration::from_millis(100));
-        assert_eq!(s.latency(), Some(Duration::from_millis(100)), "a peak is taken at once");
+        assert_eq!(
+            s.latency(),
+            Some(Duration::from_millis(100)),
+            "a peak is taken at once"
+        );
         s.record_latency(Duration::from_millis(1));
         let after = s.latency().unwrap();
         assert!(after <= Duration::from_millis(100) && after > Duration::from_millis(1));
@@ -323,10 +343,17 @@ mod tests {
         };
         let s = BackendState::default();
         assert_eq!(s.record_outcome(false, &policy), None);
-        assert_eq!(s.record_outcome(true, &policy), None, "a success resets the streak");
+        assert_eq!(
+            s.record_outcome(true, &policy),
+            None,
+            "a success resets the streak"
+        );
         assert_eq!(s.record_outcome(false, &policy), None);
         assert_eq!(s.record_outcome(false, &policy), None);
-        assert_eq!(s.record_outcome(false, &policy), Some(Duration::from_secs(1)));
+        assert_eq!(
+            s.record_outcome(false, &policy),
+            Some(Duration::from_secs(1))
+        );
         assert!(!s.is_available());
         assert_eq!(s.unavailable_reason(), Some(Unavailable::Ejected));
         // Expire it by hand and fail again: the cool-down doubles, capped by max_ejection.
@@ -334,11 +361,17 @@ mod tests {
         for _ in 0..2 {
             s.record_outcome(false, &policy);
         }
-        assert_eq!(s.record_outcome(false, &policy), Some(Duration::from_secs(2)));
+        assert_eq!(
+            s.record_outcome(false, &policy),
+            Some(Duration::from_secs(2))
+        );
         s.ejected_until.store(1, Relaxed);
         for _ in 0..2 {
             s.record_outcome(false, &policy);
         }
-        assert_eq!(s.record_outcome(false, &policy), Some(Duration::from_secs(3)));
+        assert_eq!(
+            s.record_outcome(false, &policy),
+            Some(Duration::from_secs(3))
+        );
     }
 }

@@ -35,7 +35,11 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// Builds a table for `config`, taking over the live state of every backend, region and
     /// service that `previous` also had (same service, region and address).
-    pub fn build(config: Arc<Config>, previous: Option<&RoutingTable>, metrics: &Metrics) -> RoutingTable {
+    pub fn build(
+        config: Arc<Config>,
+        previous: Option<&RoutingTable>,
+        metrics: &Metrics,
+    ) -> RoutingTable {
         let version = previous.map_or(1, |p| p.version + 1);
         let regions: HashMap<String, Arc<RegionControl>> = config
             .regions
@@ -65,19 +69,27 @@ impl RoutingTable {
             .collect();
         for (index, spec) in config.services.iter().enumerate() {
             for listener in &spec.listeners {
-                if let Some((_, router, _)) = routers.iter_mut().find(|(n, _, _)| **n == **listener) {
+                if let Some((_, router, _)) = routers.iter_mut().find(|(n, _, _)| **n == **listener)
+                {
                     for host in &spec.hosts {
                         router.add(host, &spec.path_prefix, index);
                     }
                 }
             }
         }
-        RoutingTable { version, config, services, regions, routers }
+        RoutingTable {
+            version,
+            config,
+            services,
+            regions,
+            routers,
+        }
     }
 
     /// The service for a request on `listener` with this Host and path.
     pub fn route(&self, listener: &str, host: &str, path: &str) -> Result<&Service, NoRoute> {
-        let Some((_, router, unrouted)) = self.routers.iter().find(|(n, _, _)| **n == *listener) else {
+        let Some((_, router, unrouted)) = self.routers.iter().find(|(n, _, _)| **n == *listener)
+        else {
             return Err(NoRoute::Host);
         };
         match router.route(host, path) {
@@ -95,10 +107,16 @@ impl RoutingTable {
 
     /// Every backend of every service with this address (one address may serve several
     /// services, each with its own state).
-    pub fn backends_at(&self, address: SocketAddr) -> impl Iterator<Item = (&Service, &ServiceRegion, &Backend)> {
+    pub fn backends_at(
+        &self,
+        address: SocketAddr,
+    ) -> impl Iterator<Item = (&Service, &ServiceRegion, &Backend)> {
         self.services.iter().flat_map(move |s| {
             s.regions.iter().flat_map(move |r| {
-                r.backends.iter().filter(move |b| b.address == address).map(move |b| (s, r, b))
+                r.backends
+                    .iter()
+                    .filter(move |b| b.address == address)
+                    .map(move |b| (s, r, b))
             })
         })
     }
@@ -132,13 +150,22 @@ impl Service {
             .filter_map(|name| {
                 let region = config.region(name)?;
                 let old_region = old.and_then(|o| o.regions.iter().find(|r| &*r.name == name));
-                Some(ServiceRegion::build(spec, region, old_region, controls.get(name).cloned(), metrics))
+                Some(ServiceRegion::build(
+                    spec,
+                    region,
+                    old_region,
+                    controls.get(name).cloned(),
+                    metrics,
+                ))
             })
             .collect();
         let state = old.map(|o| o.state.clone()).unwrap_or_default();
         // An operator's primary choice survives a reload only if the region is still listed.
         if let Some(primary) = state.primary() {
-            let still_there = spec.regions.get(primary).zip(old.and_then(|o| o.regions.get(primary)));
+            let still_there = spec
+                .regions
+                .get(primary)
+                .zip(old.and_then(|o| o.regions.get(primary)));
             match still_there {
                 Some((new_name, old_region)) if *new_name == *old_region.name => {}
                 _ => state.clear_primary(),
@@ -160,12 +187,18 @@ impl Service {
     }
 
     pub fn region(&self, name: &str) -> Option<(usize, &ServiceRegion)> {
-        self.regions.iter().enumerate().find(|(_, r)| &*r.name == name)
+        self.regions
+            .iter()
+            .enumerate()
+            .find(|(_, r)| &*r.name == name)
     }
 
     /// Index of the region currently serving as primary.
     pub fn primary_index(&self) -> usize {
-        self.state.primary().filter(|&i| i < self.regions.len()).unwrap_or(0)
+        self.state
+            .primary()
+            .filter(|&i| i < self.regions.len())
+            .unwrap_or(0)
     }
 }
 
@@ -237,7 +270,10 @@ impl ServiceState {
         let second = crate::stats::now_nanos() / 1_000_000_000;
         let current = self.budget_window.load(Relaxed);
         if current != second
-            && self.budget_window.compare_exchange(current, second, Relaxed, Relaxed).is_ok()
+            && self
+                .budget_window
+                .compare_exchange(current, second, Relaxed, Relaxed)
+                .is_ok()
         {
             self.budget_requests.store(0, Relaxed);
             self.budget_retries.store(0, Relaxed);
@@ -253,7 +289,9 @@ pub struct RegionControl {
 
 impl Default for RegionControl {
     fn default() -> Self {
-        RegionControl { active: AtomicBool::new(true) }
+        RegionControl {
+            active: AtomicBool::new(true),
+        }
     }
 }
 
@@ -465,6 +503,11 @@ impl Backend {
     pub fn new(address: SocketAddr, weight: u32, state: Arc<BackendState>) -> Backend {
         let authority = Authority::try_from(address.to_string().as_str())
             .expect("a socket address is a valid authority");
-        Backend { address, authority, weight, state }
+        Backend {
+            address,
+            authority,
+            weight,
+            state,
+        }
     }
 }

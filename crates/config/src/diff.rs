@@ -64,16 +64,19 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     }
     for l in &new.listeners {
         match old.listeners.iter().find(|o| o.name == l.name) {
-            None => d.needs_restart.push(format!("listeners \"{}\" (new)", l.name)),
-            Some(o) if o.listen != l.listen || o.protocol != l.protocol => {
-                d.needs_restart.push(format!("listeners \"{}\" (address or protocol)", l.name))
-            }
+            None => d
+                .needs_restart
+                .push(format!("listeners \"{}\" (new)", l.name)),
+            Some(o) if o.listen != l.listen || o.protocol != l.protocol => d
+                .needs_restart
+                .push(format!("listeners \"{}\" (address or protocol)", l.name)),
             Some(_) => {}
         }
     }
     for o in &old.listeners {
         if !new.listeners.iter().any(|l| l.name == o.name) {
-            d.needs_restart.push(format!("listeners \"{}\" (removed)", o.name));
+            d.needs_restart
+                .push(format!("listeners \"{}\" (removed)", o.name));
         }
     }
     d

@@ -18,8 +18,10 @@ pub use model::*;
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(parse(path, &text)?)
 }
 
@@ -50,7 +52,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         errors.sort_by_key(|e| e.line);
         return Err(ConfigErrors(errors));
     }
-    config.source = Source { path: path.to_path_buf(), digest: fnv1a(text.as_bytes()) };
+    config.source = Source {
+        path: path.to_path_buf(),
+        digest: fnv1a(text.as_bytes()),
+    };
     Ok(config)
 }
 

@@ -101,7 +101,11 @@ pub struct AccessLog {
 
 impl Default for AccessLog {
     fn default() -> Self {
-        AccessLog { enabled: false, path: None, format: AccessLogFormat::Json }
+        AccessLog {
+            enabled: false,
+            path: None,
+            format: AccessLogFormat::Json,
+        }
     }
 }
 
@@ -359,6 +363,10 @@ pub struct Retry {
 
 impl Default for Retry {
     fn default() -> Self {
-        Retry { attempts: 1, budget_ratio: 0.2, min_per_second: 10 }
+        Retry {
+            attempts: 1,
+            budget_ratio: 0.2,
+            min_per_second: 10,
+        }
     }
 }

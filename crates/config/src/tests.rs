@@ -38,7 +38,12 @@ fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 fn messages(text: &str) -> Vec<String> {
-    parse_str(text).unwrap_err().0.iter().map(ToString::to_string).collect()
+    parse_str(text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -62,7 +67,10 @@ fn parses_the_contract_keys() {
         ]
     );
     assert_eq!(s.timeouts.connect, Duration::from_millis(250));
-    assert_eq!(s.timeouts.upstream_response, Timeouts::default().upstream_response);
+    assert_eq!(
+        s.timeouts.upstream_response,
+        Timeouts::default().upstream_response
+    );
     assert_ne!(c.source.digest, 0);
 }
 
@@ -127,7 +135,9 @@ fn unknown_keys_are_errors_with_their_path() {
     assert_eq!(errs.len(), 1);
     let line = text.lines().position(|l| l.contains("path_prefx")).unwrap() + 1;
     assert!(
-        errs[0].starts_with(&format!("demo.toml:{line}: services[0].path_prefx: unknown field `path_prefx`")),
+        errs[0].starts_with(&format!(
+            "demo.toml:{line}: services[0].path_prefx: unknown field `path_prefx`"
+        )),
         "{errs:?}"
     );
 }
@@ -143,7 +153,10 @@ fn syntax_errors_name_the_line() {
 fn wrong_types_name_the_key() {
     let errs = messages(&GOOD.replace("workers = 2", "workers = \"two\""));
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].starts_with("demo.toml:3: runtime.workers: "), "{errs:?}");
+    assert!(
+        errs[0].starts_with("demo.toml:3: runtime.workers: "),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -153,7 +166,10 @@ fn duplicate_routes_and_bad_hosts() {
     );
     let errs = messages(&text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].contains("services[1].hosts[1]: invalid host pattern \"bad host\""), "{errs:?}");
+    assert!(
+        errs[0].contains("services[1].hosts[1]: invalid host pattern \"bad host\""),
+        "{errs:?}"
+    );
     assert!(
         errs[1].contains("services[1].path_prefix: listener \"web\", host \"video.example.com\", path \"/v/\" is already routed to service \"video\""),
         "{errs:?}"
@@ -166,8 +182,14 @@ fn geo_policy_needs_a_database_and_admin_off_loopback_needs_a_token() {
         + "\n[admin]\nlisten = \"0.0.0.0:9901\"\n";
     let errs = messages(&text);
     assert_eq!(errs.len(), 2, "{errs:?}");
-    assert!(errs[0].contains("region_policy: policy \"geo\" needs a [geo] table"), "{errs:?}");
-    assert!(errs[1].contains("admin.listen: 0.0.0.0:9901 is reachable off this machine"), "{errs:?}");
+    assert!(
+        errs[0].contains("region_policy: policy \"geo\" needs a [geo] table"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].contains("admin.listen: 0.0.0.0:9901 is reachable off this machine"),
+        "{errs:?}"
+    );
 }
 
 #[test]
@@ -188,7 +210,10 @@ fn health_check_keys() {
         HealthKind::Tcp => panic!("expected http"),
     }
     let bad = format!("{GOOD}\n[services.health]\nkind = \"tcp\"\npath = \"/x\"\n");
-    assert!(messages(&bad)[0].contains("services[0].health.path: only http health checks take this key"));
+    assert!(
+        messages(&bad)[0]
+            .contains("services[0].health.path: only http health checks take this key")
+    );
 }
 
 #[test]
@@ -201,11 +226,21 @@ fn port_zero_listeners_may_repeat() {
 #[test]
 fn diff_reports_changes() {
     let a = parse_str(GOOD).unwrap();
-    let b = parse_str(&GOOD.replace("127.0.0.1:9002", "127.0.0.1:9003").replace("workers = 2", "workers = 3"))
-        .unwrap();
+    let b = parse_str(
+        &GOOD
+            .replace("127.0.0.1:9002", "127.0.0.1:9003")
+            .replace("workers = 2", "workers = 3"),
+    )
+    .unwrap();
     let d = diff::diff(&a, &b);
-    assert_eq!(d.backends_added, vec![("us-east".to_string(), "127.0.0.1:9003".parse().unwrap())]);
-    assert_eq!(d.backends_removed, vec![("us-east".to_string(), "127.0.0.1:9002".parse().unwrap())]);
+    assert_eq!(
+        d.backends_added,
+        vec![("us-east".to_string(), "127.0.0.1:9003".parse().unwrap())]
+    );
+    assert_eq!(
+        d.backends_removed,
+        vec![("us-east".to_string(), "127.0.0.1:9002".parse().unwrap())]
+    );
     assert_eq!(d.needs_restart, vec!["runtime.workers".to_string()]);
     assert!(diff::diff(&a, &a).is_empty());
 }

@@ -15,13 +15,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("\"{text}\" has no unit; expected e.g. \"{text}s\" or \"{text}ms\""))?;
+            .ok_or_else(|| {
+                format!("\"{text}\" has no unit; expected e.g. \"{text}s\" or \"{text}ms\"")
+            })?;
         if digits == 0 {
-            return Err(format!("\"{text}\" is not a duration; expected e.g. \"250ms\", \"2s\", \"5m\""));
+            return Err(format!(
+                "\"{text}\" is not a duration; expected e.g. \"250ms\", \"2s\", \"5m\""
+            ));
         }
-        let number: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("\"{text}\" is not a duration; expected e.g. \"250ms\", \"2s\""))?;
+        let number: f64 = rest[..digits].parse().map_err(|_| {
+            format!("\"{text}\" is not a duration; expected e.g. \"250ms\", \"2s\"")
+        })?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -57,7 +61,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     if split == 0 {
-        return Err(format!("\"{text}\" is not a size; expected e.g. \"64KiB\", \"256MiB\", \"1GiB\""));
+        return Err(format!(
+            "\"{text}\" is not a size; expected e.g. \"64KiB\", \"256MiB\", \"1GiB\""
+        ));
     }
     let number: f64 = s[..split]
         .parse()
@@ -99,7 +105,11 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
         assert!(parse_duration("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("ms").is_err());
     }
@@ -111,7 +121,11 @@ mod tests {
         assert_eq!(parse_size("10MB"), Ok(10_000_000));
         assert_eq!(parse_size("512"), Ok(512));
         assert_eq!(parse_size("1.5 KiB"), Ok(1536));
-        assert!(parse_size("12 furlongs").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_size("12 furlongs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_size("KiB").is_err());
     }
 }

@@ -26,12 +26,21 @@ pub(crate) struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub(crate) fn new(path: &Path, text: &'a str) -> Self {
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ctx { file: path.display().to_string(), text, base_dir, errors: Vec::new() }
+        Ctx {
+            file: path.display().to_string(),
+            text,
+            base_dir,
+            errors: Vec::new(),
+        }
     }
 
     pub(crate) fn line_of(&self, offset: usize) -> usize {
         let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     pub(crate) fn err(&mut self, span: Range<usize>, path: impl Display, message: impl Display) {
@@ -46,10 +55,19 @@ impl<'a> Ctx<'a> {
 
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
-    fn duration(&mut self, value: &Option<S<String>>, path: impl Display, default: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        value: &Option<S<String>>,
+        path: impl Display,
+        default: Duration,
+    ) -> Duration {
         match value {
             None => default,
             Some(v) => match parse_duration(v.get_ref()) {
@@ -65,7 +83,11 @@ impl<'a> Ctx<'a> {
     fn int_in(&mut self, value: &S<i64>, path: impl Display, min: i64, max: i64) -> Option<i64> {
         let n = *value.get_ref();
         if n < min || n > max {
-            self.err(value.span(), path, format!("{n} is out of range; expected {min} to {max}"));
+            self.err(
+                value.span(),
+                path,
+                format!("{n} is out of range; expected {min} to {max}"),
+            );
             None
         } else {
             Some(n)
@@ -75,7 +97,11 @@ impl<'a> Ctx<'a> {
     fn existing_file(&mut self, value: &S<String>, path: impl Display, what: &str) -> PathBuf {
         let resolved = self.resolve(value.get_ref());
         if let Err(e) = std::fs::metadata(&resolved) {
-            self.err(value.span(), path, format!("cannot read {what} {}: {e}", resolved.display()));
+            self.err(
+                value.span(),
+                path,
+                format!("cannot read {what} {}: {e}", resolved.display()),
+            );
         }
         resolved
     }
@@ -89,9 +115,19 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
     let geo = raw.geo.as_ref().map(|g| geo(g, &regions, ctx));
-    let services = services(&raw.services, &listeners, &regions, geo.is_some(), &timeouts, ctx);
+    let services = services(
+        &raw.services,
+        &listeners,
+        &regions,
+        geo.is_some(),
+        &timeouts,
+        ctx,
+    );
     Config {
-        source: Source { path: PathBuf::new(), digest: 0 },
+        source: Source {
+            path: PathBuf::new(),
+            digest: 0,
+        },
         runtime,
         timeouts,
         admin,
@@ -105,11 +141,18 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
 
 fn runtime(raw: &RawRuntime, ctx: &mut Ctx<'_>) -> Runtime {
     let workers = raw.workers.as_ref().and_then(|w| {
-        ctx.int_in(w, "runtime.workers", 1, 1024).and_then(|n| NonZeroUsize::new(n as usize))
+        ctx.int_in(w, "runtime.workers", 1, 1024)
+            .and_then(|n| NonZeroUsize::new(n as usize))
     });
-    let shutdown_timeout =
-        ctx.duration(&raw.shutdown_timeout, "runtime.shutdown_timeout", Duration::from_secs(30));
-    Runtime { workers, shutdown_timeout }
+    let shutdown_timeout = ctx.duration(
+        &raw.shutdown_timeout,
+        "runtime.shutdown_timeout",
+        Duration::from_secs(30),
+    );
+    Runtime {
+        workers,
+        shutdown_timeout,
+    }
 }
 
 fn timeouts(raw: &RawTimeouts, prefix: &str, base: Timeouts, ctx: &mut Ctx<'_>) -> Timeouts {
@@ -118,7 +161,11 @@ fn timeouts(raw: &RawTimeouts, prefix: &str, base: Timeouts, ctx: &mut Ctx<'_>) 
         (&raw.connect, "connect", &mut t.connect),
         (&raw.request_header, "request_header", &mut t.request_header),
         (&raw.idle, "idle", &mut t.idle),
-        (&raw.upstream_response, "upstream_response", &mut t.upstream_response),
+        (
+            &raw.upstream_response,
+            "upstream_response",
+            &mut t.upstream_response,
+        ),
         (&raw.upstream_idle, "upstream_idle", &mut t.upstream_idle),
     ];
     for (value, key, slot) in fields {
@@ -138,7 +185,10 @@ fn timeouts(raw: &RawTimeouts, prefix: &str, base: Timeouts, ctx: &mut Ctx<'_>) 
 fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
     let default_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9901));
     let Some(raw) = raw else {
-        return Admin { listen: default_listen, token_file: None };
+        return Admin {
+            listen: default_listen,
+            token_file: None,
+        };
     };
     let listen = raw
         .listen
@@ -165,7 +215,9 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
 }
 
 fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
-    let Some(raw) = raw else { return AccessLog::default() };
+    let Some(raw) = raw else {
+        return AccessLog::default();
+    };
     let path = raw.path.as_ref().map(|p| ctx.resolve(p.get_ref()));
     let format = match &raw.format {
         None => AccessLogFormat::Json,
@@ -180,7 +232,11 @@ fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
             AccessLogFormat::Json
         }
     };
-    AccessLog { enabled: raw.enabled.unwrap_or(true), path, format }
+    AccessLog {
+        enabled: raw.enabled.unwrap_or(true),
+        path,
+        format,
+    }
 }
 
 fn socket_addr(value: &S<String>, path: impl Display, ctx: &mut Ctx<'_>) -> Option<SocketAddr> {
@@ -200,9 +256,17 @@ fn socket_addr(value: &S<String>, path: impl Display, ctx: &mut Ctx<'_>) -> Opti
     }
 }
 
-fn name(value: &S<String>, path: impl Display, seen: &mut HashSet<String>, what: &str, ctx: &mut Ctx<'_>) {
+fn name(
+    value: &S<String>,
+    path: impl Display,
+    seen: &mut HashSet<String>,
+    what: &str,
+    ctx: &mut Ctx<'_>,
+) {
     let n = value.get_ref();
-    let ok_chars = n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    let ok_chars = n
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
     if n.is_empty() || !ok_chars {
         ctx.err(
             value.span(),
@@ -228,7 +292,11 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
             && a.port() != 0
             && let Some(other) = addrs.insert(a, format!("{p}.listen"))
         {
-            ctx.err(l.listen.span(), format!("{p}.listen"), format!("{a} is already used by {other}"));
+            ctx.err(
+                l.listen.span(),
+                format!("{p}.listen"),
+                format!("{a} is already used by {other}"),
+            );
         }
         let protocol = match &l.protocol {
             None => Protocol::Http,
@@ -238,7 +306,10 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
                     ctx.err(
                         v.span(),
                         format!("{p}.protocol"),
-                        format!("protocol \"{}\" is not available in this version; use \"http\"", v.get_ref()),
+                        format!(
+                            "protocol \"{}\" is not available in this version; use \"http\"",
+                            v.get_ref()
+                        ),
                     );
                     other
                 }
@@ -246,7 +317,11 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
                     ctx.err(
                         v.span(),
                         format!("{p}.protocol"),
-                        format!("unknown protocol \"{}\"; expected one of {}", v.get_ref(), Protocol::NAMES),
+                        format!(
+                            "unknown protocol \"{}\"; expected one of {}",
+                            v.get_ref(),
+                            Protocol::NAMES
+                        ),
                     );
                     Protocol::Http
                 }
@@ -280,11 +355,17 @@ fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                 ctx.err(
                     loc.span(),
                     format!("{p}.location"),
-                    format!("lat {} / lon {} out of range; expected lat in -90..90, lon in -180..180", l.lat, l.lon),
+                    format!(
+                        "lat {} / lon {} out of range; expected lat in -90..90, lon in -180..180",
+                        l.lat, l.lon
+                    ),
                 );
                 None
             } else {
-                Some(Location { lat: l.lat, lon: l.lon })
+                Some(Location {
+                    lat: l.lat,
+                    lon: l.lon,
+                })
             }
         });
         let mut countries = Vec::new();
@@ -296,7 +377,10 @@ fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                 ctx.err(
                     c.span(),
                     format!("{p}.countries[{j}]"),
-                    format!("\"{}\" is not a country code; expected ISO 3166-1 alpha-2 such as \"US\"", c.get_ref()),
+                    format!(
+                        "\"{}\" is not a country code; expected ISO 3166-1 alpha-2 such as \"US\"",
+                        c.get_ref()
+                    ),
                 );
             }
         }
@@ -307,14 +391,18 @@ fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                 for (j, b) in list.get_ref().iter().enumerate() {
                     let b = b.get_ref();
                     let bp = format!("{p}.backends[{j}]");
-                    let Some(address) = socket_addr(&b.address, format!("{bp}.address"), ctx) else {
+                    let Some(address) = socket_addr(&b.address, format!("{bp}.address"), ctx)
+                    else {
                         continue;
                     };
                     if !seen.insert(address) {
                         ctx.err(
                             b.address.span(),
                             format!("{bp}.address"),
-                            format!("duplicate backend {address} in region \"{}\"", r.name.get_ref()),
+                            format!(
+                                "duplicate backend {address} in region \"{}\"",
+                                r.name.get_ref()
+                            ),
                         );
                         continue;
                     }
@@ -352,7 +440,13 @@ fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                 0.0
             }
         };
-        out.push(Region { name: r.name.get_ref().clone(), location, countries, backends, min_healthy });
+        out.push(Region {
+            name: r.name.get_ref().clone(),
+            location,
+            countries,
+            backends,
+            min_healthy,
+        });
     }
     out
 }
@@ -365,7 +459,11 @@ fn geo(raw: &S<RawGeo>, regions: &[Region], ctx: &mut Ctx<'_>) -> Geo {
             ctx.err(
                 d.span(),
                 "geo.default_region",
-                format!("no region named \"{}\"; defined regions: {}", d.get_ref(), region_names(regions)),
+                format!(
+                    "no region named \"{}\"; defined regions: {}",
+                    d.get_ref(),
+                    region_names(regions)
+                ),
             );
         }
         d.get_ref().clone()
@@ -386,14 +484,22 @@ fn geo(raw: &S<RawGeo>, regions: &[Region], ctx: &mut Ctx<'_>) -> Geo {
             ),
         }
     }
-    Geo { database, default_region, trusted_proxies }
+    Geo {
+        database,
+        default_region,
+        trusted_proxies,
+    }
 }
 
 fn region_names(regions: &[Region]) -> String {
     if regions.is_empty() {
         return "(none)".into();
     }
-    regions.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+    regions
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn services(
@@ -415,7 +521,11 @@ fn services(
 
         let mut svc_listeners = Vec::new();
         if s.listeners.get_ref().is_empty() {
-            ctx.err(s.listeners.span(), format!("{p}.listeners"), "no listeners; name at least one [[listeners]] entry");
+            ctx.err(
+                s.listeners.span(),
+                format!("{p}.listeners"),
+                "no listeners; name at least one [[listeners]] entry",
+            );
         }
         for (j, l) in s.listeners.get_ref().iter().enumerate() {
             if listeners.iter().any(|x| &x.name == l.get_ref()) {
@@ -428,7 +538,11 @@ fn services(
                     format!(
                         "no listener named \"{}\"; defined listeners: {}",
                         l.get_ref(),
-                        if defined.is_empty() { "(none)".to_string() } else { defined.join(", ") }
+                        if defined.is_empty() {
+                            "(none)".to_string()
+                        } else {
+                            defined.join(", ")
+                        }
                     ),
                 );
             }
@@ -438,7 +552,11 @@ fn services(
             None => vec![HostPattern::Any],
             Some(list) => {
                 if list.get_ref().is_empty() {
-                    ctx.err(list.span(), format!("{p}.hosts"), "empty; use [\"*\"] to match any host");
+                    ctx.err(
+                        list.span(),
+                        format!("{p}.hosts"),
+                        "empty; use [\"*\"] to match any host",
+                    );
                 }
                 let mut hosts = Vec::new();
                 for (j, h) in list.get_ref().iter().enumerate() {
@@ -468,7 +586,11 @@ fn services(
             for h in &hosts {
                 let key = (l.clone(), h.clone(), path_prefix.clone());
                 if let Some(other) = routes.get(&key) {
-                    let at = s.path_prefix.as_ref().map(|v| v.span()).unwrap_or(s.name.span());
+                    let at = s
+                        .path_prefix
+                        .as_ref()
+                        .map(|v| v.span())
+                        .unwrap_or(s.name.span());
                     ctx.err(
                         at,
                         format!("{p}.path_prefix"),
@@ -487,7 +609,10 @@ fn services(
             ctx.err(
                 s.regions.span(),
                 format!("{p}.regions"),
-                format!("no regions; name at least one of: {}", region_names(regions)),
+                format!(
+                    "no regions; name at least one of: {}",
+                    region_names(regions)
+                ),
             );
         }
         for (j, r) in s.regions.get_ref().iter().enumerate() {
@@ -495,10 +620,18 @@ fn services(
                 ctx.err(
                     r.span(),
                     format!("{p}.regions[{j}]"),
-                    format!("no region named \"{}\"; defined regions: {}", r.get_ref(), region_names(regions)),
+                    format!(
+                        "no region named \"{}\"; defined regions: {}",
+                        r.get_ref(),
+                        region_names(regions)
+                    ),
                 );
             } else if svc_regions.contains(r.get_ref()) {
-                ctx.err(r.span(), format!("{p}.regions[{j}]"), format!("region \"{}\" is listed twice", r.get_ref()));
+                ctx.err(
+                    r.span(),
+                    format!("{p}.regions[{j}]"),
+                    format!("region \"{}\" is listed twice", r.get_ref()),
+                );
             } else {
                 svc_regions.push(r.get_ref().clone());
             }
@@ -520,7 +653,11 @@ fn services(
                     ctx.err(
                         v.span(),
                         format!("{p}.region_policy"),
-                        format!("unknown policy \"{}\"; expected one of {}", v.get_ref(), RegionPolicy::expected()),
+                        format!(
+                            "unknown policy \"{}\"; expected one of {}",
+                            v.get_ref(),
+                            RegionPolicy::expected()
+                        ),
                     );
                     RegionPolicy::Failover
                 }
@@ -532,7 +669,11 @@ fn services(
                 ctx.err(
                     v.span(),
                     format!("{p}.backend_policy"),
-                    format!("unknown policy \"{}\"; expected one of {}", v.get_ref(), BackendPolicy::expected()),
+                    format!(
+                        "unknown policy \"{}\"; expected one of {}",
+                        v.get_ref(),
+                        BackendPolicy::expected()
+                    ),
                 );
                 BackendPolicy::RoundRobin
             }),
@@ -568,7 +709,11 @@ fn services(
 fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> HealthCheck {
     let h = raw.get_ref();
     let p = format!("{svc}.health");
-    let kind_name = h.kind.as_ref().map(|k| k.get_ref().as_str()).unwrap_or("http");
+    let kind_name = h
+        .kind
+        .as_ref()
+        .map(|k| k.get_ref().as_str())
+        .unwrap_or("http");
     let kind = match kind_name {
         "tcp" => {
             for (key, v) in [
@@ -579,7 +724,11 @@ fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> HealthCheck {
                 ("body_contains", &h.body_contains),
             ] {
                 if let Some(v) = v {
-                    ctx.err(v.span(), format!("{p}.{key}"), "only http health checks take this key");
+                    ctx.err(
+                        v.span(),
+                        format!("{p}.{key}"),
+                        "only http health checks take this key",
+                    );
                 }
             }
             HealthKind::Tcp
@@ -589,7 +738,11 @@ fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> HealthCheck {
                 None => "/".to_string(),
                 Some(v) if v.get_ref().starts_with('/') => v.get_ref().clone(),
                 Some(v) => {
-                    ctx.err(v.span(), format!("{p}.path"), format!("\"{}\" must start with '/'", v.get_ref()));
+                    ctx.err(
+                        v.span(),
+                        format!("{p}.path"),
+                        format!("\"{}\" must start with '/'", v.get_ref()),
+                    );
                     "/".to_string()
                 }
             };
@@ -628,13 +781,20 @@ fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> HealthCheck {
         }
         other => {
             let span = h.kind.as_ref().map(|k| k.span()).unwrap_or(raw.span());
-            ctx.err(span, format!("{p}.kind"), format!("unknown kind \"{other}\"; expected one of http, tcp"));
+            ctx.err(
+                span,
+                format!("{p}.kind"),
+                format!("unknown kind \"{other}\"; expected one of http, tcp"),
+            );
             HealthKind::Tcp
         }
     };
     let interval = ctx.duration(&h.interval, format!("{p}.interval"), Duration::from_secs(2));
     let timeout = ctx.duration(&h.timeout, format!("{p}.timeout"), Duration::from_secs(1));
-    for (key, v, d) in [("interval", &h.interval, interval), ("timeout", &h.timeout, timeout)] {
+    for (key, v, d) in [
+        ("interval", &h.interval, interval),
+        ("timeout", &h.timeout, timeout),
+    ] {
         if let Some(v) = v
             && d < Duration::from_millis(10)
         {
@@ -650,7 +810,13 @@ fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> HealthCheck {
     };
     let rise = count(&h.rise, "rise", 2, ctx);
     let fall = count(&h.fall, "fall", 3, ctx);
-    HealthCheck { kind, interval, timeout, rise, fall }
+    HealthCheck {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+    }
 }
 
 fn parse_status_range(s: &str) -> Option<(u16, u16)> {
@@ -678,14 +844,30 @@ fn outlier(raw: Option<&RawOutlier>, svc: &str, ctx: &mut Ctx<'_>) -> Outlier {
             .map(|n| NonZeroU32::new(n as u32))
             .unwrap_or(d.consecutive_failures),
     };
-    let base_ejection = ctx.duration(&o.base_ejection, format!("{p}.base_ejection"), d.base_ejection);
-    let max_ejection = ctx.duration(&o.max_ejection, format!("{p}.max_ejection"), d.max_ejection.max(base_ejection));
+    let base_ejection = ctx.duration(
+        &o.base_ejection,
+        format!("{p}.base_ejection"),
+        d.base_ejection,
+    );
+    let max_ejection = ctx.duration(
+        &o.max_ejection,
+        format!("{p}.max_ejection"),
+        d.max_ejection.max(base_ejection),
+    );
     if max_ejection < base_ejection
         && let Some(v) = &o.max_ejection
     {
-        ctx.err(v.span(), format!("{p}.max_ejection"), "must be at least base_ejection");
+        ctx.err(
+            v.span(),
+            format!("{p}.max_ejection"),
+            "must be at least base_ejection",
+        );
     }
-    Outlier { consecutive_failures, base_ejection, max_ejection }
+    Outlier {
+        consecutive_failures,
+        base_ejection,
+        max_ejection,
+    }
 }
 
 fn failover(raw: Option<&RawFailover>, svc: &str, ctx: &mut Ctx<'_>) -> Failover {
@@ -698,7 +880,11 @@ fn failover(raw: Option<&RawFailover>, svc: &str, ctx: &mut Ctx<'_>) -> Failover
             ctx.err(
                 v.span(),
                 format!("{p}.when_all_down"),
-                format!("unknown policy \"{}\"; expected one of {}", v.get_ref(), AllDownPolicy::expected()),
+                format!(
+                    "unknown policy \"{}\"; expected one of {}",
+                    v.get_ref(),
+                    AllDownPolicy::expected()
+                ),
             );
             d.when_all_down
         }),
@@ -707,7 +893,11 @@ fn failover(raw: Option<&RawFailover>, svc: &str, ctx: &mut Ctx<'_>) -> Failover
         hold_down: ctx.duration(&f.hold_down, format!("{p}.hold_down"), d.hold_down),
         ramp: ctx.duration(&f.ramp, format!("{p}.ramp"), d.ramp),
         when_all_down,
-        latency_tolerance: ctx.duration(&f.latency_tolerance, format!("{p}.latency_tolerance"), d.latency_tolerance),
+        latency_tolerance: ctx.duration(
+            &f.latency_tolerance,
+            format!("{p}.latency_tolerance"),
+            d.latency_tolerance,
+        ),
     }
 }
 
@@ -724,7 +914,11 @@ fn retry(raw: Option<&RawRetry>, svc: &str, ctx: &mut Ctx<'_>) -> Retry {
         None => d.budget_ratio,
         Some(v) if (0.0..=100.0).contains(v.get_ref()) => v.get_ref() / 100.0,
         Some(v) => {
-            ctx.err(v.span(), format!("{p}.budget_percent"), format!("{} is out of range; expected 0 to 100", v.get_ref()));
+            ctx.err(
+                v.span(),
+                format!("{p}.budget_percent"),
+                format!("{} is out of range; expected 0 to 100", v.get_ref()),
+            );
             d.budget_ratio
         }
     };
@@ -733,7 +927,11 @@ fn retry(raw: Option<&RawRetry>, svc: &str, ctx: &mut Ctx<'_>) -> Retry {
         .as_ref()
         .and_then(|v| ctx.int_in(v, format!("{p}.min_per_second"), 0, 1_000_000))
         .map_or(d.min_per_second, |n| n as u32);
-    Retry { attempts, budget_ratio, min_per_second }
+    Retry {
+        attempts,
+        budget_ratio,
+        min_per_second,
+    }
 }
 
 #[cfg(test)]

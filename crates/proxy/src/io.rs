@@ -114,13 +114,22 @@ impl<T> TimedIo<T> {
             }
         };
         if self.write_blocked_since != 0 {
-            consider(self.write_blocked_since + nanos(self.timeouts.idle), "client stopped reading");
+            consider(
+                self.write_blocked_since + nanos(self.timeouts.idle),
+                "client stopped reading",
+            );
         }
         if self.activity.active.load(Relaxed) == 0 {
             let idle_since = self.activity.idle_since.load(Relaxed);
-            consider(self.last_rx.max(idle_since) + nanos(self.timeouts.idle), "idle");
+            consider(
+                self.last_rx.max(idle_since) + nanos(self.timeouts.idle),
+                "idle",
+            );
             if self.head_started > idle_since && self.is_h2 != Some(true) {
-                consider(self.head_started + nanos(self.timeouts.request_header), "request header");
+                consider(
+                    self.head_started + nanos(self.timeouts.request_header),
+                    "request header",
+                );
             }
         } else {
             self.head_started = 0;
@@ -130,10 +139,15 @@ impl<T> TimedIo<T> {
 
     /// Arms the timer for the current deadline; an error once it has passed.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        let Some((at, what)) = self.deadline() else { return Poll::Pending };
+        let Some((at, what)) = self.deadline() else {
+            return Poll::Pending;
+        };
         let now = now_nanos();
         if now >= at {
-            return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, format!("{what} timeout")));
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} timeout"),
+            ));
         }
         let when = Instant::now() + Duration::from_nanos(at - now);
         if self.armed_for != at {
@@ -159,7 +173,11 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
@@ -193,7 +211,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.after_write(cx, polled)
@@ -223,7 +245,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
 }
 
 impl<T> TimedIo<T> {
-    fn after_write(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         match polled {
             Poll::Pending => {
                 if self.write_blocked_since == 0 {
@@ -248,7 +274,10 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn timeouts() -> ClientTimeouts {
-        ClientTimeouts { request_header: Duration::from_millis(100), idle: Duration::from_millis(300) }
+        ClientTimeouts {
+            request_header: Duration::from_millis(100),
+            idle: Duration::from_millis(300),
+        }
     }
 
     #[tokio::test]
@@ -283,7 +312,10 @@ mod tests {
         let active = ActiveRequest::new(&activity);
         let mut buf = [0u8; 8];
         let read = tokio::time::timeout(Duration::from_millis(500), io.read(&mut buf)).await;
-        assert!(read.is_err(), "still waiting after more than idle: the request holds it open");
+        assert!(
+            read.is_err(),
+            "still waiting after more than idle: the request holds it open"
+        );
         drop(active);
         client.write_all(b"x").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 1);

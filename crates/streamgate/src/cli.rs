@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::{Daemon, demo};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use crate::{Daemon, demo};
 use streamgate_telemetry::logging::{self, LogFormat};
 use tracing::{error, info, warn};
 
@@ -102,7 +102,8 @@ fn load(path: &Path) -> Result<streamgate_config::Config> {
 }
 
 fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let workers = workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers =
+        workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut builder = if workers == 1 {
         // One worker: a single-threaded scheduler does the same work without cross-thread wakeups.
         tokio::runtime::Builder::new_current_thread()
@@ -111,7 +112,11 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
         b.worker_threads(workers);
         b
     };
-    builder.enable_all().thread_name("streamgate-worker").build().context("cannot start the runtime")
+    builder
+        .enable_all()
+        .thread_name("streamgate-worker")
+        .build()
+        .context("cannot start the runtime")
 }
 
 fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> Result<()> {
@@ -145,7 +150,10 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
 
 async fn wait_for_stop() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the daemon can only be killed.
         std::future::pending::<()>().await;
         return;
@@ -169,13 +177,19 @@ async fn start_demo_origins(config: &streamgate_config::Config, path: &Path) -> 
 
 #[allow(clippy::print_stdout)]
 fn print_demo_help(daemon: &Daemon, path: &Path) {
-    let Some((_, web)) = daemon.listeners().first() else { return };
+    let Some((_, web)) = daemon.listeners().first() else {
+        return;
+    };
     println!("\nStreamGate demo is running ({}). Try:\n", path.display());
     println!("  curl -s http://{web}/                          # a client from 127.0.0.1");
     println!("  curl -s --http2-prior-knowledge http://{web}/  # the same over HTTP/2");
-    println!("  curl -s --interface 127.0.1.5 http://{web}/    # a client in Frankfurt (synthetic geo DB)");
+    println!(
+        "  curl -s --interface 127.0.1.5 http://{web}/    # a client in Frankfurt (synthetic geo DB)"
+    );
     println!("  curl -s --interface 127.0.3.5 http://{web}/    # a client in Tokyo");
-    println!("  curl -s -H 'X-Forwarded-For: 198.51.100.7' http://{web}/   # trusted proxy header: Virginia");
+    println!(
+        "  curl -s -H 'X-Forwarded-For: 198.51.100.7' http://{web}/   # trusted proxy header: Virginia"
+    );
     println!("  curl -s -H 'Host: nobody.example' http://{web}/  # no service claims it: 404");
     println!("\nStop with Ctrl-C.\n");
 }

@@ -49,8 +49,12 @@ impl Daemon {
             );
             geo.store(Some(Arc::new(db)));
         }
-        let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::build(config.clone(), None, &metrics)));
-        let upstreams = Arc::new(Upstreams::default());
+        let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
+            config.clone(),
+            None,
+            &metrics,
+        )));
+        let upstreams = Upstreams::new();
 
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -67,20 +71,47 @@ impl Daemon {
             listeners.push((l.name.clone(), addr));
             match l.protocol {
                 Protocol::Http => {
-                    let proxy = HttpProxy::new(&l.name, false, table.clone(), geo.clone(), upstreams.clone(), metrics.clone());
-                    let limits = ListenerLimits { max_connections: l.max_connections.map(|n| n.get()) };
-                    tasks.spawn(streamgate_proxy::serve(listener, proxy, limits, shutdown_rx.clone()));
+                    let proxy = HttpProxy::new(
+                        &l.name,
+                        false,
+                        table.clone(),
+                        geo.clone(),
+                        upstreams.clone(),
+                        metrics.clone(),
+                    );
+                    let limits = ListenerLimits {
+                        max_connections: l.max_connections.map(|n| n.get()),
+                    };
+                    tasks.spawn(streamgate_proxy::serve(
+                        listener,
+                        proxy,
+                        limits,
+                        shutdown_rx.clone(),
+                    ));
                 }
-                other => anyhow::bail!("listener \"{}\": protocol {other:?} is not available in this version", l.name),
+                other => anyhow::bail!(
+                    "listener \"{}\": protocol {other:?} is not available in this version",
+                    l.name
+                ),
             }
             info!(listener = %l.name, address = %addr, protocol = "http", "listening");
         }
-        Ok(Daemon { table, geo, metrics, listeners, shutdown, tasks })
+        Ok(Daemon {
+            table,
+            geo,
+            metrics,
+            listeners,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Where listener `name` is bound (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.iter().find(|(n, _)| n == name).map(|(_, a)| *a)
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
     }
 
     pub fn listeners(&self) -> &[(String, SocketAddr)] {

@@ -17,19 +17,28 @@ use tokio::net::TcpListener;
 
 /// The demo config: `config/demo.toml` of this source tree, or of the working directory.
 pub fn default_config_path() -> PathBuf {
-    let in_tree = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/demo.toml"));
-    if in_tree.exists() { in_tree } else { PathBuf::from("config/demo.toml") }
+    let in_tree = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/demo.toml"
+    ));
+    if in_tree.exists() {
+        in_tree
+    } else {
+        PathBuf::from("config/demo.toml")
+    }
 }
 
 /// A demo origin: answers every request with `hello from <region>` and echoes what it saw.
 pub async fn start_origin(region: String, addr: SocketAddr) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("demo origin for {region}: cannot bind {addr}; is another demo running?"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("demo origin for {region}: cannot bind {addr}; is another demo running?")
+    })?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let region = region.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
@@ -50,7 +59,11 @@ fn answer(region: &str, addr: SocketAddr, req: &Request<Incoming>) -> Response<F
         return Response::new(Full::new(Bytes::from_static(b"ok\n")));
     }
     let header = |name: &str| {
-        req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("-").to_string()
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
     };
     let body = format!(
         "hello from {region} (origin {addr})\npath: {}\nx-forwarded-for: {}\nvia: {}\n",

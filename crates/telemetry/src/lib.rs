@@ -3,5 +3,5 @@
 pub mod logging;
 mod metrics;
 
-pub use metrics::{Metrics, CODE_CLASSES, LATENCY_BUCKETS, code_class_index};
+pub use metrics::{CODE_CLASSES, LATENCY_BUCKETS, Metrics, code_class_index};
 pub use prometheus;

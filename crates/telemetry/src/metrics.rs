@@ -123,15 +123,30 @@ impl Metrics {
                 "Failed backend attempts by region and kind (connect, timeout, protocol)",
                 &["region", "kind"],
             ),
-            retries: counter_vec(r, "retries_total", "Requests retried on another backend", &["service"]),
+            retries: counter_vec(
+                r,
+                "retries_total",
+                "Requests retried on another backend",
+                &["service"],
+            ),
             unrouted: counter_vec(
                 r,
                 "unrouted_requests_total",
                 "Requests no service claims (answered 404 or 421, never forwarded)",
                 &["listener"],
             ),
-            connections: counter_vec(r, "connections_total", "Accepted client connections", &["listener"]),
-            connections_active: gauge_vec(r, "connections_active", "Open client connections", &["listener"]),
+            connections: counter_vec(
+                r,
+                "connections_total",
+                "Accepted client connections",
+                &["listener"],
+            ),
+            connections_active: gauge_vec(
+                r,
+                "connections_active",
+                "Open client connections",
+                &["listener"],
+            ),
             config_reloads: counter_vec(
                 r,
                 "config_reloads_total",
@@ -151,7 +166,11 @@ impl Metrics {
                 "Response body bytes served, by source (cache, origin)",
                 &["source"],
             ),
-            cache_evictions: int_counter(r, "cache_evictions_total", "Cache entries evicted for space or expiry"),
+            cache_evictions: int_counter(
+                r,
+                "cache_evictions_total",
+                "Cache entries evicted for space or expiry",
+            ),
             recovery_point_age: gauge(
                 r,
                 "recovery_point_age_seconds",
@@ -179,16 +198,23 @@ impl Default for Metrics {
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
-    r.register(Box::new(c.clone())).expect("metric names are unique and valid");
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
     c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(r, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -215,7 +241,9 @@ mod tests {
     #[test]
     fn renders_prefixed_names() {
         let m = Metrics::new();
-        m.requests.with_label_values(&["video", "us-east", "2xx"]).inc();
+        m.requests
+            .with_label_values(&["video", "us-east", "2xx"])
+            .inc();
         let text = m.render();
         assert!(
             text.contains(

@@ -14,7 +14,9 @@ pub struct LeastConn {
 
 impl LeastConn {
     pub fn new(_backends: usize) -> LeastConn {
-        LeastConn { next: AtomicUsize::new(fastrand::usize(..1024)) }
+        LeastConn {
+            next: AtomicUsize::new(fastrand::usize(..1024)),
+        }
     }
 }
 
@@ -38,7 +40,13 @@ impl Select for LeastConn {
             for _ in 0..4 {
                 let (a, b) = two_choices(n);
                 match (usable(&backends[a]), usable(&backends[b])) {
-                    (true, true) => return Some(if lighter(&backends[b], &backends[a]) { b } else { a }),
+                    (true, true) => {
+                        return Some(if lighter(&backends[b], &backends[a]) {
+                            b
+                        } else {
+                            a
+                        });
+                    }
                     (true, false) => return Some(a),
                     (false, true) => return Some(b),
                     (false, false) => {}
@@ -107,9 +115,14 @@ mod tests {
     #[test]
     fn p2c_on_large_sets_avoids_the_loaded_half() {
         let b = backends(&vec![1; 100]);
-        let _busy: Vec<_> = b[..50].iter().flat_map(|x| (0..10).map(|_| Lease::new(x.state.clone()))).collect();
+        let _busy: Vec<_> = b[..50]
+            .iter()
+            .flat_map(|x| (0..10).map(|_| Lease::new(x.state.clone())))
+            .collect();
         let lc = LeastConn::new(100);
-        let picks_in_busy = (0..1000).filter(|_| lc.select(&b, all).unwrap() < 50).count();
+        let picks_in_busy = (0..1000)
+            .filter(|_| lc.select(&b, all).unwrap() < 50)
+            .count();
         // With two choices a busy backend wins only when both choices are busy: about 1/4.
         assert!(picks_in_busy < 350, "{picks_in_busy}");
         assert_eq!(lc.select(&b, |x| x.address == b[7].address), Some(7));

@@ -71,9 +71,15 @@ fn two_choices(n: usize) -> (usize, usize) {
 
 /// The first usable backend at or after `start`, wrapping around.
 #[inline]
-fn first_usable<F: Fn(&Backend) -> bool>(backends: &[Backend], start: usize, usable: &F) -> Option<usize> {
+fn first_usable<F: Fn(&Backend) -> bool>(
+    backends: &[Backend],
+    start: usize,
+    usable: &F,
+) -> Option<usize> {
     let n = backends.len();
-    (0..n).map(|i| (start + i) % n).find(|&i| usable(&backends[i]))
+    (0..n)
+        .map(|i| (start + i) % n)
+        .find(|&i| usable(&backends[i]))
 }
 
 #[cfg(test)]
@@ -87,7 +93,13 @@ pub(crate) mod test_support {
         weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| Backend::new(format!("127.0.0.1:{}", 10000 + i).parse().unwrap(), w, Arc::new(BackendState::default())))
+            .map(|(i, &w)| {
+                Backend::new(
+                    format!("127.0.0.1:{}", 10000 + i).parse().unwrap(),
+                    w,
+                    Arc::new(BackendState::default()),
+                )
+            })
             .collect()
     }
 

@@ -30,7 +30,11 @@ impl Select for PeakEwma {
                     let (a, b) = two_choices(n);
                     match (usable(&backends[a]), usable(&backends[b])) {
                         (true, true) => {
-                            return Some(if cost(&backends[b]) < cost(&backends[a]) { b } else { a });
+                            return Some(if cost(&backends[b]) < cost(&backends[a]) {
+                                b
+                            } else {
+                                a
+                            });
                         }
                         (true, false) => return Some(a),
                         (false, true) => return Some(b),

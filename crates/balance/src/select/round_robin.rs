@@ -28,8 +28,15 @@ impl RoundRobin {
             stride_schedule(&weights, total)
         };
         // Start at a random point so that many proxies restarted together do not move in step.
-        let start = if schedule.is_empty() { 0 } else { fastrand::usize(..schedule.len()) };
-        RoundRobin { schedule: schedule.into_boxed_slice(), next: AtomicUsize::new(start) }
+        let start = if schedule.is_empty() {
+            0
+        } else {
+            fastrand::usize(..schedule.len())
+        };
+        RoundRobin {
+            schedule: schedule.into_boxed_slice(),
+            next: AtomicUsize::new(start),
+        }
     }
 
     #[cfg(test)]
@@ -113,7 +120,9 @@ fn stride_schedule(weights: &[u32], total: u64) -> Vec<u32> {
         .collect();
     let mut out = Vec::with_capacity(total as usize);
     while (out.len() as u64) < total {
-        let Some(Reverse((due, i))) = heap.pop() else { break };
+        let Some(Reverse((due, i))) = heap.pop() else {
+            break;
+        };
         out.push(i);
         let stride = (u128::from(total) << 20) / u128::from(weights[i as usize]);
         heap.push(Reverse((due + stride, i)));
@@ -148,7 +157,10 @@ mod tests {
         let weights = [7u32, 3, 1, 4];
         for schedule in [nginx_schedule(&weights, 15), stride_schedule(&weights, 15)] {
             for (i, &w) in weights.iter().enumerate() {
-                assert_eq!(schedule.iter().filter(|&&x| x == i as u32).count(), w as usize);
+                assert_eq!(
+                    schedule.iter().filter(|&&x| x == i as u32).count(),
+                    w as usize
+                );
             }
         }
     }
@@ -167,7 +179,11 @@ mod tests {
     fn large_weights_are_scaled() {
         let weights = vec![10_000u32; 1000];
         let rr = RoundRobin::new(&weights);
-        assert_eq!(rr.schedule().len(), 1000, "equal weights reduce by their divisor");
+        assert_eq!(
+            rr.schedule().len(),
+            1000,
+            "equal weights reduce by their divisor"
+        );
         let mut w: Vec<u32> = (1..=2000).collect();
         w[0] = 10_000;
         let rr = RoundRobin::new(&w);

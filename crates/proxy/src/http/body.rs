@@ -10,6 +10,10 @@ use hyper::body::Incoming;
 use streamgate_balance::Lease;
 
 use crate::io::ActiveRequest;
+use crate::upstream::UpstreamBody;
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to a backend.
 #[derive(Debug)]
@@ -24,7 +28,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
@@ -63,34 +70,46 @@ pub struct ProxyBody {
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    pub fn upstream(body: Incoming, done: Completion) -> ProxyBody {
-        ProxyBody { inner: Inner::Upstream(body), done: Some(done) }
+    pub fn upstream(body: UpstreamBody, done: Completion) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            done: Some(done),
+        }
     }
 
     pub fn full(data: impl Into<Bytes>, done: Completion) -> ProxyBody {
         let data = data.into();
         let inner = Inner::Full(if data.is_empty() { None } else { Some(data) });
-        ProxyBody { inner, done: Some(done) }
+        ProxyBody {
+            inner,
+            done: Some(done),
+        }
     }
 
     pub fn empty() -> ProxyBody {
-        ProxyBody { inner: Inner::Full(None), done: None }
+        ProxyBody {
+            inner: Inner::Full(None),
+            done: None,
+        }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use crate::upstream::UpstreamError;
+
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -32,20 +34,29 @@ pub enum ProxyError {
     #[error("backend {backend}: connect timed out")]
     ConnectTimeout { backend: SocketAddr },
     #[error("backend {backend}: no response head within {after:?}")]
-    ResponseTimeout { backend: SocketAddr, after: Duration },
+    ResponseTimeout {
+        backend: SocketAddr,
+        after: Duration,
+    },
     #[error("backend {backend}: {reason}")]
     Upstream { backend: SocketAddr, reason: String },
+    #[error("client request body failed: {reason}")]
+    ClientAborted { reason: String },
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost => StatusCode::BAD_REQUEST,
-            ProxyError::UnknownHost { .. } | ProxyError::UnknownPath { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MissingHost | ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost { .. } | ProxyError::UnknownPath { .. } => {
+                StatusCode::NOT_FOUND
+            }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
@@ -54,14 +65,18 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::UnknownHost { .. }
             | ProxyError::UnknownPath { .. }
-            | ProxyError::MethodNotAllowed { .. } => Side::Downstream,
+            | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::ClientAborted { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
 
     /// True when the request never reached a backend, so sending it elsewhere cannot repeat it.
     pub fn never_sent(&self) -> bool {
-        matches!(self, ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. })
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+        )
     }
 
     /// The `upstream_errors_total` kind.
@@ -78,39 +93,35 @@ impl ProxyError {
     pub fn client_message(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
+            ProxyError::ClientAborted { .. } => "400 Bad Request: request body ended early\n",
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
             ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",
             ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
             ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed\n",
-            ProxyError::ConnectTimeout { .. } => "504 Gateway Timeout: backend did not accept the connection in time\n",
-            ProxyError::ResponseTimeout { .. } => "504 Gateway Timeout: backend did not answer in time\n",
-        }
-    }
-
-    /// Classifies a client error for `backend`.
-    pub fn from_client(backend: SocketAddr, e: &hyper_util::client::legacy::Error) -> ProxyError {
-        let reason = root_cause(e);
-        if e.is_connect() {
-            if reason.contains("timed out") || reason.contains("timeout") {
-                ProxyError::ConnectTimeout { backend }
-            } else {
-                ProxyError::Connect { backend, reason }
+            ProxyError::ConnectTimeout { .. } => {
+                "504 Gateway Timeout: backend did not accept the connection in time\n"
             }
-        } else {
-            ProxyError::Upstream { backend, reason }
+            ProxyError::ResponseTimeout { .. } => {
+                "504 Gateway Timeout: backend did not answer in time\n"
+            }
         }
     }
-}
 
-/// The innermost error message, which says what actually happened.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    let mut msg = cur.to_string();
-    while let Some(next) = cur.source() {
-        msg = next.to_string();
-        cur = next;
+    /// Classifies a failed exchange with `backend`.
+    pub fn from_upstream(backend: SocketAddr, e: UpstreamError) -> ProxyError {
+        match e {
+            UpstreamError::ConnectTimeout => ProxyError::ConnectTimeout { backend },
+            UpstreamError::Connect(source) => ProxyError::Connect {
+                backend,
+                reason: source.to_string(),
+            },
+            UpstreamError::ClientBody(reason) => ProxyError::ClientAborted { reason },
+            other => ProxyError::Upstream {
+                backend,
+                reason: other.to_string(),
+            },
+        }
     }
-    msg
 }

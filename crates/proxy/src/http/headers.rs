@@ -45,7 +45,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // TE: only "trailers" may cross (gRPC needs it); anything else is hop-by-hop.
     if let Some(te) = headers.get(header::TE) {
-        let keep = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let keep = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
         if keep {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
@@ -56,7 +59,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Adds X-Forwarded-For (appending the peer this request came from), -Proto, -Host and Via to
 /// a request about to go upstream.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: IpAddr, https: bool, host: Option<&str>, version: Version) {
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    https: bool,
+    host: Option<&str>,
+    version: Version,
+) {
     let ip = peer.to_canonical().to_string();
     match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
@@ -114,7 +123,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(s) = value.to_str() else { return client };
         for part in s.rsplit(',') {
-            let Some(ip) = parse_forwarded_ip(part.trim()) else { return client };
+            let Some(ip) = parse_forwarded_ip(part.trim()) else {
+                return client;
+            };
             client = ip.to_canonical();
             if !is_trusted(client, trusted) {
                 return client;
@@ -154,7 +165,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_listed_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
@@ -174,7 +188,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
         h.insert(header::VIA, HeaderValue::from_static("1.1 cdn"));
-        add_forwarding(&mut h, "::ffff:10.0.0.1".parse().unwrap(), false, Some("example.com"), Version::HTTP_2);
+        add_forwarding(
+            &mut h,
+            "::ffff:10.0.0.1".parse().unwrap(),
+            false,
+            Some("example.com"),
+            Version::HTTP_2,
+        );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
@@ -183,18 +203,34 @@ mod tests {
 
     #[test]
     fn client_ip_believes_only_trusted_peers() {
-        let trusted: Vec<IpNet> = vec!["127.0.0.1/32".parse().unwrap(), "10.0.0.0/8".parse().unwrap()];
+        let trusted: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.7, 10.1.2.3"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("198.51.100.7, 10.1.2.3"),
+        );
         let local: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(local, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(local, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
         let stranger: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(client_ip(stranger, &h, &trusted), stranger, "an untrusted peer's header is ignored");
+        assert_eq!(
+            client_ip(stranger, &h, &trusted),
+            stranger,
+            "an untrusted peer's header is ignored"
+        );
         assert_eq!(client_ip(local, &h, &[]), local);
         let mut garbage = HeaderMap::new();
         garbage.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         assert_eq!(client_ip(local, &garbage, &trusted), local);
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        assert_eq!(client_ip(mapped, &h, &trusted), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(mapped, &h, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -45,7 +45,14 @@ impl HttpProxy {
         upstreams: Arc<Upstreams>,
         metrics: Arc<Metrics>,
     ) -> Arc<HttpProxy> {
-        Arc::new(HttpProxy { listener: listener.into(), https, table, geo, upstreams, metrics })
+        Arc::new(HttpProxy {
+            listener: listener.into(),
+            https,
+            table,
+            geo,
+            upstreams,
+            metrics,
+        })
     }
 }
 
@@ -89,8 +96,14 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let builder = builder();
     let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-    let accepted = proxy.metrics.connections.with_label_values(&[&*proxy.listener]);
-    let open = proxy.metrics.connections_active.with_label_values(&[&*proxy.listener]);
+    let accepted = proxy
+        .metrics
+        .connections
+        .with_label_values(&[&*proxy.listener]);
+    let open = proxy
+        .metrics
+        .connections_active
+        .with_label_values(&[&*proxy.listener]);
     // Connection tasks live in this set so that aborting `serve` (shutdown deadline passed)
     // closes them too.
     let mut conns = JoinSet::new();
@@ -120,7 +133,10 @@ pub async fn serve(
         open.inc();
         let timeouts = {
             let t = proxy.table.load().config.timeouts;
-            ClientTimeouts { request_header: t.request_header, idle: t.idle }
+            ClientTimeouts {
+                request_header: t.request_header,
+                idle: t.idle,
+            }
         };
         let activity = ConnActivity::new();
         let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
@@ -163,5 +179,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Used by tests and the demo: the address a bound listener ended up on.
 pub fn local_addr(l: &TcpListener) -> SocketAddr {
-    l.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }

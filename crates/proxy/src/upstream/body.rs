@@ -1,0 +1,176 @@
+//! A backend's response body, read straight from its connection in the request's own task; the
+//! connection goes back to the pool when the body ends cleanly.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::Sleep;
+use tokio_util::io::poll_read_buf;
+
+use super::codec::{BodyDecoder, Decoded};
+use super::pool::Pool;
+use super::{Conn, UpstreamError};
+
+/// Read size for bodies: big enough that a 100 KiB response takes two reads.
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct UpstreamBody {
+    conn: Option<Conn>,
+    buf: BytesMut,
+    decoder: BodyDecoder,
+    pool: Arc<Pool>,
+    /// The connection may serve another request once this body has been read to its end.
+    reusable: bool,
+    /// A backend that sends nothing for this long mid-body is given up on.
+    stall_timeout: Duration,
+    last_read: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl UpstreamBody {
+    pub(super) fn new(
+        conn: Conn,
+        buf: BytesMut,
+        decoder: BodyDecoder,
+        pool: Arc<Pool>,
+        reusable: bool,
+        stall_timeout: Duration,
+    ) -> UpstreamBody {
+        let mut body = UpstreamBody {
+            conn: Some(conn),
+            buf,
+            decoder,
+            pool,
+            reusable,
+            stall_timeout,
+            last_read: Instant::now(),
+            timer: None,
+        };
+        if body.decoder.is_done() {
+            body.finish();
+        }
+        body
+    }
+
+    /// The body ended: hand the connection back if nothing is left over on it.
+    fn finish(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && self.buf.is_empty()
+            && let Some(stream) = conn.into_reusable()
+        {
+            self.pool.put(stream);
+        }
+    }
+
+    fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<UpstreamError> {
+        let deadline = self.last_read + self.stall_timeout;
+        if Instant::now() >= deadline {
+            return Poll::Ready(UpstreamError::Stalled {
+                after: self.stall_timeout,
+            });
+        }
+        let when = tokio::time::Instant::from_std(deadline);
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(when)));
+        if timer.deadline() != when {
+            timer.as_mut().reset(when);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(UpstreamError::Stalled {
+                after: self.stall_timeout,
+            }),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.decoder.decode(&mut this.buf) {
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamError::Protocol(e))));
+                }
+                Ok(Decoded::Data(d)) => {
+                    if this.decoder.is_done() {
+                        this.finish();
+                    }
+                    if d.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
+                Ok(Decoded::Trailers(t)) => {
+                    this.finish();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::End) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() - this.buf.len() < 4096 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            match poll_read_buf(Pin::new(conn), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    if matches!(this.decoder, BodyDecoder::UntilClose) {
+                        this.decoder = BodyDecoder::Done;
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Err(UpstreamError::Closed { stage: "body" })));
+                }
+                Poll::Ready(Ok(_)) => {
+                    this.last_read = Instant::now();
+                }
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(UpstreamError::Io {
+                        stage: "reading the response body",
+                        source: e,
+                    })));
+                }
+                Poll::Pending => {
+                    return match this.poll_stall(cx) {
+                        Poll::Ready(e) => {
+                            this.conn = None;
+                            Poll::Ready(Some(Err(e)))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,512 @@
+//! HTTP/1.1 to backends, on the wire (RFC 9112): the request head we write, the response head we
+//! parse, and how the response body is framed.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Most headers a backend response may carry.
+const MAX_HEADERS: usize = 128;
+/// Largest backend response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// How the request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body bytes follow the head.
+    Empty,
+    /// Exactly this many bytes follow.
+    Length(u64),
+    /// Chunked transfer coding (length unknown in advance).
+    Chunked,
+}
+
+/// Writes a request head. Framing headers are ours, not the client's: the client's were for its
+/// own hop.
+pub fn write_request_head(
+    out: &mut BytesMut,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::Empty => {
+            // Methods that normally carry a body say it is empty, so the backend does not wait.
+            if matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn itoa(n: u64) -> String {
+    n.to_string()
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Why a backend's response could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed response head: {0}")]
+    Malformed(String),
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+}
+
+/// Parses a response head from the front of `buf`. `Ok(None)`: more bytes needed. On success the
+/// head's bytes are removed from `buf`; header values share its memory.
+pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() >= MAX_HEAD {
+                Err(HeadError::TooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(HeadError::Malformed(e.to_string())),
+    };
+    let status = StatusCode::from_u16(resp.code.unwrap_or(0))
+        .map_err(|_| HeadError::Malformed(format!("status {:?}", resp.code)))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // Remember where names and values sit, then take the head out of the buffer once and
+    // slice the values from it without copying.
+    let base = buf.as_ptr() as usize;
+    let spans: Vec<(usize, usize, usize, usize)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            (n, h.name.len(), v, h.value.len())
+        })
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for (n, nl, v, vl) in spans {
+        let name = HeaderName::from_bytes(&head[n..n + nl])
+            .map_err(|e| HeadError::Malformed(e.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+            .map_err(|e| HeadError::Malformed(e.to_string()))?;
+        map.append(name, value);
+    }
+    let keep_alive = connection_persists(version, &map);
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers: map,
+        keep_alive,
+    }))
+}
+
+fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &str| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    match version {
+        Version::HTTP_10 => has("keep-alive"),
+        _ => !has("close"),
+    }
+}
+
+/// How a response body ends (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body: HEAD, 1xx, 204, 304.
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    UntilClose,
+}
+
+pub fn response_framing(
+    method: &Method,
+    head: &ResponseHead,
+) -> Result<ResponseFraming, HeadError> {
+    let s = head.status.as_u16();
+    if *method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
+        return Ok(ResponseFraming::None);
+    }
+    if let Some(te) = head.headers.get(header::TRANSFER_ENCODING) {
+        let te = te
+            .to_str()
+            .map_err(|_| HeadError::Malformed("transfer-encoding".into()))?;
+        let last = te.rsplit(',').next().unwrap_or("").trim();
+        return Ok(if last.eq_ignore_ascii_case("chunked") {
+            ResponseFraming::Chunked
+        } else {
+            ResponseFraming::UntilClose
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in head.headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.to_str().unwrap_or("x").split(',') {
+            let n: u64 = part
+                .trim()
+                .parse()
+                .map_err(|_| HeadError::Malformed("content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Malformed("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => ResponseFraming::Length(n),
+        None => ResponseFraming::UntilClose,
+    })
+}
+
+/// Incremental decoder of a response body from a read buffer.
+#[derive(Debug)]
+pub enum BodyDecoder {
+    Length { remaining: u64 },
+    Chunked(ChunkState),
+    UntilClose,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    Size,
+    Data { remaining: u64 },
+    DataEnd,
+    Trailers,
+}
+
+/// What the decoder got out of the buffer.
+#[derive(Debug)]
+pub enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is complete.
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: ResponseFraming) -> BodyDecoder {
+        match framing {
+            ResponseFraming::None | ResponseFraming::Length(0) => BodyDecoder::Done,
+            ResponseFraming::Length(n) => BodyDecoder::Length { remaining: n },
+            ResponseFraming::Chunked => BodyDecoder::Chunked(ChunkState::Size),
+            ResponseFraming::UntilClose => BodyDecoder::UntilClose,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyDecoder::Done)
+    }
+
+    /// Bytes of body still expected, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length { remaining } => Some(*remaining),
+            BodyDecoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes what it can from `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, HeadError> {
+        loop {
+            match self {
+                BodyDecoder::Done => return Ok(Decoded::End),
+                BodyDecoder::UntilClose => {
+                    return Ok(if buf.is_empty() {
+                        Decoded::NeedMore
+                    } else {
+                        Decoded::Data(buf.split().freeze())
+                    });
+                }
+                BodyDecoder::Length { remaining } => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = (*remaining).min(buf.len() as u64) as usize;
+                    let data = buf.split_to(n).freeze();
+                    *remaining -= n as u64;
+                    if *remaining == 0 {
+                        *self = BodyDecoder::Done;
+                    }
+                    return Ok(Decoded::Data(data));
+                }
+                BodyDecoder::Chunked(state) => match *state {
+                    ChunkState::Size => match httparse::parse_chunk_size(buf) {
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buf.advance(used);
+                            *state = if size == 0 {
+                                ChunkState::Trailers
+                            } else {
+                                ChunkState::Data { remaining: size }
+                            };
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if buf.len() > 1024 {
+                                return Err(HeadError::Malformed(
+                                    "chunk size line too long".into(),
+                                ));
+                            }
+                            return Ok(Decoded::NeedMore);
+                        }
+                        Err(_) => return Err(HeadError::Malformed("invalid chunk size".into())),
+                    },
+                    ChunkState::Data { remaining } => {
+                        if buf.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let n = remaining.min(buf.len() as u64) as usize;
+                        let data = buf.split_to(n).freeze();
+                        let left = remaining - n as u64;
+                        *state = if left == 0 {
+                            ChunkState::DataEnd
+                        } else {
+                            ChunkState::Data { remaining: left }
+                        };
+                        return Ok(Decoded::Data(data));
+                    }
+                    ChunkState::DataEnd => {
+                        if buf.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buf[..2] != b"\r\n" {
+                            return Err(HeadError::Malformed("missing CRLF after chunk".into()));
+                        }
+                        buf.advance(2);
+                        *state = ChunkState::Size;
+                    }
+                    ChunkState::Trailers => {
+                        // Either an empty line, or trailer fields ending with an empty line.
+                        if buf.starts_with(b"\r\n") {
+                            buf.advance(2);
+                            *self = BodyDecoder::Done;
+                            return Ok(Decoded::End);
+                        }
+                        let mut fields = [httparse::EMPTY_HEADER; 64];
+                        match httparse::parse_headers(buf, &mut fields) {
+                            Ok(httparse::Status::Complete((used, parsed))) => {
+                                let mut map = HeaderMap::new();
+                                for f in parsed {
+                                    if let (Ok(n), Ok(v)) = (
+                                        HeaderName::from_bytes(f.name.as_bytes()),
+                                        HeaderValue::from_bytes(f.value),
+                                    ) {
+                                        map.append(n, v);
+                                    }
+                                }
+                                buf.advance(used);
+                                *self = BodyDecoder::Done;
+                                return Ok(Decoded::Trailers(map));
+                            }
+                            Ok(httparse::Status::Partial) => {
+                                if buf.len() > MAX_HEAD {
+                                    return Err(HeadError::TooLarge);
+                                }
+                                return Ok(Decoded::NeedMore);
+                            }
+                            Err(e) => return Err(HeadError::Malformed(format!("trailers: {e}"))),
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> ResponseHead {
+        let mut b = BytesMut::from(text.as_bytes());
+        parse_response_head(&mut b).unwrap().unwrap()
+    }
+
+    #[test]
+    fn request_head_with_our_framing() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        h.insert("content-length", HeaderValue::from_static("999"));
+        let mut out = BytesMut::new();
+        write_request_head(
+            &mut out,
+            &Method::POST,
+            "/a?b=1",
+            &h,
+            RequestFraming::Length(5),
+        );
+        assert_eq!(
+            &out[..],
+            b"POST /a?b=1 HTTP/1.1\r\nhost: example.com\r\ncontent-length: 5\r\n\r\n"
+        );
+        out.clear();
+        write_request_head(
+            &mut out,
+            &Method::GET,
+            "/",
+            &HeaderMap::new(),
+            RequestFraming::Empty,
+        );
+        assert_eq!(&out[..], b"GET / HTTP/1.1\r\n\r\n");
+        out.clear();
+        write_request_head(
+            &mut out,
+            &Method::PUT,
+            "/",
+            &HeaderMap::new(),
+            RequestFraming::Chunked,
+        );
+        assert_eq!(
+            &out[..],
+            b"PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn parses_heads_partially_and_whole() {
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]);
+        assert!(parse_response_head(&mut b).unwrap().is_none());
+        b.extend_from_slice(b"gth: 3\r\nX-A: 1\r\nX-A: 2\r\n\r\nabc");
+        let h = parse_response_head(&mut b).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        assert!(h.keep_alive);
+        assert_eq!(&b[..], b"abc", "the body stays in the buffer");
+        assert_eq!(
+            response_framing(&Method::GET, &h),
+            Ok(ResponseFraming::Length(3))
+        );
+        assert_eq!(
+            response_framing(&Method::HEAD, &h),
+            Ok(ResponseFraming::None)
+        );
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        assert!(!head("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
+        assert!(head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn framing_rules() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
+        );
+        assert_eq!(
+            response_framing(&Method::GET, &h),
+            Ok(ResponseFraming::Chunked)
+        );
+        let h = head("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::GET, &h),
+            Ok(ResponseFraming::None)
+        );
+        let h = head("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::GET, &h),
+            Ok(ResponseFraming::UntilClose)
+        );
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        assert!(response_framing(&Method::GET, &h).is_err());
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n"[..]);
+        assert!(parse_response_head(&mut b).is_err());
+    }
+
+    #[test]
+    fn chunked_in_pieces_with_trailers() {
+        let wire = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\ngrpc-status: 0\r\n\r\n";
+        for split in 1..wire.len() {
+            let mut d = BodyDecoder::new(ResponseFraming::Chunked);
+            let mut buf = BytesMut::new();
+            let mut data = Vec::new();
+            let mut trailers = None;
+            let mut ended = false;
+            for piece in [&wire[..split], &wire[split..]] {
+                buf.extend_from_slice(piece);
+                loop {
+                    match d.decode(&mut buf).unwrap() {
+                        Decoded::Data(b) => data.extend_from_slice(&b),
+                        Decoded::Trailers(t) => trailers = Some(t),
+                        Decoded::End => {
+                            ended = true;
+                            break;
+                        }
+                        Decoded::NeedMore => break,
+                    }
+                }
+            }
+            assert_eq!(data, b"hello world", "split at {split}");
+            assert!(d.is_done() || ended, "split at {split}");
+            assert_eq!(trailers.unwrap()["grpc-status"], "0");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn length_body_leaves_extra_bytes() {
+        let mut d = BodyDecoder::new(ResponseFraming::Length(3));
+        let mut buf = BytesMut::from(&b"abcEXTRA"[..]);
+        match d.decode(&mut buf).unwrap() {
+            Decoded::Data(b) => assert_eq!(&b[..], b"abc"),
+            other => panic!("{other:?}"),
+        }
+        assert!(d.is_done());
+        assert_eq!(&buf[..], b"EXTRA");
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        let mut d = BodyDecoder::new(ResponseFraming::Chunked);
+        let mut buf = BytesMut::from(&b"zz\r\n"[..]);
+        assert!(d.decode(&mut buf).is_err());
+        let mut d = BodyDecoder::new(ResponseFraming::Chunked);
+        let mut buf = BytesMut::from(&b"2\r\nabXY"[..]);
+        assert!(matches!(d.decode(&mut buf).unwrap(), Decoded::Data(_)));
+        assert!(d.decode(&mut buf).is_err());
+    }
+}

@@ -1,0 +1,440 @@
+//! HTTP/1.1 to backends over pooled keep-alive connections, driven in the request's own task.
+//!
+//! hyper's pooled client runs each connection as a task of its own and passes requests,
+//! responses and body chunks between tasks through channels. A proxy request already has a task;
+//! writing the request and reading the response in it saves those hand-offs (measured in the
+//! commit that introduced this module), and tells exactly whether a failed request could have
+//! reached the backend.
+
+mod body;
+pub mod codec;
+mod pool;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http::request::Parts;
+use http::{Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::task::JoinHandle;
+use tokio_util::io::poll_read_buf;
+
+pub use body::UpstreamBody;
+use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
+pub use pool::Pool;
+
+use crate::http::body::RequestBody;
+
+/// Why a backend exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("{stage}: {source}")]
+    Io {
+        stage: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("backend closed the connection before the {stage} was complete")]
+    Closed { stage: &'static str },
+    #[error("{0}")]
+    Protocol(#[from] HeadError),
+    #[error("backend sent nothing for {after:?} in the middle of a body")]
+    Stalled { after: Duration },
+    #[error("the client's request body failed: {0}")]
+    ClientBody(String),
+}
+
+impl UpstreamError {
+    /// True when no byte of the request can have reached the backend.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout
+        )
+    }
+}
+
+/// Timeouts of one exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct ExchangeTimeouts {
+    pub connect: Duration,
+    /// Pooled connections older than this are not reused.
+    pub idle: Duration,
+    /// Longest silence from the backend in the middle of a response body.
+    pub body_stall: Duration,
+}
+
+/// Connection pools, one per backend address, kept for the life of the process (reloads keep
+/// their connections).
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    pools: ArcSwap<HashMap<SocketAddr, Arc<Pool>>>,
+}
+
+impl Upstreams {
+    pub fn new() -> Arc<Upstreams> {
+        let u = Arc::new(Upstreams::default());
+        spawn_sweeper(Arc::downgrade(&u));
+        u
+    }
+
+    /// The pool of `addr`: a lock-free lookup, created on first use.
+    pub fn pool(&self, addr: SocketAddr) -> Arc<Pool> {
+        if let Some(p) = self.pools.load().get(&addr) {
+            return p.clone();
+        }
+        self.pools.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(addr).or_insert_with(|| Arc::new(Pool::new(addr)));
+            Arc::new(map)
+        });
+        self.pools
+            .load()
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Pool::new(addr)))
+    }
+
+    /// Sends a request to `backend` and reads the response head. The body streams from the
+    /// connection as the caller polls it.
+    pub async fn send(
+        &self,
+        backend: SocketAddr,
+        head: &Parts,
+        path_and_query: &str,
+        mut body: RequestBody,
+        timeouts: ExchangeTimeouts,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let pool = self.pool(backend);
+        pool.set_idle_timeout(timeouts.idle);
+        let framing = match &body {
+            RequestBody::Empty => RequestFraming::Empty,
+            RequestBody::Stream(b) => match b.size_hint().exact() {
+                Some(0) if b.is_end_stream() => RequestFraming::Empty,
+                Some(n) => RequestFraming::Length(n),
+                None => RequestFraming::Chunked,
+            },
+        };
+        let mut wire = BytesMut::with_capacity(512);
+        codec::write_request_head(
+            &mut wire,
+            &head.method,
+            path_and_query,
+            &head.headers,
+            framing,
+        );
+        let wire = wire.freeze();
+
+        // A pooled connection the backend closed while it sat idle fails at once; a request
+        // without a body is then sent again on a new connection (the backend never saw it).
+        let mut reused = pool.checkout(timeouts.idle);
+        loop {
+            let was_reused = reused.is_some();
+            let conn = match reused.take() {
+                Some(c) => c,
+                None => connect(backend, timeouts.connect).await?,
+            };
+            let replayable = matches!(body, RequestBody::Empty);
+            let this_body = std::mem::replace(&mut body, RequestBody::Empty);
+            match exchange(conn, &wire, this_body, framing).await {
+                Ok((conn, rhead, buf)) => {
+                    let framing = codec::response_framing(&head.method, &rhead)?;
+                    let reusable =
+                        rhead.keep_alive && rhead.status != StatusCode::SWITCHING_PROTOCOLS;
+                    let decoder = BodyDecoder::new(framing);
+                    let ResponseHead {
+                        status,
+                        version,
+                        headers,
+                        ..
+                    } = rhead;
+                    let mut resp = Response::new(UpstreamBody::new(
+                        conn,
+                        buf,
+                        decoder,
+                        pool,
+                        reusable,
+                        timeouts.body_stall,
+                    ));
+                    *resp.status_mut() = status;
+                    *resp.version_mut() = version;
+                    *resp.headers_mut() = headers;
+                    return Ok(resp);
+                }
+                Err(Failure {
+                    error,
+                    response_started,
+                }) => {
+                    if was_reused && replayable && !response_started && is_stale_connection(&error)
+                    {
+                        continue;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+    }
+}
+
+/// The errors a keep-alive connection closed by the backend produces.
+fn is_stale_connection(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Closed { .. } => true,
+        UpstreamError::Io { source, .. } => matches!(
+            source.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
+    }
+}
+
+struct Failure {
+    error: UpstreamError,
+    /// Some response bytes arrived: the backend saw the request.
+    response_started: bool,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Failure {
+        Failure {
+            error,
+            response_started: false,
+        }
+    }
+}
+
+/// Writes the request and reads the response head. Returns the connection, the head and the
+/// bytes read past it.
+///
+/// A request body is sent by a task of its own while the response head is awaited, so a backend
+/// that answers early (413, 401, or an echo streaming back) is read while the body still flows.
+async fn exchange(
+    mut conn: TcpStream,
+    wire: &Bytes,
+    body: RequestBody,
+    framing: RequestFraming,
+) -> Result<(Conn, ResponseHead, BytesMut), Failure> {
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    conn.write_all(wire)
+        .await
+        .map_err(|e| io_err("sending the request", e))?;
+    let mut conn = match body {
+        RequestBody::Empty => Conn::Whole(conn),
+        RequestBody::Stream(client_body) => {
+            let (rd, wr) = conn.into_split();
+            let writer = tokio::spawn(write_body(wr, client_body, framing));
+            Conn::Split {
+                rd,
+                writer: BodyWriter(Some(writer)),
+            }
+        }
+    };
+    loop {
+        match codec::parse_response_head(&mut buf) {
+            Err(e) => {
+                return Err(Failure {
+                    error: e.into(),
+                    response_started: true,
+                });
+            }
+            Ok(Some(head)) => {
+                let s = head.status.as_u16();
+                // Interim responses (100 Continue, 103 Early Hints) are not the answer.
+                if (100..200).contains(&s) && s != 101 {
+                    continue;
+                }
+                return Ok((conn, head, buf));
+            }
+            Ok(None) => {
+                let started = !buf.is_empty();
+                if let Err(error) = read_more(&mut conn, &mut buf).await {
+                    // If the client's body broke, that is the story, not the backend's reaction.
+                    let error = match conn.writer_error().await {
+                        Some(e @ UpstreamError::ClientBody(_)) => e,
+                        _ => error,
+                    };
+                    return Err(Failure {
+                        error,
+                        response_started: started,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A backend connection while its response is read: whole, or split while a task still sends
+/// the request body.
+#[derive(Debug)]
+pub(crate) enum Conn {
+    Whole(TcpStream),
+    Split {
+        rd: OwnedReadHalf,
+        writer: BodyWriter,
+    },
+}
+
+/// The task sending a request body; aborted if the exchange ends before it does.
+#[derive(Debug)]
+pub(crate) struct BodyWriter(Option<JoinHandle<Result<OwnedWriteHalf, UpstreamError>>>);
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.abort();
+        }
+    }
+}
+
+impl Conn {
+    /// The connection for the pool, if the whole request body was sent; None otherwise.
+    pub(crate) fn into_reusable(self) -> Option<TcpStream> {
+        match self {
+            Conn::Whole(s) => Some(s),
+            Conn::Split { rd, mut writer } => {
+                let writer = writer.0.take()?;
+                if !writer.is_finished() {
+                    writer.abort();
+                    return None;
+                }
+                // A finished task's output is ready: polling once with a no-op waker takes it.
+                let mut writer = writer;
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match std::pin::Pin::new(&mut writer).poll(&mut cx) {
+                    std::task::Poll::Ready(Ok(Ok(wr))) => rd.reunite(wr).ok(),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    /// The body writer's error, once it has finished with one.
+    async fn writer_error(&mut self) -> Option<UpstreamError> {
+        if let Conn::Split {
+            writer: BodyWriter(Some(w)),
+            ..
+        } = self
+            && w.is_finished()
+        {
+            return match w.await {
+                Ok(Err(e)) => Some(e),
+                _ => None,
+            };
+        }
+        None
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Whole(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Conn::Split { rd, .. } => std::pin::Pin::new(rd).poll_read(cx, buf),
+        }
+    }
+}
+
+fn io_err(stage: &'static str, source: io::Error) -> UpstreamError {
+    UpstreamError::Io { stage, source }
+}
+
+async fn read_more<R: tokio::io::AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(), UpstreamError> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
+    let n = std::future::poll_fn(|cx| poll_read_buf(std::pin::Pin::new(&mut *rd), cx, buf))
+        .await
+        .map_err(|e| io_err("reading the response head", e))?;
+    if n == 0 {
+        return Err(UpstreamError::Closed {
+            stage: "response head",
+        });
+    }
+    Ok(())
+}
+
+async fn write_body(
+    mut wr: OwnedWriteHalf,
+    mut body: hyper::body::Incoming,
+    framing: RequestFraming,
+) -> Result<OwnedWriteHalf, UpstreamError> {
+    let chunked = framing == RequestFraming::Chunked;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::ClientBody(e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                let size = format!("{:x}\r\n", data.len());
+                wr.write_all(size.as_bytes())
+                    .await
+                    .map_err(|e| io_err("sending the request body", e))?;
+            }
+            wr.write_all(data)
+                .await
+                .map_err(|e| io_err("sending the request body", e))?;
+            if chunked {
+                wr.write_all(b"\r\n")
+                    .await
+                    .map_err(|e| io_err("sending the request body", e))?;
+            }
+        }
+    }
+    if chunked {
+        wr.write_all(b"0\r\n\r\n")
+            .await
+            .map_err(|e| io_err("sending the request body", e))?;
+    }
+    Ok(wr)
+}
+
+/// Closes idle connections past their time every few seconds, while the pools exist.
+fn spawn_sweeper(upstreams: Weak<Upstreams>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let Some(u) = upstreams.upgrade() else { return };
+            for pool in u.pools.load().values() {
+                pool.sweep();
+            }
+        }
+    });
+}
