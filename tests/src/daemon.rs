@@ -11,6 +11,12 @@ use std::time::{Duration, Instant};
 use streamgate::Daemon;
 use tempfile::TempDir;
 
+/// Adds `[admin] listen = "127.0.0.1:0"` unless the config has an admin table, so tests never
+/// collide on the default admin port.
+pub fn with_test_admin(text: &str) -> String {
+    if text.contains("[admin]") { text.to_string() } else { format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{text}") }
+}
+
 /// Writes `text` as `streamgate.toml` in a new temporary directory.
 pub fn write_config(text: &str) -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -37,7 +43,7 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Parses `text` (as a file in a temp dir) and starts the daemon on it.
     pub async fn start(text: &str) -> TestDaemon {
-        let (dir, config_path) = write_config(text);
+        let (dir, config_path) = write_config(&with_test_admin(text));
         let config = streamgate_config::load(&config_path)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
         let daemon = Daemon::start(config).await.expect("daemon starts");
@@ -58,6 +64,10 @@ impl TestDaemon {
     pub fn url(&self, listener: &str, path: &str) -> String {
         format!("http://{}{}", self.addr(listener), path)
     }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.daemon.admin_addr(), path)
+    }
 }
 
 /// The daemon binary running as a child process, its log lines collected.
@@ -74,7 +84,7 @@ impl DaemonProcess {
     /// Starts `bin run --config <text>` with JSON logs and waits until every listener in
     /// `expect_listeners` logged its bound address.
     pub fn start(bin: &str, text: &str, expect_listeners: &[&str]) -> DaemonProcess {
-        let (dir, config_path) = write_config(text);
+        let (dir, config_path) = write_config(&with_test_admin(text));
         let mut child = Command::new(bin)
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)

@@ -163,6 +163,12 @@ impl BackendState {
         if v > 0.0 { v } else { 1e6 }
     }
 
+    /// How long ago the last latency sample was recorded.
+    pub fn latency_age(&self) -> Option<Duration> {
+        let stamp = self.ewma_stamp.load(Relaxed);
+        (stamp != 0).then(|| Duration::from_nanos(now_nanos().saturating_sub(stamp)))
+    }
+
     pub fn probe_rtt(&self) -> Option<Duration> {
         let v = f64::from_bits(self.probe_rtt_bits.load(Relaxed));
         (v > 0.0).then(|| Duration::from_nanos(v as u64))

@@ -1,1 +1,97 @@
-//! placeholder
+//! streamgate-control: the control plane. Active health checks ([`health`]), region failover and
+//! failback ([`failover`]), config reload ([`reload`]) and the admin API ([`admin`]). It programs
+//! the data plane only through the routing table and the per-backend atomics.
+
+pub mod admin;
+pub mod failover;
+mod gauges;
+pub mod health;
+pub mod probe;
+pub mod reload;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use streamgate_balance::{GeoHandle, TableHandle};
+use streamgate_telemetry::Metrics;
+use tokio::sync::{Notify, watch};
+
+use health::HealthSupervisor;
+use reload::FileStamp;
+
+/// What `GET /config` reports besides the table's own version and source.
+#[derive(Debug, Clone)]
+pub struct ConfigStatus {
+    pub loaded_at: SystemTime,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<SystemTime>,
+}
+
+/// The control plane of one daemon.
+#[derive(Debug)]
+pub struct Control {
+    pub table: TableHandle,
+    pub geo: GeoHandle,
+    pub metrics: Arc<Metrics>,
+    pub config_path: PathBuf,
+    pub(crate) health: Mutex<HealthSupervisor>,
+    /// Woken on backend transitions and operator actions, so the evaluator reacts at once.
+    pub(crate) changed: Arc<Notify>,
+    status: Mutex<ConfigStatus>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    pub(crate) geo_stamp: Mutex<Option<FileStamp>>,
+    ready: AtomicBool,
+}
+
+impl Control {
+    pub fn new(table: TableHandle, geo: GeoHandle, metrics: Arc<Metrics>, config_path: PathBuf) -> Arc<Control> {
+        let changed = Arc::new(Notify::new());
+        let geo_stamp = table.load().config.geo.as_ref().and_then(|g| FileStamp::of(&g.database));
+        Arc::new(Control {
+            health: Mutex::new(HealthSupervisor::new(metrics.clone(), changed.clone())),
+            table,
+            geo,
+            metrics,
+            config_path,
+            changed,
+            status: Mutex::new(ConfigStatus { loaded_at: SystemTime::now(), last_error: None, last_error_at: None }),
+            reload_lock: tokio::sync::Mutex::new(()),
+            geo_stamp: Mutex::new(geo_stamp),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the probers and the region evaluator, and registers the scrape-time gauges.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let _ = self.metrics.registry.register(Box::new(gauges::TableGauges::new(self.table.clone())));
+        self.metrics.config_last_reload_success.set(reload::unix_now());
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).reconcile(&self.table.load());
+        tokio::spawn(failover::run(self.table.clone(), self.metrics.clone(), self.changed.clone(), shutdown));
+    }
+
+    /// Readiness: the config is loaded and every listener is bound.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    pub fn status(&self) -> ConfigStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Wakes the region evaluator (after an operator action on the table's atomics).
+    pub fn poke(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Stops every prober (shutdown).
+    pub fn stop_probes(&self) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        *h = HealthSupervisor::new(self.metrics.clone(), self.changed.clone());
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::{Daemon, demo};
 use anyhow::{Context, Result};
@@ -130,7 +131,8 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
         if let Some(path) = demo_config {
             print_demo_help(&daemon, path);
         }
-        wait_for_stop().await;
+        let _watcher = streamgate_control::reload::watch_config(daemon.control.clone(), Duration::from_millis(300));
+        serve_signals(&daemon).await;
         info!(deadline = ?grace, "shutting down: no new connections; finishing in-flight requests");
         let drained = tokio::select! {
             d = daemon.shutdown(grace) => d,
@@ -146,6 +148,26 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
         }
         Ok(())
     })
+}
+
+/// Handles SIGHUP (reload) until SIGTERM or SIGINT.
+async fn serve_signals(daemon: &Daemon) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        wait_for_stop().await;
+        return;
+    };
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                daemon.control.reload(true).await;
+            }
+        }
+    }
 }
 
 async fn wait_for_stop() {

@@ -9,6 +9,8 @@ use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use streamgate_balance::{GeoDb, GeoHandle, RoutingTable, TableHandle};
 use streamgate_config::{Config, Protocol};
+use streamgate_control::Control;
+use streamgate_control::admin::{self, Token};
 use streamgate_proxy::{HttpProxy, ListenerLimits, Upstreams};
 use streamgate_telemetry::Metrics;
 use tokio::sync::watch;
@@ -21,6 +23,8 @@ pub struct Daemon {
     pub table: TableHandle,
     pub geo: GeoHandle,
     pub metrics: Arc<Metrics>,
+    pub control: Arc<Control>,
+    admin: SocketAddr,
     listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -55,6 +59,17 @@ impl Daemon {
             &metrics,
         )));
         let upstreams = Upstreams::new();
+        let token = match &config.admin.token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
+                Some(Token::new(&text).with_context(|| format!("admin.token_file: {} is empty", path.display()))?)
+            }
+            None => None,
+        };
+        let admin_listener = streamgate_proxy::bind(config.admin.listen)
+            .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
+        let admin = admin_listener.local_addr()?;
 
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -96,14 +111,18 @@ impl Daemon {
             }
             info!(listener = %l.name, address = %addr, protocol = "http", "listening");
         }
-        Ok(Daemon {
-            table,
-            geo,
-            metrics,
-            listeners,
-            shutdown,
-            tasks,
-        })
+
+        let control = Control::new(table.clone(), geo.clone(), metrics.clone(), config.source.path.clone());
+        control.start(shutdown_rx.clone());
+        tasks.spawn(admin::serve(admin_listener, control.clone(), token, shutdown_rx.clone()));
+        info!(listener = "admin", address = %admin, "listening");
+        control.set_ready(true);
+        Ok(Daemon { table, geo, metrics, control, admin, listeners, shutdown, tasks })
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 
     /// Where listener `name` is bound (useful with port 0).
@@ -128,6 +147,8 @@ impl Daemon {
     /// Stops accepting, lets in-flight requests finish for up to `deadline`, then returns.
     /// Returns false if connections were still open at the deadline.
     pub async fn shutdown(mut self, deadline: Duration) -> bool {
+        self.control.set_ready(false);
+        self.control.stop_probes();
         let _ = self.shutdown.send(true);
         let drained = tokio::time::timeout(deadline, async {
             while self.tasks.join_next().await.is_some() {}

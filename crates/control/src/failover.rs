@@ -1,0 +1,213 @@
+//! Region state of every service, decided by one task: healthy while enough backends are up;
+//! an unhealthy region loses its traffic at once, a recovered one gets it back only after the
+//! hold-down (and, optionally, over a ramp). Every change of where a region's clients go is
+//! logged with its reason and counted in `failovers_total{service,from,to}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use streamgate_balance::pick::distance_km;
+use streamgate_balance::{ClientFacts, RoutingTable, Service, TableHandle};
+use streamgate_config::RegionPolicy;
+use streamgate_telemetry::Metrics;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+/// How often hold-downs, ramps and latency estimates advance.
+const TICK: Duration = Duration::from_millis(100);
+/// A request latency sample younger than this is the region's latency; older ones fade toward
+/// the probe round trip, so a region that lost its traffic for being slow is tried again later.
+const FRESH_SAMPLE: Duration = Duration::from_secs(5);
+const FADE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    healthy: bool,
+    /// When the region last turned healthy; eligibility waits for the hold-down from here.
+    healthy_since: Option<Instant>,
+    /// When the region last became eligible; its share ramps up from here.
+    eligible_since: Option<Instant>,
+}
+
+/// The evaluator's memory between ticks: region tracks and where each region's clients went.
+#[derive(Debug, Default)]
+pub struct Evaluator {
+    tracks: HashMap<(String, String), Track>,
+    /// (service, home region) -> region serving its clients ("none": every region is down).
+    targets: HashMap<(String, String), String>,
+}
+
+impl Evaluator {
+    /// One pass over the table.
+    pub fn evaluate(&mut self, table: &RoutingTable, metrics: &Metrics, now: Instant) {
+        for service in &table.services {
+            for region in &service.regions {
+                let up = region.backends.iter().filter(|b| b.state.is_up()).count();
+                let healthy = up >= region.needed_up();
+                region.health.set_healthy(healthy);
+                let key = (service.name.to_string(), region.name.to_string());
+                let track = self.tracks.entry(key).or_insert(Track {
+                    healthy: true,
+                    healthy_since: None,
+                    eligible_since: None,
+                });
+                let f = &service.spec.failover;
+                if healthy != track.healthy {
+                    track.healthy = healthy;
+                    if healthy {
+                        track.healthy_since = Some(now);
+                        info!(
+                            service = %service.name, region = %region.name, up, needed = region.needed_up(),
+                            hold_down = ?f.hold_down, "region is healthy again; it gets traffic back after the hold-down"
+                        );
+                    } else {
+                        track.healthy_since = None;
+                        track.eligible_since = None;
+                        warn!(
+                            service = %service.name, region = %region.name, up, needed = region.needed_up(),
+                            "region is unhealthy: {up} of {} backends up, {} needed", region.backends.len(), region.needed_up()
+                        );
+                    }
+                }
+                let eligible = match (healthy, track.healthy_since) {
+                    (false, _) => false,
+                    // Healthy since start-up (never failed): no hold-down.
+                    (true, None) => true,
+                    (true, Some(since)) => now.duration_since(since) >= f.hold_down,
+                };
+                if eligible && !region.health.is_eligible() {
+                    track.eligible_since = Some(now);
+                }
+                region.health.set_eligible(eligible);
+                let share = match (eligible, track.eligible_since) {
+                    (false, _) => 0,
+                    (true, Some(since)) if !f.ramp.is_zero() => {
+                        let done = now.duration_since(since).as_secs_f64() / f.ramp.as_secs_f64();
+                        (done.min(1.0) * 1000.0) as u32
+                    }
+                    (true, _) => 1000,
+                };
+                region.health.set_share_permille(share.max(if eligible { 1 } else { 0 }));
+                region.health.set_latency_nanos(region_latency_nanos(region));
+            }
+            self.account(service, metrics);
+        }
+        self.tracks.retain(|(s, r), _| table.service(s).is_some_and(|svc| svc.region(r).is_some()));
+    }
+
+    /// Where each region's clients go now; counts and logs every change.
+    fn account(&mut self, service: &Service, metrics: &Metrics) {
+        for (i, home) in service.regions.iter().enumerate() {
+            let target = target_of(service, i).map_or("none", |t| &*service.regions[t].name);
+            let key = (service.name.to_string(), home.name.to_string());
+            let previous = self.targets.insert(key, target.to_string());
+            match previous {
+                Some(prev) if prev != target => {
+                    // Only serving regions move real traffic under failover/latency policies.
+                    let serves = service.spec.region_policy == RegionPolicy::Geo || i == first_choice(service);
+                    if !serves {
+                        continue;
+                    }
+                    metrics.failovers.with_label_values(&[&*service.name, &prev, target]).inc();
+                    let why = if target == &*home.name {
+                        "failback: the region is eligible again"
+                    } else if target == "none" {
+                        "every region is down"
+                    } else if !home.control.is_active() {
+                        "region deactivated by an operator"
+                    } else {
+                        "region unhealthy"
+                    };
+                    warn!(service = %service.name, region = %home.name, from = %prev, to = %target, reason = why, "traffic moved");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The region the policy puts first for a client with no location (the serving region of the
+/// failover and latency policies).
+fn first_choice(service: &Service) -> usize {
+    match service.spec.region_policy {
+        RegionPolicy::Geo => service.primary_index(),
+        _ => service.region_order(&ClientFacts::default()).as_slice().first().map_or(0, |&i| i as usize),
+    }
+}
+
+/// Where clients of region `home` are served: the region itself while eligible; otherwise the
+/// policy's next choice (nearest for geo, next in order for the others).
+fn target_of(service: &Service, home: usize) -> Option<usize> {
+    let home_region = &service.regions[home];
+    if home_region.is_eligible() {
+        return Some(home);
+    }
+    match service.spec.region_policy {
+        RegionPolicy::Geo => {
+            let mut best: Option<(f64, usize)> = None;
+            for (i, r) in service.regions.iter().enumerate() {
+                if i == home || !r.is_eligible() {
+                    continue;
+                }
+                let d = match (home_region.location, r.location) {
+                    (Some(a), Some(b)) => distance_km(a, b),
+                    _ => 1e9 + i as f64,
+                };
+                if best.is_none_or(|(bd, _)| d < bd) {
+                    best = Some((d, i));
+                }
+            }
+            best.map(|(_, i)| i)
+        }
+        _ => service
+            .region_order(&ClientFacts::default())
+            .as_slice()
+            .iter()
+            .map(|&i| i as usize)
+            .find(|&i| service.regions[i].is_eligible()),
+    }
+}
+
+/// Mean latency of the region's up backends: recent request samples, fading toward the probe
+/// round trip as they age. 0 when nothing is known.
+fn region_latency_nanos(region: &streamgate_balance::ServiceRegion) -> u64 {
+    let mut sum = 0.0;
+    let mut n = 0u32;
+    for b in region.backends.iter().filter(|b| b.state.is_up()) {
+        let probe = b.state.probe_rtt().map(|d| d.as_nanos() as f64);
+        let request = b.state.latency().map(|d| d.as_nanos() as f64);
+        let age = b.state.latency_age().unwrap_or(Duration::MAX);
+        let estimate = match (request, probe) {
+            (Some(r), _) if age < FRESH_SAMPLE => Some(r),
+            (Some(r), Some(p)) => {
+                let fade = (-(age - FRESH_SAMPLE).as_secs_f64() / FADE.as_secs_f64()).exp();
+                Some(p + (r - p) * fade)
+            }
+            (Some(r), None) => Some(r),
+            (None, Some(p)) => Some(p),
+            (None, None) => None,
+        };
+        if let Some(e) = estimate {
+            sum += e;
+            n += 1;
+        }
+    }
+    if n == 0 { 0 } else { (sum / f64::from(n)).max(1.0) as u64 }
+}
+
+/// Runs the evaluator until `shutdown`: on every backend transition and every tick.
+pub async fn run(table: TableHandle, metrics: Arc<Metrics>, changed: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let mut evaluator = Evaluator::default();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let t = table.load_full();
+        evaluator.evaluate(&t, &metrics, Instant::now());
+    }
+}

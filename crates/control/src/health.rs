@@ -1,0 +1,162 @@
+//! Active health: one prober task per backend of every service with `[services.health]`, with
+//! rise/fall hysteresis and jitter. Each up/down transition flips the backend's atomic flag, is
+//! logged once and wakes the region evaluator.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use streamgate_balance::{BackendState, RoutingTable};
+use streamgate_config::HealthCheck;
+use streamgate_telemetry::Metrics;
+use streamgate_telemetry::prometheus::IntCounter;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::probe::{AnyProbe, Outcome, Probe};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    service: String,
+    region: String,
+    address: SocketAddr,
+}
+
+#[derive(Debug)]
+struct Prober {
+    spec: HealthCheck,
+    state: Arc<BackendState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The running probers, reconciled with every routing table published.
+#[derive(Debug)]
+pub struct HealthSupervisor {
+    probers: HashMap<Key, Prober>,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+}
+
+impl HealthSupervisor {
+    /// `changed` is notified on every backend transition.
+    pub fn new(metrics: Arc<Metrics>, changed: Arc<Notify>) -> HealthSupervisor {
+        HealthSupervisor { probers: HashMap::new(), metrics, changed }
+    }
+
+    /// Starts probers for new backends or changed checks, stops those no longer configured.
+    pub fn reconcile(&mut self, table: &RoutingTable) {
+        let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendState>)> = HashMap::new();
+        for service in &table.services {
+            for region in &service.regions {
+                for b in &region.backends {
+                    let key = Key { service: service.name.to_string(), region: region.name.to_string(), address: b.address };
+                    match &service.spec.health {
+                        Some(h) => {
+                            wanted.insert(key, (h.clone(), b.state.clone()));
+                        }
+                        // Without a check a backend counts as up; passive health still applies.
+                        None => {
+                            b.state.set_up(true);
+                        }
+                    }
+                }
+            }
+        }
+        self.probers.retain(|k, p| {
+            let keep = wanted.get(k).is_some_and(|(spec, state)| *spec == p.spec && Arc::ptr_eq(state, &p.state));
+            if !keep && !wanted.contains_key(k) {
+                // A check that was removed leaves its backend up rather than stuck down.
+                p.state.set_up(true);
+            }
+            keep
+        });
+        for (key, (spec, state)) in wanted {
+            if self.probers.contains_key(&key) {
+                continue;
+            }
+            let probe = AnyProbe::from_config(&spec.kind);
+            let label = key.address.to_string();
+            let counters = Counters {
+                success: self.metrics.health_checks.with_label_values(&[&label, "success"]),
+                failure: self.metrics.health_checks.with_label_values(&[&label, "failure"]),
+            };
+            let task = tokio::spawn(run(probe, spec.clone(), key.clone(), state.clone(), counters, self.changed.clone()));
+            self.probers.insert(key, Prober { spec, state, task });
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.probers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.probers.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Counters {
+    success: IntCounter,
+    failure: IntCounter,
+}
+
+/// Probes one backend forever: every `interval` (±10% jitter, first one at a random offset so
+/// probes of many backends do not align).
+async fn run<P: Probe>(
+    probe: P,
+    spec: HealthCheck,
+    key: Key,
+    state: Arc<BackendState>,
+    counters: Counters,
+    changed: Arc<Notify>,
+) {
+    let interval = spec.interval;
+    tokio::time::sleep(interval.mul_f64(fastrand::f64())).await;
+    let (mut successes, mut failures) = (0u32, 0u32);
+    loop {
+        let started = Instant::now();
+        let outcome = probe.check(key.address, spec.timeout).await;
+        match outcome {
+            Outcome::Healthy { rtt } => {
+                counters.success.inc();
+                state.record_probe_rtt(rtt);
+                successes += 1;
+                failures = 0;
+                if !state.is_up() && successes >= spec.rise.get() {
+                    state.set_up(true);
+                    state.clear_ejection();
+                    info!(
+                        service = %key.service, region = %key.region, backend = %key.address,
+                        successes, "backend is up: passed {successes} consecutive health checks"
+                    );
+                    changed.notify_one();
+                } else if !state.was_probed() {
+                    state.set_up(true);
+                }
+            }
+            Outcome::Unhealthy { reason } => {
+                counters.failure.inc();
+                failures += 1;
+                successes = 0;
+                if state.is_up() && failures >= spec.fall.get() {
+                    state.set_up(false);
+                    warn!(
+                        service = %key.service, region = %key.region, backend = %key.address,
+                        failures, reason = %reason, "backend is down: failed {failures} consecutive health checks"
+                    );
+                    changed.notify_one();
+                }
+            }
+        }
+        let jitter = 0.9 + 0.2 * fastrand::f64();
+        tokio::time::sleep_until(started + interval.mul_f64(jitter)).await;
+    }
+}

@@ -1,0 +1,55 @@
+//! Active health probes: one check of one backend, behind a small trait so the prober loop can
+//! be driven by anything that answers "healthy or not, and how fast".
+
+mod http;
+mod tcp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use http::HttpProbe;
+pub use tcp::TcpProbe;
+
+/// The result of one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Healthy { rtt: Duration },
+    Unhealthy { reason: String },
+}
+
+impl Outcome {
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Outcome::Healthy { .. })
+    }
+}
+
+/// One health check of one backend.
+pub trait Probe: Send + Sync + 'static {
+    fn check(&self, backend: SocketAddr, timeout: Duration) -> impl Future<Output = Outcome> + Send;
+}
+
+/// The probe a service's `[services.health]` asks for.
+#[derive(Debug, Clone)]
+pub enum AnyProbe {
+    Http(HttpProbe),
+    Tcp(TcpProbe),
+}
+
+impl AnyProbe {
+    pub fn from_config(kind: &streamgate_config::HealthKind) -> AnyProbe {
+        match kind {
+            streamgate_config::HealthKind::Tcp => AnyProbe::Tcp(TcpProbe),
+            streamgate_config::HealthKind::Http(p) => AnyProbe::Http(HttpProbe::new(p.clone())),
+        }
+    }
+}
+
+impl Probe for AnyProbe {
+    async fn check(&self, backend: SocketAddr, timeout: Duration) -> Outcome {
+        match self {
+            AnyProbe::Http(p) => p.check(backend, timeout).await,
+            AnyProbe::Tcp(p) => p.check(backend, timeout).await,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Reloading: SIGHUP, the admin API or a change of the config file. Parse and validate, check a
+//! changed geo database, build a new table carrying over live state, publish it. A file that
+//! fails any step changes nothing: the errors are logged and counted and the running table stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use streamgate_balance::{GeoDb, RoutingTable};
+use streamgate_config::diff::{ConfigDiff, diff};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::Control;
+
+/// What a reload did.
+#[derive(Debug, Clone)]
+pub enum ReloadOutcome {
+    Applied { version: u64, changes: ConfigDiff },
+    Unchanged { version: u64 },
+    Rejected { errors: Vec<String> },
+}
+
+/// Identity of a geo database file, to notice when it is replaced in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub(crate) fn of(path: &Path) -> Option<FileStamp> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp { path: path.to_path_buf(), len: m.len(), modified: m.modified().ok() })
+    }
+}
+
+impl Control {
+    /// Reloads the config file. `force` rebuilds even if the file is unchanged (SIGHUP, admin);
+    /// the file watcher passes false.
+    pub async fn reload(&self, force: bool) -> ReloadOutcome {
+        let _serial = self.reload_lock.lock().await;
+        let path = self.config_path.clone();
+        let loaded = tokio::task::spawn_blocking(move || streamgate_config::load(&path)).await;
+        let config = match loaded {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return self.reject(e.to_string().lines().map(str::to_string).collect()),
+            Err(e) => return self.reject(vec![format!("reload task failed: {e}")]),
+        };
+        let current = self.table.load_full();
+        let geo_now = config.geo.as_ref().and_then(|g| FileStamp::of(&g.database));
+        let geo_changed = geo_now != *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if !force && config.source.digest == current.config.source.digest && !geo_changed {
+            return ReloadOutcome::Unchanged { version: current.version };
+        }
+
+        if geo_changed {
+            match &config.geo {
+                Some(g) => {
+                    let db_path = g.database.clone();
+                    let opened = tokio::task::spawn_blocking(move || GeoDb::open(&db_path)).await;
+                    match opened {
+                        Ok(Ok(db)) => {
+                            info!(database = %db.path().display(), records = db.records_checked, "geo database loaded");
+                            self.geo.store(Some(Arc::new(db)));
+                        }
+                        Ok(Err(e)) => {
+                            return self.reject(vec![format!(
+                                "{}: geo.database: {e}; keeping the running configuration and database",
+                                config.source.path.display()
+                            )]);
+                        }
+                        Err(e) => return self.reject(vec![format!("geo database check failed: {e}")]),
+                    }
+                }
+                None => self.geo.store(None),
+            }
+            *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner()) = geo_now;
+        }
+
+        let changes = diff(&current.config, &config);
+        for item in &changes.needs_restart {
+            warn!(setting = %item, "changed in the config file; takes effect at the next restart");
+        }
+        let table = Arc::new(RoutingTable::build(Arc::new(config), Some(&current), &self.metrics));
+        let version = table.version;
+        self.table.store(table.clone());
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).reconcile(&table);
+        self.changed.notify_one();
+        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        self.metrics.config_last_reload_success.set(unix_now());
+        {
+            let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            st.loaded_at = SystemTime::now();
+            st.last_error = None;
+        }
+        info!(
+            version,
+            services_added = ?changes.services_added,
+            services_removed = ?changes.services_removed,
+            services_changed = ?changes.services_changed,
+            backends_added = changes.backends_added.len(),
+            backends_removed = changes.backends_removed.len(),
+            "configuration reloaded"
+        );
+        ReloadOutcome::Applied { version, changes }
+    }
+
+    fn reject(&self, errors: Vec<String>) -> ReloadOutcome {
+        for e in &errors {
+            error!(error = %e, "config reload rejected; the running configuration stays");
+        }
+        self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        st.last_error = Some(errors.join("\n"));
+        st.last_error_at = Some(SystemTime::now());
+        ReloadOutcome::Rejected { errors }
+    }
+}
+
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Watches the config file (through its directory, since editors replace files) and reloads
+/// once changes have settled for `debounce`.
+pub fn watch_config(control: Arc<Control>, debounce: Duration) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let path = control.config_path.clone();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let name = path.file_name()?.to_os_string();
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(ev) = event
+            && ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload"))
+    .ok()?;
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or POST /reload");
+        return None;
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait until no event for `debounce`.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            info!(file = %control.config_path.display(), "config file changed; reloading");
+            control.reload(false).await;
+        }
+    });
+    Some(watcher)
+}
