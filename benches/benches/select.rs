@@ -46,7 +46,7 @@ fn picks(c: &mut Criterion) {
                 .collect();
             let facts = ClientFacts::default();
             group.bench_with_input(BenchmarkId::new(policy, n), &n, |b, _| {
-                b.iter(|| black_box(service.pick(black_box(&facts), None)).map(|p| p.backend_index))
+                b.iter(|| black_box(service.pick(black_box(&facts), &[])).map(|p| p.backend_index))
             });
         }
     }

@@ -14,7 +14,11 @@ use tempfile::TempDir;
 /// Adds `[admin] listen = "127.0.0.1:0"` unless the config has an admin table, so tests never
 /// collide on the default admin port.
 pub fn with_test_admin(text: &str) -> String {
-    if text.contains("[admin]") { text.to_string() } else { format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{text}") }
+    if text.contains("[admin]") {
+        text.to_string()
+    } else {
+        format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{text}")
+    }
 }
 
 /// Writes `text` as `streamgate.toml` in a new temporary directory.

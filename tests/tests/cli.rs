@@ -181,10 +181,10 @@ async fn a_failed_request_logs_one_line_naming_the_backend() {
     let lines: Vec<_> = p
         .log_json()
         .into_iter()
-        .filter(|l| l["backend"] == dead_s.as_str())
+        .filter(|l| l["backend"] == dead_s.as_str() && l["message"] == "request failed")
         .collect();
     assert!(found, "{lines:?}");
-    assert_eq!(lines.len(), 1, "one line per failure: {lines:?}");
+    assert_eq!(lines.len(), 1, "one line per failed request: {lines:?}");
     assert_eq!(lines[0]["status"], 502);
     assert!(
         lines[0]["error"]

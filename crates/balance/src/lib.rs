@@ -15,5 +15,5 @@ pub mod table;
 pub use geo::{GeoDb, GeoHandle, GeoInfo};
 pub use pick::{ClientFacts, Pick};
 pub use route::NoRoute;
-pub use stats::{BackendState, Lease};
+pub use stats::{BackendState, Lease, Outcome};
 pub use table::{Backend, RouteReason, RoutingTable, Service, ServiceRegion, TableHandle};

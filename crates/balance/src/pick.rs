@@ -1,7 +1,7 @@
 //! Two-level selection: a region by the service's region policy, then a backend inside it by the
 //! backend policy. Pure functions of the table, the client's facts and the live stats.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use streamgate_config::{AllDownPolicy, Location, RegionPolicy};
 
@@ -44,11 +44,12 @@ impl RegionOrder {
 }
 
 impl Service {
-    /// Picks a region and backend for a new request; `avoid` is a backend that already failed
+    /// Picks a region and backend for a new request; `avoid` lists backends that already failed
     /// this request (a retry).
-    pub fn pick<'t>(&'t self, client: &ClientFacts, avoid: Option<&Backend>) -> Option<Pick<'t>> {
+    pub fn pick<'t>(&'t self, client: &ClientFacts, avoid: &[SocketAddr]) -> Option<Pick<'t>> {
         let order = self.region_order(client);
-        let not_avoided = |b: &Backend| avoid.is_none_or(|a| a.address != b.address);
+        let retry = !avoid.is_empty();
+        let not_avoided = |b: &Backend| !avoid.contains(&b.address);
         let usable = |b: &Backend| b.state.is_available() && not_avoided(b);
 
         let mut ramping: Option<usize> = None;
@@ -65,7 +66,7 @@ impl Service {
                 continue;
             }
             if let Some(b) = region.selector.select(&region.backends, usable) {
-                let reason = match (avoid.is_some(), rank) {
+                let reason = match (retry, rank) {
                     (true, _) => RouteReason::Retry,
                     (false, 0) => self.policy_reason(),
                     (false, _) => RouteReason::Failover,
@@ -76,7 +77,7 @@ impl Service {
         if let Some(i) = ramping {
             let region = &self.regions[i];
             if let Some(b) = region.selector.select(&region.backends, usable) {
-                let reason = if avoid.is_some() {
+                let reason = if retry {
                     RouteReason::Retry
                 } else {
                     RouteReason::Failover

@@ -211,10 +211,10 @@ impl BackendState {
     /// this failure ejected the backend.
     pub fn record_outcome(
         &self,
-        ok: bool,
+        outcome: Outcome,
         policy: &streamgate_config::Outlier,
     ) -> Option<Duration> {
-        if ok {
+        if outcome == Outcome::Success {
             self.consecutive_failures.store(0, Relaxed);
             // A success after an ejection expired ends the ejection history gradually.
             if self.ejected_until.load(Relaxed) != 0 && self.not_ejected() {
@@ -223,8 +223,17 @@ impl BackendState {
             return None;
         }
         self.failures.fetch_add(1, Relaxed);
-        let threshold = policy.consecutive_failures?;
         let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
+        let threshold = match outcome {
+            Outcome::ConnectFailure => match (
+                policy.consecutive_connect_failures,
+                policy.consecutive_failures,
+            ) {
+                (Some(c), Some(f)) => c.min(f),
+                (c, f) => c.or(f)?,
+            },
+            _ => policy.consecutive_failures?,
+        };
         if n < threshold.get() || !self.not_ejected() {
             return None;
         }
@@ -250,6 +259,16 @@ impl BackendState {
     pub fn probe_streak(&self) -> &AtomicU32 {
         &self.probe_streak
     }
+}
+
+/// How a request to a backend went, for passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// The backend answered 5xx, broke the connection or sent garbage.
+    Failure,
+    /// The backend could not be reached at all.
+    ConnectFailure,
 }
 
 /// Counts one request against a backend for as long as it lives (until the response body ends).
@@ -344,20 +363,21 @@ mod tests {
     fn consecutive_failures_eject_with_growing_cool_down() {
         let policy = streamgate_config::Outlier {
             consecutive_failures: std::num::NonZeroU32::new(3),
+            consecutive_connect_failures: std::num::NonZeroU32::new(1),
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(3),
         };
         let s = BackendState::default();
-        assert_eq!(s.record_outcome(false, &policy), None);
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy), None);
         assert_eq!(
-            s.record_outcome(true, &policy),
+            s.record_outcome(Outcome::Success, &policy),
             None,
             "a success resets the streak"
         );
-        assert_eq!(s.record_outcome(false, &policy), None);
-        assert_eq!(s.record_outcome(false, &policy), None);
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy), None);
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy), None);
         assert_eq!(
-            s.record_outcome(false, &policy),
+            s.record_outcome(Outcome::Failure, &policy),
             Some(Duration::from_secs(1))
         );
         assert!(!s.is_available());
@@ -365,19 +385,34 @@ mod tests {
         // Expire it by hand and fail again: the cool-down doubles, capped by max_ejection.
         s.ejected_until.store(1, Relaxed);
         for _ in 0..2 {
-            s.record_outcome(false, &policy);
+            s.record_outcome(Outcome::Failure, &policy);
         }
         assert_eq!(
-            s.record_outcome(false, &policy),
+            s.record_outcome(Outcome::Failure, &policy),
             Some(Duration::from_secs(2))
         );
         s.ejected_until.store(1, Relaxed);
         for _ in 0..2 {
-            s.record_outcome(false, &policy);
+            s.record_outcome(Outcome::Failure, &policy);
         }
         assert_eq!(
-            s.record_outcome(false, &policy),
+            s.record_outcome(Outcome::Failure, &policy),
             Some(Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn a_refused_connection_ejects_at_once_by_default() {
+        let policy = streamgate_config::Outlier::default();
+        let s = BackendState::default();
+        assert!(s.record_outcome(Outcome::ConnectFailure, &policy).is_some());
+        assert!(!s.is_available());
+        let off = streamgate_config::Outlier {
+            consecutive_failures: None,
+            consecutive_connect_failures: None,
+            ..policy
+        };
+        let t = BackendState::default();
+        assert_eq!(t.record_outcome(Outcome::ConnectFailure, &off), None);
     }
 }

@@ -314,8 +314,12 @@ pub struct HttpProbe {
 /// Passive health: consecutive failures of real traffic eject a backend for a growing cool-down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outlier {
-    /// `None` disables passive ejection.
+    /// Consecutive failures of any kind (connect errors, 5xx) that eject; `None` disables
+    /// passive ejection.
     pub consecutive_failures: Option<NonZeroU32>,
+    /// Consecutive connect failures that eject; like nginx's max_fails = 1, a refused
+    /// connection takes a backend out at once by default.
+    pub consecutive_connect_failures: Option<NonZeroU32>,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
 }
@@ -324,6 +328,7 @@ impl Default for Outlier {
     fn default() -> Self {
         Outlier {
             consecutive_failures: NonZeroU32::new(5),
+            consecutive_connect_failures: NonZeroU32::new(1),
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
         }

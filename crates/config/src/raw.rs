@@ -137,6 +137,7 @@ pub(crate) struct RawHealth {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOutlier {
     pub consecutive_failures: Option<S<i64>>,
+    pub consecutive_connect_failures: Option<S<i64>>,
     pub base_ejection: Option<S<String>>,
     pub max_ejection: Option<S<String>>,
 }

@@ -844,6 +844,13 @@ fn outlier(raw: Option<&RawOutlier>, svc: &str, ctx: &mut Ctx<'_>) -> Outlier {
             .map(|n| NonZeroU32::new(n as u32))
             .unwrap_or(d.consecutive_failures),
     };
+    let consecutive_connect_failures = match &o.consecutive_connect_failures {
+        None => d.consecutive_connect_failures,
+        Some(v) => ctx
+            .int_in(v, format!("{p}.consecutive_connect_failures"), 0, 1000)
+            .map(|n| NonZeroU32::new(n as u32))
+            .unwrap_or(d.consecutive_connect_failures),
+    };
     let base_ejection = ctx.duration(
         &o.base_ejection,
         format!("{p}.base_ejection"),
@@ -865,6 +872,7 @@ fn outlier(raw: Option<&RawOutlier>, svc: &str, ctx: &mut Ctx<'_>) -> Outlier {
     }
     Outlier {
         consecutive_failures,
+        consecutive_connect_failures,
         base_ejection,
         max_ejection,
     }

@@ -88,12 +88,17 @@ impl Evaluator {
                     }
                     (true, _) => 1000,
                 };
-                region.health.set_share_permille(share.max(if eligible { 1 } else { 0 }));
-                region.health.set_latency_nanos(region_latency_nanos(region));
+                region
+                    .health
+                    .set_share_permille(share.max(if eligible { 1 } else { 0 }));
+                region
+                    .health
+                    .set_latency_nanos(region_latency_nanos(region));
             }
             self.account(service, metrics);
         }
-        self.tracks.retain(|(s, r), _| table.service(s).is_some_and(|svc| svc.region(r).is_some()));
+        self.tracks
+            .retain(|(s, r), _| table.service(s).is_some_and(|svc| svc.region(r).is_some()));
     }
 
     /// Where each region's clients go now; counts and logs every change.
@@ -105,11 +110,15 @@ impl Evaluator {
             match previous {
                 Some(prev) if prev != target => {
                     // Only serving regions move real traffic under failover/latency policies.
-                    let serves = service.spec.region_policy == RegionPolicy::Geo || i == first_choice(service);
+                    let serves = service.spec.region_policy == RegionPolicy::Geo
+                        || i == first_choice(service);
                     if !serves {
                         continue;
                     }
-                    metrics.failovers.with_label_values(&[&*service.name, &prev, target]).inc();
+                    metrics
+                        .failovers
+                        .with_label_values(&[&*service.name, &prev, target])
+                        .inc();
                     let why = if target == &*home.name {
                         "failback: the region is eligible again"
                     } else if target == "none" {
@@ -132,7 +141,11 @@ impl Evaluator {
 fn first_choice(service: &Service) -> usize {
     match service.spec.region_policy {
         RegionPolicy::Geo => service.primary_index(),
-        _ => service.region_order(&ClientFacts::default()).as_slice().first().map_or(0, |&i| i as usize),
+        _ => service
+            .region_order(&ClientFacts::default())
+            .as_slice()
+            .first()
+            .map_or(0, |&i| i as usize),
     }
 }
 
@@ -193,11 +206,20 @@ fn region_latency_nanos(region: &streamgate_balance::ServiceRegion) -> u64 {
             n += 1;
         }
     }
-    if n == 0 { 0 } else { (sum / f64::from(n)).max(1.0) as u64 }
+    if n == 0 {
+        0
+    } else {
+        (sum / f64::from(n)).max(1.0) as u64
+    }
 }
 
 /// Runs the evaluator until `shutdown`: on every backend transition and every tick.
-pub async fn run(table: TableHandle, metrics: Arc<Metrics>, changed: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    table: TableHandle,
+    metrics: Arc<Metrics>,
+    changed: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut evaluator = Evaluator::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -21,13 +21,21 @@ fn gauges() -> [IntGaugeVec; 4] {
         IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
     };
     [
-        vec("backend_up", "1 if the backend passes its health checks (every service using it)", &["region", "backend"]),
+        vec(
+            "backend_up",
+            "1 if the backend passes its health checks (every service using it)",
+            &["region", "backend"],
+        ),
         vec(
             "backend_active_connections",
             "Requests in flight to the backend, all services",
             &["region", "backend"],
         ),
-        vec("region_healthy", "1 if the region is healthy for every service using it", &["region"]),
+        vec(
+            "region_healthy",
+            "1 if the region is healthy for every service using it",
+            &["region"],
+        ),
         vec(
             "backend_available",
             "1 if the backend takes new requests (up, not drained, not ejected)",
@@ -38,7 +46,10 @@ fn gauges() -> [IntGaugeVec; 4] {
 
 impl TableGauges {
     pub fn new(table: TableHandle) -> TableGauges {
-        TableGauges { table, templates: gauges() }
+        TableGauges {
+            table,
+            templates: gauges(),
+        }
     }
 }
 
@@ -67,13 +78,19 @@ impl Collector for TableGauges {
             }
         }
         for ((region, backend), (is_up, in_flight, avail)) in &backends {
-            up.with_label_values(&[region, backend]).set(i64::from(*is_up));
+            up.with_label_values(&[region, backend])
+                .set(i64::from(*is_up));
             active.with_label_values(&[region, backend]).set(*in_flight);
-            available.with_label_values(&[region, backend]).set(i64::from(*avail));
+            available
+                .with_label_values(&[region, backend])
+                .set(i64::from(*avail));
         }
         for (region, ok) in &regions {
             healthy.with_label_values(&[region]).set(i64::from(*ok));
         }
-        [up, active, healthy, available].iter().flat_map(|v| v.collect()).collect()
+        [up, active, healthy, available]
+            .iter()
+            .flat_map(|v| v.collect())
+            .collect()
     }
 }

@@ -48,7 +48,11 @@ pub struct HealthSupervisor {
 impl HealthSupervisor {
     /// `changed` is notified on every backend transition.
     pub fn new(metrics: Arc<Metrics>, changed: Arc<Notify>) -> HealthSupervisor {
-        HealthSupervisor { probers: HashMap::new(), metrics, changed }
+        HealthSupervisor {
+            probers: HashMap::new(),
+            metrics,
+            changed,
+        }
     }
 
     /// Starts probers for new backends or changed checks, stops those no longer configured.
@@ -57,7 +61,11 @@ impl HealthSupervisor {
         for service in &table.services {
             for region in &service.regions {
                 for b in &region.backends {
-                    let key = Key { service: service.name.to_string(), region: region.name.to_string(), address: b.address };
+                    let key = Key {
+                        service: service.name.to_string(),
+                        region: region.name.to_string(),
+                        address: b.address,
+                    };
                     match &service.spec.health {
                         Some(h) => {
                             wanted.insert(key, (h.clone(), b.state.clone()));
@@ -71,7 +79,9 @@ impl HealthSupervisor {
             }
         }
         self.probers.retain(|k, p| {
-            let keep = wanted.get(k).is_some_and(|(spec, state)| *spec == p.spec && Arc::ptr_eq(state, &p.state));
+            let keep = wanted
+                .get(k)
+                .is_some_and(|(spec, state)| *spec == p.spec && Arc::ptr_eq(state, &p.state));
             if !keep && !wanted.contains_key(k) {
                 // A check that was removed leaves its backend up rather than stuck down.
                 p.state.set_up(true);
@@ -85,10 +95,23 @@ impl HealthSupervisor {
             let probe = AnyProbe::from_config(&spec.kind);
             let label = key.address.to_string();
             let counters = Counters {
-                success: self.metrics.health_checks.with_label_values(&[&label, "success"]),
-                failure: self.metrics.health_checks.with_label_values(&[&label, "failure"]),
+                success: self
+                    .metrics
+                    .health_checks
+                    .with_label_values(&[&label, "success"]),
+                failure: self
+                    .metrics
+                    .health_checks
+                    .with_label_values(&[&label, "failure"]),
             };
-            let task = tokio::spawn(run(probe, spec.clone(), key.clone(), state.clone(), counters, self.changed.clone()));
+            let task = tokio::spawn(run(
+                probe,
+                spec.clone(),
+                key.clone(),
+                state.clone(),
+                counters,
+                self.changed.clone(),
+            ));
             self.probers.insert(key, Prober { spec, state, task });
         }
     }

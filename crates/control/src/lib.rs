@@ -46,9 +46,19 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(table: TableHandle, geo: GeoHandle, metrics: Arc<Metrics>, config_path: PathBuf) -> Arc<Control> {
+    pub fn new(
+        table: TableHandle,
+        geo: GeoHandle,
+        metrics: Arc<Metrics>,
+        config_path: PathBuf,
+    ) -> Arc<Control> {
         let changed = Arc::new(Notify::new());
-        let geo_stamp = table.load().config.geo.as_ref().and_then(|g| FileStamp::of(&g.database));
+        let geo_stamp = table
+            .load()
+            .config
+            .geo
+            .as_ref()
+            .and_then(|g| FileStamp::of(&g.database));
         Arc::new(Control {
             health: Mutex::new(HealthSupervisor::new(metrics.clone(), changed.clone())),
             table,
@@ -56,7 +66,11 @@ impl Control {
             metrics,
             config_path,
             changed,
-            status: Mutex::new(ConfigStatus { loaded_at: SystemTime::now(), last_error: None, last_error_at: None }),
+            status: Mutex::new(ConfigStatus {
+                loaded_at: SystemTime::now(),
+                last_error: None,
+                last_error_at: None,
+            }),
             reload_lock: tokio::sync::Mutex::new(()),
             geo_stamp: Mutex::new(geo_stamp),
             ready: AtomicBool::new(false),
@@ -65,10 +79,23 @@ impl Control {
 
     /// Starts the probers and the region evaluator, and registers the scrape-time gauges.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let _ = self.metrics.registry.register(Box::new(gauges::TableGauges::new(self.table.clone())));
-        self.metrics.config_last_reload_success.set(reload::unix_now());
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).reconcile(&self.table.load());
-        tokio::spawn(failover::run(self.table.clone(), self.metrics.clone(), self.changed.clone(), shutdown));
+        let _ = self
+            .metrics
+            .registry
+            .register(Box::new(gauges::TableGauges::new(self.table.clone())));
+        self.metrics
+            .config_last_reload_success
+            .set(reload::unix_now());
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile(&self.table.load());
+        tokio::spawn(failover::run(
+            self.table.clone(),
+            self.metrics.clone(),
+            self.changed.clone(),
+            shutdown,
+        ));
     }
 
     /// Readiness: the config is loaded and every listener is bound.
@@ -81,7 +108,10 @@ impl Control {
     }
 
     pub fn status(&self) -> ConfigStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Wakes the region evaluator (after an operator action on the table's atomics).

@@ -32,7 +32,11 @@ pub(crate) struct FileStamp {
 impl FileStamp {
     pub(crate) fn of(path: &Path) -> Option<FileStamp> {
         let m = std::fs::metadata(path).ok()?;
-        Some(FileStamp { path: path.to_path_buf(), len: m.len(), modified: m.modified().ok() })
+        Some(FileStamp {
+            path: path.to_path_buf(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
     }
 }
 
@@ -52,7 +56,9 @@ impl Control {
         let geo_now = config.geo.as_ref().and_then(|g| FileStamp::of(&g.database));
         let geo_changed = geo_now != *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner());
         if !force && config.source.digest == current.config.source.digest && !geo_changed {
-            return ReloadOutcome::Unchanged { version: current.version };
+            return ReloadOutcome::Unchanged {
+                version: current.version,
+            };
         }
 
         if geo_changed {
@@ -71,7 +77,9 @@ impl Control {
                                 config.source.path.display()
                             )]);
                         }
-                        Err(e) => return self.reject(vec![format!("geo database check failed: {e}")]),
+                        Err(e) => {
+                            return self.reject(vec![format!("geo database check failed: {e}")]);
+                        }
                     }
                 }
                 None => self.geo.store(None),
@@ -83,12 +91,22 @@ impl Control {
         for item in &changes.needs_restart {
             warn!(setting = %item, "changed in the config file; takes effect at the next restart");
         }
-        let table = Arc::new(RoutingTable::build(Arc::new(config), Some(&current), &self.metrics));
+        let table = Arc::new(RoutingTable::build(
+            Arc::new(config),
+            Some(&current),
+            &self.metrics,
+        ));
         let version = table.version;
         self.table.store(table.clone());
-        self.health.lock().unwrap_or_else(|e| e.into_inner()).reconcile(&table);
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile(&table);
         self.changed.notify_one();
-        self.metrics.config_reloads.with_label_values(&["success"]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&["success"])
+            .inc();
         self.metrics.config_last_reload_success.set(unix_now());
         {
             let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
@@ -111,7 +129,10 @@ impl Control {
         for e in &errors {
             error!(error = %e, "config reload rejected; the running configuration stays");
         }
-        self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&["failure"])
+            .inc();
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
         st.last_error = Some(errors.join("\n"));
         st.last_error_at = Some(SystemTime::now());
@@ -120,25 +141,39 @@ impl Control {
 }
 
 pub(crate) fn unix_now() -> f64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Watches the config file (through its directory, since editors replace files) and reloads
 /// once changes have settled for `debounce`.
-pub fn watch_config(control: Arc<Control>, debounce: Duration) -> Option<notify::RecommendedWatcher> {
+pub fn watch_config(
+    control: Arc<Control>,
+    debounce: Duration,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let path = control.config_path.clone();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let name = path.file_name()?.to_os_string();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(ev) = event
-            && ev.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
         {
             let _ = tx.send(());
         }
     })
-    .map_err(|e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload"))
+    .map_err(
+        |e| warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload"),
+    )
     .ok()?;
     if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
         warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or POST /reload");

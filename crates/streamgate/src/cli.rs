@@ -131,7 +131,10 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
         if let Some(path) = demo_config {
             print_demo_help(&daemon, path);
         }
-        let _watcher = streamgate_control::reload::watch_config(daemon.control.clone(), Duration::from_millis(300));
+        let _watcher = streamgate_control::reload::watch_config(
+            daemon.control.clone(),
+            Duration::from_millis(300),
+        );
         serve_signals(&daemon).await;
         info!(deadline = ?grace, "shutting down: no new connections; finishing in-flight requests");
         let drained = tokio::select! {

@@ -63,7 +63,11 @@ impl Daemon {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
-                Some(Token::new(&text).with_context(|| format!("admin.token_file: {} is empty", path.display()))?)
+                Some(
+                    Token::new(&text).with_context(|| {
+                        format!("admin.token_file: {} is empty", path.display())
+                    })?,
+                )
             }
             None => None,
         };
@@ -112,12 +116,31 @@ impl Daemon {
             info!(listener = %l.name, address = %addr, protocol = "http", "listening");
         }
 
-        let control = Control::new(table.clone(), geo.clone(), metrics.clone(), config.source.path.clone());
+        let control = Control::new(
+            table.clone(),
+            geo.clone(),
+            metrics.clone(),
+            config.source.path.clone(),
+        );
         control.start(shutdown_rx.clone());
-        tasks.spawn(admin::serve(admin_listener, control.clone(), token, shutdown_rx.clone()));
+        tasks.spawn(admin::serve(
+            admin_listener,
+            control.clone(),
+            token,
+            shutdown_rx.clone(),
+        ));
         info!(listener = "admin", address = %admin, "listening");
         control.set_ready(true);
-        Ok(Daemon { table, geo, metrics, control, admin, listeners, shutdown, tasks })
+        Ok(Daemon {
+            table,
+            geo,
+            metrics,
+            control,
+            admin,
+            listeners,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Where the admin API listens.

@@ -17,14 +17,22 @@ use crate::Control;
 use crate::reload::ReloadOutcome;
 
 fn ms(d: Option<Duration>) -> Value {
-    d.map_or(Value::Null, |d| json!((d.as_secs_f64() * 1e6).round() / 1e3))
+    d.map_or(Value::Null, |d| {
+        json!((d.as_secs_f64() * 1e6).round() / 1e3)
+    })
 }
 
 pub(super) fn ready(control: &Control) -> AdminResponse {
     if control.is_ready() {
-        json_response(StatusCode::OK, json!({"status": "ready", "version": control.table.load().version}))
+        json_response(
+            StatusCode::OK,
+            json!({"status": "ready", "version": control.table.load().version}),
+        )
     } else {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "starting"}))
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "starting"}),
+        )
     }
 }
 
@@ -76,7 +84,10 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
             })
         })
         .collect();
-    json_response(StatusCode::OK, json!({ "version": table.version, "regions": list }))
+    json_response(
+        StatusCode::OK,
+        json!({ "version": table.version, "regions": list }),
+    )
 }
 
 pub(super) fn backends(control: &Control) -> AdminResponse {
@@ -106,7 +117,10 @@ pub(super) fn backends(control: &Control) -> AdminResponse {
             }
         }
     }
-    json_response(StatusCode::OK, json!({ "version": table.version, "backends": list }))
+    json_response(
+        StatusCode::OK,
+        json!({ "version": table.version, "backends": list }),
+    )
 }
 
 pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminResponse {
@@ -115,10 +129,16 @@ pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminRespon
         Err(r) => return r,
     };
     let Some(address) = v.get("address").and_then(Value::as_str) else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"address\": \"IP:port\"}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"address\": \"IP:port\"}",
+        );
     };
     let Ok(addr) = address.parse::<SocketAddr>() else {
-        return error(StatusCode::BAD_REQUEST, &format!("\"{address}\" is not IP:port"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("\"{address}\" is not IP:port"),
+        );
     };
     let table = control.table.load();
     let mut matched = 0;
@@ -131,9 +151,15 @@ pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminRespon
         }
     }
     if matched == 0 {
-        return error(StatusCode::NOT_FOUND, &format!("no backend {addr} in the running configuration"));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no backend {addr} in the running configuration"),
+        );
     }
-    let in_flight: u32 = table.backends_at(addr).map(|(_, _, b)| b.state.in_flight()).sum();
+    let in_flight: u32 = table
+        .backends_at(addr)
+        .map(|(_, _, b)| b.state.in_flight())
+        .sum();
     json_response(
         StatusCode::OK,
         json!({ "address": addr.to_string(), "drained": drain, "services": matched, "changed": changed, "in_flight": in_flight }),
@@ -143,14 +169,20 @@ pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminRespon
 pub(super) fn activate(control: &Control, name: &str, active: bool) -> AdminResponse {
     let table = control.table.load();
     let Some(c) = table.regions.get(name) else {
-        return error(StatusCode::NOT_FOUND, &format!("no region named \"{name}\""));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no region named \"{name}\""),
+        );
     };
     let changed = c.set_active(active);
     if changed {
         info!(region = %name, "region {} by the admin API", if active { "activated" } else { "deactivated" });
         control.changed.notify_one();
     }
-    json_response(StatusCode::OK, json!({ "region": name, "active": active, "changed": changed }))
+    json_response(
+        StatusCode::OK,
+        json!({ "region": name, "active": active, "changed": changed }),
+    )
 }
 
 pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminResponse {
@@ -163,13 +195,19 @@ pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminRe
     };
     let table = control.table.load();
     let Some(s) = table.service(service) else {
-        return error(StatusCode::NOT_FOUND, &format!("no service named \"{service}\""));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no service named \"{service}\""),
+        );
     };
     let Some((index, _)) = s.region(region) else {
         let listed: Vec<&str> = s.regions.iter().map(|r| &*r.name).collect();
         return error(
             StatusCode::BAD_REQUEST,
-            &format!("service \"{service}\" does not use region \"{region}\"; its regions: {}", listed.join(", ")),
+            &format!(
+                "service \"{service}\" does not use region \"{region}\"; its regions: {}",
+                listed.join(", ")
+            ),
         );
     };
     let before = s.primary_index();
@@ -180,7 +218,10 @@ pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminRe
     }
     info!(service = %service, from = %s.regions[before].name, to = %region, "primary region set by the admin API");
     control.changed.notify_one();
-    json_response(StatusCode::OK, json!({ "service": service, "primary": region, "previous": &*s.regions[before].name }))
+    json_response(
+        StatusCode::OK,
+        json!({ "service": service, "primary": region, "previous": &*s.regions[before].name }),
+    )
 }
 
 pub(super) async fn reload(control: &Control) -> AdminResponse {
@@ -200,7 +241,10 @@ pub(super) async fn reload(control: &Control) -> AdminResponse {
                 "needs_restart": changes.needs_restart,
             }),
         ),
-        ReloadOutcome::Unchanged { version } => json_response(StatusCode::OK, json!({"ok": true, "version": version, "unchanged": true})),
+        ReloadOutcome::Unchanged { version } => json_response(
+            StatusCode::OK,
+            json!({"ok": true, "version": version, "unchanged": true}),
+        ),
         ReloadOutcome::Rejected { errors } => json_response(
             StatusCode::UNPROCESSABLE_ENTITY,
             json!({"ok": false, "errors": errors, "version": control.table.load().version}),
@@ -249,7 +293,9 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -269,12 +315,25 @@ fn percent_decode(s: &str) -> std::borrow::Cow<'_, str> {
 /// and why.
 pub(super) fn explain(control: &Control, query: &str) -> AdminResponse {
     let table = control.table.load_full();
-    let ip: IpAddr = match query_param(query, "ip").as_deref().unwrap_or("127.0.0.1").parse() {
+    let ip: IpAddr = match query_param(query, "ip")
+        .as_deref()
+        .unwrap_or("127.0.0.1")
+        .parse()
+    {
         Ok(ip) => ip,
-        Err(_) => return error(StatusCode::BAD_REQUEST, "ip= must be an IPv4 or IPv6 address"),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ip= must be an IPv4 or IPv6 address",
+            );
+        }
     };
-    let host = query_param(query, "host").map(|h| h.into_owned()).unwrap_or_default();
-    let path = query_param(query, "path").map(|p| p.into_owned()).unwrap_or_else(|| "/".into());
+    let host = query_param(query, "host")
+        .map(|h| h.into_owned())
+        .unwrap_or_default();
+    let path = query_param(query, "path")
+        .map(|p| p.into_owned())
+        .unwrap_or_else(|| "/".into());
     let listener = match query_param(query, "listener") {
         Some(l) => l.into_owned(),
         None => match table.config.listeners.iter().find(|l| l.protocol.is_http()) {
@@ -285,7 +344,14 @@ pub(super) fn explain(control: &Control, query: &str) -> AdminResponse {
     explain_in(control, &table, ip, &host, &path, &listener)
 }
 
-fn explain_in(control: &Control, table: &RoutingTable, ip: IpAddr, host: &str, path: &str, listener: &str) -> AdminResponse {
+fn explain_in(
+    control: &Control,
+    table: &RoutingTable,
+    ip: IpAddr,
+    host: &str,
+    path: &str,
+    listener: &str,
+) -> AdminResponse {
     let service = match table.route(listener, host, path) {
         Ok(s) => s,
         Err(e) => {
@@ -302,7 +368,14 @@ fn explain_in(control: &Control, table: &RoutingTable, ip: IpAddr, host: &str, p
     };
     let geo_db = control.geo.load_full();
     let geo = geo_db.as_ref().and_then(|db| db.lookup(ip));
-    let facts = ClientFacts { ip: Some(ip), geo: if service.spec.region_policy == RegionPolicy::Geo { geo } else { None } };
+    let facts = ClientFacts {
+        ip: Some(ip),
+        geo: if service.spec.region_policy == RegionPolicy::Geo {
+            geo
+        } else {
+            None
+        },
+    };
     let order = service.region_order(&facts);
     let mut regions = Vec::new();
     for (rank, &i) in order.as_slice().iter().enumerate() {
@@ -323,7 +396,10 @@ fn explain_in(control: &Control, table: &RoutingTable, ip: IpAddr, host: &str, p
             (Some(a), Some(b)) => json!(distance_km(a, b).round()),
             _ => Value::Null,
         };
-        let country_match = facts.geo.and_then(|g| g.country).is_some_and(|c| r.countries.iter().any(|x| x == c.as_str()));
+        let country_match = facts
+            .geo
+            .and_then(|g| g.country)
+            .is_some_and(|c| r.countries.iter().any(|x| x == c.as_str()));
         let latency = r.health.latency_nanos();
         regions.push(json!({
             "rank": rank + 1,
@@ -338,7 +414,7 @@ fn explain_in(control: &Control, table: &RoutingTable, ip: IpAddr, host: &str, p
             "backends_total": r.backends.len(),
         }));
     }
-    let pick = service.pick(&facts, None);
+    let pick = service.pick(&facts, &[]);
     let why = match (&pick, service.spec.region_policy) {
         (None, _) => "no usable backend in any region: the request would get 503".to_string(),
         (Some(p), _) if p.reason == streamgate_balance::RouteReason::FailOpen => {
@@ -347,20 +423,32 @@ fn explain_in(control: &Control, table: &RoutingTable, ip: IpAddr, host: &str, p
         (Some(p), RegionPolicy::Geo) => match &facts.geo {
             None => format!(
                 "the geo database has no data for {ip}: default region {} then priority order; chose {} ({})",
-                service.default_region.map_or("(none)", |d| &*service.regions[d].name),
+                service
+                    .default_region
+                    .map_or("(none)", |d| &*service.regions[d].name),
                 p.region.name,
                 p.reason.as_str()
             ),
             Some(g) => format!(
                 "client in {} ({}): {} region {} ({})",
-                g.country.map_or("unknown country".into(), |c| c.to_string()),
+                g.country
+                    .map_or("unknown country".into(), |c| c.to_string()),
                 g.located_by.as_str(),
-                if p.reason == streamgate_balance::RouteReason::Geo { "nearest eligible" } else { "next eligible" },
+                if p.reason == streamgate_balance::RouteReason::Geo {
+                    "nearest eligible"
+                } else {
+                    "next eligible"
+                },
                 p.region.name,
                 p.reason.as_str()
             ),
         },
-        (Some(p), _) => format!("{} policy chose region {} ({})", service.spec.region_policy, p.region.name, p.reason.as_str()),
+        (Some(p), _) => format!(
+            "{} policy chose region {} ({})",
+            service.spec.region_policy,
+            p.region.name,
+            p.reason.as_str()
+        ),
     };
     json_response(
         StatusCode::OK,
@@ -396,8 +484,14 @@ mod tests {
 
     #[test]
     fn query_params_decode() {
-        assert_eq!(query_param("ip=1.2.3.4&host=a.b", "host").as_deref(), Some("a.b"));
-        assert_eq!(query_param("path=%2Fv%2Fx+y", "path").as_deref(), Some("/v/x y"));
+        assert_eq!(
+            query_param("ip=1.2.3.4&host=a.b", "host").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(
+            query_param("path=%2Fv%2Fx+y", "path").as_deref(),
+            Some("/v/x y")
+        );
         assert_eq!(query_param("ip=%zz", "ip").as_deref(), Some("%zz"));
         assert_eq!(query_param("ip=%", "ip").as_deref(), Some("%"));
         assert_eq!(query_param("x=1", "ip"), None);

@@ -52,7 +52,12 @@ impl Token {
 }
 
 /// Serves the admin API until `shutdown`.
-pub async fn serve(listener: TcpListener, control: Arc<Control>, token: Option<Token>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    token: Option<Token>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -73,7 +78,10 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, token: Option<T
                 let token = token.clone();
                 async move { Ok::<_, Infallible>(handle(&control, token.as_ref(), req).await) }
             });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 debug!(peer = %peer, error = %e, "admin connection ended with an error");
             }
         });
@@ -93,8 +101,14 @@ async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::as_bytes);
         if !presented.is_some_and(|p| t.matches(p)) {
-            let mut r = json_response(StatusCode::UNAUTHORIZED, json!({"error": "missing or wrong bearer token"}));
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut r = json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "missing or wrong bearer token"}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return r;
         }
     }
@@ -121,10 +135,20 @@ async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>
         (&Method::POST, ["reload"]) => handlers::reload(control).await,
         (&Method::GET, ["config"]) => handlers::config(control),
         (&Method::GET, ["explain"]) => handlers::explain(control, &query),
-        (_, ["live" | "ready" | "metrics" | "regions" | "backends" | "config" | "explain" | "reload"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed for this path")
-        }
-        _ => error(StatusCode::NOT_FOUND, "no such admin endpoint; see docs/operations.md"),
+        (
+            _,
+            [
+                "live" | "ready" | "metrics" | "regions" | "backends" | "config" | "explain"
+                | "reload",
+            ],
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed for this path",
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such admin endpoint; see docs/operations.md",
+        ),
     }
 }
 
@@ -133,8 +157,14 @@ pub fn json_response(status: StatusCode, value: Value) -> AdminResponse {
     body.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
-    r.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     r
 }
 
@@ -144,7 +174,8 @@ pub fn error(status: StatusCode, message: &str) -> AdminResponse {
 
 /// Parses a JSON request body.
 pub fn parse_body(body: &Bytes) -> Result<Value, AdminResponse> {
-    serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
 }
 
 #[cfg(test)]

@@ -28,13 +28,19 @@ impl HttpProbe {
 
     async fn run(&self, backend: SocketAddr) -> Result<Duration, String> {
         let started = Instant::now();
-        let stream = TcpStream::connect(backend).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(backend)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
-        let host = self.spec.host.clone().unwrap_or_else(|| backend.to_string());
+        let host = self
+            .spec
+            .host
+            .clone()
+            .unwrap_or_else(|| backend.to_string());
         let req = Request::builder()
             .method(self.spec.method.as_str())
             .uri(self.spec.path.as_str())
@@ -43,7 +49,10 @@ impl HttpProbe {
             .header(header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| format!("request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("request: {e}"))?;
         let rtt = started.elapsed();
         let status = resp.status().as_u16();
         let (lo, hi) = self.spec.expect_status;
@@ -69,7 +78,9 @@ impl Probe for HttpProbe {
         match tokio::time::timeout(timeout, self.run(backend)).await {
             Ok(Ok(rtt)) => Outcome::Healthy { rtt },
             Ok(Err(reason)) => Outcome::Unhealthy { reason },
-            Err(_) => Outcome::Unhealthy { reason: format!("no answer within {timeout:?}") },
+            Err(_) => Outcome::Unhealthy {
+                reason: format!("no answer within {timeout:?}"),
+            },
         }
     }
 }

@@ -26,7 +26,8 @@ impl Outcome {
 
 /// One health check of one backend.
 pub trait Probe: Send + Sync + 'static {
-    fn check(&self, backend: SocketAddr, timeout: Duration) -> impl Future<Output = Outcome> + Send;
+    fn check(&self, backend: SocketAddr, timeout: Duration)
+    -> impl Future<Output = Outcome> + Send;
 }
 
 /// The probe a service's `[services.health]` asks for.

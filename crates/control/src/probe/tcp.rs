@@ -14,9 +14,15 @@ impl Probe for TcpProbe {
     async fn check(&self, backend: SocketAddr, timeout: Duration) -> Outcome {
         let started = Instant::now();
         match tokio::time::timeout(timeout, TcpStream::connect(backend)).await {
-            Ok(Ok(_)) => Outcome::Healthy { rtt: started.elapsed() },
-            Ok(Err(e)) => Outcome::Unhealthy { reason: format!("connect: {e}") },
-            Err(_) => Outcome::Unhealthy { reason: format!("connect timed out after {timeout:?}") },
+            Ok(Ok(_)) => Outcome::Healthy {
+                rtt: started.elapsed(),
+            },
+            Ok(Err(e)) => Outcome::Unhealthy {
+                reason: format!("connect: {e}"),
+            },
+            Err(_) => Outcome::Unhealthy {
+                reason: format!("connect timed out after {timeout:?}"),
+            },
         }
     }
 }

@@ -10,7 +10,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use streamgate_balance::{ClientFacts, Lease, NoRoute, Pick, RoutingTable, Service};
+use streamgate_balance::{ClientFacts, Lease, NoRoute, Outcome, Pick, RoutingTable, Service};
 use streamgate_config::RegionPolicy;
 use streamgate_telemetry::code_class_index;
 use tracing::{info, warn};
@@ -121,8 +121,8 @@ impl HttpProxy {
             body_stall: timeouts.upstream_response,
         };
         let idempotent = is_idempotent(&parts.method);
-        let max_attempts = 1 + service.spec.retry.attempts;
-        let Some(mut pick) = service.pick(&facts, None) else {
+        let max_sent_attempts = 1 + service.spec.retry.attempts;
+        let Some(mut pick) = service.pick(&facts, &[]) else {
             let e = ProxyError::NoBackend {
                 service: service.name.to_string(),
             };
@@ -133,33 +133,42 @@ impl HttpProxy {
                 .inc();
             return Err((e, active));
         };
-        let mut attempt = 0;
+        // Backends this request already failed on, so a retry goes elsewhere.
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        // Attempts where the request (may have) reached a backend; a connect failure does not
+        // count, as nginx tries every server when a connection is refused.
+        let mut sent_attempts = 0;
         loop {
-            attempt += 1;
-            let can_retry = attempt < max_attempts && matches!(body, RequestBody::Empty);
-            let this_body = std::mem::replace(&mut body, RequestBody::Empty);
+            tried.push(pick.backend.address);
             let lease = Lease::new(pick.backend.state.clone());
             let exchange = self.upstreams.send(
                 pick.backend.address,
                 &parts,
                 path_and_query.as_str(),
-                this_body,
+                &mut body,
                 exchange_timeouts,
             );
             let sent = tokio::time::timeout(timeouts.upstream_response, exchange).await;
             let failure = match sent {
                 Ok(Ok(resp)) => {
+                    sent_attempts += 1;
                     lease.record_head();
                     let status = resp.status();
-                    self.note_outcome(service, &pick, status.as_u16() < 500);
+                    let outcome = if status.as_u16() < 500 {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    };
+                    self.note_outcome(service, &pick, outcome);
                     let retry_status = matches!(
                         status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     );
                     if retry_status
                         && idempotent
-                        && can_retry
-                        && let Some(next) = self.retry_target(service, &facts, &pick)
+                        && sent_attempts < max_sent_attempts
+                        && matches!(body, RequestBody::Empty)
+                        && let Some(next) = self.retry_target(service, &facts, &tried)
                     {
                         warn!(
                             service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
@@ -191,19 +200,35 @@ impl HttpProxy {
                 },
             };
             drop(lease);
-            self.note_outcome(service, &pick, false);
+            let never_sent = failure.never_sent();
+            if !never_sent {
+                sent_attempts += 1;
+            }
+            self.note_outcome(
+                service,
+                &pick,
+                if never_sent {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Failure
+                },
+            );
             self.metrics
                 .upstream_errors
                 .with_label_values(&[&pick.region.name, failure.kind()])
                 .inc();
-            // A request that never left can go elsewhere; an idempotent one may be sent again
-            // unless the backend was merely slow (a retry would double the wait).
-            let safe = failure.never_sent()
-                || (idempotent && !matches!(failure, ProxyError::ResponseTimeout { .. }));
-            if safe
-                && can_retry
-                && let Some(next) = self.retry_target(service, &facts, &pick)
-            {
+            // A request that never left can go to any other backend (its body is still here); an
+            // idempotent one without a body may be sent again, unless the backend was merely slow
+            // (a retry would double the wait).
+            let may_retry = if never_sent {
+                tried.len() < MAX_TRIES
+            } else {
+                idempotent
+                    && matches!(body, RequestBody::Empty)
+                    && !matches!(failure, ProxyError::ResponseTimeout { .. })
+                    && sent_attempts < max_sent_attempts
+            };
+            if may_retry && let Some(next) = self.retry_target(service, &facts, &tried) {
                 warn!(
                     service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
                     next = %next.backend.address, error = %failure, "backend failed; retrying on another backend"
@@ -226,9 +251,9 @@ impl HttpProxy {
         &self,
         service: &'t Service,
         facts: &ClientFacts,
-        failed: &Pick<'t>,
+        tried: &[SocketAddr],
     ) -> Option<Pick<'t>> {
-        let next = service.pick(facts, Some(failed.backend))?;
+        let next = service.pick(facts, tried)?;
         if !service.state.try_retry(&service.spec.retry) {
             tracing::debug!(service = %service.name, "retry budget spent; not retrying");
             return None;
@@ -237,17 +262,24 @@ impl HttpProxy {
         Some(next)
     }
 
-    fn note_outcome(&self, service: &Service, pick: &Pick<'_>, ok: bool) {
-        if let Some(cool_down) = pick.backend.state.record_outcome(ok, &service.spec.outlier) {
+    fn note_outcome(&self, service: &Service, pick: &Pick<'_>, outcome: Outcome) {
+        if let Some(cool_down) = pick
+            .backend
+            .state
+            .record_outcome(outcome, &service.spec.outlier)
+        {
             warn!(
                 service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
                 cool_down = ?cool_down, "backend ejected after consecutive failures"
             );
-        } else if ok && pick.backend.state.is_ejected() {
+        } else if outcome == Outcome::Success && pick.backend.state.is_ejected() {
             info!(service = %service.name, backend = %pick.backend.address, "ejected backend answered again");
         }
     }
 }
+
+/// Most backends one request tries when connections fail.
+const MAX_TRIES: usize = 8;
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
 fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {

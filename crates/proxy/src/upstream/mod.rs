@@ -109,18 +109,19 @@ impl Upstreams {
     }
 
     /// Sends a request to `backend` and reads the response head. The body streams from the
-    /// connection as the caller polls it.
+    /// connection as the caller polls it. The request body is taken from `body` only once a
+    /// connection is established: after a connect failure it is still there for another backend.
     pub async fn send(
         &self,
         backend: SocketAddr,
         head: &Parts,
         path_and_query: &str,
-        mut body: RequestBody,
+        body: &mut RequestBody,
         timeouts: ExchangeTimeouts,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let pool = self.pool(backend);
         pool.set_idle_timeout(timeouts.idle);
-        let framing = match &body {
+        let framing = match &*body {
             RequestBody::Empty => RequestFraming::Empty,
             RequestBody::Stream(b) => match b.size_hint().exact() {
                 Some(0) if b.is_end_stream() => RequestFraming::Empty,
@@ -148,7 +149,7 @@ impl Upstreams {
                 None => connect(backend, timeouts.connect).await?,
             };
             let replayable = matches!(body, RequestBody::Empty);
-            let this_body = std::mem::replace(&mut body, RequestBody::Empty);
+            let this_body = std::mem::replace(body, RequestBody::Empty);
             match exchange(conn, &wire, this_body, framing).await {
                 Ok((conn, rhead, buf)) => {
                     let framing = codec::response_framing(&head.method, &rhead)?;
