@@ -7,7 +7,7 @@ pub mod daemon;
 pub mod origin;
 
 pub use client::{Answer, get, get_from, http1, http2, raw_exchange, send};
-pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, write_config};
+pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, with_test_admin, write_config};
 pub use origin::Origin;
 
 /// `[ { address = "…", weight = w }, … ]` for a region's backends.

@@ -1,4 +1,5 @@
 //! The real binary: `check`, `run` with signals, and memory while streaming large bodies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -257,4 +258,52 @@ async fn a_1_gib_download_and_upload_do_not_raise_memory() {
         after >> 20
     );
     assert!(grew < 48 << 20, "peak RSS grew by {} MiB", grew >> 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_a_changed_file_reload_the_config() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let p = DaemonProcess::start(BIN, &service(&backends(&[(&a, 1)]), ""), &["web", "admin"]);
+    let url = format!("http://{}/", p.addr("web"));
+    assert_eq!(
+        get(&http1(), &url, &[]).await.unwrap().header("x-origin"),
+        Some("a")
+    );
+
+    // Edit the file: the watcher reloads it on its own.
+    let text = with_test_admin(&service(&backends(&[(&b, 1)]), ""));
+    std::fs::write(&p.config_path, text).unwrap();
+    let switched = async {
+        for _ in 0..100 {
+            if get(&http1(), &url, &[]).await.unwrap().header("x-origin") == Some("b") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+    .await;
+    assert!(switched, "file change reloaded; log: {:?}", p.log_json());
+
+    // SIGHUP reloads too (here: back to a).
+    let text = with_test_admin(&service(&backends(&[(&a, 1)]), ""));
+    std::fs::write(&p.config_path, text).unwrap();
+    p.signal("HUP");
+    let back = async {
+        for _ in 0..100 {
+            if get(&http1(), &url, &[]).await.unwrap().header("x-origin") == Some("a") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+    .await;
+    assert!(back);
+    assert!(
+        p.log_json()
+            .iter()
+            .any(|l| l["message"] == "configuration reloaded")
+    );
 }

@@ -1,4 +1,5 @@
 //! The L7 data plane end to end: real clients, the real daemon, real loopback origins.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 

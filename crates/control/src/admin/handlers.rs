@@ -126,7 +126,7 @@ pub(super) fn backends(control: &Control) -> AdminResponse {
 pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminResponse {
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let Some(address) = v.get("address").and_then(Value::as_str) else {
         return error(
@@ -188,7 +188,7 @@ pub(super) fn activate(control: &Control, name: &str, active: bool) -> AdminResp
 pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminResponse {
     let v = match parse_body(body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let Some(region) = v.get("region").and_then(Value::as_str) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"region\": \"name\"}");

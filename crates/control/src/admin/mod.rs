@@ -173,9 +173,8 @@ pub fn error(status: StatusCode, message: &str) -> AdminResponse {
 }
 
 /// Parses a JSON request body.
-pub fn parse_body(body: &Bytes) -> Result<Value, AdminResponse> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+pub fn parse_body(body: &Bytes) -> Result<Value, String> {
+    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 #[cfg(test)]
