@@ -3,6 +3,7 @@
 //! Any country or city database works (GeoIP2/GeoLite2 nested records, or DB-IP's flat
 //! `country_code`). Country-only answers are placed at the country's centre.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,6 +47,15 @@ pub struct GeoInfo {
     pub country: Option<CountryCode>,
     pub location: Option<Location>,
     pub located_by: LocatedBy,
+    /// `location` as a point on the unit sphere: ranking regions by distance is then a dot
+    /// product per region.
+    pub unit: Option<[f64; 3]>,
+}
+
+/// A location as a point on the unit sphere.
+pub fn unit_vector(l: Location) -> [f64; 3] {
+    let (lat, lon) = (l.lat.to_radians(), l.lon.to_radians());
+    [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +95,9 @@ pub enum GeoError {
 #[derive(Debug)]
 pub struct GeoDb {
     reader: Reader<Vec<u8>>,
+    /// Every distinct data record, decoded once at load: a lookup is then a tree walk and a
+    /// hash probe, with no decoding on the request path.
+    records: HashMap<usize, GeoInfo>,
     path: PathBuf,
     /// How many records validation decoded.
     pub records_checked: usize,
@@ -142,6 +155,7 @@ impl GeoDb {
         }
         let mut records_checked = 0;
         let mut with_country = 0;
+        let mut records = HashMap::new();
         let networks =
             reader
                 .networks(WithinOptions::default())
@@ -165,6 +179,11 @@ impl GeoDb {
             if record.as_ref().and_then(country_of).is_some() {
                 with_country += 1;
             }
+            if let (Some(offset), Some(r)) = (result.offset(), record.as_ref())
+                && let Some(info) = info_of(r)
+            {
+                records.entry(offset).or_insert(info);
+            }
         }
         if with_country == 0 {
             return Err(GeoError::NoCountryData {
@@ -174,6 +193,7 @@ impl GeoDb {
         }
         Ok(GeoDb {
             reader,
+            records,
             path: path.to_path_buf(),
             records_checked,
             warning,
@@ -196,31 +216,40 @@ impl GeoDb {
     pub fn lookup(&self, ip: IpAddr) -> Option<GeoInfo> {
         let ip = ip.to_canonical();
         let result = self.reader.lookup(ip).ok()?;
+        if let Some(info) = result.offset().and_then(|o| self.records.get(&o)) {
+            return Some(*info);
+        }
         if !result.has_data() {
             return None;
         }
         let record: Record<'_> = result.decode().ok()??;
-        let country = country_of(&record);
-        let coordinates = record.location.as_ref().and_then(|l| {
-            Some(Location {
-                lat: l.latitude?,
-                lon: l.longitude?,
-            })
-        });
-        let (location, located_by) = match (coordinates, country) {
-            (Some(loc), _) => (Some(loc), LocatedBy::Coordinates),
-            (None, Some(c)) => match centroid(c.as_str()) {
-                Some((lat, lon)) => (Some(Location { lat, lon }), LocatedBy::CountryCentre),
-                None => (None, LocatedBy::CountryOnly),
-            },
-            (None, None) => return None,
-        };
-        Some(GeoInfo {
-            country,
-            location,
-            located_by,
-        })
+        info_of(&record)
     }
+}
+
+/// What a record says: its country, and its coordinates or else its country's centre.
+fn info_of(record: &Record<'_>) -> Option<GeoInfo> {
+    let country = country_of(record);
+    let coordinates = record.location.as_ref().and_then(|l| {
+        Some(Location {
+            lat: l.latitude?,
+            lon: l.longitude?,
+        })
+    });
+    let (location, located_by) = match (coordinates, country) {
+        (Some(loc), _) => (Some(loc), LocatedBy::Coordinates),
+        (None, Some(c)) => match centroid(c.as_str()) {
+            Some((lat, lon)) => (Some(Location { lat, lon }), LocatedBy::CountryCentre),
+            None => (None, LocatedBy::CountryOnly),
+        },
+        (None, None) => return None,
+    };
+    Some(GeoInfo {
+        country,
+        location,
+        located_by,
+        unit: location.map(unit_vector),
+    })
 }
 
 fn country_of(r: &Record<'_>) -> Option<CountryCode> {

@@ -189,8 +189,9 @@ impl Service {
             {
                 return (0, i as f64);
             }
-            match (geo.location, r.location) {
-                (Some(from), Some(to)) => (1, distance_km(from, to)),
+            match (geo.unit, r.unit) {
+                // The larger the dot product of unit vectors, the shorter the great circle.
+                (Some(a), Some(b)) => (1, -(a[0] * b[0] + a[1] * b[1] + a[2] * b[2])),
                 _ => (2, i as f64),
             }
         };

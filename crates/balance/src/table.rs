@@ -373,6 +373,8 @@ impl RegionHealth {
 pub struct ServiceRegion {
     pub name: Arc<str>,
     pub location: Option<config::Location>,
+    /// `location` on the unit sphere, for ranking by distance.
+    pub unit: Option<[f64; 3]>,
     pub countries: Vec<String>,
     pub min_healthy: f64,
     pub backends: Vec<Backend>,
@@ -405,6 +407,7 @@ impl ServiceRegion {
         ServiceRegion {
             name: region.name.as_str().into(),
             location: region.location,
+            unit: region.location.map(crate::geo::unit_vector),
             countries: region.countries.clone(),
             min_healthy: region.min_healthy,
             selector,
