@@ -8,10 +8,15 @@ use std::time::{Duration, Instant};
 
 /// Nanoseconds since the first call in this process: a cheap monotonic clock for atomics.
 pub fn now_nanos() -> u64 {
+    nanos_at(Instant::now())
+}
+
+/// `now_nanos()` of an instant already read, so a request reads the clock once and reuses it.
+pub fn nanos_at(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     // Starts at 1 so that 0 can mean "never".
-    Instant::now().duration_since(epoch).as_nanos() as u64 + 1
+    at.saturating_duration_since(epoch).as_nanos() as u64 + 1
 }
 
 /// Decay time constant of the latency EWMA: old samples weigh e^-1 after this long.
@@ -177,8 +182,12 @@ impl BackendState {
     /// Records a sample of time to response head. Peak-sensitive: a slower sample replaces the
     /// estimate at once, faster ones pull it down gradually.
     pub fn record_latency(&self, sample: Duration) {
+        self.record_latency_at(sample, now_nanos());
+    }
+
+    /// `record_latency` with the current `now_nanos()` already known.
+    pub fn record_latency_at(&self, sample: Duration, now: u64) {
         let rtt = sample.as_nanos() as f64;
-        let now = now_nanos();
         let last = self.ewma_stamp.swap(now, Relaxed);
         let elapsed = now.saturating_sub(last) as f64;
         let w = (-elapsed / EWMA_DECAY_NANOS).exp();
@@ -280,12 +289,14 @@ pub struct Lease {
 
 impl Lease {
     pub fn new(state: Arc<BackendState>) -> Lease {
+        Lease::starting_at(state, Instant::now())
+    }
+
+    /// A lease whose latency is measured from `started` (a time the caller already read).
+    pub fn starting_at(state: Arc<BackendState>, started: Instant) -> Lease {
         state.in_flight.fetch_add(1, Relaxed);
         state.requests.fetch_add(1, Relaxed);
-        Lease {
-            state,
-            started: Instant::now(),
-        }
+        Lease { state, started }
     }
 
     pub fn state(&self) -> &BackendState {
@@ -296,10 +307,10 @@ impl Lease {
         self.started
     }
 
-    /// Records the time from lease to response head; returns it.
-    pub fn record_head(&self) -> Duration {
-        let took = self.started.elapsed();
-        self.state.record_latency(took);
+    /// Records the time from lease to response head, the head having arrived at `at`.
+    pub fn record_head_at(&self, at: Instant) -> Duration {
+        let took = at.saturating_duration_since(self.started);
+        self.state.record_latency_at(took, nanos_at(at));
         took
     }
 }

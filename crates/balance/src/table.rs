@@ -244,17 +244,18 @@ impl ServiceState {
         self.primary.store(usize::MAX, Relaxed);
     }
 
-    /// Counts a request toward the retry budget's current one-second window.
+    /// Counts a request toward the retry budget's current one-second window; `now` is
+    /// `stats::now_nanos()`.
     #[inline]
-    pub fn note_request(&self) {
-        self.roll_budget_window();
+    pub fn note_request(&self, now: u64) {
+        self.roll_budget_window(now);
         self.budget_requests.fetch_add(1, Relaxed);
     }
 
     /// Takes one retry from the budget: `min_per_second` plus `budget_ratio` of this second's
     /// requests. False when spent, so retries cannot multiply an outage's load.
     pub fn try_retry(&self, policy: &config::Retry) -> bool {
-        self.roll_budget_window();
+        self.roll_budget_window(crate::stats::now_nanos());
         let requests = f64::from(self.budget_requests.load(Relaxed));
         let allowed = f64::from(policy.min_per_second) + policy.budget_ratio * requests;
         let taken = self.budget_retries.fetch_add(1, Relaxed);
@@ -266,8 +267,8 @@ impl ServiceState {
         }
     }
 
-    fn roll_budget_window(&self) {
-        let second = crate::stats::now_nanos() / 1_000_000_000;
+    fn roll_budget_window(&self, now: u64) {
+        let second = now / 1_000_000_000;
         let current = self.budget_window.load(Relaxed);
         if current != second
             && self

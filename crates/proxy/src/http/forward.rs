@@ -10,6 +10,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use streamgate_balance::stats::nanos_at;
 use streamgate_balance::{ClientFacts, Lease, NoRoute, Outcome, Pick, RoutingTable, Service};
 use streamgate_config::RegionPolicy;
 use streamgate_telemetry::code_class_index;
@@ -71,7 +72,7 @@ impl HttpProxy {
                 ));
             }
         };
-        service.state.note_request();
+        service.state.note_request(nanos_at(started));
 
         let trusted = table
             .config
@@ -139,20 +140,25 @@ impl HttpProxy {
         // count, as nginx tries every server when a connection is refused.
         let mut sent_attempts = 0;
         loop {
+            // One clock read per attempt: the lease, the pool's idle check and the deadline share it.
+            let attempt_at = if tried.is_empty() { started } else { Instant::now() };
             tried.push(pick.backend.address);
-            let lease = Lease::new(pick.backend.state.clone());
+            let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
             let exchange = self.upstreams.send(
                 pick.backend.address,
                 &parts,
                 path_and_query.as_str(),
                 &mut body,
                 exchange_timeouts,
+                attempt_at,
             );
-            let sent = tokio::time::timeout(timeouts.upstream_response, exchange).await;
+            let deadline = tokio::time::Instant::from_std(attempt_at + timeouts.upstream_response);
+            let sent = tokio::time::timeout_at(deadline, exchange).await;
             let failure = match sent {
                 Ok(Ok(resp)) => {
                     sent_attempts += 1;
-                    lease.record_head();
+                    let head_at = Instant::now();
+                    lease.record_head_at(head_at);
                     let status = resp.status();
                     let outcome = if status.as_u16() < 500 {
                         Outcome::Success
@@ -181,7 +187,7 @@ impl HttpProxy {
                     pick.region
                         .metrics
                         .latency
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe(head_at.saturating_duration_since(started).as_secs_f64());
                     pick.region.metrics.routing[pick.reason.index()].inc();
                     pick.region.metrics.requests[code_class_index(status.as_u16())].inc();
                     return Ok(upstream_response(

@@ -28,7 +28,11 @@ pub struct UpstreamBody {
     reusable: bool,
     /// A backend that sends nothing for this long mid-body is given up on.
     stall_timeout: Duration,
-    last_read: Instant,
+    /// When the connection last carried bytes (the exchange's start until a body read), for
+    /// the pool's idle clock.
+    last_used: Instant,
+    /// Start of the current silence, read from the clock only once we are waiting.
+    waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -40,6 +44,7 @@ impl UpstreamBody {
         pool: Arc<Pool>,
         reusable: bool,
         stall_timeout: Duration,
+        started: Instant,
     ) -> UpstreamBody {
         let mut body = UpstreamBody {
             conn: Some(conn),
@@ -48,7 +53,8 @@ impl UpstreamBody {
             pool,
             reusable,
             stall_timeout,
-            last_read: Instant::now(),
+            last_used: started,
+            waiting_since: None,
             timer: None,
         };
         if body.decoder.is_done() {
@@ -64,13 +70,14 @@ impl UpstreamBody {
             && self.buf.is_empty()
             && let Some(stream) = conn.into_reusable()
         {
-            self.pool.put(stream);
+            self.pool.put(stream, self.last_used);
         }
     }
 
     fn poll_stall(&mut self, cx: &mut Context<'_>) -> Poll<UpstreamError> {
-        let deadline = self.last_read + self.stall_timeout;
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        let deadline = *self.waiting_since.get_or_insert(now) + self.stall_timeout;
+        if now >= deadline {
             return Poll::Ready(UpstreamError::Stalled {
                 after: self.stall_timeout,
             });
@@ -141,7 +148,8 @@ impl Body for UpstreamBody {
                     return Poll::Ready(Some(Err(UpstreamError::Closed { stage: "body" })));
                 }
                 Poll::Ready(Ok(_)) => {
-                    this.last_read = Instant::now();
+                    this.last_used = Instant::now();
+                    this.waiting_since = None;
                 }
                 Poll::Ready(Err(e)) => {
                     this.conn = None;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
@@ -118,6 +118,7 @@ impl Upstreams {
         path_and_query: &str,
         body: &mut RequestBody,
         timeouts: ExchangeTimeouts,
+        now: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let pool = self.pool(backend);
         pool.set_idle_timeout(timeouts.idle);
@@ -141,7 +142,7 @@ impl Upstreams {
 
         // A pooled connection the backend closed while it sat idle fails at once; a request
         // without a body is then sent again on a new connection (the backend never saw it).
-        let mut reused = pool.checkout(timeouts.idle);
+        let mut reused = pool.checkout(timeouts.idle, now);
         loop {
             let was_reused = reused.is_some();
             let conn = match reused.take() {
@@ -169,6 +170,7 @@ impl Upstreams {
                         pool,
                         reusable,
                         timeouts.body_stall,
+                        now,
                     ));
                     *resp.status_mut() = status;
                     *resp.version_mut() = version;

@@ -40,24 +40,21 @@ impl Pool {
     }
 
     /// A live idle connection younger than `max_idle`, if any.
-    pub fn checkout(&self, max_idle: Duration) -> Option<TcpStream> {
+    pub fn checkout(&self, max_idle: Duration, now: Instant) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(c) = idle.pop() {
-            if c.since.elapsed() < max_idle && still_open(&c.stream) {
+            if now.saturating_duration_since(c.since) < max_idle && still_open(&c.stream) {
                 return Some(c.stream);
             }
         }
         None
     }
 
-    /// Keeps `stream` for the next request.
-    pub fn put(&self, stream: TcpStream) {
+    /// Keeps `stream` for the next request; `since` is when it was last used.
+    pub fn put(&self, stream: TcpStream, since: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                stream,
-                since: Instant::now(),
-            });
+            idle.push(Idle { stream, since });
         }
     }
 
