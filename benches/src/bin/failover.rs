@@ -51,10 +51,17 @@ impl Origin {
             let mut conns = JoinSet::new();
             loop {
                 while conns.try_join_next().is_some() {}
-                let Ok((s, _)) = listener.accept().await else { continue };
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
                 conns.spawn(async move {
                     let svc = service_fn(move |_req: Request<Incoming>| async move {
-                        Ok::<_, Infallible>(Response::builder().header("x-origin", name).body(Full::new(Bytes::from_static(b"ok"))).unwrap_or_default())
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .header("x-origin", name)
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap_or_default(),
+                        )
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(s), svc)
@@ -62,7 +69,11 @@ impl Origin {
                 });
             }
         });
-        Ok(Origin { name, addr, task: Some(task) })
+        Ok(Origin {
+            name,
+            addr,
+            task: Some(task),
+        })
     }
 
     fn kill(&mut self) {
@@ -103,16 +114,25 @@ fn main() -> Result<()> {
             if !ok {
                 bail!("cargo build --release -p streamgate failed");
             }
-            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/streamgate"))
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../target/release/streamgate"
+            ))
         }
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(run(args, binary))
 }
 
 async fn run(args: Args, binary: PathBuf) -> Result<()> {
     let any: SocketAddr = "127.0.0.1:0".parse()?;
-    let mut us = vec![Origin::start("us-east", any).await?, Origin::start("us-east", any).await?];
+    let mut us = vec![
+        Origin::start("us-east", any).await?,
+        Origin::start("us-east", any).await?,
+    ];
     let _eu = Origin::start("eu-west", any).await?;
     let work = tempfile::tempdir()?;
     let web = std::net::TcpListener::bind(any)?.local_addr()?;
@@ -137,7 +157,11 @@ async fn run(args: Args, binary: PathBuf) -> Result<()> {
         .context("starting streamgate")?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get(format!("http://{admin}/ready").parse()?).await.is_err() {
+    while client
+        .get(format!("http://{admin}/ready").parse()?)
+        .await
+        .is_err()
+    {
         if Instant::now() > deadline {
             bail!("streamgate did not become ready");
         }
@@ -156,7 +180,10 @@ async fn run(args: Args, binary: PathBuf) -> Result<()> {
                     Ok(r) if r.status().is_success() => {
                         let eu = r.headers().get("x-origin").is_some_and(|v| v == "eu-west");
                         let _ = r.into_body().collect().await;
-                        log.answers.lock().map(|mut a| a.push((Instant::now(), eu))).ok();
+                        log.answers
+                            .lock()
+                            .map(|mut a| a.push((Instant::now(), eu)))
+                            .ok();
                     }
                     _ => {
                         log.failures.fetch_add(1, SeqCst);
@@ -167,10 +194,17 @@ async fn run(args: Args, binary: PathBuf) -> Result<()> {
     }
 
     let region_healthy = |client: Client<_, Empty<Bytes>>| async move {
-        let r = client.get(format!("http://{admin}/regions").parse().ok()?).await.ok()?;
+        let r = client
+            .get(format!("http://{admin}/regions").parse().ok()?)
+            .await
+            .ok()?;
         let body = r.into_body().collect().await.ok()?.to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        let us = v["regions"].as_array()?.iter().find(|r| r["name"] == "us-east")?.clone();
+        let us = v["regions"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == "us-east")?
+            .clone();
         us["services"][0]["healthy"].as_bool()
     };
 
@@ -196,7 +230,10 @@ async fn run(args: Args, binary: PathBuf) -> Result<()> {
         let t_detect = t0.elapsed();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t_switch = {
-            let a = log.answers.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let a = log
+                .answers
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
             let after: Vec<_> = a.iter().filter(|(t, _)| *t >= t0).collect();
             let last_us = after.iter().rposition(|(_, eu)| !eu);
             let at = match last_us {
@@ -216,7 +253,13 @@ async fn run(args: Args, binary: PathBuf) -> Result<()> {
             let recent_us = log
                 .answers
                 .lock()
-                .map(|a| a.iter().rev().take(8).filter(|(t, eu)| *t >= t1 && !eu).count())
+                .map(|a| {
+                    a.iter()
+                        .rev()
+                        .take(8)
+                        .filter(|(t, eu)| *t >= t1 && !eu)
+                        .count()
+                })
                 .unwrap_or(0);
             if recent_us >= 8 {
                 break;
@@ -248,12 +291,24 @@ async fn run(args: Args, binary: PathBuf) -> Result<()> {
         let max = v.iter().copied().fold(0.0, f64::max);
         format!("{:.1} / {:.1} / {:.1}", min, median(v.clone()), max)
     };
-    println!("\n## Failover: {} trials, probes every 200 ms, fall 3, rise 2, hold-down 1 s\n", args.trials);
+    println!(
+        "\n## Failover: {} trials, probes every 200 ms, fall 3, rise 2, hold-down 1 s\n",
+        args.trials
+    );
     println!("| measure | min / median / max (ms) |");
     println!("|---|---|");
-    println!("| detection (kill -> region unhealthy) | {} |", stat(&detect));
-    println!("| traffic switch (kill -> every answer from eu-west) | {} |", stat(&switch));
-    println!("| failback (restart -> traffic back on us-east) | {} |", stat(&failback));
+    println!(
+        "| detection (kill -> region unhealthy) | {} |",
+        stat(&detect)
+    );
+    println!(
+        "| traffic switch (kill -> every answer from eu-west) | {} |",
+        stat(&switch)
+    );
+    println!(
+        "| failback (restart -> traffic back on us-east) | {} |",
+        stat(&failback)
+    );
     println!("| failed client requests, all trials | {failed_total} |");
     Ok(())
 }

@@ -109,6 +109,26 @@ impl Default for AccessLog {
     }
 }
 
+/// The fields an access log line carries, in order; a template may use any as `$name`.
+pub const ACCESS_LOG_FIELDS: &[&str] = &[
+    "time",
+    "listener",
+    "client",
+    "protocol",
+    "method",
+    "host",
+    "path",
+    "status",
+    "bytes_in",
+    "bytes_out",
+    "duration_ms",
+    "service",
+    "region",
+    "backend",
+    "cache",
+    "retries",
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLogFormat {
     Json,

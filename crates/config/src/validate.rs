@@ -222,12 +222,29 @@ fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
     let format = match &raw.format {
         None => AccessLogFormat::Json,
         Some(f) if f.get_ref() == "json" => AccessLogFormat::Json,
-        Some(f) if f.get_ref().contains('$') => AccessLogFormat::Template(f.get_ref().clone()),
+        Some(f) if f.get_ref().contains('$') => {
+            for name in template_fields(f.get_ref()) {
+                if !ACCESS_LOG_FIELDS.contains(&name) {
+                    ctx.err(
+                        f.span(),
+                        "access_log.format",
+                        format!(
+                            "unknown field ${name}; expected one of {}",
+                            ACCESS_LOG_FIELDS.join(", ")
+                        ),
+                    );
+                }
+            }
+            AccessLogFormat::Template(f.get_ref().clone())
+        }
         Some(f) => {
             ctx.err(
                 f.span(),
                 "access_log.format",
-                format!("\"{}\" is neither \"json\" nor a template with $fields such as \"$client $method $path $status\"", f.get_ref()),
+                format!(
+                    "\"{}\" is neither \"json\" nor a template with $fields such as \"$client $method $path $status\"",
+                    f.get_ref()
+                ),
             );
             AccessLogFormat::Json
         }
@@ -237,6 +254,31 @@ fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
         path,
         format,
     }
+}
+
+/// The `$name` placeholders of a template (`$$` is a literal dollar).
+fn template_fields(t: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let b = t.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' {
+            if b.get(i + 1) == Some(&b'$') {
+                i += 2;
+                continue;
+            }
+            let start = i + 1;
+            let mut end = start;
+            while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
+                end += 1;
+            }
+            out.push(&t[start..end]);
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 fn socket_addr(value: &S<String>, path: impl Display, ctx: &mut Ctx<'_>) -> Option<SocketAddr> {

@@ -5,5 +5,5 @@ pub mod http;
 pub mod io;
 pub mod upstream;
 
-pub use http::{HttpProxy, ListenerLimits, bind, serve};
+pub use http::{HttpProxy, ListenerLimits, Shared, bind, serve};
 pub use upstream::Upstreams;

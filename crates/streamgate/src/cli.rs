@@ -153,10 +153,13 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
     })
 }
 
-/// Handles SIGHUP (reload) until SIGTERM or SIGINT.
+/// Handles SIGHUP (reload) and SIGUSR1 (reopen the access log) until SIGTERM or SIGINT.
 async fn serve_signals(daemon: &Daemon) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+    let (Ok(mut hup), Ok(mut usr1)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+    ) else {
         wait_for_stop().await;
         return;
     };
@@ -168,6 +171,12 @@ async fn serve_signals(daemon: &Daemon) {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the configuration");
                 daemon.control.reload(true).await;
+            }
+            _ = usr1.recv() => {
+                if let Some(log) = &daemon.access_log {
+                    info!("SIGUSR1: reopening the access log");
+                    log.reopen();
+                }
             }
         }
     }

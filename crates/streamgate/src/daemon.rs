@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use streamgate_balance::{GeoDb, GeoHandle, RoutingTable, TableHandle};
-use streamgate_config::{Config, Protocol};
+use streamgate_config::{AccessLogFormat, Config, Protocol};
 use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
-use streamgate_proxy::{HttpProxy, ListenerLimits, Upstreams};
+use streamgate_proxy::{HttpProxy, ListenerLimits, Shared, Upstreams};
 use streamgate_telemetry::Metrics;
+use streamgate_telemetry::access_log::{AccessLog, Format};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -24,6 +25,8 @@ pub struct Daemon {
     pub geo: GeoHandle,
     pub metrics: Arc<Metrics>,
     pub control: Arc<Control>,
+    /// The access log, if enabled (reopened on SIGUSR1).
+    pub access_log: Option<Arc<AccessLog>>,
     admin: SocketAddr,
     listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
@@ -82,6 +85,32 @@ impl Daemon {
             bound.push((l, listener));
         }
 
+        let access_log = if config.access_log.enabled {
+            let format = match &config.access_log.format {
+                AccessLogFormat::Json => Format::Json,
+                AccessLogFormat::Template(t) => {
+                    Format::template(t).map_err(|e| anyhow::anyhow!("access_log.format: {e}"))?
+                }
+            };
+            let path = config.access_log.path.clone();
+            let described = path
+                .as_ref()
+                .map_or("standard output".to_string(), |p| p.display().to_string());
+            let log = AccessLog::start(path, format)
+                .with_context(|| format!("access_log.path: cannot open {described}"))?;
+            info!(destination = %described, "access log enabled");
+            Some(log)
+        } else {
+            None
+        };
+        let shared = Shared {
+            table: table.clone(),
+            geo: geo.clone(),
+            upstreams: upstreams.clone(),
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
+        };
+
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
@@ -90,14 +119,7 @@ impl Daemon {
             listeners.push((l.name.clone(), addr));
             match l.protocol {
                 Protocol::Http => {
-                    let proxy = HttpProxy::new(
-                        &l.name,
-                        false,
-                        table.clone(),
-                        geo.clone(),
-                        upstreams.clone(),
-                        metrics.clone(),
-                    );
+                    let proxy = HttpProxy::new(&l.name, false, &shared);
                     let limits = ListenerLimits {
                         max_connections: l.max_connections.map(|n| n.get()),
                     };
@@ -136,6 +158,7 @@ impl Daemon {
             geo,
             metrics,
             control,
+            access_log,
             admin,
             listeners,
             shutdown,

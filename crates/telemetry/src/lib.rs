@@ -1,5 +1,6 @@
 //! streamgate-telemetry: every metric StreamGate exports, in one place, and the log setup.
 
+pub mod access_log;
 pub mod logging;
 mod metrics;
 

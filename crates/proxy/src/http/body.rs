@@ -9,6 +9,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use streamgate_balance::Lease;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+use streamgate_telemetry::access_log::{AccessLog, AccessRecord};
+
 use crate::io::ActiveRequest;
 use crate::upstream::UpstreamBody;
 
@@ -20,8 +26,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     /// No body; such a request can be sent again to another backend.
     Empty,
-    /// The client's body, streamed as it arrives.
-    Stream(Incoming),
+    /// The client's body, streamed as it arrives, and a count of the bytes sent on (kept when
+    /// the access log wants it).
+    Stream(Incoming, Option<Arc<AtomicU64>>),
 }
 
 impl Body for RequestBody {
@@ -34,31 +41,54 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Stream(b, _) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Stream(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Stream(b, _) => b.size_hint(),
         }
     }
 }
 
-/// What stays alive until the client has the whole response: the backend's in-flight count and
-/// the connection's "a request is active" mark.
+/// What stays alive until the client has the whole response: the backend's in-flight count, the
+/// connection's "a request is active" mark and the access log line, written when it ends.
 #[derive(Debug, Default)]
 pub struct Completion {
     pub lease: Option<Lease>,
     pub active: Option<ActiveRequest>,
+    pub log: Option<Box<PendingLog>>,
+}
+
+/// An access log line being filled in while the request runs.
+#[derive(Debug)]
+pub struct PendingLog {
+    pub record: AccessRecord,
+    /// Request body bytes forwarded so far (the upload may outlast the response head).
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    pub sink: Arc<AccessLog>,
+    pub started: Instant,
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.log.take() {
+            if let Some(n) = &p.bytes_in {
+                p.record.bytes_in = n.load(Relaxed);
+            }
+            p.record.duration = p.started.elapsed();
+            p.sink.log(p.record);
+        }
+    }
 }
 
 /// A response body to a client.
@@ -97,6 +127,11 @@ impl ProxyBody {
             done: None,
         }
     }
+
+    /// Writes `log` to the access log when the body ends (completely or not).
+    pub fn log_when_done(&mut self, log: Box<PendingLog>) {
+        self.done.get_or_insert_with(Completion::default).log = Some(log);
+    }
 }
 
 impl Body for ProxyBody {
@@ -112,6 +147,12 @@ impl Body for ProxyBody {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(log) = this.done.as_mut().and_then(|d| d.log.as_mut())
+            && let Some(data) = frame.data_ref()
+        {
+            log.record.bytes_out += data.len() as u64;
+        }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The response is complete (or broken): release the backend now, not when hyper
             // gets round to dropping the body.

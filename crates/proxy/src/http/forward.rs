@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -13,11 +14,12 @@ use hyper::body::Incoming;
 use streamgate_balance::stats::nanos_at;
 use streamgate_balance::{ClientFacts, Lease, NoRoute, Outcome, Pick, RoutingTable, Service};
 use streamgate_config::RegionPolicy;
+use streamgate_telemetry::access_log::AccessRecord;
 use streamgate_telemetry::code_class_index;
 use tracing::{info, warn};
 
 use super::HttpProxy;
-use super::body::{Completion, ProxyBody, RequestBody};
+use super::body::{Completion, PendingLog, ProxyBody, RequestBody};
 use super::error::ProxyError;
 use super::headers::{add_forwarding, append_via, client_ip, is_idempotent, strip_hop_by_hop};
 use crate::io::ActiveRequest;
@@ -31,10 +33,57 @@ impl HttpProxy {
         peer: SocketAddr,
         active: ActiveRequest,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
         let table = self.table.load_full();
-        match self.forward(&table, req, peer, active).await {
+        let mut log = self.access_log.as_ref().map(|sink| {
+            Box::new(PendingLog {
+                record: self.log_skeleton(&req, peer),
+                bytes_in: None,
+                sink: sink.clone(),
+                started,
+            })
+        });
+        let mut resp = match self
+            .forward(&table, req, peer, active, started, &mut log)
+            .await
+        {
             Ok(resp) => resp,
             Err((e, active)) => error_response(&e, active),
+        };
+        if let Some(mut pending) = log {
+            pending.record.status = resp.status().as_u16();
+            resp.body_mut().log_when_done(pending);
+        }
+        resp
+    }
+
+    fn log_skeleton(&self, req: &Request<Incoming>, peer: SocketAddr) -> AccessRecord {
+        AccessRecord {
+            time: std::time::SystemTime::now(),
+            listener: self.listener.clone(),
+            client: peer.ip().to_canonical(),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            method: req.method().as_str().to_string(),
+            host: request_host(req)
+                .map(|h| host_str(&h).to_string())
+                .unwrap_or_default(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: std::time::Duration::ZERO,
+            service: None,
+            region: None,
+            backend: None,
+            cache: None,
+            retries: 0,
         }
     }
 
@@ -44,8 +93,9 @@ impl HttpProxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         active: ActiveRequest,
+        started: Instant,
+        log: &mut Option<Box<PendingLog>>,
     ) -> Result<Response<ProxyBody>, (ProxyError, ActiveRequest)> {
-        let started = Instant::now();
         if req.method() == Method::CONNECT {
             let method = req.method().to_string();
             return Err((ProxyError::MethodNotAllowed { method }, active));
@@ -73,6 +123,9 @@ impl HttpProxy {
             }
         };
         service.state.note_request(nanos_at(started));
+        if let Some(l) = log.as_mut() {
+            l.record.service = Some(service.name.clone());
+        }
 
         let trusted = table
             .config
@@ -88,6 +141,9 @@ impl HttpProxy {
             && let Some(db) = self.geo.load().as_ref()
         {
             facts.geo = db.lookup(ip);
+        }
+        if let Some(l) = log.as_mut() {
+            l.record.client = ip.to_canonical();
         }
 
         let (mut parts, body) = req.into_parts();
@@ -112,8 +168,12 @@ impl HttpProxy {
         let mut body = if body.is_end_stream() {
             RequestBody::Empty
         } else {
-            RequestBody::Stream(body)
+            let counter = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+            RequestBody::Stream(body, counter)
         };
+        if let (Some(l), RequestBody::Stream(_, counter)) = (log.as_mut(), &body) {
+            l.bytes_in = counter.clone();
+        }
 
         let timeouts = service.spec.timeouts;
         let exchange_timeouts = ExchangeTimeouts {
@@ -141,8 +201,17 @@ impl HttpProxy {
         let mut sent_attempts = 0;
         loop {
             // One clock read per attempt: the lease, the pool's idle check and the deadline share it.
-            let attempt_at = if tried.is_empty() { started } else { Instant::now() };
+            let attempt_at = if tried.is_empty() {
+                started
+            } else {
+                Instant::now()
+            };
             tried.push(pick.backend.address);
+            if let Some(l) = log.as_mut() {
+                l.record.region = Some(pick.region.name.clone());
+                l.record.backend = Some(pick.backend.address);
+                l.record.retries = tried.len() as u32 - 1;
+            }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
             let exchange = self.upstreams.send(
                 pick.backend.address,
@@ -196,6 +265,7 @@ impl HttpProxy {
                         Completion {
                             lease: Some(lease),
                             active: Some(active),
+                            log: None,
                         },
                     ));
                 }
@@ -323,6 +393,7 @@ fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<ProxyBody> 
         Completion {
             lease: None,
             active: Some(active),
+            log: None,
         },
     ));
     *resp.status_mut() = e.status();

@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use streamgate_balance::{GeoHandle, TableHandle};
 use streamgate_telemetry::Metrics;
+use streamgate_telemetry::access_log::AccessLog;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -28,32 +29,37 @@ use crate::upstream::Upstreams;
 /// Shared state of one HTTP listener.
 #[derive(Debug)]
 pub struct HttpProxy {
-    listener: Box<str>,
+    listener: Arc<str>,
     https: bool,
     table: TableHandle,
     geo: GeoHandle,
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl HttpProxy {
-    pub fn new(
-        listener: &str,
-        https: bool,
-        table: TableHandle,
-        geo: GeoHandle,
-        upstreams: Arc<Upstreams>,
-        metrics: Arc<Metrics>,
-    ) -> Arc<HttpProxy> {
+    pub fn new(listener: &str, https: bool, shared: &Shared) -> Arc<HttpProxy> {
         Arc::new(HttpProxy {
             listener: listener.into(),
             https,
-            table,
-            geo,
-            upstreams,
-            metrics,
+            table: shared.table.clone(),
+            geo: shared.geo.clone(),
+            upstreams: shared.upstreams.clone(),
+            metrics: shared.metrics.clone(),
+            access_log: shared.access_log.clone(),
         })
     }
+}
+
+/// What every listener of the data plane shares.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub table: TableHandle,
+    pub geo: GeoHandle,
+    pub upstreams: Arc<Upstreams>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Limits of an HTTP listener.

@@ -124,7 +124,7 @@ impl Upstreams {
         pool.set_idle_timeout(timeouts.idle);
         let framing = match &*body {
             RequestBody::Empty => RequestFraming::Empty,
-            RequestBody::Stream(b) => match b.size_hint().exact() {
+            RequestBody::Stream(b, _) => match b.size_hint().exact() {
                 Some(0) if b.is_end_stream() => RequestFraming::Empty,
                 Some(n) => RequestFraming::Length(n),
                 None => RequestFraming::Chunked,
@@ -249,9 +249,9 @@ async fn exchange(
         .map_err(|e| io_err("sending the request", e))?;
     let mut conn = match body {
         RequestBody::Empty => Conn::Whole(conn),
-        RequestBody::Stream(client_body) => {
+        RequestBody::Stream(client_body, counter) => {
             let (rd, wr) = conn.into_split();
-            let writer = tokio::spawn(write_body(wr, client_body, framing));
+            let writer = tokio::spawn(write_body(wr, client_body, framing, counter));
             Conn::Split {
                 rd,
                 writer: BodyWriter(Some(writer)),
@@ -393,6 +393,7 @@ async fn write_body(
     mut wr: OwnedWriteHalf,
     mut body: hyper::body::Incoming,
     framing: RequestFraming,
+    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<OwnedWriteHalf, UpstreamError> {
     let chunked = framing == RequestFraming::Chunked;
     while let Some(frame) = body.frame().await {
@@ -400,6 +401,9 @@ async fn write_body(
         if let Some(data) = frame.data_ref() {
             if data.is_empty() {
                 continue;
+            }
+            if let Some(c) = &counter {
+                c.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
             if chunked {
                 let size = format!("{:x}\r\n", data.len());

@@ -1,0 +1,400 @@
+//! The access log: one line per request, JSON or a `$field` template, written by a thread of its
+//! own so a slow disk never stalls a request. The file is reopened on demand (SIGUSR1, for
+//! logrotate). If the writer falls behind, lines are dropped and counted rather than queued
+//! without bound.
+
+use std::fmt::Write as _;
+use std::io::{self, BufWriter, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The fields a template may use, in the order JSON lines carry them.
+pub use streamgate_config::ACCESS_LOG_FIELDS as FIELDS;
+
+/// Lines waiting for the writer at most; past this, lines are dropped and counted.
+const QUEUE: usize = 64 * 1024;
+
+/// One request, as logged.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    pub time: SystemTime,
+    pub listener: Arc<str>,
+    pub client: IpAddr,
+    pub protocol: &'static str,
+    pub method: String,
+    pub host: String,
+    /// Path and query as received.
+    pub path: String,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub service: Option<Arc<str>>,
+    pub region: Option<Arc<str>>,
+    pub backend: Option<SocketAddr>,
+    /// HIT, MISS, STALE, EXPIRED, BYPASS when the service caches.
+    pub cache: Option<&'static str>,
+    pub retries: u32,
+}
+
+/// How lines look.
+#[derive(Debug, Clone)]
+pub enum Format {
+    Json,
+    Template(Vec<Piece>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Field(&'static str),
+}
+
+impl Format {
+    /// Parses a template; `$name` must be one of [`FIELDS`] (`$$` is a literal `$`).
+    pub fn template(t: &str) -> Result<Format, String> {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut chars = t.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '$' {
+                text.push(c);
+                continue;
+            }
+            if chars.peek() == Some(&'$') {
+                chars.next();
+                text.push('$');
+                continue;
+            }
+            let mut name = String::new();
+            while let Some(&n) = chars.peek() {
+                if n.is_ascii_alphanumeric() || n == '_' {
+                    name.push(n);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            let Some(field) = FIELDS.iter().find(|f| **f == name) else {
+                return Err(format!(
+                    "unknown field ${name}; expected one of {}",
+                    FIELDS.join(", ")
+                ));
+            };
+            if !text.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+            }
+            pieces.push(Piece::Field(field));
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        Ok(Format::Template(pieces))
+    }
+}
+
+/// Hands records to the writer thread.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<AccessRecord>,
+    reopen: Arc<AtomicBool>,
+    /// Lines dropped because the writer fell behind.
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens the destination (a file, or standard output) and starts the writer thread.
+    pub fn start(path: Option<PathBuf>, format: Format) -> io::Result<Arc<AccessLog>> {
+        let out = open(path.as_ref())?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let reopen = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let flag = reopen.clone();
+        std::thread::Builder::new()
+            .name("streamgate-access-log".into())
+            .spawn(move || write_loop(rx, out, path, format, flag))?;
+        Ok(Arc::new(AccessLog {
+            tx,
+            reopen,
+            dropped,
+        }))
+    }
+
+    /// Queues a line; never blocks.
+    pub fn log(&self, record: AccessRecord) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(record) {
+            self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Reopens the file before the next line (after logrotate moved it).
+    pub fn reopen(&self) {
+        self.reopen.store(true, Relaxed);
+    }
+}
+
+fn open(path: Option<&PathBuf>) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match path {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => Box::new(io::stdout()),
+    })
+}
+
+fn write_loop(
+    rx: Receiver<AccessRecord>,
+    out: Box<dyn Write + Send>,
+    path: Option<PathBuf>,
+    format: Format,
+    reopen: Arc<AtomicBool>,
+) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut line = String::with_capacity(512);
+    loop {
+        // Flush when the queue goes quiet, so lines appear promptly without a write per line.
+        let record = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        };
+        if reopen.swap(false, Relaxed) {
+            let _ = out.flush();
+            match open(path.as_ref()) {
+                Ok(w) => out = BufWriter::with_capacity(64 * 1024, w),
+                Err(e) => {
+                    tracing::error!(error = %e, "access log: cannot reopen the file; still writing to the old one")
+                }
+            }
+        }
+        line.clear();
+        format_record(&format, &record, &mut line);
+        line.push('\n');
+        if out.write_all(line.as_bytes()).is_err() {
+            continue;
+        }
+        if rx.try_recv().is_err() {
+            // Nothing else queued right now: make this line visible.
+            let _ = out.flush();
+        }
+    }
+}
+
+/// Formats one record (no trailing newline).
+pub fn format_record(format: &Format, r: &AccessRecord, out: &mut String) {
+    match format {
+        Format::Json => {
+            out.push('{');
+            for (i, f) in FIELDS.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('"');
+                out.push_str(f);
+                out.push_str("\":");
+                json_value(f, r, out);
+            }
+            out.push('}');
+        }
+        Format::Template(pieces) => {
+            for p in pieces {
+                match p {
+                    Piece::Text(t) => out.push_str(t),
+                    Piece::Field(f) => plain_value(f, r, out),
+                }
+            }
+        }
+    }
+}
+
+fn json_value(field: &str, r: &AccessRecord, out: &mut String) {
+    let string = |s: &str, out: &mut String| {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    };
+    match field {
+        "status" => {
+            let _ = write!(out, "{}", r.status);
+        }
+        "bytes_in" => {
+            let _ = write!(out, "{}", r.bytes_in);
+        }
+        "bytes_out" => {
+            let _ = write!(out, "{}", r.bytes_out);
+        }
+        "retries" => {
+            let _ = write!(out, "{}", r.retries);
+        }
+        "duration_ms" => {
+            let _ = write!(out, "{:.3}", r.duration.as_secs_f64() * 1e3);
+        }
+        "service" | "region" | "backend" | "cache" if is_none(field, r) => out.push_str("null"),
+        _ => {
+            let mut v = String::new();
+            plain_value(field, r, &mut v);
+            string(&v, out);
+        }
+    }
+}
+
+fn is_none(field: &str, r: &AccessRecord) -> bool {
+    match field {
+        "service" => r.service.is_none(),
+        "region" => r.region.is_none(),
+        "backend" => r.backend.is_none(),
+        "cache" => r.cache.is_none(),
+        _ => false,
+    }
+}
+
+fn plain_value(field: &str, r: &AccessRecord, out: &mut String) {
+    let dash = |o: Option<&str>, out: &mut String| out.push_str(o.unwrap_or("-"));
+    match field {
+        "time" => rfc3339(r.time, out),
+        "listener" => out.push_str(&r.listener),
+        "client" => {
+            let _ = write!(out, "{}", r.client);
+        }
+        "protocol" => out.push_str(r.protocol),
+        "method" => out.push_str(&r.method),
+        "host" => out.push_str(&r.host),
+        "path" => out.push_str(&r.path),
+        "status" => {
+            let _ = write!(out, "{}", r.status);
+        }
+        "bytes_in" => {
+            let _ = write!(out, "{}", r.bytes_in);
+        }
+        "bytes_out" => {
+            let _ = write!(out, "{}", r.bytes_out);
+        }
+        "duration_ms" => {
+            let _ = write!(out, "{:.3}", r.duration.as_secs_f64() * 1e3);
+        }
+        "service" => dash(r.service.as_deref(), out),
+        "region" => dash(r.region.as_deref(), out),
+        "backend" => match r.backend {
+            Some(b) => {
+                let _ = write!(out, "{b}");
+            }
+            None => out.push('-'),
+        },
+        "cache" => dash(r.cache, out),
+        "retries" => {
+            let _ = write!(out, "{}", r.retries);
+        }
+        _ => out.push('-'),
+    }
+}
+
+/// `2026-11-23T12:00:00.123Z`
+fn rfc3339(t: SystemTime, out: &mut String) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_435_200_123),
+            listener: "web".into(),
+            client: "192.0.2.7".parse().unwrap(),
+            protocol: "HTTP/1.1",
+            method: "GET".into(),
+            host: "video.example.com".into(),
+            path: "/v/\"x\".ts?a=1".into(),
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 1024,
+            duration: Duration::from_micros(1500),
+            service: Some("video".into()),
+            region: Some("eu-west".into()),
+            backend: Some("10.0.0.1:8080".parse().unwrap()),
+            cache: None,
+            retries: 1,
+        }
+    }
+
+    #[test]
+    fn dates() {
+        let mut s = String::new();
+        rfc3339(UNIX_EPOCH, &mut s);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_392_000), &mut s);
+        assert_eq!(s, "2026-11-23T00:00:00.000Z");
+        s.clear();
+        rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut s);
+        assert_eq!(s, "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn json_lines_escape_and_use_null() {
+        let mut s = String::new();
+        format_record(&Format::Json, &record(), &mut s);
+        assert!(s.starts_with("{\"time\":\"2026-11-23T12:00:00.123Z\",\"listener\":\"web\",\"client\":\"192.0.2.7\""), "{s}");
+        assert!(s.contains("\"path\":\"/v/\\\"x\\\".ts?a=1\""), "{s}");
+        assert!(s.contains("\"status\":200,"), "{s}");
+        assert!(s.contains("\"cache\":null,"), "{s}");
+        assert!(s.contains("\"duration_ms\":1.500,"), "{s}");
+        assert!(s.ends_with("\"retries\":1}"), "{s}");
+    }
+
+    #[test]
+    fn templates() {
+        let f = Format::template("$client $method $path $status $$ $cache").unwrap();
+        let mut s = String::new();
+        format_record(&f, &record(), &mut s);
+        assert_eq!(s, "192.0.2.7 GET /v/\"x\".ts?a=1 200 $ -");
+        assert!(
+            Format::template("$nope")
+                .unwrap_err()
+                .contains("unknown field $nope")
+        );
+    }
+}
