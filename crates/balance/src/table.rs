@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use http::uri::Authority;
 use streamgate_config::{self as config, Config};
 use streamgate_telemetry::prometheus::{Histogram, IntCounter};
-use streamgate_telemetry::{CODE_CLASSES, Metrics};
+use streamgate_telemetry::{CODE_CLASSES, DataType, Metrics};
 
 use crate::route::{NoRoute, Router};
 use crate::select::BackendSelector;
@@ -437,6 +437,9 @@ pub struct RegionMetrics {
     pub requests: [IntCounter; 5],
     pub latency: Histogram,
     pub routing: [IntCounter; RouteReason::COUNT],
+    /// `data_locality_requests_total` and `data_locality_latency_seconds` by [`DataType`].
+    pub locality: [IntCounter; 4],
+    pub locality_latency: [Histogram; 4],
 }
 
 impl RegionMetrics {
@@ -445,6 +448,10 @@ impl RegionMetrics {
             requests: CODE_CLASSES.map(|c| m.requests.with_label_values(&[service, region, c])),
             latency: m.latency_by_region.with_label_values(&[region]),
             routing: RouteReason::ALL.map(|r| m.routing.with_label_values(&[region, r.as_str()])),
+            locality: DataType::ALL
+                .map(|d| m.locality_requests.with_label_values(&[region, d.as_str()])),
+            locality_latency: DataType::ALL
+                .map(|d| m.locality_latency.with_label_values(&[region, d.as_str()])),
         }
     }
 }

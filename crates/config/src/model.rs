@@ -81,6 +81,8 @@ impl Default for Timeouts {
 pub struct Admin {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
+    /// A listener of its own for `/metrics` only (no token), for scrapers off the machine.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

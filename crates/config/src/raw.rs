@@ -16,6 +16,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub timeouts: RawTimeouts,
     pub admin: Option<RawAdmin>,
+    pub metrics: Option<RawMetrics>,
     pub geo: Option<S<RawGeo>>,
     pub access_log: Option<RawAccessLog>,
     #[serde(default)]
@@ -48,6 +49,12 @@ pub(crate) struct RawTimeouts {
 pub(crate) struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

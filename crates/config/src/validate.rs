@@ -110,7 +110,12 @@ impl<'a> Ctx<'a> {
 pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let runtime = runtime(&raw.runtime, ctx);
     let timeouts = timeouts(&raw.timeouts, "timeouts", Timeouts::default(), ctx);
-    let admin = admin(raw.admin.as_ref(), ctx);
+    let mut admin = admin(raw.admin.as_ref(), ctx);
+    admin.metrics_listen = raw
+        .metrics
+        .as_ref()
+        .and_then(|m| m.listen.as_ref())
+        .and_then(|l| socket_addr(l, "metrics.listen", ctx));
     let access_log = access_log(raw.access_log.as_ref(), ctx);
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
@@ -188,6 +193,7 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
         return Admin {
             listen: default_listen,
             token_file: None,
+            metrics_listen: None,
         };
     };
     let listen = raw
@@ -211,7 +217,11 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
             ),
         );
     }
-    Admin { listen, token_file }
+    Admin {
+        listen,
+        token_file,
+        metrics_listen: None,
+    }
 }
 
 fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {

@@ -162,11 +162,12 @@ pub fn watch_config(
     let name = path.file_name()?.to_os_string();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Kubernetes ConfigMaps swap a `..data` symlink rather than touching the file itself.
         if let Ok(ev) = event
-            && ev
-                .paths
-                .iter()
-                .any(|p| p.file_name() == Some(name.as_os_str()))
+            && ev.paths.iter().any(|p| {
+                p.file_name() == Some(name.as_os_str())
+                    || p.file_name().is_some_and(|n| n == "..data")
+            })
         {
             let _ = tx.send(());
         }

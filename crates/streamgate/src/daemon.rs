@@ -77,6 +77,13 @@ impl Daemon {
         let admin_listener = streamgate_proxy::bind(config.admin.listen)
             .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
         let admin = admin_listener.local_addr()?;
+        let metrics_listener = match config.admin.metrics_listen {
+            Some(addr) => Some(
+                streamgate_proxy::bind(addr)
+                    .with_context(|| format!("metrics.listen: cannot bind {addr}"))?,
+            ),
+            None => None,
+        };
 
         let mut bound = Vec::new();
         for l in &config.listeners {
@@ -152,6 +159,14 @@ impl Daemon {
             shutdown_rx.clone(),
         ));
         info!(listener = "admin", address = %admin, "listening");
+        if let Some(l) = metrics_listener {
+            info!(listener = "metrics", address = %l.local_addr()?, "listening");
+            tasks.spawn(admin::serve_metrics(
+                l,
+                control.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
         control.set_ready(true);
         Ok(Daemon {
             table,

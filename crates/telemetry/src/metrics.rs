@@ -15,6 +15,38 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Values of the `code_class` label, indexed by [`code_class_index`].
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Where a response's data came from: the `data_type` label of the data-locality metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    CacheHit,
+    CacheMiss,
+    CacheStale,
+    /// Not cacheable, or the service has no cache: straight from the origin.
+    Pass,
+}
+
+impl DataType {
+    pub const ALL: [DataType; 4] = [
+        DataType::CacheHit,
+        DataType::CacheMiss,
+        DataType::CacheStale,
+        DataType::Pass,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::CacheHit => "cache_hit",
+            DataType::CacheMiss => "cache_miss",
+            DataType::CacheStale => "cache_stale",
+            DataType::Pass => "pass",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Index into [`CODE_CLASSES`] for an HTTP status code.
 pub fn code_class_index(status: u16) -> usize {
     match status {

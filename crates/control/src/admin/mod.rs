@@ -88,6 +88,45 @@ pub async fn serve(
     }
 }
 
+/// Serves only `GET /metrics` (no token) until `shutdown`: a scrape endpoint that can face the
+/// network while the admin API stays on loopback.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    control: Arc<Control>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let control = control.clone();
+                async move {
+                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => handlers::metrics(&control),
+                        _ => error(
+                            StatusCode::NOT_FOUND,
+                            "this listener serves GET /metrics only",
+                        ),
+                    })
+                }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
 async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>) -> AdminResponse {
     let path = req.uri().path().to_string();
     let open = matches!(path.as_str(), "/live" | "/ready");

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use streamgate_telemetry::access_log::{AccessLog, AccessRecord};
+use streamgate_telemetry::prometheus::IntCounter;
 
 use crate::io::ActiveRequest;
 use crate::upstream::UpstreamBody;
@@ -96,6 +97,8 @@ impl Drop for Completion {
 pub struct ProxyBody {
     inner: Inner,
     done: Option<Completion>,
+    /// `cache_served_bytes_total{source}` of where this body comes from.
+    served: Option<IntCounter>,
 }
 
 #[derive(Debug)]
@@ -105,10 +108,11 @@ enum Inner {
 }
 
 impl ProxyBody {
-    pub fn upstream(body: UpstreamBody, done: Completion) -> ProxyBody {
+    pub fn upstream(body: UpstreamBody, done: Completion, served: IntCounter) -> ProxyBody {
         ProxyBody {
             inner: Inner::Upstream(body),
             done: Some(done),
+            served: Some(served),
         }
     }
 
@@ -118,6 +122,7 @@ impl ProxyBody {
         ProxyBody {
             inner,
             done: Some(done),
+            served: None,
         }
     }
 
@@ -125,6 +130,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Full(None),
             done: None,
+            served: None,
         }
     }
 
@@ -148,10 +154,15 @@ impl Body for ProxyBody {
             Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(log) = this.done.as_mut().and_then(|d| d.log.as_mut())
             && let Some(data) = frame.data_ref()
         {
-            log.record.bytes_out += data.len() as u64;
+            let n = data.len() as u64;
+            if let Some(c) = &this.served {
+                c.inc_by(n);
+            }
+            if let Some(log) = this.done.as_mut().and_then(|d| d.log.as_mut()) {
+                log.record.bytes_out += n;
+            }
         }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The response is complete (or broken): release the backend now, not when hyper

@@ -15,7 +15,8 @@ use streamgate_balance::stats::nanos_at;
 use streamgate_balance::{ClientFacts, Lease, NoRoute, Outcome, Pick, RoutingTable, Service};
 use streamgate_config::RegionPolicy;
 use streamgate_telemetry::access_log::AccessRecord;
-use streamgate_telemetry::code_class_index;
+use streamgate_telemetry::prometheus::IntCounter;
+use streamgate_telemetry::{DataType, code_class_index};
 use tracing::{info, warn};
 
 use super::HttpProxy;
@@ -253,14 +254,16 @@ impl HttpProxy {
                         pick = next;
                         continue;
                     }
-                    pick.region
-                        .metrics
-                        .latency
-                        .observe(head_at.saturating_duration_since(started).as_secs_f64());
+                    let to_head = head_at.saturating_duration_since(started).as_secs_f64();
+                    let m = &pick.region.metrics;
+                    m.latency.observe(to_head);
+                    m.locality[DataType::Pass.index()].inc();
+                    m.locality_latency[DataType::Pass.index()].observe(to_head);
                     pick.region.metrics.routing[pick.reason.index()].inc();
                     pick.region.metrics.requests[code_class_index(status.as_u16())].inc();
                     return Ok(upstream_response(
                         resp,
+                        &self.served_origin,
                         client_version,
                         Completion {
                             lease: Some(lease),
@@ -376,6 +379,7 @@ fn host_str(h: &HeaderValue) -> &str {
 
 fn upstream_response(
     resp: Response<UpstreamBody>,
+    served: &IntCounter,
     client_version: Version,
     done: Completion,
 ) -> Response<ProxyBody> {
@@ -384,7 +388,7 @@ fn upstream_response(
     append_via(&mut parts.headers, parts.version);
     // The client gets our protocol version, whatever the backend spoke.
     parts.version = client_version;
-    Response::from_parts(parts, ProxyBody::upstream(body, done))
+    Response::from_parts(parts, ProxyBody::upstream(body, done, served.clone()))
 }
 
 fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<ProxyBody> {

@@ -18,6 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use streamgate_balance::{GeoHandle, TableHandle};
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::AccessLog;
+use streamgate_telemetry::prometheus::IntCounter;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -36,6 +37,8 @@ pub struct HttpProxy {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
+    /// `cache_served_bytes_total{source="origin"}`
+    served_origin: IntCounter,
 }
 
 impl HttpProxy {
@@ -48,6 +51,10 @@ impl HttpProxy {
             upstreams: shared.upstreams.clone(),
             metrics: shared.metrics.clone(),
             access_log: shared.access_log.clone(),
+            served_origin: shared
+                .metrics
+                .cache_served_bytes
+                .with_label_values(&["origin"]),
         })
     }
 }
