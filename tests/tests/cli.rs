@@ -307,3 +307,59 @@ async fn sighup_and_a_changed_file_reload_the_config() {
             .any(|l| l["message"] == "configuration reloaded")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_never_appears_in_the_log() {
+    let a = Origin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("admin.token");
+    let secret = "s3cret-token-7f1e9c";
+    std::fs::write(&token_path, secret).unwrap();
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
+        token_path.display(),
+        service(&backends(&[(&a, 1)]), "")
+    );
+    let p = DaemonProcess::start(BIN, &text, &["web", "admin"]);
+    let base = format!("http://{}", p.addr("admin"));
+    let c = http1();
+    let wrong = get(
+        &c,
+        &format!("{base}/backends"),
+        &[("authorization", "Bearer s3cret-token-7f1e9X")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let right = get(
+        &c,
+        &format!("{base}/backends"),
+        &[("authorization", &format!("Bearer {secret}"))],
+    )
+    .await
+    .unwrap();
+    assert_eq!(right.status, StatusCode::OK);
+    assert!(!right.text().contains(secret));
+    let reload = send(
+        &c,
+        Method::POST,
+        &format!("{base}/reload"),
+        &[("authorization", &format!("Bearer {secret}"))],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reload.status, StatusCode::OK);
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .log_json()
+            .iter()
+            .any(|l| l["message"] == "configuration reloaded"))
+        .await
+    );
+    let all = p.logs.lock().unwrap().join("\n");
+    assert!(
+        !all.contains(secret) && !all.contains("7f1e9"),
+        "token leaked into the log:\n{all}"
+    );
+}

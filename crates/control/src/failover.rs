@@ -233,3 +233,90 @@ pub async fn run(
         evaluator.evaluate(&t, &metrics, Instant::now());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(failover: &str) -> RoutingTable {
+        let text = format!(
+            "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+             [[regions]]\nname = \"a\"\nbackends = [ {{ address = \"10.0.0.1:80\" }}, {{ address = \"10.0.0.2:80\" }} ]\nmin_healthy = 0.5\n\
+             [[regions]]\nname = \"b\"\nbackends = [ {{ address = \"10.0.1.1:80\" }} ]\n\
+             [[services]]\nname = \"s\"\nlisteners = [\"web\"]\nregions = [\"a\", \"b\"]\n[services.failover]\n{failover}\n"
+        );
+        let config = streamgate_config::parse(Path::new("t.toml"), &text).unwrap();
+        RoutingTable::build(Arc::new(config), None, &Metrics::new())
+    }
+
+    #[test]
+    fn unhealthy_at_once_eligible_after_hold_down_then_ramps() {
+        let metrics = Metrics::new();
+        let t = table("hold_down = \"10s\"\nramp = \"20s\"");
+        let a = &t.services[0].regions[0];
+        let mut ev = Evaluator::default();
+        let t0 = Instant::now();
+        ev.evaluate(&t, &metrics, t0);
+        assert!(a.health.is_eligible());
+        assert_eq!(
+            a.health.share_permille(),
+            1000,
+            "healthy since start: no hold-down, no ramp"
+        );
+
+        // One of two backends down still meets min_healthy = 0.5; both down does not.
+        a.backends[0].state.set_up(false);
+        ev.evaluate(&t, &metrics, t0);
+        assert!(a.health.is_healthy());
+        a.backends[1].state.set_up(false);
+        ev.evaluate(&t, &metrics, t0 + Duration::from_secs(1));
+        assert!(!a.health.is_healthy() && !a.health.is_eligible());
+        let text = metrics.render();
+        assert!(
+            text.contains("streamgate_failovers_total{from=\"a\",service=\"s\",to=\"b\"} 1"),
+            "{text}"
+        );
+
+        // Back up at t0+2s: not eligible until the 10 s hold-down has passed.
+        a.backends[0].state.set_up(true);
+        a.backends[1].state.set_up(true);
+        let up = t0 + Duration::from_secs(2);
+        ev.evaluate(&t, &metrics, up);
+        assert!(a.health.is_healthy() && !a.health.is_eligible());
+        ev.evaluate(&t, &metrics, up + Duration::from_secs(9));
+        assert!(!a.health.is_eligible());
+        ev.evaluate(&t, &metrics, up + Duration::from_secs(10));
+        assert!(a.health.is_eligible());
+        assert!(a.health.share_permille() <= 1, "the ramp starts near zero");
+        ev.evaluate(&t, &metrics, up + Duration::from_secs(20));
+        assert!(
+            (480..=520).contains(&a.health.share_permille()),
+            "{}",
+            a.health.share_permille()
+        );
+        ev.evaluate(&t, &metrics, up + Duration::from_secs(31));
+        assert_eq!(a.health.share_permille(), 1000);
+        assert!(
+            metrics
+                .render()
+                .contains("streamgate_failovers_total{from=\"b\",service=\"s\",to=\"a\"} 1")
+        );
+    }
+
+    #[test]
+    fn a_deactivated_region_moves_its_clients() {
+        let metrics = Metrics::new();
+        let t = table("hold_down = \"1s\"");
+        let mut ev = Evaluator::default();
+        let t0 = Instant::now();
+        ev.evaluate(&t, &metrics, t0);
+        t.regions["a"].set_active(false);
+        ev.evaluate(&t, &metrics, t0);
+        assert!(
+            metrics
+                .render()
+                .contains("streamgate_failovers_total{from=\"a\",service=\"s\",to=\"b\"} 1")
+        );
+    }
+}
