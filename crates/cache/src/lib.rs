@@ -1,1 +1,119 @@
-//! placeholder
+//! streamgate-cache: the edge cache.
+//!
+//! [`policy`] holds the RFC 9111 rules (what is stored, freshness, age, stale serving), [`key`]
+//! the cache keys, [`entry`] a stored response, [`store`] the byte-bounded W-TinyLFU store of one
+//! service with purge, [`fill`] request coalescing, [`range`] byte ranges from stored objects.
+//! [`CacheRegistry`] holds every service's cache across reloads.
+
+pub mod entry;
+pub mod fill;
+pub mod key;
+pub mod policy;
+pub mod range;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use streamgate_config::CacheSpec;
+use streamgate_telemetry::Metrics;
+
+pub use entry::Variant;
+pub use store::ServiceCache;
+
+/// What to invalidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    /// One URL key (`host/path?query`), every variant.
+    Url(String),
+    /// Every URL key starting with this.
+    Prefix(String),
+    /// Everything tagged so (Surrogate-Key, Cache-Tag).
+    Tag(String),
+    All,
+}
+
+/// Every service's cache, by service name. A cache survives reloads as long as its service keeps
+/// the same `max_size`; other settings apply to it at once.
+#[derive(Debug)]
+pub struct CacheRegistry {
+    caches: ArcSwap<HashMap<String, Arc<ServiceCache>>>,
+    write: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl CacheRegistry {
+    pub fn new(metrics: Arc<Metrics>) -> Arc<CacheRegistry> {
+        Arc::new(CacheRegistry { caches: ArcSwap::default(), write: Mutex::new(()), metrics })
+    }
+
+    /// The cache of `service`, created on first use (a lock-free lookup afterwards).
+    pub fn for_service(&self, service: &str, spec: &CacheSpec) -> Arc<ServiceCache> {
+        if let Some(c) = self.caches.load().get(service)
+            && c.spec == *spec
+        {
+            return c.clone();
+        }
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.caches.load_full();
+        if let Some(c) = current.get(service)
+            && c.spec == *spec
+        {
+            return c.clone();
+        }
+        let cache = Arc::new(ServiceCache::new(spec.clone(), self.metrics.cache_evictions.clone()));
+        let mut next = HashMap::clone(&current);
+        next.insert(service.to_string(), cache.clone());
+        self.caches.store(Arc::new(next));
+        self.refresh_gauges();
+        cache
+    }
+
+    /// The caches of the named services only (drops caches of removed services).
+    pub fn retain(&self, services: &[&str]) {
+        let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.caches.load_full();
+        let next: HashMap<String, Arc<ServiceCache>> =
+            current.iter().filter(|(k, _)| services.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.caches.store(Arc::new(next));
+        self.refresh_gauges();
+    }
+
+    pub fn get(&self, service: &str) -> Option<Arc<ServiceCache>> {
+        self.caches.load().get(service).cloned()
+    }
+
+    pub fn services(&self) -> Vec<(String, Arc<ServiceCache>)> {
+        self.caches.load().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Invalidates across every service (or one); returns how many objects went.
+    pub fn purge(&self, what: &Purge, service: Option<&str>) -> usize {
+        let mut n = 0;
+        for (name, c) in self.services() {
+            if service.is_some_and(|s| s != name) {
+                continue;
+            }
+            n += match what {
+                Purge::Url(u) => c.purge_url(u),
+                Purge::Prefix(p) => c.purge_prefix(p),
+                Purge::Tag(t) => c.purge_tag(t),
+                Purge::All => c.purge_all(),
+            };
+        }
+        self.refresh_gauges();
+        n
+    }
+
+    /// Sets `cache_bytes` and `cache_objects` from the stores.
+    pub fn refresh_gauges(&self) {
+        let (mut bytes, mut objects) = (0u64, 0u64);
+        for c in self.caches.load().values() {
+            bytes += c.bytes();
+            objects += c.objects();
+        }
+        self.metrics.cache_bytes.set(bytes as i64);
+        self.metrics.cache_objects.set(objects as i64);
+    }
+}

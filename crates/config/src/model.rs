@@ -210,6 +210,41 @@ pub struct Service {
     pub outlier: Outlier,
     pub failover: Failover,
     pub retry: Retry,
+    /// `None`: the service does not cache.
+    pub cache: Option<CacheSpec>,
+}
+
+/// `[services.cache]`: the edge cache of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSpec {
+    /// Bytes of responses (headers and bodies) kept at most.
+    pub max_size: u64,
+    /// Larger responses are passed through, not stored.
+    pub max_object_size: u64,
+    /// Freshness for responses that carry none (opt-in: zero keeps strict RFC 9111 behaviour).
+    pub default_ttl: Duration,
+    /// 10% of the time since Last-Modified for statuses RFC 9111 allows (at most a day).
+    pub heuristic_freshness: bool,
+    pub key_query: KeyQuery,
+    /// Request headers whose values are part of the key (lower case).
+    pub key_headers: Vec<String>,
+    /// Peers allowed to send PURGE.
+    pub purge_from: Vec<IpNet>,
+    /// Response header telling HIT, MISS, STALE, EXPIRED or BYPASS.
+    pub status_header: String,
+    /// Concurrent misses of one key wait this long for the first one's response.
+    pub lock_timeout: Duration,
+}
+
+/// Which query parameters are part of a cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyQuery {
+    /// The whole query string as sent.
+    All,
+    /// None: `/a?x=1` and `/a?x=2` are one object.
+    Ignore,
+    /// Only these parameters, sorted, so their order does not matter.
+    Only(Vec<String>),
 }
 
 /// A Host header pattern: exact name, `*.suffix`, or `*` for any.

@@ -123,6 +123,30 @@ pub(crate) struct RawService {
     pub outlier: Option<RawOutlier>,
     pub failover: Option<RawFailover>,
     pub retry: Option<RawRetry>,
+    pub cache: Option<S<RawCache>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub max_size: S<String>,
+    pub max_object_size: Option<S<String>>,
+    pub default_ttl: Option<S<String>>,
+    pub heuristic_freshness: Option<bool>,
+    pub key_query: Option<S<RawKeyQuery>>,
+    #[serde(default)]
+    pub key_headers: Vec<S<String>>,
+    #[serde(default)]
+    pub purge_from: Vec<S<String>>,
+    pub status_header: Option<S<String>>,
+    pub lock_timeout: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawKeyQuery {
+    Mode(String),
+    Params(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]

@@ -739,6 +739,7 @@ fn services(
         let outlier = outlier(s.outlier.as_ref(), &p, ctx);
         let failover = failover(s.failover.as_ref(), &p, ctx);
         let retry = retry(s.retry.as_ref(), &p, ctx);
+        let cache = s.cache.as_ref().map(|c| cache(c, &p, ctx));
 
         out.push(Service {
             name: s.name.get_ref().clone(),
@@ -753,6 +754,7 @@ fn services(
             outlier,
             failover,
             retry,
+            cache,
         });
     }
     out
@@ -1006,5 +1008,97 @@ mod tests {
         assert_eq!(parse_status_range("399-200"), None);
         assert_eq!(parse_status_range("700"), None);
         assert_eq!(parse_status_range("ok"), None);
+    }
+}
+
+fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
+    let c = raw.get_ref();
+    let p = format!("{svc}.cache");
+    let size = |v: &S<String>, key: &str, ctx: &mut Ctx<'_>| -> Option<u64> {
+        match crate::units::parse_size(v.get_ref()) {
+            Ok(0) => {
+                ctx.err(v.span(), format!("{p}.{key}"), "must be more than zero");
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                ctx.err(v.span(), format!("{p}.{key}"), e);
+                None
+            }
+        }
+    };
+    let max_size = size(&c.max_size, "max_size", ctx).unwrap_or(1 << 20);
+    let max_object_size = match &c.max_object_size {
+        None => (max_size / 8).clamp(1, 64 << 20),
+        Some(v) => {
+            let n = size(v, "max_object_size", ctx).unwrap_or(1);
+            if n > max_size {
+                ctx.err(v.span(), format!("{p}.max_object_size"), "must not be larger than max_size");
+            }
+            n
+        }
+    };
+    let key_query = match &c.key_query {
+        None => KeyQuery::All,
+        Some(v) => match v.get_ref() {
+            RawKeyQuery::Mode(m) if m == "all" => KeyQuery::All,
+            RawKeyQuery::Mode(m) if m == "ignore" => KeyQuery::Ignore,
+            RawKeyQuery::Params(list) => {
+                let mut list = list.clone();
+                list.sort();
+                list.dedup();
+                KeyQuery::Only(list)
+            }
+            RawKeyQuery::Mode(m) => {
+                ctx.err(
+                    v.span(),
+                    format!("{p}.key_query"),
+                    format!("\"{m}\" is not a key rule; expected \"all\", \"ignore\" or a list of parameter names"),
+                );
+                KeyQuery::All
+            }
+        },
+    };
+    let mut key_headers = Vec::new();
+    for (i, h) in c.key_headers.iter().enumerate() {
+        let name = h.get_ref().trim().to_ascii_lowercase();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            ctx.err(h.span(), format!("{p}.key_headers[{i}]"), format!("\"{}\" is not a header name", h.get_ref()));
+        } else {
+            key_headers.push(name);
+        }
+    }
+    let mut purge_from = Vec::new();
+    for (i, t) in c.purge_from.iter().enumerate() {
+        let s = t.get_ref().trim();
+        match s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from)) {
+            Some(n) => purge_from.push(n.trunc()),
+            None => ctx.err(
+                t.span(),
+                format!("{p}.purge_from[{i}]"),
+                format!("\"{s}\" is not an address or CIDR; expected e.g. \"127.0.0.1/32\""),
+            ),
+        }
+    }
+    let status_header = match &c.status_header {
+        None => "x-cache".to_string(),
+        Some(v) => {
+            let n = v.get_ref().trim().to_ascii_lowercase();
+            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                ctx.err(v.span(), format!("{p}.status_header"), format!("\"{}\" is not a header name", v.get_ref()));
+            }
+            n
+        }
+    };
+    CacheSpec {
+        max_size,
+        max_object_size,
+        default_ttl: ctx.duration(&c.default_ttl, format!("{p}.default_ttl"), Duration::ZERO),
+        heuristic_freshness: c.heuristic_freshness.unwrap_or(true),
+        key_query,
+        key_headers,
+        purge_from,
+        status_header,
+        lock_timeout: ctx.duration(&c.lock_timeout, format!("{p}.lock_timeout"), Duration::from_secs(5)),
     }
 }

@@ -1,0 +1,196 @@
+//! A stored response and what serving it needs: headers as received (hop-by-hop removed), the
+//! whole body in one buffer, its timing and freshness, the request values that selected it, and
+//! its purge tags.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::StatusCode;
+
+use crate::policy::{Freshness, Timing, parse_http_date};
+
+/// Longest a stale response with validators is kept for revalidation.
+const MAX_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(86_400);
+
+/// One stored response.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub timing: Timing,
+    pub freshness: Freshness,
+    /// Request header values this variant answers (key headers and Vary).
+    pub selectors: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// Surrogate-Key and Cache-Tag values, for purge by tag.
+    pub tags: Vec<Box<str>>,
+    pub etag: Option<HeaderValue>,
+    pub last_modified: Option<SystemTime>,
+    /// Bytes it holds (headers and body), for the size bound.
+    pub size: u64,
+}
+
+impl Variant {
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        timing: Timing,
+        freshness: Freshness,
+        selectors: Vec<(HeaderName, Option<HeaderValue>)>,
+    ) -> Variant {
+        let tags = tags_of(&headers);
+        let etag = headers.get(header::ETAG).cloned();
+        let last_modified = headers.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(parse_http_date);
+        let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let size = (body.len() + header_bytes + 256) as u64;
+        Variant { status, headers, body, timing, freshness, selectors, tags, etag, last_modified, size }
+    }
+
+    /// True when the request carries the values this variant was stored for.
+    pub fn matches(&self, req: &HeaderMap) -> bool {
+        self.selectors.iter().all(|(name, want)| crate::key::joined(req, name).as_ref() == want.as_ref())
+    }
+
+    pub fn has_validators(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
+    }
+
+    /// How long the store keeps it: while fresh, then as long as it may still be served stale or
+    /// revalidated.
+    pub fn keep_for(&self, now: SystemTime) -> Duration {
+        let age = self.timing.current_age(now);
+        let fresh_left = self.freshness.lifetime.saturating_sub(age);
+        let stale_use = self.freshness.stale_while_revalidate.max(self.freshness.stale_if_error);
+        let revalidate = if self.has_validators() {
+            self.freshness.lifetime.max(Duration::from_secs(60)).min(MAX_KEEP_FOR_REVALIDATION)
+        } else {
+            Duration::ZERO
+        };
+        (fresh_left + stale_use.max(revalidate)).max(Duration::from_secs(1))
+    }
+
+    /// After a 304: the stored body with the new response's headers merged in (RFC 9111 §4.3.4)
+    /// and new timing and freshness.
+    pub fn refreshed(&self, not_modified: &HeaderMap, timing: Timing, freshness: Freshness) -> Variant {
+        let mut headers = self.headers.clone();
+        for name in not_modified.keys() {
+            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            headers.remove(name);
+            for v in not_modified.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        Variant::new(self.status, headers, self.body.clone(), timing, freshness, self.selectors.clone())
+    }
+
+    /// RFC 9110 §13.2.2: does the client's conditional GET/HEAD mean "you have it"?
+    pub fn not_modified_for(&self, req: &HeaderMap) -> bool {
+        if let Some(inm) = req.get(header::IF_NONE_MATCH) {
+            let Some(etag) = &self.etag else { return false };
+            let Ok(list) = inm.to_str() else { return false };
+            let ours = weak(etag.to_str().unwrap_or(""));
+            return list.split(',').any(|t| {
+                let t = t.trim();
+                t == "*" || weak(t) == ours
+            });
+        }
+        if let Some(ims) = req.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(parse_http_date)
+            && let Some(lm) = self.last_modified
+        {
+            return lm <= ims;
+        }
+        false
+    }
+}
+
+/// An entity tag without its weakness marker, for weak comparison.
+fn weak(tag: &str) -> &str {
+    tag.strip_prefix("W/").unwrap_or(tag)
+}
+
+/// Tags from `Surrogate-Key` (space separated) and `Cache-Tag` (comma separated).
+fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
+    let mut tags: Vec<Box<str>> = Vec::new();
+    for v in headers.get_all("surrogate-key") {
+        if let Ok(s) = v.to_str() {
+            tags.extend(s.split_whitespace().map(Into::into));
+        }
+    }
+    for v in headers.get_all("cache-tag") {
+        if let Ok(s) = v.to_str() {
+            tags.extend(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(Into::into));
+        }
+    }
+    tags.sort();
+    tags.dedup();
+    tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::fmt_http_date;
+
+    fn variant(headers: &[(&'static str, &str)]) -> Variant {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_435_200);
+        let f = Freshness {
+            lifetime: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            always_revalidate: false,
+        };
+        Variant::new(StatusCode::OK, h, Bytes::from_static(b"body"), Timing::of(&HeaderMap::new(), t, t), f, vec![])
+    }
+
+    #[test]
+    fn conditional_requests() {
+        let v = variant(&[("etag", "\"abc\""), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let req = |k: &'static str, val: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(k, HeaderValue::from_str(val).unwrap());
+            h
+        };
+        assert!(v.not_modified_for(&req("if-none-match", "\"abc\"")));
+        assert!(v.not_modified_for(&req("if-none-match", "W/\"abc\", \"x\"")));
+        assert!(v.not_modified_for(&req("if-none-match", "*")));
+        assert!(!v.not_modified_for(&req("if-none-match", "\"zzz\"")));
+        assert!(v.not_modified_for(&req("if-modified-since", "Sun, 06 Nov 1994 08:49:37 GMT")));
+        assert!(!v.not_modified_for(&req("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")));
+        assert!(!v.not_modified_for(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn tags_and_refresh() {
+        let v = variant(&[("surrogate-key", "video  show-42"), ("cache-tag", "a, b"), ("x-old", "1")]);
+        let tags: Vec<&str> = v.tags.iter().map(|t| &**t).collect();
+        assert_eq!(tags, ["a", "b", "show-42", "video"]);
+        let mut nm = HeaderMap::new();
+        nm.insert("x-old", HeaderValue::from_static("2"));
+        nm.insert("content-length", HeaderValue::from_static("0"));
+        let now = SystemTime::now();
+        let r = v.refreshed(&nm, Timing::of(&nm, now, now), v.freshness);
+        assert_eq!(r.headers["x-old"], "2");
+        assert_eq!(r.body, v.body);
+        assert!(r.headers.get("content-length").is_none());
+        let _ = fmt_http_date(now);
+    }
+
+    #[test]
+    fn kept_while_useful() {
+        let v = variant(&[]);
+        let at = v.timing.response_time;
+        assert_eq!(v.keep_for(at), Duration::from_secs(60));
+        assert_eq!(v.keep_for(at + Duration::from_secs(100)), Duration::from_secs(1));
+        let with_etag = variant(&[("etag", "\"x\"")]);
+        assert_eq!(with_etag.keep_for(at), Duration::from_secs(120), "kept stale a while for revalidation");
+    }
+}

@@ -1,0 +1,225 @@
+//! The cache of one service: a byte-bounded moka cache (W-TinyLFU admission and eviction, per-
+//! entry expiry) of URL keys to their stored variants, with purge by URL, prefix, tag or all.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::HeaderMap;
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use streamgate_config::CacheSpec;
+use streamgate_telemetry::prometheus::IntCounter;
+
+use crate::entry::Variant;
+use crate::fill::Fills;
+
+/// The variants stored under one URL.
+pub type Entry = Arc<Vec<Arc<Variant>>>;
+
+/// The cache of one service.
+#[derive(Debug)]
+pub struct ServiceCache {
+    pub spec: CacheSpec,
+    entries: Cache<Arc<str>, Entry>,
+    pub fills: Fills,
+}
+
+struct KeepWhileUseful;
+
+impl moka::Expiry<Arc<str>, Entry> for KeepWhileUseful {
+    fn expire_after_create(&self, _key: &Arc<str>, value: &Entry, _at: Instant) -> Option<Duration> {
+        Some(keep_for(value))
+    }
+
+    fn expire_after_update(&self, _key: &Arc<str>, value: &Entry, _at: Instant, _left: Option<Duration>) -> Option<Duration> {
+        Some(keep_for(value))
+    }
+}
+
+fn keep_for(entry: &Entry) -> Duration {
+    let now = SystemTime::now();
+    entry.iter().map(|v| v.keep_for(now)).max().unwrap_or(Duration::from_secs(1))
+}
+
+fn weight(entry: &Entry) -> u32 {
+    entry.iter().map(|v| v.size).sum::<u64>().min(u64::from(u32::MAX)) as u32
+}
+
+impl ServiceCache {
+    pub fn new(spec: CacheSpec, evictions: IntCounter) -> ServiceCache {
+        let entries = Cache::builder()
+            .max_capacity(spec.max_size)
+            .weigher(|_k: &Arc<str>, v: &Entry| weight(v))
+            .expire_after(KeepWhileUseful)
+            .eviction_listener(move |_k, _v, cause| {
+                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
+                    evictions.inc();
+                }
+            })
+            .build();
+        ServiceCache { spec, entries, fills: Fills::default() }
+    }
+
+    /// The stored variant for this URL that matches the request's selecting headers.
+    pub fn lookup(&self, key: &str, req: &HeaderMap) -> Option<Arc<Variant>> {
+        let entry = self.entries.get(key)?;
+        entry.iter().find(|v| v.matches(req)).cloned()
+    }
+
+    /// Stores a variant, replacing the one with the same selector values. Objects over
+    /// `max_object_size` are not stored.
+    pub fn insert(&self, key: &str, variant: Variant) -> bool {
+        if variant.size > self.spec.max_object_size {
+            return false;
+        }
+        let variant = Arc::new(variant);
+        let mut list: Vec<Arc<Variant>> = self
+            .entries
+            .get(key)
+            .map(|e| e.iter().filter(|v| v.selectors != variant.selectors).cloned().collect())
+            .unwrap_or_default();
+        list.push(variant);
+        self.entries.insert(Arc::from(key), Arc::new(list));
+        true
+    }
+
+    /// Removes every variant of one URL; returns how many objects went.
+    pub fn purge_url(&self, key: &str) -> usize {
+        self.entries.remove(key).map_or(0, |e| e.len())
+    }
+
+    /// Removes every URL starting with `prefix` (`host/path...`).
+    pub fn purge_prefix(&self, prefix: &str) -> usize {
+        self.purge_where(|k, _| k.starts_with(prefix))
+    }
+
+    /// Removes every variant tagged `tag` (Surrogate-Key or Cache-Tag).
+    pub fn purge_tag(&self, tag: &str) -> usize {
+        let keys: Vec<(Arc<str>, Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.iter().any(|v| v.tags.iter().any(|t| &**t == tag)))
+            .map(|(k, e)| (Arc::clone(&*k), e))
+            .collect();
+        let mut n = 0;
+        for (k, e) in keys {
+            let keep: Vec<Arc<Variant>> = e.iter().filter(|v| !v.tags.iter().any(|t| &**t == tag)).cloned().collect();
+            n += e.len() - keep.len();
+            if keep.is_empty() {
+                self.entries.invalidate(&k);
+            } else {
+                self.entries.insert(k, Arc::new(keep));
+            }
+        }
+        n
+    }
+
+    pub fn purge_all(&self) -> usize {
+        let n = self.objects() as usize;
+        self.entries.invalidate_all();
+        self.entries.run_pending_tasks();
+        n
+    }
+
+    fn purge_where(&self, pred: impl Fn(&str, &Entry) -> bool) -> usize {
+        let victims: Vec<(Arc<str>, usize)> =
+            self.entries.iter().filter(|(k, e)| pred(k, e)).map(|(k, e)| (Arc::clone(&*k), e.len())).collect();
+        let mut n = 0;
+        for (k, count) in victims {
+            if self.entries.remove(&k).is_some() {
+                n += count;
+            }
+        }
+        n
+    }
+
+    /// Bytes held (after pending maintenance).
+    pub fn bytes(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+
+    /// Stored objects (variants).
+    pub fn objects(&self) -> u64 {
+        self.entries.iter().map(|(_, e)| e.len() as u64).sum()
+    }
+
+    /// Runs pending evictions now (normally done as writes happen).
+    pub fn settle(&self) {
+        self.entries.run_pending_tasks();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    pub(crate) fn spec(max: u64) -> CacheSpec {
+        CacheSpec {
+            max_size: max,
+            max_object_size: max / 4,
+            default_ttl: Duration::ZERO,
+            heuristic_freshness: true,
+            key_query: streamgate_config::KeyQuery::All,
+            key_headers: vec![],
+            purge_from: vec![],
+            status_header: "x-cache".into(),
+            lock_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::spec;
+    use super::*;
+    use crate::policy::{Freshness, Timing};
+    use bytes::Bytes;
+    use http::{HeaderValue, StatusCode};
+
+    fn variant(body: usize, tags: &str) -> Variant {
+        let mut h = HeaderMap::new();
+        if !tags.is_empty() {
+            h.insert("surrogate-key", HeaderValue::from_str(tags).unwrap());
+        }
+        let now = SystemTime::now();
+        let f = Freshness {
+            lifetime: Duration::from_secs(600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            always_revalidate: false,
+        };
+        Variant::new(StatusCode::OK, h, Bytes::from(vec![0u8; body]), Timing::of(&HeaderMap::new(), now, now), f, vec![])
+    }
+
+    #[test]
+    fn byte_bound_holds_after_writing_ten_times_the_bound() {
+        let counter = IntCounter::new("e", "e").unwrap();
+        let c = ServiceCache::new(spec(1 << 20), counter.clone());
+        for i in 0..1000 {
+            c.insert(&format!("h/{i}"), variant(10 * 1024, ""));
+        }
+        c.settle();
+        assert!(c.bytes() <= 1 << 20, "{} bytes", c.bytes());
+        assert!(c.objects() > 50, "{}", c.objects());
+        assert!(counter.get() > 0, "evictions counted");
+        assert!(!c.insert("h/huge", variant(300 * 1024, "")), "over max_object_size");
+    }
+
+    #[test]
+    fn purge_by_url_prefix_tag_and_all() {
+        let c = ServiceCache::new(spec(10 << 20), IntCounter::new("e", "e").unwrap());
+        c.insert("h/a/1", variant(10, "show-1 video"));
+        c.insert("h/a/2", variant(10, "show-2 video"));
+        c.insert("h/b/1", variant(10, "show-1"));
+        c.insert("g/a/1", variant(10, ""));
+        assert_eq!(c.purge_url("h/a/1"), 1);
+        assert!(c.lookup("h/a/1", &HeaderMap::new()).is_none());
+        assert_eq!(c.purge_tag("show-1"), 1);
+        assert!(c.lookup("h/b/1", &HeaderMap::new()).is_none());
+        assert_eq!(c.purge_prefix("h/a/"), 1);
+        assert!(c.lookup("g/a/1", &HeaderMap::new()).is_some());
+        assert_eq!(c.purge_all(), 1);
+        assert_eq!(c.objects(), 0);
+    }
+}
