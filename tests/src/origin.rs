@@ -196,6 +196,9 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
             .body(BodyExt::boxed(StreamBody::new(chunks)))
             .unwrap();
     }
+    if let Some(rest) = path.strip_prefix("/c/") {
+        return cacheable(name, rest, &req, builder, st);
+    }
     if path == "/sink" {
         let mut body = req.into_body();
         let mut n = 0u64;
@@ -232,4 +235,88 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
             .unwrap();
     }
     builder.body(full(format!("origin {name} {path}"))).unwrap()
+}
+
+/// `/c/...?cc=...&etag=...&lm=...&vary=...&tag=...&size=N&cookie=1`: a response with the cache
+/// headers the query asks for; the body names the origin, the path and its hit number. A matching
+/// If-None-Match gets 304.
+fn cacheable(
+    name: &str,
+    rest: &str,
+    req: &Request<Incoming>,
+    mut builder: http::response::Builder,
+    st: &OriginState,
+) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("");
+    let param = |k: &str| -> Option<String> {
+        query.split('&').find_map(|kv| {
+            let (a, b) = kv.split_once('=')?;
+            (a == k).then(|| percent_decode(b))
+        })
+    };
+    if let Some(cc) = param("cc") {
+        builder = builder.header("cache-control", cc);
+    }
+    if let Some(v) = param("vary") {
+        builder = builder.header("vary", v);
+    }
+    if let Some(t) = param("tag") {
+        builder = builder.header("surrogate-key", t);
+    }
+    if let Some(lm) = param("lm") {
+        builder = builder.header("last-modified", lm);
+    }
+    if param("cookie").is_some() {
+        builder = builder.header("set-cookie", "session=1");
+    }
+    builder = builder.header("date", httpdate_now());
+    if let Some(etag) = param("etag") {
+        let tag = format!("\"{etag}\"");
+        builder = builder.header("etag", tag.clone());
+        if req
+            .headers()
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok())
+            == Some(tag.as_str())
+        {
+            return builder.status(304).body(full(Bytes::new())).unwrap();
+        }
+    }
+    let hit = st.hits.load(SeqCst);
+    let body = match param("size").and_then(|s| s.parse::<usize>().ok()) {
+        Some(n) => Bytes::from((0..n).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>()),
+        None => {
+            let lang = req
+                .headers()
+                .get("accept-language")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            Bytes::from(format!("origin {name} /c/{rest} hit {hit} lang {lang}"))
+        }
+    };
+    builder.body(full(body)).unwrap()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn httpdate_now() -> String {
+    streamgate_cache::policy::fmt_http_date(std::time::SystemTime::now())
 }

@@ -5,8 +5,8 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::policy::{Freshness, Timing, parse_http_date};
 
@@ -42,15 +42,34 @@ impl Variant {
     ) -> Variant {
         let tags = tags_of(&headers);
         let etag = headers.get(header::ETAG).cloned();
-        let last_modified = headers.get(header::LAST_MODIFIED).and_then(|v| v.to_str().ok()).and_then(parse_http_date);
-        let header_bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let last_modified = headers
+            .get(header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date);
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
         let size = (body.len() + header_bytes + 256) as u64;
-        Variant { status, headers, body, timing, freshness, selectors, tags, etag, last_modified, size }
+        Variant {
+            status,
+            headers,
+            body,
+            timing,
+            freshness,
+            selectors,
+            tags,
+            etag,
+            last_modified,
+            size,
+        }
     }
 
     /// True when the request carries the values this variant was stored for.
     pub fn matches(&self, req: &HeaderMap) -> bool {
-        self.selectors.iter().all(|(name, want)| crate::key::joined(req, name).as_ref() == want.as_ref())
+        self.selectors
+            .iter()
+            .all(|(name, want)| crate::key::joined(req, name).as_ref() == want.as_ref())
     }
 
     pub fn has_validators(&self) -> bool {
@@ -62,9 +81,15 @@ impl Variant {
     pub fn keep_for(&self, now: SystemTime) -> Duration {
         let age = self.timing.current_age(now);
         let fresh_left = self.freshness.lifetime.saturating_sub(age);
-        let stale_use = self.freshness.stale_while_revalidate.max(self.freshness.stale_if_error);
+        let stale_use = self
+            .freshness
+            .stale_while_revalidate
+            .max(self.freshness.stale_if_error);
         let revalidate = if self.has_validators() {
-            self.freshness.lifetime.max(Duration::from_secs(60)).min(MAX_KEEP_FOR_REVALIDATION)
+            self.freshness
+                .lifetime
+                .max(Duration::from_secs(60))
+                .min(MAX_KEEP_FOR_REVALIDATION)
         } else {
             Duration::ZERO
         };
@@ -73,7 +98,12 @@ impl Variant {
 
     /// After a 304: the stored body with the new response's headers merged in (RFC 9111 §4.3.4)
     /// and new timing and freshness.
-    pub fn refreshed(&self, not_modified: &HeaderMap, timing: Timing, freshness: Freshness) -> Variant {
+    pub fn refreshed(
+        &self,
+        not_modified: &HeaderMap,
+        timing: Timing,
+        freshness: Freshness,
+    ) -> Variant {
         let mut headers = self.headers.clone();
         for name in not_modified.keys() {
             if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
@@ -84,7 +114,14 @@ impl Variant {
                 headers.append(name.clone(), v.clone());
             }
         }
-        Variant::new(self.status, headers, self.body.clone(), timing, freshness, self.selectors.clone())
+        Variant::new(
+            self.status,
+            headers,
+            self.body.clone(),
+            timing,
+            freshness,
+            self.selectors.clone(),
+        )
     }
 
     /// RFC 9110 §13.2.2: does the client's conditional GET/HEAD mean "you have it"?
@@ -98,7 +135,10 @@ impl Variant {
                 t == "*" || weak(t) == ours
             });
         }
-        if let Some(ims) = req.get(header::IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).and_then(parse_http_date)
+        if let Some(ims) = req
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
             && let Some(lm) = self.last_modified
         {
             return lm <= ims;
@@ -122,7 +162,12 @@ fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
     }
     for v in headers.get_all("cache-tag") {
         if let Ok(s) = v.to_str() {
-            tags.extend(s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(Into::into));
+            tags.extend(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(Into::into),
+            );
         }
     }
     tags.sort();
@@ -148,12 +193,22 @@ mod tests {
             must_revalidate: false,
             always_revalidate: false,
         };
-        Variant::new(StatusCode::OK, h, Bytes::from_static(b"body"), Timing::of(&HeaderMap::new(), t, t), f, vec![])
+        Variant::new(
+            StatusCode::OK,
+            h,
+            Bytes::from_static(b"body"),
+            Timing::of(&HeaderMap::new(), t, t),
+            f,
+            vec![],
+        )
     }
 
     #[test]
     fn conditional_requests() {
-        let v = variant(&[("etag", "\"abc\""), ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let v = variant(&[
+            ("etag", "\"abc\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
         let req = |k: &'static str, val: &str| {
             let mut h = HeaderMap::new();
             h.insert(k, HeaderValue::from_str(val).unwrap());
@@ -170,7 +225,11 @@ mod tests {
 
     #[test]
     fn tags_and_refresh() {
-        let v = variant(&[("surrogate-key", "video  show-42"), ("cache-tag", "a, b"), ("x-old", "1")]);
+        let v = variant(&[
+            ("surrogate-key", "video  show-42"),
+            ("cache-tag", "a, b"),
+            ("x-old", "1"),
+        ]);
         let tags: Vec<&str> = v.tags.iter().map(|t| &**t).collect();
         assert_eq!(tags, ["a", "b", "show-42", "video"]);
         let mut nm = HeaderMap::new();
@@ -189,8 +248,15 @@ mod tests {
         let v = variant(&[]);
         let at = v.timing.response_time;
         assert_eq!(v.keep_for(at), Duration::from_secs(60));
-        assert_eq!(v.keep_for(at + Duration::from_secs(100)), Duration::from_secs(1));
+        assert_eq!(
+            v.keep_for(at + Duration::from_secs(100)),
+            Duration::from_secs(1)
+        );
         let with_etag = variant(&[("etag", "\"x\"")]);
-        assert_eq!(with_etag.keep_for(at), Duration::from_secs(120), "kept stale a while for revalidation");
+        assert_eq!(
+            with_etag.keep_for(at),
+            Duration::from_secs(120),
+            "kept stale a while for revalidation"
+        );
     }
 }

@@ -42,20 +42,31 @@ impl Drop for FillGuard {
 
 /// Joins the fill of `key`: the first caller leads, the others follow.
 pub fn join(cache: &Arc<ServiceCache>, key: &str) -> Role {
-    let mut m = cache.fills.inflight.lock().unwrap_or_else(|e| e.into_inner());
+    let mut m = cache
+        .fills
+        .inflight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     if let Some(rx) = m.get(key) {
         return Role::Follower(rx.clone());
     }
     let key: Arc<str> = Arc::from(key);
     let (tx, rx) = watch::channel(());
     m.insert(key.clone(), rx);
-    Role::Leader(FillGuard { cache: cache.clone(), key, _done: tx })
+    Role::Leader(FillGuard {
+        cache: cache.clone(),
+        key,
+        _done: tx,
+    })
 }
 
 /// Waits until the leader is done or `timeout` passes; true if the leader finished.
 pub async fn wait(mut rx: watch::Receiver<()>, timeout: Duration) -> bool {
     // The sender is dropped when the leader finishes: `changed` then fails.
-    matches!(tokio::time::timeout(timeout, rx.changed()).await, Ok(Err(_)))
+    matches!(
+        tokio::time::timeout(timeout, rx.changed()).await,
+        Ok(Err(_))
+    )
 }
 
 #[cfg(test)]
@@ -66,16 +77,31 @@ mod tests {
     #[tokio::test]
     async fn one_leader_many_followers() {
         let spec = crate::store::tests_support::spec(1 << 20);
-        let cache = Arc::new(ServiceCache::new(spec, IntCounter::new("e", "e").unwrap()));
-        let Role::Leader(guard) = join(&cache, "k") else { panic!("first is leader") };
-        let Role::Follower(rx) = join(&cache, "k") else { panic!("second follows") };
+        let cache = Arc::new(ServiceCache::new(
+            spec,
+            IntCounter::new("e", "e").unwrap(),
+            crate::store::tests_support::edge(),
+        ));
+        let Role::Leader(guard) = join(&cache, "k") else {
+            panic!("first is leader")
+        };
+        let Role::Follower(rx) = join(&cache, "k") else {
+            panic!("second follows")
+        };
         assert!(matches!(join(&cache, "other"), Role::Leader(_)));
         let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
         drop(guard);
         assert!(waiter.await.unwrap(), "released when the leader finished");
-        assert!(matches!(join(&cache, "k"), Role::Leader(_)), "the key is free again");
-        let Role::Leader(_g) = join(&cache, "slow") else { panic!() };
-        let Role::Follower(rx) = join(&cache, "slow") else { panic!() };
+        assert!(
+            matches!(join(&cache, "k"), Role::Leader(_)),
+            "the key is free again"
+        );
+        let Role::Leader(_g) = join(&cache, "slow") else {
+            panic!()
+        };
+        let Role::Follower(rx) = join(&cache, "slow") else {
+            panic!()
+        };
         assert!(!wait(rx, Duration::from_millis(20)).await, "timed out");
     }
 }

@@ -22,8 +22,13 @@ pub fn url_key(host: &str, path_and_query: &str, rule: &KeyQuery) -> String {
             key.push_str(q);
         }
         (KeyQuery::Only(keep), Some(q)) => {
-            let mut pairs: Vec<&str> =
-                q.split('&').filter(|kv| keep.iter().any(|k| kv.split('=').next() == Some(k.as_str()))).collect();
+            let mut pairs: Vec<&str> = q
+                .split('&')
+                .filter(|kv| {
+                    keep.iter()
+                        .any(|k| kv.split('=').next() == Some(k.as_str()))
+                })
+                .collect();
             pairs.sort_unstable();
             if !pairs.is_empty() {
                 key.push('?');
@@ -39,7 +44,13 @@ fn host_part(host: &str) -> &str {
     let h = if host.starts_with('[') {
         host.find(']').map_or(host, |i| &host[..=i])
     } else {
-        host.rsplit_once(':').map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host })
+        host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
     };
     h.strip_suffix('.').unwrap_or(h)
 }
@@ -53,7 +64,9 @@ pub fn selectors(names: &[HeaderName], req: &HeaderMap) -> Vec<(HeaderName, Opti
 pub fn joined(req: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     let mut values = req.get_all(name).iter();
     let first = values.next()?;
-    let Some(second) = values.next() else { return Some(first.clone()) };
+    let Some(second) = values.next() else {
+        return Some(first.clone());
+    };
     let mut s = Vec::from(first.as_bytes());
     for v in std::iter::once(second).chain(values) {
         s.extend_from_slice(b", ");
@@ -84,10 +97,19 @@ mod tests {
 
     #[test]
     fn keys() {
-        assert_eq!(url_key("Video.Example.com:8080", "/a/b?x=1&y=2", &KeyQuery::All), "video.example.com/a/b?x=1&y=2");
-        assert_eq!(url_key("v.example.com", "/a?x=1", &KeyQuery::Ignore), "v.example.com/a");
+        assert_eq!(
+            url_key("Video.Example.com:8080", "/a/b?x=1&y=2", &KeyQuery::All),
+            "video.example.com/a/b?x=1&y=2"
+        );
+        assert_eq!(
+            url_key("v.example.com", "/a?x=1", &KeyQuery::Ignore),
+            "v.example.com/a"
+        );
         let only = KeyQuery::Only(vec!["id".into(), "lang".into()]);
-        assert_eq!(url_key("h", "/p?utm=9&lang=de&id=3", &only), "h/p?id=3&lang=de");
+        assert_eq!(
+            url_key("h", "/p?utm=9&lang=de&id=3", &only),
+            "h/p?id=3&lang=de"
+        );
         assert_eq!(url_key("h", "/p?utm=9", &only), "h/p");
         assert_eq!(url_key("[::1]:80", "/", &KeyQuery::All), "[::1]/");
     }
@@ -95,10 +117,19 @@ mod tests {
     #[test]
     fn vary_and_selectors() {
         let mut resp = HeaderMap::new();
-        resp.append("vary", HeaderValue::from_static("Accept-Encoding, accept-language"));
+        resp.append(
+            "vary",
+            HeaderValue::from_static("Accept-Encoding, accept-language"),
+        );
         resp.append("vary", HeaderValue::from_static("accept-encoding"));
         let names = vary_names(&resp);
-        assert_eq!(names, vec![HeaderName::from_static("accept-encoding"), HeaderName::from_static("accept-language")]);
+        assert_eq!(
+            names,
+            vec![
+                HeaderName::from_static("accept-encoding"),
+                HeaderName::from_static("accept-language")
+            ]
+        );
         let mut req = HeaderMap::new();
         req.append("accept-encoding", HeaderValue::from_static("gzip"));
         req.append("accept-encoding", HeaderValue::from_static("br"));

@@ -22,6 +22,37 @@ use streamgate_telemetry::Metrics;
 pub use entry::Variant;
 pub use store::ServiceCache;
 
+use streamgate_telemetry::prometheus::{Histogram, IntCounter};
+use streamgate_telemetry::{CODE_CLASSES, DataType};
+
+/// The region label of responses the edge served itself.
+pub const EDGE: &str = "edge";
+
+/// Metric handles for responses served from a service's cache, resolved once.
+#[derive(Debug, Clone)]
+pub struct EdgeMetrics {
+    /// `global_load_balancer_requests_total{service,region="edge",code_class}`
+    pub requests: [IntCounter; 5],
+    /// `data_locality_requests_total{region="edge",data_type}`
+    pub locality: [IntCounter; 4],
+    pub locality_latency: [Histogram; 4],
+    /// `cache_served_bytes_total{source="cache"}`
+    pub served: IntCounter,
+}
+
+impl EdgeMetrics {
+    fn new(m: &Metrics, service: &str) -> EdgeMetrics {
+        EdgeMetrics {
+            requests: CODE_CLASSES.map(|c| m.requests.with_label_values(&[service, EDGE, c])),
+            locality: DataType::ALL
+                .map(|d| m.locality_requests.with_label_values(&[EDGE, d.as_str()])),
+            locality_latency: DataType::ALL
+                .map(|d| m.locality_latency.with_label_values(&[EDGE, d.as_str()])),
+            served: m.cache_served_bytes.with_label_values(&["cache"]),
+        }
+    }
+}
+
 /// What to invalidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purge {
@@ -45,7 +76,11 @@ pub struct CacheRegistry {
 
 impl CacheRegistry {
     pub fn new(metrics: Arc<Metrics>) -> Arc<CacheRegistry> {
-        Arc::new(CacheRegistry { caches: ArcSwap::default(), write: Mutex::new(()), metrics })
+        Arc::new(CacheRegistry {
+            caches: ArcSwap::default(),
+            write: Mutex::new(()),
+            metrics,
+        })
     }
 
     /// The cache of `service`, created on first use (a lock-free lookup afterwards).
@@ -62,7 +97,11 @@ impl CacheRegistry {
         {
             return c.clone();
         }
-        let cache = Arc::new(ServiceCache::new(spec.clone(), self.metrics.cache_evictions.clone()));
+        let cache = Arc::new(ServiceCache::new(
+            spec.clone(),
+            self.metrics.cache_evictions.clone(),
+            EdgeMetrics::new(&self.metrics, service),
+        ));
         let mut next = HashMap::clone(&current);
         next.insert(service.to_string(), cache.clone());
         self.caches.store(Arc::new(next));
@@ -74,8 +113,11 @@ impl CacheRegistry {
     pub fn retain(&self, services: &[&str]) {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.caches.load_full();
-        let next: HashMap<String, Arc<ServiceCache>> =
-            current.iter().filter(|(k, _)| services.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let next: HashMap<String, Arc<ServiceCache>> = current
+            .iter()
+            .filter(|(k, _)| services.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         self.caches.store(Arc::new(next));
         self.refresh_gauges();
     }
@@ -85,7 +127,11 @@ impl CacheRegistry {
     }
 
     pub fn services(&self) -> Vec<(String, Arc<ServiceCache>)> {
-        self.caches.load().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.caches
+            .load()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Invalidates across every service (or one); returns how many objects went.
@@ -104,6 +150,19 @@ impl CacheRegistry {
         }
         self.refresh_gauges();
         n
+    }
+
+    /// Keeps `cache_bytes` and `cache_objects` current (every second) while the registry lives.
+    pub fn spawn_gauge_refresher(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(r) = weak.upgrade() else { return };
+                r.refresh_gauges();
+            }
+        });
     }
 
     /// Sets `cache_bytes` and `cache_objects` from the stores.

@@ -63,10 +63,10 @@ impl Directives {
             }
         }
         if !any
-            && headers
-                .get_all(header::PRAGMA)
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache")))
+            && headers.get_all(header::PRAGMA).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache"))
+            })
         {
             d.no_cache = true;
         }
@@ -99,12 +99,18 @@ pub fn request_use(method: &Method, headers: &HeaderMap, req: &Directives) -> Re
 
 /// Methods whose success invalidates stored responses for the same URL (RFC 9111 §4.4).
 pub fn invalidates(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::DELETE | Method::PATCH)
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+    )
 }
 
 /// Statuses cacheable by default, i.e. heuristically (RFC 9110 §15.1).
 fn heuristically_cacheable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
 }
 
 /// How long a stored response stays fresh, and what may happen after.
@@ -168,18 +174,19 @@ pub fn storable(
         return Err(NotStored::Private);
     }
     // A request with credentials: only if the response explicitly allows shared caching.
-    if req_headers.contains_key(header::AUTHORIZATION) && !(resp.public || resp.s_maxage.is_some() || resp.must_revalidate) {
+    if req_headers.contains_key(header::AUTHORIZATION)
+        && !(resp.public || resp.s_maxage.is_some() || resp.must_revalidate)
+    {
         return Err(NotStored::Authorization);
     }
     // A response that sets a cookie is for one client; storing it would hand the cookie to all.
     if resp_headers.contains_key(header::SET_COOKIE) {
         return Err(NotStored::SetCookie);
     }
-    if resp_headers
-        .get_all(header::VARY)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|f| f.trim() == "*")))
-    {
+    if resp_headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|f| f.trim() == "*"))
+    }) {
         return Err(NotStored::VaryStar);
     }
     let explicit = if let Some(s) = resp.s_maxage {
@@ -188,7 +195,11 @@ pub fn storable(
         Some(Duration::from_secs(m))
     } else if let Some(expires) = resp_headers.get(header::EXPIRES) {
         // An invalid Expires (e.g. "0") means already expired (§5.3).
-        let expires = expires.to_str().ok().and_then(parse_http_date).unwrap_or(SystemTime::UNIX_EPOCH);
+        let expires = expires
+            .to_str()
+            .ok()
+            .and_then(parse_http_date)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let date = date_of(resp_headers).unwrap_or(now);
         Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
     } else {
@@ -200,9 +211,18 @@ pub fn storable(
             let heuristic = rules
                 .heuristic
                 .then(|| {
-                    let lm = resp_headers.get(header::LAST_MODIFIED)?.to_str().ok().and_then(parse_http_date)?;
+                    let lm = resp_headers
+                        .get(header::LAST_MODIFIED)?
+                        .to_str()
+                        .ok()
+                        .and_then(parse_http_date)?;
                     let date = date_of(resp_headers).unwrap_or(now);
-                    Some(date.duration_since(lm).ok()?.div_f64(10.0).min(MAX_HEURISTIC))
+                    Some(
+                        date.duration_since(lm)
+                            .ok()?
+                            .div_f64(10.0)
+                            .min(MAX_HEURISTIC),
+                    )
                 })
                 .flatten();
             match heuristic {
@@ -219,7 +239,11 @@ pub fn storable(
         lifetime,
         stale_while_revalidate: Duration::from_secs(resp.stale_while_revalidate.unwrap_or(0)),
         // must-revalidate forbids serving stale even on error (§5.2.2.2).
-        stale_if_error: if must_revalidate { Duration::ZERO } else { Duration::from_secs(resp.stale_if_error.unwrap_or(0)) },
+        stale_if_error: if must_revalidate {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(resp.stale_if_error.unwrap_or(0))
+        },
         must_revalidate,
         always_revalidate: resp.no_cache,
     })
@@ -227,7 +251,11 @@ pub fn storable(
 
 /// The Date header, if valid.
 pub fn date_of(headers: &HeaderMap) -> Option<SystemTime> {
-    headers.get(header::DATE)?.to_str().ok().and_then(parse_http_date)
+    headers
+        .get(header::DATE)?
+        .to_str()
+        .ok()
+        .and_then(parse_http_date)
 }
 
 /// When a stored response was received and what the origin said of its age.
@@ -246,15 +274,29 @@ impl Timing {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(Duration::ZERO, Duration::from_secs);
-        Timing { request_time, response_time, date: date_of(headers), age_value }
+        Timing {
+            request_time,
+            response_time,
+            date: date_of(headers),
+            age_value,
+        }
     }
 
     /// current_age of RFC 9111 §4.2.3.
     pub fn current_age(&self, now: SystemTime) -> Duration {
-        let apparent = self.date.and_then(|d| self.response_time.duration_since(d).ok()).unwrap_or(Duration::ZERO);
-        let delay = self.response_time.duration_since(self.request_time).unwrap_or(Duration::ZERO);
+        let apparent = self
+            .date
+            .and_then(|d| self.response_time.duration_since(d).ok())
+            .unwrap_or(Duration::ZERO);
+        let delay = self
+            .response_time
+            .duration_since(self.request_time)
+            .unwrap_or(Duration::ZERO);
         let corrected_initial = apparent.max(self.age_value + delay);
-        corrected_initial + now.duration_since(self.response_time).unwrap_or(Duration::ZERO)
+        corrected_initial
+            + now
+                .duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO)
     }
 }
 
@@ -266,7 +308,9 @@ pub enum Usable {
     StaleWhileRevalidate,
     /// Must be revalidated (or refetched) before use; may serve on origin error until `Duration`
     /// more of staleness.
-    Stale { if_error_for: Duration },
+    Stale {
+        if_error_for: Duration,
+    },
 }
 
 /// Applies the response's freshness and the request's directives (RFC 9111 §4.2, §5.2.1).
@@ -291,14 +335,23 @@ pub fn usability(f: &Freshness, age: Duration, req: &Directives) -> Usable {
             return Usable::StaleWhileRevalidate;
         }
     }
-    Usable::Stale { if_error_for: f.stale_if_error.saturating_sub(staleness) }
+    Usable::Stale {
+        if_error_for: f.stale_if_error.saturating_sub(staleness),
+    }
 }
 
 /// Parses an HTTP date (IMF-fixdate; also RFC 850 and asctime, which recipients must accept).
 pub fn parse_http_date(s: &str) -> Option<SystemTime> {
     let s = s.trim();
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month_of = |m: &str| months.iter().position(|x| x.eq_ignore_ascii_case(m)).map(|i| i as u32 + 1);
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month_of = |m: &str| {
+        months
+            .iter()
+            .position(|x| x.eq_ignore_ascii_case(m))
+            .map(|i| i as u32 + 1)
+    };
     let (day, month, year, time) = if let Some((_, rest)) = s.split_once(", ") {
         let parts: Vec<&str> = rest.split([' ', '-']).collect();
         if parts.len() < 4 {
@@ -308,21 +361,38 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
         if parts[2].len() == 2 {
             year += if year < 70 { 2000 } else { 1900 };
         }
-        (parts[0].parse::<u32>().ok()?, month_of(parts[1])?, year, parts[3])
+        (
+            parts[0].parse::<u32>().ok()?,
+            month_of(parts[1])?,
+            year,
+            parts[3],
+        )
     } else {
         // asctime: "Sun Nov  6 08:49:37 1994"
         let parts: Vec<&str> = s.split_whitespace().collect();
         if parts.len() != 5 {
             return None;
         }
-        (parts[2].parse().ok()?, month_of(parts[1])?, parts[4].parse().ok()?, parts[3])
+        (
+            parts[2].parse().ok()?,
+            month_of(parts[1])?,
+            parts[4].parse().ok()?,
+            parts[3],
+        )
     };
-    let t: Vec<u64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let t: Vec<u64> = time
+        .split(':')
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
     if t.len() != 3 || t[0] > 23 || t[1] > 59 || t[2] > 60 || !(1..=31).contains(&day) {
         return None;
     }
     // Days from civil (Howard Hinnant).
-    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let doy = (153 * i64::from(m) + 2) / 5 + i64::from(day) - 1;
@@ -334,7 +404,9 @@ pub fn parse_http_date(s: &str) -> Option<SystemTime> {
 
 /// Formats an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
 pub fn fmt_http_date(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
@@ -347,7 +419,9 @@ pub fn fmt_http_date(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{weekday}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
         months[(month - 1) as usize],
@@ -377,16 +451,34 @@ mod tests {
     fn at(offset: i64) -> String {
         fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs((NOW as i64 + offset) as u64))
     }
-    const RULES: Rules = Rules { default_ttl: Duration::ZERO, heuristic: true };
+    const RULES: Rules = Rules {
+        default_ttl: Duration::ZERO,
+        heuristic: true,
+    };
 
-    fn decide(req: &[(&'static str, &str)], status: u16, resp: &[(&'static str, &str)]) -> Result<Freshness, NotStored> {
+    fn decide(
+        req: &[(&'static str, &str)],
+        status: u16,
+        resp: &[(&'static str, &str)],
+    ) -> Result<Freshness, NotStored> {
         let (rq, rs) = (headers(req), headers(resp));
-        storable(&Method::GET, &rq, StatusCode::from_u16(status).unwrap(), &rs, &Directives::parse(&rs), RULES, now())
+        storable(
+            &Method::GET,
+            &rq,
+            StatusCode::from_u16(status).unwrap(),
+            &rs,
+            &Directives::parse(&rs),
+            RULES,
+            now(),
+        )
     }
 
     #[test]
     fn dates_round_trip_in_all_three_formats() {
-        assert_eq!(fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t));
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
@@ -399,33 +491,105 @@ mod tests {
     fn freshness_lifetime_precedence() {
         // s-maxage beats max-age beats Expires; s-maxage implies must-revalidate for shared caches.
         let f = decide(&[], 200, &[("cache-control", "max-age=60, s-maxage=30")]).unwrap();
-        assert_eq!((f.lifetime, f.must_revalidate), (Duration::from_secs(30), true));
-        let f = decide(&[], 200, &[("cache-control", "max-age=60"), ("expires", &at(600)), ("date", &at(0))]).unwrap();
+        assert_eq!(
+            (f.lifetime, f.must_revalidate),
+            (Duration::from_secs(30), true)
+        );
+        let f = decide(
+            &[],
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("expires", &at(600)),
+                ("date", &at(0)),
+            ],
+        )
+        .unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(60));
         let f = decide(&[], 200, &[("expires", &at(600)), ("date", &at(0))]).unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(600));
         let f = decide(&[], 200, &[("expires", "0"), ("date", &at(0))]).unwrap();
-        assert_eq!(f.lifetime, Duration::ZERO, "an invalid Expires is already expired");
+        assert_eq!(
+            f.lifetime,
+            Duration::ZERO,
+            "an invalid Expires is already expired"
+        );
     }
 
     #[test]
     fn what_a_shared_cache_must_not_store() {
-        let cases: &[(&[(&'static str, &str)], u16, &[(&'static str, &str)], NotStored)] = &[
-            (&[], 200, &[("cache-control", "no-store, max-age=60")], NotStored::NoStore),
-            (&[], 200, &[("cache-control", "private, max-age=60")], NotStored::Private),
-            (&[("authorization", "Bearer x")], 200, &[("cache-control", "max-age=60")], NotStored::Authorization),
-            (&[], 200, &[("cache-control", "max-age=60"), ("set-cookie", "a=b")], NotStored::SetCookie),
-            (&[], 200, &[("cache-control", "max-age=60"), ("vary", "*")], NotStored::VaryStar),
+        let cases: &[(
+            &[(&'static str, &str)],
+            u16,
+            &[(&'static str, &str)],
+            NotStored,
+        )] = &[
+            (
+                &[],
+                200,
+                &[("cache-control", "no-store, max-age=60")],
+                NotStored::NoStore,
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "private, max-age=60")],
+                NotStored::Private,
+            ),
+            (
+                &[("authorization", "Bearer x")],
+                200,
+                &[("cache-control", "max-age=60")],
+                NotStored::Authorization,
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                NotStored::SetCookie,
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                NotStored::VaryStar,
+            ),
             (&[], 200, &[], NotStored::NoFreshness),
-            (&[], 500, &[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")], NotStored::NoFreshness),
-            (&[], 206, &[("cache-control", "max-age=60")], NotStored::Partial),
+            (
+                &[],
+                500,
+                &[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")],
+                NotStored::NoFreshness,
+            ),
+            (
+                &[],
+                206,
+                &[("cache-control", "max-age=60")],
+                NotStored::Partial,
+            ),
         ];
         for (req, status, resp, why) in cases {
-            assert_eq!(decide(req, *status, resp), Err(*why), "{req:?} {status} {resp:?}");
+            assert_eq!(
+                decide(req, *status, resp),
+                Err(*why),
+                "{req:?} {status} {resp:?}"
+            );
         }
         // Authorization is fine when the response says so explicitly.
-        for cc in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
-            assert!(decide(&[("authorization", "Bearer x")], 200, &[("cache-control", cc)]).is_ok(), "{cc}");
+        for cc in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "must-revalidate, max-age=60",
+        ] {
+            assert!(
+                decide(
+                    &[("authorization", "Bearer x")],
+                    200,
+                    &[("cache-control", cc)]
+                )
+                .is_ok(),
+                "{cc}"
+            );
         }
         // An explicit lifetime makes other statuses cacheable.
         assert!(decide(&[], 500, &[("cache-control", "max-age=5")]).is_ok());
@@ -438,16 +602,44 @@ mod tests {
         assert_eq!(f.lifetime, Duration::from_secs(86_400), "10% of 10 days");
         let f = decide(&[], 404, &[("last-modified", &at(-1000)), ("date", &at(0))]).unwrap();
         assert_eq!(f.lifetime, Duration::from_secs(100));
-        assert_eq!(decide(&[], 302, &[("last-modified", &lm)]), Err(NotStored::NoFreshness), "302 is not heuristically cacheable");
-        let (rq, rs) = (headers(&[]), headers(&[("last-modified", &lm)]));
-        let strict = Rules { default_ttl: Duration::ZERO, heuristic: false };
         assert_eq!(
-            storable(&Method::GET, &rq, StatusCode::OK, &rs, &Directives::parse(&rs), strict, now()),
+            decide(&[], 302, &[("last-modified", &lm)]),
+            Err(NotStored::NoFreshness),
+            "302 is not heuristically cacheable"
+        );
+        let (rq, rs) = (headers(&[]), headers(&[("last-modified", &lm)]));
+        let strict = Rules {
+            default_ttl: Duration::ZERO,
+            heuristic: false,
+        };
+        assert_eq!(
+            storable(
+                &Method::GET,
+                &rq,
+                StatusCode::OK,
+                &rs,
+                &Directives::parse(&rs),
+                strict,
+                now()
+            ),
             Err(NotStored::NoFreshness)
         );
-        let opt_in = Rules { default_ttl: Duration::from_secs(30), heuristic: false };
+        let opt_in = Rules {
+            default_ttl: Duration::from_secs(30),
+            heuristic: false,
+        };
         assert_eq!(
-            storable(&Method::GET, &rq, StatusCode::OK, &rs, &Directives::parse(&rs), opt_in, now()).unwrap().lifetime,
+            storable(
+                &Method::GET,
+                &rq,
+                StatusCode::OK,
+                &rs,
+                &Directives::parse(&rs),
+                opt_in,
+                now()
+            )
+            .unwrap()
+            .lifetime,
             Duration::from_secs(30)
         );
     }
@@ -458,9 +650,15 @@ mod tests {
         let t = Timing::of(&h, now() - Duration::from_secs(2), now());
         // apparent 10 s; corrected age value 5 + 2 s delay = 7: the larger wins.
         assert_eq!(t.current_age(now()), Duration::from_secs(10));
-        assert_eq!(t.current_age(now() + Duration::from_secs(20)), Duration::from_secs(30));
+        assert_eq!(
+            t.current_age(now() + Duration::from_secs(20)),
+            Duration::from_secs(30)
+        );
         let h = headers(&[("age", "100")]);
-        assert_eq!(Timing::of(&h, now(), now()).current_age(now()), Duration::from_secs(100));
+        assert_eq!(
+            Timing::of(&h, now(), now()).current_age(now()),
+            Duration::from_secs(100)
+        );
     }
 
     #[test]
@@ -469,21 +667,54 @@ mod tests {
         let none = Directives::default();
         let s = Duration::from_secs;
         assert_eq!(usability(&f("max-age=60"), s(30), &none), Usable::Fresh);
-        assert_eq!(usability(&f("max-age=60"), s(61), &none), Usable::Stale { if_error_for: s(0) });
-        assert_eq!(usability(&f("max-age=60, stale-while-revalidate=30"), s(80), &none), Usable::StaleWhileRevalidate);
-        assert_eq!(usability(&f("max-age=60, stale-while-revalidate=30"), s(95), &none), Usable::Stale { if_error_for: s(0) });
-        assert_eq!(usability(&f("max-age=60, stale-if-error=300"), s(100), &none), Usable::Stale { if_error_for: s(260) });
         assert_eq!(
-            usability(&f("max-age=60, must-revalidate, stale-if-error=300"), s(100), &none),
+            usability(&f("max-age=60"), s(61), &none),
+            Usable::Stale { if_error_for: s(0) }
+        );
+        assert_eq!(
+            usability(&f("max-age=60, stale-while-revalidate=30"), s(80), &none),
+            Usable::StaleWhileRevalidate
+        );
+        assert_eq!(
+            usability(&f("max-age=60, stale-while-revalidate=30"), s(95), &none),
+            Usable::Stale { if_error_for: s(0) }
+        );
+        assert_eq!(
+            usability(&f("max-age=60, stale-if-error=300"), s(100), &none),
+            Usable::Stale {
+                if_error_for: s(260)
+            }
+        );
+        assert_eq!(
+            usability(
+                &f("max-age=60, must-revalidate, stale-if-error=300"),
+                s(100),
+                &none
+            ),
             Usable::Stale { if_error_for: s(0) },
             "must-revalidate forbids stale on error"
         );
-        assert_eq!(usability(&f("max-age=60, no-cache"), s(1), &none), Usable::Stale { if_error_for: s(0) });
+        assert_eq!(
+            usability(&f("max-age=60, no-cache"), s(1), &none),
+            Usable::Stale { if_error_for: s(0) }
+        );
         let req = |cc: &str| Directives::parse(&headers(&[("cache-control", cc)]));
-        assert_eq!(usability(&f("max-age=60"), s(30), &req("no-cache")), Usable::Stale { if_error_for: s(0) });
-        assert_eq!(usability(&f("max-age=60"), s(30), &req("max-age=10")), Usable::Stale { if_error_for: s(0) });
-        assert_eq!(usability(&f("max-age=60"), s(50), &req("min-fresh=20")), Usable::Stale { if_error_for: s(0) });
-        assert_eq!(usability(&f("max-age=60"), s(70), &req("max-stale=20")), Usable::Fresh);
+        assert_eq!(
+            usability(&f("max-age=60"), s(30), &req("no-cache")),
+            Usable::Stale { if_error_for: s(0) }
+        );
+        assert_eq!(
+            usability(&f("max-age=60"), s(30), &req("max-age=10")),
+            Usable::Stale { if_error_for: s(0) }
+        );
+        assert_eq!(
+            usability(&f("max-age=60"), s(50), &req("min-fresh=20")),
+            Usable::Stale { if_error_for: s(0) }
+        );
+        assert_eq!(
+            usability(&f("max-age=60"), s(70), &req("max-stale=20")),
+            Usable::Fresh
+        );
         let pragma = Directives::parse(&headers(&[("pragma", "no-cache")]));
         assert!(pragma.no_cache);
     }
@@ -491,10 +722,19 @@ mod tests {
     #[test]
     fn requests_that_bypass() {
         let none = Directives::default();
-        assert_eq!(request_use(&Method::POST, &HeaderMap::new(), &none), RequestUse::Bypass("method"));
+        assert_eq!(
+            request_use(&Method::POST, &HeaderMap::new(), &none),
+            RequestUse::Bypass("method")
+        );
         let ns = Directives::parse(&headers(&[("cache-control", "no-store")]));
-        assert_eq!(request_use(&Method::GET, &HeaderMap::new(), &ns), RequestUse::Bypass("request no-store"));
-        assert_eq!(request_use(&Method::HEAD, &HeaderMap::new(), &none), RequestUse::Cacheable);
+        assert_eq!(
+            request_use(&Method::GET, &HeaderMap::new(), &ns),
+            RequestUse::Bypass("request no-store")
+        );
+        assert_eq!(
+            request_use(&Method::HEAD, &HeaderMap::new(), &none),
+            RequestUse::Cacheable
+        );
         assert!(invalidates(&Method::DELETE) && !invalidates(&Method::GET));
     }
 }

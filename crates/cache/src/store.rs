@@ -22,31 +22,55 @@ pub struct ServiceCache {
     pub spec: CacheSpec,
     entries: Cache<Arc<str>, Entry>,
     pub fills: Fills,
+    pub metrics: crate::EdgeMetrics,
 }
 
 struct KeepWhileUseful;
 
 impl moka::Expiry<Arc<str>, Entry> for KeepWhileUseful {
-    fn expire_after_create(&self, _key: &Arc<str>, value: &Entry, _at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Entry,
+        _at: Instant,
+    ) -> Option<Duration> {
         Some(keep_for(value))
     }
 
-    fn expire_after_update(&self, _key: &Arc<str>, value: &Entry, _at: Instant, _left: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        value: &Entry,
+        _at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
         Some(keep_for(value))
     }
 }
 
 fn keep_for(entry: &Entry) -> Duration {
     let now = SystemTime::now();
-    entry.iter().map(|v| v.keep_for(now)).max().unwrap_or(Duration::from_secs(1))
+    entry
+        .iter()
+        .map(|v| v.keep_for(now))
+        .max()
+        .unwrap_or(Duration::from_secs(1))
 }
 
 fn weight(entry: &Entry) -> u32 {
-    entry.iter().map(|v| v.size).sum::<u64>().min(u64::from(u32::MAX)) as u32
+    entry
+        .iter()
+        .map(|v| v.size)
+        .sum::<u64>()
+        .min(u64::from(u32::MAX)) as u32
 }
 
 impl ServiceCache {
-    pub fn new(spec: CacheSpec, evictions: IntCounter) -> ServiceCache {
+    pub fn new(
+        spec: CacheSpec,
+        evictions: IntCounter,
+        metrics: crate::EdgeMetrics,
+    ) -> ServiceCache {
         let entries = Cache::builder()
             .max_capacity(spec.max_size)
             .weigher(|_k: &Arc<str>, v: &Entry| weight(v))
@@ -57,7 +81,12 @@ impl ServiceCache {
                 }
             })
             .build();
-        ServiceCache { spec, entries, fills: Fills::default() }
+        ServiceCache {
+            spec,
+            entries,
+            fills: Fills::default(),
+            metrics,
+        }
     }
 
     /// The stored variant for this URL that matches the request's selecting headers.
@@ -76,7 +105,12 @@ impl ServiceCache {
         let mut list: Vec<Arc<Variant>> = self
             .entries
             .get(key)
-            .map(|e| e.iter().filter(|v| v.selectors != variant.selectors).cloned().collect())
+            .map(|e| {
+                e.iter()
+                    .filter(|v| v.selectors != variant.selectors)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         list.push(variant);
         self.entries.insert(Arc::from(key), Arc::new(list));
@@ -103,7 +137,11 @@ impl ServiceCache {
             .collect();
         let mut n = 0;
         for (k, e) in keys {
-            let keep: Vec<Arc<Variant>> = e.iter().filter(|v| !v.tags.iter().any(|t| &**t == tag)).cloned().collect();
+            let keep: Vec<Arc<Variant>> = e
+                .iter()
+                .filter(|v| !v.tags.iter().any(|t| &**t == tag))
+                .cloned()
+                .collect();
             n += e.len() - keep.len();
             if keep.is_empty() {
                 self.entries.invalidate(&k);
@@ -115,15 +153,19 @@ impl ServiceCache {
     }
 
     pub fn purge_all(&self) -> usize {
-        let n = self.objects() as usize;
+        let n: usize = self.entries.iter().map(|(_, e)| e.len()).sum();
         self.entries.invalidate_all();
         self.entries.run_pending_tasks();
         n
     }
 
     fn purge_where(&self, pred: impl Fn(&str, &Entry) -> bool) -> usize {
-        let victims: Vec<(Arc<str>, usize)> =
-            self.entries.iter().filter(|(k, e)| pred(k, e)).map(|(k, e)| (Arc::clone(&*k), e.len())).collect();
+        let victims: Vec<(Arc<str>, usize)> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| pred(k, e))
+            .map(|(k, e)| (Arc::clone(&*k), e.len()))
+            .collect();
         let mut n = 0;
         for (k, count) in victims {
             if self.entries.remove(&k).is_some() {
@@ -138,9 +180,9 @@ impl ServiceCache {
         self.entries.weighted_size()
     }
 
-    /// Stored objects (variants).
+    /// Stored URLs (each with one or more variants).
     pub fn objects(&self) -> u64 {
-        self.entries.iter().map(|(_, e)| e.len() as u64).sum()
+        self.entries.entry_count()
     }
 
     /// Runs pending evictions now (normally done as writes happen).
@@ -166,11 +208,15 @@ pub(crate) mod tests_support {
             lock_timeout: Duration::from_secs(1),
         }
     }
+
+    pub(crate) fn edge() -> crate::EdgeMetrics {
+        crate::EdgeMetrics::new(&streamgate_telemetry::Metrics::new(), "test")
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::tests_support::spec;
+    use super::tests_support::{edge, spec};
     use super::*;
     use crate::policy::{Freshness, Timing};
     use bytes::Bytes;
@@ -189,13 +235,20 @@ mod tests {
             must_revalidate: false,
             always_revalidate: false,
         };
-        Variant::new(StatusCode::OK, h, Bytes::from(vec![0u8; body]), Timing::of(&HeaderMap::new(), now, now), f, vec![])
+        Variant::new(
+            StatusCode::OK,
+            h,
+            Bytes::from(vec![0u8; body]),
+            Timing::of(&HeaderMap::new(), now, now),
+            f,
+            vec![],
+        )
     }
 
     #[test]
     fn byte_bound_holds_after_writing_ten_times_the_bound() {
         let counter = IntCounter::new("e", "e").unwrap();
-        let c = ServiceCache::new(spec(1 << 20), counter.clone());
+        let c = ServiceCache::new(spec(1 << 20), counter.clone(), edge());
         for i in 0..1000 {
             c.insert(&format!("h/{i}"), variant(10 * 1024, ""));
         }
@@ -203,12 +256,15 @@ mod tests {
         assert!(c.bytes() <= 1 << 20, "{} bytes", c.bytes());
         assert!(c.objects() > 50, "{}", c.objects());
         assert!(counter.get() > 0, "evictions counted");
-        assert!(!c.insert("h/huge", variant(300 * 1024, "")), "over max_object_size");
+        assert!(
+            !c.insert("h/huge", variant(300 * 1024, "")),
+            "over max_object_size"
+        );
     }
 
     #[test]
     fn purge_by_url_prefix_tag_and_all() {
-        let c = ServiceCache::new(spec(10 << 20), IntCounter::new("e", "e").unwrap());
+        let c = ServiceCache::new(spec(10 << 20), IntCounter::new("e", "e").unwrap(), edge());
         c.insert("h/a/1", variant(10, "show-1 video"));
         c.insert("h/a/2", variant(10, "show-2 video"));
         c.insert("h/b/1", variant(10, "show-1"));

@@ -996,21 +996,6 @@ fn retry(raw: Option<&RawRetry>, svc: &str, ctx: &mut Ctx<'_>) -> Retry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_status_range;
-
-    #[test]
-    fn status_ranges() {
-        assert_eq!(parse_status_range("200"), Some((200, 200)));
-        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
-        assert_eq!(parse_status_range("2xx"), Some((200, 299)));
-        assert_eq!(parse_status_range("399-200"), None);
-        assert_eq!(parse_status_range("700"), None);
-        assert_eq!(parse_status_range("ok"), None);
-    }
-}
-
 fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
     let c = raw.get_ref();
     let p = format!("{svc}.cache");
@@ -1033,7 +1018,11 @@ fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
         Some(v) => {
             let n = size(v, "max_object_size", ctx).unwrap_or(1);
             if n > max_size {
-                ctx.err(v.span(), format!("{p}.max_object_size"), "must not be larger than max_size");
+                ctx.err(
+                    v.span(),
+                    format!("{p}.max_object_size"),
+                    "must not be larger than max_size",
+                );
             }
             n
         }
@@ -1062,8 +1051,16 @@ fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
     let mut key_headers = Vec::new();
     for (i, h) in c.key_headers.iter().enumerate() {
         let name = h.get_ref().trim().to_ascii_lowercase();
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            ctx.err(h.span(), format!("{p}.key_headers[{i}]"), format!("\"{}\" is not a header name", h.get_ref()));
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            ctx.err(
+                h.span(),
+                format!("{p}.key_headers[{i}]"),
+                format!("\"{}\" is not a header name", h.get_ref()),
+            );
         } else {
             key_headers.push(name);
         }
@@ -1071,7 +1068,11 @@ fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
     let mut purge_from = Vec::new();
     for (i, t) in c.purge_from.iter().enumerate() {
         let s = t.get_ref().trim();
-        match s.parse::<IpNet>().ok().or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from)) {
+        match s
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        {
             Some(n) => purge_from.push(n.trunc()),
             None => ctx.err(
                 t.span(),
@@ -1085,7 +1086,11 @@ fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
         Some(v) => {
             let n = v.get_ref().trim().to_ascii_lowercase();
             if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                ctx.err(v.span(), format!("{p}.status_header"), format!("\"{}\" is not a header name", v.get_ref()));
+                ctx.err(
+                    v.span(),
+                    format!("{p}.status_header"),
+                    format!("\"{}\" is not a header name", v.get_ref()),
+                );
             }
             n
         }
@@ -1099,6 +1104,25 @@ fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
         key_headers,
         purge_from,
         status_header,
-        lock_timeout: ctx.duration(&c.lock_timeout, format!("{p}.lock_timeout"), Duration::from_secs(5)),
+        lock_timeout: ctx.duration(
+            &c.lock_timeout,
+            format!("{p}.lock_timeout"),
+            Duration::from_secs(5),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_status_range;
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_range("200"), Some((200, 200)));
+        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
+        assert_eq!(parse_status_range("2xx"), Some((200, 299)));
+        assert_eq!(parse_status_range("399-200"), None);
+        assert_eq!(parse_status_range("700"), None);
+        assert_eq!(parse_status_range("ok"), None);
     }
 }

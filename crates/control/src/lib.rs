@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use streamgate_balance::{GeoHandle, TableHandle};
+use streamgate_cache::CacheRegistry;
 use streamgate_telemetry::Metrics;
 use tokio::sync::{Notify, watch};
 
@@ -36,6 +37,9 @@ pub struct Control {
     pub geo: GeoHandle,
     pub metrics: Arc<Metrics>,
     pub config_path: PathBuf,
+    pub caches: Arc<CacheRegistry>,
+    /// Bound HTTP listeners (name, address), for prefetching through the normal path.
+    listeners: Mutex<Vec<(String, std::net::SocketAddr)>>,
     pub(crate) health: Mutex<HealthSupervisor>,
     /// Woken on backend transitions and operator actions, so the evaluator reacts at once.
     pub(crate) changed: Arc<Notify>,
@@ -51,6 +55,7 @@ impl Control {
         geo: GeoHandle,
         metrics: Arc<Metrics>,
         config_path: PathBuf,
+        caches: Arc<CacheRegistry>,
     ) -> Arc<Control> {
         let changed = Arc::new(Notify::new());
         let geo_stamp = table
@@ -65,6 +70,8 @@ impl Control {
             geo,
             metrics,
             config_path,
+            caches,
+            listeners: Mutex::new(Vec::new()),
             changed,
             status: Mutex::new(ConfigStatus {
                 loaded_at: SystemTime::now(),
@@ -96,6 +103,18 @@ impl Control {
             self.changed.clone(),
             shutdown,
         ));
+    }
+
+    /// Records where the HTTP listeners are bound (prefetch goes through them).
+    pub fn set_listeners(&self, list: Vec<(String, std::net::SocketAddr)>) {
+        *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = list;
+    }
+
+    pub fn listeners(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Readiness: the config is loaded and every listener is bound.

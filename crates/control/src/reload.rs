@@ -98,6 +98,13 @@ impl Control {
         ));
         let version = table.version;
         self.table.store(table.clone());
+        let names: Vec<&str> = table
+            .services
+            .iter()
+            .filter(|s| s.spec.cache.is_some())
+            .map(|s| &*s.name)
+            .collect();
+        self.caches.retain(&names);
         self.health
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use streamgate_balance::{GeoDb, GeoHandle, RoutingTable, TableHandle};
+use streamgate_cache::CacheRegistry;
 use streamgate_config::{AccessLogFormat, Config, Protocol};
 use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
@@ -110,12 +111,15 @@ impl Daemon {
         } else {
             None
         };
+        let caches = CacheRegistry::new(metrics.clone());
+        caches.spawn_gauge_refresher();
         let shared = Shared {
             table: table.clone(),
             geo: geo.clone(),
             upstreams: upstreams.clone(),
             metrics: metrics.clone(),
             access_log: access_log.clone(),
+            caches: caches.clone(),
         };
 
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -150,7 +154,9 @@ impl Daemon {
             geo.clone(),
             metrics.clone(),
             config.source.path.clone(),
+            caches.clone(),
         );
+        control.set_listeners(listeners.clone());
         control.start(shutdown_rx.clone());
         tasks.spawn(admin::serve(
             admin_listener,

@@ -1,6 +1,7 @@
 //! The admin API (JSON) and /metrics on their own listener. Off loopback every endpoint but
 //! /live and /ready requires `Authorization: Bearer <token>` from `admin.token_file`.
 
+mod cache;
 mod handlers;
 
 use std::convert::Infallible;
@@ -174,6 +175,9 @@ async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>
         (&Method::POST, ["reload"]) => handlers::reload(control).await,
         (&Method::GET, ["config"]) => handlers::config(control),
         (&Method::GET, ["explain"]) => handlers::explain(control, &query),
+        (&Method::GET, ["cache"]) => cache::stats(control),
+        (&Method::POST, ["cache", "purge"]) => cache::purge(control, &body),
+        (&Method::POST, ["cache", "prefetch"]) => cache::prefetch(control, &body).await,
         (
             _,
             [

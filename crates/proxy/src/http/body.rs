@@ -16,6 +16,7 @@ use std::time::Instant;
 use streamgate_telemetry::access_log::{AccessLog, AccessRecord};
 use streamgate_telemetry::prometheus::IntCounter;
 
+use super::cached::Recorder;
 use crate::io::ActiveRequest;
 use crate::upstream::UpstreamBody;
 
@@ -80,6 +81,17 @@ pub struct PendingLog {
     pub started: Instant,
 }
 
+impl Completion {
+    /// Marks the request active until the body ends.
+    pub fn serving(active: ActiveRequest) -> Completion {
+        Completion {
+            lease: None,
+            active: Some(active),
+            log: None,
+        }
+    }
+}
+
 impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(mut p) = self.log.take() {
@@ -99,6 +111,8 @@ pub struct ProxyBody {
     done: Option<Completion>,
     /// `cache_served_bytes_total{source}` of where this body comes from.
     served: Option<IntCounter>,
+    /// Copies the body into the cache as it streams to the client.
+    record: Option<Box<Recorder>>,
 }
 
 #[derive(Debug)]
@@ -113,7 +127,24 @@ impl ProxyBody {
             inner: Inner::Upstream(body),
             done: Some(done),
             served: Some(served),
+            record: None,
         }
+    }
+
+    /// A stored body served from the cache.
+    pub fn stored(data: Bytes, done: Completion, served: IntCounter) -> ProxyBody {
+        let inner = Inner::Full(if data.is_empty() { None } else { Some(data) });
+        ProxyBody {
+            inner,
+            done: Some(done),
+            served: Some(served),
+            record: None,
+        }
+    }
+
+    /// Stores the body in the cache once it has streamed completely.
+    pub fn record_into(&mut self, recorder: Recorder) {
+        self.record = Some(Box::new(recorder));
     }
 
     pub fn full(data: impl Into<Bytes>, done: Completion) -> ProxyBody {
@@ -123,6 +154,7 @@ impl ProxyBody {
             inner,
             done: Some(done),
             served: None,
+            record: None,
         }
     }
 
@@ -131,6 +163,7 @@ impl ProxyBody {
             inner: Inner::Full(None),
             done: None,
             served: None,
+            record: None,
         }
     }
 
@@ -163,6 +196,27 @@ impl Body for ProxyBody {
             if let Some(log) = this.done.as_mut().and_then(|d| d.log.as_mut()) {
                 log.record.bytes_out += n;
             }
+            if let Some(r) = &mut this.record
+                && !r.push(data)
+            {
+                this.record = None;
+            }
+        }
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            // hyper stops polling once a body says it has ended, so the last data frame has to
+            // complete the recording.
+            Poll::Ready(Some(Ok(f))) if f.is_data() => this.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(r) = this.record.take() {
+            r.finish();
+        }
+        match &polled {
+            // Trailers or an error: the object is not stored.
+            Poll::Ready(Some(Err(_))) => this.record = None,
+            Poll::Ready(Some(Ok(f))) if f.is_trailers() => this.record = None,
+            _ => {}
         }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The response is complete (or broken): release the backend now, not when hyper

@@ -1,5 +1,6 @@
-//! One HTTP request, end to end: match a service, pick a region and backend, forward over a pooled
-//! connection, retry once where safe, stream the answer back.
+//! One HTTP request, end to end: match a service ([`HttpProxy::prepare`]), then answer from the
+//! cache ([`super::cached`]) or pick a region and backend and forward over a pooled connection,
+//! retrying where safe ([`HttpProxy::fetch`]), and stream the answer back.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
+use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -26,6 +28,33 @@ use super::headers::{add_forwarding, append_via, client_ip, is_idempotent, strip
 use crate::io::ActiveRequest;
 use crate::upstream::{ExchangeTimeouts, UpstreamBody};
 
+/// Most backends one request tries when connections fail.
+const MAX_TRIES: usize = 8;
+
+/// A request matched to its service and rewritten for the backend.
+#[derive(Debug)]
+pub(crate) struct Outbound<'t> {
+    pub service: &'t Service,
+    pub facts: ClientFacts,
+    /// The head as it goes upstream: hop-by-hop removed, forwarding headers added, HTTP/1.1.
+    pub parts: Parts,
+    pub host: HeaderValue,
+    pub path_and_query: PathAndQuery,
+    pub body: RequestBody,
+    pub client_version: Version,
+    pub peer: SocketAddr,
+    pub started: Instant,
+}
+
+/// A backend's answer (head read, body not yet) and where it came from.
+#[derive(Debug)]
+pub(crate) struct Fetched<'t> {
+    pub resp: Response<UpstreamBody>,
+    pub lease: Lease,
+    pub pick: Pick<'t>,
+    pub head_at: Instant,
+}
+
 impl HttpProxy {
     /// Answers one request. Never fails: every error becomes a response.
     pub async fn handle(
@@ -44,18 +73,34 @@ impl HttpProxy {
                 started,
             })
         });
-        let mut resp = match self
-            .forward(&table, req, peer, active, started, &mut log)
-            .await
-        {
-            Ok(resp) => resp,
-            Err((e, active)) => error_response(&e, active),
+        let mut resp = match self.prepare(&table, req, peer, started, &mut log) {
+            Err(e) => error_response(&e, active),
+            Ok(out) => match out.service.spec.cache.as_ref() {
+                Some(spec) => {
+                    let cache = self.caches.for_service(&out.service.name, spec);
+                    self.cached(&table, cache, out, active, &mut log).await
+                }
+                None => self.pass(out, active, &mut log).await,
+            },
         };
         if let Some(mut pending) = log {
             pending.record.status = resp.status().as_u16();
             resp.body_mut().log_when_done(pending);
         }
         resp
+    }
+
+    /// Straight to the origin, no cache.
+    pub(crate) async fn pass(
+        &self,
+        mut out: Outbound<'_>,
+        active: ActiveRequest,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Response<ProxyBody> {
+        match self.fetch(&mut out, log).await {
+            Ok(f) => self.origin_response(f, &out, DataType::Pass, Completion::serving(active)),
+            Err(e) => error_response(&e, active),
+        }
     }
 
     fn log_skeleton(&self, req: &Request<Incoming>, peer: SocketAddr) -> AccessRecord {
@@ -88,45 +133,35 @@ impl HttpProxy {
         }
     }
 
-    async fn forward(
+    /// Matches the request to a service and rewrites its head for the backend.
+    pub(crate) fn prepare<'t>(
         &self,
-        table: &Arc<RoutingTable>,
+        table: &'t RoutingTable,
         req: Request<Incoming>,
         peer: SocketAddr,
-        active: ActiveRequest,
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
-    ) -> Result<Response<ProxyBody>, (ProxyError, ActiveRequest)> {
+    ) -> Result<Outbound<'t>, ProxyError> {
         if req.method() == Method::CONNECT {
-            let method = req.method().to_string();
-            return Err((ProxyError::MethodNotAllowed { method }, active));
+            return Err(ProxyError::MethodNotAllowed {
+                method: req.method().to_string(),
+            });
         }
-        let Some(host) = request_host(&req) else {
-            return Err((ProxyError::MissingHost, active));
-        };
+        let host = request_host(&req).ok_or(ProxyError::MissingHost)?;
         let service = match table.route(&self.listener, host_str(&host), req.uri().path()) {
             Ok(s) => s,
             Err(NoRoute::Host) => {
-                return Err((
-                    ProxyError::UnknownHost {
-                        listener: self.listener.to_string(),
-                    },
-                    active,
-                ));
+                return Err(ProxyError::UnknownHost {
+                    listener: self.listener.to_string(),
+                });
             }
             Err(NoRoute::Path) => {
-                return Err((
-                    ProxyError::UnknownPath {
-                        listener: self.listener.to_string(),
-                    },
-                    active,
-                ));
+                return Err(ProxyError::UnknownPath {
+                    listener: self.listener.to_string(),
+                });
             }
         };
         service.state.note_request(nanos_at(started));
-        if let Some(l) = log.as_mut() {
-            l.record.service = Some(service.name.clone());
-        }
 
         let trusted = table
             .config
@@ -144,6 +179,7 @@ impl HttpProxy {
             facts.geo = db.lookup(ip);
         }
         if let Some(l) = log.as_mut() {
+            l.record.service = Some(service.name.clone());
             l.record.client = ip.to_canonical();
         }
 
@@ -159,41 +195,60 @@ impl HttpProxy {
         );
         // The backend sees the host the client asked for (from the URI for HTTP/2 and
         // absolute-form requests).
-        parts.headers.insert(header::HOST, host);
+        parts.headers.insert(header::HOST, host.clone());
         parts.version = Version::HTTP_11;
         let path_and_query = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut body = if body.is_end_stream() {
+        let body = if body.is_end_stream() {
             RequestBody::Empty
         } else {
             let counter = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+            if let Some(l) = log.as_mut() {
+                l.bytes_in = counter.clone();
+            }
             RequestBody::Stream(body, counter)
         };
-        if let (Some(l), RequestBody::Stream(_, counter)) = (log.as_mut(), &body) {
-            l.bytes_in = counter.clone();
-        }
+        Ok(Outbound {
+            service,
+            facts,
+            parts,
+            host,
+            path_and_query,
+            body,
+            client_version,
+            peer,
+            started,
+        })
+    }
 
+    /// Picks a backend and sends the request, retrying elsewhere where safe. Records the
+    /// request's routing, status class and latency metrics.
+    pub(crate) async fn fetch<'t>(
+        &self,
+        out: &mut Outbound<'t>,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Result<Fetched<'t>, ProxyError> {
+        let service = out.service;
         let timeouts = service.spec.timeouts;
         let exchange_timeouts = ExchangeTimeouts {
             connect: timeouts.connect,
             idle: timeouts.upstream_idle,
             body_stall: timeouts.upstream_response,
         };
-        let idempotent = is_idempotent(&parts.method);
+        let idempotent = is_idempotent(&out.parts.method);
         let max_sent_attempts = 1 + service.spec.retry.attempts;
-        let Some(mut pick) = service.pick(&facts, &[]) else {
-            let e = ProxyError::NoBackend {
-                service: service.name.to_string(),
-            };
+        let Some(mut pick) = service.pick(&out.facts, &[]) else {
             warn!(service = %service.name, "no usable backend in any region: answering 503");
             self.metrics
                 .requests
                 .with_label_values(&[&*service.name, "none", "5xx"])
                 .inc();
-            return Err((e, active));
+            return Err(ProxyError::NoBackend {
+                service: service.name.to_string(),
+            });
         };
         // Backends this request already failed on, so a retry goes elsewhere.
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -203,7 +258,7 @@ impl HttpProxy {
         loop {
             // One clock read per attempt: the lease, the pool's idle check and the deadline share it.
             let attempt_at = if tried.is_empty() {
-                started
+                out.started
             } else {
                 Instant::now()
             };
@@ -216,15 +271,14 @@ impl HttpProxy {
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
             let exchange = self.upstreams.send(
                 pick.backend.address,
-                &parts,
-                path_and_query.as_str(),
-                &mut body,
+                &out.parts,
+                out.path_and_query.as_str(),
+                &mut out.body,
                 exchange_timeouts,
                 attempt_at,
             );
             let deadline = tokio::time::Instant::from_std(attempt_at + timeouts.upstream_response);
-            let sent = tokio::time::timeout_at(deadline, exchange).await;
-            let failure = match sent {
+            let failure = match tokio::time::timeout_at(deadline, exchange).await {
                 Ok(Ok(resp)) => {
                     sent_attempts += 1;
                     let head_at = Instant::now();
@@ -243,8 +297,8 @@ impl HttpProxy {
                     if retry_status
                         && idempotent
                         && sent_attempts < max_sent_attempts
-                        && matches!(body, RequestBody::Empty)
-                        && let Some(next) = self.retry_target(service, &facts, &tried)
+                        && matches!(out.body, RequestBody::Empty)
+                        && let Some(next) = self.retry_target(service, &out.facts, &tried)
                     {
                         warn!(
                             service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
@@ -254,23 +308,17 @@ impl HttpProxy {
                         pick = next;
                         continue;
                     }
-                    let to_head = head_at.saturating_duration_since(started).as_secs_f64();
                     let m = &pick.region.metrics;
-                    m.latency.observe(to_head);
-                    m.locality[DataType::Pass.index()].inc();
-                    m.locality_latency[DataType::Pass.index()].observe(to_head);
-                    pick.region.metrics.routing[pick.reason.index()].inc();
-                    pick.region.metrics.requests[code_class_index(status.as_u16())].inc();
-                    return Ok(upstream_response(
+                    m.latency
+                        .observe(head_at.saturating_duration_since(out.started).as_secs_f64());
+                    m.routing[pick.reason.index()].inc();
+                    m.requests[code_class_index(status.as_u16())].inc();
+                    return Ok(Fetched {
                         resp,
-                        &self.served_origin,
-                        client_version,
-                        Completion {
-                            lease: Some(lease),
-                            active: Some(active),
-                            log: None,
-                        },
-                    ));
+                        lease,
+                        pick,
+                        head_at,
+                    });
                 }
                 Ok(Err(e)) => ProxyError::from_upstream(pick.backend.address, e),
                 Err(_) => ProxyError::ResponseTimeout {
@@ -303,11 +351,11 @@ impl HttpProxy {
                 tried.len() < MAX_TRIES
             } else {
                 idempotent
-                    && matches!(body, RequestBody::Empty)
+                    && matches!(out.body, RequestBody::Empty)
                     && !matches!(failure, ProxyError::ResponseTimeout { .. })
                     && sent_attempts < max_sent_attempts
             };
-            if may_retry && let Some(next) = self.retry_target(service, &facts, &tried) {
+            if may_retry && let Some(next) = self.retry_target(service, &out.facts, &tried) {
                 warn!(
                     service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
                     next = %next.backend.address, error = %failure, "backend failed; retrying on another backend"
@@ -321,8 +369,27 @@ impl HttpProxy {
             );
             pick.region.metrics.routing[pick.reason.index()].inc();
             pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
-            return Err((failure, active));
+            return Err(failure);
         }
+    }
+
+    /// The client's response streaming from a backend's; counts where its data came from.
+    pub(crate) fn origin_response(
+        &self,
+        f: Fetched<'_>,
+        out: &Outbound<'_>,
+        data_type: DataType,
+        mut done: Completion,
+    ) -> Response<ProxyBody> {
+        let m = &f.pick.region.metrics;
+        m.locality[data_type.index()].inc();
+        m.locality_latency[data_type.index()].observe(
+            f.head_at
+                .saturating_duration_since(out.started)
+                .as_secs_f64(),
+        );
+        done.lease = Some(f.lease);
+        upstream_response(f.resp, &self.served_origin, out.client_version, done)
     }
 
     /// Another backend for a retry, if there is one and the retry budget allows it.
@@ -357,9 +424,6 @@ impl HttpProxy {
     }
 }
 
-/// Most backends one request tries when connections fail.
-const MAX_TRIES: usize = 8;
-
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
 fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     if let Some(a) = req.uri().authority() {
@@ -373,7 +437,7 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
-fn host_str(h: &HeaderValue) -> &str {
+pub(crate) fn host_str(h: &HeaderValue) -> &str {
     h.to_str().unwrap_or("")
 }
 
@@ -391,14 +455,10 @@ fn upstream_response(
     Response::from_parts(parts, ProxyBody::upstream(body, done, served.clone()))
 }
 
-fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<ProxyBody> {
+pub(crate) fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(
         e.client_message(),
-        Completion {
-            lease: None,
-            active: Some(active),
-            log: None,
-        },
+        Completion::serving(active),
     ));
     *resp.status_mut() = e.status();
     let h = resp.headers_mut();

@@ -2,6 +2,7 @@
 //! backends.
 
 pub mod body;
+mod cached;
 pub mod error;
 mod forward;
 pub mod headers;
@@ -16,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use streamgate_balance::{GeoHandle, TableHandle};
+use streamgate_cache::CacheRegistry;
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::AccessLog;
 use streamgate_telemetry::prometheus::IntCounter;
@@ -37,6 +39,7 @@ pub struct HttpProxy {
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
+    caches: Arc<CacheRegistry>,
     /// `cache_served_bytes_total{source="origin"}`
     served_origin: IntCounter,
 }
@@ -51,6 +54,7 @@ impl HttpProxy {
             upstreams: shared.upstreams.clone(),
             metrics: shared.metrics.clone(),
             access_log: shared.access_log.clone(),
+            caches: shared.caches.clone(),
             served_origin: shared
                 .metrics
                 .cache_served_bytes
@@ -67,6 +71,7 @@ pub struct Shared {
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
     pub access_log: Option<Arc<AccessLog>>,
+    pub caches: Arc<CacheRegistry>,
 }
 
 /// Limits of an HTTP listener.
