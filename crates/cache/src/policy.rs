@@ -516,14 +516,11 @@ mod tests {
         );
     }
 
+    type Fields<'a> = &'a [(&'static str, &'a str)];
+
     #[test]
     fn what_a_shared_cache_must_not_store() {
-        let cases: &[(
-            &[(&'static str, &str)],
-            u16,
-            &[(&'static str, &str)],
-            NotStored,
-        )] = &[
+        let cases: &[(Fields<'_>, u16, Fields<'_>, NotStored)] = &[
             (
                 &[],
                 200,
