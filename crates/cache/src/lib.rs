@@ -11,6 +11,7 @@ pub mod key;
 pub mod policy;
 pub mod range;
 pub mod store;
+pub mod tinylfu;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,11 @@ pub struct EdgeMetrics {
 }
 
 impl EdgeMetrics {
+    /// Handles labelled for a service named "bench" (benchmarks that drive a store directly).
+    pub fn for_bench(m: &Metrics) -> EdgeMetrics {
+        EdgeMetrics::new(m, "bench")
+    }
+
     fn new(m: &Metrics, service: &str) -> EdgeMetrics {
         EdgeMetrics {
             requests: CODE_CLASSES.map(|c| m.requests.with_label_values(&[service, EDGE, c])),
@@ -160,6 +166,9 @@ impl CacheRegistry {
             loop {
                 tick.tick().await;
                 let Some(r) = weak.upgrade() else { return };
+                for (_, c) in r.services() {
+                    c.settle();
+                }
                 r.refresh_gauges();
             }
         });

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::HeaderMap;
-use moka::notification::RemovalCause;
-use moka::sync::Cache;
 use streamgate_config::CacheSpec;
 use streamgate_telemetry::prometheus::IntCounter;
 
 use crate::entry::Variant;
 use crate::fill::Fills;
+use crate::tinylfu::{Removal, TinyLfu};
 
 /// The variants stored under one URL.
 pub type Entry = Arc<Vec<Arc<Variant>>>;
@@ -20,34 +19,12 @@ pub type Entry = Arc<Vec<Arc<Variant>>>;
 #[derive(Debug)]
 pub struct ServiceCache {
     pub spec: CacheSpec,
-    entries: Cache<Arc<str>, Entry>,
+    entries: TinyLfu<Entry>,
     pub fills: Fills,
     pub metrics: crate::EdgeMetrics,
 }
 
-struct KeepWhileUseful;
-
-impl moka::Expiry<Arc<str>, Entry> for KeepWhileUseful {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Entry,
-        _at: Instant,
-    ) -> Option<Duration> {
-        Some(keep_for(value))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &Arc<str>,
-        value: &Entry,
-        _at: Instant,
-        _left: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(keep_for(value))
-    }
-}
-
+/// How long the store keeps an entry: as long as its most useful variant.
 fn keep_for(entry: &Entry) -> Duration {
     let now = SystemTime::now();
     entry
@@ -57,12 +34,8 @@ fn keep_for(entry: &Entry) -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-fn weight(entry: &Entry) -> u32 {
-    entry
-        .iter()
-        .map(|v| v.size)
-        .sum::<u64>()
-        .min(u64::from(u32::MAX)) as u32
+fn weight(entry: &Entry) -> u64 {
+    entry.iter().map(|v| v.size).sum()
 }
 
 impl ServiceCache {
@@ -71,16 +44,14 @@ impl ServiceCache {
         evictions: IntCounter,
         metrics: crate::EdgeMetrics,
     ) -> ServiceCache {
-        let entries = Cache::builder()
-            .max_capacity(spec.max_size)
-            .weigher(|_k: &Arc<str>, v: &Entry| weight(v))
-            .expire_after(KeepWhileUseful)
-            .eviction_listener(move |_k, _v, cause| {
-                if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    evictions.inc();
-                }
-            })
-            .build();
+        // Large caches are sharded to spread lock contention; a shard must still hold the
+        // largest object.
+        let shards = (spec.max_size / spec.max_object_size.max(1) / 4).clamp(1, 16) as usize;
+        let entries = TinyLfu::new(spec.max_size, shards, move |cause| {
+            if matches!(cause, Removal::Size | Removal::Expired) {
+                evictions.inc();
+            }
+        });
         ServiceCache {
             spec,
             entries,
@@ -91,7 +62,7 @@ impl ServiceCache {
 
     /// The stored variant for this URL that matches the request's selecting headers.
     pub fn lookup(&self, key: &str, req: &HeaderMap) -> Option<Arc<Variant>> {
-        let entry = self.entries.get(key)?;
+        let entry = self.entries.get(key, Instant::now())?;
         entry.iter().find(|v| v.matches(req)).cloned()
     }
 
@@ -104,7 +75,7 @@ impl ServiceCache {
         let variant = Arc::new(variant);
         let mut list: Vec<Arc<Variant>> = self
             .entries
-            .get(key)
+            .get(key, Instant::now())
             .map(|e| {
                 e.iter()
                     .filter(|v| v.selectors != variant.selectors)
@@ -113,8 +84,13 @@ impl ServiceCache {
             })
             .unwrap_or_default();
         list.push(variant);
-        self.entries.insert(Arc::from(key), Arc::new(list));
-        true
+        self.put(key, Arc::new(list))
+    }
+
+    fn put(&self, key: &str, entry: Entry) -> bool {
+        let expires = Instant::now() + keep_for(&entry);
+        let w = weight(&entry);
+        self.entries.insert(key, entry, w, expires)
     }
 
     /// Removes every variant of one URL; returns how many objects went.
@@ -124,70 +100,49 @@ impl ServiceCache {
 
     /// Removes every URL starting with `prefix` (`host/path...`).
     pub fn purge_prefix(&self, prefix: &str) -> usize {
-        self.purge_where(|k, _| k.starts_with(prefix))
+        self.entries
+            .remove_where(|k, _| k.starts_with(prefix))
+            .iter()
+            .map(|(_, e)| e.len())
+            .sum()
     }
 
     /// Removes every variant tagged `tag` (Surrogate-Key or Cache-Tag).
     pub fn purge_tag(&self, tag: &str) -> usize {
-        let keys: Vec<(Arc<str>, Entry)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.iter().any(|v| v.tags.iter().any(|t| &**t == tag)))
-            .map(|(k, e)| (Arc::clone(&*k), e))
-            .collect();
+        let tagged = |v: &Arc<Variant>| v.tags.iter().any(|t| &**t == tag);
+        let removed = self.entries.remove_where(|_, e| e.iter().any(tagged));
         let mut n = 0;
-        for (k, e) in keys {
-            let keep: Vec<Arc<Variant>> = e
-                .iter()
-                .filter(|v| !v.tags.iter().any(|t| &**t == tag))
-                .cloned()
-                .collect();
+        for (k, e) in removed {
+            let keep: Vec<Arc<Variant>> = e.iter().filter(|v| !tagged(v)).cloned().collect();
             n += e.len() - keep.len();
-            if keep.is_empty() {
-                self.entries.invalidate(&k);
-            } else {
-                self.entries.insert(k, Arc::new(keep));
+            if !keep.is_empty() {
+                self.put(&k, Arc::new(keep));
             }
         }
         n
     }
 
     pub fn purge_all(&self) -> usize {
-        let n: usize = self.entries.iter().map(|(_, e)| e.len()).sum();
-        self.entries.invalidate_all();
-        self.entries.run_pending_tasks();
-        n
-    }
-
-    fn purge_where(&self, pred: impl Fn(&str, &Entry) -> bool) -> usize {
-        let victims: Vec<(Arc<str>, usize)> = self
-            .entries
+        self.entries
+            .remove_where(|_, _| true)
             .iter()
-            .filter(|(k, e)| pred(k, e))
-            .map(|(k, e)| (Arc::clone(&*k), e.len()))
-            .collect();
-        let mut n = 0;
-        for (k, count) in victims {
-            if self.entries.remove(&k).is_some() {
-                n += count;
-            }
-        }
-        n
+            .map(|(_, e)| e.len())
+            .sum()
     }
 
-    /// Bytes held (after pending maintenance).
+    /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        self.entries.weighted_size()
+        self.entries.bytes()
     }
 
     /// Stored URLs (each with one or more variants).
     pub fn objects(&self) -> u64 {
-        self.entries.entry_count()
+        self.entries.len() as u64
     }
 
-    /// Runs pending evictions now (normally done as writes happen).
+    /// Drops expired entries now (they also go when looked up, and every second).
     pub fn settle(&self) {
-        self.entries.run_pending_tasks();
+        self.entries.sweep(Instant::now());
     }
 }
 
