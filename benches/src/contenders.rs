@@ -12,10 +12,12 @@ use anyhow::{Context, Result, bail};
 #[derive(Debug)]
 pub struct Contender {
     pub name: &'static str,
-    /// HTTP/1.1 listener.
-    pub http: SocketAddr,
-    /// HTTP/2 cleartext (prior knowledge) listener.
-    pub h2c: SocketAddr,
+    /// HTTP/1.1 pass-through listener.
+    pub http: Option<SocketAddr>,
+    /// HTTP/2 cleartext (prior knowledge) pass-through listener.
+    pub h2c: Option<SocketAddr>,
+    /// HTTP/1.1 listener in front of the proxy's cache.
+    pub cache: Option<SocketAddr>,
     child: Child,
 }
 
@@ -101,7 +103,7 @@ pub fn start_origin(work: &Path, cpu: usize) -> Result<OriginServer> {
     write_payloads(&root)?;
     let conf = format!(
         "{}http {{\n access_log off;\n {}\n keepalive_requests 10000000;\n keepalive_timeout 300s;\n open_file_cache max=16;\n sendfile on;\n tcp_nopush on;\n \
-         server {{ listen {addr} backlog=4096; location / {{ root {}; }} }}\n}}\n",
+         server {{ listen {addr} backlog=4096; location / {{ root {}; expires 1h; }} }}\n}}\n",
         nginx_common(work, "origin"),
         nginx_temp_paths(work, "origin"),
         root.display()
@@ -122,18 +124,25 @@ pub fn start_origin(work: &Path, cpu: usize) -> Result<OriginServer> {
 }
 
 pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
-    let (http, h2c) = (free_port()?, free_port()?);
+    let (http, h2c, cache) = (free_port()?, free_port()?, free_port()?);
+    let cache_dir = work.join("nginx-cache");
     // A production-style proxy config: upstream keep-alive, forwarding headers like StreamGate
     // adds, buffers in memory (never spilling to temp files).
     let conf = format!(
         "{}http {{\n access_log off;\n {}\n keepalive_requests 10000000;\n keepalive_timeout 300s;\n \
          upstream origin {{ server {origin}; keepalive 256; keepalive_requests 10000000; }}\n \
+         proxy_cache_path {cdir} levels=1:2 keys_zone=sg:16m max_size=256m inactive=1h use_temp_path=off;\n \
+         server {{\n  listen {cache} backlog=4096;\n  \
+         location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+         proxy_set_header Host $host; proxy_cache sg; proxy_cache_valid 200 1h; proxy_cache_lock on; \
+         add_header X-Cache $upstream_cache_status; }}\n }}\n \
          server {{\n  listen {http} backlog=4096;\n  listen {h2c} http2 backlog=4096;\n  \
          location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
          proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
          proxy_buffers 32 8k; proxy_max_temp_file_size 0; }}\n }}\n}}\n",
         nginx_common(work, "nginx"),
         nginx_temp_paths(work, "nginx"),
+        cdir = cache_dir.display(),
     );
     let path = work.join("nginx.conf");
     std::fs::write(&path, conf)?;
@@ -147,21 +156,19 @@ pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Conten
         .spawn()
         .context("starting nginx (apt-get install nginx)")?;
     wait_listening(http, &mut child, "nginx")?;
-    Ok(Contender {
-        name: "nginx",
-        http,
-        h2c,
-        child,
-    })
+    Ok(Contender { name: "nginx", http: Some(http), h2c: Some(h2c), cache: Some(cache), child })
 }
 
 pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
-    let (http, h2c) = (free_port()?, free_port()?);
+    let (http, h2c, cache) = (free_port()?, free_port()?, free_port()?);
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  \
          option http-keep-alive\n  option forwardfor\n  http-reuse always\n\n\
          frontend fe\n  bind {http}\n  bind {h2c} proto h2\n  default_backend be\n\n\
-         backend be\n  server origin {origin}\n"
+         backend be\n  server origin {origin}\n\n\
+         cache sg\n  total-max-size 256\n  max-object-size 1048576\n  max-age 3600\n\n\
+         frontend fe_cache\n  bind {cache}\n  default_backend be_cache\n\n\
+         backend be_cache\n  http-request cache-use sg\n  http-response cache-store sg\n  server origin {origin}\n"
     );
     let path = work.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
@@ -175,12 +182,7 @@ pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         .spawn()
         .context("starting haproxy (apt-get install haproxy)")?;
     wait_listening(http, &mut child, "haproxy")?;
-    Ok(Contender {
-        name: "haproxy",
-        http,
-        h2c,
-        child,
-    })
+    Ok(Contender { name: "haproxy", http: Some(http), h2c: Some(h2c), cache: Some(cache), child })
 }
 
 pub fn start_streamgate(
@@ -189,11 +191,14 @@ pub fn start_streamgate(
     origin: SocketAddr,
     binary: &Path,
 ) -> Result<Contender> {
-    let http = free_port()?;
+    let (http, cache) = (free_port()?, free_port()?);
     let conf = format!(
         "[runtime]\nworkers = 1\n\n[admin]\nlisten = \"{}\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"{http}\"\n\n\
+         [[listeners]]\nname = \"cache\"\nlisten = \"{cache}\"\n\n\
          [[regions]]\nname = \"local\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\n\
-         [[services]]\nname = \"bench\"\nlisteners = [\"web\"]\nregions = [\"local\"]\n",
+         [[services]]\nname = \"bench\"\nlisteners = [\"web\"]\nregions = [\"local\"]\n\n\
+         [[services]]\nname = \"cached\"\nlisteners = [\"cache\"]\nregions = [\"local\"]\n\
+         [services.cache]\nmax_size = \"256MiB\"\n",
         free_port()?
     );
     let path = work.join("streamgate.toml");
@@ -208,12 +213,28 @@ pub fn start_streamgate(
         .with_context(|| format!("starting {}", binary.display()))?;
     wait_listening(http, &mut child, "streamgate")?;
     // HTTP/1.1 and h2c share StreamGate's listener.
-    Ok(Contender {
-        name: "streamgate",
-        http,
-        h2c: http,
-        child,
-    })
+    Ok(Contender { name: "streamgate", http: Some(http), h2c: Some(http), cache: Some(cache), child })
+}
+
+/// Varnish (malloc storage, one thread pool) pinned to `cpu`: a cache only.
+pub fn start_varnish(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
+    let cache = free_port()?;
+    let dir = work.join("varnish");
+    let log = std::fs::File::create(work.join("varnish.log"))?;
+    let mut child = pinned(cpu, "varnishd")
+        .arg("-F")
+        .arg("-a")
+        .arg(cache.to_string())
+        .arg("-b")
+        .arg(origin.to_string())
+        .args(["-s", "malloc,256m", "-p", "thread_pools=1", "-n"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting varnishd (apt-get install varnish)")?;
+    wait_listening(cache, &mut child, "varnish")?;
+    Ok(Contender { name: "varnish", http: None, h2c: None, cache: Some(cache), child })
 }
 
 /// Builds the release binary unless one was given.

@@ -53,11 +53,20 @@ enum Load {
     H2load { clients: u32, streams: u32 },
 }
 
+/// Which listener of a contender a scenario drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Pass,
+    H2c,
+    Cache,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     name: &'static str,
     path: &'static str,
     load: Load,
+    target: Target,
     what: &'static str,
 }
 
@@ -66,18 +75,21 @@ const SCENARIOS: &[Scenario] = &[
         name: "pass-1k",
         path: "/1k",
         load: Load::Wrk { connections: 64 },
+        target: Target::Pass,
         what: "HTTP/1.1 keep-alive, 64 connections, 1 KiB",
     },
     Scenario {
         name: "pass-100k",
         path: "/100k",
         load: Load::Wrk { connections: 64 },
+        target: Target::Pass,
         what: "HTTP/1.1 keep-alive, 64 connections, 100 KiB",
     },
     Scenario {
         name: "latency-1k",
         path: "/1k",
         load: Load::Wrk { connections: 8 },
+        target: Target::Pass,
         what: "HTTP/1.1 keep-alive, 8 connections, 1 KiB",
     },
     Scenario {
@@ -87,9 +99,26 @@ const SCENARIOS: &[Scenario] = &[
             clients: 16,
             streams: 8,
         },
+        target: Target::H2c,
         what: "h2c, 16 connections x 8 streams, 1 KiB",
     },
+    Scenario {
+        name: "hit-1k",
+        path: "/1k",
+        load: Load::Wrk { connections: 64 },
+        target: Target::Cache,
+        what: "cache hits, HTTP/1.1 keep-alive, 64 connections, 1 KiB",
+    },
+    Scenario {
+        name: "hit-100k",
+        path: "/100k",
+        load: Load::Wrk { connections: 64 },
+        target: Target::Cache,
+        what: "cache hits, HTTP/1.1 keep-alive, 64 connections, 100 KiB",
+    },
 ];
+
+const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, hit-1k, hit-100k";
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
@@ -124,22 +153,22 @@ fn main() -> Result<()> {
         contenders::start_streamgate(work.path(), args.proxy_cpu, origin.addr, &binary)?,
         contenders::start_nginx(work.path(), args.proxy_cpu, origin.addr)?,
         contenders::start_haproxy(work.path(), args.proxy_cpu, origin.addr)?,
+        contenders::start_varnish(work.path(), args.proxy_cpu, origin.addr)?,
     ];
 
     let mut rows = Vec::new();
     for name in &args.scenarios {
         let Some(sc) = SCENARIOS.iter().find(|s| s.name == name) else {
-            anyhow::bail!(
-                "unknown scenario {name}; expected one of pass-1k, pass-100k, latency-1k, h2c-1k"
-            );
+            anyhow::bail!("unknown scenario {name}; expected one of {SCENARIO_NAMES}");
         };
+        let proxies: Vec<&Contender> = proxies.iter().filter(|p| address(sc, p).is_some()).collect();
         // A short warm-up per contender fills pools and caches.
         for p in &proxies {
             measure(sc, p, args.load_cpu, Duration::from_secs(1))?;
         }
         for round in 0..args.rounds {
             for k in 0..proxies.len() {
-                let p = &proxies[(round + k) % proxies.len()];
+                let p = proxies[(round + k) % proxies.len()];
                 let cpu_before = p.cpu_seconds();
                 let core_before = core_ticks(args.load_cpu);
                 let m = measure(sc, p, args.load_cpu, duration)?;
@@ -195,21 +224,21 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The listener of `p` that `sc` drives, if it has one.
+fn address(sc: &Scenario, p: &Contender) -> Option<std::net::SocketAddr> {
+    match sc.target {
+        Target::Pass => p.http,
+        Target::H2c => p.h2c,
+        Target::Cache => p.cache,
+    }
+}
+
 fn measure(sc: &Scenario, p: &Contender, cpu: usize, d: Duration) -> Result<Measured> {
+    let Some(addr) = address(sc, p) else { anyhow::bail!("{} has no listener for {}", p.name, sc.name) };
+    let url = format!("http://{addr}{}", sc.path);
     match sc.load {
-        Load::Wrk { connections } => tools::wrk(
-            cpu,
-            &format!("http://{}{}", p.http, sc.path),
-            connections,
-            d,
-        ),
-        Load::H2load { clients, streams } => tools::h2load(
-            cpu,
-            &format!("http://{}{}", p.h2c, sc.path),
-            clients,
-            streams,
-            d,
-        ),
+        Load::Wrk { connections } => tools::wrk(cpu, &url, connections, d),
+        Load::H2load { clients, streams } => tools::h2load(cpu, &url, clients, streams, d),
     }
 }
 
@@ -273,6 +302,9 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
         };
         for who in &names {
             let r = of(who);
+            if r.is_empty() {
+                continue;
+            }
             let _ = writeln!(
                 out,
                 "| {} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.0}% | {:.1} | {} |",
@@ -291,6 +323,9 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
         let sg = of("streamgate");
         for other in names.iter().filter(|n| **n != "streamgate") {
             let o = of(other);
+            if o.is_empty() {
+                continue;
+            }
             let per_round = |f: fn(&Row) -> f64| {
                 median(
                     sg.iter()
