@@ -62,7 +62,12 @@ impl ServiceCache {
 
     /// The stored variant for this URL that matches the request's selecting headers.
     pub fn lookup(&self, key: &str, req: &HeaderMap) -> Option<Arc<Variant>> {
-        let entry = self.entries.get(key, Instant::now())?;
+        self.lookup_at(key, req, Instant::now())
+    }
+
+    /// `lookup` with the current time already read.
+    pub fn lookup_at(&self, key: &str, req: &HeaderMap, now: Instant) -> Option<Arc<Variant>> {
+        let entry = self.entries.get(key, now)?;
         entry.iter().find(|v| v.matches(req)).cloned()
     }
 

@@ -159,9 +159,14 @@ impl HttpProxy {
         }
         let ask = ClientAsk::take_from(&mut out.parts.headers, &out.parts.method);
         let mut waited = false;
+        let mut first = true;
         let guard = loop {
             let now = SystemTime::now();
-            if let Some(v) = cache.lookup(&key, &out.parts.headers) {
+            // The request's start time is recent enough for expiry; a retry after waiting reads
+            // the clock again.
+            let at = if first { out.started } else { Instant::now() };
+            first = false;
+            if let Some(v) = cache.lookup_at(&key, &out.parts.headers, at) {
                 let age = v.timing.current_age(now);
                 match policy::usability(&v.freshness, age, &req_dirs) {
                     Usable::Fresh => {
@@ -486,6 +491,7 @@ impl HttpProxy {
             };
             let mut o = Outbound {
                 service,
+                forwarded: true,
                 facts,
                 parts,
                 host,

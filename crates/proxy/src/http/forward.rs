@@ -35,9 +35,12 @@ const MAX_TRIES: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Outbound<'t> {
     pub service: &'t Service,
+    /// The client's address; its geo lookup waits for the first fetch (a cache hit needs none).
     pub facts: ClientFacts,
-    /// The head as it goes upstream: hop-by-hop removed, forwarding headers added, HTTP/1.1.
+    /// The head as it goes upstream: hop-by-hop removed, HTTP/1.1; forwarding headers are added
+    /// by the first fetch.
     pub parts: Parts,
+    pub forwarded: bool,
     pub host: HeaderValue,
     pub path_and_query: PathAndQuery,
     pub body: RequestBody,
@@ -169,15 +172,10 @@ impl HttpProxy {
             .as_ref()
             .map_or(&[][..], |g| &g.trusted_proxies[..]);
         let ip = client_ip(peer.ip(), req.headers(), trusted);
-        let mut facts = ClientFacts {
+        let facts = ClientFacts {
             ip: Some(ip),
             geo: None,
         };
-        if service.spec.region_policy == RegionPolicy::Geo
-            && let Some(db) = self.geo.load().as_ref()
-        {
-            facts.geo = db.lookup(ip);
-        }
         if let Some(l) = log.as_mut() {
             l.record.service = Some(service.name.clone());
             l.record.client = ip.to_canonical();
@@ -186,13 +184,6 @@ impl HttpProxy {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         strip_hop_by_hop(&mut parts.headers);
-        add_forwarding(
-            &mut parts.headers,
-            peer.ip(),
-            self.https,
-            Some(host_str(&host)),
-            client_version,
-        );
         // The backend sees the host the client asked for (from the URI for HTTP/2 and
         // absolute-form requests).
         parts.headers.insert(header::HOST, host.clone());
@@ -213,6 +204,7 @@ impl HttpProxy {
         };
         Ok(Outbound {
             service,
+            forwarded: false,
             facts,
             parts,
             host,
@@ -232,6 +224,16 @@ impl HttpProxy {
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Fetched<'t>, ProxyError> {
         let service = out.service;
+        if !out.forwarded {
+            out.forwarded = true;
+            let host = out.host.clone();
+            add_forwarding(&mut out.parts.headers, out.peer.ip(), self.https, Some(host_str(&host)), out.client_version);
+            if service.spec.region_policy == RegionPolicy::Geo
+                && let (Some(ip), Some(db)) = (out.facts.ip, self.geo.load().as_ref())
+            {
+                out.facts.geo = db.lookup(ip);
+            }
+        }
         let timeouts = service.spec.timeouts;
         let exchange_timeouts = ExchangeTimeouts {
             connect: timeouts.connect,
