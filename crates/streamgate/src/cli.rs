@@ -123,6 +123,9 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
 fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> Result<()> {
     let rt = runtime(config.runtime.workers.map(|w| w.get()))?;
     rt.block_on(async move {
+        // Before anything listens: a signal that arrives while we start must not take the
+        // default action (SIGHUP, SIGUSR1 and SIGTERM all end the process).
+        let mut signals = Signals::install().context("cannot install signal handlers")?;
         if let Some(path) = demo_config {
             start_demo_origins(&config, path).await?;
         }
@@ -135,11 +138,11 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
             daemon.control.clone(),
             Duration::from_millis(300),
         );
-        serve_signals(&daemon).await;
+        signals.serve(&daemon).await;
         info!(deadline = ?grace, "shutting down: no new connections; finishing in-flight requests");
         let drained = tokio::select! {
             d = daemon.shutdown(grace) => d,
-            _ = wait_for_stop() => {
+            _ = signals.stop() => {
                 warn!("second stop signal: exiting now");
                 false
             }
@@ -153,48 +156,51 @@ fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> 
     })
 }
 
-/// Handles SIGHUP (reload) and SIGUSR1 (reopen the access log) until SIGTERM or SIGINT.
-async fn serve_signals(daemon: &Daemon) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut usr1)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-    ) else {
-        wait_for_stop().await;
-        return;
-    };
-    let stop = wait_for_stop();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading the configuration");
-                daemon.control.reload(true).await;
-            }
-            _ = usr1.recv() => {
-                if let Some(log) = &daemon.access_log {
-                    info!("SIGUSR1: reopening the access log");
-                    log.reopen();
+/// The signals the daemon answers, registered once at start.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Handles SIGHUP (reload) and SIGUSR1 (reopen the access log) until SIGTERM or SIGINT.
+    async fn serve(&mut self, daemon: &Daemon) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    info!("SIGHUP: reloading the configuration");
+                    daemon.control.reload(true).await;
+                }
+                _ = self.usr1.recv() => {
+                    if let Some(log) = &daemon.access_log {
+                        info!("SIGUSR1: reopening the access log");
+                        log.reopen();
+                    }
                 }
             }
         }
     }
-}
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the daemon can only be killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    /// The next SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 
