@@ -156,7 +156,13 @@ pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Conten
         .spawn()
         .context("starting nginx (apt-get install nginx)")?;
     wait_listening(http, &mut child, "nginx")?;
-    Ok(Contender { name: "nginx", http: Some(http), h2c: Some(h2c), cache: Some(cache), child })
+    Ok(Contender {
+        name: "nginx",
+        http: Some(http),
+        h2c: Some(h2c),
+        cache: Some(cache),
+        child,
+    })
 }
 
 pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
@@ -182,7 +188,13 @@ pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         .spawn()
         .context("starting haproxy (apt-get install haproxy)")?;
     wait_listening(http, &mut child, "haproxy")?;
-    Ok(Contender { name: "haproxy", http: Some(http), h2c: Some(h2c), cache: Some(cache), child })
+    Ok(Contender {
+        name: "haproxy",
+        http: Some(http),
+        h2c: Some(h2c),
+        cache: Some(cache),
+        child,
+    })
 }
 
 pub fn start_streamgate(
@@ -213,7 +225,13 @@ pub fn start_streamgate(
         .with_context(|| format!("starting {}", binary.display()))?;
     wait_listening(http, &mut child, "streamgate")?;
     // HTTP/1.1 and h2c share StreamGate's listener.
-    Ok(Contender { name: "streamgate", http: Some(http), h2c: Some(http), cache: Some(cache), child })
+    Ok(Contender {
+        name: "streamgate",
+        http: Some(http),
+        h2c: Some(http),
+        cache: Some(cache),
+        child,
+    })
 }
 
 /// Varnish (malloc storage, one thread pool) pinned to `cpu`: a cache only.
@@ -234,7 +252,13 @@ pub fn start_varnish(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         .spawn()
         .context("starting varnishd (apt-get install varnish)")?;
     wait_listening(cache, &mut child, "varnish")?;
-    Ok(Contender { name: "varnish", http: None, h2c: None, cache: Some(cache), child })
+    Ok(Contender {
+        name: "varnish",
+        http: None,
+        h2c: None,
+        cache: Some(cache),
+        child,
+    })
 }
 
 /// Builds the release binary unless one was given.

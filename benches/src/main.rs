@@ -161,7 +161,10 @@ fn main() -> Result<()> {
         let Some(sc) = SCENARIOS.iter().find(|s| s.name == name) else {
             anyhow::bail!("unknown scenario {name}; expected one of {SCENARIO_NAMES}");
         };
-        let proxies: Vec<&Contender> = proxies.iter().filter(|p| address(sc, p).is_some()).collect();
+        let proxies: Vec<&Contender> = proxies
+            .iter()
+            .filter(|p| address(sc, p).is_some())
+            .collect();
         // A short warm-up per contender fills pools and caches.
         for p in &proxies {
             measure(sc, p, args.load_cpu, Duration::from_secs(1))?;
@@ -234,7 +237,9 @@ fn address(sc: &Scenario, p: &Contender) -> Option<std::net::SocketAddr> {
 }
 
 fn measure(sc: &Scenario, p: &Contender, cpu: usize, d: Duration) -> Result<Measured> {
-    let Some(addr) = address(sc, p) else { anyhow::bail!("{} has no listener for {}", p.name, sc.name) };
+    let Some(addr) = address(sc, p) else {
+        anyhow::bail!("{} has no listener for {}", p.name, sc.name)
+    };
     let url = format!("http://{addr}{}", sc.path);
     match sc.load {
         Load::Wrk { connections } => tools::wrk(cpu, &url, connections, d),

@@ -144,9 +144,51 @@ pub struct Listener {
     pub listen: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: Option<NonZeroUsize>,
+    /// https: certificate chains and keys; the SNI names come from the certificates, the first
+    /// is the default.
+    pub certificates: Vec<CertPair>,
+    /// Connections from `geo.trusted_proxies` start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How a service talks to its backends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Upstream {
+    pub protocol: UpstreamProtocol,
+    pub send_proxy: SendProxy,
+    pub tls: UpstreamTls,
+}
+
+/// TLS to backends (`https` and `h2` upstream protocols).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM roots to verify backends with; `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and verified; default: the Host of the request (HTTP) or the backend IP.
+    pub server_name: Option<String>,
+    pub client_cert: Option<CertPair>,
+    pub verify: bool,
+}
+
+impl Default for UpstreamTls {
+    fn default() -> Self {
+        UpstreamTls {
+            ca_file: None,
+            server_name: None,
+            client_cert: None,
+            verify: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Http,
     Https,
@@ -212,6 +254,17 @@ pub struct Service {
     pub retry: Retry,
     /// `None`: the service does not cache.
     pub cache: Option<CacheSpec>,
+    pub upstream: Upstream,
+    /// What the service's listeners carry.
+    pub kind: ServiceKind,
+}
+
+/// HTTP (routed by host and path), raw TCP, or TLS passed through by SNI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Http,
+    Tcp,
+    TlsPassthrough,
 }
 
 /// `[services.cache]`: the edge cache of a service.
@@ -292,6 +345,13 @@ impl std::fmt::Display for HostPattern {
     }
 }
 
+/// An enum spelled in the config as one of a fixed set of names.
+pub trait Named: Sized + Copy {
+    fn parse(s: &str) -> Option<Self>;
+    /// The accepted names, comma separated, for error messages.
+    fn expected() -> &'static str;
+}
+
 macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -312,6 +372,15 @@ macro_rules! named_enum {
             /// The accepted names, comma separated, for error messages.
             pub fn expected() -> &'static str {
                 Self::NAMES.trim_end_matches(", ")
+            }
+        }
+
+        impl Named for $name {
+            fn parse(s: &str) -> Option<Self> {
+                Self::parse(s)
+            }
+            fn expected() -> &'static str {
+                Self::expected()
             }
         }
 
@@ -336,6 +405,40 @@ named_enum!(
         Random = "random",
     }
 );
+named_enum!(
+    /// The protocol spoken to backends.
+    UpstreamProtocol { Http1 = "http1", H2c = "h2c", Https = "https", H2 = "h2" }
+);
+named_enum!(
+    /// PROXY protocol header sent to backends at the start of each connection.
+    SendProxy { Off = "off", V1 = "v1", V2 = "v2" }
+);
+
+// The enums come from `named_enum!`, which cannot carry `#[default]`.
+#[allow(clippy::derivable_impls)]
+impl Default for UpstreamProtocol {
+    fn default() -> Self {
+        UpstreamProtocol::Http1
+    }
+}
+
+#[allow(clippy::derivable_impls)]
+impl Default for SendProxy {
+    fn default() -> Self {
+        SendProxy::Off
+    }
+}
+
+impl UpstreamProtocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, UpstreamProtocol::Https | UpstreamProtocol::H2)
+    }
+
+    pub fn is_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+}
+
 named_enum!(
     /// What a service does when no region is healthy.
     AllDownPolicy { FailOpen = "fail_open", FailClosed = "fail_closed" }

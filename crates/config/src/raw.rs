@@ -81,6 +81,27 @@ pub(crate) struct RawListener {
     pub listen: S<String>,
     pub protocol: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
+    pub certificates: Option<S<Vec<S<RawCert>>>>,
+    pub proxy_protocol: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCert {
+    pub cert: S<String>,
+    pub key: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub protocol: Option<S<String>>,
+    pub send_proxy: Option<S<String>>,
+    pub tls_ca_file: Option<S<String>>,
+    pub tls_server_name: Option<S<String>>,
+    pub tls_client_cert: Option<S<String>>,
+    pub tls_client_key: Option<S<String>>,
+    pub tls_verify: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +145,7 @@ pub(crate) struct RawService {
     pub failover: Option<RawFailover>,
     pub retry: Option<RawRetry>,
     pub cache: Option<S<RawCache>>,
+    pub upstream: Option<S<RawUpstream>>,
 }
 
 #[derive(Debug, Deserialize)]

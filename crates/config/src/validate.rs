@@ -53,6 +53,30 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// One of a named enum's values; an unknown name is an error naming the accepted ones, and
+    /// `fallback` stands in so that checking goes on.
+    fn named<E: Named>(
+        &mut self,
+        v: Option<&S<String>>,
+        path: String,
+        what: &str,
+        fallback: E,
+    ) -> E {
+        let Some(v) = v else { return fallback };
+        E::parse(v.get_ref()).unwrap_or_else(|| {
+            self.err(
+                v.span(),
+                path,
+                format!(
+                    "unknown {what} \"{}\"; expected one of {}",
+                    v.get_ref(),
+                    E::expected()
+                ),
+            );
+            fallback
+        })
+    }
+
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -353,18 +377,7 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
         let protocol = match &l.protocol {
             None => Protocol::Http,
             Some(v) => match Protocol::parse(v.get_ref()) {
-                Some(Protocol::Http) => Protocol::Http,
-                Some(other) => {
-                    ctx.err(
-                        v.span(),
-                        format!("{p}.protocol"),
-                        format!(
-                            "protocol \"{}\" is not available in this version; use \"http\"",
-                            v.get_ref()
-                        ),
-                    );
-                    other
-                }
+                Some(p) => p,
                 None => {
                     ctx.err(
                         v.span(),
@@ -383,11 +396,34 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
             ctx.int_in(m, format!("{p}.max_connections"), 1, 10_000_000)
                 .and_then(|n| NonZeroUsize::new(n as usize))
         });
+        let mut certificates = Vec::new();
+        match (&l.certificates, protocol) {
+            (Some(list), Protocol::Https) => {
+                if list.get_ref().is_empty() {
+                    ctx.err(list.span(), format!("{p}.certificates"), "an https listener needs at least one certificate");
+                }
+                for (j, c) in list.get_ref().iter().enumerate() {
+                    let c = c.get_ref();
+                    let cert = ctx.existing_file(&c.cert, format!("{p}.certificates[{j}].cert"), "certificate");
+                    let key = ctx.existing_file(&c.key, format!("{p}.certificates[{j}].key"), "private key");
+                    certificates.push(CertPair { cert, key });
+                }
+            }
+            (Some(list), _) => ctx.err(list.span(), format!("{p}.certificates"), "only https listeners take certificates"),
+            (None, Protocol::Https) => ctx.err(
+                l.name.span(),
+                format!("{p}.certificates"),
+                "an https listener needs certificates = [{ cert = \"site.pem\", key = \"site.key\" }]",
+            ),
+            (None, _) => {}
+        }
         out.push(Listener {
             name: l.name.get_ref().clone(),
             listen: listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             protocol,
             max_connections,
+            certificates,
+            proxy_protocol: l.proxy_protocol.unwrap_or(false),
         });
     }
     out
@@ -715,21 +751,12 @@ fn services(
                 }
             },
         };
-        let backend_policy = match &s.backend_policy {
-            None => BackendPolicy::RoundRobin,
-            Some(v) => BackendPolicy::parse(v.get_ref()).unwrap_or_else(|| {
-                ctx.err(
-                    v.span(),
-                    format!("{p}.backend_policy"),
-                    format!(
-                        "unknown policy \"{}\"; expected one of {}",
-                        v.get_ref(),
-                        BackendPolicy::expected()
-                    ),
-                );
-                BackendPolicy::RoundRobin
-            }),
-        };
+        let backend_policy = ctx.named(
+            s.backend_policy.as_ref(),
+            format!("{p}.backend_policy"),
+            "policy",
+            BackendPolicy::RoundRobin,
+        );
 
         let timeouts = match &s.timeouts {
             None => *default_timeouts,
@@ -740,6 +767,89 @@ fn services(
         let failover = failover(s.failover.as_ref(), &p, ctx);
         let retry = retry(s.retry.as_ref(), &p, ctx);
         let cache = s.cache.as_ref().map(|c| cache(c, &p, ctx));
+        let upstream = s
+            .upstream
+            .as_ref()
+            .map(|u| upstream(u, &p, ctx))
+            .unwrap_or_default();
+
+        let kinds: HashSet<Protocol> = svc_listeners
+            .iter()
+            .filter_map(|n| listeners.iter().find(|l| &l.name == n))
+            .map(|l| {
+                if l.protocol == Protocol::Https {
+                    Protocol::Http
+                } else {
+                    l.protocol
+                }
+            })
+            .collect();
+        let mut health = health;
+        let kind = match kinds.iter().next() {
+            _ if kinds.len() > 1 => {
+                ctx.err(
+                    s.listeners.span(),
+                    format!("{p}.listeners"),
+                    "mixes HTTP, TCP and TLS passthrough listeners; a service serves one kind",
+                );
+                ServiceKind::Http
+            }
+            Some(Protocol::Tcp) => ServiceKind::Tcp,
+            Some(Protocol::TlsPassthrough) => ServiceKind::TlsPassthrough,
+            _ => ServiceKind::Http,
+        };
+        if kind != ServiceKind::Http {
+            let what = if kind == ServiceKind::Tcp {
+                "a tcp service"
+            } else {
+                "a tls_passthrough service"
+            };
+            if let Some(v) = &s.path_prefix {
+                ctx.err(
+                    v.span(),
+                    format!("{p}.path_prefix"),
+                    format!("{what} has no paths"),
+                );
+            }
+            if let Some(c) = &s.cache {
+                ctx.err(
+                    c.span(),
+                    format!("{p}.cache"),
+                    format!("{what} cannot cache"),
+                );
+            }
+            if upstream.protocol != UpstreamProtocol::Http1
+                && let Some(u) = &s.upstream
+            {
+                ctx.err(
+                    u.span(),
+                    format!("{p}.upstream.protocol"),
+                    format!("{what} copies bytes; the upstream protocol does not apply"),
+                );
+            }
+        }
+        // TCP services are probed by connecting unless told otherwise.
+        if kind != ServiceKind::Http
+            && let (Some(h), Some(raw)) = (health.as_mut(), &s.health)
+            && raw.get_ref().kind.is_none()
+        {
+            h.kind = HealthKind::Tcp;
+        }
+        match (kind, &s.hosts) {
+            (ServiceKind::Tcp, Some(h)) if hosts != vec![HostPattern::Any] => {
+                ctx.err(
+                    h.span(),
+                    format!("{p}.hosts"),
+                    "a tcp service has no hosts; one service per tcp listener",
+                );
+            }
+            (ServiceKind::TlsPassthrough, None) => ctx.err(
+                s.name.span(),
+                format!("{p}.hosts"),
+                "a tls_passthrough service needs hosts: the SNI names it takes",
+            ),
+            _ => {}
+        }
 
         out.push(Service {
             name: s.name.get_ref().clone(),
@@ -755,9 +865,100 @@ fn services(
             failover,
             retry,
             cache,
+            upstream,
+            kind,
         });
     }
+    // A plain TCP listener carries no name to route by: one service each.
+    for l in listeners.iter().filter(|l| l.protocol == Protocol::Tcp) {
+        let users: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.listeners.contains(&l.name))
+            .map(|(i, _)| i)
+            .collect();
+        if users.len() > 1 {
+            let span = raw[users[1]].get_ref().listeners.span();
+            ctx.err(
+                span,
+                format!("services[{}].listeners", users[1]),
+                format!(
+                    "tcp listener \"{}\" already serves service \"{}\"",
+                    l.name, out[users[0]].name
+                ),
+            );
+        }
+    }
     out
+}
+
+fn upstream(raw: &S<RawUpstream>, svc: &str, ctx: &mut Ctx<'_>) -> Upstream {
+    let u = raw.get_ref();
+    let p = format!("{svc}.upstream");
+    let protocol = ctx.named(
+        u.protocol.as_ref(),
+        format!("{p}.protocol"),
+        "protocol",
+        UpstreamProtocol::Http1,
+    );
+    let send_proxy = ctx.named(
+        u.send_proxy.as_ref(),
+        format!("{p}.send_proxy"),
+        "PROXY version",
+        SendProxy::Off,
+    );
+    let ca_file = u
+        .tls_ca_file
+        .as_ref()
+        .map(|f| ctx.existing_file(f, format!("{p}.tls_ca_file"), "CA file"));
+    let client_cert = match (&u.tls_client_cert, &u.tls_client_key) {
+        (Some(c), Some(k)) => Some(CertPair {
+            cert: ctx.existing_file(c, format!("{p}.tls_client_cert"), "certificate"),
+            key: ctx.existing_file(k, format!("{p}.tls_client_key"), "private key"),
+        }),
+        (Some(c), None) => {
+            ctx.err(
+                c.span(),
+                format!("{p}.tls_client_key"),
+                "tls_client_cert needs tls_client_key",
+            );
+            None
+        }
+        (None, Some(k)) => {
+            ctx.err(
+                k.span(),
+                format!("{p}.tls_client_cert"),
+                "tls_client_key needs tls_client_cert",
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let tls_keys = [
+        &u.tls_ca_file,
+        &u.tls_server_name,
+        &u.tls_client_cert,
+        &u.tls_client_key,
+    ];
+    if !protocol.is_tls()
+        && let Some(v) = tls_keys.into_iter().flatten().next()
+    {
+        ctx.err(
+            v.span(),
+            format!("{p}.protocol"),
+            "TLS settings need protocol = \"https\" or \"h2\"",
+        );
+    }
+    Upstream {
+        protocol,
+        send_proxy,
+        tls: UpstreamTls {
+            ca_file,
+            server_name: u.tls_server_name.as_ref().map(|s| s.get_ref().clone()),
+            client_cert,
+            verify: u.tls_verify.unwrap_or(true),
+        },
+    }
 }
 
 fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> HealthCheck {
@@ -936,21 +1137,12 @@ fn failover(raw: Option<&RawFailover>, svc: &str, ctx: &mut Ctx<'_>) -> Failover
     let d = Failover::default();
     let Some(f) = raw else { return d };
     let p = format!("{svc}.failover");
-    let when_all_down = match &f.when_all_down {
-        None => d.when_all_down,
-        Some(v) => AllDownPolicy::parse(v.get_ref()).unwrap_or_else(|| {
-            ctx.err(
-                v.span(),
-                format!("{p}.when_all_down"),
-                format!(
-                    "unknown policy \"{}\"; expected one of {}",
-                    v.get_ref(),
-                    AllDownPolicy::expected()
-                ),
-            );
-            d.when_all_down
-        }),
-    };
+    let when_all_down = ctx.named(
+        f.when_all_down.as_ref(),
+        format!("{p}.when_all_down"),
+        "policy",
+        d.when_all_down,
+    );
     Failover {
         hold_down: ctx.duration(&f.hold_down, format!("{p}.hold_down"), d.hold_down),
         ramp: ctx.duration(&f.ramp, format!("{p}.ramp"), d.ramp),

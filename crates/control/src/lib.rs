@@ -30,6 +30,17 @@ pub struct ConfigStatus {
     pub last_error_at: Option<SystemTime>,
 }
 
+/// Something a reload must also apply (certificates, ...): checked before the new table is
+/// published, so a reload stays all or nothing.
+pub trait ReloadHook: Send + Sync + std::fmt::Debug {
+    /// Checks that `config` can be applied; returns what applies it, run after the new table is
+    /// published.
+    fn prepare(
+        &self,
+        config: &streamgate_config::Config,
+    ) -> Result<Box<dyn FnOnce() + Send>, String>;
+}
+
 /// The control plane of one daemon.
 #[derive(Debug)]
 pub struct Control {
@@ -46,6 +57,7 @@ pub struct Control {
     status: Mutex<ConfigStatus>,
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub(crate) geo_stamp: Mutex<Option<FileStamp>>,
+    pub(crate) hooks: Mutex<Vec<Arc<dyn ReloadHook>>>,
     ready: AtomicBool,
 }
 
@@ -80,6 +92,7 @@ impl Control {
             }),
             reload_lock: tokio::sync::Mutex::new(()),
             geo_stamp: Mutex::new(geo_stamp),
+            hooks: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
         })
     }
@@ -115,6 +128,14 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Runs `hook` on every reload.
+    pub fn add_reload_hook(&self, hook: Arc<dyn ReloadHook>) {
+        self.hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
     }
 
     /// Readiness: the config is loaded and every listener is bound.

@@ -87,6 +87,17 @@ impl Control {
             *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner()) = geo_now;
         }
 
+        let hooks: Vec<Arc<dyn crate::ReloadHook>> =
+            self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut commits = Vec::new();
+        for h in hooks {
+            match h.prepare(&config) {
+                Ok(commit) => commits.push(commit),
+                Err(e) => {
+                    return self.reject(vec![format!("{}: {e}", config.source.path.display())]);
+                }
+            }
+        }
         let changes = diff(&current.config, &config);
         for item in &changes.needs_restart {
             warn!(setting = %item, "changed in the config file; takes effect at the next restart");
@@ -98,6 +109,9 @@ impl Control {
         ));
         let version = table.version;
         self.table.store(table.clone());
+        for commit in commits {
+            commit();
+        }
         let names: Vec<&str> = table
             .services
             .iter()

@@ -1,8 +1,13 @@
 //! streamgate-proxy: the data plane. Accepts client connections, forwards HTTP/1.1 and HTTP/2
 //! to the backends the routing table picks, and streams the answers back.
 
+mod accept;
 pub mod http;
 pub mod io;
+pub mod proxy_protocol;
+pub mod sni;
+pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
 pub use http::{HttpProxy, ListenerLimits, Shared, bind, serve};

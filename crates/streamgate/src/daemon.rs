@@ -12,6 +12,8 @@ use streamgate_cache::CacheRegistry;
 use streamgate_config::{AccessLogFormat, Config, Protocol};
 use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
+use streamgate_proxy::tcp::TcpProxy;
+use streamgate_proxy::tls::TlsHandle;
 use streamgate_proxy::{HttpProxy, ListenerLimits, Shared, Upstreams};
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::{AccessLog, Format};
@@ -122,18 +124,34 @@ impl Daemon {
             caches: caches.clone(),
         };
 
+        // Certificates load before anything listens: a bad one stops the start.
+        let mut tls_handles = Vec::new();
+        for l in config
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Https)
+        {
+            let h = streamgate_proxy::tls::handle(&l.certificates, &l.name)
+                .with_context(|| format!("listener \"{}\"", l.name))?;
+            tls_handles.push((l.name.clone(), h));
+        }
+
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let mut listeners = Vec::new();
         for (l, listener) in bound {
             let addr = listener.local_addr()?;
             listeners.push((l.name.clone(), addr));
+            let limits = ListenerLimits {
+                max_connections: l.max_connections.map(|n| n.get()),
+            };
             match l.protocol {
-                Protocol::Http => {
-                    let proxy = HttpProxy::new(&l.name, false, &shared);
-                    let limits = ListenerLimits {
-                        max_connections: l.max_connections.map(|n| n.get()),
-                    };
+                Protocol::Http | Protocol::Https => {
+                    let tls = tls_handles
+                        .iter()
+                        .find(|(n, _)| *n == l.name)
+                        .map(|(_, h)| h.clone());
+                    let proxy = HttpProxy::new(&l.name, tls, l.proxy_protocol, &shared);
                     tasks.spawn(streamgate_proxy::serve(
                         listener,
                         proxy,
@@ -141,12 +159,18 @@ impl Daemon {
                         shutdown_rx.clone(),
                     ));
                 }
-                other => anyhow::bail!(
-                    "listener \"{}\": protocol {other:?} is not available in this version",
-                    l.name
-                ),
+                Protocol::Tcp | Protocol::TlsPassthrough => {
+                    let passthrough = l.protocol == Protocol::TlsPassthrough;
+                    let proxy = TcpProxy::new(&l.name, passthrough, l.proxy_protocol, &shared);
+                    tasks.spawn(streamgate_proxy::tcp::serve_tcp(
+                        listener,
+                        proxy,
+                        limits,
+                        shutdown_rx.clone(),
+                    ));
+                }
             }
-            info!(listener = %l.name, address = %addr, protocol = "http", "listening");
+            info!(listener = %l.name, address = %addr, protocol = protocol_name(l.protocol), "listening");
         }
 
         let control = Control::new(
@@ -157,6 +181,11 @@ impl Daemon {
             caches.clone(),
         );
         control.set_listeners(listeners.clone());
+        if !tls_handles.is_empty() {
+            control.add_reload_hook(Arc::new(CertificateReload {
+                handles: tls_handles,
+            }));
+        }
         control.start(shutdown_rx.clone());
         tasks.spawn(admin::serve(
             admin_listener,
@@ -226,5 +255,44 @@ impl Daemon {
             self.tasks.abort_all();
         }
         drained
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "http",
+        Protocol::Https => "https",
+        Protocol::Tcp => "tcp",
+        Protocol::TlsPassthrough => "tls_passthrough",
+    }
+}
+
+/// Reloads the certificates of https listeners with the configuration: checked before the new
+/// table is published, swapped in after. Connections already open keep their certificate.
+#[derive(Debug)]
+struct CertificateReload {
+    handles: Vec<(String, TlsHandle)>,
+}
+
+impl streamgate_control::ReloadHook for CertificateReload {
+    fn prepare(&self, config: &Config) -> std::result::Result<Box<dyn FnOnce() + Send>, String> {
+        let mut swaps = Vec::new();
+        for (name, handle) in &self.handles {
+            let Some(l) = config
+                .listener(name)
+                .filter(|l| l.protocol == Protocol::Https)
+            else {
+                continue;
+            };
+            let cfg = streamgate_proxy::tls::check(&l.certificates, name)
+                .map_err(|e| format!("listener \"{name}\": {e}"))?;
+            swaps.push((handle.clone(), cfg));
+        }
+        Ok(Box::new(move || {
+            for (h, cfg) in swaps {
+                h.store(cfg);
+            }
+            info!("TLS certificates reloaded");
+        }))
     }
 }

@@ -492,6 +492,7 @@ impl HttpProxy {
             let mut o = Outbound {
                 service,
                 forwarded: true,
+                upgrade: None,
                 facts,
                 parts,
                 host,

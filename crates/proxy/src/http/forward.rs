@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
@@ -15,7 +16,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use streamgate_balance::stats::nanos_at;
 use streamgate_balance::{ClientFacts, Lease, NoRoute, Outcome, Pick, RoutingTable, Service};
-use streamgate_config::RegionPolicy;
+use streamgate_config::{RegionPolicy, UpstreamProtocol};
 use streamgate_telemetry::access_log::AccessRecord;
 use streamgate_telemetry::prometheus::IntCounter;
 use streamgate_telemetry::{DataType, code_class_index};
@@ -41,6 +42,8 @@ pub(crate) struct Outbound<'t> {
     /// by the first fetch.
     pub parts: Parts,
     pub forwarded: bool,
+    /// The client connection once upgraded (WebSocket), when the request asks for an upgrade.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
     pub host: HeaderValue,
     pub path_and_query: PathAndQuery,
     pub body: RequestBody,
@@ -101,9 +104,71 @@ impl HttpProxy {
         log: &mut Option<Box<PendingLog>>,
     ) -> Response<ProxyBody> {
         match self.fetch(&mut out, log).await {
+            Ok(f)
+                if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade.is_some() =>
+            {
+                self.tunnel(f, &mut out, active)
+            }
             Ok(f) => self.origin_response(f, &out, DataType::Pass, Completion::serving(active)),
             Err(e) => error_response(&e, active),
         }
+    }
+
+    /// A 101 from the backend: answer the client with it, then copy bytes both ways between the
+    /// upgraded client connection and the backend connection (WebSocket and other upgrades).
+    fn tunnel(
+        &self,
+        f: Fetched<'_>,
+        out: &mut Outbound<'_>,
+        active: ActiveRequest,
+    ) -> Response<ProxyBody> {
+        let Fetched {
+            resp, lease, pick, ..
+        } = f;
+        let (mut parts, body) = resp.into_parts();
+        let Some((backend, read_ahead)) = body.into_tunnel() else {
+            let e = ProxyError::Upstream {
+                backend: pick.backend.address,
+                reason: "101 without a connection to tunnel".into(),
+            };
+            return error_response(&e, active);
+        };
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(p) = protocol {
+            parts.headers.insert(header::UPGRADE, p);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        parts.version = out.client_version;
+        let on_upgrade = out.upgrade.take();
+        let (listener, service) = (self.listener.clone(), out.service.name.clone());
+        tokio::spawn(async move {
+            let Some(on_upgrade) = on_upgrade else { return };
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                    let mut backend = crate::io::Prefixed::new(read_ahead.freeze(), backend);
+                    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                        Ok((up, down)) => {
+                            tracing::debug!(listener = %listener, service = %service, up, down, "tunnel closed")
+                        }
+                        Err(e) => {
+                            tracing::debug!(listener = %listener, service = %service, error = %e, "tunnel ended with an error")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %listener, error = %e, "client upgrade failed")
+                }
+            }
+            drop(lease);
+        });
+        Response::from_parts(
+            parts,
+            ProxyBody::full(Bytes::new(), Completion::serving(active)),
+        )
     }
 
     fn log_skeleton(&self, req: &Request<Incoming>, peer: SocketAddr) -> AccessRecord {
@@ -140,7 +205,7 @@ impl HttpProxy {
     pub(crate) fn prepare<'t>(
         &self,
         table: &'t RoutingTable,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
@@ -181,9 +246,26 @@ impl HttpProxy {
             l.record.client = ip.to_canonical();
         }
 
+        // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
+        let upgrade_to = (req.version() == Version::HTTP_11
+            && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+                v.to_str().is_ok_and(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
+            }))
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten();
+        let upgrade = upgrade_to.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(u) = upgrade_to {
+            parts.headers.insert(header::UPGRADE, u);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         // The backend sees the host the client asked for (from the URI for HTTP/2 and
         // absolute-form requests).
         parts.headers.insert(header::HOST, host.clone());
@@ -205,6 +287,7 @@ impl HttpProxy {
         Ok(Outbound {
             service,
             forwarded: false,
+            upgrade,
             facts,
             parts,
             host,
@@ -227,7 +310,13 @@ impl HttpProxy {
         if !out.forwarded {
             out.forwarded = true;
             let host = out.host.clone();
-            add_forwarding(&mut out.parts.headers, out.peer.ip(), self.https, Some(host_str(&host)), out.client_version);
+            add_forwarding(
+                &mut out.parts.headers,
+                out.peer.ip(),
+                self.https,
+                Some(host_str(&host)),
+                out.client_version,
+            );
             if service.spec.region_policy == RegionPolicy::Geo
                 && let (Some(ip), Some(db)) = (out.facts.ip, self.geo.load().as_ref())
             {
@@ -271,14 +360,31 @@ impl HttpProxy {
                 l.record.retries = tried.len() as u32 - 1;
             }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
-            let exchange = self.upstreams.send(
-                pick.backend.address,
-                &out.parts,
-                out.path_and_query.as_str(),
-                &mut out.body,
-                exchange_timeouts,
-                attempt_at,
-            );
+            let h2c = service.spec.upstream.protocol == UpstreamProtocol::H2c;
+            let exchange = async {
+                if h2c {
+                    self.upstreams
+                        .send_h2c(
+                            pick.backend.address,
+                            &out.parts,
+                            out.path_and_query.as_str(),
+                            &mut out.body,
+                            exchange_timeouts,
+                        )
+                        .await
+                } else {
+                    self.upstreams
+                        .send(
+                            pick.backend.address,
+                            &out.parts,
+                            out.path_and_query.as_str(),
+                            &mut out.body,
+                            exchange_timeouts,
+                            attempt_at,
+                        )
+                        .await
+                }
+            };
             let deadline = tokio::time::Instant::from_std(attempt_at + timeouts.upstream_response);
             let failure = match tokio::time::timeout_at(deadline, exchange).await {
                 Ok(Ok(resp)) => {

@@ -10,19 +10,22 @@ pub mod headers;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use streamgate_balance::{GeoHandle, TableHandle};
 use streamgate_cache::CacheRegistry;
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::AccessLog;
 use streamgate_telemetry::prometheus::IntCounter;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::accept::{Acceptor, client_behind_proxy};
+use crate::io::Prefixed;
+use crate::tls::TlsHandle;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::debug;
 
@@ -34,6 +37,8 @@ use crate::upstream::Upstreams;
 pub struct HttpProxy {
     listener: Arc<str>,
     https: bool,
+    tls: Option<TlsHandle>,
+    accept_proxy: bool,
     table: TableHandle,
     geo: GeoHandle,
     upstreams: Arc<Upstreams>,
@@ -45,10 +50,19 @@ pub struct HttpProxy {
 }
 
 impl HttpProxy {
-    pub fn new(listener: &str, https: bool, shared: &Shared) -> Arc<HttpProxy> {
+    /// `tls`: the listener terminates TLS (https). `accept_proxy`: trusted peers send a PROXY
+    /// header first.
+    pub fn new(
+        listener: &str,
+        tls: Option<TlsHandle>,
+        accept_proxy: bool,
+        shared: &Shared,
+    ) -> Arc<HttpProxy> {
         Arc::new(HttpProxy {
             listener: listener.into(),
-            https,
+            https: tls.is_some(),
+            tls,
+            accept_proxy,
             table: shared.table.clone(),
             geo: shared.geo.clone(),
             upstreams: shared.upstreams.clone(),
@@ -113,72 +127,95 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = builder();
-    let slots = limits.max_connections.map(|n| Arc::new(Semaphore::new(n)));
-    let accepted = proxy
-        .metrics
-        .connections
-        .with_label_values(&[&*proxy.listener]);
-    let open = proxy
-        .metrics
-        .connections_active
-        .with_label_values(&[&*proxy.listener]);
+    let mut acceptor = Acceptor::new(
+        listener,
+        proxy.listener.clone(),
+        limits.max_connections,
+        &proxy.metrics,
+    );
     // Connection tasks live in this set so that aborting `serve` (shutdown deadline passed)
     // closes them too.
     let mut conns = JoinSet::new();
-    loop {
+    while let Some(conn) = acceptor.next(&mut shutdown).await {
         while conns.try_join_next().is_some() {}
-        let permit = match &slots {
-            Some(s) => tokio::select! {
-                p = s.clone().acquire_owned() => p.ok(),
-                _ = shutdown.changed() => break,
-            },
-            None => None,
-        };
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(listener = %proxy.listener, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        accepted.inc();
-        open.inc();
+        let watcher = graceful.watcher();
+        let (proxy, builder) = (proxy.clone(), builder.clone());
+        conns.spawn(async move {
+            proxy
+                .connection(conn.stream, conn.peer, builder, watcher)
+                .await;
+            drop(conn.hold);
+        });
+    }
+    drop(acceptor);
+    graceful.shutdown().await;
+    while conns.join_next().await.is_some() {}
+}
+
+impl HttpProxy {
+    /// One client connection: PROXY header (from trusted peers, if the listener takes them),
+    /// TLS (https listeners), then HTTP until the connection ends.
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        builder: auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+    ) {
         let timeouts = {
-            let t = proxy.table.load().config.timeouts;
+            let t = self.table.load().config.timeouts;
             ClientTimeouts {
                 request_header: t.request_header,
                 idle: t.idle,
             }
         };
+        let proxied = self.accept_proxy.then(|| self.table.load_full());
+        let Some((peer, prefix)) =
+            client_behind_proxy(&mut stream, peer, &self.listener, proxied.as_deref()).await
+        else {
+            return;
+        };
+        let io = Prefixed::new(prefix, stream);
+        match &self.tls {
+            None => self.serve_io(io, peer, timeouts, &builder, watcher).await,
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                match tokio::time::timeout(timeouts.request_header, acceptor.accept(io)).await {
+                    Ok(Ok(s)) => self.serve_io(s, peer, timeouts, &builder, watcher).await,
+                    Ok(Err(e)) => {
+                        debug!(listener = %self.listener, peer = %peer, error = %e, "TLS handshake failed")
+                    }
+                    Err(_) => {
+                        debug!(listener = %self.listener, peer = %peer, "TLS handshake timed out")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn serve_io<I>(
+        self: &Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        timeouts: ClientTimeouts,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: Watcher,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = ConnActivity::new();
-        let io = TokioIo::new(TimedIo::new(stream, activity.clone(), timeouts));
-        let svc_proxy = proxy.clone();
+        let io = TokioIo::new(TimedIo::new(io, activity.clone(), timeouts));
+        let proxy = self.clone();
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);
-            let p = svc_proxy.clone();
+            let p = proxy.clone();
             async move { Ok::<_, Infallible>(p.handle(req, peer, active).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(io, svc).into_owned();
-        let conn = graceful.watch(conn);
-        let open = open.clone();
-        let listener_name = proxy.listener.clone();
-        conns.spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(listener = %listener_name, peer = %peer, error = %e, "client connection ended with an error");
-            }
-            open.dec();
-            drop(permit);
-        });
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        if let Err(e) = watcher.watch(conn).await {
+            debug!(listener = %self.listener, peer = %peer, error = %e, "client connection ended with an error");
+        }
     }
-    drop(listener);
-    graceful.shutdown().await;
-    while conns.join_next().await.is_some() {}
 }
 
 /// Binds a listening socket with the options a proxy wants (address reuse, a deep backlog).

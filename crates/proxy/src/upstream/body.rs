@@ -19,7 +19,7 @@ use super::{Conn, UpstreamError};
 const READ_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug)]
-pub struct UpstreamBody {
+pub struct H1Body {
     conn: Option<Conn>,
     buf: BytesMut,
     decoder: BodyDecoder,
@@ -36,7 +36,7 @@ pub struct UpstreamBody {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl UpstreamBody {
+impl H1Body {
     pub(super) fn new(
         conn: Conn,
         buf: BytesMut,
@@ -45,8 +45,8 @@ impl UpstreamBody {
         reusable: bool,
         stall_timeout: Duration,
         started: Instant,
-    ) -> UpstreamBody {
-        let mut body = UpstreamBody {
+    ) -> H1Body {
+        let mut body = H1Body {
             conn: Some(conn),
             buf,
             decoder,
@@ -63,11 +63,23 @@ impl UpstreamBody {
         body
     }
 
+    /// A 101 Switching Protocols: the connection (and bytes already read past the head) now
+    /// belong to the tunnel.
+    pub(crate) fn into_tunnel(mut self) -> Option<(tokio::net::TcpStream, BytesMut)> {
+        match self.conn.take()? {
+            Conn::Whole(s) => Some((s, std::mem::take(&mut self.buf))),
+            // A request body was still being sent: no clean tunnel.
+            Conn::Split { .. } => None,
+        }
+    }
+
     /// The body ended: hand the connection back if nothing is left over on it.
+    /// A connection that cannot be reused stays with the body (a 101's tunnel takes it; else it
+    /// closes when the body is dropped).
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && self.reusable
+        if self.reusable
             && self.buf.is_empty()
+            && let Some(conn) = self.conn.take()
             && let Some(stream) = conn.into_reusable()
         {
             self.pool.put(stream, self.last_used);
@@ -98,7 +110,7 @@ impl UpstreamBody {
     }
 }
 
-impl Body for UpstreamBody {
+impl Body for H1Body {
     type Data = Bytes;
     type Error = UpstreamError;
 

@@ -28,11 +28,59 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 use tokio_util::io::poll_read_buf;
 
-pub use body::UpstreamBody;
+pub use body::H1Body;
 use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
 pub use pool::Pool;
 
 use crate::http::body::RequestBody;
+
+/// A backend's response body: read by our HTTP/1.1 client, or by hyper's HTTP/2 one.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    H1(H1Body),
+    H2(hyper::body::Incoming),
+}
+
+impl UpstreamBody {
+    /// The tunnel of a 101 response (HTTP/1.1 upgrades only).
+    pub(crate) fn into_tunnel(self) -> Option<(TcpStream, BytesMut)> {
+        match self {
+            UpstreamBody::H1(b) => b.into_tunnel(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpstreamBody::H2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| UpstreamError::H2(e.to_string())),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.is_end_stream(),
+            UpstreamBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            UpstreamBody::H1(b) => b.size_hint(),
+            UpstreamBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Why a backend exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +103,8 @@ pub enum UpstreamError {
     Stalled { after: Duration },
     #[error("the client's request body failed: {0}")]
     ClientBody(String),
+    #[error("HTTP/2: {0}")]
+    H2(String),
 }
 
 impl UpstreamError {
@@ -82,7 +132,15 @@ pub struct ExchangeTimeouts {
 #[derive(Debug, Default)]
 pub struct Upstreams {
     pools: ArcSwap<HashMap<SocketAddr, Arc<Pool>>>,
+    /// HTTP/2 cleartext to backends (gRPC): hyper's client, which multiplexes streams over one
+    /// connection per backend.
+    h2c: std::sync::OnceLock<H2cClient>,
 }
+
+type H2cClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    RequestBody,
+>;
 
 impl Upstreams {
     pub fn new() -> Arc<Upstreams> {
@@ -106,6 +164,44 @@ impl Upstreams {
             .get(&addr)
             .cloned()
             .unwrap_or_else(|| Arc::new(Pool::new(addr)))
+    }
+
+    /// Sends a request over HTTP/2 cleartext (prior knowledge) and returns the response head.
+    pub async fn send_h2c(
+        &self,
+        backend: SocketAddr,
+        head: &Parts,
+        path_and_query: &str,
+        body: &mut RequestBody,
+        timeouts: ExchangeTimeouts,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let client = self.h2c.get_or_init(|| {
+            let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(timeouts.connect));
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .pool_idle_timeout(timeouts.idle)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .set_host(false)
+                .build(c)
+        });
+        let uri: http::Uri = format!("http://{backend}{path_and_query}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamError::H2(e.to_string()))?;
+        let mut req = http::Request::new(std::mem::replace(body, RequestBody::Empty));
+        *req.method_mut() = head.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        *req.headers_mut() = head.headers.clone();
+        match client.request(req).await {
+            Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+            Err(e) if e.is_connect() => {
+                Err(UpstreamError::Connect(io::Error::other(e.to_string())))
+            }
+            Err(e) => Err(UpstreamError::H2(format!("{e:?}"))),
+        }
     }
 
     /// Sends a request to `backend` and reads the response head. The body streams from the
@@ -163,7 +259,7 @@ impl Upstreams {
                         headers,
                         ..
                     } = rhead;
-                    let mut resp = Response::new(UpstreamBody::new(
+                    let mut resp = Response::new(UpstreamBody::H1(H1Body::new(
                         conn,
                         buf,
                         decoder,
@@ -171,7 +267,7 @@ impl Upstreams {
                         reusable,
                         timeouts.body_stall,
                         now,
-                    ));
+                    )));
                     *resp.status_mut() = status;
                     *resp.version_mut() = version;
                     *resp.headers_mut() = headers;

@@ -1,0 +1,129 @@
+//! The accept loop every listener shares: connection limit, accept-error back-off, the
+//! connection counters, and the PROXY header from trusted peers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use streamgate_balance::RoutingTable;
+use streamgate_telemetry::Metrics;
+use streamgate_telemetry::prometheus::{IntCounter, IntGauge};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::warn;
+
+use crate::proxy_protocol;
+
+/// Hands out accepted connections until shutdown.
+pub(crate) struct Acceptor {
+    listener: TcpListener,
+    name: Arc<str>,
+    slots: Option<Arc<Semaphore>>,
+    accepted: IntCounter,
+    open: IntGauge,
+}
+
+/// A client connection and what it holds while open: a `connections_active` count and a slot
+/// under `max_connections`, both given back when it is dropped.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub hold: OpenConnection,
+}
+
+pub(crate) struct OpenConnection {
+    open: IntGauge,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl Acceptor {
+    pub fn new(
+        listener: TcpListener,
+        name: Arc<str>,
+        max_connections: Option<usize>,
+        metrics: &Metrics,
+    ) -> Acceptor {
+        Acceptor {
+            accepted: metrics.connections.with_label_values(&[&*name]),
+            open: metrics.connections_active.with_label_values(&[&*name]),
+            slots: max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            listener,
+            name,
+        }
+    }
+
+    /// The next connection, or `None` once `shutdown` turns. At the connection limit this waits
+    /// for a slot before accepting, so the kernel's backlog holds the excess.
+    pub async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Accepted> {
+        let slot = match &self.slots {
+            Some(s) => tokio::select! {
+                p = s.clone().acquire_owned() => p.ok(),
+                _ = shutdown.changed() => return None,
+            },
+            None => None,
+        };
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        warn!(listener = %self.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return None,
+            };
+            let _ = stream.set_nodelay(true);
+            self.accepted.inc();
+            self.open.inc();
+            return Some(Accepted {
+                stream,
+                peer,
+                hold: OpenConnection {
+                    open: self.open.clone(),
+                    _slot: slot,
+                },
+            });
+        }
+    }
+}
+
+/// On a listener that takes PROXY headers (`proxied` is then the routing table), reads the
+/// header when `peer` is one of the trusted proxies; other peers connect as themselves and their
+/// bytes are left alone, so an untrusted peer cannot spoof its address. Returns the client
+/// address to use and the bytes read past the header, or `None` (logged) when the header is bad
+/// and the connection should close.
+pub(crate) async fn client_behind_proxy(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    listener: &str,
+    proxied: Option<&RoutingTable>,
+) -> Option<(SocketAddr, Bytes)> {
+    let Some(table) = proxied else {
+        return Some((peer, Bytes::new()));
+    };
+    let trusted = table.config.geo.as_ref().is_some_and(|g| {
+        g.trusted_proxies
+            .iter()
+            .any(|n| n.contains(&peer.ip().to_canonical()))
+    });
+    if !trusted {
+        return Some((peer, Bytes::new()));
+    }
+    match proxy_protocol::read_header(stream, table.config.timeouts.request_header).await {
+        Ok((addrs, rest)) => Some((addrs.map_or(peer, |a| a.source), rest)),
+        Err(e) => {
+            warn!(listener, peer = %peer, error = %e, "bad PROXY header; connection closed");
+            None
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! L4: `tcp` listeners (one service each) and `tls_passthrough` listeners (services chosen by the
+//! SNI of the ClientHello, TLS left to the backend). A connection goes through the same region
+//! and backend selection as an HTTP request, then bytes are copied both ways (half-close kept)
+//! until both sides finish or nothing moves for the idle timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use streamgate_balance::stats::now_nanos;
+use streamgate_balance::{ClientFacts, GeoHandle, Lease, Outcome, Pick, TableHandle};
+use streamgate_config::{RegionPolicy, SendProxy};
+use streamgate_telemetry::Metrics;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use crate::accept::{Acceptor, client_behind_proxy};
+use crate::http::ListenerLimits;
+use crate::io::Prefixed;
+use crate::proxy_protocol;
+use crate::sni::{MAX_HELLO, Sni, client_hello_sni};
+
+/// Most backends one connection tries when connecting fails.
+const MAX_TRIES: usize = 8;
+/// Copy buffer per direction.
+const COPY_BUF: usize = 64 * 1024;
+
+/// Shared state of one L4 listener.
+#[derive(Debug)]
+pub struct TcpProxy {
+    listener: Arc<str>,
+    /// Route by the ClientHello's server name.
+    passthrough: bool,
+    /// Expect a PROXY header from trusted peers.
+    proxy_protocol: bool,
+    table: TableHandle,
+    geo: GeoHandle,
+    metrics: Arc<Metrics>,
+}
+
+impl TcpProxy {
+    pub fn new(
+        listener: &str,
+        passthrough: bool,
+        proxy_protocol: bool,
+        shared: &crate::http::Shared,
+    ) -> Arc<TcpProxy> {
+        Arc::new(TcpProxy {
+            listener: listener.into(),
+            passthrough,
+            proxy_protocol,
+            table: shared.table.clone(),
+            geo: shared.geo.clone(),
+            metrics: shared.metrics.clone(),
+        })
+    }
+}
+
+/// Serves an L4 listener until `shutdown`; open connections keep going until they end or the
+/// caller's shutdown deadline aborts this future.
+pub async fn serve_tcp(
+    listener: TcpListener,
+    proxy: Arc<TcpProxy>,
+    limits: ListenerLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut acceptor = Acceptor::new(
+        listener,
+        proxy.listener.clone(),
+        limits.max_connections,
+        &proxy.metrics,
+    );
+    let mut conns = JoinSet::new();
+    while let Some(conn) = acceptor.next(&mut shutdown).await {
+        while conns.try_join_next().is_some() {}
+        let proxy = proxy.clone();
+        conns.spawn(async move {
+            proxy.handle(conn.stream, conn.peer).await;
+            drop(conn.hold);
+        });
+    }
+    drop(acceptor);
+    while conns.join_next().await.is_some() {}
+}
+
+impl TcpProxy {
+    async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
+        let table = self.table.load_full();
+        let timeouts = table.config.timeouts;
+        let proxied = self.proxy_protocol.then_some(&*table);
+        let Some((client, rest)) =
+            client_behind_proxy(&mut stream, peer, &self.listener, proxied).await
+        else {
+            return;
+        };
+        let mut prefix = BytesMut::from(&rest[..]);
+        let name = if self.passthrough {
+            match read_sni(&mut stream, &mut prefix, timeouts.request_header).await {
+                Ok(name) => name,
+                Err(why) => {
+                    warn!(listener = %self.listener, peer = %client, reason = why, "no usable ClientHello; connection closed");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let service = match table.route(&self.listener, name.as_deref().unwrap_or(""), "/") {
+            Ok(s) => s,
+            Err(_) => {
+                warn!(listener = %self.listener, peer = %client, sni = ?name, "no service for this connection; closed");
+                return;
+            }
+        };
+        let mut facts = ClientFacts {
+            ip: Some(client.ip()),
+            geo: None,
+        };
+        if service.spec.region_policy == RegionPolicy::Geo
+            && let Some(db) = self.geo.load().as_ref()
+        {
+            facts.geo = db.lookup(client.ip());
+        }
+        let Some((mut backend, lease)) = self.connect(service, &facts, timeouts.connect).await
+        else {
+            return;
+        };
+        let local = stream.local_addr().unwrap_or(peer);
+        let header = match service.spec.upstream.send_proxy {
+            SendProxy::Off => None,
+            SendProxy::V1 => Some(proxy_protocol::encode_v1(client, local)),
+            SendProxy::V2 => Some(proxy_protocol::encode_v2(client, local)),
+        };
+        if let Some(h) = header
+            && let Err(e) = backend.write_all(&h).await
+        {
+            warn!(service = %service.name, error = %e, "could not send the PROXY header");
+            return;
+        }
+        let activity = Arc::new(AtomicU64::new(now_nanos()));
+        let mut a = Tracked {
+            inner: Prefixed::new(prefix.freeze(), stream),
+            activity: activity.clone(),
+        };
+        let mut b = Tracked {
+            inner: backend,
+            activity: activity.clone(),
+        };
+        let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
+        tokio::select! {
+            r = copy => match r {
+                Ok((up, down)) => debug!(service = %service.name, up, down, "connection done"),
+                Err(e) => debug!(service = %service.name, error = %e, "connection ended with an error"),
+            },
+            _ = idle(activity, timeouts.idle) => {
+                debug!(service = %service.name, idle = ?timeouts.idle, "idle connection closed");
+            }
+        }
+        drop(lease);
+    }
+
+    /// Connects to a backend picked for `facts`, trying others when connecting fails.
+    async fn connect(
+        &self,
+        service: &streamgate_balance::Service,
+        facts: &ClientFacts,
+        timeout: Duration,
+    ) -> Option<(TcpStream, Lease)> {
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        loop {
+            let Some(pick): Option<Pick<'_>> = service.pick(facts, &tried) else {
+                warn!(service = %service.name, tried = tried.len(), "no usable backend for the connection; closed");
+                return None;
+            };
+            tried.push(pick.backend.address);
+            let lease = Lease::new(pick.backend.state.clone());
+            match tokio::time::timeout(timeout, TcpStream::connect(pick.backend.address)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    lease.record_head_at(std::time::Instant::now());
+                    pick.backend
+                        .state
+                        .record_outcome(Outcome::Success, &service.spec.outlier);
+                    pick.region.metrics.routing[pick.reason.index()].inc();
+                    return Some((s, lease));
+                }
+                failed => {
+                    let why = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("connect timed out after {timeout:?}"),
+                    };
+                    pick.backend
+                        .state
+                        .record_outcome(Outcome::ConnectFailure, &service.spec.outlier);
+                    let kind = if why.contains("timed out") {
+                        "timeout"
+                    } else {
+                        "connect"
+                    };
+                    self.metrics
+                        .upstream_errors
+                        .with_label_values(&[&pick.region.name, kind])
+                        .inc();
+                    warn!(service = %service.name, region = %pick.region.name, backend = %pick.backend.address, error = %why, "backend connect failed");
+                    if tried.len() >= MAX_TRIES {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads until the ClientHello is complete; its server name, lower case.
+async fn read_sni(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: Duration,
+) -> Result<Option<String>, &'static str> {
+    let read = async {
+        loop {
+            match client_hello_sni(buf) {
+                Sni::Found(name) => return Ok(name),
+                Sni::NotTls => return Err("not a TLS ClientHello"),
+                Sni::Incomplete if buf.len() >= MAX_HELLO => return Err("ClientHello too large"),
+                Sni::Incomplete => match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Err("connection closed before the ClientHello ended"),
+                    Ok(_) => {}
+                },
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err("no ClientHello in time"))
+}
+
+/// Resolves once no byte has moved either way for `idle`.
+async fn idle(activity: Arc<AtomicU64>, idle: Duration) {
+    loop {
+        let last = activity.load(Relaxed);
+        let deadline = last + idle.as_nanos() as u64;
+        let now = now_nanos();
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_nanos(deadline - now)).await;
+        if activity.load(Relaxed) == last {
+            return;
+        }
+    }
+}
+
+/// Notes the time of every read and write that moved bytes.
+struct Tracked<T> {
+    inner: T,
+    activity: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.store(now_nanos(), Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.store(now_nanos(), Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

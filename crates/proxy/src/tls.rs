@@ -1,0 +1,431 @@
+//! TLS termination: certificates loaded from PEM files, chosen by SNI (exact names, then
+//! wildcards, then the first certificate as default), ALPN h2 and http/1.1, TLS 1.2 and 1.3 with
+//! rustls' safe defaults (aws-lc-rs). The server configuration sits in an `ArcSwap` so a reload
+//! swaps certificates for new handshakes while existing connections carry on.
+//!
+//! Also the client side, for backends spoken to over TLS.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use streamgate_config::{CertPair, UpstreamTls};
+use tracing::warn;
+
+/// Certificates expiring sooner than this are logged as a warning when loaded.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 86_400);
+
+/// A listener's TLS configuration, swapped on reload.
+pub type TlsHandle = Arc<ArcSwap<rustls::ServerConfig>>;
+
+/// Why certificates could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: cannot read certificate: {reason}")]
+    Cert { path: String, reason: String },
+    #[error("{path}: cannot read private key: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{cert}: the private key {key} does not belong to this certificate")]
+    Mismatch { cert: String, key: String },
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+/// One loaded certificate with the names it serves.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// Lower-case DNS names from the subjectAltName (or the CN), wildcards as `*.example.com`.
+    names: Vec<String>,
+}
+
+/// Picks a certificate by the ClientHello's server name.
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `.example.com` suffixes of wildcard names (one label only, as RFC 6125 allows).
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        if let Some((_, rest)) = name.split_once('.')
+            && let Some(k) = self.wildcard.get(rest)
+        {
+            return k.clone();
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Loads every certificate and key, checking each key belongs to its certificate, and logs the
+/// names each serves and any that expire within 30 days.
+pub fn load(pairs: &[CertPair], listener: &str) -> Result<Arc<SniResolver>, TlsError> {
+    let provider = provider();
+    let mut loaded = Vec::new();
+    for p in pairs {
+        loaded.push(load_one(p, &provider, listener)?);
+    }
+    let Some(first) = loaded.first() else {
+        return Err(TlsError::Setup(format!(
+            "listener {listener}: no certificates"
+        )));
+    };
+    let default = first.key.clone();
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    for l in &loaded {
+        for n in &l.names {
+            match n.strip_prefix("*.") {
+                Some(suffix) => {
+                    wildcard
+                        .entry(suffix.to_string())
+                        .or_insert_with(|| l.key.clone());
+                }
+                None => {
+                    exact.entry(n.clone()).or_insert_with(|| l.key.clone());
+                }
+            }
+        }
+    }
+    Ok(Arc::new(SniResolver {
+        exact,
+        wildcard,
+        default,
+    }))
+}
+
+fn load_one(p: &CertPair, provider: &CryptoProvider, listener: &str) -> Result<Loaded, TlsError> {
+    let cert_path = p.cert.display().to_string();
+    let key_path = p.key.display().to_string();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&p.cert)
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert {
+            path: cert_path.clone(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Cert {
+            path: cert_path,
+            reason: "no CERTIFICATE block in the file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(&p.key).map_err(|e| TlsError::Key {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| TlsError::Key {
+            path: key_path.clone(),
+            reason: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain.clone(), signing);
+    if certified.keys_match().is_err() {
+        return Err(TlsError::Mismatch {
+            cert: cert_path,
+            key: key_path,
+        });
+    }
+    let (names, not_after) = names_and_expiry(&chain[0]).map_err(|reason| TlsError::Cert {
+        path: cert_path.clone(),
+        reason,
+    })?;
+    if let Some(end) = not_after {
+        match end.duration_since(SystemTime::now()) {
+            Err(_) => {
+                warn!(listener, certificate = %cert_path, "certificate has EXPIRED; clients will refuse it")
+            }
+            Ok(left) if left < EXPIRY_WARNING => warn!(
+                listener, certificate = %cert_path, days_left = left.as_secs() / 86_400,
+                "certificate expires soon; renew it"
+            ),
+            Ok(_) => {}
+        }
+    }
+    tracing::info!(listener, certificate = %cert_path, names = ?names, "certificate loaded");
+    Ok(Loaded {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// The DNS names a certificate is for, and when it expires.
+fn names_and_expiry(der: &CertificateDer<'_>) -> Result<(Vec<String>, Option<SystemTime>), String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase),
+        );
+    }
+    let ts = cert.validity().not_after.timestamp();
+    let not_after = u64::try_from(ts)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+    Ok((names, not_after))
+}
+
+/// A server configuration for `resolver`: ALPN h2 then http/1.1, TLS 1.2 and 1.3.
+pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Loads the certificates of a listener into a new handle.
+pub fn handle(pairs: &[CertPair], listener: &str) -> Result<TlsHandle, TlsError> {
+    Ok(Arc::new(ArcSwap::new(server_config(load(
+        pairs, listener,
+    )?)?)))
+}
+
+/// A client configuration for backends: system roots (or the configured CA), an optional client
+/// certificate, ALPN for the upstream protocol.
+pub fn client_config(
+    tls: &UpstreamTls,
+    alpn_h2: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = if tls.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca_file {
+            Some(path) => {
+                for c in CertificateDer::pem_file_iter(path).map_err(|e| TlsError::Cert {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })? {
+                    let c = c.map_err(|e| TlsError::Cert {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    roots.add(c).map_err(|e| TlsError::Cert {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for c in native.certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+    };
+    let mut cfg = match &tls.client_cert {
+        Some(pair) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pair.cert)
+                .and_then(|i| i.collect::<Result<_, _>>())
+                .map_err(|e| TlsError::Cert {
+                    path: pair.cert.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            let key = PrivateKeyDer::from_pem_file(&pair.key).map_err(|e| TlsError::Key {
+                path: pair.key.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::Setup(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = if alpn_h2 {
+        vec![b"h2".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Arc::new(cfg))
+}
+
+/// `tls_verify = false`: accept any backend certificate (lab setups only).
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Checks that a listener's certificate files load (for reload's all-or-nothing check).
+pub fn check(pairs: &[CertPair], listener: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config(load(pairs, listener)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn write_cert(dir: &Path, name: &str, sans: &[&str]) -> CertPair {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        CertPair { cert: c, key: k }
+    }
+
+    #[test]
+    fn picks_by_exact_then_wildcard_then_default() {
+        let dir = tempfile_dir();
+        let a = write_cert(&dir, "a", &["a.example.com"]);
+        let w = write_cert(&dir, "w", &["*.example.com"]);
+        let r = load(&[a, w], "test").unwrap();
+        let first = r.pick(None);
+        assert!(
+            Arc::ptr_eq(&r.pick(Some("A.example.com")), &first),
+            "exact (and default)"
+        );
+        let wild = r.pick(Some("b.example.com"));
+        assert!(!Arc::ptr_eq(&wild, &first), "wildcard");
+        assert!(
+            Arc::ptr_eq(&r.pick(Some("x.y.example.com")), &first),
+            "a wildcard covers one label only"
+        );
+        assert!(Arc::ptr_eq(&r.pick(Some("other.org")), &first), "default");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let dir = tempfile_dir();
+        let a = write_cert(&dir, "a", &["a.example"]);
+        let b = write_cert(&dir, "b", &["b.example"]);
+        let mismatched = CertPair {
+            cert: a.cert.clone(),
+            key: b.key.clone(),
+        };
+        let e = load(&[mismatched], "t").unwrap_err().to_string();
+        assert!(e.contains("does not belong to this certificate"), "{e}");
+        let missing = CertPair {
+            cert: dir.join("nope.pem"),
+            key: a.key.clone(),
+        };
+        let e = load(&[missing], "t").unwrap_err().to_string();
+        assert!(e.contains("nope.pem: cannot read certificate"), "{e}");
+        std::fs::write(dir.join("empty.pem"), "").unwrap();
+        let empty = CertPair {
+            cert: dir.join("empty.pem"),
+            key: a.key.clone(),
+        };
+        assert!(
+            load(&[empty], "t")
+                .unwrap_err()
+                .to_string()
+                .contains("no CERTIFICATE")
+        );
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "sg-tls-{}-{}",
+            std::process::id(),
+            fastrand_suffix()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn fastrand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,433 @@
+//! L4 and TLS end to end: TCP proxying with half-close, PROXY protocol in and out, TLS
+//! termination with SNI and ALPN, certificate reload, TLS passthrough by SNI, WebSocket, gRPC-style
+//! trailers over h2c.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use rustls_pki_types::{CertificateDer, ServerName};
+use streamgate_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An echo server: every byte back until the client closes its side, then closes.
+async fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn tcp_config(backends_list: &str, extra_listener: &str, extra_service: &str) -> String {
+    format!(
+        r#"
+[geo]
+database = "{db}"
+trusted_proxies = ["127.0.0.1/32"]
+
+[[listeners]]
+name = "l4"
+listen = "127.0.0.1:0"
+protocol = "tcp"
+{extra_listener}
+
+[[regions]]
+name = "r"
+backends = {backends_list}
+
+[[services]]
+name = "echo"
+listeners = ["l4"]
+regions = ["r"]
+{extra_service}
+"#,
+        db = fixture("geo/streamgate-synthetic-city.mmdb").display()
+    )
+}
+
+fn fnv(h: &mut u64, data: &[u8]) {
+    for &b in data {
+        *h ^= u64::from(b);
+        *h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_echo_100_connections_64_mib_each_way_with_checksums_and_half_close() {
+    let echo = echo_server().await;
+    let d = TestDaemon::start(&tcp_config(
+        &format!("[ {{ address = \"{echo}\" }} ]"),
+        "",
+        "",
+    ))
+    .await;
+    let addr = d.addr("l4");
+    const EACH: usize = 64 << 20;
+    let tasks: Vec<_> = (0..100u64)
+        .map(|seed| {
+            tokio::spawn(async move {
+                let s = TcpStream::connect(addr).await.unwrap();
+                let (mut r, mut w) = s.into_split();
+                let writer = tokio::spawn(async move {
+                    let mut rng = fastrand::Rng::with_seed(seed);
+                    let mut sum = 0xcbf2_9ce4_8422_2325u64;
+                    let mut chunk = vec![0u8; 256 * 1024];
+                    let mut sent = 0;
+                    while sent < EACH {
+                        rng.fill(&mut chunk);
+                        fnv(&mut sum, &chunk);
+                        w.write_all(&chunk).await.unwrap();
+                        sent += chunk.len();
+                    }
+                    // Half-close: we are done sending but still reading.
+                    w.shutdown().await.unwrap();
+                    sum
+                });
+                let mut sum = 0xcbf2_9ce4_8422_2325u64;
+                let mut got = 0usize;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = r.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    fnv(&mut sum, &buf[..n]);
+                    got += n;
+                }
+                let sent_sum = writer.await.unwrap();
+                assert_eq!(
+                    got, EACH,
+                    "connection {seed}: every byte came back, then EOF"
+                );
+                assert_eq!(sum, sent_sum, "connection {seed}: checksums match");
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_refused_tcp_backend_is_skipped_for_the_next() {
+    let echo = echo_server().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = TestDaemon::start(&tcp_config(
+        &format!("[ {{ address = \"{dead}\" }}, {{ address = \"{echo}\" }} ]"),
+        "",
+        "backend_policy = \"round_robin\"",
+    ))
+    .await;
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+    }
+}
+
+/// A backend that reads a PROXY header (any version) and answers with the source it names.
+async fn proxy_reporter() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (addrs, rest) =
+                    streamgate_proxy::proxy_protocol::read_header(&mut s, Duration::from_secs(5))
+                        .await
+                        .unwrap();
+                let line = format!(
+                    "{} {}\n",
+                    addrs.unwrap().source,
+                    String::from_utf8_lossy(&rest)
+                );
+                s.write_all(line.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn proxy_protocol_in_from_trusted_peers_and_out_to_backends() {
+    for version in ["v1", "v2"] {
+        let reporter = proxy_reporter().await;
+        let d = TestDaemon::start(&tcp_config(
+            &format!("[ {{ address = \"{reporter}\" }} ]"),
+            "proxy_protocol = true",
+            &format!("[services.upstream]\nsend_proxy = \"{version}\""),
+        ))
+        .await;
+        // From 127.0.0.1 (trusted): the header's source is the client the backend is told about.
+        let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\nhello")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "192.0.2.7:40000 hello\n", "{version}");
+        // A malformed header closes the connection without reaching the backend.
+        let mut bad = TcpStream::connect(d.addr("l4")).await.unwrap();
+        bad.write_all(b"PROXY TCP4 999.1.1.1 10.0.0.1 1 2\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let n = bad.read_to_end(&mut rest).await.unwrap_or(0);
+        assert_eq!(n, 0, "closed");
+    }
+}
+
+#[tokio::test]
+async fn proxy_protocol_on_an_http_listener_names_the_client() {
+    let o = Origin::start("o").await;
+    let config = format!(
+        "[geo]\ndatabase = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [[regions]]\nname = \"r\"\nbackends = {}\n[[services]]\nname = \"s\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n",
+        fixture("geo/streamgate-synthetic-city.mmdb").display(),
+        backends(&[(&o, 1)])
+    );
+    let d = TestDaemon::start(&config).await;
+    let header = streamgate_proxy::proxy_protocol::encode_v2(
+        "198.51.100.9:1234".parse().unwrap(),
+        d.addr("web"),
+    );
+    let mut raw = header;
+    raw.extend_from_slice(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(d.addr("web"), &raw, 1 << 16).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(o.last_headers()["x-forwarded-for"], "198.51.100.9");
+}
+
+struct Cert {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+fn make_cert(names: &[&str]) -> Cert {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+    Cert { cert, key }
+}
+
+fn write(dir: &std::path::Path, name: &str, c: &Cert) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (p, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&p, c.cert.pem()).unwrap();
+    std::fs::write(&k, c.key.serialize_pem()).unwrap();
+    (p, k)
+}
+
+/// A rustls client that trusts exactly `roots`.
+fn client_tls(roots: &[&Cert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for c in roots {
+        store.add(c.cert.der().clone()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// Handshakes with `sni` and returns the certificate the server presented and the ALPN result.
+async fn handshake(
+    addr: SocketAddr,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> (
+    CertificateDer<'static>,
+    Option<Vec<u8>>,
+    tokio_rustls::client::TlsStream<TcpStream>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let conn = tokio_rustls::TlsConnector::from(cfg)
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (_, session) = conn.get_ref();
+    let cert = session.peer_certificates().unwrap()[0].clone().into_owned();
+    let alpn = session.alpn_protocol().map(|a| a.to_vec());
+    (cert, alpn, conn)
+}
+
+#[tokio::test]
+async fn https_picks_the_certificate_by_sni_negotiates_h2_and_reloads_certificates() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(&["a.example.com"]);
+    let w = make_cert(&["*.b.example.com"]);
+    let (ap, ak) = write(dir.path(), "a", &a);
+    let (wp, wk) = write(dir.path(), "w", &w);
+    let config = format!(
+        "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         certificates = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]\n\
+         [[regions]]\nname = \"r\"\nbackends = {}\n[[services]]\nname = \"s\"\nlisteners = [\"tls\"]\nregions = [\"r\"]\n",
+        ap.display(),
+        ak.display(),
+        wp.display(),
+        wk.display(),
+        backends(&[(&o, 1)])
+    );
+    let d = TestDaemon::start(&config).await;
+    let addr = d.addr("tls");
+    let roots = client_tls(&[&a, &w], &[b"h2", b"http/1.1"]);
+    let (cert, alpn, _) = handshake(addr, "a.example.com", roots.clone()).await;
+    assert_eq!(cert, *a.cert.der());
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let (cert, _, _) = handshake(addr, "x.b.example.com", roots.clone()).await;
+    assert_eq!(cert, *w.cert.der(), "wildcard");
+
+    // HTTP/1.1 over TLS reaches the origin, which learns the client used https.
+    let (_, _, stream) = handshake(addr, "a.example.com", client_tls(&[&a], &[b"http/1.1"])).await;
+    let (mut tx, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = tx
+        .send_request(
+            http::Request::get("/secure")
+                .header("host", "a.example.com")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(o.last_headers()["x-forwarded-proto"], "https");
+
+    // New certificate files + reload: new handshakes get the new certificate.
+    let a2 = make_cert(&["a.example.com"]);
+    write(dir.path(), "a", &a2);
+    let r = send(
+        &http1(),
+        http::Method::POST,
+        &d.admin_url("/reload"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (cert, _, _) = handshake(addr, "a.example.com", client_tls(&[&a2, &w], &[b"h2"])).await;
+    assert_eq!(cert, *a2.cert.der(), "reloaded");
+    // A key that does not match: the reload is refused and the running certificate stays.
+    std::fs::write(&ak, make_cert(&["x"]).key.serialize_pem()).unwrap();
+    let r = send(
+        &http1(),
+        http::Method::POST,
+        &d.admin_url("/reload"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.text().contains("does not belong to this certificate"),
+        "{}",
+        r.text()
+    );
+    let (cert, _, _) = handshake(addr, "a.example.com", client_tls(&[&a2, &w], &[b"h2"])).await;
+    assert_eq!(cert, *a2.cert.der());
+}
+
+#[tokio::test]
+async fn tls_passthrough_routes_by_sni_without_terminating() {
+    // A TLS backend with its own certificate; the proxy never sees a key.
+    let backend_cert = make_cert(&["pass.example"]);
+    let server_cfg = {
+        let key =
+            rustls_pki_types::PrivateKeyDer::try_from(backend_cert.key.serialize_der()).unwrap();
+        let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![backend_cert.cert.der().clone()], key)
+        .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    };
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else {
+                continue;
+            };
+            let acc = tokio_rustls::TlsAcceptor::from(server_cfg.clone());
+            tokio::spawn(async move {
+                if let Ok(mut t) = acc.accept(s).await {
+                    let mut b = [0u8; 4];
+                    if t.read_exact(&mut b).await.is_ok() {
+                        let _ = t.write_all(b"pong").await;
+                        let _ = t.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    let config = format!(
+        "[[listeners]]\nname = \"pt\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tls_passthrough\"\n\
+         [[regions]]\nname = \"r\"\nbackends = [ {{ address = \"{backend}\" }} ]\n\
+         [[services]]\nname = \"pass\"\nlisteners = [\"pt\"]\nhosts = [\"pass.example\"]\nregions = [\"r\"]\n"
+    );
+    let d = TestDaemon::start(&config).await;
+    let (cert, _, mut stream) = handshake(
+        d.addr("pt"),
+        "pass.example",
+        client_tls(&[&backend_cert], &[b"http/1.1"]),
+    )
+    .await;
+    assert_eq!(
+        cert,
+        *backend_cert.cert.der(),
+        "the backend's own certificate, end to end"
+    );
+    stream.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    stream.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"pong");
+    // An SNI no service claims: the connection is closed, nothing forwarded.
+    let tcp = TcpStream::connect(d.addr("pt")).await.unwrap();
+    let r = tokio_rustls::TlsConnector::from(client_tls(&[&backend_cert], &[]))
+        .connect(ServerName::try_from("other.example").unwrap(), tcp)
+        .await;
+    assert!(r.is_err());
+}
