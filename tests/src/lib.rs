@@ -5,6 +5,7 @@
 pub mod client;
 pub mod daemon;
 pub mod origin;
+pub mod tls;
 
 pub use client::{Answer, get, get_from, http1, http2, raw_exchange, send};
 pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, with_test_admin, write_config};

@@ -41,6 +41,18 @@ pub struct OriginState {
     pub health_delay_ms: AtomicU64,
     pub body_bytes_received: AtomicU64,
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// HTTP version of the last ordinary request.
+    pub last_version: Mutex<Option<http::Version>>,
+    /// TLS origins: what the last handshake carried.
+    pub last_tls: Mutex<Option<TlsSeen>>,
+}
+
+/// What a TLS origin saw of a client's handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSeen {
+    pub sni: Option<String>,
+    pub alpn: Option<Vec<u8>>,
+    pub client_certificate: bool,
 }
 
 /// A running origin. Dropping it (or [`Origin::stop`]) closes the listener and every connection.
@@ -64,6 +76,21 @@ impl Origin {
     }
 
     pub async fn start_with_state(name: &str, addr: SocketAddr, state: Arc<OriginState>) -> Origin {
+        Origin::serve(name, addr, state, None).await
+    }
+
+    /// Starts an origin that speaks HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with `tls`.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Origin {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Origin::serve(name, addr, Arc::new(OriginState::default()), Some(tls)).await
+    }
+
+    async fn serve(
+        name: &str,
+        addr: SocketAddr,
+        state: Arc<OriginState>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Origin {
         let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().unwrap();
         let name_owned = name.to_string();
@@ -78,15 +105,35 @@ impl Origin {
                 let _ = stream.set_nodelay(true);
                 let name = name_owned.clone();
                 let st = st.clone();
+                let tls = tls.clone();
                 conns.spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let name = name.clone();
+                    let svc = {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(answer(&name, &st, req).await) }
-                    });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                        service_fn(move |req| {
+                            let name = name.clone();
+                            let st = st.clone();
+                            async move { Ok::<_, Infallible>(answer(&name, &st, req).await) }
+                        })
+                    };
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(cfg) => {
+                            let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                            else {
+                                return;
+                            };
+                            let (_, session) = s.get_ref();
+                            *st.last_tls.lock().unwrap() = Some(TlsSeen {
+                                sni: session.server_name().map(str::to_string),
+                                alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                                client_certificate: session.peer_certificates().is_some(),
+                            });
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -127,6 +174,14 @@ impl Origin {
             .unwrap_or_default()
     }
 
+    pub fn last_version(&self) -> Option<http::Version> {
+        *self.state.last_version.lock().unwrap()
+    }
+
+    pub fn last_tls(&self) -> Option<TlsSeen> {
+        self.state.last_tls.lock().unwrap().clone()
+    }
+
     /// Closes the listener and every open connection: the origin is dead.
     pub fn stop(&self) {
         self.task.abort();
@@ -162,6 +217,7 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
     }
     st.hits.fetch_add(1, SeqCst);
     *st.last_headers.lock().unwrap() = Some(req.headers().clone());
+    *st.last_version.lock().unwrap() = Some(req.version());
     let delay = st.delay_ms.load(SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;

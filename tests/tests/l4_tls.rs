@@ -1,6 +1,5 @@
 //! L4 and TLS end to end: TCP proxying with half-close, PROXY protocol in and out, TLS
-//! termination with SNI and ALPN, certificate reload, TLS passthrough by SNI, WebSocket, gRPC-style
-//! trailers over h2c.
+//! termination with SNI and ALPN, certificate reload, TLS passthrough by SNI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use rustls_pki_types::{CertificateDer, ServerName};
+use streamgate_tests::tls::{client_tls, make_cert, write_cert};
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -221,48 +221,6 @@ async fn proxy_protocol_on_an_http_listener_names_the_client() {
     assert_eq!(o.last_headers()["x-forwarded-for"], "198.51.100.9");
 }
 
-struct Cert {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-fn make_cert(names: &[&str]) -> Cert {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-    Cert { cert, key }
-}
-
-fn write(dir: &std::path::Path, name: &str, c: &Cert) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (p, k) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&p, c.cert.pem()).unwrap();
-    std::fs::write(&k, c.key.serialize_pem()).unwrap();
-    (p, k)
-}
-
-/// A rustls client that trusts exactly `roots`.
-fn client_tls(roots: &[&Cert], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let mut store = rustls::RootCertStore::empty();
-    for c in roots {
-        store.add(c.cert.der().clone()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    Arc::new(cfg)
-}
-
 /// Handshakes with `sni` and returns the certificate the server presented and the ALPN result.
 async fn handshake(
     addr: SocketAddr,
@@ -290,8 +248,8 @@ async fn https_picks_the_certificate_by_sni_negotiates_h2_and_reloads_certificat
     let dir = tempfile::tempdir().unwrap();
     let a = make_cert(&["a.example.com"]);
     let w = make_cert(&["*.b.example.com"]);
-    let (ap, ak) = write(dir.path(), "a", &a);
-    let (wp, wk) = write(dir.path(), "w", &w);
+    let (ap, ak) = write_cert(dir.path(), "a", &a);
+    let (wp, wk) = write_cert(dir.path(), "w", &w);
     let config = format!(
         "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
          certificates = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]\n\
@@ -332,7 +290,7 @@ async fn https_picks_the_certificate_by_sni_negotiates_h2_and_reloads_certificat
 
     // New certificate files + reload: new handshakes get the new certificate.
     let a2 = make_cert(&["a.example.com"]);
-    write(dir.path(), "a", &a2);
+    write_cert(dir.path(), "a", &a2);
     let r = send(
         &http1(),
         http::Method::POST,

@@ -152,7 +152,7 @@ pub struct Listener {
 }
 
 /// A PEM certificate chain and its private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CertPair {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -167,11 +167,12 @@ pub struct Upstream {
 }
 
 /// TLS to backends (`https` and `h2` upstream protocols).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
     /// PEM roots to verify backends with; `None`: the system's roots.
     pub ca_file: Option<PathBuf>,
-    /// Name sent as SNI and verified; default: the Host of the request (HTTP) or the backend IP.
+    /// Name sent as SNI and verified against the certificate; default: the backend's IP address
+    /// (verified against the certificate's IP names; no SNI is sent for an address).
     pub server_name: Option<String>,
     pub client_cert: Option<CertPair>,
     pub verify: bool,

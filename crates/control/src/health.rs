@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use streamgate_balance::{BackendState, RoutingTable};
-use streamgate_config::HealthCheck;
+use streamgate_config::{HealthCheck, Upstream};
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::prometheus::IntCounter;
 use tokio::sync::Notify;
@@ -27,6 +27,8 @@ struct Key {
 #[derive(Debug)]
 struct Prober {
     spec: HealthCheck,
+    /// How the probe speaks to the backend (protocol, TLS settings).
+    upstream: Upstream,
     state: Arc<BackendState>,
     task: JoinHandle<()>,
 }
@@ -57,7 +59,7 @@ impl HealthSupervisor {
 
     /// Starts probers for new backends or changed checks, stops those no longer configured.
     pub fn reconcile(&mut self, table: &RoutingTable) {
-        let mut wanted: HashMap<Key, (HealthCheck, Arc<BackendState>)> = HashMap::new();
+        let mut wanted: HashMap<Key, (HealthCheck, Upstream, Arc<BackendState>)> = HashMap::new();
         for service in &table.services {
             for region in &service.regions {
                 for b in &region.backends {
@@ -68,7 +70,8 @@ impl HealthSupervisor {
                     };
                     match &service.spec.health {
                         Some(h) => {
-                            wanted.insert(key, (h.clone(), b.state.clone()));
+                            let upstream = service.spec.upstream.clone();
+                            wanted.insert(key, (h.clone(), upstream, b.state.clone()));
                         }
                         // Without a check a backend counts as up; passive health still applies.
                         None => {
@@ -79,20 +82,20 @@ impl HealthSupervisor {
             }
         }
         self.probers.retain(|k, p| {
-            let keep = wanted
-                .get(k)
-                .is_some_and(|(spec, state)| *spec == p.spec && Arc::ptr_eq(state, &p.state));
+            let keep = wanted.get(k).is_some_and(|(spec, upstream, state)| {
+                *spec == p.spec && *upstream == p.upstream && Arc::ptr_eq(state, &p.state)
+            });
             if !keep && !wanted.contains_key(k) {
                 // A check that was removed leaves its backend up rather than stuck down.
                 p.state.set_up(true);
             }
             keep
         });
-        for (key, (spec, state)) in wanted {
+        for (key, (spec, upstream, state)) in wanted {
             if self.probers.contains_key(&key) {
                 continue;
             }
-            let probe = AnyProbe::from_config(&spec.kind);
+            let probe = AnyProbe::from_config(&spec.kind, &upstream);
             let label = key.address.to_string();
             let counters = Counters {
                 success: self
@@ -112,7 +115,15 @@ impl HealthSupervisor {
                 counters,
                 self.changed.clone(),
             ));
-            self.probers.insert(key, Prober { spec, state, task });
+            self.probers.insert(
+                key,
+                Prober {
+                    spec,
+                    upstream,
+                    state,
+                    task,
+                },
+            );
         }
     }
 

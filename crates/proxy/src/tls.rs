@@ -35,6 +35,11 @@ pub enum TlsError {
     Mismatch { cert: String, key: String },
     #[error("TLS setup: {0}")]
     Setup(String),
+    #[error("service \"{service}\" upstream: {source}")]
+    Upstream {
+        service: String,
+        source: Box<TlsError>,
+    },
 }
 
 /// One loaded certificate with the names it serves.
@@ -248,6 +253,12 @@ pub fn client_config(
                         path: path.display().to_string(),
                         reason: e.to_string(),
                     })?;
+                }
+                if roots.is_empty() {
+                    return Err(TlsError::Cert {
+                        path: path.display().to_string(),
+                        reason: "no PEM certificate in the file".into(),
+                    });
                 }
             }
             None => {

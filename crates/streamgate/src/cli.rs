@@ -80,7 +80,13 @@ pub fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match streamgate_config::load(path) {
+    let checked = match streamgate_config::load(path) {
+        Ok(c) => crate::daemon::check_files(&c)
+            .map(|()| c)
+            .map_err(|e| format!("{}: {e:#}", path.display())),
+        Err(e) => Err(e.to_string()),
+    };
+    match checked {
         Ok(c) => {
             println!(
                 "{}: OK ({} listeners, {} regions, {} services)",

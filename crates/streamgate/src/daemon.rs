@@ -65,6 +65,7 @@ impl Daemon {
             &metrics,
         )));
         let upstreams = Upstreams::new();
+        upstreams.install(upstreams.prepare(&config)?);
         let token = match &config.admin.token_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -181,6 +182,9 @@ impl Daemon {
             caches.clone(),
         );
         control.set_listeners(listeners.clone());
+        control.add_reload_hook(Arc::new(UpstreamReload {
+            upstreams: upstreams.clone(),
+        }));
         if !tls_handles.is_empty() {
             control.add_reload_hook(Arc::new(CertificateReload {
                 handles: tls_handles,
@@ -265,6 +269,36 @@ fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Tcp => "tcp",
         Protocol::TlsPassthrough => "tls_passthrough",
     }
+}
+
+/// Rebuilds the clients of TLS and HTTP/2 backends whose settings changed (CA, client
+/// certificate, server name): checked before the new table is published, swapped in after.
+#[derive(Debug)]
+struct UpstreamReload {
+    upstreams: Arc<Upstreams>,
+}
+
+impl streamgate_control::ReloadHook for UpstreamReload {
+    fn prepare(&self, config: &Config) -> std::result::Result<Box<dyn FnOnce() + Send>, String> {
+        let prepared = self.upstreams.prepare(config).map_err(|e| e.to_string())?;
+        let upstreams = self.upstreams.clone();
+        Ok(Box::new(move || upstreams.install(prepared)))
+    }
+}
+
+/// Checks the files a configuration names beyond itself (certificates, keys, CA bundles), as
+/// `streamgate check` and a start would.
+pub fn check_files(config: &Config) -> Result<()> {
+    for l in config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == Protocol::Https)
+    {
+        streamgate_proxy::tls::check(&l.certificates, &l.name)
+            .with_context(|| format!("listener \"{}\"", l.name))?;
+    }
+    Upstreams::default().prepare(config)?;
+    Ok(())
 }
 
 /// Reloads the certificates of https listeners with the configuration: checked before the new

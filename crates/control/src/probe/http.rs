@@ -1,5 +1,6 @@
-//! HTTP probe: a request on a fresh connection; healthy if the status is in range and, when
-//! asked, the body contains a string.
+//! HTTP probe: a request on a fresh connection, spoken the way the service speaks to its
+//! backends (HTTP/1.1, h2c, HTTPS or HTTP/2 over TLS); healthy if the status is in range and,
+//! when asked, the body contains a string.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -7,8 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
-use streamgate_config::HttpProbe as Spec;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use streamgate_config::{HttpProbe as Spec, Upstream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::{Outcome, Probe};
@@ -19,11 +23,50 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct HttpProbe {
     spec: Spec,
+    h2: bool,
+    tls: Tls,
+}
+
+#[derive(Debug, Clone)]
+enum Tls {
+    Off,
+    On {
+        config: std::sync::Arc<rustls::ClientConfig>,
+        /// `None`: the backend's IP address.
+        server_name: Option<ServerName<'static>>,
+    },
+    /// The service's TLS settings cannot be used (the config check catches this first).
+    Broken(String),
 }
 
 impl HttpProbe {
-    pub fn new(spec: Spec) -> HttpProbe {
-        HttpProbe { spec }
+    /// A probe speaking `upstream`'s protocol, with its TLS settings.
+    pub fn new(spec: Spec, upstream: &Upstream) -> HttpProbe {
+        let tls = if upstream.protocol.is_tls() {
+            let server_name = upstream
+                .tls
+                .server_name
+                .as_ref()
+                .map(|n| ServerName::try_from(n.clone()));
+            match (
+                streamgate_proxy::tls::client_config(&upstream.tls, upstream.protocol.is_h2()),
+                server_name.transpose(),
+            ) {
+                (Ok(config), Ok(server_name)) => Tls::On {
+                    config,
+                    server_name,
+                },
+                (Err(e), _) => Tls::Broken(e.to_string()),
+                (_, Err(e)) => Tls::Broken(format!("tls_server_name: {e}")),
+            }
+        } else {
+            Tls::Off
+        };
+        HttpProbe {
+            spec,
+            h2: upstream.protocol.is_h2(),
+            tls,
+        }
     }
 
     async fn run(&self, backend: SocketAddr) -> Result<Duration, String> {
@@ -32,27 +75,28 @@ impl HttpProbe {
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
         let host = self
             .spec
             .host
             .clone()
             .unwrap_or_else(|| backend.to_string());
-        let req = Request::builder()
-            .method(self.spec.method.as_str())
-            .uri(self.spec.path.as_str())
-            .header(header::HOST, host)
-            .header(header::USER_AGENT, "streamgate-health")
-            .header(header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
+        let resp = match &self.tls {
+            Tls::Off => self.exchange(stream, &host, "http").await?,
+            Tls::Broken(e) => return Err(e.clone()),
+            Tls::On {
+                config,
+                server_name,
+            } => {
+                let name = server_name
+                    .clone()
+                    .unwrap_or_else(|| ServerName::IpAddress(backend.ip().into()));
+                let s = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                self.exchange(s, &host, "https").await?
+            }
+        };
         let rtt = started.elapsed();
         let status = resp.status().as_u16();
         let (lo, hi) = self.spec.expect_status;
@@ -70,6 +114,52 @@ impl HttpProbe {
             }
         }
         Ok(rtt)
+    }
+
+    /// Sends the probe request over `io` with HTTP/1.1 or HTTP/2.
+    async fn exchange<I>(
+        &self,
+        io: I,
+        host: &str,
+        scheme: &str,
+    ) -> Result<http::Response<Incoming>, String>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let io = TokioIo::new(io);
+        let req = Request::builder()
+            .method(self.spec.method.as_str())
+            .header(header::USER_AGENT, "streamgate-health");
+        if self.h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let req = req
+                .uri(format!("{scheme}://{host}{}", self.spec.path))
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let req = req
+                .uri(self.spec.path.as_str())
+                .header(header::HOST, host)
+                .header(header::CONNECTION, "close")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| format!("request: {e}"))?;
+            sender
+                .send_request(req)
+                .await
+                .map_err(|e| format!("request: {e}"))
+        }
     }
 }
 

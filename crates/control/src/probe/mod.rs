@@ -38,10 +38,16 @@ pub enum AnyProbe {
 }
 
 impl AnyProbe {
-    pub fn from_config(kind: &streamgate_config::HealthKind) -> AnyProbe {
+    /// The probe `kind` names, speaking to backends as `upstream` says.
+    pub fn from_config(
+        kind: &streamgate_config::HealthKind,
+        upstream: &streamgate_config::Upstream,
+    ) -> AnyProbe {
         match kind {
             streamgate_config::HealthKind::Tcp => AnyProbe::Tcp(TcpProbe),
-            streamgate_config::HealthKind::Http(p) => AnyProbe::Http(HttpProbe::new(p.clone())),
+            streamgate_config::HealthKind::Http(p) => {
+                AnyProbe::Http(HttpProbe::new(p.clone(), upstream))
+            }
         }
     }
 }

@@ -360,12 +360,13 @@ impl HttpProxy {
                 l.record.retries = tried.len() as u32 - 1;
             }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
-            let h2c = service.spec.upstream.protocol == UpstreamProtocol::H2c;
+            let upstream = &service.spec.upstream;
             let exchange = async {
-                if h2c {
+                if upstream.protocol != UpstreamProtocol::Http1 {
                     self.upstreams
-                        .send_h2c(
+                        .send_pooled(
                             pick.backend.address,
+                            upstream,
                             &out.parts,
                             out.path_and_query.as_str(),
                             &mut out.body,

@@ -9,6 +9,7 @@
 mod body;
 pub mod codec;
 mod pool;
+mod pooled;
 
 use std::collections::HashMap;
 use std::io;
@@ -28,9 +29,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 use tokio_util::io::poll_read_buf;
 
+use crate::tls::TlsError;
 pub use body::H1Body;
 use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
 pub use pool::Pool;
+pub use pooled::PreparedClients;
+use pooled::{ClientKey, PooledClients};
+use streamgate_config::{Config, Upstream, UpstreamProtocol};
 
 use crate::http::body::RequestBody;
 
@@ -38,7 +43,7 @@ use crate::http::body::RequestBody;
 #[derive(Debug)]
 pub enum UpstreamBody {
     H1(H1Body),
-    H2(hyper::body::Incoming),
+    Pooled(hyper::body::Incoming),
 }
 
 impl UpstreamBody {
@@ -46,7 +51,7 @@ impl UpstreamBody {
     pub(crate) fn into_tunnel(self) -> Option<(TcpStream, BytesMut)> {
         match self {
             UpstreamBody::H1(b) => b.into_tunnel(),
-            UpstreamBody::H2(_) => None,
+            UpstreamBody::Pooled(_) => None,
         }
     }
 }
@@ -61,23 +66,23 @@ impl Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
-            UpstreamBody::H2(b) => std::pin::Pin::new(b)
+            UpstreamBody::Pooled(b) => std::pin::Pin::new(b)
                 .poll_frame(cx)
-                .map_err(|e| UpstreamError::H2(e.to_string())),
+                .map_err(|e| UpstreamError::Client(e.to_string())),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::H2(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::H2(b) => b.size_hint(),
+            UpstreamBody::Pooled(b) => b.size_hint(),
         }
     }
 }
@@ -103,8 +108,8 @@ pub enum UpstreamError {
     Stalled { after: Duration },
     #[error("the client's request body failed: {0}")]
     ClientBody(String),
-    #[error("HTTP/2: {0}")]
-    H2(String),
+    #[error("{0}")]
+    Client(String),
 }
 
 impl UpstreamError {
@@ -132,15 +137,21 @@ pub struct ExchangeTimeouts {
 #[derive(Debug, Default)]
 pub struct Upstreams {
     pools: ArcSwap<HashMap<SocketAddr, Arc<Pool>>>,
-    /// HTTP/2 cleartext to backends (gRPC): hyper's client, which multiplexes streams over one
-    /// connection per backend.
-    h2c: std::sync::OnceLock<H2cClient>,
+    /// h2c, https and h2 backends.
+    pooled: PooledClients,
 }
 
-type H2cClient = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    RequestBody,
->;
+/// An error and its causes, one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
 
 impl Upstreams {
     pub fn new() -> Arc<Upstreams> {
@@ -166,42 +177,79 @@ impl Upstreams {
             .unwrap_or_else(|| Arc::new(Pool::new(addr)))
     }
 
-    /// Sends a request over HTTP/2 cleartext (prior knowledge) and returns the response head.
-    pub async fn send_h2c(
+    /// Sends a request through hyper's pooled client (h2c, https, h2 backends) and returns the
+    /// response head.
+    pub async fn send_pooled(
         &self,
         backend: SocketAddr,
+        upstream: &Upstream,
         head: &Parts,
         path_and_query: &str,
         body: &mut RequestBody,
         timeouts: ExchangeTimeouts,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let client = self.h2c.get_or_init(|| {
-            let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
-            c.set_nodelay(true);
-            c.set_connect_timeout(Some(timeouts.connect));
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .http2_only(true)
-                .pool_idle_timeout(timeouts.idle)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .set_host(false)
-                .build(c)
-        });
-        let uri: http::Uri = format!("http://{backend}{path_and_query}")
+        let key = ClientKey {
+            protocol: upstream.protocol,
+            tls: upstream.tls.clone(),
+            connect: timeouts.connect,
+            idle: timeouts.idle,
+        };
+        let client = self
+            .pooled
+            .get(&key)
+            .map_err(|e| UpstreamError::Client(e.to_string()))?;
+        let scheme = if upstream.protocol.is_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        let uri: http::Uri = format!("{scheme}://{backend}{path_and_query}")
             .parse()
-            .map_err(|e: http::uri::InvalidUri| UpstreamError::H2(e.to_string()))?;
+            .map_err(|e: http::uri::InvalidUri| UpstreamError::Client(e.to_string()))?;
+        // hyper takes the body before it connects: after a connect failure a body that was
+        // streaming is gone, so only a bodiless request counts as never sent (retryable).
+        let bodiless = matches!(body, RequestBody::Empty);
         let mut req = http::Request::new(std::mem::replace(body, RequestBody::Empty));
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
-        *req.version_mut() = http::Version::HTTP_2;
+        *req.version_mut() = if upstream.protocol.is_h2() {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
         *req.headers_mut() = head.headers.clone();
         match client.request(req).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
-            Err(e) if e.is_connect() => {
-                Err(UpstreamError::Connect(io::Error::other(e.to_string())))
+            Ok(resp) => Ok(resp.map(UpstreamBody::Pooled)),
+            Err(e) if e.is_connect() && bodiless => {
+                Err(UpstreamError::Connect(io::Error::other(error_chain(&e))))
             }
-            Err(e) => Err(UpstreamError::H2(format!("{e:?}"))),
+            Err(e) => Err(UpstreamError::Client(error_chain(&e))),
         }
+    }
+
+    /// Builds the pooled clients `config`'s services need (TLS roots, client certificates), so
+    /// that a bad file fails the load instead of requests. `install` puts them in use.
+    pub fn prepare(&self, config: &Config) -> Result<PreparedClients, TlsError> {
+        let keys: Vec<(&str, ClientKey)> = config
+            .services
+            .iter()
+            .filter(|s| s.upstream.protocol != UpstreamProtocol::Http1)
+            .map(|s| {
+                let t = s.timeouts;
+                let key = ClientKey {
+                    protocol: s.upstream.protocol,
+                    tls: s.upstream.tls.clone(),
+                    connect: t.connect,
+                    idle: t.upstream_idle,
+                };
+                (s.name.as_str(), key)
+            })
+            .collect();
+        self.pooled.prepare(&keys)
+    }
+
+    pub fn install(&self, prepared: PreparedClients) {
+        self.pooled.install(prepared);
     }
 
     /// Sends a request to `backend` and reads the response head. The body streams from the

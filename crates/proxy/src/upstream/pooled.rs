@@ -1,0 +1,252 @@
+//! Backends spoken to through hyper's pooled client: HTTP/2 cleartext (gRPC), HTTPS and HTTP/2
+//! over TLS. HTTP/2 multiplexes many requests on one connection per backend, which is what
+//! hyper's client does well; TLS to backends trades our in-task HTTP/1.1 client's speed for one
+//! well-tested path.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use streamgate_config::{UpstreamProtocol, UpstreamTls};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::http::body::RequestBody;
+use crate::tls::{self, TlsError};
+
+pub(super) type PooledClient = Client<Dialer, RequestBody>;
+
+/// What makes two services share a client (and its connections).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ClientKey {
+    pub protocol: UpstreamProtocol,
+    pub tls: UpstreamTls,
+    pub connect: Duration,
+    pub idle: Duration,
+}
+
+/// Clients by what they are configured with, built when a config is loaded (so a bad CA file
+/// fails the load, not a request) and kept across reloads that leave them unchanged.
+#[derive(Debug, Default)]
+pub(super) struct PooledClients {
+    clients: ArcSwap<HashMap<ClientKey, PooledClient>>,
+}
+
+impl PooledClients {
+    pub fn get(&self, key: &ClientKey) -> Result<PooledClient, TlsError> {
+        if let Some(c) = self.clients.load().get(key) {
+            return Ok(c.clone());
+        }
+        let client = build(key)?;
+        self.clients.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.entry(key.clone()).or_insert_with(|| client.clone());
+            map
+        });
+        Ok(client)
+    }
+
+    /// Builds the clients `keys` need, reusing those already built (and their connections).
+    /// `keys` come with the service that needs them, for errors.
+    pub fn prepare(&self, keys: &[(&str, ClientKey)]) -> Result<PreparedClients, TlsError> {
+        let current = self.clients.load();
+        let mut next = HashMap::new();
+        for (service, k) in keys {
+            let c = match current.get(k).or_else(|| next.get(k)) {
+                Some(c) => c.clone(),
+                None => build(k).map_err(|e| TlsError::Upstream {
+                    service: service.to_string(),
+                    source: Box::new(e),
+                })?,
+            };
+            next.insert(k.clone(), c);
+        }
+        Ok(PreparedClients(next))
+    }
+
+    /// Puts prepared clients in use; clients no configuration needs any more are dropped.
+    pub fn install(&self, prepared: PreparedClients) {
+        self.clients.store(Arc::new(prepared.0));
+    }
+}
+
+/// Clients built for a configuration that is not in use yet.
+#[derive(Debug)]
+pub struct PreparedClients(HashMap<ClientKey, PooledClient>);
+
+fn build(key: &ClientKey) -> Result<PooledClient, TlsError> {
+    let tls = match key.protocol {
+        UpstreamProtocol::Https | UpstreamProtocol::H2 => Some(TlsDial {
+            config: tls::client_config(&key.tls, key.protocol == UpstreamProtocol::H2)?,
+            server_name: key
+                .tls
+                .server_name
+                .as_deref()
+                .map(|n| {
+                    ServerName::try_from(n.to_string())
+                        .map_err(|e| TlsError::Setup(format!("tls_server_name \"{n}\": {e}")))
+                })
+                .transpose()?,
+        }),
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => None,
+    };
+    let dialer = Dialer {
+        tls: tls.map(Arc::new),
+        connect_timeout: key.connect,
+    };
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(key.idle)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        // The request carries the Host the client asked for.
+        .set_host(false);
+    if matches!(key.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) {
+        b.http2_only(true);
+    }
+    Ok(b.build(dialer))
+}
+
+#[derive(Debug)]
+struct TlsDial {
+    config: Arc<rustls::ClientConfig>,
+    /// SNI and the name verified; `None`: the backend's IP address (no SNI is sent for an IP).
+    server_name: Option<ServerName<'static>>,
+}
+
+/// Connects to the backend address in the request URI, then TLS if configured.
+#[derive(Debug, Clone)]
+pub(super) struct Dialer {
+    tls: Option<Arc<TlsDial>>,
+    connect_timeout: Duration,
+}
+
+/// A connection to a backend, plain or TLS.
+#[derive(Debug)]
+pub(super) enum Dialed {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl tower_service::Service<Uri> for Dialer {
+    type Response = TokioIo<Dialed>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<Dialed>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| io::Error::other(format!("not a backend address: {uri}")))?;
+            let stream = tokio::time::timeout(this.connect_timeout, TcpStream::connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+            let _ = stream.set_nodelay(true);
+            let Some(tls) = &this.tls else {
+                return Ok(TokioIo::new(Dialed::Plain(stream)));
+            };
+            let name = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+            let s = tokio::time::timeout(this.connect_timeout, connector.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })??;
+            Ok(TokioIo::new(Dialed::Tls(Box::new(s))))
+        })
+    }
+}
+
+impl Connection for Dialed {
+    fn connected(&self) -> Connected {
+        match self {
+            Dialed::Plain(_) => Connected::new(),
+            Dialed::Tls(s) => {
+                let c = Connected::new();
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    c.negotiated_h2()
+                } else {
+                    c
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Dialed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Dialed::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Dialed::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Dialed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Dialed::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Dialed::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Dialed::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Dialed::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Dialed::Plain(s) => s.is_write_vectored(),
+            Dialed::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Dialed::Plain(s) => Pin::new(s).poll_flush(cx),
+            Dialed::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Dialed::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Dialed::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

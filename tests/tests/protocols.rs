@@ -1,0 +1,254 @@
+//! Backend protocols other than plain HTTP/1.1: HTTPS and HTTP/2 over TLS (verified, with SNI
+//! and a client certificate), h2c with trailers (what gRPC needs), and WebSocket tunnels.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use streamgate_tests::tls::{make_cert, server_tls, write_cert};
+use streamgate_tests::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+fn one_region(backends_list: &str, services: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "r"
+backends = {backends_list}
+{services}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_backends_are_verified_get_sni_and_a_client_certificate() {
+    let origin_cert = make_cert(&["origin.test"]);
+    let client_cert = make_cert(&["streamgate-client"]);
+    let stranger = make_cert(&["origin.test"]);
+    // The origin requires a client certificate signed by `client_cert`.
+    let o = Origin::start_tls("tls", server_tls(&origin_cert, Some(&client_cert))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = write_cert(dir.path(), "origin-ca", &origin_cert);
+    let (wrong_ca, _) = write_cert(dir.path(), "stranger", &stranger);
+    let (cc, ck) = write_cert(dir.path(), "client", &client_cert);
+    let tls = |ca: &std::path::Path, protocol: &str| {
+        format!(
+            "[services.upstream]\nprotocol = \"{protocol}\"\ntls_ca_file = \"{}\"\ntls_server_name = \"origin.test\"\n\
+             tls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
+            ca.display(),
+            cc.display(),
+            ck.display()
+        )
+    };
+    let services = format!(
+        r#"
+[[services]]
+name = "https"
+listeners = ["web"]
+regions = ["r"]
+hosts = ["a.example"]
+[services.health]
+path = "/healthz"
+interval = "100ms"
+{https}
+[[services]]
+name = "h2"
+listeners = ["web"]
+regions = ["r"]
+hosts = ["b.example"]
+{h2}
+[[services]]
+name = "untrusted"
+listeners = ["web"]
+regions = ["r"]
+hosts = ["c.example"]
+{untrusted}
+"#,
+        https = tls(&ca, "https"),
+        h2 = tls(&ca, "h2"),
+        untrusted = tls(&wrong_ca, "https"),
+    );
+    let d = TestDaemon::start(&one_region(&backends(&[(&o, 1)]), &services)).await;
+    let c = http1();
+
+    let r = get(&c, &d.url("web", "/one"), &[("host", "a.example")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "origin tls /one");
+    let seen = o.last_tls().unwrap();
+    assert_eq!(seen.sni.as_deref(), Some("origin.test"));
+    assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(seen.client_certificate);
+    assert_eq!(o.last_version(), Some(Version::HTTP_11));
+    assert_eq!(o.last_headers()["host"], "a.example");
+
+    let r = get(&c, &d.url("web", "/two"), &[("host", "b.example")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(o.last_tls().unwrap().alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(o.last_version(), Some(Version::HTTP_2));
+
+    // A backend whose certificate the configured CA did not sign is not talked to.
+    let hits = o.hits();
+    let r = get(&c, &d.url("web", "/three"), &[("host", "c.example")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(o.hits(), hits);
+
+    // Health probes speak TLS with the client certificate too (the origin accepts nothing else).
+    assert!(eventually(Duration::from_secs(5), || o.probes() >= 3).await);
+}
+
+#[tokio::test]
+async fn a_ca_file_without_certificates_fails_the_check_naming_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let config = one_region(
+        "[ { address = \"127.0.0.1:9\" } ]",
+        &format!(
+            "[[services]]\nname = \"secure\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n\
+             [services.upstream]\nprotocol = \"https\"\ntls_ca_file = \"{}\"\n",
+            empty.display()
+        ),
+    );
+    let path = dir.path().join("streamgate.toml");
+    std::fs::write(&path, with_test_admin(&config)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate-e2e"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("service \"secure\" upstream"), "{stderr}");
+    assert!(stderr.contains("no PEM certificate"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_h2c_keeps_trailers_both_ways() {
+    let o = Origin::start("grpc").await;
+    let services = "[[services]]\nname = \"grpc\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n\
+                    [services.upstream]\nprotocol = \"h2c\"\n";
+    let d = TestDaemon::start(&one_region(&backends(&[(&o, 1)]), services)).await;
+
+    let client: Client<HttpConnector, StreamBody<_>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    trailers.insert("x-checksum", HeaderValue::from_static("c0ffee"));
+    let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x05hello"))),
+        Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x05world"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(d.url("web", "/echo"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let collected = resp.into_body().collect().await.unwrap();
+    let got_trailers = collected.trailers().cloned().expect("response trailers");
+    assert_eq!(
+        collected.to_bytes(),
+        &b"\0\0\0\0\x05hello\0\0\0\0\x05world"[..]
+    );
+    assert_eq!(got_trailers["grpc-status"], "0");
+    assert_eq!(got_trailers["x-checksum"], "c0ffee");
+    assert_eq!(o.last_version(), Some(Version::HTTP_2));
+    assert_eq!(o.last_headers()["te"], "trailers");
+}
+
+/// A WebSocket server that echoes every message.
+async fn websocket_echo() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        if ws.send(m).await.is_err() {
+                            return;
+                        }
+                    } else if m.is_close() {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy() {
+    let backend = websocket_echo().await;
+    let services = "[[services]]\nname = \"ws\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n";
+    let d = TestDaemon::start(&one_region(
+        &format!("[ {{ address = \"{backend}\" }} ]"),
+        services,
+    ))
+    .await;
+
+    let mut sessions = Vec::new();
+    for n in 0..10u8 {
+        let addr = d.addr("web");
+        sessions.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (mut ws, resp) = tokio_tungstenite::client_async("ws://chat.example/live", tcp)
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            ws.send(Message::text(format!("hello {n}"))).await.unwrap();
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::text(format!("hello {n}"))
+            );
+            // A large binary message crosses in many frames and segments.
+            let big: Vec<u8> = (0..1_000_000u32)
+                .map(|i| (i.wrapping_mul(31) ^ u32::from(n)) as u8)
+                .collect();
+            ws.send(Message::binary(big.clone())).await.unwrap();
+            match ws.next().await.unwrap().unwrap() {
+                Message::Binary(b) => assert!(b[..] == big[..], "binary echo differs"),
+                other => panic!("expected binary, got {other:?}"),
+            }
+            ws.close(None).await.unwrap();
+            // The server's close frame comes back, then the stream ends.
+            while let Some(m) = ws.next().await {
+                if m.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    for s in sessions {
+        s.await.unwrap();
+    }
+}
