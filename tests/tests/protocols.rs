@@ -252,3 +252,72 @@ async fn websocket_echo_through_the_proxy() {
         s.await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_http2_extended_connect_reaches_an_http1_backend() {
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let backend = websocket_echo().await;
+    let services = "[[services]]\nname = \"ws\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n";
+    let d = TestDaemon::start(&one_region(
+        &format!("[ {{ address = \"{backend}\" }} ]"),
+        services,
+    ))
+    .await;
+
+    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // Several WebSockets share the one HTTP/2 connection.
+    let mut sessions = Vec::new();
+    for n in 0..3u8 {
+        let req = Request::builder()
+            .method(Method::CONNECT)
+            .uri("http://chat.example/live")
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .header("sec-websocket-version", "13")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        sessions.push(tokio::spawn(async move {
+            let mut ws = WebSocketStream::from_raw_socket(
+                hyper_util::rt::TokioIo::new(upgraded),
+                Role::Client,
+                None,
+            )
+            .await;
+            for i in 0..5 {
+                let m = Message::text(format!("stream {n} message {i}"));
+                ws.send(m.clone()).await.unwrap();
+                assert_eq!(ws.next().await.unwrap().unwrap(), m);
+            }
+            let big = vec![n; 300_000];
+            ws.send(Message::binary(big.clone())).await.unwrap();
+            match ws.next().await.unwrap().unwrap() {
+                Message::Binary(b) => assert!(b[..] == big[..]),
+                other => panic!("expected binary, got {other:?}"),
+            }
+            ws.close(None).await.unwrap();
+        }));
+    }
+    for s in sessions {
+        s.await.unwrap();
+    }
+    // Plain CONNECT (forward proxying) is refused.
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("chat.example:443")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
@@ -135,7 +136,11 @@ impl HttpProxy {
         };
         let protocol = parts.headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(&mut parts.headers);
-        if let Some(p) = protocol {
+        if out.client_version == Version::HTTP_2 {
+            // RFC 8441: the extended CONNECT succeeds with a 200; the accept key is HTTP/1.1's.
+            parts.status = StatusCode::OK;
+            parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else if let Some(p) = protocol {
             parts.headers.insert(header::UPGRADE, p);
             parts
                 .headers
@@ -210,7 +215,14 @@ impl HttpProxy {
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Outbound<'t>, ProxyError> {
-        if req.method() == Method::CONNECT {
+        // RFC 8441: an HTTP/2 CONNECT with :protocol = websocket opens a WebSocket; it goes to
+        // the backend as an HTTP/1.1 Upgrade. Plain CONNECT (forward proxying) is not served.
+        let h2_websocket = req.method() == Method::CONNECT
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if req.method() == Method::CONNECT && !h2_websocket {
             return Err(ProxyError::MethodNotAllowed {
                 method: req.method().to_string(),
             });
@@ -255,7 +267,8 @@ impl HttpProxy {
                 })
             }))
         .then(|| req.headers().get(header::UPGRADE).cloned())
-        .flatten();
+        .flatten()
+        .or_else(|| h2_websocket.then(|| HeaderValue::from_static("websocket")));
         let upgrade = upgrade_to.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
@@ -266,6 +279,21 @@ impl HttpProxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
+        // After CONNECT the stream itself is the tunnel; no body goes ahead of the upgrade.
+        let body_done = h2_websocket || body.is_end_stream();
+        if h2_websocket {
+            parts.method = Method::GET;
+            // HTTP/2 has no key/accept handshake; HTTP/1.1 needs one.
+            let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+            let key = base64::engine::general_purpose::STANDARD.encode(key);
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                parts.headers.insert(header::SEC_WEBSOCKET_KEY, v);
+            }
+            parts
+                .headers
+                .entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
         // The backend sees the host the client asked for (from the URI for HTTP/2 and
         // absolute-form requests).
         parts.headers.insert(header::HOST, host.clone());
@@ -275,7 +303,7 @@ impl HttpProxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let body = if body.is_end_stream() {
+        let body = if body_done {
             RequestBody::Empty
         } else {
             let counter = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));

@@ -112,7 +112,9 @@ fn builder() -> auto::Builder<TokioExecutor> {
         .initial_connection_window_size(4 << 20)
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(Some(64))
-        .max_local_error_reset_streams(Some(256));
+        .max_local_error_reset_streams(Some(256))
+        // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
+        .enable_connect_protocol();
     b
 }
 
