@@ -264,6 +264,35 @@ mod tests {
         })
     }
 
+    /// Every single-byte corruption and truncation of valid v1 and v2 headers (the fuzzer's
+    /// seeds): an answer each time, never a panic, never a header longer than the input.
+    #[test]
+    fn corruptions_of_valid_headers() {
+        let seeds: [&[u8]; 3] = [
+            include_bytes!("../../../fuzz/seeds/proxy_protocol/v1"),
+            include_bytes!("../../../fuzz/seeds/proxy_protocol/v2"),
+            &encode_v2(
+                "[2001:db8::1]:1".parse().unwrap(),
+                "[2001:db8::2]:2".parse().unwrap(),
+            ),
+        ];
+        for seed in seeds {
+            assert!(matches!(parse(seed), Ok(Parsed::Header { .. })));
+            let mut buf = seed.to_vec();
+            for i in 0..buf.len() {
+                let orig = buf[i];
+                for v in [0, 0xff, orig ^ 1, orig.wrapping_add(0x80)] {
+                    buf[i] = v;
+                    if let Ok(Parsed::Header { len, .. }) = parse(&buf) {
+                        assert!(len <= buf.len());
+                    }
+                }
+                buf[i] = orig;
+                let _ = parse(&buf[..i]);
+            }
+        }
+    }
+
     #[test]
     fn v1() {
         let h = b"PROXY TCP4 192.0.2.7 10.0.0.1 51000 443\r\nGET / HTTP/1.1\r\n";

@@ -174,6 +174,29 @@ mod tests {
         assert_eq!(client_hello_sni(&hello(&[])), Sni::Found(None));
     }
 
+    /// A real ClientHello (openssl s_client, also the fuzzer's seed), and every single-byte
+    /// corruption and truncation of it: an answer each time, never a panic.
+    #[test]
+    fn a_real_hello_and_its_corruptions() {
+        let real = include_bytes!("../../../fuzz/seeds/client_hello_sni/openssl-hello");
+        assert_eq!(
+            client_hello_sni(real),
+            Sni::Found(Some("video.example.com".into()))
+        );
+        let mut buf = real.to_vec();
+        for i in 0..buf.len() {
+            let orig = buf[i];
+            for v in [0, 0xff, orig ^ 1, orig.wrapping_add(0x80)] {
+                buf[i] = v;
+                if let Sni::Found(Some(name)) = client_hello_sni(&buf) {
+                    assert!(!name.is_empty());
+                }
+            }
+            buf[i] = orig;
+            let _ = client_hello_sni(&buf[..i]);
+        }
+    }
+
     #[test]
     fn fragmented_over_two_records() {
         let h = hello(&sni_ext("a.example"));
