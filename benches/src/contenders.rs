@@ -18,21 +18,84 @@ pub struct Contender {
     pub h2c: Option<SocketAddr>,
     /// HTTP/1.1 listener in front of the proxy's cache.
     pub cache: Option<SocketAddr>,
-    child: Child,
+    /// HTTPS (TLS terminated by the proxy, HTTP/1.1) pass-through listener.
+    pub https: Option<SocketAddr>,
+    /// L4 listener forwarding to the TCP origin (iperf3).
+    pub tcp: Option<SocketAddr>,
+    /// `None` for the "direct" baseline, which is no process.
+    child: Option<Child>,
 }
 
 impl Contender {
     /// CPU seconds used so far by the process and its children (nginx's worker).
     pub fn cpu_seconds(&self) -> f64 {
-        process_tree_cpu(self.child.id())
+        self.child
+            .as_ref()
+            .map_or(0.0, |c| process_tree_cpu(c.id()))
+    }
+
+    /// No proxy at all: the load generator talks to the TCP origin itself.
+    pub fn direct(tcp_origin: SocketAddr) -> Contender {
+        Contender {
+            name: "direct",
+            http: None,
+            h2c: None,
+            cache: None,
+            https: None,
+            tcp: Some(tcp_origin),
+            child: None,
+        }
     }
 }
 
 impl Drop for Contender {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+/// What every proxy forwards to: the HTTP origin, the TCP origin (an iperf3 server), and the
+/// certificate HTTPS listeners present.
+#[derive(Debug)]
+pub struct Origins {
+    pub http: SocketAddr,
+    pub tcp: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Certificate and key in one file, as HAProxy wants it.
+    pub cert_and_key: PathBuf,
+}
+
+/// A self-signed ECDSA P-256 certificate for `localhost`, used by every contender.
+pub fn write_certificate(work: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let key = rcgen::KeyPair::generate().context("generating a key")?;
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])?.self_signed(&key)?;
+    let (c, k, both) = (
+        work.join("cert.pem"),
+        work.join("key.pem"),
+        work.join("cert-and-key.pem"),
+    );
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    std::fs::write(&both, format!("{}{}", cert.pem(), key.serialize_pem()))?;
+    Ok((c, k, both))
+}
+
+/// The iperf3 server the L4 scenario pushes bytes to, on the load generator's core.
+pub fn start_tcp_origin(work: &Path, cpu: usize) -> Result<(SocketAddr, Child)> {
+    let addr = free_port()?;
+    let log = std::fs::File::create(work.join("iperf3-server.log"))?;
+    let mut child = pinned(cpu, "iperf3")
+        .args(["-s", "-B", "127.0.0.1", "-p", &addr.port().to_string()])
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (apt-get install iperf3)")?;
+    wait_listening(addr, &mut child, "iperf3 server")?;
+    Ok((addr, child))
 }
 
 /// The origin every proxy forwards to: nginx serving static files, on the load generator's core.
@@ -123,8 +186,14 @@ pub fn start_origin(work: &Path, cpu: usize) -> Result<OriginServer> {
     Ok(OriginServer { addr, child })
 }
 
-pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
-    let (http, h2c, cache) = (free_port()?, free_port()?, free_port()?);
+/// nginx's stream (L4) module, a separate package on Debian (libnginx-mod-stream).
+const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
+    let origin = o.http;
+    let (http, h2c, cache, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let stream = Path::new(NGINX_STREAM_MODULE).exists();
+    let tcp = if stream { Some(free_port()?) } else { None };
     let cache_dir = work.join("nginx-cache");
     // A production-style proxy config: upstream keep-alive, forwarding headers like StreamGate
     // adds, buffers in memory (never spilling to temp files).
@@ -139,11 +208,30 @@ pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Conten
          server {{\n  listen {http} backlog=4096;\n  listen {h2c} http2 backlog=4096;\n  \
          location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
          proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
-         proxy_buffers 32 8k; proxy_max_temp_file_size 0; }}\n }}\n}}\n",
+         proxy_buffers 32 8k; proxy_max_temp_file_size 0; }}\n }}\n \
+         server {{\n  listen {https} ssl backlog=4096;\n  ssl_certificate {cert};\n  ssl_certificate_key {key};\n  \
+         ssl_protocols TLSv1.2 TLSv1.3;\n  ssl_session_cache shared:SSL:10m;\n  \
+         location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
+         proxy_set_header Host $host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+         proxy_buffers 32 8k; proxy_max_temp_file_size 0; }}\n }}\n}}\n{stream_block}",
         nginx_common(work, "nginx"),
         nginx_temp_paths(work, "nginx"),
         cdir = cache_dir.display(),
+        cert = o.cert.display(),
+        key = o.key.display(),
+        stream_block = match tcp {
+            Some(t) => format!(
+                "stream {{ server {{ listen {t} backlog=4096; proxy_pass {}; }} }}\n",
+                o.tcp
+            ),
+            None => String::new(),
+        },
     );
+    let conf = if stream {
+        format!("load_module {NGINX_STREAM_MODULE};\n{conf}")
+    } else {
+        conf
+    };
     let path = work.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let mut child = pinned(cpu, "nginx")
@@ -161,12 +249,16 @@ pub fn start_nginx(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Conten
         http: Some(http),
         h2c: Some(h2c),
         cache: Some(cache),
-        child,
+        https: Some(https),
+        tcp,
+        child: Some(child),
     })
 }
 
-pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
+pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
+    let origin = o.http;
     let (http, h2c, cache) = (free_port()?, free_port()?, free_port()?);
+    let (https, tcp) = (free_port()?, free_port()?);
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  \
          option http-keep-alive\n  option forwardfor\n  http-reuse always\n\n\
@@ -174,7 +266,11 @@ pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
          backend be\n  server origin {origin}\n\n\
          cache sg\n  total-max-size 256\n  max-object-size 1048576\n  max-age 3600\n\n\
          frontend fe_cache\n  bind {cache}\n  default_backend be_cache\n\n\
-         backend be_cache\n  http-request cache-use sg\n  http-response cache-store sg\n  server origin {origin}\n"
+         backend be_cache\n  http-request cache-use sg\n  http-response cache-store sg\n  server origin {origin}\n\n\
+         frontend fe_tls\n  bind {https} ssl crt {both} alpn http/1.1\n  default_backend be\n\n\
+         listen l4\n  mode tcp\n  bind {tcp}\n  server o {tcp_origin}\n",
+        both = o.cert_and_key.display(),
+        tcp_origin = o.tcp,
     );
     let path = work.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
@@ -193,25 +289,31 @@ pub fn start_haproxy(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         http: Some(http),
         h2c: Some(h2c),
         cache: Some(cache),
-        child,
+        https: Some(https),
+        tcp: Some(tcp),
+        child: Some(child),
     })
 }
 
-pub fn start_streamgate(
-    work: &Path,
-    cpu: usize,
-    origin: SocketAddr,
-    binary: &Path,
-) -> Result<Contender> {
-    let (http, cache) = (free_port()?, free_port()?);
+pub fn start_streamgate(work: &Path, cpu: usize, o: &Origins, binary: &Path) -> Result<Contender> {
+    let origin = o.http;
+    let (http, cache, https, tcp) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let conf = format!(
         "[runtime]\nworkers = 1\n\n[admin]\nlisten = \"{}\"\n\n[[listeners]]\nname = \"web\"\nlisten = \"{http}\"\n\n\
          [[listeners]]\nname = \"cache\"\nlisten = \"{cache}\"\n\n\
+         [[listeners]]\nname = \"tls\"\nlisten = \"{https}\"\nprotocol = \"https\"\n\
+         certificates = [ {{ cert = \"{cert}\", key = \"{key}\" }} ]\n\n\
+         [[listeners]]\nname = \"l4\"\nlisten = \"{tcp}\"\nprotocol = \"tcp\"\n\n\
          [[regions]]\nname = \"local\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\n\
-         [[services]]\nname = \"bench\"\nlisteners = [\"web\"]\nregions = [\"local\"]\n\n\
+         [[regions]]\nname = \"iperf\"\nbackends = [ {{ address = \"{tcp_origin}\" }} ]\n\n\
+         [[services]]\nname = \"bench\"\nlisteners = [\"web\", \"tls\"]\nregions = [\"local\"]\n\n\
+         [[services]]\nname = \"pump\"\nlisteners = [\"l4\"]\nregions = [\"iperf\"]\n\n\
          [[services]]\nname = \"cached\"\nlisteners = [\"cache\"]\nregions = [\"local\"]\n\
          [services.cache]\nmax_size = \"256MiB\"\n",
-        free_port()?
+        free_port()?,
+        cert = o.cert.display(),
+        key = o.key.display(),
+        tcp_origin = o.tcp,
     );
     let path = work.join("streamgate.toml");
     std::fs::write(&path, conf)?;
@@ -230,7 +332,9 @@ pub fn start_streamgate(
         http: Some(http),
         h2c: Some(http),
         cache: Some(cache),
-        child,
+        https: Some(https),
+        tcp: Some(tcp),
+        child: Some(child),
     })
 }
 
@@ -257,7 +361,9 @@ pub fn start_varnish(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         http: None,
         h2c: None,
         cache: Some(cache),
-        child,
+        https: None,
+        tcp: None,
+        child: Some(child),
     })
 }
 

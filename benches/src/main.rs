@@ -26,11 +26,11 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     duration: u64,
-    /// Scenarios to run (comma separated): pass-1k, pass-100k, latency-1k, h2c-1k.
+    /// Scenarios to run (comma separated); see SCENARIO_NAMES.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pass-1k,pass-100k,latency-1k,h2c-1k"
+        default_value = "pass-1k,pass-100k,latency-1k,h2c-1k,https-1k,tls-handshakes,tcp-throughput"
     )]
     scenarios: Vec<String>,
     /// A streamgate binary to use instead of building target/release/streamgate.
@@ -49,8 +49,22 @@ struct Args {
 
 #[derive(Debug, Clone, Copy)]
 enum Load {
-    Wrk { connections: u32 },
-    H2load { clients: u32, streams: u32 },
+    Wrk {
+        connections: u32,
+    },
+    /// wrk with `Connection: close`: every request on a new connection (a full TLS handshake
+    /// over https).
+    WrkClose {
+        connections: u32,
+    },
+    H2load {
+        clients: u32,
+        streams: u32,
+    },
+    /// iperf3 pushing bytes through an L4 listener with this many parallel streams.
+    Iperf {
+        streams: u32,
+    },
 }
 
 /// Which listener of a contender a scenario drives.
@@ -59,6 +73,8 @@ enum Target {
     Pass,
     H2c,
     Cache,
+    Https,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +84,17 @@ struct Scenario {
     load: Load,
     target: Target,
     what: &'static str,
+}
+
+impl Scenario {
+    /// What the throughput column counts.
+    fn unit(&self) -> &'static str {
+        match self.load {
+            Load::Iperf { .. } => "MB/s",
+            Load::WrkClose { .. } => "conn/s",
+            _ => "req/s",
+        }
+    }
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -116,9 +143,30 @@ const SCENARIOS: &[Scenario] = &[
         target: Target::Cache,
         what: "cache hits, HTTP/1.1 keep-alive, 64 connections, 100 KiB",
     },
+    Scenario {
+        name: "https-1k",
+        path: "/1k",
+        load: Load::Wrk { connections: 64 },
+        target: Target::Https,
+        what: "HTTPS keep-alive (TLS 1.3, ECDSA P-256), 64 connections, 1 KiB",
+    },
+    Scenario {
+        name: "tls-handshakes",
+        path: "/1k",
+        load: Load::WrkClose { connections: 32 },
+        target: Target::Https,
+        what: "a new TLS connection per request, 32 concurrent, 1 KiB",
+    },
+    Scenario {
+        name: "tcp-throughput",
+        path: "",
+        load: Load::Iperf { streams: 4 },
+        target: Target::Tcp,
+        what: "L4 bytes through the proxy, iperf3 with 4 streams",
+    },
 ];
 
-const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, hit-1k, hit-100k";
+const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, hit-1k, hit-100k, https-1k, tls-handshakes, tcp-throughput";
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
@@ -149,12 +197,23 @@ fn main() -> Result<()> {
         args.load_cpu, args.proxy_cpu
     );
     let origin = contenders::start_origin(work.path(), args.load_cpu)?;
+    let (tcp_origin, _iperf) = contenders::start_tcp_origin(work.path(), args.load_cpu)?;
+    let (cert, key, cert_and_key) = contenders::write_certificate(work.path())?;
+    let origins = contenders::Origins {
+        http: origin.addr,
+        tcp: tcp_origin,
+        cert,
+        key,
+        cert_and_key,
+    };
     let proxies: Vec<Contender> = vec![
-        contenders::start_streamgate(work.path(), args.proxy_cpu, origin.addr, &binary)?,
-        contenders::start_nginx(work.path(), args.proxy_cpu, origin.addr)?,
-        contenders::start_haproxy(work.path(), args.proxy_cpu, origin.addr)?,
+        contenders::start_streamgate(work.path(), args.proxy_cpu, &origins, &binary)?,
+        contenders::start_nginx(work.path(), args.proxy_cpu, &origins)?,
+        contenders::start_haproxy(work.path(), args.proxy_cpu, &origins)?,
         contenders::start_varnish(work.path(), args.proxy_cpu, origin.addr)?,
+        Contender::direct(tcp_origin),
     ];
+    let _kill_iperf = KillOnDrop(_iperf);
 
     let mut rows = Vec::new();
     for name in &args.scenarios {
@@ -202,11 +261,12 @@ fn main() -> Result<()> {
                     errors: m.errors,
                 };
                 eprintln!(
-                    "  {:<11} round {} {:<10} {:>10.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  {:>6.1} us cpu/req  load core {:>3.0}% busy, {:>5.1} us/req  errors {}",
+                    "  {:<14} round {} {:<10} {:>10.0} {:<6}  p50 {:>7.3} ms  p99 {:>7.3} ms  {:>6.1} us cpu/req  load core {:>3.0}% busy, {:>5.1} us/req  errors {}",
                     row.scenario,
                     round + 1,
                     row.contender,
                     row.rps,
+                    sc.unit(),
                     row.p50_ms,
                     row.p99_ms,
                     row.cpu_us_per_req,
@@ -233,6 +293,18 @@ fn address(sc: &Scenario, p: &Contender) -> Option<std::net::SocketAddr> {
         Target::Pass => p.http,
         Target::H2c => p.h2c,
         Target::Cache => p.cache,
+        Target::Https => p.https,
+        Target::Tcp => p.tcp,
+    }
+}
+
+/// Stops a helper process (the iperf3 server) when the benchmark ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -240,10 +312,17 @@ fn measure(sc: &Scenario, p: &Contender, cpu: usize, d: Duration) -> Result<Meas
     let Some(addr) = address(sc, p) else {
         anyhow::bail!("{} has no listener for {}", p.name, sc.name)
     };
-    let url = format!("http://{addr}{}", sc.path);
+    let scheme = if sc.target == Target::Https {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}{}", sc.path);
     match sc.load {
-        Load::Wrk { connections } => tools::wrk(cpu, &url, connections, d),
+        Load::Wrk { connections } => tools::wrk(cpu, &url, connections, d, false),
+        Load::WrkClose { connections } => tools::wrk(cpu, &url, connections, d, true),
         Load::H2load { clients, streams } => tools::h2load(cpu, &url, clients, streams, d),
+        Load::Iperf { streams } => tools::iperf3(cpu, addr, streams, d),
     }
 }
 
@@ -291,7 +370,7 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
     );
     let _ = writeln!(
         out,
-        "| scenario | proxy | req/s (median) | p50 ms | p99 ms | proxy CPU us/req | load core busy | load core us/req | errors |"
+        "| scenario | proxy | throughput (median) | p50 ms | p99 ms | proxy CPU us/req | load core busy | load core us/req | errors |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let names: Vec<&str> = proxies.iter().map(|p| p.name).collect();
@@ -312,10 +391,11 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
             }
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.0}% | {:.1} | {} |",
+                "| {} | {} | {:.0} {} | {:.3} | {:.3} | {:.1} | {:.0}% | {:.1} | {} |",
                 sc.name,
                 who,
                 median(r.iter().map(|x| x.rps).collect()),
+                sc.unit(),
                 median(r.iter().map(|x| x.p50_ms).collect()),
                 median(r.iter().map(|x| x.p99_ms).collect()),
                 median(r.iter().map(|x| x.cpu_us_per_req).collect()),
@@ -353,11 +433,12 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
     }
     let _ = writeln!(
         out,
-        "\nStreamGate's median per-round ratio (req/s: higher is better; p99 and CPU per request: lower is better):\n"
+        "\nStreamGate's median per-round ratio (throughput: higher is better; p99 and CPU per request: lower is better). \
+         For tcp-throughput, \"requests\" are megabytes and latencies are not measured:\n"
     );
     let _ = writeln!(
         out,
-        "| scenario | vs | req/s ratio | p99 ratio | CPU/req ratio |"
+        "| scenario | vs | throughput ratio | p99 ratio | CPU/req ratio |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|");
     for l in ratio_lines {

@@ -17,10 +17,20 @@ pub struct Measured {
     pub errors: u64,
 }
 
-/// Runs wrk with one thread on `cpu`.
-pub fn wrk(cpu: usize, url: &str, connections: u32, duration: Duration) -> Result<Measured> {
-    let out = Command::new("taskset")
-        .args(["-c", &cpu.to_string(), "wrk", "-t1", "--latency"])
+/// Runs wrk with one thread on `cpu`; `close`: a new connection for every request.
+pub fn wrk(
+    cpu: usize,
+    url: &str,
+    connections: u32,
+    duration: Duration,
+    close: bool,
+) -> Result<Measured> {
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu.to_string(), "wrk", "-t1", "--latency"]);
+    if close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let out = cmd
         .arg(format!("-c{connections}"))
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .arg(url)
@@ -139,6 +149,50 @@ pub fn parse_h2load(text: &str) -> Result<Measured> {
     Ok(m)
 }
 
+/// Runs an iperf3 client with `streams` parallel streams on `cpu` against `addr` (an iperf3
+/// server, or a proxy in front of one). `rps` is megabytes per second received by the server,
+/// `requests` the megabytes moved.
+pub fn iperf3(
+    cpu: usize,
+    addr: std::net::SocketAddr,
+    streams: u32,
+    duration: Duration,
+) -> Result<Measured> {
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string(), "iperf3", "-J", "-c"])
+        .arg(addr.ip().to_string())
+        .args(["-p", &addr.port().to_string()])
+        .arg(format!("-P{streams}"))
+        .arg(format!("-t{}", duration.as_secs().max(1)))
+        .output()
+        .context("running iperf3 (apt-get install iperf3)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "iperf3 failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_iperf3(&text)
+}
+
+pub fn parse_iperf3(text: &str) -> Result<Measured> {
+    let v: serde_json::Value = serde_json::from_str(text).context("iperf3 JSON")?;
+    let received = &v["end"]["sum_received"];
+    let bytes = received["bytes"].as_f64().unwrap_or(0.0);
+    let seconds = received["seconds"].as_f64().unwrap_or(0.0);
+    if bytes <= 0.0 || seconds <= 0.0 {
+        bail!("could not read iperf3's report:\n{text}");
+    }
+    Ok(Measured {
+        requests: (bytes / 1e6) as u64,
+        rps: bytes / 1e6 / seconds,
+        p50: 0.0,
+        p99: 0.0,
+        errors: 0,
+    })
+}
+
 /// "1.23ms", "850.00us", "2.1s" -> seconds.
 fn parse_duration(s: &str) -> Result<f64> {
     let s = s.trim();
@@ -168,6 +222,15 @@ mod tests {
         assert!((m.p50 - 0.0012).abs() < 1e-9);
         assert!((m.p99 - 0.00085).abs() < 1e-9);
         assert_eq!(m.errors, 3);
+    }
+
+    #[test]
+    fn reads_iperf3() {
+        let text = r#"{"start":{},"end":{"sum_sent":{"bytes":5000000000,"retransmits":2},
+            "sum_received":{"seconds":5.0,"bytes":4000000000}}}"#;
+        let m = parse_iperf3(text).unwrap();
+        assert_eq!(m.requests, 4000);
+        assert!((m.rps - 800.0).abs() < 1e-9);
     }
 
     #[test]

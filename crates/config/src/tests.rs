@@ -244,3 +244,29 @@ fn diff_reports_changes() {
     assert_eq!(d.needs_restart, vec!["runtime.workers".to_string()]);
     assert!(diff::diff(&a, &a).is_empty());
 }
+
+#[test]
+fn upstream_and_l4_keys_are_checked_against_the_service_kind() {
+    // PROXY headers to an HTTP service's backends would be read as a broken request.
+    let text = format!("{GOOD}\n[services.upstream]\nsend_proxy = \"v2\"\n");
+    let line = text.lines().position(|l| l.contains("send_proxy")).unwrap() + 1;
+    assert_eq!(
+        messages(&text),
+        vec![format!(
+            "demo.toml:{line}: services[0].upstream.send_proxy: only tcp and tls_passthrough services send PROXY headers; HTTP services name the client in X-Forwarded-For and Forwarded"
+        )]
+    );
+    // TLS settings without a TLS protocol, and an unknown protocol.
+    let text = format!("{GOOD}\n[services.upstream]\nprotocol = \"spdy\"\n");
+    assert!(messages(&text)[0].contains(
+        "services[0].upstream.protocol: unknown protocol \"spdy\"; expected one of http1, h2c, https, h2"
+    ));
+    let text = format!("{GOOD}\n[services.upstream]\ntls_server_name = \"origin.example\"\n");
+    assert!(messages(&text)[0].contains("TLS settings need protocol = \"https\" or \"h2\""));
+    let ok = format!(
+        "{GOOD}\n[services.upstream]\nprotocol = \"h2\"\ntls_server_name = \"origin.example\"\ntls_verify = false\n"
+    );
+    let c = parse_str(&ok).unwrap();
+    assert_eq!(c.services[0].upstream.protocol, UpstreamProtocol::H2);
+    assert!(!c.services[0].upstream.tls.verify);
+}

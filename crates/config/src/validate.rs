@@ -828,6 +828,20 @@ fn services(
                 );
             }
         }
+        if kind == ServiceKind::Http
+            && upstream.send_proxy != SendProxy::Off
+            && let Some(v) = s
+                .upstream
+                .as_ref()
+                .and_then(|u| u.get_ref().send_proxy.as_ref())
+        {
+            ctx.err(
+                v.span(),
+                format!("{p}.upstream.send_proxy"),
+                "only tcp and tls_passthrough services send PROXY headers; HTTP services name the \
+                 client in X-Forwarded-For and Forwarded",
+            );
+        }
         // TCP services are probed by connecting unless told otherwise.
         if kind != ServiceKind::Http
             && let (Some(h), Some(raw)) = (health.as_mut(), &s.health)
