@@ -389,3 +389,36 @@ async fn tls_passthrough_routes_by_sni_without_terminating() {
         .await;
     assert!(r.is_err());
 }
+
+#[tokio::test]
+async fn a_certificate_near_expiry_is_logged_as_a_warning() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["soon.example".to_string()]).unwrap();
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(80);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(5);
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, keyfile) = (dir.path().join("soon.pem"), dir.path().join("soon.key"));
+    std::fs::write(&pem, cert.pem()).unwrap();
+    std::fs::write(&keyfile, key.serialize_pem()).unwrap();
+    let config = format!(
+        "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+         certificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n\
+         [[regions]]\nname = \"r\"\nbackends = [ {{ address = \"127.0.0.1:9\" }} ]\n\
+         [[services]]\nname = \"s\"\nlisteners = [\"tls\"]\nregions = [\"r\"]\n",
+        pem.display(),
+        keyfile.display()
+    );
+    let p = DaemonProcess::start(env!("CARGO_BIN_EXE_streamgate-e2e"), &config, &["tls"]);
+    assert!(
+        eventually(Duration::from_secs(5), || p.log_json().iter().any(|l| {
+            l["message"] == "certificate expires soon; renew it"
+                && l["level"] == "WARN"
+                && (l["days_left"] == 4 || l["days_left"] == 5)
+                && l["certificate"].as_str() == pem.to_str()
+        }))
+        .await,
+        "{:#?}",
+        p.log_json()
+    );
+}
