@@ -51,8 +51,7 @@ impl Contender {
 impl Drop for Contender {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
+            stop(c);
         }
     }
 }
@@ -107,9 +106,28 @@ pub struct OriginServer {
 
 impl Drop for OriginServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
+}
+
+/// Stops a contender gracefully: SIGKILL on nginx's master would leave its workers running
+/// (and holding their ports) after the benchmark ends.
+pub fn stop(child: &mut Child) {
+    let asked = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if asked {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn free_port() -> Result<SocketAddr> {

@@ -303,8 +303,7 @@ struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        contenders::stop(&mut self.0);
     }
 }
 
@@ -411,17 +410,22 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
             if o.is_empty() {
                 continue;
             }
+            // "n/a" where the figure was not measured (latency of the L4 scenario, CPU of "direct").
             let per_round = |f: fn(&Row) -> f64| {
-                median(
-                    sg.iter()
-                        .zip(&o)
-                        .filter(|(_, b)| f(b) > 0.0)
-                        .map(|(a, b)| f(a) / f(b))
-                        .collect(),
-                )
+                let ratios: Vec<f64> = sg
+                    .iter()
+                    .zip(&o)
+                    .filter(|(_, b)| f(b) > 0.0)
+                    .map(|(a, b)| f(a) / f(b))
+                    .collect();
+                if ratios.is_empty() {
+                    "n/a".to_string()
+                } else {
+                    format!("{:.2}x", median(ratios))
+                }
             };
             ratio_lines.push(format!(
-                "| {} ({}) | {} | {:.2}x | {:.2}x | {:.2}x |",
+                "| {} ({}) | {} | {} | {} | {} |",
                 sc.name,
                 sc.what,
                 other,
