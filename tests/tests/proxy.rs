@@ -179,6 +179,49 @@ regions = ["static"]
     );
 }
 
+/// HTTP/2 frames of many streams share writes (see the proxy's `coalesce` module): every
+/// response on one connection must still arrive whole and on its own stream, small and large.
+#[tokio::test]
+async fn hundreds_of_concurrent_http2_streams_get_their_own_whole_answers() {
+    let origin = Origin::start("a").await;
+    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
+    let client = http2();
+    let sizes = [300usize, 1024, 70_000, 300_000];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300usize {
+        let (client, url) = if i % 2 == 0 {
+            (
+                client.clone(),
+                d.url("web", &format!("/bytes/{}", sizes[i / 2 % 4])),
+            )
+        } else {
+            (client.clone(), d.url("web", &format!("/stream-{i}")))
+        };
+        tasks.spawn(async move {
+            let answer = tokio::time::timeout(Duration::from_secs(20), get(&client, &url, &[]))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no complete answer within 20 s")));
+            (i, answer)
+        });
+    }
+    let mut done = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, answer) = joined.unwrap();
+        let a = answer.unwrap_or_else(|e| panic!("stream {i}: {e:#}"));
+        assert_eq!(a.status, StatusCode::OK, "stream {i}");
+        if i % 2 == 0 {
+            let want = sizes[i / 2 % 4];
+            assert_eq!(a.body.len(), want, "stream {i}: body length");
+            assert!(a.body.iter().all(|&b| b == b'x'), "stream {i}: body bytes");
+        } else {
+            assert_eq!(a.text(), format!("origin a /stream-{i}"), "stream {i}");
+        }
+        done += 1;
+    }
+    assert_eq!(done, 300);
+    assert_eq!(origin.hits(), 300);
+}
+
 #[tokio::test]
 async fn streams_request_and_response_bodies() {
     let origin = Origin::start("a").await;

@@ -2,6 +2,7 @@
 //! to the backends the routing table picks, and streams the answers back.
 
 mod accept;
+mod coalesce;
 pub mod http;
 pub mod io;
 pub mod proxy_protocol;

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::debug;
 
+use crate::coalesce::CoalescedWrites;
 use crate::io::{ActiveRequest, ClientTimeouts, ConnActivity, TimedIo};
 use crate::upstream::Upstreams;
 
@@ -206,7 +207,11 @@ impl HttpProxy {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = ConnActivity::new();
-        let io = TokioIo::new(TimedIo::new(io, activity.clone(), timeouts));
+        let io = TokioIo::new(CoalescedWrites::new(TimedIo::new(
+            io,
+            activity.clone(),
+            timeouts,
+        )));
         let proxy = self.clone();
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);

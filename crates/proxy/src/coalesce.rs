@@ -1,0 +1,244 @@
+//! One system call per batch of HTTP/2 frames on a client connection.
+//!
+//! The h2 crate writes every DATA frame of 256 bytes or more to the socket on its own: it flushes
+//! before it encodes the next frame. A connection answering many small responses then makes one
+//! `writev` per response, where nginx and HAProxy send the frames of all responses ready at once
+//! in one call. Here, once the client has sent the HTTP/2 preface, writes are copied into a
+//! buffer and a flush only arranges for the connection task to run again; the buffer goes out
+//! when the task next reads (h2 reads first on every poll), when it grows past `FLUSH_AT`, or on
+//! shutdown. HTTP/1.1 connections pass straight through: hyper already writes a response head
+//! and body with one call.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Buffered frames beyond this are written at once, so a large body streams without delay.
+const FLUSH_AT: usize = 64 * 1024;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Nothing read yet.
+    Unknown,
+    /// HTTP/1.x (or anything that is not the HTTP/2 preface).
+    PassThrough,
+    Http2,
+}
+
+#[derive(Debug)]
+pub struct CoalescedWrites<T> {
+    inner: T,
+    mode: Mode,
+    buf: Vec<u8>,
+    /// Bytes at the front of `buf` already written.
+    sent: usize,
+    /// A wake-up is arranged for the buffered bytes.
+    wake_armed: bool,
+}
+
+impl<T> CoalescedWrites<T> {
+    pub fn new(inner: T) -> CoalescedWrites<T> {
+        CoalescedWrites {
+            inner,
+            mode: Mode::Unknown,
+            buf: Vec::new(),
+            sent: 0,
+            wake_armed: false,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    /// Runs the connection task again once the tasks that are ready now have run, so frames
+    /// they produce join the same write. `yield_now` defers its wake-up to the end of the
+    /// scheduler's tick; correctness does not depend on that, only the size of the batch.
+    fn arm_wake(&mut self, cx: &mut Context<'_>) {
+        if !self.wake_armed {
+            self.wake_armed = true;
+            let mut tick = std::pin::pin!(tokio::task::yield_now());
+            if tick.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
+    /// Writes out the buffer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.buf.clear();
+        self.sent = 0;
+        self.wake_armed = false;
+        // TLS streams hold the last record until flushed.
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    /// Makes room for `len` more bytes: drains first when the buffer would pass `FLUSH_AT`.
+    /// `Ready(false)`: write these bytes directly, they are a big body chunk.
+    fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
+        if self.pending() > 0 && self.pending() + len > FLUSH_AT {
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(self.pending() > 0 || len < FLUSH_AT))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescedWrites<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending() > 0 {
+            // A blocked socket must not stop reading: its readiness wakes the task again.
+            if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if this.mode == Mode::Unknown {
+            let got = &buf.filled()[before..];
+            if !got.is_empty() {
+                let n = got.len().min(H2_PREFACE.len());
+                this.mode = if got[..n] == H2_PREFACE[..n] {
+                    Mode::Http2
+                } else {
+                    Mode::PassThrough
+                };
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.mode != Mode::Http2 || !ready!(this.poll_room(cx, data.len()))? {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.mode != Mode::Http2 || !ready!(this.poll_room(cx, len))? {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.mode == Mode::Http2 || self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending() > 0 {
+            this.arm_wake(cx);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn http1_writes_pass_straight_through() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = CoalescedWrites::new(server);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut b = [0u8; 64];
+        assert!(io.read(&mut b).await.unwrap() > 0);
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        assert_eq!(io.pending(), 0, "nothing held back");
+        let n = client.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn http2_frames_wait_for_the_next_read_then_go_in_one_write() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut io = CoalescedWrites::new(server);
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let mut b = [0u8; 64];
+        assert!(io.read(&mut b).await.unwrap() > 0);
+        io.write_all(&[1u8; 300]).await.unwrap();
+        io.flush().await.unwrap();
+        io.write_all(&[2u8; 300]).await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(io.pending(), 600, "held until the connection reads again");
+        // The next read sends both, even though nothing arrives to be read.
+        let read = tokio::time::timeout(std::time::Duration::from_millis(50), io.read(&mut b));
+        assert!(read.await.is_err(), "no bytes from the client");
+        assert_eq!(io.pending(), 0);
+        let mut got = vec![0u8; 600];
+        client.read_exact(&mut got).await.unwrap();
+        assert!(got[..300].iter().all(|&x| x == 1) && got[300..].iter().all(|&x| x == 2));
+    }
+
+    #[tokio::test]
+    async fn a_big_http2_write_is_not_held_and_shutdown_drains() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut io = CoalescedWrites::new(server);
+        client.write_all(b"PRI * HTTP/2.0\r\n\r\n").await.unwrap();
+        let mut b = [0u8; 64];
+        assert!(io.read(&mut b).await.unwrap() > 0);
+        io.write_all(&[7u8; 100]).await.unwrap();
+        io.write_all(&vec![8u8; FLUSH_AT]).await.unwrap();
+        assert!(
+            io.pending() <= FLUSH_AT,
+            "the buffer never grows past its bound"
+        );
+        io.write_all(&[9u8; 10]).await.unwrap();
+        io.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 100 + FLUSH_AT + 10);
+        assert_eq!(got[0], 7);
+        assert_eq!(got[100], 8);
+        assert_eq!(*got.last().unwrap(), 9);
+    }
+}
