@@ -19,6 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Buffered frames beyond this are written at once, so a large body streams without delay.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Buffer capacity kept between batches.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,12 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
             }
             self.sent += n;
         }
-        self.buf.clear();
+        if self.buf.capacity() > KEEP_CAPACITY {
+            // Idle HTTP/2 connections can be many; a past burst should not pin 64 KiB each.
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
         self.sent = 0;
         self.wake_armed = false;
         // TLS streams hold the last record until flushed.
