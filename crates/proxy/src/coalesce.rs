@@ -16,13 +16,13 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::io::starts_h2_preface;
+
 /// Buffered frames beyond this are written at once, so a large body streams without delay.
 const FLUSH_AT: usize = 64 * 1024;
 
 /// Buffer capacity kept between batches.
 const KEEP_CAPACITY: usize = 16 * 1024;
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -123,8 +123,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescedWrites<T> {
         if this.mode == Mode::Unknown {
             let got = &buf.filled()[before..];
             if !got.is_empty() {
-                let n = got.len().min(H2_PREFACE.len());
-                this.mode = if got[..n] == H2_PREFACE[..n] {
+                this.mode = if starts_h2_preface(got) {
                     Mode::Http2
                 } else {
                     Mode::PassThrough

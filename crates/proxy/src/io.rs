@@ -70,6 +70,12 @@ pub struct ClientTimeouts {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+/// Whether the first bytes a client sent begin the HTTP/2 connection preface.
+pub(crate) fn starts_h2_preface(first: &[u8]) -> bool {
+    let n = first.len().min(H2_PREFACE.len());
+    first[..n] == H2_PREFACE[..n]
+}
+
 /// A client socket with the timeouts above.
 #[derive(Debug)]
 pub struct TimedIo<T> {
@@ -187,8 +193,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                     let now = now_nanos();
                     this.last_rx = now;
                     if this.is_h2.is_none() {
-                        let n = got.len().min(H2_PREFACE.len());
-                        this.is_h2 = Some(got[..n] == H2_PREFACE[..n]);
+                        this.is_h2 = Some(starts_h2_preface(got));
                     }
                     if this.activity.active.load(Relaxed) == 0
                         && this.head_started <= this.activity.idle_since.load(Relaxed)

@@ -241,20 +241,9 @@ fn json_value(field: &str, r: &AccessRecord, out: &mut String) {
         out.push('"');
     };
     match field {
-        "status" => {
-            let _ = write!(out, "{}", r.status);
-        }
-        "bytes_in" => {
-            let _ = write!(out, "{}", r.bytes_in);
-        }
-        "bytes_out" => {
-            let _ = write!(out, "{}", r.bytes_out);
-        }
-        "retries" => {
-            let _ = write!(out, "{}", r.retries);
-        }
-        "duration_ms" => {
-            let _ = write!(out, "{:.3}", r.duration.as_secs_f64() * 1e3);
+        // Numbers are written as in templates, unquoted.
+        "status" | "bytes_in" | "bytes_out" | "retries" | "duration_ms" => {
+            plain_value(field, r, out);
         }
         "service" | "region" | "backend" | "cache" if is_none(field, r) => out.push_str("null"),
         _ => {

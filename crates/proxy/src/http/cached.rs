@@ -386,7 +386,7 @@ impl HttpProxy {
         add_validators(&mut out.parts.headers, &stale);
         let request_time = SystemTime::now();
         set_log_cache(log, CacheStatus::Expired);
-        match self.fetch(&mut out, log).await {
+        let failure = match self.fetch(&mut out, log).await {
             Ok(f) if f.resp.status() == StatusCode::NOT_MODIFIED && stale.has_validators() => {
                 let now = SystemTime::now();
                 let refreshed = refresh(
@@ -399,7 +399,7 @@ impl HttpProxy {
                 );
                 drop(f);
                 cache.insert(&key, refreshed.clone());
-                self.serve_stored(
+                return self.serve_stored(
                     &cache,
                     &Arc::new(refreshed),
                     now,
@@ -409,56 +409,49 @@ impl HttpProxy {
                     DataType::CacheHit,
                     active,
                     log,
-                )
+                );
             }
             Ok(f) if f.resp.status().is_server_error() && !if_error_for.is_zero() => {
-                warn!(key = %key, status = f.resp.status().as_u16(), "origin failed; serving the stale copy (stale-if-error)");
-                drop(f);
-                set_log_cache(log, CacheStatus::Stale);
-                self.serve_stored(
-                    &cache,
-                    &stale,
-                    SystemTime::now(),
-                    &out,
-                    &ask,
-                    CacheStatus::Stale,
-                    DataType::CacheStale,
-                    active,
-                    log,
-                )
+                format!("origin failed with status {}", f.resp.status().as_u16())
             }
             Ok(f) => {
                 strip_validators(&mut out.parts.headers);
-                self.store_or_stream(
-                    cache,
-                    key,
-                    out,
-                    ask,
-                    f,
-                    request_time,
-                    None,
-                    CacheStatus::Expired,
-                    active,
-                )
-                .await
+                return self
+                    .store_or_stream(
+                        cache,
+                        key,
+                        out,
+                        ask,
+                        f,
+                        request_time,
+                        None,
+                        CacheStatus::Expired,
+                        active,
+                    )
+                    .await;
             }
-            Err(e) if !if_error_for.is_zero() => {
-                warn!(key = %key, error = %e, "origin unreachable; serving the stale copy (stale-if-error)");
-                set_log_cache(log, CacheStatus::Stale);
-                self.serve_stored(
+            Err(e) if !if_error_for.is_zero() => format!("origin unreachable: {e}"),
+            Err(e) => {
+                return with_status_header(
+                    error_response(&e, active),
                     &cache,
-                    &stale,
-                    SystemTime::now(),
-                    &out,
-                    &ask,
-                    CacheStatus::Stale,
-                    DataType::CacheStale,
-                    active,
-                    log,
-                )
+                    CacheStatus::Expired,
+                );
             }
-            Err(e) => with_status_header(error_response(&e, active), &cache, CacheStatus::Expired),
-        }
+        };
+        warn!(key = %key, "{failure}; serving the stale copy (stale-if-error)");
+        set_log_cache(log, CacheStatus::Stale);
+        self.serve_stored(
+            &cache,
+            &stale,
+            SystemTime::now(),
+            &out,
+            &ask,
+            CacheStatus::Stale,
+            DataType::CacheStale,
+            active,
+            log,
+        )
     }
 
     /// stale-while-revalidate: one background refresh per key; the stale copy is served now.

@@ -26,7 +26,9 @@ use tracing::{info, warn};
 use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody, RequestBody};
 use super::error::ProxyError;
-use super::headers::{add_forwarding, append_via, client_ip, is_idempotent, strip_hop_by_hop};
+use super::headers::{
+    add_forwarding, append_via, client_ip, is_idempotent, lists_token, strip_hop_by_hop,
+};
 use crate::io::ActiveRequest;
 use crate::upstream::{ExchangeTimeouts, UpstreamBody};
 
@@ -260,12 +262,7 @@ impl HttpProxy {
 
         // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
         let upgrade_to = (req.version() == Version::HTTP_11
-            && req.headers().get_all(header::CONNECTION).iter().any(|v| {
-                v.to_str().is_ok_and(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-            }))
+            && lists_token(req.headers(), &header::CONNECTION, "upgrade"))
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
         .or_else(|| h2_websocket.then(|| HeaderValue::from_static("websocket")));

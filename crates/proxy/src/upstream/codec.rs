@@ -5,6 +5,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::http::headers::lists_token;
+
 /// Most headers a backend response may carry.
 const MAX_HEADERS: usize = 128;
 /// Largest backend response head accepted.
@@ -137,13 +139,7 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H
 }
 
 fn connection_persists(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
+    let has = |token: &str| lists_token(headers, &header::CONNECTION, token);
     match version {
         Version::HTTP_10 => has("keep-alive"),
         _ => !has("close"),
