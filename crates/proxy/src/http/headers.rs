@@ -27,17 +27,17 @@ pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool 
 
 /// Removes hop-by-hop headers: the fixed list and any named in Connection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in Connection are hop-by-hop too.
-    if let Some(conn) = headers.get(header::CONNECTION).cloned() {
-        if let Ok(list) = conn.to_str() {
-            for name in list.split(',') {
-                let name = name.trim();
-                if !name.is_empty()
-                    && let Ok(n) = HeaderName::from_bytes(name.as_bytes())
-                {
-                    headers.remove(n);
-                }
-            }
+    // Names listed in Connection are hop-by-hop too, on every Connection line.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
         }
         headers.remove(header::CONNECTION);
     }
@@ -189,6 +189,24 @@ mod tests {
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::UPGRADE).is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn every_connection_line_names_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("x-second, ,x-third"),
+        );
+        h.insert("x-second", HeaderValue::from_static("1"));
+        h.insert("x-third", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-second").is_none());
+        assert!(h.get("x-third").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get("x-kept").unwrap(), "1");
     }
 
