@@ -1,13 +1,22 @@
-//! One system call per batch of HTTP/2 frames on a client connection.
+//! Client connections write in batches: after the reads of every connection that is ready now.
 //!
-//! The h2 crate writes every DATA frame of 256 bytes or more to the socket on its own: it flushes
+//! HTTP/2. //! The h2 crate writes every DATA frame of 256 bytes or more to the socket on its own: it flushes
 //! before it encodes the next frame. A connection answering many small responses then makes one
 //! `writev` per response, where nginx and HAProxy send the frames of all responses ready at once
 //! in one call. Here, once the client has sent the HTTP/2 preface, writes are copied into a
 //! buffer and a flush only arranges for the connection task to run again; the buffer goes out
 //! when the task next reads (h2 reads first on every poll), when it grows past `FLUSH_AT`, or on
-//! shutdown. HTTP/1.1 connections pass straight through: hyper already writes a response head
-//! and body with one call.
+//! shutdown.
+//!
+//! HTTP/1.x. hyper already writes a response head and body with one call, but each connection task
+//! read its request, answered and wrote at once, so with many busy connections the responses left
+//! one by one between the reads of the others, and a client holding many connections was woken
+//! for each (its epoll_wait took 1.6x the share of its time it took against HAProxy, and its queueing
+//! showed as our p99). Now the first write after a read waits, once, until the tasks that are ready
+//! now have run: the reads of a scheduler tick come first and its responses follow in a burst, as
+//! in nginx's and HAProxy's event loops. Nothing is copied; the write returns `Pending` with the
+//! wake-up arranged. Cache hits, 1 KiB, 64 connections: p99 0.9-1.0 ms where it was 1.3-1.5 ms at
+//! the same rate; an idle connection waits one scheduler pass (microseconds).
 
 use std::future::Future;
 use std::io;
@@ -29,7 +38,7 @@ enum Mode {
     /// Nothing read yet.
     Unknown,
     /// HTTP/1.x (or anything that is not the HTTP/2 preface).
-    PassThrough,
+    Http1,
     Http2,
 }
 
@@ -42,6 +51,8 @@ pub struct CoalescedWrites<T> {
     sent: usize,
     /// A wake-up is arranged for the buffered bytes.
     wake_armed: bool,
+    /// HTTP/1.x: bytes were read since the last write, whose answer has not waited yet.
+    read_since_write: bool,
 }
 
 impl<T> CoalescedWrites<T> {
@@ -52,6 +63,7 @@ impl<T> CoalescedWrites<T> {
             buf: Vec::new(),
             sent: 0,
             wake_armed: false,
+            read_since_write: false,
         }
     }
 
@@ -60,16 +72,32 @@ impl<T> CoalescedWrites<T> {
     }
 
     /// Runs the connection task again once the tasks that are ready now have run, so frames
-    /// they produce join the same write. `yield_now` defers its wake-up to the end of the
-    /// scheduler's tick; correctness does not depend on that, only the size of the batch.
+    /// they produce join the same write.
     fn arm_wake(&mut self, cx: &mut Context<'_>) {
         if !self.wake_armed {
             self.wake_armed = true;
-            let mut tick = std::pin::pin!(tokio::task::yield_now());
-            if tick.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
+            wake_after_tick(cx);
         }
+    }
+
+    /// HTTP/1.x: true when this write is the first after a read and must wait for the tick.
+    fn defer_http1_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.mode != Mode::Http1 || !self.read_since_write {
+            return false;
+        }
+        self.read_since_write = false;
+        wake_after_tick(cx);
+        true
+    }
+}
+
+/// Wakes the task once the tasks ready now have run. `yield_now` defers its wake-up to the end of
+/// the scheduler's tick on both runtimes, where a plain self-wake would re-run the task at once on
+/// the multi-threaded one. Correctness does not depend on the timing, only the size of a batch.
+fn wake_after_tick(cx: &mut Context<'_>) {
+    let mut tick = std::pin::pin!(tokio::task::yield_now());
+    if tick.as_mut().poll(cx).is_ready() {
+        cx.waker().wake_by_ref();
     }
 }
 
@@ -120,13 +148,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescedWrites<T> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if this.mode == Mode::Unknown {
-            let got = &buf.filled()[before..];
-            if !got.is_empty() {
+        let got = &buf.filled()[before..];
+        if !got.is_empty() {
+            this.read_since_write = true;
+            if this.mode == Mode::Unknown {
                 this.mode = if starts_h2_preface(got) {
                     Mode::Http2
                 } else {
-                    Mode::PassThrough
+                    Mode::Http1
                 };
             }
         }
@@ -141,6 +170,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.defer_http1_write(cx) {
+            return Poll::Pending;
+        }
         if this.mode != Mode::Http2 || !ready!(this.poll_room(cx, data.len()))? {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
@@ -155,6 +187,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let len: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.defer_http1_write(cx) {
+            return Poll::Pending;
+        }
         if this.mode != Mode::Http2 || !ready!(this.poll_room(cx, len))? {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
@@ -189,17 +224,45 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Polls a write once, outside any await, so a `Pending` is seen rather than waited out.
+    fn poll_write_once<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> Poll<io::Result<usize>> {
+        let waker = std::task::Waker::noop();
+        Pin::new(io).poll_write(&mut Context::from_waker(waker), data)
+    }
+
     #[tokio::test]
-    async fn http1_writes_pass_straight_through() {
+    async fn an_http1_answer_waits_one_tick_after_a_read_then_goes_unbuffered() {
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let mut io = CoalescedWrites::new(server);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut b = [0u8; 64];
         assert!(io.read(&mut b).await.unwrap() > 0);
-        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
-        assert_eq!(io.pending(), 0, "nothing held back");
-        let n = client.read(&mut b).await.unwrap();
-        assert_eq!(&b[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+        let answer = b"HTTP/1.1 200 OK\r\n\r\n";
+        assert!(
+            poll_write_once(&mut io, answer).is_pending(),
+            "the first write after a read waits for the tick"
+        );
+        assert!(
+            matches!(poll_write_once(&mut io, answer), Poll::Ready(Ok(n)) if n == answer.len()),
+            "and goes out when polled again"
+        );
+        assert_eq!(io.pending(), 0, "nothing is copied or held back");
+        assert!(
+            matches!(poll_write_once(&mut io, b"body"), Poll::Ready(Ok(4))),
+            "later writes of the same answer (a streamed body) do not wait"
+        );
+        let mut got = vec![0u8; answer.len() + 4];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..answer.len()], answer);
+        assert_eq!(&got[answer.len()..], b"body");
+
+        // The next request's answer waits again; awaited, it arrives whole.
+        client.write_all(b"GET /2 HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(io.read(&mut b).await.unwrap() > 0);
+        io.write_all(answer).await.unwrap();
+        let mut got = vec![0u8; answer.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, answer);
     }
 
     #[tokio::test]
