@@ -96,6 +96,13 @@ impl Variant {
         (fresh_left + stale_use.max(revalidate)).max(Duration::from_secs(1))
     }
 
+    /// When the store may drop it: [`Variant::keep_for`] counted from when it arrived. A
+    /// restored variant keeps its original deadline.
+    pub fn keep_until(&self) -> SystemTime {
+        let arrived = self.timing.response_time;
+        arrived + self.keep_for(arrived)
+    }
+
     /// After a 304: the stored body with the new response's headers merged in (RFC 9111 §4.3.4)
     /// and new timing and freshness.
     pub fn refreshed(

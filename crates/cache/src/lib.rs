@@ -2,7 +2,8 @@
 //!
 //! [`policy`] holds the RFC 9111 rules (what is stored, freshness, age, stale serving), [`key`]
 //! the cache keys, [`entry`] a stored response, [`store`] the byte-bounded W-TinyLFU store of one
-//! service with purge, [`fill`] request coalescing, [`range`] byte ranges from stored objects.
+//! service with purge, [`fill`] request coalescing, [`range`] byte ranges from stored objects,
+//! [`snapshot`] recovery points on disk and [`recovery`] when they are written and restored.
 //! [`CacheRegistry`] holds every service's cache across reloads.
 
 pub mod entry;
@@ -10,6 +11,8 @@ pub mod fill;
 pub mod key;
 pub mod policy;
 pub mod range;
+pub mod recovery;
+pub mod snapshot;
 pub mod store;
 pub mod tinylfu;
 

@@ -98,6 +98,27 @@ impl ServiceCache {
         self.entries.insert(key, entry, w, expires)
     }
 
+    /// Every URL with its variants (for a recovery point).
+    pub fn entries(&self) -> Vec<(Arc<str>, Entry)> {
+        self.entries.entries()
+    }
+
+    /// Puts back variants read from a recovery point, kept for `keep` from now. Variants over
+    /// `max_object_size` (the setting may have shrunk) are left out.
+    pub fn restore(&self, key: &str, variants: Vec<Variant>, keep: Duration) -> bool {
+        let list: Vec<Arc<Variant>> = variants
+            .into_iter()
+            .filter(|v| v.size <= self.spec.max_object_size)
+            .map(Arc::new)
+            .collect();
+        if list.is_empty() {
+            return false;
+        }
+        let entry: Entry = Arc::new(list);
+        let w = weight(&entry);
+        self.entries.insert(key, entry, w, Instant::now() + keep)
+    }
+
     /// Removes every variant of one URL; returns how many objects went.
     pub fn purge_url(&self, key: &str) -> usize {
         self.entries.remove(key).map_or(0, |e| e.len())

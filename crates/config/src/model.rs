@@ -20,6 +20,8 @@ pub struct Config {
     pub admin: Admin,
     pub geo: Option<Geo>,
     pub access_log: AccessLog,
+    /// `None`: no recovery points are written or restored.
+    pub snapshots: Option<Snapshots>,
     pub listeners: Vec<Listener>,
     pub regions: Vec<Region>,
     pub services: Vec<Service>,
@@ -109,6 +111,16 @@ impl Default for AccessLog {
             format: AccessLogFormat::Json,
         }
     }
+}
+
+/// `[snapshots]`: cache recovery points written to disk and restored on start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshots {
+    pub dir: PathBuf,
+    /// Time between recovery points (one is also written on a graceful stop).
+    pub interval: Duration,
+    /// Recovery points kept; older ones are deleted after a new one is written.
+    pub keep: NonZeroUsize,
 }
 
 /// The fields an access log line carries, in order; a template may use any as `$name`.

@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub geo: Option<S<RawGeo>>,
     pub access_log: Option<RawAccessLog>,
+    pub snapshots: Option<RawSnapshots>,
     #[serde(default)]
     pub listeners: Vec<S<RawListener>>,
     #[serde(default)]
@@ -72,6 +73,14 @@ pub(crate) struct RawAccessLog {
     pub enabled: Option<bool>,
     pub path: Option<S<String>>,
     pub format: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSnapshots {
+    pub dir: S<String>,
+    pub interval: Option<S<String>>,
+    pub keep: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -270,3 +270,35 @@ fn upstream_and_l4_keys_are_checked_against_the_service_kind() {
     assert_eq!(c.services[0].upstream.protocol, UpstreamProtocol::H2);
     assert!(!c.services[0].upstream.tls.verify);
 }
+
+#[test]
+fn snapshot_keys_with_defaults_and_their_errors() {
+    let c = parse_str(&format!("{GOOD}\n[snapshots]\ndir = \"/var/lib/sg\"\n")).unwrap();
+    let s = c.snapshots.unwrap();
+    assert_eq!(s.dir, Path::new("/var/lib/sg"));
+    assert_eq!(s.interval, Duration::from_secs(300));
+    assert_eq!(s.keep.get(), 12);
+    assert!(parse_str(GOOD).unwrap().snapshots.is_none());
+
+    let text =
+        format!("{GOOD}\n[snapshots]\ndir = \"/var/lib/sg\"\ninterval = \"10ms\"\nkeep = 0\n");
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(
+        messages(&text),
+        vec![
+            format!(
+                "demo.toml:{}: snapshots.interval: must be at least 1s",
+                line("interval")
+            ),
+            format!(
+                "demo.toml:{}: snapshots.keep: 0 is out of range; expected 1 to 10000",
+                line("keep")
+            ),
+        ]
+    );
+    let missing = messages(&format!("{GOOD}\n[snapshots]\ninterval = \"1m\"\n"));
+    assert!(
+        missing.len() == 1 && missing[0].contains("snapshots") && missing[0].contains("dir"),
+        "{missing:?}"
+    );
+}

@@ -141,6 +141,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         .and_then(|m| m.listen.as_ref())
         .and_then(|l| socket_addr(l, "metrics.listen", ctx));
     let access_log = access_log(raw.access_log.as_ref(), ctx);
+    let snapshots = raw.snapshots.as_ref().map(|s| snapshots(s, ctx));
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
     let geo = raw.geo.as_ref().map(|g| geo(g, &regions, ctx));
@@ -162,6 +163,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         admin,
         geo,
         access_log,
+        snapshots,
         listeners,
         regions,
         services,
@@ -287,6 +289,42 @@ fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
         enabled: raw.enabled.unwrap_or(true),
         path,
         format,
+    }
+}
+
+fn snapshots(raw: &RawSnapshots, ctx: &mut Ctx<'_>) -> Snapshots {
+    let dir = ctx.resolve(raw.dir.get_ref());
+    if raw.dir.get_ref().is_empty() {
+        ctx.err(raw.dir.span(), "snapshots.dir", "must name a directory");
+    } else if let Ok(m) = std::fs::metadata(&dir)
+        && !m.is_dir()
+    {
+        ctx.err(
+            raw.dir.span(),
+            "snapshots.dir",
+            format!("{} exists and is not a directory", dir.display()),
+        );
+    }
+    let interval = ctx.duration(
+        &raw.interval,
+        "snapshots.interval",
+        Duration::from_secs(300),
+    );
+    if let Some(v) = &raw.interval
+        && interval < Duration::from_secs(1)
+    {
+        ctx.err(v.span(), "snapshots.interval", "must be at least 1s");
+    }
+    let keep = raw
+        .keep
+        .as_ref()
+        .and_then(|k| ctx.int_in(k, "snapshots.keep", 1, 10_000))
+        .and_then(|n| NonZeroUsize::new(n as usize))
+        .unwrap_or(NonZeroUsize::MIN.saturating_add(11));
+    Snapshots {
+        dir,
+        interval,
+        keep,
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use streamgate_balance::{GeoHandle, TableHandle};
 use streamgate_cache::CacheRegistry;
+use streamgate_cache::recovery::Snapshotter;
 use streamgate_telemetry::Metrics;
 use tokio::sync::{Notify, watch};
 
@@ -49,6 +50,7 @@ pub struct Control {
     pub metrics: Arc<Metrics>,
     pub config_path: PathBuf,
     pub caches: Arc<CacheRegistry>,
+    pub snapshots: Arc<Snapshotter>,
     /// Bound HTTP listeners (name, address), for prefetching through the normal path.
     listeners: Mutex<Vec<(String, std::net::SocketAddr)>>,
     pub(crate) health: Mutex<HealthSupervisor>,
@@ -68,6 +70,7 @@ impl Control {
         metrics: Arc<Metrics>,
         config_path: PathBuf,
         caches: Arc<CacheRegistry>,
+        snapshots: Arc<Snapshotter>,
     ) -> Arc<Control> {
         let changed = Arc::new(Notify::new());
         let geo_stamp = table
@@ -83,6 +86,7 @@ impl Control {
             metrics,
             config_path,
             caches,
+            snapshots,
             listeners: Mutex::new(Vec::new()),
             changed,
             status: Mutex::new(ConfigStatus {

@@ -119,6 +119,7 @@ impl Control {
             .map(|s| &*s.name)
             .collect();
         self.caches.retain(&names);
+        self.snapshots.configure(table.config.snapshots.clone());
         self.health
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -48,6 +48,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Work with recovery points (cache snapshots, see [snapshots] in the config).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCommand {
+    /// Read recovery points whole and check every checksum: one file, or every point in a
+    /// directory. Exit 0 if all are intact, 1 otherwise.
+    Verify { path: PathBuf },
 }
 
 /// Runs the command line with the process arguments.
@@ -63,6 +75,9 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
+        Command::Snapshot {
+            command: SnapshotCommand::Verify { path },
+        } => return verify_snapshots(&path),
         Command::Run { config } => load(&config).and_then(|c| run_daemon(c, None)),
         Command::Demo { config } => {
             let path = config.unwrap_or_else(demo::default_config_path);
@@ -101,6 +116,56 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn verify_snapshots(path: &Path) -> ExitCode {
+    use streamgate_cache::snapshot;
+    let files = if path.is_dir() {
+        match snapshot::files(path) {
+            Ok(f) if f.is_empty() => {
+                eprintln!(
+                    "{}: no recovery points (streamgate-*.snap) here",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        vec![path.to_path_buf()]
+    };
+    let mut ok = true;
+    for f in files {
+        match snapshot::read(&f) {
+            Ok((point, records)) => {
+                let variants: usize = records.iter().map(|r| r.variants.len()).sum();
+                let created = point
+                    .created
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                println!(
+                    "{}: OK ({} URLs, {variants} objects, {} bytes, created at unix time {created})",
+                    f.display(),
+                    point.records,
+                    point.bytes
+                );
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use streamgate_balance::{GeoDb, GeoHandle, RoutingTable, TableHandle};
 use streamgate_cache::CacheRegistry;
+use streamgate_cache::recovery::Snapshotter;
 use streamgate_config::{AccessLogFormat, Config, Protocol};
 use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
@@ -28,6 +29,7 @@ pub struct Daemon {
     pub geo: GeoHandle,
     pub metrics: Arc<Metrics>,
     pub control: Arc<Control>,
+    pub snapshots: Arc<Snapshotter>,
     /// The access log, if enabled (reopened on SIGUSR1).
     pub access_log: Option<Arc<AccessLog>>,
     admin: SocketAddr,
@@ -116,6 +118,21 @@ impl Daemon {
         };
         let caches = CacheRegistry::new(metrics.clone());
         caches.spawn_gauge_refresher();
+        let snapshots = Snapshotter::new(caches.clone(), &metrics, config.snapshots.clone());
+        if config.snapshots.is_some() {
+            // Before anything listens, so the first requests already hit.
+            for s in &config.services {
+                if let Some(spec) = &s.cache {
+                    caches.for_service(&s.name, spec);
+                }
+            }
+            // A start with an empty cache beats no start: a bad directory is reported, not fatal.
+            if let Err(e) = snapshots.restore().await {
+                warn!(error = %e, "cannot restore the cache from a recovery point; starting empty");
+            }
+        }
+        // Also without [snapshots]: a reload may add the section.
+        snapshots.spawn();
         let shared = Shared {
             table: table.clone(),
             geo: geo.clone(),
@@ -180,6 +197,7 @@ impl Daemon {
             metrics.clone(),
             config.source.path.clone(),
             caches.clone(),
+            snapshots.clone(),
         );
         control.set_listeners(listeners.clone());
         control.add_reload_hook(Arc::new(UpstreamReload {
@@ -212,6 +230,7 @@ impl Daemon {
             geo,
             metrics,
             control,
+            snapshots,
             access_log,
             admin,
             listeners,
@@ -257,6 +276,12 @@ impl Daemon {
         .is_ok();
         if !drained {
             self.tasks.abort_all();
+        }
+        // The last word of a graceful stop: what was cached survives the restart.
+        if self.snapshots.settings().is_some()
+            && let Err(e) = self.snapshots.take().await
+        {
+            warn!(error = %e, "cannot write the recovery point at shutdown");
         }
         drained
     }

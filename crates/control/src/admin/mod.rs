@@ -3,6 +3,7 @@
 
 mod cache;
 mod handlers;
+mod snapshots;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -178,11 +179,13 @@ async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>
         (&Method::GET, ["cache"]) => cache::stats(control),
         (&Method::POST, ["cache", "purge"]) => cache::purge(control, &body),
         (&Method::POST, ["cache", "prefetch"]) => cache::prefetch(control, &body).await,
+        (&Method::GET, ["snapshots"]) => snapshots::list(control).await,
+        (&Method::POST, ["snapshots"]) => snapshots::create(control).await,
         (
             _,
             [
                 "live" | "ready" | "metrics" | "regions" | "backends" | "config" | "explain"
-                | "reload",
+                | "reload" | "snapshots",
             ],
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -1,0 +1,281 @@
+//! Disaster recovery end to end: cache recovery points written by the real daemon (on a graceful
+//! stop, on demand, every interval), checked by `streamgate snapshot verify`, and restored by the
+//! next start so a restart costs the origin nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use streamgate_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
+
+fn config(origin: &Origin, snapshots: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "origin"
+backends = {}
+
+[[services]]
+name = "cdn"
+listeners = ["web"]
+hosts = ["cdn.example.com"]
+regions = ["origin"]
+
+[services.cache]
+max_size = "64MiB"
+
+[snapshots]
+dir = "{}"
+{extra}
+"#,
+        backends(&[(origin, 1)]),
+        snapshots.display()
+    )
+}
+
+async fn fetch(url: &str) -> Answer {
+    get(&http1(), url, &[("host", "cdn.example.com")])
+        .await
+        .unwrap()
+}
+
+async fn fetch_in_german(url: &str) -> Answer {
+    get(
+        &http1(),
+        url,
+        &[("host", "cdn.example.com"), ("accept-language", "de")],
+    )
+    .await
+    .unwrap()
+}
+
+fn x_cache(a: &Answer) -> &str {
+    a.header("x-cache").unwrap_or("-")
+}
+
+fn points(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    v.sort();
+    v
+}
+
+async fn admin(method: Method, url: &str) -> (StatusCode, Value) {
+    let a = send(&http1(), method, url, &[], bytes::Bytes::new())
+        .await
+        .unwrap();
+    (
+        a.status,
+        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
+    )
+}
+
+fn verify(path: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["snapshot", "verify"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loses_no_cached_object() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text = config(&origin, snaps.path(), "interval = \"1h\"");
+    let mut first = DaemonProcess::start(BIN, &text, &["web", "admin"]);
+    let web = first.addr("web");
+    // 40 small objects, one of 300 KiB, and one with two Vary variants.
+    let paths: Vec<String> = (0..40)
+        .map(|i| format!("/c/obj{i}?cc=max-age%3D600"))
+        .chain([
+            "/c/big?cc=max-age%3D600&size=307200".to_string(),
+            "/c/v?cc=max-age%3D600&vary=accept-language".to_string(),
+        ])
+        .collect();
+    let mut bodies = Vec::new();
+    for p in &paths {
+        let a = fetch(&format!("http://{web}{p}")).await;
+        assert_eq!((a.status, x_cache(&a)), (StatusCode::OK, "MISS"), "{p}");
+        bodies.push(a.body);
+    }
+    let german = fetch_in_german(&format!(
+        "http://{web}/c/v?cc=max-age%3D600&vary=accept-language"
+    ))
+    .await;
+    assert_eq!(x_cache(&german), "MISS");
+    assert_eq!(origin.hits(), 43);
+
+    first.signal("TERM");
+    let status = first.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    let written = points(snaps.path());
+    assert_eq!(written.len(), 1, "one recovery point at the stop");
+    let out = verify(snaps.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("OK (42 URLs, 43 objects"), "{stdout}");
+
+    let second = DaemonProcess::start(BIN, &text, &["web", "admin"]);
+    let restored = second
+        .log_json()
+        .into_iter()
+        .find(|l| l["message"] == "cache restored from a recovery point")
+        .expect("the start logs the restore");
+    assert_eq!(restored["objects"], 42, "{restored}");
+    let web = second.addr("web");
+    for (p, body) in paths.iter().zip(&bodies) {
+        let a = fetch(&format!("http://{web}{p}")).await;
+        assert_eq!((a.status, x_cache(&a)), (StatusCode::OK, "HIT"), "{p}");
+        assert_eq!(&a.body, body, "{p}: the stored bytes, not a new fetch");
+        assert!(a.header("age").is_some());
+    }
+    let german_again = fetch_in_german(&format!(
+        "http://{web}/c/v?cc=max-age%3D600&vary=accept-language"
+    ))
+    .await;
+    assert_eq!(x_cache(&german_again), "HIT");
+    assert_eq!(german_again.body, german.body);
+    assert_eq!(origin.hits(), 43, "the restart cost the origin nothing");
+}
+
+#[tokio::test]
+async fn points_on_demand_are_listed_kept_to_the_limit_and_a_damaged_one_is_skipped() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text = config(&origin, snaps.path(), "interval = \"1h\"\nkeep = 2");
+    let d = TestDaemon::start(&text).await;
+    let url = |p: &str| d.url("web", p);
+
+    assert_eq!(x_cache(&fetch(&url("/c/a?cc=max-age%3D600")).await), "MISS");
+    let (status, one) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    assert_eq!(status, StatusCode::CREATED, "{one}");
+    assert_eq!(one["objects"], 1);
+    assert_eq!(x_cache(&fetch(&url("/c/b?cc=max-age%3D600")).await), "MISS");
+    let (_, two) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    assert_eq!(two["objects"], 2);
+    let (_, three) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    assert_eq!(three["objects"], 2);
+
+    let (status, list) = admin(Method::GET, &d.admin_url("/snapshots")).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = list["recovery_points"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "keep = 2: {list}");
+    assert_eq!(listed[0]["file"], three["file"], "newest first");
+    assert_eq!(listed[1]["file"], two["file"]);
+    assert_eq!(points(snaps.path()).len(), 2, "the oldest file was deleted");
+    let metrics = get(&http1(), &d.admin_url("/metrics"), &[]).await.unwrap();
+    let age: f64 = metrics
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("streamgate_recovery_point_age_seconds "))
+        .expect("the age is exported")
+        .parse()
+        .unwrap();
+    assert!(age < 5.0, "a point was just written: {age}");
+
+    // Damage the newest point: one flipped byte in the last object.
+    let newest = snaps.path().join(three["file"].as_str().unwrap());
+    let mut raw = std::fs::read(&newest).unwrap();
+    let at = raw.len() - 3;
+    raw[at] ^= 0x40;
+    std::fs::write(&newest, raw).unwrap();
+    let out = verify(snaps.path());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(three["file"].as_str().unwrap()) && stderr.contains("checksum mismatch"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(two["file"].as_str().unwrap()));
+
+    // A new daemon on the same directory falls back to the older, intact point.
+    let hits = origin.hits();
+    let again = TestDaemon::start(&text).await;
+    let a = fetch(&again.url("web", "/c/a?cc=max-age%3D600")).await;
+    assert_eq!(x_cache(&a), "HIT");
+    let b = fetch(&again.url("web", "/c/b?cc=max-age%3D600")).await;
+    assert_eq!(x_cache(&b), "HIT");
+    assert_eq!(origin.hits(), hits);
+}
+
+#[tokio::test]
+async fn objects_that_expired_while_down_are_not_restored() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text = config(&origin, snaps.path(), "");
+    let d = TestDaemon::start(&text).await;
+    fetch(&d.url("web", "/c/short?cc=max-age%3D1")).await;
+    fetch(&d.url("web", "/c/long?cc=max-age%3D600")).await;
+    let (status, point) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    assert_eq!(
+        (status, &point["objects"]),
+        (StatusCode::CREATED, &Value::from(2))
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let again = TestDaemon::start(&text).await;
+    let long = fetch(&again.url("web", "/c/long?cc=max-age%3D600")).await;
+    assert_eq!(x_cache(&long), "HIT");
+    let age: u64 = long.header("age").unwrap().parse().unwrap();
+    assert!(
+        age >= 2,
+        "Age counts the time since the origin answered: {age}"
+    );
+    let short = fetch(&again.url("web", "/c/short?cc=max-age%3D1")).await;
+    assert_eq!(x_cache(&short), "MISS");
+}
+
+#[tokio::test]
+async fn without_the_section_the_endpoints_say_how_to_enable_it() {
+    let origin = Origin::start("o").await;
+    let text =
+        config(&origin, Path::new("unused"), "").replace("[snapshots]\ndir = \"unused\"\n", "");
+    assert!(!text.contains("[snapshots]"));
+    let d = TestDaemon::start(&text).await;
+    for method in [Method::GET, Method::POST] {
+        let (status, body) = admin(method, &d.admin_url("/snapshots")).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body["error"].as_str().unwrap().contains("[snapshots]"),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn points_are_written_every_interval() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text = config(&origin, snaps.path(), "interval = \"1s\"\nkeep = 3");
+    let d = TestDaemon::start(&text).await;
+    fetch(&d.url("web", "/c/x?cc=max-age%3D600")).await;
+    let dir = snaps.path().to_path_buf();
+    assert!(
+        eventually(Duration::from_secs(10), || points(&dir).len() == 3).await,
+        "three points within a few intervals"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(points(&dir).len(), 3, "never more than keep");
+    let out = verify(&dir);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
