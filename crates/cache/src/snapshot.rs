@@ -235,11 +235,21 @@ fn header(path: &Path, input: &mut impl Read) -> Result<RecoveryPoint, SnapshotE
 
 /// Reads a whole recovery point, checking every checksum; any damage fails the whole file.
 pub fn read(path: &Path) -> Result<(RecoveryPoint, Vec<Record>), SnapshotError> {
+    let mut records = Vec::new();
+    let point = read_each(path, |r| records.push(r))?;
+    Ok((point, records))
+}
+
+/// `read`, handing each record to `each` as it is checked instead of holding them all (a verify
+/// of a large point needs one record's memory). Records before the damage have been handed over.
+pub fn read_each(
+    path: &Path,
+    mut each: impl FnMut(Record),
+) -> Result<RecoveryPoint, SnapshotError> {
     let file = File::open(path).map_err(io_err(path))?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     let point = header(path, &mut input)?;
     let mut left = point.bytes.saturating_sub(HEADER_LEN as u64);
-    let mut records = Vec::new();
     for i in 0..point.records {
         let mut frame = [0u8; 8];
         input.read_exact(&mut frame).map_err(|_| {
@@ -271,7 +281,7 @@ pub fn read(path: &Path) -> Result<(RecoveryPoint, Vec<Record>), SnapshotError> 
         }
         let record = decode(&payload)
             .ok_or_else(|| corrupt(path, format!("record {} does not decode", i + 1)))?;
-        records.push(record);
+        each(record);
     }
     let mut extra = [0u8; 1];
     if input.read(&mut extra).map_err(io_err(path))? != 0 {
@@ -280,7 +290,7 @@ pub fn read(path: &Path) -> Result<(RecoveryPoint, Vec<Record>), SnapshotError> 
             format!("bytes after the {} records it announces", point.records),
         ));
     }
-    Ok((point, records))
+    Ok(point)
 }
 
 /// Puts the newest readable recovery point in `dir` back into the caches of the services that
