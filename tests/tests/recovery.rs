@@ -279,3 +279,113 @@ async fn points_are_written_every_interval() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn operator_overrides_survive_a_restart() {
+    let (a1, a2, b) = (
+        Origin::start("a1").await,
+        Origin::start("a2").await,
+        Origin::start("b").await,
+    );
+    let snaps = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "a"
+backends = {}
+
+[[regions]]
+name = "b"
+backends = {}
+
+[[regions]]
+name = "spare"
+backends = {}
+
+[[services]]
+name = "app"
+listeners = ["web"]
+regions = ["a", "b"]
+region_policy = "failover"
+
+[snapshots]
+dir = "{}"
+"#,
+        backends(&[(&a1, 1), (&a2, 1)]),
+        backends(&[(&b, 1)]),
+        backends(&[(&b, 1)]),
+        snaps.path().display()
+    );
+    let post = |d: &TestDaemon, path: &str, body: &str| {
+        let url = d.admin_url(path);
+        let body = bytes::Bytes::from(body.to_string());
+        async move {
+            let a = send(&http1(), Method::POST, &url, &[], body).await.unwrap();
+            assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+        }
+    };
+    let first = TestDaemon::start(&text).await;
+    post(
+        &first,
+        "/backends/drain",
+        &format!(r#"{{"address": "{}"}}"#, a1.addr),
+    )
+    .await;
+    post(&first, "/services/app/primary", r#"{"region": "b"}"#).await;
+    post(&first, "/regions/spare/deactivate", "").await;
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(snaps.path().join("operator-state.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["drained"], serde_json::json!([a1.addr.to_string()]));
+    drop(first);
+
+    let second = TestDaemon::start(&text).await;
+    let (_, backends) = admin(Method::GET, &second.admin_url("/backends")).await;
+    let drained: Vec<&str> = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["drained"] == true)
+        .map(|b| b["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(drained, vec![a1.addr.to_string()]);
+    let (_, regions) = admin(Method::GET, &second.admin_url("/regions")).await;
+    let region = |name: &str| {
+        regions["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(region("spare")["active"], false);
+    assert_eq!(region("b")["services"][0]["primary"], true);
+    assert_eq!(region("a")["services"][0]["primary"], false);
+    // Traffic follows: the chosen primary region answers.
+    let answer = get(&http1(), &second.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(answer.text(), "origin b /");
+
+    // Undoing an override is kept too.
+    post(
+        &second,
+        "/backends/undrain",
+        &format!(r#"{{"address": "{}"}}"#, a1.addr),
+    )
+    .await;
+    drop(second);
+    let third = TestDaemon::start(&text).await;
+    let (_, backends) = admin(Method::GET, &third.admin_url("/backends")).await;
+    assert!(
+        backends["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["drained"] == false),
+        "{backends}"
+    );
+}

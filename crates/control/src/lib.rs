@@ -1,11 +1,13 @@
 //! streamgate-control: the control plane. Active health checks ([`health`]), region failover and
-//! failback ([`failover`]), config reload ([`reload`]) and the admin API ([`admin`]). It programs
+//! failback ([`failover`]), config reload ([`reload`]), the admin API ([`admin`]) and the operator
+//! overrides kept across restarts ([`overrides`]). It programs
 //! the data plane only through the routing table and the per-backend atomics.
 
 pub mod admin;
 pub mod failover;
 mod gauges;
 pub mod health;
+pub mod overrides;
 pub mod probe;
 pub mod reload;
 
@@ -140,6 +142,18 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(hook);
+    }
+
+    /// Saves the operator overrides next to the recovery points (with `[snapshots]`), so a
+    /// restart keeps them.
+    pub fn persist_overrides(&self) {
+        let Some(settings) = self.snapshots.settings() else {
+            return;
+        };
+        let o = overrides::Overrides::capture(&self.table.load());
+        if let Err(e) = o.save(&settings.dir) {
+            tracing::warn!(dir = %settings.dir.display(), error = %e, "cannot save the operator overrides; a restart would lose them");
+        }
     }
 
     /// Readiness: the config is loaded and every listener is bound.

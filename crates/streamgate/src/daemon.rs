@@ -13,6 +13,7 @@ use streamgate_cache::recovery::Snapshotter;
 use streamgate_config::{AccessLogFormat, Config, Protocol};
 use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
+use streamgate_control::overrides::Overrides;
 use streamgate_proxy::tcp::TcpProxy;
 use streamgate_proxy::tls::TlsHandle;
 use streamgate_proxy::{HttpProxy, ListenerLimits, Shared, Upstreams};
@@ -66,6 +67,9 @@ impl Daemon {
             None,
             &metrics,
         )));
+        if let Some(s) = &config.snapshots {
+            restore_overrides(&table.load(), &s.dir);
+        }
         let upstreams = Upstreams::new();
         upstreams.install(upstreams.prepare(&config)?);
         let token = match &config.admin.token_file {
@@ -277,13 +281,33 @@ impl Daemon {
         if !drained {
             self.tasks.abort_all();
         }
-        // The last word of a graceful stop: what was cached survives the restart.
+        // The last word of a graceful stop: what was cached and set survives the restart.
+        self.control.persist_overrides();
         if self.snapshots.settings().is_some()
             && let Err(e) = self.snapshots.take().await
         {
             warn!(error = %e, "cannot write the recovery point at shutdown");
         }
         drained
+    }
+}
+
+/// Puts back what operators set through the admin API before the last stop.
+fn restore_overrides(table: &RoutingTable, dir: &std::path::Path) {
+    match Overrides::load(dir) {
+        Ok(None) => {}
+        Ok(Some(o)) => {
+            for stale in o.apply(table) {
+                warn!(item = %stale, "operator override names something the config no longer has; dropped");
+            }
+            info!(
+                drained = o.drained.len(),
+                inactive_regions = o.inactive_regions.len(),
+                primaries = o.primaries.len(),
+                "operator overrides restored"
+            );
+        }
+        Err(e) => warn!(error = %e, "cannot read the operator overrides; starting without them"),
     }
 }
 

@@ -156,6 +156,9 @@ pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminRespon
             &format!("no backend {addr} in the running configuration"),
         );
     }
+    if changed > 0 {
+        control.persist_overrides();
+    }
     let in_flight: u32 = table
         .backends_at(addr)
         .map(|(_, _, b)| b.state.in_flight())
@@ -178,6 +181,7 @@ pub(super) fn activate(control: &Control, name: &str, active: bool) -> AdminResp
     if changed {
         info!(region = %name, "region {} by the admin API", if active { "activated" } else { "deactivated" });
         control.changed.notify_one();
+        control.persist_overrides();
     }
     json_response(
         StatusCode::OK,
@@ -218,6 +222,7 @@ pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminRe
     }
     info!(service = %service, from = %s.regions[before].name, to = %region, "primary region set by the admin API");
     control.changed.notify_one();
+    control.persist_overrides();
     json_response(
         StatusCode::OK,
         json!({ "service": service, "primary": region, "previous": &*s.regions[before].name }),
