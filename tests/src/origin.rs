@@ -43,7 +43,8 @@ pub struct OriginState {
     pub last_headers: Mutex<Option<HeaderMap>>,
     /// HTTP version of the last ordinary request.
     pub last_version: Mutex<Option<http::Version>>,
-    /// TLS origins: what the last handshake carried.
+    /// TLS origins: what the handshake of the connection that carried the last ordinary request
+    /// (not a probe) carried.
     pub last_tls: Mutex<Option<TlsSeen>>,
 }
 
@@ -107,18 +108,24 @@ impl Origin {
                 let st = st.clone();
                 let tls = tls.clone();
                 conns.spawn(async move {
-                    let svc = {
+                    // Which connection served a request (probes aside) is what tests ask about.
+                    let service = |seen: Option<TlsSeen>| {
                         let st = st.clone();
-                        service_fn(move |req| {
+                        service_fn(move |req: Request<Incoming>| {
                             let name = name.clone();
                             let st = st.clone();
+                            if seen.is_some() && req.uri().path() != "/healthz" {
+                                *st.last_tls.lock().unwrap() = seen.clone();
+                            }
                             async move { Ok::<_, Infallible>(answer(&name, &st, req).await) }
                         })
                     };
                     let builder = auto::Builder::new(TokioExecutor::new());
                     match tls {
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service(None))
+                                .await;
                         }
                         Some(cfg) => {
                             let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
@@ -126,12 +133,14 @@ impl Origin {
                                 return;
                             };
                             let (_, session) = s.get_ref();
-                            *st.last_tls.lock().unwrap() = Some(TlsSeen {
+                            let seen = TlsSeen {
                                 sni: session.server_name().map(str::to_string),
                                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                                 client_certificate: session.peer_certificates().is_some(),
-                            });
-                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            };
+                            let _ = builder
+                                .serve_connection(TokioIo::new(s), service(Some(seen)))
+                                .await;
                         }
                     }
                 });
