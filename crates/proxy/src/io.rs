@@ -10,7 +10,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ pub struct ConnActivity {
     /// The connection task, woken when its last request ends so the idle timer gets armed even
     /// if the socket stays quiet.
     waker: AtomicWaker,
+    /// The last answer was ready in the poll that read its request (a cache hit, a local error);
+    /// see `CoalescedWrites`.
+    answered_at_once: AtomicBool,
 }
 
 impl ConnActivity {
@@ -37,7 +40,18 @@ impl ConnActivity {
             active: AtomicU32::new(0),
             idle_since: AtomicU64::new(now_nanos()),
             waker: AtomicWaker::new(),
+            answered_at_once: AtomicBool::new(false),
         })
+    }
+
+    /// Records whether the answer just produced was ready without waiting for anything.
+    pub fn note_answer(&self, at_once: bool) {
+        self.answered_at_once.store(at_once, Relaxed);
+    }
+
+    /// Whether the last answer was ready at once; reading it clears it.
+    pub(crate) fn take_answered_at_once(&self) -> bool {
+        self.answered_at_once.swap(false, Relaxed)
     }
 }
 

@@ -207,16 +207,27 @@ impl HttpProxy {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = ConnActivity::new();
-        let io = TokioIo::new(CoalescedWrites::new(TimedIo::new(
-            io,
+        let io = TokioIo::new(CoalescedWrites::new(
+            TimedIo::new(io, activity.clone(), timeouts),
             activity.clone(),
-            timeouts,
-        )));
+        ));
         let proxy = self.clone();
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);
+            let conn = activity.clone();
             let p = proxy.clone();
-            async move { Ok::<_, Infallible>(p.handle(req, peer, active).await) }
+            async move {
+                let mut handling = std::pin::pin!(p.handle(req, peer, active));
+                let mut at_once = true;
+                let response = std::future::poll_fn(|cx| {
+                    let r = handling.as_mut().poll(cx);
+                    at_once &= r.is_ready();
+                    r
+                })
+                .await;
+                conn.note_answer(at_once);
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         if let Err(e) = watcher.watch(conn).await {
