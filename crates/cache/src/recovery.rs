@@ -27,6 +27,16 @@ pub enum RecoveryError {
     Task(String),
 }
 
+/// Runs file work on a blocking thread, off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SnapshotError> + Send + 'static,
+) -> Result<T, RecoveryError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RecoveryError::Task(e.to_string()))?
+        .map_err(RecoveryError::from)
+}
+
 /// Writes and restores recovery points for one daemon.
 #[derive(Debug)]
 pub struct Snapshotter {
@@ -74,13 +84,12 @@ impl Snapshotter {
         let dir = settings.dir.clone();
         let mut newest = self.newest.lock().await;
         let started = Instant::now();
-        let restored = tokio::task::spawn_blocking(move || {
+        let restored = blocking(move || {
             snapshot::restore(&caches, &dir, |damaged| {
                 warn!(error = %damaged, "skipping a damaged recovery point; trying an older one");
             })
         })
-        .await
-        .map_err(|e| RecoveryError::Task(e.to_string()))??;
+        .await?;
         match &restored {
             Some(r) => {
                 *newest = Some(r.point.created);
@@ -108,11 +117,8 @@ impl Snapshotter {
         let mut newest = self.newest.lock().await;
         let caches = self.caches.clone();
         let started = Instant::now();
-        let point = tokio::task::spawn_blocking(move || {
-            snapshot::write(&caches, &settings.dir, settings.keep.get())
-        })
-        .await
-        .map_err(|e| RecoveryError::Task(e.to_string()))??;
+        let point =
+            blocking(move || snapshot::write(&caches, &settings.dir, settings.keep.get())).await?;
         *newest = Some(point.created);
         drop(newest);
         info!(
@@ -130,9 +136,7 @@ impl Snapshotter {
     pub async fn list(&self) -> Result<(Arc<Snapshots>, Vec<RecoveryPoint>), RecoveryError> {
         let settings = self.require()?;
         let dir: PathBuf = settings.dir.clone();
-        let points = tokio::task::spawn_blocking(move || snapshot::list(&dir))
-            .await
-            .map_err(|e| RecoveryError::Task(e.to_string()))??;
+        let points = blocking(move || snapshot::list(&dir)).await?;
         Ok((settings, points))
     }
 

@@ -112,51 +112,69 @@ pub fn write(
     let ms = unix_ms(created).max(newest + 1);
     let name = format!("{PREFIX}{ms:016}{SUFFIX}");
     let path = dir.join(&name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| -> Result<RecoveryPoint, SnapshotError> {
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+    replace_file(&path, |out| {
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
         header.extend_from_slice(&ms.to_le_bytes());
         header.extend_from_slice(&(entries.len() as u64).to_le_bytes());
         let crc = crc32fast::hash(&header);
         header.extend_from_slice(&crc.to_le_bytes());
-        out.write_all(&header).map_err(io_err(&tmp))?;
+        out.write_all(&header)?;
         let mut payload = Vec::new();
         for (service, key, variants) in &entries {
             payload.clear();
             encode(&mut payload, service, key, variants);
-            let len = u32::try_from(payload.len())
-                .map_err(|_| corrupt(&tmp, format!("object {key} is over 4 GiB")))?;
-            out.write_all(&len.to_le_bytes()).map_err(io_err(&tmp))?;
-            out.write_all(&crc32fast::hash(&payload).to_le_bytes())
-                .map_err(io_err(&tmp))?;
-            out.write_all(&payload).map_err(io_err(&tmp))?;
+            let len = u32::try_from(payload.len()).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("object {key} is over 4 GiB"),
+                )
+            })?;
+            out.write_all(&len.to_le_bytes())?;
+            out.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
+            out.write_all(&payload)?;
         }
-        let file = out.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        // The rename itself must survive a power cut.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))?;
-        let bytes = fs::metadata(&path).map_err(io_err(&path))?.len();
-        Ok(RecoveryPoint {
-            path: path.clone(),
-            created: UNIX_EPOCH + Duration::from_millis(ms),
-            records: entries.len() as u64,
-            bytes,
-        })
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    let point = result?;
+        Ok(())
+    })
+    .map_err(io_err(&path))?;
+    let point = RecoveryPoint {
+        bytes: fs::metadata(&path).map_err(io_err(&path))?.len(),
+        path,
+        created: UNIX_EPOCH + Duration::from_millis(ms),
+        records: entries.len() as u64,
+    };
     for old in list(dir)?.iter().skip(keep.max(1)) {
         fs::remove_file(&old.path).map_err(io_err(&old.path))?;
     }
     Ok(point)
+}
+
+/// Replaces `path` whole: `fill` writes a temporary file beside it, which is synced and renamed
+/// over `path`, and the directory is synced, so a crash leaves the old file or the new one, never
+/// a part of one. The temporary file is removed if anything fails.
+pub fn replace_file(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file path",
+        ));
+    };
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let result = (|| {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+        fill(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename itself must survive a power cut.
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// The files in `dir` named like recovery points, whatever their state (a missing directory has

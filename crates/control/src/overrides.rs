@@ -4,13 +4,14 @@
 //! applied at start before anything listens.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use streamgate_balance::RoutingTable;
+use streamgate_cache::snapshot::replace_file;
 
 /// The file, next to the recovery points.
 pub const FILE: &str = "operator-state.json";
@@ -89,17 +90,12 @@ impl Overrides {
         stale
     }
 
-    /// Writes the file in `dir` (replaced whole: a temporary file, synced, renamed).
+    /// Writes the file in `dir`, replaced whole (see [`replace_file`]).
     pub fn save(&self, dir: &Path) -> io::Result<()> {
         fs::create_dir_all(dir)?;
-        let path = dir.join(FILE);
-        let tmp = dir.join(format!(".{FILE}.tmp"));
         let mut text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         text.push(b'\n');
-        let mut f = File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
+        replace_file(&dir.join(FILE), |out| out.write_all(&text))
     }
 
     /// Reads the file in `dir`; `Ok(None)` when there is none.

@@ -1,12 +1,12 @@
 //! Client connections write in batches: after the reads of every connection that is ready now.
 //!
-//! HTTP/2. //! The h2 crate writes every DATA frame of 256 bytes or more to the socket on its own: it flushes
-//! before it encodes the next frame. A connection answering many small responses then makes one
-//! `writev` per response, where nginx and HAProxy send the frames of all responses ready at once
-//! in one call. Here, once the client has sent the HTTP/2 preface, writes are copied into a
-//! buffer and a flush only arranges for the connection task to run again; the buffer goes out
-//! when the task next reads (h2 reads first on every poll), when it grows past `FLUSH_AT`, or on
-//! shutdown.
+//! HTTP/2. The h2 crate writes every DATA frame of 256 bytes or more to the socket on its own: it
+//! flushes before it encodes the next frame. A connection answering many small responses then
+//! makes one `writev` per response, where nginx and HAProxy send the frames of all responses
+//! ready at once in one call. Here, once the client has sent the HTTP/2 preface, writes are copied
+//! into a buffer and a flush only arranges for the connection task to run again; the buffer goes
+//! out when the task next reads (h2 reads first on every poll), when it grows past `FLUSH_AT`, or
+//! on shutdown.
 //!
 //! HTTP/1.x. hyper already writes a response head and body with one call. But an answer ready in
 //! the poll that read its request (a cache hit, a local error) was written at once, so with many
@@ -23,11 +23,10 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-use std::sync::Arc;
 
 use crate::io::{ConnActivity, starts_h2_preface};
 
