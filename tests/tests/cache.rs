@@ -59,6 +59,17 @@ async fn hit_after_miss_with_age_and_one_origin_request() {
     assert!(second.header("age").unwrap().parse::<u64>().unwrap() <= 2);
     assert_eq!(second.header("cache-control"), Some("max-age=60"));
     assert_eq!(o.hits(), 1, "the hit never reached the origin");
+    // Each field a hit adds appears once, however often the object has been served.
+    for name in ["age", "via", "accept-ranges", "x-cache"] {
+        assert_eq!(second.headers.get_all(name).iter().count(), 1, "{name}");
+    }
+    assert_eq!(second.header("via"), Some("1.1 streamgate"));
+    assert_eq!(second.header("accept-ranges"), Some("bytes"));
+    // Age is the object's, at each hit.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = fetch(&d, "/c/a?cc=max-age%3D60", &[]).await;
+    assert_eq!(xc(&later), "HIT");
+    assert!(later.header("age").unwrap().parse::<u64>().unwrap() >= 1);
     // Another query string is another object.
     assert_eq!(
         xc(&fetch(&d, "/c/a?cc=max-age%3D60&v=2", &[]).await),

@@ -2,9 +2,10 @@
 //! whole body in one buffer, its timing and freshness, the request values that selected it, and
 //! its purge tags.
 
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -12,6 +13,18 @@ use crate::policy::{Freshness, Timing, parse_http_date};
 
 /// Longest a stale response with validators is kept for revalidation.
 const MAX_KEEP_FOR_REVALIDATION: Duration = Duration::from_secs(86_400);
+
+/// What a stored object costs beyond its body and header text, so that `size` (what the byte
+/// bound counts) tracks the memory it takes. Measured with 20 000 stored 1 KiB responses of 9
+/// fields: 3.3 KB of resident memory each, 4.6 KB once hit (with the prepared head).
+/// Per stored field: a bucket and an index slot of the stored map.
+const STORED_FIELD: usize = 160;
+/// Per field of the prepared head (whose values are shared with the stored map).
+const HEAD_FIELD: usize = 104;
+/// Fields the prepared head adds (Age, Via, Accept-Ranges, the cache-status header).
+const HEAD_EXTRA_FIELDS: usize = 4;
+/// The variant, its entry, the store's node and key, allocator rounding.
+const PER_VARIANT: usize = 640;
 
 /// One stored response.
 #[derive(Debug, Clone)]
@@ -29,6 +42,19 @@ pub struct Variant {
     pub last_modified: Option<SystemTime>,
     /// Bytes it holds (headers and body), for the size bound.
     pub size: u64,
+    /// The head hits are answered with, prepared on the first hit (see [`Variant::served_head`]).
+    served: OnceLock<ServedHead>,
+}
+
+/// A response head ready to be cloned into every hit: the stored headers plus what the proxy
+/// adds to each answer, with a placeholder for each per-hit value so a hit only replaces values
+/// (a clone of a header map has no spare room; an added field would reallocate it).
+#[derive(Debug, Clone)]
+pub struct ServedHead {
+    /// The cache-status header it has a placeholder for; a head prepared for another name is
+    /// not used.
+    pub status_header: Option<HeaderName>,
+    pub headers: HeaderMap,
 }
 
 impl Variant {
@@ -40,6 +66,7 @@ impl Variant {
         freshness: Freshness,
         selectors: Vec<(HeaderName, Option<HeaderValue>)>,
     ) -> Variant {
+        let headers = compact(headers);
         let tags = tags_of(&headers);
         let etag = headers.get(header::ETAG).cloned();
         let last_modified = headers
@@ -50,7 +77,11 @@ impl Variant {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
-        let size = (body.len() + header_bytes + 256) as u64;
+        let size = (body.len()
+            + header_bytes
+            + headers.len() * STORED_FIELD
+            + (headers.len() + HEAD_EXTRA_FIELDS) * HEAD_FIELD
+            + PER_VARIANT) as u64;
         Variant {
             status,
             headers,
@@ -62,7 +93,13 @@ impl Variant {
             etag,
             last_modified,
             size,
+            served: OnceLock::new(),
         }
+    }
+
+    /// The head prepared for hits, built by `prepare` on the first call.
+    pub fn served_head(&self, prepare: impl FnOnce(&HeaderMap) -> ServedHead) -> &ServedHead {
+        self.served.get_or_init(|| prepare(&self.headers))
     }
 
     /// True when the request carries the values this variant was stored for.
@@ -154,6 +191,25 @@ impl Variant {
     }
 }
 
+/// The header values copied into one buffer of their own. Values parsed by the HTTP client are
+/// slices of the connection's read buffer (8 KiB or more); a stored object holding them would
+/// keep that whole buffer alive, beyond what `size` counts.
+fn compact(headers: HeaderMap) -> HeaderMap {
+    let mut all = BytesMut::with_capacity(headers.values().map(HeaderValue::len).sum());
+    for v in headers.values() {
+        all.extend_from_slice(v.as_bytes());
+    }
+    let mut all = all.freeze();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, v) in &headers {
+        let mut copy = HeaderValue::from_maybe_shared(all.split_to(v.len())).unwrap_or(v.clone());
+        copy.set_sensitive(v.is_sensitive());
+        out.append(name.clone(), copy);
+    }
+    // A map keeps room to grow; its clone holds exactly its fields.
+    out.clone()
+}
+
 /// An entity tag without its weakness marker, for weak comparison.
 fn weak(tag: &str) -> &str {
     tag.strip_prefix("W/").unwrap_or(tag)
@@ -208,6 +264,47 @@ mod tests {
             f,
             vec![],
         )
+    }
+
+    #[test]
+    fn stored_values_do_not_keep_the_read_buffer_alive() {
+        // As the HTTP client parses them: every value a slice of one large read buffer.
+        let mut read_buf = vec![b'x'; 64 * 1024];
+        let text = b"max-age=60a=1b=2secret";
+        read_buf[..text.len()].copy_from_slice(text);
+        let read_buf = Bytes::from(read_buf);
+        let value =
+            |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(read_buf.slice(r)).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::CACHE_CONTROL, value(0..10));
+        h.append("x-multi", value(10..13));
+        h.append("x-multi", value(13..16));
+        let mut secret = value(16..22);
+        secret.set_sensitive(true);
+        h.insert("x-secret", secret);
+        let t = SystemTime::UNIX_EPOCH;
+        let v = Variant::new(
+            StatusCode::OK,
+            h.clone(),
+            Bytes::new(),
+            Timing::of(&HeaderMap::new(), t, t),
+            Freshness {
+                lifetime: Duration::from_secs(60),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                must_revalidate: false,
+                always_revalidate: false,
+            },
+            vec![],
+        );
+        assert_eq!(v.headers, h);
+        let multi: Vec<_> = v.headers.get_all("x-multi").iter().collect();
+        assert_eq!(multi, ["a=1", "b=2"]);
+        assert!(v.headers["x-secret"].is_sensitive());
+        let buf = read_buf.as_ptr_range();
+        for stored in v.headers.values() {
+            assert!(!buf.contains(&stored.as_bytes().as_ptr()), "{stored:?}");
+        }
     }
 
     #[test]

@@ -11,10 +11,9 @@ pub fn url_key(host: &str, path_and_query: &str, rule: &KeyQuery) -> String {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let mut key = String::with_capacity(host.len() + path_and_query.len());
-    for c in host.chars() {
-        key.push(c.to_ascii_lowercase());
-    }
+    let mut key = String::with_capacity(host.len() + path_and_query.len() + 1);
+    key.push_str(host);
+    key.make_ascii_lowercase();
     key.push_str(if path.is_empty() { "/" } else { path });
     match (rule, query) {
         (KeyQuery::All, Some(q)) if !q.is_empty() => {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderName};
 use streamgate_config::CacheSpec;
 use streamgate_telemetry::prometheus::IntCounter;
 
@@ -19,6 +19,8 @@ pub type Entry = Arc<Vec<Arc<Variant>>>;
 #[derive(Debug)]
 pub struct ServiceCache {
     pub spec: CacheSpec,
+    /// `spec.status_header` parsed once (`None` if it is not a valid field name).
+    pub status_header: Option<HeaderName>,
     entries: TinyLfu<Entry>,
     pub fills: Fills,
     pub metrics: crate::EdgeMetrics,
@@ -53,6 +55,7 @@ impl ServiceCache {
             }
         });
         ServiceCache {
+            status_header: HeaderName::from_bytes(spec.status_header.as_bytes()).ok(),
             spec,
             entries,
             fills: Fills::default(),

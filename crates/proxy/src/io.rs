@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
-use streamgate_balance::stats::now_nanos;
+use streamgate_balance::stats::{nanos_at, now_nanos};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -162,16 +162,20 @@ impl<T> TimedIo<T> {
         let Some((at, what)) = self.deadline() else {
             return Poll::Pending;
         };
-        let now = now_nanos();
+        let now_at = std::time::Instant::now();
+        let now = nanos_at(now_at);
         if now >= at {
             return Poll::Ready(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("{what} timeout"),
             ));
         }
-        let when = Instant::now() + Duration::from_nanos(at - now);
-        if self.armed_for != at {
+        // The timer only moves earlier. Activity pushes the deadline later with every request;
+        // the timer armed for the earlier one stays, and when it fires the deadline is checked
+        // again and the timer re-armed, so the timer wheel is not touched per request.
+        if self.armed_for == 0 || at < self.armed_for {
             self.armed_for = at;
+            let when = Instant::from_std(now_at) + Duration::from_nanos(at - now);
             match &mut self.sleep {
                 Some(s) => s.as_mut().reset(when),
                 None => self.sleep = Some(Box::pin(tokio::time::sleep_until(when))),

@@ -13,6 +13,7 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use streamgate_balance::RoutingTable;
+use streamgate_cache::entry::ServedHead;
 use streamgate_cache::fill::{self, FillGuard, Role};
 use streamgate_cache::key::{selectors, url_key, vary_names};
 use streamgate_cache::policy::{self, Directives, Freshness, RequestUse, Rules, Timing, Usable};
@@ -84,10 +85,17 @@ impl Recorder {
     }
 
     pub fn finish(self) {
+        // A body that grew chunk by chunk may sit in a buffer up to twice its length; the store
+        // counts its length, so it keeps an exact copy.
+        let body = if self.buf.capacity() - self.buf.len() > self.buf.len() / 8 + 64 {
+            Bytes::copy_from_slice(&self.buf)
+        } else {
+            self.buf.freeze()
+        };
         let variant = Variant::new(
             self.status,
             self.headers,
-            self.buf.freeze(),
+            body,
             self.timing,
             self.freshness,
             self.selectors,
@@ -110,7 +118,9 @@ impl ClientAsk {
     fn take_from(headers: &mut HeaderMap, method: &Method) -> ClientAsk {
         let mut conditions = HeaderMap::new();
         let mut range = None;
-        for name in CLIENT_ONLY {
+        // One pass over the (few) request fields instead of a lookup per name in the common case.
+        let asks = headers.keys().any(|k| CLIENT_ONLY.contains(k));
+        for name in CLIENT_ONLY.into_iter().filter(|_| asks) {
             if let Some(v) = headers.remove(&name) {
                 if name == header::RANGE {
                     range = v.to_str().ok().map(str::to_string);
@@ -354,6 +364,14 @@ impl HttpProxy {
             drop(guard);
             return self.serve_stored_with(&cache, &variant, now, &out, &ask, status, None, active);
         }
+        // Sized from Content-Length (up to 1 MiB ahead of the data) so a body is usually one
+        // allocation of its length.
+        let expected = f
+            .resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map_or(0, |n| n.min(cache.spec.max_object_size).min(1 << 20));
         let recorder = Recorder {
             cache: cache.clone(),
             key,
@@ -362,7 +380,7 @@ impl HttpProxy {
             timing,
             freshness,
             selectors: sel,
-            buf: BytesMut::new(),
+            buf: BytesMut::with_capacity(expected as usize),
             _fill: guard,
         };
         let mut resp = self.origin_response(f, &out, data_type, Completion::serving(active));
@@ -609,16 +627,18 @@ impl HttpProxy {
         data_type: Option<DataType>,
         active: ActiveRequest,
     ) -> Response<ProxyBody> {
-        let mut headers = v.headers.clone();
-        let age = v.timing.current_age(now).as_secs();
-        headers.insert(header::AGE, HeaderValue::from(age));
-        append_via(&mut headers, Version::HTTP_11);
+        let name = cache.status_header.as_ref();
+        let head = v.served_head(|stored| prepare_head(v.status, stored, name));
+        let mut headers = if head.status_header.as_ref() == name {
+            head.headers.clone()
+        } else {
+            prepare_head(v.status, &v.headers, name).headers
+        };
+        let age = HeaderValue::from(v.timing.current_age(now).as_secs());
+        replace_or_insert(&mut headers, &header::AGE, age);
         let mut code = v.status;
         let mut body = v.body.clone();
         if v.status == StatusCode::OK {
-            if !headers.contains_key(header::ACCEPT_RANGES) {
-                headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            }
             if v.not_modified_for(&ask.conditions) {
                 code = StatusCode::NOT_MODIFIED;
                 body = Bytes::new();
@@ -667,10 +687,55 @@ impl HttpProxy {
             Completion::serving(active),
             m.served.clone(),
         ));
+        if let Some(name) = name {
+            replace_or_insert(
+                &mut headers,
+                name,
+                HeaderValue::from_static(status.as_str()),
+            );
+        }
         *resp.status_mut() = code;
         *resp.headers_mut() = headers;
         *resp.version_mut() = out.client_version;
-        with_status_header(resp, cache, status)
+        resp
+    }
+}
+
+/// Sets a field the prepared head has a placeholder for. `insert` would first make room for
+/// one more field, which a cloned map (filled to its capacity) does by rebuilding its index.
+fn replace_or_insert(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.get_mut(name) {
+        Some(v) => *v = value,
+        None => {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+/// The head every answer from a stored object starts from: its stored headers, Via, and for a
+/// 200 Accept-Ranges (ranges are served from it), with placeholders for Age and the cache-status
+/// header that each answer replaces.
+fn prepare_head(
+    status: StatusCode,
+    stored: &HeaderMap,
+    status_header: Option<&HeaderName>,
+) -> ServedHead {
+    let mut headers = stored.clone();
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    append_via(&mut headers, Version::HTTP_11);
+    if status == StatusCode::OK && !headers.contains_key(header::ACCEPT_RANGES) {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Some(name) = status_header {
+        headers.insert(
+            name.clone(),
+            HeaderValue::from_static(CacheStatus::Hit.as_str()),
+        );
+    }
+    ServedHead {
+        status_header: status_header.cloned(),
+        // Kept for the object's lifetime: without the room `insert` left for more fields.
+        headers: headers.clone(),
     }
 }
 
@@ -793,9 +858,9 @@ fn with_status_header(
     cache: &ServiceCache,
     status: CacheStatus,
 ) -> Response<ProxyBody> {
-    if let Ok(name) = HeaderName::from_bytes(cache.spec.status_header.as_bytes()) {
+    if let Some(name) = &cache.status_header {
         resp.headers_mut()
-            .insert(name, HeaderValue::from_static(status.as_str()));
+            .insert(name.clone(), HeaderValue::from_static(status.as_str()));
     }
     resp
 }

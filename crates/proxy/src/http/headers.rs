@@ -27,6 +27,10 @@ pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool 
 
 /// Removes hop-by-hop headers: the fixed list and any named in Connection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over their fields instead of a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Names listed in Connection are hop-by-hop too, on every Connection line.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -41,15 +45,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(header::CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::TRAILER,
-    ] {
+    for name in hop_by_hop() {
         headers.remove(name);
     }
     // TE: only "trailers" may cross (gRPC needs it); anything else is hop-by-hop.
@@ -64,6 +60,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(header::TE);
         }
     }
+}
+
+/// The fields that are always hop-by-hop (besides Connection, the fields it names, and TE).
+fn hop_by_hop() -> [&'static HeaderName; 7] {
+    [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::TRAILER,
+    ]
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION || name == header::TE || hop_by_hop().contains(&name)
 }
 
 /// Adds X-Forwarded-For (appending the peer this request came from), -Proto, -Host and Via to
