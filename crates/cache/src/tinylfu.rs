@@ -12,10 +12,11 @@
 //! Each shard is a mutex over a slab of nodes linked into three lists; operations are O(1) apart
 //! from purges and expiry sweeps, which scan.
 
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
+
+use hashbrown::HashTable;
 
 /// Objects per shard the sketch starts sized for; it grows with the shard.
 const MIN_SKETCH: usize = 1024;
@@ -133,7 +134,9 @@ impl Sketch {
 
 #[derive(Debug)]
 struct Shard<V> {
-    map: HashMap<Arc<str>, usize>,
+    /// Node index by key, placed by the hash the store computed once per operation (a map keyed
+    /// by the string would hash it again).
+    map: HashTable<usize>,
     nodes: Vec<Node<V>>,
     free: Vec<usize>,
     window: Ends,
@@ -150,7 +153,7 @@ impl<V: Clone> Shard<V> {
         let window_max = ((max as f64 * WINDOW_SHARE) as u64).max(1);
         let protected_max = ((max - window_max) as f64 * PROTECTED_SHARE) as u64;
         Shard {
-            map: HashMap::new(),
+            map: HashTable::new(),
             nodes: Vec::new(),
             free: Vec::new(),
             window: Ends::EMPTY,
@@ -217,6 +220,13 @@ impl<V: Clone> Shard<V> {
         e.bytes += w;
     }
 
+    /// The node holding `key`.
+    fn find(&self, key: &str, hash: u64) -> Option<usize> {
+        self.map
+            .find(hash, |&i| self.nodes[i].key.as_deref() == Some(key))
+            .copied()
+    }
+
     fn bytes(&self) -> u64 {
         self.window.bytes + self.probation.bytes + self.protected.bytes
     }
@@ -225,8 +235,11 @@ impl<V: Clone> Shard<V> {
         self.unlink(i);
         let n = &mut self.nodes[i];
         n.list = List::Free;
+        let hash = n.hash;
         if let (Some(k), Some(v)) = (n.key.take(), n.value.take()) {
-            self.map.remove(&k);
+            if let Ok(slot) = self.map.find_entry(hash, |&j| j == i) {
+                slot.remove();
+            }
             removed.push((k, v, cause));
         }
         self.free.push(i);
@@ -265,7 +278,7 @@ impl<V: Clone> Shard<V> {
         removed: &mut Vec<(Arc<str>, V, Removal)>,
     ) -> Option<V> {
         self.sketch.increment(hash);
-        let &i = self.map.get(key)?;
+        let i = self.find(key, hash)?;
         if self.nodes[i].expires_at <= now {
             self.remove_node(i, Removal::Expired, removed);
             return None;
@@ -286,7 +299,7 @@ impl<V: Clone> Shard<V> {
         if weight > self.max {
             return false;
         }
-        if let Some(&i) = self.map.get(&*key) {
+        if let Some(i) = self.find(&key, hash) {
             let list = self.nodes[i].list;
             self.unlink(i);
             let n = &mut self.nodes[i];
@@ -297,7 +310,7 @@ impl<V: Clone> Shard<V> {
         } else {
             self.sketch.increment(hash);
             let node = Node {
-                key: Some(key.clone()),
+                key: Some(key),
                 value: Some(value),
                 weight,
                 expires_at,
@@ -316,7 +329,8 @@ impl<V: Clone> Shard<V> {
                     self.nodes.len() - 1
                 }
             };
-            self.map.insert(key, i);
+            let nodes = &self.nodes;
+            self.map.insert_unique(hash, i, |&j| nodes[j].hash);
             self.push_front(i, List::Window);
             if self.map.len() > self.sketch.width() {
                 // The sketch should have about one counter per object; regrow and start over.
@@ -450,7 +464,7 @@ impl<V: Clone> TinyLfu<V> {
         let mut removed = Vec::new();
         {
             let mut s = self.shard(hash);
-            if let Some(&i) = s.map.get(key) {
+            if let Some(i) = s.find(key, hash) {
                 s.remove_node(i, Removal::Explicit, &mut removed);
             }
         }
@@ -464,7 +478,7 @@ impl<V: Clone> TinyLfu<V> {
             let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
             let victims: Vec<usize> = s
                 .map
-                .values()
+                .iter()
                 .copied()
                 .filter(|&i| {
                     let n = &s.nodes[i];
@@ -489,7 +503,7 @@ impl<V: Clone> TinyLfu<V> {
                 let mut s = shard.lock().unwrap_or_else(|e| e.into_inner());
                 let expired: Vec<usize> = s
                     .map
-                    .values()
+                    .iter()
                     .copied()
                     .filter(|&i| s.nodes[i].expires_at <= now)
                     .collect();
@@ -508,7 +522,7 @@ impl<V: Clone> TinyLfu<V> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let s = shard.lock().unwrap_or_else(|e| e.into_inner());
-            for &i in s.map.values() {
+            for &i in s.map.iter() {
                 let n = &s.nodes[i];
                 if let (Some(k), Some(v)) = (&n.key, &n.value) {
                     out.push((k.clone(), v.clone()));
