@@ -453,3 +453,38 @@ async fn unsafe_methods_invalidate_the_url() {
         "the POST invalidated it"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_hit_is_dropped_after_idle() {
+    let o = Origin::start("o").await;
+    let config = config(&o, "max_object_size = \"48MiB\"") + "\n[timeouts]\nidle = \"600ms\"\n";
+    let d = TestDaemon::start(&config).await;
+    // 40 MiB: more than the loopback socket buffers hold, so the proxy's writes block.
+    let path = "/c/big?cc=max-age%3D60&size=41943040";
+    let full = 41_943_040;
+    assert_eq!(fetch(&d, path, &[]).await.body.len(), full);
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: cdn.example.com\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    // Served from memory, no backend involved: the client connection's own deadline ends it
+    // (the body was handed over whole, so the request counts as done and `idle` applies).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection was left open");
+    assert!(got < full, "the whole body arrived ({got} bytes): not cut");
+    // The daemon still serves others.
+    assert_eq!(xc(&fetch(&d, path, &[("range", "bytes=0-9")]).await), "HIT");
+}

@@ -16,7 +16,6 @@ pub mod snapshot;
 pub mod store;
 pub mod tinylfu;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -62,6 +61,16 @@ impl EdgeMetrics {
     }
 }
 
+fn find<'a>(
+    caches: &'a [(String, Arc<ServiceCache>)],
+    service: &str,
+) -> Option<&'a Arc<ServiceCache>> {
+    caches
+        .iter()
+        .find(|(name, _)| name == service)
+        .map(|(_, c)| c)
+}
+
 /// What to invalidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purge {
@@ -78,7 +87,9 @@ pub enum Purge {
 /// the same `max_size`; other settings apply to it at once.
 #[derive(Debug)]
 pub struct CacheRegistry {
-    caches: ArcSwap<HashMap<String, Arc<ServiceCache>>>,
+    /// By service name. Services are few and every request looks its cache up: a short scan
+    /// costs less than hashing the name.
+    caches: ArcSwap<Vec<(String, Arc<ServiceCache>)>>,
     write: Mutex<()>,
     metrics: Arc<Metrics>,
 }
@@ -94,14 +105,14 @@ impl CacheRegistry {
 
     /// The cache of `service`, created on first use (a lock-free lookup afterwards).
     pub fn for_service(&self, service: &str, spec: &CacheSpec) -> Arc<ServiceCache> {
-        if let Some(c) = self.caches.load().get(service)
+        if let Some(c) = find(&self.caches.load(), service)
             && c.spec == *spec
         {
             return c.clone();
         }
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.caches.load_full();
-        if let Some(c) = current.get(service)
+        if let Some(c) = find(&current, service)
             && c.spec == *spec
         {
             return c.clone();
@@ -111,8 +122,12 @@ impl CacheRegistry {
             self.metrics.cache_evictions.clone(),
             EdgeMetrics::new(&self.metrics, service),
         ));
-        let mut next = HashMap::clone(&current);
-        next.insert(service.to_string(), cache.clone());
+        let mut next: Vec<_> = current
+            .iter()
+            .filter(|(name, _)| name != service)
+            .cloned()
+            .collect();
+        next.push((service.to_string(), cache.clone()));
         self.caches.store(Arc::new(next));
         self.refresh_gauges();
         cache
@@ -122,17 +137,17 @@ impl CacheRegistry {
     pub fn retain(&self, services: &[&str]) {
         let _w = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.caches.load_full();
-        let next: HashMap<String, Arc<ServiceCache>> = current
+        let next: Vec<_> = current
             .iter()
             .filter(|(k, _)| services.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .cloned()
             .collect();
         self.caches.store(Arc::new(next));
         self.refresh_gauges();
     }
 
     pub fn get(&self, service: &str) -> Option<Arc<ServiceCache>> {
-        self.caches.load().get(service).cloned()
+        find(&self.caches.load(), service).cloned()
     }
 
     pub fn services(&self) -> Vec<(String, Arc<ServiceCache>)> {
@@ -180,7 +195,7 @@ impl CacheRegistry {
     /// Sets `cache_bytes` and `cache_objects` from the stores.
     pub fn refresh_gauges(&self) {
         let (mut bytes, mut objects) = (0u64, 0u64);
-        for c in self.caches.load().values() {
+        for (_, c) in self.caches.load().iter() {
             bytes += c.bytes();
             objects += c.objects();
         }

@@ -162,6 +162,14 @@ impl<T> TimedIo<T> {
         let Some((at, what)) = self.deadline() else {
             return Poll::Pending;
         };
+        // A timer armed no later than the deadline wakes this task in time (it was polled here,
+        // so it holds the task's waker): no clock to read and nothing to re-arm until it fires.
+        if self.armed_for != 0
+            && at >= self.armed_for
+            && self.sleep.as_ref().is_some_and(|s| !s.is_elapsed())
+        {
+            return Poll::Pending;
+        }
         let now_at = std::time::Instant::now();
         let now = nanos_at(now_at);
         if now >= at {

@@ -183,7 +183,7 @@ impl HttpProxy {
                         return self.serve_stored(
                             &cache,
                             &v,
-                            now,
+                            age,
                             &out,
                             &ask,
                             CacheStatus::Hit,
@@ -203,7 +203,7 @@ impl HttpProxy {
                         return self.serve_stored(
                             &cache,
                             &v,
-                            now,
+                            age,
                             &out,
                             &ask,
                             CacheStatus::Stale,
@@ -362,7 +362,8 @@ impl HttpProxy {
             );
             cache.insert(&key, variant.clone());
             drop(guard);
-            return self.serve_stored_with(&cache, &variant, now, &out, &ask, status, None, active);
+            let age = variant.timing.current_age(now);
+            return self.serve_stored_with(&cache, &variant, age, &out, &ask, status, None, active);
         }
         // Sized from Content-Length (up to 1 MiB ahead of the data) so a body is usually one
         // allocation of its length.
@@ -417,10 +418,11 @@ impl HttpProxy {
                 );
                 drop(f);
                 cache.insert(&key, refreshed.clone());
+                let age = refreshed.timing.current_age(now);
                 return self.serve_stored(
                     &cache,
                     &Arc::new(refreshed),
-                    now,
+                    age,
                     &out,
                     &ask,
                     CacheStatus::Expired,
@@ -462,7 +464,7 @@ impl HttpProxy {
         self.serve_stored(
             &cache,
             &stale,
-            SystemTime::now(),
+            stale.timing.current_age(SystemTime::now()),
             &out,
             &ask,
             CacheStatus::Stale,
@@ -598,7 +600,7 @@ impl HttpProxy {
         &self,
         cache: &ServiceCache,
         v: &Variant,
-        now: SystemTime,
+        age: Duration,
         out: &Outbound<'_>,
         ask: &ClientAsk,
         status: CacheStatus,
@@ -610,7 +612,7 @@ impl HttpProxy {
         if let Some(l) = log.as_mut() {
             l.record.region = Some(streamgate_cache::EDGE.into());
         }
-        self.serve_stored_with(cache, v, now, out, ask, status, Some(data_type), active)
+        self.serve_stored_with(cache, v, age, out, ask, status, Some(data_type), active)
     }
 
     /// Builds a response from a stored object: 304 for a matching condition, 206/416 for a
@@ -620,7 +622,7 @@ impl HttpProxy {
         &self,
         cache: &ServiceCache,
         v: &Variant,
-        now: SystemTime,
+        age: Duration,
         out: &Outbound<'_>,
         ask: &ClientAsk,
         status: CacheStatus,
@@ -634,7 +636,7 @@ impl HttpProxy {
         } else {
             prepare_head(v.status, &v.headers, name).headers
         };
-        let age = HeaderValue::from(v.timing.current_age(now).as_secs());
+        let age = HeaderValue::from(age.as_secs());
         replace_or_insert(&mut headers, &header::AGE, age);
         let mut code = v.status;
         let mut body = v.body.clone();
