@@ -33,6 +33,12 @@ use crate::io::{ConnActivity, starts_h2_preface};
 /// Buffered frames beyond this are written at once, so a large body streams without delay.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// HTTP/1.x writes of at most this many bytes in several slices are sent as one buffer: a
+/// single `send` costs the kernel less than a `writev`, which goes through the file layer
+/// (`perf`: 4.0% of a 1 KiB hit's CPU above the TCP send itself, against 1.2% for `send`),
+/// by more than copying a few KiB costs.
+const FLATTEN_MAX: usize = 4096;
+
 /// Buffer capacity kept between batches.
 const KEEP_CAPACITY: usize = 16 * 1024;
 
@@ -138,6 +144,23 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// HTTP/1.x: writes the slices (a response head and a small body) as one buffer. Nothing is
+    /// kept: what the socket did not take is offered again by the caller.
+    fn poll_write_flat(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        debug_assert_eq!(self.pending(), 0, "HTTP/1.x keeps nothing buffered");
+        self.buf.clear();
+        for b in bufs {
+            self.buf.extend_from_slice(b);
+        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, &self.buf);
+        self.buf.clear();
+        written
+    }
+
     /// Makes room for `len` more bytes: drains first when the buffer would pass `FLUSH_AT`.
     /// `Ready(false)`: write these bytes directly, they are a big body chunk.
     fn poll_room(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<bool>> {
@@ -205,7 +228,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         if this.defer_http1_write(cx) {
             return Poll::Pending;
         }
-        if this.mode != Mode::Http2 || !ready!(this.poll_room(cx, len))? {
+        if this.mode != Mode::Http2 {
+            return match bufs {
+                [one] => Pin::new(&mut this.inner).poll_write(cx, one),
+                _ if len <= FLATTEN_MAX => this.poll_write_flat(cx, bufs),
+                _ => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+            };
+        }
+        if !ready!(this.poll_room(cx, len))? {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         for b in bufs {
@@ -339,5 +369,97 @@ mod tests {
         assert_eq!(got[0], 7);
         assert_eq!(got[100], 8);
         assert_eq!(*got.last().unwrap(), 9);
+    }
+
+    /// A real socket that counts how it is written to.
+    struct Counted {
+        inner: tokio::net::TcpStream,
+        single: usize,
+        vectored: usize,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.single += 1;
+            Pin::new(&mut this.inner).poll_write(cx, data)
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.vectored += 1;
+            Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_http1_head_and_body_go_out_as_one_buffer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let counted = Counted {
+            inner: server,
+            single: 0,
+            vectored: 0,
+        };
+        let mut io = CoalescedWrites::new(counted, ConnActivity::new());
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut b = [0u8; 64];
+        assert!(io.read(&mut b).await.unwrap() > 0);
+        assert!(
+            io.is_write_vectored(),
+            "the caller may still hand over slices"
+        );
+
+        let head = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n";
+        let body = [b'x'; 1024];
+        let bufs = [io::IoSlice::new(head), io::IoSlice::new(&body)];
+        let n = io.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, head.len() + body.len(), "a small answer is taken whole");
+        assert_eq!(
+            (io.inner.single, io.inner.vectored),
+            (1, 0),
+            "one plain send"
+        );
+        assert_eq!(io.pending(), 0, "nothing is kept");
+        let mut got = vec![0u8; n];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..head.len()], head);
+        assert!(got[head.len()..].iter().all(|&c| c == b'x'));
+
+        // A large body is not copied: the slices go to the socket as they are.
+        let big = vec![b'y'; 64 * 1024];
+        let bufs = [io::IoSlice::new(head), io::IoSlice::new(&big)];
+        let n = io.write_vectored(&bufs).await.unwrap();
+        assert!(n > 0);
+        assert_eq!(io.inner.vectored, 1);
     }
 }
