@@ -488,3 +488,36 @@ async fn a_client_that_stops_reading_a_hit_is_dropped_after_idle() {
     // The daemon still serves others.
     assert_eq!(xc(&fetch(&d, path, &[("range", "bytes=0-9")]).await), "HIT");
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_cache_unless_its_size_changes() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "")).await;
+    let path = "/c/kept?cc=max-age%3D60";
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
+    let reload = |extra: &str, max_size: &str| {
+        let text = config(&o, extra).replace("max_size = \"64MiB\"", max_size);
+        std::fs::write(
+            &d.config_path,
+            format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{text}"),
+        )
+        .unwrap();
+        d.daemon
+            .apply(streamgate_config::load(&d.config_path).unwrap());
+    };
+    // Other settings change under the stored objects: they are still served, under the new
+    // status header name.
+    reload(
+        "status_header = \"x-edge\"\ndefault_ttl = \"30s\"",
+        "max_size = \"64MiB\"",
+    );
+    let after = fetch(&d, path, &[]).await;
+    assert_eq!(after.header("x-edge"), Some("HIT"));
+    assert!(after.header("x-cache").is_none());
+    assert_eq!(o.hits(), 1, "the object survived the reload");
+    // A new size is a new store.
+    reload("", "max_size = \"32MiB\"");
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
+    assert_eq!(o.hits(), 2);
+}

@@ -84,7 +84,7 @@ pub enum Purge {
 }
 
 /// Every service's cache, by service name. A cache survives reloads as long as its service keeps
-/// the same `max_size`; other settings apply to it at once.
+/// the same `max_size` and `max_object_size`; other settings apply to its objects at once.
 #[derive(Debug)]
 pub struct CacheRegistry {
     /// By service name. Services are few and every request looks its cache up: a short scan
@@ -117,11 +117,15 @@ impl CacheRegistry {
         {
             return c.clone();
         }
-        let cache = Arc::new(ServiceCache::new(
-            spec.clone(),
-            self.metrics.cache_evictions.clone(),
-            EdgeMetrics::new(&self.metrics, service),
-        ));
+        let cache = Arc::new(match find(&current, service) {
+            // A reload that keeps the size keeps the objects.
+            Some(c) if c.fits(spec) => c.with_spec(spec.clone()),
+            _ => ServiceCache::new(
+                spec.clone(),
+                self.metrics.cache_evictions.clone(),
+                EdgeMetrics::new(&self.metrics, service),
+            ),
+        });
         let mut next: Vec<_> = current
             .iter()
             .filter(|(name, _)| name != service)

@@ -21,8 +21,9 @@ pub struct ServiceCache {
     pub spec: CacheSpec,
     /// `spec.status_header` parsed once (`None` if it is not a valid field name).
     pub status_header: Option<HeaderName>,
-    entries: TinyLfu<Entry>,
-    pub fills: Fills,
+    /// Shared with the cache this one replaced on a reload that kept the size.
+    entries: Arc<TinyLfu<Entry>>,
+    pub fills: Arc<Fills>,
     pub metrics: crate::EdgeMetrics,
 }
 
@@ -57,9 +58,26 @@ impl ServiceCache {
         ServiceCache {
             status_header: HeaderName::from_bytes(spec.status_header.as_bytes()).ok(),
             spec,
-            entries,
-            fills: Fills::default(),
+            entries: Arc::new(entries),
+            fills: Arc::default(),
             metrics,
+        }
+    }
+
+    /// Whether `spec` can take over this store: the same byte bound and object size limit (which
+    /// shape the store); every other setting can change under stored objects.
+    pub fn fits(&self, spec: &CacheSpec) -> bool {
+        self.spec.max_size == spec.max_size && self.spec.max_object_size == spec.max_object_size
+    }
+
+    /// The same store, its objects and its misses in flight, under new settings (a reload).
+    pub fn with_spec(&self, spec: CacheSpec) -> ServiceCache {
+        ServiceCache {
+            status_header: HeaderName::from_bytes(spec.status_header.as_bytes()).ok(),
+            spec,
+            entries: self.entries.clone(),
+            fills: self.fills.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
