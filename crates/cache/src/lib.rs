@@ -61,6 +61,7 @@ impl EdgeMetrics {
     }
 }
 
+/// The cache of `service` in the registry's list.
 fn find<'a>(
     caches: &'a [(String, Arc<ServiceCache>)],
     service: &str,
