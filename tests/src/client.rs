@@ -109,6 +109,30 @@ pub async fn get_from(
     })
 }
 
+/// Writes `raw` on a new connection, reads nothing for `stall`, then reads until the peer ends
+/// the connection (for at most 10 s): the bytes that arrived, or `None` if it was still open.
+pub async fn stall_then_drain(
+    to: SocketAddr,
+    raw: &[u8],
+    stall: std::time::Duration,
+) -> std::io::Result<Option<usize>> {
+    let mut s = TcpStream::connect(to).await?;
+    s.write_all(raw).await?;
+    tokio::time::sleep(stall).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    Ok(drained.ok().map(|()| got))
+}
+
 /// Writes `raw` on a new connection and reads until the peer closes or `limit` bytes arrive.
 pub async fn raw_exchange(to: SocketAddr, raw: &[u8], limit: usize) -> std::io::Result<String> {
     let mut s = TcpStream::connect(to).await?;

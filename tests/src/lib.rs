@@ -7,7 +7,7 @@ pub mod daemon;
 pub mod origin;
 pub mod tls;
 
-pub use client::{Answer, get, get_from, http1, http2, raw_exchange, send};
+pub use client::{Answer, get, get_from, http1, http2, raw_exchange, send, stall_then_drain};
 pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, with_test_admin, write_config};
 pub use origin::Origin;
 

@@ -465,25 +465,13 @@ async fn a_client_that_stops_reading_a_hit_is_dropped_after_idle() {
     assert_eq!(fetch(&d, path, &[]).await.body.len(), full);
     assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: cdn.example.com\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
     // Served from memory, no backend involved: the client connection's own deadline ends it
     // (the body was handed over whole, so the request counts as done and `idle` applies).
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 20];
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the connection was left open");
+    let got = stall_then_drain(d.addr("web"), request.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("the connection was left open");
     assert!(got < full, "the whole body arrived ({got} bytes): not cut");
     // The daemon still serves others.
     assert_eq!(xc(&fetch(&d, path, &[("range", "bytes=0-9")]).await), "HIT");
@@ -498,11 +486,7 @@ async fn a_reload_keeps_the_cache_unless_its_size_changes() {
     assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
     let reload = |extra: &str, max_size: &str| {
         let text = config(&o, extra).replace("max_size = \"64MiB\"", max_size);
-        std::fs::write(
-            &d.config_path,
-            format!("[admin]\nlisten = \"127.0.0.1:0\"\n\n{text}"),
-        )
-        .unwrap();
+        std::fs::write(&d.config_path, with_test_admin(&text)).unwrap();
         d.daemon
             .apply(streamgate_config::load(&d.config_path).unwrap());
     };

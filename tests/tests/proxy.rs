@@ -436,25 +436,13 @@ async fn a_client_that_stops_reading_a_streamed_response_is_dropped_after_idle()
     let origin = Origin::start("a").await;
     let config = one_service(&backends(&[(&origin, 1)]), "") + "\n[timeouts]\nidle = \"600ms\"\n";
     let d = TestDaemon::start(&config).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
     // 64 MiB streamed from the backend: more than the socket buffers hold, so the proxy's
     // writes to this client block while the request is still in progress.
     let full = 64 << 20;
     let request = format!("GET /bytes/{full} HTTP/1.1\r\nHost: x\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 20];
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the connection was left open");
+    let got = stall_then_drain(d.addr("web"), request.as_bytes(), Duration::from_secs(2))
+        .await
+        .unwrap()
+        .expect("the connection was left open");
     assert!(got < full, "the whole body arrived ({got} bytes): not cut");
 }

@@ -202,7 +202,8 @@ fn compact(headers: HeaderMap) -> HeaderMap {
     let mut all = all.freeze();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, v) in &headers {
-        let mut copy = HeaderValue::from_maybe_shared(all.split_to(v.len())).unwrap_or(v.clone());
+        let mut copy =
+            HeaderValue::from_maybe_shared(all.split_to(v.len())).unwrap_or_else(|_| v.clone());
         copy.set_sensitive(v.is_sensitive());
         out.append(name.clone(), copy);
     }

@@ -27,6 +27,11 @@ pub struct ServiceCache {
     pub metrics: crate::EdgeMetrics,
 }
 
+/// The configured cache-status header's name (`None` if it is not a valid field name).
+fn status_header_of(spec: &CacheSpec) -> Option<HeaderName> {
+    HeaderName::from_bytes(spec.status_header.as_bytes()).ok()
+}
+
 /// How long the store keeps an entry: as long as its most useful variant.
 fn keep_for(entry: &Entry) -> Duration {
     let now = SystemTime::now();
@@ -56,7 +61,7 @@ impl ServiceCache {
             }
         });
         ServiceCache {
-            status_header: HeaderName::from_bytes(spec.status_header.as_bytes()).ok(),
+            status_header: status_header_of(&spec),
             spec,
             entries: Arc::new(entries),
             fills: Arc::default(),
@@ -73,7 +78,7 @@ impl ServiceCache {
     /// The same store, its objects and its misses in flight, under new settings (a reload).
     pub fn with_spec(&self, spec: CacheSpec) -> ServiceCache {
         ServiceCache {
-            status_header: HeaderName::from_bytes(spec.status_header.as_bytes()).ok(),
+            status_header: status_header_of(&spec),
             spec,
             entries: self.entries.clone(),
             fills: self.fills.clone(),

@@ -119,13 +119,14 @@ impl ClientAsk {
         let mut conditions = HeaderMap::new();
         let mut range = None;
         // One pass over the (few) request fields instead of a lookup per name in the common case.
-        let asks = headers.keys().any(|k| CLIENT_ONLY.contains(k));
-        for name in CLIENT_ONLY.into_iter().filter(|_| asks) {
-            if let Some(v) = headers.remove(&name) {
-                if name == header::RANGE {
-                    range = v.to_str().ok().map(str::to_string);
+        if headers.keys().any(|k| CLIENT_ONLY.contains(k)) {
+            for name in CLIENT_ONLY {
+                if let Some(v) = headers.remove(&name) {
+                    if name == header::RANGE {
+                        range = v.to_str().ok().map(str::to_string);
+                    }
+                    conditions.insert(name, v);
                 }
-                conditions.insert(name, v);
             }
         }
         ClientAsk {
