@@ -147,3 +147,34 @@ pub async fn raw_exchange(to: SocketAddr, raw: &[u8], limit: usize) -> std::io::
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+/// One HTTP/1.1 GET over a new TLS connection to `to` with server name `sni`.
+pub async fn get_tls(
+    to: SocketAddr,
+    sni: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Answer> {
+    let tcp = TcpStream::connect(to).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder().uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Empty::<Bytes>::new())?)
+        .await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

@@ -5,11 +5,15 @@
 pub mod client;
 pub mod daemon;
 pub mod origin;
+pub mod raw_origin;
 pub mod tls;
 
-pub use client::{Answer, get, get_from, http1, http2, raw_exchange, send, stall_then_drain};
+pub use client::{
+    Answer, get, get_from, get_tls, http1, http2, raw_exchange, send, stall_then_drain,
+};
 pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, with_test_admin, write_config};
 pub use origin::Origin;
+pub use raw_origin::RawOrigin;
 
 /// `[ { address = "…", weight = w }, … ]` for a region's backends.
 pub fn backends(list: &[(&Origin, u32)]) -> String {

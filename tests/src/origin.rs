@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream;
+use futures_util::{StreamExt, stream};
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -46,6 +46,10 @@ pub struct OriginState {
     /// TLS origins: what the handshake of the connection that carried the last ordinary request
     /// (not a probe) carried.
     pub last_tls: Mutex<Option<TlsSeen>>,
+    /// `/c/...?hold=1` bodies stop after their first 64 KiB until this is set.
+    pub released: std::sync::atomic::AtomicBool,
+    /// Requests with a validator (If-None-Match or If-Modified-Since).
+    pub conditional: AtomicU64,
 }
 
 /// What a TLS origin saw of a client's handshake.
@@ -187,6 +191,16 @@ impl Origin {
         *self.state.last_version.lock().unwrap()
     }
 
+    /// Lets `hold=1` bodies finish.
+    pub fn release(&self) {
+        self.state.released.store(true, SeqCst);
+    }
+
+    /// Requests that carried a validator (revalidations).
+    pub fn conditional(&self) -> u64 {
+        self.state.conditional.load(SeqCst)
+    }
+
     pub fn last_tls(&self) -> Option<TlsSeen> {
         self.state.last_tls.lock().unwrap().clone()
     }
@@ -207,7 +221,7 @@ fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|e| match e {}).boxed()
 }
 
-async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Response<Body> {
+async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         st.probes.fetch_add(1, SeqCst);
@@ -225,6 +239,11 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
             .unwrap();
     }
     st.hits.fetch_add(1, SeqCst);
+    if req.headers().contains_key("if-none-match")
+        || req.headers().contains_key("if-modified-since")
+    {
+        st.conditional.fetch_add(1, SeqCst);
+    }
     *st.last_headers.lock().unwrap() = Some(req.headers().clone());
     *st.last_version.lock().unwrap() = Some(req.version());
     let delay = st.delay_ms.load(SeqCst);
@@ -302,25 +321,33 @@ async fn answer(name: &str, st: &OriginState, req: Request<Incoming>) -> Respons
     builder.body(full(format!("origin {name} {path}"))).unwrap()
 }
 
-/// `/c/...?cc=...&etag=...&lm=...&vary=...&tag=...&size=N&cookie=1`: a response with the cache
-/// headers the query asks for; the body names the origin, the path and its hit number. A matching
-/// If-None-Match gets 304.
+/// `/c/...?cc=...&etag=...&lm=...&vary=...&tag=...&size=N&cookie=1&hdr=Name:value&hold=1`: a
+/// response with the cache headers the query asks for; the body names the origin, the path and
+/// its hit number. A matching If-None-Match gets 304, which carries the same fields except that
+/// `cc304` replaces Cache-Control and `cookie304=1` adds a Set-Cookie. `hdr` (repeatable) adds
+/// any field; `hold=1` sends a `size` body's first 64 KiB, then waits for [`Origin::release`].
 fn cacheable(
     name: &str,
     rest: &str,
     req: &Request<Incoming>,
     mut builder: http::response::Builder,
-    st: &OriginState,
+    st: &Arc<OriginState>,
 ) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
-    let param = |k: &str| -> Option<String> {
-        query.split('&').find_map(|kv| {
-            let (a, b) = kv.split_once('=')?;
-            (a == k).then(|| percent_decode(b))
-        })
+    let params = |k: &str| -> Vec<String> {
+        query
+            .split('&')
+            .filter_map(|kv| {
+                let (a, b) = kv.split_once('=')?;
+                (a == k).then(|| percent_decode(b))
+            })
+            .collect()
     };
-    if let Some(cc) = param("cc") {
-        builder = builder.header("cache-control", cc);
+    let param = |k: &str| params(k).into_iter().next();
+    for h in params("hdr") {
+        if let Some((k, v)) = h.split_once(':') {
+            builder = builder.header(k.trim(), v.trim());
+        }
     }
     if let Some(v) = param("vary") {
         builder = builder.header("vary", v);
@@ -344,8 +371,18 @@ fn cacheable(
             .and_then(|v| v.to_str().ok())
             == Some(tag.as_str())
         {
+            if let Some(cc) = param("cc304").or_else(|| param("cc")) {
+                builder = builder.header("cache-control", cc);
+            }
+            if param("cookie304").is_some() {
+                let n = st.hits.load(SeqCst);
+                builder = builder.header("set-cookie", format!("session=user{n}"));
+            }
             return builder.status(304).body(full(Bytes::new())).unwrap();
         }
+    }
+    if let Some(cc) = param("cc") {
+        builder = builder.header("cache-control", cc);
     }
     let hit = st.hits.load(SeqCst);
     let body = match param("size").and_then(|s| s.parse::<usize>().ok()) {
@@ -359,6 +396,24 @@ fn cacheable(
             Bytes::from(format!("origin {name} /c/{rest} hit {hit} lang {lang}"))
         }
     };
+    if param("hold").is_some() {
+        let total = body.len();
+        let first = body.slice(..total.min(64 * 1024));
+        let rest = body.slice(first.len()..);
+        let st = st.clone();
+        let chunks = stream::once(async move { Ok::<_, BoxError>(Frame::data(first)) }).chain(
+            stream::once(async move {
+                while !st.released.load(SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok::<_, BoxError>(Frame::data(rest))
+            }),
+        );
+        return builder
+            .header("content-length", total.to_string())
+            .body(BodyExt::boxed(StreamBody::new(chunks)))
+            .unwrap();
+    }
     builder.body(full(body)).unwrap()
 }
 

@@ -96,6 +96,9 @@ fn main() {
         purge_from: vec![],
         status_header: "x-cache".into(),
         lock_timeout: Duration::from_secs(1),
+        max_variants: 32,
+        max_fill_bytes: 64 << 20,
+        targeted_fields: vec!["cdn-cache-control".into()],
     };
     // The store wants metric handles; nothing reads them here.
     let metrics = streamgate_telemetry::Metrics::new();

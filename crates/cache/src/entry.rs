@@ -106,7 +106,7 @@ impl Variant {
     pub fn matches(&self, req: &HeaderMap) -> bool {
         self.selectors
             .iter()
-            .all(|(name, want)| crate::key::joined(req, name).as_ref() == want.as_ref())
+            .all(|(name, want)| crate::key::selector_value(req, name).as_ref() == want.as_ref())
     }
 
     pub fn has_validators(&self) -> bool {
@@ -130,27 +130,47 @@ impl Variant {
         } else {
             Duration::ZERO
         };
-        (fresh_left + stale_use.max(revalidate)).max(Duration::from_secs(1))
+        fresh_left
+            .saturating_add(stale_use.max(revalidate))
+            .max(Duration::from_secs(1))
     }
 
     /// When the store may drop it: [`Variant::keep_for`] counted from when it arrived. A
     /// restored variant keeps its original deadline.
     pub fn keep_until(&self) -> SystemTime {
         let arrived = self.timing.response_time;
-        arrived + self.keep_for(arrived)
+        arrived
+            .checked_add(self.keep_for(arrived))
+            .unwrap_or(arrived)
     }
 
-    /// After a 304: the stored body with the new response's headers merged in (RFC 9111 §4.3.4)
-    /// and new timing and freshness.
+    /// After a 304 (RFC 9111 §3.2, §4.3.4): the stored body and headers with the 304's fields
+    /// merged in, new timing and freshness. `not_modified` has its hop-by-hop fields removed
+    /// already. Not merged: what is for the requesting client only ([`is_personal`] and
+    /// `unstored`, the fields its qualified private / no-cache name), Age (the timing carries
+    /// it), and the fields the stored body depends on (Content-Length, -Encoding, -Range) and
+    /// was selected by (Vary).
     pub fn refreshed(
         &self,
         not_modified: &HeaderMap,
+        unstored: &[HeaderName],
         timing: Timing,
         freshness: Freshness,
     ) -> Variant {
         let mut headers = self.headers.clone();
         for name in not_modified.keys() {
-            if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            if is_personal(name)
+                || unstored.contains(name)
+                || [
+                    header::AGE,
+                    header::CONTENT_LENGTH,
+                    header::CONTENT_ENCODING,
+                    header::CONTENT_RANGE,
+                    header::TRANSFER_ENCODING,
+                    header::VARY,
+                ]
+                .contains(name)
+            {
                 continue;
             }
             headers.remove(name);
@@ -168,27 +188,24 @@ impl Variant {
         )
     }
 
+    /// The stored representation's validators.
+    pub fn validators(&self) -> crate::ask::Validators<'_> {
+        crate::ask::Validators {
+            etag: self.etag.as_ref(),
+            last_modified: self.last_modified,
+        }
+    }
+
     /// RFC 9110 §13.2.2: does the client's conditional GET/HEAD mean "you have it"?
     pub fn not_modified_for(&self, req: &HeaderMap) -> bool {
-        if let Some(inm) = req.get(header::IF_NONE_MATCH) {
-            let Some(etag) = &self.etag else { return false };
-            let Ok(list) = inm.to_str() else { return false };
-            let ours = weak(etag.to_str().unwrap_or(""));
-            return list.split(',').any(|t| {
-                let t = t.trim();
-                t == "*" || weak(t) == ours
-            });
-        }
-        if let Some(ims) = req
-            .get(header::IF_MODIFIED_SINCE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_http_date)
-            && let Some(lm) = self.last_modified
-        {
-            return lm <= ims;
-        }
-        false
+        self.validators().not_modified(req)
     }
+}
+
+/// Fields that belong to one client's exchange and are never stored by a shared cache: cookies
+/// set for whoever made the request.
+pub fn is_personal(name: &HeaderName) -> bool {
+    name == header::SET_COOKIE || name.as_str() == "set-cookie2"
 }
 
 /// The header values copied into one buffer of their own. Values parsed by the HTTP client are
@@ -209,11 +226,6 @@ fn compact(headers: HeaderMap) -> HeaderMap {
     }
     // A map keeps room to grow; its clone holds exactly its fields.
     out.clone()
-}
-
-/// An entity tag without its weakness marker, for weak comparison.
-fn weak(tag: &str) -> &str {
-    tag.strip_prefix("W/").unwrap_or(tag)
 }
 
 /// Tags from `Surrogate-Key` (space separated) and `Cache-Tag` (comma separated).
@@ -341,7 +353,18 @@ mod tests {
         nm.insert("x-old", HeaderValue::from_static("2"));
         nm.insert("content-length", HeaderValue::from_static("0"));
         let now = SystemTime::now();
-        let r = v.refreshed(&nm, Timing::of(&nm, now, now), v.freshness);
+        nm.insert("set-cookie", HeaderValue::from_static("session=1"));
+        nm.insert("x-user", HeaderValue::from_static("alice"));
+        let unstored = [HeaderName::from_static("x-user")];
+        let r = v.refreshed(&nm, &unstored, Timing::of(&nm, now, now), v.freshness);
+        assert!(
+            r.headers.get("set-cookie").is_none(),
+            "personal: not stored"
+        );
+        assert!(
+            r.headers.get("x-user").is_none(),
+            "named by private=: not stored"
+        );
         assert_eq!(r.headers["x-old"], "2");
         assert_eq!(r.body, v.body);
         assert!(r.headers.get("content-length").is_none());

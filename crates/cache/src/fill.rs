@@ -1,5 +1,8 @@
-//! Request coalescing: while one request fetches a key from the origin, later misses for the same
-//! key wait for it (up to the service's lock timeout) and are then served from the cache.
+//! Request coalescing: while one request fetches or revalidates a key at the origin, later
+//! requests for the same key wait for it (up to the service's lock timeout) and then act on how
+//! it went: look again after a store, go to the origin on their own when the response may not
+//! be stored (queueing behind each other would only serialise uncacheable traffic), or serve a
+//! stale copy when the origin failed and the copy allows it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,16 +15,28 @@ use crate::store::ServiceCache;
 /// Keys being fetched right now.
 #[derive(Debug, Default)]
 pub struct Fills {
-    inflight: Mutex<HashMap<Arc<str>, watch::Receiver<()>>>,
+    inflight: Mutex<HashMap<Arc<str>, watch::Receiver<Outcome>>>,
 }
 
-/// What a missing request should do.
+/// How a fill ended, as its followers learn it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    /// Stored (or refreshed by a 304): look again.
+    Stored,
+    /// The response may not be stored (or was too large to): fetch on your own.
+    Uncacheable,
+    /// The origin could not be reached or its body broke.
+    Failed,
+}
+
+/// What a request should do about a key it cannot serve from the cache.
 #[derive(Debug)]
 pub enum Role {
-    /// Fetch it; the guard releases the waiters when dropped (stored or not).
+    /// Fetch it; the guard tells the waiters how it went when it is dropped.
     Leader(FillGuard),
-    /// Someone else is fetching it: wait, then look again.
-    Follower(watch::Receiver<()>),
+    /// Someone else is fetching it: wait, then act on the outcome.
+    Follower(watch::Receiver<Outcome>),
 }
 
 /// Held by the request fetching a key.
@@ -29,7 +44,14 @@ pub enum Role {
 pub struct FillGuard {
     cache: Arc<ServiceCache>,
     key: Arc<str>,
-    _done: watch::Sender<()>,
+    done: watch::Sender<Outcome>,
+}
+
+impl FillGuard {
+    /// Records how the fill ended; the waiters learn it when the guard is dropped.
+    pub fn set(&self, outcome: Outcome) {
+        self.done.send_replace(outcome);
+    }
 }
 
 impl Drop for FillGuard {
@@ -37,6 +59,15 @@ impl Drop for FillGuard {
         if let Ok(mut m) = self.cache.fills.inflight.lock() {
             m.remove(&self.key);
         }
+        // A guard dropped without an outcome: the fill did not get to the end.
+        self.done.send_if_modified(|o| {
+            if *o == Outcome::Pending {
+                *o = Outcome::Failed;
+                true
+            } else {
+                false
+            }
+        });
     }
 }
 
@@ -51,22 +82,30 @@ pub fn join(cache: &Arc<ServiceCache>, key: &str) -> Role {
         return Role::Follower(rx.clone());
     }
     let key: Arc<str> = Arc::from(key);
-    let (tx, rx) = watch::channel(());
+    let (tx, rx) = watch::channel(Outcome::Pending);
     m.insert(key.clone(), rx);
     Role::Leader(FillGuard {
         cache: cache.clone(),
         key,
-        _done: tx,
+        done: tx,
     })
 }
 
-/// Waits until the leader is done or `timeout` passes; true if the leader finished.
-pub async fn wait(mut rx: watch::Receiver<()>, timeout: Duration) -> bool {
-    // The sender is dropped when the leader finishes: `changed` then fails.
-    matches!(
-        tokio::time::timeout(timeout, rx.changed()).await,
-        Ok(Err(_))
-    )
+/// Waits until the leader is done or `timeout` passes: the fill's outcome, or `Pending` if
+/// it timed out.
+pub async fn wait(mut rx: watch::Receiver<Outcome>, timeout: Duration) -> Outcome {
+    let ended = tokio::time::timeout(timeout, async {
+        // The sender goes when the leader finishes: `changed` then fails.
+        while rx.changed().await.is_ok() {}
+    })
+    .await;
+    match ended {
+        Ok(()) => match *rx.borrow() {
+            Outcome::Pending => Outcome::Failed,
+            o => o,
+        },
+        Err(_) => Outcome::Pending,
+    }
 }
 
 #[cfg(test)]
@@ -74,14 +113,17 @@ mod tests {
     use super::*;
     use streamgate_telemetry::prometheus::IntCounter;
 
-    #[tokio::test]
-    async fn one_leader_many_followers() {
-        let spec = crate::store::tests_support::spec(1 << 20);
-        let cache = Arc::new(ServiceCache::new(
-            spec,
+    fn cache() -> Arc<ServiceCache> {
+        Arc::new(ServiceCache::new(
+            crate::store::tests_support::spec(1 << 20),
             IntCounter::new("e", "e").unwrap(),
             crate::store::tests_support::edge(),
-        ));
+        ))
+    }
+
+    #[tokio::test]
+    async fn one_leader_many_followers() {
+        let cache = cache();
         let Role::Leader(guard) = join(&cache, "k") else {
             panic!("first is leader")
         };
@@ -90,18 +132,45 @@ mod tests {
         };
         assert!(matches!(join(&cache, "other"), Role::Leader(_)));
         let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
+        guard.set(Outcome::Stored);
         drop(guard);
-        assert!(waiter.await.unwrap(), "released when the leader finished");
+        assert_eq!(waiter.await.unwrap(), Outcome::Stored);
         assert!(
             matches!(join(&cache, "k"), Role::Leader(_)),
             "the key is free again"
         );
+    }
+
+    #[tokio::test]
+    async fn outcomes_reach_followers() {
+        let cache = cache();
+        for (set, want) in [
+            (None, Outcome::Failed),
+            (Some(Outcome::Uncacheable), Outcome::Uncacheable),
+            (Some(Outcome::Failed), Outcome::Failed),
+        ] {
+            let Role::Leader(g) = join(&cache, "k") else {
+                panic!()
+            };
+            let Role::Follower(rx) = join(&cache, "k") else {
+                panic!()
+            };
+            if let Some(o) = set {
+                g.set(o);
+            }
+            drop(g);
+            assert_eq!(wait(rx, Duration::from_secs(5)).await, want, "{set:?}");
+        }
         let Role::Leader(_g) = join(&cache, "slow") else {
             panic!()
         };
         let Role::Follower(rx) = join(&cache, "slow") else {
             panic!()
         };
-        assert!(!wait(rx, Duration::from_millis(20)).await, "timed out");
+        assert_eq!(
+            wait(rx, Duration::from_millis(20)).await,
+            Outcome::Pending,
+            "timed out"
+        );
     }
 }

@@ -1,19 +1,21 @@
-//! Cache keys: the URL (host without port, path, the query as the service's key rules say), and
-//! the request headers that select a variant (configured key headers and the response's Vary).
+//! Cache keys: what the origin saw. The URL part is `scheme://authority/path?query`, the
+//! authority in lower case without a trailing dot or the scheme's default port, the query as the
+//! service's key rules say; the variant part is the request headers that select a stored
+//! response (configured key headers and the response's Vary), Accept-Encoding normalised.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use streamgate_config::KeyQuery;
 
-/// The primary key: `host/path?query`, host in lower case without a port.
-pub fn url_key(host: &str, path_and_query: &str, rule: &KeyQuery) -> String {
-    let host = host_part(host);
+/// The primary key: `scheme://host[:port]/path?query`. A port is kept unless it is the
+/// scheme's default: `Host: app.test:1337` reaches the origin as such, and an origin that
+/// reflects the Host field answers differently than for `app.test`.
+pub fn url_key(scheme: &str, host: &str, path_and_query: &str, rule: &KeyQuery) -> String {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let mut key = String::with_capacity(host.len() + path_and_query.len() + 1);
-    key.push_str(host);
-    key.make_ascii_lowercase();
+    let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path_and_query.len());
+    push_origin(&mut key, scheme, host);
     key.push_str(if path.is_empty() { "/" } else { path });
     match (rule, query) {
         (KeyQuery::All, Some(q)) if !q.is_empty() => {
@@ -39,24 +41,113 @@ pub fn url_key(host: &str, path_and_query: &str, rule: &KeyQuery) -> String {
     key
 }
 
-fn host_part(host: &str) -> &str {
-    let h = if host.starts_with('[') {
-        host.find(']').map_or(host, |i| &host[..=i])
-    } else {
-        host.rsplit_once(':').map_or(host, |(h, p)| {
-            if p.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        })
+/// Appends `scheme://authority` normalised: lower case, no trailing dot on the name, no default
+/// port (80 for http, 443 for https).
+fn push_origin(key: &mut String, scheme: &str, host: &str) {
+    let (name, port) = split_port(host);
+    let name = name.strip_suffix('.').unwrap_or(name);
+    key.push_str(scheme);
+    key.push_str("://");
+    let start = key.len();
+    key.push_str(name);
+    key[start..].make_ascii_lowercase();
+    let default = match scheme {
+        "https" => "443",
+        _ => "80",
     };
-    h.strip_suffix('.').unwrap_or(h)
+    if let Some(p) = port {
+        let p = p.trim_start_matches('0');
+        if p != default {
+            key.push(':');
+            key.push_str(if p.is_empty() { "0" } else { p });
+        }
+    }
+}
+
+/// `host` and its port, if it has one (`[v6]:port`, `name:port`).
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => (
+                &host[..=i],
+                host[i + 1..].strip_prefix(':').filter(|p| is_port(p)),
+            ),
+            None => (host, None),
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if is_port(p) => (h, Some(p)),
+        _ => (host, None),
+    }
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The URL keys a purge of `url` means: `http://host/path` purges that scheme's key;
+/// `host/path` without a scheme purges both schemes. `None` if there is no host.
+pub fn purge_keys(url: &str, rule: &KeyQuery) -> Option<Vec<String>> {
+    let (schemes, host, path) = split_url(url)?;
+    Some(
+        schemes
+            .iter()
+            .map(|s| url_key(s, host, path, rule))
+            .collect(),
+    )
+}
+
+/// The key prefixes a purge by prefix means (the path is taken as is, query and all).
+pub fn purge_prefixes(url: &str) -> Option<Vec<String>> {
+    let (schemes, host, path) = split_url(url)?;
+    Some(
+        schemes
+            .iter()
+            .map(|s| {
+                let mut k = String::new();
+                push_origin(&mut k, s, host);
+                k.push_str(path);
+                k
+            })
+            .collect(),
+    )
+}
+
+/// `(schemes, host, path)` of `http://host/path`, `https://...` or a bare `host/path`.
+pub fn split_url(url: &str) -> Option<(&'static [&'static str], &str, &str)> {
+    let (schemes, rest): (&'static [&'static str], &str) =
+        if let Some(r) = url.strip_prefix("http://") {
+            (&["http"], r)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (&["https"], r)
+        } else {
+            (&["http", "https"], url)
+        };
+    let (host, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], &rest[i..]),
+        Some(_) => return None,
+        None => (rest, "/"),
+    };
+    (!host.is_empty()).then_some((schemes, host, path))
 }
 
 /// The request's values of `names`, which a stored variant must match.
 pub fn selectors(names: &[HeaderName], req: &HeaderMap) -> Vec<(HeaderName, Option<HeaderValue>)> {
-    names.iter().map(|n| (n.clone(), joined(req, n))).collect()
+    names
+        .iter()
+        .map(|n| (n.clone(), selector_value(req, n)))
+        .collect()
+}
+
+/// The value of one selecting header as variants compare it: all lines joined by ", ", and
+/// Accept-Encoding reduced to the set of codings it accepts, so that the many spellings
+/// browsers send of the same preference share one variant.
+pub fn selector_value(req: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let joined = joined(req, name)?;
+    if name == header::ACCEPT_ENCODING {
+        return Some(normalised_accept_encoding(&joined));
+    }
+    Some(joined)
 }
 
 /// All values of a header joined by ", " (how Vary compares them), or the single value as is.
@@ -72,6 +163,33 @@ pub fn joined(req: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
         s.extend_from_slice(v.as_bytes());
     }
     HeaderValue::from_bytes(&s).ok()
+}
+
+/// `gzip, deflate, br` and `br;q=1.0, gzip;q=0.8, deflate` both become `br,deflate,gzip`:
+/// codings in lower case, without weights, those refused (q=0) left out, sorted, once each. Two
+/// requests with the same set accept the same responses, whatever the origin picks.
+pub fn normalised_accept_encoding(v: &HeaderValue) -> HeaderValue {
+    let Ok(s) = v.to_str() else {
+        return v.clone();
+    };
+    let mut codings: Vec<String> = s
+        .split(',')
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let coding = parts.next()?.trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .or_else(|| p.trim().strip_prefix("Q="))
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            (!coding.is_empty() && !refused).then_some(coding)
+        })
+        .collect();
+    codings.sort_unstable();
+    codings.dedup();
+    HeaderValue::from_str(&codings.join(",")).unwrap_or_else(|_| v.clone())
 }
 
 /// Field names listed in the response's Vary headers, lower case.
@@ -95,22 +213,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys() {
+    fn keys_are_what_the_origin_saw() {
+        let all = KeyQuery::All;
+        let cases = [
+            (
+                "http",
+                "Video.Example.com:8080",
+                "/a/b?x=1&y=2",
+                "http://video.example.com:8080/a/b?x=1&y=2",
+            ),
+            ("http", "app.test:1337", "/", "http://app.test:1337/"),
+            ("http", "APP.test.:80", "/", "http://app.test/"),
+            ("https", "app.test:443", "/x", "https://app.test/x"),
+            ("https", "app.test:80", "/x", "https://app.test:80/x"),
+            ("http", "app.test:0080", "/x", "http://app.test/x"),
+            ("http", "[::1]:80", "/", "http://[::1]/"),
+            ("http", "[::1]:81", "", "http://[::1]:81/"),
+            ("http", "h:", "/", "http://h:/"),
+        ];
+        for (scheme, host, pq, want) in cases {
+            assert_eq!(
+                url_key(scheme, host, pq, &all),
+                want,
+                "{scheme} {host} {pq}"
+            );
+        }
         assert_eq!(
-            url_key("Video.Example.com:8080", "/a/b?x=1&y=2", &KeyQuery::All),
-            "video.example.com/a/b?x=1&y=2"
-        );
-        assert_eq!(
-            url_key("v.example.com", "/a?x=1", &KeyQuery::Ignore),
-            "v.example.com/a"
+            url_key("http", "v.example.com", "/a?x=1", &KeyQuery::Ignore),
+            "http://v.example.com/a"
         );
         let only = KeyQuery::Only(vec!["id".into(), "lang".into()]);
         assert_eq!(
-            url_key("h", "/p?utm=9&lang=de&id=3", &only),
-            "h/p?id=3&lang=de"
+            url_key("http", "h", "/p?utm=9&lang=de&id=3", &only),
+            "http://h/p?id=3&lang=de"
         );
-        assert_eq!(url_key("h", "/p?utm=9", &only), "h/p");
-        assert_eq!(url_key("[::1]:80", "/", &KeyQuery::All), "[::1]/");
+        assert_eq!(url_key("http", "h", "/p?utm=9", &only), "http://h/p");
+    }
+
+    #[test]
+    fn purges_name_one_scheme_or_both() {
+        let all = KeyQuery::All;
+        assert_eq!(
+            purge_keys("https://H.example:443/a?b=1", &all).unwrap(),
+            ["https://h.example/a?b=1"]
+        );
+        assert_eq!(
+            purge_keys("h.example/a", &all).unwrap(),
+            ["http://h.example/a", "https://h.example/a"]
+        );
+        assert_eq!(
+            purge_keys("h.example", &all).unwrap(),
+            ["http://h.example/", "https://h.example/"]
+        );
+        assert_eq!(purge_keys("http:///x", &all), None);
+        assert_eq!(purge_keys("h?x", &all), None);
+        assert_eq!(
+            purge_prefixes("http://h.example:8080/news/").unwrap(),
+            ["http://h.example:8080/news/"]
+        );
     }
 
     #[test]
@@ -132,8 +292,28 @@ mod tests {
         let mut req = HeaderMap::new();
         req.append("accept-encoding", HeaderValue::from_static("gzip"));
         req.append("accept-encoding", HeaderValue::from_static("br"));
+        req.append("accept-language", HeaderValue::from_static("de, en"));
         let sel = selectors(&names, &req);
-        assert_eq!(sel[0].1.as_ref().unwrap(), "gzip, br");
-        assert_eq!(sel[1].1, None);
+        assert_eq!(sel[0].1.as_ref().unwrap(), "br,gzip");
+        assert_eq!(sel[1].1.as_ref().unwrap(), "de, en");
+        assert_eq!(selectors(&names, &HeaderMap::new())[0].1, None);
+    }
+
+    #[test]
+    fn accept_encoding_spellings_share_a_variant() {
+        let n = |s: &'static str| normalised_accept_encoding(&HeaderValue::from_static(s));
+        let same = [
+            "gzip, deflate, br",
+            "br,gzip,deflate",
+            "BR;q=1.0, gzip;q=0.8, deflate;q=0.1",
+            "gzip, deflate, br, gzip",
+            "gzip, deflate, br, zstd;q=0",
+        ];
+        for s in same {
+            assert_eq!(n(s), "br,deflate,gzip", "{s}");
+        }
+        assert_eq!(n("identity"), "identity");
+        assert_eq!(n(""), "");
+        assert_eq!(n("gzip;q=0"), "");
     }
 }

@@ -1,16 +1,21 @@
 //! streamgate-cache: the edge cache.
 //!
-//! [`policy`] holds the RFC 9111 rules (what is stored, freshness, age, stale serving), [`key`]
-//! the cache keys, [`entry`] a stored response, [`store`] the byte-bounded W-TinyLFU store of one
-//! service with purge, [`fill`] request coalescing, [`range`] byte ranges from stored objects,
-//! [`snapshot`] recovery points on disk and [`recovery`] when they are written and restored.
+//! [`directives`] parses Cache-Control and the targeted fields of RFC 9213, [`policy`] holds the
+//! RFC 9111 rules (what is stored, freshness, age, stale serving), [`key`] the cache keys,
+//! [`entry`] a stored response, [`store`] the byte-bounded W-TinyLFU store of one service with
+//! purge, [`fill`] request coalescing, [`record`] recording a response while it streams,
+//! [`ask`] what a client's range and conditions get, [`range`] byte ranges, [`snapshot`]
+//! recovery points on disk and [`recovery`] when they are written and restored.
 //! [`CacheRegistry`] holds every service's cache across reloads.
 
+pub mod ask;
+pub mod directives;
 pub mod entry;
 pub mod fill;
 pub mod key;
 pub mod policy;
 pub mod range;
+pub mod record;
 pub mod recovery;
 pub mod snapshot;
 pub mod store;
@@ -25,7 +30,7 @@ use streamgate_telemetry::Metrics;
 pub use entry::Variant;
 pub use store::ServiceCache;
 
-use streamgate_telemetry::prometheus::{Histogram, IntCounter};
+use streamgate_telemetry::prometheus::{Histogram, IntCounter, IntGauge};
 use streamgate_telemetry::{CODE_CLASSES, DataType};
 
 /// The region label of responses the edge served itself.
@@ -41,6 +46,12 @@ pub struct EdgeMetrics {
     pub locality_latency: [Histogram; 4],
     /// `cache_served_bytes_total{source="cache"}`
     pub served: IntCounter,
+    /// `cache_fills_dropped_total{reason}`, indexed by [`record::Dropped`].
+    pub fills_dropped: [IntCounter; 3],
+    /// `cache_variant_evictions_total`
+    pub variant_evictions: IntCounter,
+    /// `cache_fill_bytes`
+    pub fill_bytes: IntGauge,
 }
 
 impl EdgeMetrics {
@@ -57,6 +68,10 @@ impl EdgeMetrics {
             locality_latency: DataType::ALL
                 .map(|d| m.locality_latency.with_label_values(&[EDGE, d.as_str()])),
             served: m.cache_served_bytes.with_label_values(&["cache"]),
+            fills_dropped: record::Dropped::ALL
+                .map(|d| m.cache_fills_dropped.with_label_values(&[d.as_str()])),
+            variant_evictions: m.cache_variant_evictions.clone(),
+            fill_bytes: m.cache_fill_bytes.clone(),
         }
     }
 }

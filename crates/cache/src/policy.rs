@@ -6,80 +6,11 @@ use std::time::{Duration, SystemTime};
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode};
 
+pub use crate::directives::Directives;
+use crate::directives::{DELTA_MAX, delta_seconds};
+
 /// Longest heuristic freshness (RFC 9111 §4.2.2 leaves the bound to the cache).
 const MAX_HEURISTIC: Duration = Duration::from_secs(86_400);
-
-/// Cache-Control directives a shared cache acts on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Directives {
-    pub no_store: bool,
-    pub no_cache: bool,
-    pub private: bool,
-    pub public: bool,
-    pub max_age: Option<u64>,
-    pub s_maxage: Option<u64>,
-    pub must_revalidate: bool,
-    pub proxy_revalidate: bool,
-    pub stale_while_revalidate: Option<u64>,
-    pub stale_if_error: Option<u64>,
-    /// Request only.
-    pub max_stale: Option<u64>,
-    pub min_fresh: Option<u64>,
-    pub only_if_cached: bool,
-}
-
-impl Directives {
-    /// Parses every Cache-Control header (and `Pragma: no-cache` when there is none).
-    pub fn parse(headers: &HeaderMap) -> Directives {
-        let mut d = Directives::default();
-        // Most requests carry neither: one pass over their few fields instead of two lookups.
-        if !headers
-            .keys()
-            .any(|k| k == header::CACHE_CONTROL || k == header::PRAGMA)
-        {
-            return d;
-        }
-        let mut any = false;
-        for v in headers.get_all(header::CACHE_CONTROL) {
-            let Ok(v) = v.to_str() else { continue };
-            for item in v.split(',') {
-                any = true;
-                let item = item.trim();
-                let (name, arg) = match item.split_once('=') {
-                    Some((n, a)) => (n.trim(), Some(a.trim().trim_matches('"'))),
-                    None => (item, None),
-                };
-                let secs = || arg.and_then(|a| a.parse::<u64>().ok());
-                match name.to_ascii_lowercase().as_str() {
-                    "no-store" => d.no_store = true,
-                    // `no-cache="field"` only restricts those fields; we treat it as no-cache.
-                    "no-cache" => d.no_cache = true,
-                    "private" => d.private = true,
-                    "public" => d.public = true,
-                    "max-age" => d.max_age = secs().or(Some(0)),
-                    "s-maxage" => d.s_maxage = secs().or(Some(0)),
-                    "must-revalidate" => d.must_revalidate = true,
-                    "proxy-revalidate" => d.proxy_revalidate = true,
-                    "stale-while-revalidate" => d.stale_while_revalidate = secs(),
-                    "stale-if-error" => d.stale_if_error = secs(),
-                    "max-stale" => d.max_stale = Some(secs().unwrap_or(u64::MAX)),
-                    "min-fresh" => d.min_fresh = secs(),
-                    "only-if-cached" => d.only_if_cached = true,
-                    _ => {}
-                }
-            }
-        }
-        if !any
-            && headers.get_all(header::PRAGMA).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.to_ascii_lowercase().contains("no-cache"))
-            })
-        {
-            d.no_cache = true;
-        }
-        d
-    }
-}
 
 /// Whether a request may be answered from, or stored in, the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,12 +35,18 @@ pub fn request_use(method: &Method, headers: &HeaderMap, req: &Directives) -> Re
     RequestUse::Cacheable
 }
 
-/// Methods whose success invalidates stored responses for the same URL (RFC 9111 §4.4).
-pub fn invalidates(method: &Method) -> bool {
+/// Safe methods (RFC 9110 §9.2.1): only their responses leave stored responses alone.
+pub fn is_safe(method: &Method) -> bool {
     matches!(
         *method,
-        Method::POST | Method::PUT | Method::DELETE | Method::PATCH
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     )
+}
+
+/// Whether a response to `method` invalidates the stored responses of its target URI (RFC 9111
+/// §4.4): a non-error response to any unsafe method, including methods StreamGate does not know.
+pub fn invalidates(method: &Method, status: StatusCode) -> bool {
+    !is_safe(method) && (status.is_success() || status.is_redirection())
 }
 
 /// Statuses cacheable by default, i.e. heuristically (RFC 9110 §15.1).
@@ -197,10 +134,14 @@ pub fn storable(
         return Err(NotStored::VaryStar);
     }
     let explicit = if let Some(s) = resp.s_maxage {
-        Some(Duration::from_secs(s))
+        Some(Duration::from_secs(s.min(DELTA_MAX)))
     } else if let Some(m) = resp.max_age {
-        Some(Duration::from_secs(m))
-    } else if let Some(expires) = resp_headers.get(header::EXPIRES) {
+        Some(Duration::from_secs(m.min(DELTA_MAX)))
+    } else if let Some(expires) = resp_headers
+        .get(header::EXPIRES)
+        // A targeted field replaces Cache-Control and Expires (RFC 9213 §2.1).
+        .filter(|_| !resp.targeted)
+    {
         // An invalid Expires (e.g. "0") means already expired (§5.3).
         let expires = expires
             .to_str()
@@ -244,12 +185,12 @@ pub fn storable(
     let must_revalidate = resp.must_revalidate || resp.proxy_revalidate || resp.s_maxage.is_some();
     Ok(Freshness {
         lifetime,
-        stale_while_revalidate: Duration::from_secs(resp.stale_while_revalidate.unwrap_or(0)),
+        stale_while_revalidate: secs(resp.stale_while_revalidate),
         // must-revalidate forbids serving stale even on error (§5.2.2.2).
         stale_if_error: if must_revalidate {
             Duration::ZERO
         } else {
-            Duration::from_secs(resp.stale_if_error.unwrap_or(0))
+            secs(resp.stale_if_error)
         },
         must_revalidate,
         always_revalidate: resp.no_cache,
@@ -276,20 +217,15 @@ pub struct Timing {
 
 impl Timing {
     pub fn of(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Timing {
-        let age_value = headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map_or(Duration::ZERO, Duration::from_secs);
         Timing {
             request_time,
             response_time,
             date: date_of(headers),
-            age_value,
+            age_value: age_of(headers),
         }
     }
 
-    /// current_age of RFC 9111 §4.2.3.
+    /// current_age of RFC 9111 §4.2.3, saturating: times from a file or a peer cannot overflow.
     pub fn current_age(&self, now: SystemTime) -> Duration {
         let apparent = self
             .date
@@ -299,12 +235,22 @@ impl Timing {
             .response_time
             .duration_since(self.request_time)
             .unwrap_or(Duration::ZERO);
-        let corrected_initial = apparent.max(self.age_value + delay);
-        corrected_initial
-            + now
-                .duration_since(self.response_time)
-                .unwrap_or(Duration::ZERO)
+        let corrected_initial = apparent.max(self.age_value.saturating_add(delay));
+        corrected_initial.saturating_add(
+            now.duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO),
+        )
     }
+}
+
+/// The Age header (RFC 9111 §5.1): delta-seconds; of a list, the first member; invalid means
+/// none.
+pub fn age_of(headers: &HeaderMap) -> Duration {
+    headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| delta_seconds(v.split(',').next().unwrap_or("").trim()))
+        .map_or(Duration::ZERO, Duration::from_secs)
 }
 
 /// What may be done with a stored response now.
@@ -324,17 +270,16 @@ pub enum Usable {
 pub fn usability(f: &Freshness, age: Duration, req: &Directives) -> Usable {
     let mut lifetime = f.lifetime;
     if let Some(max_age) = req.max_age {
-        lifetime = lifetime.min(Duration::from_secs(max_age));
+        lifetime = lifetime.min(secs(Some(max_age)));
     }
-    let min_fresh = Duration::from_secs(req.min_fresh.unwrap_or(0));
-    let fresh = age + min_fresh < lifetime;
+    let fresh = age.saturating_add(secs(req.min_fresh)) < lifetime;
     if fresh && !f.always_revalidate && !req.no_cache {
         return Usable::Fresh;
     }
     let staleness = age.saturating_sub(f.lifetime);
     if !f.must_revalidate && !f.always_revalidate && !req.no_cache {
         if let Some(ms) = req.max_stale
-            && staleness <= Duration::from_secs(ms)
+            && staleness <= secs(Some(ms))
         {
             return Usable::Fresh;
         }
@@ -347,95 +292,26 @@ pub fn usability(f: &Freshness, age: Duration, req: &Directives) -> Usable {
     }
 }
 
-/// Parses an HTTP date (IMF-fixdate; also RFC 850 and asctime, which recipients must accept).
-pub fn parse_http_date(s: &str) -> Option<SystemTime> {
-    let s = s.trim();
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let month_of = |m: &str| {
-        months
-            .iter()
-            .position(|x| x.eq_ignore_ascii_case(m))
-            .map(|i| i as u32 + 1)
-    };
-    let (day, month, year, time) = if let Some((_, rest)) = s.split_once(", ") {
-        let parts: Vec<&str> = rest.split([' ', '-']).collect();
-        if parts.len() < 4 {
-            return None;
-        }
-        let mut year: i64 = parts[2].parse().ok()?;
-        if parts[2].len() == 2 {
-            year += if year < 70 { 2000 } else { 1900 };
-        }
-        (
-            parts[0].parse::<u32>().ok()?,
-            month_of(parts[1])?,
-            year,
-            parts[3],
-        )
-    } else {
-        // asctime: "Sun Nov  6 08:49:37 1994"
-        let parts: Vec<&str> = s.split_whitespace().collect();
-        if parts.len() != 5 {
-            return None;
-        }
-        (
-            parts[2].parse().ok()?,
-            month_of(parts[1])?,
-            parts[4].parse().ok()?,
-            parts[3],
-        )
-    };
-    let t: Vec<u64> = time
-        .split(':')
-        .map(|x| x.parse().ok())
-        .collect::<Option<_>>()?;
-    if t.len() != 3 || t[0] > 23 || t[1] > 59 || t[2] > 60 || !(1..=31).contains(&day) {
-        return None;
-    }
-    // Days from civil (Howard Hinnant).
-    let (y, m) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * i64::from(m) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + (t[0] * 3600 + t[1] * 60 + t[2]) as i64;
-    (secs >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
+/// Seconds from a directive, at most 2^31.
+fn secs(v: Option<u64>) -> Duration {
+    Duration::from_secs(v.unwrap_or(0).min(DELTA_MAX))
 }
 
-/// Formats an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT").
+/// Parses an HTTP date (RFC 9110 §5.6.7): IMF-fixdate and the two obsolete forms recipients
+/// must accept (RFC 850, asctime), validated to the weekday by the httpdate crate.
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    httpdate::parse_http_date(s.trim()).ok()
+}
+
+/// Formats an IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"). Times before 1970 or after 9999
+/// (which httpdate cannot write) are clamped.
 pub fn fmt_http_date(t: SystemTime) -> String {
-    let secs = t
+    const LAST: Duration = Duration::from_secs(253_402_300_799); // 9999-12-31T23:59:59Z
+    let since = t
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{weekday}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
-        months[(month - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+        .unwrap_or(Duration::ZERO)
+        .min(LAST);
+    httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + since)
 }
 
 #[cfg(test)]
@@ -474,7 +350,7 @@ mod tests {
             &rq,
             StatusCode::from_u16(status).unwrap(),
             &rs,
-            &Directives::parse(&rs),
+            &Directives::of_response(&rs, &[]),
             RULES,
             now(),
         )
@@ -622,7 +498,7 @@ mod tests {
                 &rq,
                 StatusCode::OK,
                 &rs,
-                &Directives::parse(&rs),
+                &Directives::of_response(&rs, &[]),
                 strict,
                 now()
             ),
@@ -638,7 +514,7 @@ mod tests {
                 &rq,
                 StatusCode::OK,
                 &rs,
-                &Directives::parse(&rs),
+                &Directives::of_response(&rs, &[]),
                 opt_in,
                 now()
             )
@@ -702,7 +578,7 @@ mod tests {
             usability(&f("max-age=60, no-cache"), s(1), &none),
             Usable::Stale { if_error_for: s(0) }
         );
-        let req = |cc: &str| Directives::parse(&headers(&[("cache-control", cc)]));
+        let req = |cc: &str| Directives::of_request(&headers(&[("cache-control", cc)]));
         assert_eq!(
             usability(&f("max-age=60"), s(30), &req("no-cache")),
             Usable::Stale { if_error_for: s(0) }
@@ -719,7 +595,7 @@ mod tests {
             usability(&f("max-age=60"), s(70), &req("max-stale=20")),
             Usable::Fresh
         );
-        let pragma = Directives::parse(&headers(&[("pragma", "no-cache")]));
+        let pragma = Directives::of_request(&headers(&[("pragma", "no-cache")]));
         assert!(pragma.no_cache);
     }
 
@@ -730,7 +606,7 @@ mod tests {
             request_use(&Method::POST, &HeaderMap::new(), &none),
             RequestUse::Bypass("method")
         );
-        let ns = Directives::parse(&headers(&[("cache-control", "no-store")]));
+        let ns = Directives::of_request(&headers(&[("cache-control", "no-store")]));
         assert_eq!(
             request_use(&Method::GET, &HeaderMap::new(), &ns),
             RequestUse::Bypass("request no-store")
@@ -739,6 +615,7 @@ mod tests {
             request_use(&Method::HEAD, &HeaderMap::new(), &none),
             RequestUse::Cacheable
         );
-        assert!(invalidates(&Method::DELETE) && !invalidates(&Method::GET));
+        let ok = StatusCode::OK;
+        assert!(invalidates(&Method::DELETE, ok) && !invalidates(&Method::GET, ok));
     }
 }

@@ -335,7 +335,10 @@ pub fn restore(
             unclaimed: 0,
         };
         for r in records {
-            let Some(cache) = caches.get(&r.service) else {
+            // Points written before keys carried the scheme and port (`host/path`) name objects
+            // no request looks up now, and would be served to whichever port asked: left out.
+            let current_key = r.key.starts_with("http://") || r.key.starts_with("https://");
+            let Some(cache) = caches.get(&r.service).filter(|_| current_key) else {
                 done.unclaimed += 1;
                 continue;
             };
@@ -607,8 +610,8 @@ mod tests {
             variant(b"hallo", Some("de"), true),
             variant(b"hi", None, false),
         );
-        assert!(cdn.insert("h/v", de.clone()));
-        assert!(cdn.insert("h/v", any.clone()));
+        assert!(cdn.insert("http://h/v", de.clone()));
+        assert!(cdn.insert("http://h/v", any.clone()));
         let point = write(&caches, dir.path(), 3).unwrap();
         assert_eq!(point.records, 1);
 
@@ -616,7 +619,7 @@ mod tests {
         assert_eq!(read_point, point);
         assert_eq!(
             (records[0].service.as_str(), records[0].key.as_str()),
-            ("cdn", "h/v")
+            ("cdn", "http://h/v")
         );
         let mut got = records.into_iter().next().unwrap().variants;
         got.sort_by_key(|v| v.body.len());
@@ -630,7 +633,11 @@ mod tests {
         assert_eq!((done.restored, done.expired, done.unclaimed), (1, 0, 0));
         let mut req = HeaderMap::new();
         req.insert("accept-language", HeaderValue::from_static("de"));
-        let hit = fresh.get("cdn").unwrap().lookup("h/v", &req).unwrap();
+        let hit = fresh
+            .get("cdn")
+            .unwrap()
+            .lookup("http://h/v", &req)
+            .unwrap();
         assert_eq!(hit.body, Bytes::from_static(b"hallo"));
     }
 
@@ -641,7 +648,7 @@ mod tests {
         caches
             .get("cdn")
             .unwrap()
-            .insert("h/a", variant(b"aaaa", None, true));
+            .insert("http://h/a", variant(b"aaaa", None, true));
         let good = std::fs::read(write(&caches, dir.path(), 3).unwrap().path).unwrap();
         let probe = dir.path().join("probe.snap");
         let reason = |bytes: &[u8]| {
@@ -675,7 +682,7 @@ mod tests {
         let caches = registry();
         let cdn = caches.get("cdn").unwrap();
         let mut written = Vec::new();
-        for key in ["h/1", "h/2", "h/3"] {
+        for key in ["http://h/1", "http://h/2", "http://h/3"] {
             cdn.insert(key, variant(b"x", None, true));
             written.push(write(&caches, dir.path(), 2).unwrap());
         }
@@ -702,7 +709,7 @@ mod tests {
             fresh
                 .get("cdn")
                 .unwrap()
-                .lookup("h/3", &HeaderMap::new())
+                .lookup("http://h/3", &HeaderMap::new())
                 .is_none()
         );
     }
@@ -714,7 +721,7 @@ mod tests {
         caches
             .get("cdn")
             .unwrap()
-            .insert("h/a", variant(b"a", None, true));
+            .insert("http://h/a", variant(b"a", None, true));
         write(&caches, dir.path(), 1).unwrap();
         let other = CacheRegistry::new(Arc::new(Metrics::new()));
         other.for_service("video", &spec(1 << 24));

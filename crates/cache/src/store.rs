@@ -10,6 +10,8 @@ use streamgate_telemetry::prometheus::IntCounter;
 
 use crate::entry::Variant;
 use crate::fill::Fills;
+use crate::policy::{Directives, Rules};
+use crate::record::FillBudget;
 use crate::tinylfu::{Removal, TinyLfu};
 
 /// The variants stored under one URL.
@@ -21,15 +23,25 @@ pub struct ServiceCache {
     pub spec: CacheSpec,
     /// `spec.status_header` parsed once (`None` if it is not a valid field name).
     pub status_header: Option<HeaderName>,
+    /// `spec.targeted_fields` parsed once, in precedence order.
+    pub targets: Vec<HeaderName>,
     /// Shared with the cache this one replaced on a reload that kept the size.
     entries: Arc<TinyLfu<Entry>>,
     pub fills: Arc<Fills>,
+    pub fill_budget: Arc<FillBudget>,
     pub metrics: crate::EdgeMetrics,
 }
 
 /// The configured cache-status header's name (`None` if it is not a valid field name).
 fn status_header_of(spec: &CacheSpec) -> Option<HeaderName> {
     HeaderName::from_bytes(spec.status_header.as_bytes()).ok()
+}
+
+fn targets_of(spec: &CacheSpec) -> Vec<HeaderName> {
+    spec.targeted_fields
+        .iter()
+        .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
+        .collect()
 }
 
 /// How long the store keeps an entry: as long as its most useful variant.
@@ -62,9 +74,11 @@ impl ServiceCache {
         });
         ServiceCache {
             status_header: status_header_of(&spec),
+            targets: targets_of(&spec),
             spec,
             entries: Arc::new(entries),
             fills: Arc::default(),
+            fill_budget: Arc::new(FillBudget::new(metrics.fill_bytes.clone())),
             metrics,
         }
     }
@@ -79,11 +93,27 @@ impl ServiceCache {
     pub fn with_spec(&self, spec: CacheSpec) -> ServiceCache {
         ServiceCache {
             status_header: status_header_of(&spec),
+            targets: targets_of(&spec),
             spec,
             entries: self.entries.clone(),
             fills: self.fills.clone(),
+            fill_budget: self.fill_budget.clone(),
             metrics: self.metrics.clone(),
         }
+    }
+
+    /// The freshness rules the service's settings add to RFC 9111.
+    pub fn rules(&self) -> Rules {
+        Rules {
+            default_ttl: self.spec.default_ttl,
+            heuristic: self.spec.heuristic_freshness,
+        }
+    }
+
+    /// A response's directives for this cache: its targeted field if it has one, else its
+    /// Cache-Control.
+    pub fn directives(&self, resp: &HeaderMap) -> Directives {
+        Directives::of_response(resp, &self.targets)
     }
 
     /// The stored variant for this URL that matches the request's selecting headers.
@@ -97,8 +127,8 @@ impl ServiceCache {
         entry.iter().find(|v| v.matches(req)).cloned()
     }
 
-    /// Stores a variant, replacing the one with the same selector values. Objects over
-    /// `max_object_size` are not stored.
+    /// Stores a variant, replacing the one with the same selector values; a URL that already
+    /// has `max_variants` loses its oldest. Objects over `max_object_size` are not stored.
     pub fn insert(&self, key: &str, variant: Variant) -> bool {
         if variant.size > self.spec.max_object_size {
             return false;
@@ -114,12 +144,40 @@ impl ServiceCache {
                     .collect()
             })
             .unwrap_or_default();
+        let max = self.spec.max_variants.max(1);
+        if list.len() >= max {
+            let over = list.len() + 1 - max;
+            list.drain(..over);
+            self.metrics.variant_evictions.inc_by(over as u64);
+        }
         list.push(variant);
         self.put(key, Arc::new(list))
     }
 
+    /// Removes the variant stored for these selector values (one that may no longer be
+    /// stored); true if there was one.
+    pub fn remove_variant(&self, key: &str, v: &Variant) -> bool {
+        let Some(e) = self.entries.get(key, Instant::now()) else {
+            return false;
+        };
+        let keep: Vec<Arc<Variant>> = e
+            .iter()
+            .filter(|x| x.selectors != v.selectors)
+            .cloned()
+            .collect();
+        if keep.len() == e.len() {
+            return false;
+        }
+        self.entries.remove(key);
+        if !keep.is_empty() {
+            self.put(key, Arc::new(keep));
+        }
+        true
+    }
+
     fn put(&self, key: &str, entry: Entry) -> bool {
-        let expires = Instant::now() + keep_for(&entry);
+        let now = Instant::now();
+        let expires = now.checked_add(keep_for(&entry)).unwrap_or(now);
         let w = weight(&entry);
         self.entries.insert(key, entry, w, expires)
     }
@@ -142,7 +200,9 @@ impl ServiceCache {
         }
         let entry: Entry = Arc::new(list);
         let w = weight(&entry);
-        self.entries.insert(key, entry, w, Instant::now() + keep)
+        let now = Instant::now();
+        self.entries
+            .insert(key, entry, w, now.checked_add(keep).unwrap_or(now))
     }
 
     /// Removes every variant of one URL; returns how many objects went.
@@ -213,6 +273,9 @@ pub(crate) mod tests_support {
             purge_from: vec![],
             status_header: "x-cache".into(),
             lock_timeout: Duration::from_secs(1),
+            max_variants: 32,
+            max_fill_bytes: 64 << 20,
+            targeted_fields: vec!["cdn-cache-control".into()],
         }
     }
 

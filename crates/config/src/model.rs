@@ -300,6 +300,14 @@ pub struct CacheSpec {
     pub status_header: String,
     /// Concurrent misses of one key wait this long for the first one's response.
     pub lock_timeout: Duration,
+    /// Variants kept per URL (Vary); storing one more drops the oldest.
+    pub max_variants: usize,
+    /// Bytes held at most by responses being recorded into the cache (fills in progress); a
+    /// fill that would pass it streams to its client without being stored.
+    pub max_fill_bytes: u64,
+    /// Response fields that override Cache-Control for this cache, in precedence order (RFC
+    /// 9213): the configured StreamGate field, then CDN-Cache-Control. Lower case.
+    pub targeted_fields: Vec<String>,
 }
 
 /// Which query parameters are part of a cache key.

@@ -171,6 +171,10 @@ pub(crate) struct RawCache {
     pub purge_from: Vec<S<String>>,
     pub status_header: Option<S<String>>,
     pub lock_timeout: Option<S<String>>,
+    pub max_variants: Option<S<i64>>,
+    pub max_fill_bytes: Option<S<String>>,
+    pub targeted_field: Option<S<String>>,
+    pub cdn_cache_control: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

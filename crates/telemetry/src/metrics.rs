@@ -97,6 +97,12 @@ pub struct Metrics {
     /// `cache_served_bytes_total{source}`: source = cache | origin.
     pub cache_served_bytes: IntCounterVec,
     pub cache_evictions: IntCounter,
+    /// `cache_variant_evictions_total`: variants dropped because their URL had `max_variants`.
+    pub cache_variant_evictions: IntCounter,
+    /// `cache_fill_bytes`: bytes held by responses being recorded into the cache.
+    pub cache_fill_bytes: IntGauge,
+    /// `cache_fills_dropped_total{reason}`: recordings given up (memory, size, error).
+    pub cache_fills_dropped: IntCounterVec,
     /// `recovery_point_age_seconds`
     pub recovery_point_age: Gauge,
 }
@@ -202,6 +208,22 @@ impl Metrics {
                 r,
                 "cache_evictions_total",
                 "Cache entries evicted for space or expiry",
+            ),
+            cache_variant_evictions: int_counter(
+                r,
+                "cache_variant_evictions_total",
+                "Stored variants dropped because their URL already had max_variants",
+            ),
+            cache_fill_bytes: int_gauge(
+                r,
+                "cache_fill_bytes",
+                "Bytes held by responses being recorded into the cache (bounded by max_fill_bytes)",
+            ),
+            cache_fills_dropped: counter_vec(
+                r,
+                "cache_fills_dropped_total",
+                "Responses streamed to their client but not stored, by reason (memory: max_fill_bytes reached, size: over max_object_size, error: the origin's body failed)",
+                &["reason"],
             ),
             recovery_point_age: gauge(
                 r,

@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use streamgate_cache::Purge;
-use streamgate_cache::key::url_key;
+use streamgate_cache::key::{purge_keys, purge_prefixes, split_url};
 use tokio::net::TcpStream;
 use tracing::info;
 
@@ -17,19 +17,6 @@ use crate::Control;
 
 /// Most URLs one prefetch call takes.
 const MAX_PREFETCH: usize = 10_000;
-
-/// `host/path?query` and the pieces of an `http://host/path?query` URL (scheme optional).
-fn split_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    (!host.is_empty()).then_some((host, path))
-}
 
 pub(super) fn stats(control: &Control) -> AdminResponse {
     let list: Vec<Value> = control
@@ -44,6 +31,9 @@ pub(super) fn stats(control: &Control) -> AdminResponse {
                 "objects": c.objects(),
                 "max_size": c.spec.max_size,
                 "max_object_size": c.spec.max_object_size,
+                "max_variants": c.spec.max_variants,
+                "max_fill_bytes": c.spec.max_fill_bytes,
+                "fill_bytes": c.fill_budget.used(),
             })
         })
         .collect();
@@ -60,30 +50,32 @@ pub(super) fn purge(control: &Control, body: &Bytes) -> AdminResponse {
     let table = control.table.load();
     let mut purged = 0;
     if let Some(url) = v.get("url").and_then(Value::as_str) {
-        let Some((host, path)) = split_url(url) else {
+        if split_url(url).is_none() {
             return error(
                 StatusCode::BAD_REQUEST,
-                "url must look like http://host/path",
+                "url must look like http://host/path (or host/path for both schemes)",
             );
-        };
+        }
         // Each service keys URLs by its own query rules.
         for s in &table.services {
             let Some(spec) = &s.spec.cache else { continue };
             if service.is_some_and(|x| x != &*s.name) {
                 continue;
             }
-            let key = url_key(host, path, &spec.key_query);
-            purged += control.caches.purge(&Purge::Url(key), Some(&s.name));
+            for key in purge_keys(url, &spec.key_query).unwrap_or_default() {
+                purged += control.caches.purge(&Purge::Url(key), Some(&s.name));
+            }
         }
     } else if let Some(prefix) = v.get("prefix").and_then(Value::as_str) {
-        let Some((host, path)) = split_url(prefix) else {
+        let Some(prefixes) = purge_prefixes(prefix) else {
             return error(
                 StatusCode::BAD_REQUEST,
-                "prefix must look like http://host/path",
+                "prefix must look like http://host/path (or host/path for both schemes)",
             );
         };
-        let key = format!("{}{}", host.to_ascii_lowercase(), path);
-        purged = control.caches.purge(&Purge::Prefix(key), service);
+        for p in prefixes {
+            purged += control.caches.purge(&Purge::Prefix(p), service);
+        }
     } else if let Some(tag) = v.get("tag").and_then(Value::as_str) {
         purged = control.caches.purge(&Purge::Tag(tag.to_string()), service);
     } else if v.get("all").and_then(Value::as_bool) == Some(true) {
@@ -176,7 +168,7 @@ async fn fetch_one(
     addr: std::net::SocketAddr,
     url: &str,
 ) -> Result<(u16, Option<String>, usize), String> {
-    let (host, path) = split_url(url).ok_or("not an http://host/path URL")?;
+    let (_, host, path) = split_url(url).ok_or("not an http://host/path URL")?;
     let run = async {
         let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -206,20 +198,4 @@ async fn fetch_one(
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .map_err(|_| "timed out after 60 s".to_string())?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_url;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            split_url("http://v.example.com/a?b=1"),
-            Some(("v.example.com", "/a?b=1"))
-        );
-        assert_eq!(split_url("v.example.com"), Some(("v.example.com", "/")));
-        assert_eq!(split_url("https://h:8443/x"), Some(("h:8443", "/x")));
-        assert_eq!(split_url("http:///x"), None);
-    }
 }

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use http_body_util::BodyExt;
+use streamgate_cache::record::Recorder;
 use streamgate_telemetry::access_log::{AccessLog, AccessRecord};
 use streamgate_telemetry::prometheus::IntCounter;
 
-use super::cached::Recorder;
 use crate::io::ActiveRequest;
 use crate::upstream::UpstreamBody;
 
@@ -113,6 +114,18 @@ pub struct ProxyBody {
     served: Option<IntCounter>,
     /// Copies the body into the cache as it streams to the client.
     record: Option<Box<Recorder>>,
+    /// The part of an upstream body the client gets (a range, or nothing for a 304); the rest
+    /// is read for the recording only.
+    window: Option<Window>,
+    /// Longest silence of the origin while a recording is finished without a client.
+    drain_stall: std::time::Duration,
+}
+
+/// Bytes of the upstream body to skip, then to send.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    skip: u64,
+    take: u64,
 }
 
 #[derive(Debug)]
@@ -128,6 +141,8 @@ impl ProxyBody {
             done: Some(done),
             served: Some(served),
             record: None,
+            window: None,
+            drain_stall: std::time::Duration::ZERO,
         }
     }
 
@@ -139,12 +154,22 @@ impl ProxyBody {
             done: Some(done),
             served: Some(served),
             record: None,
+            window: None,
+            drain_stall: std::time::Duration::ZERO,
         }
     }
 
-    /// Stores the body in the cache once it has streamed completely.
-    pub fn record_into(&mut self, recorder: Recorder) {
+    /// Stores the body in the cache once it has streamed completely. If the client's part
+    /// ends first (a range, a 304, a client that went away), the rest is read in the background
+    /// for the recording, with `stall` as the longest silence of the origin.
+    pub fn record_into(&mut self, recorder: Recorder, stall: std::time::Duration) {
         self.record = Some(Box::new(recorder));
+        self.drain_stall = stall;
+    }
+
+    /// The client gets `take` bytes after the first `skip` of an upstream body.
+    pub fn window(&mut self, skip: u64, take: u64) {
+        self.window = Some(Window { skip, take });
     }
 
     pub fn full(data: impl Into<Bytes>, done: Completion) -> ProxyBody {
@@ -155,6 +180,8 @@ impl ProxyBody {
             done: Some(done),
             served: None,
             record: None,
+            window: None,
+            drain_stall: std::time::Duration::ZERO,
         }
     }
 
@@ -164,12 +191,78 @@ impl ProxyBody {
             done: None,
             served: None,
             record: None,
+            window: None,
+            drain_stall: std::time::Duration::ZERO,
         }
     }
 
     /// Writes `log` to the access log when the body ends (completely or not).
     pub fn log_when_done(&mut self, log: Box<PendingLog>) {
         self.done.get_or_insert_with(Completion::default).log = Some(log);
+    }
+}
+
+impl ProxyBody {
+    /// One frame of the inner body, recorded if a recording runs, narrowed to the window.
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.window.is_some_and(|w| w.take == 0) {
+                return Poll::Ready(None);
+            }
+            let polled = match &mut self.inner {
+                Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+                Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            };
+            if let Poll::Ready(Some(Ok(frame))) = &polled
+                && let Some(data) = frame.data_ref()
+                && let Some(r) = &mut self.record
+                && r.push(data).is_err()
+            {
+                self.record = None;
+            }
+            let upstream_ended = match &polled {
+                Poll::Ready(None) => true,
+                // hyper stops polling once a body says it has ended, so the last data frame
+                // has to complete the recording.
+                Poll::Ready(Some(Ok(f))) if f.is_data() => match &self.inner {
+                    Inner::Upstream(b) => b.is_end_stream(),
+                    Inner::Full(d) => d.is_none(),
+                },
+                _ => false,
+            };
+            if upstream_ended && let Some(r) = self.record.take() {
+                r.finish();
+            }
+            match &polled {
+                // Trailers or an error: the object is not stored.
+                Poll::Ready(Some(Err(_))) => {
+                    if let Some(r) = self.record.take() {
+                        r.fail();
+                    }
+                }
+                Poll::Ready(Some(Ok(f))) if f.is_trailers() => self.record = None,
+                _ => {}
+            }
+            let Some(w) = &mut self.window else {
+                return polled;
+            };
+            let Poll::Ready(Some(Ok(frame))) = polled else {
+                return polled;
+            };
+            let Ok(mut data) = frame.into_data() else {
+                // Trailers of a windowed body are not the client's.
+                continue;
+            };
+            let skip = w.skip.min(data.len() as u64) as usize;
+            w.skip -= skip as u64;
+            let _ = data.split_to(skip);
+            let take = w.take.min(data.len() as u64) as usize;
+            w.take -= take as u64;
+            data.truncate(take);
+            if !data.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+        }
     }
 }
 
@@ -182,10 +275,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
-            Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        };
+        let polled = this.poll_inner(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -196,37 +286,20 @@ impl Body for ProxyBody {
             if let Some(log) = this.done.as_mut().and_then(|d| d.log.as_mut()) {
                 log.record.bytes_out += n;
             }
-            if let Some(r) = &mut this.record
-                && !r.push(data)
-            {
-                this.record = None;
-            }
-        }
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            // hyper stops polling once a body says it has ended, so the last data frame has to
-            // complete the recording.
-            Poll::Ready(Some(Ok(f))) if f.is_data() => this.is_end_stream(),
-            _ => false,
-        };
-        if ended && let Some(r) = this.record.take() {
-            r.finish();
-        }
-        match &polled {
-            // Trailers or an error: the object is not stored.
-            Poll::Ready(Some(Err(_))) => this.record = None,
-            Poll::Ready(Some(Ok(f))) if f.is_trailers() => this.record = None,
-            _ => {}
         }
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             // The response is complete (or broken): release the backend now, not when hyper
-            // gets round to dropping the body.
+            // gets round to dropping the body (unless a recording still needs its connection).
+            this.hand_off_recording();
             this.done = None;
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
+        if let Some(w) = &self.window {
+            return w.take == 0;
+        }
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
             Inner::Full(d) => d.is_none(),
@@ -234,9 +307,69 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(w) = &self.window {
+            return SizeHint::with_exact(w.take);
+        }
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl ProxyBody {
+    /// The client has what it gets, but a recording still wants the rest of the origin's
+    /// body: a task reads it, with the backend's lease, and stores the object, so that a range,
+    /// a 304 or a client that went away still fill the cache for everyone waiting on it.
+    fn hand_off_recording(&mut self) {
+        let Some(recorder) = self.record.take() else {
+            return;
+        };
+        let Inner::Upstream(body) = std::mem::replace(&mut self.inner, Inner::Full(None)) else {
+            return;
+        };
+        let lease = self.done.as_mut().and_then(|d| d.lease.take());
+        let stall = self.drain_stall;
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        rt.spawn(async move {
+            let _lease = lease;
+            finish_recording(body, *recorder, stall).await;
+        });
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        self.hand_off_recording();
+    }
+}
+
+/// Reads the rest of `body` into `recorder` and stores it; gives up on an error or after
+/// `stall` without data.
+pub async fn finish_recording(
+    mut body: UpstreamBody,
+    mut recorder: Recorder,
+    stall: std::time::Duration,
+) {
+    loop {
+        match tokio::time::timeout(stall, body.frame()).await {
+            Ok(None) => return recorder.finish(),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && recorder.push(data).is_err()
+                {
+                    return;
+                }
+                if frame.is_data() && body.is_end_stream() {
+                    return recorder.finish();
+                }
+                if frame.is_trailers() {
+                    return;
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return recorder.fail(),
         }
     }
 }

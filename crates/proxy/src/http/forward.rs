@@ -27,7 +27,8 @@ use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody, RequestBody};
 use super::error::ProxyError;
 use super::headers::{
-    add_forwarding, append_via, client_ip, is_idempotent, lists_token, strip_hop_by_hop,
+    add_forwarding, append_via, client_ip, is_idempotent, is_trusted, lists_token,
+    strip_client_forwarding, strip_hop_by_hop,
 };
 use crate::io::ActiveRequest;
 use crate::upstream::{ExchangeTimeouts, UpstreamBody};
@@ -270,6 +271,9 @@ impl HttpProxy {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         strip_hop_by_hop(&mut parts.headers);
+        if !is_trusted(peer.ip().to_canonical(), trusted) {
+            strip_client_forwarding(&mut parts.headers);
+        }
         if let Some(u) = upgrade_to {
             parts.headers.insert(header::UPGRADE, u);
             parts
@@ -413,6 +417,12 @@ impl HttpProxy {
             };
             let deadline = tokio::time::Instant::from_std(attempt_at + timeouts.upstream_response);
             let failure = match tokio::time::timeout_at(deadline, exchange).await {
+                // Both framings at once (an HTTP/1.1 backend behind TLS, read by hyper): the
+                // body's length is ambiguous, so the response is refused, never stored.
+                Ok(Ok(resp)) if ambiguous_framing(resp.headers()) => ProxyError::Upstream {
+                    backend: pick.backend.address,
+                    reason: "response has both Transfer-Encoding and Content-Length".into(),
+                },
                 Ok(Ok(resp)) => {
                     sent_attempts += 1;
                     let head_at = Instant::now();
@@ -569,6 +579,10 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
         None if req.version() == Version::HTTP_10 => Some(HeaderValue::from_static("")),
         None => None,
     }
+}
+
+fn ambiguous_framing(h: &http::HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH)
 }
 
 pub(crate) fn host_str(h: &HeaderValue) -> &str {

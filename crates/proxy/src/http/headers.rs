@@ -13,6 +13,10 @@ pub const VIA_NAME: &str = "streamgate";
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -77,6 +81,32 @@ fn hop_by_hop() -> [&'static HeaderName; 7] {
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION || name == header::TE || hop_by_hop().contains(&name)
+}
+
+/// Forwarding fields a client may not set: they tell the origin who the client is and how it
+/// came, which only a proxy we trust can know.
+fn client_forwarding() -> [&'static HeaderName; 7] {
+    [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_PORT,
+        &X_FORWARDED_PREFIX,
+        &X_REAL_IP,
+        &FORWARDED,
+    ]
+}
+
+/// Removes the forwarding fields of a request from a peer that is not a trusted proxy, so an
+/// origin (and what it answers, which the cache shares) never sees a client's claims as ours.
+pub fn strip_client_forwarding(headers: &mut HeaderMap) {
+    // Most requests carry none: one pass over their fields first.
+    if !headers.keys().any(|k| client_forwarding().contains(&k)) {
+        return;
+    }
+    for name in client_forwarding() {
+        headers.remove(name);
+    }
 }
 
 /// Adds X-Forwarded-For (appending the peer this request came from), -Proto, -Host and Via to
@@ -157,7 +187,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     client
 }
 
-fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
 }
 
@@ -239,6 +269,24 @@ mod tests {
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
         assert_eq!(h.get(header::VIA).unwrap(), "1.1 cdn, 2 streamgate");
+    }
+
+    #[test]
+    fn an_untrusted_clients_forwarding_fields_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.2.3.4;host=evil.example"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-kept", "1"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        strip_client_forwarding(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "1");
     }
 
     #[test]

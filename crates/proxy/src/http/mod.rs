@@ -2,7 +2,9 @@
 //! backends.
 
 pub mod body;
-mod cached;
+mod cache;
+mod cache_fill;
+mod cache_serve;
 pub mod error;
 mod forward;
 pub mod headers;

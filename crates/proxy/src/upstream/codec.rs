@@ -165,6 +165,15 @@ pub fn response_framing(
     if *method == Method::HEAD || (100..200).contains(&s) || s == 204 || s == 304 {
         return Ok(ResponseFraming::None);
     }
+    // Both framings at once is how responses are split and caches poisoned (RFC 9112 §6.3):
+    // such a response is refused, never forwarded or stored.
+    if head.headers.contains_key(header::TRANSFER_ENCODING)
+        && head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(HeadError::Malformed(
+            "both Transfer-Encoding and Content-Length".into(),
+        ));
+    }
     if let Some(te) = head.headers.get(header::TRANSFER_ENCODING) {
         let te = te
             .to_str()
@@ -179,10 +188,14 @@ pub fn response_framing(
     let mut length: Option<u64> = None;
     for v in head.headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().unwrap_or("x").split(',') {
+            let part = part.trim();
+            // 1*DIGIT: Rust's parse would also take "+5".
             let n: u64 = part
-                .trim()
-                .parse()
-                .map_err(|_| HeadError::Malformed("content-length".into()))?;
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| part.parse().ok())
+                .flatten()
+                .ok_or_else(|| HeadError::Malformed("content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Malformed("conflicting content-length".into()));
             }
@@ -430,12 +443,29 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let h = head(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
-        );
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(
             response_framing(&Method::GET, &h),
             Ok(ResponseFraming::Chunked)
+        );
+        // Both framings, or a Content-Length that is not digits: refused (RFC 9112 §6.3).
+        for bad in [
+            "Transfer-Encoding: chunked\r\nContent-Length: 5",
+            "Content-Length: 5\r\nTransfer-Encoding: identity",
+            "Content-Length: +5",
+            "Content-Length: 5 5",
+            "Content-Length: 0x5",
+            "Content-Length: ",
+            "Content-Length: 5, 6",
+        ] {
+            let h = head(&format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n"));
+            assert!(response_framing(&Method::GET, &h).is_err(), "{bad}");
+        }
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(
+            response_framing(&Method::GET, &h),
+            Ok(ResponseFraming::Length(5)),
+            "a repeated equal value is one length"
         );
         let h = head("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(

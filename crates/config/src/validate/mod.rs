@@ -15,6 +15,9 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::parse_duration;
 
+mod cache;
+use cache::cache;
+
 pub(crate) struct Ctx<'a> {
     file: String,
     text: &'a str,
@@ -1237,122 +1240,6 @@ fn retry(raw: Option<&RawRetry>, svc: &str, ctx: &mut Ctx<'_>) -> Retry {
         attempts,
         budget_ratio,
         min_per_second,
-    }
-}
-
-fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
-    let c = raw.get_ref();
-    let p = format!("{svc}.cache");
-    let size = |v: &S<String>, key: &str, ctx: &mut Ctx<'_>| -> Option<u64> {
-        match crate::units::parse_size(v.get_ref()) {
-            Ok(0) => {
-                ctx.err(v.span(), format!("{p}.{key}"), "must be more than zero");
-                None
-            }
-            Ok(n) => Some(n),
-            Err(e) => {
-                ctx.err(v.span(), format!("{p}.{key}"), e);
-                None
-            }
-        }
-    };
-    let max_size = size(&c.max_size, "max_size", ctx).unwrap_or(1 << 20);
-    let max_object_size = match &c.max_object_size {
-        None => (max_size / 8).clamp(1, 64 << 20),
-        Some(v) => {
-            let n = size(v, "max_object_size", ctx).unwrap_or(1);
-            if n > max_size {
-                ctx.err(
-                    v.span(),
-                    format!("{p}.max_object_size"),
-                    "must not be larger than max_size",
-                );
-            }
-            n
-        }
-    };
-    let key_query = match &c.key_query {
-        None => KeyQuery::All,
-        Some(v) => match v.get_ref() {
-            RawKeyQuery::Mode(m) if m == "all" => KeyQuery::All,
-            RawKeyQuery::Mode(m) if m == "ignore" => KeyQuery::Ignore,
-            RawKeyQuery::Params(list) => {
-                let mut list = list.clone();
-                list.sort();
-                list.dedup();
-                KeyQuery::Only(list)
-            }
-            RawKeyQuery::Mode(m) => {
-                ctx.err(
-                    v.span(),
-                    format!("{p}.key_query"),
-                    format!("\"{m}\" is not a key rule; expected \"all\", \"ignore\" or a list of parameter names"),
-                );
-                KeyQuery::All
-            }
-        },
-    };
-    let mut key_headers = Vec::new();
-    for (i, h) in c.key_headers.iter().enumerate() {
-        let name = h.get_ref().trim().to_ascii_lowercase();
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            ctx.err(
-                h.span(),
-                format!("{p}.key_headers[{i}]"),
-                format!("\"{}\" is not a header name", h.get_ref()),
-            );
-        } else {
-            key_headers.push(name);
-        }
-    }
-    let mut purge_from = Vec::new();
-    for (i, t) in c.purge_from.iter().enumerate() {
-        let s = t.get_ref().trim();
-        match s
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-        {
-            Some(n) => purge_from.push(n.trunc()),
-            None => ctx.err(
-                t.span(),
-                format!("{p}.purge_from[{i}]"),
-                format!("\"{s}\" is not an address or CIDR; expected e.g. \"127.0.0.1/32\""),
-            ),
-        }
-    }
-    let status_header = match &c.status_header {
-        None => "x-cache".to_string(),
-        Some(v) => {
-            let n = v.get_ref().trim().to_ascii_lowercase();
-            if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                ctx.err(
-                    v.span(),
-                    format!("{p}.status_header"),
-                    format!("\"{}\" is not a header name", v.get_ref()),
-                );
-            }
-            n
-        }
-    };
-    CacheSpec {
-        max_size,
-        max_object_size,
-        default_ttl: ctx.duration(&c.default_ttl, format!("{p}.default_ttl"), Duration::ZERO),
-        heuristic_freshness: c.heuristic_freshness.unwrap_or(true),
-        key_query,
-        key_headers,
-        purge_from,
-        status_header,
-        lock_timeout: ctx.duration(
-            &c.lock_timeout,
-            format!("{p}.lock_timeout"),
-            Duration::from_secs(5),
-        ),
     }
 }
 

@@ -1,0 +1,238 @@
+//! Recording an origin response into the cache while it streams to its client.
+//!
+//! Memory is bounded twice: one recording holds at most `max_object_size`, and all recordings
+//! of a service together at most `max_fill_bytes` (the [`FillBudget`]). A recording that would
+//! pass either is dropped (counted by reason) and its response goes on streaming to the client
+//! uncached: a burst of large misses (say, a thousand `Range: bytes=0-0` requests for distinct
+//! 8 MiB objects) costs the budget, not a thousand objects.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use streamgate_telemetry::prometheus::IntGauge;
+use tracing::debug;
+
+use crate::entry::Variant;
+use crate::fill::{FillGuard, Outcome};
+use crate::policy::{Freshness, Timing};
+use crate::store::ServiceCache;
+
+/// Bytes held by a service's recordings in progress.
+#[derive(Debug)]
+pub struct FillBudget {
+    used: AtomicU64,
+    /// `cache_fill_bytes`, shared by every service.
+    gauge: IntGauge,
+}
+
+impl FillBudget {
+    pub fn new(gauge: IntGauge) -> FillBudget {
+        FillBudget {
+            used: AtomicU64::new(0),
+            gauge,
+        }
+    }
+
+    /// Takes `n` more bytes if that keeps the total within `limit`.
+    fn try_take(&self, n: u64, limit: u64) -> bool {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&t| t <= limit)
+            })
+            .is_ok();
+        if taken {
+            self.gauge.add(n as i64);
+        }
+        taken
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.sub(n as i64);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// Why a recording was given up: the `reason` label of `cache_fills_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// `max_fill_bytes` reached.
+    Memory,
+    /// The body grew past `max_object_size`.
+    Size,
+    /// The origin's body failed or ended early.
+    Error,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 3] = [Dropped::Memory, Dropped::Size, Dropped::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Memory => "memory",
+            Dropped::Size => "size",
+            Dropped::Error => "error",
+        }
+    }
+}
+
+/// The head of a response about to be recorded.
+#[derive(Debug)]
+pub struct RecordHead {
+    pub status: StatusCode,
+    /// As stored: hop-by-hop fields, Age and the fields the response keeps from shared caches
+    /// already removed.
+    pub headers: HeaderMap,
+    pub timing: Timing,
+    pub freshness: Freshness,
+    pub selectors: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+/// Copies a streaming response into the cache; stores it once it is complete.
+#[derive(Debug)]
+pub struct Recorder {
+    cache: Arc<ServiceCache>,
+    key: String,
+    head: Option<RecordHead>,
+    buf: BytesMut,
+    /// Bytes taken from the fill budget: the buffer's capacity.
+    taken: u64,
+    /// Released when the recorder ends, stored or not, so coalesced waiters act.
+    fill: Option<FillGuard>,
+}
+
+impl Recorder {
+    /// Starts a recording of a body of `length` bytes (when the origin said), its memory taken
+    /// from the budget at once. `Err` (counted) when the body is too large or the budget is
+    /// spent; the fill's waiters then fetch on their own.
+    pub fn start(
+        cache: Arc<ServiceCache>,
+        key: String,
+        head: RecordHead,
+        length: Option<u64>,
+        fill: Option<FillGuard>,
+    ) -> Result<Recorder, Dropped> {
+        let spec = &cache.spec;
+        let mut r = Recorder {
+            key,
+            head: Some(head),
+            buf: BytesMut::new(),
+            taken: 0,
+            fill,
+            cache: cache.clone(),
+        };
+        match length {
+            Some(n) if n > spec.max_object_size => Err(r.drop_for(Dropped::Size)),
+            Some(n) => {
+                if !cache.fill_budget.try_take(n, spec.max_fill_bytes) {
+                    return Err(r.drop_for(Dropped::Memory));
+                }
+                r.taken = n;
+                r.buf = BytesMut::with_capacity(n as usize);
+                Ok(r)
+            }
+            None => Ok(r),
+        }
+    }
+
+    /// Keeps a chunk. `Err` (counted) once the object outgrew `max_object_size` or the budget;
+    /// the recording is then over.
+    pub fn push(&mut self, data: &Bytes) -> Result<(), Dropped> {
+        let spec = &self.cache.spec;
+        let len = (self.buf.len() + data.len()) as u64;
+        if len > spec.max_object_size {
+            return Err(self.drop_for(Dropped::Size));
+        }
+        if len > self.taken {
+            // Grown by doubling (at least 64 KiB), never past max_object_size; what the buffer
+            // holds is what the budget counts.
+            let want = len
+                .max(self.taken.saturating_mul(2))
+                .max(64 * 1024)
+                .min(spec.max_object_size);
+            if !self
+                .cache
+                .fill_budget
+                .try_take(want - self.taken, spec.max_fill_bytes)
+            {
+                return Err(self.drop_for(Dropped::Memory));
+            }
+            self.buf.reserve(want as usize - self.buf.len());
+            self.taken = want;
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The origin's body failed: nothing is stored.
+    pub fn fail(mut self) {
+        self.drop_for(Dropped::Error);
+    }
+
+    /// The body is complete: stores it with a Content-Length that is its length.
+    pub fn finish(mut self) {
+        let Some(mut head) = self.head.take() else {
+            return;
+        };
+        let buf = std::mem::take(&mut self.buf);
+        // A buffer grown chunk by chunk may be up to twice its length; the store counts its
+        // length, so it keeps an exact copy.
+        let body = if buf.capacity() - buf.len() > buf.len() / 8 + 64 {
+            Bytes::copy_from_slice(&buf)
+        } else {
+            buf.freeze()
+        };
+        head.headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        let variant = Variant::new(
+            head.status,
+            head.headers,
+            body,
+            head.timing,
+            head.freshness,
+            head.selectors,
+        );
+        let stored = self.cache.insert(&self.key, variant);
+        if !stored {
+            debug!(key = %self.key, "object larger than max_object_size; not stored");
+        }
+        if let Some(g) = &self.fill {
+            g.set(if stored {
+                Outcome::Stored
+            } else {
+                Outcome::Uncacheable
+            });
+        }
+    }
+
+    /// Counts why the recording ends and tells the waiters; returns the reason.
+    fn drop_for(&mut self, why: Dropped) -> Dropped {
+        self.cache.metrics.fills_dropped[why as usize].inc();
+        debug!(key = %self.key, reason = why.as_str(), "response not stored");
+        if let Some(g) = &self.fill {
+            g.set(match why {
+                Dropped::Error => Outcome::Failed,
+                Dropped::Memory | Dropped::Size => Outcome::Uncacheable,
+            });
+        }
+        self.head = None;
+        self.buf = BytesMut::new();
+        why
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.taken > 0 {
+            self.cache.fill_budget.give_back(self.taken);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The edge cache in front of the origin: fresh hits served from memory; stale ones served
+//! while refreshing, revalidated, or served on origin error, as the response allows; concurrent
+//! misses and revalidations of one object coalesced into one origin request; unsafe methods
+//! invalidating what they changed; PURGE from trusted peers.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use streamgate_balance::RoutingTable;
+use streamgate_cache::ServiceCache;
+use streamgate_cache::ask::ClientAsk;
+use streamgate_cache::fill::{self, Outcome, Role};
+use streamgate_cache::key::{purge_keys, url_key};
+use streamgate_cache::policy::{self, Directives, RequestUse, Usable};
+use streamgate_telemetry::DataType;
+use tracing::{debug, warn};
+
+use super::HttpProxy;
+use super::body::{Completion, PendingLog, ProxyBody};
+use super::cache_fill::Next;
+use super::cache_serve::{CacheRequest, CacheStatus, Served, set_log_cache, with_status_header};
+use super::forward::{Outbound, host_str};
+use crate::io::ActiveRequest;
+
+impl HttpProxy {
+    /// The scheme clients reach this listener with: part of every cache key.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.https { "https" } else { "http" }
+    }
+
+    /// Answers a request of a service with a cache.
+    pub(crate) async fn cached(
+        self: &Arc<Self>,
+        table: &Arc<RoutingTable>,
+        cache: Arc<ServiceCache>,
+        mut out: Outbound<'_>,
+        active: ActiveRequest,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Response<ProxyBody> {
+        let key = url_key(
+            self.scheme(),
+            host_str(&out.host),
+            out.path_and_query.as_str(),
+            &cache.spec.key_query,
+        );
+        if out.parts.method.as_str() == "PURGE" {
+            return self.purge_request(&cache, &out, active);
+        }
+        let req_dirs = Directives::of_request(&out.parts.headers);
+        if let RequestUse::Bypass(why) =
+            policy::request_use(&out.parts.method, &out.parts.headers, &req_dirs)
+        {
+            debug!(key = %key, why, "cache bypass");
+            set_log_cache(log, CacheStatus::Bypass);
+            let method = out.parts.method.clone();
+            let (host, path) = (out.host.clone(), out.path_and_query.clone());
+            let resp = self.pass(out, active, log).await;
+            if policy::invalidates(&method, resp.status()) {
+                invalidate(&cache, host_str(&host), path.as_str(), resp.headers());
+            }
+            return with_status_header(resp, &cache, CacheStatus::Bypass);
+        }
+        let ask = ClientAsk::take_from(&mut out.parts.headers, &out.parts.method);
+        let c = CacheRequest { cache, key, ask };
+        let (cache, key) = (&c.cache, c.key.as_str());
+        // When this request arrived: an object validated since then was validated for it.
+        let arrived = SystemTime::now();
+        let wait_until = out.started + cache.spec.lock_timeout;
+        let mut waited: Option<Outcome> = None;
+        let mut first = true;
+        let next = loop {
+            // The request's start time is recent enough for expiry; a look after waiting reads
+            // the clock again.
+            let at = if first { out.started } else { Instant::now() };
+            let now = if first { arrived } else { SystemTime::now() };
+            first = false;
+            let stored = cache.lookup_at(key, &out.parts.headers, at);
+            let stale = match stored {
+                Some(v) => {
+                    let age = v.timing.current_age(now);
+                    let usable = policy::usability(&v.freshness, age, &req_dirs);
+                    // A follower takes what its leader validated, even if its own no-cache
+                    // asked for a revalidation: that one happened after it arrived.
+                    let validated_for_us =
+                        waited == Some(Outcome::Stored) && v.timing.response_time >= arrived;
+                    let serve = |status, data_type| Served {
+                        status,
+                        data_type: Some(data_type),
+                        personal: None,
+                        age,
+                    };
+                    match usable {
+                        Usable::Fresh => {
+                            let how = serve(CacheStatus::Hit, DataType::CacheHit);
+                            return self.serve_stored(&c, &v, &out, how, active, log);
+                        }
+                        _ if validated_for_us => {
+                            let how = serve(CacheStatus::Hit, DataType::CacheHit);
+                            return self.serve_stored(&c, &v, &out, how, active, log);
+                        }
+                        Usable::StaleWhileRevalidate => {
+                            self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
+                            let how = serve(CacheStatus::Stale, DataType::CacheStale);
+                            return self.serve_stored(&c, &v, &out, how, active, log);
+                        }
+                        // The leader could not reach the origin: the copy stands in, as it
+                        // allows, without one more origin request per waiting client.
+                        Usable::Stale { if_error_for }
+                            if waited == Some(Outcome::Failed) && !if_error_for.is_zero() =>
+                        {
+                            warn!(key = %key, "origin failed for this object just now; serving the stale copy (stale-if-error)");
+                            let how = serve(CacheStatus::Stale, DataType::CacheStale);
+                            return self.serve_stored(&c, &v, &out, how, active, log);
+                        }
+                        Usable::Stale { if_error_for } => Some((v, if_error_for)),
+                    }
+                }
+                None if req_dirs.only_if_cached => {
+                    set_log_cache(log, CacheStatus::Miss);
+                    let mut r = Response::new(ProxyBody::full(
+                        "504 Gateway Timeout: not in cache\n",
+                        Completion::serving(active),
+                    ));
+                    *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+                    return with_status_header(r, cache, CacheStatus::Miss);
+                }
+                None => None,
+            };
+            let guard = match fill::join(cache, key) {
+                Role::Leader(g) => Some(g),
+                // Someone is fetching or revalidating this object: wait for it, then look again.
+                Role::Follower(rx) => {
+                    let left = wait_until.saturating_duration_since(Instant::now());
+                    match fill::wait(rx, left).await {
+                        Outcome::Pending => {
+                            debug!(key = %key, "coalesced wait timed out; going to the origin");
+                            None
+                        }
+                        // Not stored: queueing behind each other would only serialise it.
+                        Outcome::Uncacheable => None,
+                        o => {
+                            waited = Some(o);
+                            continue;
+                        }
+                    }
+                }
+            };
+            break match stale {
+                Some((v, if_error_for)) => Next::Revalidate {
+                    stale: v,
+                    if_error_for,
+                    guard,
+                },
+                None => Next::Fill { guard },
+            };
+        };
+        self.go_to_origin(c, out, next, active, log).await
+    }
+
+    /// PURGE from a trusted peer invalidates every variant of the URL, under both schemes.
+    fn purge_request(
+        &self,
+        cache: &ServiceCache,
+        out: &Outbound<'_>,
+        active: ActiveRequest,
+    ) -> Response<ProxyBody> {
+        let peer: IpAddr = out.peer.ip().to_canonical();
+        let target = format!("{}{}", host_str(&out.host), out.path_and_query.as_str());
+        let (status, body) = if cache.spec.purge_from.iter().any(|n| n.contains(&peer)) {
+            let n: usize = purge_keys(&target, &cache.spec.key_query)
+                .unwrap_or_default()
+                .iter()
+                .map(|k| cache.purge_url(k))
+                .sum();
+            (StatusCode::OK, format!("{{\"purged\": {n}}}\n"))
+        } else {
+            warn!(peer = %peer, url = %target, "PURGE from an address not in purge_from; refused");
+            (
+                StatusCode::FORBIDDEN,
+                "{\"error\": \"PURGE not allowed from this address\"}\n".to_string(),
+            )
+        };
+        let mut r = Response::new(ProxyBody::full(body, Completion::serving(active)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    }
+}
+
+/// RFC 9111 §4.4: after a non-error response to an unsafe method, the target URI and the
+/// Location and Content-Location URIs on the same host are stale (under both schemes).
+fn invalidate(cache: &ServiceCache, host: &str, path_and_query: &str, resp: &HeaderMap) {
+    let mut targets = vec![format!("{host}{path_and_query}")];
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(path) = resp
+            .get(&name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|loc| same_host_path(host, path_and_query, loc))
+        {
+            targets.push(format!("{host}{path}"));
+        }
+    }
+    for t in targets {
+        for k in purge_keys(&t, &cache.spec.key_query).unwrap_or_default() {
+            cache.purge_url(&k);
+        }
+    }
+}
+
+/// The path of `reference` resolved against the request, if it names the same host.
+fn same_host_path(host: &str, request_path: &str, reference: &str) -> Option<String> {
+    let rest = reference
+        .strip_prefix("http://")
+        .or_else(|| reference.strip_prefix("https://"))
+        .or_else(|| reference.strip_prefix("//"));
+    if let Some(rest) = rest {
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let same = |a: &str| a.trim_end_matches('.').to_ascii_lowercase();
+        return (same(authority) == same(host)).then(|| strip_fragment(path).to_string());
+    }
+    if reference.starts_with('/') {
+        return Some(strip_fragment(reference).to_string());
+    }
+    if reference.is_empty() || reference.contains(':') {
+        return None;
+    }
+    // A relative reference: against the request path's directory.
+    let path = request_path.split('?').next().unwrap_or("/");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    Some(format!("{dir}{}", strip_fragment(reference)))
+}
+
+fn strip_fragment(s: &str) -> &str {
+    s.split('#').next().unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_host_path;
+
+    #[test]
+    fn locations_on_the_same_host_only() {
+        let cases = [
+            ("/posts/9", Some("/posts/9")),
+            ("http://app.test/posts/9#top", Some("/posts/9")),
+            ("https://APP.test/posts/9?x=1", Some("/posts/9?x=1")),
+            ("//app.test/a", Some("/a")),
+            ("http://other.test/posts/9", None),
+            ("9", Some("/posts/9")),
+            ("mailto:x@app.test", None),
+            ("", None),
+        ];
+        for (loc, want) in cases {
+            assert_eq!(
+                same_host_path("app.test", "/posts/new?draft=1", loc).as_deref(),
+                want,
+                "{loc}"
+            );
+        }
+    }
+}

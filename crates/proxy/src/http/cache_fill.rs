@@ -1,0 +1,383 @@
+//! The cache's trips to the origin: a miss filled, a stale object revalidated (or refetched), a
+//! background refresh (stale-while-revalidate). Each goes through the same forwarding step as a
+//! client's request ([`HttpProxy::fetch`]: X-Forwarded-*, Via, region choice, retries); each
+//! response is recorded into the cache while it streams, and the client gets its own view of it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use streamgate_balance::RoutingTable;
+use streamgate_cache::directives::unstored_fields;
+use streamgate_cache::entry::is_personal;
+use streamgate_cache::fill::{self, FillGuard, Outcome, Role};
+use streamgate_cache::key::{selectors, vary_names};
+use streamgate_cache::policy::{self, Timing};
+use streamgate_cache::record::{RecordHead, Recorder};
+use streamgate_cache::{ServiceCache, Variant};
+use streamgate_telemetry::DataType;
+use tracing::warn;
+
+use super::HttpProxy;
+use super::body::{Completion, PendingLog, ProxyBody, RequestBody, finish_recording};
+use super::cache_serve::{
+    CacheRequest, CacheStatus, Served, narrow_to_ask, set_log_cache, with_status_header,
+};
+use super::forward::{Fetched, Outbound, error_response};
+use super::headers::strip_hop_by_hop;
+use crate::io::ActiveRequest;
+
+/// Why the cache goes to the origin.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Nothing usable is stored.
+    Fill { guard: Option<FillGuard> },
+    /// A stored object must be revalidated first; it may stand in on origin error for
+    /// `if_error_for` more.
+    Revalidate {
+        stale: Arc<Variant>,
+        if_error_for: Duration,
+        guard: Option<FillGuard>,
+    },
+}
+
+/// A 304's outcome for the stored object and the client that asked.
+struct Revalidated {
+    /// The stored object with the 304's fields merged in.
+    merged: Variant,
+    /// The 304's fields for this client only (Set-Cookie, fields kept from shared caches).
+    personal: HeaderMap,
+    /// Whether the merged object may still be stored (else it was removed).
+    stored: bool,
+}
+
+impl HttpProxy {
+    pub(crate) async fn go_to_origin(
+        &self,
+        c: CacheRequest,
+        mut out: Outbound<'_>,
+        next: Next,
+        active: ActiveRequest,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Response<ProxyBody> {
+        let (stale, if_error_for, guard) = match next {
+            Next::Fill { guard } => (None, Duration::ZERO, guard),
+            Next::Revalidate {
+                stale,
+                if_error_for,
+                guard,
+            } => (Some(stale), if_error_for, guard),
+        };
+        let cache = &c.cache;
+        let status = if stale.is_some() {
+            CacheStatus::Expired
+        } else {
+            CacheStatus::Miss
+        };
+        set_log_cache(log, status);
+        if let Some(s) = &stale {
+            add_validators(&mut out.parts.headers, s);
+        }
+        let request_time = SystemTime::now();
+        let failure = match (self.fetch(&mut out, log).await, &stale) {
+            (Ok(f), Some(s))
+                if f.resp.status() == StatusCode::NOT_MODIFIED && s.has_validators() =>
+            {
+                let now = SystemTime::now();
+                let r = revalidated(cache, s, f.resp.headers(), &out.parts, request_time, now);
+                drop(f);
+                if r.stored {
+                    cache.insert(&c.key, r.merged.clone());
+                } else {
+                    cache.remove_variant(&c.key, s);
+                }
+                if let Some(g) = &guard {
+                    g.set(if r.stored {
+                        Outcome::Stored
+                    } else {
+                        Outcome::Uncacheable
+                    });
+                }
+                let how = Served {
+                    status: CacheStatus::Expired,
+                    data_type: Some(DataType::CacheHit),
+                    personal: Some(&r.personal),
+                    age: r.merged.timing.current_age(now),
+                };
+                return self.serve_stored(&c, &r.merged, &out, how, active, log);
+            }
+            (Ok(f), Some(s)) if f.resp.status().is_server_error() && !if_error_for.is_zero() => {
+                let why = format!("origin failed with status {}", f.resp.status().as_u16());
+                (s.clone(), why)
+            }
+            (Ok(f), _) => {
+                strip_validators(&mut out.parts.headers);
+                let resp = self.respond_and_record(&c, &out, f, request_time, guard, active);
+                return with_status_header(resp, cache, status);
+            }
+            (Err(e), Some(s)) if !if_error_for.is_zero() => {
+                (s.clone(), format!("origin unreachable: {e}"))
+            }
+            (Err(e), _) => {
+                return with_status_header(error_response(&e, active), cache, status);
+            }
+        };
+        let (stale, failure) = failure;
+        warn!(key = %c.key, "{failure}; serving the stale copy (stale-if-error)");
+        drop(guard);
+        let how = Served {
+            status: CacheStatus::Stale,
+            data_type: Some(DataType::CacheStale),
+            personal: None,
+            age: stale.timing.current_age(SystemTime::now()),
+        };
+        self.serve_stored(&c, &stale, &out, how, active, log)
+    }
+
+    /// Streams an origin response to the client (its range or condition applied), recording it
+    /// into the cache when it may be stored.
+    fn respond_and_record(
+        &self,
+        c: &CacheRequest,
+        out: &Outbound<'_>,
+        f: Fetched<'_>,
+        request_time: SystemTime,
+        guard: Option<FillGuard>,
+        active: ActiveRequest,
+    ) -> Response<ProxyBody> {
+        let cache = &c.cache;
+        let recorder =
+            record_head(cache, &out.parts, &f.resp, request_time).and_then(|(head, length)| {
+                Recorder::start(cache.clone(), c.key.clone(), head, length, guard).ok()
+            });
+        let stall = out.service.spec.timeouts.upstream_response;
+        let mut resp =
+            self.origin_response(f, out, DataType::CacheMiss, Completion::serving(active));
+        narrow_to_ask(&mut resp, &c.ask);
+        if let Some(r) = recorder {
+            resp.body_mut().record_into(r, stall);
+        }
+        resp
+    }
+
+    /// stale-while-revalidate: one background refresh per object, made like a client's
+    /// request; the stale copy is served now.
+    pub(crate) fn refresh_in_background(
+        self: &Arc<Self>,
+        table: Arc<RoutingTable>,
+        cache: Arc<ServiceCache>,
+        key: &str,
+        out: &Outbound<'_>,
+        stale: &Arc<Variant>,
+    ) {
+        let Role::Leader(guard) = fill::join(&cache, key) else {
+            return;
+        };
+        let proxy = self.clone();
+        let service = out.service.name.clone();
+        // The client's head as it arrived (its forwarding fields from untrusted peers already
+        // gone); `fetch` adds ours, as for the client's own request.
+        let mut parts = clone_head(&out.parts);
+        add_validators(&mut parts.headers, stale);
+        let (facts, host, pq, client_version, peer) = (
+            out.facts.clone(),
+            out.host.clone(),
+            out.path_and_query.clone(),
+            out.client_version,
+            out.peer,
+        );
+        let (key, stale) = (key.to_string(), stale.clone());
+        tokio::spawn(async move {
+            let Some(service) = table.service(&service) else {
+                return;
+            };
+            let mut o = Outbound {
+                service,
+                forwarded: false,
+                upgrade: None,
+                facts,
+                parts,
+                host,
+                path_and_query: pq,
+                body: RequestBody::Empty,
+                client_version,
+                peer,
+                started: Instant::now(),
+            };
+            let request_time = SystemTime::now();
+            let Ok(f) = proxy.fetch(&mut o, &mut None).await else {
+                return;
+            };
+            if f.resp.status() == StatusCode::NOT_MODIFIED && stale.has_validators() {
+                let now = SystemTime::now();
+                let r = revalidated(
+                    &cache,
+                    &stale,
+                    f.resp.headers(),
+                    &o.parts,
+                    request_time,
+                    now,
+                );
+                if r.stored {
+                    cache.insert(&key, r.merged);
+                    guard.set(Outcome::Stored);
+                } else {
+                    cache.remove_variant(&key, &stale);
+                    guard.set(Outcome::Uncacheable);
+                }
+                return;
+            }
+            let stall = o.service.spec.timeouts.upstream_response;
+            let Some((head, length)) = record_head(&cache, &o.parts, &f.resp, request_time) else {
+                guard.set(Outcome::Uncacheable);
+                return;
+            };
+            let Fetched { resp, lease, .. } = f;
+            if let Ok(r) = Recorder::start(cache.clone(), key, head, length, Some(guard)) {
+                finish_recording(resp.into_body(), r, stall).await;
+            }
+            drop(lease);
+        });
+    }
+}
+
+/// What a recording of `resp` stores, and its length if the origin gave it; `None` if the
+/// response may not be stored (RFC 9111 §3, the service's rules and `max_object_size`).
+fn record_head(
+    cache: &ServiceCache,
+    req: &Parts,
+    resp: &Response<crate::upstream::UpstreamBody>,
+    request_time: SystemTime,
+) -> Option<(RecordHead, Option<u64>)> {
+    if req.method != Method::GET {
+        return None;
+    }
+    let now = SystemTime::now();
+    let dirs = cache.directives(resp.headers());
+    let freshness = policy::storable(
+        &req.method,
+        &req.headers,
+        resp.status(),
+        resp.headers(),
+        &dirs,
+        cache.rules(),
+        now,
+    )
+    .ok()?;
+    let length = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if length.is_some_and(|n| n > cache.spec.max_object_size) {
+        return None;
+    }
+    let mut names: Vec<HeaderName> = cache
+        .spec
+        .key_headers
+        .iter()
+        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+        .collect();
+    for n in vary_names(resp.headers()) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let mut headers = resp.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::AGE);
+    for n in unstored_fields(resp.headers(), &dirs, &cache.targets) {
+        headers.remove(n);
+    }
+    let head = RecordHead {
+        status: resp.status(),
+        timing: Timing::of(resp.headers(), request_time, now),
+        freshness,
+        selectors: selectors(&names, &req.headers),
+        headers,
+    };
+    Some((head, length))
+}
+
+/// The stored object updated by a 304 (RFC 9111 §4.3.4), and what of the 304 is for the
+/// requesting client only. A merged response that may no longer be stored (the 304 said
+/// private or no-store) is not kept.
+fn revalidated(
+    cache: &ServiceCache,
+    stale: &Variant,
+    not_modified: &HeaderMap,
+    req: &Parts,
+    request_time: SystemTime,
+    now: SystemTime,
+) -> Revalidated {
+    let mut nm = not_modified.clone();
+    strip_hop_by_hop(&mut nm);
+    let nm_dirs = cache.directives(&nm);
+    let unstored = unstored_fields(&nm, &nm_dirs, &cache.targets);
+    let mut personal = HeaderMap::new();
+    for (k, v) in &nm {
+        if is_personal(k) || unstored.contains(k) {
+            personal.append(k.clone(), v.clone());
+        }
+    }
+    let merged = stale.refreshed(
+        &nm,
+        &unstored,
+        Timing::of(&nm, request_time, now),
+        stale.freshness,
+    );
+    let dirs = cache.directives(&merged.headers);
+    // The 304's own no-store or private (unqualified) applies to the merged response too.
+    let refused = nm_dirs.no_store || nm_dirs.private;
+    match policy::storable(
+        &Method::GET,
+        &req.headers,
+        stale.status,
+        &merged.headers,
+        &dirs,
+        cache.rules(),
+        now,
+    ) {
+        Ok(f) if !refused => Revalidated {
+            merged: Variant::new(
+                merged.status,
+                merged.headers,
+                merged.body,
+                merged.timing,
+                f,
+                merged.selectors,
+            ),
+            personal,
+            stored: true,
+        },
+        _ => Revalidated {
+            merged,
+            personal,
+            stored: false,
+        },
+    }
+}
+
+fn add_validators(headers: &mut HeaderMap, v: &Variant) {
+    if let Some(etag) = &v.etag {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = v.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+}
+
+fn strip_validators(headers: &mut HeaderMap) {
+    headers.remove(header::IF_NONE_MATCH);
+    headers.remove(header::IF_MODIFIED_SINCE);
+}
+
+fn clone_head(p: &Parts) -> Parts {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = p.method.clone();
+    parts.uri = p.uri.clone();
+    parts.version = p.version;
+    parts.headers = p.headers.clone();
+    parts
+}

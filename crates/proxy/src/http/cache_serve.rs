@@ -1,0 +1,265 @@
+//! Answers built by the cache: from a stored object (a hit, a revalidated or stale copy) and,
+//! for a response still arriving from the origin, the client's view of it (206 for its range,
+//! 304 for its condition) while the whole is recorded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode, Version};
+use streamgate_cache::ask::{ClientAsk, Validators, View, retain_304, view};
+use streamgate_cache::entry::ServedHead;
+use streamgate_cache::{ServiceCache, Variant};
+use streamgate_telemetry::{DataType, code_class_index};
+
+use super::HttpProxy;
+use super::body::{Completion, PendingLog, ProxyBody};
+use super::forward::Outbound;
+use super::headers::append_via;
+use crate::io::ActiveRequest;
+
+/// What the cache answered, for the status header and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheStatus {
+    Hit,
+    Miss,
+    Stale,
+    Expired,
+    Bypass,
+}
+
+impl CacheStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Expired => "EXPIRED",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+}
+
+/// One request's business with a service's cache: the cache, the request's key, and what the
+/// client asked for beyond the representation (range, conditions).
+#[derive(Debug)]
+pub(crate) struct CacheRequest {
+    pub cache: Arc<ServiceCache>,
+    pub key: String,
+    pub ask: ClientAsk,
+}
+
+/// How one answer from a stored object is served.
+#[derive(Debug)]
+pub(crate) struct Served<'a> {
+    pub status: CacheStatus,
+    /// Counted as served from the edge (`None`: the origin's answer was counted already).
+    pub data_type: Option<DataType>,
+    /// Fields for this client only, added to the stored ones (a 304's Set-Cookie).
+    pub personal: Option<&'a HeaderMap>,
+    /// The object's current age.
+    pub age: Duration,
+}
+
+impl HttpProxy {
+    /// Answers from a stored object, counted as served by the edge.
+    pub(crate) fn serve_stored(
+        &self,
+        c: &CacheRequest,
+        v: &Variant,
+        out: &Outbound<'_>,
+        how: Served<'_>,
+        active: ActiveRequest,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Response<ProxyBody> {
+        set_log_cache(log, how.status);
+        if how.data_type.is_some()
+            && let Some(l) = log.as_mut()
+        {
+            l.record.region = Some(streamgate_cache::EDGE.into());
+        }
+        self.stored_response(&c.cache, v, out, &c.ask, how, active)
+    }
+
+    /// Builds a response from a stored object: 304 for a matching condition, 206/416 for a
+    /// range, headers only for HEAD.
+    fn stored_response(
+        &self,
+        cache: &ServiceCache,
+        v: &Variant,
+        out: &Outbound<'_>,
+        ask: &ClientAsk,
+        how: Served<'_>,
+        active: ActiveRequest,
+    ) -> Response<ProxyBody> {
+        let name = cache.status_header.as_ref();
+        let head = v.served_head(|stored| prepare_head(v.status, stored, name));
+        let mut headers = if head.status_header.as_ref() == name {
+            head.headers.clone()
+        } else {
+            prepare_head(v.status, &v.headers, name).headers
+        };
+        replace_or_insert(
+            &mut headers,
+            &header::AGE,
+            HeaderValue::from(how.age.as_secs()),
+        );
+        let mut code = v.status;
+        let mut body = v.body.clone();
+        let len = v.body.len() as u64;
+        match view(ask, v.status, &v.validators(), Some(len)) {
+            View::Full => {}
+            View::NotModified => {
+                code = StatusCode::NOT_MODIFIED;
+                body = Bytes::new();
+                retain_304(&mut headers);
+            }
+            View::Partial { start, end, len } => {
+                code = StatusCode::PARTIAL_CONTENT;
+                body = v.body.slice(start as usize..=end as usize);
+                set_content_range(&mut headers, start, end, len);
+            }
+            View::Unsatisfiable { len } => {
+                code = StatusCode::RANGE_NOT_SATISFIABLE;
+                body = Bytes::new();
+                set_unsatisfiable(&mut headers, len);
+            }
+        }
+        if ask.method == http::Method::HEAD {
+            body = Bytes::new();
+        }
+        if let Some(p) = how.personal {
+            for (k, val) in p {
+                headers.append(k.clone(), val.clone());
+            }
+        }
+        let m = &cache.metrics;
+        m.requests[code_class_index(code.as_u16())].inc();
+        if let Some(d) = how.data_type {
+            m.locality[d.index()].inc();
+            m.locality_latency[d.index()].observe(out.started.elapsed().as_secs_f64());
+        }
+        let mut resp = Response::new(ProxyBody::stored(
+            body,
+            Completion::serving(active),
+            m.served.clone(),
+        ));
+        if let Some(name) = name {
+            replace_or_insert(
+                &mut headers,
+                name,
+                HeaderValue::from_static(how.status.as_str()),
+            );
+        }
+        *resp.status_mut() = code;
+        *resp.headers_mut() = headers;
+        *resp.version_mut() = out.client_version;
+        resp
+    }
+}
+
+/// Narrows a response still streaming from the origin to what the client asked for: its range
+/// (206, sent as soon as those bytes arrive), 304 for a condition that holds, 416 past the
+/// end. A range is applied only when the length is known (Content-Length); otherwise the
+/// client gets the whole response, as RFC 9110 §14.2 allows.
+pub(crate) fn narrow_to_ask(resp: &mut Response<ProxyBody>, ask: &ClientAsk) {
+    if ask.is_plain() {
+        return;
+    }
+    let len = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let validators = Validators::of(resp.headers());
+    let v = view(ask, resp.status(), &validators, len);
+    match v {
+        View::Full => {}
+        View::NotModified => {
+            *resp.status_mut() = StatusCode::NOT_MODIFIED;
+            retain_304(resp.headers_mut());
+            resp.body_mut().window(0, 0);
+        }
+        View::Partial { start, end, len } => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            set_content_range(resp.headers_mut(), start, end, len);
+            resp.body_mut().window(start, end - start + 1);
+        }
+        View::Unsatisfiable { len } => {
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            set_unsatisfiable(resp.headers_mut(), len);
+            resp.body_mut().window(0, 0);
+        }
+    }
+}
+
+fn set_content_range(headers: &mut HeaderMap, start: u64, end: u64, len: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+        headers.insert(header::CONTENT_RANGE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+}
+
+fn set_unsatisfiable(headers: &mut HeaderMap, len: u64) {
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+        headers.insert(header::CONTENT_RANGE, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+}
+
+/// Sets a field the prepared head has a placeholder for. `insert` would first make room for
+/// one more field, which a cloned map (filled to its capacity) does by rebuilding its index.
+fn replace_or_insert(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.get_mut(name) {
+        Some(v) => *v = value,
+        None => {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+/// The head every answer from a stored object starts from: its stored headers, Via, and for a
+/// 200 Accept-Ranges (ranges are served from it), with placeholders for Age and the cache-status
+/// header that each answer replaces.
+fn prepare_head(
+    status: StatusCode,
+    stored: &HeaderMap,
+    status_header: Option<&HeaderName>,
+) -> ServedHead {
+    let mut headers = stored.clone();
+    headers.insert(header::AGE, HeaderValue::from_static("0"));
+    append_via(&mut headers, Version::HTTP_11);
+    if status == StatusCode::OK && !headers.contains_key(header::ACCEPT_RANGES) {
+        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Some(name) = status_header {
+        headers.insert(
+            name.clone(),
+            HeaderValue::from_static(CacheStatus::Hit.as_str()),
+        );
+    }
+    ServedHead {
+        status_header: status_header.cloned(),
+        // Kept for the object's lifetime: without the room `insert` left for more fields.
+        headers: headers.clone(),
+    }
+}
+
+pub(crate) fn set_log_cache(log: &mut Option<Box<PendingLog>>, status: CacheStatus) {
+    if let Some(l) = log.as_mut() {
+        l.record.cache = Some(status.as_str());
+    }
+}
+
+/// Sets the cache-status header of an answer the cache did not build from a stored object.
+pub(crate) fn with_status_header(
+    mut resp: Response<ProxyBody>,
+    cache: &ServiceCache,
+    status: CacheStatus,
+) -> Response<ProxyBody> {
+    if let Some(name) = &cache.status_header {
+        resp.headers_mut()
+            .insert(name.clone(), HeaderValue::from_static(status.as_str()));
+    }
+    resp
+}

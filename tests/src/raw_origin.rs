@@ -1,0 +1,82 @@
+//! An origin that answers with exactly the bytes a test gives it: for responses a well-behaved
+//! HTTP library will not produce (both Content-Length and Transfer-Encoding, interim 1xx
+//! responses before the final one, malformed framing).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+type Respond = dyn Fn(&str) -> Vec<u8> + Send + Sync;
+
+/// A running raw origin. Each request head it reads (bodies are not expected) is recorded and
+/// answered with `respond(head)`; health probes (`/healthz`) get a plain 200.
+pub struct RawOrigin {
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RawOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawOrigin")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl RawOrigin {
+    pub async fn start(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let respond: Arc<Respond> = Arc::new(respond);
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (respond, seen) = (respond.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                        buf.drain(..end + 4);
+                        let answer = if head.starts_with("GET /healthz ") {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+                        } else {
+                            seen.lock().unwrap().push(head.clone());
+                            respond(&head)
+                        };
+                        if s.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        RawOrigin { addr, heads, task }
+    }
+
+    /// Request heads received (probes aside).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
