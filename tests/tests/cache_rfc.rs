@@ -174,6 +174,20 @@ async fn http_and_https_are_different_keys() {
     .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["purged"], 2, "{v}");
+    // Prefetch stores an https:// URL where https clients look (through the HTTPS listener).
+    let r = send(
+        &http1(),
+        Method::POST,
+        &d.admin_url("/cache/prefetch"),
+        &[],
+        Bytes::from(r#"{"urls": ["https://cdn.example.com/c/s?cc=max-age%3D60"]}"#),
+    )
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["ok"], 1, "{v}");
+    assert_eq!(xc(&over_tls().await.unwrap()), "HIT");
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,8 @@ pub mod ask;
 pub mod directives;
 pub mod entry;
 pub mod fill;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod policy;
 pub mod range;

@@ -1,22 +1,14 @@
-//! Cache endpoints of the admin API: stats, purge, prefetch.
-
-use std::time::Duration;
+//! Cache endpoints of the admin API: stats and purge (prefetch is in [`super::prefetch`]).
 
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
+use http::StatusCode;
 use serde_json::{Value, json};
 use streamgate_cache::Purge;
 use streamgate_cache::key::{purge_keys, purge_prefixes, split_url};
-use tokio::net::TcpStream;
 use tracing::info;
 
 use super::{AdminResponse, error, json_response, parse_body};
 use crate::Control;
-
-/// Most URLs one prefetch call takes.
-const MAX_PREFETCH: usize = 10_000;
 
 pub(super) fn stats(control: &Control) -> AdminResponse {
     let list: Vec<Value> = control
@@ -88,114 +80,4 @@ pub(super) fn purge(control: &Control, body: &Bytes) -> AdminResponse {
     }
     info!(request = %v, purged, "cache purge");
     json_response(StatusCode::OK, json!({ "purged": purged }))
-}
-
-/// `POST /cache/prefetch {"urls": [...]}`: each URL is requested through the daemon's own
-/// listener (the normal path: routing, cache fill, coalescing) and its outcome reported.
-pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
-    let Some(urls) = v.get("urls").and_then(Value::as_array) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"urls\": [\"http://host/path\", ...]}",
-        );
-    };
-    if urls.len() > MAX_PREFETCH {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("at most {MAX_PREFETCH} URLs per call"),
-        );
-    }
-    let listener = {
-        let table = control.table.load();
-        let names: Vec<&str> = table
-            .config
-            .listeners
-            .iter()
-            .filter(|l| l.protocol == streamgate_config::Protocol::Http)
-            .map(|l| l.name.as_str())
-            .collect();
-        control
-            .listeners()
-            .into_iter()
-            .find(|(n, _)| names.contains(&n.as_str()))
-    };
-    let Some((_, addr)) = listener else {
-        return error(
-            StatusCode::CONFLICT,
-            "no plain HTTP listener to prefetch through",
-        );
-    };
-    let mut results = Vec::with_capacity(urls.len());
-    // A few at a time: prefetch warms the cache, it should not flood the origin.
-    for chunk in urls.chunks(8) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for (i, u) in chunk.iter().enumerate() {
-            let url = u.as_str().unwrap_or("").to_string();
-            tasks.spawn(async move { (i, url.clone(), fetch_one(addr, &url).await) });
-        }
-        let mut out: Vec<(usize, Value)> = Vec::new();
-        while let Some(Ok((i, url, r))) = tasks.join_next().await {
-            out.push((
-                i,
-                match r {
-                    Ok((status, cache, bytes)) => {
-                        json!({"url": url, "status": status, "cache": cache, "bytes": bytes})
-                    }
-                    Err(e) => json!({"url": url, "error": e}),
-                },
-            ));
-        }
-        out.sort_by_key(|(i, _)| *i);
-        results.extend(out.into_iter().map(|(_, v)| v));
-    }
-    let ok = results
-        .iter()
-        .filter(|r| {
-            r.get("status")
-                .and_then(Value::as_u64)
-                .is_some_and(|s| s < 400)
-        })
-        .count();
-    info!(urls = results.len(), ok, "cache prefetch");
-    json_response(StatusCode::OK, json!({ "results": results, "ok": ok }))
-}
-
-async fn fetch_one(
-    addr: std::net::SocketAddr,
-    url: &str,
-) -> Result<(u16, Option<String>, usize), String> {
-    let (_, host, path) = split_url(url).ok_or("not an http://host/path URL")?;
-    let run = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = Request::get(path)
-            .header(header::HOST, host)
-            .header(header::USER_AGENT, "streamgate-prefetch")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let cache = resp
-            .headers()
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, cache, body.len()))
-    };
-    tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .map_err(|_| "timed out after 60 s".to_string())?
 }

@@ -3,6 +3,7 @@
 
 mod cache;
 mod handlers;
+mod prefetch;
 mod snapshots;
 
 use std::convert::Infallible;
@@ -178,7 +179,7 @@ async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>
         (&Method::GET, ["explain"]) => handlers::explain(control, &query),
         (&Method::GET, ["cache"]) => cache::stats(control),
         (&Method::POST, ["cache", "purge"]) => cache::purge(control, &body),
-        (&Method::POST, ["cache", "prefetch"]) => cache::prefetch(control, &body).await,
+        (&Method::POST, ["cache", "prefetch"]) => prefetch::prefetch(control, &body).await,
         (&Method::GET, ["snapshots"]) => snapshots::list(control).await,
         (&Method::POST, ["snapshots"]) => snapshots::create(control).await,
         (

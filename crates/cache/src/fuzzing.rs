@@ -1,0 +1,122 @@
+//! Every parser of the cache fed from one input, for the `cache_parsers` fuzz target (fuzz/) and
+//! the seed test below, which runs on every `cargo test`.
+//!
+//! The input is lines: a request's Cache-Control, a response's Cache-Control, its
+//! CDN-Cache-Control, Vary, Range, an HTTP date (used as Date, Expires and Last-Modified), Age,
+//! Accept-Encoding, Host. Besides "no panic", the checks are the properties the cache relies
+//! on: numbers within 2^31, ranges inside the object, a normalised Accept-Encoding normalised
+//! again unchanged, keys that start with their scheme.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use streamgate_config::KeyQuery;
+
+use crate::ask::{ClientAsk, Validators, View, view};
+use crate::directives::{CDN_CACHE_CONTROL, DELTA_MAX, Directives, unstored_fields};
+use crate::key::{normalised_accept_encoding, purge_keys, url_key, vary_names};
+use crate::policy::{Rules, Timing, age_of, parse_http_date, storable, usability};
+
+/// Runs every parser on `data`; panics only if a property fails.
+pub fn parse_all(data: &[u8]) {
+    let mut lines = data.split(|&b| b == b'\n');
+    let mut next = || lines.next().unwrap_or(b"");
+    let mut req = HeaderMap::new();
+    let mut resp = HeaderMap::new();
+    let mut put = |map: &mut HeaderMap, name: HeaderName, raw: &[u8]| {
+        if let Ok(v) = HeaderValue::from_bytes(raw) {
+            map.append(name, v);
+        }
+    };
+    put(&mut req, header::CACHE_CONTROL, next());
+    put(&mut resp, header::CACHE_CONTROL, next());
+    put(&mut resp, CDN_CACHE_CONTROL.clone(), next());
+    put(&mut resp, header::VARY, next());
+    put(&mut req, header::RANGE, next());
+    let date = next();
+    for name in [header::DATE, header::EXPIRES, header::LAST_MODIFIED] {
+        put(&mut resp, name, date);
+    }
+    put(&mut resp, header::AGE, next());
+    let ae = next();
+    let host = String::from_utf8_lossy(next()).into_owned();
+
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_435_200);
+    let rd = Directives::of_request(&req);
+    let targets = [CDN_CACHE_CONTROL.clone()];
+    let sd = Directives::of_response(&resp, &targets);
+    for d in [&rd, &sd] {
+        for n in [d.max_age, d.s_maxage, d.max_stale, d.min_fresh]
+            .into_iter()
+            .chain([d.stale_while_revalidate, d.stale_if_error])
+            .flatten()
+        {
+            assert!(n <= DELTA_MAX, "{n}");
+        }
+    }
+    let _ = unstored_fields(&resp, &sd, &targets);
+    let _ = vary_names(&resp);
+    let _ = std::str::from_utf8(date).ok().and_then(parse_http_date);
+    assert!(age_of(&resp) <= Duration::from_secs(DELTA_MAX));
+
+    let rules = Rules {
+        default_ttl: Duration::from_secs(5),
+        heuristic: true,
+    };
+    if let Ok(f) = storable(&Method::GET, &req, StatusCode::OK, &resp, &sd, rules, now) {
+        let timing = Timing::of(&resp, now - Duration::from_secs(1), now);
+        for later in [0, 1, DELTA_MAX, u64::from(u32::MAX)] {
+            let age = timing.current_age(now + Duration::from_secs(later));
+            let _ = usability(&f, age, &rd);
+        }
+    }
+
+    let len = u64::from(date.first().copied().unwrap_or(0)) * 1000;
+    let ask = ClientAsk::take_from(&mut req.clone(), &Method::GET);
+    match view(&ask, StatusCode::OK, &Validators::of(&resp), Some(len)) {
+        View::Partial { start, end, len: l } => assert!(start <= end && end < l && l == len),
+        View::Unsatisfiable { len: l } => assert_eq!(l, len),
+        View::Full | View::NotModified => {}
+    }
+
+    if let Ok(v) = HeaderValue::from_bytes(ae) {
+        let once = normalised_accept_encoding(&v);
+        assert_eq!(normalised_accept_encoding(&once), once);
+    }
+    for scheme in ["http", "https"] {
+        let key = url_key(scheme, &host, "/p?q=1", &KeyQuery::All);
+        assert!(key.starts_with(scheme), "{key}");
+    }
+    let _ = purge_keys(&host, &KeyQuery::Only(vec!["q".into()]));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_all;
+
+    const SEEDS: [&[u8]; 3] = [
+        include_bytes!("../../../fuzz/seeds/cache_parsers/typical"),
+        include_bytes!("../../../fuzz/seeds/cache_parsers/qualified"),
+        include_bytes!("../../../fuzz/seeds/cache_parsers/hostile"),
+    ];
+
+    /// Every seed, every truncation and every single-byte change of it (to 0x00, '"', ',', '=',
+    /// '9' and 0xff): the parsers answer each without a panic.
+    #[test]
+    fn seeds_and_their_corruptions() {
+        for seed in SEEDS {
+            parse_all(seed);
+            for cut in 0..seed.len() {
+                parse_all(&seed[..cut]);
+            }
+            for i in 0..seed.len() {
+                for b in [0u8, b'"', b',', b'=', b'9', 0xff] {
+                    let mut s = seed.to_vec();
+                    s[i] = b;
+                    parse_all(&s);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! `POST /cache/prefetch`: warms the cache by requesting URLs through the daemon's own
+//! listeners, so each goes the normal way (routing, forwarding, cache fill, coalescing) and is
+//! stored under the key a client of that scheme would use: `http://` URLs through a plain HTTP
+//! listener, `https://` URLs through an HTTPS one (a bare `host/path` is prefetched as http).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::{Value, json};
+use streamgate_cache::key::split_url;
+use streamgate_config::Protocol;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tracing::info;
+
+use super::{AdminResponse, error, json_response, parse_body};
+use crate::Control;
+
+/// Most URLs one prefetch call takes.
+const MAX_PREFETCH: usize = 10_000;
+
+/// Where prefetches of each scheme go: a listener of the daemon's own.
+#[derive(Debug, Clone, Copy)]
+struct Targets {
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+}
+
+pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
+    let v = match parse_body(body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(urls) = v.get("urls").and_then(Value::as_array) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"urls\": [\"http://host/path\", ...]}",
+        );
+    };
+    if urls.len() > MAX_PREFETCH {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("at most {MAX_PREFETCH} URLs per call"),
+        );
+    }
+    let targets = {
+        let table = control.table.load();
+        let of = |protocol: Protocol| {
+            let names: Vec<&str> = table
+                .config
+                .listeners
+                .iter()
+                .filter(|l| l.protocol == protocol)
+                .map(|l| l.name.as_str())
+                .collect();
+            control
+                .listeners()
+                .into_iter()
+                .find(|(n, _)| names.contains(&n.as_str()))
+                .map(|(_, a)| a)
+        };
+        Targets {
+            http: of(Protocol::Http),
+            https: of(Protocol::Https),
+        }
+    };
+    if targets.http.is_none() && targets.https.is_none() {
+        return error(
+            StatusCode::CONFLICT,
+            "no HTTP or HTTPS listener to prefetch through",
+        );
+    }
+    let mut results = Vec::with_capacity(urls.len());
+    // A few at a time: prefetch warms the cache, it should not flood the origin.
+    for chunk in urls.chunks(8) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, u) in chunk.iter().enumerate() {
+            let url = u.as_str().unwrap_or("").to_string();
+            tasks.spawn(async move { (i, url.clone(), fetch_one(targets, &url).await) });
+        }
+        let mut out: Vec<(usize, Value)> = Vec::new();
+        while let Some(Ok((i, url, r))) = tasks.join_next().await {
+            out.push((
+                i,
+                match r {
+                    Ok((status, cache, bytes)) => {
+                        json!({"url": url, "status": status, "cache": cache, "bytes": bytes})
+                    }
+                    Err(e) => json!({"url": url, "error": e}),
+                },
+            ));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        results.extend(out.into_iter().map(|(_, v)| v));
+    }
+    let ok = results
+        .iter()
+        .filter(|r| {
+            r.get("status")
+                .and_then(Value::as_u64)
+                .is_some_and(|s| s < 400)
+        })
+        .count();
+    info!(urls = results.len(), ok, "cache prefetch");
+    json_response(StatusCode::OK, json!({ "results": results, "ok": ok }))
+}
+
+async fn fetch_one(targets: Targets, url: &str) -> Result<(u16, Option<String>, usize), String> {
+    let (schemes, host, path) = split_url(url).ok_or("not an http://host/path URL")?;
+    let https = schemes == ["https"];
+    let run = async {
+        let addr = if https { targets.https } else { targets.http };
+        let addr = addr.ok_or(if https {
+            "no HTTPS listener to prefetch https:// URLs through"
+        } else {
+            "no plain HTTP listener to prefetch http:// URLs through"
+        })?;
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        if https {
+            let tls = tokio_rustls::TlsConnector::from(own_listener_tls()?);
+            let name = ServerName::try_from(server_name(host).to_string())
+                .map_err(|e| format!("{host}: {e}"))?;
+            let stream = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            request(stream, host, path).await
+        } else {
+            request(tcp, host, path).await
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .map_err(|_| "timed out after 60 s".to_string())?
+}
+
+async fn request<S>(
+    stream: S,
+    host: &str,
+    path: &str,
+) -> Result<(u16, Option<String>, usize), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "streamgate-prefetch")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = tx.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, cache, body.len()))
+}
+
+/// The name to ask for by SNI: the host without its port.
+fn server_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| h.trim_start_matches('['));
+    }
+    host.rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+/// A TLS client for the daemon's own HTTPS listener. It connects to an address the daemon
+/// itself bound and only reads back what its own cache answered, so the certificate (the
+/// daemon's, chosen by SNI) proves nothing here and is not verified.
+fn own_listener_tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(OwnListener(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts the certificate of the daemon's own listener (see [`own_listener_tls`]); handshake
+/// signatures are still checked.
+#[derive(Debug)]
+struct OwnListener(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for OwnListener {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::server_name;
+
+    #[test]
+    fn sni_is_the_host_without_its_port() {
+        assert_eq!(server_name("cdn.example.com:8443"), "cdn.example.com");
+        assert_eq!(server_name("cdn.example.com"), "cdn.example.com");
+        assert_eq!(server_name("[::1]:443"), "::1");
+    }
+}
