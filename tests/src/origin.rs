@@ -50,6 +50,11 @@ pub struct OriginState {
     pub released: std::sync::atomic::AtomicBool,
     /// Requests with a validator (If-None-Match or If-Modified-Since).
     pub conditional: AtomicU64,
+    /// `/c/...` answers use this Cache-Control instead of the query's `cc` when set.
+    pub cc_override: Mutex<Option<String>>,
+    /// Ordinary requests being answered now, and the most there were at once.
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
 }
 
 /// What a TLS origin saw of a client's handshake.
@@ -196,6 +201,16 @@ impl Origin {
         self.state.released.store(true, SeqCst);
     }
 
+    /// Makes `/c/...` answers carry this Cache-Control, whatever their query says.
+    pub fn set_cache_control(&self, cc: &str) {
+        *self.state.cc_override.lock().unwrap() = Some(cc.to_string());
+    }
+
+    /// The most ordinary requests that were in progress at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.state.max_in_flight.load(SeqCst)
+    }
+
     /// Requests that carried a validator (revalidations).
     pub fn conditional(&self) -> u64 {
         self.state.conditional.load(SeqCst)
@@ -246,10 +261,13 @@ async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Re
     }
     *st.last_headers.lock().unwrap() = Some(req.headers().clone());
     *st.last_version.lock().unwrap() = Some(req.version());
+    let now = st.in_flight.fetch_add(1, SeqCst) + 1;
+    st.max_in_flight.fetch_max(now, SeqCst);
     let delay = st.delay_ms.load(SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    st.in_flight.fetch_sub(1, SeqCst);
     let status = match st.status.load(SeqCst) {
         0 => StatusCode::OK,
         s => StatusCode::from_u16(s).unwrap_or(StatusCode::OK),
@@ -344,6 +362,7 @@ fn cacheable(
             .collect()
     };
     let param = |k: &str| params(k).into_iter().next();
+    let cc = |from_query: Option<String>| st.cc_override.lock().unwrap().clone().or(from_query);
     for h in params("hdr") {
         if let Some((k, v)) = h.split_once(':') {
             builder = builder.header(k.trim(), v.trim());
@@ -371,7 +390,7 @@ fn cacheable(
             .and_then(|v| v.to_str().ok())
             == Some(tag.as_str())
         {
-            if let Some(cc) = param("cc304").or_else(|| param("cc")) {
+            if let Some(cc) = param("cc304").or_else(|| cc(param("cc"))) {
                 builder = builder.header("cache-control", cc);
             }
             if param("cookie304").is_some() {
@@ -381,8 +400,15 @@ fn cacheable(
             return builder.status(304).body(full(Bytes::new())).unwrap();
         }
     }
-    if let Some(cc) = param("cc") {
+    if let Some(cc) = cc(param("cc")) {
         builder = builder.header("cache-control", cc);
+    }
+    // If-Match: only the current ETag (RFC 9110 §13.1.1), else 412 with the usual fields.
+    if let Some(im) = req.headers().get("if-match").and_then(|v| v.to_str().ok()) {
+        let ours = param("etag").map(|e| format!("\"{e}\""));
+        if im != "*" && ours.as_deref() != Some(im) {
+            return builder.status(412).body(full(Bytes::new())).unwrap();
+        }
     }
     let hit = st.hits.load(SeqCst);
     let body = match param("size").and_then(|s| s.parse::<usize>().ok()) {
@@ -396,6 +422,22 @@ fn cacheable(
             Bytes::from(format!("origin {name} /c/{rest} hit {hit} lang {lang}"))
         }
     };
+    // One byte range of a `size` body, as an origin that serves ranges does.
+    if param("size").is_some()
+        && let Some((a, b)) = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok()?.strip_prefix("bytes=")?.split_once('-'))
+    {
+        let len = body.len();
+        let start: usize = a.parse().unwrap_or(0);
+        let end: usize = b.parse().unwrap_or(len - 1).min(len - 1);
+        return builder
+            .status(206)
+            .header("content-range", format!("bytes {start}-{end}/{len}"))
+            .body(full(body.slice(start..=end)))
+            .unwrap();
+    }
     if param("hold").is_some() {
         let total = body.len();
         let first = body.slice(..total.min(64 * 1024));

@@ -13,12 +13,15 @@ use crate::policy::parse_http_date;
 use crate::range::{RangeReply, range_reply};
 
 /// Request fields a cache fill must not pass on: the stored object has to be whole and
-/// unconditional; the client's range and conditions are answered from it.
-const CLIENT_ONLY: [HeaderName; 4] = [
+/// unconditional (a 412 or 304 an origin gives one client must not be stored for all); the
+/// client's range and preconditions are answered from it.
+const CLIENT_ONLY: [HeaderName; 6] = [
     header::RANGE,
     header::IF_RANGE,
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
 ];
 
 /// The parts of a client's request the cache answers itself.
@@ -52,6 +55,14 @@ impl ClientAsk {
         }
     }
 
+    /// Puts the client's range and conditions back on a request (one the origin answers for
+    /// this client alone).
+    pub fn restore_into(&self, headers: &mut HeaderMap) {
+        for (k, v) in &self.conditions {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+
     /// Neither a range nor a condition: the client takes the representation as it comes.
     pub fn is_plain(&self) -> bool {
         self.conditions.is_empty()
@@ -74,6 +85,30 @@ impl<'a> Validators<'a> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_http_date),
         }
+    }
+
+    /// RFC 9110 §13.1.1-2: do If-Match (strong comparison), or without it If-Unmodified-Since,
+    /// fail for this representation?
+    pub fn precondition_fails(&self, req: &HeaderMap) -> bool {
+        if let Some(im) = req.get(header::IF_MATCH) {
+            let Ok(list) = im.to_str() else { return true };
+            let ours = self.etag.and_then(|e| e.to_str().ok());
+            return !list.split(',').any(|t| {
+                let t = t.trim();
+                t == "*"
+                    || (!t.starts_with("W/")
+                        && ours.is_some_and(|o| !o.starts_with("W/") && o == t))
+            });
+        }
+        if let Some(ius) = req
+            .get(header::IF_UNMODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+            && let Some(lm) = self.last_modified
+        {
+            return lm > ius;
+        }
+        false
     }
 
     /// RFC 9110 §13.2.2: does the client's conditional GET/HEAD mean "you have it"?
@@ -108,8 +143,9 @@ impl<'a> Validators<'a> {
         if cond.starts_with('"') {
             return self.etag.and_then(|e| e.to_str().ok()) == Some(cond);
         }
+        // A date matches only exactly (RFC 9110 §13.1.5).
         match (parse_http_date(cond), self.last_modified) {
-            (Some(d), Some(lm)) => lm <= d,
+            (Some(d), Some(lm)) => lm == d,
             _ => false,
         }
     }
@@ -127,6 +163,8 @@ pub enum View {
     Full,
     /// 304: headers only.
     NotModified,
+    /// 412: If-Match or If-Unmodified-Since failed.
+    PreconditionFailed,
     /// 206 with bytes `start..=end` of `len`.
     Partial { start: u64, end: u64, len: u64 },
     /// 416: the range starts past the end.
@@ -138,6 +176,9 @@ pub enum View {
 pub fn view(ask: &ClientAsk, status: StatusCode, v: &Validators<'_>, len: Option<u64>) -> View {
     if status != StatusCode::OK || ask.is_plain() {
         return View::Full;
+    }
+    if v.precondition_fails(&ask.conditions) {
+        return View::PreconditionFailed;
     }
     if v.not_modified(&ask.conditions) {
         return View::NotModified;
@@ -263,6 +304,42 @@ mod tests {
                 ask(&[("range", "bytes=0-9"), ("if-range", "\"old\"")]),
                 Some(100),
                 View::Full,
+            ),
+            (
+                ask(&[("range", "bytes=0-9"), ("if-range", LM)]),
+                Some(100),
+                View::Partial {
+                    start: 0,
+                    end: 9,
+                    len: 100,
+                },
+            ),
+            (
+                ask(&[
+                    ("range", "bytes=0-9"),
+                    ("if-range", "Mon, 07 Nov 1994 08:49:37 GMT"),
+                ]),
+                Some(100),
+                View::Full,
+            ),
+            (ask(&[("if-match", "\"abc\"")]), None, View::Full),
+            (ask(&[("if-match", "\"x\", \"abc\"")]), None, View::Full),
+            (ask(&[("if-match", "*")]), None, View::Full),
+            (
+                ask(&[("if-match", "\"nope\"")]),
+                None,
+                View::PreconditionFailed,
+            ),
+            (
+                ask(&[("if-match", "W/\"abc\"")]),
+                None,
+                View::PreconditionFailed,
+            ),
+            (ask(&[("if-unmodified-since", LM)]), None, View::Full),
+            (
+                ask(&[("if-unmodified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]),
+                None,
+                View::PreconditionFailed,
             ),
         ];
         for (a, len, want) in cases {

@@ -142,18 +142,16 @@ impl Directives {
     /// A response's directives for this cache: the first of `targets` (in order) that carries
     /// a valid, non-empty value, else Cache-Control (RFC 9213 §2.1).
     pub fn of_response(headers: &HeaderMap, targets: &[HeaderName]) -> Directives {
-        for t in targets {
-            if !headers.contains_key(t) || !valid_list(headers, t) {
-                continue;
-            }
-            let mut d = Directives::default();
-            if d.apply_all(headers, t) {
+        let mut d = Directives::default();
+        match chosen_target(headers, targets) {
+            Some(t) => {
+                d.apply_all(headers, t);
                 d.targeted = true;
-                return d;
+            }
+            None => {
+                d.apply_all(headers, &header::CACHE_CONTROL);
             }
         }
-        let mut d = Directives::default();
-        d.apply_all(headers, &header::CACHE_CONTROL);
         d
     }
 
@@ -210,6 +208,18 @@ impl Directives {
     }
 }
 
+/// The first of `targets` with a valid, non-empty value: the field whose directives count.
+fn chosen_target<'t>(headers: &HeaderMap, targets: &'t [HeaderName]) -> Option<&'t HeaderName> {
+    targets.iter().find(|t| {
+        headers.contains_key(*t)
+            && valid_list(headers, t)
+            && headers
+                .get_all(*t)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|s| members(s).next().is_some()))
+    })
+}
+
 /// A targeted field is a Structured Field dictionary (RFC 9213 §2.1, RFC 8941 §3.2): keys are
 /// lower-case tokens. A field that does not parse so is ignored, as if absent.
 fn valid_list(headers: &HeaderMap, name: &HeaderName) -> bool {
@@ -243,10 +253,7 @@ pub fn unstored_fields(
         return Vec::new();
     }
     let source = if d.targeted {
-        targets
-            .iter()
-            .find(|t| headers.contains_key(*t) && valid_list(headers, t))
-            .unwrap_or(&header::CACHE_CONTROL)
+        chosen_target(headers, targets).unwrap_or(&header::CACHE_CONTROL)
     } else {
         &header::CACHE_CONTROL
     };
@@ -388,5 +395,18 @@ mod tests {
             .map(|n| n.as_str().to_string())
             .collect();
         assert_eq!(names, ["set-cookie", "x-user", "x-debug"]);
+        // The fields named by the targeted field that counts, not by an empty one before it.
+        let targets = [
+            HeaderName::from_static("streamgate-cache-control"),
+            CDN_CACHE_CONTROL.clone(),
+        ];
+        let h = headers(&[
+            ("streamgate-cache-control", ""),
+            ("cdn-cache-control", r#"max-age=60, private="x-user""#),
+            ("cache-control", r#"private="x-other""#),
+        ]);
+        let d = Directives::of_response(&h, &targets);
+        assert!(d.targeted && d.private_fields);
+        assert_eq!(unstored_fields(&h, &d, &targets), ["x-user"]);
     }
 }

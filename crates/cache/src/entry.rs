@@ -158,6 +158,10 @@ impl Variant {
         freshness: Freshness,
     ) -> Variant {
         let mut headers = self.headers.clone();
+        // Fields the 304 now keeps from shared caches go from the stored copy too.
+        for name in unstored {
+            headers.remove(name);
+        }
         for name in not_modified.keys() {
             if is_personal(name)
                 || unstored.contains(name)

@@ -23,11 +23,13 @@ pub fn url_key(scheme: &str, host: &str, path_and_query: &str, rule: &KeyQuery) 
             key.push_str(q);
         }
         (KeyQuery::Only(keep), Some(q)) => {
+            // Parameters are matched as origins read them: `;` separates too, and names are
+            // compared percent-decoded, so `?id=1&i%64=2` cannot hide a second `id` from the key.
             let mut pairs: Vec<&str> = q
-                .split('&')
+                .split(['&', ';'])
                 .filter(|kv| {
-                    keep.iter()
-                        .any(|k| kv.split('=').next() == Some(k.as_str()))
+                    let name = kv.split('=').next().unwrap_or("");
+                    keep.iter().any(|k| decoded_eq(name, k))
                 })
                 .collect();
             pairs.sort_unstable();
@@ -39,6 +41,33 @@ pub fn url_key(scheme: &str, host: &str, path_and_query: &str, rule: &KeyQuery) 
         _ => {}
     }
     key
+}
+
+/// Whether `raw`, percent-decoded (and `+` as a space), is `name`.
+fn decoded_eq(raw: &str, name: &str) -> bool {
+    if !raw.contains(['%', '+']) {
+        return raw == name;
+    }
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    out == name.as_bytes()
 }
 
 /// Appends `scheme://authority` normalised: lower case, no trailing dot on the name, no default
@@ -248,6 +277,16 @@ mod tests {
             "http://h/p?id=3&lang=de"
         );
         assert_eq!(url_key("http", "h", "/p?utm=9", &only), "http://h/p");
+        // What an origin may read as `id` is part of the key.
+        assert_eq!(
+            url_key("http", "h", "/p?id=1&i%64=2", &only),
+            "http://h/p?i%64=2&id=1"
+        );
+        assert_eq!(
+            url_key("http", "h", "/p?utm=x;id=evil&id=1", &only),
+            "http://h/p?id=1&id=evil"
+        );
+        assert_eq!(url_key("http", "h", "/p?%=1&%6", &only), "http://h/p");
     }
 
     #[test]

@@ -32,6 +32,15 @@ pub fn request_use(method: &Method, headers: &HeaderMap, req: &Directives) -> Re
     if headers.contains_key(header::UPGRADE) {
         return RequestUse::Bypass("upgrade");
     }
+    // A GET an application may read as another method: its answer is not the GET's.
+    if headers.keys().any(|k| {
+        matches!(
+            k.as_str(),
+            "x-http-method-override" | "x-http-method" | "x-method-override"
+        )
+    }) {
+        return RequestUse::Bypass("method override");
+    }
     RequestUse::Cacheable
 }
 
@@ -108,7 +117,9 @@ pub fn storable(
         // We store whole objects and answer ranges from them.
         return Err(NotStored::Partial);
     }
-    if status.is_informational() || status.as_u16() >= 600 {
+    // A 304 (even one to an unconditional request) describes another response; it is never
+    // an answer to store.
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED || status.as_u16() >= 600 {
         return Err(NotStored::Status);
     }
     if resp.no_store {
@@ -124,7 +135,7 @@ pub fn storable(
         return Err(NotStored::Authorization);
     }
     // A response that sets a cookie is for one client; storing it would hand the cookie to all.
-    if resp_headers.contains_key(header::SET_COOKIE) {
+    if resp_headers.keys().any(crate::entry::is_personal) {
         return Err(NotStored::SetCookie);
     }
     if resp_headers.get_all(header::VARY).iter().any(|v| {
@@ -283,7 +294,11 @@ pub fn usability(f: &Freshness, age: Duration, req: &Directives) -> Usable {
         {
             return Usable::Fresh;
         }
-        if staleness < f.stale_while_revalidate {
+        // A client that bounds the age it accepts (max-age, min-fresh; a browser reload sends
+        // max-age=0) does not want a stale answer, not even one refreshed behind it
+        // (RFC 9111 §5.2.1.1, §5.2.1.3).
+        let client_bounds_age = req.max_age.is_some() || req.min_fresh.is_some();
+        if staleness < f.stale_while_revalidate && !client_bounds_age {
             return Usable::StaleWhileRevalidate;
         }
     }
@@ -447,6 +462,18 @@ mod tests {
                 &[("cache-control", "max-age=60")],
                 NotStored::Partial,
             ),
+            (
+                &[],
+                304,
+                &[("cache-control", "max-age=60")],
+                NotStored::Status,
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie2", "a=b")],
+                NotStored::SetCookie,
+            ),
         ];
         for (req, status, resp, why) in cases {
             assert_eq!(
@@ -595,6 +622,16 @@ mod tests {
             usability(&f("max-age=60"), s(70), &req("max-stale=20")),
             Usable::Fresh
         );
+        // A client bounding the age it accepts gets no stale-while-revalidate answer.
+        let swr = f("max-age=60, stale-while-revalidate=600");
+        assert_eq!(usability(&swr, s(80), &none), Usable::StaleWhileRevalidate);
+        for cc in ["max-age=0", "max-age=70", "min-fresh=5"] {
+            assert_eq!(
+                usability(&swr, s(80), &req(cc)),
+                Usable::Stale { if_error_for: s(0) },
+                "{cc}"
+            );
+        }
         let pragma = Directives::of_request(&headers(&[("pragma", "no-cache")]));
         assert!(pragma.no_cache);
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use streamgate_config::CacheSpec;
 use streamgate_telemetry::prometheus::IntCounter;
 
@@ -121,10 +121,33 @@ impl ServiceCache {
         self.lookup_at(key, req, Instant::now())
     }
 
-    /// `lookup` with the current time already read.
+    /// `lookup` with the current time already read. The newest matching variant wins (RFC
+    /// 9111 §4.1); each selecting header of the request is read once, however many variants.
     pub fn lookup_at(&self, key: &str, req: &HeaderMap, now: Instant) -> Option<Arc<Variant>> {
         let entry = self.entries.get(key, now)?;
-        entry.iter().find(|v| v.matches(req)).cloned()
+        if let [only] = &entry[..]
+            && only.selectors.is_empty()
+        {
+            return Some(only.clone());
+        }
+        let mut seen: Vec<(&HeaderName, Option<HeaderValue>)> = Vec::new();
+        entry
+            .iter()
+            .rev()
+            .find(|v| {
+                v.selectors.iter().all(|(name, want)| {
+                    let got = match seen.iter().find(|(n, _)| *n == name) {
+                        Some((_, got)) => got.clone(),
+                        None => {
+                            let got = crate::key::selector_value(req, name);
+                            seen.push((name, got.clone()));
+                            got
+                        }
+                    };
+                    got.as_ref() == want.as_ref()
+                })
+            })
+            .cloned()
     }
 
     /// Stores a variant, replacing the one with the same selector values; a URL that already
@@ -138,8 +161,17 @@ impl ServiceCache {
             .entries
             .get(key, Instant::now())
             .map(|e| {
+                // Variants selected by other headers (the origin changed its Vary) are from
+                // another negotiation: they go.
+                let names = |v: &Variant| {
+                    v.selectors
+                        .iter()
+                        .map(|(n, _)| n.clone())
+                        .collect::<Vec<_>>()
+                };
+                let ours = names(&variant);
                 e.iter()
-                    .filter(|v| v.selectors != variant.selectors)
+                    .filter(|v| v.selectors != variant.selectors && names(v) == ours)
                     .cloned()
                     .collect()
             })
@@ -347,5 +379,71 @@ mod tests {
         assert!(c.lookup("g/a/1", &HeaderMap::new()).is_some());
         assert_eq!(c.purge_all(), 1);
         assert_eq!(c.objects(), 0);
+    }
+}
+
+#[cfg(test)]
+mod variant_tests {
+    use super::tests_support::{edge, spec};
+    use super::*;
+    use crate::policy::{Freshness, Timing};
+    use bytes::Bytes;
+    use http::StatusCode;
+    use streamgate_telemetry::prometheus::IntCounter;
+
+    fn variant(body: &'static str, selectors: &[(&'static str, Option<&'static str>)]) -> Variant {
+        let now = SystemTime::now();
+        Variant::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(body.as_bytes()),
+            Timing::of(&HeaderMap::new(), now, now),
+            Freshness {
+                lifetime: Duration::from_secs(600),
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                must_revalidate: false,
+                always_revalidate: false,
+            },
+            selectors
+                .iter()
+                .map(|(n, v)| (HeaderName::from_static(n), v.map(HeaderValue::from_static)))
+                .collect(),
+        )
+    }
+
+    fn req(list: &[(&'static str, &'static str)]) -> HeaderMap {
+        list.iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_vary_replaces_variants_selected_otherwise() {
+        let c = ServiceCache::new(spec(1 << 20), IntCounter::new("e", "e").unwrap(), edge());
+        c.insert("k", variant("plain", &[]));
+        // The origin starts to vary on the language: the unselected copy must not shadow it.
+        c.insert("k", variant("de", &[("accept-language", Some("de"))]));
+        c.insert("k", variant("en", &[("accept-language", Some("en"))]));
+        let body =
+            |r: &[(&'static str, &'static str)]| c.lookup("k", &req(r)).map(|v| v.body.clone());
+        assert_eq!(body(&[("accept-language", "de")]).unwrap(), "de");
+        assert_eq!(body(&[("accept-language", "en")]).unwrap(), "en");
+        assert_eq!(body(&[]), None, "the old unselected copy went");
+    }
+
+    #[test]
+    fn accept_encoding_spellings_find_one_variant() {
+        let c = ServiceCache::new(spec(1 << 20), IntCounter::new("e", "e").unwrap(), edge());
+        c.insert(
+            "k",
+            variant("gz", &[("accept-encoding", Some("br,gzip")), ("x-v", None)]),
+        );
+        let got = c.lookup("k", &req(&[("accept-encoding", "gzip;q=0.5, BR")]));
+        assert_eq!(got.unwrap().body, "gz");
+        assert!(
+            c.lookup("k", &req(&[("accept-encoding", "gzip")]))
+                .is_none()
+        );
     }
 }

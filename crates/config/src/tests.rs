@@ -302,3 +302,52 @@ fn snapshot_keys_with_defaults_and_their_errors() {
         "{missing:?}"
     );
 }
+
+#[test]
+fn cache_safety_keys_with_defaults_and_their_errors() {
+    let c = parse_str(&format!("{GOOD}\n[services.cache]\nmax_size = \"64MiB\"\n")).unwrap();
+    let spec = c.services[0].cache.clone().unwrap();
+    assert_eq!(spec.max_variants, 32);
+    assert_eq!(spec.max_fill_bytes, 32 << 20, "half of max_size");
+    assert_eq!(
+        spec.targeted_fields,
+        ["streamgate-cache-control", "cdn-cache-control"]
+    );
+    let c = parse_str(&format!(
+        "{GOOD}\n[services.cache]\nmax_size = \"64MiB\"\nmax_object_size = \"48MiB\"\n\
+         targeted_field = \"\"\ncdn_cache_control = false\n"
+    ))
+    .unwrap();
+    let spec = c.services[0].cache.clone().unwrap();
+    assert_eq!(spec.max_fill_bytes, 48 << 20, "at least max_object_size");
+    assert!(spec.targeted_fields.is_empty());
+
+    let text = format!(
+        "{GOOD}\n[services.cache]\nmax_size = \"64MiB\"\nmax_variants = 0\n\
+         max_fill_bytes = \"lots\"\ntargeted_field = \"Cache-Control\"\n"
+    );
+    let line = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let got = messages(&text);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[0],
+        format!(
+            "demo.toml:{}: services[0].cache.max_variants: 0 is out of range; expected 1 to 1024",
+            line("max_variants")
+        )
+    );
+    assert!(
+        got[1].starts_with(&format!(
+            "demo.toml:{}: services[0].cache.max_fill_bytes:",
+            line("max_fill_bytes")
+        )),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[2],
+        format!(
+            "demo.toml:{}: services[0].cache.targeted_field: must not be Cache-Control: a targeted field overrides it",
+            line("targeted_field")
+        )
+    );
+}

@@ -115,7 +115,9 @@ pub(super) fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpe
             .unwrap_or(32) as usize,
     };
     let max_fill_bytes = match &c.max_fill_bytes {
-        None => (max_size / 4).max(max_object_size),
+        // Half the cache: recordings are transient, and a budget of a few objects would let a
+        // few slow clients (who keep theirs open) turn every other miss uncacheable.
+        None => (max_size / 2).max(max_object_size),
         Some(v) => size(v, "max_fill_bytes", ctx).unwrap_or(max_object_size),
     };
     let mut targeted_fields = Vec::new();

@@ -346,15 +346,21 @@ impl Drop for ProxyBody {
     }
 }
 
-/// Reads the rest of `body` into `recorder` and stores it; gives up on an error or after
-/// `stall` without data.
+/// Longest a recording finished without a client may take, in stalls: an origin trickling a
+/// byte just inside the stall timer cannot hold the fill budget and its connection for ever.
+const DRAIN_STALLS: u32 = 10;
+
+/// Reads the rest of `body` into `recorder` and stores it; gives up on an error, after `stall`
+/// without data, or after ten stalls in all.
 pub async fn finish_recording(
     mut body: UpstreamBody,
     mut recorder: Recorder,
     stall: std::time::Duration,
 ) {
+    let deadline = tokio::time::Instant::now() + stall.saturating_mul(DRAIN_STALLS);
     loop {
-        match tokio::time::timeout(stall, body.frame()).await {
+        let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, body.frame()).await {
             Ok(None) => return recorder.finish(),
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()

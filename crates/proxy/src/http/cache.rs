@@ -115,24 +115,28 @@ impl HttpProxy {
                             let how = serve(CacheStatus::Stale, DataType::CacheStale);
                             return self.serve_stored(&c, &v, &out, how, active, log);
                         }
+                        Usable::Stale { .. } if req_dirs.only_if_cached => {
+                            return not_in_cache(cache, active, log);
+                        }
                         Usable::Stale { if_error_for } => Some((v, if_error_for)),
                     }
                 }
-                None if req_dirs.only_if_cached => {
-                    set_log_cache(log, CacheStatus::Miss);
-                    let mut r = Response::new(ProxyBody::full(
-                        "504 Gateway Timeout: not in cache\n",
-                        Completion::serving(active),
-                    ));
-                    *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-                    return with_status_header(r, cache, CacheStatus::Miss);
-                }
+                None if req_dirs.only_if_cached => return not_in_cache(cache, active, log),
                 None => None,
             };
-            let guard = match fill::join(cache, key) {
-                Role::Leader(g) => Some(g),
+            // The leader stored what it fetched, yet nothing serves this request (another
+            // variant): it goes on its own rather than queueing behind the next fill (with
+            // `Vary: Cookie` every client would wait for everyone before it).
+            let join = if waited == Some(Outcome::Stored) {
+                None
+            } else {
+                Some(fill::join(cache, key))
+            };
+            let guard = match join {
+                None => None,
+                Some(Role::Leader(g)) => Some(g),
                 // Someone is fetching or revalidating this object: wait for it, then look again.
-                Role::Follower(rx) => {
+                Some(Role::Follower(rx)) => {
                     let left = wait_until.saturating_duration_since(Instant::now());
                     match fill::wait(rx, left).await {
                         Outcome::Pending => {
@@ -191,6 +195,21 @@ impl HttpProxy {
         );
         r
     }
+}
+
+/// `only-if-cached` and nothing usable is stored (RFC 9111 §5.2.1.7).
+fn not_in_cache(
+    cache: &ServiceCache,
+    active: ActiveRequest,
+    log: &mut Option<Box<PendingLog>>,
+) -> Response<ProxyBody> {
+    set_log_cache(log, CacheStatus::Miss);
+    let mut r = Response::new(ProxyBody::full(
+        "504 Gateway Timeout: not in cache\n",
+        Completion::serving(active),
+    ));
+    *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+    with_status_header(r, cache, CacheStatus::Miss)
 }
 
 /// RFC 9111 §4.4: after a non-error response to an unsafe method, the target URI and the

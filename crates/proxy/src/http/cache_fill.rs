@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use streamgate_balance::RoutingTable;
+use streamgate_cache::ask::{ClientAsk, Validators, View, view};
 use streamgate_cache::directives::unstored_fields;
 use streamgate_cache::entry::is_personal;
 use streamgate_cache::fill::{self, FillGuard, Outcome, Role};
@@ -80,13 +81,22 @@ impl HttpProxy {
         if let Some(s) = &stale {
             add_validators(&mut out.parts.headers, s);
         }
-        let request_time = SystemTime::now();
-        let failure = match (self.fetch(&mut out, log).await, &stale) {
-            (Ok(f), Some(s))
-                if f.resp.status() == StatusCode::NOT_MODIFIED && s.has_validators() =>
-            {
+        let mut request_time = SystemTime::now();
+        let mut fetched = self.fetch(&mut out, log).await;
+        // A 304 that cannot refresh the stored object (no validators were sent, or its strong
+        // ETag names another representation, RFC 9111 §4.3.4): ask once more, unconditionally.
+        if let (Ok(f), Some(s)) = (&fetched, &stale)
+            && f.resp.status() == StatusCode::NOT_MODIFIED
+            && !validates(s, f.resp.headers())
+        {
+            strip_validators(&mut out.parts.headers);
+            request_time = SystemTime::now();
+            fetched = self.fetch(&mut out, log).await;
+        }
+        let failure = match (fetched, &stale) {
+            (Ok(f), Some(s)) if f.resp.status() == StatusCode::NOT_MODIFIED => {
                 let now = SystemTime::now();
-                let r = revalidated(cache, s, f.resp.headers(), &out.parts, request_time, now);
+                let r = revalidated(cache, s, f.resp.headers(), request_time, now);
                 drop(f);
                 if r.stored {
                     cache.insert(&c.key, r.merged.clone());
@@ -114,7 +124,30 @@ impl HttpProxy {
             }
             (Ok(f), _) => {
                 strip_validators(&mut out.parts.headers);
-                let resp = self.respond_and_record(&c, &out, f, request_time, guard, active);
+                let recorder = recorder_for(&c, &out, &f, request_time, guard);
+                if recorder.is_none() && origin_should_cut_range(&c.ask, &f) {
+                    // Not stored: reading (and dropping) everything before the client's range
+                    // would cost more than asking the origin for the range itself.
+                    drop(f);
+                    c.ask.restore_into(&mut out.parts.headers);
+                    let resp = match self.fetch(&mut out, log).await {
+                        Ok(f) => self.origin_response(
+                            f,
+                            &out,
+                            DataType::Pass,
+                            Completion::serving(active),
+                        ),
+                        Err(e) => error_response(&e, active),
+                    };
+                    return with_status_header(resp, cache, status);
+                }
+                let stall = out.service.spec.timeouts.upstream_response;
+                let mut resp =
+                    self.origin_response(f, &out, DataType::CacheMiss, Completion::serving(active));
+                narrow_to_ask(&mut resp, &c.ask);
+                if let Some(r) = recorder {
+                    resp.body_mut().record_into(r, stall);
+                }
                 return with_status_header(resp, cache, status);
             }
             (Err(e), Some(s)) if !if_error_for.is_zero() => {
@@ -134,32 +167,6 @@ impl HttpProxy {
             age: stale.timing.current_age(SystemTime::now()),
         };
         self.serve_stored(&c, &stale, &out, how, active, log)
-    }
-
-    /// Streams an origin response to the client (its range or condition applied), recording it
-    /// into the cache when it may be stored.
-    fn respond_and_record(
-        &self,
-        c: &CacheRequest,
-        out: &Outbound<'_>,
-        f: Fetched<'_>,
-        request_time: SystemTime,
-        guard: Option<FillGuard>,
-        active: ActiveRequest,
-    ) -> Response<ProxyBody> {
-        let cache = &c.cache;
-        let recorder =
-            record_head(cache, &out.parts, &f.resp, request_time).and_then(|(head, length)| {
-                Recorder::start(cache.clone(), c.key.clone(), head, length, guard).ok()
-            });
-        let stall = out.service.spec.timeouts.upstream_response;
-        let mut resp =
-            self.origin_response(f, out, DataType::CacheMiss, Completion::serving(active));
-        narrow_to_ask(&mut resp, &c.ask);
-        if let Some(r) = recorder {
-            resp.body_mut().record_into(r, stall);
-        }
-        resp
     }
 
     /// stale-while-revalidate: one background refresh per object, made like a client's
@@ -210,16 +217,14 @@ impl HttpProxy {
             let Ok(f) = proxy.fetch(&mut o, &mut None).await else {
                 return;
             };
-            if f.resp.status() == StatusCode::NOT_MODIFIED && stale.has_validators() {
+            if f.resp.status() == StatusCode::NOT_MODIFIED {
+                if !validates(&stale, f.resp.headers()) {
+                    // A refresh that cannot apply: the next client's revalidation asks again.
+                    guard.set(Outcome::Uncacheable);
+                    return;
+                }
                 let now = SystemTime::now();
-                let r = revalidated(
-                    &cache,
-                    &stale,
-                    f.resp.headers(),
-                    &o.parts,
-                    request_time,
-                    now,
-                );
+                let r = revalidated(&cache, &stale, f.resp.headers(), request_time, now);
                 if r.stored {
                     cache.insert(&key, r.merged);
                     guard.set(Outcome::Stored);
@@ -240,6 +245,62 @@ impl HttpProxy {
             }
             drop(lease);
         });
+    }
+}
+
+/// The recording of a fetched response, if it may be stored; otherwise the fill's waiters are
+/// told so (they go to the origin on their own instead of queueing).
+fn recorder_for(
+    c: &CacheRequest,
+    out: &Outbound<'_>,
+    f: &Fetched<'_>,
+    request_time: SystemTime,
+    guard: Option<FillGuard>,
+) -> Option<Recorder> {
+    match record_head(&c.cache, &out.parts, &f.resp, request_time) {
+        Some((head, length)) => {
+            Recorder::start(c.cache.clone(), c.key.clone(), head, length, guard).ok()
+        }
+        None => {
+            if let Some(g) = &guard {
+                g.set(Outcome::Uncacheable);
+            }
+            None
+        }
+    }
+}
+
+/// Past this offset, a range of a response that is not stored is asked of the origin rather
+/// than cut from the whole response.
+const CUT_RANGE_LOCALLY: u64 = 64 * 1024;
+
+/// Whether the client's range, on a response that will not be stored, starts far enough in
+/// (or in a body of unknown length) that the origin should serve it.
+fn origin_should_cut_range(ask: &ClientAsk, f: &Fetched<'_>) -> bool {
+    if ask.range.is_none() || f.resp.status() != StatusCode::OK {
+        return false;
+    }
+    let len = f
+        .resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match view(ask, StatusCode::OK, &Validators::of(f.resp.headers()), len) {
+        View::Partial { start, .. } => start > CUT_RANGE_LOCALLY,
+        View::Full => len.is_none(),
+        _ => false,
+    }
+}
+
+/// Whether a 304 can refresh `stale`: validators were sent, and a strong ETag in the 304, if
+/// any, is the stored one.
+fn validates(stale: &Variant, not_modified: &HeaderMap) -> bool {
+    if !stale.has_validators() {
+        return false;
+    }
+    match (not_modified.get(header::ETAG), &stale.etag) {
+        (Some(new), Some(old)) if !new.as_bytes().starts_with(b"W/") => new == old,
+        _ => true,
     }
 }
 
@@ -307,7 +368,6 @@ fn revalidated(
     cache: &ServiceCache,
     stale: &Variant,
     not_modified: &HeaderMap,
-    req: &Parts,
     request_time: SystemTime,
     now: SystemTime,
 ) -> Revalidated {
@@ -330,9 +390,11 @@ fn revalidated(
     let dirs = cache.directives(&merged.headers);
     // The 304's own no-store or private (unqualified) applies to the merged response too.
     let refused = nm_dirs.no_store || nm_dirs.private;
+    // Whether the stored object may be kept is a question about it, not about the client whose
+    // request revalidated it (its Authorization, say, was checked when it was stored).
     match policy::storable(
         &Method::GET,
-        &req.headers,
+        &HeaderMap::new(),
         stale.status,
         &merged.headers,
         &dirs,

@@ -108,12 +108,12 @@ impl HttpProxy {
         let mut code = v.status;
         let mut body = v.body.clone();
         let len = v.body.len() as u64;
-        match view(ask, v.status, &v.validators(), Some(len)) {
+        let c_view = view(ask, v.status, &v.validators(), Some(len));
+        match c_view {
             View::Full => {}
-            View::NotModified => {
-                code = StatusCode::NOT_MODIFIED;
+            View::NotModified | View::PreconditionFailed => {
+                code = headers_only(&mut headers, view_status(&c_view));
                 body = Bytes::new();
-                retain_304(&mut headers);
             }
             View::Partial { start, end, len } => {
                 code = StatusCode::PARTIAL_CONTENT;
@@ -175,9 +175,9 @@ pub(crate) fn narrow_to_ask(resp: &mut Response<ProxyBody>, ask: &ClientAsk) {
     let v = view(ask, resp.status(), &validators, len);
     match v {
         View::Full => {}
-        View::NotModified => {
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            retain_304(resp.headers_mut());
+        View::NotModified | View::PreconditionFailed => {
+            let code = headers_only(resp.headers_mut(), view_status(&v));
+            *resp.status_mut() = code;
             resp.body_mut().window(0, 0);
         }
         View::Partial { start, end, len } => {
@@ -191,6 +191,23 @@ pub(crate) fn narrow_to_ask(resp: &mut Response<ProxyBody>, ask: &ClientAsk) {
             resp.body_mut().window(0, 0);
         }
     }
+}
+
+/// The status of an answer without a body.
+fn view_status(v: &View) -> StatusCode {
+    match v {
+        View::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        _ => StatusCode::NOT_MODIFIED,
+    }
+}
+
+/// 304 and 412 carry the representation's cache-state fields and no body.
+fn headers_only(headers: &mut HeaderMap, code: StatusCode) -> StatusCode {
+    retain_304(headers);
+    if code == StatusCode::PRECONDITION_FAILED {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    }
+    code
 }
 
 fn set_content_range(headers: &mut HeaderMap, start: u64, end: u64, len: u64) {

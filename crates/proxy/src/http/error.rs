@@ -21,6 +21,8 @@ pub enum Side {
 pub enum ProxyError {
     #[error("HTTP/1.1 request without a Host header")]
     MissingHost,
+    #[error("invalid or repeated Host header")]
+    InvalidHost,
     #[error("no service for this host on listener {listener}")]
     UnknownHost { listener: String },
     #[error("no route for this path on listener {listener}")]
@@ -47,7 +49,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost
+            | ProxyError::InvalidHost
+            | ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } | ProxyError::UnknownPath { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -63,6 +67,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::MissingHost
+            | ProxyError::InvalidHost
             | ProxyError::UnknownHost { .. }
             | ProxyError::UnknownPath { .. }
             | ProxyError::MethodNotAllowed { .. }
@@ -93,6 +98,7 @@ impl ProxyError {
     pub fn client_message(&self) -> &'static str {
         match self {
             ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
+            ProxyError::InvalidHost => "400 Bad Request: invalid Host header\n",
             ProxyError::ClientAborted { .. } => "400 Bad Request: request body ended early\n",
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",

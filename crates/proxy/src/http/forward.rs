@@ -231,6 +231,13 @@ impl HttpProxy {
             });
         }
         let host = request_host(&req).ok_or(ProxyError::MissingHost)?;
+        // RFC 9112 §3.2: one Host, a valid authority. A Host with a path in it would make
+        // the cache key of one URL the key of another.
+        if req.headers().get_all(header::HOST).iter().nth(1).is_some()
+            || !valid_authority(host.as_bytes())
+        {
+            return Err(ProxyError::InvalidHost);
+        }
         let service = match table.route(&self.listener, host_str(&host), req.uri().path()) {
             Ok(s) => s,
             Err(NoRoute::Host) => {
@@ -581,6 +588,56 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
+/// `host [":" port]` as RFC 3986 allows it: a bracketed IP literal or a reg-name (unreserved,
+/// percent-encoded and sub-delims characters), then digits for the port. Empty is allowed (an
+/// HTTP/1.0 request without Host).
+fn valid_authority(h: &[u8]) -> bool {
+    let (name, port) = if h.first() == Some(&b'[') {
+        let Some(end) = h.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &h[1..end];
+        if !inner
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
+        {
+            return false;
+        }
+        match &h[end + 1..] {
+            [] => (&h[..0], None),
+            [b':', port @ ..] => (&h[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match h.iter().rposition(|&b| b == b':') {
+            Some(i) => (&h[..i], Some(&h[i + 1..])),
+            None => (h, None),
+        }
+    };
+    let name_ok = name.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    name_ok && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+}
+
 fn ambiguous_framing(h: &http::HeaderMap) -> bool {
     h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH)
 }
@@ -619,4 +676,39 @@ pub(crate) fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_authority;
+
+    #[test]
+    fn hosts_are_authorities() {
+        let good = [
+            "app.test",
+            "app.test:8080",
+            "APP.test.",
+            "[::1]:80",
+            "[::1]",
+            "10.0.0.1",
+            "",
+            "h:",
+        ];
+        for ok in good {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        let bad = [
+            "a.example/evil",
+            "a b",
+            "a@b",
+            "a.test:80x",
+            "[::1",
+            "[::1]x",
+            "a?b",
+            "a#b",
+        ];
+        for bad in bad {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
 }

@@ -13,10 +13,6 @@ pub const VIA_NAME: &str = "streamgate";
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -83,28 +79,58 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION || name == header::TE || hop_by_hop().contains(&name)
 }
 
-/// Forwarding fields a client may not set: they tell the origin who the client is and how it
-/// came, which only a proxy we trust can know.
-fn client_forwarding() -> [&'static HeaderName; 7] {
-    [
-        &X_FORWARDED_FOR,
-        &X_FORWARDED_HOST,
-        &X_FORWARDED_PROTO,
-        &X_FORWARDED_PORT,
-        &X_FORWARDED_PREFIX,
-        &X_REAL_IP,
-        &FORWARDED,
-    ]
+/// Forwarding fields a client may not set: they tell the origin who the client is, how it came
+/// and what it asked for, which only a proxy we trust can know. Frameworks read each of these
+/// (Rails, Symfony, IIS, Akamai and Cloudflare conventions); an origin that believes one from a
+/// client can be made to answer, and the cache to store, a response for everyone.
+const CLIENT_FORWARDING: [&str; 17] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-real-ip",
+    "forwarded",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-host",
+    "x-original-host",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+];
+
+/// Whether `name` is a forwarding field, also spelt with underscores (which CGI-style stacks
+/// read as the same variable).
+fn is_client_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    if !n.starts_with('x') && !n.starts_with('f') && !n.starts_with('t') {
+        return false;
+    }
+    CLIENT_FORWARDING.iter().any(|f| {
+        f.len() == n.len()
+            && f.bytes()
+                .zip(n.bytes())
+                .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+    })
 }
 
 /// Removes the forwarding fields of a request from a peer that is not a trusted proxy, so an
 /// origin (and what it answers, which the cache shares) never sees a client's claims as ours.
 pub fn strip_client_forwarding(headers: &mut HeaderMap) {
     // Most requests carry none: one pass over their fields first.
-    if !headers.keys().any(|k| client_forwarding().contains(&k)) {
+    if !headers.keys().any(is_client_forwarding) {
         return;
     }
-    for name in client_forwarding() {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_client_forwarding(k))
+        .cloned()
+        .collect();
+    for name in names {
         headers.remove(name);
     }
 }
@@ -280,13 +306,19 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.2.3.4;host=evil.example"),
             ("x-real-ip", "1.2.3.4"),
+            ("x_forwarded_host", "evil.example"),
+            ("x-original-url", "/admin"),
+            ("x-forwarded-scheme", "https"),
+            ("true-client-ip", "1.2.3.4"),
             ("x-kept", "1"),
+            ("x-forwarded", "kept: not a forwarding field"),
         ] {
             h.insert(k, HeaderValue::from_static(v));
         }
         strip_client_forwarding(&mut h);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h["x-kept"], "1");
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-forwarded", "x-kept"]);
     }
 
     #[test]

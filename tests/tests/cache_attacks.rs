@@ -1,0 +1,232 @@
+//! What a client or an origin can try against the shared cache, found by an attack-minded review
+//! of the cache rework: each a test that failed before its fix.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use streamgate_tests::*;
+
+fn config(backend: &str, cache_extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "origin"
+backends = [ {{ address = "{backend}" }} ]
+
+[[services]]
+name = "cdn"
+listeners = ["web"]
+hosts = ["*"]
+regions = ["origin"]
+
+[services.cache]
+max_size = "64MiB"
+{cache_extra}
+"#
+    )
+}
+
+async fn start(o: &Origin, cache_extra: &str) -> TestDaemon {
+    TestDaemon::start(&config(&o.addr.to_string(), cache_extra)).await
+}
+
+async fn fetch(d: &TestDaemon, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut h = vec![("host", "cdn.example.com")];
+    h.extend_from_slice(headers);
+    get(&http1(), &d.url("web", path), &h).await.unwrap()
+}
+
+fn xc(a: &Answer) -> &str {
+    a.header("x-cache").unwrap_or("-")
+}
+
+/// `n` clients at once; their answers.
+async fn at_once(d: &Arc<TestDaemon>, n: usize, path: &'static str) -> Vec<Answer> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let d = d.clone();
+            tokio::spawn(async move { fetch(&d, path, &[]).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_on_an_uncacheable_answer_go_at_once_not_one_by_one() {
+    let o = Origin::start("o").await;
+    let d = Arc::new(start(&o, "").await);
+    o.set_delay(Duration::from_millis(300));
+    for a in at_once(&d, 20, "/c/u?cc=private").await {
+        assert_eq!(a.status, StatusCode::OK);
+    }
+    assert!(
+        o.max_in_flight() >= 5,
+        "the waiting clients were sent one at a time (at most {} at once)",
+        o.max_in_flight()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_now_says_private_is_not_answered_with_the_stale_copy() {
+    let o = Origin::start("o").await;
+    let d = Arc::new(start(&o, "").await);
+    let path = "/c/p?cc=max-age%3D0%2C%20stale-if-error%3D600";
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
+    o.set_cache_control("private");
+    o.set_delay(Duration::from_millis(200));
+    for a in at_once(&d, 10, path).await {
+        assert_eq!(a.status, StatusCode::OK);
+        assert_ne!(
+            xc(&a),
+            "STALE",
+            "the origin is up: its answer, not the old copy"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_range_of_an_object_too_large_to_store_is_asked_of_the_origin() {
+    let o = Origin::start("o").await;
+    let d = start(&o, "max_object_size = \"1MiB\"").await;
+    let path = "/c/huge.mp4?cc=max-age%3D60&size=4194304";
+    let a = fetch(&d, path, &[("range", "bytes=3000000-3000009")]).await;
+    assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        a.header("content-range"),
+        Some("bytes 3000000-3000009/4194304")
+    );
+    let want: Vec<u8> = (3_000_000..3_000_010)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    assert_eq!(&a.body[..], &want[..]);
+    assert_eq!(
+        o.last_headers()["range"],
+        "bytes=3000000-3000009",
+        "the origin served the range"
+    );
+    // A range near the start of a small object is still cut from the object being stored.
+    let small = "/c/small?cc=max-age%3D60&size=1000";
+    let a = fetch(&d, small, &[("range", "bytes=10-19")]).await;
+    assert_eq!((a.status, a.body.len()), (StatusCode::PARTIAL_CONTENT, 10));
+    assert!(o.last_headers().get("range").is_none());
+    assert_eq!(xc(&fetch(&d, small, &[]).await), "HIT");
+}
+
+#[tokio::test]
+async fn a_clients_preconditions_are_answered_by_the_cache_and_never_stored() {
+    let o = Origin::start("o").await;
+    let d = start(&o, "").await;
+    let path = "/c/m?cc=max-age%3D60&etag=v1";
+    let failed = fetch(&d, path, &[("if-match", "\"nope\"")]).await;
+    assert_eq!(failed.status, StatusCode::PRECONDITION_FAILED);
+    assert!(o.last_headers().get("if-match").is_none(), "not forwarded");
+    let next = fetch(&d, path, &[]).await;
+    assert_eq!(
+        (next.status, xc(&next)),
+        (StatusCode::OK, "HIT"),
+        "not poisoned"
+    );
+    let ok = fetch(&d, path, &[("if-match", "\"v1\"")]).await;
+    assert_eq!((ok.status, xc(&ok)), (StatusCode::OK, "HIT"));
+    let ius = fetch(
+        &d,
+        path,
+        &[("if-unmodified-since", "Sun, 06 Nov 1994 08:49:37 GMT")],
+    )
+    .await;
+    assert_eq!(ius.status, StatusCode::OK, "no Last-Modified: ignored");
+}
+
+#[tokio::test]
+async fn forged_forwarding_fields_never_reach_the_origin() {
+    let o = Origin::start("o").await;
+    let d = start(&o, "").await;
+    let forged = [
+        ("x_forwarded_host", "evil.example"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-forwarded-scheme", "https"),
+        ("x-forwarded-server", "evil.example"),
+        ("true-client-ip", "203.0.113.9"),
+        ("x-host", "evil.example"),
+    ];
+    fetch(&d, "/c/f?cc=max-age%3D60", &forged).await;
+    let seen = o.last_headers();
+    for (name, _) in forged {
+        assert!(seen.get(name).is_none(), "{name} reached the origin");
+    }
+    // A method override makes a GET something else to some applications: not cached.
+    let path = "/c/o?cc=max-age%3D60";
+    let a = fetch(&d, path, &[("x-http-method-override", "DELETE")]).await;
+    assert_eq!(xc(&a), "BYPASS");
+    assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_an_authority_is_refused() {
+    let o = Origin::start("o").await;
+    let d = start(&o, "").await;
+    for head in [
+        "Host: cdn.example.com/evil",
+        "Host: cdn.example.com\r\nHost: other.example",
+        "Host: a b",
+    ] {
+        let raw = format!("GET /c/x HTTP/1.1\r\n{head}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{head}: {answer}");
+    }
+    assert_eq!(o.hits(), 0);
+}
+
+#[tokio::test]
+async fn only_if_cached_does_not_go_to_the_origin_for_a_stale_object() {
+    let o = Origin::start("o").await;
+    let d = start(&o, "").await;
+    let path = "/c/s?cc=max-age%3D0&etag=v1";
+    fetch(&d, path, &[]).await;
+    let a = fetch(&d, path, &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(o.hits(), 1);
+}
+
+#[tokio::test]
+async fn a_304_naming_another_representation_is_not_applied() {
+    let o = RawOrigin::start(|head| {
+        let body = "hello";
+        if head.to_ascii_lowercase().contains("if-none-match") {
+            // Not the stored ETag: this 304 validates something else.
+            b"HTTP/1.1 304 Not Modified\r\netag: \"b\"\r\ncache-control: max-age=60\r\n\r\n"
+                .to_vec()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\netag: \"a\"\r\ncache-control: max-age=0\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes()
+        }
+    })
+    .await;
+    let d = TestDaemon::start(&config(&o.addr.to_string(), "")).await;
+    assert_eq!(xc(&fetch(&d, "/doc", &[]).await), "MISS");
+    let a = fetch(&d, "/doc", &[]).await;
+    assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"hello"[..]));
+    assert_eq!(a.header("etag"), Some("\"a\""));
+    let heads = o.heads();
+    assert_eq!(heads.len(), 3, "{heads:?}");
+    assert!(
+        !heads[2].to_ascii_lowercase().contains("if-none-match"),
+        "asked again, plainly"
+    );
+}
