@@ -35,6 +35,9 @@ struct Args {
     /// A streamgate binary to use instead of building target/release/streamgate.
     #[arg(long)]
     streamgate: Option<PathBuf>,
+    /// The cache's max_size.
+    #[arg(long, default_value = "256MiB")]
+    max_size: String,
     /// Extra lines for the service's [services.cache] table.
     #[arg(long, default_value = "")]
     cache_extra: String,
@@ -99,6 +102,7 @@ fn start(
     binary: &PathBuf,
     dir: &std::path::Path,
     origin: SocketAddr,
+    max_size: &str,
     extra: &str,
 ) -> Result<(Child, SocketAddr, SocketAddr)> {
     let port = |l: std::net::TcpListener| l.local_addr().map(|a| a.port());
@@ -110,7 +114,7 @@ fn start(
          [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:{web}\"\n\
          [[regions]]\nname = \"o\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\
          [[services]]\nname = \"media\"\nlisteners = [\"web\"]\nregions = [\"o\"]\n\
-         [services.cache]\nmax_size = \"1GiB\"\nmax_object_size = \"64MiB\"\n{extra}\n"
+         [services.cache]\nmax_size = \"{max_size}\"\nmax_object_size = \"64MiB\"\n{extra}\n"
     );
     let path = dir.join("streamgate.toml");
     std::fs::write(&path, conf)?;
@@ -154,7 +158,13 @@ async fn main() -> Result<()> {
     let object = Bytes::from(vec![b'v'; args.object_mib << 20]);
     let origin = origin(object).await?;
     let dir = tempfile::tempdir()?;
-    let (mut child, web, admin) = start(&binary, dir.path(), origin, &args.cache_extra)?;
+    let (mut child, web, admin) = start(
+        &binary,
+        dir.path(),
+        origin,
+        &args.max_size,
+        &args.cache_extra,
+    )?;
     let pid = child.id();
     let before = kib(pid, "VmRSS");
     let started = Instant::now();
@@ -177,13 +187,14 @@ async fn main() -> Result<()> {
     println!(
         "binary {}\nrequests {} x Range: bytes=0-0 of distinct {} MiB objects\n\
          206 with one byte: {ok}, other: {failed}\nall answered in {:.2} s\n\
-         RSS before {:.1} MiB, peak {:.1} MiB\ncache after: {stats}",
+         RSS before {:.1} MiB, peak {:.1} MiB (max_size {})\ncache after: {stats}",
         binary.display(),
         args.requests,
         args.object_mib,
         answered.as_secs_f64(),
         before as f64 / 1024.0,
         peak as f64 / 1024.0,
+        args.max_size,
     );
     let _ = child.kill();
     let _ = child.wait();

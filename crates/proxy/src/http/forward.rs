@@ -191,6 +191,7 @@ impl HttpProxy {
             },
             method: req.method().as_str().to_string(),
             host: request_host(req)
+                .ok()
                 .map(|h| host_str(&h).to_string())
                 .unwrap_or_default(),
             path: req
@@ -230,12 +231,10 @@ impl HttpProxy {
                 method: req.method().to_string(),
             });
         }
-        let host = request_host(&req).ok_or(ProxyError::MissingHost)?;
-        // RFC 9112 §3.2: one Host, a valid authority. A Host with a path in it would make
-        // the cache key of one URL the key of another.
-        if req.headers().get_all(header::HOST).iter().nth(1).is_some()
-            || !valid_authority(host.as_bytes())
-        {
+        let host = request_host(&req)?;
+        // RFC 9112 §3.2: a valid authority. A Host with a path in it would make the cache key
+        // of one URL the key of another.
+        if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
         }
         let service = match table.route(&self.listener, host_str(&host), req.uri().path()) {
@@ -576,15 +575,18 @@ impl HttpProxy {
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
     if let Some(a) = req.uri().authority() {
-        return HeaderValue::from_str(a.as_str()).ok();
+        return HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::InvalidHost);
     }
-    match req.headers().get(header::HOST) {
-        Some(h) => Some(h.clone()),
+    // One lookup for the field and for a second line of it (RFC 9112 §3.2: 400).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Ok(h.clone()),
+        (Some(_), Some(_)) => Err(ProxyError::InvalidHost),
         // HTTP/1.0 may omit Host; only a catch-all service can take it.
-        None if req.version() == Version::HTTP_10 => Some(HeaderValue::from_static("")),
-        None => None,
+        (None, _) if req.version() == Version::HTTP_10 => Ok(HeaderValue::from_static("")),
+        (None, _) => Err(ProxyError::MissingHost),
     }
 }
 
