@@ -65,6 +65,9 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     /// A pooled idle backend connection is closed after this long.
     pub upstream_idle: Duration,
+    /// A tunnel (WebSocket and other upgrades, HTTP/2 extended CONNECT, TCP services) with no
+    /// byte moving either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -75,6 +78,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             upstream_response: Duration::from_secs(30),
             upstream_idle: Duration::from_secs(60),
+            tunnel_idle: Duration::from_secs(3600),
         }
     }
 }

@@ -43,6 +43,7 @@ pub(crate) struct RawTimeouts {
     pub idle: Option<S<String>>,
     pub upstream_response: Option<S<String>>,
     pub upstream_idle: Option<S<String>>,
+    pub tunnel_idle: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

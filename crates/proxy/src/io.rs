@@ -32,6 +32,11 @@ pub struct ConnActivity {
     /// The last answer was ready in the poll that read its request (a cache hit, a local error);
     /// see `CoalescedWrites`.
     answered_at_once: AtomicBool,
+    /// Woken when the last request (or tunnel) ends, for whoever waits on [`Self::until_idle`].
+    idle: tokio::sync::Notify,
+    /// Set when the connection's task is gone (shutdown deadline): its tunnels end.
+    closing: AtomicBool,
+    closed: tokio::sync::Notify,
 }
 
 impl ConnActivity {
@@ -41,7 +46,40 @@ impl ConnActivity {
             idle_since: AtomicU64::new(now_nanos()),
             waker: AtomicWaker::new(),
             answered_at_once: AtomicBool::new(false),
+            idle: tokio::sync::Notify::new(),
+            closing: AtomicBool::new(false),
+            closed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Resolves once no request or tunnel is active on the connection. An upgraded connection
+    /// outlives hyper's connection future: its task waits here, so the connection keeps its
+    /// slot under `max_connections` and graceful shutdown waits for it.
+    pub async fn until_idle(&self) {
+        loop {
+            let woken = self.idle.notified();
+            if self.active.load(Relaxed) == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// Resolves once the connection's task is gone (see [`CloseOnDrop`]).
+    pub async fn closed(&self) {
+        loop {
+            let woken = self.closed.notified();
+            if self.closing.load(Relaxed) {
+                return;
+            }
+            woken.await;
+        }
+    }
+
+    /// A guard whose drop (the connection task finishing or being aborted at the shutdown
+    /// deadline) ends the connection's tunnels.
+    pub fn close_on_drop(self: &Arc<Self>) -> CloseOnDrop {
+        CloseOnDrop(self.clone())
     }
 
     /// Records whether the answer just produced was ready without waiting for anything.
@@ -55,6 +93,17 @@ impl ConnActivity {
     }
 }
 
+/// See [`ConnActivity::close_on_drop`].
+#[derive(Debug)]
+pub struct CloseOnDrop(Arc<ConnActivity>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closing.store(true, Relaxed);
+        self.0.closed.notify_waiters();
+    }
+}
+
 /// Marks a request active on its connection until dropped (when its response body is done).
 #[derive(Debug)]
 pub struct ActiveRequest(Arc<ConnActivity>);
@@ -64,6 +113,15 @@ impl ActiveRequest {
         conn.active.fetch_add(1, Relaxed);
         ActiveRequest(conn.clone())
     }
+
+    /// One more mark on the same connection (a tunnel that outlives its request's response).
+    pub fn another(&self) -> ActiveRequest {
+        ActiveRequest::new(&self.0)
+    }
+
+    pub fn conn(&self) -> &Arc<ConnActivity> {
+        &self.0
+    }
 }
 
 impl Drop for ActiveRequest {
@@ -71,6 +129,7 @@ impl Drop for ActiveRequest {
         if self.0.active.fetch_sub(1, Relaxed) == 1 {
             self.0.idle_since.store(now_nanos(), Relaxed);
             self.0.waker.wake();
+            self.0.idle.notify_waiters();
         }
     }
 }

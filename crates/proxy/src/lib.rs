@@ -9,6 +9,7 @@ pub mod proxy_protocol;
 pub mod sni;
 pub mod tcp;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 pub use http::{HttpProxy, ListenerLimits, Shared, bind, serve};

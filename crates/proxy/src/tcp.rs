@@ -1,19 +1,17 @@
 //! L4: `tcp` listeners (one service each) and `tls_passthrough` listeners (services chosen by the
 //! SNI of the ClientHello, TLS left to the backend). A connection goes through the same region
-//! and backend selection as an HTTP request, then bytes are copied both ways (half-close kept)
-//! until both sides finish or nothing moves for the idle timeout.
+//! and backend selection as an HTTP request, then is a [`crate::tunnel`]: bytes copied both ways
+//! (half-close kept) until both sides finish or nothing moves for `tunnel_idle`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use streamgate_balance::stats::now_nanos;
 use streamgate_balance::{ClientFacts, GeoHandle, Lease, Outcome, Pick, TableHandle};
 use streamgate_config::{RegionPolicy, SendProxy};
 use streamgate_telemetry::Metrics;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -24,11 +22,10 @@ use crate::http::ListenerLimits;
 use crate::io::Prefixed;
 use crate::proxy_protocol;
 use crate::sni::{MAX_HELLO, Sni, client_hello_sni};
+use crate::tunnel::{Ended, TunnelMetrics, relay};
 
 /// Most backends one connection tries when connecting fails.
 const MAX_TRIES: usize = 8;
-/// Copy buffer per direction.
-const COPY_BUF: usize = 64 * 1024;
 
 /// Shared state of one L4 listener.
 #[derive(Debug)]
@@ -41,6 +38,7 @@ pub struct TcpProxy {
     table: TableHandle,
     geo: GeoHandle,
     metrics: Arc<Metrics>,
+    tunnels: TunnelMetrics,
 }
 
 impl TcpProxy {
@@ -57,6 +55,7 @@ impl TcpProxy {
             table: shared.table.clone(),
             geo: shared.geo.clone(),
             metrics: shared.metrics.clone(),
+            tunnels: TunnelMetrics::of(&shared.metrics, listener),
         })
     }
 }
@@ -142,23 +141,16 @@ impl TcpProxy {
             warn!(service = %service.name, error = %e, "could not send the PROXY header");
             return;
         }
-        let activity = Arc::new(AtomicU64::new(now_nanos()));
-        let mut a = Tracked {
-            inner: Prefixed::new(prefix.freeze(), stream),
-            activity: activity.clone(),
-        };
-        let mut b = Tracked {
-            inner: backend,
-            activity: activity.clone(),
-        };
-        let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
-        tokio::select! {
-            r = copy => match r {
-                Ok((up, down)) => debug!(service = %service.name, up, down, "connection done"),
-                Err(e) => debug!(service = %service.name, error = %e, "connection ended with an error"),
-            },
-            _ = idle(activity, timeouts.idle) => {
-                debug!(service = %service.name, idle = ?timeouts.idle, "idle connection closed");
+        let client = Prefixed::new(prefix.freeze(), stream);
+        match relay(client, backend, timeouts.tunnel_idle, &self.tunnels).await {
+            Ended::Closed { up, down } => {
+                debug!(service = %service.name, up, down, "connection done");
+            }
+            Ended::Failed(e) => {
+                debug!(service = %service.name, error = %e, "connection ended with an error");
+            }
+            Ended::Idle => {
+                debug!(service = %service.name, idle = ?timeouts.tunnel_idle, "idle connection closed");
             }
         }
         drop(lease);
@@ -238,71 +230,4 @@ async fn read_sni(
     tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err("no ClientHello in time"))
-}
-
-/// Resolves once no byte has moved either way for `idle`.
-async fn idle(activity: Arc<AtomicU64>, idle: Duration) {
-    loop {
-        let last = activity.load(Relaxed);
-        let deadline = last + idle.as_nanos() as u64;
-        let now = now_nanos();
-        if now >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_nanos(deadline - now)).await;
-        if activity.load(Relaxed) == last {
-            return;
-        }
-    }
-}
-
-/// Notes the time of every read and write that moved bytes.
-struct Tracked<T> {
-    inner: T,
-    activity: Arc<AtomicU64>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.store(now_nanos(), Relaxed);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.store(now_nanos(), Relaxed);
-        }
-        r
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }

@@ -88,6 +88,10 @@ pub struct Metrics {
     /// `connections_total{listener}` and `connections_active{listener}`
     pub connections: IntCounterVec,
     pub connections_active: IntGaugeVec,
+    /// `tunnels_total{listener}` and `tunnels_active{listener}`: WebSocket and other upgrades,
+    /// HTTP/2 extended CONNECT, TCP and TLS-passthrough connections.
+    pub tunnels: IntCounterVec,
+    pub tunnels_active: IntGaugeVec,
     /// `config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `config_last_reload_success_timestamp_seconds`
@@ -185,6 +189,13 @@ impl Metrics {
                 "Open client connections",
                 &["listener"],
             ),
+            tunnels: counter_vec(
+                r,
+                "tunnels_total",
+                "Tunnels opened (WebSocket and other upgrades, HTTP/2 extended CONNECT, TCP and TLS passthrough)",
+                &["listener"],
+            ),
+            tunnels_active: gauge_vec(r, "tunnels_active", "Open tunnels", &["listener"]),
             config_reloads: counter_vec(
                 r,
                 "config_reloads_total",

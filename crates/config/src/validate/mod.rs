@@ -191,7 +191,7 @@ fn runtime(raw: &RawRuntime, ctx: &mut Ctx<'_>) -> Runtime {
 
 fn timeouts(raw: &RawTimeouts, prefix: &str, base: Timeouts, ctx: &mut Ctx<'_>) -> Timeouts {
     let mut t = base;
-    let fields: [(&Option<S<String>>, &str, &mut Duration); 5] = [
+    let fields: [(&Option<S<String>>, &str, &mut Duration); 6] = [
         (&raw.connect, "connect", &mut t.connect),
         (&raw.request_header, "request_header", &mut t.request_header),
         (&raw.idle, "idle", &mut t.idle),
@@ -201,6 +201,7 @@ fn timeouts(raw: &RawTimeouts, prefix: &str, base: Timeouts, ctx: &mut Ctx<'_>) 
             &mut t.upstream_response,
         ),
         (&raw.upstream_idle, "upstream_idle", &mut t.upstream_idle),
+        (&raw.tunnel_idle, "tunnel_idle", &mut t.tunnel_idle),
     ];
     for (value, key, slot) in fields {
         let path = format!("{prefix}.{key}");

@@ -31,6 +31,7 @@ use super::headers::{
     strip_client_forwarding, strip_hop_by_hop,
 };
 use crate::io::ActiveRequest;
+use crate::tunnel::{Ended, relay};
 use crate::upstream::{ExchangeTimeouts, UpstreamBody};
 
 /// Most backends one request tries when connections fail.
@@ -152,17 +153,34 @@ impl HttpProxy {
         parts.version = out.client_version;
         let on_upgrade = out.upgrade.take();
         let (listener, service) = (self.listener.clone(), out.service.name.clone());
+        let idle = out.service.spec.timeouts.tunnel_idle;
+        let tunnels = self.tunnels.clone();
+        // The tunnel keeps its connection active (no request-header or keep-alive deadline
+        // applies to it) until it ends; it ends when the connection's task does.
+        let hold = active.another();
         tokio::spawn(async move {
+            let conn = hold.conn().clone();
             let Some(on_upgrade) = on_upgrade else { return };
-            match on_upgrade.await {
+            let upgraded = tokio::select! {
+                u = on_upgrade => u,
+                () = conn.closed() => return,
+            };
+            match upgraded {
                 Ok(upgraded) => {
-                    let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                    let mut backend = crate::io::Prefixed::new(read_ahead.freeze(), backend);
-                    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                        Ok((up, down)) => {
+                    let client = hyper_util::rt::TokioIo::new(upgraded);
+                    let backend = crate::io::Prefixed::new(read_ahead.freeze(), backend);
+                    let ended = tokio::select! {
+                        e = relay(client, backend, idle, &tunnels) => e,
+                        () = conn.closed() => Ended::Failed(std::io::Error::other("shutting down")),
+                    };
+                    match ended {
+                        Ended::Closed { up, down } => {
                             tracing::debug!(listener = %listener, service = %service, up, down, "tunnel closed")
                         }
-                        Err(e) => {
+                        Ended::Idle => {
+                            tracing::debug!(listener = %listener, service = %service, idle = ?idle, "idle tunnel closed")
+                        }
+                        Ended::Failed(e) => {
                             tracing::debug!(listener = %listener, service = %service, error = %e, "tunnel ended with an error")
                         }
                     }
@@ -172,6 +190,7 @@ impl HttpProxy {
                 }
             }
             drop(lease);
+            drop(hold);
         });
         Response::from_parts(
             parts,

@@ -50,6 +50,7 @@ pub struct HttpProxy {
     caches: Arc<CacheRegistry>,
     /// `cache_served_bytes_total{source="origin"}`
     served_origin: IntCounter,
+    tunnels: crate::tunnel::TunnelMetrics,
 }
 
 impl HttpProxy {
@@ -76,6 +77,7 @@ impl HttpProxy {
                 .metrics
                 .cache_served_bytes
                 .with_label_values(&["origin"]),
+            tunnels: crate::tunnel::TunnelMetrics::of(&shared.metrics, listener),
         })
     }
 }
@@ -146,9 +148,15 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let (proxy, builder) = (proxy.clone(), builder.clone());
         conns.spawn(async move {
+            let activity = ConnActivity::new();
+            // Aborted at the shutdown deadline: the connection's tunnels end with it.
+            let _close = activity.close_on_drop();
             proxy
-                .connection(conn.stream, conn.peer, builder, watcher)
+                .connection(conn.stream, conn.peer, builder, watcher, &activity)
                 .await;
+            // An upgraded connection (WebSocket) lives on as a tunnel after hyper is done with
+            // it: it keeps its slot and graceful shutdown waits for it.
+            activity.until_idle().await;
             drop(conn.hold);
         });
     }
@@ -166,6 +174,7 @@ impl HttpProxy {
         peer: SocketAddr,
         builder: auto::Builder<TokioExecutor>,
         watcher: Watcher,
+        activity: &Arc<ConnActivity>,
     ) {
         let timeouts = {
             let t = self.table.load().config.timeouts;
@@ -182,11 +191,17 @@ impl HttpProxy {
         };
         let io = Prefixed::new(prefix, stream);
         match &self.tls {
-            None => self.serve_io(io, peer, timeouts, &builder, watcher).await,
+            None => {
+                self.serve_io(io, peer, timeouts, &builder, watcher, activity)
+                    .await
+            }
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
                 match tokio::time::timeout(timeouts.request_header, acceptor.accept(io)).await {
-                    Ok(Ok(s)) => self.serve_io(s, peer, timeouts, &builder, watcher).await,
+                    Ok(Ok(s)) => {
+                        self.serve_io(s, peer, timeouts, &builder, watcher, activity)
+                            .await
+                    }
                     Ok(Err(e)) => {
                         debug!(listener = %self.listener, peer = %peer, error = %e, "TLS handshake failed")
                     }
@@ -205,10 +220,11 @@ impl HttpProxy {
         timeouts: ClientTimeouts,
         builder: &auto::Builder<TokioExecutor>,
         watcher: Watcher,
+        activity: &Arc<ConnActivity>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = ConnActivity::new();
+        let activity = activity.clone();
         let io = TokioIo::new(CoalescedWrites::new(
             TimedIo::new(io, activity.clone(), timeouts),
             activity.clone(),

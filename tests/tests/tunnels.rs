@@ -1,0 +1,211 @@
+//! Long-lived tunnels: a WebSocket stays open while it is quiet (or while only the server
+//! talks) for longer than the request-header and idle timeouts, until `tunnel_idle`; it counts
+//! against `max_connections` and in the tunnel metrics; graceful shutdown lets it run until the
+//! deadline and then ends it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use streamgate_tests::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A WebSocket server: echoes what it gets; with `push`, also sends `tick N` every 200 ms.
+async fn websocket_backend(push: bool) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                let (mut tx, mut rx) = ws.split();
+                let mut tick = tokio::time::interval(Duration::from_millis(200));
+                let mut n = 0;
+                loop {
+                    tokio::select! {
+                        m = rx.next() => match m {
+                            Some(Ok(m)) if m.is_text() => {
+                                if tx.send(m).await.is_err() { return; }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => return,
+                        },
+                        _ = tick.tick(), if push => {
+                            n += 1;
+                            if tx.send(Message::text(format!("tick {n}"))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn config(backend: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[timeouts]
+request_header = "1s"
+idle = "1s"
+{extra}
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+max_connections = 1
+
+[[regions]]
+name = "r"
+backends = [ {{ address = "{backend}" }} ]
+
+[[services]]
+name = "ws"
+listeners = ["web"]
+regions = ["r"]
+"#
+    )
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn open(d: &TestDaemon) -> Ws {
+    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async("ws://chat.example/live", tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws
+}
+
+async fn metric(d: &TestDaemon, prefix: &str) -> f64 {
+    let m = get(&http1(), &d.admin_url("/metrics"), &[])
+        .await
+        .unwrap()
+        .text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_outlives_the_request_timeouts() {
+    let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
+    let mut ws = open(&d).await;
+    // Quiet for longer than request_header and idle (1 s each).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ws.send(Message::text("still there?")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still there?")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_where_only_the_server_talks_stays_open() {
+    let d = TestDaemon::start(&config(websocket_backend(true).await, "")).await;
+    let mut ws = open(&d).await;
+    let mut ticks = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while let Ok(Some(m)) = tokio::time::timeout_at(until, ws.next()).await {
+        assert!(m.unwrap().is_text());
+        ticks += 1;
+    }
+    assert!(ticks >= 8, "{ticks} ticks in 2.5 s");
+    ws.send(Message::text("and back")).await.unwrap();
+    loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) if t.as_str() == "and back" => break,
+            Message::Text(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_closes_after_tunnel_idle() {
+    let d = TestDaemon::start(&config(
+        websocket_backend(false).await,
+        "tunnel_idle = \"1500ms\"",
+    ))
+    .await;
+    let mut ws = open(&d).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    ws.send(Message::text("a")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("a"));
+    // Then silence: gone within tunnel_idle (plus slack), not before it.
+    let started = tokio::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    assert!(end.is_ok(), "the idle tunnel was not closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_counts_against_max_connections_and_in_metrics() {
+    let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
+    let mut ws = open(&d).await;
+    assert_eq!(
+        metric(&d, "streamgate_tunnels_active{listener=\"web\"} ").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&d, "streamgate_connections_active{listener=\"web\"} ").await,
+        1.0
+    );
+    // The one slot is the WebSocket's: another client waits in the backlog.
+    let url = d.url("web", "/");
+    let waiting = tokio::spawn(async move { get(&http1(), &url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "served beside the tunnel");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the tunnel ended")
+        .unwrap();
+    assert!(answer.is_ok());
+    assert_eq!(
+        metric(&d, "streamgate_tunnels_active{listener=\"web\"} ").await,
+        0.0
+    );
+    assert_eq!(
+        metric(&d, "streamgate_tunnels_total{listener=\"web\"} ").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_lets_a_tunnel_run_until_the_deadline_then_ends_it() {
+    let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
+    let mut ws = open(&d).await;
+    let TestDaemon {
+        daemon, dir: _dir, ..
+    } = d;
+    let stopping = tokio::spawn(daemon.shutdown(Duration::from_millis(1500)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ws.send(Message::text("during the drain")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("during the drain")
+    );
+    assert!(
+        !stopping.await.unwrap(),
+        "the tunnel was still open at the deadline"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(end, Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_))))),
+        "{end:?}"
+    );
+}
