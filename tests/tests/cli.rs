@@ -363,3 +363,34 @@ async fn the_admin_token_never_appears_in_the_log() {
         "token leaked into the log:\n{all}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sighup_is_one_reload() {
+    let a = Origin::start("a").await;
+    let p = DaemonProcess::start(BIN, &service(&backends(&[(&a, 1)]), ""), &["web", "admin"]);
+    p.signal("HUP");
+    // Long enough for the file watcher's debounce to have fired many times over.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let logs = p.log_json();
+    let count = |m: &str| logs.iter().filter(|l| l["message"] == m).count();
+    assert_eq!(count("configuration reloaded"), 1, "{logs:?}");
+    assert_eq!(
+        count("config file changed; reloading"),
+        0,
+        "reading the file is not a change of it: {logs:?}"
+    );
+    let reloads = get(
+        &http1(),
+        &format!("http://{}/metrics", p.addr("admin")),
+        &[],
+    )
+    .await
+    .unwrap()
+    .text()
+    .lines()
+    .find_map(|l| {
+        l.strip_prefix("streamgate_config_reloads_total{result=\"success\"} ")
+            .map(str::to_string)
+    });
+    assert_eq!(reloads.as_deref(), Some("1"));
+}

@@ -184,8 +184,11 @@ pub fn watch_config(
     let name = path.file_name()?.to_os_string();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Only what can change the file's contents: reading it (which every reload does)
+        // raises access events, and reacting to those made one SIGHUP reload forever.
         // Kubernetes ConfigMaps swap a `..data` symlink rather than touching the file itself.
         if let Ok(ev) = event
+            && !matches!(ev.kind, notify::EventKind::Access(_))
             && ev.paths.iter().any(|p| {
                 p.file_name() == Some(name.as_os_str())
                     || p.file_name().is_some_and(|n| n == "..data")
@@ -212,8 +215,11 @@ pub fn watch_config(
                     Err(_) => break,
                 }
             }
-            info!(file = %control.config_path.display(), "config file changed; reloading");
-            control.reload(false).await;
+            // Its digest decides whether the file changed (a touch or a rewrite of the same
+            // bytes is no change): only a change is reloaded, and logged by the reload.
+            if let ReloadOutcome::Unchanged { .. } = control.reload(false).await {
+                tracing::debug!(file = %control.config_path.display(), "config file event; contents unchanged");
+            }
         }
     });
     Some(watcher)

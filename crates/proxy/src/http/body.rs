@@ -29,9 +29,53 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     /// No body; such a request can be sent again to another backend.
     Empty,
-    /// The client's body, streamed as it arrives, and a count of the bytes sent on (kept when
-    /// the access log wants it).
-    Stream(Incoming, Option<Arc<AtomicU64>>),
+    /// The client's body, streamed as it arrives, and how its upload goes.
+    Stream(Incoming, Arc<Upload>),
+}
+
+/// How a request body's upload goes: bytes passed on (for the access log), when the last ones
+/// went and whether it is complete. The backend's response deadline (`upstream_response`)
+/// counts from the end of the upload, not from its start: a large upload is not a slow backend.
+#[derive(Debug, Default)]
+pub struct Upload {
+    bytes: AtomicU64,
+    /// `now_nanos()` of the last progress.
+    last: AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl Upload {
+    pub fn new() -> Arc<Upload> {
+        Arc::new(Upload {
+            last: AtomicU64::new(streamgate_balance::stats::now_nanos()),
+            ..Upload::default()
+        })
+    }
+
+    pub fn sent(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Relaxed);
+        self.last
+            .store(streamgate_balance::stats::now_nanos(), Relaxed);
+    }
+
+    pub fn finished(&self) {
+        self.done.store(true, Relaxed);
+        self.last
+            .store(streamgate_balance::stats::now_nanos(), Relaxed);
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Relaxed)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(Relaxed)
+    }
+
+    /// When the upload last moved (or ended), in `now_nanos()` time.
+    pub fn last_progress(&self) -> u64 {
+        self.last.load(Relaxed)
+    }
 }
 
 impl Body for RequestBody {
@@ -44,7 +88,22 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Stream(b, _) => Pin::new(b).poll_frame(cx),
+            RequestBody::Stream(b, up) => {
+                let polled = Pin::new(&mut *b).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            up.sent(d.len());
+                        }
+                        if b.is_end_stream() {
+                            up.finished();
+                        }
+                    }
+                    Poll::Ready(None) => up.finished(),
+                    _ => {}
+                }
+                polled
+            }
         }
     }
 
@@ -76,8 +135,8 @@ pub struct Completion {
 #[derive(Debug)]
 pub struct PendingLog {
     pub record: AccessRecord,
-    /// Request body bytes forwarded so far (the upload may outlast the response head).
-    pub bytes_in: Option<Arc<AtomicU64>>,
+    /// The request body's upload (it may outlast the response head).
+    pub bytes_in: Option<Arc<Upload>>,
     pub sink: Arc<AccessLog>,
     pub started: Instant,
 }
@@ -97,7 +156,7 @@ impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(mut p) = self.log.take() {
             if let Some(n) = &p.bytes_in {
-                p.record.bytes_in = n.load(Relaxed);
+                p.record.bytes_in = n.bytes();
             }
             p.record.duration = p.started.elapsed();
             p.sink.log(p.record);

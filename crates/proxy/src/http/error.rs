@@ -44,6 +44,8 @@ pub enum ProxyError {
     Upstream { backend: SocketAddr, reason: String },
     #[error("client request body failed: {reason}")]
     ClientAborted { reason: String },
+    #[error("client request body stalled for {after:?}")]
+    RequestBodyTimeout { after: Duration },
 }
 
 impl ProxyError {
@@ -56,6 +58,7 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
@@ -71,7 +74,8 @@ impl ProxyError {
             | ProxyError::UnknownHost { .. }
             | ProxyError::UnknownPath { .. }
             | ProxyError::MethodNotAllowed { .. }
-            | ProxyError::ClientAborted { .. } => Side::Downstream,
+            | ProxyError::ClientAborted { .. }
+            | ProxyError::RequestBodyTimeout { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -100,6 +104,9 @@ impl ProxyError {
             ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
             ProxyError::InvalidHost => "400 Bad Request: invalid Host header\n",
             ProxyError::ClientAborted { .. } => "400 Bad Request: request body ended early\n",
+            ProxyError::RequestBodyTimeout { .. } => {
+                "408 Request Timeout: the request body stopped arriving\n"
+            }
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
             ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",

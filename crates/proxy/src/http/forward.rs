@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use base64::Engine as _;
@@ -24,7 +23,7 @@ use streamgate_telemetry::{DataType, code_class_index};
 use tracing::{info, warn};
 
 use super::HttpProxy;
-use super::body::{Completion, PendingLog, ProxyBody, RequestBody};
+use super::body::{Completion, PendingLog, ProxyBody, RequestBody, Upload};
 use super::error::ProxyError;
 use super::headers::{
     add_forwarding, append_via, client_ip, is_idempotent, is_trusted, lists_token,
@@ -332,11 +331,11 @@ impl HttpProxy {
         let body = if body_done {
             RequestBody::Empty
         } else {
-            let counter = log.as_ref().map(|_| Arc::new(AtomicU64::new(0)));
+            let upload = Upload::new();
             if let Some(l) = log.as_mut() {
-                l.bytes_in = counter.clone();
+                l.bytes_in = Some(upload.clone());
             }
-            RequestBody::Stream(body, counter)
+            RequestBody::Stream(body, upload)
         };
         Ok(Outbound {
             service,
@@ -415,6 +414,10 @@ impl HttpProxy {
             }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
             let upstream = &service.spec.upstream;
+            let upload = match &out.body {
+                RequestBody::Stream(_, u) => Some(u.clone()),
+                RequestBody::Empty => None,
+            };
             let exchange = async {
                 if upstream.protocol != UpstreamProtocol::Http1 {
                     self.upstreams
@@ -440,8 +443,14 @@ impl HttpProxy {
                         .await
                 }
             };
-            let deadline = tokio::time::Instant::from_std(attempt_at + timeouts.upstream_response);
-            let failure = match tokio::time::timeout_at(deadline, exchange).await {
+            let answered = within_response_deadline(
+                exchange,
+                attempt_at,
+                upload.as_deref(),
+                timeouts.upstream_response,
+            )
+            .await;
+            let failure = match answered {
                 // Both framings at once (an HTTP/1.1 backend behind TLS, read by hyper): the
                 // body's length is ambiguous, so the response is refused, never stored.
                 Ok(Ok(resp)) if ambiguous_framing(resp.headers()) => ProxyError::Upstream {
@@ -490,12 +499,20 @@ impl HttpProxy {
                     });
                 }
                 Ok(Err(e)) => ProxyError::from_upstream(pick.backend.address, e),
-                Err(_) => ProxyError::ResponseTimeout {
+                Err(Late::Upload) => ProxyError::RequestBodyTimeout {
+                    after: timeouts.upstream_response,
+                },
+                Err(Late::Response) => ProxyError::ResponseTimeout {
                     backend: pick.backend.address,
                     after: timeouts.upstream_response,
                 },
             };
             drop(lease);
+            if failure.side() == super::error::Side::Downstream {
+                // The client's fault (its body stopped or broke): not the backend's.
+                pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
+                return Err(failure);
+            }
             let never_sent = failure.never_sent();
             if !never_sent {
                 sent_attempts += 1;
@@ -589,6 +606,46 @@ impl HttpProxy {
             );
         } else if outcome == Outcome::Success && pick.backend.state.is_ejected() {
             info!(service = %service.name, backend = %pick.backend.address, "ejected backend answered again");
+        }
+    }
+}
+
+/// Which side kept an exchange from finishing in time.
+#[derive(Debug)]
+enum Late {
+    /// The client's body stopped arriving mid-upload.
+    Upload,
+    /// The backend did not answer after the request was sent.
+    Response,
+}
+
+/// Runs `exchange`, giving the backend `limit` to answer counted from the end of the request's
+/// upload (from `started` without a body). While the upload moves, the deadline moves with it:
+/// a large upload is not a slow backend. An upload with no progress for `limit` is the client's
+/// stall.
+async fn within_response_deadline<F: std::future::Future>(
+    exchange: F,
+    started: Instant,
+    upload: Option<&Upload>,
+    limit: std::time::Duration,
+) -> Result<F::Output, Late> {
+    let limit_nanos = limit.as_nanos() as u64;
+    let start = nanos_at(started);
+    let mut exchange = std::pin::pin!(exchange);
+    loop {
+        let from = upload.map_or(start, |u| u.last_progress().max(start));
+        let now = streamgate_balance::stats::now_nanos();
+        let left = (from + limit_nanos).saturating_sub(now);
+        if left == 0 {
+            return Err(match upload {
+                Some(u) if !u.is_done() => Late::Upload,
+                _ => Late::Response,
+            });
+        }
+        if let Ok(r) =
+            tokio::time::timeout(std::time::Duration::from_nanos(left), exchange.as_mut()).await
+        {
+            return Ok(r);
         }
     }
 }

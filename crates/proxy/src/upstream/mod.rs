@@ -393,9 +393,9 @@ async fn exchange(
         .map_err(|e| io_err("sending the request", e))?;
     let mut conn = match body {
         RequestBody::Empty => Conn::Whole(conn),
-        RequestBody::Stream(client_body, counter) => {
+        RequestBody::Stream(client_body, upload) => {
             let (rd, wr) = conn.into_split();
-            let writer = tokio::spawn(write_body(wr, client_body, framing, counter));
+            let writer = tokio::spawn(write_body(wr, client_body, framing, upload));
             Conn::Split {
                 rd,
                 writer: BodyWriter(Some(writer)),
@@ -537,7 +537,7 @@ async fn write_body(
     mut wr: OwnedWriteHalf,
     mut body: hyper::body::Incoming,
     framing: RequestFraming,
-    counter: Option<Arc<std::sync::atomic::AtomicU64>>,
+    upload: Arc<crate::http::body::Upload>,
 ) -> Result<OwnedWriteHalf, UpstreamError> {
     let chunked = framing == RequestFraming::Chunked;
     while let Some(frame) = body.frame().await {
@@ -546,9 +546,7 @@ async fn write_body(
             if data.is_empty() {
                 continue;
             }
-            if let Some(c) = &counter {
-                c.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            }
+            upload.sent(data.len());
             if chunked {
                 let size = format!("{:x}\r\n", data.len());
                 wr.write_all(size.as_bytes())
@@ -570,6 +568,7 @@ async fn write_body(
             .await
             .map_err(|e| io_err("sending the request body", e))?;
     }
+    upload.finished();
     Ok(wr)
 }
 

@@ -1,0 +1,117 @@
+//! Hardening: deadlines that mean what they say, and the edge cases a long-running edge proxy
+//! meets (slow uploads, stalled clients).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use streamgate_tests::*;
+use tokio::net::TcpStream;
+
+fn config(o: &Origin, timeouts: &str) -> String {
+    format!(
+        r#"
+[timeouts]
+{timeouts}
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "r"
+backends = {}
+
+[[services]]
+name = "s"
+listeners = ["web"]
+regions = ["r"]
+"#,
+        backends(&[(o, 1)])
+    )
+}
+
+/// POSTs `chunks` chunks of `size` bytes to `/sink`, `gap` apart (a slow uploader); the answer.
+async fn slow_upload(
+    d: &TestDaemon,
+    chunks: usize,
+    size: usize,
+    gap: Duration,
+    stall_after: Option<usize>,
+) -> (StatusCode, String) {
+    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+    tokio::spawn(async move {
+        for i in 0..chunks {
+            if stall_after == Some(i) {
+                // Stop sending, keep the connection: a stalled client.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            }
+            tokio::time::sleep(gap).await;
+            if body_tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'u'; size]))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let body = StreamBody::new(tokio_stream_from(body_rx));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/sink")
+        .header("host", "upload.example")
+        .body(body)
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    let status = resp.status();
+    let text = resp.into_body().collect().await.map_or_else(
+        |e| e.to_string(),
+        |b| String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+    );
+    (status, text)
+}
+
+fn tokio_stream_from<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_upstream_response_is_not_a_timeout() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "upstream_response = \"1s\"")).await;
+    // 3 s of upload, 64 KiB every 250 ms: the backend answers once it has it all.
+    let (status, text) = slow_upload(&d, 12, 64 * 1024, Duration::from_millis(250), None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(text, (12 * 64 * 1024).to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stops_is_the_clients_timeout() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "upstream_response = \"1s\"")).await;
+    let (status, text) = slow_upload(&d, 12, 1024, Duration::from_millis(50), Some(3)).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
+    // The backend is not blamed for the client's stall.
+    let m = get(&http1(), &d.admin_url("/metrics"), &[])
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("streamgate_upstream_errors_total{") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
