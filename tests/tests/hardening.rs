@@ -115,3 +115,55 @@ async fn an_upload_that_stops_is_the_clients_timeout() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
+    let public = Origin::start("public").await;
+    let rest = Origin::start("rest").await;
+    let text = format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "pub"
+backends = {}
+
+[[regions]]
+name = "rest"
+backends = {}
+
+[[services]]
+name = "pub"
+listeners = ["web"]
+path_prefix = "/pub/"
+regions = ["pub"]
+
+[[services]]
+name = "rest"
+listeners = ["web"]
+regions = ["rest"]
+"#,
+        backends(&[(&public, 1)]),
+        backends(&[(&rest, 1)])
+    );
+    let d = TestDaemon::start(&text).await;
+    let cases = [
+        ("/pub/../admin", "origin rest /admin"),
+        ("/pub/%2e%2e/admin", "origin rest /admin"),
+        ("/pub/./x/../../admin?q=1", "origin rest /admin"),
+        ("/%70ub/x", "origin public /pub/x"),
+        ("/pub//x", "origin public /pub/x"),
+        ("//pub/x", "origin public /pub/x"),
+    ];
+    for (path, want) in cases {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(answer.ends_with(want), "{path}: {answer}");
+    }
+    assert_eq!(rest.last_headers().get("host").unwrap(), "a.example");
+}

@@ -98,6 +98,8 @@ async fn metric(d: &TestDaemon, prefix: &str) -> f64 {
 async fn a_quiet_websocket_outlives_the_request_timeouts() {
     let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
     let mut ws = open(&d).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     // Quiet for longer than request_header and idle (1 s each).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     ws.send(Message::text("still there?")).await.unwrap();

@@ -23,6 +23,8 @@ pub enum ProxyError {
     MissingHost,
     #[error("invalid or repeated Host header")]
     InvalidHost,
+    #[error("request path cannot be normalised")]
+    InvalidPath,
     #[error("no service for this host on listener {listener}")]
     UnknownHost { listener: String },
     #[error("no route for this path on listener {listener}")]
@@ -53,6 +55,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost
             | ProxyError::InvalidHost
+            | ProxyError::InvalidPath
             | ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } | ProxyError::UnknownPath { .. } => {
                 StatusCode::NOT_FOUND
@@ -71,6 +74,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost
             | ProxyError::InvalidHost
+            | ProxyError::InvalidPath
             | ProxyError::UnknownHost { .. }
             | ProxyError::UnknownPath { .. }
             | ProxyError::MethodNotAllowed { .. }
@@ -103,6 +107,7 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
             ProxyError::InvalidHost => "400 Bad Request: invalid Host header\n",
+            ProxyError::InvalidPath => "400 Bad Request: invalid path\n",
             ProxyError::ClientAborted { .. } => "400 Bad Request: request body ended early\n",
             ProxyError::RequestBodyTimeout { .. } => {
                 "408 Request Timeout: the request body stopped arriving\n"

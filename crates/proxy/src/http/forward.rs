@@ -255,7 +255,10 @@ impl HttpProxy {
         if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
         }
-        let service = match table.route(&self.listener, host_str(&host), req.uri().path()) {
+        // Routed and forwarded as normalised (http::path): what matched is what the origin gets.
+        let normal = super::path::normalize(req.uri().path());
+        let route_path = normal.as_deref().unwrap_or(req.uri().path());
+        let service = match table.route(&self.listener, host_str(&host), route_path) {
             Ok(s) => s,
             Err(NoRoute::Host) => {
                 return Err(ProxyError::UnknownHost {
@@ -323,11 +326,21 @@ impl HttpProxy {
         // absolute-form requests).
         parts.headers.insert(header::HOST, host.clone());
         parts.version = Version::HTTP_11;
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path_and_query = match normal {
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            Some(p) => {
+                let pq = match parts.uri.query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                };
+                PathAndQuery::from_maybe_shared(Bytes::from(pq))
+                    .map_err(|_| ProxyError::InvalidPath)?
+            }
+        };
         let body = if body_done {
             RequestBody::Empty
         } else {

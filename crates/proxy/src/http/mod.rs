@@ -8,6 +8,7 @@ mod cache_serve;
 pub mod error;
 mod forward;
 pub mod headers;
+pub mod path;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
