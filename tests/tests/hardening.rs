@@ -167,3 +167,86 @@ regions = ["rest"]
     }
     assert_eq!(rest.last_headers().get("host").unwrap(), "a.example");
 }
+
+#[tokio::test]
+async fn the_admin_api_refuses_what_a_browser_page_would_send() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "")).await;
+    let post = |headers: Vec<(&'static str, &'static str)>, body: &'static str| {
+        let url = d.admin_url("/backends/drain");
+        async move {
+            send(&http1(), Method::POST, &url, &headers, Bytes::from(body))
+                .await
+                .unwrap()
+        }
+    };
+    let drain = r#"{"address": "127.0.0.1:1"}"#;
+    // A form post, a text/plain "simple request", a page's fetch, a DNS-rebound name.
+    let form = post(
+        vec![("content-type", "application/x-www-form-urlencoded")],
+        drain,
+    )
+    .await;
+    assert_eq!(
+        form.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        form.text()
+    );
+    let text = post(vec![("content-type", "text/plain")], drain).await;
+    assert_eq!(text.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let page = post(vec![("origin", "http://evil.example")], drain).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.text());
+    let rebound = post(vec![("host", "rebind.evil.example:9901")], drain).await;
+    assert_eq!(rebound.status, StatusCode::FORBIDDEN);
+    // Scripts and tools: JSON, or no declared type at all.
+    let json = post(vec![("content-type", "application/json")], drain).await;
+    assert_ne!(json.status, StatusCode::FORBIDDEN);
+    assert_ne!(json.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let bare = post(vec![], drain).await;
+    assert_ne!(bare.status, StatusCode::FORBIDDEN);
+    // Reads are not state changes.
+    let read = get(
+        &http1(),
+        &d.admin_url("/backends"),
+        &[("origin", "http://evil.example")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(read.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_admin_listener_cuts_slow_heads_and_caps_connections() {
+    let o = Origin::start("o").await;
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n{}",
+        config(&o, "request_header = \"500ms\"")
+    );
+    let d = TestDaemon::start(&text).await;
+    let admin = d.daemon.admin_addr();
+    // A head that never completes is closed after request_header.
+    let cut = stall_then_drain(
+        admin,
+        b"GET /live HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    assert!(cut.is_some(), "the trickling head was left open");
+    // Two idle connections take both slots: a third waits until one goes.
+    let a = TcpStream::connect(admin).await.unwrap();
+    let b = TcpStream::connect(admin).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let url = d.admin_url("/live");
+    let third = tokio::spawn(async move { get(&http1(), &url, &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!third.is_finished(), "served beyond max_connections");
+    drop((a, b));
+    let answer = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .expect("served once a slot was free")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+}

@@ -89,6 +89,8 @@ pub struct Admin {
     pub token_file: Option<PathBuf>,
     /// A listener of its own for `/metrics` only (no token), for scrapers off the machine.
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections the admin (and metrics) listener serves at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

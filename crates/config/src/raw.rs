@@ -51,6 +51,7 @@ pub(crate) struct RawTimeouts {
 pub(crate) struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -213,10 +213,12 @@ impl Daemon {
             }));
         }
         control.start(shutdown_rx.clone());
+        let admin_limits = admin::AdminLimits::of(&config);
         tasks.spawn(admin::serve(
             admin_listener,
             control.clone(),
             token,
+            admin_limits,
             shutdown_rx.clone(),
         ));
         info!(listener = "admin", address = %admin, "listening");
@@ -225,6 +227,7 @@ impl Daemon {
             tasks.spawn(admin::serve_metrics(
                 l,
                 control.clone(),
+                admin_limits,
                 shutdown_rx.clone(),
             ));
         }

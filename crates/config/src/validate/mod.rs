@@ -224,6 +224,7 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
             listen: default_listen,
             token_file: None,
             metrics_listen: None,
+            max_connections: ADMIN_MAX_CONNECTIONS,
         };
     };
     let listen = raw
@@ -247,12 +248,21 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
             ),
         );
     }
+    let max_connections = raw
+        .max_connections
+        .as_ref()
+        .and_then(|v| ctx.int_in(v, "admin.max_connections", 1, 100_000))
+        .map_or(ADMIN_MAX_CONNECTIONS, |n| n as usize);
     Admin {
         listen,
         token_file,
         metrics_listen: None,
+        max_connections,
     }
 }
+
+/// Admin API and metrics connections served at once by default.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
     let Some(raw) = raw else {

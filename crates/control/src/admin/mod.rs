@@ -8,14 +8,14 @@ mod snapshots;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -54,41 +54,103 @@ impl Token {
     }
 }
 
-/// Serves the admin API until `shutdown`.
-pub async fn serve(
+/// What bounds the admin and metrics listeners: they face scripts, scrapers and, off loopback,
+/// the network, so a client that opens many connections, trickles its head or never sends one
+/// is cut off as on the data plane.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminLimits {
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// The request head (and a keep-alive connection's next one) must arrive within this; so
+    /// must a request body.
+    pub request_header: Duration,
+}
+
+impl AdminLimits {
+    pub fn of(config: &streamgate_config::Config) -> AdminLimits {
+        AdminLimits {
+            max_connections: config.admin.max_connections,
+            request_header: config.timeouts.request_header,
+        }
+    }
+}
+
+/// Accepts connections within `limits` until `shutdown` and serves each with `svc`.
+async fn accept_loop<S>(
     listener: TcpListener,
-    control: Arc<Control>,
-    token: Option<Token>,
+    what: &'static str,
+    limits: AdminLimits,
     mut shutdown: watch::Receiver<bool>,
-) {
+    svc: impl Fn() -> S,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = AdminResponse, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     loop {
+        let slot = tokio::select! {
+            p = slots.clone().acquire_owned() => p,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(slot) = slot else { return };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => return,
         };
-        let control = control.clone();
-        let token = token.clone();
+        let svc = svc();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let control = control.clone();
-                let token = token.clone();
-                async move { Ok::<_, Infallible>(handle(&control, token.as_ref(), req).await) }
-            });
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                debug!(peer = %peer, error = %e, "admin connection ended with an error");
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Some(limits.request_header))
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                debug!(listener = what, peer = %peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// Serves the admin API until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    control: Arc<Control>,
+    token: Option<Token>,
+    limits: AdminLimits,
+    shutdown: watch::Receiver<bool>,
+) {
+    let own = listener.local_addr().ok();
+    accept_loop(listener, "admin", limits, shutdown, move || {
+        let control = control.clone();
+        let token = token.clone();
+        service_fn(move |req| {
+            let control = control.clone();
+            let token = token.clone();
+            async move {
+                let r = match tokio::time::timeout(
+                    limits.request_header,
+                    handle(&control, token.as_ref(), own, req),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request not complete in time"),
+                };
+                Ok::<_, Infallible>(r)
+            }
+        })
+    })
+    .await;
 }
 
 /// Serves only `GET /metrics` (no token) until `shutdown`: a scrape endpoint that can face the
@@ -96,41 +158,87 @@ pub async fn serve(
 pub async fn serve_metrics(
     listener: TcpListener,
     control: Arc<Control>,
-    mut shutdown: watch::Receiver<bool>,
+    limits: AdminLimits,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+    accept_loop(listener, "metrics", limits, shutdown, move || {
         let control = control.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let control = control.clone();
-                async move {
-                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
-                        (&Method::GET, "/metrics") => handlers::metrics(&control),
-                        _ => error(
-                            StatusCode::NOT_FOUND,
-                            "this listener serves GET /metrics only",
-                        ),
-                    })
-                }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        service_fn(move |req: Request<Incoming>| {
+            let control = control.clone();
+            async move {
+                Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/metrics") => handlers::metrics(&control),
+                    _ => error(
+                        StatusCode::NOT_FOUND,
+                        "this listener serves GET /metrics only",
+                    ),
+                })
+            }
+        })
+    })
+    .await;
 }
 
-async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>) -> AdminResponse {
+/// Why a state-changing request is refused: a browser on this machine (or on a network that
+/// reaches the admin listener) must not be able to drive the admin API from a web page. Forms
+/// and simple requests carry a non-JSON Content-Type; a page's fetch carries its Origin; a
+/// DNS-rebound name carries a Host that is not this listener's address.
+fn cross_site(
+    req: &Request<Incoming>,
+    own: Option<std::net::SocketAddr>,
+    has_token: bool,
+) -> Option<&'static str> {
+    let h = req.headers();
+    if let Some(ct) = h.get(header::CONTENT_TYPE) {
+        let json = ct
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if !json {
+            return Some(
+                "state-changing requests take a JSON body: send Content-Type: application/json (curl --json)",
+            );
+        }
+    }
+    let host = h
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        if authority.is_empty() || !authority.eq_ignore_ascii_case(host) {
+            return Some("cross-origin requests are not accepted");
+        }
+    }
+    // Without a token the API is on loopback: only loopback names may address it (a DNS name
+    // rebound to 127.0.0.1 by a web page is refused).
+    if !has_token && !loopback_host(host, own) {
+        return Some("Host is not this admin listener's address");
+    }
+    None
+}
+
+/// `localhost`, a loopback address, or the listener's own address, with or without a port.
+fn loopback_host(host: &str, own: Option<std::net::SocketAddr>) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !n.ends_with(':') => n,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || own.is_some_and(|o| o.ip() == ip))
+}
+
+async fn handle(
+    control: &Control,
+    token: Option<&Token>,
+    own: Option<std::net::SocketAddr>,
+    req: Request<Incoming>,
+) -> AdminResponse {
     let path = req.uri().path().to_string();
     let open = matches!(path.as_str(), "/live" | "/ready");
     if let Some(t) = token
@@ -153,6 +261,18 @@ async fn handle(control: &Control, token: Option<&Token>, req: Request<Incoming>
             );
             return r;
         }
+    }
+    if req.method() != Method::GET
+        && req.method() != Method::HEAD
+        && let Some(why) = cross_site(&req, own, token.is_some())
+    {
+        warn!(path = %path, reason = why, "admin request refused");
+        let status = if why.starts_with("state-changing") {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        return error(status, why);
     }
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
