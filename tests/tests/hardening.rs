@@ -250,3 +250,138 @@ async fn the_admin_listener_cuts_slow_heads_and_caps_connections() {
         .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
 }
+
+fn limited_config(o: &Origin, listener_extra: &str, limits: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+{listener_extra}
+
+[[regions]]
+name = "r"
+backends = {}
+
+[[services]]
+name = "s"
+listeners = ["web"]
+regions = ["r"]
+
+[services.limits]
+{limits}
+"#,
+        backends(&[(o, 1)])
+    )
+}
+
+async fn limited(d: &TestDaemon, limit: &str) -> f64 {
+    let m = get(&http1(), &d.admin_url("/metrics"), &[])
+        .await
+        .unwrap()
+        .text();
+    let prefix = format!("streamgate_limited_total{{limit=\"{limit}\",listener=\"web\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{m}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_larger_than_max_body_gets_413() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&limited_config(&o, "", "max_body = \"1KiB\"")).await;
+    assert_eq!(limited(&d, "body").await, 0.0, "exported from the start");
+    let post = |body: Bytes| {
+        let url = d.url("web", "/sink");
+        async move { send(&http1(), Method::POST, &url, &[], body).await.unwrap() }
+    };
+    assert_eq!(
+        post(Bytes::from(vec![b'x'; 1000])).await.status,
+        StatusCode::OK
+    );
+    let declared = post(Bytes::from(vec![b'x'; 2048])).await;
+    assert_eq!(declared.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Without a declared length: cut when it passes the limit.
+    let (status, _) = slow_upload(&d, 4, 512, Duration::from_millis(10), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(limited(&d, "body").await, 2.0);
+    assert_eq!(o.hits(), 2, "the declared one never reached the origin");
+}
+
+#[tokio::test]
+async fn request_rates_per_service_and_per_client_get_429_with_retry_after() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&limited_config(&o, "", "rate = 5\nburst = 5")).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+        if a.status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(a.header("retry-after"), Some("1"));
+        }
+        statuses.push(a.status.as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(limited(&d, "rate").await, 3.0);
+
+    let d = TestDaemon::start(&limited_config(&o, "", "client_rate = 1\nclient_burst = 2")).await;
+    let web = d.addr("web");
+    let from = |ip: &'static str| async move {
+        get_from(ip.parse().unwrap(), web, "/", &[])
+            .await
+            .unwrap()
+            .status
+    };
+    assert_eq!(from("127.0.0.1").await, StatusCode::OK);
+    assert_eq!(from("127.0.0.1").await, StatusCode::OK);
+    assert_eq!(from("127.0.0.1").await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(from("127.0.1.9").await, StatusCode::OK, "another client");
+    assert_eq!(limited(&d, "client_rate").await, 1.0);
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_are_counted() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&limited_config(
+        &o,
+        "max_headers = 16\nmax_header_bytes = \"8KiB\"",
+        "",
+    ))
+    .await;
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let big = format!("X-Big: {}\r\n", "b".repeat(10 * 1024));
+    for extra in [many, big] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    }
+    assert_eq!(limited(&d, "header").await, 2.0);
+    assert_eq!(o.hits(), 0);
+}
+
+#[tokio::test]
+async fn connections_per_client_are_capped() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&limited_config(&o, "max_connections_per_client = 2", "")).await;
+    let web = d.addr("web");
+    let _one = TcpStream::connect(web).await.unwrap();
+    let _two = TcpStream::connect(web).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let third = raw_exchange(web, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(third, "", "closed without an answer");
+    let other = get_from("127.0.2.3".parse().unwrap(), web, "/", &[])
+        .await
+        .unwrap();
+    assert_eq!(other.status, StatusCode::OK, "another client is served");
+    assert_eq!(limited(&d, "client_connections").await, 1.0);
+}

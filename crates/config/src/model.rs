@@ -162,6 +162,12 @@ pub struct Listener {
     pub listen: SocketAddr,
     pub protocol: Protocol,
     pub max_connections: Option<NonZeroUsize>,
+    /// Connections one client address may hold open at once (`None`: no limit).
+    pub max_connections_per_client: Option<NonZeroUsize>,
+    /// Largest request head (431 past it).
+    pub max_header_bytes: usize,
+    /// Most request header fields (431 past it).
+    pub max_headers: usize,
     /// https: certificate chains and keys; the SNI names come from the certificates, the first
     /// is the default.
     pub certificates: Vec<CertPair>,
@@ -273,6 +279,8 @@ pub struct Service {
     pub retry: Retry,
     /// `None`: the service does not cache.
     pub cache: Option<CacheSpec>,
+    /// Request body size and request rates.
+    pub limits: Limits,
     pub upstream: Upstream,
     /// What the service's listeners carry.
     pub kind: ServiceKind,
@@ -284,6 +292,34 @@ pub enum ServiceKind {
     Http,
     Tcp,
     TlsPassthrough,
+}
+
+/// `[services.limits]`: what one service accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body (413 past it).
+    pub max_body: u64,
+    /// Requests per second for the whole service (429 past it).
+    pub rate: Option<Rate>,
+    /// Requests per second per client address, the one geo routing uses (429 past it).
+    pub client_rate: Option<Rate>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 1 << 30,
+            rate: None,
+            client_rate: None,
+        }
+    }
+}
+
+/// A token bucket: `per_second` requests on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 /// `[services.cache]`: the edge cache of a service.

@@ -92,6 +92,9 @@ pub(crate) struct RawListener {
     pub listen: S<String>,
     pub protocol: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
+    pub max_connections_per_client: Option<S<i64>>,
+    pub max_header_bytes: Option<S<String>>,
+    pub max_headers: Option<S<i64>>,
     pub certificates: Option<S<Vec<S<RawCert>>>>,
     pub proxy_protocol: Option<bool>,
 }
@@ -157,6 +160,17 @@ pub(crate) struct RawService {
     pub retry: Option<RawRetry>,
     pub cache: Option<S<RawCache>>,
     pub upstream: Option<S<RawUpstream>>,
+    pub limits: Option<S<RawLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub max_body: Option<S<String>>,
+    pub rate: Option<S<i64>>,
+    pub burst: Option<S<i64>>,
+    pub client_rate: Option<S<i64>>,
+    pub client_burst: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,7 @@ pub(crate) struct Acceptor {
     slots: Option<Arc<Semaphore>>,
     accepted: IntCounter,
     open: IntGauge,
+    limited: crate::limits::LimitedCounters,
 }
 
 /// A client connection and what it holds while open: a `connections_active` count and a slot
@@ -54,6 +55,7 @@ impl Acceptor {
             accepted: metrics.connections.with_label_values(&[&*name]),
             open: metrics.connections_active.with_label_values(&[&*name]),
             slots: max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            limited: crate::limits::LimitedCounters::of(metrics, &name),
             listener,
             name,
         }
@@ -63,6 +65,15 @@ impl Acceptor {
     /// for a slot before accepting, so the kernel's backlog holds the excess.
     pub async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Accepted> {
         let slot = match &self.slots {
+            Some(s) if s.available_permits() == 0 => {
+                // At max_connections: the next client waits in the backlog (counted once per
+                // wait).
+                self.limited.count(crate::limits::Limit::Connections);
+                tokio::select! {
+                    p = s.clone().acquire_owned() => p.ok(),
+                    _ = shutdown.changed() => return None,
+                }
+            }
             Some(s) => tokio::select! {
                 p = s.clone().acquire_owned() => p.ok(),
                 _ = shutdown.changed() => return None,

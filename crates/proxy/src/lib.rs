@@ -5,6 +5,7 @@ mod accept;
 mod coalesce;
 pub mod http;
 pub mod io;
+pub mod limits;
 pub mod proxy_protocol;
 pub mod sni;
 pub mod tcp;

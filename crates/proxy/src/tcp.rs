@@ -39,6 +39,8 @@ pub struct TcpProxy {
     geo: GeoHandle,
     metrics: Arc<Metrics>,
     tunnels: TunnelMetrics,
+    limited: crate::limits::LimitedCounters,
+    per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
 }
 
 impl TcpProxy {
@@ -46,6 +48,7 @@ impl TcpProxy {
         listener: &str,
         passthrough: bool,
         proxy_protocol: bool,
+        limits: &ListenerLimits,
         shared: &crate::http::Shared,
     ) -> Arc<TcpProxy> {
         Arc::new(TcpProxy {
@@ -56,6 +59,10 @@ impl TcpProxy {
             geo: shared.geo.clone(),
             metrics: shared.metrics.clone(),
             tunnels: TunnelMetrics::of(&shared.metrics, listener),
+            limited: crate::limits::LimitedCounters::of(&shared.metrics, listener),
+            per_client: limits
+                .max_connections_per_client
+                .map(|n| (n, Arc::default())),
         })
     }
 }
@@ -96,6 +103,17 @@ impl TcpProxy {
             client_behind_proxy(&mut stream, peer, &self.listener, proxied).await
         else {
             return;
+        };
+        let _client_slot = match &self.per_client {
+            Some((max, open)) => match open.try_open(client.ip().to_canonical(), *max) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.limited.count(crate::limits::Limit::ClientConnections);
+                    debug!(listener = %self.listener, peer = %client, "max_connections_per_client reached; connection closed");
+                    return;
+                }
+            },
+            None => None,
         };
         let mut prefix = BytesMut::from(&rest[..]);
         let name = if self.passthrough {

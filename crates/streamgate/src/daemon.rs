@@ -144,6 +144,7 @@ impl Daemon {
             metrics: metrics.clone(),
             access_log: access_log.clone(),
             caches: caches.clone(),
+            rates: streamgate_proxy::limits::RateLimits::new(),
         };
 
         // Certificates load before anything listens: a bad one stops the start.
@@ -164,16 +165,14 @@ impl Daemon {
         for (l, listener) in bound {
             let addr = listener.local_addr()?;
             listeners.push((l.name.clone(), addr));
-            let limits = ListenerLimits {
-                max_connections: l.max_connections.map(|n| n.get()),
-            };
+            let limits = ListenerLimits::of(l);
             match l.protocol {
                 Protocol::Http | Protocol::Https => {
                     let tls = tls_handles
                         .iter()
                         .find(|(n, _)| *n == l.name)
                         .map(|(_, h)| h.clone());
-                    let proxy = HttpProxy::new(&l.name, tls, l.proxy_protocol, &shared);
+                    let proxy = HttpProxy::new(&l.name, tls, l.proxy_protocol, &limits, &shared);
                     tasks.spawn(streamgate_proxy::serve(
                         listener,
                         proxy,
@@ -183,7 +182,8 @@ impl Daemon {
                 }
                 Protocol::Tcp | Protocol::TlsPassthrough => {
                     let passthrough = l.protocol == Protocol::TlsPassthrough;
-                    let proxy = TcpProxy::new(&l.name, passthrough, l.proxy_protocol, &shared);
+                    let proxy =
+                        TcpProxy::new(&l.name, passthrough, l.proxy_protocol, &limits, &shared);
                     tasks.spawn(streamgate_proxy::tcp::serve_tcp(
                         listener,
                         proxy,

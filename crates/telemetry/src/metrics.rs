@@ -92,6 +92,8 @@ pub struct Metrics {
     /// HTTP/2 extended CONNECT, TCP and TLS-passthrough connections.
     pub tunnels: IntCounterVec,
     pub tunnels_active: IntGaugeVec,
+    /// `limited_total{listener,limit}`: requests and connections refused by a limit.
+    pub limited: IntCounterVec,
     /// `config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `config_last_reload_success_timestamp_seconds`
@@ -196,6 +198,12 @@ impl Metrics {
                 &["listener"],
             ),
             tunnels_active: gauge_vec(r, "tunnels_active", "Open tunnels", &["listener"]),
+            limited: counter_vec(
+                r,
+                "limited_total",
+                "Requests and connections refused by a limit (connections, client_connections, header, body, rate, client_rate)",
+                &["listener", "limit"],
+            ),
             config_reloads: counter_vec(
                 r,
                 "config_reloads_total",

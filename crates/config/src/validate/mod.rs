@@ -16,7 +16,9 @@ use crate::raw::*;
 use crate::units::parse_duration;
 
 mod cache;
+mod limits;
 use cache::cache;
+use limits::limits;
 
 pub(crate) struct Ctx<'a> {
     file: String,
@@ -448,6 +450,33 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
             ctx.int_in(m, format!("{p}.max_connections"), 1, 10_000_000)
                 .and_then(|n| NonZeroUsize::new(n as usize))
         });
+        let max_connections_per_client = l.max_connections_per_client.as_ref().and_then(|m| {
+            ctx.int_in(m, format!("{p}.max_connections_per_client"), 1, 10_000_000)
+                .and_then(|n| NonZeroUsize::new(n as usize))
+        });
+        let max_header_bytes = match &l.max_header_bytes {
+            None => 64 * 1024,
+            Some(v) => match crate::units::parse_size(v.get_ref()) {
+                Ok(n) if (8 * 1024..=1 << 20).contains(&n) => n as usize,
+                Ok(_) => {
+                    ctx.err(
+                        v.span(),
+                        format!("{p}.max_header_bytes"),
+                        "must be 8KiB to 1MiB",
+                    );
+                    64 * 1024
+                }
+                Err(e) => {
+                    ctx.err(v.span(), format!("{p}.max_header_bytes"), e);
+                    64 * 1024
+                }
+            },
+        };
+        let max_headers = l
+            .max_headers
+            .as_ref()
+            .and_then(|m| ctx.int_in(m, format!("{p}.max_headers"), 8, 1024))
+            .map_or(128, |n| n as usize);
         let mut certificates = Vec::new();
         match (&l.certificates, protocol) {
             (Some(list), Protocol::Https) => {
@@ -474,6 +503,9 @@ fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Li
             listen: listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             protocol,
             max_connections,
+            max_connections_per_client,
+            max_header_bytes,
+            max_headers,
             certificates,
             proxy_protocol: l.proxy_protocol.unwrap_or(false),
         });
@@ -819,6 +851,10 @@ fn services(
         let failover = failover(s.failover.as_ref(), &p, ctx);
         let retry = retry(s.retry.as_ref(), &p, ctx);
         let cache = s.cache.as_ref().map(|c| cache(c, &p, ctx));
+        let limits = s
+            .limits
+            .as_ref()
+            .map_or_else(Limits::default, |l| limits(l, &p, ctx));
         let upstream = s
             .upstream
             .as_ref()
@@ -868,6 +904,13 @@ fn services(
                     c.span(),
                     format!("{p}.cache"),
                     format!("{what} cannot cache"),
+                );
+            }
+            if let Some(l) = &s.limits {
+                ctx.err(
+                    l.span(),
+                    format!("{p}.limits"),
+                    format!("{what} has no requests to limit; use the listener's max_connections"),
                 );
             }
             if upstream.protocol != UpstreamProtocol::Http1
@@ -931,6 +974,7 @@ fn services(
             failover,
             retry,
             cache,
+            limits,
             upstream,
             kind,
         });

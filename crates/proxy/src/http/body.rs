@@ -38,6 +38,8 @@ pub enum RequestBody {
 /// counts from the end of the upload, not from its start: a large upload is not a slow backend.
 #[derive(Debug, Default)]
 pub struct Upload {
+    /// Most bytes the service takes (`[services.limits] max_body`).
+    limit: u64,
     bytes: AtomicU64,
     /// `now_nanos()` of the last progress.
     last: AtomicU64,
@@ -45,11 +47,17 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn new() -> Arc<Upload> {
+    pub fn new(limit: u64) -> Arc<Upload> {
         Arc::new(Upload {
+            limit,
             last: AtomicU64::new(streamgate_balance::stats::now_nanos()),
             ..Upload::default()
         })
+    }
+
+    /// The body passed the service's `max_body`: the upload stops (413).
+    pub fn over_limit(&self) -> bool {
+        self.bytes.load(Relaxed) > self.limit
     }
 
     pub fn sent(&self, n: usize) {
@@ -78,14 +86,19 @@ impl Upload {
     }
 }
 
+/// A request body passed the service's `max_body` while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than max_body")]
+pub struct BodyTooLarge;
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream(b, up) => {
@@ -94,6 +107,9 @@ impl Body for RequestBody {
                     Poll::Ready(Some(Ok(f))) => {
                         if let Some(d) = f.data_ref() {
                             up.sent(d.len());
+                            if up.over_limit() {
+                                return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                            }
                         }
                         if b.is_end_stream() {
                             up.finished();
@@ -102,7 +118,7 @@ impl Body for RequestBody {
                     Poll::Ready(None) => up.finished(),
                     _ => {}
                 }
-                polled
+                polled.map_err(BoxError::from)
             }
         }
     }

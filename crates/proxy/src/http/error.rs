@@ -48,6 +48,10 @@ pub enum ProxyError {
     ClientAborted { reason: String },
     #[error("client request body stalled for {after:?}")]
     RequestBodyTimeout { after: Duration },
+    #[error("request body larger than max_body ({max} bytes)")]
+    PayloadTooLarge { max: u64 },
+    #[error("request rate limit reached")]
+    TooManyRequests { retry_after: Duration },
 }
 
 impl ProxyError {
@@ -62,6 +66,8 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
@@ -79,7 +85,9 @@ impl ProxyError {
             | ProxyError::UnknownPath { .. }
             | ProxyError::MethodNotAllowed { .. }
             | ProxyError::ClientAborted { .. }
-            | ProxyError::RequestBodyTimeout { .. } => Side::Downstream,
+            | ProxyError::RequestBodyTimeout { .. }
+            | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::TooManyRequests { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -112,6 +120,8 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => {
                 "408 Request Timeout: the request body stopped arriving\n"
             }
+            ProxyError::PayloadTooLarge { .. } => "413 Content Too Large\n",
+            ProxyError::TooManyRequests { .. } => "429 Too Many Requests\n",
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
             ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",

@@ -30,6 +30,7 @@ use super::headers::{
     strip_client_forwarding, strip_hop_by_hop,
 };
 use crate::io::ActiveRequest;
+use crate::limits::Limit;
 use crate::tunnel::{Ended, relay};
 use crate::upstream::{ExchangeTimeouts, UpstreamBody};
 
@@ -85,6 +86,7 @@ impl HttpProxy {
         });
         let mut resp = match self.prepare(&table, req, peer, started, &mut log) {
             Err(e) => error_response(&e, active),
+            Ok(out) if let Err(e) = self.admit(&out) => error_response(&e, active),
             Ok(out) => match out.service.spec.cache.as_ref() {
                 Some(spec) => {
                     let cache = self.caches.for_service(&out.service.name, spec);
@@ -98,6 +100,43 @@ impl HttpProxy {
             resp.body_mut().log_when_done(pending);
         }
         resp
+    }
+
+    /// The service's limits: a body declared larger than `max_body` (413), the service's and
+    /// the client's request rates (429 with Retry-After). Each refusal is counted.
+    fn admit(&self, out: &Outbound<'_>) -> Result<(), ProxyError> {
+        let limits = &out.service.spec.limits;
+        let declared = out
+            .parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limits.max_body) {
+            self.limited.count(Limit::Body);
+            return Err(ProxyError::PayloadTooLarge {
+                max: limits.max_body,
+            });
+        }
+        if limits.rate.is_none() && limits.client_rate.is_none() {
+            return Ok(());
+        }
+        let rates = self
+            .rates
+            .of(&out.service.name, limits.rate, limits.client_rate);
+        let now = nanos_at(out.started);
+        if let Some(r) = &rates.rate
+            && let Err(wait) = r.check(now)
+        {
+            self.limited.count(Limit::Rate);
+            return Err(ProxyError::TooManyRequests { retry_after: wait });
+        }
+        if let (Some(r), Some(ip)) = (&rates.client_rate, out.facts.ip)
+            && let Err(wait) = r.check(ip.to_canonical(), now)
+        {
+            self.limited.count(Limit::ClientRate);
+            return Err(ProxyError::TooManyRequests { retry_after: wait });
+        }
+        Ok(())
     }
 
     /// Straight to the origin, no cache.
@@ -344,7 +383,7 @@ impl HttpProxy {
         let body = if body_done {
             RequestBody::Empty
         } else {
-            let upload = Upload::new();
+            let upload = Upload::new(service.spec.limits.max_body);
             if let Some(l) = log.as_mut() {
                 l.bytes_in = Some(upload.clone());
             }
@@ -466,6 +505,13 @@ impl HttpProxy {
             let failure = match answered {
                 // Both framings at once (an HTTP/1.1 backend behind TLS, read by hyper): the
                 // body's length is ambiguous, so the response is refused, never stored.
+                // The upload was cut at max_body: whatever the backend made of the truncated
+                // body is not the client's answer.
+                Ok(Ok(_)) if upload.as_ref().is_some_and(|u| u.over_limit()) => {
+                    ProxyError::PayloadTooLarge {
+                        max: service.spec.limits.max_body,
+                    }
+                }
                 Ok(Ok(resp)) if ambiguous_framing(resp.headers()) => ProxyError::Upstream {
                     backend: pick.backend.address,
                     reason: "response has both Transfer-Encoding and Content-Length".into(),
@@ -521,6 +567,14 @@ impl HttpProxy {
                 },
             };
             drop(lease);
+            let failure = if upload.as_ref().is_some_and(|u| u.over_limit()) {
+                self.limited.count(Limit::Body);
+                ProxyError::PayloadTooLarge {
+                    max: service.spec.limits.max_body,
+                }
+            } else {
+                failure
+            };
             if failure.side() == super::error::Side::Downstream {
                 // The client's fault (its body stopped or broke): not the backend's.
                 pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
@@ -765,6 +819,11 @@ pub(crate) fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if e.status() == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let ProxyError::TooManyRequests { retry_after } = e {
+        // Whole seconds (RFC 9110 §10.2.3), rounded up so a client that waits is admitted.
+        let secs = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
     }
     resp
 }

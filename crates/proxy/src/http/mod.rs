@@ -52,6 +52,9 @@ pub struct HttpProxy {
     /// `cache_served_bytes_total{source="origin"}`
     served_origin: IntCounter,
     tunnels: crate::tunnel::TunnelMetrics,
+    pub(crate) limited: crate::limits::LimitedCounters,
+    rates: Arc<crate::limits::RateLimits>,
+    per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
 }
 
 impl HttpProxy {
@@ -61,6 +64,7 @@ impl HttpProxy {
         listener: &str,
         tls: Option<TlsHandle>,
         accept_proxy: bool,
+        limits: &ListenerLimits,
         shared: &Shared,
     ) -> Arc<HttpProxy> {
         Arc::new(HttpProxy {
@@ -79,6 +83,11 @@ impl HttpProxy {
                 .cache_served_bytes
                 .with_label_values(&["origin"]),
             tunnels: crate::tunnel::TunnelMetrics::of(&shared.metrics, listener),
+            limited: crate::limits::LimitedCounters::of(&shared.metrics, listener),
+            rates: shared.rates.clone(),
+            per_client: limits
+                .max_connections_per_client
+                .map(|n| (n, Arc::default())),
         })
     }
 }
@@ -92,15 +101,30 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub access_log: Option<Arc<AccessLog>>,
     pub caches: Arc<CacheRegistry>,
+    pub rates: Arc<crate::limits::RateLimits>,
 }
 
 /// Limits of an HTTP listener.
 #[derive(Debug, Clone)]
 pub struct ListenerLimits {
     pub max_connections: Option<usize>,
+    pub max_connections_per_client: Option<usize>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+impl ListenerLimits {
+    pub fn of(l: &streamgate_config::Listener) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: l.max_connections.map(|n| n.get()),
+            max_connections_per_client: l.max_connections_per_client.map(|n| n.get()),
+            max_header_bytes: l.max_header_bytes,
+            max_headers: l.max_headers,
+        }
+    }
+}
+
+fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -108,15 +132,15 @@ fn builder() -> auto::Builder<TokioExecutor> {
         .header_read_timeout(None)
         .keep_alive(true)
         .half_close(false)
-        // Request heads above this get 431; bodies are streamed and not limited by it.
-        .max_buf_size(64 * 1024)
-        .max_headers(128);
+        // Request heads above these get 431; bodies are streamed and not limited by them.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
-        .max_header_list_size(64 * 1024)
+        .max_header_list_size(limits.max_header_bytes as u32)
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256))
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
@@ -134,7 +158,7 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = builder();
+    let builder = builder(&limits);
     let mut acceptor = Acceptor::new(
         listener,
         proxy.listener.clone(),
@@ -189,6 +213,18 @@ impl HttpProxy {
             client_behind_proxy(&mut stream, peer, &self.listener, proxied.as_deref()).await
         else {
             return;
+        };
+        // Counted by the client address (the PROXY header's, from a trusted balancer).
+        let _client_slot = match &self.per_client {
+            Some((max, open)) => match open.try_open(peer.ip().to_canonical(), *max) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.limited.count(crate::limits::Limit::ClientConnections);
+                    debug!(listener = %self.listener, peer = %peer, "max_connections_per_client reached; connection closed");
+                    return;
+                }
+            },
+            None => None,
         };
         let io = Prefixed::new(prefix, stream);
         match &self.tls {
@@ -250,6 +286,12 @@ impl HttpProxy {
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         if let Err(e) = watcher.watch(conn).await {
+            // hyper answered 431 itself: count it.
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse_too_large)
+            {
+                self.limited.count(crate::limits::Limit::Header);
+            }
             debug!(listener = %self.listener, peer = %peer, error = %e, "client connection ended with an error");
         }
     }

@@ -547,6 +547,9 @@ async fn write_body(
                 continue;
             }
             upload.sent(data.len());
+            if upload.over_limit() {
+                return Err(UpstreamError::ClientBody("larger than max_body".into()));
+            }
             if chunked {
                 let size = format!("{:x}\r\n", data.len());
                 wr.write_all(size.as_bytes())
