@@ -337,10 +337,24 @@ dir = "{}"
     .await;
     post(&first, "/services/app/primary", r#"{"region": "b"}"#).await;
     post(&first, "/regions/spare/deactivate", "").await;
-    let saved: Value =
-        serde_json::from_slice(&std::fs::read(snaps.path().join("operator-state.json")).unwrap())
-            .unwrap();
-    assert_eq!(saved["drained"], serde_json::json!([a1.addr.to_string()]));
+    // Saved off the request path, the latest state after the burst.
+    let state = snaps.path().join("operator-state.json");
+    let saved = || -> Value {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let s = saved();
+            s["drained"] == serde_json::json!([a1.addr.to_string()])
+                && s.to_string().contains("spare")
+        })
+        .await,
+        "{}",
+        saved()
+    );
     drop(first);
 
     let second = TestDaemon::start(&text).await;
@@ -377,6 +391,13 @@ dir = "{}"
         &format!(r#"{{"address": "{}"}}"#, a1.addr),
     )
     .await;
+    assert!(
+        eventually(Duration::from_secs(5), || saved()["drained"]
+            == serde_json::json!([]))
+        .await,
+        "{}",
+        saved()
+    );
     drop(second);
     let third = TestDaemon::start(&text).await;
     let (_, backends) = admin(Method::GET, &third.admin_url("/backends")).await;

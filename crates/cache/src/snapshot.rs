@@ -162,7 +162,14 @@ pub fn replace_file(
             "not a file path",
         ));
     };
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // A name of its own per write: two writers never share (or rename away) a temporary file.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.{}.{n}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         fill(&mut out)?;

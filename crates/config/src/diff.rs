@@ -62,6 +62,12 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if old.admin.listen != new.admin.listen {
         d.needs_restart.push("admin.listen".into());
     }
+    if old.admin.max_connections != new.admin.max_connections {
+        d.needs_restart.push("admin.max_connections".into());
+    }
+    if old.admin.metrics_listen != new.admin.metrics_listen {
+        d.needs_restart.push("metrics.listen".into());
+    }
     for l in &new.listeners {
         match old.listeners.iter().find(|o| o.name == l.name) {
             None => d
@@ -70,7 +76,25 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             Some(o) if o.listen != l.listen || o.protocol != l.protocol => d
                 .needs_restart
                 .push(format!("listeners \"{}\" (address or protocol)", l.name)),
-            Some(_) => {}
+            Some(o) => {
+                // Read when the listener starts accepting.
+                let fixed: [(&str, bool); 5] = [
+                    ("max_connections", o.max_connections != l.max_connections),
+                    (
+                        "max_connections_per_client",
+                        o.max_connections_per_client != l.max_connections_per_client,
+                    ),
+                    ("max_header_bytes", o.max_header_bytes != l.max_header_bytes),
+                    ("max_headers", o.max_headers != l.max_headers),
+                    ("proxy_protocol", o.proxy_protocol != l.proxy_protocol),
+                ];
+                for (key, changed) in fixed {
+                    if changed {
+                        d.needs_restart
+                            .push(format!("listeners \"{}\" {key}", l.name));
+                    }
+                }
+            }
         }
     }
     for o in &old.listeners {

@@ -243,6 +243,19 @@ fn diff_reports_changes() {
     );
     assert_eq!(d.needs_restart, vec!["runtime.workers".to_string()]);
     assert!(diff::diff(&a, &a).is_empty());
+    // Listener settings read when it starts accepting are named.
+    let c = parse_str(&GOOD.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\nmax_connections = 10\nmax_headers = 64",
+    ))
+    .unwrap();
+    assert_eq!(
+        diff::diff(&a, &c).needs_restart,
+        [
+            "listeners \"web\" max_connections",
+            "listeners \"web\" max_headers"
+        ]
+    );
 }
 
 #[test]

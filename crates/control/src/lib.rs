@@ -63,6 +63,12 @@ pub struct Control {
     pub(crate) geo_stamp: Mutex<Option<FileStamp>>,
     pub(crate) hooks: Mutex<Vec<Arc<dyn ReloadHook>>>,
     ready: AtomicBool,
+    /// The configuration the daemon started with: what settings read only at start still say.
+    pub(crate) started: Arc<streamgate_config::Config>,
+    /// Operator overrides changed: the writer task saves them.
+    overrides_changed: Arc<Notify>,
+    /// One writer of the overrides file at a time.
+    overrides_write: Mutex<()>,
 }
 
 impl Control {
@@ -75,6 +81,7 @@ impl Control {
         snapshots: Arc<Snapshotter>,
     ) -> Arc<Control> {
         let changed = Arc::new(Notify::new());
+        let started = table.load().config.clone();
         let geo_stamp = table
             .load()
             .config
@@ -100,11 +107,15 @@ impl Control {
             geo_stamp: Mutex::new(geo_stamp),
             hooks: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
+            started,
+            overrides_changed: Arc::new(Notify::new()),
+            overrides_write: Mutex::new(()),
         })
     }
 
     /// Starts the probers and the region evaluator, and registers the scrape-time gauges.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        self.spawn_overrides_writer(shutdown.clone());
         let _ = self
             .metrics
             .registry
@@ -147,13 +158,42 @@ impl Control {
     /// Saves the operator overrides next to the recovery points (with `[snapshots]`), so a
     /// restart keeps them.
     pub fn persist_overrides(&self) {
+        // The writer task does the disk work (an fsync) off the admin request, one write at a
+        // time, the latest state after a burst of changes.
+        self.overrides_changed.notify_one();
+    }
+
+    /// Writes the operator overrides now (the last word of a graceful stop).
+    pub fn persist_overrides_now(&self) {
         let Some(settings) = self.snapshots.settings() else {
             return;
         };
+        let _one_writer = self
+            .overrides_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let o = overrides::Overrides::capture(&self.table.load());
         if let Err(e) = o.save(&settings.dir) {
             tracing::warn!(dir = %settings.dir.display(), error = %e, "cannot save the operator overrides; a restart would lose them");
         }
+    }
+
+    /// The task that writes the operator overrides whenever they change, until `shutdown`.
+    fn spawn_overrides_writer(self: &Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let weak = Arc::downgrade(self);
+        let changed = self.overrides_changed.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = changed.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+                let Some(control) = weak.upgrade() else {
+                    return;
+                };
+                let _ = tokio::task::spawn_blocking(move || control.persist_overrides_now()).await;
+            }
+        });
     }
 
     /// Readiness: the config is loaded and every listener is bound.

@@ -61,16 +61,15 @@ impl Control {
             };
         }
 
-        if geo_changed {
+        // Everything is checked before anything is swapped: a geo database that opens but a
+        // certificate that does not leaves the running database in place too.
+        let new_geo = if geo_changed {
             match &config.geo {
                 Some(g) => {
                     let db_path = g.database.clone();
                     let opened = tokio::task::spawn_blocking(move || GeoDb::open(&db_path)).await;
                     match opened {
-                        Ok(Ok(db)) => {
-                            info!(database = %db.path().display(), records = db.records_checked, "geo database loaded");
-                            self.geo.store(Some(Arc::new(db)));
-                        }
+                        Ok(Ok(db)) => Some(Some(Arc::new(db))),
                         Ok(Err(e)) => {
                             return self.reject(vec![format!(
                                 "{}: geo.database: {e}; keeping the running configuration and database",
@@ -82,10 +81,11 @@ impl Control {
                         }
                     }
                 }
-                None => self.geo.store(None),
+                None => Some(None),
             }
-            *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner()) = geo_now;
-        }
+        } else {
+            None
+        };
 
         let hooks: Vec<Arc<dyn crate::ReloadHook>> =
             self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -97,6 +97,13 @@ impl Control {
                     return self.reject(vec![format!("{}: {e}", config.source.path.display())]);
                 }
             }
+        }
+        if let Some(db) = new_geo {
+            if let Some(db) = &db {
+                info!(database = %db.path().display(), records = db.records_checked, "geo database loaded");
+            }
+            self.geo.store(db);
+            *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner()) = geo_now;
         }
         let changes = diff(&current.config, &config);
         for item in &changes.needs_restart {

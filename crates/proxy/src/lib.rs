@@ -13,5 +13,5 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 
-pub use http::{HttpProxy, ListenerLimits, Shared, bind, serve};
+pub use http::{AccessLogHandle, HttpProxy, ListenerLimits, Shared, bind, serve};
 pub use upstream::Upstreams;

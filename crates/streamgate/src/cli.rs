@@ -257,7 +257,7 @@ impl Signals {
                     daemon.control.reload(true).await;
                 }
                 _ = self.usr1.recv() => {
-                    if let Some(log) = &daemon.access_log {
+                    if let Some(log) = daemon.access_log.load().as_ref() {
                         info!("SIGUSR1: reopening the access log");
                         log.reopen();
                     }

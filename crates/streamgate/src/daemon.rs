@@ -2,7 +2,7 @@
 //! that serve them. Used by `streamgate run`, `streamgate demo` and the end-to-end tests.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,7 +16,7 @@ use streamgate_control::admin::{self, Token};
 use streamgate_control::overrides::Overrides;
 use streamgate_proxy::tcp::TcpProxy;
 use streamgate_proxy::tls::TlsHandle;
-use streamgate_proxy::{HttpProxy, ListenerLimits, Shared, Upstreams};
+use streamgate_proxy::{AccessLogHandle, HttpProxy, ListenerLimits, Shared, Upstreams};
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::{AccessLog, Format};
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ pub struct Daemon {
     pub control: Arc<Control>,
     pub snapshots: Arc<Snapshotter>,
     /// The access log, if enabled (reopened on SIGUSR1).
-    pub access_log: Option<Arc<AccessLog>>,
+    pub access_log: AccessLogHandle,
     admin: SocketAddr,
     listeners: Vec<(String, SocketAddr)>,
     shutdown: watch::Sender<bool>,
@@ -72,18 +72,9 @@ impl Daemon {
         }
         let upstreams = Upstreams::new();
         upstreams.install(upstreams.prepare(&config)?);
-        let token = match &config.admin.token_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
-                Some(
-                    Token::new(&text).with_context(|| {
-                        format!("admin.token_file: {} is empty", path.display())
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let token = Arc::new(arc_swap::ArcSwapOption::new(
+            read_token(&config)?.map(Arc::new),
+        ));
         let admin_listener = streamgate_proxy::bind(config.admin.listen)
             .with_context(|| format!("admin.listen: cannot bind {}", config.admin.listen))?;
         let admin = admin_listener.local_addr()?;
@@ -102,24 +93,9 @@ impl Daemon {
             bound.push((l, listener));
         }
 
-        let access_log = if config.access_log.enabled {
-            let format = match &config.access_log.format {
-                AccessLogFormat::Json => Format::Json,
-                AccessLogFormat::Template(t) => {
-                    Format::template(t).map_err(|e| anyhow::anyhow!("access_log.format: {e}"))?
-                }
-            };
-            let path = config.access_log.path.clone();
-            let described = path
-                .as_ref()
-                .map_or("standard output".to_string(), |p| p.display().to_string());
-            let log = AccessLog::start(path, format)
-                .with_context(|| format!("access_log.path: cannot open {described}"))?;
-            info!(destination = %described, "access log enabled");
-            Some(log)
-        } else {
-            None
-        };
+        let access_log: AccessLogHandle = Arc::new(arc_swap::ArcSwapOption::new(open_access_log(
+            &config.access_log,
+        )?));
         let caches = CacheRegistry::new(metrics.clone());
         caches.spawn_gauge_refresher();
         let snapshots = Snapshotter::new(caches.clone(), &metrics, config.snapshots.clone());
@@ -207,6 +183,13 @@ impl Daemon {
         control.add_reload_hook(Arc::new(UpstreamReload {
             upstreams: upstreams.clone(),
         }));
+        control.add_reload_hook(Arc::new(AccessLogReload {
+            handle: access_log.clone(),
+            applied: Arc::new(Mutex::new(config.access_log.clone())),
+        }));
+        control.add_reload_hook(Arc::new(TokenReload {
+            handle: token.clone(),
+        }));
         if !tls_handles.is_empty() {
             control.add_reload_hook(Arc::new(CertificateReload {
                 handles: tls_handles,
@@ -285,7 +268,7 @@ impl Daemon {
             self.tasks.abort_all();
         }
         // The last word of a graceful stop: what was cached and set survives the restart.
-        self.control.persist_overrides();
+        self.control.persist_overrides_now();
         if self.snapshots.settings().is_some()
             && let Err(e) = self.snapshots.take().await
         {
@@ -325,6 +308,78 @@ fn protocol_name(p: Protocol) -> &'static str {
 
 /// Rebuilds the clients of TLS and HTTP/2 backends whose settings changed (CA, client
 /// certificate, server name): checked before the new table is published, swapped in after.
+/// Opens the access log `[access_log]` asks for (`None`: off).
+fn open_access_log(cfg: &streamgate_config::AccessLog) -> Result<Option<Arc<AccessLog>>> {
+    if !cfg.enabled {
+        return Ok(None);
+    }
+    let format = match &cfg.format {
+        AccessLogFormat::Json => Format::Json,
+        AccessLogFormat::Template(t) => {
+            Format::template(t).map_err(|e| anyhow::anyhow!("access_log.format: {e}"))?
+        }
+    };
+    let path = cfg.path.clone();
+    let described = path
+        .as_ref()
+        .map_or("standard output".to_string(), |p| p.display().to_string());
+    let log = AccessLog::start(path, format)
+        .with_context(|| format!("access_log.path: cannot open {described}"))?;
+    info!(destination = %described, "access log enabled");
+    Ok(Some(log))
+}
+
+/// A reload that changes `[access_log]` opens the new destination and format before anything
+/// is swapped (a path that cannot be opened rejects the reload), then writes there.
+#[derive(Debug)]
+struct AccessLogReload {
+    handle: AccessLogHandle,
+    applied: Arc<Mutex<streamgate_config::AccessLog>>,
+}
+
+impl streamgate_control::ReloadHook for AccessLogReload {
+    fn prepare(&self, config: &Config) -> std::result::Result<Box<dyn FnOnce() + Send>, String> {
+        if *self.applied.lock().unwrap_or_else(|e| e.into_inner()) == config.access_log {
+            return Ok(Box::new(|| {}));
+        }
+        let log = open_access_log(&config.access_log).map_err(|e| format!("{e:#}"))?;
+        let handle = self.handle.clone();
+        let applied = config.access_log.clone();
+        let slot = self.applied.clone();
+        Ok(Box::new(move || {
+            handle.store(log);
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = applied;
+        }))
+    }
+}
+
+/// A reload re-reads `admin.token_file` (a rotated token, or another file): a token that cannot
+/// be read rejects the reload and the running one stays.
+#[derive(Debug)]
+struct TokenReload {
+    handle: Arc<arc_swap::ArcSwapOption<Token>>,
+}
+
+impl streamgate_control::ReloadHook for TokenReload {
+    fn prepare(&self, config: &Config) -> std::result::Result<Box<dyn FnOnce() + Send>, String> {
+        let token = read_token(config).map_err(|e| format!("{e:#}"))?;
+        let handle = self.handle.clone();
+        Ok(Box::new(move || handle.store(token.map(Arc::new))))
+    }
+}
+
+/// The bearer token of `admin.token_file`, if one is set.
+fn read_token(config: &Config) -> Result<Option<Token>> {
+    let Some(path) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
+    Ok(Some(Token::new(&text).with_context(|| {
+        format!("admin.token_file: {} is empty", path.display())
+    })?))
+}
+
 #[derive(Debug)]
 struct UpstreamReload {
     upstreams: Arc<Upstreams>,

@@ -270,6 +270,8 @@ pub(super) fn config(control: &Control) -> AdminResponse {
             "loaded_at": secs(st.loaded_at),
             "last_reload_error": st.last_error,
             "last_reload_error_at": st.last_error_at.map(secs),
+            // Changed in the file since the start, read only at start: waiting for a restart.
+            "needs_restart": streamgate_config::diff::diff(&control.started, &table.config).needs_restart,
             "geo_database": control.geo.load().as_ref().map(|g| json!({
                 "path": g.path().display().to_string(),
                 "type": g.database_type(),

@@ -125,7 +125,7 @@ async fn accept_loop<S>(
 pub async fn serve(
     listener: TcpListener,
     control: Arc<Control>,
-    token: Option<Token>,
+    token: Arc<arc_swap::ArcSwapOption<Token>>,
     limits: AdminLimits,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -137,9 +137,11 @@ pub async fn serve(
             let control = control.clone();
             let token = token.clone();
             async move {
+                // The token of the last reload (a rotated file takes effect without a restart).
+                let token = token.load_full();
                 let r = match tokio::time::timeout(
                     limits.request_header,
-                    handle(&control, token.as_ref(), own, req),
+                    handle(&control, token.as_deref(), own, req),
                 )
                 .await
                 {

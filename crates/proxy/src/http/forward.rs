@@ -76,7 +76,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let table = self.table.load_full();
-        let mut log = self.access_log.as_ref().map(|sink| {
+        let mut log = self.access_log.load().as_ref().map(|sink| {
             Box::new(PendingLog {
                 record: self.log_skeleton(&req, peer),
                 bytes_in: None,

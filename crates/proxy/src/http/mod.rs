@@ -47,7 +47,7 @@ pub struct HttpProxy {
     geo: GeoHandle,
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
-    access_log: Option<Arc<AccessLog>>,
+    access_log: AccessLogHandle,
     caches: Arc<CacheRegistry>,
     /// `cache_served_bytes_total{source="origin"}`
     served_origin: IntCounter,
@@ -92,6 +92,9 @@ impl HttpProxy {
     }
 }
 
+/// The access log in use, swapped by a reload that changes `[access_log]`.
+pub type AccessLogHandle = Arc<arc_swap::ArcSwapOption<AccessLog>>;
+
 /// What every listener of the data plane shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
@@ -99,7 +102,7 @@ pub struct Shared {
     pub geo: GeoHandle,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<Metrics>,
-    pub access_log: Option<Arc<AccessLog>>,
+    pub access_log: AccessLogHandle,
     pub caches: Arc<CacheRegistry>,
     pub rates: Arc<crate::limits::RateLimits>,
 }

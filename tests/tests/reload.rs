@@ -1,0 +1,231 @@
+//! Reloads are exact: everything is checked before anything is swapped, every key that can take
+//! effect does, and the keys that need a restart are named.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::Value;
+use streamgate_tests::tls::{make_cert, write_cert};
+use streamgate_tests::*;
+
+fn service(o: &Origin, extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "r"
+backends = {}
+
+[[services]]
+name = "s"
+listeners = ["web"]
+regions = ["r"]
+{extra}
+"#,
+        backends(&[(o, 1)])
+    )
+}
+
+/// Writes `text` as the daemon's file and reloads through the admin API.
+async fn reload(d: &TestDaemon, text: &str, token: Option<&str>) -> (StatusCode, Value) {
+    std::fs::write(&d.config_path, with_test_admin(text)).unwrap();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let r = send(
+        &http1(),
+        Method::POST,
+        &d.admin_url("/reload"),
+        &headers,
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+async fn config_status(d: &TestDaemon) -> Value {
+    let a = get(&http1(), &d.admin_url("/config"), &[]).await.unwrap();
+    serde_json::from_slice(&a.body).unwrap()
+}
+
+#[tokio::test]
+async fn a_changed_access_log_takes_effect_on_reload() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let log = |p: &std::path::Path, format: &str| {
+        format!(
+            "[access_log]\npath = \"{}\"\nformat = \"{format}\"\n",
+            p.display()
+        )
+    };
+    let d = TestDaemon::start(&(service(&o, "") + &log(&first, "json"))).await;
+    get(&http1(), &d.url("web", "/one"), &[]).await.unwrap();
+    let (status, body) = reload(
+        &d,
+        &(service(&o, "") + &log(&second, "$status $path")),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    get(&http1(), &d.url("web", "/two"), &[]).await.unwrap();
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || read(&second)
+            .contains("200 /two"))
+        .await,
+        "the new file and format: {:?}",
+        read(&second)
+    );
+    assert!(read(&first).contains("\"/one\""), "{}", read(&first));
+    assert!(
+        !read(&first).contains("/two"),
+        "the old file is no longer written"
+    );
+    assert_eq!(body["needs_restart"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn settings_read_at_start_are_named_in_the_reload_and_in_config() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&service(&o, "")).await;
+    let changed = service(&o, "").replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nmax_connections = 5\nmax_headers = 64\n",
+    );
+    let (status, body) = reload(&d, &changed, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let named = serde_json::json!([
+        "listeners \"web\" max_connections",
+        "listeners \"web\" max_headers"
+    ]);
+    assert_eq!(body["needs_restart"], named);
+    assert_eq!(config_status(&d).await["needs_restart"], named);
+}
+
+#[tokio::test]
+async fn a_reload_that_fails_a_check_swaps_nothing_not_even_the_geo_database() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = make_cert(&["a.example"]);
+    let (cp, kp) = write_cert(dir.path(), "a", &cert);
+    let text = |db: &str| {
+        format!(
+            "[geo]\ndatabase = \"{}\"\n\n[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
+             certificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n{}",
+            fixture(&format!("geo/{db}")).display(),
+            cp.display(),
+            kp.display(),
+            service(&o, "").replace("listeners = [\"web\"]", "listeners = [\"web\", \"tls\"]")
+        )
+    };
+    let d = TestDaemon::start(&text("streamgate-synthetic-city.mmdb")).await;
+    let before = config_status(&d).await["geo_database"]["path"].clone();
+    // Another valid database, but the certificate file is now garbage.
+    std::fs::write(&cp, "not a certificate").unwrap();
+    let (status, body) = reload(&d, &text("GeoLite2-City-Test.mmdb"), None).await;
+    assert_ne!(status, StatusCode::OK, "{body}");
+    let after = config_status(&d).await;
+    assert_eq!(
+        after["geo_database"]["path"], before,
+        "the database was swapped: {after}"
+    );
+    assert!(
+        after["last_reload_error"].as_str().unwrap().contains("tls"),
+        "{after}"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_admin_token_takes_effect_on_reload() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("admin.token");
+    std::fs::write(&token_path, "first-token").unwrap();
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
+        token_path.display(),
+        service(&o, "")
+    );
+    let d = TestDaemon::start(&text).await;
+    let regions = |t: &'static str| {
+        let url = d.admin_url("/regions");
+        async move {
+            get(&http1(), &url, &[("authorization", &format!("Bearer {t}"))])
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(regions("first-token").await, StatusCode::OK);
+    std::fs::write(&token_path, "second-token").unwrap();
+    let (status, body) = reload(&d, &text, Some("first-token")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(regions("second-token").await, StatusCode::OK);
+    assert_eq!(regions("first-token").await, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_operator_changes_leave_one_whole_state_file() {
+    let o = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let many: Vec<String> = (0..20)
+        .map(|i| format!("{{ address = \"127.0.0.1:{}\" }}", 20000 + i))
+        .collect();
+    let text = service(
+        &o,
+        &format!("[snapshots]\ndir = \"{}\"\n", snaps.path().display()),
+    )
+    .replace(
+        &backends(&[(&o, 1)]),
+        &format!("[ {{ address = \"{}\" }}, {} ]", o.addr, many.join(", ")),
+    );
+    let d = std::sync::Arc::new(TestDaemon::start(&text).await);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                let body = format!("{{\"address\": \"127.0.0.1:{}\"}}", 20000 + i);
+                send(
+                    &http1(),
+                    Method::POST,
+                    &d.admin_url("/backends/drain"),
+                    &[("content-type", "application/json")],
+                    Bytes::from(body),
+                )
+                .await
+                .unwrap()
+                .status
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    let state = snaps.path().join("operator-state.json");
+    let drained = || -> usize {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["drained"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || drained() == 20).await,
+        "{} drained in the file",
+        drained()
+    );
+    let names: Vec<String> = std::fs::read_dir(snaps.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["operator-state.json"], "no temporary file left");
+}
