@@ -385,3 +385,20 @@ async fn connections_per_client_are_capped() {
     assert_eq!(other.status, StatusCode::OK, "another client is served");
     assert_eq!(limited(&d, "client_connections").await, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_backend_that_stalls_mid_body_is_given_up_on() {
+    let o = Origin::start("o").await;
+    let text =
+        config(&o, "upstream_response = \"1s\"") + "\n[services.upstream]\nprotocol = \"h2c\"\n";
+    let d = TestDaemon::start(&text).await;
+    // 1 MiB whose origin sends 64 KiB, then nothing.
+    let url = d.url("web", "/c/stall?size=1048576&hold=1");
+    let got = tokio::time::timeout(Duration::from_secs(10), get(&http1(), &url, &[])).await;
+    match got {
+        Err(_) => panic!("the client waited on a stalled backend body for 10 s"),
+        Ok(Ok(a)) => assert!(a.body.len() < 1_048_576, "the whole body arrived"),
+        Ok(Err(_)) => {} // the response broke off: what a client should see
+    }
+    o.release();
+}

@@ -535,7 +535,7 @@ impl HttpProxy {
                         && idempotent
                         && sent_attempts < max_sent_attempts
                         && matches!(out.body, RequestBody::Empty)
-                        && let Some(next) = self.retry_target(service, &out.facts, &tried)
+                        && let Some(next) = self.retry_target(service, &out.facts, &tried, true)
                     {
                         warn!(
                             service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
@@ -608,7 +608,9 @@ impl HttpProxy {
                     && !matches!(failure, ProxyError::ResponseTimeout { .. })
                     && sent_attempts < max_sent_attempts
             };
-            if may_retry && let Some(next) = self.retry_target(service, &out.facts, &tried) {
+            if may_retry
+                && let Some(next) = self.retry_target(service, &out.facts, &tried, !never_sent)
+            {
                 warn!(
                     service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
                     next = %next.backend.address, error = %failure, "backend failed; retrying on another backend"
@@ -645,15 +647,19 @@ impl HttpProxy {
         upstream_response(f.resp, &self.served_origin, out.client_version, done)
     }
 
-    /// Another backend for a retry, if there is one and the retry budget allows it.
+    /// Another backend for a retry, if there is one and, for a request that may have reached a
+    /// backend (`resend`), the retry budget allows it. A refused connection sent nothing and
+    /// costs its backend nothing: trying the next one is never a retry storm (nginx and HAProxy
+    /// do the same), and a region cut off must not turn into 502s once the budget is spent.
     fn retry_target<'t>(
         &self,
         service: &'t Service,
         facts: &ClientFacts,
         tried: &[SocketAddr],
+        resend: bool,
     ) -> Option<Pick<'t>> {
         let next = service.pick(facts, tried)?;
-        if !service.state.try_retry(&service.spec.retry) {
+        if resend && !service.state.try_retry(&service.spec.retry) {
             tracing::debug!(service = %service.name, "retry budget spent; not retrying");
             return None;
         }

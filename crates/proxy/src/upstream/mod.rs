@@ -43,7 +43,27 @@ use crate::http::body::RequestBody;
 #[derive(Debug)]
 pub enum UpstreamBody {
     H1(H1Body),
-    Pooled(hyper::body::Incoming),
+    Pooled(PooledBody),
+}
+
+/// A body read by hyper's client (h2c, HTTPS, h2), with the same stall timer as [`H1Body`]: a
+/// backend that sends nothing for `stall` in the middle of it is given up on.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: hyper::body::Incoming,
+    stall: Duration,
+    /// Armed while waiting for data; reset by every frame.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl PooledBody {
+    fn new(body: hyper::body::Incoming, stall: Duration) -> PooledBody {
+        PooledBody {
+            body,
+            stall,
+            timer: None,
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -66,23 +86,38 @@ impl Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
-            UpstreamBody::Pooled(b) => std::pin::Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| UpstreamError::Client(e.to_string())),
+            UpstreamBody::Pooled(b) => match std::pin::Pin::new(&mut b.body).poll_frame(cx) {
+                std::task::Poll::Pending => {
+                    let stall = b.stall;
+                    let timer = b
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return std::task::Poll::Ready(Some(Err(UpstreamError::Stalled {
+                            after: stall,
+                        })));
+                    }
+                    std::task::Poll::Pending
+                }
+                ready => {
+                    b.timer = None;
+                    ready.map_err(|e| UpstreamError::Client(e.to_string()))
+                }
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::H1(b) => b.is_end_stream(),
-            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Pooled(b) => b.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
             UpstreamBody::H1(b) => b.size_hint(),
-            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Pooled(b) => b.body.size_hint(),
         }
     }
 }
@@ -219,7 +254,9 @@ impl Upstreams {
         };
         *req.headers_mut() = head.headers.clone();
         match client.request(req).await {
-            Ok(resp) => Ok(resp.map(UpstreamBody::Pooled)),
+            Ok(resp) => {
+                Ok(resp.map(|b| UpstreamBody::Pooled(PooledBody::new(b, timeouts.body_stall))))
+            }
             Err(e) if e.is_connect() && bodiless => {
                 Err(UpstreamError::Connect(io::Error::other(error_chain(&e))))
             }

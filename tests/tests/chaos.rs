@@ -1,0 +1,270 @@
+//! Chaos, bounded: the real binary under steady load while backends are killed and restarted at
+//! random, a whole region is cut off and restored, the config is reloaded 100 times and the
+//! cache is purged. No idempotent request may fail, every in-flight count returns to 0, and
+//! resident memory stays under a bound.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::Value;
+use streamgate_tests::*;
+use tokio::sync::Mutex;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
+
+fn config(a: &[&Origin], b: &[&Origin]) -> String {
+    let list = |os: &[&Origin]| backends(&os.iter().map(|o| (*o, 1)).collect::<Vec<_>>());
+    format!(
+        r#"
+[runtime]
+workers = 1
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "a"
+backends = {}
+
+[[regions]]
+name = "b"
+backends = {}
+
+[[services]]
+name = "app"
+listeners = ["web"]
+hosts = ["app.example"]
+regions = ["a", "b"]
+region_policy = "failover"
+
+[services.retry]
+attempts = 3
+min_per_second = 200
+
+[services.health]
+kind = "http"
+path = "/healthz"
+interval = "100ms"
+timeout = "100ms"
+rise = 1
+fall = 2
+
+[[services]]
+name = "cdn"
+listeners = ["web"]
+hosts = ["cdn.example"]
+regions = ["a", "b"]
+region_policy = "failover"
+
+[services.retry]
+attempts = 3
+min_per_second = 200
+
+[services.cache]
+max_size = "16MiB"
+"#,
+        list(a),
+        list(b)
+    )
+}
+
+/// The origins of one region, each restartable on its own port.
+struct Region {
+    origins: Vec<Mutex<Origin>>,
+}
+
+impl Region {
+    async fn start(name: &str, n: usize) -> Region {
+        let mut origins = Vec::new();
+        for i in 0..n {
+            origins.push(Mutex::new(Origin::start(&format!("{name}{i}")).await));
+        }
+        Region { origins }
+    }
+
+    async fn kill(&self, i: usize) {
+        self.origins[i].lock().await.stop();
+    }
+
+    async fn restart(&self, i: usize) {
+        let mut o = self.origins[i].lock().await;
+        let (name, addr, state) = (o.name.clone(), o.addr, o.state.clone());
+        o.stop();
+        // The stopped listener closes when its aborted task is dropped: wait for the port.
+        for _ in 0..100 {
+            if std::net::TcpListener::bind(addr).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        *o = Origin::start_with_state(&name, addr, state).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_under_load_fails_no_idempotent_request() {
+    let a = Arc::new(Region::start("a", 3).await);
+    let b = Arc::new(Region::start("b", 2).await);
+    let text = {
+        let ag: Vec<_> = futures_util::future::join_all(a.origins.iter().map(|o| o.lock())).await;
+        let bg: Vec<_> = futures_util::future::join_all(b.origins.iter().map(|o| o.lock())).await;
+        config(
+            &ag.iter().map(|g| &**g).collect::<Vec<_>>(),
+            &bg.iter().map(|g| &**g).collect::<Vec<_>>(),
+        )
+    };
+    let p = DaemonProcess::start(BIN, &text, &["web", "admin"]);
+    let web = p.addr("web");
+    let admin = format!("http://{}", p.addr("admin"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut load = Vec::new();
+    for n in 0..8u64 {
+        let (stop, ok, failed, failures) =
+            (stop.clone(), ok.clone(), failed.clone(), failures.clone());
+        load.push(tokio::spawn(async move {
+            let c = http1();
+            let mut i = 0u64;
+            while !stop.load(SeqCst) {
+                i += 1;
+                let (host, path) = if n % 2 == 0 {
+                    ("app.example", format!("/item/{}", i % 50))
+                } else {
+                    ("cdn.example", format!("/c/obj{}?cc=max-age%3D1", i % 50))
+                };
+                let asked = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    get(&c, &format!("http://{web}{path}"), &[("host", host)]),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in 10 s")));
+                match asked {
+                    Ok(a) if a.status == StatusCode::OK => {
+                        ok.fetch_add(1, SeqCst);
+                    }
+                    other => {
+                        failed.fetch_add(1, SeqCst);
+                        failures.lock().unwrap().push(format!(
+                            "{host}{path}: {:?}",
+                            other.map(|a| (a.status, a.text()))
+                        ));
+                    }
+                }
+            }
+        }));
+    }
+
+    // The chaos: about 15 s, one action every 150 ms, reloads in between.
+    let started = Instant::now();
+    let mut reloads = 0;
+    let mut step = 0u64;
+    while reloads < 100 {
+        step += 1;
+        match step % 6 {
+            // One backend down for a while, then back: any of region a's, or b's first (b's
+            // second stays up, so that some backend can always answer, as the test requires).
+            0 | 3 => {
+                let (r, n) = if step.is_multiple_of(12) { (&b, 1) } else { (&a, 3) };
+                let i = fastrand::usize(..n);
+                r.kill(i).await;
+                let r = r.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(..400))).await;
+                    r.restart(i).await;
+                });
+            }
+            // The whole primary region cut off for a second.
+            1 if step % 30 == 1 => {
+                for i in 0..3 {
+                    a.kill(i).await;
+                }
+                let a = a.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    for i in 0..3 {
+                        a.restart(i).await;
+                    }
+                });
+            }
+            // A purge.
+            2 => {
+                let r = send(
+                    &http1(),
+                    Method::POST,
+                    &format!("{admin}/cache/purge"),
+                    &[],
+                    Bytes::from(r#"{"prefix": "cdn.example/c/"}"#),
+                )
+                .await
+                .unwrap();
+                assert_eq!(r.status, StatusCode::OK);
+            }
+            _ => {}
+        }
+        let r = send(
+            &http1(),
+            Method::POST,
+            &format!("{admin}/reload"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        reloads += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    stop.store(true, SeqCst);
+    eprintln!(
+        "chaos done at {:?}; waiting for the load",
+        started.elapsed()
+    );
+    for l in load {
+        l.await.unwrap();
+    }
+    eprintln!("load done at {:?}", started.elapsed());
+    let (ok, failed) = (ok.load(SeqCst), failed.load(SeqCst));
+    assert!(ok > 1000, "only {ok} requests in {:?}", started.elapsed());
+    let failures = failures.lock().unwrap().clone();
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} failed: {:?}",
+        ok + failed,
+        &failures[..failures.len().min(10)]
+    );
+
+    // Every in-flight count back to 0.
+    let settled = async {
+        for _ in 0..100 {
+            let v: Value = serde_json::from_slice(
+                &get(&http1(), &format!("{admin}/backends"), &[])
+                    .await
+                    .unwrap()
+                    .body,
+            )
+            .unwrap();
+            let busy: u64 = v["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b["in_flight"].as_u64().unwrap_or(0))
+                .sum();
+            if busy == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(settled.await, "in-flight counts did not return to 0");
+    let peak = p.peak_rss();
+    assert!(peak < 256 << 20, "peak RSS {} MiB", peak >> 20);
+}
