@@ -171,7 +171,11 @@ async fn chaos_under_load_fails_no_idempotent_request() {
             // One backend down for a while, then back: any of region a's, or b's first (b's
             // second stays up, so that some backend can always answer, as the test requires).
             0 | 3 => {
-                let (r, n) = if step.is_multiple_of(12) { (&b, 1) } else { (&a, 3) };
+                let (r, n) = if step.is_multiple_of(12) {
+                    (&b, 1)
+                } else {
+                    (&a, 3)
+                };
                 let i = fastrand::usize(..n);
                 r.kill(i).await;
                 let r = r.clone();

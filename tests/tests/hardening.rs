@@ -402,3 +402,168 @@ async fn an_h2c_backend_that_stalls_mid_body_is_given_up_on() {
     }
     o.release();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_that_grants_no_window_releases_its_backend_after_idle() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    // A client that opens its streams with no window and never grants any.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(0)
+        .build::<_, http_body_util::Empty<Bytes>>(connector);
+    let req = Request::get(d.url("web", "/bytes/10485760"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let in_flight = || async {
+        let v: serde_json::Value = serde_json::from_slice(
+            &get(&http1(), &d.admin_url("/backends"), &[])
+                .await
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        v["backends"][0]["in_flight"].as_u64().unwrap()
+    };
+    assert_eq!(in_flight().await, 1, "the backend streams the body");
+    let mut released = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if in_flight().await == 0 {
+            released = true;
+            break;
+        }
+    }
+    assert!(
+        released,
+        "the backend is still held by a stream that cannot move"
+    );
+    drop(resp);
+}
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// GET / for host a.example, HPACK without indexing (static table names).
+fn get_block() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
+    b.extend_from_slice(b"a.example");
+    b
+}
+
+/// Writes `frames` after the preface and an empty SETTINGS, then reads until the server closes
+/// (at most 10 s): whether a GOAWAY came, and whether the connection was closed.
+async fn raw_h2(addr: std::net::SocketAddr, frames: Vec<u8>) -> (bool, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frames);
+    let writer = {
+        let (mut rd, mut wr) = s.into_split();
+        let w = tokio::spawn(async move {
+            let _ = wr.write_all(&out).await;
+            wr
+        });
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .is_ok();
+        s = rd.reunite(w.await.unwrap()).unwrap();
+        // Frames the server sent: look for a GOAWAY (type 7).
+        let mut i = 0;
+        let mut goaway = false;
+        while i + 9 <= got.len() {
+            let len = (usize::from(got[i]) << 16)
+                | (usize::from(got[i + 1]) << 8)
+                | usize::from(got[i + 2]);
+            goaway |= got[i + 3] == 7;
+            i += 9 + len;
+        }
+        (goaway, closed)
+    };
+    drop(s);
+    writer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_with_a_goaway() {
+    let o = Origin::start("o").await;
+    o.set_delay(Duration::from_millis(200));
+    let d = TestDaemon::start(&config(&o, "")).await;
+    let mut frames = Vec::new();
+    for i in 0..2000u32 {
+        let stream = 2 * i + 1;
+        frames.extend(frame(1, 0x5, stream, &get_block()));
+        frames.extend(frame(3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let (goaway, closed) = raw_h2(d.addr("web"), frames).await;
+    assert!(goaway && closed, "goaway {goaway}, closed {closed}");
+    assert!(o.hits() < 2000, "{} requests reached the origin", o.hits());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_continuation_flood_is_cut_with_a_goaway() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "")).await;
+    // A header block that never ends: HEADERS without END_HEADERS, then 10 000 CONTINUATIONs.
+    let mut frames = frame(1, 0x1, 1, &get_block());
+    let junk: Vec<u8> =
+        std::iter::repeat_n([0x00u8, 3, b'x', b'-', b'a', 3, b'v', b'a', b'l'], 100)
+            .flatten()
+            .collect();
+    for _ in 0..10_000 {
+        frames.extend(frame(9, 0, 1, &junk));
+    }
+    let (goaway, closed) = raw_h2(d.addr("web"), frames).await;
+    assert!(goaway && closed, "goaway {goaway}, closed {closed}");
+    assert_eq!(o.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_peer_that_stops_answering_pings_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let o = Origin::start("o").await;
+    // The request waits 20 s on its backend: the connection is busy, so no idle timer applies.
+    o.set_delay(Duration::from_secs(20));
+    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 0x5, 1, &get_block()));
+    s.write_all(&out).await.unwrap();
+    // Read what comes, never answer a PING: the peer looks gone.
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok();
+    assert!(closed, "the silent peer was kept");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

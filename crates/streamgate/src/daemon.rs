@@ -141,7 +141,7 @@ impl Daemon {
         for (l, listener) in bound {
             let addr = listener.local_addr()?;
             listeners.push((l.name.clone(), addr));
-            let limits = ListenerLimits::of(l);
+            let limits = ListenerLimits::of(l, &config.timeouts);
             match l.protocol {
                 Protocol::Http | Protocol::Https => {
                     let tls = tls_handles

@@ -206,13 +206,41 @@ struct Window {
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
+    /// Read by a task of its own (HTTP/2 clients, see `pump`).
+    Pumped(super::pump::Pumped),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
     pub fn upstream(body: UpstreamBody, done: Completion, served: IntCounter) -> ProxyBody {
+        Self::from_inner(Inner::Upstream(body), done, served)
+    }
+
+    /// A backend's body for an HTTP/2 client: read by a task that releases the backend when the
+    /// client takes nothing for `idle` (see `pump`). Short bodies, read whole already, go as
+    /// they are.
+    pub fn upstream_h2(
+        body: UpstreamBody,
+        mut done: Completion,
+        served: IntCounter,
+        idle: std::time::Duration,
+    ) -> ProxyBody {
+        let short = body.is_end_stream()
+            || body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= super::pump::PUMP_ABOVE);
+        if short {
+            return Self::upstream(body, done, served);
+        }
+        let lease = done.lease.take();
+        let pumped = super::pump::Pumped::start(body, lease, idle);
+        Self::from_inner(Inner::Pumped(pumped), done, served)
+    }
+
+    fn from_inner(inner: Inner, done: Completion, served: IntCounter) -> ProxyBody {
         ProxyBody {
-            inner: Inner::Upstream(body),
+            inner,
             done: Some(done),
             served: Some(served),
             record: None,
@@ -286,6 +314,7 @@ impl ProxyBody {
             }
             let polled = match &mut self.inner {
                 Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(BoxError::from),
+                Inner::Pumped(b) => Pin::new(b).poll_frame(cx),
                 Inner::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             };
             if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -301,6 +330,7 @@ impl ProxyBody {
                 // has to complete the recording.
                 Poll::Ready(Some(Ok(f))) if f.is_data() => match &self.inner {
                     Inner::Upstream(b) => b.is_end_stream(),
+                    Inner::Pumped(b) => b.is_end_stream(),
                     Inner::Full(d) => d.is_none(),
                 },
                 _ => false,
@@ -377,6 +407,7 @@ impl Body for ProxyBody {
         }
         match &self.inner {
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Pumped(b) => b.is_end_stream(),
             Inner::Full(d) => d.is_none(),
         }
     }
@@ -387,6 +418,7 @@ impl Body for ProxyBody {
         }
         match &self.inner {
             Inner::Upstream(b) => b.size_hint(),
+            Inner::Pumped(b) => b.size_hint(),
             Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -400,18 +432,23 @@ impl ProxyBody {
         let Some(recorder) = self.record.take() else {
             return;
         };
-        let Inner::Upstream(body) = std::mem::replace(&mut self.inner, Inner::Full(None)) else {
-            return;
-        };
         let lease = self.done.as_mut().and_then(|d| d.lease.take());
         let stall = self.drain_stall;
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        rt.spawn(async move {
-            let _lease = lease;
-            finish_recording(body, *recorder, stall).await;
-        });
+        match std::mem::replace(&mut self.inner, Inner::Full(None)) {
+            Inner::Upstream(body) => {
+                rt.spawn(async move {
+                    let _lease = lease;
+                    finish_recording(body, *recorder, stall).await;
+                });
+            }
+            Inner::Pumped(body) => {
+                rt.spawn(finish_recording(body, *recorder, stall));
+            }
+            Inner::Full(_) => {}
+        }
     }
 }
 
@@ -427,11 +464,10 @@ const DRAIN_STALLS: u32 = 10;
 
 /// Reads the rest of `body` into `recorder` and stores it; gives up on an error, after `stall`
 /// without data, or after ten stalls in all.
-pub async fn finish_recording(
-    mut body: UpstreamBody,
-    mut recorder: Recorder,
-    stall: std::time::Duration,
-) {
+pub async fn finish_recording<B>(mut body: B, mut recorder: Recorder, stall: std::time::Duration)
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     let deadline = tokio::time::Instant::now() + stall.saturating_mul(DRAIN_STALLS);
     loop {
         let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));

@@ -644,7 +644,8 @@ impl HttpProxy {
                 .as_secs_f64(),
         );
         done.lease = Some(f.lease);
-        upstream_response(f.resp, &self.served_origin, out.client_version, done)
+        let idle = out.service.spec.timeouts.idle;
+        upstream_response(f.resp, &self.served_origin, out.client_version, done, idle)
     }
 
     /// Another backend for a retry, if there is one and, for a request that may have reached a
@@ -802,13 +803,19 @@ fn upstream_response(
     served: &IntCounter,
     client_version: Version,
     done: Completion,
+    idle: std::time::Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     append_via(&mut parts.headers, parts.version);
     // The client gets our protocol version, whatever the backend spoke.
     parts.version = client_version;
-    Response::from_parts(parts, ProxyBody::upstream(body, done, served.clone()))
+    let body = if client_version == Version::HTTP_2 {
+        ProxyBody::upstream_h2(body, done, served.clone(), idle)
+    } else {
+        ProxyBody::upstream(body, done, served.clone())
+    };
+    Response::from_parts(parts, body)
 }
 
 pub(crate) fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<ProxyBody> {

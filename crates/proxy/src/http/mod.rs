@@ -9,6 +9,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod path;
+mod pump;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -114,11 +115,17 @@ pub struct ListenerLimits {
     pub max_connections_per_client: Option<usize>,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    /// `[timeouts] idle`: also the HTTP/2 keep-alive PING interval.
+    pub idle: std::time::Duration,
 }
 
 impl ListenerLimits {
-    pub fn of(l: &streamgate_config::Listener) -> ListenerLimits {
+    pub fn of(
+        l: &streamgate_config::Listener,
+        timeouts: &streamgate_config::Timeouts,
+    ) -> ListenerLimits {
         ListenerLimits {
+            idle: timeouts.idle,
             max_connections: l.max_connections.map(|n| n.get()),
             max_connections_per_client: l.max_connections_per_client.map(|n| n.get()),
             max_header_bytes: l.max_header_bytes,
@@ -144,6 +151,11 @@ fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .max_header_list_size(limits.max_header_bytes as u32)
+        // A peer that stops answering PINGs is gone (a stream may be waiting on a slow backend
+        // while the client machine vanished): every `idle`, a PING; no answer within
+        // `idle` (at most 20 s), the connection is closed.
+        .keep_alive_interval(Some(limits.idle))
+        .keep_alive_timeout(limits.idle.min(std::time::Duration::from_secs(20)))
         .max_pending_accept_reset_streams(Some(64))
         .max_local_error_reset_streams(Some(256))
         // RFC 8441: WebSocket over HTTP/2 (extended CONNECT).
