@@ -567,3 +567,87 @@ async fn an_http2_peer_that_stops_answering_pings_is_closed() {
     assert!(closed, "the silent peer was kept");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// Sends the preface and an empty SETTINGS, then `each` every 250 ms, answering the server's
+/// PINGs as a live client does: the time until the server closes the connection (None if it is
+/// still open after 8 s).
+async fn h2_trickle(addr: std::net::SocketAddr, first: Vec<u8>, each: Vec<u8>) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(first);
+    wr.write_all(&out).await.unwrap();
+    let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.tick().await;
+        loop {
+            let bytes = tokio::select! {
+                _ = tick.tick() => each.clone(),
+                Some(ack) = to_ack.recv() => ack,
+            };
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            while got.len() >= 9 {
+                let len =
+                    (usize::from(got[0]) << 16) | (usize::from(got[1]) << 8) | usize::from(got[2]);
+                if got.len() < 9 + len {
+                    break;
+                }
+                if got[3] == 6 && got[4] & 1 == 0 {
+                    let _ = acks.send(frame(6, 1, 0, &got[9..9 + len]));
+                }
+                got.drain(..9 + len);
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    closed.ok().map(|_| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_block_trickled_in_is_cut_at_request_header() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "request_header = \"1s\"\nidle = \"30s\"")).await;
+    // HEADERS without END_HEADERS, then a CONTINUATION that says 4 000 bytes follow and sends
+    // them one every 250 ms: every byte is "activity", yet the request head never completes.
+    let mut first = frame(1, 0x1, 1, &get_block());
+    first.extend(&frame(9, 0x4, 1, &[])[..9]);
+    first[get_block().len() + 9..][..3].copy_from_slice(&[0, 0x0f, 0xa0]);
+    let closed = h2_trickle(d.addr("web"), first, vec![0]).await;
+    let took = closed.expect("a head trickled in for 8 s was still being read");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert_eq!(o.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_kept_busy_by_pings_alone_is_closed_at_idle() {
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    // One request, then nothing but PINGs (and answers to the server's): the connection carries
+    // no request, so it is idle.
+    let closed = h2_trickle(
+        d.addr("web"),
+        frame(1, 0x5, 1, &get_block()),
+        frame(6, 0, 0, &[7; 8]),
+    )
+    .await;
+    let took = closed.expect("PINGs kept an idle connection open");
+    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    assert_eq!(o.hits(), 1);
+}

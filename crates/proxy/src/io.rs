@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::task::AtomicWaker;
+
+use crate::h2_heads::HeaderBlocks;
 use streamgate_balance::stats::{nanos_at, now_nanos};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -158,8 +160,12 @@ pub struct TimedIo<T> {
     last_rx: u64,
     /// When the first byte arrived while no request was active: a request head is being read.
     head_started: u64,
-    /// HTTP/2 has no per-request head phase at this level; only idle applies.
+    /// HTTP/2: heads are found frame by frame (`h2_heads`), and idle counts from the last
+    /// request's end whatever the client sends (PINGs and SETTINGS do not keep it open).
     is_h2: Option<bool>,
+    h2_heads: HeaderBlocks,
+    /// When the HTTP/2 header block being received began (0: none is).
+    h2_head_since: u64,
     write_blocked_since: u64,
     sleep: Option<Pin<Box<Sleep>>>,
     armed_for: u64,
@@ -174,6 +180,8 @@ impl<T> TimedIo<T> {
             last_rx: now_nanos(),
             head_started: 0,
             is_h2: None,
+            h2_heads: HeaderBlocks::default(),
+            h2_head_since: 0,
             write_blocked_since: 0,
             sleep: None,
             armed_for: 0,
@@ -198,12 +206,20 @@ impl<T> TimedIo<T> {
                 "client stopped reading",
             );
         }
+        if self.h2_head_since != 0 {
+            consider(
+                self.h2_head_since + nanos(self.timeouts.request_header),
+                "request header",
+            );
+        }
         if self.activity.active.load(Relaxed) == 0 {
             let idle_since = self.activity.idle_since.load(Relaxed);
-            consider(
-                self.last_rx.max(idle_since) + nanos(self.timeouts.idle),
-                "idle",
-            );
+            let quiet_since = if self.is_h2 == Some(true) {
+                idle_since
+            } else {
+                self.last_rx.max(idle_since)
+            };
+            consider(quiet_since + nanos(self.timeouts.idle), "idle");
             if self.head_started > idle_since && self.is_h2 != Some(true) {
                 consider(
                     self.head_started + nanos(self.timeouts.request_header),
@@ -279,6 +295,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                     this.last_rx = now;
                     if this.is_h2.is_none() {
                         this.is_h2 = Some(starts_h2_preface(got));
+                    }
+                    if this.is_h2 == Some(true) {
+                        this.h2_heads.feed(got);
+                        match (this.h2_heads.head_open(), this.h2_head_since) {
+                            (true, 0) => this.h2_head_since = now,
+                            (false, _) => this.h2_head_since = 0,
+                            _ => {}
+                        }
                     }
                     if this.activity.active.load(Relaxed) == 0
                         && this.head_started <= this.activity.idle_since.load(Relaxed)

@@ -3,6 +3,7 @@
 
 mod accept;
 mod coalesce;
+mod h2_heads;
 pub mod http;
 pub mod io;
 pub mod limits;
