@@ -122,7 +122,8 @@ mod tests {
         let cont_end = frame(CONTINUATION, END_HEADERS, 3);
         let data = frame(0x0, 0, 100);
         let ping = frame(0x6, 0, 8);
-        let cases: Vec<(&str, Vec<&[u8]>, Vec<bool>)> = vec![
+        type Case<'a> = (&'a str, Vec<&'a [u8]>, Vec<bool>);
+        let cases: Vec<Case<'_>> = vec![
             ("preface alone", vec![PREFACE], vec![false]),
             (
                 "preface split",
