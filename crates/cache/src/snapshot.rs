@@ -149,6 +149,23 @@ pub fn write(
     Ok(point)
 }
 
+/// A whole point in memory holding `payloads` as its records, with their checksums: what the
+/// fuzz harness decodes to get past the checksums to the record decoder.
+pub(crate) fn frame(created_ms: u64, payloads: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    out.extend_from_slice(&(payloads.len() as u64).to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    for p in payloads {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    out
+}
+
 /// Replaces `path` whole: `fill` writes a temporary file beside it, which is synced and renamed
 /// over `path`, and the directory is synced, so a crash leaves the old file or the new one, never
 /// a part of one. The temporary file is removed if anything fails.
@@ -221,8 +238,9 @@ fn scan(
     let mut points = Vec::new();
     for path in files(dir)? {
         match File::open(&path)
+            .and_then(|f| Ok((f.metadata()?.len(), f)))
             .map_err(io_err(&path))
-            .and_then(|f| header(&path, &mut BufReader::new(f)))
+            .and_then(|(bytes, f)| header(&path, &mut BufReader::new(f), bytes))
         {
             Ok(point) => points.push(point),
             Err(e) => on_damaged(&e),
@@ -232,7 +250,8 @@ fn scan(
     Ok(points)
 }
 
-fn header(path: &Path, input: &mut impl Read) -> Result<RecoveryPoint, SnapshotError> {
+/// The header of a point of `bytes` bytes.
+fn header(path: &Path, input: &mut impl Read, bytes: u64) -> Result<RecoveryPoint, SnapshotError> {
     let mut h = [0u8; HEADER_LEN];
     input
         .read_exact(&mut h)
@@ -249,7 +268,6 @@ fn header(path: &Path, input: &mut impl Read) -> Result<RecoveryPoint, SnapshotE
         b.copy_from_slice(&h[i..i + 8]);
         u64::from_le_bytes(b)
     };
-    let bytes = fs::metadata(path).map_err(io_err(path))?.len();
     Ok(RecoveryPoint {
         path: path.to_path_buf(),
         created: UNIX_EPOCH + Duration::from_millis(word(8)),
@@ -267,13 +285,28 @@ pub fn read(path: &Path) -> Result<(RecoveryPoint, Vec<Record>), SnapshotError> 
 
 /// `read`, handing each record to `each` as it is checked instead of holding them all (a verify
 /// of a large point needs one record's memory). Records before the damage have been handed over.
-pub fn read_each(
+pub fn read_each(path: &Path, each: impl FnMut(Record)) -> Result<RecoveryPoint, SnapshotError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let bytes = file.metadata().map_err(io_err(path))?.len();
+    read_from(path, BufReader::with_capacity(1 << 20, file), bytes, each)
+}
+
+/// `read_each` of a point held in memory; `name` stands for its path in errors.
+pub fn read_bytes(
+    name: &Path,
+    data: &[u8],
+    each: impl FnMut(Record),
+) -> Result<RecoveryPoint, SnapshotError> {
+    read_from(name, data, data.len() as u64, each)
+}
+
+fn read_from(
     path: &Path,
+    mut input: impl Read,
+    bytes: u64,
     mut each: impl FnMut(Record),
 ) -> Result<RecoveryPoint, SnapshotError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let mut input = BufReader::with_capacity(1 << 20, file);
-    let point = header(path, &mut input)?;
+    let point = header(path, &mut input, bytes)?;
     let mut left = point.bytes.saturating_sub(HEADER_LEN as u64);
     for i in 0..point.records {
         let mut frame = [0u8; 8];
@@ -390,7 +423,7 @@ fn put_time(out: &mut Vec<u8>, t: SystemTime) {
     put_duration(out, t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO));
 }
 
-fn encode(out: &mut Vec<u8>, service: &str, key: &str, variants: &[Arc<Variant>]) {
+pub(crate) fn encode(out: &mut Vec<u8>, service: &str, key: &str, variants: &[Arc<Variant>]) {
     put_bytes(out, service.as_bytes());
     put_bytes(out, key.as_bytes());
     put_u32(out, variants.len() as u32);
@@ -489,7 +522,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn decode(payload: &[u8]) -> Option<Record> {
+pub(crate) fn decode(payload: &[u8]) -> Option<Record> {
     let mut c = Cursor(payload);
     let service = c.str()?;
     let key = c.str()?;

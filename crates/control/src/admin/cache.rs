@@ -4,10 +4,11 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
 use streamgate_cache::Purge;
-use streamgate_cache::key::{purge_keys, purge_prefixes, split_url};
+use streamgate_cache::key::purge_keys;
 use tracing::info;
 
-use super::{AdminResponse, error, json_response, parse_body};
+use super::requests::{self, PurgeWhat};
+use super::{AdminResponse, json_response, refused};
 use crate::Control;
 
 pub(super) fn stats(control: &Control) -> AdminResponse {
@@ -34,50 +35,34 @@ pub(super) fn stats(control: &Control) -> AdminResponse {
 
 /// `POST /cache/purge {"url"|"prefix"|"tag": "...", "all": true, "service": "..."}`
 pub(super) fn purge(control: &Control, body: &Bytes) -> AdminResponse {
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    let request = match requests::purge(body) {
+        Ok(r) => r,
+        Err(r) => return refused(r),
     };
-    let service = v.get("service").and_then(Value::as_str);
-    let table = control.table.load();
-    let mut purged = 0;
-    if let Some(url) = v.get("url").and_then(Value::as_str) {
-        if split_url(url).is_none() {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "url must look like http://host/path (or host/path for both schemes)",
-            );
-        }
-        // Each service keys URLs by its own query rules.
-        for s in &table.services {
-            let Some(spec) = &s.spec.cache else { continue };
-            if service.is_some_and(|x| x != &*s.name) {
-                continue;
+    let service = request.service.as_deref();
+    let purged = match &request.what {
+        PurgeWhat::Url(url) => {
+            let table = control.table.load();
+            let mut purged = 0;
+            // Each service keys URLs by its own query rules.
+            for s in &table.services {
+                let Some(spec) = &s.spec.cache else { continue };
+                if service.is_some_and(|x| x != &*s.name) {
+                    continue;
+                }
+                for key in purge_keys(url, &spec.key_query).unwrap_or_default() {
+                    purged += control.caches.purge(&Purge::Url(key), Some(&s.name));
+                }
             }
-            for key in purge_keys(url, &spec.key_query).unwrap_or_default() {
-                purged += control.caches.purge(&Purge::Url(key), Some(&s.name));
-            }
+            purged
         }
-    } else if let Some(prefix) = v.get("prefix").and_then(Value::as_str) {
-        let Some(prefixes) = purge_prefixes(prefix) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "prefix must look like http://host/path (or host/path for both schemes)",
-            );
-        };
-        for p in prefixes {
-            purged += control.caches.purge(&Purge::Prefix(p), service);
-        }
-    } else if let Some(tag) = v.get("tag").and_then(Value::as_str) {
-        purged = control.caches.purge(&Purge::Tag(tag.to_string()), service);
-    } else if v.get("all").and_then(Value::as_bool) == Some(true) {
-        purged = control.caches.purge(&Purge::All, service);
-    } else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected one of {\"url\": ...}, {\"prefix\": ...}, {\"tag\": ...}, {\"all\": true}",
-        );
-    }
-    info!(request = %v, purged, "cache purge");
+        PurgeWhat::Prefixes(prefixes) => prefixes
+            .iter()
+            .map(|p| control.caches.purge(&Purge::Prefix(p.clone()), service))
+            .sum(),
+        PurgeWhat::Tag(tag) => control.caches.purge(&Purge::Tag(tag.clone()), service),
+        PurgeWhat::All => control.caches.purge(&Purge::All, service),
+    };
+    info!(request = ?request, purged, "cache purge");
     json_response(StatusCode::OK, json!({ "purged": purged }))
 }

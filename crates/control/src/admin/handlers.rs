@@ -1,6 +1,6 @@
 //! The admin endpoints: state as JSON, operator actions on the live routing table.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -12,7 +12,8 @@ use streamgate_balance::{ClientFacts, RoutingTable};
 use streamgate_config::RegionPolicy;
 use tracing::info;
 
-use super::{AdminResponse, error, json_response, parse_body};
+use super::requests;
+use super::{AdminResponse, error, json_response, refused};
 use crate::Control;
 use crate::reload::ReloadOutcome;
 
@@ -124,21 +125,9 @@ pub(super) fn backends(control: &Control) -> AdminResponse {
 }
 
 pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminResponse {
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-    };
-    let Some(address) = v.get("address").and_then(Value::as_str) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"address\": \"IP:port\"}",
-        );
-    };
-    let Ok(addr) = address.parse::<SocketAddr>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("\"{address}\" is not IP:port"),
-        );
+    let addr = match requests::backend_address(body) {
+        Ok(a) => a,
+        Err(r) => return refused(r),
     };
     let table = control.table.load();
     let mut matched = 0;
@@ -190,13 +179,11 @@ pub(super) fn activate(control: &Control, name: &str, active: bool) -> AdminResp
 }
 
 pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminResponse {
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    let region = match requests::region(body) {
+        Ok(r) => r,
+        Err(r) => return refused(r),
     };
-    let Some(region) = v.get("region").and_then(Value::as_str) else {
-        return error(StatusCode::BAD_REQUEST, "expected {\"region\": \"name\"}");
-    };
+    let region = region.as_str();
     let table = control.table.load();
     let Some(s) = table.service(service) else {
         return error(

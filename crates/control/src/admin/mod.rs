@@ -4,6 +4,7 @@
 mod cache;
 mod handlers;
 mod prefetch;
+pub mod requests;
 mod snapshots;
 
 use std::convert::Infallible;
@@ -341,9 +342,9 @@ pub fn error(status: StatusCode, message: &str) -> AdminResponse {
     json_response(status, json!({ "error": message }))
 }
 
-/// Parses a JSON request body.
-pub fn parse_body(body: &Bytes) -> Result<Value, String> {
-    serde_json::from_slice(body).map_err(|e| format!("invalid JSON body: {e}"))
+/// The answer to a body [`requests`] refused.
+pub fn refused(r: requests::Refused) -> AdminResponse {
+    error(r.status, &r.message)
 }
 
 #[cfg(test)]

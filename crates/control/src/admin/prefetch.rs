@@ -21,11 +21,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::info;
 
-use super::{AdminResponse, error, json_response, parse_body};
+use super::requests;
+use super::{AdminResponse, error, json_response, refused};
 use crate::Control;
-
-/// Most URLs one prefetch call takes.
-const MAX_PREFETCH: usize = 10_000;
 
 /// Where prefetches of each scheme go: a listener of the daemon's own.
 #[derive(Debug, Clone, Copy)]
@@ -35,22 +33,10 @@ struct Targets {
 }
 
 pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
-    let v = match parse_body(body) {
-        Ok(v) => v,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    let urls = match requests::prefetch_urls(body) {
+        Ok(u) => u,
+        Err(r) => return refused(r),
     };
-    let Some(urls) = v.get("urls").and_then(Value::as_array) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "expected {\"urls\": [\"http://host/path\", ...]}",
-        );
-    };
-    if urls.len() > MAX_PREFETCH {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("at most {MAX_PREFETCH} URLs per call"),
-        );
-    }
     let targets = {
         let table = control.table.load();
         let of = |protocol: Protocol| {
@@ -83,7 +69,7 @@ pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
     for chunk in urls.chunks(8) {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, u) in chunk.iter().enumerate() {
-            let url = u.as_str().unwrap_or("").to_string();
+            let url = u.clone();
             tasks.spawn(async move { (i, url.clone(), fetch_one(targets, &url).await) });
         }
         let mut out: Vec<(usize, Value)> = Vec::new();

@@ -8,6 +8,7 @@
 
 mod body;
 pub mod codec;
+pub mod fuzzing;
 mod pool;
 mod pooled;
 
