@@ -87,6 +87,8 @@ impl Control {
             None
         };
 
+        // CA bundles and client certificates are read again for the configuration checked now.
+        streamgate_tls::forget_client_configs();
         let hooks: Vec<Arc<dyn crate::ReloadHook>> =
             self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut commits = Vec::new();

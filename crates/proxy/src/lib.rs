@@ -10,7 +10,6 @@ pub mod limits;
 pub mod proxy_protocol;
 pub mod sni;
 pub mod tcp;
-pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 

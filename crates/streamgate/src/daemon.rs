@@ -15,10 +15,10 @@ use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
 use streamgate_control::overrides::Overrides;
 use streamgate_proxy::tcp::TcpProxy;
-use streamgate_proxy::tls::TlsHandle;
 use streamgate_proxy::{AccessLogHandle, HttpProxy, ListenerLimits, Shared, Upstreams};
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::{AccessLog, Format};
+use streamgate_tls::TlsHandle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
@@ -130,7 +130,7 @@ impl Daemon {
             .iter()
             .filter(|l| l.protocol == Protocol::Https)
         {
-            let h = streamgate_proxy::tls::handle(&l.certificates, &l.name)
+            let h = streamgate_tls::handle(&l.certificates, &l.name)
                 .with_context(|| format!("listener \"{}\"", l.name))?;
             tls_handles.push((l.name.clone(), h));
         }
@@ -401,7 +401,7 @@ pub fn check_files(config: &Config) -> Result<()> {
         .iter()
         .filter(|l| l.protocol == Protocol::Https)
     {
-        streamgate_proxy::tls::check(&l.certificates, &l.name)
+        streamgate_tls::check(&l.certificates, &l.name)
             .with_context(|| format!("listener \"{}\"", l.name))?;
     }
     Upstreams::default().prepare(config)?;
@@ -425,7 +425,7 @@ impl streamgate_control::ReloadHook for CertificateReload {
             else {
                 continue;
             };
-            let cfg = streamgate_proxy::tls::check(&l.certificates, name)
+            let cfg = streamgate_tls::check(&l.certificates, name)
                 .map_err(|e| format!("listener \"{name}\": {e}"))?;
             swaps.push((handle.clone(), cfg));
         }

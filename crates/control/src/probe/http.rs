@@ -49,7 +49,7 @@ impl HttpProbe {
                 .as_ref()
                 .map(|n| ServerName::try_from(n.clone()));
             match (
-                streamgate_proxy::tls::client_config(&upstream.tls, upstream.protocol.is_h2()),
+                streamgate_tls::client_config(&upstream.tls, upstream.protocol.is_h2()),
                 server_name.transpose(),
             ) {
                 (Ok(config), Ok(server_name)) => Tls::On {

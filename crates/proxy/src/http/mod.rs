@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::accept::{Acceptor, client_behind_proxy};
 use crate::io::Prefixed;
-use crate::tls::TlsHandle;
+use streamgate_tls::TlsHandle;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::debug;

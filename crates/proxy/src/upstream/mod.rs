@@ -30,13 +30,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::task::JoinHandle;
 use tokio_util::io::poll_read_buf;
 
-use crate::tls::TlsError;
 pub use body::H1Body;
 use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
 pub use pool::Pool;
 pub use pooled::PreparedClients;
 use pooled::{ClientKey, PooledClients};
 use streamgate_config::{Config, Upstream, UpstreamProtocol};
+use streamgate_tls::TlsError;
 
 use crate::http::body::RequestBody;
 

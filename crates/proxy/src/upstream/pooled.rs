@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::http::body::RequestBody;
-use crate::tls::{self, TlsError};
+use streamgate_tls::{self as tls, TlsError};
 
 pub(super) type PooledClient = Client<Dialer, RequestBody>;
 

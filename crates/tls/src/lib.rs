@@ -3,10 +3,15 @@
 //! rustls' safe defaults (aws-lc-rs). The server configuration sits in an `ArcSwap` so a reload
 //! swaps certificates for new handshakes while existing connections carry on.
 //!
-//! Also the client side, for backends spoken to over TLS.
+//! Also the client side, for backends spoken to over TLS: one client configuration per TLS
+//! setting, shared by the backend pools (streamgate-proxy) and the health probers
+//! (streamgate-control), and the system's roots read once per process.
+//!
+//! This crate depends on the configuration and rustls only, so the control plane can build
+//! TLS clients without depending on the data plane.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -228,9 +233,64 @@ pub fn handle(pairs: &[CertPair], listener: &str) -> Result<TlsHandle, TlsError>
     )?)?)))
 }
 
-/// A client configuration for backends: system roots (or the configured CA), an optional client
-/// certificate, ALPN for the upstream protocol.
+/// Client configurations built so far, by setting; emptied by [`forget_client_configs`].
+type ClientConfigs = Mutex<HashMap<(UpstreamTls, bool), Arc<rustls::ClientConfig>>>;
+
+fn client_configs() -> &'static ClientConfigs {
+    static CONFIGS: OnceLock<ClientConfigs> = OnceLock::new();
+    CONFIGS.get_or_init(ClientConfigs::default)
+}
+
+/// The client configuration for backends with these TLS settings: system roots (or the
+/// configured CA), an optional client certificate, ALPN for the upstream protocol. Built once
+/// per setting and shared (every backend pool and health prober of a service asks for it; each
+/// used to read the CA bundle, or every system root, again).
 pub fn client_config(
+    tls: &UpstreamTls,
+    alpn_h2: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let key = (tls.clone(), alpn_h2);
+    if let Some(c) = client_configs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
+        return Ok(c.clone());
+    }
+    // Built outside the lock: reading files must not hold up other lookups.
+    let built = build_client_config(tls, alpn_h2)?;
+    Ok(client_configs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_insert(built)
+        .clone())
+}
+
+/// Drops the shared client configurations, so the next [`client_config`] reads CA bundles and
+/// client certificates again: a reload calls this before it checks the new configuration, so a
+/// rotated client certificate takes effect with it. (The system's roots are read once per
+/// process.)
+pub fn forget_client_configs() {
+    client_configs()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+}
+
+/// The system's trusted roots, read once.
+fn system_roots() -> &'static rustls::RootCertStore {
+    static ROOTS: OnceLock<rustls::RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+        roots
+    })
+}
+
+fn build_client_config(
     tls: &UpstreamTls,
     alpn_h2: bool,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
@@ -261,12 +321,7 @@ pub fn client_config(
                     });
                 }
             }
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                for c in native.certs {
-                    let _ = roots.add(c);
-                }
-            }
+            None => roots = system_roots().clone(),
         }
         builder.with_root_certificates(roots)
     } else {
@@ -422,6 +477,31 @@ mod tests {
                 .to_string()
                 .contains("no CERTIFICATE")
         );
+    }
+
+    #[test]
+    fn client_configs_are_shared_per_setting_until_a_reload_forgets_them() {
+        let dir = tempfile_dir();
+        let ca = write_cert(&dir, "ca", &["backend.example"]);
+        let tls = UpstreamTls {
+            ca_file: Some(ca.cert.clone()),
+            ..UpstreamTls::default()
+        };
+        let first = client_config(&tls, false).unwrap();
+        assert!(Arc::ptr_eq(&first, &client_config(&tls, false).unwrap()));
+        let h2 = client_config(&tls, true).unwrap();
+        assert!(
+            !Arc::ptr_eq(&first, &h2),
+            "ALPN differs, so does the config"
+        );
+        assert_eq!(h2.alpn_protocols, vec![b"h2".to_vec()]);
+        // A CA bundle emptied on disk: still the shared config until a reload forgets it, then
+        // the file is read again and its problem reported.
+        std::fs::write(&ca.cert, "").unwrap();
+        assert!(Arc::ptr_eq(&first, &client_config(&tls, false).unwrap()));
+        forget_client_configs();
+        let e = client_config(&tls, false).unwrap_err().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
