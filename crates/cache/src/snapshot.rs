@@ -531,11 +531,12 @@ pub(crate) fn decode(payload: &[u8]) -> Option<Record> {
     for _ in 0..n {
         let status = StatusCode::from_u16(c.u16()?).ok()?;
         let headers_len = c.count(16)?;
-        let mut headers = HeaderMap::with_capacity(headers_len);
+        // try_: a damaged count past what a HeaderMap holds (32 768) is an error, not a panic.
+        let mut headers = HeaderMap::try_with_capacity(headers_len).ok()?;
         for _ in 0..headers_len {
             let name = HeaderName::from_bytes(c.bytes()?).ok()?;
             let value = HeaderValue::from_bytes(c.bytes()?).ok()?;
-            headers.append(name, value);
+            headers.try_append(name, value).ok()?;
         }
         let body = Bytes::copy_from_slice(c.bytes()?);
         let request_time = c.time()?;

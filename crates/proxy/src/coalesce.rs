@@ -28,7 +28,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::io::{ConnActivity, starts_h2_preface};
+use crate::io::{ConnActivity, PrefaceCheck};
 
 /// Buffered frames beyond this are written at once, so a large body streams without delay.
 const FLUSH_AT: usize = 64 * 1024;
@@ -55,6 +55,7 @@ enum Mode {
 pub struct CoalescedWrites<T> {
     inner: T,
     mode: Mode,
+    preface: PrefaceCheck,
     buf: Vec<u8>,
     /// Bytes at the front of `buf` already written.
     sent: usize,
@@ -77,6 +78,7 @@ impl<T> CoalescedWrites<T> {
             batch_http1,
             inner,
             mode: Mode::Unknown,
+            preface: PrefaceCheck::default(),
             buf: Vec::new(),
             sent: 0,
             wake_armed: false,
@@ -190,10 +192,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for CoalescedWrites<T> {
         if !got.is_empty() {
             this.read_since_write = true;
             if this.mode == Mode::Unknown {
-                this.mode = if starts_h2_preface(got) {
-                    Mode::Http2
-                } else {
-                    Mode::Http1
+                this.mode = match this.preface.read(got) {
+                    Some(true) => Mode::Http2,
+                    Some(false) => Mode::Http1,
+                    None => Mode::Unknown,
                 };
             }
         }

@@ -145,10 +145,26 @@ pub struct ClientTimeouts {
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// Whether the first bytes a client sent begin the HTTP/2 connection preface.
-pub(crate) fn starts_h2_preface(first: &[u8]) -> bool {
-    let n = first.len().min(H2_PREFACE.len());
-    first[..n] == H2_PREFACE[..n]
+/// Tells HTTP/2 from HTTP/1.x by the client's first bytes, over as many reads as it takes.
+/// Deciding on a first read of one byte would take a "P" (of POST, PUT, PATCH) for the
+/// preface, and the connection would lose its HTTP/1.1 head timer.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PrefaceCheck {
+    matched: usize,
+}
+
+impl PrefaceCheck {
+    /// Reads the next bytes: `Some(true)` once all of "PRI * HTTP/2.0" has arrived,
+    /// `Some(false)` at the first byte that differs, `None` while it cannot tell yet.
+    pub(crate) fn read(&mut self, got: &[u8]) -> Option<bool> {
+        let want = &H2_PREFACE[self.matched..];
+        let n = got.len().min(want.len());
+        if got[..n] != want[..n] {
+            return Some(false);
+        }
+        self.matched += n;
+        (self.matched == H2_PREFACE.len()).then_some(true)
+    }
 }
 
 /// A client socket with the timeouts above.
@@ -163,6 +179,7 @@ pub struct TimedIo<T> {
     /// HTTP/2: heads are found frame by frame (`h2_heads`), and idle counts from the last
     /// request's end whatever the client sends (PINGs and SETTINGS do not keep it open).
     is_h2: Option<bool>,
+    preface: PrefaceCheck,
     h2_heads: HeaderBlocks,
     /// When the HTTP/2 header block being received began (0: none is).
     h2_head_since: u64,
@@ -180,6 +197,7 @@ impl<T> TimedIo<T> {
             last_rx: now_nanos(),
             head_started: 0,
             is_h2: None,
+            preface: PrefaceCheck::default(),
             h2_heads: HeaderBlocks::default(),
             h2_head_since: 0,
             write_blocked_since: 0,
@@ -206,7 +224,10 @@ impl<T> TimedIo<T> {
                 "client stopped reading",
             );
         }
-        if self.h2_head_since != 0 {
+        // Not while our own writes are blocked: h2 stops reading then (a PING or SETTINGS
+        // answer cannot be queued), so a header block can sit half-read through no fault of
+        // the client; the blocked write has its own deadline above.
+        if self.h2_head_since != 0 && self.write_blocked_since == 0 {
             consider(
                 self.h2_head_since + nanos(self.timeouts.request_header),
                 "request header",
@@ -294,10 +315,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                     let now = now_nanos();
                     this.last_rx = now;
                     if this.is_h2.is_none() {
-                        this.is_h2 = Some(starts_h2_preface(got));
+                        this.is_h2 = this.preface.read(got);
+                    }
+                    // Fed from the first byte (the tracker skips the preface); only read once
+                    // the connection is known to be HTTP/2.
+                    if this.is_h2 != Some(false) {
+                        this.h2_heads.feed(got);
                     }
                     if this.is_h2 == Some(true) {
-                        this.h2_heads.feed(got);
                         match (this.h2_heads.head_open(), this.h2_head_since) {
                             (true, 0) => this.h2_head_since = now,
                             (false, _) => this.h2_head_since = 0,
@@ -450,6 +475,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn http2_is_told_by_the_whole_preface_start_over_any_reads() {
+        let cases: [(&[&[u8]], Option<bool>); 7] = [
+            (&[b"P"], None),
+            (&[b"P", b"OST / HTTP/1.1"], Some(false)),
+            (&[b"P", b"RI * HTTP/2.0\r\n"], Some(true)),
+            (&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"], Some(true)),
+            (&[b"PRI * HTTP/1.1"], Some(false)),
+            (&[b"GET / HTTP/1.1\r\n"], Some(false)),
+            (&[b"PRI", b" * H", b"TTP/2."], None),
+        ];
+        for (reads, want) in cases {
+            let mut check = PrefaceCheck::default();
+            let mut verdict = None;
+            for r in reads {
+                if verdict.is_none() {
+                    verdict = check.read(r);
+                }
+            }
+            assert_eq!(verdict, want, "{reads:?}");
+        }
+    }
 
     fn timeouts() -> ClientTimeouts {
         ClientTimeouts {

@@ -217,24 +217,20 @@ impl ProxyBody {
     }
 
     /// A backend's body for an HTTP/2 client: read by a task that releases the backend when the
-    /// client takes nothing for `idle` (see `pump`). Short bodies, read whole already, go as
-    /// they are.
+    /// client takes nothing for `idle` (see `pump`). Every body with bytes still to come is
+    /// pumped, short ones too: hyper holds even a short body's one chunk unsent while the
+    /// stream has no window, and with it the backend's lease and the request's slot.
     pub fn upstream_h2(
         body: UpstreamBody,
         mut done: Completion,
         served: IntCounter,
         idle: std::time::Duration,
     ) -> ProxyBody {
-        let short = body.is_end_stream()
-            || body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= super::pump::PUMP_ABOVE);
-        if short {
+        if body.is_end_stream() {
             return Self::upstream(body, done, served);
         }
-        let lease = done.lease.take();
-        let pumped = super::pump::Pumped::start(body, lease, idle);
+        let held = (done.lease.take(), done.active.take());
+        let pumped = super::pump::Pumped::start(body, held, idle);
         Self::from_inner(Inner::Pumped(pumped), done, served)
     }
 

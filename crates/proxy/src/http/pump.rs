@@ -5,11 +5,17 @@
 //! backend connection and its in-flight count, for ever. Here a task reads the backend's body
 //! into a small channel; when the client takes nothing for `idle`, the task gives the backend
 //! up (its connection closes, its lease ends) and the stream ends with an error the next time
-//! hyper looks. HTTP/1.1 clients need none of this: a socket that stops draining is caught by
-//! the connection's own write timer.
+//! hyper looks. The task also holds the request's mark on its connection
+//! ([`ActiveRequest`]): once it has given up, a connection whose other streams are done is
+//! idle and closed after `idle`, however long hyper waits on the stalled stream. What a stalled
+//! stream still holds is at most one piece in hyper and the channel's two: 48 KiB.
+//!
+//! HTTP/1.1 clients need none of this: a socket that stops draining is caught by the
+//! connection's own write timer.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -18,22 +24,46 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use streamgate_balance::Lease;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::body::BoxError;
+use crate::io::ActiveRequest;
 use crate::upstream::UpstreamBody;
 
-/// Frames buffered between the task and the client: two reads of the backend.
+/// Frames buffered between the task and the client: two pieces.
 const DEPTH: usize = 2;
 
-/// Bodies shorter than this are read whole before hyper asks for them; a pump would only cost.
-pub const PUMP_ABOVE: u64 = 64 * 1024;
+/// Backend reads (up to 64 KiB, more from hyper's client) go to the client in pieces of at
+/// most this much. hyper asks for the next piece once the last one is sent, so the `idle` bound
+/// on each hand-over means "at least one piece per `idle`": with 64 KiB pieces and idle = 10 s,
+/// a client reading 6 KB/s would have been cut while still reading.
+const PIECE: usize = 16 * 1024;
+
+/// What the task and the client's end share.
+#[derive(Debug, Default)]
+struct Shared {
+    gave_up: AtomicBool,
+    /// hyper took the end of the body: the client has had everything.
+    finished: AtomicBool,
+    /// hyper took a piece (or the end).
+    taken: Notify,
+    /// The request's mark on its connection: ends with the body, or when the task gives up.
+    active: Mutex<Option<ActiveRequest>>,
+}
+
+impl Shared {
+    fn give_up(&self, idle: Duration) {
+        self.gave_up.store(true, Ordering::Release);
+        drop(self.active.lock().unwrap_or_else(|e| e.into_inner()).take());
+        tracing::debug!(idle = ?idle, "HTTP/2 client took nothing for idle; backend released");
+    }
+}
 
 /// The client's end of a pumped body.
 #[derive(Debug)]
 pub struct Pumped {
     rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-    gave_up: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     hint: SizeHint,
     done: bool,
 }
@@ -44,15 +74,25 @@ pub struct Pumped {
 pub struct ClientStalled;
 
 impl Pumped {
-    /// Starts a task reading `body` (and holding `lease` until the body ends or is given up).
-    pub fn start(body: UpstreamBody, lease: Option<Lease>, idle: Duration) -> Pumped {
+    /// Starts a task reading `body`, holding the backend's lease until the body is read or
+    /// given up, and the request's mark on its connection until the client has taken it all
+    /// or the task gives up.
+    pub fn start(
+        body: UpstreamBody,
+        held: (Option<Lease>, Option<ActiveRequest>),
+        idle: Duration,
+    ) -> Pumped {
         let (tx, rx) = mpsc::channel(DEPTH);
-        let gave_up = Arc::new(AtomicBool::new(false));
+        let (lease, active) = held;
+        let shared = Arc::new(Shared {
+            active: Mutex::new(active),
+            ..Shared::default()
+        });
         let hint = body.size_hint();
-        tokio::spawn(pump(body, tx, lease, idle, gave_up.clone()));
+        tokio::spawn(pump(body, tx, lease, idle, shared.clone()));
         Pumped {
             rx,
-            gave_up,
+            shared,
             hint,
             done: false,
         }
@@ -64,26 +104,56 @@ async fn pump(
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     lease: Option<Lease>,
     idle: Duration,
-    gave_up: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 ) {
-    let _lease = lease;
     loop {
         // The backend's own stall timer bounds this wait; a client gone ends it at once.
         let frame = tokio::select! {
             f = body.frame() => f,
             () = tx.closed() => return,
         };
-        let Some(frame) = frame else { return };
-        let failed = frame.is_err();
-        match tokio::time::timeout(idle, tx.send(frame.map_err(BoxError::from))).await {
-            Ok(Ok(())) if !failed => {}
-            Ok(_) => return,
-            Err(_) => {
-                gave_up.store(true, Ordering::Release);
-                tracing::debug!(idle = ?idle, "HTTP/2 client took nothing for idle; backend released");
-                return;
+        let Some(frame) = frame else { break };
+        let pieces: Vec<Result<Frame<Bytes>, BoxError>> = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(mut data) => {
+                    let mut out = Vec::with_capacity(data.len().div_ceil(PIECE));
+                    while data.len() > PIECE {
+                        out.push(Ok(Frame::data(data.split_to(PIECE))));
+                    }
+                    out.push(Ok(Frame::data(data)));
+                    out
+                }
+                Err(trailers) => vec![Ok(trailers)],
+            },
+            Err(e) => vec![Err(BoxError::from(e))],
+        };
+        for piece in pieces {
+            let failed = piece.is_err();
+            match tokio::time::timeout(idle, tx.send(piece)).await {
+                Ok(Ok(())) if !failed => {}
+                Ok(_) => return,
+                Err(_) => return shared.give_up(idle),
             }
         }
+    }
+    // The backend is done with, and the channel closed behind the last piece; those pieces may
+    // still wait in the channel and in hyper for a window that never opens.
+    drop((lease, tx));
+    while !shared.finished.load(Ordering::Acquire) {
+        if tokio::time::timeout(idle, shared.taken.notified())
+            .await
+            .is_err()
+        {
+            return shared.give_up(idle);
+        }
+    }
+}
+
+impl Drop for Pumped {
+    fn drop(&mut self) {
+        // The stream is gone (answered or reset): the task has nothing left to wait for.
+        self.shared.finished.store(true, Ordering::Release);
+        self.shared.taken.notify_one();
     }
 }
 
@@ -99,16 +169,23 @@ impl Body for Pumped {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv(cx) {
+        let polled = this.rx.poll_recv(cx);
+        match polled {
             Poll::Ready(None) => {
                 this.done = true;
-                if this.gave_up.load(Ordering::Acquire) {
+                this.shared.finished.store(true, Ordering::Release);
+                this.shared.taken.notify_one();
+                if this.shared.gave_up.load(Ordering::Acquire) {
                     // Not an end: the stream is reset rather than looking complete.
                     return Poll::Ready(Some(Err(Box::new(ClientStalled))));
                 }
                 Poll::Ready(None)
             }
-            other => other,
+            Poll::Ready(Some(_)) => {
+                this.shared.taken.notify_one();
+                polled
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
