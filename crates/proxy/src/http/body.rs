@@ -203,6 +203,54 @@ struct Window {
     take: u64,
 }
 
+/// HTTP/2 answers up to this size that arrived whole are answered from memory (see
+/// `upstream_h2`): spawning a pump per answer cost h2c-1k about a fifth of its rate.
+const READ_AT_ONCE: u64 = 64 * 1024;
+
+/// Reads what `body` has ready without waiting: the whole body if it is all here, else `None`
+/// with the frames read so far in `read` (which must go out first).
+fn read_if_here(
+    body: &mut UpstreamBody,
+    read: &mut Vec<Result<Frame<Bytes>, BoxError>>,
+) -> Option<Bytes> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut data: Vec<Bytes> = Vec::new();
+    let whole = loop {
+        match Pin::new(&mut *body).poll_frame(&mut cx) {
+            Poll::Ready(None) => break true,
+            Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                Ok(d) => {
+                    data.push(d);
+                    if body.is_end_stream() {
+                        break true;
+                    }
+                }
+                Err(trailers) => {
+                    read.push(Ok(trailers));
+                    break false;
+                }
+            },
+            Poll::Ready(Some(Err(e))) => {
+                read.push(Err(BoxError::from(e)));
+                break false;
+            }
+            // Nothing is lost: the next poll, with hyper's waker, registers it.
+            Poll::Pending => break false,
+        }
+    };
+    if whole {
+        return Some(match data.len() {
+            0 => Bytes::new(),
+            1 => data.pop().unwrap_or_default(),
+            _ => data.concat().into(),
+        });
+    }
+    let after = std::mem::take(read);
+    read.extend(data.into_iter().map(|d| Ok(Frame::data(d))));
+    read.extend(after);
+    None
+}
+
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
@@ -216,12 +264,14 @@ impl ProxyBody {
         Self::from_inner(Inner::Upstream(body), done, served)
     }
 
-    /// A backend's body for an HTTP/2 client: read by a task that releases the backend when the
-    /// client takes nothing for `idle` (see `pump`). Every body with bytes still to come is
-    /// pumped, short ones too: hyper holds even a short body's one chunk unsent while the
-    /// stream has no window, and with it the backend's lease and the request's slot.
+    /// A backend's body for an HTTP/2 client. hyper polls an HTTP/2 body only when its stream
+    /// has window, so a body hyper holds keeps the backend's lease (and its connection) and the
+    /// request's mark on its connection for as long as the client grants none. A short body
+    /// that has already arrived whole (most small answers come with their head) is answered
+    /// from memory and lets both go at once; any other is read by a task that releases them
+    /// when the client takes nothing for `idle` (see `pump`).
     pub fn upstream_h2(
-        body: UpstreamBody,
+        mut body: UpstreamBody,
         mut done: Completion,
         served: IntCounter,
         idle: std::time::Duration,
@@ -229,8 +279,16 @@ impl ProxyBody {
         if body.is_end_stream() {
             return Self::upstream(body, done, served);
         }
+        let mut read = Vec::new();
+        if body.size_hint().upper().is_some_and(|n| n <= READ_AT_ONCE)
+            && let Some(data) = read_if_here(&mut body, &mut read)
+        {
+            drop((done.lease.take(), done.active.take()));
+            let data = (!data.is_empty()).then_some(data);
+            return Self::from_inner(Inner::Full(data), done, served);
+        }
         let held = (done.lease.take(), done.active.take());
-        let pumped = super::pump::Pumped::start(body, held, idle);
+        let pumped = super::pump::Pumped::start(body, read, held, idle);
         Self::from_inner(Inner::Pumped(pumped), done, served)
     }
 

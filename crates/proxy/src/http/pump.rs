@@ -79,6 +79,7 @@ impl Pumped {
     /// or the task gives up.
     pub fn start(
         body: UpstreamBody,
+        read: Vec<Result<Frame<Bytes>, BoxError>>,
         held: (Option<Lease>, Option<ActiveRequest>),
         idle: Duration,
     ) -> Pumped {
@@ -89,7 +90,7 @@ impl Pumped {
             ..Shared::default()
         });
         let hint = body.size_hint();
-        tokio::spawn(pump(body, tx, lease, idle, shared.clone()));
+        tokio::spawn(pump(body, read, tx, lease, idle, shared.clone()));
         Pumped {
             rx,
             shared,
@@ -101,16 +102,22 @@ impl Pumped {
 
 async fn pump(
     mut body: UpstreamBody,
+    read: Vec<Result<Frame<Bytes>, BoxError>>,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     lease: Option<Lease>,
     idle: Duration,
     shared: Arc<Shared>,
 ) {
+    // Frames already read from the body go first.
+    let mut read = read.into_iter();
     loop {
-        // The backend's own stall timer bounds this wait; a client gone ends it at once.
-        let frame = tokio::select! {
-            f = body.frame() => f,
-            () = tx.closed() => return,
+        let frame = match read.next() {
+            Some(f) => Some(f),
+            // The backend's own stall timer bounds this wait; a client gone ends it at once.
+            None => tokio::select! {
+                f = body.frame() => f.map(|f| f.map_err(BoxError::from)),
+                () = tx.closed() => return,
+            },
         };
         let Some(frame) = frame else { break };
         let pieces: Vec<Result<Frame<Bytes>, BoxError>> = match frame {
@@ -125,7 +132,7 @@ async fn pump(
                 }
                 Err(trailers) => vec![Ok(trailers)],
             },
-            Err(e) => vec![Err(BoxError::from(e))],
+            Err(e) => vec![Err(e)],
         };
         for piece in pieces {
             let failed = piece.is_err();
