@@ -22,7 +22,7 @@ use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody};
 use super::cache_fill::Next;
 use super::cache_serve::{CacheRequest, CacheStatus, Served, set_log_cache, with_status_header};
-use super::forward::{Outbound, host_str};
+use super::request::{Outbound, host_str};
 use crate::io::ActiveRequest;
 
 impl HttpProxy {

@@ -26,8 +26,10 @@ use super::body::{Completion, PendingLog, ProxyBody, RequestBody, finish_recordi
 use super::cache_serve::{
     CacheRequest, CacheStatus, Served, narrow_to_ask, set_log_cache, with_status_header,
 };
-use super::forward::{Fetched, Outbound, error_response};
+use super::error::error_response;
 use super::headers::strip_hop_by_hop;
+use super::origin::Fetched;
+use super::request::Outbound;
 use crate::io::ActiveRequest;
 
 /// Why the cache goes to the origin.

@@ -15,8 +15,8 @@ use streamgate_telemetry::{DataType, code_class_index};
 
 use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody};
-use super::forward::Outbound;
 use super::headers::append_via;
+use super::request::Outbound;
 use crate::io::ActiveRequest;
 
 /// What the cache answered, for the status header and the access log.

@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
 
+use super::body::{Completion, ProxyBody};
+use crate::io::ActiveRequest;
 use crate::upstream::UpstreamError;
 
 /// Who caused a failure.
@@ -152,4 +155,28 @@ impl ProxyError {
             },
         }
     }
+}
+
+/// The answer a client gets for `e`: its status and a plain-text message.
+pub(crate) fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(
+        e.client_message(),
+        Completion::serving(active),
+    ));
+    *resp.status_mut() = e.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if let ProxyError::TooManyRequests { retry_after } = e {
+        // Whole seconds (RFC 9110 §10.2.3), rounded up so a client that waits is admitted.
+        let secs = retry_after.as_nanos().div_ceil(1_000_000_000).max(1);
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+    }
+    resp
 }

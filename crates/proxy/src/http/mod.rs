@@ -8,8 +8,10 @@ mod cache_serve;
 pub mod error;
 mod forward;
 pub mod headers;
+mod origin;
 pub mod path;
 mod pump;
+mod request;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -1,0 +1,478 @@
+//! The origin path: pick a region and backend, forward over a pooled connection, retry where
+//! safe ([`HttpProxy::fetch`]), pass an answer through ([`HttpProxy::pass`]) or relay an
+//! upgraded connection ([`HttpProxy::tunnel`]). Called by the service layer and by the cache;
+//! calls neither.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, Version};
+use streamgate_balance::stats::nanos_at;
+use streamgate_balance::{ClientFacts, Lease, Outcome, Pick, Service};
+use streamgate_config::{RegionPolicy, UpstreamProtocol};
+use streamgate_telemetry::prometheus::IntCounter;
+use streamgate_telemetry::{DataType, code_class_index};
+use tracing::{info, warn};
+
+use super::HttpProxy;
+use super::body::{Completion, PendingLog, ProxyBody, RequestBody, Upload};
+use super::error::ProxyError;
+use super::error::error_response;
+use super::headers::{add_forwarding, append_via, is_idempotent, strip_hop_by_hop};
+use super::request::{Outbound, ambiguous_framing, host_str};
+use crate::io::ActiveRequest;
+use crate::limits::Limit;
+use crate::tunnel::{Ended, relay};
+use crate::upstream::{ExchangeTimeouts, UpstreamBody};
+
+/// Most backends one request tries when connections fail.
+const MAX_TRIES: usize = 8;
+
+/// A backend's answer (head read, body not yet) and where it came from.
+#[derive(Debug)]
+pub(crate) struct Fetched<'t> {
+    pub resp: Response<UpstreamBody>,
+    pub lease: Lease,
+    pub pick: Pick<'t>,
+    pub head_at: Instant,
+}
+
+impl HttpProxy {
+    /// Straight to the origin, no cache.
+    pub(crate) async fn pass(
+        &self,
+        mut out: Outbound<'_>,
+        active: ActiveRequest,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Response<ProxyBody> {
+        match self.fetch(&mut out, log).await {
+            Ok(f)
+                if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade.is_some() =>
+            {
+                self.tunnel(f, &mut out, active)
+            }
+            Ok(f) => self.origin_response(f, &out, DataType::Pass, Completion::serving(active)),
+            Err(e) => error_response(&e, active),
+        }
+    }
+
+    /// A 101 from the backend: answer the client with it, then copy bytes both ways between the
+    /// upgraded client connection and the backend connection (WebSocket and other upgrades).
+    fn tunnel(
+        &self,
+        f: Fetched<'_>,
+        out: &mut Outbound<'_>,
+        active: ActiveRequest,
+    ) -> Response<ProxyBody> {
+        let Fetched {
+            resp, lease, pick, ..
+        } = f;
+        let (mut parts, body) = resp.into_parts();
+        let Some((backend, read_ahead)) = body.into_tunnel() else {
+            let e = ProxyError::Upstream {
+                backend: pick.backend.address,
+                reason: "101 without a connection to tunnel".into(),
+            };
+            return error_response(&e, active);
+        };
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        if out.client_version == Version::HTTP_2 {
+            // RFC 8441: the extended CONNECT succeeds with a 200; the accept key is HTTP/1.1's.
+            parts.status = StatusCode::OK;
+            parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+        } else if let Some(p) = protocol {
+            parts.headers.insert(header::UPGRADE, p);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        parts.version = out.client_version;
+        let on_upgrade = out.upgrade.take();
+        let (listener, service) = (self.listener.clone(), out.service.name.clone());
+        let idle = out.service.spec.timeouts.tunnel_idle;
+        let tunnels = self.tunnels.clone();
+        // The tunnel keeps its connection active (no request-header or keep-alive deadline
+        // applies to it) until it ends; it ends when the connection's task does.
+        let hold = active.another();
+        tokio::spawn(async move {
+            let conn = hold.conn().clone();
+            let Some(on_upgrade) = on_upgrade else { return };
+            let upgraded = tokio::select! {
+                u = on_upgrade => u,
+                () = conn.closed() => return,
+            };
+            match upgraded {
+                Ok(upgraded) => {
+                    let client = hyper_util::rt::TokioIo::new(upgraded);
+                    let backend = crate::io::Prefixed::new(read_ahead.freeze(), backend);
+                    let ended = tokio::select! {
+                        e = relay(client, backend, idle, &tunnels) => e,
+                        () = conn.closed() => Ended::Failed(std::io::Error::other("shutting down")),
+                    };
+                    match ended {
+                        Ended::Closed { up, down } => {
+                            tracing::debug!(listener = %listener, service = %service, up, down, "tunnel closed")
+                        }
+                        Ended::Idle => {
+                            tracing::debug!(listener = %listener, service = %service, idle = ?idle, "idle tunnel closed")
+                        }
+                        Ended::Failed(e) => {
+                            tracing::debug!(listener = %listener, service = %service, error = %e, "tunnel ended with an error")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %listener, error = %e, "client upgrade failed")
+                }
+            }
+            drop(lease);
+            drop(hold);
+        });
+        Response::from_parts(
+            parts,
+            ProxyBody::full(Bytes::new(), Completion::serving(active)),
+        )
+    }
+
+    /// Picks a backend and sends the request, retrying elsewhere where safe. Records the
+    /// request's routing, status class and latency metrics.
+    pub(crate) async fn fetch<'t>(
+        &self,
+        out: &mut Outbound<'t>,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Result<Fetched<'t>, ProxyError> {
+        let service = out.service;
+        if !out.forwarded {
+            out.forwarded = true;
+            let host = out.host.clone();
+            add_forwarding(
+                &mut out.parts.headers,
+                out.peer.ip(),
+                self.https,
+                Some(host_str(&host)),
+                out.client_version,
+            );
+            if service.spec.region_policy == RegionPolicy::Geo
+                && let (Some(ip), Some(db)) = (out.facts.ip, self.geo.load().as_ref())
+            {
+                out.facts.geo = db.lookup(ip);
+            }
+        }
+        let timeouts = service.spec.timeouts;
+        let exchange_timeouts = ExchangeTimeouts {
+            connect: timeouts.connect,
+            idle: timeouts.upstream_idle,
+            body_stall: timeouts.upstream_response,
+        };
+        let idempotent = is_idempotent(&out.parts.method);
+        let max_sent_attempts = 1 + service.spec.retry.attempts;
+        let Some(mut pick) = service.pick(&out.facts, &[]) else {
+            warn!(service = %service.name, "no usable backend in any region: answering 503");
+            self.metrics
+                .requests
+                .with_label_values(&[&*service.name, "none", "5xx"])
+                .inc();
+            return Err(ProxyError::NoBackend {
+                service: service.name.to_string(),
+            });
+        };
+        // Backends this request already failed on, so a retry goes elsewhere.
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        // Attempts where the request (may have) reached a backend; a connect failure does not
+        // count, as nginx tries every server when a connection is refused.
+        let mut sent_attempts = 0;
+        loop {
+            // One clock read per attempt: the lease, the pool's idle check and the deadline share it.
+            let attempt_at = if tried.is_empty() {
+                out.started
+            } else {
+                Instant::now()
+            };
+            tried.push(pick.backend.address);
+            if let Some(l) = log.as_mut() {
+                l.record.region = Some(pick.region.name.clone());
+                l.record.backend = Some(pick.backend.address);
+                l.record.retries = tried.len() as u32 - 1;
+            }
+            let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
+            let upstream = &service.spec.upstream;
+            let upload = match &out.body {
+                RequestBody::Stream(_, u) => Some(u.clone()),
+                RequestBody::Empty => None,
+            };
+            let exchange = async {
+                if upstream.protocol != UpstreamProtocol::Http1 {
+                    self.upstreams
+                        .send_pooled(
+                            pick.backend.address,
+                            upstream,
+                            &out.parts,
+                            out.path_and_query.as_str(),
+                            &mut out.body,
+                            exchange_timeouts,
+                        )
+                        .await
+                } else {
+                    self.upstreams
+                        .send(
+                            pick.backend.address,
+                            &out.parts,
+                            out.path_and_query.as_str(),
+                            &mut out.body,
+                            exchange_timeouts,
+                            attempt_at,
+                        )
+                        .await
+                }
+            };
+            let answered = within_response_deadline(
+                exchange,
+                attempt_at,
+                upload.as_deref(),
+                timeouts.upstream_response,
+            )
+            .await;
+            let failure = match answered {
+                // Both framings at once (an HTTP/1.1 backend behind TLS, read by hyper): the
+                // body's length is ambiguous, so the response is refused, never stored.
+                // The upload was cut at max_body: whatever the backend made of the truncated
+                // body is not the client's answer.
+                Ok(Ok(_)) if upload.as_ref().is_some_and(|u| u.over_limit()) => {
+                    ProxyError::PayloadTooLarge {
+                        max: service.spec.limits.max_body,
+                    }
+                }
+                Ok(Ok(resp)) if ambiguous_framing(resp.headers()) => ProxyError::Upstream {
+                    backend: pick.backend.address,
+                    reason: "response has both Transfer-Encoding and Content-Length".into(),
+                },
+                Ok(Ok(resp)) => {
+                    sent_attempts += 1;
+                    let head_at = Instant::now();
+                    lease.record_head_at(head_at);
+                    let status = resp.status();
+                    let outcome = if status.as_u16() < 500 {
+                        Outcome::Success
+                    } else {
+                        Outcome::Failure
+                    };
+                    self.note_outcome(service, &pick, outcome);
+                    let retry_status = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                    );
+                    if retry_status
+                        && idempotent
+                        && sent_attempts < max_sent_attempts
+                        && matches!(out.body, RequestBody::Empty)
+                        && let Some(next) = self.retry_target(service, &out.facts, &tried, true)
+                    {
+                        warn!(
+                            service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
+                            next = %next.backend.address, status = status.as_u16(),
+                            "backend answered {status}; retrying on another backend"
+                        );
+                        pick = next;
+                        continue;
+                    }
+                    let m = &pick.region.metrics;
+                    m.latency
+                        .observe(head_at.saturating_duration_since(out.started).as_secs_f64());
+                    m.routing[pick.reason.index()].inc();
+                    m.requests[code_class_index(status.as_u16())].inc();
+                    return Ok(Fetched {
+                        resp,
+                        lease,
+                        pick,
+                        head_at,
+                    });
+                }
+                Ok(Err(e)) => ProxyError::from_upstream(pick.backend.address, e),
+                Err(Late::Upload) => ProxyError::RequestBodyTimeout {
+                    after: timeouts.upstream_response,
+                },
+                Err(Late::Response) => ProxyError::ResponseTimeout {
+                    backend: pick.backend.address,
+                    after: timeouts.upstream_response,
+                },
+            };
+            drop(lease);
+            let failure = if upload.as_ref().is_some_and(|u| u.over_limit()) {
+                self.limited.count(Limit::Body);
+                ProxyError::PayloadTooLarge {
+                    max: service.spec.limits.max_body,
+                }
+            } else {
+                failure
+            };
+            if failure.side() == super::error::Side::Downstream {
+                // The client's fault (its body stopped or broke): not the backend's.
+                pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
+                return Err(failure);
+            }
+            let never_sent = failure.never_sent();
+            if !never_sent {
+                sent_attempts += 1;
+            }
+            self.note_outcome(
+                service,
+                &pick,
+                if never_sent {
+                    Outcome::ConnectFailure
+                } else {
+                    Outcome::Failure
+                },
+            );
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[&pick.region.name, failure.kind()])
+                .inc();
+            // A request that never left can go to any other backend (its body is still here); an
+            // idempotent one without a body may be sent again, unless the backend was merely slow
+            // (a retry would double the wait).
+            let may_retry = if never_sent {
+                tried.len() < MAX_TRIES
+            } else {
+                idempotent
+                    && matches!(out.body, RequestBody::Empty)
+                    && !matches!(failure, ProxyError::ResponseTimeout { .. })
+                    && sent_attempts < max_sent_attempts
+            };
+            if may_retry
+                && let Some(next) = self.retry_target(service, &out.facts, &tried, !never_sent)
+            {
+                warn!(
+                    service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
+                    next = %next.backend.address, error = %failure, "backend failed; retrying on another backend"
+                );
+                pick = next;
+                continue;
+            }
+            warn!(
+                service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
+                status = failure.status().as_u16(), error = %failure, "request failed"
+            );
+            pick.region.metrics.routing[pick.reason.index()].inc();
+            pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
+            return Err(failure);
+        }
+    }
+
+    /// The client's response streaming from a backend's; counts where its data came from.
+    pub(crate) fn origin_response(
+        &self,
+        f: Fetched<'_>,
+        out: &Outbound<'_>,
+        data_type: DataType,
+        mut done: Completion,
+    ) -> Response<ProxyBody> {
+        let m = &f.pick.region.metrics;
+        m.locality[data_type.index()].inc();
+        m.locality_latency[data_type.index()].observe(
+            f.head_at
+                .saturating_duration_since(out.started)
+                .as_secs_f64(),
+        );
+        done.lease = Some(f.lease);
+        let idle = out.service.spec.timeouts.idle;
+        upstream_response(f.resp, &self.served_origin, out.client_version, done, idle)
+    }
+
+    /// Another backend for a retry, if there is one and, for a request that may have reached a
+    /// backend (`resend`), the retry budget allows it. A refused connection sent nothing and
+    /// costs its backend nothing: trying the next one is never a retry storm (nginx and HAProxy
+    /// do the same), and a region cut off must not turn into 502s once the budget is spent.
+    fn retry_target<'t>(
+        &self,
+        service: &'t Service,
+        facts: &ClientFacts,
+        tried: &[SocketAddr],
+        resend: bool,
+    ) -> Option<Pick<'t>> {
+        let next = service.pick(facts, tried)?;
+        if resend && !service.state.try_retry(&service.spec.retry) {
+            tracing::debug!(service = %service.name, "retry budget spent; not retrying");
+            return None;
+        }
+        service.retries.inc();
+        Some(next)
+    }
+
+    fn note_outcome(&self, service: &Service, pick: &Pick<'_>, outcome: Outcome) {
+        if let Some(cool_down) = pick
+            .backend
+            .state
+            .record_outcome(outcome, &service.spec.outlier)
+        {
+            warn!(
+                service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
+                cool_down = ?cool_down, "backend ejected after consecutive failures"
+            );
+        } else if outcome == Outcome::Success && pick.backend.state.is_ejected() {
+            info!(service = %service.name, backend = %pick.backend.address, "ejected backend answered again");
+        }
+    }
+}
+
+/// Which side kept an exchange from finishing in time.
+#[derive(Debug)]
+enum Late {
+    /// The client's body stopped arriving mid-upload.
+    Upload,
+    /// The backend did not answer after the request was sent.
+    Response,
+}
+
+/// Runs `exchange`, giving the backend `limit` to answer counted from the end of the request's
+/// upload (from `started` without a body). While the upload moves, the deadline moves with it:
+/// a large upload is not a slow backend. An upload with no progress for `limit` is the client's
+/// stall.
+async fn within_response_deadline<F: std::future::Future>(
+    exchange: F,
+    started: Instant,
+    upload: Option<&Upload>,
+    limit: std::time::Duration,
+) -> Result<F::Output, Late> {
+    let limit_nanos = limit.as_nanos() as u64;
+    let start = nanos_at(started);
+    let mut exchange = std::pin::pin!(exchange);
+    loop {
+        let from = upload.map_or(start, |u| u.last_progress().max(start));
+        let now = streamgate_balance::stats::now_nanos();
+        let left = (from + limit_nanos).saturating_sub(now);
+        if left == 0 {
+            return Err(match upload {
+                Some(u) if !u.is_done() => Late::Upload,
+                _ => Late::Response,
+            });
+        }
+        if let Ok(r) =
+            tokio::time::timeout(std::time::Duration::from_nanos(left), exchange.as_mut()).await
+        {
+            return Ok(r);
+        }
+    }
+}
+
+fn upstream_response(
+    resp: Response<UpstreamBody>,
+    served: &IntCounter,
+    client_version: Version,
+    done: Completion,
+    idle: std::time::Duration,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    append_via(&mut parts.headers, parts.version);
+    // The client gets our protocol version, whatever the backend spoke.
+    parts.version = client_version;
+    let body = if client_version == Version::HTTP_2 {
+        ProxyBody::upstream_h2(body, done, served.clone(), idle)
+    } else {
+        ProxyBody::upstream(body, done, served.clone())
+    };
+    Response::from_parts(parts, body)
+}

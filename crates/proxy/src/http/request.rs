@@ -1,0 +1,324 @@
+//! A request matched to its service and rewritten for the backend ([`HttpProxy::prepare`]):
+//! Host checked, path normalised, hop-by-hop and untrusted forwarding fields removed. The
+//! result, [`Outbound`], is what the cache and the origin path both work from.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{Method, Request, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use streamgate_balance::stats::nanos_at;
+use streamgate_balance::{ClientFacts, NoRoute, RoutingTable, Service};
+use streamgate_telemetry::access_log::AccessRecord;
+
+use super::HttpProxy;
+use super::body::{PendingLog, RequestBody, Upload};
+use super::error::ProxyError;
+use super::headers::{
+    client_ip, is_trusted, lists_token, strip_client_forwarding, strip_hop_by_hop,
+};
+
+/// A request matched to its service and rewritten for the backend.
+#[derive(Debug)]
+pub(crate) struct Outbound<'t> {
+    pub service: &'t Service,
+    /// The client's address; its geo lookup waits for the first fetch (a cache hit needs none).
+    pub facts: ClientFacts,
+    /// The head as it goes upstream: hop-by-hop removed, HTTP/1.1; forwarding headers are added
+    /// by the first fetch.
+    pub parts: Parts,
+    pub forwarded: bool,
+    /// The client connection once upgraded (WebSocket), when the request asks for an upgrade.
+    pub upgrade: Option<hyper::upgrade::OnUpgrade>,
+    pub host: HeaderValue,
+    pub path_and_query: PathAndQuery,
+    pub body: RequestBody,
+    pub client_version: Version,
+    pub peer: SocketAddr,
+    pub started: Instant,
+}
+
+impl HttpProxy {
+    pub(crate) fn log_skeleton(&self, req: &Request<Incoming>, peer: SocketAddr) -> AccessRecord {
+        AccessRecord {
+            time: std::time::SystemTime::now(),
+            listener: self.listener.clone(),
+            client: peer.ip().to_canonical(),
+            protocol: match req.version() {
+                Version::HTTP_2 => "HTTP/2",
+                Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            method: req.method().as_str().to_string(),
+            host: request_host(req)
+                .ok()
+                .map(|h| host_str(&h).to_string())
+                .unwrap_or_default(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: std::time::Duration::ZERO,
+            service: None,
+            region: None,
+            backend: None,
+            cache: None,
+            retries: 0,
+        }
+    }
+
+    /// Matches the request to a service and rewrites its head for the backend.
+    pub(crate) fn prepare<'t>(
+        &self,
+        table: &'t RoutingTable,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        started: Instant,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Result<Outbound<'t>, ProxyError> {
+        // RFC 8441: an HTTP/2 CONNECT with :protocol = websocket opens a WebSocket; it goes to
+        // the backend as an HTTP/1.1 Upgrade. Plain CONNECT (forward proxying) is not served.
+        let h2_websocket = req.method() == Method::CONNECT
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if req.method() == Method::CONNECT && !h2_websocket {
+            return Err(ProxyError::MethodNotAllowed {
+                method: req.method().to_string(),
+            });
+        }
+        let host = request_host(&req)?;
+        // RFC 9112 §3.2: a valid authority. A Host with a path in it would make the cache key
+        // of one URL the key of another.
+        if !valid_authority(host.as_bytes()) {
+            return Err(ProxyError::InvalidHost);
+        }
+        // Routed and forwarded as normalised (http::path): what matched is what the origin gets.
+        let normal = super::path::normalize(req.uri().path());
+        let route_path = normal.as_deref().unwrap_or(req.uri().path());
+        let service = match table.route(&self.listener, host_str(&host), route_path) {
+            Ok(s) => s,
+            Err(NoRoute::Host) => {
+                return Err(ProxyError::UnknownHost {
+                    listener: self.listener.to_string(),
+                });
+            }
+            Err(NoRoute::Path) => {
+                return Err(ProxyError::UnknownPath {
+                    listener: self.listener.to_string(),
+                });
+            }
+        };
+        service.state.note_request(nanos_at(started));
+
+        let trusted = table
+            .config
+            .geo
+            .as_ref()
+            .map_or(&[][..], |g| &g.trusted_proxies[..]);
+        let ip = client_ip(peer.ip(), req.headers(), trusted);
+        let facts = ClientFacts {
+            ip: Some(ip),
+            geo: None,
+        };
+        if let Some(l) = log.as_mut() {
+            l.record.service = Some(service.name.clone());
+            l.record.client = ip.to_canonical();
+        }
+
+        // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
+        let upgrade_to = (req.version() == Version::HTTP_11
+            && lists_token(req.headers(), &header::CONNECTION, "upgrade"))
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+        .or_else(|| h2_websocket.then(|| HeaderValue::from_static("websocket")));
+        let upgrade = upgrade_to.is_some().then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let client_version = parts.version;
+        strip_hop_by_hop(&mut parts.headers);
+        if !is_trusted(peer.ip().to_canonical(), trusted) {
+            strip_client_forwarding(&mut parts.headers);
+        }
+        if let Some(u) = upgrade_to {
+            parts.headers.insert(header::UPGRADE, u);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        // After CONNECT the stream itself is the tunnel; no body goes ahead of the upgrade.
+        let body_done = h2_websocket || body.is_end_stream();
+        if h2_websocket {
+            parts.method = Method::GET;
+            // HTTP/2 has no key/accept handshake; HTTP/1.1 needs one.
+            let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+            let key = base64::engine::general_purpose::STANDARD.encode(key);
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                parts.headers.insert(header::SEC_WEBSOCKET_KEY, v);
+            }
+            parts
+                .headers
+                .entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
+        // The backend sees the host the client asked for (from the URI for HTTP/2 and
+        // absolute-form requests).
+        parts.headers.insert(header::HOST, host.clone());
+        parts.version = Version::HTTP_11;
+        let path_and_query = match normal {
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            Some(p) => {
+                let pq = match parts.uri.query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                };
+                PathAndQuery::from_maybe_shared(Bytes::from(pq))
+                    .map_err(|_| ProxyError::InvalidPath)?
+            }
+        };
+        let body = if body_done {
+            RequestBody::Empty
+        } else {
+            let upload = Upload::new(service.spec.limits.max_body);
+            if let Some(l) = log.as_mut() {
+                l.bytes_in = Some(upload.clone());
+            }
+            RequestBody::Stream(body, upload)
+        };
+        Ok(Outbound {
+            service,
+            forwarded: false,
+            upgrade,
+            facts,
+            parts,
+            host,
+            path_and_query,
+            body,
+            client_version,
+            peer,
+            started,
+        })
+    }
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
+fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::InvalidHost);
+    }
+    // One lookup for the field and for a second line of it (RFC 9112 §3.2: 400).
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Ok(h.clone()),
+        (Some(_), Some(_)) => Err(ProxyError::InvalidHost),
+        // HTTP/1.0 may omit Host; only a catch-all service can take it.
+        (None, _) if req.version() == Version::HTTP_10 => Ok(HeaderValue::from_static("")),
+        (None, _) => Err(ProxyError::MissingHost),
+    }
+}
+
+/// `host [":" port]` as RFC 3986 allows it: a bracketed IP literal or a reg-name (unreserved,
+/// percent-encoded and sub-delims characters), then digits for the port. Empty is allowed (an
+/// HTTP/1.0 request without Host).
+fn valid_authority(h: &[u8]) -> bool {
+    let (name, port) = if h.first() == Some(&b'[') {
+        let Some(end) = h.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let inner = &h[1..end];
+        if !inner
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'))
+        {
+            return false;
+        }
+        match &h[end + 1..] {
+            [] => (&h[..0], None),
+            [b':', port @ ..] => (&h[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match h.iter().rposition(|&b| b == b':') {
+            Some(i) => (&h[..i], Some(&h[i + 1..])),
+            None => (h, None),
+        }
+    };
+    let name_ok = name.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    name_ok && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+}
+
+pub(crate) fn ambiguous_framing(h: &http::HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH)
+}
+
+pub(crate) fn host_str(h: &HeaderValue) -> &str {
+    h.to_str().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_authority;
+
+    #[test]
+    fn hosts_are_authorities() {
+        let good = [
+            "app.test",
+            "app.test:8080",
+            "APP.test.",
+            "[::1]:80",
+            "[::1]",
+            "10.0.0.1",
+            "",
+            "h:",
+        ];
+        for ok in good {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        let bad = [
+            "a.example/evil",
+            "a b",
+            "a@b",
+            "a.test:80x",
+            "[::1",
+            "[::1]x",
+            "a?b",
+            "a#b",
+        ];
+        for bad in bad {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+}
