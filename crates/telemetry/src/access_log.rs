@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// The fields a template may use, in the order JSON lines carry them.
 pub use streamgate_config::ACCESS_LOG_FIELDS as FIELDS;
@@ -226,19 +226,10 @@ pub fn format_record(format: &Format, r: &AccessRecord, out: &mut String) {
 }
 
 fn json_value(field: &str, r: &AccessRecord, out: &mut String) {
-    let string = |s: &str, out: &mut String| {
-        out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
-            }
-        }
-        out.push('"');
+    // serde_json's escaping: quotes, backslashes and control characters.
+    let string = |s: &str, out: &mut String| match serde_json::to_string(s) {
+        Ok(quoted) => out.push_str(&quoted),
+        Err(_) => out.push_str("null"),
     };
     match field {
         // Numbers are written as in templates, unquoted.
@@ -304,34 +295,21 @@ fn plain_value(field: &str, r: &AccessRecord, out: &mut String) {
     }
 }
 
-/// `2026-11-23T12:00:00.123Z`
+/// `2026-11-23T12:00:00.123Z`: UTC, milliseconds, fixed width.
 fn rfc3339(t: SystemTime, out: &mut String) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
+    match time::OffsetDateTime::from(t).format(FORMAT) {
+        Ok(s) => out.push_str(&s),
+        Err(_) => out.push('-'),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn record() -> AccessRecord {
         AccessRecord {

@@ -7,6 +7,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 use ipnet::IpNet;
 
+/// Kept with the HTTP/1.1 codec, which needs it too (upstream does not depend on http).
+pub use crate::upstream::codec::lists_token;
+
 /// The name StreamGate uses in Via.
 pub const VIA_NAME: &str = "streamgate";
 
@@ -15,15 +18,6 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Whether a comma-separated header lists `token` (case-insensitively) on any of its lines.
-pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-}
 
 /// Removes hop-by-hop headers: the fixed list and any named in Connection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

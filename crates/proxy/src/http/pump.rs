@@ -26,9 +26,8 @@ use http_body_util::BodyExt;
 use streamgate_balance::Lease;
 use tokio::sync::{Notify, mpsc};
 
-use super::body::BoxError;
 use crate::io::ActiveRequest;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{BoxError, UpstreamBody};
 
 /// Frames buffered between the task and the client: two pieces.
 const DEPTH: usize = 2;

@@ -5,8 +5,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use crate::http::headers::lists_token;
-
 /// Most headers a backend response may carry.
 const MAX_HEADERS: usize = 128;
 /// Largest backend response head accepted.
@@ -363,6 +361,15 @@ impl BodyDecoder {
             }
         }
     }
+}
+
+/// Whether a comma-separated header lists `token` (case-insensitively) on any of its lines.
+pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 #[cfg(test)]

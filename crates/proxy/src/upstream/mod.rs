@@ -11,6 +11,7 @@ pub mod codec;
 pub mod fuzzing;
 mod pool;
 mod pooled;
+mod request_body;
 
 use std::collections::HashMap;
 use std::io;
@@ -35,10 +36,9 @@ use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
 pub use pool::Pool;
 pub use pooled::PreparedClients;
 use pooled::{ClientKey, PooledClients};
+pub use request_body::{BodyTooLarge, BoxError, RequestBody, Upload};
 use streamgate_config::{Config, Upstream, UpstreamProtocol};
 use streamgate_tls::TlsError;
-
-use crate::http::body::RequestBody;
 
 /// A backend's response body: read by our HTTP/1.1 client, or by hyper's HTTP/2 one.
 #[derive(Debug)]
@@ -575,7 +575,7 @@ async fn write_body(
     mut wr: OwnedWriteHalf,
     mut body: hyper::body::Incoming,
     framing: RequestFraming,
-    upload: Arc<crate::http::body::Upload>,
+    upload: Arc<Upload>,
 ) -> Result<OwnedWriteHalf, UpstreamError> {
     let chunked = framing == RequestFraming::Chunked;
     while let Some(frame) = body.frame().await {

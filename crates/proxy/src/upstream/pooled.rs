@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::http::body::RequestBody;
+use super::RequestBody;
 use streamgate_tls::{self as tls, TlsError};
 
 pub(super) type PooledClient = Client<Dialer, RequestBody>;
