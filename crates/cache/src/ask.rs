@@ -212,7 +212,7 @@ pub fn retain_304(headers: &mut HeaderMap) {
     ];
     let mut out = HeaderMap::with_capacity(KEEP.len());
     for (k, v) in headers.iter() {
-        if KEEP.contains(k) || crate::entry::is_personal(k) {
+        if KEEP.contains(k) || crate::policy::is_personal(k) {
             out.append(k.clone(), v.clone());
         }
     }

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+pub use crate::policy::is_personal;
 use crate::policy::{Freshness, Timing, parse_http_date};
 
 /// Longest a stale response with validators is kept for revalidation.
@@ -204,12 +205,6 @@ impl Variant {
     pub fn not_modified_for(&self, req: &HeaderMap) -> bool {
         self.validators().not_modified(req)
     }
-}
-
-/// Fields that belong to one client's exchange and are never stored by a shared cache: cookies
-/// set for whoever made the request.
-pub fn is_personal(name: &HeaderName) -> bool {
-    name == header::SET_COOKIE || name.as_str() == "set-cookie2"
 }
 
 /// The header values copied into one buffer of their own. Values parsed by the HTTP client are

@@ -5,12 +5,12 @@
 //! stale copy when the origin failed and the copy allows it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use streamgate_telemetry::prometheus::IntGauge;
 use tokio::sync::watch;
-
-use crate::store::ServiceCache;
 
 /// Keys being fetched right now.
 #[derive(Debug, Default)]
@@ -42,7 +42,7 @@ pub enum Role {
 /// Held by the request fetching a key.
 #[derive(Debug)]
 pub struct FillGuard {
-    cache: Arc<ServiceCache>,
+    fills: Arc<Fills>,
     key: Arc<str>,
     done: watch::Sender<Outcome>,
 }
@@ -56,7 +56,7 @@ impl FillGuard {
 
 impl Drop for FillGuard {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.cache.fills.inflight.lock() {
+        if let Ok(mut m) = self.fills.inflight.lock() {
             m.remove(&self.key);
         }
         // A guard dropped without an outcome: the fill did not get to the end.
@@ -72,12 +72,8 @@ impl Drop for FillGuard {
 }
 
 /// Joins the fill of `key`: the first caller leads, the others follow.
-pub fn join(cache: &Arc<ServiceCache>, key: &str) -> Role {
-    let mut m = cache
-        .fills
-        .inflight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+pub fn join(fills: &Arc<Fills>, key: &str) -> Role {
+    let mut m = fills.inflight.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(rx) = m.get(key) {
         return Role::Follower(rx.clone());
     }
@@ -85,7 +81,7 @@ pub fn join(cache: &Arc<ServiceCache>, key: &str) -> Role {
     let (tx, rx) = watch::channel(Outcome::Pending);
     m.insert(key.clone(), rx);
     Role::Leader(FillGuard {
-        cache: cache.clone(),
+        fills: fills.clone(),
         key,
         done: tx,
     })
@@ -108,9 +104,51 @@ pub async fn wait(mut rx: watch::Receiver<Outcome>, timeout: Duration) -> Outcom
     }
 }
 
+/// Bytes held by a service's recordings in progress.
+#[derive(Debug)]
+pub struct FillBudget {
+    used: AtomicU64,
+    /// `cache_fill_bytes`, shared by every service.
+    gauge: IntGauge,
+}
+
+impl FillBudget {
+    pub fn new(gauge: IntGauge) -> FillBudget {
+        FillBudget {
+            used: AtomicU64::new(0),
+            gauge,
+        }
+    }
+
+    /// Takes `n` more bytes if that keeps the total within `limit`.
+    pub(crate) fn try_take(&self, n: u64, limit: u64) -> bool {
+        let taken = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&t| t <= limit)
+            })
+            .is_ok();
+        if taken {
+            self.gauge.add(n as i64);
+        }
+        taken
+    }
+
+    pub(crate) fn give_back(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+        self.gauge.sub(n as i64);
+    }
+
+    /// Bytes held now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ServiceCache;
     use streamgate_telemetry::prometheus::IntCounter;
 
     fn cache() -> Arc<ServiceCache> {
@@ -124,19 +162,19 @@ mod tests {
     #[tokio::test]
     async fn one_leader_many_followers() {
         let cache = cache();
-        let Role::Leader(guard) = join(&cache, "k") else {
+        let Role::Leader(guard) = join(&cache.fills, "k") else {
             panic!("first is leader")
         };
-        let Role::Follower(rx) = join(&cache, "k") else {
+        let Role::Follower(rx) = join(&cache.fills, "k") else {
             panic!("second follows")
         };
-        assert!(matches!(join(&cache, "other"), Role::Leader(_)));
+        assert!(matches!(join(&cache.fills, "other"), Role::Leader(_)));
         let waiter = tokio::spawn(wait(rx, Duration::from_secs(5)));
         guard.set(Outcome::Stored);
         drop(guard);
         assert_eq!(waiter.await.unwrap(), Outcome::Stored);
         assert!(
-            matches!(join(&cache, "k"), Role::Leader(_)),
+            matches!(join(&cache.fills, "k"), Role::Leader(_)),
             "the key is free again"
         );
     }
@@ -149,10 +187,10 @@ mod tests {
             (Some(Outcome::Uncacheable), Outcome::Uncacheable),
             (Some(Outcome::Failed), Outcome::Failed),
         ] {
-            let Role::Leader(g) = join(&cache, "k") else {
+            let Role::Leader(g) = join(&cache.fills, "k") else {
                 panic!()
             };
-            let Role::Follower(rx) = join(&cache, "k") else {
+            let Role::Follower(rx) = join(&cache.fills, "k") else {
                 panic!()
             };
             if let Some(o) = set {
@@ -161,10 +199,10 @@ mod tests {
             drop(g);
             assert_eq!(wait(rx, Duration::from_secs(5)).await, want, "{set:?}");
         }
-        let Role::Leader(_g) = join(&cache, "slow") else {
+        let Role::Leader(_g) = join(&cache.fills, "slow") else {
             panic!()
         };
-        let Role::Follower(rx) = join(&cache, "slow") else {
+        let Role::Follower(rx) = join(&cache.fills, "slow") else {
             panic!()
         };
         assert_eq!(

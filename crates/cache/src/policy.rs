@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 
 pub use crate::directives::Directives;
@@ -135,7 +135,7 @@ pub fn storable(
         return Err(NotStored::Authorization);
     }
     // A response that sets a cookie is for one client; storing it would hand the cookie to all.
-    if resp_headers.keys().any(crate::entry::is_personal) {
+    if resp_headers.keys().any(is_personal) {
         return Err(NotStored::SetCookie);
     }
     if resp_headers.get_all(header::VARY).iter().any(|v| {
@@ -327,6 +327,12 @@ pub fn fmt_http_date(t: SystemTime) -> String {
         .unwrap_or(Duration::ZERO)
         .min(LAST);
     httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + since)
+}
+
+/// Fields that belong to one client's exchange and are never stored by a shared cache: cookies
+/// set for whoever made the request.
+pub fn is_personal(name: &HeaderName) -> bool {
+    name == header::SET_COOKIE || name.as_str() == "set-cookie2"
 }
 
 #[cfg(test)]

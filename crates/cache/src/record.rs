@@ -1,65 +1,22 @@
 //! Recording an origin response into the cache while it streams to its client.
 //!
 //! Memory is bounded twice: one recording holds at most `max_object_size`, and all recordings
-//! of a service together at most `max_fill_bytes` (the [`FillBudget`]). A recording that would
+//! of a service together at most `max_fill_bytes` (the [`crate::fill::FillBudget`]). A recording that would
 //! pass either is dropped (counted by reason) and its response goes on streaming to the client
 //! uncached: a burst of large misses (say, a thousand `Range: bytes=0-0` requests for distinct
 //! 8 MiB objects) costs the budget, not a thousand objects.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use streamgate_telemetry::prometheus::IntGauge;
 use tracing::debug;
 
 use crate::entry::Variant;
 use crate::fill::{FillGuard, Outcome};
 use crate::policy::{Freshness, Timing};
 use crate::store::ServiceCache;
-
-/// Bytes held by a service's recordings in progress.
-#[derive(Debug)]
-pub struct FillBudget {
-    used: AtomicU64,
-    /// `cache_fill_bytes`, shared by every service.
-    gauge: IntGauge,
-}
-
-impl FillBudget {
-    pub fn new(gauge: IntGauge) -> FillBudget {
-        FillBudget {
-            used: AtomicU64::new(0),
-            gauge,
-        }
-    }
-
-    /// Takes `n` more bytes if that keeps the total within `limit`.
-    fn try_take(&self, n: u64, limit: u64) -> bool {
-        let taken = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n).filter(|&t| t <= limit)
-            })
-            .is_ok();
-        if taken {
-            self.gauge.add(n as i64);
-        }
-        taken
-    }
-
-    fn give_back(&self, n: u64) {
-        self.used.fetch_sub(n, Ordering::AcqRel);
-        self.gauge.sub(n as i64);
-    }
-
-    /// Bytes held now.
-    pub fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
-    }
-}
 
 /// Why a recording was given up: the `reason` label of `cache_fills_dropped_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

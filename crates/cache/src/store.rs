@@ -9,9 +9,9 @@ use streamgate_config::CacheSpec;
 use streamgate_telemetry::prometheus::IntCounter;
 
 use crate::entry::Variant;
+use crate::fill::FillBudget;
 use crate::fill::Fills;
 use crate::policy::{Directives, Rules};
-use crate::record::FillBudget;
 use crate::tinylfu::{Removal, TinyLfu};
 
 /// The variants stored under one URL.

@@ -130,7 +130,7 @@ impl HttpProxy {
             let join = if waited == Some(Outcome::Stored) {
                 None
             } else {
-                Some(fill::join(cache, key))
+                Some(fill::join(&cache.fills, key))
             };
             let guard = match join {
                 None => None,

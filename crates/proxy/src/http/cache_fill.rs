@@ -181,7 +181,7 @@ impl HttpProxy {
         out: &Outbound<'_>,
         stale: &Arc<Variant>,
     ) {
-        let Role::Leader(guard) = fill::join(&cache, key) else {
+        let Role::Leader(guard) = fill::join(&cache.fills, key) else {
             return;
         };
         let proxy = self.clone();
