@@ -9,6 +9,7 @@
 //! [`CacheRegistry`] holds every service's cache across reloads.
 
 pub mod ask;
+pub mod decide;
 pub mod directives;
 pub mod entry;
 pub mod fill;

@@ -12,9 +12,10 @@ use http::{Response, StatusCode};
 use streamgate_balance::RoutingTable;
 use streamgate_cache::ServiceCache;
 use streamgate_cache::ask::ClientAsk;
+use streamgate_cache::decide::{Asked, Decision, decide};
 use streamgate_cache::fill::{self, Outcome, Role};
 use streamgate_cache::key::{purge_keys, url_key};
-use streamgate_cache::policy::{self, Directives, RequestUse, Usable};
+use streamgate_cache::policy::{self, Directives, RequestUse};
 use streamgate_telemetry::DataType;
 use tracing::{debug, warn};
 
@@ -92,37 +93,42 @@ impl HttpProxy {
                         personal: None,
                         age,
                     };
-                    match usable {
-                        Usable::Fresh => {
+                    let asked = Asked {
+                        only_if_cached: req_dirs.only_if_cached,
+                        validated_for_us,
+                    };
+                    match decide(Some(usable), asked, waited) {
+                        Decision::Hit => {
                             let how = serve(CacheStatus::Hit, DataType::CacheHit);
                             return self.serve_stored(&c, &v, &out, how, active, log);
                         }
-                        _ if validated_for_us => {
-                            let how = serve(CacheStatus::Hit, DataType::CacheHit);
-                            return self.serve_stored(&c, &v, &out, how, active, log);
-                        }
-                        Usable::StaleWhileRevalidate => {
+                        Decision::StaleRefresh => {
                             self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
                             let how = serve(CacheStatus::Stale, DataType::CacheStale);
                             return self.serve_stored(&c, &v, &out, how, active, log);
                         }
-                        // The leader could not reach the origin: the copy stands in, as it
-                        // allows, without one more origin request per waiting client.
-                        Usable::Stale { if_error_for }
-                            if waited == Some(Outcome::Failed) && !if_error_for.is_zero() =>
-                        {
+                        Decision::StaleIfError => {
                             warn!(key = %key, "origin failed for this object just now; serving the stale copy (stale-if-error)");
                             let how = serve(CacheStatus::Stale, DataType::CacheStale);
                             return self.serve_stored(&c, &v, &out, how, active, log);
                         }
-                        Usable::Stale { .. } if req_dirs.only_if_cached => {
-                            return not_in_cache(cache, active, log);
-                        }
-                        Usable::Stale { if_error_for } => Some((v, if_error_for)),
+                        Decision::NotInCache => return not_in_cache(cache, active, log),
+                        Decision::Revalidate { if_error_for } => Some((v, if_error_for)),
+                        // Not for a stored copy; had it come, fetching is right.
+                        Decision::Fill => None,
                     }
                 }
-                None if req_dirs.only_if_cached => return not_in_cache(cache, active, log),
-                None => None,
+                None => match decide(
+                    None,
+                    Asked {
+                        only_if_cached: req_dirs.only_if_cached,
+                        validated_for_us: false,
+                    },
+                    waited,
+                ) {
+                    Decision::NotInCache => return not_in_cache(cache, active, log),
+                    _ => None,
+                },
             };
             // The leader stored what it fetched, yet nothing serves this request (another
             // variant): it goes on its own rather than queueing behind the next fill (with
