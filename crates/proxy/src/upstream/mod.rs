@@ -8,6 +8,7 @@
 
 mod body;
 pub mod codec;
+mod exchange;
 pub mod fuzzing;
 mod pool;
 mod pooled;
@@ -24,15 +25,12 @@ use bytes::{Bytes, BytesMut};
 use http::request::Parts;
 use http::{Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::task::JoinHandle;
-use tokio_util::io::poll_read_buf;
 
 pub use body::H1Body;
 use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
+pub(crate) use exchange::Conn;
+use exchange::{Failure, connect, exchange, is_stale_connection};
 pub use pool::Pool;
 pub use pooled::PreparedClients;
 use pooled::{ClientKey, PooledClients};
@@ -372,245 +370,6 @@ impl Upstreams {
             }
         }
     }
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(Err(e)) => Err(UpstreamError::Connect(e)),
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-    }
-}
-
-/// The errors a keep-alive connection closed by the backend produces.
-fn is_stale_connection(e: &UpstreamError) -> bool {
-    match e {
-        UpstreamError::Closed { .. } => true,
-        UpstreamError::Io { source, .. } => matches!(
-            source.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::ConnectionAborted
-        ),
-        _ => false,
-    }
-}
-
-struct Failure {
-    error: UpstreamError,
-    /// Some response bytes arrived: the backend saw the request.
-    response_started: bool,
-}
-
-impl From<UpstreamError> for Failure {
-    fn from(error: UpstreamError) -> Failure {
-        Failure {
-            error,
-            response_started: false,
-        }
-    }
-}
-
-/// Writes the request and reads the response head. Returns the connection, the head and the
-/// bytes read past it.
-///
-/// A request body is sent by a task of its own while the response head is awaited, so a backend
-/// that answers early (413, 401, or an echo streaming back) is read while the body still flows.
-async fn exchange(
-    mut conn: TcpStream,
-    wire: &Bytes,
-    body: RequestBody,
-    framing: RequestFraming,
-) -> Result<(Conn, ResponseHead, BytesMut), Failure> {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
-    conn.write_all(wire)
-        .await
-        .map_err(|e| io_err("sending the request", e))?;
-    let mut conn = match body {
-        RequestBody::Empty => Conn::Whole(conn),
-        RequestBody::Stream(client_body, upload) => {
-            let (rd, wr) = conn.into_split();
-            let writer = tokio::spawn(write_body(wr, client_body, framing, upload));
-            Conn::Split {
-                rd,
-                writer: BodyWriter(Some(writer)),
-            }
-        }
-    };
-    loop {
-        match codec::parse_response_head(&mut buf) {
-            Err(e) => {
-                return Err(Failure {
-                    error: e.into(),
-                    response_started: true,
-                });
-            }
-            Ok(Some(head)) => {
-                let s = head.status.as_u16();
-                // Interim responses (100 Continue, 103 Early Hints) are not the answer.
-                if (100..200).contains(&s) && s != 101 {
-                    continue;
-                }
-                return Ok((conn, head, buf));
-            }
-            Ok(None) => {
-                let started = !buf.is_empty();
-                if let Err(error) = read_more(&mut conn, &mut buf).await {
-                    // If the client's body broke, that is the story, not the backend's reaction.
-                    let error = match conn.writer_error().await {
-                        Some(e @ UpstreamError::ClientBody(_)) => e,
-                        _ => error,
-                    };
-                    return Err(Failure {
-                        error,
-                        response_started: started,
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// A backend connection while its response is read: whole, or split while a task still sends
-/// the request body.
-#[derive(Debug)]
-pub(crate) enum Conn {
-    Whole(TcpStream),
-    Split {
-        rd: OwnedReadHalf,
-        writer: BodyWriter,
-    },
-}
-
-/// The task sending a request body; aborted if the exchange ends before it does.
-#[derive(Debug)]
-pub(crate) struct BodyWriter(Option<JoinHandle<Result<OwnedWriteHalf, UpstreamError>>>);
-
-impl Drop for BodyWriter {
-    fn drop(&mut self) {
-        if let Some(w) = &self.0 {
-            w.abort();
-        }
-    }
-}
-
-impl Conn {
-    /// The connection for the pool, if the whole request body was sent; None otherwise.
-    pub(crate) fn into_reusable(self) -> Option<TcpStream> {
-        match self {
-            Conn::Whole(s) => Some(s),
-            Conn::Split { rd, mut writer } => {
-                let writer = writer.0.take()?;
-                if !writer.is_finished() {
-                    writer.abort();
-                    return None;
-                }
-                // A finished task's output is ready: polling once with a no-op waker takes it.
-                let mut writer = writer;
-                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                match std::pin::Pin::new(&mut writer).poll(&mut cx) {
-                    std::task::Poll::Ready(Ok(Ok(wr))) => rd.reunite(wr).ok(),
-                    _ => None,
-                }
-            }
-        }
-    }
-
-    /// The body writer's error, once it has finished with one.
-    async fn writer_error(&mut self) -> Option<UpstreamError> {
-        if let Conn::Split {
-            writer: BodyWriter(Some(w)),
-            ..
-        } = self
-            && w.is_finished()
-        {
-            return match w.await {
-                Ok(Err(e)) => Some(e),
-                _ => None,
-            };
-        }
-        None
-    }
-}
-
-impl tokio::io::AsyncRead for Conn {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Whole(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Conn::Split { rd, .. } => std::pin::Pin::new(rd).poll_read(cx, buf),
-        }
-    }
-}
-
-fn io_err(stage: &'static str, source: io::Error) -> UpstreamError {
-    UpstreamError::Io { stage, source }
-}
-
-async fn read_more<R: tokio::io::AsyncRead + Unpin>(
-    rd: &mut R,
-    buf: &mut BytesMut,
-) -> Result<(), UpstreamError> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(8 * 1024);
-    }
-    let n = std::future::poll_fn(|cx| poll_read_buf(std::pin::Pin::new(&mut *rd), cx, buf))
-        .await
-        .map_err(|e| io_err("reading the response head", e))?;
-    if n == 0 {
-        return Err(UpstreamError::Closed {
-            stage: "response head",
-        });
-    }
-    Ok(())
-}
-
-async fn write_body(
-    mut wr: OwnedWriteHalf,
-    mut body: hyper::body::Incoming,
-    framing: RequestFraming,
-    upload: Arc<Upload>,
-) -> Result<OwnedWriteHalf, UpstreamError> {
-    let chunked = framing == RequestFraming::Chunked;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| UpstreamError::ClientBody(e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
-            if data.is_empty() {
-                continue;
-            }
-            upload.sent(data.len());
-            if upload.over_limit() {
-                return Err(UpstreamError::ClientBody("larger than max_body".into()));
-            }
-            if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                wr.write_all(size.as_bytes())
-                    .await
-                    .map_err(|e| io_err("sending the request body", e))?;
-            }
-            wr.write_all(data)
-                .await
-                .map_err(|e| io_err("sending the request body", e))?;
-            if chunked {
-                wr.write_all(b"\r\n")
-                    .await
-                    .map_err(|e| io_err("sending the request body", e))?;
-            }
-        }
-    }
-    if chunked {
-        wr.write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|e| io_err("sending the request body", e))?;
-    }
-    upload.finished();
-    Ok(wr)
 }
 
 /// Closes idle connections past their time every few seconds, while the pools exist.
