@@ -11,12 +11,10 @@ use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use streamgate_cache::key::split_url;
-use streamgate_config::Protocol;
+use streamgate_config::{Protocol, UpstreamTls};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::info;
@@ -172,67 +170,14 @@ fn server_name(host: &str) -> &str {
 
 /// A TLS client for the daemon's own HTTPS listener. It connects to an address the daemon
 /// itself bound and only reads back what its own cache answered, so the certificate (the
-/// daemon's, chosen by SNI) proves nothing here and is not verified.
+/// daemon's, chosen by SNI) proves nothing here and is not verified (handshake signatures still
+/// are): the backend client of `tls_verify = false`, HTTP/1.1.
 fn own_listener_tls() -> Result<Arc<rustls::ClientConfig>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(OwnListener(provider)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// Accepts the certificate of the daemon's own listener (see [`own_listener_tls`]); handshake
-/// signatures are still checked.
-#[derive(Debug)]
-struct OwnListener(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for OwnListener {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    let settings = UpstreamTls {
+        verify: false,
+        ..UpstreamTls::default()
+    };
+    streamgate_tls::client_config(&settings, false).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
