@@ -4,7 +4,8 @@
 //! RFC 9111 rules (what is stored, freshness, age, stale serving), [`key`] the cache keys,
 //! [`entry`] a stored response, [`store`] the byte-bounded W-TinyLFU store of one service with
 //! purge, [`fill`] request coalescing, [`record`] recording a response while it streams,
-//! [`ask`] what a client's range and conditions get, [`range`] byte ranges, [`snapshot`]
+//! [`ask`] what a client's range and conditions get, [`decide`] what a request does with the
+//! stored copy, [`put`] what an origin's answer does to it, [`range`] byte ranges, [`snapshot`]
 //! recovery points on disk and [`recovery`] when they are written and restored.
 //! [`CacheRegistry`] holds every service's cache across reloads.
 
@@ -17,6 +18,7 @@ pub mod fill;
 pub mod fuzzing;
 pub mod key;
 pub mod policy;
+pub mod put;
 pub mod range;
 pub mod record;
 pub mod recovery;

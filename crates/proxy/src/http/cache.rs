@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use streamgate_balance::RoutingTable;
 use streamgate_cache::ServiceCache;
 use streamgate_cache::ask::ClientAsk;
-use streamgate_cache::decide::{Asked, Decision, decide};
+use streamgate_cache::decide::{CacheStatus, Decision, Request, decide};
 use streamgate_cache::fill::{self, Outcome, Role};
 use streamgate_cache::key::{purge_keys, url_key};
 use streamgate_cache::policy::{self, Directives, RequestUse};
@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody};
 use super::cache_fill::Next;
-use super::cache_serve::{CacheRequest, CacheStatus, Served, set_log_cache, with_status_header};
+use super::cache_serve::{CacheRequest, Served, set_log_cache, with_status_header};
 use super::request::{Outbound, host_str};
 use crate::io::ActiveRequest;
 
@@ -75,60 +75,43 @@ impl HttpProxy {
         let next = loop {
             // The request's start time is recent enough for expiry; a look after waiting reads
             // the clock again.
-            let at = if first { out.started } else { Instant::now() };
-            let now = if first { arrived } else { SystemTime::now() };
+            let (at, now) = if first {
+                (out.started, arrived)
+            } else {
+                (Instant::now(), SystemTime::now())
+            };
             first = false;
             let stored = cache.lookup_at(key, &out.parts.headers, at);
-            let stale = match stored {
-                Some(v) => {
-                    let age = v.timing.current_age(now);
-                    let usable = policy::usability(&v.freshness, age, &req_dirs);
-                    // A follower takes what its leader validated, even if its own no-cache
-                    // asked for a revalidation: that one happened after it arrived.
-                    let validated_for_us =
-                        waited == Some(Outcome::Stored) && v.timing.response_time >= arrived;
-                    let serve = |status, data_type| Served {
-                        status,
-                        data_type: Some(data_type),
-                        personal: None,
-                        age,
-                    };
-                    let asked = Asked {
-                        only_if_cached: req_dirs.only_if_cached,
-                        validated_for_us,
-                    };
-                    match decide(Some(usable), asked, waited) {
-                        Decision::Hit => {
-                            let how = serve(CacheStatus::Hit, DataType::CacheHit);
-                            return self.serve_stored(&c, &v, &out, how, active, log);
-                        }
-                        Decision::StaleRefresh => {
-                            self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
-                            let how = serve(CacheStatus::Stale, DataType::CacheStale);
-                            return self.serve_stored(&c, &v, &out, how, active, log);
-                        }
-                        Decision::StaleIfError => {
-                            warn!(key = %key, "origin failed for this object just now; serving the stale copy (stale-if-error)");
-                            let how = serve(CacheStatus::Stale, DataType::CacheStale);
-                            return self.serve_stored(&c, &v, &out, how, active, log);
-                        }
-                        Decision::NotInCache => return not_in_cache(cache, active, log),
-                        Decision::Revalidate { if_error_for } => Some((v, if_error_for)),
-                        // Not for a stored copy; had it come, fetching is right.
-                        Decision::Fill => None,
-                    }
+            let request = Request {
+                dirs: &req_dirs,
+                arrived,
+            };
+            let look = decide(stored.as_deref(), request, waited, now);
+            let serve = |status, data_type| Served {
+                status,
+                data_type: Some(data_type),
+                personal: None,
+                age: look.age,
+            };
+            let stale = match (look.decision, stored) {
+                (Decision::Hit, Some(v)) => {
+                    let how = serve(CacheStatus::Hit, DataType::CacheHit);
+                    return self.serve_stored(&c, &v, &out, how, active, log);
                 }
-                None => match decide(
-                    None,
-                    Asked {
-                        only_if_cached: req_dirs.only_if_cached,
-                        validated_for_us: false,
-                    },
-                    waited,
-                ) {
-                    Decision::NotInCache => return not_in_cache(cache, active, log),
-                    _ => None,
-                },
+                (Decision::StaleRefresh, Some(v)) => {
+                    self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
+                    let how = serve(CacheStatus::Stale, DataType::CacheStale);
+                    return self.serve_stored(&c, &v, &out, how, active, log);
+                }
+                (Decision::StaleIfError, Some(v)) => {
+                    warn!(key = %key, "origin failed for this object just now; serving the stale copy (stale-if-error)");
+                    let how = serve(CacheStatus::Stale, DataType::CacheStale);
+                    return self.serve_stored(&c, &v, &out, how, active, log);
+                }
+                (Decision::NotInCache, _) => return not_in_cache(cache, active, log),
+                (Decision::Revalidate { if_error_for }, Some(v)) => Some((v, if_error_for)),
+                // Nothing stored: fetch it.
+                _ => None,
             };
             // The leader stored what it fetched, yet nothing serves this request (another
             // variant): it goes on its own rather than queueing behind the next fill (with

@@ -6,27 +6,24 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use streamgate_balance::RoutingTable;
-use streamgate_cache::ask::{ClientAsk, Validators, View, view};
-use streamgate_cache::directives::unstored_fields;
-use streamgate_cache::entry::is_personal;
+use streamgate_cache::decide::CacheStatus;
 use streamgate_cache::fill::{self, FillGuard, Outcome, Role};
-use streamgate_cache::key::{selectors, vary_names};
-use streamgate_cache::policy::{self, Timing};
-use streamgate_cache::record::{RecordHead, Recorder};
+use streamgate_cache::put::{
+    Answer, add_validators, origin_should_cut_range, record_head, revalidated, strip_validators,
+    validates,
+};
+use streamgate_cache::record::Recorder;
 use streamgate_cache::{ServiceCache, Variant};
 use streamgate_telemetry::DataType;
 use tracing::warn;
 
 use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody, RequestBody, finish_recording};
-use super::cache_serve::{
-    CacheRequest, CacheStatus, Served, narrow_to_ask, set_log_cache, with_status_header,
-};
-use super::error::error_response;
+use super::cache_serve::{CacheRequest, Served, narrow_to_ask, set_log_cache, with_status_header};
+use super::error::{ProxyError, error_response};
 use super::headers::strip_hop_by_hop;
 use super::origin::Fetched;
 use super::request::Outbound;
@@ -46,17 +43,21 @@ pub(crate) enum Next {
     },
 }
 
-/// A 304's outcome for the stored object and the client that asked.
-struct Revalidated {
-    /// The stored object with the 304's fields merged in.
-    merged: Variant,
-    /// The 304's fields for this client only (Set-Cookie, fields kept from shared caches).
-    personal: HeaderMap,
-    /// Whether the merged object may still be stored (else it was removed).
-    stored: bool,
-}
-
 impl HttpProxy {
+    /// [`HttpProxy::fetch`] for the cache, which sees the response without its hop-by-hop
+    /// fields.
+    async fn fetch_for_cache<'t>(
+        &self,
+        out: &mut Outbound<'t>,
+        log: &mut Option<Box<PendingLog>>,
+    ) -> Result<Fetched<'t>, ProxyError> {
+        let mut fetched = self.fetch(out, log).await;
+        if let Ok(f) = &mut fetched {
+            strip_hop_by_hop(f.resp.headers_mut());
+        }
+        fetched
+    }
+
     pub(crate) async fn go_to_origin(
         &self,
         c: CacheRequest,
@@ -84,7 +85,7 @@ impl HttpProxy {
             add_validators(&mut out.parts.headers, s);
         }
         let mut request_time = SystemTime::now();
-        let mut fetched = self.fetch(&mut out, log).await;
+        let mut fetched = self.fetch_for_cache(&mut out, log).await;
         // A 304 that cannot refresh the stored object (no validators were sent, or its strong
         // ETag names another representation, RFC 9111 §4.3.4): ask once more, unconditionally.
         if let (Ok(f), Some(s)) = (&fetched, &stale)
@@ -93,7 +94,7 @@ impl HttpProxy {
         {
             strip_validators(&mut out.parts.headers);
             request_time = SystemTime::now();
-            fetched = self.fetch(&mut out, log).await;
+            fetched = self.fetch_for_cache(&mut out, log).await;
         }
         let failure = match (fetched, &stale) {
             (Ok(f), Some(s)) if f.resp.status() == StatusCode::NOT_MODIFIED => {
@@ -127,7 +128,7 @@ impl HttpProxy {
             (Ok(f), _) => {
                 strip_validators(&mut out.parts.headers);
                 let recorder = recorder_for(&c, &out, &f, request_time, guard);
-                if recorder.is_none() && origin_should_cut_range(&c.ask, &f) {
+                if recorder.is_none() && origin_should_cut_range(&c.ask, answer(&f)) {
                     // Not stored: reading (and dropping) everything before the client's range
                     // would cost more than asking the origin for the range itself.
                     drop(f);
@@ -216,7 +217,7 @@ impl HttpProxy {
                 started: Instant::now(),
             };
             let request_time = SystemTime::now();
-            let Ok(f) = proxy.fetch(&mut o, &mut None).await else {
+            let Ok(f) = proxy.fetch_for_cache(&mut o, &mut None).await else {
                 return;
             };
             if f.resp.status() == StatusCode::NOT_MODIFIED {
@@ -237,7 +238,11 @@ impl HttpProxy {
                 return;
             }
             let stall = o.service.spec.timeouts.upstream_response;
-            let Some((head, length)) = record_head(&cache, &o.parts, &f.resp, request_time) else {
+            let now = SystemTime::now();
+            let (method, req) = (&o.parts.method, &o.parts.headers);
+            let Some((head, length)) =
+                record_head(&cache, method, req, answer(&f), request_time, now)
+            else {
                 guard.set(Outcome::Uncacheable);
                 return;
             };
@@ -259,7 +264,9 @@ fn recorder_for(
     request_time: SystemTime,
     guard: Option<FillGuard>,
 ) -> Option<Recorder> {
-    match record_head(&c.cache, &out.parts, &f.resp, request_time) {
+    let (method, req) = (&out.parts.method, &out.parts.headers);
+    let now = SystemTime::now();
+    match record_head(&c.cache, method, req, answer(f), request_time, now) {
         Some((head, length)) => {
             Recorder::start(c.cache.clone(), c.key.clone(), head, length, guard).ok()
         }
@@ -272,169 +279,11 @@ fn recorder_for(
     }
 }
 
-/// Past this offset, a range of a response that is not stored is asked of the origin rather
-/// than cut from the whole response.
-const CUT_RANGE_LOCALLY: u64 = 64 * 1024;
-
-/// Whether the client's range, on a response that will not be stored, starts far enough in
-/// (or in a body of unknown length) that the origin should serve it.
-fn origin_should_cut_range(ask: &ClientAsk, f: &Fetched<'_>) -> bool {
-    if ask.range.is_none() || f.resp.status() != StatusCode::OK {
-        return false;
+fn answer<'a>(f: &'a Fetched<'_>) -> Answer<'a> {
+    Answer {
+        status: f.resp.status(),
+        headers: f.resp.headers(),
     }
-    let len = f
-        .resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match view(ask, StatusCode::OK, &Validators::of(f.resp.headers()), len) {
-        View::Partial { start, .. } => start > CUT_RANGE_LOCALLY,
-        View::Full => len.is_none(),
-        _ => false,
-    }
-}
-
-/// Whether a 304 can refresh `stale`: validators were sent, and a strong ETag in the 304, if
-/// any, is the stored one.
-fn validates(stale: &Variant, not_modified: &HeaderMap) -> bool {
-    if !stale.has_validators() {
-        return false;
-    }
-    match (not_modified.get(header::ETAG), &stale.etag) {
-        (Some(new), Some(old)) if !new.as_bytes().starts_with(b"W/") => new == old,
-        _ => true,
-    }
-}
-
-/// What a recording of `resp` stores, and its length if the origin gave it; `None` if the
-/// response may not be stored (RFC 9111 §3, the service's rules and `max_object_size`).
-fn record_head(
-    cache: &ServiceCache,
-    req: &Parts,
-    resp: &Response<crate::upstream::UpstreamBody>,
-    request_time: SystemTime,
-) -> Option<(RecordHead, Option<u64>)> {
-    if req.method != Method::GET {
-        return None;
-    }
-    let now = SystemTime::now();
-    let dirs = cache.directives(resp.headers());
-    let freshness = policy::storable(
-        &req.method,
-        &req.headers,
-        resp.status(),
-        resp.headers(),
-        &dirs,
-        cache.rules(),
-        now,
-    )
-    .ok()?;
-    let length = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if length.is_some_and(|n| n > cache.spec.max_object_size) {
-        return None;
-    }
-    let mut names: Vec<HeaderName> = cache
-        .spec
-        .key_headers
-        .iter()
-        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-        .collect();
-    for n in vary_names(resp.headers()) {
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
-    let mut headers = resp.headers().clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::AGE);
-    for n in unstored_fields(resp.headers(), &dirs, &cache.targets) {
-        headers.remove(n);
-    }
-    let head = RecordHead {
-        status: resp.status(),
-        timing: Timing::of(resp.headers(), request_time, now),
-        freshness,
-        selectors: selectors(&names, &req.headers),
-        headers,
-    };
-    Some((head, length))
-}
-
-/// The stored object updated by a 304 (RFC 9111 §4.3.4), and what of the 304 is for the
-/// requesting client only. A merged response that may no longer be stored (the 304 said
-/// private or no-store) is not kept.
-fn revalidated(
-    cache: &ServiceCache,
-    stale: &Variant,
-    not_modified: &HeaderMap,
-    request_time: SystemTime,
-    now: SystemTime,
-) -> Revalidated {
-    let mut nm = not_modified.clone();
-    strip_hop_by_hop(&mut nm);
-    let nm_dirs = cache.directives(&nm);
-    let unstored = unstored_fields(&nm, &nm_dirs, &cache.targets);
-    let mut personal = HeaderMap::new();
-    for (k, v) in &nm {
-        if is_personal(k) || unstored.contains(k) {
-            personal.append(k.clone(), v.clone());
-        }
-    }
-    let merged = stale.refreshed(
-        &nm,
-        &unstored,
-        Timing::of(&nm, request_time, now),
-        stale.freshness,
-    );
-    let dirs = cache.directives(&merged.headers);
-    // The 304's own no-store or private (unqualified) applies to the merged response too.
-    let refused = nm_dirs.no_store || nm_dirs.private;
-    // Whether the stored object may be kept is a question about it, not about the client whose
-    // request revalidated it (its Authorization, say, was checked when it was stored).
-    match policy::storable(
-        &Method::GET,
-        &HeaderMap::new(),
-        stale.status,
-        &merged.headers,
-        &dirs,
-        cache.rules(),
-        now,
-    ) {
-        Ok(f) if !refused => Revalidated {
-            merged: Variant::new(
-                merged.status,
-                merged.headers,
-                merged.body,
-                merged.timing,
-                f,
-                merged.selectors,
-            ),
-            personal,
-            stored: true,
-        },
-        _ => Revalidated {
-            merged,
-            personal,
-            stored: false,
-        },
-    }
-}
-
-fn add_validators(headers: &mut HeaderMap, v: &Variant) {
-    if let Some(etag) = &v.etag {
-        headers.insert(header::IF_NONE_MATCH, etag.clone());
-    }
-    if let Some(lm) = v.headers.get(header::LAST_MODIFIED) {
-        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
-    }
-}
-
-fn strip_validators(headers: &mut HeaderMap) {
-    headers.remove(header::IF_NONE_MATCH);
-    headers.remove(header::IF_MODIFIED_SINCE);
 }
 
 fn clone_head(p: &Parts) -> Parts {

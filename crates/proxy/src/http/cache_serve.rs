@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use streamgate_cache::ask::{ClientAsk, Validators, View, retain_304, view};
+use streamgate_cache::decide::CacheStatus;
 use streamgate_cache::entry::ServedHead;
 use streamgate_cache::{ServiceCache, Variant};
 use streamgate_telemetry::{DataType, code_class_index};
@@ -18,28 +19,6 @@ use super::body::{Completion, PendingLog, ProxyBody};
 use super::headers::append_via;
 use super::request::Outbound;
 use crate::io::ActiveRequest;
-
-/// What the cache answered, for the status header and the access log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CacheStatus {
-    Hit,
-    Miss,
-    Stale,
-    Expired,
-    Bypass,
-}
-
-impl CacheStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Stale => "STALE",
-            CacheStatus::Expired => "EXPIRED",
-            CacheStatus::Bypass => "BYPASS",
-        }
-    }
-}
 
 /// One request's business with a service's cache: the cache, the request's key, and what the
 /// client asked for beyond the representation (range, conditions).
