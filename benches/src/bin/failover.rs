@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use streamgate_bench::daemon::streamgate_binary;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -102,24 +103,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let binary = match args.streamgate.clone() {
-        Some(p) => p,
-        None => {
-            eprintln!("building streamgate (release)...");
-            let ok = Command::new(env!("CARGO"))
-                .args(["build", "--release", "-p", "streamgate"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()?
-                .success();
-            if !ok {
-                bail!("cargo build --release -p streamgate failed");
-            }
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/release/streamgate"
-            ))
-        }
-    };
+    let binary = streamgate_binary(args.streamgate.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -10,10 +10,9 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response, StatusCode};
@@ -21,6 +20,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use streamgate_bench::daemon::{admin_get, start, streamgate_binary};
+use streamgate_bench::procfs::status_kib;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -41,16 +42,6 @@ struct Args {
     /// Extra lines for the service's [services.cache] table.
     #[arg(long, default_value = "")]
     cache_extra: String,
-}
-
-fn kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn origin(object: Bytes) -> Result<SocketAddr> {
@@ -98,75 +89,26 @@ async fn range_get(to: SocketAddr, path: String) -> Result<(StatusCode, usize)> 
     Ok((status, body.len()))
 }
 
-fn start(
-    binary: &PathBuf,
-    dir: &std::path::Path,
-    origin: SocketAddr,
-    max_size: &str,
-    extra: &str,
-) -> Result<(Child, SocketAddr, SocketAddr)> {
-    let port = |l: std::net::TcpListener| l.local_addr().map(|a| a.port());
-    let web = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
-    let admin = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
-    let conf = format!(
-        "[runtime]\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [timeouts]\nupstream_response = \"60s\"\n\
-         [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:{web}\"\n\
-         [[regions]]\nname = \"o\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\
-         [[services]]\nname = \"media\"\nlisteners = [\"web\"]\nregions = [\"o\"]\n\
-         [services.cache]\nmax_size = \"{max_size}\"\nmax_object_size = \"64MiB\"\n{extra}\n"
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, conf)?;
-    let child = Command::new(binary)
-        .args(["--log-level", "error", "run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let web: SocketAddr = format!("127.0.0.1:{web}").parse()?;
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse()?;
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(web).is_ok() {
-            return Ok((child, web, admin));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("streamgate did not start listening")
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let binary = match args.streamgate.clone() {
-        Some(b) => b,
-        None => {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--release", "-p", "streamgate"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()?;
-            if !status.success() {
-                bail!("cargo build --release failed");
-            }
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/release/streamgate"
-            ))
-        }
-    };
+    let binary = streamgate_binary(args.streamgate.clone())?;
     let object = Bytes::from(vec![b'v'; args.object_mib << 20]);
     let origin = origin(object).await?;
-    let dir = tempfile::tempdir()?;
-    let (mut child, web, admin) = start(
-        &binary,
-        dir.path(),
-        origin,
-        &args.max_size,
-        &args.cache_extra,
-    )?;
-    let pid = child.id();
-    let before = kib(pid, "VmRSS");
+    let (max_size, extra) = (&args.max_size, &args.cache_extra);
+    let config = |web, admin| {
+        format!(
+            "[runtime]\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+             [timeouts]\nupstream_response = \"60s\"\n\
+             [[listeners]]\nname = \"web\"\nlisten = \"{web}\"\n\
+             [[regions]]\nname = \"o\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\
+             [[services]]\nname = \"media\"\nlisteners = [\"web\"]\nregions = [\"o\"]\n\
+             [services.cache]\nmax_size = \"{max_size}\"\nmax_object_size = \"64MiB\"\n{extra}\n"
+        )
+    };
+    let daemon = start(&binary, config, None, "error")?;
+    let (pid, web, admin) = (daemon.pid(), daemon.web, daemon.admin);
+    let before = status_kib(pid, "VmRSS");
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for i in 0..args.requests {
@@ -182,7 +124,7 @@ async fn main() -> Result<()> {
     let answered = started.elapsed();
     // Let recordings that outlived their clients finish, then read the peak.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let peak = kib(pid, "VmHWM");
+    let peak = status_kib(pid, "VmHWM");
     let stats = admin_get(admin, "/cache").await.unwrap_or_default();
     println!(
         "binary {}\nrequests {} x Range: bytes=0-0 of distinct {} MiB objects\n\
@@ -196,19 +138,6 @@ async fn main() -> Result<()> {
         peak as f64 / 1024.0,
         args.max_size,
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     Ok(())
-}
-
-/// `GET` on the admin API, body as text.
-async fn admin_get(admin: SocketAddr, path: &str) -> Result<String> {
-    let stream = TcpStream::connect(admin).await?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "admin")
-        .body(Empty::<Bytes>::new())?;
-    let body = tx.send_request(req).await?.into_body().collect().await?;
-    Ok(String::from_utf8_lossy(&body.to_bytes()).trim().to_string())
 }

@@ -19,12 +19,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use bytes::Bytes;
 use clap::Parser;
 use http::{Request, Response, StatusCode};
@@ -32,6 +32,8 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use streamgate_bench::daemon::{start, streamgate_binary};
+use streamgate_bench::procfs::{cpu_seconds, open_fds, status_kib};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -87,31 +89,6 @@ fn p99_ms(v: &mut [u32]) -> f64 {
     f64::from(v[(v.len() * 99 / 100).min(v.len() - 1)]) / 1000.0
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds (user + system) the process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 11 and 12 after the name; USER_HZ is 100.
-    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-    (ticks(11) + ticks(12)) as f64 / 100.0
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
 /// The origin: cacheable objects, uncacheable ones, and an echo behind an Upgrade.
 async fn origin() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -157,42 +134,6 @@ async fn origin() -> Result<SocketAddr> {
         }
     });
     Ok(addr)
-}
-
-fn start(
-    binary: &PathBuf,
-    dir: &std::path::Path,
-    origin: SocketAddr,
-) -> Result<(Child, SocketAddr)> {
-    let port = |l: std::net::TcpListener| l.local_addr().map(|a| a.port());
-    let web = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
-    let admin = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
-    let conf = format!(
-        "[runtime]\nworkers = 1\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
-         [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:{web}\"\n\
-         [[regions]]\nname = \"o\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\
-         [[services]]\nname = \"soak\"\nlisteners = [\"web\"]\nregions = [\"o\"]\n\
-         [services.cache]\nmax_size = \"64MiB\"\n"
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, conf)?;
-    let child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(binary)
-        .args(["--log-level", "error", "run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    let web: SocketAddr = format!("127.0.0.1:{web}").parse()?;
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(web).is_ok() {
-            return Ok((child, web));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    bail!("streamgate did not start listening")
 }
 
 /// The n-th request's path: 9 in 10 cacheable (1 000 objects), 1 in 10 not.
@@ -390,22 +331,7 @@ async fn traffic(args: &Args, web: SocketAddr, rate: f64, secs: f64, w: &Shared)
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let binary = match args.streamgate.clone() {
-        Some(b) => b,
-        None => {
-            let status = Command::new(env!("CARGO"))
-                .args(["build", "--release", "-p", "streamgate"])
-                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .status()?;
-            if !status.success() {
-                bail!("cargo build --release failed");
-            }
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../target/release/streamgate"
-            ))
-        }
-    };
+    let binary = streamgate_binary(args.streamgate.clone())?;
     // Clients and origin on core 1, the daemon on core 0: pin before any thread starts.
     let me = std::process::id().to_string();
     let pinned = Command::new("taskset")
@@ -423,9 +349,18 @@ fn main() -> Result<()> {
 
 async fn soak(args: Args, binary: PathBuf) -> Result<()> {
     let origin = origin().await?;
-    let dir = tempfile::tempdir()?;
-    let (mut child, web) = start(&binary, dir.path(), origin)?;
-    let pid = child.id();
+    let config = |web, admin| {
+        format!(
+            "[runtime]\nworkers = 1\n[admin]\nlisten = \"{admin}\"\n\
+             [[listeners]]\nname = \"web\"\nlisten = \"{web}\"\n\
+             [[regions]]\nname = \"o\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\
+             [[services]]\nname = \"soak\"\nlisteners = [\"web\"]\nregions = [\"o\"]\n\
+             [services.cache]\nmax_size = \"64MiB\"\n"
+        )
+    };
+    // The daemon on core 0; this process was pinned to core 1.
+    let daemon = start(&binary, config, Some(0), "error")?;
+    let (pid, web) = (daemon.pid(), daemon.web);
     let w: Shared = Arc::default();
 
     eprintln!("measuring the peak (10 s, unpaced)...");
@@ -492,8 +427,7 @@ async fn soak(args: Args, binary: PathBuf) -> Result<()> {
     }
     let answered = load.await.unwrap_or(0);
     ws.join_all().await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(daemon);
     summary(&rows, answered, secs);
     Ok(())
 }
