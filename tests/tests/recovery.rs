@@ -159,7 +159,12 @@ async fn a_restart_loses_no_cached_object() {
 async fn points_on_demand_are_listed_kept_to_the_limit_and_a_damaged_one_is_skipped() {
     let origin = Origin::start("o").await;
     let snaps = tempfile::tempdir().unwrap();
-    let text = config(&origin, snaps.path(), "interval = \"1h\"\nkeep = 2");
+    // Full points only (the count alone decides what is kept; chains: recovery_chain.rs).
+    let text = config(
+        &origin,
+        snaps.path(),
+        "interval = \"1h\"\nkeep = 2\nmax_increments = 0",
+    );
     let d = TestDaemon::start(&text).await;
     let url = |p: &str| d.url("web", p);
 
@@ -262,7 +267,11 @@ async fn without_the_section_the_endpoints_say_how_to_enable_it() {
 async fn points_are_written_every_interval() {
     let origin = Origin::start("o").await;
     let snaps = tempfile::tempdir().unwrap();
-    let text = config(&origin, snaps.path(), "interval = \"1s\"\nkeep = 3");
+    let text = config(
+        &origin,
+        snaps.path(),
+        "interval = \"1s\"\nkeep = 3\nmax_increments = 0",
+    );
     let d = TestDaemon::start(&text).await;
     fetch(&d.url("web", "/c/x?cc=max-age%3D600")).await;
     let dir = snaps.path().to_path_buf();

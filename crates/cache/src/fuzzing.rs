@@ -35,7 +35,7 @@ pub fn recovery_point(data: &[u8]) {
     if snapshot::read_bytes(name, &framed, |r| got.push(r)).is_ok() {
         assert_eq!(got.len(), 1);
         let once = encoded(&got[0]);
-        let again = snapshot::decode(&once).expect("an encoded record decodes");
+        let again = snapshot::codec::decode(2, &once).expect("an encoded record decodes");
         assert_eq!(
             encoded(&again),
             once,
@@ -44,15 +44,22 @@ pub fn recovery_point(data: &[u8]) {
     }
 }
 
-fn encoded(r: &snapshot::Record) -> Vec<u8> {
-    let variants: Vec<std::sync::Arc<crate::entry::Variant>> = r
-        .variants
-        .iter()
-        .cloned()
-        .map(std::sync::Arc::new)
-        .collect();
+fn encoded(c: &snapshot::Change) -> Vec<u8> {
     let mut out = Vec::new();
-    snapshot::encode(&mut out, &r.service, &r.key, &variants);
+    match c {
+        snapshot::Change::Put(r) => {
+            let variants: Vec<std::sync::Arc<crate::entry::Variant>> = r
+                .variants
+                .iter()
+                .cloned()
+                .map(std::sync::Arc::new)
+                .collect();
+            snapshot::codec::encode(&mut out, &r.service, &r.key, &variants);
+        }
+        snapshot::Change::Remove { service, key } => {
+            snapshot::codec::encode_removal(&mut out, service, key);
+        }
+    }
     out
 }
 
@@ -162,7 +169,7 @@ mod tests {
     /// back the claim: refused, not a panic (a point the fuzzer's 4 KiB inputs never reach).
     #[test]
     fn a_record_with_too_many_fields_is_refused() {
-        let mut p = Vec::new();
+        let mut p = vec![0u8]; // a put
         for s in [&b"web"[..], b"http://a/"] {
             p.extend((s.len() as u64).to_le_bytes());
             p.extend(s);
@@ -182,18 +189,73 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("does not decode"));
     }
 
-    /// A recovery point written by `snapshot::frame` and one record's payload (made with
-    /// `snapshot::encode` from a two-variant object), every truncation and single-byte change.
+    /// Version 2 seeds: an increment holding a put and a removal, and each record's payload.
+    fn v2_seeds() -> Vec<Vec<u8>> {
+        use crate::snapshot::{Change, codec};
+        let v1 = include_bytes!("../../../fuzz/seeds/recovery_point/point");
+        let mut changes = Vec::new();
+        crate::snapshot::read_bytes(std::path::Path::new("seed"), v1, |c| changes.push(c)).unwrap();
+        let Some(Change::Put(r)) = changes.into_iter().next() else {
+            panic!("the v1 seed starts with a put")
+        };
+        let variants: Vec<_> = r.variants.into_iter().map(std::sync::Arc::new).collect();
+        let (mut put, mut removal) = (Vec::new(), Vec::new());
+        codec::encode(&mut put, &r.service, &r.key, &variants[..1]);
+        codec::encode_removal(&mut removal, &r.service, "http://a/gone");
+        let mut point = codec::encode_header(&codec::Header {
+            version: 2,
+            created_ms: 2,
+            base_ms: 1,
+            parent_ms: 1,
+            records: 2,
+            objects: 1,
+        });
+        for p in [&put, &removal] {
+            point.extend((p.len() as u32).to_le_bytes());
+            point.extend(crc32fast::hash(p).to_le_bytes());
+            point.extend(p);
+        }
+        vec![point, put, removal]
+    }
+
+    /// The fuzz corpus's version 2 seeds are the ones made here (run with --ignored after a
+    /// format change to write them).
+    #[test]
+    #[ignore = "writes fuzz/seeds"]
+    fn write_v2_seeds() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../fuzz/seeds/recovery_point"
+        );
+        for (name, bytes) in ["point_v2", "put_v2", "removal_v2"].iter().zip(v2_seeds()) {
+            std::fs::write(format!("{dir}/{name}"), bytes).unwrap();
+        }
+    }
+
+    /// Recovery points of both versions (a version 1 point written by the daemon before
+    /// increments existed, a version 2 increment) and record payloads, every truncation and
+    /// single-byte change.
     #[test]
     fn recovery_points_and_their_corruptions() {
-        let seeds: [&[u8]; 2] = [
+        let v1: [&[u8]; 2] = [
             include_bytes!("../../../fuzz/seeds/recovery_point/point"),
             include_bytes!("../../../fuzz/seeds/recovery_point/record"),
         ];
         let mut records = 0;
-        crate::snapshot::read_bytes(std::path::Path::new("seed"), seeds[0], |_| records += 1)
-            .unwrap();
-        assert_eq!(records, 2, "the seed point is whole");
+        crate::snapshot::read_bytes(std::path::Path::new("seed"), v1[0], |_| records += 1).unwrap();
+        assert_eq!(records, 2, "the version 1 seed point is still read whole");
+        let v2 = v2_seeds();
+        let mut changes = Vec::new();
+        let point = crate::snapshot::read_bytes(std::path::Path::new("v2"), &v2[0], |c| {
+            changes.push(c);
+        })
+        .unwrap();
+        assert_eq!(
+            point.parent,
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(1))
+        );
+        assert!(matches!(changes[1], crate::snapshot::Change::Remove { .. }));
+        let seeds = v1.iter().copied().chain(v2.iter().map(Vec::as_slice));
         for seed in seeds {
             recovery_point(seed);
             for cut in 0..seed.len() {

@@ -1,6 +1,11 @@
 //! When recovery points are written: every `[snapshots] interval`, on demand (admin API), and on a
-//! graceful stop; restored once at start; and the `recovery_point_age_seconds` gauge.
+//! graceful stop; full or incremental (only what changed since the point before, found by
+//! comparing each object's fingerprint with the last point's); restored once at start (or to a
+//! chosen point through the admin API); verified in the background after each write; and the
+//! recovery metrics.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -8,12 +13,15 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use streamgate_config::Snapshots;
 use streamgate_telemetry::Metrics;
-use streamgate_telemetry::prometheus::Gauge;
+use streamgate_telemetry::prometheus::{Gauge, IntCounter, IntGauge};
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::CacheRegistry;
-use crate::snapshot::{self, RecoveryPoint, Restored, SnapshotError};
+use crate::snapshot::{
+    self, ChainState, Kind, RecoveryPoint, Restored, SnapshotError, Thresholds, ToWrite,
+};
+use crate::store::Entry;
 
 #[derive(Debug, Error)]
 pub enum RecoveryError {
@@ -37,16 +45,54 @@ async fn blocking<T: Send + 'static>(
         .map_err(RecoveryError::from)
 }
 
+/// What the writer knows between points.
+#[derive(Debug, Default)]
+struct Writer {
+    /// When the newest point was created (written or restored).
+    newest: Option<SystemTime>,
+    /// The chain this daemon writes increments on (`None`: the next point is full).
+    chain: Option<ChainState>,
+    /// A fingerprint of every object as of the newest point: what an increment compares with.
+    seen: Seen,
+}
+
+type Seen = HashMap<(Arc<str>, Arc<str>), u64>;
+
+/// Tells a stored object's versions apart: a new insert (a refresh, a new variant) makes a new
+/// entry list; the variants' response times and sizes guard against an address reused.
+fn fingerprint(entry: &Entry) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (Arc::as_ptr(entry) as usize).hash(&mut h);
+    for v in entry.iter() {
+        v.timing.response_time.hash(&mut h);
+        v.size.hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Writes and restores recovery points for one daemon.
 #[derive(Debug)]
 pub struct Snapshotter {
     caches: Arc<CacheRegistry>,
     settings: ArcSwapOption<Snapshots>,
-    /// One writer at a time; holds when the newest point was created.
-    newest: tokio::sync::Mutex<Option<SystemTime>>,
+    /// One writer at a time.
+    writer: tokio::sync::Mutex<Writer>,
     started: SystemTime,
-    age: Gauge,
+    metrics: RecoveryMetrics,
 }
+
+/// The recovery metrics, resolved once.
+#[derive(Debug, Clone)]
+struct RecoveryMetrics {
+    age: Gauge,
+    restore_seconds: Gauge,
+    verified_ok: IntGauge,
+    verified_damaged: IntGauge,
+    damaged: IntCounter,
+}
+
+/// The file in the recovery directory naming the point to restore at the next start.
+pub const RESTORE_TO: &str = "restore-to";
 
 impl Snapshotter {
     pub fn new(
@@ -54,12 +100,19 @@ impl Snapshotter {
         metrics: &Metrics,
         settings: Option<Snapshots>,
     ) -> Arc<Snapshotter> {
+        let verified = |r| metrics.recovery_point_verified.with_label_values(&[r]);
         Arc::new(Snapshotter {
             caches,
             settings: ArcSwapOption::new(settings.map(Arc::new)),
-            newest: tokio::sync::Mutex::new(None),
+            writer: tokio::sync::Mutex::new(Writer::default()),
             started: SystemTime::now(),
-            age: metrics.recovery_point_age.clone(),
+            metrics: RecoveryMetrics {
+                age: metrics.recovery_point_age.clone(),
+                restore_seconds: metrics.recovery_restore_seconds.clone(),
+                verified_ok: verified("ok"),
+                verified_damaged: verified("damaged"),
+                damaged: metrics.recovery_points_damaged.clone(),
+            },
         })
     }
 
@@ -76,60 +129,151 @@ impl Snapshotter {
         self.settings().ok_or(RecoveryError::NotConfigured)
     }
 
-    /// Puts the newest usable recovery point back into the caches (which must exist); damaged
-    /// points are logged and skipped for older ones.
+    /// At start: removes temporary files a crash left, then puts back the point named in
+    /// [`RESTORE_TO`] (if an operator asked for one; the request is then consumed) or else the
+    /// newest usable one. Damaged points are logged, counted and skipped.
     pub async fn restore(&self) -> Result<Option<Restored>, RecoveryError> {
+        let settings = self.require()?;
+        let dir = settings.dir.clone();
+        let asked = blocking({
+            let dir = dir.clone();
+            move || {
+                let cleaned = snapshot::clean_temporary(&dir)?;
+                if cleaned > 0 {
+                    info!(dir = %dir.display(), files = cleaned, "removed temporary files left by an interrupted write");
+                }
+                Ok(std::fs::read_to_string(dir.join(RESTORE_TO))
+                    .ok()
+                    .map(|s| s.trim().to_string()))
+            }
+        })
+        .await?;
+        let restored = match self.restore_point(asked.as_deref(), false).await {
+            Err(RecoveryError::Snapshot(e @ SnapshotError::NotFound { .. })) => {
+                error!(error = %e, "the recovery point asked for with `streamgate snapshot restore --to` is not there; restoring the newest instead");
+                self.restore_point(None, false).await
+            }
+            other => other,
+        };
+        if asked.is_some() {
+            let _ = std::fs::remove_file(dir.join(RESTORE_TO));
+        }
+        if let Ok(None) = &restored {
+            info!(dir = %dir.display(), "no recovery point to restore; the cache starts empty");
+        }
+        restored
+    }
+
+    /// Puts the point named `target` (else the newest usable one) back into the caches, which
+    /// are emptied first when `replace` (a running daemon going back to a point).
+    pub async fn restore_point(
+        &self,
+        target: Option<&str>,
+        replace: bool,
+    ) -> Result<Option<Restored>, RecoveryError> {
         let settings = self.require()?;
         let caches = self.caches.clone();
         let dir = settings.dir.clone();
-        let mut newest = self.newest.lock().await;
-        let started = Instant::now();
+        let target = target.map(str::to_string);
+        let mut writer = self.writer.lock().await;
+        let damaged = self.metrics.damaged.clone();
         let restored = blocking(move || {
-            snapshot::restore(&caches, &dir, |damaged| {
-                warn!(error = %damaged, "skipping a damaged recovery point; trying an older one");
+            if replace {
+                // Only once the point is known to exist: a typo must not empty the cache.
+                let points = snapshot::list(&dir)?;
+                if let Some(name) = &target
+                    && !points.iter().any(|p| p.is_named(name))
+                {
+                    return Err(SnapshotError::NotFound {
+                        dir: dir.clone(),
+                        name: name.clone(),
+                    });
+                }
+                caches.purge(&crate::Purge::All, None);
+            }
+            snapshot::restore(&caches, &dir, target.as_deref(), |e| {
+                damaged.inc();
+                warn!(error = %e, "skipping a damaged recovery point; trying an older one");
             })
         })
         .await?;
-        match &restored {
-            Some(r) => {
-                *newest = Some(r.point.created);
-                info!(
-                    file = %r.point.path.display(),
-                    objects = r.restored,
-                    expired = r.expired,
-                    unclaimed = r.unclaimed,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "cache restored from a recovery point"
-                );
-            }
-            None => {
-                info!(dir = %settings.dir.display(), "no recovery point to restore; the cache starts empty");
-            }
+        if let Some(r) = &restored {
+            writer.newest = Some(r.point.created);
+            // The next point is full: what expired during the restore is not in `seen`.
+            writer.chain = None;
+            writer.seen.clear();
+            self.metrics.restore_seconds.set(r.took.as_secs_f64());
+            info!(
+                point = %r.point.name(),
+                chain = r.chain,
+                objects = r.restored,
+                expired = r.expired,
+                unclaimed = r.unclaimed,
+                damaged = r.damaged,
+                bytes = r.bytes,
+                took_ms = r.took.as_millis() as u64,
+                "cache restored from a recovery point"
+            );
         }
-        drop(newest);
+        drop(writer);
         self.refresh_age().await;
         Ok(restored)
     }
 
-    /// Writes a recovery point now.
+    /// Writes a recovery point now: an increment on the chain this daemon writes, or a full
+    /// point when there is none or it has grown past the thresholds; then applies retention
+    /// and verifies the new point in the background.
     pub async fn take(&self) -> Result<RecoveryPoint, RecoveryError> {
         let settings = self.require()?;
-        let mut newest = self.newest.lock().await;
+        let mut writer = self.writer.lock().await;
         let caches = self.caches.clone();
         let started = Instant::now();
-        let point =
-            blocking(move || snapshot::write(&caches, &settings.dir, settings.keep.get())).await?;
-        *newest = Some(point.created);
-        drop(newest);
+        let chain = writer.chain.take();
+        let seen = std::mem::take(&mut writer.seen);
+        let s = settings.clone();
+        let written = blocking(move || write_point(&caches, &s, chain, seen)).await;
+        let (point, chain, seen, removed) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // `seen` went with the failed write: the next point starts a chain afresh.
+                drop(writer);
+                return Err(e);
+            }
+        };
+        writer.newest = Some(point.created);
+        writer.chain = Some(chain);
+        writer.seen = seen;
+        drop(writer);
         info!(
             file = %point.path.display(),
-            objects = point.records,
+            kind = point.kind().as_str(),
+            records = point.records,
             bytes = point.bytes,
+            deleted = removed,
             took_ms = started.elapsed().as_millis() as u64,
             "recovery point written"
         );
+        self.verify_in_background(point.clone());
         self.refresh_age().await;
         Ok(point)
+    }
+
+    /// Re-reads a point just written, whole, off the runtime: what is on disk is what a
+    /// restore will find (`recovery_point_verified{result}`).
+    fn verify_in_background(&self, point: RecoveryPoint) {
+        let m = self.metrics.clone();
+        tokio::task::spawn_blocking(move || match snapshot::verify(&point.path) {
+            Ok(_) => {
+                m.verified_ok.set(1);
+                m.verified_damaged.set(0);
+            }
+            Err(e) => {
+                m.verified_ok.set(0);
+                m.verified_damaged.set(1);
+                m.damaged.inc();
+                error!(error = %e, "a recovery point just written does not read back; check the disk");
+            }
+        });
     }
 
     /// The recovery points on disk, newest first.
@@ -146,13 +290,13 @@ impl Snapshotter {
         let age = match self.settings() {
             None => Duration::ZERO,
             Some(_) => {
-                let since = self.newest.lock().await.unwrap_or(self.started);
+                let since = self.writer.lock().await.newest.unwrap_or(self.started);
                 SystemTime::now()
                     .duration_since(since)
                     .unwrap_or(Duration::ZERO)
             }
         };
-        self.age.set(age.as_secs_f64());
+        self.metrics.age.set(age.as_secs_f64());
     }
 
     /// Writes a point every interval (the first one interval after start) while the
@@ -186,4 +330,63 @@ impl Snapshotter {
             }
         });
     }
+}
+
+/// Blocking: gathers every object, writes the next point, applies retention. Returns the point,
+/// the chain it extends (or starts), what it saw, and how many old points retention deleted.
+fn write_point(
+    caches: &CacheRegistry,
+    settings: &Snapshots,
+    chain: Option<ChainState>,
+    seen: Seen,
+) -> Result<(RecoveryPoint, ChainState, Seen, usize), SnapshotError> {
+    let mut objects: Vec<(Arc<str>, Arc<str>, Entry)> = Vec::new();
+    for (service, cache) in caches.services() {
+        let service: Arc<str> = service.into();
+        for (key, entry) in cache.entries() {
+            objects.push((service.clone(), key, entry));
+        }
+    }
+    // A chain whose newest point is gone (deleted by hand, or by a retention an older daemon
+    // applied) cannot be extended.
+    let chain = chain.filter(|c| c.last.path.exists());
+    let thresholds = Thresholds {
+        max_increments: settings.max_increments,
+        increment_share: settings.increment_share,
+    };
+    let kind = snapshot::next_kind(chain.as_ref(), thresholds);
+    let mut now_seen: Seen = HashMap::with_capacity(objects.len());
+    let mut records = Vec::new();
+    for (service, key, entry) in &objects {
+        let fp = fingerprint(entry);
+        let id = (service.clone(), key.clone());
+        if kind == Kind::Full || seen.get(&id) != Some(&fp) {
+            records.push(ToWrite::Put {
+                service,
+                key,
+                variants: entry.as_slice(),
+            });
+        }
+        now_seen.insert(id, fp);
+    }
+    if kind == Kind::Increment {
+        for (service, key) in seen.keys() {
+            if !now_seen.contains_key(&(service.clone(), key.clone())) {
+                records.push(ToWrite::Remove { service, key });
+            }
+        }
+    }
+    let parent = match kind {
+        Kind::Full => None,
+        Kind::Increment => chain.as_ref().map(|c| &c.last),
+    };
+    let point = snapshot::write(&settings.dir, parent, &records, objects.len() as u64)?;
+    let chain = ChainState::after(chain.as_ref().filter(|_| kind == Kind::Increment), &point);
+    let removed = snapshot::apply_retention(
+        &settings.dir,
+        settings.keep.get(),
+        settings.max_age,
+        SystemTime::now(),
+    )?;
+    Ok((point, chain, now_seen, removed.len()))
 }

@@ -120,13 +120,21 @@ impl Default for AccessLog {
 }
 
 /// `[snapshots]`: cache recovery points written to disk and restored on start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Snapshots {
     pub dir: PathBuf,
     /// Time between recovery points (one is also written on a graceful stop).
     pub interval: Duration,
-    /// Recovery points kept; older ones are deleted after a new one is written.
+    /// Recovery points kept; older ones are deleted after a new one is written (never one a
+    /// kept increment builds on).
     pub keep: NonZeroUsize,
+    /// Points older than this are deleted too (the newest point and its chain always stay).
+    pub max_age: Option<Duration>,
+    /// Increments written after a full point before the next full point (0: every point full).
+    pub max_increments: u32,
+    /// The increments' total size, as a share of their full point's, past which the next point
+    /// is full.
+    pub increment_share: f64,
 }
 
 /// The fields an access log line carries, in order; a template may use any as `$name`.

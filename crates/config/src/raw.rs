@@ -83,6 +83,9 @@ pub(crate) struct RawSnapshots {
     pub dir: S<String>,
     pub interval: Option<S<String>>,
     pub keep: Option<S<i64>>,
+    pub max_age: Option<S<String>>,
+    pub max_increments: Option<S<i64>>,
+    pub increment_share: Option<S<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

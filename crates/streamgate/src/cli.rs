@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::snapshot_cli::SnapshotCommand;
 use crate::{Daemon, demo};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -55,13 +56,6 @@ enum Command {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum SnapshotCommand {
-    /// Read recovery points whole and check every checksum: one file, or every point in a
-    /// directory. Exit 0 if all are intact, 1 otherwise.
-    Verify { path: PathBuf },
-}
-
 /// Runs the command line with the process arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -75,9 +69,7 @@ pub fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Check { config } => return check(&config),
-        Command::Snapshot {
-            command: SnapshotCommand::Verify { path },
-        } => return verify_snapshots(&path),
+        Command::Snapshot { command } => return crate::snapshot_cli::run(command),
         Command::Run { config } => load(&config).and_then(|c| run_daemon(c, None)),
         Command::Demo { config } => {
             let path = config.unwrap_or_else(demo::default_config_path);
@@ -116,56 +108,6 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[allow(clippy::print_stdout)]
-fn verify_snapshots(path: &Path) -> ExitCode {
-    use streamgate_cache::snapshot;
-    let files = if path.is_dir() {
-        match snapshot::files(path) {
-            Ok(f) if f.is_empty() => {
-                eprintln!(
-                    "{}: no recovery points (streamgate-*.snap) here",
-                    path.display()
-                );
-                return ExitCode::FAILURE;
-            }
-            Ok(f) => f,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        vec![path.to_path_buf()]
-    };
-    let mut ok = true;
-    for f in files {
-        let mut variants = 0;
-        match snapshot::read_each(&f, |r| variants += r.variants.len()) {
-            Ok(point) => {
-                let created = point
-                    .created
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                println!(
-                    "{}: OK ({} URLs, {variants} objects, {} bytes, created at unix time {created})",
-                    f.display(),
-                    point.records,
-                    point.bytes
-                );
-            }
-            Err(e) => {
-                ok = false;
-                eprintln!("{e}");
-            }
-        }
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
     }
 }
 

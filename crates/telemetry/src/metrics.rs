@@ -111,6 +111,13 @@ pub struct Metrics {
     pub cache_fills_dropped: IntCounterVec,
     /// `recovery_point_age_seconds`
     pub recovery_point_age: Gauge,
+    /// `recovery_restore_seconds`: how long the last restore took (the recovery time).
+    pub recovery_restore_seconds: Gauge,
+    /// `recovery_point_verified{result}`: 1 for the outcome of re-reading the newest point
+    /// written (`ok`, `damaged`), 0 for the other.
+    pub recovery_point_verified: IntGaugeVec,
+    /// `recovery_points_damaged_total`: points found damaged (at restore or re-read).
+    pub recovery_points_damaged: IntCounter,
 }
 
 impl Metrics {
@@ -248,6 +255,22 @@ impl Metrics {
                 r,
                 "recovery_point_age_seconds",
                 "Age of the newest verified recovery point (snapshot)",
+            ),
+            recovery_restore_seconds: gauge(
+                r,
+                "recovery_restore_seconds",
+                "How long the last restore of a recovery point took (the recovery time)",
+            ),
+            recovery_point_verified: gauge_vec(
+                r,
+                "recovery_point_verified",
+                "Re-reading the newest recovery point written: 1 for its outcome (ok, damaged)",
+                &["result"],
+            ),
+            recovery_points_damaged: int_counter(
+                r,
+                "recovery_points_damaged_total",
+                "Recovery points found damaged (at restore, or re-read after writing)",
             ),
             registry,
         }

@@ -345,10 +345,35 @@ fn snapshots(raw: &RawSnapshots, ctx: &mut Ctx<'_>) -> Snapshots {
         .and_then(|k| ctx.int_in(k, "snapshots.keep", 1, 10_000))
         .and_then(|n| NonZeroUsize::new(n as usize))
         .unwrap_or(NonZeroUsize::MIN.saturating_add(11));
+    let max_age = raw
+        .max_age
+        .as_ref()
+        .map(|v| ctx.duration(&Some(v.clone()), "snapshots.max_age", Duration::ZERO))
+        .filter(|d| !d.is_zero());
+    let max_increments = raw
+        .max_increments
+        .as_ref()
+        .and_then(|k| ctx.int_in(k, "snapshots.max_increments", 0, 10_000))
+        .map_or(23, |n| n as u32);
+    let increment_share = match &raw.increment_share {
+        None => 0.5,
+        Some(v) if (0.0..=100.0).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            ctx.err(
+                v.span(),
+                "snapshots.increment_share",
+                format!("{} is out of range; expected 0.0 to 100.0 (0.5: the increments may grow to half the full point)", v.get_ref()),
+            );
+            0.5
+        }
+    };
     Snapshots {
         dir,
         interval,
         keep,
+        max_age,
+        max_increments,
+        increment_share,
     }
 }
 

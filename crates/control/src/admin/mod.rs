@@ -305,6 +305,7 @@ async fn handle(
         (&Method::POST, ["cache", "prefetch"]) => prefetch::prefetch(control, &body).await,
         (&Method::GET, ["snapshots"]) => snapshots::list(control).await,
         (&Method::POST, ["snapshots"]) => snapshots::create(control).await,
+        (&Method::POST, ["snapshots", "restore"]) => snapshots::restore(control, &body).await,
         (
             _,
             [

@@ -98,6 +98,17 @@ pub fn region(body: &[u8]) -> Result<String, Refused> {
         .ok_or_else(|| bad("expected {\"region\": \"name\"}"))
 }
 
+/// `{"point": "streamgate-….snap"}` of `POST /snapshots/restore`: the point's file name or its
+/// creation time in unix ms.
+pub fn point(body: &[u8]) -> Result<String, Refused> {
+    let v = json(body)?;
+    v.get("point")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| bad("expected {\"point\": \"streamgate-….snap\"} (see GET /snapshots)"))
+}
+
 /// `{"urls": ["http://host/path", ...]}` of `POST /cache/prefetch`. An entry that is not a
 /// string is kept as "" so that its place in the answer reports it.
 pub fn prefetch_urls(body: &[u8]) -> Result<Vec<String>, Refused> {
@@ -129,6 +140,7 @@ pub fn parse_all(data: &[u8]) {
         backend_address(data).is_ok(),
         region(data).is_ok(),
         prefetch_urls(data).is_ok(),
+        point(data).is_ok(),
     ];
     for (i, ok) in accepted.into_iter().enumerate() {
         assert!(
