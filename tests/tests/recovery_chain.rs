@@ -1,0 +1,333 @@
+//! Incremental recovery points end to end: the real binary writes a full point and increments,
+//! is killed with SIGKILL or stopped, and the next start restores exactly what was alive at the
+//! newest point; `streamgate snapshot restore --to` goes back to an older point (at the next
+//! start, or at once through the admin API); `snapshot drill` and `list` find damage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use streamgate_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
+
+/// A config whose admin API is on a fixed free port, so the command line can reach it too.
+fn config(origin: &Origin, snapshots: &Path) -> String {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!(
+        r#"
+[admin]
+listen = "{admin}"
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:0"
+
+[[regions]]
+name = "origin"
+backends = {}
+
+[[services]]
+name = "cdn"
+listeners = ["web"]
+hosts = ["cdn.example.com"]
+regions = ["origin"]
+
+[services.cache]
+max_size = "64MiB"
+purge_from = ["127.0.0.1/32"]
+
+[snapshots]
+dir = "{}"
+interval = "1h"
+"#,
+        backends(&[(origin, 1)]),
+        snapshots.display()
+    )
+}
+
+fn path(i: usize) -> String {
+    format!("/c/obj{i}?cc=max-age%3D600")
+}
+
+async fn x_cache(d: &DaemonProcess, p: &str) -> String {
+    let a = get(
+        &http1(),
+        &format!("http://{}{p}", d.addr("web")),
+        &[("host", "cdn.example.com")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{p}");
+    a.header("x-cache").unwrap_or("-").to_string()
+}
+
+async fn admin(d: &DaemonProcess, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
+    let body = if body.is_null() {
+        bytes::Bytes::new()
+    } else {
+        bytes::Bytes::from(body.to_string())
+    };
+    let a = send(
+        &http1(),
+        method,
+        &format!("http://{}{path}", d.addr("admin")),
+        &[],
+        body,
+    )
+    .await
+    .unwrap();
+    (
+        a.status,
+        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
+    )
+}
+
+fn cli(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .arg("snapshot")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_after_increments_restores_exactly_what_was_alive() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let first = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    for i in 0..10 {
+        assert_eq!(x_cache(&first, &path(i)).await, "MISS");
+    }
+    let (status, full) = admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    assert_eq!(status, StatusCode::CREATED, "{full}");
+    assert_eq!(
+        (full["kind"].as_str(), full["objects"].as_u64()),
+        (Some("full"), Some(10))
+    );
+    // Five added, two purged: the increment holds seven records.
+    for i in 10..15 {
+        x_cache(&first, &path(i)).await;
+    }
+    for i in [3, 4] {
+        let url = format!("http://cdn.example.com{}", path(i));
+        let (s, r) = admin(&first, Method::POST, "/cache/purge", json!({ "url": url })).await;
+        assert_eq!((s, r["purged"].as_u64()), (StatusCode::OK, Some(1)), "{r}");
+    }
+    let (_, inc) = admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    assert_eq!(inc["kind"], "increment", "{inc}");
+    assert_eq!(
+        (inc["records"].as_u64(), inc["objects"].as_u64()),
+        (Some(7), Some(13))
+    );
+    assert!(
+        inc["bytes"].as_u64() < full["bytes"].as_u64(),
+        "{inc} {full}"
+    );
+    // One more change after the last point: lost by the kill (the recovery point objective).
+    x_cache(&first, &path(99)).await;
+    first.signal("KILL");
+    drop(first);
+
+    let hits = origin.hits();
+    let second = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    for i in (0..15).filter(|i| ![3, 4].contains(i)) {
+        assert_eq!(x_cache(&second, &path(i)).await, "HIT", "{}", path(i));
+    }
+    assert_eq!(origin.hits(), hits, "thirteen hits, no origin request");
+    for i in [3, 4, 99] {
+        assert_eq!(x_cache(&second, &path(i)).await, "MISS", "{}", path(i));
+    }
+    let restored = second
+        .log_json()
+        .into_iter()
+        .find(|l| l["message"] == "cache restored from a recovery point")
+        .expect("the start logs the restore");
+    assert_eq!(
+        (restored["chain"].as_u64(), restored["objects"].as_u64()),
+        (Some(2), Some(13))
+    );
+    let metrics = get(
+        &http1(),
+        &format!("http://{}/metrics", second.addr("admin")),
+        &[],
+    )
+    .await
+    .unwrap()
+    .text();
+    let took = metric(&metrics, "streamgate_recovery_restore_seconds").expect("restore time");
+    assert!(took > 0.0 && took < 10.0, "{took}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_stop_writes_a_final_increment_and_loses_nothing() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let mut first = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    for i in 0..5 {
+        x_cache(&first, &path(i)).await;
+    }
+    admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    for i in 5..8 {
+        x_cache(&first, &path(i)).await;
+    }
+    // The point just written is read back in the background.
+    let admin_addr = first.addr("admin");
+    let verified = eventually(std::time::Duration::from_secs(5), || {
+        let m = std::process::Command::new("curl")
+            .args(["-s", &format!("http://{admin_addr}/metrics")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        metric(&m, "streamgate_recovery_point_verified{result=\"ok\"}") == Some(1.0)
+    })
+    .await;
+    assert!(
+        verified,
+        "recovery_point_verified{{result=\"ok\"}} 1 after a write"
+    );
+    first.signal("TERM");
+    assert!(
+        first
+            .wait_exit(std::time::Duration::from_secs(20))
+            .is_some()
+    );
+    let (cfg_dir, cfg) = write_config(&text_cfg);
+    let listed = cli(&["list"], &cfg);
+    let out = text(&listed);
+    assert!(listed.status.success(), "{out}");
+    assert!(
+        out.contains("full") && out.contains("increment") && out.contains("intact"),
+        "{out}"
+    );
+
+    let hits = origin.hits();
+    let second = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    for i in 0..8 {
+        assert_eq!(x_cache(&second, &path(i)).await, "HIT", "{}", path(i));
+    }
+    assert_eq!(origin.hits(), hits);
+    drop(cfg_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_to_an_older_point_at_the_next_start_or_at_once() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let first = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    x_cache(&first, &path(1)).await;
+    let made = cli(&["create"], &first.config_path);
+    assert!(made.status.success(), "{}", text(&made));
+    let older: Value = serde_json::from_slice(&made.stdout).unwrap();
+    x_cache(&first, &path(2)).await;
+    admin(&first, Method::POST, "/snapshots", Value::Null).await;
+
+    // At once, in the running daemon: the cache becomes the older point.
+    let now = cli(
+        &["restore", "--now", "--to", older["file"].as_str().unwrap()],
+        &first.config_path,
+    );
+    assert!(now.status.success(), "{}", text(&now));
+    assert_eq!(x_cache(&first, &path(1)).await, "HIT");
+    assert_eq!(
+        x_cache(&first, &path(2)).await,
+        "MISS",
+        "newer than the point"
+    );
+    let typo = cli(
+        &["restore", "--now", "--to", "streamgate-0.snap"],
+        &first.config_path,
+    );
+    assert!(!typo.status.success());
+    assert!(
+        text(&typo).contains("no recovery point streamgate-0.snap"),
+        "{}",
+        text(&typo)
+    );
+    assert_eq!(
+        x_cache(&first, &path(1)).await,
+        "HIT",
+        "a typo empties nothing"
+    );
+    // The newest point holds both objects: write it, then ask for the older one at the next start.
+    admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    first.signal("KILL");
+    drop(first);
+    let (_keep, cfg) = write_config(&text_cfg);
+    let later = cli(&["restore", "--to", older["file"].as_str().unwrap()], &cfg);
+    assert!(later.status.success(), "{}", text(&later));
+    let second = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    assert_eq!(x_cache(&second, &path(1)).await, "HIT");
+    assert_eq!(
+        x_cache(&second, &path(2)).await,
+        "MISS",
+        "the older point was restored"
+    );
+    assert!(
+        !snaps.path().join("restore-to").exists(),
+        "the request is consumed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_passes_then_fails_on_a_flipped_byte() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let d = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    for i in 0..4 {
+        x_cache(&d, &path(i)).await;
+    }
+    admin(&d, Method::POST, "/snapshots", Value::Null).await;
+    x_cache(&d, &path(4)).await;
+    let (_, newest) = admin(&d, Method::POST, "/snapshots", Value::Null).await;
+    let cfg = d.config_path.clone();
+    let ok = cli(&["drill"], &cfg);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(
+        text(&ok).contains("5 objects") && text(&ok).contains("drill passed"),
+        "{}",
+        text(&ok)
+    );
+
+    let file = snaps.path().join(newest["file"].as_str().unwrap());
+    let mut raw = std::fs::read(&file).unwrap();
+    let at = raw.len() - 2;
+    raw[at] ^= 0x01;
+    std::fs::write(&file, raw).unwrap();
+    let bad = cli(&["drill"], &cfg);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(
+        text(&bad).contains("DAMAGED") && text(&bad).contains("checksum"),
+        "{}",
+        text(&bad)
+    );
+    // What still restores is the chain up to the damage: the full point's four objects.
+    assert!(text(&bad).contains("4 objects"), "{}", text(&bad));
+    let listed = cli(&["list"], &cfg);
+    assert_eq!(listed.status.code(), Some(1));
+    assert!(text(&listed).contains("DAMAGED"), "{}", text(&listed));
+}
