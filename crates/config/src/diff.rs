@@ -15,6 +15,8 @@ pub struct ConfigDiff {
     pub regions_removed: Vec<String>,
     pub backends_added: Vec<(String, SocketAddr)>,
     pub backends_removed: Vec<(String, SocketAddr)>,
+    /// Regions whose backend set changed (new regions included): a deployment to them.
+    pub regions_deployed: Vec<String>,
     /// Settings a reload cannot apply; they take effect at the next restart.
     pub needs_restart: Vec<String>,
 }
@@ -55,6 +57,15 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let (ob, nb) = (backends(old), backends(new));
     d.backends_added = nb.difference(&ob).cloned().collect();
     d.backends_removed = ob.difference(&nb).cloned().collect();
+    let deployed: BTreeSet<String> = d
+        .regions_added
+        .iter()
+        .cloned()
+        .chain(d.backends_added.iter().map(|(r, _)| r.clone()))
+        .chain(d.backends_removed.iter().map(|(r, _)| r.clone()))
+        .filter(|r| new_r.contains(r))
+        .collect();
+    d.regions_deployed = deployed.into_iter().collect();
 
     if old.runtime.workers != new.runtime.workers {
         d.needs_restart.push("runtime.workers".into());
@@ -104,4 +115,74 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         }
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(regions: &[(&str, &[&str])]) -> Config {
+        let mut text = String::from("[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n");
+        for (name, backends) in regions {
+            let list: Vec<String> = backends
+                .iter()
+                .map(|b| format!("{{ address = \"{b}\" }}"))
+                .collect();
+            text.push_str(&format!(
+                "[[regions]]\nname = \"{name}\"\nbackends = [{}]\n",
+                list.join(", ")
+            ));
+        }
+        let names: Vec<String> = regions.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        text.push_str(&format!(
+            "[[services]]\nname = \"s\"\nlisteners = [\"web\"]\nregions = [{}]\n",
+            names.join(", ")
+        ));
+        crate::parse(std::path::Path::new("t.toml"), &text).unwrap()
+    }
+
+    #[test]
+    fn deployments_are_regions_whose_backend_set_changed() {
+        const A: &[&str] = &["10.0.0.1:80"];
+        const AB: &[&str] = &["10.0.0.1:80", "10.0.0.2:80"];
+        const B: &[&str] = &["10.0.0.2:80"];
+        const C: &[&str] = &["10.0.0.3:80"];
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a [&'a str])>,
+            Vec<(&'a str, &'a [&'a str])>,
+            &'a [&'a str],
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("nothing changed", vec![("eu", A)], vec![("eu", A)], &[]),
+            (
+                "a backend added",
+                vec![("eu", A)],
+                vec![("eu", AB)],
+                &["eu"],
+            ),
+            (
+                "a backend replaced",
+                vec![("eu", A), ("us", C)],
+                vec![("eu", B), ("us", C)],
+                &["eu"],
+            ),
+            (
+                "a new region",
+                vec![("eu", A)],
+                vec![("eu", A), ("us", C)],
+                &["us"],
+            ),
+            (
+                "a region removed is not a deployment",
+                vec![("eu", A), ("us", C)],
+                vec![("eu", A)],
+                &[],
+            ),
+        ];
+        for (name, old, new, want) in cases {
+            let d = diff(&config(&old), &config(&new));
+            assert_eq!(d.regions_deployed, want.to_vec(), "{name}");
+        }
+    }
 }

@@ -134,6 +134,13 @@ impl Control {
             .unwrap_or_else(|e| e.into_inner())
             .reconcile(&table);
         self.changed.notify_one();
+        self.metrics.declare(&table.config);
+        for region in &changes.regions_deployed {
+            self.metrics
+                .regional_deployments
+                .with_label_values(&[region])
+                .inc();
+        }
         self.metrics
             .config_reloads
             .with_label_values(&["success"])

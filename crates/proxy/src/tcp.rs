@@ -5,12 +5,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use streamgate_balance::{ClientFacts, GeoHandle, Lease, Outcome, Pick, TableHandle};
 use streamgate_config::{RegionPolicy, SendProxy};
-use streamgate_telemetry::Metrics;
+use streamgate_telemetry::access_log::{AccessLog, AccessRecord};
+use streamgate_telemetry::prometheus::IntCounter;
+use streamgate_telemetry::{Metrics, code_class_index};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -22,7 +24,7 @@ use crate::http::ListenerLimits;
 use crate::io::Prefixed;
 use crate::proxy_protocol;
 use crate::sni::{MAX_HELLO, Sni, client_hello_sni};
-use crate::tunnel::{Ended, TunnelMetrics, relay};
+use crate::tunnel::{Ended, TunnelMetrics, relay_counted};
 
 /// Most backends one connection tries when connecting fails.
 const MAX_TRIES: usize = 8;
@@ -41,6 +43,7 @@ pub struct TcpProxy {
     tunnels: TunnelMetrics,
     limited: crate::limits::LimitedCounters,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
+    access_log: crate::http::AccessLogHandle,
 }
 
 impl TcpProxy {
@@ -63,6 +66,7 @@ impl TcpProxy {
             per_client: limits
                 .max_connections_per_client
                 .map(|n| (n, Arc::default())),
+            access_log: shared.access_log.clone(),
         })
     }
 }
@@ -115,25 +119,31 @@ impl TcpProxy {
             },
             None => None,
         };
+        // From here on every connection gets its access-log line and its count, however it ends.
+        let mut log = ConnectionLog::new(self, client);
         let mut prefix = BytesMut::from(&rest[..]);
         let name = if self.passthrough {
             match read_sni(&mut stream, &mut prefix, timeouts.request_header).await {
                 Ok(name) => name,
                 Err(why) => {
                     warn!(listener = %self.listener, peer = %client, reason = why, "no usable ClientHello; connection closed");
+                    log.status = 400;
                     return;
                 }
             }
         } else {
             None
         };
+        log.record.host = name.clone().unwrap_or_default();
         let service = match table.route(&self.listener, name.as_deref().unwrap_or(""), "/") {
             Ok(s) => s,
             Err(_) => {
                 warn!(listener = %self.listener, peer = %client, sni = ?name, "no service for this connection; closed");
+                log.status = 404;
                 return;
             }
         };
+        log.record.service = Some(service.name.clone());
         let mut facts = ClientFacts {
             ip: Some(client.ip()),
             geo: None,
@@ -143,9 +153,15 @@ impl TcpProxy {
         {
             facts.geo = db.lookup(client.ip());
         }
-        let Some((mut backend, lease)) = self.connect(service, &facts, timeouts.connect).await
-        else {
-            return;
+        let (mut backend, lease) = match self
+            .connect(service, &facts, timeouts.connect, &mut log)
+            .await
+        {
+            Ok(c) => c,
+            Err(status) => {
+                log.status = status;
+                return;
+            }
         };
         let local = stream.local_addr().unwrap_or(peer);
         let header = match service.spec.upstream.send_proxy {
@@ -157,10 +173,14 @@ impl TcpProxy {
             && let Err(e) = backend.write_all(&h).await
         {
             warn!(service = %service.name, error = %e, "could not send the PROXY header");
+            log.status = 502;
             return;
         }
         let client = Prefixed::new(prefix.freeze(), stream);
-        match relay(client, backend, timeouts.tunnel_idle, &self.tunnels).await {
+        let relayed = relay_counted(client, backend, timeouts.tunnel_idle, &self.tunnels).await;
+        (log.record.bytes_in, log.record.bytes_out) = (relayed.up, relayed.down);
+        log.status = 200;
+        match relayed.ended {
             Ended::Closed { up, down } => {
                 debug!(service = %service.name, up, down, "connection done");
             }
@@ -175,19 +195,24 @@ impl TcpProxy {
     }
 
     /// Connects to a backend picked for `facts`, trying others when connecting fails.
+    /// `Err`: the status logged (503 no usable backend, 502 every connect failed).
     async fn connect(
         &self,
         service: &streamgate_balance::Service,
         facts: &ClientFacts,
         timeout: Duration,
-    ) -> Option<(TcpStream, Lease)> {
+        log: &mut ConnectionLog,
+    ) -> Result<(TcpStream, Lease), u16> {
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             let Some(pick): Option<Pick<'_>> = service.pick(facts, &tried) else {
                 warn!(service = %service.name, tried = tried.len(), "no usable backend for the connection; closed");
-                return None;
+                return Err(if tried.is_empty() { 503 } else { 502 });
             };
             tried.push(pick.backend.address);
+            log.record.region = Some(pick.region.name.clone());
+            log.record.backend = Some(pick.backend.address);
+            log.counts = Some(pick.region.metrics.requests.clone());
             let lease = Lease::new(pick.backend.state.clone());
             match tokio::time::timeout(timeout, TcpStream::connect(pick.backend.address)).await {
                 Ok(Ok(s)) => {
@@ -197,7 +222,7 @@ impl TcpProxy {
                         .state
                         .record_outcome(Outcome::Success, &service.spec.outlier);
                     pick.region.metrics.routing[pick.reason.index()].inc();
-                    return Some((s, lease));
+                    return Ok((s, lease));
                 }
                 failed => {
                     let why = match failed {
@@ -218,10 +243,67 @@ impl TcpProxy {
                         .inc();
                     warn!(service = %service.name, region = %pick.region.name, backend = %pick.backend.address, error = %why, "backend connect failed");
                     if tried.len() >= MAX_TRIES {
-                        return None;
+                        return Err(502);
                     }
                 }
             }
+        }
+    }
+}
+
+/// One L4 connection's access-log line and its count in
+/// `global_load_balancer_requests_total`, written when the connection ends, however it ends.
+/// The status follows nginx's stream module: 200 relayed, 400 no usable ClientHello, 404 no
+/// service for the name, 502 no backend accepted the connection, 503 no usable backend.
+struct ConnectionLog {
+    record: AccessRecord,
+    started: Instant,
+    status: u16,
+    /// The picked region's request counters.
+    counts: Option<[IntCounter; 5]>,
+    log: Option<Arc<AccessLog>>,
+}
+
+impl ConnectionLog {
+    fn new(proxy: &TcpProxy, client: SocketAddr) -> ConnectionLog {
+        ConnectionLog {
+            record: AccessRecord {
+                time: SystemTime::now(),
+                listener: proxy.listener.clone(),
+                client: client.ip().to_canonical(),
+                protocol: if proxy.passthrough { "TLS" } else { "TCP" },
+                method: "-".into(),
+                host: String::new(),
+                path: String::new(),
+                status: 0,
+                bytes_in: 0,
+                bytes_out: 0,
+                duration: Duration::ZERO,
+                service: None,
+                region: None,
+                backend: None,
+                cache: None,
+                retries: 0,
+            },
+            started: Instant::now(),
+            // A connection dropped before it reached a decision (shutdown) was cut short.
+            status: 499,
+            counts: None,
+            log: proxy.access_log.load_full(),
+        }
+    }
+}
+
+impl Drop for ConnectionLog {
+    fn drop(&mut self) {
+        if let Some(c) = &self.counts {
+            c[code_class_index(self.status)].inc();
+        }
+        if let Some(log) = &self.log {
+            let mut record = self.record.clone();
+            record.status = self.status;
+            record.duration = self.started.elapsed();
+            log.log(record);
         }
     }
 }

@@ -61,6 +61,30 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    relay_counted(client, backend, idle, metrics).await.ended
+}
+
+/// How a tunnel ended and the bytes it moved each way, whatever the ending (for the access log).
+#[derive(Debug)]
+pub struct Relayed {
+    pub ended: Ended,
+    /// Client -> backend.
+    pub up: u64,
+    /// Backend -> client.
+    pub down: u64,
+}
+
+/// [`relay`], counting the bytes written to each side.
+pub async fn relay_counted<C, B>(
+    client: C,
+    backend: B,
+    idle: Duration,
+    metrics: &TunnelMetrics,
+) -> Relayed
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
     metrics.total.inc();
     metrics.active.inc();
     let _open = Open(metrics.active.clone());
@@ -68,18 +92,25 @@ where
     let mut a = Tracked {
         inner: client,
         activity: activity.clone(),
+        written: 0,
     };
     let mut b = Tracked {
         inner: backend,
         activity: activity.clone(),
+        written: 0,
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
-    tokio::select! {
+    let ended = tokio::select! {
         r = copy => match r {
             Ok((up, down)) => Ended::Closed { up, down },
             Err(e) => Ended::Failed(e),
         },
         () = quiet_for(activity, idle) => Ended::Idle,
+    };
+    Relayed {
+        ended,
+        up: b.written,
+        down: a.written,
     }
 }
 
@@ -103,6 +134,8 @@ async fn quiet_for(activity: Arc<AtomicU64>, idle: Duration) {
 struct Tracked<T> {
     inner: T,
     activity: Arc<AtomicU64>,
+    /// Bytes written to this side.
+    written: u64,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -129,7 +162,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            this.written += n as u64;
             this.activity.store(now_nanos(), Relaxed);
         }
         r

@@ -62,6 +62,14 @@ impl Daemon {
             );
             geo.store(Some(Arc::new(db)));
         }
+        metrics.declare(&config);
+        // The first version applied deploys every region's backends.
+        for r in &config.regions {
+            metrics
+                .regional_deployments
+                .with_label_values(&[&r.name])
+                .inc();
+        }
         let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
             config.clone(),
             None,

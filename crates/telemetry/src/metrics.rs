@@ -96,6 +96,9 @@ pub struct Metrics {
     pub limited: IntCounterVec,
     /// `config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
+    /// `regional_deployments_total{region}`: config versions applied (at start or by a
+    /// reload) that changed the region's backend set.
+    pub regional_deployments: IntCounterVec,
     /// `config_last_reload_success_timestamp_seconds`
     pub config_last_reload_success: Gauge,
     pub cache_bytes: IntGauge,
@@ -121,6 +124,39 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Exports every counter whose label values the config names at 0, so that alert rules
+    /// built on `increase()` or `rate()` see the first event (a series that appears with 1
+    /// has no increase). Called at start and after every reload (new names).
+    pub fn declare(&self, config: &streamgate_config::Config) {
+        for s in &config.services {
+            let name = s.name.as_str();
+            self.retries.with_label_values(&[name]);
+            for r in &s.regions {
+                for class in CODE_CLASSES {
+                    self.requests.with_label_values(&[name, r, class]);
+                }
+                for to in s.regions.iter().filter(|t| *t != r) {
+                    self.failovers.with_label_values(&[name, r, to]);
+                }
+            }
+        }
+        for r in &config.regions {
+            for kind in ["connect", "timeout", "protocol"] {
+                self.upstream_errors.with_label_values(&[&r.name, kind]);
+            }
+            self.regional_deployments.with_label_values(&[&r.name]);
+        }
+        for l in &config.listeners {
+            self.unrouted.with_label_values(&[&l.name]);
+        }
+        for result in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+        for source in ["cache", "origin"] {
+            self.cache_served_bytes.with_label_values(&[source]);
+        }
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("streamgate".into()), None)
             .expect("a static prefix is a valid registry prefix");
@@ -210,6 +246,12 @@ impl Metrics {
                 "limited_total",
                 "Requests and connections refused by a limit (connections, client_connections, header, body, rate, client_rate)",
                 &["listener", "limit"],
+            ),
+            regional_deployments: counter_vec(
+                r,
+                "regional_deployments_total",
+                "Config versions applied (start or reload) that changed the region's backend set",
+                &["region"],
             ),
             config_reloads: counter_vec(
                 r,

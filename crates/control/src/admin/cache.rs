@@ -8,7 +8,7 @@ use streamgate_cache::key::purge_keys;
 use tracing::info;
 
 use super::requests::{self, PurgeWhat};
-use super::{AdminResponse, json_response, refused};
+use super::{AdminResponse, error, json_response, refused};
 use crate::Control;
 
 pub(super) fn stats(control: &Control) -> AdminResponse {
@@ -40,6 +40,19 @@ pub(super) fn purge(control: &Control, body: &Bytes) -> AdminResponse {
         Err(r) => return refused(r),
     };
     let service = request.service.as_deref();
+    if let Some(name) = service {
+        let table = control.table.load();
+        let why = match table.services.iter().find(|s| &*s.name == name) {
+            None => Some(format!("no service named \"{name}\"")),
+            Some(s) if s.spec.cache.is_none() => Some(format!(
+                "service \"{name}\" has no cache (add [services.cache] to cache its responses)"
+            )),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            return error(StatusCode::NOT_FOUND, &why);
+        }
+    }
     let purged = match &request.what {
         PurgeWhat::Url(url) => {
             let table = control.table.load();

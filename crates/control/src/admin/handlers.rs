@@ -62,12 +62,17 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
                     let up = r.backends.iter().filter(|b| b.state.is_up()).count();
                     let available = r.backends.iter().filter(|b| b.state.is_available()).count();
                     let latency = r.health.latency_nanos();
+                    let requests = served(control, &s.name, name);
+                    let total: u64 = s.regions.iter().map(|x| served(control, &s.name, &x.name)).sum();
                     json!({
                         "service": &*s.name,
                         "primary": s.primary_index() == i,
                         "healthy": r.health.is_healthy(),
-                        "eligible": r.health.is_eligible(),
-                        "traffic_share": f64::from(r.health.share_permille()) / 1000.0,
+                        // The same answer as /explain: active, healthy and past the hold-down.
+                        "eligible": r.is_eligible(),
+                        "requests": requests,
+                        "traffic_share": if total == 0 { Value::Null } else { json!(requests as f64 / total as f64) },
+                        "failback_ramp": f64::from(r.health.share_permille()) / 1000.0,
                         "latency_ms": if latency == 0 { Value::Null } else { json!((latency as f64 / 1e3).round() / 1e3) },
                         "backends_up": up,
                         "backends_available": available,
@@ -89,6 +94,21 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
         StatusCode::OK,
         json!({ "version": table.version, "regions": list }),
     )
+}
+
+/// Requests of `service` that `region` answered since the daemon started (every status class),
+/// from `global_load_balancer_requests_total`.
+fn served(control: &Control, service: &str, region: &str) -> u64 {
+    streamgate_telemetry::CODE_CLASSES
+        .iter()
+        .map(|c| {
+            control
+                .metrics
+                .requests
+                .with_label_values(&[service, region, c])
+                .get()
+        })
+        .sum()
 }
 
 pub(super) fn backends(control: &Control) -> AdminResponse {
@@ -338,6 +358,45 @@ pub(super) fn explain(control: &Control, query: &str) -> AdminResponse {
     explain_in(control, &table, ip, &host, &path, &listener)
 }
 
+/// Why a request matches no service, naming what to give /explain.
+fn no_route_why(
+    table: &RoutingTable,
+    listener: &str,
+    host: &str,
+    path: &str,
+    e: streamgate_balance::NoRoute,
+) -> String {
+    let served: Vec<String> = table
+        .config
+        .services
+        .iter()
+        .filter(|s| s.listeners.iter().any(|l| l == listener))
+        .flat_map(|s| s.hosts.iter().map(|h| format!("{h}{}", s.path_prefix)))
+        .collect();
+    let what = match (e, host.is_empty()) {
+        (streamgate_balance::NoRoute::Host, true) => {
+            "no host= was given, and no service on this listener takes requests without a Host; \
+             add host=, the Host header a client would send"
+                .to_string()
+        }
+        (streamgate_balance::NoRoute::Host, false) => {
+            format!("no service on listener \"{listener}\" serves host \"{host}\"")
+        }
+        (streamgate_balance::NoRoute::Path, _) => {
+            format!("host \"{host}\" is served, but not path \"{path}\" (path=)")
+        }
+    };
+    format!(
+        "{what}: the request would get 404 and is never forwarded. Listener \"{listener}\" \
+         serves: {}",
+        if served.is_empty() {
+            "nothing".to_string()
+        } else {
+            served.join(", ")
+        }
+    )
+}
+
 fn explain_in(
     control: &Control,
     table: &RoutingTable,
@@ -355,7 +414,7 @@ fn explain_in(
                     "listener": listener, "host": host, "path": path,
                     "service": Value::Null,
                     "decision": Value::Null,
-                    "why": format!("no service matches ({e:?}): the request would get 404 and is never forwarded"),
+                    "why": no_route_why(table, listener, host, path, e),
                 }),
             );
         }
@@ -403,7 +462,7 @@ fn explain_in(
             "country_match": country_match,
             "distance_km": distance,
             "latency_ms": if latency == 0 { Value::Null } else { json!((latency as f64 / 1e3).round() / 1e3) },
-            "traffic_share": f64::from(r.health.share_permille()) / 1000.0,
+            "failback_ramp": f64::from(r.health.share_permille()) / 1000.0,
             "backends_available": available,
             "backends_total": r.backends.len(),
         }));
