@@ -6,6 +6,7 @@
 
 pub mod diff;
 mod error;
+pub mod last_good;
 pub mod model;
 mod raw;
 pub mod units;
@@ -55,6 +56,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     config.source = Source {
         path: path.to_path_buf(),
         digest: fnv1a(text.as_bytes()),
+        text: text.into(),
     };
     Ok(config)
 }

@@ -43,6 +43,8 @@ pub struct Source {
     pub path: PathBuf,
     /// FNV-1a of the file's bytes: equal digests mean an unchanged file.
     pub digest: u64,
+    /// The file's text as it validated (kept as the last known good copy).
+    pub text: std::sync::Arc<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -170,6 +170,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         source: Source {
             path: PathBuf::new(),
             digest: 0,
+            text: "".into(),
         },
         runtime,
         timeouts,

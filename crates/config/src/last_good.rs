@@ -1,0 +1,188 @@
+//! The last known good configuration: every config that loads (at start or by a reload) is
+//! copied into `<snapshots.dir>/config/`, newest kept, so that a broken file plus a restart
+//! need not mean no service (`streamgate run --fallback-last-good`), and so that `streamgate
+//! check --against-last-good` can say what a new file would change.
+//!
+//! A copy is `streamgate-<unix ms, 16 digits>.toml`: a first line naming the file it was read
+//! from (relative paths in it resolve against that file's directory, not the copy's), then the
+//! file's text unchanged. Copies are written whole (temporary file, then rename), owner-only.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+use crate::model::Config;
+use crate::{ConfigErrors, parse};
+
+/// Copies kept; older ones are deleted when a new one is written.
+pub const KEEP: usize = 10;
+const HEADER: &str = "# streamgate last known good copy of ";
+
+#[derive(Debug, Error)]
+pub enum LastGoodError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("no last known good config in {}: one is kept each time a config loads with [snapshots] set", dir.display())]
+    None { dir: PathBuf },
+    #[error("{}: not a last known good copy (its first line does not name the original file)", path.display())]
+    Malformed { path: PathBuf },
+    #[error("the last known good copy {} no longer validates:\n{errors}", path.display())]
+    Invalid { path: PathBuf, errors: ConfigErrors },
+}
+
+/// The directory of copies under a recovery directory.
+pub fn dir_in(snapshots_dir: &Path) -> PathBuf {
+    snapshots_dir.join("config")
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LastGoodError + '_ {
+    move |source| LastGoodError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The copies in `dir`, newest first.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>, LastGoodError> {
+    let read = match fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut out: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("streamgate-") && n.ends_with(".toml"))
+        })
+        .collect();
+    out.sort();
+    out.reverse();
+    Ok(out)
+}
+
+/// Keeps `config` as the newest good copy in `dir` unless the newest already holds the same
+/// text; deletes all but the newest [`KEEP`]. Returns the new copy's path, if one was written.
+pub fn save(dir: &Path, config: &Config) -> Result<Option<PathBuf>, LastGoodError> {
+    let existing = list(dir)?;
+    let body = format!(
+        "{HEADER}{}\n{}",
+        config.source.path.display(),
+        config.source.text
+    );
+    if let Some(newest) = existing.first()
+        && fs::read_to_string(newest).is_ok_and(|t| t == body)
+    {
+        return Ok(None);
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let newest_ms = existing
+        .first()
+        .and_then(|p| p.file_stem()?.to_str()?.strip_prefix("streamgate-")?.parse::<u64>().ok())
+        .unwrap_or(0);
+    let path = dir.join(format!("streamgate-{:016}.toml", ms.max(newest_ms + 1)));
+    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut open = fs::OpenOptions::new();
+        open.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let mut f = open.open(&tmp)?;
+        f.write_all(body.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err(&path)(e));
+    }
+    for old in list(dir)?.iter().skip(KEEP) {
+        fs::remove_file(old).map_err(io_err(old))?;
+    }
+    Ok(Some(path))
+}
+
+/// The newest good copy in `dir`, validated again as the file it was read from (so relative
+/// paths resolve as they did). Returns the copy's path with the config.
+pub fn load_newest(dir: &Path) -> Result<(PathBuf, Config), LastGoodError> {
+    let Some(copy) = list(dir)?.into_iter().next() else {
+        return Err(LastGoodError::None {
+            dir: dir.to_path_buf(),
+        });
+    };
+    let text = fs::read_to_string(&copy).map_err(io_err(&copy))?;
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let Some(original) = first.strip_prefix(HEADER) else {
+        return Err(LastGoodError::Malformed { path: copy });
+    };
+    match parse(Path::new(original), rest) {
+        Ok(config) => Ok((copy, config)),
+        Err(errors) => Err(LastGoodError::Invalid { path: copy, errors }),
+    }
+}
+
+/// Where the copies of a config file would be, read leniently from a file that may not
+/// validate: its `[snapshots] dir`, relative to the file's directory.
+pub fn dir_of_file(path: &Path, text: &str) -> Option<PathBuf> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let dir = table.get("snapshots")?.get("dir")?.as_str()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Some(dir_in(&base.join(dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\
+        [[regions]]\nname = \"r\"\nbackends = [ { address = \"127.0.0.1:9000\" } ]\n\
+        [[services]]\nname = \"s\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n";
+
+    #[test]
+    fn copies_are_kept_deduplicated_bounded_and_read_back_as_their_original() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config");
+        let original = tmp.path().join("etc/streamgate.toml");
+        assert!(matches!(load_newest(&dir), Err(LastGoodError::None { .. })));
+        let config = parse(&original, GOOD).unwrap();
+        let first = save(&dir, &config).unwrap().expect("a first copy");
+        assert_eq!(save(&dir, &config).unwrap(), None, "the same text twice: one copy");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&first).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (copy, back) = load_newest(&dir).unwrap();
+        assert_eq!(copy, first);
+        assert_eq!(back.source.path, original, "validated as the original file");
+        assert_eq!(back.services, config.services);
+        for i in 0..(KEEP + 3) {
+            let text = format!("{GOOD}# version {i}\n");
+            save(&dir, &parse(&original, &text).unwrap()).unwrap();
+        }
+        assert_eq!(list(&dir).unwrap().len(), KEEP);
+        let (_, newest) = load_newest(&dir).unwrap();
+        assert!(newest.source.text.ends_with(&format!("# version {}\n", KEEP + 2)));
+    }
+
+    #[test]
+    fn the_directory_is_found_in_a_file_that_does_not_validate() {
+        let path = Path::new("/etc/streamgate/streamgate.toml");
+        let text = "[snapshots]\ndir = \"state\"\n[timeouts]\nidle = 30\n";
+        assert_eq!(
+            dir_of_file(path, text),
+            Some(PathBuf::from("/etc/streamgate/state/config"))
+        );
+        assert_eq!(dir_of_file(path, "[snapshots\n"), None);
+        assert_eq!(dir_of_file(path, "[runtime]\n"), None);
+    }
+}
