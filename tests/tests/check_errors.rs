@@ -44,3 +44,37 @@ protcol = "http"
     );
     assert!(out.stdout.is_empty());
 }
+
+/// The PROXY protocol example of docs/tls-and-tcp.md, read from the docs so the two cannot drift.
+fn proxy_protocol_example() -> String {
+    let md = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/tls-and-tcp.md"),
+    )
+    .unwrap();
+    let section = &md[md.find("\n## PROXY protocol\n").expect("the PROXY section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].to_string()
+}
+
+#[test]
+fn the_documented_proxy_protocol_example_passes_check_without_a_geo_database() {
+    let example = proxy_protocol_example();
+    assert!(
+        example.contains("trusted_proxies") && !example.contains("database"),
+        "{example}"
+    );
+    let (_dir, path) = write_config(&example);
+    let out = check(&path);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK (1 listeners, 0 regions, 0 services)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

@@ -65,3 +65,15 @@ fn the_error_report_example_is_what_check_prints() {
     let printed: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
     assert_eq!(printed, shown);
 }
+
+#[test]
+fn the_proxy_protocol_example_is_valid_as_written() {
+    let md = doc("tls-and-tcp.md");
+    let example = &blocks(&md, "## PROXY protocol", "toml")[0];
+    assert!(example.contains("trusted_proxies"), "{example}");
+    let config = parse(Path::new("streamgate.toml"), example).unwrap_or_else(|e| panic!("{e}"));
+    let geo = config.geo.unwrap();
+    assert_eq!(geo.database, None);
+    assert_eq!(geo.trusted_proxies, ["10.0.0.0/8".parse().unwrap()]);
+    assert!(config.listeners[0].proxy_protocol);
+}

@@ -97,6 +97,16 @@ const CASES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "the geo policy needs a database even when [geo] is there for trusted_proxies",
+        "[geo]\ntrusted_proxies = [\"10.0.0.0/8\"]\n\n\
+         [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n\
+         [[regions]]\nname = \"local\"\nbackends = [ { address = \"127.0.0.1:9001\" } ]\n\n\
+         [[services]]\nname = \"a\"\nlisteners = [\"web\"]\nregions = [\"local\"]\nregion_policy = \"geo\"\n",
+        &[
+            "sg.toml:16: services[0].region_policy: policy \"geo\" needs geo.database; the [geo] table at line 1 has none",
+        ],
+    ),
+    (
         "a syntax error is the one error reported",
         "[runtime]\nworkerz = 2\nworkers = = 2\n",
         &["sg.toml:3: "],

@@ -26,7 +26,7 @@ use cache::cache;
 use limits::limits;
 use listeners::listeners;
 use regions::{geo, regions};
-use services::services;
+use services::{GeoDatabase, services};
 
 pub(crate) struct Ctx<'a> {
     file: String,
@@ -179,11 +179,18 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
     let geo = raw.geo.as_ref().map(|g| geo(g, &regions, ctx));
+    let geo_database = match (&raw.geo, &geo) {
+        (Some(table), Some(Geo { database: None, .. })) => GeoDatabase::Missing {
+            table_line: ctx.line_of(table.span().start),
+        },
+        (_, Some(_)) => GeoDatabase::Present,
+        (_, None) => GeoDatabase::NoTable,
+    };
     let services = services(
         &raw.services,
         &listeners,
         &regions,
-        geo.is_some(),
+        geo_database,
         &timeouts,
         ctx,
     );

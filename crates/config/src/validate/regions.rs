@@ -123,10 +123,12 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
 
 pub(super) fn geo(raw: &S<RawGeo>, regions: &[Region], ctx: &mut Ctx<'_>) -> Geo {
     let g = raw.get_ref();
-    let database = ctx
-        .required(&g.database, &raw.span(), "geo.database")
-        .map(|d| ctx.existing_file(d, "geo.database", "geo database"))
-        .unwrap_or_default();
+    // Optional: a [geo] table may be there only for trusted_proxies (PROXY headers and
+    // X-Forwarded-For); services with the geo policy check that there is one.
+    let database = g
+        .database
+        .as_ref()
+        .map(|d| ctx.existing_file(d, "geo.database", "geo database"));
     let default_region = g.default_region.as_ref().map(|d| {
         if !regions.iter().any(|r| &r.name == d.get_ref()) {
             ctx.err(

@@ -5,11 +5,22 @@ use super::regions::region_names;
 use super::upstream::{retry, upstream};
 use super::*;
 
+/// Whether services may use the geo policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GeoDatabase {
+    NoTable,
+    /// A [geo] table for trusted_proxies only.
+    Missing {
+        table_line: usize,
+    },
+    Present,
+}
+
 pub(super) fn services(
     raw: &[S<RawService>],
     listeners: &[Listener],
     regions: &[Region],
-    has_geo: bool,
+    geo_database: GeoDatabase,
     default_timeouts: &Timeouts,
     ctx: &mut Ctx<'_>,
 ) -> Vec<Service> {
@@ -160,12 +171,14 @@ pub(super) fn services(
         let region_policy = match &s.region_policy {
             None => RegionPolicy::Failover,
             Some(v) => match RegionPolicy::parse(v.get_ref()) {
-                Some(RegionPolicy::Geo) if !has_geo => {
-                    ctx.err(
-                        v.span(),
-                        format!("{p}.region_policy"),
-                        "policy \"geo\" needs a [geo] table with a database",
-                    );
+                Some(RegionPolicy::Geo) if geo_database != GeoDatabase::Present => {
+                    let why = match geo_database {
+                        GeoDatabase::Missing { table_line } => format!(
+                            "policy \"geo\" needs geo.database; the [geo] table at line {table_line} has none"
+                        ),
+                        _ => "policy \"geo\" needs a [geo] table with a database".to_string(),
+                    };
+                    ctx.err(v.span(), format!("{p}.region_policy"), why);
                     RegionPolicy::Geo
                 }
                 Some(policy) => policy,
