@@ -1,14 +1,16 @@
 //! streamgate-config: the only crate that knows TOML.
 //!
-//! `raw` (serde, unknown keys refused) -> `validate` (collects every error, each with file:line and
-//! key path) -> `model` (typed: `Duration`, `SocketAddr`, `NonZero*`). [`diff`] compares two
-//! configurations for a reload.
+//! `read` (TOML -> `raw`: serde, unknown keys and wrong types refused, every one reported) ->
+//! `validate` (collects every error, each with file:line and key path) -> `model` (typed:
+//! `Duration`, `SocketAddr`, `NonZero*`). [`diff`] compares two configurations for a reload.
 
 pub mod diff;
 mod error;
 pub mod last_good;
 pub mod model;
 mod raw;
+mod read;
+mod suggest;
 pub mod units;
 mod validate;
 
@@ -27,31 +29,24 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
 }
 
 /// Validates `text` as the content of the file at `path` (used in messages and to resolve
-/// relative paths).
+/// relative paths). Every error is returned, in line order: unknown keys, values of the wrong
+/// type and what validation finds together; a TOML syntax error alone.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut ctx = validate::Ctx::new(path, text);
-    let raw: raw::RawConfig = match toml::Deserializer::parse(text) {
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            ctx.err(span, "", e.message().trim_end());
-            return Err(ConfigErrors(ctx.errors));
-        }
-        Ok(de) => match serde_path_to_error::deserialize(de) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let key_path = key_path(e.path());
-                let inner = e.into_inner();
-                let span = inner.span().unwrap_or(0..0);
-                ctx.err(span, key_path, inner.message().trim_end());
-                return Err(ConfigErrors(ctx.errors));
-            }
-        },
+    let Some(read) = read::read(text, &mut ctx) else {
+        return Err(in_line_order(ctx.errors));
     };
-    let mut config = validate::validate(raw, &mut ctx);
-    if !ctx.errors.is_empty() {
-        let mut errors = ctx.errors;
-        errors.sort_by_key(|e| e.line);
-        return Err(ConfigErrors(errors));
+    let mut errors = std::mem::take(&mut ctx.errors);
+    let mut config = validate::validate(read.raw, &mut ctx);
+    // A refused value was taken out, so validation sees its key absent ("missing field", "an
+    // https listener needs certificates"): that is the same error said twice.
+    errors.extend(
+        ctx.errors
+            .into_iter()
+            .filter(|e| !read.removed.iter().any(|key| key.covers(&e.path))),
+    );
+    if !errors.is_empty() {
+        return Err(in_line_order(errors));
     }
     config.source = Source {
         path: path.to_path_buf(),
@@ -61,26 +56,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     Ok(config)
 }
 
-/// `services[0].backend_policy`, without the segments `toml::Spanned` adds internally.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if key.starts_with("$__serde_spanned") {
-                    continue;
-                }
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
+/// Stable: errors on one line keep the order they were found in.
+fn in_line_order(mut errors: Vec<ConfigError>) -> ConfigErrors {
+    errors.sort_by_key(|e| e.line);
+    ConfigErrors(errors)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

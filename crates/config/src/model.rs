@@ -97,7 +97,7 @@ pub struct Admin {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Geo {
-    pub database: PathBuf,
+    pub database: Option<PathBuf>,
     pub default_region: Option<String>,
     /// Peers whose X-Forwarded-For or PROXY header names the client.
     pub trusted_proxies: Vec<IpNet>,

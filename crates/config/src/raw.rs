@@ -1,10 +1,18 @@
 //! The file as written: serde types that mirror the TOML keys one to one.
 //!
 //! Every value that validation may reject is `Spanned` so its error can name a line. Unknown keys
-//! are refused here (`deny_unknown_fields`); everything else is checked in `validate`.
+//! and values of the wrong type are refused here (`deny_unknown_fields`, the field types);
+//! everything else is checked in `validate`.
+//!
+//! Required keys are `Option` too, and `validate` reports them missing: serde would stop at a
+//! missing key, and [`crate::read`] can go on past an error only by taking out the key it names,
+//! which a missing key does not have.
 
 use serde::Deserialize;
 use toml::Spanned;
+
+mod unit_text;
+pub(crate) use unit_text::{DurationText, SizeText};
 
 pub(crate) type S<T> = Spanned<T>;
 
@@ -19,7 +27,7 @@ pub(crate) struct RawConfig {
     pub metrics: Option<RawMetrics>,
     pub geo: Option<S<RawGeo>>,
     pub access_log: Option<RawAccessLog>,
-    pub snapshots: Option<RawSnapshots>,
+    pub snapshots: Option<S<RawSnapshots>>,
     #[serde(default)]
     pub listeners: Vec<S<RawListener>>,
     #[serde(default)]
@@ -32,18 +40,18 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRuntime {
     pub workers: Option<S<i64>>,
-    pub shutdown_timeout: Option<S<String>>,
+    pub shutdown_timeout: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTimeouts {
-    pub connect: Option<S<String>>,
-    pub request_header: Option<S<String>>,
-    pub idle: Option<S<String>>,
-    pub upstream_response: Option<S<String>>,
-    pub upstream_idle: Option<S<String>>,
-    pub tunnel_idle: Option<S<String>>,
+    pub connect: Option<S<DurationText>>,
+    pub request_header: Option<S<DurationText>>,
+    pub idle: Option<S<DurationText>>,
+    pub upstream_response: Option<S<DurationText>>,
+    pub upstream_idle: Option<S<DurationText>>,
+    pub tunnel_idle: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -63,7 +71,7 @@ pub(crate) struct RawMetrics {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawGeo {
-    pub database: S<String>,
+    pub database: Option<S<String>>,
     pub default_region: Option<S<String>>,
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
@@ -80,8 +88,8 @@ pub(crate) struct RawAccessLog {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawSnapshots {
-    pub dir: S<String>,
-    pub interval: Option<S<String>>,
+    pub dir: Option<S<String>>,
+    pub interval: Option<S<DurationText>>,
     pub keep: Option<S<i64>>,
     pub max_age: Option<S<String>>,
     pub max_increments: Option<S<i64>>,
@@ -91,12 +99,12 @@ pub(crate) struct RawSnapshots {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListener {
-    pub name: S<String>,
-    pub listen: S<String>,
+    pub name: Option<S<String>>,
+    pub listen: Option<S<String>>,
     pub protocol: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
     pub max_connections_per_client: Option<S<i64>>,
-    pub max_header_bytes: Option<S<String>>,
+    pub max_header_bytes: Option<S<SizeText>>,
     pub max_headers: Option<S<i64>>,
     pub certificates: Option<S<Vec<S<RawCert>>>>,
     pub proxy_protocol: Option<bool>,
@@ -105,8 +113,8 @@ pub(crate) struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCert {
-    pub cert: S<String>,
-    pub key: S<String>,
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,7 +132,7 @@ pub(crate) struct RawUpstream {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRegion {
-    pub name: S<String>,
+    pub name: Option<S<String>>,
     pub location: Option<S<RawLocation>>,
     #[serde(default)]
     pub countries: Vec<S<String>>,
@@ -135,25 +143,25 @@ pub(crate) struct RawRegion {
 #[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLocation {
-    pub lat: f64,
-    pub lon: f64,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBackend {
-    pub address: S<String>,
+    pub address: Option<S<String>>,
     pub weight: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawService {
-    pub name: S<String>,
-    pub listeners: S<Vec<S<String>>>,
+    pub name: Option<S<String>>,
+    pub listeners: Option<S<Vec<S<String>>>>,
     pub hosts: Option<S<Vec<S<String>>>>,
     pub path_prefix: Option<S<String>>,
-    pub regions: S<Vec<S<String>>>,
+    pub regions: Option<S<Vec<S<String>>>>,
     pub region_policy: Option<S<String>>,
     pub backend_policy: Option<S<String>>,
     pub timeouts: Option<RawTimeouts>,
@@ -169,7 +177,7 @@ pub(crate) struct RawService {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
-    pub max_body: Option<S<String>>,
+    pub max_body: Option<S<SizeText>>,
     pub rate: Option<S<i64>>,
     pub burst: Option<S<i64>>,
     pub client_rate: Option<S<i64>>,
@@ -179,9 +187,9 @@ pub(crate) struct RawLimits {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCache {
-    pub max_size: S<String>,
-    pub max_object_size: Option<S<String>>,
-    pub default_ttl: Option<S<String>>,
+    pub max_size: Option<S<SizeText>>,
+    pub max_object_size: Option<S<SizeText>>,
+    pub default_ttl: Option<S<DurationText>>,
     pub heuristic_freshness: Option<bool>,
     pub key_query: Option<S<RawKeyQuery>>,
     #[serde(default)]
@@ -189,9 +197,9 @@ pub(crate) struct RawCache {
     #[serde(default)]
     pub purge_from: Vec<S<String>>,
     pub status_header: Option<S<String>>,
-    pub lock_timeout: Option<S<String>>,
+    pub lock_timeout: Option<S<DurationText>>,
     pub max_variants: Option<S<i64>>,
-    pub max_fill_bytes: Option<S<String>>,
+    pub max_fill_bytes: Option<S<SizeText>>,
     pub targeted_field: Option<S<String>>,
     pub cdn_cache_control: Option<bool>,
 }
@@ -212,8 +220,8 @@ pub(crate) struct RawHealth {
     pub host: Option<S<String>>,
     pub expect_status: Option<S<String>>,
     pub body_contains: Option<S<String>>,
-    pub interval: Option<S<String>>,
-    pub timeout: Option<S<String>>,
+    pub interval: Option<S<DurationText>>,
+    pub timeout: Option<S<DurationText>>,
     pub rise: Option<S<i64>>,
     pub fall: Option<S<i64>>,
 }
@@ -223,17 +231,17 @@ pub(crate) struct RawHealth {
 pub(crate) struct RawOutlier {
     pub consecutive_failures: Option<S<i64>>,
     pub consecutive_connect_failures: Option<S<i64>>,
-    pub base_ejection: Option<S<String>>,
-    pub max_ejection: Option<S<String>>,
+    pub base_ejection: Option<S<DurationText>>,
+    pub max_ejection: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawFailover {
-    pub hold_down: Option<S<String>>,
-    pub ramp: Option<S<String>>,
+    pub hold_down: Option<S<DurationText>>,
+    pub ramp: Option<S<DurationText>>,
     pub when_all_down: Option<S<String>>,
-    pub latency_tolerance: Option<S<String>>,
+    pub latency_tolerance: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -87,7 +87,8 @@ impl Control {
             .config
             .geo
             .as_ref()
-            .and_then(|g| FileStamp::of(&g.database));
+            .and_then(|g| g.database.as_deref())
+            .and_then(FileStamp::of);
         Arc::new(Control {
             health: Mutex::new(HealthSupervisor::new(metrics.clone(), changed.clone())),
             table,

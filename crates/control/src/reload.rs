@@ -53,7 +53,8 @@ impl Control {
             Err(e) => return self.reject(vec![format!("reload task failed: {e}")]),
         };
         let current = self.table.load_full();
-        let geo_now = config.geo.as_ref().and_then(|g| FileStamp::of(&g.database));
+        let database = config.geo.as_ref().and_then(|g| g.database.clone());
+        let geo_now = database.as_deref().and_then(FileStamp::of);
         let geo_changed = geo_now != *self.geo_stamp.lock().unwrap_or_else(|e| e.into_inner());
         if !force && config.source.digest == current.config.source.digest && !geo_changed {
             return ReloadOutcome::Unchanged {
@@ -64,9 +65,8 @@ impl Control {
         // Everything is checked before anything is swapped: a geo database that opens but a
         // certificate that does not leaves the running database in place too.
         let new_geo = if geo_changed {
-            match &config.geo {
-                Some(g) => {
-                    let db_path = g.database.clone();
+            match database {
+                Some(db_path) => {
                     let opened = tokio::task::spawn_blocking(move || GeoDb::open(&db_path)).await;
                     match opened {
                         Ok(Ok(db)) => Some(Some(Arc::new(db))),

@@ -46,8 +46,8 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let config = Arc::new(config);
         let geo: GeoHandle = Arc::new(ArcSwapOption::empty());
-        if let Some(g) = &config.geo {
-            let path = g.database.clone();
+        // A [geo] table may only name trusted proxies, without a database.
+        if let Some(path) = config.geo.as_ref().and_then(|g| g.database.clone()) {
             let db = tokio::task::spawn_blocking(move || GeoDb::open(&path))
                 .await
                 .context("geo database check was interrupted")??;

@@ -12,7 +12,7 @@ use crate::raw::*;
 pub(super) fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpec {
     let c = raw.get_ref();
     let p = format!("{svc}.cache");
-    let size = |v: &S<String>, key: &str, ctx: &mut Ctx<'_>| -> Option<u64> {
+    let size = |v: &S<SizeText>, key: &str, ctx: &mut Ctx<'_>| -> Option<u64> {
         match crate::units::parse_size(v.get_ref()) {
             Ok(0) => {
                 ctx.err(v.span(), format!("{p}.{key}"), "must be more than zero");
@@ -25,7 +25,10 @@ pub(super) fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpe
             }
         }
     };
-    let max_size = size(&c.max_size, "max_size", ctx).unwrap_or(1 << 20);
+    let max_size = ctx
+        .required(&c.max_size, &raw.span(), format!("{p}.max_size"))
+        .and_then(|v| size(v, "max_size", ctx))
+        .unwrap_or(1 << 20);
     let max_object_size = match &c.max_object_size {
         None => (max_size / 8).clamp(1, 64 << 20),
         Some(v) => {

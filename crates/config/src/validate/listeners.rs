@@ -8,16 +8,21 @@ pub(super) fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>
     let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
     addrs.insert(admin.listen, "admin.listen".into());
     for (i, l) in raw.iter().enumerate() {
+        let span = l.span();
         let l = l.get_ref();
         let p = format!("listeners[{i}]");
-        name(&l.name, format!("{p}.name"), &mut names, "listener", ctx);
-        let listen = socket_addr(&l.listen, format!("{p}.listen"), ctx);
-        if let Some(a) = listen
+        let listener_name = ctx.required(&l.name, &span, format!("{p}.name"));
+        if let Some(n) = listener_name {
+            name(n, format!("{p}.name"), &mut names, "listener", ctx);
+        }
+        let listen_value = ctx.required(&l.listen, &span, format!("{p}.listen"));
+        let listen = listen_value.and_then(|v| socket_addr(v, format!("{p}.listen"), ctx));
+        if let (Some(a), Some(v)) = (listen, listen_value)
             && a.port() != 0
             && let Some(other) = addrs.insert(a, format!("{p}.listen"))
         {
             ctx.err(
-                l.listen.span(),
+                v.span(),
                 format!("{p}.listen"),
                 format!("{a} is already used by {other}"),
             );
@@ -78,22 +83,29 @@ pub(super) fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>
                     ctx.err(list.span(), format!("{p}.certificates"), "an https listener needs at least one certificate");
                 }
                 for (j, c) in list.get_ref().iter().enumerate() {
-                    let c = c.get_ref();
-                    let cert = ctx.existing_file(&c.cert, format!("{p}.certificates[{j}].cert"), "certificate");
-                    let key = ctx.existing_file(&c.key, format!("{p}.certificates[{j}].key"), "private key");
+                    let cp = format!("{p}.certificates[{j}]");
+                    let (cert, key) = (
+                        ctx.required(&c.get_ref().cert, &c.span(), format!("{cp}.cert")),
+                        ctx.required(&c.get_ref().key, &c.span(), format!("{cp}.key")),
+                    );
+                    let (Some(cert), Some(key)) = (cert, key) else { continue };
+                    let cert = ctx.existing_file(cert, format!("{cp}.cert"), "certificate");
+                    let key = ctx.existing_file(key, format!("{cp}.key"), "private key");
                     certificates.push(CertPair { cert, key });
                 }
             }
             (Some(list), _) => ctx.err(list.span(), format!("{p}.certificates"), "only https listeners take certificates"),
             (None, Protocol::Https) => ctx.err(
-                l.name.span(),
+                listener_name.map_or(span.clone(), |n| n.span()),
                 format!("{p}.certificates"),
                 "an https listener needs certificates = [{ cert = \"site.pem\", key = \"site.key\" }]",
             ),
             (None, _) => {}
         }
         out.push(Listener {
-            name: l.name.get_ref().clone(),
+            name: listener_name
+                .map(|n| n.get_ref().clone())
+                .unwrap_or_default(),
             listen: listen.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             protocol,
             max_connections,

@@ -26,7 +26,7 @@ use cache::cache;
 use limits::limits;
 use listeners::listeners;
 use regions::{geo, regions};
-use services::services;
+use services::{GeoDatabase, services};
 
 pub(crate) struct Ctx<'a> {
     file: String,
@@ -99,9 +99,30 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// A key its table must have. Absent, it is reported at the table (`table` is the table's
+    /// span, `key_path` the key's path), and `None` lets checking go on without it.
+    fn required<'v, T>(
+        &mut self,
+        value: &'v Option<S<T>>,
+        table: &Range<usize>,
+        key_path: impl Display,
+    ) -> Option<&'v S<T>> {
+        if value.is_none() {
+            self.missing(table, key_path);
+        }
+        value.as_ref()
+    }
+
+    /// Serde's wording, which this replaces (see `raw`).
+    fn missing(&mut self, table: &Range<usize>, key_path: impl Display) {
+        let key_path = key_path.to_string();
+        let key = key_path.rsplit('.').next().unwrap_or_default().to_string();
+        self.err(table.clone(), key_path, format!("missing field `{key}`"));
+    }
+
     fn duration(
         &mut self,
-        value: &Option<S<String>>,
+        value: &Option<S<DurationText>>,
         path: impl Display,
         default: Duration,
     ) -> Duration {
@@ -158,11 +179,18 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
     let geo = raw.geo.as_ref().map(|g| geo(g, &regions, ctx));
+    let geo_database = match (&raw.geo, &geo) {
+        (Some(table), Some(Geo { database: None, .. })) => GeoDatabase::Missing {
+            table_line: ctx.line_of(table.span().start),
+        },
+        (_, Some(_)) => GeoDatabase::Present,
+        (_, None) => GeoDatabase::NoTable,
+    };
     let services = services(
         &raw.services,
         &listeners,
         &regions,
-        geo.is_some(),
+        geo_database,
         &timeouts,
         ctx,
     );
@@ -202,7 +230,7 @@ fn runtime(raw: &RawRuntime, ctx: &mut Ctx<'_>) -> Runtime {
 
 fn timeouts(raw: &RawTimeouts, prefix: &str, base: Timeouts, ctx: &mut Ctx<'_>) -> Timeouts {
     let mut t = base;
-    let fields: [(&Option<S<String>>, &str, &mut Duration); 6] = [
+    let fields: [(&Option<S<DurationText>>, &str, &mut Duration); 6] = [
         (&raw.connect, "connect", &mut t.connect),
         (&raw.request_header, "request_header", &mut t.request_header),
         (&raw.idle, "idle", &mut t.idle),
@@ -317,19 +345,28 @@ fn access_log(raw: Option<&RawAccessLog>, ctx: &mut Ctx<'_>) -> AccessLog {
     }
 }
 
-fn snapshots(raw: &RawSnapshots, ctx: &mut Ctx<'_>) -> Snapshots {
-    let dir = ctx.resolve(raw.dir.get_ref());
-    if raw.dir.get_ref().is_empty() {
-        ctx.err(raw.dir.span(), "snapshots.dir", "must name a directory");
-    } else if let Ok(m) = std::fs::metadata(&dir)
-        && !m.is_dir()
-    {
-        ctx.err(
-            raw.dir.span(),
-            "snapshots.dir",
-            format!("{} exists and is not a directory", dir.display()),
-        );
-    }
+fn snapshots(table: &S<RawSnapshots>, ctx: &mut Ctx<'_>) -> Snapshots {
+    let raw = table.get_ref();
+    let dir = match ctx.required(&raw.dir, &table.span(), "snapshots.dir") {
+        None => PathBuf::new(),
+        Some(d) if d.get_ref().is_empty() => {
+            ctx.err(d.span(), "snapshots.dir", "must name a directory");
+            PathBuf::new()
+        }
+        Some(d) => {
+            let dir = ctx.resolve(d.get_ref());
+            if let Ok(m) = std::fs::metadata(&dir)
+                && !m.is_dir()
+            {
+                ctx.err(
+                    d.span(),
+                    "snapshots.dir",
+                    format!("{} exists and is not a directory", dir.display()),
+                );
+            }
+            dir
+        }
+    };
     let interval = ctx.duration(
         &raw.interval,
         "snapshots.interval",

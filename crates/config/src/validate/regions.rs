@@ -9,24 +9,33 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
         let span = r.span();
         let r = r.get_ref();
         let p = format!("regions[{i}]");
-        name(&r.name, format!("{p}.name"), &mut names, "region", ctx);
+        let region_name = ctx.required(&r.name, &span, format!("{p}.name"));
+        if let Some(n) = region_name {
+            name(n, format!("{p}.name"), &mut names, "region", ctx);
+        }
+        let region_name = region_name.map(|n| n.get_ref().clone()).unwrap_or_default();
         let location = r.location.as_ref().and_then(|loc| {
             let l = *loc.get_ref();
-            if !(-90.0..=90.0).contains(&l.lat) || !(-180.0..=180.0).contains(&l.lon) {
+            let at = loc.span();
+            let mut coordinate = |value: Option<f64>, key: &str| {
+                if value.is_none() {
+                    ctx.missing(&at, format!("{p}.location.{key}"));
+                }
+                value
+            };
+            let (lat, lon) = (coordinate(l.lat, "lat"), coordinate(l.lon, "lon"));
+            let (lat, lon) = (lat?, lon?);
+            if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
                 ctx.err(
-                    loc.span(),
+                    at,
                     format!("{p}.location"),
                     format!(
-                        "lat {} / lon {} out of range; expected lat in -90..90, lon in -180..180",
-                        l.lat, l.lon
+                        "lat {lat} / lon {lon} out of range; expected lat in -90..90, lon in -180..180"
                     ),
                 );
                 None
             } else {
-                Some(Location {
-                    lat: l.lat,
-                    lon: l.lon,
-                })
+                Some(Location { lat, lon })
             }
         });
         let mut countries = Vec::new();
@@ -50,20 +59,21 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
         match &r.backends {
             Some(list) if !list.get_ref().is_empty() => {
                 for (j, b) in list.get_ref().iter().enumerate() {
-                    let b = b.get_ref();
                     let bp = format!("{p}.backends[{j}]");
-                    let Some(address) = socket_addr(&b.address, format!("{bp}.address"), ctx)
+                    let Some(written) =
+                        ctx.required(&b.get_ref().address, &b.span(), format!("{bp}.address"))
                     else {
+                        continue;
+                    };
+                    let b = b.get_ref();
+                    let Some(address) = socket_addr(written, format!("{bp}.address"), ctx) else {
                         continue;
                     };
                     if !seen.insert(address) {
                         ctx.err(
-                            b.address.span(),
+                            written.span(),
                             format!("{bp}.address"),
-                            format!(
-                                "duplicate backend {address} in region \"{}\"",
-                                r.name.get_ref()
-                            ),
+                            format!("duplicate backend {address} in region \"{region_name}\""),
                         );
                         continue;
                     }
@@ -83,8 +93,7 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                     at,
                     format!("{p}.backends"),
                     format!(
-                        "region \"{}\" has no backends; add backends = [{{ address = \"127.0.0.1:9001\" }}]",
-                        r.name.get_ref()
+                        "region \"{region_name}\" has no backends; add backends = [{{ address = \"127.0.0.1:9001\" }}]"
                     ),
                 );
             }
@@ -102,7 +111,7 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
             }
         };
         out.push(Region {
-            name: r.name.get_ref().clone(),
+            name: region_name,
             location,
             countries,
             backends,
@@ -114,7 +123,12 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
 
 pub(super) fn geo(raw: &S<RawGeo>, regions: &[Region], ctx: &mut Ctx<'_>) -> Geo {
     let g = raw.get_ref();
-    let database = ctx.existing_file(&g.database, "geo.database", "geo database");
+    // Optional: a [geo] table may be there only for trusted_proxies (PROXY headers and
+    // X-Forwarded-For); services with the geo policy check that there is one.
+    let database = g
+        .database
+        .as_ref()
+        .map(|d| ctx.existing_file(d, "geo.database", "geo database"));
     let default_region = g.default_region.as_ref().map(|d| {
         if !regions.iter().any(|r| &r.name == d.get_ref()) {
             ctx.err(

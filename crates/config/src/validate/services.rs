@@ -5,11 +5,22 @@ use super::regions::region_names;
 use super::upstream::{retry, upstream};
 use super::*;
 
+/// Whether services may use the geo policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GeoDatabase {
+    NoTable,
+    /// A [geo] table for trusted_proxies only.
+    Missing {
+        table_line: usize,
+    },
+    Present,
+}
+
 pub(super) fn services(
     raw: &[S<RawService>],
     listeners: &[Listener],
     regions: &[Region],
-    has_geo: bool,
+    geo_database: GeoDatabase,
     default_timeouts: &Timeouts,
     ctx: &mut Ctx<'_>,
 ) -> Vec<Service> {
@@ -18,19 +29,29 @@ pub(super) fn services(
     // (listener, host pattern, path prefix) -> the service that claimed it first.
     let mut routes: HashMap<(String, HostPattern, String), String> = HashMap::new();
     for (i, s) in raw.iter().enumerate() {
+        let span = s.span();
         let s = s.get_ref();
         let p = format!("services[{i}]");
-        name(&s.name, format!("{p}.name"), &mut names, "service", ctx);
+        let svc_name = ctx.required(&s.name, &span, format!("{p}.name"));
+        if let Some(n) = svc_name {
+            name(n, format!("{p}.name"), &mut names, "service", ctx);
+        }
+        // Where errors about the service as a whole point: its name, else its table.
+        let name_span = svc_name.map_or(span.clone(), |n| n.span());
+        let svc_name = svc_name.map(|n| n.get_ref().clone()).unwrap_or_default();
+        let listed = ctx.required(&s.listeners, &span, format!("{p}.listeners"));
+        let listeners_span = listed.map_or(span.clone(), |l| l.span());
+        let listed = listed.map_or(&[][..], |l| l.get_ref());
 
         let mut svc_listeners = Vec::new();
-        if s.listeners.get_ref().is_empty() {
+        if listed.is_empty() && s.listeners.is_some() {
             ctx.err(
-                s.listeners.span(),
+                listeners_span.clone(),
                 format!("{p}.listeners"),
                 "no listeners; name at least one [[listeners]] entry",
             );
         }
-        for (j, l) in s.listeners.get_ref().iter().enumerate() {
+        for (j, l) in listed.iter().enumerate() {
             if listeners.iter().any(|x| &x.name == l.get_ref()) {
                 svc_listeners.push(l.get_ref().clone());
             } else {
@@ -93,7 +114,7 @@ pub(super) fn services(
                         .path_prefix
                         .as_ref()
                         .map(|v| v.span())
-                        .unwrap_or(s.name.span());
+                        .unwrap_or(name_span.clone());
                     ctx.err(
                         at,
                         format!("{p}.path_prefix"),
@@ -102,15 +123,18 @@ pub(super) fn services(
                         ),
                     );
                 } else {
-                    routes.insert(key, s.name.get_ref().clone());
+                    routes.insert(key, svc_name.clone());
                 }
             }
         }
 
         let mut svc_regions = Vec::new();
-        if s.regions.get_ref().is_empty() {
+        let listed_regions = ctx.required(&s.regions, &span, format!("{p}.regions"));
+        if let Some(list) = listed_regions
+            && list.get_ref().is_empty()
+        {
             ctx.err(
-                s.regions.span(),
+                list.span(),
                 format!("{p}.regions"),
                 format!(
                     "no regions; name at least one of: {}",
@@ -118,7 +142,11 @@ pub(super) fn services(
                 ),
             );
         }
-        for (j, r) in s.regions.get_ref().iter().enumerate() {
+        for (j, r) in listed_regions
+            .map_or(&[][..], |l| l.get_ref())
+            .iter()
+            .enumerate()
+        {
             if !regions.iter().any(|x| &x.name == r.get_ref()) {
                 ctx.err(
                     r.span(),
@@ -143,12 +171,14 @@ pub(super) fn services(
         let region_policy = match &s.region_policy {
             None => RegionPolicy::Failover,
             Some(v) => match RegionPolicy::parse(v.get_ref()) {
-                Some(RegionPolicy::Geo) if !has_geo => {
-                    ctx.err(
-                        v.span(),
-                        format!("{p}.region_policy"),
-                        "policy \"geo\" needs a [geo] table with a database",
-                    );
+                Some(RegionPolicy::Geo) if geo_database != GeoDatabase::Present => {
+                    let why = match geo_database {
+                        GeoDatabase::Missing { table_line } => format!(
+                            "policy \"geo\" needs geo.database; the [geo] table at line {table_line} has none"
+                        ),
+                        _ => "policy \"geo\" needs a [geo] table with a database".to_string(),
+                    };
+                    ctx.err(v.span(), format!("{p}.region_policy"), why);
                     RegionPolicy::Geo
                 }
                 Some(policy) => policy,
@@ -207,7 +237,7 @@ pub(super) fn services(
         let kind = match kinds.iter().next() {
             _ if kinds.len() > 1 => {
                 ctx.err(
-                    s.listeners.span(),
+                    listeners_span.clone(),
                     format!("{p}.listeners"),
                     "mixes HTTP, TCP and TLS passthrough listeners; a service serves one kind",
                 );
@@ -284,7 +314,7 @@ pub(super) fn services(
                 );
             }
             (ServiceKind::TlsPassthrough, None) => ctx.err(
-                s.name.span(),
+                name_span.clone(),
                 format!("{p}.hosts"),
                 "a tls_passthrough service needs hosts: the SNI names it takes",
             ),
@@ -292,7 +322,7 @@ pub(super) fn services(
         }
 
         out.push(Service {
-            name: s.name.get_ref().clone(),
+            name: svc_name,
             listeners: svc_listeners,
             hosts,
             path_prefix,
@@ -319,7 +349,12 @@ pub(super) fn services(
             .map(|(i, _)| i)
             .collect();
         if users.len() > 1 {
-            let span = raw[users[1]].get_ref().listeners.span();
+            let second = &raw[users[1]];
+            let span = second
+                .get_ref()
+                .listeners
+                .as_ref()
+                .map_or(second.span(), |l| l.span());
             ctx.err(
                 span,
                 format!("services[{}].listeners", users[1]),

@@ -1,0 +1,79 @@
+//! Examples in docs/ are read from the Markdown at test time, so the docs and the parser cannot
+//! drift apart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use streamgate_config::parse;
+
+fn doc(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The fenced blocks of language `lang` in the section under the heading `heading` (up to the
+/// next heading of any level), in order.
+fn blocks(markdown: &str, heading: &str, lang: &str) -> Vec<String> {
+    let start = markdown
+        .find(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("no heading {heading:?}"));
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown[start + 1..].lines().skip(1) {
+        match &mut current {
+            None if line.starts_with('#') => break,
+            None if line == format!("```{lang}") => current = Some(String::new()),
+            None => {}
+            Some(_) if line == "```" => out.extend(current.take()),
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn blocks_are_found_by_heading_and_language() {
+    let md = "# T\n```toml\na = 1\n```\n## One\ntext\n```toml\nb = 2\n```\n```sh\nls\n```\n\
+              ```toml\nc = 3\n```\n## Two\n```toml\nd = 4\n```\n";
+    assert_eq!(blocks(md, "## One", "toml"), ["b = 2\n", "c = 3\n"]);
+    assert_eq!(blocks(md, "## One", "sh"), ["ls\n"]);
+    assert_eq!(blocks(md, "## Two", "toml"), ["d = 4\n"]);
+    assert!(blocks(md, "## Two", "sh").is_empty());
+}
+
+#[test]
+fn the_error_report_example_is_what_check_prints() {
+    let md = doc("configuration.md");
+    let heading = "## How errors are reported";
+    let [file] = &blocks(&md, heading, "toml")[..] else {
+        panic!("one toml block under {heading}");
+    };
+    let [console] = &blocks(&md, heading, "console")[..] else {
+        panic!("one console block under {heading}");
+    };
+    // The console block is the command, the error lines, then `echo $?` and the exit code.
+    let shown: Vec<&str> = console
+        .lines()
+        .filter(|l| l.starts_with("streamgate.toml:"))
+        .collect();
+    let errors = parse(Path::new("streamgate.toml"), file).unwrap_err();
+    let printed: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+    assert_eq!(printed, shown);
+}
+
+#[test]
+fn the_proxy_protocol_example_is_valid_as_written() {
+    let md = doc("tls-and-tcp.md");
+    let example = &blocks(&md, "## PROXY protocol", "toml")[0];
+    assert!(example.contains("trusted_proxies"), "{example}");
+    let config = parse(Path::new("streamgate.toml"), example).unwrap_or_else(|e| panic!("{e}"));
+    let geo = config.geo.unwrap();
+    assert_eq!(geo.database, None);
+    assert_eq!(geo.trusted_proxies, ["10.0.0.0/8".parse().unwrap()]);
+    assert!(config.listeners[0].proxy_protocol);
+}
