@@ -91,7 +91,7 @@ pub(crate) struct RawSnapshots {
     pub dir: Option<S<String>>,
     pub interval: Option<S<DurationText>>,
     pub keep: Option<S<i64>>,
-    pub max_age: Option<S<String>>,
+    pub max_age: Option<S<DurationText>>,
     pub max_increments: Option<S<i64>>,
     pub increment_share: Option<S<f64>>,
 }

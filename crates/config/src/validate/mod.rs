@@ -383,10 +383,7 @@ fn snapshots(table: &S<RawSnapshots>, ctx: &mut Ctx<'_>) -> Snapshots {
         .and_then(|k| ctx.int_in(k, "snapshots.keep", 1, 10_000))
         .and_then(|n| NonZeroUsize::new(n as usize))
         .unwrap_or(NonZeroUsize::MIN.saturating_add(11));
-    let max_age = raw
-        .max_age
-        .as_ref()
-        .map(|v| ctx.duration(&Some(v.clone()), "snapshots.max_age", Duration::ZERO))
+    let max_age = Some(ctx.duration(&raw.max_age, "snapshots.max_age", Duration::ZERO))
         .filter(|d| !d.is_zero());
     let max_increments = raw
         .max_increments
