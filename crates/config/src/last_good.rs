@@ -86,7 +86,13 @@ pub fn save(dir: &Path, config: &Config) -> Result<Option<PathBuf>, LastGoodErro
         .map_or(0, |d| d.as_millis() as u64);
     let newest_ms = existing
         .first()
-        .and_then(|p| p.file_stem()?.to_str()?.strip_prefix("streamgate-")?.parse::<u64>().ok())
+        .and_then(|p| {
+            p.file_stem()?
+                .to_str()?
+                .strip_prefix("streamgate-")?
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(0);
     let path = dir.join(format!("streamgate-{:016}.toml", ms.max(newest_ms + 1)));
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
@@ -154,7 +160,11 @@ mod tests {
         assert!(matches!(load_newest(&dir), Err(LastGoodError::None { .. })));
         let config = parse(&original, GOOD).unwrap();
         let first = save(&dir, &config).unwrap().expect("a first copy");
-        assert_eq!(save(&dir, &config).unwrap(), None, "the same text twice: one copy");
+        assert_eq!(
+            save(&dir, &config).unwrap(),
+            None,
+            "the same text twice: one copy"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -171,7 +181,12 @@ mod tests {
         }
         assert_eq!(list(&dir).unwrap().len(), KEEP);
         let (_, newest) = load_newest(&dir).unwrap();
-        assert!(newest.source.text.ends_with(&format!("# version {}\n", KEEP + 2)));
+        assert!(
+            newest
+                .source
+                .text
+                .ends_with(&format!("# version {}\n", KEEP + 2))
+        );
     }
 
     #[test]

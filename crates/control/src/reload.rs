@@ -134,6 +134,24 @@ impl Control {
             .unwrap_or_else(|e| e.into_inner())
             .reconcile(&table);
         self.changed.notify_one();
+        if let Some(s) = &table.config.snapshots {
+            // The file that just loaded is the newest known good one (fsync: off the runtime).
+            let (config, dir) = (
+                table.config.clone(),
+                streamgate_config::last_good::dir_in(&s.dir),
+            );
+            tokio::task::spawn_blocking(move || {
+                match streamgate_config::last_good::save(&dir, &config) {
+                    Ok(Some(path)) => {
+                        info!(copy = %path.display(), "config kept as the last known good copy")
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "cannot keep the config as the last known good copy")
+                    }
+                }
+            });
+        }
         self.metrics.declare(&table.config);
         for region in &changes.regions_deployed {
             self.metrics

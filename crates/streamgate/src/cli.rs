@@ -37,11 +37,23 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// If the file does not validate, start from the newest last known good copy (kept
+        /// under [snapshots] dir each time a config loads), loudly.
+        #[arg(long)]
+        fallback_last_good: bool,
+        /// Where the last known good copies are (default: <snapshots.dir>/config).
+        #[arg(long)]
+        last_good_dir: Option<PathBuf>,
     },
     /// Validate a config file: exit 0 if it is valid, 1 with every error otherwise.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also say what the file changes against the newest last known good copy.
+        #[arg(long)]
+        against_last_good: bool,
+        #[arg(long)]
+        last_good_dir: Option<PathBuf>,
     },
     /// Run the daemon on config/demo.toml with three local demo origins, one per region.
     Demo {
@@ -68,9 +80,18 @@ pub fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Check { config } => return check(&config),
+        Command::Check {
+            config,
+            against_last_good,
+            last_good_dir,
+        } => return check(&config, against_last_good.then_some(last_good_dir)),
         Command::Snapshot { command } => return crate::snapshot_cli::run(command),
-        Command::Run { config } => load(&config).and_then(|c| run_daemon(c, None)),
+        Command::Run {
+            config,
+            fallback_last_good,
+            last_good_dir,
+        } => crate::last_good::load(&config, fallback_last_good, last_good_dir)
+            .and_then(|c| run_daemon(c, None)),
         Command::Demo { config } => {
             let path = config.unwrap_or_else(demo::default_config_path);
             load(&path).and_then(|c| run_daemon(c, Some(&path)))
@@ -86,7 +107,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
+/// `against`: also diff against the last known good copy (in this directory, if given).
+fn check(path: &Path, against: Option<Option<PathBuf>>) -> ExitCode {
     let checked = match streamgate_config::load(path) {
         Ok(c) => crate::daemon::check_files(&c)
             .map(|()| c)
@@ -102,6 +124,12 @@ fn check(path: &Path) -> ExitCode {
                 c.regions.len(),
                 c.services.len()
             );
+            if let Some(dir) = against
+                && let Err(e) = crate::last_good::check_against(path, &c, dir)
+            {
+                eprintln!("{e:#}");
+                return ExitCode::FAILURE;
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -77,6 +77,7 @@ impl Daemon {
         )));
         if let Some(s) = &config.snapshots {
             restore_overrides(&table.load(), &s.dir);
+            keep_last_good(&config, &s.dir);
         }
         let upstreams = Upstreams::new();
         upstreams.install(upstreams.prepare(&config)?);
@@ -403,6 +404,16 @@ impl streamgate_control::ReloadHook for UpstreamReload {
 
 /// Checks the files a configuration names beyond itself (certificates, keys, CA bundles), as
 /// `streamgate check` and a start would.
+/// Keeps `config` as the last known good copy under `dir` (logged, never fatal).
+pub fn keep_last_good(config: &Config, dir: &std::path::Path) {
+    let copies = streamgate_config::last_good::dir_in(dir);
+    match streamgate_config::last_good::save(&copies, config) {
+        Ok(Some(path)) => info!(copy = %path.display(), "config kept as the last known good copy"),
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "cannot keep the config as the last known good copy"),
+    }
+}
+
 pub fn check_files(config: &Config) -> Result<()> {
     for l in config
         .listeners

@@ -4,6 +4,7 @@ mod admin_client;
 pub mod cli;
 pub mod daemon;
 pub mod demo;
+mod last_good;
 mod snapshot_cli;
 
 pub use daemon::Daemon;
