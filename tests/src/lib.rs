@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod h2;
 pub mod origin;
 pub mod raw_origin;
 pub mod tls;
@@ -21,12 +22,3 @@ pub use daemon::{
 };
 pub use origin::Origin;
 pub use raw_origin::RawOrigin;
-
-/// `[ { address = "…", weight = w }, … ]` for a region's backends.
-pub fn backends(list: &[(&Origin, u32)]) -> String {
-    let items: Vec<String> = list
-        .iter()
-        .map(|(o, w)| format!("{{ address = \"{}\", weight = {} }}", o.addr, w))
-        .collect();
-    format!("[ {} ]", items.join(", "))
-}
