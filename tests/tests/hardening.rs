@@ -194,7 +194,9 @@ async fn the_admin_api_refuses_what_a_browser_page_would_send() {
     assert_eq!(read.status, StatusCode::OK);
 }
 
-#[tokio::test]
+// Paused time: every timer here is tokio's (the admin listener's hyper TokioTimer, the
+// handler's timeout, the test's sleeps) and all I/O is loopback within this runtime.
+#[tokio::test(start_paused = true)]
 async fn the_admin_listener_cuts_slow_heads_and_caps_connections() {
     let o = Origin::start("o").await;
     let d = config(&o, Timeouts::new().request_header("500ms"))
