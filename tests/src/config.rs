@@ -1,7 +1,7 @@
 //! A typed builder for the configurations the end-to-end tests run: the keys of
 //! docs/configuration.md as methods, written out as the TOML file the daemon reads.
 //!
-//! ```ignore
+//! ```text
 //! let text = Config::new()
 //!     .listener(Listener::http("web"))
 //!     .region(Region::new("origin").backends(&[(&origin, 1)]))
