@@ -8,8 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::Value;
 use streamgate::Daemon;
 use tempfile::TempDir;
+
+use crate::client::{http1, send};
 
 /// Adds `[admin] listen = "127.0.0.1:0"` unless the config has an admin table, so tests never
 /// collide on the default admin port.
@@ -72,6 +77,45 @@ impl TestDaemon {
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.daemon.admin_addr(), path)
     }
+
+    /// One admin API call; see [`admin_call`].
+    pub async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        admin_call(method, &self.admin_url(path), &[], body).await
+    }
+
+    /// The admin API's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        metrics_at(&self.admin_url("/metrics")).await
+    }
+
+    /// Replaces the daemon's config file with `text` (and the test admin table); nothing is
+    /// reloaded.
+    pub fn rewrite_config(&self, text: &str) {
+        std::fs::write(&self.config_path, with_test_admin(text)).unwrap();
+    }
+}
+
+/// One admin API call: `body` sent as JSON (`""` for none) with `headers`; the status and the
+/// answer as JSON (`Null` when it is not JSON).
+pub async fn admin_call(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Value) {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    let a = send(&http1(), method, url, &all, Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+    (
+        a.status,
+        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
+    )
+}
+
+async fn metrics_at(url: &str) -> String {
+    crate::client::get(&http1(), url, &[]).await.unwrap().text()
 }
 
 /// The daemon binary running as a child process, its log lines collected.
@@ -140,6 +184,21 @@ impl DaemonProcess {
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
             .unwrap()
+    }
+
+    /// The admin API's URL for `path` (the daemon must have been started expecting "admin").
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr("admin"), path)
+    }
+
+    /// One admin API call; see [`admin_call`].
+    pub async fn admin(&self, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
+        admin_call(method, &self.admin_url(path), &[], body).await
+    }
+
+    /// The admin API's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        metrics_at(&self.admin_url("/metrics")).await
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,9 +1,11 @@
 //! streamgate-tests: the loopback harness (origins on 127.0.0.1:0, the daemon in-process or as
-//! a process, real clients) used by the end-to-end tests in `tests/`.
+//! a process, real clients, a typed config builder) used by the end-to-end tests in `tests/`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod client;
+pub mod config;
 pub mod daemon;
+pub mod h2;
 pub mod origin;
 pub mod raw_origin;
 pub mod tls;
@@ -11,15 +13,12 @@ pub mod tls;
 pub use client::{
     Answer, get, get_from, get_tls, http1, http2, raw_exchange, send, stall_then_drain,
 };
-pub use daemon::{DaemonProcess, TestDaemon, eventually, fixture, with_test_admin, write_config};
+pub use config::{
+    AccessLog, Admin, Cache, Config, Failover, Geo, Health, Limits, Listener, Outlier, Region,
+    Retry, Service, Snapshots, Timeouts, Upstream,
+};
+pub use daemon::{
+    DaemonProcess, TestDaemon, admin_call, eventually, fixture, with_test_admin, write_config,
+};
 pub use origin::Origin;
 pub use raw_origin::RawOrigin;
-
-/// `[ { address = "…", weight = w }, … ]` for a region's backends.
-pub fn backends(list: &[(&Origin, u32)]) -> String {
-    let items: Vec<String> = list
-        .iter()
-        .map(|(o, w)| format!("{{ address = \"{}\", weight = {} }}", o.addr, w))
-        .collect();
-    format!("[ {} ]", items.join(", "))
-}

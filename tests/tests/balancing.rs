@@ -8,24 +8,17 @@ use std::time::Duration;
 use http::StatusCode;
 use streamgate_tests::*;
 
-fn config(policy: &str, list: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "local"
-backends = {list}
-
-[[services]]
-name = "app"
-listeners = ["web"]
-regions = ["local"]
-backend_policy = "{policy}"
-"#
-    )
+fn config(policy: &str, list: &[(&Origin, u32)]) -> String {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("local").backends(list))
+        .service(
+            Service::new("app")
+                .listeners(&["web"])
+                .regions(&["local"])
+                .backend_policy(policy),
+        )
+        .to_toml()
 }
 
 async fn counts(origins: &[&Origin]) -> Vec<u64> {
@@ -39,11 +32,7 @@ async fn round_robin_honours_weights_within_two_percent_over_10000_requests() {
         Origin::start("b").await,
         Origin::start("c").await,
     );
-    let d = TestDaemon::start(&config(
-        "round_robin",
-        &backends(&[(&a, 1), (&b, 2), (&c, 7)]),
-    ))
-    .await;
+    let d = TestDaemon::start(&config("round_robin", &[(&a, 1), (&b, 2), (&c, 7)])).await;
     let url = d.url("web", "/");
     let client = http1();
     let total = 10_000u64;
@@ -81,7 +70,7 @@ async fn least_conn_steers_away_from_a_slow_backend() {
     let fast = Origin::start("fast").await;
     let slow = Origin::start("slow").await;
     slow.set_delay(Duration::from_millis(200));
-    let d = TestDaemon::start(&config("least_conn", &backends(&[(&fast, 1), (&slow, 1)]))).await;
+    let d = TestDaemon::start(&config("least_conn", &[(&fast, 1), (&slow, 1)])).await;
     let url = d.url("web", "/");
     let client = http1();
     let tasks: Vec<_> = (0..20)
@@ -109,8 +98,8 @@ async fn least_conn_steers_away_from_a_slow_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_table_swaps_under_load_fail_no_request_and_new_weights_apply() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let heavy_a = config("round_robin", &backends(&[(&a, 9), (&b, 1)]));
-    let heavy_b = config("round_robin", &backends(&[(&a, 1), (&b, 9)]));
+    let heavy_a = config("round_robin", &[(&a, 9), (&b, 1)]);
+    let heavy_b = config("round_robin", &[(&a, 1), (&b, 9)]);
     let d = Arc::new(TestDaemon::start(&heavy_a).await);
     let (cfg_a, cfg_b) = {
         let path = &d.config_path;
@@ -202,7 +191,7 @@ async fn thousands_of_table_swaps_under_load_fail_no_request_and_new_weights_app
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_live_backend_state() {
     let a = Origin::start("a").await;
-    let text = config("least_conn", &backends(&[(&a, 1)]));
+    let text = config("least_conn", &[(&a, 1)]);
     let d = TestDaemon::start(&text).await;
     assert_eq!(
         get(&http1(), &d.url("web", "/"), &[]).await.unwrap().status,

@@ -11,30 +11,21 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 use streamgate_tests::*;
 
-fn config(origin: &Origin, cache_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
+fn config(origin: &Origin, cache: Cache) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").backends(&[(origin, 1)]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.example.com"])
+                .regions(&["origin"])
+                .cache(cache),
+        )
+}
 
-[[regions]]
-name = "origin"
-backends = {}
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.example.com"]
-regions = ["origin"]
-
-[services.cache]
-max_size = "64MiB"
-purge_from = ["127.0.0.1/32"]
-{cache_extra}
-"#,
-        backends(&[(origin, 1)])
-    )
+fn cache() -> Cache {
+    Cache::new("64MiB").purge_from(&["127.0.0.1/32"])
 }
 
 async fn fetch(d: &TestDaemon, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -50,7 +41,7 @@ fn xc(a: &Answer) -> &str {
 #[tokio::test]
 async fn hit_after_miss_with_age_and_one_origin_request() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let first = fetch(&d, "/c/a?cc=max-age%3D60", &[]).await;
     assert_eq!((first.status, xc(&first)), (StatusCode::OK, "MISS"));
     let second = fetch(&d, "/c/a?cc=max-age%3D60", &[]).await;
@@ -92,7 +83,7 @@ async fn hit_after_miss_with_age_and_one_origin_request() {
 #[tokio::test]
 async fn what_is_not_stored() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     for path in [
         "/c/p?cc=private%2C%20max-age%3D60",
         "/c/n?cc=no-store",
@@ -133,7 +124,7 @@ async fn what_is_not_stored() {
 #[tokio::test]
 async fn vary_keeps_one_variant_per_header_value() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let path = "/c/v?cc=max-age%3D60&vary=accept-language";
     let de = fetch(&d, path, &[("accept-language", "de")]).await;
     let en = fetch(&d, path, &[("accept-language", "en")]).await;
@@ -148,7 +139,7 @@ async fn vary_keeps_one_variant_per_header_value() {
 #[tokio::test]
 async fn stale_objects_are_revalidated_and_a_304_refreshes_them() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     // max-age=0: stored, stale at once; the ETag lets the cache revalidate.
     let path = "/c/r?cc=max-age%3D0&etag=v1";
     let first = fetch(&d, path, &[]).await;
@@ -171,7 +162,7 @@ async fn stale_objects_are_revalidated_and_a_304_refreshes_them() {
 #[tokio::test]
 async fn stale_if_error_keeps_serving_while_the_origin_is_down() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let path = "/c/s?cc=max-age%3D0%2C%20stale-if-error%3D600";
     let first = fetch(&d, path, &[]).await;
     assert_eq!(xc(&first), "MISS");
@@ -195,7 +186,7 @@ async fn stale_if_error_keeps_serving_while_the_origin_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let path = "/c/w?cc=max-age%3D0%2C%20stale-while-revalidate%3D600";
     fetch(&d, path, &[]).await;
     o.set_delay(Duration::from_millis(500));
@@ -216,7 +207,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
 async fn a_hundred_concurrent_misses_make_one_origin_request() {
     let o = Origin::start("o").await;
     o.set_delay(Duration::from_millis(300));
-    let d = Arc::new(TestDaemon::start(&config(&o, "")).await);
+    let d = Arc::new(config(&o, cache()).start().await);
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let d = d.clone();
@@ -236,7 +227,7 @@ async fn a_hundred_concurrent_misses_make_one_origin_request() {
 #[tokio::test]
 async fn ranges_are_served_from_the_stored_object() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let path = "/c/video.ts?cc=max-age%3D60&size=1000";
     // The first request asks for a range: the whole object is fetched and stored.
     let first = fetch(&d, path, &[("range", "bytes=0-99")]).await;
@@ -259,23 +250,15 @@ async fn ranges_are_served_from_the_stored_object() {
 }
 
 async fn admin(d: &TestDaemon, path: &str, body: &str) -> Value {
-    let a = send(
-        &http1(),
-        Method::POST,
-        &d.admin_url(path),
-        &[],
-        Bytes::from(body.to_string()),
-    )
-    .await
-    .unwrap();
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-    serde_json::from_slice(&a.body).unwrap()
+    let (status, v) = d.admin(Method::POST, path, body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
 }
 
 #[tokio::test]
 async fn purge_by_url_prefix_tag_and_all_and_by_purge_method() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let urls = [
         "/c/show/1?cc=max-age%3D60&tag=show-1%20video",
         "/c/show/2?cc=max-age%3D60&tag=show-2%20video",
@@ -363,23 +346,17 @@ async fn raw_purge_from(from: IpAddr, d: &TestDaemon, path: &str) -> String {
 #[tokio::test]
 async fn the_byte_bound_holds_after_writing_ten_times_it() {
     let o = Origin::start("o").await;
-    let d =
-        TestDaemon::start(&config(&o, "").replace("max_size = \"64MiB\"", "max_size = \"1MiB\""))
-            .await;
+    let d = config(&o, cache().max_size("1MiB")).start().await;
     // 200 distinct 50 KiB objects: 10 MB through a 1 MiB cache.
     for i in 0..200 {
         let a = fetch(&d, &format!("/c/obj{i}?cc=max-age%3D600&size=51200"), &[]).await;
         assert_eq!(a.body.len(), 51200);
     }
-    let stats = get(&http1(), &d.admin_url("/cache"), &[]).await.unwrap();
-    let v: Value = serde_json::from_slice(&stats.body).unwrap();
+    let (_, v) = d.admin(Method::GET, "/cache", "").await;
     let bytes = v["caches"][0]["bytes"].as_u64().unwrap();
     assert!(bytes <= 1 << 20, "{bytes} bytes held");
     assert!(v["caches"][0]["objects"].as_u64().unwrap() >= 5);
-    let m = get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text();
+    let m = d.metrics().await;
     let evictions: f64 = m
         .lines()
         .find_map(|l| l.strip_prefix("streamgate_cache_evictions_total "))
@@ -392,7 +369,9 @@ async fn the_byte_bound_holds_after_writing_ten_times_it() {
 #[tokio::test]
 async fn status_header_name_metrics_and_prefetch() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "status_header = \"X-Edge-Cache\"")).await;
+    let d = config(&o, cache().status_header("X-Edge-Cache"))
+        .start()
+        .await;
     let urls: Vec<String> = (0..3)
         .map(|i| format!("http://cdn.example.com/c/p{i}?cc=max-age%3D60"))
         .collect();
@@ -405,10 +384,7 @@ async fn status_header_name_metrics_and_prefetch() {
     assert_eq!(a.header("x-edge-cache"), Some("HIT"));
     assert!(a.header("x-cache").is_none());
     assert_eq!(o.hits(), 3, "prefetched");
-    let m = get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text();
+    let m = d.metrics().await;
     assert!(
         m.contains(
             "streamgate_data_locality_requests_total{data_type=\"cache_hit\",region=\"edge\"} 1"
@@ -433,7 +409,7 @@ async fn status_header_name_metrics_and_prefetch() {
 #[tokio::test]
 async fn unsafe_methods_invalidate_the_url() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let path = "/c/doc?cc=max-age%3D60";
     fetch(&d, path, &[]).await;
     assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
@@ -457,8 +433,10 @@ async fn unsafe_methods_invalidate_the_url() {
 #[tokio::test]
 async fn a_client_that_stops_reading_a_hit_is_dropped_after_idle() {
     let o = Origin::start("o").await;
-    let config = config(&o, "max_object_size = \"48MiB\"") + "\n[timeouts]\nidle = \"600ms\"\n";
-    let d = TestDaemon::start(&config).await;
+    let d = config(&o, cache().max_object_size("48MiB"))
+        .timeouts(Timeouts::new().idle("600ms"))
+        .start()
+        .await;
     // 40 MiB: more than the loopback socket buffers hold, so the proxy's writes block.
     let path = "/c/big?cc=max-age%3D60&size=41943040";
     let full = 41_943_040;
@@ -480,28 +458,24 @@ async fn a_client_that_stops_reading_a_hit_is_dropped_after_idle() {
 #[tokio::test]
 async fn a_reload_keeps_the_cache_unless_its_size_changes() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, cache()).start().await;
     let path = "/c/kept?cc=max-age%3D60";
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
     assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
-    let reload = |extra: &str, max_size: &str| {
-        let text = config(&o, extra).replace("max_size = \"64MiB\"", max_size);
-        std::fs::write(&d.config_path, with_test_admin(&text)).unwrap();
+    let reload = |cache: Cache| {
+        d.rewrite_config(&config(&o, cache).to_toml());
         d.daemon
             .apply(streamgate_config::load(&d.config_path).unwrap());
     };
     // Other settings change under the stored objects: they are still served, under the new
     // status header name.
-    reload(
-        "status_header = \"x-edge\"\ndefault_ttl = \"30s\"",
-        "max_size = \"64MiB\"",
-    );
+    reload(cache().status_header("x-edge").default_ttl("30s"));
     let after = fetch(&d, path, &[]).await;
     assert_eq!(after.header("x-edge"), Some("HIT"));
     assert!(after.header("x-cache").is_none());
     assert_eq!(o.hits(), 1, "the object survived the reload");
     // A new size is a new store.
-    reload("", "max_size = \"32MiB\"");
+    reload(cache().max_size("32MiB"));
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
     assert_eq!(o.hits(), 2);
 }

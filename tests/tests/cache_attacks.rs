@@ -8,32 +8,25 @@ use std::time::Duration;
 use http::StatusCode;
 use streamgate_tests::*;
 
-fn config(backend: &str, cache_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "origin"
-backends = [ {{ address = "{backend}" }} ]
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["*"]
-regions = ["origin"]
-
-[services.cache]
-max_size = "64MiB"
-{cache_extra}
-"#
-    )
+fn config(backend: impl std::fmt::Display, cache: Cache) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(backend))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["*"])
+                .regions(&["origin"])
+                .cache(cache),
+        )
 }
 
-async fn start(o: &Origin, cache_extra: &str) -> TestDaemon {
-    TestDaemon::start(&config(&o.addr.to_string(), cache_extra)).await
+fn cache() -> Cache {
+    Cache::new("64MiB")
+}
+
+async fn start(o: &Origin, cache: Cache) -> TestDaemon {
+    config(o.addr, cache).start().await
 }
 
 async fn fetch(d: &TestDaemon, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -64,7 +57,7 @@ async fn at_once(d: &Arc<TestDaemon>, n: usize, path: &'static str) -> Vec<Answe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_waiting_on_an_uncacheable_answer_go_at_once_not_one_by_one() {
     let o = Origin::start("o").await;
-    let d = Arc::new(start(&o, "").await);
+    let d = Arc::new(start(&o, cache()).await);
     o.set_delay(Duration::from_millis(300));
     for a in at_once(&d, 20, "/c/u?cc=private").await {
         assert_eq!(a.status, StatusCode::OK);
@@ -79,7 +72,7 @@ async fn clients_waiting_on_an_uncacheable_answer_go_at_once_not_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_now_says_private_is_not_answered_with_the_stale_copy() {
     let o = Origin::start("o").await;
-    let d = Arc::new(start(&o, "").await);
+    let d = Arc::new(start(&o, cache()).await);
     let path = "/c/p?cc=max-age%3D0%2C%20stale-if-error%3D600";
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
     o.set_cache_control("private");
@@ -97,7 +90,7 @@ async fn an_origin_that_now_says_private_is_not_answered_with_the_stale_copy() {
 #[tokio::test]
 async fn a_range_of_an_object_too_large_to_store_is_asked_of_the_origin() {
     let o = Origin::start("o").await;
-    let d = start(&o, "max_object_size = \"1MiB\"").await;
+    let d = start(&o, cache().max_object_size("1MiB")).await;
     let path = "/c/huge.mp4?cc=max-age%3D60&size=4194304";
     let a = fetch(&d, path, &[("range", "bytes=3000000-3000009")]).await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
@@ -125,7 +118,7 @@ async fn a_range_of_an_object_too_large_to_store_is_asked_of_the_origin() {
 #[tokio::test]
 async fn a_clients_preconditions_are_answered_by_the_cache_and_never_stored() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let path = "/c/m?cc=max-age%3D60&etag=v1";
     let failed = fetch(&d, path, &[("if-match", "\"nope\"")]).await;
     assert_eq!(failed.status, StatusCode::PRECONDITION_FAILED);
@@ -150,7 +143,7 @@ async fn a_clients_preconditions_are_answered_by_the_cache_and_never_stored() {
 #[tokio::test]
 async fn forged_forwarding_fields_never_reach_the_origin() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let forged = [
         ("x_forwarded_host", "evil.example"),
         ("x-original-url", "/admin"),
@@ -175,7 +168,7 @@ async fn forged_forwarding_fields_never_reach_the_origin() {
 #[tokio::test]
 async fn a_host_that_is_not_an_authority_is_refused() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     for head in [
         "Host: cdn.example.com/evil",
         "Host: cdn.example.com\r\nHost: other.example",
@@ -193,7 +186,7 @@ async fn a_host_that_is_not_an_authority_is_refused() {
 #[tokio::test]
 async fn only_if_cached_does_not_go_to_the_origin_for_a_stale_object() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let path = "/c/s?cc=max-age%3D0&etag=v1";
     fetch(&d, path, &[]).await;
     let a = fetch(&d, path, &[("cache-control", "only-if-cached")]).await;
@@ -218,7 +211,7 @@ async fn a_304_naming_another_representation_is_not_applied() {
         }
     })
     .await;
-    let d = TestDaemon::start(&config(&o.addr.to_string(), "")).await;
+    let d = config(o.addr, cache()).start().await;
     assert_eq!(xc(&fetch(&d, "/doc", &[]).await), "MISS");
     let a = fetch(&d, "/doc", &[]).await;
     assert_eq!((a.status, &a.body[..]), (StatusCode::OK, &b"hello"[..]));

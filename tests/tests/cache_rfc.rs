@@ -11,32 +11,25 @@ use http::{Method, StatusCode};
 use streamgate_tests::tls::{client_tls, make_cert, write_cert};
 use streamgate_tests::*;
 
-fn config(backend: &str, cache_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "origin"
-backends = [ {{ address = "{backend}" }} ]
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.example.com"]
-regions = ["origin"]
-
-[services.cache]
-max_size = "64MiB"
-{cache_extra}
-"#
-    )
+fn config(backend: impl std::fmt::Display, cache: Cache) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(backend))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.example.com"])
+                .regions(&["origin"])
+                .cache(cache),
+        )
 }
 
-async fn start(o: &Origin, cache_extra: &str) -> TestDaemon {
-    TestDaemon::start(&config(&o.addr.to_string(), cache_extra)).await
+fn cache() -> Cache {
+    Cache::new("64MiB")
+}
+
+async fn start(o: &Origin, cache: Cache) -> TestDaemon {
+    config(o.addr, cache).start().await
 }
 
 async fn fetch(d: &TestDaemon, path: &str, headers: &[(&str, &str)]) -> Answer {
@@ -64,7 +57,7 @@ fn xc(a: &Answer) -> &str {
 #[tokio::test]
 async fn a_304_updates_only_what_it_may_and_can_remove_the_object() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     // The test origin marks `x-origin-private` hop-by-hop (Connection) on every response, the
     // 304 too: never stored, so never on a hit.
     let path = "/c/a?cc=max-age%3D0&cc304=max-age%3D60&etag=v1";
@@ -94,7 +87,7 @@ async fn a_304_updates_only_what_it_may_and_can_remove_the_object() {
 #[tokio::test]
 async fn the_caches_own_requests_are_forwarded_like_a_clients() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let forged = [
         ("x-forwarded-for", "198.51.100.1"),
         ("x-forwarded-host", "evil.example"),
@@ -109,16 +102,8 @@ async fn the_caches_own_requests_are_forwarded_like_a_clients() {
     assert_eq!(seen["via"], "1.1 streamgate");
 
     let body = r#"{"urls": ["http://cdn.example.com/c/p?cc=max-age%3D60"]}"#;
-    let r = send(
-        &http1(),
-        Method::POST,
-        &d.admin_url("/cache/prefetch"),
-        &[],
-        Bytes::from(body),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (status, v) = d.admin(Method::POST, "/cache/prefetch", body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     let seen = o.last_headers();
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["via"], "1.1 streamgate");
@@ -131,17 +116,19 @@ async fn http_and_https_are_different_keys() {
     let dir = tempfile::tempdir().unwrap();
     let cert = make_cert(&["cdn.example.com"]);
     let (cp, kp) = write_cert(dir.path(), "c", &cert);
-    let text = config(&o.addr.to_string(), "").replace(
-        "[[regions]]",
-        &format!(
-            "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
-             certificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n\n[[regions]]",
-            cp.display(),
-            kp.display()
-        ),
-    );
-    let text = text.replace("listeners = [\"web\"]", "listeners = [\"web\", \"tls\"]");
-    let d = TestDaemon::start(&text).await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .listener(Listener::https("tls", &[(&cp, &kp)]))
+        .region(Region::new("origin").address(o.addr))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web", "tls"])
+                .hosts(&["cdn.example.com"])
+                .regions(&["origin"])
+                .cache(cache()),
+        )
+        .start()
+        .await;
     let path = "/c/s?cc=max-age%3D60";
     let tls = client_tls(&[&cert], &[b"http/1.1"]);
     let over_tls = || {
@@ -163,28 +150,22 @@ async fn http_and_https_are_different_keys() {
     assert_eq!(xc(&over_tls().await.unwrap()), "HIT");
     assert_eq!(xc(&fetch(&d, path, &[]).await), "HIT");
     // A purge without a scheme takes both.
-    let r = send(
-        &http1(),
-        Method::POST,
-        &d.admin_url("/cache/purge"),
-        &[],
-        Bytes::from(r#"{"url": "cdn.example.com/c/s?cc=max-age%3D60"}"#),
-    )
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let (_, v) = d
+        .admin(
+            Method::POST,
+            "/cache/purge",
+            r#"{"url": "cdn.example.com/c/s?cc=max-age%3D60"}"#,
+        )
+        .await;
     assert_eq!(v["purged"], 2, "{v}");
     // Prefetch stores an https:// URL where https clients look (through the HTTPS listener).
-    let r = send(
-        &http1(),
-        Method::POST,
-        &d.admin_url("/cache/prefetch"),
-        &[],
-        Bytes::from(r#"{"urls": ["https://cdn.example.com/c/s?cc=max-age%3D60"]}"#),
-    )
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let (_, v) = d
+        .admin(
+            Method::POST,
+            "/cache/prefetch",
+            r#"{"urls": ["https://cdn.example.com/c/s?cc=max-age%3D60"]}"#,
+        )
+        .await;
     assert_eq!(v["ok"], 1, "{v}");
     assert_eq!(xc(&over_tls().await.unwrap()), "HIT");
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
@@ -193,7 +174,7 @@ async fn http_and_https_are_different_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conditional_miss_is_answered_from_the_head_while_the_body_is_recorded() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let path = "/c/big?cc=max-age%3D60&etag=v7&size=1048576&hold=1";
     let nm = tokio::time::timeout(
         Duration::from_secs(10),
@@ -225,7 +206,7 @@ async fn a_conditional_miss_is_answered_from_the_head_while_the_body_is_recorded
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_waiting_on_a_failed_revalidation_get_the_stale_copy() {
     let o = Origin::start("o").await;
-    let d = Arc::new(start(&o, "").await);
+    let d = Arc::new(start(&o, cache()).await);
     let path = "/c/sie?cc=max-age%3D0%2C%20stale-if-error%3D600";
     let first = fetch(&d, path, &[]).await;
     o.set_status(503);
@@ -252,7 +233,7 @@ async fn clients_waiting_on_a_failed_revalidation_get_the_stale_copy() {
 #[tokio::test]
 async fn unsafe_and_unknown_methods_invalidate_the_url_and_its_locations() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let doc = "/c/doc?cc=max-age%3D60";
     for method in ["PUT", "FROBNICATE"] {
         fetch(&d, doc, &[]).await;
@@ -299,7 +280,7 @@ async fn interim_responses_are_not_the_answer_and_never_stored() {
             .to_vec()
     })
     .await;
-    let d = TestDaemon::start(&config(&o.addr.to_string(), "")).await;
+    let d = config(o.addr, cache()).start().await;
     for want in ["MISS", "HIT"] {
         let a = fetch(&d, "/page", &[]).await;
         assert_eq!((a.status, xc(&a)), (StatusCode::OK, want));
@@ -315,7 +296,7 @@ async fn interim_responses_are_not_the_answer_and_never_stored() {
 #[tokio::test]
 async fn age_is_read_from_its_first_member() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     // Age 90 (then 30): older than max-age=60, so stale at once.
     let path = "/c/age?cc=max-age%3D60&hdr=age%3A%2090%2C%2030";
     fetch(&d, path, &[]).await;
@@ -330,7 +311,7 @@ async fn age_is_read_from_its_first_member() {
 #[tokio::test]
 async fn targeted_cache_control_takes_precedence_for_this_cache_only() {
     let o = Origin::start("o").await;
-    let d = start(&o, "targeted_field = \"Edge-Control\"").await;
+    let d = start(&o, cache().targeted_field("Edge-Control")).await;
     // Browsers are told not to store it; the CDN keeps it a minute.
     let kept = "/c/t1?cc=no-store&hdr=cdn-cache-control%3A%20max-age%3D60";
     fetch(&d, kept, &[]).await;

@@ -6,37 +6,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
-use serde_json::Value;
+use http::{Method, StatusCode};
 use streamgate_tests::*;
 
-fn config(backend: &str, cache_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "origin"
-backends = [ {{ address = "{backend}" }} ]
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.example.com", "app.test"]
-regions = ["origin"]
-
-[services.cache]
-max_size = "64MiB"
-purge_from = ["127.0.0.1/32"]
-{cache_extra}
-"#
-    )
+fn config(backend: impl std::fmt::Display, cache: Cache) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(backend))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.example.com", "app.test"])
+                .regions(&["origin"])
+                .cache(cache),
+        )
 }
 
-async fn start(o: &Origin, cache_extra: &str) -> TestDaemon {
-    TestDaemon::start(&config(&o.addr.to_string(), cache_extra)).await
+fn cache() -> Cache {
+    Cache::new("64MiB").purge_from(&["127.0.0.1/32"])
+}
+
+async fn start(o: &Origin, cache: Cache) -> TestDaemon {
+    config(o.addr, cache).start().await
 }
 
 /// A GET from a client of its own (a fresh connection each time).
@@ -48,13 +39,6 @@ async fn fetch(d: &TestDaemon, path: &str, headers: &[(&str, &str)]) -> Answer {
 
 fn xc(a: &Answer) -> &str {
     a.header("x-cache").unwrap_or("-")
-}
-
-async fn metrics(d: &TestDaemon) -> String {
-    get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text()
 }
 
 fn metric(text: &str, line_prefix: &str) -> f64 {
@@ -69,7 +53,7 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
 #[tokio::test]
 async fn a_cookie_set_by_a_304_reaches_only_the_client_that_revalidated() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     // Stale at once, with a validator; the origin's 304 refreshes it for a minute and, like many
     // apps, refreshes the session cookie of whoever asked.
     let path = "/c/account?cc=max-age%3D0&cc304=max-age%3D60&etag=v1&cookie304=1";
@@ -93,7 +77,7 @@ async fn a_cookie_set_by_a_304_reaches_only_the_client_that_revalidated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_refresh_is_forwarded_like_the_clients_own_request() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let path = "/c/w?cc=max-age%3D0%2C%20stale-while-revalidate%3D600";
     let forged = [
         ("x-forwarded-host", "evil.example"),
@@ -122,7 +106,7 @@ async fn a_background_refresh_is_forwarded_like_the_clients_own_request() {
 #[tokio::test]
 async fn the_port_is_part_of_the_key() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let path = "/c/page?cc=max-age%3D60";
     let at = |host: &'static str| {
         let d = &d;
@@ -149,7 +133,7 @@ async fn the_port_is_part_of_the_key() {
 #[tokio::test]
 async fn huge_numbers_in_cache_control_and_age_do_not_panic() {
     let o = Origin::start("o").await;
-    let d = start(&o, "").await;
+    let d = start(&o, cache()).await;
     let path = "/c/n?cc=max-age%3D60";
     fetch(&d, path, &[]).await;
     for cc in [
@@ -183,7 +167,7 @@ async fn huge_numbers_in_cache_control_and_age_do_not_panic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_miss_is_answered_before_the_whole_object_arrives() {
     let o = Origin::start("o").await;
-    let d = Arc::new(start(&o, "max_object_size = \"16MiB\"").await);
+    let d = Arc::new(start(&o, cache().max_object_size("16MiB")).await);
     // 8 MiB whose origin sends the first 64 KiB, then holds the rest.
     let path = "/c/movie.mp4?cc=max-age%3D60&size=8388608&hold=1";
     let first = tokio::time::timeout(
@@ -199,7 +183,7 @@ async fn a_range_miss_is_answered_before_the_whole_object_arrives() {
     o.release();
     let m = || {
         let d = d.clone();
-        async move { metrics(&d).await }
+        async move { d.metrics().await }
     };
     let mut stored = false;
     for _ in 0..500 {
@@ -220,19 +204,19 @@ async fn a_range_miss_is_answered_before_the_whole_object_arrives() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fills_past_max_fill_bytes_stream_to_their_client_uncached_and_are_counted() {
     let o = Origin::start("o").await;
-    let d = start(&o, "max_object_size = \"8MiB\"\nmax_fill_bytes = \"3MiB\"").await;
+    let d = start(&o, cache().max_object_size("8MiB").max_fill_bytes("3MiB")).await;
     // The first 2 MiB object holds the budget while its origin holds the rest.
     let held = "/c/held?cc=max-age%3D60&size=2097152&hold=1";
     let a = fetch(&d, held, &[("range", "bytes=0-9")]).await;
     assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
-    let m = metrics(&d).await;
+    let m = d.metrics().await;
     assert_eq!(metric(&m, "streamgate_cache_fill_bytes "), 2_097_152.0);
     // A second one does not fit: served whole, not stored.
     let other = "/c/other?cc=max-age%3D60&size=2097152";
     let b = fetch(&d, other, &[]).await;
     assert_eq!((b.status, b.body.len()), (StatusCode::OK, 2_097_152));
     assert_eq!(xc(&fetch(&d, other, &[]).await), "MISS", "not stored");
-    let m = metrics(&d).await;
+    let m = d.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -249,7 +233,7 @@ async fn fills_past_max_fill_bytes_stream_to_their_client_uncached_and_are_count
     );
     let mut drained = false;
     for _ in 0..500 {
-        if metric(&metrics(&d).await, "streamgate_cache_fill_bytes ") == 0.0 {
+        if metric(&d.metrics().await, "streamgate_cache_fill_bytes ") == 0.0 {
             drained = true;
             break;
         }
@@ -257,10 +241,6 @@ async fn fills_past_max_fill_bytes_stream_to_their_client_uncached_and_are_count
     }
     assert!(drained, "the budget is given back when the fill ends");
     assert_eq!(xc(&fetch(&d, held, &[]).await), "HIT");
-}
-
-fn raw_config(o: &RawOrigin) -> String {
-    config(&o.addr.to_string(), "")
 }
 
 #[tokio::test]
@@ -277,7 +257,7 @@ async fn ambiguous_framing_from_the_origin_is_refused_and_never_stored() {
         .into_bytes()
     })
     .await;
-    let d = TestDaemon::start(&raw_config(&o)).await;
+    let d = config(o.addr, cache()).start().await;
     for path in ["/both", "/plus"] {
         for round in 0..2 {
             let a = fetch(&d, path, &[]).await;
@@ -295,7 +275,7 @@ async fn ambiguous_framing_from_the_origin_is_refused_and_never_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revalidations_are_coalesced_also_for_no_cache_clients() {
     let o = Origin::start("o").await;
-    let d = Arc::new(start(&o, "").await);
+    let d = Arc::new(start(&o, cache()).await);
     let path = "/c/hot?cc=max-age%3D0&etag=v1";
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
     o.set_delay(Duration::from_millis(300));
@@ -328,7 +308,7 @@ async fn revalidations_are_coalesced_also_for_no_cache_clients() {
 #[tokio::test]
 async fn variants_per_url_are_capped_and_accept_encoding_is_normalised() {
     let o = Origin::start("o").await;
-    let d = start(&o, "max_variants = 4").await;
+    let d = start(&o, cache().max_variants(4)).await;
     let path = "/c/v?cc=max-age%3D60&vary=x-v";
     for i in 0..6 {
         let v = i.to_string();
@@ -338,7 +318,7 @@ async fn variants_per_url_are_capped_and_accept_encoding_is_normalised() {
     assert_eq!(xc(&fetch(&d, path, &[("x-v", "5")]).await), "HIT");
     assert_eq!(xc(&fetch(&d, path, &[("x-v", "2")]).await), "HIT");
     assert_eq!(xc(&fetch(&d, path, &[("x-v", "0")]).await), "MISS");
-    let m = metrics(&d).await;
+    let m = d.metrics().await;
     assert_eq!(metric(&m, "streamgate_cache_variant_evictions_total "), 3.0);
 
     let ae = "/c/ae?cc=max-age%3D60&vary=accept-encoding";
@@ -367,7 +347,7 @@ async fn variants_per_url_are_capped_and_accept_encoding_is_normalised() {
 #[tokio::test]
 async fn invalid_http_dates_are_refused_and_the_obsolete_forms_accepted() {
     let o = Origin::start("o").await;
-    let d = start(&o, "heuristic_freshness = false").await;
+    let d = start(&o, cache().heuristic_freshness(false)).await;
     // A wrong weekday (2094-11-06 is a Saturday): invalid, so already expired (RFC 9111 §5.3).
     let bad = "/c/bad?hdr=expires%3A%20Sun%2C%2006%20Nov%202094%2008%3A49%3A37%20GMT";
     fetch(&d, bad, &[]).await;
@@ -395,10 +375,9 @@ fn encode(s: &str) -> String {
 #[tokio::test]
 async fn cache_stats_report_the_new_limits() {
     let o = Origin::start("o").await;
-    let d = start(&o, "max_variants = 7\nmax_fill_bytes = \"5MiB\"").await;
+    let d = start(&o, cache().max_variants(7).max_fill_bytes("5MiB")).await;
     fetch(&d, "/c/x?cc=max-age%3D60", &[]).await;
-    let stats = get(&http1(), &d.admin_url("/cache"), &[]).await.unwrap();
-    let v: Value = serde_json::from_slice(&stats.body).unwrap();
+    let (_, v) = d.admin(Method::GET, "/cache", "").await;
     assert_eq!(v["caches"][0]["max_variants"], 7);
     assert_eq!(v["caches"][0]["max_fill_bytes"], 5 * 1024 * 1024);
 }

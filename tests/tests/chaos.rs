@@ -8,83 +8,52 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Method, StatusCode};
-use serde_json::Value;
 use streamgate_tests::*;
 use tokio::sync::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
 
-fn config(a: &[&Origin], b: &[&Origin]) -> String {
-    let list = |os: &[&Origin]| backends(&os.iter().map(|o| (*o, 1)).collect::<Vec<_>>());
-    format!(
-        r#"
-[runtime]
-workers = 1
-
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "a"
-backends = {}
-
-[[regions]]
-name = "b"
-backends = {}
-
-[[services]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.example"]
-regions = ["a", "b"]
-region_policy = "failover"
-
-[services.retry]
-attempts = 3
-min_per_second = 200
-
-[services.health]
-kind = "http"
-path = "/healthz"
-interval = "100ms"
-timeout = "100ms"
-rise = 1
-fall = 2
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.example"]
-regions = ["a", "b"]
-region_policy = "failover"
-
-[services.retry]
-attempts = 3
-min_per_second = 200
-
-[services.cache]
-max_size = "16MiB"
-"#,
-        list(a),
-        list(b)
-    )
+fn config(a: &[&Origin], b: &[&Origin]) -> Config {
+    let service = |name: &str, host: &str| {
+        Service::new(name)
+            .listeners(&["web"])
+            .hosts(&[host])
+            .regions(&["a", "b"])
+            .region_policy("failover")
+            .retry(Retry::new().attempts(3).min_per_second(200))
+    };
+    Config::new()
+        .workers(1)
+        .listener(Listener::http("web"))
+        .region(Region::new("a").origins(a))
+        .region(Region::new("b").origins(b))
+        .service(
+            service("app", "app.example").health(
+                Health::new()
+                    .kind("http")
+                    .path("/healthz")
+                    .interval("100ms")
+                    .timeout("100ms")
+                    .rise(1)
+                    .fall(2),
+            ),
+        )
+        .service(service("cdn", "cdn.example").cache(Cache::new("16MiB")))
 }
 
 /// The origins of one region, each restartable on its own port.
-struct Region {
+struct Origins {
     origins: Vec<Mutex<Origin>>,
 }
 
-impl Region {
-    async fn start(name: &str, n: usize) -> Region {
+impl Origins {
+    async fn start(name: &str, n: usize) -> Origins {
         let mut origins = Vec::new();
         for i in 0..n {
             origins.push(Mutex::new(Origin::start(&format!("{name}{i}")).await));
         }
-        Region { origins }
+        Origins { origins }
     }
 
     async fn kill(&self, i: usize) {
@@ -108,8 +77,8 @@ impl Region {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_under_load_fails_no_idempotent_request() {
-    let a = Arc::new(Region::start("a", 3).await);
-    let b = Arc::new(Region::start("b", 2).await);
+    let a = Arc::new(Origins::start("a", 3).await);
+    let b = Arc::new(Origins::start("b", 2).await);
     let text = {
         let ag: Vec<_> = futures_util::future::join_all(a.origins.iter().map(|o| o.lock())).await;
         let bg: Vec<_> = futures_util::future::join_all(b.origins.iter().map(|o| o.lock())).await;
@@ -118,9 +87,8 @@ async fn chaos_under_load_fails_no_idempotent_request() {
             &bg.iter().map(|g| &**g).collect::<Vec<_>>(),
         )
     };
-    let p = DaemonProcess::start(BIN, &text, &["web", "admin"]);
+    let p = DaemonProcess::start(BIN, &text.to_toml(), &["web", "admin"]);
     let web = p.addr("web");
-    let admin = format!("http://{}", p.addr("admin"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -199,29 +167,19 @@ async fn chaos_under_load_fails_no_idempotent_request() {
             }
             // A purge.
             2 => {
-                let r = send(
-                    &http1(),
-                    Method::POST,
-                    &format!("{admin}/cache/purge"),
-                    &[],
-                    Bytes::from(r#"{"prefix": "cdn.example/c/"}"#),
-                )
-                .await
-                .unwrap();
-                assert_eq!(r.status, StatusCode::OK);
+                let (status, _) = p
+                    .admin(
+                        Method::POST,
+                        "/cache/purge",
+                        r#"{"prefix": "cdn.example/c/"}"#,
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK);
             }
             _ => {}
         }
-        let r = send(
-            &http1(),
-            Method::POST,
-            &format!("{admin}/reload"),
-            &[],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let (status, v) = p.admin(Method::POST, "/reload", "").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
         reloads += 1;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -248,13 +206,7 @@ async fn chaos_under_load_fails_no_idempotent_request() {
     // Every in-flight count back to 0.
     let settled = async {
         for _ in 0..100 {
-            let v: Value = serde_json::from_slice(
-                &get(&http1(), &format!("{admin}/backends"), &[])
-                    .await
-                    .unwrap()
-                    .body,
-            )
-            .unwrap();
+            let (_, v) = p.admin(Method::GET, "/backends", "").await;
             let busy: u64 = v["backends"]
                 .as_array()
                 .unwrap()

@@ -9,28 +9,17 @@ use streamgate_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
 
-fn service(list: &str, extra: &str) -> String {
-    format!(
-        r#"
-[runtime]
-workers = 2
-shutdown_timeout = "10s"
+fn service(region: Region) -> Config {
+    Config::new()
+        .workers(2)
+        .shutdown_timeout("10s")
+        .listener(Listener::http("web"))
+        .region(region)
+        .service(Service::new("app").listeners(&["web"]).regions(&["local"]))
+}
 
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "local"
-backends = {list}
-
-[[services]]
-name = "app"
-listeners = ["web"]
-regions = ["local"]
-{extra}
-"#
-    )
+fn local(origin: &Origin) -> Region {
+    Region::new("local").backends(&[(origin, 1)])
 }
 
 #[test]
@@ -126,7 +115,7 @@ fn version_flag() {
 async fn sigterm_finishes_the_in_flight_request_then_exits() {
     let origin = Origin::start("slow").await;
     origin.set_delay(Duration::from_millis(1500));
-    let mut p = DaemonProcess::start(BIN, &service(&backends(&[(&origin, 1)]), ""), &["web"]);
+    let mut p = DaemonProcess::start(BIN, &service(local(&origin)).to_toml(), &["web"]);
     let url = format!("http://{}/slow", p.addr("web"));
     let in_flight = tokio::spawn(async move { get(&http1(), &url, &[]).await });
     assert!(
@@ -165,7 +154,7 @@ async fn a_failed_request_logs_one_line_naming_the_backend() {
         .unwrap();
     let p = DaemonProcess::start(
         BIN,
-        &service(&format!("[ {{ address = \"{dead}\" }} ]"), ""),
+        &service(Region::new("local").address(dead)).to_toml(),
         &["web"],
     );
     let a = get(&http1(), &format!("http://{}/", p.addr("web")), &[])
@@ -202,7 +191,7 @@ async fn a_failed_request_logs_one_line_naming_the_backend() {
 async fn a_1_gib_download_and_upload_do_not_raise_memory() {
     const GIB: u64 = 1 << 30;
     let origin = Origin::start("big").await;
-    let p = DaemonProcess::start(BIN, &service(&backends(&[(&origin, 1)]), ""), &["web"]);
+    let p = DaemonProcess::start(BIN, &service(local(&origin)).to_toml(), &["web"]);
     let base = format!("http://{}", p.addr("web"));
     // Warm up pools and buffers first so the baseline includes them.
     get(&http1(), &format!("{base}/bytes/1000000"), &[])
@@ -264,7 +253,7 @@ async fn a_1_gib_download_and_upload_do_not_raise_memory() {
 async fn sighup_and_a_changed_file_reload_the_config() {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let p = DaemonProcess::start(BIN, &service(&backends(&[(&a, 1)]), ""), &["web", "admin"]);
+    let p = DaemonProcess::start(BIN, &service(local(&a)).to_toml(), &["web", "admin"]);
     let url = format!("http://{}/", p.addr("web"));
     assert_eq!(
         get(&http1(), &url, &[]).await.unwrap().header("x-origin"),
@@ -272,7 +261,7 @@ async fn sighup_and_a_changed_file_reload_the_config() {
     );
 
     // Edit the file: the watcher reloads it on its own.
-    let text = with_test_admin(&service(&backends(&[(&b, 1)]), ""));
+    let text = service(local(&b)).to_toml();
     std::fs::write(&p.config_path, text).unwrap();
     let switched = async {
         for _ in 0..100 {
@@ -287,7 +276,7 @@ async fn sighup_and_a_changed_file_reload_the_config() {
     assert!(switched, "file change reloaded; log: {:?}", p.log_json());
 
     // SIGHUP reloads too (here: back to a).
-    let text = with_test_admin(&service(&backends(&[(&a, 1)]), ""));
+    let text = service(local(&a)).to_toml();
     std::fs::write(&p.config_path, text).unwrap();
     p.signal("HUP");
     let back = async {
@@ -315,11 +304,9 @@ async fn the_admin_token_never_appears_in_the_log() {
     let token_path = dir.path().join("admin.token");
     let secret = "s3cret-token-7f1e9c";
     std::fs::write(&token_path, secret).unwrap();
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
-        token_path.display(),
-        service(&backends(&[(&a, 1)]), "")
-    );
+    let text = service(local(&a))
+        .admin(Admin::new().token_file(&token_path))
+        .to_toml();
     let p = DaemonProcess::start(BIN, &text, &["web", "admin"]);
     let base = format!("http://{}", p.addr("admin"));
     let c = http1();
@@ -367,7 +354,7 @@ async fn the_admin_token_never_appears_in_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sighup_is_one_reload() {
     let a = Origin::start("a").await;
-    let p = DaemonProcess::start(BIN, &service(&backends(&[(&a, 1)]), ""), &["web", "admin"]);
+    let p = DaemonProcess::start(BIN, &service(local(&a)).to_toml(), &["web", "admin"]);
     p.signal("HUP");
     // Long enough for the file watcher's debounce to have fired many times over.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -379,16 +366,7 @@ async fn one_sighup_is_one_reload() {
         0,
         "reading the file is not a change of it: {logs:?}"
     );
-    let reloads = get(
-        &http1(),
-        &format!("http://{}/metrics", p.addr("admin")),
-        &[],
-    )
-    .await
-    .unwrap()
-    .text()
-    .lines()
-    .find_map(|l| {
+    let reloads = p.metrics().await.lines().find_map(|l| {
         l.strip_prefix("streamgate_config_reloads_total{result=\"success\"} ")
             .map(str::to_string)
     });

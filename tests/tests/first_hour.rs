@@ -17,29 +17,6 @@ fn repo(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
-async fn admin_json(d: &TestDaemon, method: Method, path: &str, body: &str) -> (StatusCode, Value) {
-    let a = send(
-        &http1(),
-        method,
-        &d.admin_url(path),
-        &[],
-        bytes::Bytes::from(body.to_string()),
-    )
-    .await
-    .unwrap();
-    (
-        a.status,
-        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
-    )
-}
-
-async fn metrics(d: &TestDaemon) -> String {
-    get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text()
-}
-
 fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -71,12 +48,12 @@ async fn the_readme_explain_example_answers_against_the_demo() {
         })
         .expect("the README shows an /explain example");
     let d = TestDaemon::start(&demo_config()).await;
-    let (status, v) = admin_json(&d, Method::GET, &query, "").await;
+    let (status, v) = d.admin(Method::GET, &query, "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["service"], "web", "{v}");
     assert_eq!(v["decision"]["region"], "ap-northeast", "{v}");
     // Without the host, the answer says which parameter was missing and what is served.
-    let (_, bare) = admin_json(&d, Method::GET, "/explain?ip=203.0.113.7", "").await;
+    let (_, bare) = d.admin(Method::GET, "/explain?ip=203.0.113.7", "").await;
     let why = bare["why"].as_str().unwrap();
     assert!(why.contains("host=") && why.contains("localhost"), "{why}");
 }
@@ -85,37 +62,25 @@ async fn the_readme_explain_example_answers_against_the_demo() {
 async fn regions_and_explain_tell_one_truth() {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let text = format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "first"
-backends = {}
-
-[[regions]]
-name = "second"
-backends = {}
-
-[[services]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-regions = ["first", "second"]
-region_policy = "failover"
-"#,
-        backends(&[(&a, 1)]),
-        backends(&[(&b, 1)])
-    );
-    let d = TestDaemon::start(&text).await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("first").origins(&[&a]))
+        .region(Region::new("second").origins(&[&b]))
+        .service(
+            Service::new("app")
+                .listeners(&["web"])
+                .hosts(&["app.test"])
+                .regions(&["first", "second"])
+                .region_policy("failover"),
+        )
+        .start()
+        .await;
     for _ in 0..4 {
         get(&http1(), &d.url("web", "/"), &[("host", "app.test")])
             .await
             .unwrap();
     }
-    let (_, regions) = admin_json(&d, Method::GET, "/regions", "").await;
+    let (_, regions) = d.admin(Method::GET, "/regions", "").await;
     let svc = |name: &str| {
         regions["regions"]
             .as_array()
@@ -142,9 +107,11 @@ region_policy = "failover"
     );
     assert_eq!(svc("second")["failback_ramp"].as_f64(), Some(1.0));
 
-    let (s, _) = admin_json(&d, Method::POST, "/regions/second/deactivate", "").await;
+    let (s, _) = d
+        .admin(Method::POST, "/regions/second/deactivate", "")
+        .await;
     assert_eq!(s, StatusCode::OK);
-    let (_, regions) = admin_json(&d, Method::GET, "/regions", "").await;
+    let (_, regions) = d.admin(Method::GET, "/regions", "").await;
     let second = regions["regions"]
         .as_array()
         .unwrap()
@@ -153,7 +120,9 @@ region_policy = "failover"
         .unwrap()
         .clone();
     assert_eq!(second["services"][0]["eligible"], false, "{second}");
-    let (_, explain) = admin_json(&d, Method::GET, "/explain?ip=127.0.0.1&host=app.test", "").await;
+    let (_, explain) = d
+        .admin(Method::GET, "/explain?ip=127.0.0.1&host=app.test", "")
+        .await;
     let listed = explain["regions"]
         .as_array()
         .unwrap()
@@ -187,43 +156,20 @@ async fn tcp_connections_are_logged_and_counted() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let text = format!(
-        r#"
-[access_log]
-path = "{}"
-format = "json"
-
-[[listeners]]
-name = "l4"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-
-[[listeners]]
-name = "l4dead"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-
-[[regions]]
-name = "r"
-backends = [ {{ address = "{echo}" }} ]
-
-[[regions]]
-name = "gone"
-backends = [ {{ address = "{dead}" }} ]
-
-[[services]]
-name = "echo"
-listeners = ["l4"]
-regions = ["r"]
-
-[[services]]
-name = "nothing"
-listeners = ["l4dead"]
-regions = ["gone"]
-"#,
-        log.display()
-    );
-    let d = TestDaemon::start(&text).await;
+    let d = Config::new()
+        .access_log(AccessLog::new(&log).format("json"))
+        .listener(Listener::tcp("l4"))
+        .listener(Listener::tcp("l4dead"))
+        .region(Region::new("r").address(echo))
+        .region(Region::new("gone").address(dead))
+        .service(Service::new("echo").listeners(&["l4"]).regions(&["r"]))
+        .service(
+            Service::new("nothing")
+                .listeners(&["l4dead"])
+                .regions(&["gone"]),
+        )
+        .start()
+        .await;
     let mut s = tokio::net::TcpStream::connect(d.addr("l4")).await.unwrap();
     s.write_all(b"hello, five bytes each way").await.unwrap();
     s.shutdown().await.unwrap();
@@ -266,7 +212,7 @@ regions = ["gone"]
     assert_eq!(ok["backend"], echo.to_string());
     let failed = all.iter().find(|l| l["listener"] == "l4dead").unwrap();
     assert_eq!(failed["status"], 502, "{failed}");
-    let m = metrics(&d).await;
+    let m = d.metrics().await;
     let series = |svc: &str, region: &str, class: &str| {
         format!(
             "streamgate_global_load_balancer_requests_total{{code_class=\"{class}\",region=\"{region}\",service=\"{svc}\"}}"
@@ -279,59 +225,49 @@ regions = ["gone"]
 #[tokio::test]
 async fn purging_a_service_that_does_not_exist_says_so() {
     let o = Origin::start("o").await;
-    let text = format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "r"
-backends = {}
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.test"]
-regions = ["r"]
-
-[services.cache]
-max_size = "1MiB"
-
-[[services]]
-name = "api"
-listeners = ["web"]
-hosts = ["api.test"]
-regions = ["r"]
-"#,
-        backends(&[(&o, 1)])
-    );
-    let d = TestDaemon::start(&text).await;
-    let (s, v) = admin_json(
-        &d,
-        Method::POST,
-        "/cache/purge",
-        r#"{"all": true, "service": "cdm"}"#,
-    )
-    .await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.test"])
+                .regions(&["r"])
+                .cache(Cache::new("1MiB")),
+        )
+        .service(
+            Service::new("api")
+                .listeners(&["web"])
+                .hosts(&["api.test"])
+                .regions(&["r"]),
+        )
+        .start()
+        .await;
+    let (s, v) = d
+        .admin(
+            Method::POST,
+            "/cache/purge",
+            r#"{"all": true, "service": "cdm"}"#,
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().contains("\"cdm\""), "{v}");
-    let (s, v) = admin_json(
-        &d,
-        Method::POST,
-        "/cache/purge",
-        r#"{"all": true, "service": "api"}"#,
-    )
-    .await;
+    let (s, v) = d
+        .admin(
+            Method::POST,
+            "/cache/purge",
+            r#"{"all": true, "service": "api"}"#,
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"].as_str().unwrap().contains("no cache"), "{v}");
-    let (s, v) = admin_json(
-        &d,
-        Method::POST,
-        "/cache/purge",
-        r#"{"all": true, "service": "cdn"}"#,
-    )
-    .await;
+    let (s, v) = d
+        .admin(
+            Method::POST,
+            "/cache/purge",
+            r#"{"all": true, "service": "cdn"}"#,
+        )
+        .await;
     assert_eq!((s, v["purged"].as_u64()), (StatusCode::OK, Some(0)));
 }
 
@@ -339,32 +275,20 @@ regions = ["r"]
 async fn counters_start_at_zero_and_deployments_are_counted() {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let make = |backends_eu: String| {
-        format!(
-            r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "eu"
-backends = {backends_eu}
-
-[[regions]]
-name = "us"
-backends = {}
-
-[[services]]
-name = "app"
-listeners = ["web"]
-hosts = ["app.test"]
-regions = ["eu", "us"]
-"#,
-            backends(&[(&b, 1)])
-        )
+    let make = |eu: &[&Origin]| {
+        Config::new()
+            .listener(Listener::http("web"))
+            .region(Region::new("eu").origins(eu))
+            .region(Region::new("us").origins(&[&b]))
+            .service(
+                Service::new("app")
+                    .listeners(&["web"])
+                    .hosts(&["app.test"])
+                    .regions(&["eu", "us"]),
+            )
     };
-    let d = TestDaemon::start(&make(backends(&[(&a, 1)]))).await;
-    let m = metrics(&d).await;
+    let d = make(&[&a]).start().await;
+    let m = d.metrics().await;
     for series in [
         "streamgate_failovers_total{from=\"eu\",service=\"app\",to=\"us\"}",
         "streamgate_upstream_errors_total{kind=\"connect\",region=\"eu\"}",
@@ -384,14 +308,10 @@ regions = ["eu", "us"]
         (Some(1.0), Some(1.0))
     );
     // A reload that adds a backend to eu deploys eu, not us.
-    std::fs::write(
-        &d.config_path,
-        with_test_admin(&make(backends(&[(&a, 1), (&b, 1)]))),
-    )
-    .unwrap();
-    let (s, v) = admin_json(&d, Method::POST, "/reload", "").await;
+    d.rewrite_config(&make(&[&a, &b]).to_toml());
+    let (s, v) = d.admin(Method::POST, "/reload", "").await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let m = metrics(&d).await;
+    let m = d.metrics().await;
     assert_eq!(
         (deployed(&m, "eu"), deployed(&m, "us")),
         (Some(2.0), Some(1.0))

@@ -9,30 +9,23 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::TokioIo;
+use streamgate_tests::h2::{frame, get_block, h2_trickle, raw_h2};
 use streamgate_tests::*;
 use tokio::net::TcpStream;
 
-fn config(o: &Origin, timeouts: &str) -> String {
-    format!(
-        r#"
-[timeouts]
-{timeouts}
+fn config(o: &Origin, timeouts: Timeouts) -> Config {
+    one_service(o, Listener::http("web"), service()).timeouts(timeouts)
+}
 
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
+fn one_service(o: &Origin, listener: Listener, service: Service) -> Config {
+    Config::new()
+        .listener(listener)
+        .region(Region::new("r").backends(&[(o, 1)]))
+        .service(service)
+}
 
-[[regions]]
-name = "r"
-backends = {}
-
-[[services]]
-name = "s"
-listeners = ["web"]
-regions = ["r"]
-"#,
-        backends(&[(o, 1)])
-    )
+fn service() -> Service {
+    Service::new("s").listeners(&["web"]).regions(&["r"])
 }
 
 /// POSTs `chunks` chunks of `size` bytes to `/sink`, `gap` apart (a slow uploader); the answer.
@@ -91,7 +84,9 @@ fn tokio_stream_from<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_longer_than_upstream_response_is_not_a_timeout() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "upstream_response = \"1s\"")).await;
+    let d = config(&o, Timeouts::new().upstream_response("1s"))
+        .start()
+        .await;
     // 3 s of upload, 64 KiB every 250 ms: the backend answers once it has it all.
     let (status, text) = slow_upload(&d, 12, 64 * 1024, Duration::from_millis(250), None).await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -101,14 +96,13 @@ async fn an_upload_longer_than_upstream_response_is_not_a_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_that_stops_is_the_clients_timeout() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "upstream_response = \"1s\"")).await;
+    let d = config(&o, Timeouts::new().upstream_response("1s"))
+        .start()
+        .await;
     let (status, text) = slow_upload(&d, 12, 1024, Duration::from_millis(50), Some(3)).await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
     // The backend is not blamed for the client's stall.
-    let m = get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text();
+    let m = d.metrics().await;
     assert!(
         !m.lines()
             .any(|l| l.starts_with("streamgate_upstream_errors_total{") && !l.ends_with(" 0")),
@@ -120,35 +114,19 @@ async fn an_upload_that_stops_is_the_clients_timeout() {
 async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
     let public = Origin::start("public").await;
     let rest = Origin::start("rest").await;
-    let text = format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "pub"
-backends = {}
-
-[[regions]]
-name = "rest"
-backends = {}
-
-[[services]]
-name = "pub"
-listeners = ["web"]
-path_prefix = "/pub/"
-regions = ["pub"]
-
-[[services]]
-name = "rest"
-listeners = ["web"]
-regions = ["rest"]
-"#,
-        backends(&[(&public, 1)]),
-        backends(&[(&rest, 1)])
-    );
-    let d = TestDaemon::start(&text).await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("pub").backends(&[(&public, 1)]))
+        .region(Region::new("rest").backends(&[(&rest, 1)]))
+        .service(
+            Service::new("pub")
+                .listeners(&["web"])
+                .path_prefix("/pub/")
+                .regions(&["pub"]),
+        )
+        .service(Service::new("rest").listeners(&["web"]).regions(&["rest"]))
+        .start()
+        .await;
     let cases = [
         ("/pub/../admin", "origin rest /admin"),
         ("/pub/%2e%2e/admin", "origin rest /admin"),
@@ -171,7 +149,7 @@ regions = ["rest"]
 #[tokio::test]
 async fn the_admin_api_refuses_what_a_browser_page_would_send() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, Timeouts::new()).start().await;
     let post = |headers: Vec<(&'static str, &'static str)>, body: &'static str| {
         let url = d.admin_url("/backends/drain");
         async move {
@@ -216,14 +194,15 @@ async fn the_admin_api_refuses_what_a_browser_page_would_send() {
     assert_eq!(read.status, StatusCode::OK);
 }
 
-#[tokio::test]
+// Paused time: every timer here is tokio's (the admin listener's hyper TokioTimer, the
+// handler's timeout, the test's sleeps) and all I/O is loopback within this runtime.
+#[tokio::test(start_paused = true)]
 async fn the_admin_listener_cuts_slow_heads_and_caps_connections() {
     let o = Origin::start("o").await;
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n{}",
-        config(&o, "request_header = \"500ms\"")
-    );
-    let d = TestDaemon::start(&text).await;
+    let d = config(&o, Timeouts::new().request_header("500ms"))
+        .admin(Admin::new().max_connections(2))
+        .start()
+        .await;
     let admin = d.daemon.admin_addr();
     // A head that never completes is closed after request_header.
     let cut = stall_then_drain(
@@ -251,35 +230,12 @@ async fn the_admin_listener_cuts_slow_heads_and_caps_connections() {
     assert_eq!(answer.status, StatusCode::OK);
 }
 
-fn limited_config(o: &Origin, listener_extra: &str, limits: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-{listener_extra}
-
-[[regions]]
-name = "r"
-backends = {}
-
-[[services]]
-name = "s"
-listeners = ["web"]
-regions = ["r"]
-
-[services.limits]
-{limits}
-"#,
-        backends(&[(o, 1)])
-    )
+fn limited_config(o: &Origin, listener: Listener, limits: Limits) -> Config {
+    one_service(o, listener, service().limits(limits))
 }
 
 async fn limited(d: &TestDaemon, limit: &str) -> f64 {
-    let m = get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text();
+    let m = d.metrics().await;
     let prefix = format!("streamgate_limited_total{{limit=\"{limit}\",listener=\"web\"}} ");
     m.lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -292,7 +248,9 @@ async fn limited(d: &TestDaemon, limit: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_larger_than_max_body_gets_413() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&limited_config(&o, "", "max_body = \"1KiB\"")).await;
+    let d = limited_config(&o, Listener::http("web"), Limits::new().max_body("1KiB"))
+        .start()
+        .await;
     assert_eq!(limited(&d, "body").await, 0.0, "exported from the start");
     let post = |body: Bytes| {
         let url = d.url("web", "/sink");
@@ -314,7 +272,9 @@ async fn a_body_larger_than_max_body_gets_413() {
 #[tokio::test]
 async fn request_rates_per_service_and_per_client_get_429_with_retry_after() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&limited_config(&o, "", "rate = 5\nburst = 5")).await;
+    let d = limited_config(&o, Listener::http("web"), Limits::new().rate(5).burst(5))
+        .start()
+        .await;
     let mut statuses = Vec::new();
     for _ in 0..8 {
         let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
@@ -330,7 +290,13 @@ async fn request_rates_per_service_and_per_client_get_429_with_retry_after() {
     );
     assert_eq!(limited(&d, "rate").await, 3.0);
 
-    let d = TestDaemon::start(&limited_config(&o, "", "client_rate = 1\nclient_burst = 2")).await;
+    let d = limited_config(
+        &o,
+        Listener::http("web"),
+        Limits::new().client_rate(1).client_burst(2),
+    )
+    .start()
+    .await;
     let web = d.addr("web");
     let from = |ip: &'static str| async move {
         get_from(ip.parse().unwrap(), web, "/", &[])
@@ -348,11 +314,14 @@ async fn request_rates_per_service_and_per_client_get_429_with_retry_after() {
 #[tokio::test]
 async fn oversized_heads_get_431_and_are_counted() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&limited_config(
+    let d = limited_config(
         &o,
-        "max_headers = 16\nmax_header_bytes = \"8KiB\"",
-        "",
-    ))
+        Listener::http("web")
+            .max_headers(16)
+            .max_header_bytes("8KiB"),
+        Limits::new(),
+    )
+    .start()
     .await;
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
     let big = format!("X-Big: {}\r\n", "b".repeat(10 * 1024));
@@ -370,7 +339,13 @@ async fn oversized_heads_get_431_and_are_counted() {
 #[tokio::test]
 async fn connections_per_client_are_capped() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&limited_config(&o, "max_connections_per_client = 2", "")).await;
+    let d = limited_config(
+        &o,
+        Listener::http("web").max_connections_per_client(2),
+        Limits::new(),
+    )
+    .start()
+    .await;
     let web = d.addr("web");
     let _one = TcpStream::connect(web).await.unwrap();
     let _two = TcpStream::connect(web).await.unwrap();
@@ -389,9 +364,14 @@ async fn connections_per_client_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_backend_that_stalls_mid_body_is_given_up_on() {
     let o = Origin::start("o").await;
-    let text =
-        config(&o, "upstream_response = \"1s\"") + "\n[services.upstream]\nprotocol = \"h2c\"\n";
-    let d = TestDaemon::start(&text).await;
+    let d = one_service(
+        &o,
+        Listener::http("web"),
+        service().upstream(Upstream::new().protocol("h2c")),
+    )
+    .timeouts(Timeouts::new().upstream_response("1s"))
+    .start()
+    .await;
     // 1 MiB whose origin sends 64 KiB, then nothing.
     let url = d.url("web", "/c/stall?size=1048576&hold=1");
     let got = tokio::time::timeout(Duration::from_secs(10), get(&http1(), &url, &[])).await;
@@ -408,7 +388,7 @@ async fn an_h2c_backend_that_stalls_mid_body_is_given_up_on() {
 /// nothing else, is closed.
 async fn zero_window_stream_is_let_go(path: &str) {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    let d = config(&o, Timeouts::new().idle("1s")).start().await;
     let (mut tx, conn) = {
         let s = TcpStream::connect(d.addr("web")).await.unwrap();
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -424,13 +404,7 @@ async fn zero_window_stream_is_let_go(path: &str) {
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let in_flight = || async {
-        let v: serde_json::Value = serde_json::from_slice(
-            &get(&http1(), &d.admin_url("/backends"), &[])
-                .await
-                .unwrap()
-                .body,
-        )
-        .unwrap();
+        let (_, v) = d.admin(Method::GET, "/backends", "").await;
         v["backends"][0]["in_flight"].as_u64().unwrap()
     };
     let mut released = false;
@@ -468,7 +442,7 @@ async fn a_short_http2_response_that_gets_no_window_releases_its_backend_too() {
 async fn a_slow_http2_reader_still_gets_the_whole_body() {
     use http_body_util::BodyExt;
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    let d = config(&o, Timeouts::new().idle("1s")).start().await;
     let s = TcpStream::connect(d.addr("web")).await.unwrap();
     let (mut tx, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -494,70 +468,11 @@ async fn a_slow_http2_reader_still_gets_the_whole_body() {
     assert_eq!(got, 196_608);
 }
 
-/// An HTTP/2 frame: length, type, flags, stream, payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// GET / for host a.example, HPACK without indexing (static table names).
-fn get_block() -> Vec<u8> {
-    let mut b = vec![0x82, 0x86, 0x84, 0x01, 9];
-    b.extend_from_slice(b"a.example");
-    b
-}
-
-/// Writes `frames` after the preface and an empty SETTINGS, then reads until the server closes
-/// (at most 10 s): whether a GOAWAY came, and whether the connection was closed.
-async fn raw_h2(addr: std::net::SocketAddr, frames: Vec<u8>) -> (bool, bool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    out.extend(frames);
-    let writer = {
-        let (mut rd, mut wr) = s.into_split();
-        let w = tokio::spawn(async move {
-            let _ = wr.write_all(&out).await;
-            wr
-        });
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await
-        .is_ok();
-        s = rd.reunite(w.await.unwrap()).unwrap();
-        // Frames the server sent: look for a GOAWAY (type 7).
-        let mut i = 0;
-        let mut goaway = false;
-        while i + 9 <= got.len() {
-            let len = (usize::from(got[i]) << 16)
-                | (usize::from(got[i + 1]) << 8)
-                | usize::from(got[i + 2]);
-            goaway |= got[i + 3] == 7;
-            i += 9 + len;
-        }
-        (goaway, closed)
-    };
-    drop(s);
-    writer
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_with_a_goaway() {
     let o = Origin::start("o").await;
     o.set_delay(Duration::from_millis(200));
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, Timeouts::new()).start().await;
     let mut frames = Vec::new();
     for i in 0..2000u32 {
         let stream = 2 * i + 1;
@@ -572,7 +487,7 @@ async fn http2_rapid_reset_is_cut_with_a_goaway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_continuation_flood_is_cut_with_a_goaway() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "")).await;
+    let d = config(&o, Timeouts::new()).start().await;
     // A header block that never ends: HEADERS without END_HEADERS, then 10 000 CONTINUATIONs.
     let mut frames = frame(1, 0x1, 1, &get_block());
     let junk: Vec<u8> =
@@ -593,7 +508,7 @@ async fn an_http2_peer_that_stops_answering_pings_is_closed() {
     let o = Origin::start("o").await;
     // The request waits 20 s on its backend: the connection is busy, so no idle timer applies.
     o.set_delay(Duration::from_secs(20));
-    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    let d = config(&o, Timeouts::new().idle("1s")).start().await;
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(4, 0, 0, &[]));
@@ -617,62 +532,12 @@ async fn an_http2_peer_that_stops_answering_pings_is_closed() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
-/// Sends the preface and an empty SETTINGS, then `each` every 250 ms, answering the server's
-/// PINGs as a live client does: the time until the server closes the connection (None if it is
-/// still open after 8 s).
-async fn h2_trickle(addr: std::net::SocketAddr, first: Vec<u8>, each: Vec<u8>) -> Option<Duration> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = s.into_split();
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &[]));
-    out.extend(first);
-    wr.write_all(&out).await.unwrap();
-    let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let writer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.tick().await;
-        loop {
-            let bytes = tokio::select! {
-                _ = tick.tick() => each.clone(),
-                Some(ack) = to_ack.recv() => ack,
-            };
-            if wr.write_all(&bytes).await.is_err() {
-                return;
-            }
-        }
-    });
-    let started = std::time::Instant::now();
-    let closed = tokio::time::timeout(Duration::from_secs(8), async {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-            }
-            while got.len() >= 9 {
-                let len =
-                    (usize::from(got[0]) << 16) | (usize::from(got[1]) << 8) | usize::from(got[2]);
-                if got.len() < 9 + len {
-                    break;
-                }
-                if got[3] == 6 && got[4] & 1 == 0 {
-                    let _ = acks.send(frame(6, 1, 0, &got[9..9 + len]));
-                }
-                got.drain(..9 + len);
-            }
-        }
-    })
-    .await;
-    writer.abort();
-    closed.ok().map(|_| started.elapsed())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_header_block_trickled_in_is_cut_at_request_header() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "request_header = \"1s\"\nidle = \"30s\"")).await;
+    let d = config(&o, Timeouts::new().request_header("1s").idle("30s"))
+        .start()
+        .await;
     // HEADERS without END_HEADERS, then a CONTINUATION that says 4 000 bytes follow and sends
     // them one every 250 ms: every byte is "activity", yet the request head never completes.
     let mut first = frame(1, 0x1, 1, &get_block());
@@ -687,7 +552,7 @@ async fn an_http2_header_block_trickled_in_is_cut_at_request_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connection_kept_busy_by_pings_alone_is_closed_at_idle() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&config(&o, "idle = \"1s\"")).await;
+    let d = config(&o, Timeouts::new().idle("1s")).start().await;
     // One request, then nothing but PINGs (and answers to the server's): the connection carries
     // no request, so it is idle.
     let closed = h2_trickle(

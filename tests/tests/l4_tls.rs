@@ -33,31 +33,17 @@ async fn echo_server() -> SocketAddr {
     addr
 }
 
-fn tcp_config(backends_list: &str, extra_listener: &str, extra_service: &str) -> String {
-    format!(
-        r#"
-[geo]
-database = "{db}"
-trusted_proxies = ["127.0.0.1/32"]
+fn tcp_config(region: Region, listener: Listener, service: Service) -> Config {
+    Config::new()
+        .geo(Geo::fixture("geo/streamgate-synthetic-city.mmdb").trusted_proxies(&["127.0.0.1/32"]))
+        .listener(listener)
+        .region(region)
+        .service(service)
+}
 
-[[listeners]]
-name = "l4"
-listen = "127.0.0.1:0"
-protocol = "tcp"
-{extra_listener}
-
-[[regions]]
-name = "r"
-backends = {backends_list}
-
-[[services]]
-name = "echo"
-listeners = ["l4"]
-regions = ["r"]
-{extra_service}
-"#,
-        db = fixture("geo/streamgate-synthetic-city.mmdb").display()
-    )
+/// The TCP service "echo" on listener "l4" over region "r".
+fn echo_service() -> Service {
+    Service::new("echo").listeners(&["l4"]).regions(&["r"])
 }
 
 fn fnv(h: &mut u64, data: &[u8]) {
@@ -70,11 +56,12 @@ fn fnv(h: &mut u64, data: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_echo_100_connections_64_mib_each_way_with_checksums_and_half_close() {
     let echo = echo_server().await;
-    let d = TestDaemon::start(&tcp_config(
-        &format!("[ {{ address = \"{echo}\" }} ]"),
-        "",
-        "",
-    ))
+    let d = tcp_config(
+        Region::new("r").address(echo),
+        Listener::tcp("l4"),
+        echo_service(),
+    )
+    .start()
     .await;
     let addr = d.addr("l4");
     const EACH: usize = 64 << 20;
@@ -130,11 +117,12 @@ async fn a_refused_tcp_backend_is_skipped_for_the_next() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let d = TestDaemon::start(&tcp_config(
-        &format!("[ {{ address = \"{dead}\" }}, {{ address = \"{echo}\" }} ]"),
-        "",
-        "backend_policy = \"round_robin\"",
-    ))
+    let d = tcp_config(
+        Region::new("r").address(dead).address(echo),
+        Listener::tcp("l4"),
+        echo_service().backend_policy("round_robin"),
+    )
+    .start()
     .await;
     for _ in 0..4 {
         let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
@@ -175,11 +163,12 @@ async fn proxy_reporter() -> SocketAddr {
 async fn proxy_protocol_in_from_trusted_peers_and_out_to_backends() {
     for version in ["v1", "v2"] {
         let reporter = proxy_reporter().await;
-        let d = TestDaemon::start(&tcp_config(
-            &format!("[ {{ address = \"{reporter}\" }} ]"),
-            "proxy_protocol = true",
-            &format!("[services.upstream]\nsend_proxy = \"{version}\""),
-        ))
+        let d = tcp_config(
+            Region::new("r").address(reporter),
+            Listener::tcp("l4").proxy_protocol(true),
+            echo_service().upstream(Upstream::new().send_proxy(version)),
+        )
+        .start()
         .await;
         // From 127.0.0.1 (trusted): the header's source is the client the backend is told about.
         let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
@@ -205,12 +194,13 @@ async fn proxy_protocol_on_an_http_listener_names_the_client() {
     let o = Origin::start("o").await;
     // No geo database: trusted_proxies alone is enough (docs/tls-and-tcp.md); the tcp tests
     // above have one.
-    let config = format!(
-        "[geo]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\nproxy_protocol = true\n\
-         [[regions]]\nname = \"r\"\nbackends = {}\n[[services]]\nname = \"s\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n",
-        backends(&[(&o, 1)])
-    );
-    let d = TestDaemon::start(&config).await;
+    let d = Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web").proxy_protocol(true))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
     let header = streamgate_proxy::proxy_protocol::encode_v2(
         "198.51.100.9:1234".parse().unwrap(),
         d.addr("web"),
@@ -251,17 +241,12 @@ async fn https_picks_the_certificate_by_sni_negotiates_h2_and_reloads_certificat
     let w = make_cert(&["*.b.example.com"]);
     let (ap, ak) = write_cert(dir.path(), "a", &a);
     let (wp, wk) = write_cert(dir.path(), "w", &w);
-    let config = format!(
-        "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
-         certificates = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]\n\
-         [[regions]]\nname = \"r\"\nbackends = {}\n[[services]]\nname = \"s\"\nlisteners = [\"tls\"]\nregions = [\"r\"]\n",
-        ap.display(),
-        ak.display(),
-        wp.display(),
-        wk.display(),
-        backends(&[(&o, 1)])
-    );
-    let d = TestDaemon::start(&config).await;
+    let d = Config::new()
+        .listener(Listener::https("tls", &[(&ap, &ak), (&wp, &wk)]))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(Service::new("s").listeners(&["tls"]).regions(&["r"]))
+        .start()
+        .await;
     let addr = d.addr("tls");
     let roots = client_tls(&[&a, &w], &[b"h2", b"http/1.1"]);
     let (cert, alpn, _) = handshake(addr, "a.example.com", roots.clone()).await;
@@ -292,34 +277,18 @@ async fn https_picks_the_certificate_by_sni_negotiates_h2_and_reloads_certificat
     // New certificate files + reload: new handshakes get the new certificate.
     let a2 = make_cert(&["a.example.com"]);
     write_cert(dir.path(), "a", &a2);
-    let r = send(
-        &http1(),
-        http::Method::POST,
-        &d.admin_url("/reload"),
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let (status, v) = d.admin(http::Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     let (cert, _, _) = handshake(addr, "a.example.com", client_tls(&[&a2, &w], &[b"h2"])).await;
     assert_eq!(cert, *a2.cert.der(), "reloaded");
     // A key that does not match: the reload is refused and the running certificate stays.
     std::fs::write(&ak, make_cert(&["x"]).key.serialize_pem()).unwrap();
-    let r = send(
-        &http1(),
-        http::Method::POST,
-        &d.admin_url("/reload"),
-        &[],
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, v) = d.admin(http::Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
-        r.text().contains("does not belong to this certificate"),
-        "{}",
-        r.text()
+        v.to_string()
+            .contains("does not belong to this certificate"),
+        "{v}"
     );
     let (cert, _, _) = handshake(addr, "a.example.com", client_tls(&[&a2, &w], &[b"h2"])).await;
     assert_eq!(cert, *a2.cert.der());
@@ -362,12 +331,17 @@ async fn tls_passthrough_routes_by_sni_without_terminating() {
             });
         }
     });
-    let config = format!(
-        "[[listeners]]\nname = \"pt\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"tls_passthrough\"\n\
-         [[regions]]\nname = \"r\"\nbackends = [ {{ address = \"{backend}\" }} ]\n\
-         [[services]]\nname = \"pass\"\nlisteners = [\"pt\"]\nhosts = [\"pass.example\"]\nregions = [\"r\"]\n"
-    );
-    let d = TestDaemon::start(&config).await;
+    let d = Config::new()
+        .listener(Listener::tls_passthrough("pt"))
+        .region(Region::new("r").address(backend))
+        .service(
+            Service::new("pass")
+                .listeners(&["pt"])
+                .hosts(&["pass.example"])
+                .regions(&["r"]),
+        )
+        .start()
+        .await;
     let (cert, _, mut stream) = handshake(
         d.addr("pt"),
         "pass.example",
@@ -402,15 +376,15 @@ async fn a_certificate_near_expiry_is_logged_as_a_warning() {
     let (pem, keyfile) = (dir.path().join("soon.pem"), dir.path().join("soon.key"));
     std::fs::write(&pem, cert.pem()).unwrap();
     std::fs::write(&keyfile, key.serialize_pem()).unwrap();
-    let config = format!(
-        "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
-         certificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n\
-         [[regions]]\nname = \"r\"\nbackends = [ {{ address = \"127.0.0.1:9\" }} ]\n\
-         [[services]]\nname = \"s\"\nlisteners = [\"tls\"]\nregions = [\"r\"]\n",
-        pem.display(),
-        keyfile.display()
+    let config = Config::new()
+        .listener(Listener::https("tls", &[(&pem, &keyfile)]))
+        .region(Region::new("r").address("127.0.0.1:9"))
+        .service(Service::new("s").listeners(&["tls"]).regions(&["r"]));
+    let p = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_streamgate-e2e"),
+        &config.to_toml(),
+        &["tls"],
     );
-    let p = DaemonProcess::start(env!("CARGO_BIN_EXE_streamgate-e2e"), &config, &["tls"]);
     assert!(
         eventually(Duration::from_secs(5), || p.log_json().iter().any(|l| {
             l["message"] == "certificate expires soon; renew it"

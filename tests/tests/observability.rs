@@ -12,54 +12,27 @@ use streamgate_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
 
-fn two_regions(a: &[&Origin], b: &[&Origin], extra: &str) -> String {
-    let list = |o: &[&Origin]| backends(&o.iter().map(|x| (*x, 1)).collect::<Vec<_>>());
-    format!(
-        r#"
-[geo]
-database = "{db}"
-trusted_proxies = ["127.0.0.1/32"]
-
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "a"
-backends = {}
-
-[[regions]]
-name = "b"
-backends = {}
-
-[[services]]
-name = "web"
-listeners = ["web"]
-hosts = ["example.com"]
-regions = ["a", "b"]
-region_policy = "failover"
-
-[services.health]
-path = "/healthz"
-interval = "100ms"
-fall = 2
-rise = 1
-
-[services.failover]
-hold_down = "200ms"
-{extra}
-"#,
-        list(a),
-        list(b),
-        db = fixture("geo/streamgate-synthetic-city.mmdb").display()
-    )
-}
-
-async fn scrape(d: &TestDaemon) -> String {
-    get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text()
+fn two_regions(a: &[&Origin], b: &[&Origin]) -> Config {
+    Config::new()
+        .geo(Geo::fixture("geo/streamgate-synthetic-city.mmdb").trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web"))
+        .region(Region::new("a").origins(a))
+        .region(Region::new("b").origins(b))
+        .service(
+            Service::new("web")
+                .listeners(&["web"])
+                .hosts(&["example.com"])
+                .regions(&["a", "b"])
+                .region_policy("failover")
+                .health(
+                    Health::new()
+                        .path("/healthz")
+                        .interval("100ms")
+                        .fall(2)
+                        .rise(1),
+                )
+                .failover(Failover::new().hold_down("200ms")),
+        )
 }
 
 /// The value of the series written exactly as `series` (name and labels in the text format).
@@ -75,7 +48,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 async fn metrics_after_known_traffic_have_exact_series_and_values() {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let d = TestDaemon::start(&two_regions(&[&a], &[&b], "")).await;
+    let d = two_regions(&[&a], &[&b]).start().await;
     let c = http1();
     for _ in 0..7 {
         let r = get(&c, &d.url("web", "/x"), &[("host", "example.com")])
@@ -87,7 +60,7 @@ async fn metrics_after_known_traffic_have_exact_series_and_values() {
         .await
         .unwrap();
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let m = scrape(&d).await;
+    let m = d.metrics().await;
     let exact = |series: &str, want: f64| {
         assert_eq!(value(&m, series), Some(want), "{series} in:\n{m}");
     };
@@ -146,7 +119,7 @@ async fn metrics_after_known_traffic_have_exact_series_and_values() {
         })
         .await
     );
-    let m = scrape(&d).await;
+    let m = d.metrics().await;
     assert_eq!(
         value(
             &m,
@@ -187,7 +160,7 @@ async fn metrics_after_known_traffic_have_exact_series_and_values() {
 async fn ten_thousand_paths_and_client_addresses_add_no_series() {
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let d = TestDaemon::start(&two_regions(&[&a], &[&b], "")).await;
+    let d = two_regions(&[&a], &[&b]).start().await;
     let c = http1();
     get(&c, &d.url("web", "/warm"), &[("host", "example.com")])
         .await
@@ -201,7 +174,7 @@ async fn ten_thousand_paths_and_client_addresses_add_no_series() {
             .map(|l| l.rsplit_once(' ').unwrap().0.to_string())
             .collect::<BTreeSet<_>>()
     };
-    let before = series(&scrape(&d).await);
+    let before = series(&d.metrics().await);
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let (c, base) = (c.clone(), d.url("web", ""));
@@ -225,7 +198,7 @@ async fn ten_thousand_paths_and_client_addresses_add_no_series() {
     for t in tasks {
         t.await.unwrap();
     }
-    let after = series(&scrape(&d).await);
+    let after = series(&d.metrics().await);
     let new: Vec<_> = after.difference(&before).collect();
     assert!(new.is_empty(), "new series: {new:?}");
 }
@@ -309,7 +282,7 @@ async fn dashboard_and_alert_rules_use_only_metrics_the_daemon_exports() {
     // failover, failed probes), a reload.
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let d = TestDaemon::start(&two_regions(&[&a], &[&b], "")).await;
+    let d = two_regions(&[&a], &[&b]).start().await;
     let c = http1();
     for _ in 0..3 {
         get(&c, &d.url("web", "/"), &[("host", "example.com")])
@@ -330,10 +303,8 @@ async fn dashboard_and_alert_rules_use_only_metrics_the_daemon_exports() {
             .is_healthy())
         .await
     );
-    send(&c, Method::POST, &d.admin_url("/reload"), &[], Bytes::new())
-        .await
-        .unwrap();
-    let names = exported(&scrape(&d).await);
+    d.admin(Method::POST, "/reload", "").await;
+    let names = exported(&d.metrics().await);
 
     let dash = dashboard_exprs();
     assert!(dash.len() >= 15, "the dashboard has its panels");
@@ -469,11 +440,10 @@ async fn access_log_lines_carry_every_field() {
     let b = Origin::start("b").await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
-    let extra = format!(
-        "\n[access_log]\npath = \"{}\"\nformat = \"json\"\n",
-        log_path.display()
-    );
-    let d = TestDaemon::start(&(two_regions(&[&a], &[&b], "") + &extra)).await;
+    let d = two_regions(&[&a], &[&b])
+        .access_log(AccessLog::new(&log_path).format("json"))
+        .start()
+        .await;
     let c = http1();
     let r = get(
         &c,
@@ -552,11 +522,10 @@ async fn access_log_templates_and_sigusr1_reopen() {
     let b = Origin::start("b").await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("access.log");
-    let extra = format!(
-        "\n[access_log]\npath = \"{}\"\nformat = \"$client $method $path $status $service/$region $$\"\n",
-        log_path.display()
+    let config = two_regions(&[&a], &[&b]).access_log(
+        AccessLog::new(&log_path).format("$client $method $path $status $service/$region $$"),
     );
-    let p = DaemonProcess::start(BIN, &(two_regions(&[&a], &[&b], "") + &extra), &["web"]);
+    let p = DaemonProcess::start(BIN, &config.to_toml(), &["web"]);
     let url = format!("http://{}/one", p.addr("web"));
     get(&http1(), &url, &[("host", "example.com")])
         .await

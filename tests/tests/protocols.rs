@@ -17,19 +17,14 @@ use streamgate_tests::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-fn one_region(backends_list: &str, services: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
+/// The listener "web" and the one region "r".
+fn one_region(region: Region) -> Config {
+    Config::new().listener(Listener::http("web")).region(region)
+}
 
-[[regions]]
-name = "r"
-backends = {backends_list}
-{services}
-"#
-    )
+/// A service on "web" over region "r".
+fn service(name: &str) -> Service {
+    Service::new(name).listeners(&["web"]).regions(&["r"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,43 +39,28 @@ async fn tls_backends_are_verified_get_sni_and_a_client_certificate() {
     let (wrong_ca, _) = write_cert(dir.path(), "stranger", &stranger);
     let (cc, ck) = write_cert(dir.path(), "client", &client_cert);
     let tls = |ca: &std::path::Path, protocol: &str| {
-        format!(
-            "[services.upstream]\nprotocol = \"{protocol}\"\ntls_ca_file = \"{}\"\ntls_server_name = \"origin.test\"\n\
-             tls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
-            ca.display(),
-            cc.display(),
-            ck.display()
-        )
+        Upstream::new()
+            .protocol(protocol)
+            .tls_ca_file(ca)
+            .tls_server_name("origin.test")
+            .tls_client_cert(&cc)
+            .tls_client_key(&ck)
     };
-    let services = format!(
-        r#"
-[[services]]
-name = "https"
-listeners = ["web"]
-regions = ["r"]
-hosts = ["a.example"]
-[services.health]
-path = "/healthz"
-interval = "100ms"
-{https}
-[[services]]
-name = "h2"
-listeners = ["web"]
-regions = ["r"]
-hosts = ["b.example"]
-{h2}
-[[services]]
-name = "untrusted"
-listeners = ["web"]
-regions = ["r"]
-hosts = ["c.example"]
-{untrusted}
-"#,
-        https = tls(&ca, "https"),
-        h2 = tls(&ca, "h2"),
-        untrusted = tls(&wrong_ca, "https"),
-    );
-    let d = TestDaemon::start(&one_region(&backends(&[(&o, 1)]), &services)).await;
+    let d = one_region(Region::new("r").backends(&[(&o, 1)]))
+        .service(
+            service("https")
+                .hosts(&["a.example"])
+                .health(Health::new().path("/healthz").interval("100ms"))
+                .upstream(tls(&ca, "https")),
+        )
+        .service(service("h2").hosts(&["b.example"]).upstream(tls(&ca, "h2")))
+        .service(
+            service("untrusted")
+                .hosts(&["c.example"])
+                .upstream(tls(&wrong_ca, "https")),
+        )
+        .start()
+        .await;
     let c = http1();
 
     let r = get(&c, &d.url("web", "/one"), &[("host", "a.example")])
@@ -119,16 +99,10 @@ async fn a_ca_file_without_certificates_fails_the_check_naming_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate\n").unwrap();
-    let config = one_region(
-        "[ { address = \"127.0.0.1:9\" } ]",
-        &format!(
-            "[[services]]\nname = \"secure\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n\
-             [services.upstream]\nprotocol = \"https\"\ntls_ca_file = \"{}\"\n",
-            empty.display()
-        ),
-    );
+    let config = one_region(Region::new("r").address("127.0.0.1:9"))
+        .service(service("secure").upstream(Upstream::new().protocol("https").tls_ca_file(&empty)));
     let path = dir.path().join("streamgate.toml");
-    std::fs::write(&path, with_test_admin(&config)).unwrap();
+    std::fs::write(&path, config.to_toml()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamgate-e2e"))
         .args(["check", "--config"])
         .arg(&path)
@@ -143,9 +117,10 @@ async fn a_ca_file_without_certificates_fails_the_check_naming_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_style_h2c_keeps_trailers_both_ways() {
     let o = Origin::start("grpc").await;
-    let services = "[[services]]\nname = \"grpc\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n\
-                    [services.upstream]\nprotocol = \"h2c\"\n";
-    let d = TestDaemon::start(&one_region(&backends(&[(&o, 1)]), services)).await;
+    let d = one_region(Region::new("r").backends(&[(&o, 1)]))
+        .service(service("grpc").upstream(Upstream::new().protocol("h2c")))
+        .start()
+        .await;
 
     let client: Client<HttpConnector, StreamBody<_>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -209,12 +184,10 @@ async fn websocket_echo() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
     let backend = websocket_echo().await;
-    let services = "[[services]]\nname = \"ws\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n";
-    let d = TestDaemon::start(&one_region(
-        &format!("[ {{ address = \"{backend}\" }} ]"),
-        services,
-    ))
-    .await;
+    let d = one_region(Region::new("r").address(backend))
+        .service(service("ws"))
+        .start()
+        .await;
 
     let mut sessions = Vec::new();
     for n in 0..10u8 {
@@ -259,12 +232,10 @@ async fn websocket_over_http2_extended_connect_reaches_an_http1_backend() {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     let backend = websocket_echo().await;
-    let services = "[[services]]\nname = \"ws\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n";
-    let d = TestDaemon::start(&one_region(
-        &format!("[ {{ address = \"{backend}\" }} ]"),
-        services,
-    ))
-    .await;
+    let d = one_region(Region::new("r").address(backend))
+        .service(service("ws"))
+        .start()
+        .await;
 
     let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake(

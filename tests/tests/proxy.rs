@@ -7,30 +7,27 @@ use bytes::Bytes;
 use http::{Method, StatusCode};
 use streamgate_tests::*;
 
-fn one_service(origins: &str, extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
+fn one_service(region: Region, app: Service) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(region)
+        .service(app)
+}
 
-[[regions]]
-name = "local"
-backends = {origins}
+fn local() -> Region {
+    Region::new("local")
+}
 
-[[services]]
-name = "app"
-listeners = ["web"]
-regions = ["local"]
-{extra}
-"#
-    )
+fn app() -> Service {
+    Service::new("app").listeners(&["web"]).regions(&["local"])
 }
 
 #[tokio::test]
 async fn http1_and_http2_reach_the_origin_with_forwarding_headers() {
     let origin = Origin::start("a").await;
-    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .start()
+        .await;
 
     let a = get(
         &http1(),
@@ -60,7 +57,9 @@ async fn http1_and_http2_reach_the_origin_with_forwarding_headers() {
 #[tokio::test]
 async fn hop_by_hop_headers_stop_at_the_proxy() {
     let origin = Origin::start("a").await;
-    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .start()
+        .await;
     let a = get(
         &http1(),
         &d.url("web", "/"),
@@ -91,48 +90,32 @@ async fn routes_by_host_and_path_and_is_not_an_open_proxy() {
     let api = Origin::start("api").await;
     let api_v2 = Origin::start("api-v2").await;
     let static_ = Origin::start("static").await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "api"
-backends = {}
-
-[[regions]]
-name = "api-v2"
-backends = {}
-
-[[regions]]
-name = "static"
-backends = {}
-
-[[services]]
-name = "api"
-listeners = ["web"]
-hosts = ["api.example.com"]
-regions = ["api"]
-
-[[services]]
-name = "api-v2"
-listeners = ["web"]
-hosts = ["api.example.com"]
-path_prefix = "/v2/"
-regions = ["api-v2"]
-
-[[services]]
-name = "static"
-listeners = ["web"]
-hosts = ["*.cdn.example.com"]
-regions = ["static"]
-"#,
-        backends(&[(&api, 1)]),
-        backends(&[(&api_v2, 1)]),
-        backends(&[(&static_, 1)])
-    );
-    let d = TestDaemon::start(&config).await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("api").backends(&[(&api, 1)]))
+        .region(Region::new("api-v2").backends(&[(&api_v2, 1)]))
+        .region(Region::new("static").backends(&[(&static_, 1)]))
+        .service(
+            Service::new("api")
+                .listeners(&["web"])
+                .hosts(&["api.example.com"])
+                .regions(&["api"]),
+        )
+        .service(
+            Service::new("api-v2")
+                .listeners(&["web"])
+                .hosts(&["api.example.com"])
+                .path_prefix("/v2/")
+                .regions(&["api-v2"]),
+        )
+        .service(
+            Service::new("static")
+                .listeners(&["web"])
+                .hosts(&["*.cdn.example.com"])
+                .regions(&["static"]),
+        )
+        .start()
+        .await;
     let c = http1();
     let url = |p: &str| d.url("web", p);
     assert_eq!(
@@ -184,7 +167,9 @@ regions = ["static"]
 #[tokio::test]
 async fn hundreds_of_concurrent_http2_streams_get_their_own_whole_answers() {
     let origin = Origin::start("a").await;
-    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .start()
+        .await;
     let client = http2();
     let sizes = [300usize, 1024, 70_000, 300_000];
     let mut tasks = tokio::task::JoinSet::new();
@@ -225,7 +210,9 @@ async fn hundreds_of_concurrent_http2_streams_get_their_own_whole_answers() {
 #[tokio::test]
 async fn streams_request_and_response_bodies() {
     let origin = Origin::start("a").await;
-    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .start()
+        .await;
     let body = Bytes::from(vec![7u8; 3 * 1024 * 1024 + 17]);
     for client in [http1(), http2()] {
         let a = send(
@@ -253,8 +240,7 @@ async fn refused_backend_is_502_with_a_short_body() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let config = one_service(&format!("[ {{ address = \"{dead}\" }} ]"), "");
-    let d = TestDaemon::start(&config).await;
+    let d = one_service(local().address(dead), app()).start().await;
     let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
     assert_eq!(a.text(), "502 Bad Gateway: backend unreachable\n");
@@ -267,11 +253,13 @@ async fn no_usable_backend_is_503() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let extra = "[services.outlier]\nconsecutive_failures = 1\nbase_ejection = \"1m\"\n[services.failover]\nwhen_all_down = \"fail_closed\"\n";
-    let d = TestDaemon::start(&one_service(
-        &format!("[ {{ address = \"{dead}\" }} ]"),
-        extra,
-    ))
+    let d = one_service(
+        local().address(dead),
+        app()
+            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
     .await;
     let c = http1();
     assert_eq!(
@@ -289,8 +277,12 @@ async fn no_usable_backend_is_503() {
 async fn slow_backend_is_504() {
     let origin = Origin::start("slow").await;
     origin.set_delay(Duration::from_secs(5));
-    let extra = "[services.timeouts]\nupstream_response = \"200ms\"\n";
-    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), extra)).await;
+    let d = one_service(
+        local().backends(&[(&origin, 1)]),
+        app().timeouts(Timeouts::new().upstream_response("200ms")),
+    )
+    .start()
+    .await;
     let started = std::time::Instant::now();
     let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
     assert_eq!(a.status, StatusCode::GATEWAY_TIMEOUT);
@@ -313,11 +305,9 @@ async fn a_dead_backend_is_retried_on_another_and_the_client_sees_200() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let list = format!(
-        "[ {{ address = \"{dead}\" }}, {{ address = \"{}\" }} ]",
-        live.addr
-    );
-    let d = TestDaemon::start(&one_service(&list, "")).await;
+    let d = one_service(local().address(dead).address(live.addr), app())
+        .start()
+        .await;
     let c = http1();
     for _ in 0..20 {
         let a = get(&c, &d.url("web", "/"), &[]).await.unwrap();
@@ -331,10 +321,11 @@ async fn a_503_from_a_backend_is_retried_for_idempotent_requests_only() {
     let sick = Origin::start("sick").await;
     sick.set_status(503);
     let well = Origin::start("well").await;
-    let d = TestDaemon::start(&one_service(
-        &backends(&[(&sick, 1), (&well, 1)]),
-        "[services.outlier]\nconsecutive_failures = 0\n",
-    ))
+    let d = one_service(
+        local().backends(&[(&sick, 1), (&well, 1)]),
+        app().outlier(Outlier::new().consecutive_failures(0)),
+    )
+    .start()
     .await;
     let c = http1();
     for _ in 0..10 {
@@ -359,7 +350,9 @@ async fn a_503_from_a_backend_is_retried_for_idempotent_requests_only() {
 #[tokio::test]
 async fn malformed_requests_get_4xx() {
     let origin = Origin::start("a").await;
-    let d = TestDaemon::start(&one_service(&backends(&[(&origin, 1)]), "")).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .start()
+        .await;
     let bad = raw_exchange(
         d.addr("web"),
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
@@ -398,9 +391,10 @@ async fn malformed_requests_get_4xx() {
 #[tokio::test]
 async fn slow_request_heads_and_idle_connections_are_closed() {
     let origin = Origin::start("a").await;
-    let config = one_service(&backends(&[(&origin, 1)]), "")
-        + "\n[timeouts]\nrequest_header = \"300ms\"\nidle = \"600ms\"\n";
-    let d = TestDaemon::start(&config).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .timeouts(Timeouts::new().request_header("300ms").idle("600ms"))
+        .start()
+        .await;
     let started = std::time::Instant::now();
     // Half a request head, then nothing: closed after request_header.
     let partial = raw_exchange(d.addr("web"), b"GET / HTTP/1.1\r\nHost: x\r\n", 4096)
@@ -434,8 +428,10 @@ async fn slow_request_heads_and_idle_connections_are_closed() {
 #[tokio::test]
 async fn a_client_that_stops_reading_a_streamed_response_is_dropped_after_idle() {
     let origin = Origin::start("a").await;
-    let config = one_service(&backends(&[(&origin, 1)]), "") + "\n[timeouts]\nidle = \"600ms\"\n";
-    let d = TestDaemon::start(&config).await;
+    let d = one_service(local().backends(&[(&origin, 1)]), app())
+        .timeouts(Timeouts::new().idle("600ms"))
+        .start()
+        .await;
     // 64 MiB streamed from the backend: more than the socket buffers hold, so the proxy's
     // writes to this client block while the request is still in progress.
     let full = 64 << 20;

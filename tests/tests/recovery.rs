@@ -13,33 +13,21 @@ use streamgate_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
 
-fn config(origin: &Origin, snapshots: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "origin"
-backends = {}
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.example.com"]
-regions = ["origin"]
-
-[services.cache]
-max_size = "64MiB"
-
-[snapshots]
-dir = "{}"
-{extra}
-"#,
-        backends(&[(origin, 1)]),
-        snapshots.display()
-    )
+fn config(origin: &Origin, snapshots: Option<Snapshots>) -> Config {
+    let c = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").backends(&[(origin, 1)]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.example.com"])
+                .regions(&["origin"])
+                .cache(Cache::new("64MiB")),
+        );
+    match snapshots {
+        Some(s) => c.snapshots(s),
+        None => c,
+    }
 }
 
 async fn fetch(url: &str) -> Answer {
@@ -72,16 +60,6 @@ fn points(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-async fn admin(method: Method, url: &str) -> (StatusCode, Value) {
-    let a = send(&http1(), method, url, &[], bytes::Bytes::new())
-        .await
-        .unwrap();
-    (
-        a.status,
-        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
-    )
-}
-
 fn verify(path: &Path) -> std::process::Output {
     Command::new(BIN)
         .args(["snapshot", "verify"])
@@ -94,7 +72,7 @@ fn verify(path: &Path) -> std::process::Output {
 async fn a_restart_loses_no_cached_object() {
     let origin = Origin::start("o").await;
     let snaps = tempfile::tempdir().unwrap();
-    let text = config(&origin, snaps.path(), "interval = \"1h\"");
+    let text = config(&origin, Some(Snapshots::new(snaps.path()).interval("1h"))).to_toml();
     let mut first = DaemonProcess::start(BIN, &text, &["web", "admin"]);
     let web = first.addr("web");
     // 40 small objects, one of 300 KiB, and one with two Vary variants.
@@ -159,35 +137,38 @@ async fn a_restart_loses_no_cached_object() {
 async fn points_on_demand_are_listed_kept_to_the_limit_and_a_damaged_one_is_skipped() {
     let origin = Origin::start("o").await;
     let snaps = tempfile::tempdir().unwrap();
-    // Full points only (the count alone decides what is kept; chains: recovery_chain.rs).
     let text = config(
         &origin,
-        snaps.path(),
-        "interval = \"1h\"\nkeep = 2\nmax_increments = 0",
+        // Full points only (the count alone decides what is kept; chains: recovery_chain.rs).
+        Some(
+            Snapshots::new(snaps.path())
+                .interval("1h")
+                .keep(2)
+                .max_increments(0),
+        ),
     );
-    let d = TestDaemon::start(&text).await;
+    let d = text.start().await;
     let url = |p: &str| d.url("web", p);
 
     assert_eq!(x_cache(&fetch(&url("/c/a?cc=max-age%3D600")).await), "MISS");
-    let (status, one) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    let (status, one) = d.admin(Method::POST, "/snapshots", "").await;
     assert_eq!(status, StatusCode::CREATED, "{one}");
     assert_eq!(one["objects"], 1);
     assert_eq!(x_cache(&fetch(&url("/c/b?cc=max-age%3D600")).await), "MISS");
-    let (_, two) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    let (_, two) = d.admin(Method::POST, "/snapshots", "").await;
     assert_eq!(two["objects"], 2);
-    let (_, three) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    let (_, three) = d.admin(Method::POST, "/snapshots", "").await;
     assert_eq!(three["objects"], 2);
 
-    let (status, list) = admin(Method::GET, &d.admin_url("/snapshots")).await;
+    let (status, list) = d.admin(Method::GET, "/snapshots", "").await;
     assert_eq!(status, StatusCode::OK);
     let listed = list["recovery_points"].as_array().unwrap();
     assert_eq!(listed.len(), 2, "keep = 2: {list}");
     assert_eq!(listed[0]["file"], three["file"], "newest first");
     assert_eq!(listed[1]["file"], two["file"]);
     assert_eq!(points(snaps.path()).len(), 2, "the oldest file was deleted");
-    let metrics = get(&http1(), &d.admin_url("/metrics"), &[]).await.unwrap();
+    let metrics = d.metrics().await;
     let age: f64 = metrics
-        .text()
         .lines()
         .find_map(|l| l.strip_prefix("streamgate_recovery_point_age_seconds "))
         .expect("the age is exported")
@@ -212,7 +193,7 @@ async fn points_on_demand_are_listed_kept_to_the_limit_and_a_damaged_one_is_skip
 
     // A new daemon on the same directory falls back to the older, intact point.
     let hits = origin.hits();
-    let again = TestDaemon::start(&text).await;
+    let again = text.start().await;
     let a = fetch(&again.url("web", "/c/a?cc=max-age%3D600")).await;
     assert_eq!(x_cache(&a), "HIT");
     let b = fetch(&again.url("web", "/c/b?cc=max-age%3D600")).await;
@@ -224,17 +205,17 @@ async fn points_on_demand_are_listed_kept_to_the_limit_and_a_damaged_one_is_skip
 async fn objects_that_expired_while_down_are_not_restored() {
     let origin = Origin::start("o").await;
     let snaps = tempfile::tempdir().unwrap();
-    let text = config(&origin, snaps.path(), "");
-    let d = TestDaemon::start(&text).await;
+    let text = config(&origin, Some(Snapshots::new(snaps.path())));
+    let d = text.start().await;
     fetch(&d.url("web", "/c/short?cc=max-age%3D1")).await;
     fetch(&d.url("web", "/c/long?cc=max-age%3D600")).await;
-    let (status, point) = admin(Method::POST, &d.admin_url("/snapshots")).await;
+    let (status, point) = d.admin(Method::POST, "/snapshots", "").await;
     assert_eq!(
         (status, &point["objects"]),
         (StatusCode::CREATED, &Value::from(2))
     );
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let again = TestDaemon::start(&text).await;
+    let again = text.start().await;
     let long = fetch(&again.url("web", "/c/long?cc=max-age%3D600")).await;
     assert_eq!(x_cache(&long), "HIT");
     let age: u64 = long.header("age").unwrap().parse().unwrap();
@@ -249,12 +230,11 @@ async fn objects_that_expired_while_down_are_not_restored() {
 #[tokio::test]
 async fn without_the_section_the_endpoints_say_how_to_enable_it() {
     let origin = Origin::start("o").await;
-    let text =
-        config(&origin, Path::new("unused"), "").replace("[snapshots]\ndir = \"unused\"\n", "");
+    let text = config(&origin, None).to_toml();
     assert!(!text.contains("[snapshots]"));
     let d = TestDaemon::start(&text).await;
     for method in [Method::GET, Method::POST] {
-        let (status, body) = admin(method, &d.admin_url("/snapshots")).await;
+        let (status, body) = d.admin(method, "/snapshots", "").await;
         assert_eq!(status, StatusCode::CONFLICT);
         assert!(
             body["error"].as_str().unwrap().contains("[snapshots]"),
@@ -269,10 +249,14 @@ async fn points_are_written_every_interval() {
     let snaps = tempfile::tempdir().unwrap();
     let text = config(
         &origin,
-        snaps.path(),
-        "interval = \"1s\"\nkeep = 3\nmax_increments = 0",
+        Some(
+            Snapshots::new(snaps.path())
+                .interval("1s")
+                .keep(3)
+                .max_increments(0),
+        ),
     );
-    let d = TestDaemon::start(&text).await;
+    let d = text.start().await;
     fetch(&d.url("web", "/c/x?cc=max-age%3D600")).await;
     let dir = snaps.path().to_path_buf();
     assert!(
@@ -297,47 +281,26 @@ async fn operator_overrides_survive_a_restart() {
         Origin::start("b").await,
     );
     let snaps = tempfile::tempdir().unwrap();
-    let text = format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "a"
-backends = {}
-
-[[regions]]
-name = "b"
-backends = {}
-
-[[regions]]
-name = "spare"
-backends = {}
-
-[[services]]
-name = "app"
-listeners = ["web"]
-regions = ["a", "b"]
-region_policy = "failover"
-
-[snapshots]
-dir = "{}"
-"#,
-        backends(&[(&a1, 1), (&a2, 1)]),
-        backends(&[(&b, 1)]),
-        backends(&[(&b, 1)]),
-        snaps.path().display()
-    );
+    let text = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("a").backends(&[(&a1, 1), (&a2, 1)]))
+        .region(Region::new("b").backends(&[(&b, 1)]))
+        .region(Region::new("spare").backends(&[(&b, 1)]))
+        .service(
+            Service::new("app")
+                .listeners(&["web"])
+                .regions(&["a", "b"])
+                .region_policy("failover"),
+        )
+        .snapshots(Snapshots::new(snaps.path()));
     let post = |d: &TestDaemon, path: &str, body: &str| {
-        let url = d.admin_url(path);
-        let body = bytes::Bytes::from(body.to_string());
+        let (url, body) = (d.admin_url(path), body.to_string());
         async move {
-            let a = send(&http1(), Method::POST, &url, &[], body).await.unwrap();
-            assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+            let (status, v) = admin_call(Method::POST, &url, &[], &body).await;
+            assert_eq!(status, StatusCode::OK, "{v}");
         }
     };
-    let first = TestDaemon::start(&text).await;
+    let first = text.start().await;
     post(
         &first,
         "/backends/drain",
@@ -366,8 +329,8 @@ dir = "{}"
     );
     drop(first);
 
-    let second = TestDaemon::start(&text).await;
-    let (_, backends) = admin(Method::GET, &second.admin_url("/backends")).await;
+    let second = text.start().await;
+    let (_, backends) = second.admin(Method::GET, "/backends", "").await;
     let drained: Vec<&str> = backends["backends"]
         .as_array()
         .unwrap()
@@ -376,7 +339,7 @@ dir = "{}"
         .map(|b| b["address"].as_str().unwrap())
         .collect();
     assert_eq!(drained, vec![a1.addr.to_string()]);
-    let (_, regions) = admin(Method::GET, &second.admin_url("/regions")).await;
+    let (_, regions) = second.admin(Method::GET, "/regions", "").await;
     let region = |name: &str| {
         regions["regions"]
             .as_array()
@@ -408,8 +371,8 @@ dir = "{}"
         saved()
     );
     drop(second);
-    let third = TestDaemon::start(&text).await;
-    let (_, backends) = admin(Method::GET, &third.admin_url("/backends")).await;
+    let third = text.start().await;
+    let (_, backends) = third.admin(Method::GET, "/backends", "").await;
     assert!(
         backends["backends"]
             .as_array()

@@ -19,36 +19,19 @@ fn config(origin: &Origin, snapshots: &Path) -> String {
         .unwrap()
         .local_addr()
         .unwrap();
-    format!(
-        r#"
-[admin]
-listen = "{admin}"
-
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-
-[[regions]]
-name = "origin"
-backends = {}
-
-[[services]]
-name = "cdn"
-listeners = ["web"]
-hosts = ["cdn.example.com"]
-regions = ["origin"]
-
-[services.cache]
-max_size = "64MiB"
-purge_from = ["127.0.0.1/32"]
-
-[snapshots]
-dir = "{}"
-interval = "1h"
-"#,
-        backends(&[(origin, 1)]),
-        snapshots.display()
-    )
+    Config::new()
+        .admin(Admin::new().listen(&admin.to_string()))
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").origins(&[origin]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.example.com"])
+                .regions(&["origin"])
+                .cache(Cache::new("64MiB").purge_from(&["127.0.0.1/32"])),
+        )
+        .snapshots(Snapshots::new(snapshots).interval("1h"))
+        .to_toml()
 }
 
 fn path(i: usize) -> String {
@@ -65,27 +48,6 @@ async fn x_cache(d: &DaemonProcess, p: &str) -> String {
     .unwrap();
     assert_eq!(a.status, StatusCode::OK, "{p}");
     a.header("x-cache").unwrap_or("-").to_string()
-}
-
-async fn admin(d: &DaemonProcess, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
-    let body = if body.is_null() {
-        bytes::Bytes::new()
-    } else {
-        bytes::Bytes::from(body.to_string())
-    };
-    let a = send(
-        &http1(),
-        method,
-        &format!("http://{}{path}", d.addr("admin")),
-        &[],
-        body,
-    )
-    .await
-    .unwrap();
-    (
-        a.status,
-        serde_json::from_slice(&a.body).unwrap_or(Value::Null),
-    )
 }
 
 fn cli(args: &[&str], config: &Path) -> Output {
@@ -120,7 +82,7 @@ async fn a_kill_after_increments_restores_exactly_what_was_alive() {
     for i in 0..10 {
         assert_eq!(x_cache(&first, &path(i)).await, "MISS");
     }
-    let (status, full) = admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    let (status, full) = first.admin(Method::POST, "/snapshots", "").await;
     assert_eq!(status, StatusCode::CREATED, "{full}");
     assert_eq!(
         (full["kind"].as_str(), full["objects"].as_u64()),
@@ -132,10 +94,16 @@ async fn a_kill_after_increments_restores_exactly_what_was_alive() {
     }
     for i in [3, 4] {
         let url = format!("http://cdn.example.com{}", path(i));
-        let (s, r) = admin(&first, Method::POST, "/cache/purge", json!({ "url": url })).await;
+        let (s, r) = first
+            .admin(
+                Method::POST,
+                "/cache/purge",
+                &json!({ "url": url }).to_string(),
+            )
+            .await;
         assert_eq!((s, r["purged"].as_u64()), (StatusCode::OK, Some(1)), "{r}");
     }
-    let (_, inc) = admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    let (_, inc) = first.admin(Method::POST, "/snapshots", "").await;
     assert_eq!(inc["kind"], "increment", "{inc}");
     assert_eq!(
         (inc["records"].as_u64(), inc["objects"].as_u64()),
@@ -189,7 +157,7 @@ async fn a_planned_stop_writes_a_final_increment_and_loses_nothing() {
     for i in 0..5 {
         x_cache(&first, &path(i)).await;
     }
-    admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    first.admin(Method::POST, "/snapshots", "").await;
     for i in 5..8 {
         x_cache(&first, &path(i)).await;
     }
@@ -243,7 +211,7 @@ async fn restore_to_an_older_point_at_the_next_start_or_at_once() {
     assert!(made.status.success(), "{}", text(&made));
     let older: Value = serde_json::from_slice(&made.stdout).unwrap();
     x_cache(&first, &path(2)).await;
-    admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    first.admin(Method::POST, "/snapshots", "").await;
 
     // At once, in the running daemon: the cache becomes the older point.
     let now = cli(
@@ -273,7 +241,7 @@ async fn restore_to_an_older_point_at_the_next_start_or_at_once() {
         "a typo empties nothing"
     );
     // The newest point holds both objects: write it, then ask for the older one at the next start.
-    admin(&first, Method::POST, "/snapshots", Value::Null).await;
+    first.admin(Method::POST, "/snapshots", "").await;
     first.signal("KILL");
     drop(first);
     let (_keep, cfg) = write_config(&text_cfg);
@@ -301,9 +269,9 @@ async fn a_drill_passes_then_fails_on_a_flipped_byte() {
     for i in 0..4 {
         x_cache(&d, &path(i)).await;
     }
-    admin(&d, Method::POST, "/snapshots", Value::Null).await;
+    d.admin(Method::POST, "/snapshots", "").await;
     x_cache(&d, &path(4)).await;
-    let (_, newest) = admin(&d, Method::POST, "/snapshots", Value::Null).await;
+    let (_, newest) = d.admin(Method::POST, "/snapshots", "").await;
     let cfg = d.config_path.clone();
     let ok = cli(&["drill"], &cfg);
     assert!(ok.status.success(), "{}", text(&ok));

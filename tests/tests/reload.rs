@@ -4,56 +4,32 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Method, StatusCode};
 use serde_json::Value;
 use streamgate_tests::tls::{make_cert, write_cert};
 use streamgate_tests::*;
 
-fn service(o: &Origin, extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
+fn service(o: &Origin) -> Config {
+    service_on(o, Listener::http("web"))
+}
 
-[[regions]]
-name = "r"
-backends = {}
-
-[[services]]
-name = "s"
-listeners = ["web"]
-regions = ["r"]
-{extra}
-"#,
-        backends(&[(o, 1)])
-    )
+fn service_on(o: &Origin, listener: Listener) -> Config {
+    Config::new()
+        .listener(listener)
+        .region(Region::new("r").backends(&[(o, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
 }
 
 /// Writes `text` as the daemon's file and reloads through the admin API.
 async fn reload(d: &TestDaemon, text: &str, token: Option<&str>) -> (StatusCode, Value) {
-    std::fs::write(&d.config_path, with_test_admin(text)).unwrap();
+    d.rewrite_config(text);
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-    let r = send(
-        &http1(),
-        Method::POST,
-        &d.admin_url("/reload"),
-        &headers,
-        Bytes::new(),
-    )
-    .await
-    .unwrap();
-    (
-        r.status,
-        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
-    )
+    admin_call(Method::POST, &d.admin_url("/reload"), &headers, "").await
 }
 
 async fn config_status(d: &TestDaemon) -> Value {
-    let a = get(&http1(), &d.admin_url("/config"), &[]).await.unwrap();
-    serde_json::from_slice(&a.body).unwrap()
+    d.admin(Method::GET, "/config", "").await.1
 }
 
 #[tokio::test]
@@ -62,19 +38,11 @@ async fn a_changed_access_log_takes_effect_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let (first, second) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let log = |p: &std::path::Path, format: &str| {
-        format!(
-            "[access_log]\npath = \"{}\"\nformat = \"{format}\"\n",
-            p.display()
-        )
+        service(&o).access_log(AccessLog::new(p).format(format))
     };
-    let d = TestDaemon::start(&(service(&o, "") + &log(&first, "json"))).await;
+    let d = log(&first, "json").start().await;
     get(&http1(), &d.url("web", "/one"), &[]).await.unwrap();
-    let (status, body) = reload(
-        &d,
-        &(service(&o, "") + &log(&second, "$status $path")),
-        None,
-    )
-    .await;
+    let (status, body) = reload(&d, &log(&second, "$status $path").to_toml(), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     get(&http1(), &d.url("web", "/two"), &[]).await.unwrap();
     let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
@@ -96,12 +64,9 @@ async fn a_changed_access_log_takes_effect_on_reload() {
 #[tokio::test]
 async fn settings_read_at_start_are_named_in_the_reload_and_in_config() {
     let o = Origin::start("o").await;
-    let d = TestDaemon::start(&service(&o, "")).await;
-    let changed = service(&o, "").replace(
-        "listen = \"127.0.0.1:0\"\n",
-        "listen = \"127.0.0.1:0\"\nmax_connections = 5\nmax_headers = 64\n",
-    );
-    let (status, body) = reload(&d, &changed, None).await;
+    let d = service(&o).start().await;
+    let changed = service_on(&o, Listener::http("web").max_connections(5).max_headers(64));
+    let (status, body) = reload(&d, &changed.to_toml(), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let named = serde_json::json!([
         "listeners \"web\" max_connections",
@@ -118,14 +83,13 @@ async fn a_reload_that_fails_a_check_swaps_nothing_not_even_the_geo_database() {
     let cert = make_cert(&["a.example"]);
     let (cp, kp) = write_cert(dir.path(), "a", &cert);
     let text = |db: &str| {
-        format!(
-            "[geo]\ndatabase = \"{}\"\n\n[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:0\"\nprotocol = \"https\"\n\
-             certificates = [ {{ cert = \"{}\", key = \"{}\" }} ]\n{}",
-            fixture(&format!("geo/{db}")).display(),
-            cp.display(),
-            kp.display(),
-            service(&o, "").replace("listeners = [\"web\"]", "listeners = [\"web\", \"tls\"]")
-        )
+        Config::new()
+            .geo(Geo::fixture(&format!("geo/{db}")))
+            .listener(Listener::https("tls", &[(&cp, &kp)]))
+            .listener(Listener::http("web"))
+            .region(Region::new("r").backends(&[(&o, 1)]))
+            .service(Service::new("s").listeners(&["web", "tls"]).regions(&["r"]))
+            .to_toml()
     };
     let d = TestDaemon::start(&text("streamgate-synthetic-city.mmdb")).await;
     let before = config_status(&d).await["geo_database"]["path"].clone();
@@ -150,11 +114,9 @@ async fn a_rotated_admin_token_takes_effect_on_reload() {
     let dir = tempfile::tempdir().unwrap();
     let token_path = dir.path().join("admin.token");
     std::fs::write(&token_path, "first-token").unwrap();
-    let text = format!(
-        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n{}",
-        token_path.display(),
-        service(&o, "")
-    );
+    let text = service(&o)
+        .admin(Admin::new().token_file(&token_path))
+        .to_toml();
     let d = TestDaemon::start(&text).await;
     let regions = |t: &'static str| {
         let url = d.admin_url("/regions");
@@ -177,33 +139,22 @@ async fn a_rotated_admin_token_takes_effect_on_reload() {
 async fn concurrent_operator_changes_leave_one_whole_state_file() {
     let o = Origin::start("o").await;
     let snaps = tempfile::tempdir().unwrap();
-    let many: Vec<String> = (0..20)
-        .map(|i| format!("{{ address = \"127.0.0.1:{}\" }}", 20000 + i))
-        .collect();
-    let text = service(
-        &o,
-        &format!("[snapshots]\ndir = \"{}\"\n", snaps.path().display()),
-    )
-    .replace(
-        &backends(&[(&o, 1)]),
-        &format!("[ {{ address = \"{}\" }}, {} ]", o.addr, many.join(", ")),
-    );
-    let d = std::sync::Arc::new(TestDaemon::start(&text).await);
+    let mut region = Region::new("r").address(o.addr);
+    for i in 0..20 {
+        region = region.address(format!("127.0.0.1:{}", 20000 + i));
+    }
+    let text = Config::new()
+        .listener(Listener::http("web"))
+        .region(region)
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .snapshots(Snapshots::new(snaps.path()));
+    let d = std::sync::Arc::new(text.start().await);
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let d = d.clone();
             tokio::spawn(async move {
                 let body = format!("{{\"address\": \"127.0.0.1:{}\"}}", 20000 + i);
-                send(
-                    &http1(),
-                    Method::POST,
-                    &d.admin_url("/backends/drain"),
-                    &[("content-type", "application/json")],
-                    Bytes::from(body),
-                )
-                .await
-                .unwrap()
-                .status
+                d.admin(Method::POST, "/backends/drain", &body).await.0
             })
         })
         .collect();

@@ -48,29 +48,17 @@ async fn websocket_backend(push: bool) -> std::net::SocketAddr {
     addr
 }
 
-fn config(backend: std::net::SocketAddr, extra: &str) -> String {
-    format!(
-        r#"
-[timeouts]
-request_header = "1s"
-idle = "1s"
-{extra}
+fn config(backend: std::net::SocketAddr, timeouts: Timeouts) -> Config {
+    Config::new()
+        .timeouts(timeouts)
+        .listener(Listener::http("web").max_connections(1))
+        .region(Region::new("r").address(backend))
+        .service(Service::new("ws").listeners(&["web"]).regions(&["r"]))
+}
 
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:0"
-max_connections = 1
-
-[[regions]]
-name = "r"
-backends = [ {{ address = "{backend}" }} ]
-
-[[services]]
-name = "ws"
-listeners = ["web"]
-regions = ["r"]
-"#
-    )
+/// `request_header` and `idle` of 1 s.
+fn timeouts() -> Timeouts {
+    Timeouts::new().request_header("1s").idle("1s")
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
@@ -85,10 +73,7 @@ async fn open(d: &TestDaemon) -> Ws {
 }
 
 async fn metric(d: &TestDaemon, prefix: &str) -> f64 {
-    let m = get(&http1(), &d.admin_url("/metrics"), &[])
-        .await
-        .unwrap()
-        .text();
+    let m = d.metrics().await;
     m.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .map_or(0.0, |v| v.trim().parse().unwrap())
@@ -96,7 +81,9 @@ async fn metric(d: &TestDaemon, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_websocket_outlives_the_request_timeouts() {
-    let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
+    let d = config(websocket_backend(false).await, timeouts())
+        .start()
+        .await;
     let mut ws = open(&d).await;
     ws.send(Message::text("hello")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
@@ -111,7 +98,9 @@ async fn a_quiet_websocket_outlives_the_request_timeouts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_where_only_the_server_talks_stays_open() {
-    let d = TestDaemon::start(&config(websocket_backend(true).await, "")).await;
+    let d = config(websocket_backend(true).await, timeouts())
+        .start()
+        .await;
     let mut ws = open(&d).await;
     let mut ticks = 0;
     let until = tokio::time::Instant::now() + Duration::from_millis(2500);
@@ -132,10 +121,11 @@ async fn a_websocket_where_only_the_server_talks_stays_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_closes_after_tunnel_idle() {
-    let d = TestDaemon::start(&config(
+    let d = config(
         websocket_backend(false).await,
-        "tunnel_idle = \"1500ms\"",
-    ))
+        timeouts().tunnel_idle("1500ms"),
+    )
+    .start()
     .await;
     let mut ws = open(&d).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -154,7 +144,9 @@ async fn a_tunnel_closes_after_tunnel_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_counts_against_max_connections_and_in_metrics() {
-    let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
+    let d = config(websocket_backend(false).await, timeouts())
+        .start()
+        .await;
     let mut ws = open(&d).await;
     assert_eq!(
         metric(&d, "streamgate_tunnels_active{listener=\"web\"} ").await,
@@ -189,7 +181,9 @@ async fn a_tunnel_counts_against_max_connections_and_in_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_lets_a_tunnel_run_until_the_deadline_then_ends_it() {
-    let d = TestDaemon::start(&config(websocket_backend(false).await, "")).await;
+    let d = config(websocket_backend(false).await, timeouts())
+        .start()
+        .await;
     let mut ws = open(&d).await;
     let TestDaemon {
         daemon, dir: _dir, ..

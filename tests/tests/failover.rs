@@ -1,0 +1,583 @@
+//! Global load balancing end to end: health checks, failover and failback, latency routing,
+//! reloads and drains under load, and the operator's choices of primary region.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use streamgate_tests::*;
+
+/// Two regions in priority order with active health checks every 200 ms (fall 3, rise 2).
+fn failover_config(us: &[&Origin], eu: &[&Origin], hold_down: &str) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("us-east").origins(us))
+        .region(Region::new("eu-west").origins(eu))
+        .service(api(
+            &["us-east", "eu-west"],
+            Failover::new().hold_down(hold_down),
+        ))
+}
+
+/// The service of [`failover_config`] over `regions`.
+fn api(regions: &[&str], failover: Failover) -> Service {
+    Service::new("api")
+        .listeners(&["web"])
+        .regions(regions)
+        .region_policy("failover")
+        .backend_policy("round_robin")
+        .health(
+            Health::new()
+                .kind("http")
+                .path("/healthz")
+                .interval("200ms")
+                .timeout("150ms")
+                .rise(2)
+                .fall(3),
+        )
+        .failover(failover)
+}
+
+/// A closed-loop client: GETs one after another, recording (time, origin) and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    log: Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, clients: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = http1();
+        let tasks = (0..clients)
+            .map(|_| {
+                let (stop, failures, log, c, url) = (
+                    stop.clone(),
+                    failures.clone(),
+                    log.clone(),
+                    c.clone(),
+                    url.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(SeqCst) {
+                        match get(&c, &url, &[]).await {
+                            Ok(a) if a.status == StatusCode::OK => {
+                                log.lock().unwrap().push((
+                                    Instant::now(),
+                                    a.header("x-origin").unwrap_or("?").to_string(),
+                                ));
+                            }
+                            Ok(a) => {
+                                eprintln!("failed: {} {}", a.status, a.text());
+                                failures.fetch_add(1, SeqCst);
+                            }
+                            Err(e) => {
+                                eprintln!("failed: {e}");
+                                failures.fetch_add(1, SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failures,
+            log,
+            tasks,
+        }
+    }
+
+    fn served_since(&self, t: Instant) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(at, _)| *at >= t)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    /// When the first answer after `t` from origins named `prefix` arrived.
+    fn first_from_since(&self, t: Instant, prefix: &str) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(at, o)| *at >= t && o.starts_with(prefix))
+            .map(|(at, _)| *at)
+    }
+
+    /// The first moment after `t` from which every answer came from origins named `prefix`.
+    fn switched_at(&self, t: Instant, prefix: &str) -> Option<Instant> {
+        let log = self.log.lock().unwrap();
+        let after: Vec<_> = log.iter().filter(|(at, _)| *at >= t).collect();
+        let last_other = after.iter().rposition(|(_, o)| !o.starts_with(prefix));
+        match last_other {
+            None => after.first().map(|(at, _)| *at),
+            Some(i) => after.get(i + 1).map(|(at, _)| *at),
+        }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, SeqCst);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        self.failures.load(SeqCst)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_region_fails_over_within_1_5s_with_no_failed_request_and_fails_back_after_hold_down()
+ {
+    let us1 = Origin::start("us-1").await;
+    let us2 = Origin::start("us-2").await;
+    let eu1 = Origin::start("eu-1").await;
+    let d = failover_config(&[&us1, &us2], &[&eu1], "2s").start().await;
+    let load = Load::start(d.url("web", "/"), 4);
+    assert!(
+        eventually(Duration::from_secs(5), || load
+            .served_since(Instant::now() - Duration::from_secs(1))
+            .len()
+            > 50)
+        .await
+    );
+    assert!(
+        load.served_since(Instant::now() - Duration::from_millis(500))
+            .iter()
+            .all(|o| o.starts_with("us"))
+    );
+
+    // Kill the whole primary region.
+    let (addr1, addr2) = (us1.addr, us2.addr);
+    let killed = Instant::now();
+    us1.stop();
+    us2.stop();
+    drop((us1, us2));
+    // Health checks mark both backends down (fall 3 x 200 ms) and the region unhealthy.
+    assert!(
+        eventually(Duration::from_secs(3), || !d.daemon.table.load().services
+            [0]
+        .regions[0]
+            .health
+            .is_healthy())
+        .await,
+        "region marked unhealthy"
+    );
+    let detected = killed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let switched = load
+        .switched_at(killed, "eu")
+        .expect("traffic moved to eu-west");
+    let switch_time = switched.duration_since(killed);
+    eprintln!("health detection {detected:?}, traffic switch {switch_time:?}");
+    assert!(
+        switch_time < Duration::from_millis(1500),
+        "switch took {switch_time:?}"
+    );
+    assert!(
+        detected < Duration::from_millis(1500),
+        "detection took {detected:?}"
+    );
+
+    // Bring the primary back: traffic returns only after the 2 s hold-down.
+    let _us1 = Origin::start_at("us-1", addr1).await;
+    let _us2 = Origin::start_at("us-2", addr2).await;
+    assert!(
+        eventually(Duration::from_secs(5), || d.daemon.table.load().services[0]
+            .regions[0]
+            .health
+            .is_healthy())
+        .await,
+        "region healthy again"
+    );
+    let healthy_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        load.served_since(healthy_at)
+            .iter()
+            .all(|o| o.starts_with("eu")),
+        "no traffic back before the hold-down"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || load
+            .served_since(Instant::now() - Duration::from_millis(200))
+            .iter()
+            .any(|o| o.starts_with("us")))
+        .await
+    );
+    let back = load
+        .first_from_since(healthy_at, "us")
+        .expect("an answer from us-east after failback")
+        .duration_since(healthy_at);
+    assert!(
+        back >= Duration::from_millis(1900),
+        "failback after {back:?}, hold-down is 2 s"
+    );
+
+    assert_eq!(load.finish().await, 0, "no client saw a failed request");
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(
+            "streamgate_failovers_total{from=\"us-east\",service=\"api\",to=\"eu-west\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "streamgate_failovers_total{from=\"eu-west\",service=\"api\",to=\"us-east\"} 1"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowed_region_loses_latency_policy_traffic() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("a").backends(&[(&a, 1)]))
+        .region(Region::new("b").backends(&[(&b, 1)]))
+        .service(
+            Service::new("api")
+                .listeners(&["web"])
+                .regions(&["a", "b"])
+                .region_policy("latency")
+                .health(Health::new().path("/healthz").interval("100ms"))
+                .failover(Failover::new().latency_tolerance("20ms")),
+        )
+        .start()
+        .await;
+    let c = http1();
+    for _ in 0..50 {
+        get(&c, &d.url("web", "/"), &[]).await.unwrap();
+    }
+    // Nearly equal regions: one of them keeps the traffic (tolerance), no flapping.
+    let first = if a.hits() > b.hits() { &a } else { &b };
+    let second = if std::ptr::eq(first, &a) { &b } else { &a };
+    let before = second.hits();
+    for _ in 0..50 {
+        get(&c, &d.url("web", "/"), &[]).await.unwrap();
+    }
+    assert!(
+        second.hits() - before <= 2,
+        "traffic stayed on {} (other got {})",
+        first.name,
+        second.hits() - before
+    );
+
+    // Slow the serving region by 100 ms (requests and probes).
+    first.set_delay(Duration::from_millis(100));
+    first.state.health_delay_ms.store(100, SeqCst);
+    let moved = async {
+        for _ in 0..60 {
+            let a = get(&c, &d.url("web", "/"), &[]).await.unwrap();
+            if a.header("x-origin") == Some(&second.name) {
+                return true;
+            }
+        }
+        false
+    }
+    .await;
+    assert!(moved, "the slowed region {} kept the traffic", first.name);
+    let f0 = first.hits();
+    for _ in 0..30 {
+        get(&c, &d.url("web", "/"), &[]).await.unwrap();
+    }
+    assert!(
+        first.hits() - f0 <= 2,
+        "the slow region got {} of 30 more",
+        first.hits() - f0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request_and_an_invalid_one_keeps_the_old_config() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let text = |list: &[(&Origin, u32)], regions: &[&str]| {
+        Config::new()
+            .listener(Listener::http("web"))
+            .region(Region::new("r").backends(list))
+            .service(Service::new("s").listeners(&["web"]).regions(regions))
+            .to_toml()
+    };
+    let only_a = text(&[(&a, 1)], &["r"]);
+    let both = text(&[(&a, 1), (&b, 1)], &["r"]);
+    let d = TestDaemon::start(&only_a).await;
+    let load = Load::start(d.url("web", "/"), 4);
+    for i in 0..40 {
+        let t = if i % 2 == 0 { &both } else { &only_a };
+        d.rewrite_config(t);
+        let (status, v) = d.admin(Method::POST, "/reload", "").await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["ok"], true);
+    }
+    d.rewrite_config(&both);
+    let (_, v) = d.admin(Method::POST, "/reload", "").await;
+    let version = v["version"].as_u64().unwrap();
+    let b0 = b.hits();
+    assert!(
+        eventually(Duration::from_secs(5), || b.hits() > b0 + 20).await,
+        "the added backend gets traffic"
+    );
+
+    // An invalid file: rejected with the same errors as `check`, the old table stays.
+    d.rewrite_config(&text(&[(&a, 1), (&b, 1)], &["r", "nowhere"]));
+    let (status, v) = d.admin(Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let err = v["errors"][0].as_str().unwrap();
+    assert!(
+        err.contains("streamgate.toml:")
+            && err.contains("services[0].regions[1]: no region named \"nowhere\""),
+        "{err}"
+    );
+    assert_eq!(
+        v["version"].as_u64().unwrap(),
+        version,
+        "the running version did not change"
+    );
+    let (_, cfg) = d.admin(Method::GET, "/config", "").await;
+    assert!(
+        cfg["last_reload_error"]
+            .as_str()
+            .unwrap()
+            .contains("nowhere")
+    );
+    assert_eq!(load.finish().await, 0);
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains("streamgate_config_reloads_total{result=\"failure\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("streamgate_config_reloads_total{result=\"success\"} 41"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_new_requests_and_lets_in_flight_ones_finish() {
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    a.set_delay(Duration::from_millis(800));
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(&a, 1), (&b, 1)]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .backend_policy("round_robin"),
+        )
+        .start()
+        .await;
+    // Start a slow request on a, then drain a while it is in flight.
+    let url = d.url("web", "/");
+    let slow = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let c = http1();
+            loop {
+                let r = get(&c, &url, &[]).await.unwrap();
+                if r.header("x-origin") == Some("a") {
+                    return r;
+                }
+            }
+        })
+    };
+    assert!(eventually(Duration::from_secs(5), || a.hits() >= 1).await);
+    let (status, v) = d
+        .admin(
+            Method::POST,
+            "/backends/drain",
+            &format!("{{\"address\": \"{}\"}}", a.addr),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["in_flight"], 1);
+    let hits_a = a.hits();
+    for _ in 0..20 {
+        assert_eq!(
+            get(&http1(), &url, &[]).await.unwrap().header("x-origin"),
+            Some("b")
+        );
+    }
+    assert_eq!(
+        a.hits(),
+        hits_a,
+        "no new request reached the drained backend"
+    );
+    let finished = slow.await.unwrap();
+    assert_eq!(
+        finished.status,
+        StatusCode::OK,
+        "the in-flight request finished"
+    );
+    let (_, list) = d.admin(Method::GET, "/backends", "").await;
+    let entry = list["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["address"] == a.addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(entry["drained"], true);
+    assert_eq!(entry["unavailable_because"], "drained");
+    d.admin(
+        Method::POST,
+        "/backends/undrain",
+        &format!("{{\"address\": \"{}\"}}", a.addr),
+    )
+    .await;
+    a.set_delay(Duration::ZERO);
+    for _ in 0..4 {
+        get(&http1(), &url, &[]).await.unwrap();
+    }
+    assert!(a.hits() > hits_a, "undrained backend gets traffic again");
+    let (status, _) = d
+        .admin(
+            Method::POST,
+            "/backends/drain",
+            "{\"address\": \"127.0.0.1:1\"}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn primary_region_can_be_chosen_by_the_operator() {
+    let us = Origin::start("us").await;
+    let eu = Origin::start("eu").await;
+    let d = failover_config(&[&us], &[&eu], "1s").start().await;
+    let c = http1();
+    assert_eq!(
+        get(&c, &d.url("web", "/"), &[])
+            .await
+            .unwrap()
+            .header("x-origin"),
+        Some("us")
+    );
+    let (status, v) = d
+        .admin(
+            Method::POST,
+            "/services/api/primary",
+            "{\"region\": \"eu-west\"}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["previous"], "us-east");
+    assert_eq!(
+        get(&c, &d.url("web", "/"), &[])
+            .await
+            .unwrap()
+            .header("x-origin"),
+        Some("eu")
+    );
+    let (status, v) = d
+        .admin(
+            Method::POST,
+            "/services/api/primary",
+            "{\"region\": \"mars\"}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("its regions: us-east, eu-west")
+    );
+    let (status, _) = d
+        .admin(
+            Method::POST,
+            "/services/nope/primary",
+            "{\"region\": \"eu-west\"}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, regions) = d.admin(Method::GET, "/regions", "").await;
+    let eu_entry = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "eu-west")
+        .unwrap()
+        .clone();
+    assert_eq!(eu_entry["services"][0]["primary"], true);
+}
+
+// Paused time: the wait is on the health checker's probe timers (tokio's clock); probes and
+// requests reach an origin in this runtime over loopback, and a probe that timed out instead of
+// getting its 500 is a failure all the same.
+#[tokio::test(start_paused = true)]
+async fn every_region_down_fails_closed_with_503_when_configured() {
+    let a = Origin::start("a").await;
+    a.set_health(500);
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("us-east").backends(&[(&a, 1)]))
+        .service(api(
+            &["us-east"],
+            Failover::new().hold_down("1s").when_all_down("fail_closed"),
+        ))
+        .start()
+        .await;
+    assert!(
+        eventually(Duration::from_secs(3), || !d.daemon.table.load().services
+            [0]
+        .regions[0]
+            .backends[0]
+            .state
+            .is_up())
+        .await
+    );
+    let r = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.hits(), 0);
+}
+
+// Paused time: as above.
+#[tokio::test(start_paused = true)]
+async fn every_region_down_fails_open_by_default() {
+    let a = Origin::start("a").await;
+    a.set_health(500);
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("us-east").backends(&[(&a, 1)]))
+        .service(api(&["us-east"], Failover::new().hold_down("1s")))
+        .start()
+        .await;
+    assert!(
+        eventually(Duration::from_secs(3), || !d.daemon.table.load().services
+            [0]
+        .regions[0]
+            .backends[0]
+            .state
+            .is_up())
+        .await
+    );
+    let r = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "fail_open still tries the backend"
+    );
+    let metrics = d.metrics().await;
+    assert!(
+        metrics.contains(
+            "streamgate_traffic_routing_requests_total{reason=\"fail_open\",region=\"us-east\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("streamgate_backend_up{backend=\"")
+            && metrics.contains("region=\"us-east\"} 0"),
+        "{metrics}"
+    );
+}
