@@ -299,3 +299,101 @@ async fn a_drill_passes_then_fails_on_a_flipped_byte() {
     assert_eq!(listed.status.code(), Some(1));
     assert!(text(&listed).contains("DAMAGED"), "{}", text(&listed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_starts_from_the_last_known_good_copy_when_asked() {
+    use std::io::{BufRead, BufReader};
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let mut first = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    x_cache(&first, &path(1)).await;
+    let cfg = first.config_path.clone();
+    first.signal("TERM");
+    assert!(
+        first
+            .wait_exit(std::time::Duration::from_secs(20))
+            .is_some()
+    );
+    // The operator's edit breaks the file (and moves the admin port, which it does not reach).
+    let broken = format!(
+        "{}\n[timeouts]\nidle = 30\n",
+        text_cfg.replace("[snapshots]", "[snapshots]\nkep = 3")
+    );
+    std::fs::copy(&cfg, cfg.with_extension("good")).unwrap();
+    std::fs::write(&cfg, &broken).unwrap();
+    let plain = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        !plain.status.success(),
+        "without the flag a broken file does not start"
+    );
+    let against = Command::new(BIN)
+        .args(["check", "--against-last-good", "--config"])
+        .arg(cfg.with_extension("good"))
+        .output()
+        .unwrap();
+    assert!(against.status.success(), "{}", text(&against));
+    assert!(
+        text(&against).contains("the same file"),
+        "{}",
+        text(&against)
+    );
+
+    let mut child = Command::new(BIN)
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "--fallback-last-good",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut web = None;
+    while web.is_none() {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the daemon starts");
+        if let Ok(v) = serde_json::from_str::<Value>(&line)
+            && v["message"] == "listening"
+            && v["listener"] == "web"
+        {
+            web = v["address"].as_str().map(str::to_string);
+        }
+        seen.push(line);
+    }
+    let all = seen.join("\n");
+    assert!(
+        all.contains("LAST KNOWN GOOD COPY") && all.contains("kep"),
+        "{all}"
+    );
+    let a = get(
+        &http1(),
+        &format!("http://{}{}", web.unwrap(), path(1)),
+        &[("host", "cdn.example.com")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.header("x-cache"),
+        Some("HIT"),
+        "the good config, and the cache it kept"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

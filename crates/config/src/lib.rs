@@ -6,6 +6,7 @@
 
 pub mod diff;
 mod error;
+mod host;
 pub mod last_good;
 pub mod model;
 mod raw;
