@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -33,6 +34,10 @@ pub enum RecoveryError {
     Snapshot(#[from] SnapshotError),
     #[error("the snapshot task stopped: {0}")]
     Task(String),
+    #[error(
+        "{name} does not restore: {why}; nothing was changed (`streamgate snapshot list` shows which points are intact)"
+    )]
+    Unusable { name: String, why: String },
 }
 
 /// Runs file work on a blocking thread, off the runtime's workers.
@@ -64,6 +69,7 @@ fn fingerprint(entry: &Entry) -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     (Arc::as_ptr(entry) as usize).hash(&mut h);
     for v in entry.iter() {
+        (Arc::as_ptr(v) as usize).hash(&mut h);
         v.timing.response_time.hash(&mut h);
         v.size.hash(&mut h);
     }
@@ -79,6 +85,8 @@ pub struct Snapshotter {
     writer: tokio::sync::Mutex<Writer>,
     started: SystemTime,
     metrics: RecoveryMetrics,
+    /// Set when the newest point written does not read back: no increment builds on it.
+    chain_damaged: Arc<AtomicBool>,
 }
 
 /// The recovery metrics, resolved once.
@@ -91,8 +99,7 @@ struct RecoveryMetrics {
     damaged: IntCounter,
 }
 
-/// The file in the recovery directory naming the point to restore at the next start.
-pub const RESTORE_TO: &str = "restore-to";
+pub use crate::snapshot::RESTORE_TO;
 
 impl Snapshotter {
     pub fn new(
@@ -106,6 +113,7 @@ impl Snapshotter {
             settings: ArcSwapOption::new(settings.map(Arc::new)),
             writer: tokio::sync::Mutex::new(Writer::default()),
             started: SystemTime::now(),
+            chain_damaged: Arc::default(),
             metrics: RecoveryMetrics {
                 age: metrics.recovery_point_age.clone(),
                 restore_seconds: metrics.recovery_restore_seconds.clone(),
@@ -149,8 +157,11 @@ impl Snapshotter {
         })
         .await?;
         let restored = match self.restore_point(asked.as_deref(), false).await {
-            Err(RecoveryError::Snapshot(e @ SnapshotError::NotFound { .. })) => {
-                error!(error = %e, "the recovery point asked for with `streamgate snapshot restore --to` is not there; restoring the newest instead");
+            Err(
+                e @ (RecoveryError::Snapshot(SnapshotError::NotFound { .. })
+                | RecoveryError::Unusable { .. }),
+            ) => {
+                error!(error = %e, "the recovery point asked for with `streamgate snapshot restore --to` cannot be restored; restoring the newest instead");
                 self.restore_point(None, false).await
             }
             other => other,
@@ -178,29 +189,45 @@ impl Snapshotter {
         let mut writer = self.writer.lock().await;
         let damaged = self.metrics.damaged.clone();
         let restored = blocking(move || {
-            if replace {
-                // Only once the point is known to exist: a typo must not empty the cache.
-                let points = snapshot::list(&dir)?;
-                if let Some(name) = &target
-                    && !points.iter().any(|p| p.is_named(name))
-                {
-                    return Err(SnapshotError::NotFound {
-                        dir: dir.clone(),
-                        name: name.clone(),
-                    });
-                }
-                caches.purge(&crate::Purge::All, None);
-            }
-            snapshot::restore(&caches, &dir, target.as_deref(), |e| {
+            let report = |e: &SnapshotError| {
                 damaged.inc();
                 warn!(error = %e, "skipping a damaged recovery point; trying an older one");
-            })
+            };
+            let plan = match snapshot::plan(&dir, target.as_deref(), report) {
+                Err(e) => return Ok(Err(RecoveryError::Snapshot(e))),
+                Ok(p) => p,
+            };
+            // A named point restores as itself or not at all, and the caches are only touched
+            // once the whole chain has been read back.
+            if let Some(name) = &target {
+                let why = match &plan {
+                    None => Some("its chain is damaged".to_string()),
+                    Some(p) if !p.point().is_named(name) => {
+                        Some(format!("its chain is damaged after {}", p.point().name()))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(why) = why {
+                    return Ok(Err(RecoveryError::Unusable {
+                        name: name.clone(),
+                        why,
+                    }));
+                }
+            }
+            let Some(plan) = plan else {
+                return Ok(Ok(None));
+            };
+            if replace {
+                caches.purge(&crate::Purge::All, None);
+            }
+            snapshot::apply_plan(&caches, &plan).map(|r| Ok(Some(r)))
         })
-        .await?;
+        .await??;
         if let Some(r) = &restored {
             writer.newest = Some(r.point.created);
             // The next point is full: what expired during the restore is not in `seen`.
             writer.chain = None;
+            self.chain_damaged.store(false, Relaxed);
             writer.seen.clear();
             self.metrics.restore_seconds.set(r.took.as_secs_f64());
             info!(
@@ -229,6 +256,7 @@ impl Snapshotter {
         let caches = self.caches.clone();
         let started = Instant::now();
         let chain = writer.chain.take();
+        let chain = chain.filter(|_| !self.chain_damaged.swap(false, Relaxed));
         let seen = std::mem::take(&mut writer.seen);
         let s = settings.clone();
         let written = blocking(move || write_point(&caches, &s, chain, seen)).await;
@@ -262,6 +290,7 @@ impl Snapshotter {
     /// restore will find (`recovery_point_verified{result}`).
     fn verify_in_background(&self, point: RecoveryPoint) {
         let m = self.metrics.clone();
+        let chain_damaged = self.chain_damaged.clone();
         tokio::task::spawn_blocking(move || match snapshot::verify(&point.path) {
             Ok(_) => {
                 m.verified_ok.set(1);
@@ -271,6 +300,7 @@ impl Snapshotter {
                 m.verified_ok.set(0);
                 m.verified_damaged.set(1);
                 m.damaged.inc();
+                chain_damaged.store(true, Relaxed);
                 error!(error = %e, "a recovery point just written does not read back; check the disk");
             }
         });
@@ -348,8 +378,9 @@ fn write_point(
         }
     }
     // A chain whose newest point is gone (deleted by hand, or by a retention an older daemon
-    // applied) cannot be extended.
-    let chain = chain.filter(|c| c.last.path.exists());
+    // applied) or in another directory (`dir` changed by a reload) cannot be extended.
+    let chain =
+        chain.filter(|c| c.last.path.exists() && c.last.path.parent() == Some(&settings.dir));
     let thresholds = Thresholds {
         max_increments: settings.max_increments,
         increment_share: settings.increment_share,
@@ -389,4 +420,139 @@ fn write_point(
         SystemTime::now(),
     )?;
     Ok((point, chain, now_seen, removed.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::policy::{Freshness, Timing};
+    use crate::store::tests_support::spec;
+    use bytes::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use std::num::NonZeroUsize;
+    use std::path::Path;
+
+    fn settings(dir: &Path) -> Snapshots {
+        Snapshots {
+            dir: dir.to_path_buf(),
+            interval: Duration::from_secs(3600),
+            keep: NonZeroUsize::new(100).unwrap(),
+            max_age: None,
+            max_increments: 23,
+            increment_share: 100.0,
+        }
+    }
+
+    fn snapshotter(dir: &Path) -> (Arc<Snapshotter>, Arc<CacheRegistry>) {
+        let metrics = Metrics::new();
+        let caches = CacheRegistry::new(Arc::new(metrics.clone()));
+        caches.for_service("cdn", &spec(1 << 24));
+        (
+            Snapshotter::new(caches.clone(), &metrics, Some(settings(dir))),
+            caches,
+        )
+    }
+
+    fn put(caches: &CacheRegistry, key: &str) {
+        let now = SystemTime::now();
+        let f = Freshness {
+            lifetime: Duration::from_secs(600),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            must_revalidate: false,
+            always_revalidate: false,
+        };
+        let v = crate::Variant::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            Bytes::from_static(b"body"),
+            Timing::of(&HeaderMap::new(), now, now),
+            f,
+            vec![],
+        );
+        caches.get("cdn").unwrap().insert(key, v);
+    }
+
+    fn has(caches: &CacheRegistry, key: &str) -> bool {
+        caches
+            .get("cdn")
+            .unwrap()
+            .lookup(key, &HeaderMap::new())
+            .is_some()
+    }
+
+    #[tokio::test]
+    async fn increments_hold_changes_and_a_new_dir_starts_a_new_chain() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (s, caches) = snapshotter(a.path());
+        put(&caches, "http://h/1");
+        put(&caches, "http://h/2");
+        let full = s.take().await.unwrap();
+        assert_eq!((full.kind(), full.records), (Kind::Full, 2));
+        put(&caches, "http://h/3");
+        caches.get("cdn").unwrap().purge_url("http://h/1");
+        let inc = s.take().await.unwrap();
+        assert_eq!(
+            (inc.kind(), inc.records, inc.objects),
+            (Kind::Increment, 2, 2)
+        );
+        let idle = s.take().await.unwrap();
+        assert_eq!((idle.kind(), idle.records), (Kind::Increment, 0));
+        // A reload moves the directory: nothing there to build on.
+        s.configure(Some(settings(b.path())));
+        let moved = s.take().await.unwrap();
+        assert_eq!((moved.kind(), moved.records), (Kind::Full, 2));
+        assert!(moved.path.starts_with(b.path()));
+    }
+
+    #[tokio::test]
+    async fn a_point_that_does_not_read_back_ends_its_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, caches) = snapshotter(dir.path());
+        put(&caches, "http://h/1");
+        let full = s.take().await.unwrap();
+        // What the background re-read finds when the disk returns other bytes than written.
+        let mut raw = std::fs::read(&full.path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&full.path, raw).unwrap();
+        s.verify_in_background(full.clone());
+        let flagged = async {
+            while !s.chain_damaged.load(Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), flagged)
+            .await
+            .unwrap();
+        assert_eq!(s.metrics.verified_damaged.get(), 1);
+        let next = s.take().await.unwrap();
+        assert_eq!(next.kind(), Kind::Full, "no increment on a damaged point");
+    }
+
+    #[tokio::test]
+    async fn a_named_point_with_a_damaged_chain_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, caches) = snapshotter(dir.path());
+        put(&caches, "http://h/1");
+        let full = s.take().await.unwrap();
+        put(&caches, "http://h/2");
+        let inc = s.take().await.unwrap();
+        std::fs::write(&full.path, b"damaged").unwrap();
+        put(&caches, "http://h/3");
+        let e = s.restore_point(Some(&inc.name()), true).await.unwrap_err();
+        assert!(matches!(e, RecoveryError::Unusable { .. }), "{e}");
+        assert!(has(&caches, "http://h/3"), "the cache was not emptied");
+        // A name that is not there: nothing changes either.
+        let e = s
+            .restore_point(Some("streamgate-1.snap"), true)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            RecoveryError::Snapshot(SnapshotError::NotFound { .. })
+        ));
+        assert!(has(&caches, "http://h/3"));
+    }
 }

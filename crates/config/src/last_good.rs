@@ -69,10 +69,14 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>, LastGoodError> {
 /// Keeps `config` as the newest good copy in `dir` unless the newest already holds the same
 /// text; deletes all but the newest [`KEEP`]. Returns the new copy's path, if one was written.
 pub fn save(dir: &Path, config: &Config) -> Result<Option<PathBuf>, LastGoodError> {
+    // One writer at a time in this process: copies are named and pruned in the order they load
+    // (a reload saves from a blocking task it does not wait for).
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let existing = list(dir)?;
     let body = format!(
         "{HEADER}{}\n{}",
-        config.source.path.display(),
+        original(&config.source.path).display(),
         config.source.text
     );
     if let Some(newest) = existing.first()
@@ -94,11 +98,16 @@ pub fn save(dir: &Path, config: &Config) -> Result<Option<PathBuf>, LastGoodErro
                 .ok()
         })
         .unwrap_or(0);
-    let path = dir.join(format!("streamgate-{:016}.toml", ms.max(newest_ms + 1)));
-    let tmp = dir.join(format!(".{}.tmp", std::process::id()));
+    let path = dir.join(format!(
+        "streamgate-{:016}.toml",
+        ms.max(newest_ms.saturating_add(1))
+    ));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".config.{}.{n}.tmp", std::process::id()));
     let written = (|| {
         let mut open = fs::OpenOptions::new();
-        open.write(true).create(true).truncate(true);
+        open.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
         let mut f = open.open(&tmp)?;
@@ -116,32 +125,70 @@ pub fn save(dir: &Path, config: &Config) -> Result<Option<PathBuf>, LastGoodErro
     Ok(Some(path))
 }
 
-/// The newest good copy in `dir`, validated again as the file it was read from (so relative
-/// paths resolve as they did). Returns the copy's path with the config.
-pub fn load_newest(dir: &Path) -> Result<(PathBuf, Config), LastGoodError> {
-    let Some(copy) = list(dir)?.into_iter().next() else {
-        return Err(LastGoodError::None {
-            dir: dir.to_path_buf(),
-        });
-    };
-    let text = fs::read_to_string(&copy).map_err(io_err(&copy))?;
-    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
-    let Some(original) = first.strip_prefix(HEADER) else {
-        return Err(LastGoodError::Malformed { path: copy });
-    };
-    match parse(Path::new(original), rest) {
-        Ok(config) => Ok((copy, config)),
-        Err(errors) => Err(LastGoodError::Invalid { path: copy, errors }),
+/// A config file's path as copies name it: absolute, links resolved, when it exists.
+fn original(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The newest good copy in `dir` of the config file at `of` (any file's when `None`; several
+/// config files may share a directory), validated again as the file it was read from (so
+/// relative paths resolve as they did). Returns the copy's path with the config.
+pub fn load_newest(dir: &Path, of: Option<&Path>) -> Result<(PathBuf, Config), LastGoodError> {
+    let wanted = of.map(original);
+    for copy in list(dir)? {
+        let text = fs::read_to_string(&copy).map_err(io_err(&copy))?;
+        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        let Some(from) = first.strip_prefix(HEADER) else {
+            return Err(LastGoodError::Malformed { path: copy });
+        };
+        if wanted.as_deref().is_some_and(|w| w != Path::new(from)) {
+            continue;
+        }
+        return match parse(Path::new(from), rest) {
+            Ok(config) => Ok((copy, config)),
+            Err(errors) => Err(LastGoodError::Invalid { path: copy, errors }),
+        };
     }
+    Err(LastGoodError::None {
+        dir: dir.to_path_buf(),
+    })
 }
 
 /// Where the copies of a config file would be, read leniently from a file that may not
 /// validate: its `[snapshots] dir`, relative to the file's directory.
 pub fn dir_of_file(path: &Path, text: &str) -> Option<PathBuf> {
-    let table: toml::Table = toml::from_str(text).ok()?;
-    let dir = table.get("snapshots")?.get("dir")?.as_str()?;
+    let dir = match toml::from_str::<toml::Table>(text) {
+        Ok(table) => table.get("snapshots")?.get("dir")?.as_str()?.to_string(),
+        // A file with a syntax error elsewhere: the `dir = "…"` line of its [snapshots] table.
+        Err(_) => snapshots_dir_line(text)?,
+    };
     let base = path.parent().unwrap_or(Path::new("."));
     Some(dir_in(&base.join(dir)))
+}
+
+/// `dir = "…"` (a basic string without escapes) in the `[snapshots]` table, by lines.
+fn snapshots_dir_line(text: &str) -> Option<String> {
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line.starts_with("[snapshots]");
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=')
+            && k.trim() == "dir"
+        {
+            let v = v.trim();
+            let v = v.strip_prefix('"')?;
+            let end = v.find('"')?;
+            let dir = &v[..end];
+            return (!dir.contains('\\')).then(|| dir.to_string());
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -157,7 +204,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("config");
         let original = tmp.path().join("etc/streamgate.toml");
-        assert!(matches!(load_newest(&dir), Err(LastGoodError::None { .. })));
+        assert!(matches!(
+            load_newest(&dir, None),
+            Err(LastGoodError::None { .. })
+        ));
         let config = parse(&original, GOOD).unwrap();
         let first = save(&dir, &config).unwrap().expect("a first copy");
         assert_eq!(
@@ -171,7 +221,7 @@ mod tests {
             let mode = fs::metadata(&first).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let (copy, back) = load_newest(&dir).unwrap();
+        let (copy, back) = load_newest(&dir, None).unwrap();
         assert_eq!(copy, first);
         assert_eq!(back.source.path, original, "validated as the original file");
         assert_eq!(back.services, config.services);
@@ -180,13 +230,64 @@ mod tests {
             save(&dir, &parse(&original, &text).unwrap()).unwrap();
         }
         assert_eq!(list(&dir).unwrap().len(), KEEP);
-        let (_, newest) = load_newest(&dir).unwrap();
+        let (_, newest) = load_newest(&dir, None).unwrap();
         assert!(
             newest
                 .source
                 .text
                 .ends_with(&format!("# version {}\n", KEEP + 2))
         );
+    }
+
+    #[test]
+    fn each_config_file_falls_back_to_its_own_copies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config");
+        let (a, b) = (tmp.path().join("a.toml"), tmp.path().join("b.toml"));
+        for p in [&a, &b] {
+            fs::write(p, GOOD).unwrap();
+        }
+        save(&dir, &parse(&a, &format!("{GOOD}# a\n")).unwrap()).unwrap();
+        save(&dir, &parse(&b, &format!("{GOOD}# b\n")).unwrap()).unwrap();
+        let (_, of_a) = load_newest(&dir, Some(&a)).unwrap();
+        assert!(of_a.source.text.ends_with("# a\n"), "not b's newer copy");
+        assert_eq!(of_a.source.path, fs::canonicalize(&a).unwrap());
+        let none = load_newest(&dir, Some(&tmp.path().join("c.toml")));
+        assert!(matches!(none, Err(LastGoodError::None { .. })));
+    }
+
+    #[test]
+    fn concurrent_saves_never_mix_two_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config");
+        let path = tmp.path().join("s.toml");
+        let bodies: Vec<String> = (0..2).map(|i| format!("{GOOD}# writer {i}\n")).collect();
+        std::thread::scope(|s| {
+            for body in &bodies {
+                let (dir, path) = (&dir, &path);
+                s.spawn(move || {
+                    let config = parse(path, body).unwrap();
+                    for _ in 0..50 {
+                        save(dir, &config).unwrap();
+                    }
+                });
+            }
+        });
+        for copy in list(&dir).unwrap() {
+            let text = fs::read_to_string(&copy).unwrap();
+            assert!(bodies.iter().any(|b| text.ends_with(b.as_str())), "{text}");
+        }
+        let leftovers = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".tmp")
+            })
+            .count();
+        assert_eq!(leftovers, 0);
     }
 
     #[test]
@@ -198,6 +299,12 @@ mod tests {
             Some(PathBuf::from("/etc/streamgate/state/config"))
         );
         assert_eq!(dir_of_file(path, "[snapshots\n"), None);
+        // A syntax error elsewhere in the file: the dir is still found.
+        let broken = "[services\nname = \"x\"\n[snapshots] # state\ndir = \"/var/lib/sg\"\n[x]\ndir = \"no\"\n";
+        assert_eq!(
+            dir_of_file(path, broken),
+            Some(PathBuf::from("/var/lib/sg/config"))
+        );
         assert_eq!(dir_of_file(path, "[runtime]\n"), None);
     }
 }

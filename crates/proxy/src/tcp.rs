@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -24,7 +25,7 @@ use crate::http::ListenerLimits;
 use crate::io::Prefixed;
 use crate::proxy_protocol;
 use crate::sni::{MAX_HELLO, Sni, client_hello_sni};
-use crate::tunnel::{Ended, TunnelMetrics, relay_counted};
+use crate::tunnel::{Ended, Moved, TunnelMetrics, relay_counted};
 
 /// Most backends one connection tries when connecting fails.
 const MAX_TRIES: usize = 8;
@@ -177,10 +178,11 @@ impl TcpProxy {
             return;
         }
         let client = Prefixed::new(prefix.freeze(), stream);
-        let relayed = relay_counted(client, backend, timeouts.tunnel_idle, &self.tunnels).await;
-        (log.record.bytes_in, log.record.bytes_out) = (relayed.up, relayed.down);
+        // Relayed from here: a shutdown that cuts the tunnel off still logs what moved.
         log.status = 200;
-        match relayed.ended {
+        let moved = log.moved.clone();
+        let ended = relay_counted(client, backend, timeouts.tunnel_idle, &self.tunnels, &moved);
+        match ended.await {
             Ended::Closed { up, down } => {
                 debug!(service = %service.name, up, down, "connection done");
             }
@@ -262,6 +264,7 @@ struct ConnectionLog {
     /// The picked region's request counters.
     counts: Option<[IntCounter; 5]>,
     log: Option<Arc<AccessLog>>,
+    moved: Arc<Moved>,
 }
 
 impl ConnectionLog {
@@ -290,6 +293,7 @@ impl ConnectionLog {
             status: 499,
             counts: None,
             log: proxy.access_log.load_full(),
+            moved: Arc::default(),
         }
     }
 }
@@ -303,6 +307,8 @@ impl Drop for ConnectionLog {
             let mut record = self.record.clone();
             record.status = self.status;
             record.duration = self.started.elapsed();
+            record.bytes_in = self.moved.up.load(Relaxed);
+            record.bytes_out = self.moved.down.load(Relaxed);
             log.log(record);
         }
     }

@@ -61,26 +61,27 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    relay_counted(client, backend, idle, metrics).await.ended
+    relay_counted(client, backend, idle, metrics, &Moved::default()).await
 }
 
-/// How a tunnel ended and the bytes it moved each way, whatever the ending (for the access log).
-#[derive(Debug)]
-pub struct Relayed {
-    pub ended: Ended,
+/// The bytes a tunnel moved each way so far, readable while it runs and after it was cut off
+/// (for the access log of a connection a shutdown aborts).
+#[derive(Debug, Default)]
+pub struct Moved {
     /// Client -> backend.
-    pub up: u64,
+    pub up: AtomicU64,
     /// Backend -> client.
-    pub down: u64,
+    pub down: AtomicU64,
 }
 
-/// [`relay`], counting the bytes written to each side.
+/// [`relay`], counting the bytes written to each side into `moved`.
 pub async fn relay_counted<C, B>(
     client: C,
     backend: B,
     idle: Duration,
     metrics: &TunnelMetrics,
-) -> Relayed
+    moved: &Moved,
+) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -92,25 +93,20 @@ where
     let mut a = Tracked {
         inner: client,
         activity: activity.clone(),
-        written: 0,
+        written: &moved.down,
     };
     let mut b = Tracked {
         inner: backend,
         activity: activity.clone(),
-        written: 0,
+        written: &moved.up,
     };
     let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
-    let ended = tokio::select! {
+    tokio::select! {
         r = copy => match r {
             Ok((up, down)) => Ended::Closed { up, down },
             Err(e) => Ended::Failed(e),
         },
         () = quiet_for(activity, idle) => Ended::Idle,
-    };
-    Relayed {
-        ended,
-        up: b.written,
-        down: a.written,
     }
 }
 
@@ -131,14 +127,14 @@ async fn quiet_for(activity: Arc<AtomicU64>, idle: Duration) {
 }
 
 /// Notes the time of every read and write that moved bytes.
-struct Tracked<T> {
+struct Tracked<'m, T> {
     inner: T,
     activity: Arc<AtomicU64>,
     /// Bytes written to this side.
-    written: u64,
+    written: &'m AtomicU64,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<'_, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -154,7 +150,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -165,7 +161,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         if let Poll::Ready(Ok(n)) = r
             && n > 0
         {
-            this.written += n as u64;
+            this.written.fetch_add(n as u64, Relaxed);
             this.activity.store(now_nanos(), Relaxed);
         }
         r

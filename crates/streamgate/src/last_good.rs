@@ -36,7 +36,7 @@ pub fn load(path: &Path, fallback: bool, dir: Option<PathBuf>) -> Result<Config>
         Err(e) => e,
     };
     let copies = copies_dir(path, dir).with_context(|| format!("{errors}"))?;
-    let (copy, config) = last_good::load_newest(&copies)
+    let (copy, config) = last_good::load_newest(&copies, Some(path))
         .with_context(|| format!("{errors}\nand no last known good config to fall back to"))?;
     eprintln!(
         "streamgate: {} does not validate:\n{errors}\nSTARTING FROM THE LAST KNOWN GOOD COPY {}: \
@@ -57,7 +57,12 @@ pub fn load(path: &Path, fallback: bool, dir: Option<PathBuf>) -> Result<Config>
 #[allow(clippy::print_stdout)]
 pub fn check_against(path: &Path, config: &Config, dir: Option<PathBuf>) -> Result<()> {
     let copies = copies_dir(path, dir)?;
-    let (copy, good) = last_good::load_newest(&copies)?;
+    // The copy of this file, else the newest of any (a new file checked before it replaces the
+    // one that runs).
+    let (copy, good) = match last_good::load_newest(&copies, Some(path)) {
+        Err(last_good::LastGoodError::None { .. }) => last_good::load_newest(&copies, None)?,
+        other => other?,
+    };
     let d = diff(&good, config);
     println!("against the last known good copy {}:", copy.display());
     if good.source.text == config.source.text {

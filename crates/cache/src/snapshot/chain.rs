@@ -112,25 +112,45 @@ pub fn chain_of<'a>(
     Ok(chain)
 }
 
-/// The points retention deletes: all but the newest `keep`, and those older than `max_age`;
-/// never the newest point, and never a point that a kept point's chain needs. `points` newest
-/// first.
+/// The points `p` builds on, as far as the links go (all of them when its chain is whole).
+fn ancestors<'a>(points: &'a [RecoveryPoint], p: &'a RecoveryPoint) -> Vec<&'a RecoveryPoint> {
+    let mut out = vec![p];
+    let mut at = p;
+    while let Some(parent) = at.parent {
+        match points
+            .iter()
+            .find(|x| x.created == parent && x.base == p.base && x.created < at.created)
+        {
+            Some(x) => {
+                out.push(x);
+                at = x;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// The points retention deletes: all but the newest `keep`, and those older than `max_age`.
+/// Never deleted: the newest point, the newest point whose chain is whole (what a restore would
+/// use if the newest chain is broken), the point an operator asked to restore (`protect`), and
+/// anything a kept point builds on. `points` newest first.
 pub fn to_delete(
     points: &[RecoveryPoint],
     keep: usize,
     max_age: Option<Duration>,
     now: SystemTime,
+    protect: Option<&str>,
 ) -> Vec<RecoveryPoint> {
     let young = |p: &RecoveryPoint| {
         max_age.is_none_or(|m| now.duration_since(p.created).unwrap_or(Duration::ZERO) <= m)
     };
+    let newest_whole = points.iter().position(|p| chain_of(points, p).is_ok());
     let mut kept: HashSet<&PathBuf> = HashSet::new();
     for (i, p) in points.iter().enumerate() {
-        if i == 0 || (i < keep.max(1) && young(p)) {
-            kept.insert(&p.path);
-            if let Ok(chain) = chain_of(points, p) {
-                kept.extend(chain.iter().map(|c| &c.path));
-            }
+        let asked = protect.is_some_and(|name| p.is_named(name));
+        if i == 0 || Some(i) == newest_whole || asked || (i < keep.max(1) && young(p)) {
+            kept.extend(ancestors(points, p).iter().map(|c| &c.path));
         }
     }
     points
@@ -236,8 +256,37 @@ mod tests {
         ];
         let pts = two_chains();
         for (name, keep, max_age, want) in cases {
-            assert_eq!(names(&to_delete(&pts, keep, max_age, now)), want, "{name}");
+            assert_eq!(
+                names(&to_delete(&pts, keep, max_age, now, None)),
+                want,
+                "{name}"
+            );
         }
+        // The point an operator asked to restore stays, with its chain.
+        let asked = to_delete(&pts, 1, None, now, Some("p20"));
+        assert_eq!(names(&asked), ["p30"]);
+    }
+
+    /// F <- I1 <- I2 <- I3 <- I4 with I2 unreadable (not listed): the newest points are kept by
+    /// count, and F <- I1, the newest chain that restores, is not deleted for them.
+    #[test]
+    fn retention_keeps_what_restores_when_the_newest_chain_is_broken() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_060);
+        let pts = vec![
+            point(50, 10, Some(40)),
+            point(40, 10, Some(30)),
+            point(20, 10, Some(10)),
+            point(10, 10, None),
+        ];
+        assert_eq!(
+            names(&to_delete(&pts, 2, None, now, None)),
+            Vec::<String>::new()
+        );
+        // Their own partial chain is kept too: p40 is what p50 builds on.
+        assert_eq!(
+            names(&to_delete(&pts, 1, None, now, None)),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

@@ -251,12 +251,15 @@ fn decode_put(mut c: Cursor<'_>) -> Option<Record> {
     let service = c.str()?;
     let key = c.str()?;
     let n = c.count(2)?;
-    let mut variants = Vec::with_capacity(n);
+    // The count bounds the bytes read, not the memory per item (a Variant is hundreds of bytes
+    // in memory, two on disk): reserve little and let the vector grow with what decodes.
+    let mut variants = Vec::with_capacity(n.min(8));
     for _ in 0..n {
         let status = StatusCode::from_u16(c.u16()?).ok()?;
         let headers_len = c.count(16)?;
-        // try_: a damaged count past what a HeaderMap holds (32 768) is an error, not a panic.
-        let mut headers = HeaderMap::try_with_capacity(headers_len).ok()?;
+        // try_append: a damaged count past what a HeaderMap holds (32 768) is an error, not a
+        // panic; the reservation is small whatever the count says.
+        let mut headers = HeaderMap::try_with_capacity(headers_len.min(64)).ok()?;
         for _ in 0..headers_len {
             let name = HeaderName::from_bytes(c.bytes()?).ok()?;
             let value = HeaderValue::from_bytes(c.bytes()?).ok()?;
@@ -288,7 +291,7 @@ fn decode_put(mut c: Cursor<'_>) -> Option<Record> {
             always_revalidate: flags & 2 != 0,
         };
         let selectors_len = c.count(9)?;
-        let mut selectors = Vec::with_capacity(selectors_len);
+        let mut selectors = Vec::with_capacity(selectors_len.min(8));
         for _ in 0..selectors_len {
             let name = HeaderName::from_bytes(c.bytes()?).ok()?;
             let value = match c.u8()? {

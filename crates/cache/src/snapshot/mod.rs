@@ -38,8 +38,10 @@ use crate::entry::Variant;
 use codec::{HEADER_LEN, Header};
 
 pub use chain::{ChainState, Kind, Thresholds, chain_of, next_kind, to_delete};
-pub use restore::{Restored, restore};
+pub use restore::{Plan, Restored, apply_plan, plan, restore};
 
+/// The file in the recovery directory naming the point to restore at the next start.
+pub const RESTORE_TO: &str = "restore-to";
 const PREFIX: &str = "streamgate-";
 const SUFFIX: &str = ".snap";
 const INCREMENT_SUFFIX: &str = ".inc.snap";
@@ -166,7 +168,7 @@ pub fn write(
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     // Never older than the newest point already there, so names sort in the order written.
     let newest = list(dir)?.first().map_or(0, |p| unix_ms(p.created));
-    let ms = unix_ms(SystemTime::now()).max(newest + 1);
+    let ms = unix_ms(SystemTime::now()).max(newest.saturating_add(1));
     let (base_ms, parent_ms, suffix) = match parent {
         Some(p) => (unix_ms(p.base), unix_ms(p.created), INCREMENT_SUFFIX),
         None => (ms, 0, SUFFIX),
@@ -217,6 +219,7 @@ pub fn write(
 }
 
 /// Deletes the points [`to_delete`] chooses (retention by count and age, chains kept whole).
+/// The point named in `restore-to` (the next start restores it) is kept too.
 pub fn apply_retention(
     dir: &Path,
     keep: usize,
@@ -224,7 +227,8 @@ pub fn apply_retention(
     now: SystemTime,
 ) -> Result<Vec<RecoveryPoint>, SnapshotError> {
     let points = list(dir)?;
-    let gone = to_delete(&points, keep, max_age, now);
+    let asked = fs::read_to_string(dir.join(RESTORE_TO)).ok();
+    let gone = to_delete(&points, keep, max_age, now, asked.as_deref().map(str::trim));
     for p in &gone {
         fs::remove_file(&p.path).map_err(io_err(&p.path))?;
     }
@@ -840,5 +844,31 @@ mod tests {
         assert_eq!(clean_temporary(dir.path()).unwrap(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         assert_eq!(clean_temporary(&dir.path().join("missing")).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_replacement_the_cache_refuses_does_not_bring_back_the_older_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let caches = registry();
+        let cdn = caches.get("cdn").unwrap();
+        cdn.insert("http://h/v", variant(b"small", None, true));
+        let f = full(&caches, dir.path());
+        let big: &'static [u8] = Box::leak(vec![b'x'; 512 * 1024].into_boxed_slice());
+        cdn.insert("http://h/v", variant(big, None, true));
+        increment(&caches, dir.path(), &f, &["http://h/v"], &[]);
+        // Restored where max_object_size is 256 KiB: the replacement does not fit.
+        let small = CacheRegistry::new(Arc::new(Metrics::new()));
+        small.for_service("cdn", &spec(1 << 20));
+        let done = restore(&small, dir.path(), None, |e| panic!("{e}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.restored, 0);
+        assert!(
+            small
+                .get("cdn")
+                .unwrap()
+                .lookup("http://h/v", &HeaderMap::new())
+                .is_none()
+        );
     }
 }

@@ -33,16 +33,29 @@ pub struct Restored {
     pub took: Duration,
 }
 
-/// Puts a recovery point in `dir` back into the caches of the services that still cache (their
-/// caches must exist): the point named `target` (see [`RecoveryPoint::is_named`]), else the
-/// newest usable one. Damaged points are reported through `on_damaged`. `None`: no usable point.
-pub fn restore(
-    caches: &CacheRegistry,
+/// The files a restore reads, in order, all verified whole.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub chain: Vec<RecoveryPoint>,
+    /// Points skipped as damaged or unusable (each reported through `on_damaged`).
+    pub damaged: u64,
+}
+
+impl Plan {
+    /// The point the caches reflect once the plan is applied.
+    pub fn point(&self) -> &RecoveryPoint {
+        &self.chain[self.chain.len() - 1]
+    }
+}
+
+/// Finds what a restore of the point named `target` (see [`RecoveryPoint::is_named`]), else of
+/// the newest usable point, would read: every file of its chain verified whole, up to the first
+/// damaged increment. Damaged points are reported through `on_damaged`. `None`: nothing usable.
+pub fn plan(
     dir: &Path,
     target: Option<&str>,
     mut on_damaged: impl FnMut(&SnapshotError),
-) -> Result<Option<Restored>, SnapshotError> {
-    let started = Instant::now();
+) -> Result<Option<Plan>, SnapshotError> {
     let mut damaged = 0u64;
     let points = scan(dir, |e| {
         damaged += 1;
@@ -93,33 +106,60 @@ pub fn restore(
                 }
             }
         }
-        let Some(last) = chain.last() else {
+        if chain.is_empty() {
             continue;
-        };
-        let mut done = Restored {
-            point: (*last).clone(),
-            chain: chain.len(),
-            restored: 0,
-            expired: 0,
-            unclaimed: 0,
-            damaged,
-            bytes: 0,
-            took: Duration::ZERO,
-        };
-        let now = SystemTime::now();
-        let mut live: HashSet<(String, String)> = HashSet::new();
-        for p in &chain {
-            read_each(&p.path, |change| {
-                apply(caches, change, now, &mut live, &mut done)
-            })?;
-            done.bytes += p.bytes;
         }
-        done.restored = live.len() as u64;
-        done.took = started.elapsed();
-        caches.refresh_gauges();
-        return Ok(Some(done));
+        return Ok(Some(Plan {
+            chain: chain.into_iter().cloned().collect(),
+            damaged,
+        }));
     }
     Ok(None)
+}
+
+/// Applies a plan to the caches of the services that still cache (their caches must exist),
+/// streaming its files in order.
+pub fn apply_plan(caches: &CacheRegistry, plan: &Plan) -> Result<Restored, SnapshotError> {
+    let started = Instant::now();
+    let mut done = Restored {
+        point: plan.point().clone(),
+        chain: plan.chain.len(),
+        restored: 0,
+        expired: 0,
+        unclaimed: 0,
+        damaged: plan.damaged,
+        bytes: 0,
+        took: Duration::ZERO,
+    };
+    let now = SystemTime::now();
+    let mut live: HashSet<(String, String)> = HashSet::new();
+    for p in &plan.chain {
+        read_each(&p.path, |change| {
+            apply(caches, change, now, &mut live, &mut done)
+        })?;
+        done.bytes += p.bytes;
+    }
+    done.restored = live.len() as u64;
+    done.took = started.elapsed();
+    caches.refresh_gauges();
+    Ok(done)
+}
+
+/// [`plan`] then [`apply_plan`]: puts a recovery point in `dir` back into the caches. `None`: no
+/// usable point.
+pub fn restore(
+    caches: &CacheRegistry,
+    dir: &Path,
+    target: Option<&str>,
+    on_damaged: impl FnMut(&SnapshotError),
+) -> Result<Option<Restored>, SnapshotError> {
+    let started = Instant::now();
+    let Some(p) = plan(dir, target, on_damaged)? else {
+        return Ok(None);
+    };
+    let mut done = apply_plan(caches, &p)?;
+    done.took = started.elapsed();
+    Ok(Some(done))
 }
 
 fn apply(
@@ -144,6 +184,11 @@ fn apply(
                 Some(left) if !left.is_zero() => {
                     if cache.restore(&id.1, r.variants, left) {
                         live.insert(id);
+                    } else {
+                        // Refused (over today's max_object_size): an older copy from earlier in
+                        // the chain must not stand in for it.
+                        cache.purge_url(&id.1);
+                        live.remove(&id);
                     }
                 }
                 _ => {

@@ -32,7 +32,7 @@ fn point_json(p: &RecoveryPoint, now: SystemTime) -> Value {
 
 fn failure(e: &RecoveryError) -> AdminResponse {
     let status = match e {
-        RecoveryError::NotConfigured => StatusCode::CONFLICT,
+        RecoveryError::NotConfigured | RecoveryError::Unusable { .. } => StatusCode::CONFLICT,
         RecoveryError::Snapshot(SnapshotError::NotFound { .. }) => StatusCode::NOT_FOUND,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
