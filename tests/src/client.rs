@@ -93,7 +93,10 @@ pub async fn get_from(
     let stream = socket.connect(to).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let mut req = Request::builder().uri(path).header("host", to.to_string());
+    let mut req = Request::builder().uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", to.to_string());
+    }
     for (k, v) in headers {
         req = req.header(*k, *v);
     }

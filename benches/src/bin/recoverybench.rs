@@ -102,7 +102,10 @@ fn main() -> Result<()> {
     let cache = caches.for_service("video", &spec(room));
     eprintln!("filling {objects} objects of {} KiB...", args.object_kib);
     for i in 0..objects {
-        cache.insert(&format!("http://video.test/seg/{i}.ts"), object(args.object_kib, i));
+        cache.insert(
+            &format!("http://video.test/seg/{i}.ts"),
+            object(args.object_kib, i),
+        );
     }
     cache.settle();
     println!(
@@ -140,7 +143,10 @@ fn main() -> Result<()> {
         for j in 0..per {
             // Replace a spread of objects, plus one new object per round.
             let i = (round as u64 * per + j) * 7919 % objects;
-            cache.insert(&format!("http://video.test/seg/{i}.ts"), object(args.object_kib, next));
+            cache.insert(
+                &format!("http://video.test/seg/{i}.ts"),
+                object(args.object_kib, next),
+            );
             next += 1;
         }
         let started = Instant::now();

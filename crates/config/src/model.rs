@@ -293,9 +293,33 @@ pub struct Service {
     pub cache: Option<CacheSpec>,
     /// Request body size and request rates.
     pub limits: Limits,
+    /// Who may use the service, by client address and country.
+    pub access: Access,
     pub upstream: Upstream,
     /// What the service's listeners carry.
     pub kind: ServiceKind,
+}
+
+/// `[services.access]`: a client matching `deny` or `deny_countries` is refused; when `allow` or
+/// `allow_countries` is set, a client must match one of them. Countries are upper-case ISO
+/// 3166-1 alpha-2 codes from the geo database.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Access {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub allow_countries: Vec<String>,
+    pub deny_countries: Vec<String>,
+}
+
+impl Access {
+    pub fn is_open(&self) -> bool {
+        *self == Access::default()
+    }
+
+    /// Whether the decision needs the client's country.
+    pub fn uses_countries(&self) -> bool {
+        !self.allow_countries.is_empty() || !self.deny_countries.is_empty()
+    }
 }
 
 /// HTTP (routed by host and path), raw TCP, or TLS passed through by SNI.

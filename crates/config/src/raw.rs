@@ -172,6 +172,20 @@ pub(crate) struct RawService {
     pub cache: Option<S<RawCache>>,
     pub upstream: Option<S<RawUpstream>>,
     pub limits: Option<S<RawLimits>>,
+    pub access: Option<S<RawAccess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccess {
+    #[serde(default)]
+    pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub deny: Vec<S<String>>,
+    #[serde(default)]
+    pub allow_countries: Vec<S<String>>,
+    #[serde(default)]
+    pub deny_countries: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

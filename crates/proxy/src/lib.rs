@@ -2,6 +2,7 @@
 //! to the backends the routing table picks, and streams the answers back.
 
 mod accept;
+pub mod access;
 mod coalesce;
 mod h2_heads;
 pub mod http;

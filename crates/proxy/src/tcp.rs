@@ -145,6 +145,19 @@ impl TcpProxy {
             }
         };
         log.record.service = Some(service.name.clone());
+        if let Err(denied) = crate::access::check(&service.spec.access, client.ip(), || {
+            let db = self.geo.load();
+            let facts = db.as_ref()?.lookup(client.ip())?;
+            Some(facts.country?.to_string())
+        }) {
+            self.metrics
+                .access_denied
+                .with_label_values(&[&service.name, denied.as_str()])
+                .inc();
+            debug!(service = %service.name, peer = %client, reason = denied.as_str(), "refused by the access list");
+            log.status = 403;
+            return;
+        }
         let mut facts = ClientFacts {
             ip: Some(client.ip()),
             geo: None,
@@ -255,8 +268,9 @@ impl TcpProxy {
 
 /// One L4 connection's access-log line and its count in
 /// `global_load_balancer_requests_total`, written when the connection ends, however it ends.
-/// The status follows nginx's stream module: 200 relayed, 400 no usable ClientHello, 404 no
-/// service for the name, 502 no backend accepted the connection, 503 no usable backend.
+/// The status follows nginx's stream module: 200 relayed, 400 no usable ClientHello, 403
+/// refused by the access list, 404 no service for the name, 502 no backend accepted the
+/// connection, 503 no usable backend.
 struct ConnectionLog {
     record: AccessRecord,
     started: Instant,

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub tunnels_active: IntGaugeVec,
     /// `limited_total{listener,limit}`: requests and connections refused by a limit.
     pub limited: IntCounterVec,
+    /// `access_denied_total{service,reason}`: refused by `[services.access]` (403).
+    pub access_denied: IntCounterVec,
     /// `config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `regional_deployments_total{region}`: config versions applied (at start or by a
@@ -131,6 +133,11 @@ impl Metrics {
         for s in &config.services {
             let name = s.name.as_str();
             self.retries.with_label_values(&[name]);
+            if !s.access.is_open() {
+                for reason in ["address", "country", "not_allowed"] {
+                    self.access_denied.with_label_values(&[name, reason]);
+                }
+            }
             for r in &s.regions {
                 for class in CODE_CLASSES {
                     self.requests.with_label_values(&[name, r, class]);
@@ -246,6 +253,12 @@ impl Metrics {
                 "limited_total",
                 "Requests and connections refused by a limit (connections, client_connections, header, body, rate, client_rate)",
                 &["listener", "limit"],
+            ),
+            access_denied: counter_vec(
+                r,
+                "access_denied_total",
+                "Requests and connections refused by a service's access list (403), by reason",
+                &["service", "reason"],
             ),
             regional_deployments: counter_vec(
                 r,

@@ -299,6 +299,16 @@ table!(
 );
 
 table!(
+    /// `[services.access]`.
+    struct Access {
+        allow: &[&str],
+        deny: &[&str],
+        allow_countries: &[&str],
+        deny_countries: &[&str],
+    }
+);
+
+table!(
     /// `[services.limits]`.
     struct Limits {
         max_body: &str,
@@ -362,6 +372,10 @@ impl Service {
 
     pub fn limits(self, l: Limits) -> Service {
         self.sub("limits", l.table)
+    }
+
+    pub fn access(self, a: Access) -> Service {
+        self.sub("access", a.table)
     }
 }
 

@@ -15,6 +15,7 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::parse_duration;
 
+mod access;
 mod cache;
 mod health;
 mod limits;

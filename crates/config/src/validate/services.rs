@@ -216,6 +216,9 @@ pub(super) fn services(
             .limits
             .as_ref()
             .map_or_else(Limits::default, |l| limits(l, &p, ctx));
+        let access = s.access.as_ref().map_or_else(Access::default, |a| {
+            super::access::access(a, &p, geo_database == GeoDatabase::Present, ctx)
+        });
         let upstream = s
             .upstream
             .as_ref()
@@ -336,6 +339,7 @@ pub(super) fn services(
             retry,
             cache,
             limits,
+            access,
             upstream,
             kind,
         });

@@ -55,6 +55,11 @@ pub enum ProxyError {
     PayloadTooLarge { max: u64 },
     #[error("request rate limit reached")]
     TooManyRequests { retry_after: Duration },
+    #[error("service {service}: refused by its access list ({reason})")]
+    Forbidden {
+        service: String,
+        reason: &'static str,
+    },
 }
 
 impl ProxyError {
@@ -68,6 +73,7 @@ impl ProxyError {
                 StatusCode::NOT_FOUND
             }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -90,7 +96,8 @@ impl ProxyError {
             | ProxyError::ClientAborted { .. }
             | ProxyError::RequestBodyTimeout { .. }
             | ProxyError::PayloadTooLarge { .. }
-            | ProxyError::TooManyRequests { .. } => Side::Downstream,
+            | ProxyError::TooManyRequests { .. }
+            | ProxyError::Forbidden { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -128,6 +135,7 @@ impl ProxyError {
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
             ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",
+            ProxyError::Forbidden { .. } => "403 Forbidden\n",
             ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
             ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed\n",

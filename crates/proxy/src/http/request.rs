@@ -127,6 +127,24 @@ impl HttpProxy {
             .as_ref()
             .map_or(&[][..], |g| &g.trusted_proxies[..]);
         let ip = client_ip(peer.ip(), req.headers(), trusted);
+        if let Err(denied) = crate::access::check(&service.spec.access, ip, || {
+            let db = self.geo.load();
+            let facts = db.as_ref()?.lookup(ip)?;
+            Some(facts.country?.to_string())
+        }) {
+            self.metrics
+                .access_denied
+                .with_label_values(&[&service.name, denied.as_str()])
+                .inc();
+            if let Some(l) = log.as_mut() {
+                l.record.service = Some(service.name.clone());
+                l.record.client = ip.to_canonical();
+            }
+            return Err(ProxyError::Forbidden {
+                service: service.name.to_string(),
+                reason: denied.as_str(),
+            });
+        }
         let facts = ClientFacts {
             ip: Some(ip),
             geo: None,

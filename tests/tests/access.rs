@@ -1,0 +1,169 @@
+//! Access lists end to end (`[services.access]`): clients refused by address and by country
+//! (the synthetic geo database places 127.0.1.x in Germany, 127.0.2.x in the United States),
+//! answered 403 and counted, over HTTP and on a TCP listener.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
+
+use http::StatusCode;
+use streamgate_tests::*;
+use tokio::io::AsyncReadExt;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn http_clients_are_refused_by_address_and_by_country() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .geo(Geo::fixture("geo/streamgate-synthetic-city.mmdb"))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("staging")
+                .listeners(&["web"])
+                .hosts(&["staging.test"])
+                .regions(&["r"])
+                .access(Access::new().allow(&["127.0.4.0/24"]).deny(&["127.0.4.66"])),
+        )
+        .service(
+            Service::new("eu")
+                .listeners(&["web"])
+                .hosts(&["eu.test"])
+                .regions(&["r"])
+                .access(Access::new().allow_countries(&["DE", "FR"])),
+        )
+        .start()
+        .await;
+    let web = d.addr("web");
+    let status = |from: &str, host: &'static str| {
+        let from = ip(from);
+        async move {
+            get_from(from, web, "/", &[("host", host)])
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status("127.0.4.1", "staging.test").await, StatusCode::OK);
+    assert_eq!(
+        status("127.0.4.66", "staging.test").await,
+        StatusCode::FORBIDDEN,
+        "deny wins"
+    );
+    assert_eq!(
+        status("127.0.0.1", "staging.test").await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status("127.0.1.5", "eu.test").await,
+        StatusCode::OK,
+        "Frankfurt"
+    );
+    assert_eq!(
+        status("127.0.2.5", "eu.test").await,
+        StatusCode::FORBIDDEN,
+        "Virginia"
+    );
+    let hits_before = o.hits();
+    assert_eq!(status("127.0.2.6", "eu.test").await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        o.hits(),
+        hits_before,
+        "a refused request never reaches the origin"
+    );
+    let m = d.metrics().await;
+    let denied = |svc: &str, reason: &str| {
+        metric(
+            &m,
+            &format!("streamgate_access_denied_total{{reason=\"{reason}\",service=\"{svc}\"}}"),
+        )
+    };
+    assert_eq!(denied("staging", "address"), Some(1.0));
+    assert_eq!(denied("staging", "not_allowed"), Some(1.0));
+    assert_eq!(denied("eu", "not_allowed"), Some(2.0));
+    assert_eq!(denied("eu", "country"), Some(0.0), "exported at 0");
+}
+
+#[tokio::test]
+async fn tcp_connections_are_refused_by_address() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let d = Config::new()
+        .listener(Listener::tcp("l4"))
+        .region(Region::new("r").address(echo_addr))
+        .service(
+            Service::new("db")
+                .listeners(&["l4"])
+                .regions(&["r"])
+                .access(Access::new().deny(&["127.0.5.0/24"])),
+        )
+        .start()
+        .await;
+    let connect = |from: &str| {
+        let (from, to) = (ip(from), d.addr("l4"));
+        async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+            let mut c = s.connect(to).await.unwrap();
+            use tokio::io::AsyncWriteExt;
+            c.write_all(b"ping").await.unwrap();
+            c.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            let _ = c.read_to_end(&mut back).await;
+            back
+        }
+    };
+    assert_eq!(connect("127.0.0.1").await, b"ping");
+    assert_eq!(
+        connect("127.0.5.9").await,
+        b"",
+        "closed without reaching the backend"
+    );
+    let m = d.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "streamgate_access_denied_total{reason=\"address\",service=\"db\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn country_rules_without_a_geo_database_are_a_config_error() {
+    let text = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+        [[regions]]\nname = \"r\"\nbackends = [ { address = \"127.0.0.1:9\" } ]\n\
+        [[services]]\nname = \"s\"\nlisteners = [\"web\"]\nregions = [\"r\"]\n\
+        [services.access]\nallow_countries = [\"DE\", \"Germany\"]\ndeny = [\"10.0.0.300\"]\n";
+    let errors = streamgate_config::parse(std::path::Path::new("t.toml"), text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        errors.contains("t.toml:12: services[0].access.allow_countries"),
+        "{errors}"
+    );
+    assert!(errors.contains("geo database"), "{errors}");
+    assert!(
+        errors.contains("\"Germany\" is not a country code"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("\"10.0.0.300\" is not an address or CIDR"),
+        "{errors}"
+    );
+}
