@@ -217,6 +217,7 @@ pub fn watch_config(
         .to_path_buf();
     let name = path.file_name()?.to_os_string();
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let tx_first = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Only what can change the file's contents: reading it (which every reload does)
         // raises access events, and reacting to those made one SIGHUP reload forever.
@@ -239,6 +240,10 @@ pub fn watch_config(
         warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or POST /reload");
         return None;
     }
+    // The file may have changed between the load at start and this watch (an edit while the
+    // daemon was starting would otherwise wait for the next event): look once now. The digest
+    // makes it a no-op when nothing changed.
+    let _ = tx_first.send(());
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until no event for `debounce`.
