@@ -397,3 +397,57 @@ async fn a_broken_file_starts_from_the_last_known_good_copy_when_asked() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_by_age_keeps_the_full_point_an_increment_needs() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text_cfg = Config::new()
+        .admin(Admin::new().listen(&admin.to_string()))
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").origins(&[&origin]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.example.com"])
+                .regions(&["origin"])
+                .cache(Cache::new("64MiB")),
+        )
+        .snapshots(
+            Snapshots::new(snaps.path())
+                .interval("1h")
+                .max_age("1s")
+                .keep(100),
+        )
+        .to_toml();
+    let d = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    x_cache(&d, &path(1)).await;
+    let (_, full) = d.admin(Method::POST, "/snapshots", "").await;
+    assert_eq!(full["kind"], "full");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    x_cache(&d, &path(2)).await;
+    let (_, inc) = d.admin(Method::POST, "/snapshots", "").await;
+    assert_eq!(inc["kind"], "increment");
+    // The full point is past max_age, but the newest point builds on it: both stay.
+    let (_, list) = d.admin(Method::GET, "/snapshots", "").await;
+    let files: Vec<&str> = list["recovery_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            inc["file"].as_str().unwrap(),
+            full["file"].as_str().unwrap()
+        ]
+    );
+    let drill = cli(&["drill"], &d.config_path);
+    assert!(drill.status.success(), "{}", text(&drill));
+    assert!(text(&drill).contains("2 objects"), "{}", text(&drill));
+}
