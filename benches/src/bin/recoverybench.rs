@@ -121,6 +121,8 @@ fn main() -> Result<()> {
         max_age: None,
         max_increments: args.increments as u32,
         increment_share: 1000.0,
+        // The disk's own speed: the daemon paces points at `write_rate` (256 MiB/s by default).
+        write_rate: None,
     };
     let snapshots = Snapshotter::new(caches.clone(), &metrics, Some(settings));
     let rt = tokio::runtime::Builder::new_multi_thread()

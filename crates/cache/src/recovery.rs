@@ -448,7 +448,13 @@ fn write_point(
         Kind::Full => None,
         Kind::Increment => chain.as_ref().map(|c| &c.last),
     };
-    let point = snapshot::write(&settings.dir, parent, &records, objects.len() as u64)?;
+    let point = snapshot::write(
+        &settings.dir,
+        parent,
+        &records,
+        objects.len() as u64,
+        settings.write_rate,
+    )?;
     let chain = ChainState::after(chain.as_ref().filter(|_| kind == Kind::Increment), &point);
     let removed = snapshot::apply_retention(
         &settings.dir,
@@ -478,6 +484,7 @@ mod tests {
             max_age: None,
             max_increments: 23,
             increment_share: 100.0,
+            write_rate: None,
         }
     }
 

@@ -139,6 +139,8 @@ pub struct Snapshots {
     /// The increments' total size, as a share of their full point's, past which the next point
     /// is full.
     pub increment_share: f64,
+    /// Bytes per second a point is written at most (`None`: unpaced).
+    pub write_rate: Option<u64>,
 }
 
 /// The fields an access log line carries, in order; a template may use any as `$name`.

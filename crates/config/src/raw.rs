@@ -94,6 +94,7 @@ pub(crate) struct RawSnapshots {
     pub max_age: Option<S<DurationText>>,
     pub max_increments: Option<S<i64>>,
     pub increment_share: Option<S<f64>>,
+    pub write_rate: Option<S<SizeText>>,
 }
 
 #[derive(Debug, Deserialize)]

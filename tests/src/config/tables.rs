@@ -103,6 +103,7 @@ table!(impl Snapshots {
     max_age: &str,
     max_increments: i64,
     increment_share: f64,
+    write_rate: &str,
 });
 
 /// One `[[listeners]]` entry, on `127.0.0.1:0`.

@@ -158,12 +158,14 @@ fn at_ms(ms: u64) -> SystemTime {
 
 /// Writes a point into `dir` (created if missing): a full point when `parent` is `None`, else
 /// an increment on top of `parent`. Blocking: call it off the async runtime.
-/// `objects`: the URLs in the cache at this point (for a full point, `records.len()`).
+/// `objects`: the URLs in the cache at this point (for a full point, `records.len()`);
+/// `write_rate`: at most this many bytes per second (`None`: as fast as the disk takes them).
 pub fn write(
     dir: &Path,
     parent: Option<&RecoveryPoint>,
     records: &[ToWrite<'_>],
     objects: u64,
+    write_rate: Option<u64>,
 ) -> Result<RecoveryPoint, SnapshotError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     // Never older than the newest point already there, so names sort in the order written.
@@ -185,6 +187,8 @@ pub fn write(
     replace_file(&path, |out| {
         out.write_all(&header)?;
         let mut payload = Vec::new();
+        let mut written = 0u64;
+        let started = std::time::Instant::now();
         for r in records {
             payload.clear();
             match r {
@@ -203,6 +207,16 @@ pub fn write(
             out.write_all(&len.to_le_bytes())?;
             out.write_all(&crc32fast::hash(&payload).to_le_bytes())?;
             out.write_all(&payload)?;
+            written += 8 + payload.len() as u64;
+            // Paced: a point written flat out competes with the proxy for memory bandwidth
+            // and the page cache (see `write_rate` in docs/configuration.md).
+            if let Some(rate) = write_rate {
+                let due = Duration::from_secs_f64(written as f64 / rate as f64);
+                let spent = started.elapsed();
+                if due > spent + Duration::from_millis(2) {
+                    std::thread::sleep(due - spent);
+                }
+            }
         }
         Ok(())
     })
@@ -511,7 +525,7 @@ mod tests {
             })
             .collect();
         let n = records.len() as u64;
-        write(dir, None, &records, n).unwrap()
+        write(dir, None, &records, n, None).unwrap()
     }
 
     fn read(path: &Path) -> Result<(RecoveryPoint, Vec<Record>), SnapshotError> {
@@ -751,7 +765,7 @@ mod tests {
             key: k,
         }));
         let objects = cdn.objects();
-        write(dir, Some(parent), &records, objects).unwrap()
+        write(dir, Some(parent), &records, objects, None).unwrap()
     }
 
     #[test]

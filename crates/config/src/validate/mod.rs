@@ -403,6 +403,18 @@ fn snapshots(table: &S<RawSnapshots>, ctx: &mut Ctx<'_>) -> Snapshots {
             0.5
         }
     };
+    // A size per second; "0" writes as fast as the disk takes it.
+    let write_rate = match &raw.write_rate {
+        None => Some(256 << 20),
+        Some(v) => match crate::units::parse_size(v.get_ref()) {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(e) => {
+                ctx.err(v.span(), "snapshots.write_rate", e);
+                Some(256 << 20)
+            }
+        },
+    };
     Snapshots {
         dir,
         interval,
@@ -410,6 +422,7 @@ fn snapshots(table: &S<RawSnapshots>, ctx: &mut Ctx<'_>) -> Snapshots {
         max_age,
         max_increments,
         increment_share,
+        write_rate,
     }
 }
 
