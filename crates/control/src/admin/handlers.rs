@@ -62,8 +62,8 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
                     let up = r.backends.iter().filter(|b| b.state.is_up()).count();
                     let available = r.backends.iter().filter(|b| b.state.is_available()).count();
                     let latency = r.health.latency_nanos();
-                    let requests = served(control, &s.name, name);
-                    let total: u64 = s.regions.iter().map(|x| served(control, &s.name, &x.name)).sum();
+                    let requests = served(r);
+                    let total: u64 = s.regions.iter().map(served).sum();
                     json!({
                         "service": &*s.name,
                         "primary": s.primary_index() == i,
@@ -96,19 +96,10 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
     )
 }
 
-/// Requests of `service` that `region` answered since the daemon started (every status class),
-/// from `global_load_balancer_requests_total`.
-fn served(control: &Control, service: &str, region: &str) -> u64 {
-    streamgate_telemetry::CODE_CLASSES
-        .iter()
-        .map(|c| {
-            control
-                .metrics
-                .requests
-                .with_label_values(&[service, region, c])
-                .get()
-        })
-        .sum()
+/// Requests the service's region answered since the daemon started (every status class): its
+/// pre-resolved `global_load_balancer_requests_total` counters.
+fn served(r: &streamgate_balance::ServiceRegion) -> u64 {
+    r.metrics.requests.iter().map(|c| c.get()).sum()
 }
 
 pub(super) fn backends(control: &Control) -> AdminResponse {
