@@ -127,6 +127,10 @@ impl HttpProxy {
             .as_ref()
             .map_or(&[][..], |g| &g.trusted_proxies[..]);
         let ip = client_ip(peer.ip(), req.headers(), trusted);
+        if let Some(l) = log.as_mut() {
+            l.record.service = Some(service.name.clone());
+            l.record.client = ip.to_canonical();
+        }
         if let Err(denied) = crate::access::check(&service.spec.access, ip, || {
             let db = self.geo.load();
             let facts = db.as_ref()?.lookup(ip)?;
@@ -136,10 +140,6 @@ impl HttpProxy {
                 .access_denied
                 .with_label_values(&[&service.name, denied.as_str()])
                 .inc();
-            if let Some(l) = log.as_mut() {
-                l.record.service = Some(service.name.clone());
-                l.record.client = ip.to_canonical();
-            }
             return Err(ProxyError::Forbidden {
                 service: service.name.to_string(),
                 reason: denied.as_str(),
@@ -149,10 +149,6 @@ impl HttpProxy {
             ip: Some(ip),
             geo: None,
         };
-        if let Some(l) = log.as_mut() {
-            l.record.service = Some(service.name.clone());
-            l.record.client = ip.to_canonical();
-        }
 
         // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
         let upgrade_to = (req.version() == Version::HTTP_11
