@@ -313,7 +313,15 @@ pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> 
     })
 }
 
-pub fn start_streamgate(work: &Path, cpu: usize, o: &Origins, binary: &Path) -> Result<Contender> {
+/// StreamGate pinned to `cpu`. With `rules > 0` it is the contender `streamgate-rules`, whose
+/// proxied service has that many `[[services.rules]]` that no benchmark request matches.
+pub fn start_streamgate(
+    work: &Path,
+    cpu: usize,
+    o: &Origins,
+    binary: &Path,
+    rules: usize,
+) -> Result<Contender> {
     let origin = o.http;
     let (http, cache, https, tcp) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let conf = format!(
@@ -324,7 +332,7 @@ pub fn start_streamgate(work: &Path, cpu: usize, o: &Origins, binary: &Path) -> 
          [[listeners]]\nname = \"l4\"\nlisten = \"{tcp}\"\nprotocol = \"tcp\"\n\n\
          [[regions]]\nname = \"local\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\n\
          [[regions]]\nname = \"iperf\"\nbackends = [ {{ address = \"{tcp_origin}\" }} ]\n\n\
-         [[services]]\nname = \"bench\"\nlisteners = [\"web\", \"tls\"]\nregions = [\"local\"]\n\n\
+         [[services]]\nname = \"bench\"\nlisteners = [\"web\", \"tls\"]\nregions = [\"local\"]\n{rules}\n\
          [[services]]\nname = \"pump\"\nlisteners = [\"l4\"]\nregions = [\"iperf\"]\n\n\
          [[services]]\nname = \"cached\"\nlisteners = [\"cache\"]\nregions = [\"local\"]\n\
          [services.cache]\nmax_size = \"256MiB\"\n",
@@ -332,10 +340,16 @@ pub fn start_streamgate(work: &Path, cpu: usize, o: &Origins, binary: &Path) -> 
         cert = o.cert.display(),
         key = o.key.display(),
         tcp_origin = o.tcp,
+        rules = streamgate_bench::rules::unmatched(rules),
     );
-    let path = work.join("streamgate.toml");
+    let name = if rules == 0 {
+        "streamgate"
+    } else {
+        "streamgate-rules"
+    };
+    let path = work.join(format!("{name}.toml"));
     std::fs::write(&path, conf)?;
-    let log = std::fs::File::create(work.join("streamgate.log"))?;
+    let log = std::fs::File::create(work.join(format!("{name}.log")))?;
     let mut child = pinned(cpu, &binary.display().to_string())
         .args(["--log-level", "warn", "run", "--config"])
         .arg(&path)
@@ -346,7 +360,7 @@ pub fn start_streamgate(work: &Path, cpu: usize, o: &Origins, binary: &Path) -> 
     wait_listening(http, &mut child, "streamgate")?;
     // HTTP/1.1 and h2c share StreamGate's listener.
     Ok(Contender {
-        name: "streamgate",
+        name,
         http: Some(http),
         h2c: Some(http),
         cache: Some(cache),

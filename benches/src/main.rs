@@ -42,6 +42,10 @@ struct Args {
     /// Core for the load generator and the origin.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
+    /// Also run `streamgate-rules`: StreamGate with this many rules that no request matches
+    /// (0: not run).
+    #[arg(long, default_value_t = 0)]
+    rules: usize,
     /// Write every measurement as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -215,13 +219,25 @@ fn main() -> Result<()> {
         key,
         cert_and_key,
     };
-    let proxies: Vec<Contender> = vec![
-        contenders::start_streamgate(work.path(), args.proxy_cpu, &origins, &binary)?,
+    let mut proxies: Vec<Contender> = vec![
+        contenders::start_streamgate(work.path(), args.proxy_cpu, &origins, &binary, 0)?,
         contenders::start_nginx(work.path(), args.proxy_cpu, &origins)?,
         contenders::start_haproxy(work.path(), args.proxy_cpu, &origins)?,
         contenders::start_varnish(work.path(), args.proxy_cpu, origin.addr)?,
         Contender::direct(tcp_origin),
     ];
+    if args.rules > 0 {
+        proxies.insert(
+            1,
+            contenders::start_streamgate(
+                work.path(),
+                args.proxy_cpu,
+                &origins,
+                &binary,
+                args.rules,
+            )?,
+        );
+    }
     let _kill_iperf = KillOnDrop(_iperf);
 
     let mut rows = Vec::new();

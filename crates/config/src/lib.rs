@@ -11,6 +11,7 @@ pub mod last_good;
 pub mod model;
 mod raw;
 mod read;
+pub mod rules;
 mod suggest;
 pub mod units;
 mod validate;

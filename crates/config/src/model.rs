@@ -297,6 +297,8 @@ pub struct Service {
     pub limits: Limits,
     /// Who may use the service, by client address and country.
     pub access: Access,
+    /// `[[services.rules]]`, in file order.
+    pub rules: crate::rules::Rules,
     pub upstream: Upstream,
     /// What the service's listeners carry.
     pub kind: ServiceKind,

@@ -174,6 +174,76 @@ pub(crate) struct RawService {
     pub upstream: Option<S<RawUpstream>>,
     pub limits: Option<S<RawLimits>>,
     pub access: Option<S<RawAccess>>,
+    pub rules: Option<S<Vec<S<RawRule>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRule {
+    pub name: Option<S<String>>,
+    #[serde(rename = "match")]
+    pub when: Option<S<RawMatch>>,
+    pub deny: Option<bool>,
+    pub respond: Option<S<RawRespond>>,
+    pub redirect: Option<S<RawRedirect>>,
+    pub rewrite: Option<S<RawRewrite>>,
+    pub request_headers: Option<S<RawHeaderEdits>>,
+    pub response_headers: Option<S<RawHeaderEdits>>,
+    pub last: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMatch {
+    pub scheme: Option<S<String>>,
+    #[serde(default)]
+    pub hosts: Vec<S<String>>,
+    pub path: Option<S<String>>,
+    pub path_prefix: Option<S<String>>,
+    pub path_regex: Option<S<String>>,
+    #[serde(default)]
+    pub methods: Vec<S<String>>,
+    pub headers: Option<S<toml::Table>>,
+    #[serde(default)]
+    pub clients: Vec<S<String>>,
+    #[serde(default)]
+    pub countries: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRespond {
+    pub status: Option<S<i64>>,
+    pub body: Option<S<String>>,
+    pub content_type: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedirect {
+    pub status: Option<S<i64>>,
+    pub scheme: Option<S<String>>,
+    pub host: Option<S<String>>,
+    pub port: Option<S<i64>>,
+    pub path: Option<S<String>>,
+    pub keep_query: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRewrite {
+    pub strip_prefix: Option<S<String>>,
+    pub add_prefix: Option<S<String>>,
+    pub path: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHeaderEdits {
+    pub set: Option<S<toml::Table>>,
+    pub add: Option<S<toml::Table>>,
+    #[serde(default)]
+    pub remove: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -138,6 +138,9 @@ impl Metrics {
                     self.access_denied.with_label_values(&[name, reason]);
                 }
             }
+            if s.rules.list.iter().any(|r| r.deny) {
+                self.access_denied.with_label_values(&[name, "rule"]);
+            }
             for r in &s.regions {
                 for class in CODE_CLASSES {
                     self.requests.with_label_values(&[name, r, class]);

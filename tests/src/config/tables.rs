@@ -378,6 +378,12 @@ impl Service {
     pub fn access(self, a: Access) -> Service {
         self.sub("access", a.table)
     }
+
+    /// `rules = [ … ]`: each rule an inline table, e.g.
+    /// `{ match = { scheme = "http" }, redirect = { scheme = "https" } }`.
+    pub fn rules(self, rules: &[&str]) -> Service {
+        self.set("rules", Raw(format!("[ {} ]", rules.join(", "))))
+    }
 }
 
 table!(impl Service {

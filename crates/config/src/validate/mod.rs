@@ -21,6 +21,7 @@ mod health;
 mod limits;
 mod listeners;
 mod regions;
+mod rules;
 mod services;
 mod upstream;
 use cache::cache;

@@ -219,6 +219,9 @@ pub(super) fn services(
         let access = s.access.as_ref().map_or_else(Access::default, |a| {
             super::access::access(a, &p, geo_database == GeoDatabase::Present, ctx)
         });
+        let rules = s.rules.as_ref().map_or_else(Default::default, |r| {
+            super::rules::rules(r, &p, geo_database == GeoDatabase::Present, ctx)
+        });
         let upstream = s
             .upstream
             .as_ref()
@@ -340,6 +343,7 @@ pub(super) fn services(
             cache,
             limits,
             access,
+            rules,
             upstream,
             kind,
         });

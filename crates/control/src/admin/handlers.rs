@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use streamgate_balance::pick::distance_km;
 use streamgate_balance::{ClientFacts, RoutingTable};
 use streamgate_config::RegionPolicy;
+use streamgate_config::rules::Scheme;
 use tracing::info;
 
 use super::requests;
@@ -346,7 +347,15 @@ pub(super) fn explain(control: &Control, query: &str) -> AdminResponse {
             None => return error(StatusCode::NOT_FOUND, "no HTTP listener configured"),
         },
     };
-    explain_in(control, &table, ip, &host, &path, &listener)
+    let method =
+        query_param(query, "method").map_or_else(|| "GET".into(), |m| m.to_ascii_uppercase());
+    let scheme = match query_param(query, "scheme").as_deref() {
+        Some("https") => Scheme::Https,
+        Some("http") | None => Scheme::Http,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "scheme= is http or https"),
+    };
+    let asked = (method.as_str(), scheme);
+    explain_in(control, &table, ip, &host, &path, &listener, asked)
 }
 
 /// Why a request matches no service, naming what to give /explain.
@@ -395,8 +404,10 @@ fn explain_in(
     host: &str,
     path: &str,
     listener: &str,
+    (method, scheme): (&str, Scheme),
 ) -> AdminResponse {
-    let service = match table.route(listener, host, path) {
+    let route_path = path.split_once('?').map_or(path, |(p, _)| p);
+    let service = match table.route(listener, host, route_path) {
         Ok(s) => s,
         Err(e) => {
             return json_response(
@@ -518,6 +529,11 @@ fn explain_in(
                 "reason": p.reason.as_str(),
             })),
             "why": why,
+            "rules": super::explain_rules::rules(service, ip, host, path, &super::explain_rules::Asked {
+                method,
+                scheme,
+                country: geo.and_then(|g| g.country).as_ref().map(|c| c.as_str()),
+            }),
         }),
     )
 }

@@ -2,6 +2,7 @@
 //! /live and /ready requires `Authorization: Bearer <token>` from `admin.token_file`.
 
 mod cache;
+mod explain_rules;
 mod handlers;
 mod prefetch;
 pub mod requests;

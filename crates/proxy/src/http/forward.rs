@@ -15,7 +15,7 @@ use super::HttpProxy;
 use super::body::{PendingLog, ProxyBody};
 use super::error::ProxyError;
 use super::error::error_response;
-use super::request::Outbound;
+use super::request::{Outbound, Prepared};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
 
@@ -37,17 +37,31 @@ impl HttpProxy {
                 started,
             })
         });
+        let mut response_edits = Vec::new();
         let mut resp = match self.prepare(&table, req, peer, started, &mut log) {
             Err(e) => error_response(&e, active),
-            Ok(out) if let Err(e) = self.admit(&out) => error_response(&e, active),
-            Ok(out) => match out.service.spec.cache.as_ref() {
-                Some(spec) => {
+            Ok(Prepared::Answer {
+                answer,
+                response_edits: edits,
+            }) => {
+                response_edits = edits;
+                super::rules::answer(answer, active)
+            }
+            Ok(Prepared::Forward(out)) => {
+                response_edits = out.response_edits.clone();
+                if let Err(e) = self.admit(&out) {
+                    error_response(&e, active)
+                } else if let Some(spec) = out.service.spec.cache.as_ref() {
                     let cache = self.caches.for_service(&out.service.name, spec);
                     self.cached(&table, cache, out, active, &mut log).await
+                } else {
+                    self.pass(out, active, &mut log).await
                 }
-                None => self.pass(out, active, &mut log).await,
-            },
+            }
         };
+        if !response_edits.is_empty() {
+            super::rules::edit_response(&mut resp, &response_edits);
+        }
         if let Some(mut pending) = log {
             pending.record.status = resp.status().as_u16();
             resp.body_mut().log_when_done(pending);

@@ -12,6 +12,7 @@ mod origin;
 pub mod path;
 mod pump;
 mod request;
+mod rules;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

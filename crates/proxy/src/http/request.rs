@@ -15,7 +15,10 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use streamgate_balance::stats::nanos_at;
 use streamgate_balance::{ClientFacts, NoRoute, RoutingTable, Service};
+use streamgate_config::rules::Template;
+use streamgate_policy::{Answer, Edit};
 use streamgate_telemetry::access_log::AccessRecord;
+use tracing::debug;
 
 use super::HttpProxy;
 use super::body::{PendingLog, RequestBody, Upload};
@@ -23,6 +26,7 @@ use super::error::ProxyError;
 use super::headers::{
     client_ip, is_trusted, lists_token, strip_client_forwarding, strip_hop_by_hop,
 };
+use super::rules::edit_request;
 
 /// A request matched to its service and rewritten for the backend.
 #[derive(Debug)]
@@ -42,6 +46,21 @@ pub(crate) struct Outbound<'t> {
     pub client_version: Version,
     pub peer: SocketAddr,
     pub started: Instant,
+    /// Response header edits of the rules that matched.
+    pub response_edits: Vec<Edit<Template>>,
+}
+
+/// A request matched to its service: forwarded, or answered by one of its rules.
+// Boxing `Forward`, the variant of nearly every request, would cost an allocation per request
+// to save stack space in one frame.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Prepared<'t> {
+    Forward(Outbound<'t>),
+    Answer {
+        answer: Answer,
+        response_edits: Vec<Edit<Template>>,
+    },
 }
 
 impl HttpProxy {
@@ -84,7 +103,7 @@ impl HttpProxy {
         peer: SocketAddr,
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
-    ) -> Result<Outbound<'t>, ProxyError> {
+    ) -> Result<Prepared<'t>, ProxyError> {
         // RFC 8441: an HTTP/2 CONNECT with :protocol = websocket opens a WebSocket; it goes to
         // the backend as an HTTP/1.1 Upgrade. Plain CONNECT (forward proxying) is not served.
         let h2_websocket = req.method() == Method::CONNECT
@@ -145,6 +164,34 @@ impl HttpProxy {
                 reason: denied.as_str(),
             });
         }
+        let peer_trusted = is_trusted(peer.ip().to_canonical(), trusted);
+        // Behind a trusted TLS-terminating balancer, the scheme the client used is its word.
+        let forwarded_https = peer_trusted
+            && req
+                .headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        let mut rules = self.evaluate_rules(
+            service,
+            &req,
+            ip,
+            forwarded_https,
+            host_str(&host),
+            route_path,
+        );
+        if let Some(answer) = rules.answer.take() {
+            if let Answer::Deny { rule } = &answer {
+                debug!(service = %service.name, rule = %rule, "denied by a rule");
+                self.metrics
+                    .access_denied
+                    .with_label_values(&[&service.name, "rule"])
+                    .inc();
+            }
+            return Ok(Prepared::Answer {
+                answer,
+                response_edits: rules.response,
+            });
+        }
         let facts = ClientFacts {
             ip: Some(ip),
             geo: None,
@@ -160,7 +207,7 @@ impl HttpProxy {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         strip_hop_by_hop(&mut parts.headers);
-        if !is_trusted(peer.ip().to_canonical(), trusted) {
+        if !peer_trusted {
             strip_client_forwarding(&mut parts.headers);
         }
         if let Some(u) = upgrade_to {
@@ -188,14 +235,17 @@ impl HttpProxy {
         // absolute-form requests).
         parts.headers.insert(header::HOST, host.clone());
         parts.version = Version::HTTP_11;
-        let path_and_query = match normal {
+        edit_request(&mut parts.headers, &rules.request);
+        let path_and_query = match rules.path.take().or(normal) {
             None => parts
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             Some(p) => {
+                // A rewrite's own query comes first, the client's after it.
                 let pq = match parts.uri.query() {
+                    Some(q) if p.contains('?') => format!("{p}&{q}"),
                     Some(q) => format!("{p}?{q}"),
                     None => p,
                 };
@@ -212,7 +262,7 @@ impl HttpProxy {
             }
             RequestBody::Stream(body, upload)
         };
-        Ok(Outbound {
+        Ok(Prepared::Forward(Outbound {
             service,
             forwarded: false,
             upgrade,
@@ -224,7 +274,8 @@ impl HttpProxy {
             client_version,
             peer,
             started,
-        })
+            response_edits: rules.response,
+        }))
     }
 }
 

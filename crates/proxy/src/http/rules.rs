@@ -1,0 +1,184 @@
+//! `[[services.rules]]` on the data path: the request's facts handed to
+//! [`streamgate_policy::evaluate`], and its outcome applied to the upstream head, to an answer
+//! the rules give themselves, and to the response on its way out.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use streamgate_balance::Service;
+use streamgate_config::rules::{Scheme, Template};
+use streamgate_policy::{Answer, Edit, Late, Outcome};
+use tracing::debug;
+
+use super::HttpProxy;
+use super::body::{Completion, ProxyBody};
+use crate::io::ActiveRequest;
+
+/// Put on a response by the origin path: who answered, for `$backend` and `$region`.
+#[derive(Debug, Clone)]
+pub(crate) struct ServedBy {
+    pub backend: SocketAddr,
+    pub region: Arc<str>,
+}
+
+impl HttpProxy {
+    /// Evaluates the service's rules against the request as routed. `host` may carry a port;
+    /// `path` is the normalised path.
+    pub(crate) fn evaluate_rules(
+        &self,
+        service: &Service,
+        req: &Request<Incoming>,
+        client: IpAddr,
+        forwarded_https: bool,
+        host: &str,
+        path: &str,
+    ) -> Outcome {
+        let rules = &service.spec.rules;
+        if rules.is_empty() {
+            return Outcome::default();
+        }
+        let country = rules
+            .needs_country
+            .then(|| {
+                let db = self.geo.load();
+                let facts = db.as_ref()?.lookup(client)?;
+                facts.country
+            })
+            .flatten();
+        let (name, port) = split_port(host);
+        let view = streamgate_policy::Request {
+            scheme: if self.https || forwarded_https {
+                Scheme::Https
+            } else {
+                Scheme::Http
+            },
+            method: req.method().as_str(),
+            host: name,
+            port,
+            path,
+            query: req.uri().query(),
+            headers: req.headers(),
+            client,
+            country: country.as_ref().map(|c| c.as_str()),
+            service: &service.name,
+        };
+        streamgate_policy::evaluate(rules, &view)
+    }
+}
+
+/// `host[:port]` split; an IPv6 literal keeps its brackets.
+fn split_port(host: &str) -> (&str, Option<&str>) {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => (&host[..i], Some(&host[i + 1..])),
+        _ => (host, None),
+    }
+}
+
+/// Applies request-side edits to the head going upstream.
+pub(crate) fn edit_request(headers: &mut HeaderMap, edits: &[Edit<String>]) {
+    for e in edits {
+        match e {
+            Edit::Remove(n) => {
+                headers.remove(n.as_str());
+            }
+            Edit::Set(n, v) | Edit::Add(n, v) => {
+                let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(n.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) else {
+                    debug!(header = %n, "a rule's header value is not a valid field value; skipped");
+                    continue;
+                };
+                if matches!(e, Edit::Set(..)) {
+                    headers.insert(name, value);
+                } else {
+                    headers.append(name, value);
+                }
+            }
+        }
+    }
+}
+
+/// Applies response-side edits; `$backend` and `$region` come from [`ServedBy`].
+pub(crate) fn edit_response(resp: &mut Response<ProxyBody>, edits: &[Edit<Template>]) {
+    let served = resp.extensions().get::<ServedBy>().cloned();
+    let late = Late {
+        backend: served.as_ref().map(|s| s.backend),
+        region: served.as_ref().map(|s| &*s.region),
+    };
+    let finished: Vec<Edit<String>> = edits
+        .iter()
+        .map(|e| match e {
+            Edit::Remove(n) => Edit::Remove(n.clone()),
+            Edit::Set(n, t) => Edit::Set(n.clone(), streamgate_policy::finish(t, &late)),
+            Edit::Add(n, t) => Edit::Add(n.clone(), streamgate_policy::finish(t, &late)),
+        })
+        .collect();
+    edit_request(resp.headers_mut(), &finished);
+}
+
+/// The answer a rule gives itself: 403, a fixed response or a redirect.
+pub(crate) fn answer(a: Answer, active: ActiveRequest) -> Response<ProxyBody> {
+    let (status, body, content_type, location) = match a {
+        Answer::Deny { .. } => (
+            StatusCode::FORBIDDEN,
+            Bytes::from_static(b"403 Forbidden\n"),
+            "text/plain; charset=utf-8".to_string(),
+            None,
+        ),
+        Answer::Respond {
+            status,
+            body,
+            content_type,
+        } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            Bytes::from(body),
+            content_type,
+            None,
+        ),
+        Answer::Redirect { status, location } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY),
+            Bytes::new(),
+            String::new(),
+            Some(location),
+        ),
+    };
+    let mut resp = Response::new(ProxyBody::full(body, Completion::serving(active)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(ct) = HeaderValue::from_str(&content_type)
+        && !content_type.is_empty()
+    {
+        h.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Some(l) = location {
+        match HeaderValue::from_str(&l) {
+            Ok(v) => {
+                h.insert(header::LOCATION, v);
+            }
+            Err(_) => {
+                // Built from a client's Host and path, which are valid field values; a rule's
+                // template could still add something that is not.
+                *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            }
+        }
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_port;
+
+    #[test]
+    fn ports_split_off_hosts() {
+        assert_eq!(split_port("a.test:8080"), ("a.test", Some("8080")));
+        assert_eq!(split_port("a.test"), ("a.test", None));
+        assert_eq!(split_port("[::1]:80"), ("[::1]", Some("80")));
+        assert_eq!(split_port("[::1]"), ("[::1]", None));
+    }
+}

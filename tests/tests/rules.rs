@@ -1,0 +1,184 @@
+//! `[[services.rules]]` end to end: every action against the real daemon and a real origin on
+//! loopback: HTTP to HTTPS and regex redirects, rewrites the origin sees, header edits with
+//! variables both ways, fixed answers, denies by address and by country (the synthetic geo
+//! database places 127.0.1.x in Germany, 127.0.2.x in the United States), and /explain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
+
+use http::{Method, StatusCode};
+use streamgate_tests::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+const RULES: &[&str] = &[
+    // First: rules run in order, and one that answers (redirect, respond, deny) ends them.
+    r#"{ name = "security", response_headers = { set = { "Strict-Transport-Security" = "max-age=600", "X-Served-By" = "$backend $region" }, remove = ["X-Powered-By"] } }"#,
+    r#"{ name = "https", match = { scheme = "http", hosts = ["secure.test"] }, redirect = { scheme = "https", status = 308 } }"#,
+    r#"{ name = "posts", match = { path_regex = "^/blog/(\\d+)$" }, redirect = { path = "/posts/$1" } }"#,
+    r#"{ name = "edge-health", match = { path = "/edge-health" }, respond = { status = 200, body = "edge ok for $client_ip\n" } }"#,
+    r#"{ name = "admin", match = { path_prefix = "/admin", clients = ["127.0.5.0/24"] }, deny = true }"#,
+    r#"{ name = "no-de", match = { path_prefix = "/us-only/", countries = ["DE"] }, deny = true }"#,
+    r#"{ name = "api", match = { path_prefix = "/api/" }, rewrite = { strip_prefix = "/api" }, request_headers = { set = { "X-Client" = "$client_ip", "X-Request-Id" = "$request_id" }, remove = ["X-Internal"] } }"#,
+    r#"{ name = "beta", match = { headers = { "X-Beta" = "1" } }, rewrite = { add_prefix = "/beta" } }"#,
+];
+
+async fn daemon(o: &Origin) -> TestDaemon {
+    Config::new()
+        .geo(Geo::fixture("geo/streamgate-synthetic-city.mmdb"))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[o]))
+        .service(
+            Service::new("site")
+                .listeners(&["web"])
+                .hosts(&["*"])
+                .regions(&["r"])
+                .rules(RULES),
+        )
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn redirects_answers_and_denies_never_reach_the_origin() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let web = d.addr("web");
+    let get = |from: &'static str, path: &'static str, host: &'static str| async move {
+        get_from(ip(from), web, path, &[("host", host)])
+            .await
+            .unwrap()
+    };
+
+    let a = get("127.0.0.1", "/a/b?x=1", "secure.test:8080").await;
+    assert_eq!(a.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        a.header("location"),
+        Some("https://secure.test/a/b?x=1"),
+        "the port of the plain listener is dropped, the query kept"
+    );
+    assert_eq!(
+        a.header("strict-transport-security"),
+        Some("max-age=600"),
+        "response headers of the rules matched before go on a rule's own answer too"
+    );
+
+    let a = get("127.0.0.1", "/blog/42", "www.test").await;
+    assert_eq!(a.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(a.header("location"), Some("http://www.test/posts/42"));
+    let a = get("127.0.0.1", "/blog/x", "www.test").await;
+    assert_eq!(a.status, StatusCode::OK, "the regex needs digits");
+
+    let hits = o.hits();
+    let a = get("127.0.3.9", "/edge-health", "www.test").await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.text(), "edge ok for 127.0.3.9\n");
+
+    assert_eq!(
+        get("127.0.5.7", "/admin/users", "www.test").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get("127.0.1.5", "/us-only/x", "www.test").await.status,
+        StatusCode::FORBIDDEN,
+        "Frankfurt"
+    );
+    assert_eq!(o.hits(), hits, "no rule answer reached the origin");
+    assert_eq!(
+        get("127.0.6.7", "/admin/users", "www.test").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get("127.0.2.5", "/us-only/x", "www.test").await.status,
+        StatusCode::OK,
+        "Virginia"
+    );
+
+    let m = d.metrics().await;
+    assert!(
+        m.lines()
+            .any(|l| l == r#"streamgate_access_denied_total{reason="rule",service="site"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn rewrites_and_header_variables_reach_the_origin_and_the_client() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let web = d.addr("web");
+
+    let a = get_from(
+        ip("127.0.3.4"),
+        web,
+        "/api/headers?q=1",
+        &[("host", "www.test"), ("x-internal", "secret")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let seen = o.last_headers();
+    assert_eq!(
+        seen.get("x-client").unwrap(),
+        "127.0.3.4",
+        "origin /headers was reached"
+    );
+    let id = seen.get("x-request-id").unwrap().to_str().unwrap();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert!(
+        seen.get("x-internal").is_none(),
+        "removed before forwarding"
+    );
+    assert_eq!(
+        a.header("x-served-by"),
+        Some(format!("{} r", o.addr).as_str()),
+        "$backend and $region of the answer"
+    );
+
+    let a = get_from(
+        ip("127.0.0.1"),
+        web,
+        "/docs/x",
+        &[("host", "www.test"), ("x-beta", "1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.text(), "origin o /beta/docs/x");
+    let a = get_from(ip("127.0.0.1"), web, "/docs/x", &[("host", "www.test")])
+        .await
+        .unwrap();
+    assert_eq!(a.text(), "origin o /docs/x");
+}
+
+#[tokio::test]
+async fn explain_shows_the_rules_a_request_matches() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let (status, v) = d
+        .admin(
+            Method::GET,
+            "/explain?host=www.test&path=/api/users&ip=127.0.0.9",
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let rules = &v["rules"];
+    assert_eq!(rules["count"], 8);
+    assert_eq!(rules["matched"], serde_json::json!(["security", "api"]));
+    assert_eq!(rules["rewritten_path"], "/users");
+    assert_eq!(rules["request_headers"][1]["value"], "127.0.0.9");
+    assert_eq!(rules["response_headers"][2]["value"], "$backend $region");
+
+    let (_, v) = d
+        .admin(Method::GET, "/explain?host=secure.test&path=/x%3Fa%3D1", "")
+        .await;
+    assert_eq!(
+        v["rules"]["answer"],
+        serde_json::json!({ "redirect": 308, "location": "https://secure.test/x?a=1" })
+    );
+}
