@@ -98,7 +98,10 @@ mod tests {
         let mut r = Resolved::default();
         assert!(r.set("a.test", ips(&["10.0.0.2", "10.0.0.1"])));
         assert!(!r.set("a.test", ips(&["10.0.0.1", "10.0.0.2", "10.0.0.1"])));
-        assert_eq!(r.get("a.test"), Some(ips(&["10.0.0.1", "10.0.0.2"]).as_slice()));
+        assert_eq!(
+            r.get("a.test"),
+            Some(ips(&["10.0.0.1", "10.0.0.2"]).as_slice())
+        );
         assert!(r.set("a.test", ips(&["10.0.0.3"])));
         assert!(!r.retain(|h| h == "a.test"));
         assert!(r.retain(|_| false));
@@ -107,7 +110,12 @@ mod tests {
 
     #[test]
     fn names_expand_into_their_addresses() {
-        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a [&'a str])], &'a [&'a str]);
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a [(&'a str, &'a [&'a str])],
+            &'a [&'a str],
+        );
         let cases: &[Case<'_>] = &[
             (
                 "an unresolved name adds nothing",
@@ -119,7 +127,11 @@ mod tests {
                 "every address of a name, with its port and weight",
                 r#"{ address = "a.test:8080", weight = 3 }"#,
                 &[("a.test", &["10.0.0.2", "10.0.0.1", "::1"])],
-                &["10.0.0.1:8080 w3 a.test", "10.0.0.2:8080 w3 a.test", "[::1]:8080 w3 a.test"],
+                &[
+                    "10.0.0.1:8080 w3 a.test",
+                    "10.0.0.2:8080 w3 a.test",
+                    "[::1]:8080 w3 a.test",
+                ],
             ),
             (
                 "an address also written stays the written one",
@@ -130,7 +142,10 @@ mod tests {
             (
                 "two names sharing an address: the first keeps it",
                 r#"{ address = "a.test:80" }, { address = "b.test:80" }"#,
-                &[("a.test", &["10.0.0.1"]), ("b.test", &["10.0.0.1", "10.0.0.2"])],
+                &[
+                    ("a.test", &["10.0.0.1"]),
+                    ("b.test", &["10.0.0.1", "10.0.0.2"]),
+                ],
                 &["10.0.0.1:80 w1 a.test", "10.0.0.2:80 w1 b.test"],
             ),
             (
