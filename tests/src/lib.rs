@@ -5,6 +5,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod h2;
 pub mod origin;
 pub mod raw_origin;
@@ -20,5 +21,6 @@ pub use config::{
 pub use daemon::{
     DaemonProcess, TestDaemon, admin_call, eventually, fixture, with_test_admin, write_config,
 };
+pub use dns::{DnsAnswer, DnsServer};
 pub use origin::Origin;
 pub use raw_origin::RawOrigin;

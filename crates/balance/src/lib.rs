@@ -7,6 +7,7 @@
 mod centroids;
 pub mod geo;
 pub mod pick;
+pub mod resolved;
 pub mod route;
 pub mod select;
 pub mod stats;
@@ -14,6 +15,7 @@ pub mod table;
 
 pub use geo::{GeoDb, GeoHandle, GeoInfo};
 pub use pick::{ClientFacts, Pick};
+pub use resolved::Resolved;
 pub use route::NoRoute;
 pub use stats::{BackendState, Lease, Outcome};
 pub use table::{Backend, RouteReason, RoutingTable, Service, ServiceRegion, TableHandle};

@@ -13,6 +13,7 @@ use streamgate_config::{self as config, Config};
 use streamgate_telemetry::prometheus::{Histogram, IntCounter};
 use streamgate_telemetry::{CODE_CLASSES, DataType, Metrics};
 
+use crate::resolved::{Resolved, expand};
 use crate::route::{NoRoute, Router};
 use crate::select::BackendSelector;
 use crate::stats::BackendState;
@@ -29,14 +30,30 @@ pub struct RoutingTable {
     pub services: Vec<Service>,
     /// Per region name: operator state shared by every service using the region.
     pub regions: HashMap<String, Arc<RegionControl>>,
+    /// The addresses backend names had when this table was built; the next table (a reload)
+    /// starts from them.
+    pub resolved: Arc<Resolved>,
     routers: Vec<(Box<str>, Router, IntCounter)>,
 }
 
 impl RoutingTable {
     /// Builds a table for `config`, taking over the live state of every backend, region and
-    /// service that `previous` also had (same service, region and address).
+    /// service that `previous` also had (same service, region and address), and the addresses
+    /// its backend names had.
     pub fn build(
         config: Arc<Config>,
+        previous: Option<&RoutingTable>,
+        metrics: &Metrics,
+    ) -> RoutingTable {
+        let resolved = previous.map(|p| p.resolved.clone()).unwrap_or_default();
+        RoutingTable::build_resolved(config, resolved, previous, metrics)
+    }
+
+    /// [`RoutingTable::build`] with backend names expanded into `resolved`'s addresses: an
+    /// address that `previous` had keeps its state, whether it came from a name or not.
+    pub fn build_resolved(
+        config: Arc<Config>,
+        resolved: Arc<Resolved>,
         previous: Option<&RoutingTable>,
         metrics: &Metrics,
     ) -> RoutingTable {
@@ -55,7 +72,7 @@ impl RoutingTable {
             .iter()
             .map(|spec| {
                 let old = previous.and_then(|p| p.service(&spec.name));
-                Service::build(spec, &config, old, &regions, metrics)
+                Service::build(spec, &config, &resolved, old, &regions, metrics)
             })
             .collect();
 
@@ -82,6 +99,7 @@ impl RoutingTable {
             config,
             services,
             regions,
+            resolved,
             routers,
         }
     }
@@ -140,6 +158,7 @@ impl Service {
     fn build(
         spec: &config::Service,
         config: &Config,
+        resolved: &Resolved,
         old: Option<&Service>,
         controls: &HashMap<String, Arc<RegionControl>>,
         metrics: &Metrics,
@@ -153,6 +172,7 @@ impl Service {
                 Some(ServiceRegion::build(
                     spec,
                     region,
+                    resolved,
                     old_region,
                     controls.get(name).cloned(),
                     metrics,
@@ -389,19 +409,21 @@ impl ServiceRegion {
     fn build(
         spec: &config::Service,
         region: &config::Region,
+        resolved: &Resolved,
         old: Option<&ServiceRegion>,
         control: Option<Arc<RegionControl>>,
         metrics: &Metrics,
     ) -> ServiceRegion {
-        let backends: Vec<Backend> = region
-            .backends
-            .iter()
-            .map(|b| {
+        let backends: Vec<Backend> = expand(region, resolved)
+            .into_iter()
+            .map(|(address, weight, name)| {
                 let state = old
-                    .and_then(|o| o.backends.iter().find(|x| x.address == b.address))
+                    .and_then(|o| o.backends.iter().find(|x| x.address == address))
                     .map(|x| x.state.clone())
                     .unwrap_or_default();
-                Backend::new(b.address, b.weight.get(), state)
+                let mut b = Backend::new(address, weight.get(), state);
+                b.name = name;
+                b
             })
             .collect();
         let selector = BackendSelector::new(spec.backend_policy, &backends);
@@ -508,6 +530,8 @@ pub struct Backend {
     pub authority: Authority,
     pub weight: u32,
     pub state: Arc<BackendState>,
+    /// The host name this address was resolved from (`None`: written as an address).
+    pub name: Option<Arc<str>>,
 }
 
 impl Backend {
@@ -519,6 +543,7 @@ impl Backend {
             authority,
             weight,
             state,
+            name: None,
         }
     }
 }

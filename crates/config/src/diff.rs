@@ -57,10 +57,24 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let (ob, nb) = (backends(old), backends(new));
     d.backends_added = nb.difference(&ob).cloned().collect();
     d.backends_removed = ob.difference(&nb).cloned().collect();
+    // A named backend added or removed changes the region's backend set as well (the
+    // addresses it resolves to change without a reload and are not a deployment).
+    let named = |c: &Config| {
+        c.regions
+            .iter()
+            .flat_map(|r| {
+                r.named_backends
+                    .iter()
+                    .map(move |b| (r.name.clone(), b.to_string()))
+            })
+            .collect::<BTreeSet<_>>()
+    };
+    let (on, nn) = (named(old), named(new));
     let deployed: BTreeSet<String> = d
         .regions_added
         .iter()
         .cloned()
+        .chain(on.symmetric_difference(&nn).map(|(r, _)| r.clone()))
         .chain(d.backends_added.iter().map(|(r, _)| r.clone()))
         .chain(d.backends_removed.iter().map(|(r, _)| r.clone()))
         .filter(|r| new_r.contains(r))
@@ -147,6 +161,8 @@ mod tests {
         const AB: &[&str] = &["10.0.0.1:80", "10.0.0.2:80"];
         const B: &[&str] = &["10.0.0.2:80"];
         const C: &[&str] = &["10.0.0.3:80"];
+        const AN: &[&str] = &["10.0.0.1:80", "origin.example:80"];
+        const AM: &[&str] = &["10.0.0.1:80", "other.example:80"];
         type Case<'a> = (
             &'a str,
             Vec<(&'a str, &'a [&'a str])>,
@@ -155,6 +171,15 @@ mod tests {
         );
         let cases: Vec<Case<'_>> = vec![
             ("nothing changed", vec![("eu", A)], vec![("eu", A)], &[]),
+            ("a name unchanged", vec![("eu", AN)], vec![("eu", AN)], &[]),
+            ("a name added", vec![("eu", A)], vec![("eu", AN)], &["eu"]),
+            (
+                "a name replaced",
+                vec![("eu", AN)],
+                vec![("eu", AM)],
+                &["eu"],
+            ),
+            ("a name removed", vec![("eu", AN)], vec![("eu", A)], &["eu"]),
             (
                 "a backend added",
                 vec![("eu", A)],

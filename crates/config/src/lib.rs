@@ -5,6 +5,7 @@
 //! `Duration`, `SocketAddr`, `NonZero*`). [`diff`] compares two configurations for a reload.
 
 pub mod diff;
+mod dns;
 mod error;
 mod host;
 pub mod last_good;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+pub use crate::dns::{AddressFamily, Dns, NamedBackend};
 pub use crate::host::HostPattern;
 
 /// A whole, valid configuration file.
@@ -24,6 +25,8 @@ pub struct Config {
     pub access_log: AccessLog,
     /// `None`: no recovery points are written or restored.
     pub snapshots: Option<Snapshots>,
+    /// How backends named by host name are resolved.
+    pub dns: Dns,
     pub listeners: Vec<Listener>,
     pub regions: Vec<Region>,
     pub services: Vec<Service>,
@@ -260,6 +263,8 @@ pub struct Region {
     /// Upper-case ISO 3166-1 alpha-2 codes mapped to this region explicitly.
     pub countries: Vec<String>,
     pub backends: Vec<Backend>,
+    /// Backends written as `host:port`: each address the name resolves to is one more backend.
+    pub named_backends: Vec<NamedBackend>,
     /// Fraction of backends that must be up for the region to count as healthy, in (0, 1].
     pub min_healthy: f64,
 }

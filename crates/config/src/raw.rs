@@ -28,6 +28,7 @@ pub(crate) struct RawConfig {
     pub geo: Option<S<RawGeo>>,
     pub access_log: Option<RawAccessLog>,
     pub snapshots: Option<S<RawSnapshots>>,
+    pub dns: Option<S<RawDns>>,
     #[serde(default)]
     pub listeners: Vec<S<RawListener>>,
     #[serde(default)]
@@ -95,6 +96,17 @@ pub(crate) struct RawSnapshots {
     pub max_increments: Option<S<i64>>,
     pub increment_share: Option<S<f64>>,
     pub write_rate: Option<S<SizeText>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDns {
+    #[serde(default)]
+    pub servers: Vec<S<String>>,
+    pub min_ttl: Option<S<DurationText>>,
+    pub max_ttl: Option<S<DurationText>>,
+    pub timeout: Option<S<DurationText>>,
+    pub family: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

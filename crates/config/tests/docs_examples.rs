@@ -77,3 +77,18 @@ fn the_proxy_protocol_example_is_valid_as_written() {
     assert_eq!(geo.trusted_proxies, ["10.0.0.0/8".parse().unwrap()]);
     assert!(config.listeners[0].proxy_protocol);
 }
+
+#[test]
+fn the_dns_example_parses_with_its_names_and_settings() {
+    let md = doc("configuration.md");
+    let [file] = &blocks(&md, "## `[dns]`", "toml")[..] else {
+        panic!("one toml block under [dns]");
+    };
+    let c = parse(Path::new("dns.toml"), file).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.dns.servers.len(), 2);
+    assert_eq!(c.dns.min_ttl, std::time::Duration::from_secs(5));
+    let r = &c.regions[0];
+    assert_eq!(r.backends.len(), 1);
+    assert_eq!(r.named_backends[0].to_string(), "origin.example.com:443");
+    assert_eq!(r.named_backends[0].weight.get(), 2);
+}

@@ -4,6 +4,7 @@
 //! the data plane only through the routing table and the per-backend atomics.
 
 pub mod admin;
+pub mod dns;
 pub mod failover;
 mod gauges;
 pub mod health;
@@ -65,6 +66,10 @@ pub struct Control {
     ready: AtomicBool,
     /// The configuration the daemon started with: what settings read only at start still say.
     pub(crate) started: Arc<streamgate_config::Config>,
+    /// Resolves backend names (the task and reloads share it).
+    pub(crate) dns: Arc<dns::Lookup>,
+    /// Wakes the re-resolution task after a reload (new names, new `[dns]` settings).
+    pub(crate) dns_wake: Arc<Notify>,
     /// Operator overrides changed: the writer task saves them.
     overrides_changed: Arc<Notify>,
     /// One writer of the overrides file at a time.
@@ -109,6 +114,8 @@ impl Control {
             hooks: Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             started,
+            dns: Arc::default(),
+            dns_wake: Arc::new(Notify::new()),
             overrides_changed: Arc::new(Notify::new()),
             overrides_write: Mutex::new(()),
         })
@@ -128,6 +135,7 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .reconcile(&self.table.load());
+        tokio::spawn(dns::run(Arc::downgrade(self), shutdown.clone()));
         tokio::spawn(failover::run(
             self.table.clone(),
             self.metrics.clone(),

@@ -111,13 +111,19 @@ impl Control {
         for item in &changes.needs_restart {
             warn!(setting = %item, "changed in the config file; takes effect at the next restart");
         }
-        let table = Arc::new(RoutingTable::build(
+        // A name new to this file is resolved before its table is published, so its regions
+        // do not go without backends until the re-resolution task gets to it.
+        let resolved =
+            crate::dns::resolve_missing(&self.dns, &config, &current.resolved, &self.metrics).await;
+        let table = Arc::new(RoutingTable::build_resolved(
             Arc::new(config),
+            Arc::new(resolved),
             Some(&current),
             &self.metrics,
         ));
         let version = table.version;
         self.table.store(table.clone());
+        self.dns_wake.notify_one();
         for commit in commits {
             commit();
         }

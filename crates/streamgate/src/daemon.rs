@@ -70,8 +70,19 @@ impl Daemon {
                 .with_label_values(&[&r.name])
                 .inc();
         }
-        let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::build(
+        // Backend names are resolved once before anything listens, so the first table has
+        // their addresses. A name that does not resolve does not stop the start: its regions
+        // have no backends from it (503 if none else) until the re-resolution task gets one.
+        let resolved = streamgate_control::dns::resolve_missing(
+            &Arc::default(),
+            &config,
+            &Default::default(),
+            &metrics,
+        )
+        .await;
+        let table: TableHandle = Arc::new(ArcSwap::from_pointee(RoutingTable::build_resolved(
             config.clone(),
+            Arc::new(resolved),
             None,
             &metrics,
         )));

@@ -4,5 +4,7 @@ pub mod access_log;
 pub mod logging;
 mod metrics;
 
-pub use metrics::{CODE_CLASSES, DataType, LATENCY_BUCKETS, Metrics, code_class_index};
+pub use metrics::{
+    CODE_CLASSES, DNS_RESULTS, DataType, LATENCY_BUCKETS, Metrics, code_class_index,
+};
 pub use prometheus;

@@ -123,7 +123,16 @@ pub struct Metrics {
     pub recovery_point_verified: IntGaugeVec,
     /// `recovery_points_damaged_total`: points found damaged (at restore or re-read).
     pub recovery_points_damaged: IntCounter,
+    /// `dns_resolutions_total{name,result}`: resolutions of backend names by outcome
+    /// ([`DNS_RESULTS`]); `name` is a host name written in the config, so the set is bounded.
+    pub dns_resolutions: IntCounterVec,
+    /// `dns_addresses{name}`: addresses a backend name gives its regions now (the last good
+    /// answer while resolution fails).
+    pub dns_addresses: IntGaugeVec,
 }
+
+/// Values of the `result` label of `dns_resolutions_total`.
+pub const DNS_RESULTS: [&str; 5] = ["success", "nxdomain", "no_records", "timeout", "error"];
 
 impl Metrics {
     /// Exports every counter whose label values the config names at 0, so that alert rules
@@ -158,6 +167,12 @@ impl Metrics {
         }
         for l in &config.listeners {
             self.unrouted.with_label_values(&[&l.name]);
+        }
+        for b in config.regions.iter().flat_map(|r| &r.named_backends) {
+            for result in DNS_RESULTS {
+                self.dns_resolutions.with_label_values(&[&b.host, result]);
+            }
+            self.dns_addresses.with_label_values(&[&b.host]);
         }
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]);
@@ -329,6 +344,18 @@ impl Metrics {
                 r,
                 "recovery_points_damaged_total",
                 "Recovery points found damaged (at restore, or re-read after writing)",
+            ),
+            dns_resolutions: counter_vec(
+                r,
+                "dns_resolutions_total",
+                "Resolutions of backend host names by result (success, nxdomain, no_records, timeout, error)",
+                &["name", "result"],
+            ),
+            dns_addresses: gauge_vec(
+                r,
+                "dns_addresses",
+                "Addresses a backend host name currently gives its regions (the last good answer while resolution fails)",
+                &["name"],
             ),
             registry,
         }

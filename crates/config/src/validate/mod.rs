@@ -17,6 +17,7 @@ use crate::units::parse_duration;
 
 mod access;
 mod cache;
+mod dns;
 mod health;
 mod limits;
 mod listeners;
@@ -178,6 +179,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         .and_then(|l| socket_addr(l, "metrics.listen", ctx));
     let access_log = access_log(raw.access_log.as_ref(), ctx);
     let snapshots = raw.snapshots.as_ref().map(|s| snapshots(s, ctx));
+    let dns = dns::dns(raw.dns.as_ref(), ctx);
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
     let geo = raw.geo.as_ref().map(|g| geo(g, &regions, ctx));
@@ -208,6 +210,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         geo,
         access_log,
         snapshots,
+        dns,
         listeners,
         regions,
         services,

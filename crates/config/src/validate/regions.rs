@@ -1,5 +1,6 @@
 //! Regions, their backends, and the geo database.
 
+use super::dns::{Written, backend_address};
 use super::*;
 
 pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
@@ -55,6 +56,7 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
             }
         }
         let mut backends = Vec::new();
+        let mut named_backends: Vec<NamedBackend> = Vec::new();
         let mut seen = HashSet::new();
         match &r.backends {
             Some(list) if !list.get_ref().is_empty() => {
@@ -66,14 +68,19 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                         continue;
                     };
                     let b = b.get_ref();
-                    let Some(address) = socket_addr(written, format!("{bp}.address"), ctx) else {
+                    let Some(address) = backend_address(written, &format!("{bp}.address"), ctx)
+                    else {
                         continue;
                     };
-                    if !seen.insert(address) {
+                    let shown = match &address {
+                        Written::Ip(a) => a.to_string(),
+                        Written::Name { host, port } => format!("{host}:{port}"),
+                    };
+                    if !seen.insert(shown.clone()) {
                         ctx.err(
                             written.span(),
                             format!("{bp}.address"),
-                            format!("duplicate backend {address} in region \"{region_name}\""),
+                            format!("duplicate backend {shown} in region \"{region_name}\""),
                         );
                         continue;
                     }
@@ -84,7 +91,12 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
                             .and_then(|n| NonZeroU32::new(n as u32))
                             .unwrap_or(NonZeroU32::MIN),
                     };
-                    backends.push(Backend { address, weight });
+                    match address {
+                        Written::Ip(address) => backends.push(Backend { address, weight }),
+                        Written::Name { host, port } => {
+                            named_backends.push(NamedBackend { host, port, weight })
+                        }
+                    }
                 }
             }
             other => {
@@ -115,6 +127,7 @@ pub(super) fn regions(raw: &[S<RawRegion>], ctx: &mut Ctx<'_>) -> Vec<Region> {
             location,
             countries,
             backends,
+            named_backends,
             min_healthy,
         });
     }

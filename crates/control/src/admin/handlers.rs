@@ -83,10 +83,26 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
                 })
                 .collect();
             let location = table.config.region(name).and_then(|r| r.location);
+            // Backends written as host:port, with the addresses they give the region now.
+            let dns_names: Vec<Value> = table
+                .config
+                .region(name)
+                .map(|r| r.named_backends.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|b| {
+                    let addresses = table.resolved.get(&b.host).unwrap_or_default();
+                    json!({
+                        "name": b.to_string(),
+                        "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
             json!({
                 "name": name,
                 "active": active,
                 "location": location.map(|l| json!({"lat": l.lat, "lon": l.lon})),
+                "dns_names": dns_names,
                 "services": services,
             })
         })
@@ -114,6 +130,7 @@ pub(super) fn backends(control: &Control) -> AdminResponse {
                     "service": &*s.name,
                     "region": &*r.name,
                     "address": b.address.to_string(),
+                    "name": b.name.as_deref(),
                     "weight": b.weight,
                     "up": st.is_up(),
                     "probed": st.was_probed(),

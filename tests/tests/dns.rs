@@ -1,0 +1,255 @@
+//! Backends by DNS name, end to end: a DNS server on 127.0.0.1 whose answers the test changes,
+//! origins on 127.0.0.1 and 127.0.0.2 (same port, as a name's addresses would be), and a client
+//! sending requests the whole time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use streamgate_tests::*;
+
+const NAME: &str = "origin.test";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Two origins on one port: 127.0.0.1 and 127.0.0.2.
+async fn origin_pair() -> (Origin, Origin) {
+    for _ in 0..20 {
+        let a = Origin::start("a").await;
+        let b_addr = SocketAddr::new(ip("127.0.0.2"), a.addr.port());
+        if std::net::TcpListener::bind(b_addr).is_ok() {
+            return (a, Origin::start_at("b", b_addr).await);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+}
+
+fn config(port: u16, dns: &DnsServer) -> String {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(format!("{NAME}:{port}")))
+        .service(Service::new("app").listeners(&["web"]).regions(&["r"]))
+        .raw(&format!(
+            "[dns]\nservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"10s\"\ntimeout = \"300ms\"\n",
+            dns.addr
+        ))
+        .to_toml()
+}
+
+/// Sends requests one after another until stopped; counts them and keeps the failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, n) = (stop.clone(), sent.clone());
+        let task = tokio::spawn(async move {
+            let client = http1();
+            let mut errors = Vec::new();
+            while !s.load(SeqCst) {
+                let outcome = get(&client, &url, &[]).await;
+                n.fetch_add(1, SeqCst);
+                match outcome {
+                    Ok(a) if a.status == StatusCode::OK => {}
+                    Ok(a) => errors.push(format!("status {}", a.status)),
+                    Err(e) => errors.push(format!("{e:#}")),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            errors
+        });
+        Load { stop, sent, task }
+    }
+
+    async fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, SeqCst);
+        let errors = self.task.await.unwrap();
+        (self.sent.load(SeqCst), errors)
+    }
+}
+
+/// `/backends` as (address, name, requests) for the app's region.
+async fn backends(d: &TestDaemon) -> Vec<(String, Option<String>, u64)> {
+    let (status, body) = d.admin(Method::GET, "/backends", "").await;
+    assert_eq!(status, StatusCode::OK);
+    body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["name"].as_str().map(str::to_string),
+                b["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn counter(metrics: &str, result: &str) -> u64 {
+    let series =
+        format!("streamgate_dns_resolutions_total{{name=\"{NAME}\",result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_answer_moves_traffic_within_its_ttl_and_failures_keep_the_last_good_address() {
+    let dns = DnsServer::start().await;
+    let (a, b) = origin_pair().await;
+    let port = a.addr.port();
+    dns.set(NAME, &[ip("127.0.0.1")], 1);
+    let d = TestDaemon::start(&config(port, &dns)).await;
+    let url = d.url("web", "/");
+
+    // Resolved before the daemon listened: the first request already has a backend.
+    assert_eq!(
+        get(&http1(), &url, &[]).await.unwrap().status,
+        StatusCode::OK
+    );
+    assert_eq!((a.hits(), b.hits()), (1, 0));
+    let load = Load::start(url.clone());
+    assert!(eventually(Duration::from_secs(2), || a.hits() > 20).await);
+
+    // A second address: traffic spreads to it, and the address that stayed keeps its stats.
+    let before = backends(&d).await;
+    assert_eq!(before.len(), 1);
+    let a_requests = before[0].2;
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    assert!(
+        eventually(Duration::from_millis(2500), || b.hits() > 0).await,
+        "the second address got no traffic within the TTL (1 s) and a margin"
+    );
+    let both = backends(&d).await;
+    let a_row = both.iter().find(|r| r.0 == a.addr.to_string()).unwrap();
+    assert!(
+        a_row.2 >= a_requests,
+        "{a_row:?} lost its stats ({a_requests} before)"
+    );
+    assert_eq!(a_row.1.as_deref(), Some(NAME));
+
+    // The answer moves to 127.0.0.2 only: within its TTL, 127.0.0.1 gets nothing new.
+    dns.set(NAME, &[ip("127.0.0.2")], 1);
+    let changed = Instant::now();
+    while backends(&d).await.len() != 1 {
+        assert!(
+            changed.elapsed() < Duration::from_millis(2500),
+            "127.0.0.1 was still a backend {:?} after the change (TTL 1 s)",
+            changed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Requests already sent to 127.0.0.1 finish there; none start after them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let settled = a.hits();
+    let b_then = b.hits();
+    assert!(eventually(Duration::from_secs(2), || b.hits() > b_then + 20).await);
+    assert_eq!(a.hits(), settled, "the removed address still got requests");
+    let rows = backends(&d).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, b.addr.to_string());
+    assert_eq!(rows[0].1.as_deref(), Some(NAME));
+
+    // SERVFAIL, then silence: the last good address keeps serving, and the failures are counted.
+    dns.answer(NAME, DnsAnswer::ServFail);
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = d.metrics().await;
+        if counter(&metrics, "error") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counter(&metrics, "error") > 0, "{metrics}");
+    assert!(metrics.contains(&format!("streamgate_dns_addresses{{name=\"{NAME}\"}} 1")));
+    dns.answer(NAME, DnsAnswer::Silent);
+    for _ in 0..60 {
+        metrics = d.metrics().await;
+        if counter(&metrics, "timeout") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counter(&metrics, "timeout") > 0, "{metrics}");
+    let b_then = b.hits();
+    assert!(eventually(Duration::from_secs(2), || b.hits() > b_then + 20).await);
+
+    let (sent, errors) = load.finish().await;
+    assert!(sent > 100, "only {sent} requests were sent");
+    assert!(
+        errors.is_empty(),
+        "{} of {sent} requests failed: {errors:?}",
+        errors.len()
+    );
+    assert!(counter(&metrics, "success") >= 3, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_resolve_at_start_is_retried_until_it_does() {
+    let dns = DnsServer::start().await;
+    let a = Origin::start("a").await;
+    // NXDOMAIN: the daemon starts anyway, with no backend in the region yet.
+    let d = TestDaemon::start(&config(a.addr.port(), &dns)).await;
+    let url = d.url("web", "/");
+    let first = get(&http1(), &url, &[]).await.unwrap();
+    assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    dns.set(NAME, &[ip("127.0.0.1")], 30);
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(&http1(), &url, &[]).await.unwrap().status == StatusCode::OK {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the name resolved but the region got no backend");
+    let metrics = d.metrics().await;
+    assert!(counter(&metrics, "nxdomain") >= 1, "{metrics}");
+    let (_, regions) = d.admin(Method::GET, "/regions", "").await;
+    assert_eq!(
+        regions["regions"][0]["dns_names"][0]["addresses"][0], "127.0.0.1",
+        "{regions}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_name_publishes_its_addresses_with_it() {
+    let dns = DnsServer::start().await;
+    let a = Origin::start("a").await;
+    let other = Origin::start("other").await;
+    dns.set("new.test", &[ip("127.0.0.1")], 300);
+    let base = |region: Region| {
+        Config::new()
+            .listener(Listener::http("web"))
+            .region(region)
+            .service(Service::new("app").listeners(&["web"]).regions(&["r"]))
+            .raw(&format!("[dns]\nservers = [\"{}\"]\n", dns.addr))
+            .to_toml()
+    };
+    let d = TestDaemon::start(&base(Region::new("r").origins(&[&other]))).await;
+    d.rewrite_config(&base(
+        Region::new("r").address(format!("new.test:{}", a.addr.port())),
+    ));
+    let (status, _) = d.admin(Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK);
+    // No wait: the table the reload published already has the name's address.
+    let answer = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(a.hits(), 1);
+    assert_eq!(other.hits(), 0);
+}
