@@ -508,6 +508,8 @@ pub struct Backend {
     pub authority: Authority,
     pub weight: u32,
     pub state: Arc<BackendState>,
+    /// What a `consistent_hash` sticky cookie names this backend by.
+    pub sticky_id: u64,
 }
 
 impl Backend {
@@ -519,6 +521,7 @@ impl Backend {
             authority,
             weight,
             state,
+            sticky_id: crate::select::sticky_id(address),
         }
     }
 }

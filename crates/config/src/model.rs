@@ -10,6 +10,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 pub use crate::host::HostPattern;
+pub use hash::{HashKey, HashPolicy, StickyCookie};
+
+mod hash;
 
 /// A whole, valid configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -286,6 +289,8 @@ pub struct Service {
     pub regions: Vec<String>,
     pub region_policy: RegionPolicy,
     pub backend_policy: BackendPolicy,
+    /// `Some` exactly when `backend_policy` is `consistent_hash`.
+    pub hash: Option<HashPolicy>,
     pub timeouts: Timeouts,
     pub health: Option<HealthCheck>,
     pub outlier: Outlier,
@@ -459,6 +464,7 @@ named_enum!(
         LeastConn = "least_conn",
         Latency = "latency",
         Random = "random",
+        ConsistentHash = "consistent_hash",
     }
 );
 named_enum!(

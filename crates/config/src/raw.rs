@@ -165,6 +165,7 @@ pub(crate) struct RawService {
     pub regions: Option<S<Vec<S<String>>>>,
     pub region_policy: Option<S<String>>,
     pub backend_policy: Option<S<String>>,
+    pub hash: Option<S<RawHash>>,
     pub timeouts: Option<RawTimeouts>,
     pub health: Option<S<RawHealth>>,
     pub outlier: Option<RawOutlier>,
@@ -174,6 +175,14 @@ pub(crate) struct RawService {
     pub upstream: Option<S<RawUpstream>>,
     pub limits: Option<S<RawLimits>>,
     pub access: Option<S<RawAccess>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHash {
+    pub key: Option<S<String>>,
+    pub cookie: Option<S<String>>,
+    pub cookie_ttl: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -77,3 +77,15 @@ fn the_proxy_protocol_example_is_valid_as_written() {
     assert_eq!(geo.trusted_proxies, ["10.0.0.0/8".parse().unwrap()]);
     assert!(config.listeners[0].proxy_protocol);
 }
+
+#[test]
+fn the_consistent_hash_example_is_valid_as_written() {
+    let md = doc("configuration.md");
+    let example = &blocks(&md, "### `[services.hash]`", "toml")[0];
+    let config = parse(Path::new("streamgate.toml"), example).unwrap_or_else(|e| panic!("{e}"));
+    let hash = config.services[0].hash.clone().unwrap();
+    assert_eq!(hash.key.to_string(), "header:x-user");
+    let cookie = hash.cookie.unwrap();
+    assert_eq!(cookie.name, "sg_backend");
+    assert_eq!(cookie.ttl, Some(std::time::Duration::from_secs(3600)));
+}

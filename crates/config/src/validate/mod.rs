@@ -17,6 +17,7 @@ use crate::units::parse_duration;
 
 mod access;
 mod cache;
+mod hash;
 mod health;
 mod limits;
 mod listeners;

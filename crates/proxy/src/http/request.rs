@@ -145,9 +145,9 @@ impl HttpProxy {
                 reason: denied.as_str(),
             });
         }
-        let facts = ClientFacts {
+        let mut facts = ClientFacts {
             ip: Some(ip),
-            geo: None,
+            ..ClientFacts::default()
         };
 
         // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
@@ -203,6 +203,10 @@ impl HttpProxy {
                     .map_err(|_| ProxyError::InvalidPath)?
             }
         };
+        if let Some(hash) = &service.spec.hash {
+            (facts.key, facts.sticky) =
+                super::hash_key::hash_facts(hash, &parts.headers, path_and_query.as_str());
+        }
         let body = if body_done {
             RequestBody::Empty
         } else {
