@@ -320,6 +320,15 @@ table!(
     }
 );
 
+table!(
+    /// `[services.hash]`.
+    struct Hash {
+        key: &str,
+        cookie: &str,
+        cookie_ttl: &str,
+    }
+);
+
 /// One `[[services]]` entry and its sub-tables.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -377,6 +386,10 @@ impl Service {
 
     pub fn access(self, a: Access) -> Service {
         self.sub("access", a.table)
+    }
+
+    pub fn hash(self, h: Hash) -> Service {
+        self.sub("hash", h.table)
     }
 }
 
