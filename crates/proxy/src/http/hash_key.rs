@@ -92,7 +92,8 @@ mod tests {
 
     #[test]
     fn cookies_are_found_in_every_cookie_field() {
-        let table: &[(&[(&str, &str)], &str, Option<&str>)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, Option<&'a str>);
+        let table: &[Case<'_>] = &[
             (&[("cookie", "a=1; sid=xyz; b=2")], "sid", Some("xyz")),
             (&[("cookie", "sid=\"q\"")], "sid", Some("q")),
             (&[("cookie", "a=1"), ("cookie", "sid=2")], "sid", Some("2")),
