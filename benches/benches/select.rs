@@ -109,6 +109,7 @@ fn global_picks(c: &mut Criterion) {
                     let facts = ClientFacts {
                         ip: Some(client),
                         geo: db.lookup(black_box(client)),
+                        ..ClientFacts::default()
                     };
                     black_box(service.pick(&facts, &[])).map(|p| p.backend_index)
                 })

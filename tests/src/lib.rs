@@ -15,8 +15,8 @@ pub use client::{
     Answer, get, get_from, get_tls, http1, http2, raw_exchange, send, stall_then_drain,
 };
 pub use config::{
-    Access, AccessLog, Admin, Cache, Config, Failover, Geo, Health, Limits, Listener, Outlier,
-    Region, Retry, Service, Snapshots, Timeouts, Upstream,
+    Access, AccessLog, Admin, Cache, Config, Failover, Geo, Hash, Health, Limits, Listener,
+    Outlier, Region, Retry, Service, Snapshots, Timeouts, Upstream,
 };
 pub use daemon::{
     DaemonProcess, TestDaemon, admin_call, eventually, fixture, with_test_admin, write_config,

@@ -51,7 +51,7 @@ backend_policy = "leastconn"
         stderr,
         format!(
             "{file}:12: services[0].regions[1]: no region named \"eu-west\"; defined regions: us-east\n\
-             {file}:13: services[0].backend_policy: unknown policy \"leastconn\"; expected one of round_robin, least_conn, latency, random\n"
+             {file}:13: services[0].backend_policy: unknown policy \"leastconn\"; expected one of round_robin, least_conn, latency, random, consistent_hash\n"
         )
     );
 

@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use streamgate_config::{AllDownPolicy, Location, RegionPolicy};
 
 use crate::geo::GeoInfo;
-use crate::select::Select;
 use crate::table::{Backend, RouteReason, Service, ServiceRegion};
 
 /// Most regions one service may list; region orders live on the stack.
@@ -18,6 +17,20 @@ pub struct ClientFacts {
     pub ip: Option<IpAddr>,
     /// From the geo database, looked up only for services with the geo policy.
     pub geo: Option<GeoInfo>,
+    /// `consistent_hash`: the hash ([`crate::select::key_hash`]) of the request's key (header,
+    /// cookie, URI); `None` hashes `ip` instead.
+    pub key: Option<u64>,
+    /// `consistent_hash`: the backend the client's sticky cookie names
+    /// ([`crate::select::sticky_id`]), tried first while usable.
+    pub sticky: Option<u64>,
+}
+
+impl ClientFacts {
+    /// The key `consistent_hash` maps: the request's own, else the client address's.
+    #[inline]
+    pub fn hash_key(&self) -> Option<u64> {
+        self.key.or_else(|| self.ip.map(crate::select::ip_hash))
+    }
 }
 
 /// The outcome of a pick: where the request goes and why.
@@ -65,7 +78,7 @@ impl Service {
                 ramping.get_or_insert(i);
                 continue;
             }
-            if let Some(b) = region.selector.select(&region.backends, usable) {
+            if let Some(b) = region.selector.select_for(client, &region.backends, usable) {
                 let reason = match (retry, rank) {
                     (true, _) => RouteReason::Retry,
                     (false, 0) => self.policy_reason(),
@@ -76,7 +89,7 @@ impl Service {
         }
         if let Some(i) = ramping {
             let region = &self.regions[i];
-            if let Some(b) = region.selector.select(&region.backends, usable) {
+            if let Some(b) = region.selector.select_for(client, &region.backends, usable) {
                 let reason = if retry {
                     RouteReason::Retry
                 } else {
@@ -97,7 +110,11 @@ impl Service {
             if !region.control.is_active() {
                 continue;
             }
-            if let Some(b) = region.selector.select(&region.backends, drained_or_avoided) {
+            if let Some(b) =
+                region
+                    .selector
+                    .select_for(client, &region.backends, drained_or_avoided)
+            {
                 self.note_all_down();
                 return Some(self.finish(i as usize, b, RouteReason::FailOpen));
             }

@@ -532,6 +532,8 @@ pub struct Backend {
     pub state: Arc<BackendState>,
     /// The host name this address was resolved from (`None`: written as an address).
     pub name: Option<Arc<str>>,
+    /// What a `consistent_hash` sticky cookie names this backend by.
+    pub sticky_id: u64,
 }
 
 impl Backend {
@@ -544,6 +546,7 @@ impl Backend {
             weight,
             state,
             name: None,
+            sticky_id: crate::select::sticky_id(address),
         }
     }
 }

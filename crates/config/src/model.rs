@@ -11,6 +11,11 @@ use ipnet::IpNet;
 
 pub use crate::dns::{AddressFamily, Dns, NamedBackend};
 pub use crate::host::HostPattern;
+pub use access::Access;
+pub use hash::{HashKey, HashPolicy, StickyCookie};
+
+mod access;
+mod hash;
 
 /// A whole, valid configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -291,6 +296,8 @@ pub struct Service {
     pub regions: Vec<String>,
     pub region_policy: RegionPolicy,
     pub backend_policy: BackendPolicy,
+    /// `Some` exactly when `backend_policy` is `consistent_hash`.
+    pub hash: Option<HashPolicy>,
     pub timeouts: Timeouts,
     pub health: Option<HealthCheck>,
     pub outlier: Outlier,
@@ -307,28 +314,6 @@ pub struct Service {
     pub upstream: Upstream,
     /// What the service's listeners carry.
     pub kind: ServiceKind,
-}
-
-/// `[services.access]`: a client matching `deny` or `deny_countries` is refused; when `allow` or
-/// `allow_countries` is set, a client must match one of them. Countries are upper-case ISO
-/// 3166-1 alpha-2 codes from the geo database.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Access {
-    pub allow: Vec<IpNet>,
-    pub deny: Vec<IpNet>,
-    pub allow_countries: Vec<String>,
-    pub deny_countries: Vec<String>,
-}
-
-impl Access {
-    pub fn is_open(&self) -> bool {
-        *self == Access::default()
-    }
-
-    /// Whether the decision needs the client's country.
-    pub fn uses_countries(&self) -> bool {
-        !self.allow_countries.is_empty() || !self.deny_countries.is_empty()
-    }
 }
 
 /// HTTP (routed by host and path), raw TCP, or TLS passed through by SNI.
@@ -466,6 +451,7 @@ named_enum!(
         LeastConn = "least_conn",
         Latency = "latency",
         Random = "random",
+        ConsistentHash = "consistent_hash",
     }
 );
 named_enum!(

@@ -177,6 +177,7 @@ pub(crate) struct RawService {
     pub regions: Option<S<Vec<S<String>>>>,
     pub region_policy: Option<S<String>>,
     pub backend_policy: Option<S<String>>,
+    pub hash: Option<S<RawHash>>,
     pub timeouts: Option<RawTimeouts>,
     pub health: Option<S<RawHealth>>,
     pub outlier: Option<RawOutlier>,
@@ -256,6 +257,14 @@ pub(crate) struct RawHeaderEdits {
     pub add: Option<S<toml::Table>>,
     #[serde(default)]
     pub remove: Vec<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHash {
+    pub key: Option<S<String>>,
+    pub cookie: Option<S<String>>,
+    pub cookie_ttl: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -81,7 +81,7 @@ fn names_file_line_and_key_path_with_what_was_expected() {
     assert_eq!(
         messages(&text),
         vec![format!(
-            "demo.toml:{line}: services[0].backend_policy: unknown policy \"leastconn\"; expected one of round_robin, least_conn, latency, random"
+            "demo.toml:{line}: services[0].backend_policy: unknown policy \"leastconn\"; expected one of round_robin, least_conn, latency, random, consistent_hash"
         )]
     );
 }
@@ -362,5 +362,103 @@ fn cache_safety_keys_with_defaults_and_their_errors() {
             "demo.toml:{}: services[0].cache.targeted_field: must not be Cache-Control: a targeted field overrides it",
             line("targeted_field")
         )
+    );
+}
+
+#[test]
+fn consistent_hash_keys_with_defaults_and_their_errors() {
+    let hashed = GOOD.replace("\"least_conn\"", "\"consistent_hash\"");
+    let c = parse_str(&hashed).unwrap();
+    assert_eq!(c.services[0].backend_policy, BackendPolicy::ConsistentHash);
+    assert_eq!(c.services[0].hash, Some(HashPolicy::default()), "client_ip");
+    let c = parse_str(&format!(
+        "{hashed}\n[services.hash]\nkey = \"header:X-User\"\ncookie = \"sg_backend\"\ncookie_ttl = \"1h\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.services[0].hash,
+        Some(HashPolicy {
+            key: HashKey::Header("x-user".into()),
+            cookie: Some(StickyCookie {
+                name: "sg_backend".into(),
+                ttl: Some(Duration::from_secs(3600)),
+            }),
+        })
+    );
+    assert_eq!(parse_str(GOOD).unwrap().services[0].hash, None);
+
+    // Every problem at once, each on its line.
+    let text = format!(
+        "{GOOD}\n[services.hash]\nkey = \"query:id\"\ncookie = \"a b\"\ncookie_ttl = \"0s\"\n"
+    );
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(
+        messages(&text),
+        vec![format!(
+            "demo.toml:{}: services[0].hash: applies only to backend_policy = \"consistent_hash\"; this service uses \"least_conn\"",
+            at("[services.hash]")
+        )]
+    );
+    let text = format!(
+        "{hashed}\n[services.hash]\nkey = \"query:id\"\ncookie = \"a b\"\ncookie_ttl = \"0s\"\n"
+    );
+    let at = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_eq!(
+        messages(&text),
+        vec![
+            format!(
+                "demo.toml:{}: services[0].hash.key: unknown key \"query:id\"; expected one of \"client_ip\", \"uri\", \"header:NAME\", \"cookie:NAME\"",
+                at("key = ")
+            ),
+            format!(
+                "demo.toml:{}: services[0].hash.cookie: \"a b\" is not a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+                at("cookie = ")
+            ),
+            format!(
+                "demo.toml:{}: services[0].hash.cookie_ttl: must be longer than zero; leave it out for a session cookie",
+                at("cookie_ttl")
+            ),
+        ]
+    );
+    let text = format!("{hashed}\n[services.hash]\ncookie_ttl = \"1h\"\n");
+    assert!(messages(&text)[0].contains("a cookie_ttl needs its cookie"));
+
+    // A TCP service sees connections, not requests.
+    let l4 = r#"
+[[listeners]]
+name = "db"
+listen = "127.0.0.1:5432"
+protocol = "tcp"
+
+[[regions]]
+name = "r"
+backends = [ { address = "127.0.0.1:9001" } ]
+
+[[services]]
+name = "pg"
+listeners = ["db"]
+regions = ["r"]
+backend_policy = "consistent_hash"
+
+[services.hash]
+key = "header:X-User"
+cookie = "sg"
+"#;
+    let errors = messages(l4);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains(
+            "services[0].hash.key: a tcp service sees no requests, only connections: it can hash on \"client_ip\" only, not \"header:X-User\""
+        ),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("services[0].hash.cookie: a tcp service has no cookies to set"));
+    let ok = l4.replace(
+        "key = \"header:X-User\"\ncookie = \"sg\"",
+        "key = \"client_ip\"",
+    );
+    assert_eq!(
+        parse_str(&ok).unwrap().services[0].hash,
+        Some(HashPolicy::default())
     );
 }

@@ -92,3 +92,15 @@ fn the_dns_example_parses_with_its_names_and_settings() {
     assert_eq!(r.named_backends[0].to_string(), "origin.example.com:443");
     assert_eq!(r.named_backends[0].weight.get(), 2);
 }
+
+#[test]
+fn the_consistent_hash_example_is_valid_as_written() {
+    let md = doc("configuration.md");
+    let example = &blocks(&md, "### `[services.hash]`", "toml")[0];
+    let config = parse(Path::new("streamgate.toml"), example).unwrap_or_else(|e| panic!("{e}"));
+    let hash = config.services[0].hash.clone().unwrap();
+    assert_eq!(hash.key.to_string(), "header:x-user");
+    let cookie = hash.cookie.unwrap();
+    assert_eq!(cookie.name, "sg_backend");
+    assert_eq!(cookie.ttl, Some(std::time::Duration::from_secs(3600)));
+}

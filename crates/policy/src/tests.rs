@@ -414,7 +414,11 @@ fn the_documented_example_compiles_and_does_what_it_says() {
             location: "https://www.example.com/x".into()
         })
     );
-    assert_eq!(out.response.len(), 4, "the security headers go on the redirect");
+    assert_eq!(
+        out.response.len(),
+        4,
+        "the security headers go on the redirect"
+    );
     let mut r = get("/blog/7");
     r.scheme = Scheme::Https;
     assert_eq!(

@@ -158,9 +158,10 @@ impl TcpProxy {
             log.status = 403;
             return;
         }
+        // consistent_hash hashes the client address when facts carry no key of a request's.
         let mut facts = ClientFacts {
             ip: Some(client.ip()),
-            geo: None,
+            ..ClientFacts::default()
         };
         if service.spec.region_policy == RegionPolicy::Geo
             && let Some(db) = self.geo.load().as_ref()

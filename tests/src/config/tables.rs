@@ -320,6 +320,15 @@ table!(
     }
 );
 
+table!(
+    /// `[services.hash]`.
+    struct Hash {
+        key: &str,
+        cookie: &str,
+        cookie_ttl: &str,
+    }
+);
+
 /// One `[[services]]` entry and its sub-tables.
 #[derive(Debug, Clone)]
 pub struct Service {
@@ -383,6 +392,10 @@ impl Service {
     /// `{ match = { scheme = "http" }, redirect = { scheme = "https" } }`.
     pub fn rules(self, rules: &[&str]) -> Service {
         self.set("rules", Raw(format!("[ {} ]", rules.join(", "))))
+    }
+
+    pub fn hash(self, h: Hash) -> Service {
+        self.sub("hash", h.table)
     }
 }
 

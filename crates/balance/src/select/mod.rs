@@ -4,17 +4,20 @@
 //! path, with the routing table, from the region's backends.
 
 mod least_conn;
+mod maglev;
 mod peak_ewma;
 mod random;
 mod round_robin;
 
 pub use least_conn::LeastConn;
+pub use maglev::{Maglev, ip_hash, key_hash, sticky_id};
 pub use peak_ewma::PeakEwma;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use streamgate_config::BackendPolicy;
 
+use crate::pick::ClientFacts;
 use crate::table::Backend;
 
 /// Picks one backend among those `usable` says may take the request.
@@ -29,6 +32,7 @@ pub enum BackendSelector {
     LeastConn(LeastConn),
     Latency(PeakEwma),
     Random(Random),
+    ConsistentHash(Maglev),
 }
 
 impl BackendSelector {
@@ -39,6 +43,31 @@ impl BackendSelector {
             BackendPolicy::LeastConn => BackendSelector::LeastConn(LeastConn::new(backends.len())),
             BackendPolicy::Latency => BackendSelector::Latency(PeakEwma::new()),
             BackendPolicy::Random => BackendSelector::Random(Random::new(&weights)),
+            BackendPolicy::ConsistentHash => BackendSelector::ConsistentHash(Maglev::new(backends)),
+        }
+    }
+
+    /// Picks for one client. `consistent_hash` goes first to the backend the client's sticky
+    /// cookie names, while it is usable, then to its key's backend; the other policies do not
+    /// look at the client.
+    #[inline]
+    pub fn select_for<F: Fn(&Backend) -> bool>(
+        &self,
+        client: &ClientFacts,
+        backends: &[Backend],
+        usable: F,
+    ) -> Option<usize> {
+        let BackendSelector::ConsistentHash(maglev) = self else {
+            return self.select(backends, usable);
+        };
+        if let Some(id) = client.sticky
+            && let Some(i) = backends.iter().position(|b| b.sticky_id == id && usable(b))
+        {
+            return Some(i);
+        }
+        match client.hash_key() {
+            Some(key) => maglev.select_key(key, backends, usable),
+            None => maglev.select(backends, usable),
         }
     }
 }
@@ -51,6 +80,7 @@ impl Select for BackendSelector {
             BackendSelector::LeastConn(s) => s.select(backends, usable),
             BackendSelector::Latency(s) => s.select(backends, usable),
             BackendSelector::Random(s) => s.select(backends, usable),
+            BackendSelector::ConsistentHash(s) => s.select(backends, usable),
         }
     }
 }
@@ -105,5 +135,58 @@ pub(crate) mod test_support {
 
     pub(crate) fn all(_: &Backend) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{all, backends};
+    use super::*;
+
+    #[test]
+    fn consistent_hash_follows_the_sticky_cookie_while_its_backend_is_usable() {
+        let b = backends(&[1; 4]);
+        let s = BackendSelector::new(BackendPolicy::ConsistentHash, &b);
+        let keyed = ClientFacts {
+            key: Some(key_hash(b"u1")),
+            ..ClientFacts::default()
+        };
+        let hashed = s.select_for(&keyed, &b, all).unwrap();
+        assert_eq!(s.select_for(&keyed, &b, all), Some(hashed), "stable");
+        let other = (hashed + 1) % 4;
+        let sticky = ClientFacts {
+            sticky: Some(b[other].sticky_id),
+            ..keyed.clone()
+        };
+        assert_eq!(s.select_for(&sticky, &b, all), Some(other));
+        let gone = b[other].address;
+        assert_eq!(
+            s.select_for(&sticky, &b, |x: &Backend| x.address != gone),
+            Some(hashed),
+            "an unusable cookie backend falls back to the key's"
+        );
+        let unknown = ClientFacts {
+            sticky: Some(12345),
+            ..keyed
+        };
+        assert_eq!(s.select_for(&unknown, &b, all), Some(hashed));
+    }
+
+    #[test]
+    fn without_a_key_consistent_hash_uses_the_client_address() {
+        let b = backends(&[1; 8]);
+        let s = BackendSelector::new(BackendPolicy::ConsistentHash, &b);
+        let by_ip = |ip: &str| ClientFacts {
+            ip: Some(ip.parse().unwrap()),
+            ..ClientFacts::default()
+        };
+        let first = s.select_for(&by_ip("192.0.2.7"), &b, all);
+        for _ in 0..20 {
+            assert_eq!(s.select_for(&by_ip("192.0.2.7"), &b, all), first);
+        }
+        let spread: std::collections::HashSet<_> = (0..64)
+            .map(|i| s.select_for(&by_ip(&format!("192.0.2.{i}")), &b, all))
+            .collect();
+        assert!(spread.len() >= 6, "{spread:?}");
     }
 }

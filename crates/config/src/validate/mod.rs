@@ -18,6 +18,7 @@ use crate::units::parse_duration;
 mod access;
 mod cache;
 mod dns;
+mod hash;
 mod health;
 mod limits;
 mod listeners;

@@ -327,6 +327,8 @@ pub(super) fn services(
             _ => {}
         }
 
+        let hash = super::hash::hash(s.hash.as_ref(), backend_policy, kind, &p, ctx);
+
         out.push(Service {
             name: svc_name,
             listeners: svc_listeners,
@@ -335,6 +337,7 @@ pub(super) fn services(
             regions: svc_regions,
             region_policy,
             backend_policy,
+            hash,
             timeouts,
             health,
             outlier,

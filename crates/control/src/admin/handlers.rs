@@ -9,8 +9,8 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 use streamgate_balance::pick::distance_km;
 use streamgate_balance::{ClientFacts, RoutingTable};
-use streamgate_config::RegionPolicy;
 use streamgate_config::rules::Scheme;
+use streamgate_config::{HashKey, RegionPolicy};
 use tracing::info;
 
 use super::requests;
@@ -447,7 +447,24 @@ fn explain_in(
         } else {
             None
         },
+        // consistent_hash: /explain has no request headers, so only a URI key is hashed as a
+        // request's would be; header and cookie keys fall back to the client address, as a
+        // request without them does.
+        key: service
+            .spec
+            .hash
+            .as_ref()
+            .filter(|h| h.key == HashKey::Uri)
+            .map(|_| streamgate_balance::select::key_hash(path.as_bytes())),
+        ..ClientFacts::default()
     };
+    let hash = service.spec.hash.as_ref().map(|h| {
+        json!({
+            "key": h.key.to_string(),
+            "hashed": if facts.key.is_some() { "uri" } else { "client_ip" },
+            "sticky_cookie": h.cookie.as_ref().map(|c| c.name.clone()),
+        })
+    });
     let order = service.region_order(&facts);
     let mut regions = Vec::new();
     for (rank, &i) in order.as_slice().iter().enumerate() {
@@ -539,6 +556,7 @@ fn explain_in(
                 })),
             },
             "policy": { "region": service.spec.region_policy.as_str(), "backend": service.spec.backend_policy.as_str() },
+            "hash": hash,
             "regions": regions,
             "decision": pick.map(|p| json!({
                 "region": &*p.region.name,

@@ -7,6 +7,7 @@ mod cache_fill;
 mod cache_serve;
 pub mod error;
 mod forward;
+mod hash_key;
 pub mod headers;
 mod origin;
 pub mod path;

@@ -384,9 +384,24 @@ impl HttpProxy {
                 .saturating_duration_since(out.started)
                 .as_secs_f64(),
         );
+        let mut resp = f.resp;
+        // consistent_hash's sticky cookie, when the client's did not name the backend that
+        // answered (none, stale, or its backend unusable). Added after the cache took its copy
+        // of the head, so no stored response carries it.
+        if let Some(c) = out
+            .service
+            .spec
+            .hash
+            .as_ref()
+            .and_then(|h| h.cookie.as_ref())
+            && out.facts.sticky != Some(f.pick.backend.sticky_id)
+            && let Some(v) = super::hash_key::set_cookie(c, f.pick.backend.sticky_id, self.https)
+        {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
         done.lease = Some(f.lease);
         let idle = out.service.spec.timeouts.idle;
-        upstream_response(f.resp, &self.served_origin, out.client_version, done, idle)
+        upstream_response(resp, &self.served_origin, out.client_version, done, idle)
     }
 
     /// Another backend for a retry, if there is one and, for a request that may have reached a

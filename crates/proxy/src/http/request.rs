@@ -192,9 +192,9 @@ impl HttpProxy {
                 response_edits: rules.response,
             });
         }
-        let facts = ClientFacts {
+        let mut facts = ClientFacts {
             ip: Some(ip),
-            geo: None,
+            ..ClientFacts::default()
         };
 
         // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
@@ -253,6 +253,10 @@ impl HttpProxy {
                     .map_err(|_| ProxyError::InvalidPath)?
             }
         };
+        if let Some(hash) = &service.spec.hash {
+            (facts.key, facts.sticky) =
+                super::hash_key::hash_facts(hash, &parts.headers, path_and_query.as_str());
+        }
         let body = if body_done {
             RequestBody::Empty
         } else {
