@@ -12,9 +12,11 @@ use ipnet::IpNet;
 pub use crate::dns::{AddressFamily, Dns, NamedBackend};
 pub use crate::host::HostPattern;
 pub use access::Access;
+pub use compression::{Compression, DEFAULT_TYPES, Encoding};
 pub use hash::{HashKey, HashPolicy, StickyCookie};
 
 mod access;
+mod compression;
 mod hash;
 
 /// A whole, valid configuration file.
@@ -311,6 +313,8 @@ pub struct Service {
     pub access: Access,
     /// `[[services.rules]]`, in file order.
     pub rules: crate::rules::Rules,
+    /// `None`: responses go out as the backend sent them.
+    pub compression: Option<Compression>,
     pub upstream: Upstream,
     /// What the service's listeners carry.
     pub kind: ServiceKind,

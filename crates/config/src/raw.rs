@@ -188,6 +188,18 @@ pub(crate) struct RawService {
     pub limits: Option<S<RawLimits>>,
     pub access: Option<S<RawAccess>>,
     pub rules: Option<S<Vec<S<RawRule>>>>,
+    pub compression: Option<S<RawCompression>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompression {
+    pub encodings: Option<S<Vec<S<String>>>>,
+    pub types: Option<S<Vec<S<String>>>>,
+    pub min_size: Option<S<SizeText>>,
+    pub gzip_level: Option<S<i64>>,
+    pub brotli_level: Option<S<i64>>,
+    pub zstd_level: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -104,3 +104,28 @@ fn the_consistent_hash_example_is_valid_as_written() {
     assert_eq!(cookie.name, "sg_backend");
     assert_eq!(cookie.ttl, Some(std::time::Duration::from_secs(3600)));
 }
+
+#[test]
+fn the_compression_example_is_valid_under_a_service() {
+    let md = doc("configuration.md");
+    let [fragment] = &blocks(&md, "### `[services.compression]`", "toml")[..] else {
+        panic!("one toml block under [services.compression]");
+    };
+    let text = format!(
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[[regions]]\nname = \"r\"\n\
+         backends = [ {{ address = \"127.0.0.1:9001\" }} ]\n[[services]]\nname = \"s\"\n\
+         listeners = [\"web\"]\nregions = [\"r\"]\n{fragment}"
+    );
+    let c = parse(Path::new("streamgate.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let z = c.services[0].compression.clone().unwrap();
+    assert_eq!(
+        z.encodings,
+        [
+            streamgate_config::Encoding::Brotli,
+            streamgate_config::Encoding::Gzip
+        ]
+    );
+    assert_eq!(z.min_size, 512);
+    assert!(z.compresses_type("text/css; charset=utf-8"));
+    assert!(!z.compresses_type("image/png"));
+}

@@ -9,6 +9,7 @@
 //! header lookups use `HeaderMap::get(&str)`, and a regex is tried last, with `is_match` (the
 //! `rules` criterion bench counts allocations to keep this so).
 
+pub mod encoding;
 mod expand;
 
 use std::net::IpAddr;

@@ -17,6 +17,7 @@ use crate::units::parse_duration;
 
 mod access;
 mod cache;
+mod compression;
 mod dns;
 mod hash;
 mod health;

@@ -219,6 +219,10 @@ pub(super) fn services(
         let access = s.access.as_ref().map_or_else(Access::default, |a| {
             super::access::access(a, &p, geo_database == GeoDatabase::Present, ctx)
         });
+        let compression = s
+            .compression
+            .as_ref()
+            .map(|c| super::compression::compression(c, &p, ctx));
         let rules = s.rules.as_ref().map_or_else(Default::default, |r| {
             super::rules::rules(r, &p, geo_database == GeoDatabase::Present, ctx)
         });
@@ -271,6 +275,20 @@ pub(super) fn services(
                     c.span(),
                     format!("{p}.cache"),
                     format!("{what} cannot cache"),
+                );
+            }
+            if let Some(c) = &s.compression {
+                ctx.err(
+                    c.span(),
+                    format!("{p}.compression"),
+                    format!("{what} copies bytes; it cannot compress responses"),
+                );
+            }
+            if let Some(r) = &s.rules {
+                ctx.err(
+                    r.span(),
+                    format!("{p}.rules"),
+                    format!("{what} has no requests for rules; use [services.access]"),
                 );
             }
             if let Some(l) = &s.limits {
@@ -347,6 +365,7 @@ pub(super) fn services(
             limits,
             access,
             rules,
+            compression,
             upstream,
             kind,
         });

@@ -5,6 +5,7 @@ pub mod body;
 mod cache;
 mod cache_fill;
 mod cache_serve;
+mod compress;
 pub mod error;
 mod forward;
 mod hash_key;

@@ -283,7 +283,15 @@ impl HttpProxy {
                         .observe(head_at.saturating_duration_since(out.started).as_secs_f64());
                     m.routing[pick.reason.index()].inc();
                     m.requests[code_class_index(status.as_u16())].inc();
-                    let mut resp = resp;
+                    let mut resp = match &service.spec.compression {
+                        Some(c) => super::compress::response(
+                            resp,
+                            super::compress::accepted(&out.parts.headers),
+                            c,
+                            out.parts.method == http::Method::HEAD,
+                        ),
+                        None => resp,
+                    };
                     // Only for rules that may read it: an extension costs an allocation.
                     if !out.response_edits.is_empty() {
                         resp.extensions_mut().insert(super::rules::ServedBy {

@@ -236,6 +236,9 @@ impl HttpProxy {
         parts.headers.insert(header::HOST, host.clone());
         parts.version = Version::HTTP_11;
         edit_request(&mut parts.headers, &rules.request);
+        if let Some(c) = &service.spec.compression {
+            super::compress::normalize_request(&mut parts.headers, c);
+        }
         let path_and_query = match rules.path.take().or(normal) {
             None => parts
                 .uri

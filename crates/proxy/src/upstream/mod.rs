@@ -8,6 +8,7 @@
 
 mod body;
 pub mod codec;
+mod compress;
 mod exchange;
 pub mod fuzzing;
 mod pool;
@@ -29,6 +30,7 @@ use tokio::net::TcpStream;
 
 pub use body::H1Body;
 use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
+pub use compress::{Compressing, Encoder};
 pub(crate) use exchange::Conn;
 use exchange::{Failure, connect, exchange, is_stale_connection};
 pub use pool::Pool;
@@ -43,6 +45,8 @@ use streamgate_tls::TlsError;
 pub enum UpstreamBody {
     H1(H1Body),
     Pooled(PooledBody),
+    /// Either of the above, compressed for the client (`[services.compression]`).
+    Compressed(Box<Compressing>),
 }
 
 /// A body read by hyper's client (h2c, HTTPS, h2), with the same stall timer as [`H1Body`]: a
@@ -70,7 +74,7 @@ impl UpstreamBody {
     pub(crate) fn into_tunnel(self) -> Option<(TcpStream, BytesMut)> {
         match self {
             UpstreamBody::H1(b) => b.into_tunnel(),
-            UpstreamBody::Pooled(_) => None,
+            UpstreamBody::Pooled(_) | UpstreamBody::Compressed(_) => None,
         }
     }
 }
@@ -85,6 +89,7 @@ impl Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, UpstreamError>>> {
         match self.get_mut() {
             UpstreamBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            UpstreamBody::Compressed(b) => b.poll_frame(cx),
             UpstreamBody::Pooled(b) => match std::pin::Pin::new(&mut b.body).poll_frame(cx) {
                 std::task::Poll::Pending => {
                     let stall = b.stall;
@@ -110,6 +115,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::H1(b) => b.is_end_stream(),
             UpstreamBody::Pooled(b) => b.body.is_end_stream(),
+            UpstreamBody::Compressed(b) => b.is_end_stream(),
         }
     }
 
@@ -117,6 +123,8 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::H1(b) => b.size_hint(),
             UpstreamBody::Pooled(b) => b.body.size_hint(),
+            // The compressed length is known only at the end.
+            UpstreamBody::Compressed(_) => http_body::SizeHint::default(),
         }
     }
 }

@@ -1,0 +1,116 @@
+//! `[services.compression]` on the data path: the client's Accept-Encoding reduced to the one
+//! coding it will get ([`normalize_request`]), so a cache varies on at most one value per
+//! coding; a backend's identity response then compressed with it ([`response`]).
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use streamgate_config::{Compression, Encoding};
+use streamgate_policy::encoding::negotiate;
+
+use super::headers::lists_token;
+use crate::upstream::{Compressing, Encoder, UpstreamBody};
+
+/// Replaces Accept-Encoding with the coding negotiated from it (none: the field is removed).
+/// A range request gets the identity: a range of a compressed body is not what clients mean.
+pub(crate) fn normalize_request(h: &mut HeaderMap, c: &Compression) {
+    let chosen = if h.contains_key(header::RANGE) {
+        None
+    } else {
+        negotiate(h, &c.encodings)
+    };
+    match chosen {
+        Some(e) => {
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(e.token()));
+        }
+        None => {
+            h.remove(header::ACCEPT_ENCODING);
+        }
+    }
+}
+
+/// The coding a request normalised by [`normalize_request`] accepts.
+pub(crate) fn accepted(h: &HeaderMap) -> Option<Encoding> {
+    Encoding::from_token(h.get(header::ACCEPT_ENCODING)?.to_str().ok()?)
+}
+
+/// Whether a response is one to compress: a whole 200 of a listed type, not encoded already,
+/// not marked no-transform, not declared shorter than `min_size`.
+fn compressible(status: StatusCode, h: &HeaderMap, c: &Compression) -> bool {
+    status == StatusCode::OK
+        && !encoded(h)
+        && !h.contains_key(header::CONTENT_RANGE)
+        && !lists_token(h, &header::CACHE_CONTROL, "no-transform")
+        && h.get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| c.compresses_type(t))
+        && h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_none_or(|n| n >= c.min_size)
+}
+
+fn encoded(h: &HeaderMap) -> bool {
+    h.get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// `Vary: Accept-Encoding`, unless the field lists it (or `*`) already.
+fn vary_on_encoding(h: &mut HeaderMap) {
+    let listed =
+        lists_token(h, &header::VARY, "accept-encoding") || lists_token(h, &header::VARY, "*");
+    if !listed {
+        h.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+}
+
+/// Compresses a backend's response for a client that accepts `accepted`. Every response that
+/// could be compressed (or came encoded) varies on Accept-Encoding, so that a cache never gives
+/// one client's coding to another.
+pub(crate) fn response(
+    resp: Response<UpstreamBody>,
+    accepted: Option<Encoding>,
+    c: &Compression,
+    head: bool,
+) -> Response<UpstreamBody> {
+    let (mut parts, body) = resp.into_parts();
+    if encoded(&parts.headers) {
+        vary_on_encoding(&mut parts.headers);
+        return Response::from_parts(parts, body);
+    }
+    if !compressible(parts.status, &parts.headers, c) {
+        return Response::from_parts(parts, body);
+    }
+    vary_on_encoding(&mut parts.headers);
+    let Some(e) = accepted else {
+        return Response::from_parts(parts, body);
+    };
+    let body = if head {
+        body
+    } else {
+        match Encoder::new(e, c) {
+            Ok(enc) => UpstreamBody::Compressed(Box::new(Compressing::new(body, enc))),
+            Err(err) => {
+                tracing::warn!(error = %err, encoding = e.token(), "cannot start an encoder; sending identity");
+                return Response::from_parts(parts, body);
+            }
+        }
+    };
+    let h = &mut parts.headers;
+    h.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(e.token()),
+    );
+    h.remove(header::CONTENT_LENGTH);
+    // Another representation: a strong validator of the identity body would be a lie
+    // (RFC 9110 §8.8.1), as nginx's gzip also makes it weak.
+    if let Some(tag) = h.get(header::ETAG)
+        && tag.as_bytes().starts_with(b"\"")
+    {
+        let mut weak = b"W/".to_vec();
+        weak.extend_from_slice(tag.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&weak) {
+            h.insert(header::ETAG, v);
+        }
+    }
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,157 @@
+//! A backend's body compressed on its way out ([`Compressing`]): each frame goes through a
+//! streaming encoder as it arrives, so a large or unbounded body is never held whole, and
+//! whatever the encoder has produced is passed on. The cache stores the result, so an object is
+//! compressed once per encoding, not once per hit.
+
+use std::io::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use streamgate_config::{Compression, Encoding};
+
+use super::{UpstreamBody, UpstreamError};
+
+/// A streaming encoder of one coding.
+pub struct Encoder {
+    inner: Coder,
+}
+
+enum Coder {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Brotli(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for Coder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Coder::Gzip(_) => "gzip",
+            Coder::Brotli(_) => "br",
+            Coder::Zstd(_) => "zstd",
+        })
+    }
+}
+
+/// Brotli's window: 4 MiB (lgwin 22), its default; a smaller one costs ratio on large text.
+const BROTLI_LGWIN: u32 = 22;
+
+impl Encoder {
+    /// An encoder of `e` at the service's level for it.
+    pub(crate) fn new(e: Encoding, c: &Compression) -> std::io::Result<Encoder> {
+        let inner = match e {
+            Encoding::Gzip => Coder::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::new(c.gzip_level),
+            )),
+            Encoding::Brotli => Coder::Brotli(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                16 * 1024,
+                c.brotli_level,
+                BROTLI_LGWIN,
+            ))),
+            Encoding::Zstd => {
+                Coder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), c.zstd_level)?)
+            }
+        };
+        Ok(Encoder { inner })
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.inner {
+            Coder::Gzip(w) => w.write_all(data),
+            Coder::Brotli(w) => w.write_all(data),
+            Coder::Zstd(w) => w.write_all(data),
+        }
+    }
+
+    /// What the encoder has written so far (the encoders only ever append to their Vec).
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(match &mut self.inner {
+            Coder::Gzip(w) => w.get_mut(),
+            Coder::Brotli(w) => w.get_mut(),
+            Coder::Zstd(w) => w.get_mut(),
+        })
+    }
+
+    /// The rest of the output, trailer included.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self.inner {
+            Coder::Gzip(w) => w.finish(),
+            Coder::Brotli(w) => Ok(w.into_inner()),
+            Coder::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+/// A body compressed with one encoding as it streams.
+#[derive(Debug)]
+pub struct Compressing {
+    inner: UpstreamBody,
+    /// `None` once finished.
+    encoder: Option<Encoder>,
+}
+
+impl Compressing {
+    pub(crate) fn new(inner: UpstreamBody, encoder: Encoder) -> Compressing {
+        Compressing {
+            inner,
+            encoder: Some(encoder),
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.encoder.is_none()
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        let failed = |e: std::io::Error| UpstreamError::Client(format!("compression failed: {e}"));
+        loop {
+            let Some(encoder) = self.encoder.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => {
+                    self.encoder = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers describe the identity body; they are not sent on.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Err(e) = encoder.write(&data) {
+                        self.encoder = None;
+                        return Poll::Ready(Some(Err(failed(e))));
+                    }
+                    let out = encoder.take();
+                    // The encoder keeps small writes to itself until a block fills.
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    let Some(encoder) = self.encoder.take() else {
+                        return Poll::Ready(None);
+                    };
+                    return match encoder.finish() {
+                        Ok(rest) if rest.is_empty() => Poll::Ready(None),
+                        Ok(rest) => Poll::Ready(Some(Ok(Frame::data(Bytes::from(rest))))),
+                        Err(e) => Poll::Ready(Some(Err(failed(e)))),
+                    };
+                }
+            }
+        }
+    }
+}

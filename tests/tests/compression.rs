@@ -1,0 +1,202 @@
+//! `[services.compression]` end to end: gzip, brotli and zstd negotiated from Accept-Encoding
+//! (q-values honoured), decoded by the codecs' own libraries, stored once per encoding by the
+//! cache (the origin sees one request per encoding), and left alone for ranges, small bodies,
+//! other types and bodies the origin encoded itself.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Read;
+
+use http::{Method, StatusCode};
+use streamgate_tests::config::Raw;
+use streamgate_tests::*;
+
+const SIZE: usize = 20_000;
+
+/// The origin's `/c/` body of `size` bytes.
+fn plain(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+fn decode(encoding: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match encoding {
+        "gzip" => {
+            flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "br" => {
+            brotli::Decompressor::new(body, 4096)
+                .read_to_end(&mut out)
+                .unwrap();
+        }
+        "zstd" => out = zstd::decode_all(body).unwrap(),
+        other => panic!("unexpected encoding {other}"),
+    }
+    out
+}
+
+async fn daemon(o: &Origin) -> TestDaemon {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[o]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.test"])
+                .regions(&["r"])
+                .cache(Cache::new("64MiB").status_header("X-Edge"))
+                .set("compression", Raw("{ min_size = \"1KiB\" }".into())),
+        )
+        .service(
+            Service::new("api")
+                .listeners(&["web"])
+                .hosts(&["api.test"])
+                .regions(&["r"])
+                .set(
+                    "compression",
+                    Raw("{ encodings = [\"gzip\"], types = [\"text/*\"] }".into()),
+                ),
+        )
+        .start()
+        .await
+}
+
+fn url(d: &TestDaemon, path: &str) -> String {
+    format!("http://{}{path}", d.addr("web"))
+}
+
+const HTML: &str = "/c/page?cc=max-age%3D60&size=20000&hdr=Content-Type:text/html&etag=v1";
+
+#[tokio::test]
+async fn each_encoding_is_compressed_once_and_served_from_the_cache() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let c = http1();
+    for (accept, want) in [
+        ("gzip", "gzip"),
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("gzip;q=0.5, br;q=0.9, zstd;q=0.1", "br"),
+        ("gzip, deflate, br, zstd", "zstd"),
+    ] {
+        for round in 0..2 {
+            let a = get(
+                &c,
+                &url(&d, HTML),
+                &[("host", "cdn.test"), ("accept-encoding", accept)],
+            )
+            .await
+            .unwrap();
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(a.header("content-encoding"), Some(want), "{accept}");
+            assert!(
+                a.header("vary")
+                    .unwrap()
+                    .to_ascii_lowercase()
+                    .contains("accept-encoding"),
+                "{:?}",
+                a.headers
+            );
+            assert_eq!(a.header("etag"), Some("W/\"v1\""), "another representation");
+            assert!(a.body.len() < SIZE / 10, "{} bytes", a.body.len());
+            assert_eq!(decode(want, &a.body), plain(SIZE), "{accept} round {round}");
+        }
+    }
+    assert_eq!(o.hits(), 3, "one origin request per encoding");
+
+    // Without Accept-Encoding: the identity, cached apart from the compressed copies.
+    for _ in 0..2 {
+        let a = get(&c, &url(&d, HTML), &[("host", "cdn.test")])
+            .await
+            .unwrap();
+        assert_eq!(a.header("content-encoding"), None);
+        assert_eq!(a.body, plain(SIZE));
+        assert!(a.header("vary").is_some());
+    }
+    assert_eq!(o.hits(), 4);
+    let a = get(
+        &c,
+        &url(&d, HTML),
+        &[("host", "cdn.test"), ("accept-encoding", "gzip")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.header("x-edge"), Some("HIT"));
+}
+
+#[tokio::test]
+async fn ranges_small_bodies_other_types_and_encoded_bodies_are_left_alone() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let c = http1();
+    let gzip = [("host", "cdn.test"), ("accept-encoding", "gzip")];
+
+    let ranged = "/c/r?cc=max-age%3D60&size=20000&hdr=Content-Type:text/html";
+    let a = get(
+        &c,
+        &url(&d, ranged),
+        &[gzip[0], gzip[1], ("range", "bytes=0-99")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(a.header("content-encoding"), None);
+    assert_eq!(a.body, plain(SIZE)[..100]);
+
+    let small = "/c/s?cc=max-age%3D60&size=500&hdr=Content-Type:text/html";
+    let a = get(&c, &url(&d, small), &gzip).await.unwrap();
+    assert_eq!(a.header("content-encoding"), None, "below min_size");
+    assert_eq!(a.body, plain(500));
+
+    let png = "/c/p?cc=max-age%3D60&size=20000&hdr=Content-Type:image/png";
+    let a = get(&c, &url(&d, png), &gzip).await.unwrap();
+    assert_eq!(a.header("content-encoding"), None, "not a listed type");
+
+    let keep = "/c/k?cc=max-age%3D60%2C+no-transform&size=20000&hdr=Content-Type:text/html";
+    let a = get(&c, &url(&d, keep), &gzip).await.unwrap();
+    assert_eq!(a.header("content-encoding"), None, "no-transform");
+
+    // The origin's own encoding goes through once, untouched, and varies.
+    let encoded =
+        "/c/e?cc=max-age%3D60&size=20000&hdr=Content-Type:text/html&hdr=Content-Encoding:gzip";
+    let a = get(&c, &url(&d, encoded), &gzip).await.unwrap();
+    assert_eq!(a.header("content-encoding"), Some("gzip"));
+    assert_eq!(a.body, plain(SIZE), "the origin's bytes as they were");
+    assert!(a.header("vary").is_some());
+}
+
+#[tokio::test]
+async fn proxied_responses_and_head_requests() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let c = http1();
+    let path = "/c/api?size=20000&hdr=Content-Type:text/plain%3B+charset%3Dutf-8";
+    let a = get(
+        &c,
+        &url(&d, path),
+        &[("host", "api.test"), ("accept-encoding", "br, gzip;q=0.5")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.header("content-encoding"),
+        Some("gzip"),
+        "only the service's encodings"
+    );
+    assert_eq!(a.header("content-length"), None);
+    assert_eq!(decode("gzip", &a.body), plain(SIZE));
+
+    let a = send(
+        &c,
+        Method::HEAD,
+        &url(&d, path),
+        &[("host", "api.test"), ("accept-encoding", "gzip")],
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("content-encoding"), Some("gzip"));
+    assert!(a.body.is_empty());
+}
