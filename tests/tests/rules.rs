@@ -22,6 +22,7 @@ const RULES: &[&str] = &[
     r#"{ name = "admin", match = { path_prefix = "/admin", clients = ["127.0.5.0/24"] }, deny = true }"#,
     r#"{ name = "no-de", match = { path_prefix = "/us-only/", countries = ["DE"] }, deny = true }"#,
     r#"{ name = "api", match = { path_prefix = "/api/" }, rewrite = { strip_prefix = "/api" }, request_headers = { set = { "X-Client" = "$client_ip", "X-Request-Id" = "$request_id" }, remove = ["X-Internal"] } }"#,
+    r#"{ name = "from-lb", match = { headers = { "X-Forwarded-For" = "10.9.9.9" } }, deny = true }"#,
     r#"{ name = "beta", match = { headers = { "X-Beta" = "1" } }, rewrite = { add_prefix = "/beta" } }"#,
 ];
 
@@ -96,6 +97,20 @@ async fn redirects_answers_and_denies_never_reach_the_origin() {
         "Virginia"
     );
 
+    let a = get_from(
+        ip("127.0.6.8"),
+        web,
+        "/x",
+        &[("host", "www.test"), ("x-forwarded-for", "10.9.9.9")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "a client that is not a trusted proxy cannot make a rule see X-Forwarded-For"
+    );
+
     let m = d.metrics().await;
     assert!(
         m.lines()
@@ -168,7 +183,7 @@ async fn explain_shows_the_rules_a_request_matches() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let rules = &v["rules"];
-    assert_eq!(rules["count"], 8);
+    assert_eq!(rules["count"], 9);
     assert_eq!(rules["matched"], serde_json::json!(["security", "api"]));
     assert_eq!(rules["rewritten_path"], "/users");
     assert_eq!(rules["request_headers"][1]["value"], "127.0.0.9");

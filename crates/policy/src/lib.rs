@@ -11,6 +11,7 @@
 
 pub mod encoding;
 mod expand;
+pub mod path;
 
 use std::net::IpAddr;
 
@@ -91,7 +92,11 @@ pub fn evaluate(rules: &Rules, req: &Request<'_>) -> Outcome {
     let mut out = Outcome::default();
     let mut request_id = None;
     for (i, rule) in rules.list.iter().enumerate() {
-        let path = out.path.as_deref().unwrap_or(req.path);
+        // A rewrite may give the path a query of its own; rules match the path.
+        let path = out
+            .path
+            .as_deref()
+            .map_or(req.path, |p| p.split('?').next().unwrap_or(p));
         if !matches(&rule.when, req, path) {
             continue;
         }
@@ -148,13 +153,31 @@ pub fn evaluate(rules: &Rules, req: &Request<'_>) -> Outcome {
             expand_early,
         );
         if let Some(p) = rewritten {
-            out.path = Some(p);
+            // Captures can start mid-segment (`^/img-(.*)$` on `/img-../x`): the result is
+            // normalised again, so no dot segment reaches later rules, the cache key or the
+            // origin.
+            out.path = Some(normalize_rewrite(p));
         }
         if rule.last {
             break;
         }
     }
     out
+}
+
+/// `path[?query]` with its path normalised as the client's was before routing.
+fn normalize_rewrite(p: String) -> String {
+    let (path, query) = match p.split_once('?') {
+        Some((a, b)) => (a, Some(b)),
+        None => (p.as_str(), None),
+    };
+    match path::normalize(path) {
+        None => p,
+        Some(n) => match query {
+            Some(q) => format!("{n}?{q}"),
+            None => n,
+        },
+    }
 }
 
 /// Whether every condition of `m` holds. Allocation-free; the regex goes last.
@@ -199,16 +222,30 @@ fn answer(rule: &Rule, vars: &mut Vars<'_, '_>) -> Option<Answer> {
         .host
         .as_ref()
         .map_or_else(|| req.host.to_string(), |h| expand(h, vars));
+    // A host made from captures could carry userinfo or a path (`new.test@evil.test`): only a
+    // plain name or IP literal is sent.
+    if !plain_host(&host) {
+        return Some(Answer::Respond {
+            status: 400,
+            body: "400 Bad Request: the redirect target is not a valid host\n".into(),
+            content_type: "text/plain; charset=utf-8".into(),
+        });
+    }
     let port = match (r.port, req.port) {
         (Some(p), _) => Some(p.to_string()),
         // A new scheme has its own default port.
         (None, Some(p)) if scheme == req.scheme => Some(p.to_string()),
         _ => None,
     };
-    let path = r
+    let mut path = r
         .path
         .as_ref()
         .map_or_else(|| vars.path.to_string(), |p| expand(p, vars));
+    // `path = "$1"` of `^/old(.*)$` on `/old@evil.test` would otherwise make the host
+    // `new.test@evil.test`: the path always starts the URL's path.
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
     let mut location = format!("{}://{host}", scheme.as_str());
     let default_port = match scheme {
         Scheme::Http => "80",
@@ -229,6 +266,18 @@ fn answer(rule: &Rule, vars: &mut Vars<'_, '_>) -> Option<Answer> {
         status: r.status,
         location,
     })
+}
+
+/// A DNS name or a bracketed IP literal: nothing that ends the authority or names a user.
+fn plain_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        || (h.starts_with('[')
+            && h.ends_with(']')
+            && h[1..h.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')))
 }
 
 fn edits<V>(

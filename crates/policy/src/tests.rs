@@ -428,3 +428,87 @@ fn the_documented_example_compiles_and_does_what_it_says() {
     r.path = "/api/users";
     assert_eq!(evaluate(&rules, &r.view()).path.as_deref(), Some("/users"));
 }
+
+#[test]
+fn redirects_cannot_be_turned_into_another_host() {
+    let rules = compile(
+        r#"
+[[services.rules]]
+match = { path_regex = "^/old(.*)$" }
+redirect = { scheme = "https", host = "new.example.com", path = "$1" }
+
+[[services.rules]]
+match = { path_regex = "^/to/([^/]*)(/.*)?$" }
+redirect = { host = "$1.example.com" }
+"#,
+    );
+    for (path, want) in [
+        ("/old@evil.test", "https://new.example.com/@evil.test"),
+        ("/old.evil.test/", "https://new.example.com/.evil.test/"),
+        ("/old/x", "https://new.example.com/x"),
+    ] {
+        assert_eq!(
+            redirect_of(&rules, &get(path)).map(|(_, l)| l),
+            Some(want.to_string()),
+            "{path}"
+        );
+    }
+    let out = evaluate(&rules, &get("/to/a@evil.test").view());
+    assert!(
+        matches!(out.answer, Some(Answer::Respond { status: 400, .. })),
+        "{out:?}"
+    );
+    assert_eq!(
+        redirect_of(&rules, &get("/to/shop")).map(|(_, l)| l),
+        Some("http://shop.example.com/to/shop".to_string())
+    );
+}
+
+#[test]
+fn rewrites_are_normalised_before_later_rules_and_the_origin() {
+    let rules = compile(
+        r#"
+[[services.rules]]
+match = { path_regex = "^/img-(.*)$" }
+rewrite = { path = "/images/$1" }
+
+[[services.rules]]
+match = { path_prefix = "/admin" }
+deny = true
+
+[[services.rules]]
+match = { path_prefix = "/q/" }
+rewrite = { path = "/search?term=x" }
+
+[[services.rules]]
+match = { path = "/search" }
+response_headers = { set = { "X-Search" = "1" } }
+"#,
+    );
+    let out = evaluate(&rules, &get("/img-../admin").view());
+    assert_eq!(
+        out.answer,
+        Some(Answer::Deny {
+            rule: "rule 2".into()
+        })
+    );
+    let out = evaluate(&rules, &get("/img-a/../../secret").view());
+    assert_eq!(out.path.as_deref(), Some("/secret"));
+    let out = evaluate(&rules, &get("/q/x").view());
+    assert_eq!(out.path.as_deref(), Some("/search?term=x"));
+    assert_eq!(
+        out.matched,
+        vec![2, 3],
+        "later rules match the path, not its query"
+    );
+}
+
+#[test]
+fn client_text_is_reflected_only_into_plain_text() {
+    let e = errors(
+        r#"rules = [ { respond = { body = "<p>$request_uri</p>", content_type = "text/html" } }, { request_headers = { add = { "Host" = "x" }, remove = ["host"] } } ]"#,
+    );
+    assert!(e.contains("use them only in a text/plain body"), "{e}");
+    assert!(e.contains("a second Host"), "{e}");
+    assert!(e.contains("every request has one Host"), "{e}");
+}

@@ -337,6 +337,25 @@ fn respond(raw: &S<RawRespond>, p: &str, tpl: &Tpl<'_>, ctx: &mut Ctx<'_>) -> Re
         .as_ref()
         .and_then(|b| tpl(b, "respond.body", false, ctx))
         .unwrap_or_default();
+    let plain = r.content_type.as_ref().is_none_or(|c| {
+        c.get_ref()
+            .trim()
+            .to_ascii_lowercase()
+            .starts_with("text/plain")
+    });
+    // What the client wrote, reflected into HTML or script, is cross-site scripting.
+    let reflects = body.max_capture() > 0
+        || body
+            .vars()
+            .any(|v| matches!(v, Var::Host | Var::Path | Var::Query | Var::RequestUri));
+    if reflects && !plain {
+        ctx.err(
+            r.body.as_ref().map_or(raw.span(), |b| b.span()),
+            format!("{p}.respond.body"),
+            "$host, $path, $query, $request_uri and captures come from the client: use them \
+             only in a text/plain body",
+        );
+    }
     Respond {
         status: status(
             r.status.as_ref(),
@@ -475,12 +494,16 @@ fn edits(
     let e = raw.get_ref();
     let mut out = HeaderEdits::default();
     for (i, name) in e.remove.iter().enumerate() {
-        if let Some(n) = header_name(
-            name.get_ref(),
-            name.span(),
-            &format!("{p}.remove[{i}]"),
-            ctx,
-        ) {
+        let key = format!("{p}.remove[{i}]");
+        if let Some(n) = header_name(name.get_ref(), name.span(), &key, ctx) {
+            if n == "host" {
+                ctx.err(
+                    name.span(),
+                    key,
+                    "every request has one Host: set it instead",
+                );
+                continue;
+            }
             out.remove.push(n);
         }
     }
@@ -491,6 +514,14 @@ fn edits(
             let Some(n) = header_name(name, table.span(), &k, ctx) else {
                 continue;
             };
+            if key == "add" && n == "host" {
+                ctx.err(
+                    table.span(),
+                    k,
+                    "a second Host would make the request invalid: set it",
+                );
+                continue;
+            }
             let Some(v) = value.as_str() else {
                 ctx.err(table.span(), k, "a header value is a string");
                 continue;

@@ -28,6 +28,8 @@ pub(super) fn rules(
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
+    let normal = streamgate_policy::path::normalize(path);
+    let path = normal.as_deref().unwrap_or(path);
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) if !p.contains(']') => (n, Some(p)),
         _ => (host, None),

@@ -424,6 +424,9 @@ fn explain_in(
     (method, scheme): (&str, Scheme),
 ) -> AdminResponse {
     let route_path = path.split_once('?').map_or(path, |(p, _)| p);
+    // As the data path routes it.
+    let normal = streamgate_policy::path::normalize(route_path);
+    let route_path = normal.as_deref().unwrap_or(route_path);
     let service = match table.route(listener, host, route_path) {
         Ok(s) => s,
         Err(e) => {

@@ -11,7 +11,6 @@ mod forward;
 mod hash_key;
 pub mod headers;
 mod origin;
-pub mod path;
 mod pump;
 mod request;
 mod rules;

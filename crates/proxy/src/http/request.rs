@@ -104,6 +104,17 @@ impl HttpProxy {
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Prepared<'t>, ProxyError> {
+        let trusted = table
+            .config
+            .geo
+            .as_ref()
+            .map_or(&[][..], |g| &g.trusted_proxies[..]);
+        let peer_trusted = is_trusted(peer.ip().to_canonical(), trusted);
+        // First: neither routing, the rules nor the backend sees forwarding fields from a
+        // client that only a trusted balancer may set.
+        if !peer_trusted {
+            strip_client_forwarding(req.headers_mut());
+        }
         // RFC 8441: an HTTP/2 CONNECT with :protocol = websocket opens a WebSocket; it goes to
         // the backend as an HTTP/1.1 Upgrade. Plain CONNECT (forward proxying) is not served.
         let h2_websocket = req.method() == Method::CONNECT
@@ -123,7 +134,7 @@ impl HttpProxy {
             return Err(ProxyError::InvalidHost);
         }
         // Routed and forwarded as normalised (http::path): what matched is what the origin gets.
-        let normal = super::path::normalize(req.uri().path());
+        let normal = streamgate_policy::path::normalize(req.uri().path());
         let route_path = normal.as_deref().unwrap_or(req.uri().path());
         let service = match table.route(&self.listener, host_str(&host), route_path) {
             Ok(s) => s,
@@ -140,11 +151,6 @@ impl HttpProxy {
         };
         service.state.note_request(nanos_at(started));
 
-        let trusted = table
-            .config
-            .geo
-            .as_ref()
-            .map_or(&[][..], |g| &g.trusted_proxies[..]);
         let ip = client_ip(peer.ip(), req.headers(), trusted);
         if let Some(l) = log.as_mut() {
             l.record.service = Some(service.name.clone());
@@ -164,7 +170,6 @@ impl HttpProxy {
                 reason: denied.as_str(),
             });
         }
-        let peer_trusted = is_trusted(peer.ip().to_canonical(), trusted);
         // Behind a trusted TLS-terminating balancer, the scheme the client used is its word.
         let forwarded_https = peer_trusted
             && req
@@ -207,9 +212,6 @@ impl HttpProxy {
         let (mut parts, body) = req.into_parts();
         let client_version = parts.version;
         strip_hop_by_hop(&mut parts.headers);
-        if !peer_trusted {
-            strip_client_forwarding(&mut parts.headers);
-        }
         if let Some(u) = upgrade_to {
             parts.headers.insert(header::UPGRADE, u);
             parts
