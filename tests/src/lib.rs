@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod h2;
+pub mod nats;
 pub mod origin;
 pub mod raw_origin;
 pub mod tls;

@@ -305,13 +305,17 @@ impl ServiceState {
 /// Operator state of a region, shared by every service that uses it.
 #[derive(Debug)]
 pub struct RegionControl {
+    /// What the data path reads: the local word, else the fleet's, else active.
     active: AtomicBool,
+    /// (this PoP's operator, the fleet's) word; the local one wins.
+    words: std::sync::Mutex<(Option<bool>, Option<bool>)>,
 }
 
 impl Default for RegionControl {
     fn default() -> Self {
         RegionControl {
             active: AtomicBool::new(true),
+            words: std::sync::Mutex::new((None, None)),
         }
     }
 }
@@ -322,8 +326,33 @@ impl RegionControl {
         self.active.load(Relaxed)
     }
 
-    /// Returns true if that changed it.
+    /// This PoP's operator activates or deactivates the region (wins over the fleet). Returns
+    /// true if that changed whether it is active.
     pub fn set_active(&self, active: bool) -> bool {
+        self.set(|w| w.0 = Some(active))
+    }
+
+    /// The fleet's word on the region (`None`: withdrawn). Returns true if that changed
+    /// whether it is active.
+    pub fn set_fleet(&self, active: Option<bool>) -> bool {
+        self.set(|w| w.1 = active)
+    }
+
+    /// Drops this PoP's operator's word (the fleet's decides again). Returns true if that
+    /// changed whether it is active.
+    pub fn clear_local(&self) -> bool {
+        self.set(|w| w.0 = None)
+    }
+
+    /// (local, fleet) words.
+    pub fn words(&self) -> (Option<bool>, Option<bool>) {
+        *self.words.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, change: impl FnOnce(&mut (Option<bool>, Option<bool>))) -> bool {
+        let mut w = self.words.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut w);
+        let active = w.0.or(w.1).unwrap_or(true);
         self.active.swap(active, Relaxed) != active
     }
 }

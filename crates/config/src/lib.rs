@@ -7,6 +7,7 @@
 pub mod diff;
 mod dns;
 mod error;
+pub mod fleet;
 mod host;
 pub mod last_good;
 pub mod model;

@@ -34,6 +34,8 @@ pub struct Config {
     pub snapshots: Option<Snapshots>,
     /// How backends named by host name are resolved.
     pub dns: Dns,
+    /// `None`: this daemon stands alone.
+    pub fleet: Option<crate::fleet::Fleet>,
     pub listeners: Vec<Listener>,
     pub regions: Vec<Region>,
     pub services: Vec<Service>,

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
     pub access_log: Option<RawAccessLog>,
     pub snapshots: Option<S<RawSnapshots>>,
     pub dns: Option<S<RawDns>>,
+    pub fleet: Option<S<RawFleet>>,
     #[serde(default)]
     pub listeners: Vec<S<RawListener>>,
     #[serde(default)]
@@ -96,6 +97,18 @@ pub(crate) struct RawSnapshots {
     pub max_increments: Option<S<i64>>,
     pub increment_share: Option<S<f64>>,
     pub write_rate: Option<S<SizeText>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub servers: Option<S<Vec<S<String>>>>,
+    pub credentials: Option<S<String>>,
+    pub pop: Option<S<String>>,
+    pub region: Option<S<String>>,
+    pub subject_prefix: Option<S<String>>,
+    pub purge_retention: Option<S<DurationText>>,
+    pub heartbeat: Option<S<DurationText>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod dns;
 pub mod failover;
+pub mod fleet;
 mod gauges;
 pub mod health;
 pub mod overrides;
@@ -74,6 +75,8 @@ pub struct Control {
     overrides_changed: Arc<Notify>,
     /// One writer of the overrides file at a time.
     overrides_write: Mutex<()>,
+    /// The link to the other PoPs (`[fleet]`), set once at start.
+    fleet: std::sync::OnceLock<streamgate_fleet::Fleet>,
 }
 
 impl Control {
@@ -118,7 +121,20 @@ impl Control {
             dns_wake: Arc::new(Notify::new()),
             overrides_changed: Arc::new(Notify::new()),
             overrides_write: Mutex::new(()),
+            fleet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Joins the fleet of `[fleet]` (the binary calls this once, at start).
+    pub fn join_fleet(self: &Arc<Self>, config: streamgate_config::fleet::Fleet) {
+        let apply = Arc::new(fleet::FleetApply(Arc::downgrade(self)));
+        let link = streamgate_fleet::Fleet::start(config, self.metrics.clone(), apply);
+        let _ = self.fleet.set(link);
+    }
+
+    /// The fleet link, when `[fleet]` is configured.
+    pub fn fleet(&self) -> Option<&streamgate_fleet::Fleet> {
+        self.fleet.get()
     }
 
     /// Starts the probers and the region evaluator, and registers the scrape-time gauges.

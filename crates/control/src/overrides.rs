@@ -49,7 +49,8 @@ impl Overrides {
             }
         }
         for (name, control) in &table.regions {
-            if !control.is_active() {
+            // Only this PoP's word: the fleet's lives in the fleet's bucket.
+            if control.words().0 == Some(false) {
                 o.inactive_regions.insert(name.clone());
             }
         }

@@ -216,6 +216,11 @@ impl Daemon {
             }));
         }
         control.start(shutdown_rx.clone());
+        // Read at start only: the link's identity (pop, stream, consumer) does not change
+        // under a running daemon.
+        if let Some(f) = config.fleet.clone() {
+            control.join_fleet(f);
+        }
         let admin_limits = admin::AdminLimits::of(&config);
         tasks.spawn(admin::serve(
             admin_listener,

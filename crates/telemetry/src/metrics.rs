@@ -129,7 +129,18 @@ pub struct Metrics {
     /// `dns_addresses{name}`: addresses a backend name gives its regions now (the last good
     /// answer while resolution fails).
     pub dns_addresses: IntGaugeVec,
+    /// `replication_lag_seconds{region}`: from a fleet message's publication at one PoP to its
+    /// application here; `region` is this PoP's (`[fleet] region`).
+    pub replication_lag: HistogramVec,
+    /// `fleet_connected`: 1 while the link to NATS is up.
+    pub fleet_connected: IntGauge,
+    /// `fleet_messages_total{kind,result}`: fleet messages by kind (`purge`, `override`,
+    /// `heartbeat`) and result ([`FLEET_RESULTS`]).
+    pub fleet_messages: IntCounterVec,
 }
+
+/// Values of the `result` label of `fleet_messages_total`.
+pub const FLEET_RESULTS: [&str; 4] = ["applied", "duplicate", "malformed", "published"];
 
 /// Values of the `result` label of `dns_resolutions_total`.
 pub const DNS_RESULTS: [&str; 5] = ["success", "nxdomain", "no_records", "timeout", "error"];
@@ -156,6 +167,14 @@ impl Metrics {
                 }
                 for to in s.regions.iter().filter(|t| *t != r) {
                     self.failovers.with_label_values(&[name, r, to]);
+                }
+            }
+        }
+        if let Some(f) = &config.fleet {
+            self.replication_lag.with_label_values(&[&f.region]);
+            for kind in ["purge", "override"] {
+                for result in FLEET_RESULTS {
+                    self.fleet_messages.with_label_values(&[kind, result]);
                 }
             }
         }
@@ -356,6 +375,23 @@ impl Metrics {
                 "dns_addresses",
                 "Addresses a backend host name currently gives its regions (the last good answer while resolution fails)",
                 &["name"],
+            ),
+            replication_lag: histogram_vec(
+                r,
+                "replication_lag_seconds",
+                "Fleet messages: seconds from publication at one PoP to application at this one",
+                &["region"],
+            ),
+            fleet_connected: int_gauge(
+                r,
+                "fleet_connected",
+                "1 while this PoP's link to the fleet (NATS) is up",
+            ),
+            fleet_messages: counter_vec(
+                r,
+                "fleet_messages_total",
+                "Fleet messages by kind (purge, override, heartbeat) and result (applied, duplicate, malformed, published)",
+                &["kind", "result"],
             ),
             registry,
         }

@@ -19,6 +19,7 @@ mod access;
 mod cache;
 mod compression;
 mod dns;
+mod fleet;
 mod hash;
 mod health;
 mod limits;
@@ -182,6 +183,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
     let access_log = access_log(raw.access_log.as_ref(), ctx);
     let snapshots = raw.snapshots.as_ref().map(|s| snapshots(s, ctx));
     let dns = dns::dns(raw.dns.as_ref(), ctx);
+    let fleet = raw.fleet.as_ref().and_then(|f| fleet::fleet(f, ctx));
     let listeners = listeners(&raw.listeners, &admin, ctx);
     let regions = regions(&raw.regions, ctx);
     let geo = raw.geo.as_ref().map(|g| geo(g, &regions, ctx));
@@ -213,6 +215,7 @@ pub(crate) fn validate(raw: RawConfig, ctx: &mut Ctx<'_>) -> Config {
         access_log,
         snapshots,
         dns,
+        fleet,
         listeners,
         regions,
         services,

@@ -3,11 +3,9 @@
 use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{Value, json};
-use streamgate_cache::Purge;
-use streamgate_cache::key::purge_keys;
 use tracing::info;
 
-use super::requests::{self, PurgeWhat};
+use super::requests;
 use super::{AdminResponse, error, json_response, refused};
 use crate::Control;
 
@@ -34,7 +32,7 @@ pub(super) fn stats(control: &Control) -> AdminResponse {
 }
 
 /// `POST /cache/purge {"url"|"prefix"|"tag": "...", "all": true, "service": "..."}`
-pub(super) fn purge(control: &Control, body: &Bytes) -> AdminResponse {
+pub(super) async fn purge(control: &Control, body: &Bytes) -> AdminResponse {
     let request = match requests::purge(body) {
         Ok(r) => r,
         Err(r) => return refused(r),
@@ -53,29 +51,28 @@ pub(super) fn purge(control: &Control, body: &Bytes) -> AdminResponse {
             return error(StatusCode::NOT_FOUND, &why);
         }
     }
-    let purged = match &request.what {
-        PurgeWhat::Url(url) => {
-            let table = control.table.load();
-            let mut purged = 0;
-            // Each service keys URLs by its own query rules.
-            for s in &table.services {
-                let Some(spec) = &s.spec.cache else { continue };
-                if service.is_some_and(|x| x != &*s.name) {
-                    continue;
-                }
-                for key in purge_keys(url, &spec.key_query).unwrap_or_default() {
-                    purged += control.caches.purge(&Purge::Url(key), Some(&s.name));
-                }
-            }
-            purged
-        }
-        PurgeWhat::Prefixes(prefixes) => prefixes
-            .iter()
-            .map(|p| control.caches.purge(&Purge::Prefix(p.clone()), service))
-            .sum(),
-        PurgeWhat::Tag(tag) => control.caches.purge(&Purge::Tag(tag.clone()), service),
-        PurgeWhat::All => control.caches.purge(&Purge::All, service),
-    };
+    let purged = crate::fleet::purge_local(control, &request.what, service);
     info!(request = ?request, purged, "cache purge");
-    json_response(StatusCode::OK, json!({ "purged": purged }))
+    let Some(target) = request.fleet else {
+        return json_response(StatusCode::OK, json!({ "purged": purged }));
+    };
+    let Some(fleet) = control.fleet() else {
+        return error(
+            StatusCode::CONFLICT,
+            &format!(
+                "purged {purged} here; \"scope\": \"fleet\" needs a [fleet] table in the config"
+            ),
+        );
+    };
+    match fleet.purge(request.service.clone(), target).await {
+        Ok(p) => json_response(
+            StatusCode::OK,
+            json!({ "purged": purged, "fleet": { "id": p.id, "published": true } }),
+        ),
+        // Applied here; the other PoPs did not get it: the operator must know.
+        Err(e) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "purged": purged, "fleet": { "published": false, "error": e.to_string() } }),
+        ),
+    }
 }

@@ -55,6 +55,13 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
         .iter()
         .map(|name| {
             let active = table.regions.get(*name).is_none_or(|c| c.is_active());
+            // Whose word decides: this PoP's operator's wins over the fleet's.
+            let (local, fleet) = table.regions.get(*name).map_or((None, None), |c| c.words());
+            let decided_by = match (local, fleet) {
+                (Some(_), _) => "local",
+                (None, Some(_)) => "fleet",
+                (None, None) => "default",
+            };
             let services: Vec<Value> = table
                 .services
                 .iter()
@@ -101,6 +108,8 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
             json!({
                 "name": name,
                 "active": active,
+                "active_by": decided_by,
+                "fleet_override": fleet,
                 "location": location.map(|l| json!({"lat": l.lat, "lon": l.lon})),
                 "dns_names": dns_names,
                 "services": services,

@@ -3,6 +3,7 @@
 
 mod cache;
 mod explain_rules;
+mod fleet;
 mod handlers;
 mod prefetch;
 pub mod requests;
@@ -294,15 +295,29 @@ async fn handle(
         (&Method::POST, ["backends", action @ ("drain" | "undrain")]) => {
             handlers::drain(control, &body, *action == "drain")
         }
+        (&Method::POST, ["regions", name, action @ ("activate" | "deactivate")])
+            if query.split('&').any(|kv| kv == "scope=fleet") =>
+        {
+            fleet::region(control, name, *action == "activate").await
+        }
         (&Method::POST, ["regions", name, action @ ("activate" | "deactivate")]) => {
             handlers::activate(control, name, *action == "activate")
         }
+        (&Method::POST, ["regions", name, "follow-fleet"]) => {
+            fleet::follow(
+                control,
+                name,
+                query.split('&').any(|kv| kv == "scope=fleet"),
+            )
+            .await
+        }
+        (&Method::GET, ["fleet"]) => fleet::view(control),
         (&Method::POST, ["services", name, "primary"]) => handlers::primary(control, name, &body),
         (&Method::POST, ["reload"]) => handlers::reload(control).await,
         (&Method::GET, ["config"]) => handlers::config(control),
         (&Method::GET, ["explain"]) => handlers::explain(control, &query),
         (&Method::GET, ["cache"]) => cache::stats(control),
-        (&Method::POST, ["cache", "purge"]) => cache::purge(control, &body),
+        (&Method::POST, ["cache", "purge"]) => cache::purge(control, &body).await,
         (&Method::POST, ["cache", "prefetch"]) => prefetch::prefetch(control, &body).await,
         (&Method::GET, ["snapshots"]) => snapshots::list(control).await,
         (&Method::POST, ["snapshots"]) => snapshots::create(control).await,

@@ -45,12 +45,25 @@ pub struct PurgeRequest {
     pub what: PurgeWhat,
     /// Only this service's cache; all of them when absent.
     pub service: Option<String>,
+    /// `"scope": "fleet"`: what to publish for every PoP.
+    pub fleet: Option<streamgate_fleet::Target>,
 }
 
-/// `{"url"|"prefix"|"tag": "...", "all": true, "service": "..."}`
+/// `{"url"|"prefix"|"tag": "...", "all": true, "service": "...", "scope": "local"|"fleet"}`
 pub fn purge(body: &[u8]) -> Result<PurgeRequest, Refused> {
+    use streamgate_fleet::Target;
     let v = json(body)?;
     let text = |name: &str| v.get(name).and_then(Value::as_str);
+    let fleet = match v.get("scope") {
+        None => false,
+        Some(s) if s.as_str() == Some("local") => false,
+        Some(s) if s.as_str() == Some("fleet") => true,
+        Some(_) => {
+            return Err(bad(
+                "scope is \"local\" (this PoP, the default) or \"fleet\"",
+            ));
+        }
+    };
     let what = if let Some(url) = text("url") {
         if split_url(url).is_none() {
             return Err(bad(
@@ -71,9 +84,16 @@ pub fn purge(body: &[u8]) -> Result<PurgeRequest, Refused> {
             "expected one of {\"url\": ...}, {\"prefix\": ...}, {\"tag\": ...}, {\"all\": true}",
         ));
     };
+    let fleet = fleet.then(|| match &what {
+        PurgeWhat::Url(u) => Target::Url(u.clone()),
+        PurgeWhat::Prefixes(_) => Target::Prefix(text("prefix").unwrap_or_default().to_string()),
+        PurgeWhat::Tag(t) => Target::Tag(t.clone()),
+        PurgeWhat::All => Target::All,
+    });
     Ok(PurgeRequest {
         what,
         service: text("service").map(str::to_string),
+        fleet,
     })
 }
 

@@ -1,0 +1,231 @@
+//! streamgate-fleet: this PoP's link to the fleet over NATS JetStream.
+//!
+//! In: fleet-wide purges from a JetStream stream, read by a durable consumer named after the
+//! PoP (so a PoP that was away catches up on what it missed, within the stream's retention),
+//! and fleet-wide operator overrides from a key-value bucket every PoP watches. Out: purges and
+//! overrides an operator made fleet-wide here, and a heartbeat.
+//!
+//! The data plane never waits on any of it: messages are applied through [`Apply`] by a task of
+//! their own, and a lost link only delays them (the client reconnects with backoff, the
+//! consumer resumes where it stopped).
+
+mod link;
+pub mod message;
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use streamgate_telemetry::Metrics;
+
+pub use message::{Heartbeat, Purge, RegionOverride, Target};
+
+/// What the fleet asks of this PoP.
+pub trait Apply: Send + Sync + 'static {
+    /// Removes what the purge names from this PoP's caches; returns how many objects went.
+    fn purge(&self, purge: &Purge) -> u64;
+    /// A fleet-wide override of a region changed (`None`: withdrawn).
+    fn region(&self, name: &str, active: Option<bool>);
+    /// This PoP's routing table version and the age of its newest recovery point, for its
+    /// heartbeat.
+    fn status(&self) -> (u64, Option<f64>);
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("not connected to the fleet yet (NATS {servers:?})")]
+    NotConnected { servers: Vec<String> },
+    #[error("NATS JetStream: {0}")]
+    JetStream(String),
+    #[error("NATS did not confirm within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Ids of purges applied lately: a purge comes once from the stream, but a PoP also applies
+/// its own at once, and a redelivery after a lost ack comes again.
+#[derive(Debug, Default)]
+struct Seen {
+    ids: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+/// Far more purges than a stream's retention holds between two restarts of a PoP.
+const SEEN: usize = 100_000;
+
+impl Seen {
+    /// Records `id`; false if it was there already.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == SEEN
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back(id.to_string());
+        true
+    }
+}
+
+/// A peer as its last heartbeat described it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub heartbeat: Heartbeat,
+    pub received: Instant,
+}
+
+struct Inner {
+    config: streamgate_config::fleet::Fleet,
+    metrics: Arc<Metrics>,
+    apply: Arc<dyn Apply>,
+    client: OnceLock<async_nats::Client>,
+    kv: Mutex<Option<async_nats::jetstream::kv::Store>>,
+    /// The stream, the consumer and the bucket are set up and being read.
+    joined: std::sync::atomic::AtomicBool,
+    seen: Mutex<Seen>,
+    peers: Mutex<BTreeMap<String, Peer>>,
+}
+
+/// The link; cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("pop", &self.inner.config.pop)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long an operator's fleet-wide action waits for NATS to confirm it.
+const CONFIRM: Duration = Duration::from_secs(3);
+
+impl Fleet {
+    /// Starts the link's tasks on the current runtime; returns at once.
+    pub fn start(
+        config: streamgate_config::fleet::Fleet,
+        metrics: Arc<Metrics>,
+        apply: Arc<dyn Apply>,
+    ) -> Fleet {
+        let inner = Arc::new(Inner {
+            config,
+            metrics,
+            apply,
+            client: OnceLock::new(),
+            kv: Mutex::new(None),
+            joined: std::sync::atomic::AtomicBool::new(false),
+            seen: Mutex::default(),
+            peers: Mutex::default(),
+        });
+        tokio::spawn(link::run(inner.clone()));
+        Fleet { inner }
+    }
+
+    pub fn pop(&self) -> &str {
+        &self.inner.config.pop
+    }
+
+    pub fn region(&self) -> &str {
+        &self.inner.config.region
+    }
+
+    /// Connected to NATS and reading the fleet's stream and bucket.
+    pub fn connected(&self) -> bool {
+        self.inner.is_joined()
+    }
+
+    /// Publishes a purge for every PoP, this one included (which the caller has applied
+    /// already: it is marked seen). Returns once JetStream has stored it.
+    pub async fn purge(
+        &self,
+        service: Option<String>,
+        target: Target,
+    ) -> Result<Purge, FleetError> {
+        let purge = Purge {
+            id: format!("{}-{:032x}", self.inner.config.pop, fastrand::u128(..)),
+            from_pop: self.inner.config.pop.clone(),
+            sent_ms: message::now_ms(),
+            service,
+            target,
+        };
+        self.inner.seen_insert(&purge.id);
+        link::publish_purge(&self.inner, &purge).await?;
+        self.inner.count("purge", "published");
+        Ok(purge)
+    }
+
+    /// Makes a region active or inactive at every PoP (`None`: withdraws the fleet's word).
+    pub async fn set_region(&self, name: &str, active: Option<bool>) -> Result<(), FleetError> {
+        link::set_region(&self.inner, name, active).await?;
+        self.inner.count("override", "published");
+        Ok(())
+    }
+
+    /// Every PoP heard from, this one included, with seconds since its heartbeat.
+    pub fn peers(&self) -> Vec<(Heartbeat, f64)> {
+        let peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .values()
+            .map(|p| (p.heartbeat.clone(), p.received.elapsed().as_secs_f64()))
+            .collect()
+    }
+
+    /// Seconds after which a silent peer is shown stale: three heartbeats.
+    pub fn stale_after(&self) -> f64 {
+        self.inner.config.heartbeat.as_secs_f64() * 3.0
+    }
+}
+
+impl Inner {
+    fn is_joined(&self) -> bool {
+        self.joined.load(std::sync::atomic::Ordering::Relaxed)
+            && self
+                .client
+                .get()
+                .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    }
+
+    fn seen_insert(&self, id: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+    }
+
+    fn count(&self, kind: &str, result: &str) {
+        self.metrics
+            .fleet_messages
+            .with_label_values(&[kind, result])
+            .inc();
+    }
+
+    fn observe_lag(&self, sent_ms: u64) {
+        let lag = message::now_ms().saturating_sub(sent_ms) as f64 / 1000.0;
+        self.metrics
+            .replication_lag
+            .with_label_values(&[&self.config.region])
+            .observe(lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn seen_ids_are_bounded_and_answer_once() {
+        let mut s = Seen::default();
+        assert!(s.insert("a"));
+        assert!(!s.insert("a"));
+        for i in 0..super::SEEN {
+            s.insert(&i.to_string());
+        }
+        assert_eq!(s.order.len(), super::SEEN);
+        assert!(s.insert("a"), "the oldest ids are forgotten first");
+    }
+}

@@ -1,0 +1,330 @@
+//! The NATS side: connecting (with backoff, in the background), the purge stream and this PoP's
+//! durable consumer, the overrides bucket, heartbeats. A session that fails is started again;
+//! its failure is logged once until the link recovers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use futures_util::StreamExt;
+use tracing::{debug, info, warn};
+
+use crate::message::{self, Heartbeat, Purge, RegionOverride};
+use crate::{FleetError, Inner, Peer};
+
+/// Keys of the overrides bucket that name a region.
+const REGION_KEY: &str = "region.";
+
+fn js_err(e: impl std::fmt::Display) -> FleetError {
+    FleetError::JetStream(e.to_string())
+}
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let cfg = &inner.config;
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("streamgate {}", cfg.pop))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        // The client's own backoff, capped: a PoP back from a partition catches up soon.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100u64 << attempts.min(8)).min(5_000))
+        });
+    if let Some(path) = &cfg.credentials {
+        options = match options.credentials_file(path).await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "fleet: cannot read the NATS credentials; the fleet link stays down");
+                return;
+            }
+        };
+    }
+    let client = match options.connect(cfg.servers.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(servers = ?cfg.servers, error = %e, "fleet: cannot start the NATS client; the fleet link stays down");
+            return;
+        }
+    };
+    let _ = inner.client.set(client.clone());
+    tokio::spawn(heartbeats(inner.clone(), client.clone()));
+    tokio::spawn(peers(inner.clone(), client.clone()));
+    tokio::spawn(connected_gauge(inner.clone(), client.clone()));
+
+    let js = jetstream::new(client);
+    let mut backoff = Duration::from_millis(200);
+    let mut last_error: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        let e = session(&inner, &js).await;
+        inner
+            .joined
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let text = e.to_string();
+        if last_error.as_deref() != Some(&text) {
+            warn!(error = %text, "fleet: link to NATS lost; retrying with backoff (traffic is not affected)");
+            last_error = Some(text);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Sets up the stream, the consumer and the bucket, then applies what arrives until something
+/// fails.
+async fn session(inner: &Arc<Inner>, js: &jetstream::Context) -> FleetError {
+    match session_inner(inner, js).await {
+        Ok(()) => FleetError::JetStream("the consumer ended".into()),
+        Err(e) => e,
+    }
+}
+
+async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<(), FleetError> {
+    let cfg = &inner.config;
+    let purges = js
+        .get_or_create_stream(stream::Config {
+            name: cfg.stream(),
+            subjects: vec![cfg.purge_subject()],
+            max_age: cfg.purge_retention,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(format!("stream {}: {e}", cfg.stream())))?;
+    let consumer = purges
+        .get_or_create_consumer(
+            &cfg.pop,
+            consumer::pull::Config {
+                durable_name: Some(cfg.pop.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| js_err(format!("consumer {}: {e}", cfg.pop)))?;
+    // The bucket's stream is made as a key-value bucket's is (one value per key, direct
+    // gets): the client's create_key_value first asks for account info, whose answer from
+    // nats-server 2.9 (Debian's) it cannot read.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{}", cfg.bucket()),
+        subjects: vec![format!("$KV.{}.>", cfg.bucket())],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| js_err(format!("bucket {}: {e}", cfg.bucket())))?;
+    let bucket = js
+        .get_key_value(cfg.bucket())
+        .await
+        .map_err(|e| js_err(format!("bucket {}: {e}", cfg.bucket())))?;
+    *inner.kv.lock().unwrap_or_else(|e| e.into_inner()) = Some(bucket.clone());
+    let mut overrides = bucket
+        .watch_with_history(">")
+        .await
+        .map_err(|e| js_err(format!("watching {}: {e}", cfg.bucket())))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| js_err(format!("reading {}: {e}", cfg.stream())))?;
+    info!(pop = %cfg.pop, stream = %cfg.stream(), "fleet: joined");
+    inner
+        .joined
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            m = messages.next() => match m {
+                Some(Ok(m)) => {
+                    apply_purge(inner, &m.payload);
+                    // Acked after applying: a purge lost to a crash comes again.
+                    m.ack().await.map_err(js_err)?;
+                }
+                Some(Err(e)) => return Err(js_err(e)),
+                None => return Ok(()),
+            },
+            e = overrides.next() => match e {
+                Some(Ok(entry)) => apply_override(inner, &entry),
+                Some(Err(e)) => return Err(js_err(e)),
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+fn apply_purge(inner: &Inner, payload: &[u8]) {
+    match Purge::decode(payload) {
+        Err(e) => {
+            warn!(error = %e, "fleet: malformed purge dropped");
+            inner.count("purge", "malformed");
+        }
+        Ok(p) if !inner.seen_insert(&p.id) => {
+            debug!(id = %p.id, "fleet: purge applied already");
+            inner.count("purge", "duplicate");
+        }
+        Ok(p) => {
+            let purged = inner.apply.purge(&p);
+            inner.observe_lag(p.sent_ms);
+            inner.count("purge", "applied");
+            info!(id = %p.id, from = %p.from_pop, target = ?p.target, service = ?p.service, purged, "fleet purge applied");
+        }
+    }
+}
+
+fn apply_override(inner: &Inner, entry: &kv::Entry) {
+    let Some(region) = entry.key.strip_prefix(REGION_KEY) else {
+        warn!(key = %entry.key, "fleet: unknown override key dropped");
+        inner.count("override", "malformed");
+        return;
+    };
+    let active = match entry.operation {
+        kv::Operation::Put => match RegionOverride::decode(&entry.value) {
+            Ok(o) => {
+                inner.observe_lag(o.sent_ms);
+                Some(o.active)
+            }
+            Err(e) => {
+                warn!(key = %entry.key, error = %e, "fleet: malformed override dropped");
+                inner.count("override", "malformed");
+                return;
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => None,
+    };
+    inner.apply.region(region, active);
+    inner.count("override", "applied");
+    info!(region, active = ?active, "fleet override applied");
+}
+
+pub(crate) async fn publish_purge(inner: &Inner, purge: &Purge) -> Result<(), FleetError> {
+    let client = inner.client.get().ok_or_else(|| FleetError::NotConnected {
+        servers: inner.config.servers.clone(),
+    })?;
+    let js = jetstream::new(client.clone());
+    let payload = serde_json::to_vec(purge).map_err(js_err)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", purge.id.as_str());
+    let confirm = async {
+        js.publish_with_headers(inner.config.purge_subject(), headers, payload.into())
+            .await
+            .map_err(js_err)?
+            .await
+            .map_err(js_err)
+    };
+    tokio::time::timeout(super::CONFIRM, confirm)
+        .await
+        .map_err(|_| FleetError::Timeout(super::CONFIRM))?
+        .map(|_| ())
+}
+
+pub(crate) async fn set_region(
+    inner: &Inner,
+    name: &str,
+    active: Option<bool>,
+) -> Result<(), FleetError> {
+    let bucket = inner
+        .kv
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or_else(|| FleetError::NotConnected {
+            servers: inner.config.servers.clone(),
+        })?;
+    let key = format!("{REGION_KEY}{name}");
+    let write = async {
+        match active {
+            Some(active) => {
+                let value = serde_json::to_vec(&RegionOverride {
+                    active,
+                    from_pop: inner.config.pop.clone(),
+                    sent_ms: message::now_ms(),
+                })
+                .map_err(js_err)?;
+                bucket
+                    .put(key, value.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(js_err)
+            }
+            None => bucket.delete(key).await.map_err(js_err),
+        }
+    };
+    tokio::time::timeout(super::CONFIRM, write)
+        .await
+        .map_err(|_| FleetError::Timeout(super::CONFIRM))?
+}
+
+async fn heartbeats(inner: Arc<Inner>, client: async_nats::Client) {
+    let cfg = &inner.config;
+    let mut tick = tokio::time::interval(cfg.heartbeat);
+    loop {
+        tick.tick().await;
+        let (config_version, snapshot_age_seconds) = inner.apply.status();
+        let beat = Heartbeat {
+            pop: cfg.pop.clone(),
+            region: cfg.region.clone(),
+            sent_ms: message::now_ms(),
+            config_version,
+            snapshot_age_seconds,
+        };
+        if let Ok(payload) = serde_json::to_vec(&beat) {
+            // Core NATS, fire and forget: a lost heartbeat is replaced by the next.
+            let _ = client
+                .publish(cfg.heartbeat_subject(&cfg.pop), payload.into())
+                .await;
+        }
+    }
+}
+
+async fn peers(inner: Arc<Inner>, client: async_nats::Client) {
+    let subject = inner.config.heartbeat_subject("*");
+    loop {
+        let mut sub = match client.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(m) = sub.next().await {
+            match Heartbeat::decode(&m.payload) {
+                Ok(h) => {
+                    let mut peers = inner.peers.lock().unwrap_or_else(|e| e.into_inner());
+                    // Bounded by the fleet's size; a PoP gone for good is forgotten after an
+                    // hour.
+                    peers.retain(|_, p| p.received.elapsed() < Duration::from_secs(3600));
+                    peers.insert(
+                        h.pop.clone(),
+                        Peer {
+                            heartbeat: h,
+                            received: Instant::now(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    debug!(error = %e, "fleet: malformed heartbeat dropped");
+                    inner.count("heartbeat", "malformed");
+                }
+            }
+        }
+    }
+}
+
+async fn connected_gauge(inner: Arc<Inner>, client: async_nats::Client) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let _ = &client;
+        inner
+            .metrics
+            .fleet_connected
+            .set(i64::from(inner.is_joined()));
+    }
+}

@@ -1,0 +1,86 @@
+//! A real `nats-server -js` on loopback for the fleet tests (Debian's `nats-server` package;
+//! `.ci/run` installs it). Its JetStream store lives in a temp dir that survives a restart, so a
+//! test can kill the server and bring it back with its streams.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+#[derive(Debug)]
+pub struct NatsServer {
+    pub addr: SocketAddr,
+    store: TempDir,
+    child: Option<Child>,
+}
+
+fn binary() -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
+        let p = PathBuf::from(dir).join("nats-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("nats-server is not installed: apt-get install nats-server (the fleet tests start one)");
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = NatsServer {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            store: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Kills the server (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(binary())
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.addr.port().to_string())
+            .arg("-sd")
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,337 @@
+//! A fleet of three PoPs kept in step through a real `nats-server -js` on loopback: a fleet
+//! purge from one reaches all three, a PoP stopped during the purge applies it after its
+//! restart, a region deactivated fleet-wide moves traffic at all three while a PoP's own word
+//! still wins, and killing nats-server under load fails no request.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::json;
+use streamgate_tests::nats::NatsServer;
+use streamgate_tests::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
+const WAIT: Duration = Duration::from_secs(10);
+
+fn fleet(nats: &NatsServer, pop: &str) -> String {
+    format!(
+        "[fleet]\nservers = [\"{}\"]\npop = \"{pop}\"\nregion = \"r-{pop}\"\nheartbeat = \"200ms\"\n",
+        nats.url()
+    )
+}
+
+fn cdn(o1: &Origin, o2: &Origin) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("one").origins(&[o1]))
+        .region(Region::new("two").origins(&[o2]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.test"])
+                .regions(&["one", "two"])
+                .region_policy("failover")
+                .cache(Cache::new("64MiB")),
+        )
+}
+
+async fn fetch(web: std::net::SocketAddr, path: &str) -> Answer {
+    get(
+        &http1(),
+        &format!("http://{web}{path}"),
+        &[("host", "cdn.test")],
+    )
+    .await
+    .unwrap()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn connected(d: &TestDaemon) -> bool {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if d.admin(Method::GET, "/fleet", "").await.1["connected"] == true
+            && metric(&d.metrics().await, "streamgate_fleet_connected") == 1.0
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+const OBJ: &str = "/c/page?cc=max-age%3D600";
+
+#[tokio::test]
+async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
+    let nats = NatsServer::start();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let a = cdn(&o1, &o2).raw(&fleet(&nats, "a")).start().await;
+    let b = cdn(&o1, &o2).raw(&fleet(&nats, "b")).start().await;
+    let store = tempfile::tempdir().unwrap();
+    let c_text = |dir: &Path| {
+        cdn(&o1, &o2)
+            .snapshots(Snapshots::new(dir).interval("1h"))
+            .raw(&fleet(&nats, "c"))
+            .to_toml()
+    };
+    let mut c = DaemonProcess::start(BIN, &c_text(store.path()), &["web", "admin"]);
+    assert!(connected(&a).await && connected(&b).await, "a and b join");
+
+    for web in [a.addr("web"), b.addr("web"), c.addr("web")] {
+        fetch(web, OBJ).await;
+        assert_eq!(fetch(web, OBJ).await.header("x-cache"), Some("HIT"));
+    }
+    // Every PoP hears every heartbeat.
+    let mut all = false;
+    for _ in 0..100 {
+        let v = a.admin(Method::GET, "/fleet", "").await.1;
+        if v["pops"].as_array().is_some_and(|p| p.len() == 3) {
+            all = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(all, "/fleet lists a, b and c");
+
+    // c stops (a planned stop writes its cache to a recovery point); the purge goes out.
+    c.signal("TERM");
+    assert!(c.wait_exit(WAIT).is_some(), "c stops");
+    let (status, v) = a
+        .admin(
+            Method::POST,
+            "/cache/purge",
+            &json!({ "url": format!("http://cdn.test{OBJ}"), "scope": "fleet" }).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["fleet"]["published"], true, "{v}");
+    for (name, d) in [("a", &a), ("b", &b)] {
+        let mut purged = false;
+        for _ in 0..100 {
+            if fetch(d.addr("web"), OBJ).await.header("x-cache") != Some("HIT") {
+                purged = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            purged,
+            "{name} applied the fleet purge: {}",
+            d.metrics()
+                .await
+                .lines()
+                .filter(|l| l.contains("fleet"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"streamgate_fleet_messages_total{kind="purge",result="applied"}"#
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            r#"streamgate_replication_lag_seconds_count{region="r-b"}"#
+        ) >= 1.0
+    );
+
+    // c comes back with its cache restored, then catches up on the purge it missed.
+    let c = DaemonProcess::start(BIN, &c_text(store.path()), &["web", "admin"]);
+    let mut applied = false;
+    for _ in 0..200 {
+        let m = c.metrics().await;
+        if metric(
+            &m,
+            r#"streamgate_fleet_messages_total{kind="purge",result="applied"}"#,
+        ) == 1.0
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "c applied the purge after its restart");
+    assert_ne!(
+        fetch(c.addr("web"), OBJ).await.header("x-cache"),
+        Some("HIT")
+    );
+    // Applied once each, even though a saw its own purge come back through the stream.
+    let m = a.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"streamgate_fleet_messages_total{kind="purge",result="applied"}"#
+        ),
+        0.0,
+        "a applied its own purge at once, not again from the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_region_deactivated_fleet_wide_moves_traffic_at_every_pop() {
+    let nats = NatsServer::start();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let mut pops = Vec::new();
+    for p in ["a", "b", "c"] {
+        pops.push(cdn(&o1, &o2).raw(&fleet(&nats, p)).start().await);
+    }
+    for d in &pops {
+        assert!(connected(d).await);
+        assert!(
+            fetch(d.addr("web"), "/x")
+                .await
+                .text()
+                .starts_with("origin o1")
+        );
+    }
+    let (status, v) = pops[0]
+        .admin(Method::POST, "/regions/one/deactivate?scope=fleet", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    for (i, d) in pops.iter().enumerate() {
+        let mut moved = false;
+        for _ in 0..200 {
+            if fetch(d.addr("web"), "/x")
+                .await
+                .text()
+                .starts_with("origin o2")
+            {
+                moved = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(moved, "pop {i} moved to region two");
+    }
+    // b's operator keeps region one: the local word wins, and /regions says whose it is.
+    let (status, _) = pops[1]
+        .admin(Method::POST, "/regions/one/activate", "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        fetch(pops[1].addr("web"), "/x")
+            .await
+            .text()
+            .starts_with("origin o1")
+    );
+    assert!(
+        fetch(pops[2].addr("web"), "/x")
+            .await
+            .text()
+            .starts_with("origin o2")
+    );
+    let regions = pops[1].admin(Method::GET, "/regions", "").await.1;
+    let one = regions["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "one")
+        .unwrap()
+        .clone();
+    assert_eq!(one["active_by"], "local", "{one}");
+    assert_eq!(one["fleet_override"], false, "{one}");
+
+    // The fleet withdraws its word: c goes back to region one.
+    let (status, _) = pops[2]
+        .admin(Method::POST, "/regions/one/follow-fleet?scope=fleet", "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut back = false;
+    for _ in 0..200 {
+        if fetch(pops[2].addr("web"), "/x")
+            .await
+            .text()
+            .starts_with("origin o1")
+        {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "c follows the fleet back to region one");
+}
+
+#[tokio::test]
+async fn losing_nats_under_load_fails_no_request() {
+    let mut nats = NatsServer::start();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let a = cdn(&o1, &o2).raw(&fleet(&nats, "a")).start().await;
+    assert!(connected(&a).await);
+    let web = a.addr("web");
+    let load = tokio::spawn(async move {
+        let c = http1();
+        let (mut ok, mut failed) = (0u32, 0u32);
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut i = 0u32;
+        while tokio::time::Instant::now() < until {
+            i += 1;
+            match get(
+                &c,
+                &format!("http://{web}/p{}", i % 50),
+                &[("host", "cdn.test")],
+            )
+            .await
+            {
+                Ok(a) if a.status == StatusCode::OK => ok += 1,
+                _ => failed += 1,
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.kill();
+    let mut down = false;
+    for _ in 0..100 {
+        if metric(&a.metrics().await, "streamgate_fleet_connected") == 0.0 {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(down, "fleet_connected goes to 0");
+    // A fleet purge without NATS: applied here, and the operator is told it did not go out.
+    let (status, v) = a
+        .admin(
+            Method::POST,
+            "/cache/purge",
+            &json!({ "all": true, "scope": "fleet" }).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["fleet"]["published"], false);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 100, "{ok} requests");
+    assert_eq!(failed, 0, "requests failed while NATS was down");
+
+    nats.restart();
+    assert!(connected(&a).await, "reconnects");
+    let mut published = false;
+    for _ in 0..100 {
+        let (status, _) = a
+            .admin(
+                Method::POST,
+                "/cache/purge",
+                &json!({ "all": true, "scope": "fleet" }).to_string(),
+            )
+            .await;
+        if status == StatusCode::OK {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(published, "fleet purges work again after the reconnect");
+}
