@@ -282,7 +282,12 @@ async fn dashboard_and_alert_rules_use_only_metrics_the_daemon_exports() {
     // failover, failed probes), a reload.
     let a = Origin::start("a").await;
     let b = Origin::start("b").await;
-    let d = two_regions(&[&a], &[&b]).start().await;
+    // A [fleet] whose NATS is unreachable: the fleet series are declared, and traffic is
+    // served all the same.
+    let d = two_regions(&[&a], &[&b])
+        .raw("[fleet]\nservers = [\"nats://127.0.0.1:1\"]\npop = \"obs\"\n")
+        .start()
+        .await;
     let c = http1();
     for _ in 0..3 {
         get(&c, &d.url("web", "/"), &[("host", "example.com")])

@@ -93,6 +93,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if old.admin.metrics_listen != new.admin.metrics_listen {
         d.needs_restart.push("metrics.listen".into());
     }
+    if old.fleet != new.fleet {
+        d.needs_restart.push("fleet".into());
+    }
     for l in &new.listeners {
         match old.listeners.iter().find(|o| o.name == l.name) {
             None => d

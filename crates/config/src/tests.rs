@@ -243,6 +243,12 @@ fn diff_reports_changes() {
     );
     assert_eq!(d.needs_restart, vec!["runtime.workers".to_string()]);
     assert!(diff::diff(&a, &a).is_empty());
+    // The fleet link is made at start.
+    let f = parse_str(&format!(
+        "{GOOD}\n[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\npop = \"fra1\"\n"
+    ))
+    .unwrap();
+    assert_eq!(diff::diff(&a, &f).needs_restart, vec!["fleet".to_string()]);
     // Listener settings read when it starts accepting are named.
     let c = parse_str(&GOOD.replace(
         "listen = \"127.0.0.1:8080\"",

@@ -129,3 +129,39 @@ fn the_compression_example_is_valid_under_a_service() {
     assert!(z.compresses_type("text/css; charset=utf-8"));
     assert!(!z.compresses_type("image/png"));
 }
+
+#[test]
+fn the_fleet_example_is_valid_with_its_credentials_file() {
+    let md = doc("configuration.md");
+    let [example] = &blocks(&md, "## `[fleet]`", "toml")[..] else {
+        panic!("one toml block under [fleet]");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("fleet.creds");
+    std::fs::write(&creds, "creds").unwrap();
+    let text = format!(
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[[regions]]\nname = \"r\"\n\
+         backends = [ {{ address = \"127.0.0.1:9001\" }} ]\n[[services]]\nname = \"s\"\n\
+         listeners = [\"web\"]\nregions = [\"r\"]\n{}",
+        example.replace("/etc/streamgate/fleet.creds", &creds.display().to_string())
+    );
+    let c = parse(Path::new("streamgate.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let f = c.fleet.unwrap();
+    assert_eq!((f.pop.as_str(), f.region.as_str()), ("fra1", "eu-central"));
+    assert_eq!(f.stream(), "STREAMGATE_PURGES");
+    assert_eq!(f.bucket(), "streamgate_overrides");
+}
+
+#[test]
+fn fleet_mistakes_are_reported_with_their_lines() {
+    let text = "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n[fleet]\n\
+                servers = [\"http://x\"]\npop = \"fra 1\"\nheartbeat = \"0s\"\n";
+    let e = parse(Path::new("f.toml"), text).unwrap_err().to_string();
+    for want in [
+        "f.toml:5: fleet.servers[0]: \"http://x\" is not a NATS URL",
+        "f.toml:6: fleet.pop",
+        "f.toml:7: fleet.heartbeat: must be more than 0",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in\n{e}");
+    }
+}
