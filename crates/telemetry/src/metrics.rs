@@ -129,10 +129,23 @@ pub struct Metrics {
     /// `dns_addresses{name}`: addresses a backend name gives its regions now (the last good
     /// answer while resolution fails).
     pub dns_addresses: IntGaugeVec,
+    /// `dns_addresses_dropped_total{name,reason}`: addresses of answers not used as backends
+    /// ([`DNS_DROPPED`]).
+    pub dns_addresses_dropped: IntCounterVec,
 }
 
 /// Values of the `result` label of `dns_resolutions_total`.
-pub const DNS_RESULTS: [&str; 5] = ["success", "nxdomain", "no_records", "timeout", "error"];
+pub const DNS_RESULTS: [&str; 6] = [
+    "success",
+    "nxdomain",
+    "no_records",
+    "timeout",
+    "error",
+    "filtered",
+];
+
+/// Values of the `reason` label of `dns_addresses_dropped_total`.
+pub const DNS_DROPPED: [&str; 3] = ["unusable", "local", "over_cap"];
 
 impl Metrics {
     /// Exports every counter whose label values the config names at 0, so that alert rules
@@ -173,6 +186,10 @@ impl Metrics {
                 self.dns_resolutions.with_label_values(&[&b.host, result]);
             }
             self.dns_addresses.with_label_values(&[&b.host]);
+            for reason in DNS_DROPPED {
+                self.dns_addresses_dropped
+                    .with_label_values(&[&b.host, reason]);
+            }
         }
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]);
@@ -348,7 +365,7 @@ impl Metrics {
             dns_resolutions: counter_vec(
                 r,
                 "dns_resolutions_total",
-                "Resolutions of backend host names by result (success, nxdomain, no_records, timeout, error)",
+                "Resolutions of backend host names by result (success, nxdomain, no_records, timeout, error, filtered)",
                 &["name", "result"],
             ),
             dns_addresses: gauge_vec(
@@ -356,6 +373,12 @@ impl Metrics {
                 "dns_addresses",
                 "Addresses a backend host name currently gives its regions (the last good answer while resolution fails)",
                 &["name"],
+            ),
+            dns_addresses_dropped: counter_vec(
+                r,
+                "dns_addresses_dropped_total",
+                "Addresses of backend host names' answers not used, by reason (unusable, local, over_cap)",
+                &["name", "reason"],
             ),
             registry,
         }
