@@ -334,3 +334,123 @@ async fn a_name_gives_at_most_max_addresses_backends_the_first_in_sorted_order()
     assert!(metrics.contains(&format!("streamgate_dns_addresses{{name=\"{NAME}\"}} 2")));
 }
 
+/// `/backends` of the app as (address, drained).
+async fn drained_rows(d: &TestDaemon) -> Vec<(String, bool)> {
+    let (_, body) = d.admin(Method::GET, "/backends", "").await;
+    let mut rows: Vec<(String, bool)> = body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["drained"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_address_that_leaves_the_answer_and_comes_back_is_still_drained() {
+    let dns = DnsServer::start().await;
+    let (a, b) = origin_pair().await;
+    let snaps = tempfile::tempdir().unwrap();
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    let text = format!(
+        "{}[snapshots]\ndir = \"{}\"\ninterval = \"1h\"\n",
+        config(a.addr.port(), &dns),
+        snaps.path().display()
+    );
+    let d = TestDaemon::start(&text).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let drain = |addr: &str| format!("{{\"address\": \"{addr}\"}}");
+    assert_eq!(
+        d.admin(Method::POST, "/backends/drain", &drain(&a_addr))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // The answer loses 127.0.0.1: its backend goes, and its state with it.
+    dns.set(NAME, &[ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An override written while it is away still names it (a restart now must keep the drain).
+    for action in ["drain", "undrain"] {
+        let path = format!("/backends/{action}");
+        assert_eq!(
+            d.admin(Method::POST, &path, &drain(&b_addr)).await.0,
+            StatusCode::OK
+        );
+    }
+    let state = snaps.path().join("operator-state.json");
+    let in_file = || -> Vec<String> {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| {
+                v["drained"]
+                    .as_array()
+                    .map(|l| l.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+            })
+            .unwrap_or_default()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(in_file(), [a_addr.clone()]);
+
+    // It comes back: drained, as the operator left it.
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        drained_rows(&d).await,
+        [(a_addr.clone(), true), (b_addr.clone(), false)]
+    );
+    let before = a.hits();
+    for _ in 0..20 {
+        let answer = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(a.hits(), before, "the drained address got new requests");
+
+    // Undrained by the operator, it stays undrained through the next churn.
+    assert_eq!(
+        d.admin(Method::POST, "/backends/undrain", &drain(&a_addr))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    dns.set(NAME, &[ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drained_rows(&d).await, [(a_addr, false), (b_addr, false)]);
+}
