@@ -85,6 +85,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `unrouted_requests_total{listener}`: requests for a host or path no service claims.
     pub unrouted: IntCounterVec,
+    /// `loops_detected_total{listener}`: requests refused with 508 because their Via shows
+    /// they already passed through StreamGate too often (a backend that leads back to it).
+    pub loops: IntCounterVec,
     /// `connections_total{listener}` and `connections_active{listener}`
     pub connections: IntCounterVec,
     pub connections_active: IntGaugeVec,
@@ -180,6 +183,7 @@ impl Metrics {
         }
         for l in &config.listeners {
             self.unrouted.with_label_values(&[&l.name]);
+            self.loops.with_label_values(&[&l.name]);
         }
         for b in config.regions.iter().flat_map(|r| &r.named_backends) {
             for result in DNS_RESULTS {
@@ -262,6 +266,12 @@ impl Metrics {
                 r,
                 "unrouted_requests_total",
                 "Requests no service claims (answered 404 or 421, never forwarded)",
+                &["listener"],
+            ),
+            loops: counter_vec(
+                r,
+                "loops_detected_total",
+                "Requests refused with 508 Loop Detected: their Via already named StreamGate too often (never forwarded)",
                 &["listener"],
             ),
             connections: counter_vec(
