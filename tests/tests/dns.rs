@@ -404,7 +404,7 @@ async fn a_drained_address_that_leaves_the_answer_and_comes_back_is_still_draine
             .unwrap_or_default()
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(in_file(), [a_addr.clone()]);
+    assert_eq!(in_file(), std::slice::from_ref(&a_addr));
 
     // It comes back: drained, as the operator left it.
     dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
