@@ -158,6 +158,22 @@ fn pinned(cpu: usize, program: &str) -> Command {
 pub fn write_payloads(dir: &Path) -> Result<()> {
     std::fs::write(dir.join("1k"), vec![b'a'; 1024])?;
     std::fs::write(dir.join("100k"), vec![b'b'; 100 * 1024])?;
+    // Markup with varying numbers, so that gzip has work to do (about 5:1, as real pages).
+    let mut page = String::from("<!doctype html><html><head><title>bench</title></head><body>\n");
+    let mut i = 0u64;
+    while page.len() < 20 * 1024 {
+        i += 1;
+        page.push_str(&format!(
+            "<div class=\"item\" id=\"item-{i}\"><a href=\"/product/{}\">Product {}</a> <span class=\"price\">{}.{:02} EUR</span></div>\n",
+            i * 7919 % 100_003,
+            i * 31 % 977,
+            i * 13 % 500,
+            i % 100
+        ));
+    }
+    page.truncate(20 * 1024 - 15);
+    page.push_str("</body></html>\n");
+    std::fs::write(dir.join("page20k.html"), page)?;
     Ok(())
 }
 
@@ -218,6 +234,7 @@ pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
     let conf = format!(
         "{}http {{\n access_log off;\n {}\n keepalive_requests 10000000;\n keepalive_timeout 300s;\n \
          upstream origin {{ server {origin}; keepalive 256; keepalive_requests 10000000; }}\n \
+         gzip on; gzip_comp_level 6; gzip_min_length 1024; gzip_vary on; gzip_proxied any;\n \
          proxy_cache_path {cdir} levels=1:2 keys_zone=sg:16m max_size=256m inactive=1h use_temp_path=off;\n \
          server {{\n  listen {cache} backlog=4096;\n  \
          location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
@@ -333,9 +350,11 @@ pub fn start_streamgate(
          [[regions]]\nname = \"local\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\n\
          [[regions]]\nname = \"iperf\"\nbackends = [ {{ address = \"{tcp_origin}\" }} ]\n\n\
          [[services]]\nname = \"bench\"\nlisteners = [\"web\", \"tls\"]\nregions = [\"local\"]\n{rules}\n\
+         [services.compression]\nencodings = [\"gzip\"]\ngzip_level = 6\n\n\
          [[services]]\nname = \"pump\"\nlisteners = [\"l4\"]\nregions = [\"iperf\"]\n\n\
          [[services]]\nname = \"cached\"\nlisteners = [\"cache\"]\nregions = [\"local\"]\n\
-         [services.cache]\nmax_size = \"256MiB\"\n",
+         [services.cache]\nmax_size = \"256MiB\"\n\
+         [services.compression]\nencodings = [\"gzip\"]\ngzip_level = 6\n",
         free_port()?,
         cert = o.cert.display(),
         key = o.key.display(),

@@ -61,6 +61,10 @@ enum Load {
     WrkClose {
         connections: u32,
     },
+    /// wrk asking for gzip (`Accept-Encoding: gzip`).
+    WrkGzip {
+        connections: u32,
+    },
     H2load {
         clients: u32,
         streams: u32,
@@ -170,6 +174,23 @@ const SCENARIOS: &[Scenario] = &[
         target: Target::Https,
         what: "a new TLS connection per request, 32 concurrent, 1 KiB",
     },
+    // Compression: a 20 KiB HTML page gzip-compressed for the client, by StreamGate and by
+    // nginx's gzip module (level 6 both). Proxied, every response is compressed; from the cache,
+    // StreamGate stores the compressed copy, nginx compresses the cached page on every hit.
+    Scenario {
+        name: "gzip-pass-20k",
+        path: "/page20k.html",
+        load: Load::WrkGzip { connections: 64 },
+        target: Target::Pass,
+        what: "gzip level 6 of each proxied 20 KiB HTML page, 64 connections",
+    },
+    Scenario {
+        name: "gzip-hit-20k",
+        path: "/page20k.html",
+        load: Load::WrkGzip { connections: 64 },
+        target: Target::Cache,
+        what: "gzip level 6 of a cached 20 KiB HTML page, 64 connections",
+    },
     Scenario {
         name: "tcp-throughput",
         path: "",
@@ -179,7 +200,7 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, hit-1k, hit-latency-1k, hit-100k, https-1k, tls-handshakes, tcp-throughput";
+const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, hit-1k, hit-latency-1k, hit-100k, https-1k, tls-handshakes, tcp-throughput, gzip-pass-20k, gzip-hit-20k";
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
@@ -245,9 +266,15 @@ fn main() -> Result<()> {
         let Some(sc) = SCENARIOS.iter().find(|s| s.name == name) else {
             anyhow::bail!("unknown scenario {name}; expected one of {SCENARIO_NAMES}");
         };
+        // Compression is compared with nginx's gzip module only.
         let proxies: Vec<&Contender> = proxies
             .iter()
             .filter(|p| address(sc, p).is_some())
+            .filter(|p| {
+                !matches!(sc.load, Load::WrkGzip { .. })
+                    || p.name.starts_with("streamgate")
+                    || p.name == "nginx"
+            })
             .collect();
         // A short warm-up per contender fills pools and caches.
         for p in &proxies {
@@ -343,8 +370,13 @@ fn measure(sc: &Scenario, p: &Contender, cpu: usize, d: Duration) -> Result<Meas
     };
     let url = format!("{scheme}://{addr}{}", sc.path);
     match sc.load {
-        Load::Wrk { connections } => tools::wrk(cpu, &url, connections, d, false),
-        Load::WrkClose { connections } => tools::wrk(cpu, &url, connections, d, true),
+        Load::Wrk { connections } => tools::wrk(cpu, &url, connections, d, &[]),
+        Load::WrkClose { connections } => {
+            tools::wrk(cpu, &url, connections, d, &["Connection: close"])
+        }
+        Load::WrkGzip { connections } => {
+            tools::wrk(cpu, &url, connections, d, &["Accept-Encoding: gzip"])
+        }
         Load::H2load { clients, streams } => tools::h2load(cpu, &url, clients, streams, d),
         Load::Iperf { streams } => tools::iperf3(cpu, addr, streams, d),
     }

@@ -23,12 +23,12 @@ pub fn wrk(
     url: &str,
     connections: u32,
     duration: Duration,
-    close: bool,
+    headers: &[&str],
 ) -> Result<Measured> {
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", &cpu.to_string(), "wrk", "-t1", "--latency"]);
-    if close {
-        cmd.args(["-H", "Connection: close"]);
+    for h in headers {
+        cmd.args(["-H", h]);
     }
     let out = cmd
         .arg(format!("-c{connections}"))

@@ -29,14 +29,20 @@ async fn origin_pair() -> (Origin, Origin) {
     panic!("no port free on both 127.0.0.1 and 127.0.0.2");
 }
 
+/// The origins of these tests are on 127.0.0.x: their names' answers need `allow_local`.
 fn config(port: u16, dns: &DnsServer) -> String {
+    config_with(port, dns, "allow_local = true\n")
+}
+
+/// [`config`] with `extra` lines in `[dns]`.
+fn config_with(port: u16, dns: &DnsServer, extra: &str) -> String {
     Config::new()
         .listener(Listener::http("web"))
         .region(Region::new("r").address(format!("{NAME}:{port}")))
         .service(Service::new("app").listeners(&["web"]).regions(&["r"]))
         .raw(&format!(
-            "[dns]\nservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"10s\"\ntimeout = \"300ms\"\n",
-            dns.addr
+            "[dns]\nservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"10s\"\ntimeout = \"300ms\"\n{}",
+            dns.addr, extra
         ))
         .to_toml()
 }
@@ -99,12 +105,26 @@ async fn backends(d: &TestDaemon) -> Vec<(String, Option<String>, u64)> {
 }
 
 fn counter(metrics: &str, result: &str) -> u64 {
-    let series =
-        format!("streamgate_dns_resolutions_total{{name=\"{NAME}\",result=\"{result}\"}} ");
+    series(
+        metrics,
+        &format!("streamgate_dns_resolutions_total{{name=\"{NAME}\",result=\"{result}\"}}"),
+    )
+}
+
+/// The value of one series (0 when absent).
+fn series(metrics: &str, name: &str) -> u64 {
+    let prefix = format!("{name} ");
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&series))
+        .find_map(|l| l.strip_prefix(&prefix))
         .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn dropped(metrics: &str, reason: &str) -> u64 {
+    series(
+        metrics,
+        &format!("streamgate_dns_addresses_dropped_total{{name=\"{NAME}\",reason=\"{reason}\"}}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +258,10 @@ async fn a_reload_that_adds_a_name_publishes_its_addresses_with_it() {
             .listener(Listener::http("web"))
             .region(region)
             .service(Service::new("app").listeners(&["web"]).regions(&["r"]))
-            .raw(&format!("[dns]\nservers = [\"{}\"]\n", dns.addr))
+            .raw(&format!(
+                "[dns]\nservers = [\"{}\"]\nallow_local = true\n",
+                dns.addr
+            ))
             .to_toml()
     };
     let d = TestDaemon::start(&base(Region::new("r").origins(&[&other]))).await;
@@ -252,4 +275,182 @@ async fn a_reload_that_adds_a_name_publishes_its_addresses_with_it() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(a.hits(), 1);
     assert_eq!(other.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_link_local_and_unusable_answers_give_no_backend_without_allow_local() {
+    let dns = DnsServer::start().await;
+    let a = Origin::start("a").await;
+    // The origin listens on 127.0.0.1, but without allow_local that answer is refused: a name
+    // must not send requests to the proxy's own host (or to 169.254.169.254) unless allowed.
+    dns.set(
+        NAME,
+        &[
+            ip("127.0.0.1"),
+            ip("169.254.169.254"),
+            ip("0.0.0.0"),
+            ip("224.0.0.1"),
+        ],
+        1,
+    );
+    let d = TestDaemon::start(&config_with(a.addr.port(), &dns, "")).await;
+    let url = d.url("web", "/");
+    for _ in 0..3 {
+        let answer = get(&http1(), &url, &[]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(a.hits(), 0, "a refused address was used");
+    assert!(backends(&d).await.is_empty());
+    let metrics = d.metrics().await;
+    assert!(counter(&metrics, "filtered") >= 2, "{metrics}");
+    assert_eq!(counter(&metrics, "success"), 0, "{metrics}");
+    assert!(dropped(&metrics, "local") >= 4, "{metrics}");
+    assert!(dropped(&metrics, "unusable") >= 4, "{metrics}");
+    assert!(metrics.contains(&format!("streamgate_dns_addresses{{name=\"{NAME}\"}} 0")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_gives_at_most_max_addresses_backends_the_first_in_sorted_order() {
+    let dns = DnsServer::start().await;
+    let (a, _b) = origin_pair().await;
+    let many: Vec<IpAddr> = (1..=5).rev().map(|i| ip(&format!("127.0.0.{i}"))).collect();
+    dns.set(NAME, &many, 300);
+    let d = TestDaemon::start(&config_with(
+        a.addr.port(),
+        &dns,
+        "allow_local = true\nmax_addresses = 2\n",
+    ))
+    .await;
+    let mut rows: Vec<String> = backends(&d).await.into_iter().map(|r| r.0).collect();
+    rows.sort();
+    let port = a.addr.port();
+    assert_eq!(
+        rows,
+        [format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")]
+    );
+    let metrics = d.metrics().await;
+    assert_eq!(dropped(&metrics, "over_cap"), 3, "{metrics}");
+    assert!(metrics.contains(&format!("streamgate_dns_addresses{{name=\"{NAME}\"}} 2")));
+}
+
+/// `/backends` of the app as (address, drained).
+async fn drained_rows(d: &TestDaemon) -> Vec<(String, bool)> {
+    let (_, body) = d.admin(Method::GET, "/backends", "").await;
+    let mut rows: Vec<(String, bool)> = body["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_string(),
+                b["drained"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_address_that_leaves_the_answer_and_comes_back_is_still_drained() {
+    let dns = DnsServer::start().await;
+    let (a, b) = origin_pair().await;
+    let snaps = tempfile::tempdir().unwrap();
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    let text = format!(
+        "{}[snapshots]\ndir = \"{}\"\ninterval = \"1h\"\n",
+        config(a.addr.port(), &dns),
+        snaps.path().display()
+    );
+    let d = TestDaemon::start(&text).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let drain = |addr: &str| format!("{{\"address\": \"{addr}\"}}");
+    assert_eq!(
+        d.admin(Method::POST, "/backends/drain", &drain(&a_addr))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // The answer loses 127.0.0.1: its backend goes, and its state with it.
+    dns.set(NAME, &[ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An override written while it is away still names it (a restart now must keep the drain).
+    for action in ["drain", "undrain"] {
+        let path = format!("/backends/{action}");
+        assert_eq!(
+            d.admin(Method::POST, &path, &drain(&b_addr)).await.0,
+            StatusCode::OK
+        );
+    }
+    let state = snaps.path().join("operator-state.json");
+    let in_file = || -> Vec<String> {
+        std::fs::read(&state)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|v| {
+                v["drained"]
+                    .as_array()
+                    .map(|l| l.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+            })
+            .unwrap_or_default()
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(in_file(), std::slice::from_ref(&a_addr));
+
+    // It comes back: drained, as the operator left it.
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        drained_rows(&d).await,
+        [(a_addr.clone(), true), (b_addr.clone(), false)]
+    );
+    let before = a.hits();
+    for _ in 0..20 {
+        let answer = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    assert_eq!(a.hits(), before, "the drained address got new requests");
+
+    // Undrained by the operator, it stays undrained through the next churn.
+    assert_eq!(
+        d.admin(Method::POST, "/backends/undrain", &drain(&a_addr))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    dns.set(NAME, &[ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
+    let start = Instant::now();
+    while drained_rows(&d).await.len() != 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "127.0.0.1 never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drained_rows(&d).await, [(a_addr, false), (b_addr, false)]);
 }

@@ -1,7 +1,7 @@
 //! The addresses backend names resolved to, as one routing table was built with them. The
 //! control plane's resolver owns the lookups; the table only expands names into backends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -54,18 +54,23 @@ pub type Expanded = (SocketAddr, NonZeroU32, Option<Arc<str>>);
 /// The backends of `region` with its names expanded: the addresses written first, in order, then
 /// each name's addresses. An address met twice (a name that resolves to an address also written,
 /// two names sharing one) is one backend, the first: one address must have one state, or health
-/// and drains would disagree about it.
+/// and drains would disagree about it. Linear in the addresses (a set of those met): an
+/// answer of many addresses must not make every rebuild quadratic.
+///
+/// Each address of a name gets the name's whole weight, not a share: see docs/configuration.md
+/// `[dns]` for why.
 pub fn expand(region: &config::Region, resolved: &Resolved) -> Vec<Expanded> {
     let mut out: Vec<Expanded> = region
         .backends
         .iter()
         .map(|b| (b.address, b.weight, None))
         .collect();
+    let mut seen: HashSet<SocketAddr> = out.iter().map(|(a, _, _)| *a).collect();
     for n in &region.named_backends {
         let name: Arc<str> = n.host.as_str().into();
         for ip in resolved.get(&n.host).unwrap_or_default() {
             let address = SocketAddr::new(*ip, n.port);
-            if !out.iter().any(|(a, _, _)| *a == address) {
+            if seen.insert(address) {
                 out.push((address, n.weight, Some(name.clone())));
             }
         }

@@ -443,12 +443,17 @@ impl ServiceRegion {
         control: Option<Arc<RegionControl>>,
         metrics: &Metrics,
     ) -> ServiceRegion {
+        // One lookup per address, not a scan of the old backends each: a region of many
+        // resolved addresses is rebuilt at every answer that changes.
+        let old_states: HashMap<SocketAddr, &Arc<BackendState>> = old
+            .map(|o| o.backends.iter().map(|x| (x.address, &x.state)).collect())
+            .unwrap_or_default();
         let backends: Vec<Backend> = expand(region, resolved)
             .into_iter()
             .map(|(address, weight, name)| {
-                let state = old
-                    .and_then(|o| o.backends.iter().find(|x| x.address == address))
-                    .map(|x| x.state.clone())
+                let state = old_states
+                    .get(&address)
+                    .map(|s| Arc::clone(s))
                     .unwrap_or_default();
                 let mut b = Backend::new(address, weight.get(), state);
                 b.name = name;

@@ -21,6 +21,12 @@ impl std::fmt::Display for NamedBackend {
     }
 }
 
+/// Default of `[dns] max_addresses`: more than any sane name gives (a round-robin name rarely
+/// has more than a dozen), few enough that a hostile answer cannot blow up the table.
+pub const DEFAULT_MAX_ADDRESSES: usize = 64;
+/// Upper bound of `[dns] max_addresses`.
+pub const MAX_ADDRESSES_LIMIT: usize = 1024;
+
 /// `[dns]`: how backend names are resolved. Read again on every reload (a changed server list
 /// takes effect at the next resolution).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -34,6 +40,14 @@ pub struct Dns {
     /// One resolution (every server and attempt) gives up after this long.
     pub timeout: Duration,
     pub family: AddressFamily,
+    /// Loopback (127/8, ::1) and link-local (169.254/16, where cloud metadata services listen,
+    /// and fe80::/10) answers become backends only when set: otherwise whoever controls a
+    /// name's zone could point the proxy at the host itself or at its metadata service.
+    /// Unspecified, multicast and broadcast answers are never used.
+    pub allow_local: bool,
+    /// At most this many addresses of one name become backends: the first in sorted order (a
+    /// stable choice, so re-resolutions do not shuffle which ones).
+    pub max_addresses: usize,
 }
 
 impl Default for Dns {
@@ -44,6 +58,8 @@ impl Default for Dns {
             max_ttl: Duration::from_secs(300),
             timeout: Duration::from_secs(5),
             family: AddressFamily::Any,
+            allow_local: false,
+            max_addresses: DEFAULT_MAX_ADDRESSES,
         }
     }
 }

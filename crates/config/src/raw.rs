@@ -120,6 +120,8 @@ pub(crate) struct RawDns {
     pub max_ttl: Option<S<DurationText>>,
     pub timeout: Option<S<DurationText>>,
     pub family: Option<S<String>>,
+    pub allow_local: Option<bool>,
+    pub max_addresses: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,12 +13,14 @@ pub mod overrides;
 pub mod probe;
 pub mod reload;
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use streamgate_balance::{GeoHandle, TableHandle};
+use streamgate_balance::{GeoHandle, RoutingTable, TableHandle};
 use streamgate_cache::CacheRegistry;
 use streamgate_cache::recovery::Snapshotter;
 use streamgate_telemetry::Metrics;
@@ -77,6 +79,11 @@ pub struct Control {
     overrides_write: Mutex<()>,
     /// The link to the other PoPs (`[fleet]`), set once at start.
     fleet: std::sync::OnceLock<streamgate_fleet::Fleet>,
+    /// Addresses operators drained (admin API, or restored at start), kept apart from the
+    /// table: a backend's state lives only as long as its address is in the table, and a DNS
+    /// answer that drops an address for a while must not undo its drain. Put back into every
+    /// table a DNS answer or a reload builds, and saved with the other overrides.
+    drains: Mutex<BTreeSet<SocketAddr>>,
 }
 
 impl Control {
@@ -122,6 +129,7 @@ impl Control {
             overrides_changed: Arc::new(Notify::new()),
             overrides_write: Mutex::new(()),
             fleet: std::sync::OnceLock::new(),
+            drains: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -197,10 +205,47 @@ impl Control {
             .overrides_write
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let o = overrides::Overrides::capture(&self.table.load());
+        let mut o = overrides::Overrides::capture(&self.table.load());
+        // Drains of addresses a DNS answer has dropped for now are still the operator's word.
+        o.drained
+            .extend(self.drains.lock().unwrap_or_else(|e| e.into_inner()).iter());
         if let Err(e) = o.save(&settings.dir) {
             tracing::warn!(dir = %settings.dir.display(), error = %e, "cannot save the operator overrides; a restart would lose them");
         }
+    }
+
+    /// Records an operator's drain (`true`) or undrain of `address`, for [`Control::reapply_drains`].
+    pub fn remember_drain(&self, address: SocketAddr, drained: bool) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        if drained {
+            drains.insert(address);
+        } else {
+            drains.remove(&address);
+        }
+    }
+
+    /// Drains, in `table` (not yet published), every backend at an address operators drained:
+    /// one that left a DNS answer and came back, or that a reload brought back, is drained
+    /// again before any request can pick it. The drains a reload makes impossible (an address
+    /// neither in the table nor on the port of a backend name, which could bring it back) are
+    /// forgotten, as its carried-over state would be.
+    pub(crate) fn reapply_drains(&self, table: &RoutingTable) {
+        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
+        let name_ports: BTreeSet<u16> = table
+            .config
+            .regions
+            .iter()
+            .flat_map(|r| &r.named_backends)
+            .map(|b| b.port)
+            .collect();
+        drains.retain(|addr| {
+            let mut found = false;
+            for (_, _, b) in table.backends_at(*addr) {
+                b.state.set_drained(true);
+                found = true;
+            }
+            found || name_ports.contains(&addr.port())
+        });
     }
 
     /// The task that writes the operator overrides whenever they change, until `shutdown`.

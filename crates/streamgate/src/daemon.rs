@@ -86,10 +86,13 @@ impl Daemon {
             None,
             &metrics,
         )));
-        if let Some(s) = &config.snapshots {
-            restore_overrides(&table.load(), &s.dir);
-            keep_last_good(&config, &s.dir);
-        }
+        let restored = match &config.snapshots {
+            Some(s) => {
+                keep_last_good(&config, &s.dir);
+                restore_overrides(&table.load(), &s.dir)
+            }
+            None => Overrides::default(),
+        };
         let upstreams = Upstreams::new();
         upstreams.install(upstreams.prepare(&config)?);
         let token = Arc::new(arc_swap::ArcSwapOption::new(
@@ -200,6 +203,10 @@ impl Daemon {
             snapshots.clone(),
         );
         control.set_listeners(listeners.clone());
+        // A restored drain of an address the first answers lack is put back when it returns.
+        for address in &restored.drained {
+            control.remember_drain(*address, true);
+        }
         control.add_reload_hook(Arc::new(UpstreamReload {
             upstreams: upstreams.clone(),
         }));
@@ -303,10 +310,10 @@ impl Daemon {
     }
 }
 
-/// Puts back what operators set through the admin API before the last stop.
-fn restore_overrides(table: &RoutingTable, dir: &std::path::Path) {
+/// Puts back what operators set through the admin API before the last stop; returns it.
+fn restore_overrides(table: &RoutingTable, dir: &std::path::Path) -> Overrides {
     match Overrides::load(dir) {
-        Ok(None) => {}
+        Ok(None) => Overrides::default(),
         Ok(Some(o)) => {
             for stale in o.apply(table) {
                 warn!(item = %stale, "operator override names something the config no longer has; dropped");
@@ -317,8 +324,12 @@ fn restore_overrides(table: &RoutingTable, dir: &std::path::Path) {
                 primaries = o.primaries.len(),
                 "operator overrides restored"
             );
+            o
         }
-        Err(e) => warn!(error = %e, "cannot read the operator overrides; starting without them"),
+        Err(e) => {
+            warn!(error = %e, "cannot read the operator overrides; starting without them");
+            Overrides::default()
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod logging;
 mod metrics;
 
 pub use metrics::{
-    CODE_CLASSES, DNS_RESULTS, DataType, FLEET_RESULTS, LATENCY_BUCKETS, Metrics, code_class_index,
+    CODE_CLASSES, DNS_DROPPED, DNS_RESULTS, DataType, FLEET_RESULTS, LATENCY_BUCKETS, Metrics,
+    code_class_index,
 };
 pub use prometheus;

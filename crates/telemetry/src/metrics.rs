@@ -85,6 +85,9 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// `unrouted_requests_total{listener}`: requests for a host or path no service claims.
     pub unrouted: IntCounterVec,
+    /// `loops_detected_total{listener}`: requests refused with 508 because their Via shows
+    /// they already passed through StreamGate too often (a backend that leads back to it).
+    pub loops: IntCounterVec,
     /// `connections_total{listener}` and `connections_active{listener}`
     pub connections: IntCounterVec,
     pub connections_active: IntGaugeVec,
@@ -137,13 +140,26 @@ pub struct Metrics {
     /// `fleet_messages_total{kind,result}`: fleet messages by kind (`purge`, `override`,
     /// `heartbeat`) and result ([`FLEET_RESULTS`]).
     pub fleet_messages: IntCounterVec,
+    /// `dns_addresses_dropped_total{name,reason}`: addresses of answers not used as backends
+    /// ([`DNS_DROPPED`]).
+    pub dns_addresses_dropped: IntCounterVec,
 }
 
 /// Values of the `result` label of `fleet_messages_total`.
 pub const FLEET_RESULTS: [&str; 4] = ["applied", "duplicate", "malformed", "published"];
 
 /// Values of the `result` label of `dns_resolutions_total`.
-pub const DNS_RESULTS: [&str; 5] = ["success", "nxdomain", "no_records", "timeout", "error"];
+pub const DNS_RESULTS: [&str; 6] = [
+    "success",
+    "nxdomain",
+    "no_records",
+    "timeout",
+    "error",
+    "filtered",
+];
+
+/// Values of the `reason` label of `dns_addresses_dropped_total`.
+pub const DNS_DROPPED: [&str; 3] = ["unusable", "local", "over_cap"];
 
 impl Metrics {
     /// Exports every counter whose label values the config names at 0, so that alert rules
@@ -186,12 +202,17 @@ impl Metrics {
         }
         for l in &config.listeners {
             self.unrouted.with_label_values(&[&l.name]);
+            self.loops.with_label_values(&[&l.name]);
         }
         for b in config.regions.iter().flat_map(|r| &r.named_backends) {
             for result in DNS_RESULTS {
                 self.dns_resolutions.with_label_values(&[&b.host, result]);
             }
             self.dns_addresses.with_label_values(&[&b.host]);
+            for reason in DNS_DROPPED {
+                self.dns_addresses_dropped
+                    .with_label_values(&[&b.host, reason]);
+            }
         }
         for result in ["success", "failure"] {
             self.config_reloads.with_label_values(&[result]);
@@ -264,6 +285,12 @@ impl Metrics {
                 r,
                 "unrouted_requests_total",
                 "Requests no service claims (answered 404 or 421, never forwarded)",
+                &["listener"],
+            ),
+            loops: counter_vec(
+                r,
+                "loops_detected_total",
+                "Requests refused with 508 Loop Detected: their Via already named StreamGate too often (never forwarded)",
                 &["listener"],
             ),
             connections: counter_vec(
@@ -367,7 +394,7 @@ impl Metrics {
             dns_resolutions: counter_vec(
                 r,
                 "dns_resolutions_total",
-                "Resolutions of backend host names by result (success, nxdomain, no_records, timeout, error)",
+                "Resolutions of backend host names by result (success, nxdomain, no_records, timeout, error, filtered)",
                 &["name", "result"],
             ),
             dns_addresses: gauge_vec(
@@ -392,6 +419,12 @@ impl Metrics {
                 "fleet_messages_total",
                 "Fleet messages by kind (purge, override, heartbeat) and result (applied, duplicate, malformed, published)",
                 &["kind", "result"],
+            ),
+            dns_addresses_dropped: counter_vec(
+                r,
+                "dns_addresses_dropped_total",
+                "Addresses of backend host names' answers not used, by reason (unusable, local, over_cap)",
+                &["name", "reason"],
             ),
             registry,
         }

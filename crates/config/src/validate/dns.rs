@@ -1,7 +1,7 @@
 //! `[dns]` and backend addresses written as `host:port`.
 
 use super::*;
-use crate::dns::is_host_name;
+use crate::dns::{MAX_ADDRESSES_LIMIT, is_host_name};
 
 /// What a backend's `address` names: an address, or a host name to resolve.
 pub(super) enum Written {
@@ -105,12 +105,19 @@ pub(super) fn dns(raw: Option<&S<RawDns>>, ctx: &mut Ctx<'_>) -> Dns {
             base.family
         }),
     };
+    let max_addresses = r
+        .max_addresses
+        .as_ref()
+        .and_then(|m| ctx.int_in(m, "dns.max_addresses", 1, MAX_ADDRESSES_LIMIT as i64))
+        .map_or(base.max_addresses, |m| m as usize);
     Dns {
         servers,
         min_ttl,
         max_ttl,
         timeout,
         family,
+        allow_local: r.allow_local.unwrap_or(base.allow_local),
+        max_addresses,
     }
 }
 
@@ -175,6 +182,16 @@ mod tests {
         assert_eq!(c.dns.max_ttl, Duration::from_secs(60));
         assert_eq!(c.dns.timeout, Duration::from_millis(500));
         assert_eq!(c.dns.family, AddressFamily::Ipv4);
+        assert!(!c.dns.allow_local);
+        assert_eq!(c.dns.max_addresses, 64);
+
+        let text = file(
+            r#"{ address = "origin.test:80" }"#,
+            "[dns]\nallow_local = true\nmax_addresses = 3\n",
+        );
+        let c = crate::parse(Path::new("sg.toml"), &text).unwrap();
+        assert!(c.dns.allow_local);
+        assert_eq!(c.dns.max_addresses, 3);
     }
 
     #[test]
@@ -249,6 +266,16 @@ mod tests {
                 r#"{ address = "a.test:80" }"#,
                 "[dns]\nserver = [\"10.0.0.2\"]\n",
                 &["sg.toml:12: dns.server: unknown field `server`; did you mean `servers`?"],
+            ),
+            (
+                r#"{ address = "a.test:80" }"#,
+                "[dns]\nmax_addresses = 0\n",
+                &["sg.toml:12: dns.max_addresses: 0 is out of range; expected 1 to 1024"],
+            ),
+            (
+                r#"{ address = "a.test:80" }"#,
+                "[dns]\nallow_local = \"yes\"\n",
+                &["sg.toml:12: dns.allow_local: invalid type: string \"yes\", expected a boolean"],
             ),
         ];
         for (backends, dns, want) in cases {

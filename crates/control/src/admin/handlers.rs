@@ -183,6 +183,7 @@ pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminRespon
             &format!("no backend {addr} in the running configuration"),
         );
     }
+    control.remember_drain(addr, drain);
     if changed > 0 {
         control.persist_overrides();
     }

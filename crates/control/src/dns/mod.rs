@@ -5,6 +5,7 @@
 //! addresses, is counted and logged once per change of standing, and is retried with backoff.
 
 mod schedule;
+mod screen;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -27,6 +28,7 @@ use tracing::{error, info, warn};
 
 use crate::Control;
 use schedule::{Failure, NameState, Note, Standing};
+use screen::{Dropped, Screened};
 
 /// Why a name gave no address.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,9 @@ pub enum DnsError {
     Lookup(#[source] NetError),
     #[error("the answer has no address of the families asked for")]
     Empty,
+    /// Every address of the answer was refused (see [`screen`]).
+    #[error("no address of the answer may be a backend ({})", .0.dropped.iter().map(|(ip, why)| format!("{ip}: {}", why.as_str())).collect::<Vec<_>>().join(", "))]
+    Filtered(Screened),
 }
 
 impl DnsError {
@@ -46,6 +51,7 @@ impl DnsError {
         match self {
             DnsError::Timeout(_) => Failure::Timeout,
             DnsError::Empty => Failure::NoRecords,
+            DnsError::Filtered(_) => Failure::Filtered,
             DnsError::Lookup(e) if e.is_nx_domain() => Failure::NxDomain,
             DnsError::Lookup(e) if e.is_no_records_found() => Failure::NoRecords,
             DnsError::Lookup(NetError::Timeout) => Failure::Timeout,
@@ -79,12 +85,13 @@ impl Lookup {
         Ok(r)
     }
 
-    /// The addresses of `host` and how long they are good for.
-    pub async fn resolve(
+    /// The addresses of `host` that may be backends (screened: see [`screen`]) and how long
+    /// they are good for.
+    pub(crate) async fn resolve(
         &self,
         dns: &Dns,
         host: &str,
-    ) -> Result<(Vec<IpAddr>, Duration), DnsError> {
+    ) -> Result<(Screened, Duration), DnsError> {
         let resolver = self.resolver(dns)?;
         let answer = tokio::time::timeout(dns.timeout, resolver.lookup_ip(host))
             .await
@@ -97,7 +104,11 @@ impl Lookup {
         if addresses.is_empty() {
             return Err(DnsError::Empty);
         }
-        Ok((addresses, ttl))
+        let screened = screen::screen(addresses, dns);
+        if screened.kept.is_empty() {
+            return Err(DnsError::Filtered(screened));
+        }
+        Ok((screened, ttl))
     }
 }
 
@@ -160,9 +171,10 @@ pub async fn resolve_missing(
     resolved.retain(|h| names.contains(h));
     let missing = names.into_iter().filter(|n| resolved.get(n).is_none());
     for (host, result) in resolve_all(lookup, &config.dns, missing).await {
+        report_screen(metrics, &config.dns, &host, &result, None);
         let label = match &result {
-            Ok((addresses, _)) => {
-                resolved.set(&host, addresses.iter().copied());
+            Ok((screened, _)) => {
+                resolved.set(&host, screened.kept.iter().copied());
                 "success"
             }
             Err(e) => e.failure().as_str(),
@@ -180,7 +192,55 @@ pub async fn resolve_missing(
     resolved
 }
 
-type Answer = (String, Result<(Vec<IpAddr>, Duration), DnsError>);
+type Answer = (String, Result<(Screened, Duration), DnsError>);
+
+/// Counts the addresses screening dropped from one answer and logs them when they differ from
+/// `last` (what the name's previous answer dropped; `None`: log whatever there is). Returns
+/// what this answer dropped.
+fn report_screen(
+    metrics: &Metrics,
+    dns: &Dns,
+    host: &str,
+    result: &Result<(Screened, Duration), DnsError>,
+    last: Option<&[(IpAddr, Dropped)]>,
+) -> Vec<(IpAddr, Dropped)> {
+    let screened = match result {
+        Ok((s, _)) | Err(DnsError::Filtered(s)) => s,
+        Err(_) => return last.map(<[_]>::to_vec).unwrap_or_default(),
+    };
+    for why in Dropped::ALL {
+        let n = screened.count(why);
+        if n > 0 {
+            metrics
+                .dns_addresses_dropped
+                .with_label_values(&[host, why.as_str()])
+                .inc_by(n as u64);
+        }
+    }
+    if last == Some(screened.dropped.as_slice()) || screened.dropped.is_empty() {
+        return screened.dropped.clone();
+    }
+    let refused: Vec<String> = screened
+        .dropped
+        .iter()
+        .filter(|(_, why)| *why != Dropped::OverCap)
+        .map(|(ip, why)| format!("{ip} ({})", why.as_str()))
+        .collect();
+    if !refused.is_empty() {
+        warn!(
+            name = %host, dropped = ?refused, allow_local = dns.allow_local,
+            "backend name answers with addresses that may not be backends; they are not used"
+        );
+    }
+    let over = screened.count(Dropped::OverCap);
+    if over > 0 {
+        warn!(
+            name = %host, max_addresses = dns.max_addresses, dropped = over,
+            "backend name answers with more addresses than [dns] max_addresses; keeping the first in sorted order"
+        );
+    }
+    screened.dropped.clone()
+}
 
 /// Resolves `hosts` side by side (each bounded by `timeout`), answers in host order.
 async fn resolve_all(
@@ -273,8 +333,9 @@ impl Control {
             };
             let before = state.standing;
             let old: Vec<IpAddr> = resolved.get(&host).unwrap_or_default().to_vec();
+            state.dropped = report_screen(&self.metrics, dns, &host, &result, Some(&state.dropped));
             match result {
-                Ok((addresses, ttl)) => {
+                Ok((screened, ttl)) => {
                     self.metrics
                         .dns_resolutions
                         .with_label_values(&[&host, "success"])
@@ -282,7 +343,7 @@ impl Control {
                     state.failures = 0;
                     state.standing = Standing::Good;
                     state.due = now + schedule::next_delay(Ok(ttl), 0, dns);
-                    if resolved.set(&host, addresses) {
+                    if resolved.set(&host, screened.kept) {
                         changed = true;
                         let new = resolved.get(&host).unwrap_or_default();
                         let (added, removed) = schedule::changes(&old, new);
@@ -333,6 +394,9 @@ impl Control {
             Some(&current),
             &self.metrics,
         ));
+        // An address back in the answer was a new backend above: the operator's drain of it is
+        // put back before the table is published.
+        self.reapply_drains(&table);
         self.table.store(table.clone());
         // New addresses get their probers (and start up, as backends added by a reload do);
         // removed ones lose theirs. In-flight requests to a removed address finish.

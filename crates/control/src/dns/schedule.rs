@@ -22,6 +22,8 @@ pub(crate) enum Failure {
     Timeout,
     /// SERVFAIL, REFUSED, a network or protocol error.
     Error,
+    /// Addresses came, but none may be a backend (local without `allow_local`, unusable).
+    Filtered,
 }
 
 impl Failure {
@@ -32,6 +34,7 @@ impl Failure {
             Failure::NoRecords => "no_records",
             Failure::Timeout => "timeout",
             Failure::Error => "error",
+            Failure::Filtered => "filtered",
         }
     }
 }
@@ -52,6 +55,8 @@ pub(crate) struct NameState {
     /// Failed resolutions in a row (0 after a success).
     pub failures: u32,
     pub standing: Standing,
+    /// What screening dropped from the last answer, so a change is logged once.
+    pub dropped: Vec<(IpAddr, super::screen::Dropped)>,
 }
 
 impl NameState {
@@ -71,6 +76,7 @@ impl NameState {
             } else {
                 Standing::Unknown
             },
+            dropped: Vec::new(),
         }
     }
 }
@@ -212,6 +218,7 @@ mod tests {
             due: now + Duration::from_secs(secs),
             failures: 0,
             standing: Standing::Good,
+            dropped: Vec::new(),
         };
         let mut states = HashMap::new();
         assert_eq!(next_wake(&states), None);

@@ -60,6 +60,8 @@ pub enum ProxyError {
         service: String,
         reason: &'static str,
     },
+    #[error("forwarding loop: Via already names this proxy {hops} times")]
+    LoopDetected { hops: usize },
 }
 
 impl ProxyError {
@@ -74,6 +76,7 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -97,7 +100,8 @@ impl ProxyError {
             | ProxyError::RequestBodyTimeout { .. }
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::TooManyRequests { .. }
-            | ProxyError::Forbidden { .. } => Side::Downstream,
+            | ProxyError::Forbidden { .. }
+            | ProxyError::LoopDetected { .. } => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -136,6 +140,9 @@ impl ProxyError {
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
             ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",
             ProxyError::Forbidden { .. } => "403 Forbidden\n",
+            ProxyError::LoopDetected { .. } => {
+                "508 Loop Detected: this request has already passed through this proxy\n"
+            }
             ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
             ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed\n",

@@ -13,6 +13,12 @@ pub use crate::upstream::codec::lists_token;
 /// The name StreamGate uses in Via.
 pub const VIA_NAME: &str = "streamgate";
 
+/// A request whose Via already names [`VIA_NAME`] more than this many times is refused (508):
+/// it is going round in a loop (a backend, or a name resolving to one, that leads back to this
+/// proxy). Two allows tiers of StreamGates in front of each other (edge, shield, ...) and stops a
+/// loop after three passes, where each pass would otherwise open one more connection forever.
+pub const MAX_OWN_VIA_HOPS: usize = 2;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -163,6 +169,25 @@ pub fn add_forwarding(
     append_via(headers, version);
 }
 
+/// How many hops of `headers`' Via (every line, comma-separated) were received by a proxy
+/// calling itself [`VIA_NAME`]: `1.1 streamgate`, `2 streamgate (comment)`. A client can claim
+/// more than there were, which only gets its own request refused.
+pub fn own_via_hops(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(','))
+        .filter(|hop| {
+            let mut words = hop.split_ascii_whitespace();
+            let _protocol = words.next();
+            words
+                .next()
+                .is_some_and(|by| by.eq_ignore_ascii_case(VIA_NAME))
+        })
+        .count()
+}
+
 /// Appends this hop to Via.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
     let hop = match version {
@@ -271,6 +296,36 @@ mod tests {
         assert!(h.get("x-third").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn own_via_hops_are_counted_on_every_line() {
+        let cases: &[(&[&str], usize)] = &[
+            (&[], 0),
+            (&["1.1 cdn"], 0),
+            (&["1.1 streamgate"], 1),
+            (&["1.1 cdn, 2 StreamGate (edge), 1.1 streamgate"], 2),
+            (
+                &["1.1 streamgate", "1.0 cdn,1.1 streamgate", "2 streamgate"],
+                3,
+            ),
+            // Only the received-by part counts: not a comment, a protocol or a longer name.
+            (&["1.1 cdn (streamgate), streamgate, 1.1 streamgate-old"], 0),
+            (&["1.1 streamgate:8080"], 0),
+        ];
+        for (lines, want) in cases {
+            let mut h = HeaderMap::new();
+            for l in *lines {
+                h.append(header::VIA, HeaderValue::from_str(l).unwrap());
+            }
+            assert_eq!(own_via_hops(&h), *want, "{lines:?}");
+        }
+        // What this proxy appends is what it counts.
+        let mut h = HeaderMap::new();
+        for _ in 0..3 {
+            append_via(&mut h, Version::HTTP_11);
+        }
+        assert_eq!(own_via_hops(&h), 3);
     }
 
     #[test]

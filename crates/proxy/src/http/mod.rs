@@ -58,6 +58,8 @@ pub struct HttpProxy {
     served_origin: IntCounter,
     tunnels: crate::tunnel::TunnelMetrics,
     pub(crate) limited: crate::limits::LimitedCounters,
+    /// `loops_detected_total{listener}`
+    loops: IntCounter,
     rates: Arc<crate::limits::RateLimits>,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
 }
@@ -89,6 +91,7 @@ impl HttpProxy {
                 .with_label_values(&["origin"]),
             tunnels: crate::tunnel::TunnelMetrics::of(&shared.metrics, listener),
             limited: crate::limits::LimitedCounters::of(&shared.metrics, listener),
+            loops: shared.metrics.loops.with_label_values(&[listener]),
             rates: shared.rates.clone(),
             per_client: limits
                 .max_connections_per_client

@@ -24,7 +24,8 @@ use super::HttpProxy;
 use super::body::{PendingLog, RequestBody, Upload};
 use super::error::ProxyError;
 use super::headers::{
-    client_ip, is_trusted, lists_token, strip_client_forwarding, strip_hop_by_hop,
+    MAX_OWN_VIA_HOPS, client_ip, is_trusted, lists_token, own_via_hops, strip_client_forwarding,
+    strip_hop_by_hop,
 };
 use super::rules::edit_request;
 
@@ -132,6 +133,14 @@ impl HttpProxy {
         // of one URL the key of another.
         if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
+        }
+        // A request that has come round to us again (a backend, or a name that resolves to one,
+        // leads back here) would be forwarded once more at every pass, a connection each, until
+        // something gives out: refused before it is routed, answered 508, never forwarded.
+        let hops = own_via_hops(req.headers());
+        if hops > MAX_OWN_VIA_HOPS {
+            self.loops.inc();
+            return Err(ProxyError::LoopDetected { hops });
         }
         // Routed and forwarded as normalised (http::path): what matched is what the origin gets.
         let normal = streamgate_policy::path::normalize(req.uri().path());
