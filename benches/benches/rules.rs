@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
     headers.insert("user-agent", "wrk".parse().unwrap());
     headers.insert("accept", "*/*".parse().unwrap());
+    let client: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let req = |path| streamgate_policy::Request {
         scheme: Scheme::Http,
         method: "GET",
@@ -38,7 +39,7 @@ fn bench(c: &mut Criterion) {
         path,
         query: None,
         headers: &headers,
-        client: "127.0.0.1".parse().unwrap(),
+        client,
         country: None,
         service: "s",
     };

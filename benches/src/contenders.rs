@@ -338,7 +338,13 @@ pub fn start_streamgate(
     o: &Origins,
     binary: &Path,
     rules: usize,
+    compression: bool,
 ) -> Result<Contender> {
+    let gzip = if compression {
+        "[services.compression]\nencodings = [\"gzip\"]\ngzip_level = 6\n"
+    } else {
+        ""
+    };
     let origin = o.http;
     let (http, cache, https, tcp) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let conf = format!(
@@ -350,11 +356,10 @@ pub fn start_streamgate(
          [[regions]]\nname = \"local\"\nbackends = [ {{ address = \"{origin}\" }} ]\n\n\
          [[regions]]\nname = \"iperf\"\nbackends = [ {{ address = \"{tcp_origin}\" }} ]\n\n\
          [[services]]\nname = \"bench\"\nlisteners = [\"web\", \"tls\"]\nregions = [\"local\"]\n{rules}\n\
-         [services.compression]\nencodings = [\"gzip\"]\ngzip_level = 6\n\n\
+         {gzip}\n\
          [[services]]\nname = \"pump\"\nlisteners = [\"l4\"]\nregions = [\"iperf\"]\n\n\
          [[services]]\nname = \"cached\"\nlisteners = [\"cache\"]\nregions = [\"local\"]\n\
-         [services.cache]\nmax_size = \"256MiB\"\n\
-         [services.compression]\nencodings = [\"gzip\"]\ngzip_level = 6\n",
+         [services.cache]\nmax_size = \"256MiB\"\n{gzip}",
         free_port()?,
         cert = o.cert.display(),
         key = o.key.display(),

@@ -46,6 +46,10 @@ struct Args {
     /// (0: not run).
     #[arg(long, default_value_t = 0)]
     rules: usize,
+    /// Leave `[services.compression]` out of StreamGate's config (to compare with binaries from
+    /// before it existed; the gzip scenarios then measure an uncompressed StreamGate).
+    #[arg(long)]
+    no_compression: bool,
     /// Write every measurement as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -241,7 +245,14 @@ fn main() -> Result<()> {
         cert_and_key,
     };
     let mut proxies: Vec<Contender> = vec![
-        contenders::start_streamgate(work.path(), args.proxy_cpu, &origins, &binary, 0)?,
+        contenders::start_streamgate(
+            work.path(),
+            args.proxy_cpu,
+            &origins,
+            &binary,
+            0,
+            !args.no_compression,
+        )?,
         contenders::start_nginx(work.path(), args.proxy_cpu, &origins)?,
         contenders::start_haproxy(work.path(), args.proxy_cpu, &origins)?,
         contenders::start_varnish(work.path(), args.proxy_cpu, origin.addr)?,
@@ -256,6 +267,7 @@ fn main() -> Result<()> {
                 &origins,
                 &binary,
                 args.rules,
+                !args.no_compression,
             )?,
         );
     }

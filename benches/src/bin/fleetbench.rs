@@ -273,7 +273,9 @@ async fn main() -> Result<()> {
     let client = async_nats::connect(format!("nats://{nats_addr}")).await?;
     let js = async_nats::jetstream::new(client);
     let started = Instant::now();
-    let mut acks = Vec::new();
+    // Acknowledgements are awaited as they come: the client holds back publications while
+    // too many are unread.
+    let mut acks = tokio::task::JoinSet::new();
     for i in 0..total {
         // Paced: message i leaves at i / rate seconds.
         let due = Duration::from_secs_f64(i as f64 / args.rate as f64);
@@ -286,14 +288,14 @@ async fn main() -> Result<()> {
             "sent_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64,
             "target": { "url": format!("http://cdn.test/load{i}") },
         });
-        acks.push(
-            js.publish("streamgate.purge", serde_json::to_vec(&msg)?.into())
-                .await?,
-        );
+        let ack = js
+            .publish("streamgate.purge", serde_json::to_vec(&msg)?.into())
+            .await?;
+        acks.spawn(ack.into_future());
     }
     let sent = started.elapsed();
-    for ack in acks {
-        ack.await?;
+    while let Some(ack) = acks.join_next().await {
+        ack??;
     }
     println!(
         "published {total} in {:.2} s ({:.0}/s)",
