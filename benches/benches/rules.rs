@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
         headers: &headers,
         client,
         country: None,
+        region: None,
         service: "s",
     };
     let mut g = c.benchmark_group("rules");

@@ -23,6 +23,7 @@ const RULES: &[&str] = &[
     r#"{ name = "no-de", match = { path_prefix = "/us-only/", countries = ["DE"] }, deny = true }"#,
     r#"{ name = "api", match = { path_prefix = "/api/" }, rewrite = { strip_prefix = "/api" }, request_headers = { set = { "X-Client" = "$client_ip", "X-Request-Id" = "$request_id" }, remove = ["X-Internal"] } }"#,
     r#"{ name = "from-lb", match = { headers = { "X-Forwarded-For" = "10.9.9.9" } }, deny = true }"#,
+    r#"{ name = "in-r", match = { regions = ["r"], path = "/where" }, respond = { body = "routed to r\n" } }"#,
     r#"{ name = "beta", match = { headers = { "X-Beta" = "1" } }, rewrite = { add_prefix = "/beta" } }"#,
 ];
 
@@ -72,6 +73,8 @@ async fn redirects_answers_and_denies_never_reach_the_origin() {
     let a = get("127.0.0.1", "/blog/x", "www.test").await;
     assert_eq!(a.status, StatusCode::OK, "the regex needs digits");
 
+    let a = get("127.0.1.5", "/where", "www.test").await;
+    assert_eq!(a.text(), "routed to r\n", "match.regions");
     let hits = o.hits();
     let a = get("127.0.3.9", "/edge-health", "www.test").await;
     assert_eq!(a.status, StatusCode::OK);
@@ -183,7 +186,7 @@ async fn explain_shows_the_rules_a_request_matches() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let rules = &v["rules"];
-    assert_eq!(rules["count"], 9);
+    assert_eq!(rules["count"], 10);
     assert_eq!(rules["matched"], serde_json::json!(["security", "api"]));
     assert_eq!(rules["rewritten_path"], "/users");
     assert_eq!(rules["request_headers"][1]["value"], "127.0.0.9");

@@ -248,6 +248,8 @@ pub(crate) struct RawMatch {
     pub clients: Vec<S<String>>,
     #[serde(default)]
     pub countries: Vec<S<String>>,
+    #[serde(default)]
+    pub regions: Vec<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

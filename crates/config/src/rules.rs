@@ -21,6 +21,8 @@ pub struct Rules {
     /// A rule matches on the client's country or a template reads `$country`: the geo database
     /// is consulted (only then).
     pub needs_country: bool,
+    /// A rule matches on the client's region: the service's region order is asked (only then).
+    pub needs_region: bool,
 }
 
 impl Rules {
@@ -83,6 +85,9 @@ pub struct Match {
     pub clients: Vec<IpNet>,
     /// ISO 3166-1 alpha-2, upper case.
     pub countries: Vec<String>,
+    /// Regions of the service: the one its region policy ranks first for this client (geo:
+    /// the nearest by the geo database) must be one of them.
+    pub regions: Vec<String>,
 }
 
 impl Match {

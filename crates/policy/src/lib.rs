@@ -37,6 +37,9 @@ pub struct Request<'a> {
     pub client: IpAddr,
     /// Looked up by the caller only when [`Rules::needs_country`].
     pub country: Option<&'a str>,
+    /// The region the service's region policy ranks first for this client; asked by the caller
+    /// only when [`Rules::needs_region`].
+    pub region: Option<&'a str>,
     pub service: &'a str,
 }
 
@@ -199,6 +202,7 @@ pub fn matches(m: &Match, req: &Request<'_>, path: &str) -> bool {
             || req
                 .country
                 .is_some_and(|c| m.countries.iter().any(|x| x == c)))
+        && (m.regions.is_empty() || req.region.is_some_and(|r| m.regions.iter().any(|x| x == r)))
         && m.path_regex.as_ref().is_none_or(|re| re.0.is_match(path))
 }
 

@@ -54,6 +54,7 @@ struct Req {
     headers: HeaderMap,
     client: IpAddr,
     country: Option<&'static str>,
+    region: Option<&'static str>,
 }
 
 fn get(path: &'static str) -> Req {
@@ -67,6 +68,7 @@ fn get(path: &'static str) -> Req {
         headers: HeaderMap::new(),
         client: "198.51.100.7".parse().unwrap(),
         country: None,
+        region: None,
     }
 }
 
@@ -82,6 +84,7 @@ impl Req {
             headers: &self.headers,
             client: self.client,
             country: self.country,
+            region: self.region,
             service: "site",
         }
     }
@@ -511,4 +514,23 @@ fn client_text_is_reflected_only_into_plain_text() {
     assert!(e.contains("use them only in a text/plain body"), "{e}");
     assert!(e.contains("a second Host"), "{e}");
     assert!(e.contains("every request has one Host"), "{e}");
+}
+
+#[test]
+fn regions_match_the_region_the_client_is_routed_to() {
+    let rules = compile(
+        r#"rules = [ { match = { regions = ["r"] }, response_headers = { set = { "X-Region" = "r" } } } ]"#,
+    );
+    assert!(rules.needs_region);
+    let mut r = get("/");
+    assert!(evaluate(&rules, &r.view()).is_empty(), "region unknown");
+    r.region = Some("r");
+    assert_eq!(evaluate(&rules, &r.view()).matched, vec![0]);
+    r.region = Some("other");
+    assert!(evaluate(&rules, &r.view()).is_empty());
+    let e = errors(r#"rules = [ { match = { regions = ["mars"] }, deny = true } ]"#);
+    assert!(
+        e.contains("\"mars\" is not a region of this service; its regions: r"),
+        "{e}"
+    );
 }

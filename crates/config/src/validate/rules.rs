@@ -30,21 +30,24 @@ pub(super) fn rules(
     raw: &S<Vec<S<RawRule>>>,
     svc: &str,
     has_geo: bool,
+    regions: &[String],
     ctx: &mut Ctx<'_>,
 ) -> Rules {
     let mut list = Vec::new();
     for (i, r) in raw.get_ref().iter().enumerate() {
         let p = format!("{svc}.rules[{i}]");
-        if let Some(rule) = rule(r, i, &p, has_geo, ctx) {
+        if let Some(rule) = rule(r, i, &p, has_geo, regions, ctx) {
             list.push(rule);
         }
     }
     let needs_country = list.iter().any(|r| {
         !r.when.countries.is_empty() || templates(r).any(|t| t.vars().any(|v| v == Var::Country))
     });
+    let needs_region = list.iter().any(|r| !r.when.regions.is_empty());
     Rules {
         list,
         needs_country,
+        needs_region,
     }
 }
 
@@ -63,7 +66,14 @@ fn templates(r: &Rule) -> impl Iterator<Item = &Template> {
     all.into_iter()
 }
 
-fn rule(raw: &S<RawRule>, i: usize, p: &str, has_geo: bool, ctx: &mut Ctx<'_>) -> Option<Rule> {
+fn rule(
+    raw: &S<RawRule>,
+    i: usize,
+    p: &str,
+    has_geo: bool,
+    regions: &[String],
+    ctx: &mut Ctx<'_>,
+) -> Option<Rule> {
     let span = raw.span();
     let r = raw.get_ref();
     let errors_before = ctx.errors.len();
@@ -74,7 +84,7 @@ fn rule(raw: &S<RawRule>, i: usize, p: &str, has_geo: bool, ctx: &mut Ctx<'_>) -
     let when = r
         .when
         .as_ref()
-        .map(|m| matcher(m, &format!("{p}.match"), has_geo, ctx))
+        .map(|m| matcher(m, &format!("{p}.match"), has_geo, regions, ctx))
         .unwrap_or_default();
     let captures = when
         .path_regex
@@ -135,7 +145,13 @@ fn rule(raw: &S<RawRule>, i: usize, p: &str, has_geo: bool, ctx: &mut Ctx<'_>) -
     (ctx.errors.len() == errors_before).then_some(rule)
 }
 
-fn matcher(raw: &S<RawMatch>, p: &str, has_geo: bool, ctx: &mut Ctx<'_>) -> Match {
+fn matcher(
+    raw: &S<RawMatch>,
+    p: &str,
+    has_geo: bool,
+    regions: &[String],
+    ctx: &mut Ctx<'_>,
+) -> Match {
     let m = raw.get_ref();
     let mut out = Match {
         scheme: m
@@ -227,6 +243,21 @@ fn matcher(raw: &S<RawMatch>, p: &str, has_geo: bool, ctx: &mut Ctx<'_>) -> Matc
                 format!(
                     "\"{}\" is not a country code; expected ISO 3166-1 alpha-2, e.g. \"DE\"",
                     c.get_ref()
+                ),
+            );
+        }
+    }
+    for (i, r) in m.regions.iter().enumerate() {
+        if regions.iter().any(|x| x == r.get_ref()) {
+            out.regions.push(r.get_ref().clone());
+        } else {
+            ctx.err(
+                r.span(),
+                format!("{p}.regions[{i}]"),
+                format!(
+                    "\"{}\" is not a region of this service; its regions: {}",
+                    r.get_ref(),
+                    regions.join(", ")
                 ),
             );
         }

@@ -224,7 +224,8 @@ pub(super) fn services(
             .as_ref()
             .map(|c| super::compression::compression(c, &p, ctx));
         let rules = s.rules.as_ref().map_or_else(Default::default, |r| {
-            super::rules::rules(r, &p, geo_database == GeoDatabase::Present, ctx)
+            let geo = geo_database == GeoDatabase::Present;
+            super::rules::rules(r, &p, geo, &svc_regions, ctx)
         });
         let upstream = s
             .upstream

@@ -14,6 +14,8 @@ pub(super) struct Asked<'a> {
     pub method: &'a str,
     pub scheme: Scheme,
     pub country: Option<&'a str>,
+    /// The region the service's policy ranks first for this client.
+    pub region: Option<&'a str>,
 }
 
 pub(super) fn rules(
@@ -45,6 +47,7 @@ pub(super) fn rules(
         headers: &headers,
         client: ip,
         country: asked.country,
+        region: asked.region,
         service: &service.name,
     };
     let out = streamgate_policy::evaluate(spec, &view);

@@ -581,6 +581,7 @@ fn explain_in(
                 method,
                 scheme,
                 country: geo.and_then(|g| g.country).as_ref().map(|c| c.as_str()),
+                region: order.as_slice().first().map(|&i| &*service.regions[usize::from(i)].name),
             }),
         }),
     )

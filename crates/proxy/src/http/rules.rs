@@ -41,12 +41,20 @@ impl HttpProxy {
         if rules.is_empty() {
             return Outcome::default();
         }
-        let country = rules
-            .needs_country
+        let geo = (rules.needs_country || rules.needs_region)
+            .then(|| self.geo.load().as_ref()?.lookup(client))
+            .flatten();
+        let country = geo.and_then(|g| g.country);
+        let region = rules
+            .needs_region
             .then(|| {
-                let db = self.geo.load();
-                let facts = db.as_ref()?.lookup(client)?;
-                facts.country
+                let facts = streamgate_balance::ClientFacts {
+                    ip: Some(client),
+                    geo,
+                    ..Default::default()
+                };
+                let first = *service.region_order(&facts).as_slice().first()?;
+                Some(&*service.regions[usize::from(first)].name)
             })
             .flatten();
         let (name, port) = split_port(host);
@@ -64,6 +72,7 @@ impl HttpProxy {
             headers: req.headers(),
             client,
             country: country.as_ref().map(|c| c.as_str()),
+            region,
             service: &service.name,
         };
         streamgate_policy::evaluate(rules, &view)
