@@ -13,7 +13,8 @@ use streamgate_tests::nats::NatsServer;
 use streamgate_tests::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
-const WAIT: Duration = Duration::from_secs(10);
+// Generous: the loops end as soon as their condition holds; a loaded CI machine is slow.
+const WAIT: Duration = Duration::from_secs(30);
 
 fn fleet(nats: &NatsServer, pop: &str) -> String {
     format!(
@@ -90,7 +91,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     }
     // Every PoP hears every heartbeat.
     let mut all = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         let v = a.admin(Method::GET, "/fleet", "").await.1;
         if v["pops"].as_array().is_some_and(|p| p.len() == 3) {
             all = true;
@@ -114,7 +115,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     assert_eq!(v["fleet"]["published"], true, "{v}");
     for (name, d) in [("a", &a), ("b", &b)] {
         let mut purged = false;
-        for _ in 0..100 {
+        for _ in 0..500 {
             if fetch(d.addr("web"), OBJ).await.header("x-cache") != Some("HIT") {
                 purged = true;
                 break;
@@ -151,7 +152,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     // c comes back with its cache restored, then catches up on the purge it missed.
     let c = DaemonProcess::start(BIN, &c_text(store.path()), &["web", "admin"]);
     let mut applied = false;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let m = c.metrics().await;
         if metric(
             &m,
@@ -203,7 +204,7 @@ async fn a_region_deactivated_fleet_wide_moves_traffic_at_every_pop() {
     assert_eq!(status, StatusCode::OK, "{v}");
     for (i, d) in pops.iter().enumerate() {
         let mut moved = false;
-        for _ in 0..200 {
+        for _ in 0..1000 {
             if fetch(d.addr("web"), "/x")
                 .await
                 .text()
@@ -250,7 +251,7 @@ async fn a_region_deactivated_fleet_wide_moves_traffic_at_every_pop() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let mut back = false;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if fetch(pops[2].addr("web"), "/x")
             .await
             .text()
@@ -294,7 +295,7 @@ async fn losing_nats_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.kill();
     let mut down = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if metric(&a.metrics().await, "streamgate_fleet_connected") == 0.0 {
             down = true;
             break;
@@ -319,7 +320,7 @@ async fn losing_nats_under_load_fails_no_request() {
     nats.restart();
     assert!(connected(&a).await, "reconnects");
     let mut published = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         let (status, _) = a
             .admin(
                 Method::POST,
