@@ -215,7 +215,7 @@ impl HttpProxy {
                 client_version,
                 peer,
                 started: Instant::now(),
-                response_edits: Vec::new(),
+                served_by: false,
             };
             let request_time = SystemTime::now();
             let Ok(f) = proxy.fetch_for_cache(&mut o, &mut None).await else {

@@ -47,8 +47,11 @@ impl HttpProxy {
                 response_edits = edits;
                 super::rules::answer(answer, active)
             }
-            Ok(Prepared::Forward(out)) => {
-                response_edits = out.response_edits.clone();
+            Ok(Prepared::Forward {
+                out,
+                response_edits: edits,
+            }) => {
+                response_edits = edits;
                 if let Err(e) = self.admit(&out) {
                     error_response(&e, active)
                 } else if let Some(spec) = out.service.spec.cache.as_ref() {

@@ -293,7 +293,7 @@ impl HttpProxy {
                         None => resp,
                     };
                     // Only for rules that may read it: an extension costs an allocation.
-                    if !out.response_edits.is_empty() {
+                    if out.served_by {
                         resp.extensions_mut().insert(super::rules::ServedBy {
                             backend: pick.backend.address,
                             region: pick.region.name.clone(),

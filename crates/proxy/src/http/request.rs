@@ -47,8 +47,10 @@ pub(crate) struct Outbound<'t> {
     pub client_version: Version,
     pub peer: SocketAddr,
     pub started: Instant,
-    /// Response header edits of the rules that matched.
-    pub response_edits: Vec<Edit<Template>>,
+    /// Rules will edit the response: the origin path marks who answered ([`ServedBy`]).
+    ///
+    /// [`ServedBy`]: super::rules::ServedBy
+    pub served_by: bool,
 }
 
 /// A request matched to its service: forwarded, or answered by one of its rules.
@@ -57,7 +59,11 @@ pub(crate) struct Outbound<'t> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Prepared<'t> {
-    Forward(Outbound<'t>),
+    Forward {
+        out: Outbound<'t>,
+        /// Response header edits of the rules that matched.
+        response_edits: Vec<Edit<Template>>,
+    },
     Answer {
         answer: Answer,
         response_edits: Vec<Edit<Template>>,
@@ -280,7 +286,8 @@ impl HttpProxy {
             }
             RequestBody::Stream(body, upload)
         };
-        Ok(Prepared::Forward(Outbound {
+        let served_by = !rules.response.is_empty();
+        let out = Outbound {
             service,
             forwarded: false,
             upgrade,
@@ -292,8 +299,12 @@ impl HttpProxy {
             client_version,
             peer,
             started,
+            served_by,
+        };
+        Ok(Prepared::Forward {
+            out,
             response_edits: rules.response,
-        }))
+        })
     }
 }
 
