@@ -168,6 +168,14 @@ pub fn evaluate(rules: &Rules, req: &Request<'_>) -> Outcome {
     out
 }
 
+/// `host[:port]` split; an IPv6 literal keeps its brackets.
+pub fn split_port(host: &str) -> (&str, Option<&str>) {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => (&host[..i], Some(&host[i + 1..])),
+        _ => (host, None),
+    }
+}
+
 /// `path[?query]` with its path normalised as the client's was before routing.
 fn normalize_rewrite(p: String) -> String {
     let (path, query) = match p.split_once('?') {

@@ -534,3 +534,11 @@ fn regions_match_the_region_the_client_is_routed_to() {
         "{e}"
     );
 }
+
+#[test]
+fn ports_split_off_hosts() {
+    assert_eq!(split_port("a.test:8080"), ("a.test", Some("8080")));
+    assert_eq!(split_port("a.test"), ("a.test", None));
+    assert_eq!(split_port("[::1]:80"), ("[::1]", Some("80")));
+    assert_eq!(split_port("[::1]"), ("[::1]", None));
+}

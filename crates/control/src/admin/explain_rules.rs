@@ -32,10 +32,7 @@ pub(super) fn rules(
     };
     let normal = streamgate_policy::path::normalize(path);
     let path = normal.as_deref().unwrap_or(path);
-    let (name, port) = match host.rsplit_once(':') {
-        Some((n, p)) if !p.contains(']') => (n, Some(p)),
-        _ => (host, None),
-    };
+    let (name, port) = streamgate_policy::split_port(host);
     let headers = HeaderMap::new();
     let view = streamgate_policy::Request {
         scheme: asked.scheme,

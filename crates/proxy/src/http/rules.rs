@@ -57,7 +57,7 @@ impl HttpProxy {
                 Some(&*service.regions[usize::from(first)].name)
             })
             .flatten();
-        let (name, port) = split_port(host);
+        let (name, port) = streamgate_policy::split_port(host);
         let view = streamgate_policy::Request {
             scheme: if self.https || forwarded_https {
                 Scheme::Https
@@ -76,14 +76,6 @@ impl HttpProxy {
             service: &service.name,
         };
         streamgate_policy::evaluate(rules, &view)
-    }
-}
-
-/// `host[:port]` split; an IPv6 literal keeps its brackets.
-fn split_port(host: &str) -> (&str, Option<&str>) {
-    match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => (&host[..i], Some(&host[i + 1..])),
-        _ => (host, None),
     }
 }
 
@@ -177,17 +169,4 @@ pub(crate) fn answer(a: Answer, active: ActiveRequest) -> Response<ProxyBody> {
         }
     }
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_port;
-
-    #[test]
-    fn ports_split_off_hosts() {
-        assert_eq!(split_port("a.test:8080"), ("a.test", Some("8080")));
-        assert_eq!(split_port("a.test"), ("a.test", None));
-        assert_eq!(split_port("[::1]:80"), ("[::1]", Some("80")));
-        assert_eq!(split_port("[::1]"), ("[::1]", None));
-    }
 }
