@@ -102,6 +102,30 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// Most PoPs `/fleet` keeps: whoever can publish heartbeats cannot make the map grow without
+/// bound with made-up names.
+pub(crate) const MAX_PEERS: usize = 4096;
+
+/// A PoP gone for good is forgotten after this long.
+const FORGET: Duration = Duration::from_secs(3600);
+
+/// Records a heartbeat received at `now`; false if it names a new PoP and [`MAX_PEERS`] are
+/// known already.
+pub(crate) fn remember(peers: &mut BTreeMap<String, Peer>, h: Heartbeat, now: Instant) -> bool {
+    peers.retain(|_, p| now.saturating_duration_since(p.received) < FORGET);
+    if peers.len() >= MAX_PEERS && !peers.contains_key(&h.pop) {
+        return false;
+    }
+    peers.insert(
+        h.pop.clone(),
+        Peer {
+            heartbeat: h,
+            received: now,
+        },
+    );
+    true
+}
+
 /// How long an operator's fleet-wide action waits for NATS to confirm it.
 const CONFIRM: Duration = Duration::from_secs(3);
 
@@ -215,7 +239,35 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
-    use super::Seen;
+    use super::*;
+
+    fn beat(pop: &str) -> Heartbeat {
+        Heartbeat {
+            pop: pop.into(),
+            region: "r".into(),
+            sent_ms: 0,
+            config_version: 1,
+            snapshot_age_seconds: None,
+        }
+    }
+
+    #[test]
+    fn peers_are_bounded_and_forgotten() {
+        let mut peers = BTreeMap::new();
+        let t0 = Instant::now();
+        for i in 0..MAX_PEERS {
+            assert!(remember(&mut peers, beat(&format!("p{i}")), t0));
+        }
+        assert!(!remember(&mut peers, beat("one-too-many"), t0));
+        assert!(
+            remember(&mut peers, beat("p0"), t0),
+            "a known PoP is updated"
+        );
+        assert_eq!(peers.len(), MAX_PEERS);
+        let later = t0 + FORGET + Duration::from_secs(1);
+        assert!(remember(&mut peers, beat("new"), later));
+        assert_eq!(peers.len(), 1, "silent PoPs are forgotten after an hour");
+    }
 
     #[test]
     fn seen_ids_are_bounded_and_answer_once() {

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::message::{self, Heartbeat, Purge, RegionOverride};
-use crate::{FleetError, Inner, Peer};
+use crate::{FleetError, Inner};
 
 /// Keys of the overrides bucket that name a region.
 const REGION_KEY: &str = "region.";
@@ -297,16 +297,12 @@ async fn peers(inner: Arc<Inner>, client: async_nats::Client) {
             match Heartbeat::decode(&m.payload) {
                 Ok(h) => {
                     let mut peers = inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-                    // Bounded by the fleet's size; a PoP gone for good is forgotten after an
-                    // hour.
-                    peers.retain(|_, p| p.received.elapsed() < Duration::from_secs(3600));
-                    peers.insert(
-                        h.pop.clone(),
-                        Peer {
-                            heartbeat: h,
-                            received: Instant::now(),
-                        },
-                    );
+                    if !crate::remember(&mut peers, h, Instant::now()) {
+                        debug!(
+                            "fleet: heartbeat of a new PoP dropped: {} PoPs known",
+                            crate::MAX_PEERS
+                        );
+                    }
                 }
                 Err(e) => {
                     debug!(error = %e, "fleet: malformed heartbeat dropped");
