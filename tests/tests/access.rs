@@ -13,11 +13,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn http_clients_are_refused_by_address_and_by_country() {
     let o = Origin::start("o").await;

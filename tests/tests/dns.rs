@@ -113,11 +113,7 @@ fn counter(metrics: &str, result: &str) -> u64 {
 
 /// The value of one series (0 when absent).
 fn series(metrics: &str, name: &str) -> u64 {
-    let prefix = format!("{name} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric(metrics, name).map_or(0, |v| v as u64)
 }
 
 fn dropped(metrics: &str, reason: &str) -> u64 {

@@ -17,11 +17,6 @@ fn repo(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 /// The demo's config with its listener on a free port and its geo database found from here.
 fn demo_config() -> String {
     std::fs::read_to_string(repo("config/demo.toml"))

@@ -48,17 +48,16 @@ async fn fetch(web: std::net::SocketAddr, path: &str) -> Answer {
     .unwrap()
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+/// A series' value, 0 while it is not exported.
+fn value(text: &str, series: &str) -> f64 {
+    metric(text, series).unwrap_or(0.0)
 }
 
 async fn connected(d: &TestDaemon) -> bool {
     let deadline = tokio::time::Instant::now() + WAIT;
     while tokio::time::Instant::now() < deadline {
         if d.admin(Method::GET, "/fleet", "").await.1["connected"] == true
-            && metric(&d.metrics().await, "streamgate_fleet_connected") == 1.0
+            && value(&d.metrics().await, "streamgate_fleet_connected") == 1.0
         {
             return true;
         }
@@ -135,7 +134,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     }
     let m = b.metrics().await;
     assert_eq!(
-        metric(
+        value(
             &m,
             r#"streamgate_fleet_messages_total{kind="purge",result="applied"}"#
         ),
@@ -143,7 +142,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
         "{m}"
     );
     assert!(
-        metric(
+        value(
             &m,
             r#"streamgate_replication_lag_seconds_count{region="r-b"}"#
         ) >= 1.0
@@ -154,7 +153,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     let mut applied = false;
     for _ in 0..1000 {
         let m = c.metrics().await;
-        if metric(
+        if value(
             &m,
             r#"streamgate_fleet_messages_total{kind="purge",result="applied"}"#,
         ) == 1.0
@@ -172,7 +171,7 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     // Applied once each, even though a saw its own purge come back through the stream.
     let m = a.metrics().await;
     assert_eq!(
-        metric(
+        value(
             &m,
             r#"streamgate_fleet_messages_total{kind="purge",result="applied"}"#
         ),
@@ -296,7 +295,7 @@ async fn losing_nats_under_load_fails_no_request() {
     nats.kill();
     let mut down = false;
     for _ in 0..500 {
-        if metric(&a.metrics().await, "streamgate_fleet_connected") == 0.0 {
+        if value(&a.metrics().await, "streamgate_fleet_connected") == 0.0 {
             down = true;
             break;
         }

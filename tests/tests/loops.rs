@@ -17,11 +17,7 @@ fn config(region: Region) -> String {
 }
 
 fn series(metrics: &str, name: &str) -> u64 {
-    let prefix = format!("{name} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    metric(metrics, name).map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
