@@ -326,34 +326,19 @@ impl RegionControl {
         self.active.load(Relaxed)
     }
 
-    /// This PoP's operator activates or deactivates the region (wins over the fleet). Returns
-    /// true if that changed whether it is active.
-    pub fn set_active(&self, active: bool) -> bool {
-        self.set(|w| w.0 = Some(active))
-    }
-
-    /// The fleet's word on the region (`None`: withdrawn). Returns true if that changed
-    /// whether it is active.
-    pub fn set_fleet(&self, active: Option<bool>) -> bool {
-        self.set(|w| w.1 = active)
-    }
-
-    /// Drops this PoP's operator's word (the fleet's decides again). Returns true if that
-    /// changed whether it is active.
-    pub fn clear_local(&self) -> bool {
-        self.set(|w| w.0 = None)
+    /// Sets (this PoP's operator's, the fleet's) words on the region; the local one wins, and
+    /// without either the region is active. Returns true if that changed whether it is active.
+    pub fn set_words(&self, local: Option<bool>, fleet: Option<bool>) -> bool {
+        let mut words = self.words.lock().unwrap_or_else(|e| e.into_inner());
+        *words = (local, fleet);
+        let active = local.or(fleet).unwrap_or(true);
+        // Under the lock, so `active` always agrees with the words last set.
+        self.active.swap(active, Relaxed) != active
     }
 
     /// (local, fleet) words.
     pub fn words(&self) -> (Option<bool>, Option<bool>) {
         *self.words.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn set(&self, change: impl FnOnce(&mut (Option<bool>, Option<bool>))) -> bool {
-        let mut w = self.words.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut w);
-        let active = w.0.or(w.1).unwrap_or(true);
-        self.active.swap(active, Relaxed) != active
     }
 }
 

@@ -311,7 +311,7 @@ mod tests {
         let mut ev = Evaluator::default();
         let t0 = Instant::now();
         ev.evaluate(&t, &metrics, t0);
-        t.regions["a"].set_active(false);
+        t.regions["a"].set_words(Some(false), None);
         ev.evaluate(&t, &metrics, t0);
         assert!(
             metrics

@@ -1,12 +1,12 @@
 //! What the fleet asks of this PoP ([`streamgate_fleet::Apply`]): purges applied to its caches,
-//! fleet-wide region overrides put beside its operator's own (which win), and its status for
-//! the heartbeat.
+//! fleet-wide words on regions, drains and primaries put beside its operator's own (which win,
+//! [`crate::words`]), and its status for the heartbeat.
 
 use std::sync::Weak;
 
 use streamgate_cache::key::{purge_keys, purge_prefixes, split_url};
-use streamgate_fleet::{Purge, Target};
-use tracing::{debug, info, warn};
+use streamgate_fleet::{Purge, Target, Word};
+use tracing::warn;
 
 use crate::Control;
 use crate::admin::requests::PurgeWhat;
@@ -19,8 +19,10 @@ impl streamgate_fleet::Apply for FleetApply {
         self.purge_objects(p) as u64
     }
 
-    fn region(&self, name: &str, active: Option<bool>) {
-        self.region_word(name, active);
+    fn word(&self, word: &Word) {
+        if let Some(control) = self.0.upgrade() {
+            control.say_fleet(word);
+        }
     }
 
     fn status(&self) -> (u64, Option<f64>) {
@@ -50,28 +52,6 @@ impl FleetApply {
             }
         };
         purge_local(&control, &what, p.service.as_deref())
-    }
-
-    fn region_word(&self, name: &str, active: Option<bool>) {
-        let Some(control) = self.0.upgrade() else {
-            return;
-        };
-        let table = control.table.load();
-        let Some(c) = table.regions.get(name) else {
-            debug!(
-                region = name,
-                "fleet override of a region this PoP does not have"
-            );
-            return;
-        };
-        if c.set_fleet(active) {
-            info!(
-                region = name,
-                active = c.is_active(),
-                "region changed by the fleet"
-            );
-            control.changed.notify_one();
-        }
     }
 
     fn heartbeat_status(&self) -> (u64, Option<f64>) {

@@ -1,6 +1,6 @@
 //! streamgate-control: the control plane. Active health checks ([`health`]), region failover and
 //! failback ([`failover`]), config reload ([`reload`]), the admin API ([`admin`]) and the operator
-//! overrides kept across restarts ([`overrides`]). It programs
+//! overrides kept across restarts ([`words`], [`overrides`]). It programs
 //! the data plane only through the routing table and the per-backend atomics.
 
 pub mod admin;
@@ -12,9 +12,8 @@ pub mod health;
 pub mod overrides;
 pub mod probe;
 pub mod reload;
+pub mod words;
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -23,11 +22,18 @@ use std::time::SystemTime;
 use streamgate_balance::{GeoHandle, RoutingTable, TableHandle};
 use streamgate_cache::CacheRegistry;
 use streamgate_cache::recovery::Snapshotter;
+use streamgate_fleet::Word;
 use streamgate_telemetry::Metrics;
 use tokio::sync::{Notify, watch};
 
 use health::HealthSupervisor;
 use reload::FileStamp;
+use words::Words;
+
+/// A mutex's guard, poisoned or not: every value kept behind one here is whole between calls.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// What `GET /config` reports besides the table's own version and source.
 #[derive(Debug, Clone)]
@@ -79,11 +85,11 @@ pub struct Control {
     overrides_write: Mutex<()>,
     /// The link to the other PoPs (`[fleet]`), set once at start.
     fleet: std::sync::OnceLock<streamgate_fleet::Fleet>,
-    /// Addresses operators drained (admin API, or restored at start), kept apart from the
-    /// table: a backend's state lives only as long as its address is in the table, and a DNS
-    /// answer that drops an address for a while must not undo its drain. Put back into every
-    /// table a DNS answer or a reload builds, and saved with the other overrides.
-    drains: Mutex<BTreeSet<SocketAddr>>,
+    /// This PoP's operator's words on drains, regions and primaries (admin API, or restored at
+    /// start), then the fleet's; kept apart from the table and put into every table built
+    /// ([`words`]). Locked in this order when both are.
+    local_words: Mutex<Words>,
+    fleet_words: Mutex<Words>,
 }
 
 impl Control {
@@ -129,7 +135,8 @@ impl Control {
             overrides_changed: Arc::new(Notify::new()),
             overrides_write: Mutex::new(()),
             fleet: std::sync::OnceLock::new(),
-            drains: Mutex::new(BTreeSet::new()),
+            local_words: Mutex::default(),
+            fleet_words: Mutex::default(),
         })
     }
 
@@ -205,47 +212,88 @@ impl Control {
             .overrides_write
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let mut o = overrides::Overrides::capture(&self.table.load());
-        // Drains of addresses a DNS answer has dropped for now are still the operator's word.
-        o.drained
-            .extend(self.drains.lock().unwrap_or_else(|e| e.into_inner()).iter());
+        let o = overrides::Overrides::of(&lock(&self.local_words), &lock(&self.fleet_words));
         if let Err(e) = o.save(&settings.dir) {
             tracing::warn!(dir = %settings.dir.display(), error = %e, "cannot save the operator overrides; a restart would lose them");
         }
     }
 
-    /// Records an operator's drain (`true`) or undrain of `address`, for [`Control::reapply_drains`].
-    pub fn remember_drain(&self, address: SocketAddr, drained: bool) {
-        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
-        if drained {
-            drains.insert(address);
-        } else {
-            drains.remove(&address);
+    /// This PoP's operator says `word`: it is put into the running table at once and saved.
+    /// An undo with no fleet word to override (undrain, activate, the config's own primary)
+    /// drops this PoP's word rather than keeping one that would hide a later fleet word.
+    pub fn say_local(&self, word: &Word) {
+        let mut local = lock(&self.local_words);
+        let fleet = lock(&self.fleet_words);
+        let table = self.table.load();
+        let word = words::local_word(&table, &fleet, word.clone());
+        if local.set(&word) {
+            if words::apply_word(&table, &local, &fleet, &word) {
+                self.changed.notify_one();
+            }
+            drop((local, fleet));
+            self.persist_overrides();
         }
     }
 
-    /// Drains, in `table` (not yet published), every backend at an address operators drained:
-    /// one that left a DNS answer and came back, or that a reload brought back, is drained
-    /// again before any request can pick it. The drains a reload makes impossible (an address
-    /// neither in the table nor on the port of a backend name, which could bring it back) are
-    /// forgotten, as its carried-over state would be.
-    pub(crate) fn reapply_drains(&self, table: &RoutingTable) {
-        let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
-        let name_ports: BTreeSet<u16> = table
-            .config
-            .regions
-            .iter()
-            .flat_map(|r| &r.named_backends)
-            .map(|b| b.port)
-            .collect();
-        drains.retain(|addr| {
-            let mut found = false;
-            for (_, _, b) in table.backends_at(*addr) {
-                b.state.set_drained(true);
-                found = true;
-            }
-            found || name_ports.contains(&addr.port())
-        });
+    /// The fleet says `word` (from its bucket, or this PoP's operator published it): put into
+    /// the running table unless this PoP's word on the thing wins. At most
+    /// [`streamgate_fleet::MAX_WORDS`] are held.
+    pub(crate) fn say_fleet(&self, word: &Word) {
+        let local = lock(&self.local_words);
+        let mut fleet = lock(&self.fleet_words);
+        if fleet.len() >= streamgate_fleet::MAX_WORDS && !fleet.has(word) && word.is_said() {
+            tracing::warn!(word = ?word, "fleet: {} words held already; this one is dropped", streamgate_fleet::MAX_WORDS);
+            self.metrics
+                .fleet_messages
+                .with_label_values(&["override", "refused"])
+                .inc();
+            return;
+        }
+        if !fleet.set(word) {
+            return;
+        }
+        if local.has(word) {
+            tracing::info!(word = ?word, "fleet word noted; this PoP's own word on it still wins");
+        }
+        if words::apply_word(&self.table.load(), &local, &fleet, word) {
+            self.changed.notify_one();
+        }
+        drop((local, fleet));
+        self.persist_overrides();
+    }
+
+    /// (this PoP's, the fleet's) words as they stand.
+    pub fn words(&self) -> (Words, Words) {
+        let local = lock(&self.local_words).clone();
+        let fleet = lock(&self.fleet_words).clone();
+        (local, fleet)
+    }
+
+    /// The (this PoP's, the fleet's) words restored at start (already put into the first
+    /// table): the fleet's as they were at the last stop, until its bucket says otherwise.
+    pub fn restore_words(&self, (local, fleet): (Words, Words)) {
+        *lock(&self.local_words) = local;
+        *lock(&self.fleet_words) = fleet;
+    }
+
+    /// Publishes `table` with the words put into it first, under the words' lock, so that a
+    /// word said meanwhile is in it too; nothing can pick a backend of the new table before
+    /// its drains are set. This PoP's words on things the table no longer has are forgotten
+    /// (the fleet's stay, for the table that brings the thing back).
+    pub(crate) fn publish(&self, table: Arc<RoutingTable>) {
+        let mut local = lock(&self.local_words);
+        let gone = local.forget_missing(&table);
+        for item in &gone {
+            tracing::info!(item = %item, "operator word on something the table no longer has; forgotten");
+        }
+        let fleet = lock(&self.fleet_words);
+        words::apply(&table, &local, &fleet);
+        self.table.store(table);
+        drop((local, fleet));
+        if !gone.is_empty() {
+            self.persist_overrides();
+        }
+        self.changed.notify_one();
     }
 
     /// The task that writes the operator overrides whenever they change, until `shutdown`.

@@ -10,85 +10,87 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use streamgate_balance::RoutingTable;
 use streamgate_cache::snapshot::replace_file;
+
+use crate::words::Words;
 
 /// The file, next to the recovery points.
 pub const FILE: &str = "operator-state.json";
 
-/// What operators changed at run time. Empty when nothing was.
+/// What this PoP's operators changed at run time (the fleet's words live in the fleet's
+/// bucket). Empty when nothing was.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     /// Backends drained in every service that uses them.
     #[serde(default)]
     pub drained: BTreeSet<SocketAddr>,
+    /// Backends undrained here although the fleet drained them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub undrained: BTreeSet<SocketAddr>,
     #[serde(default)]
     pub inactive_regions: BTreeSet<String>,
+    /// Regions activated here although the fleet deactivated them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub active_regions: BTreeSet<String>,
     /// Service name to the region an operator made its primary.
     #[serde(default)]
     pub primaries: BTreeMap<String, String>,
+    /// The fleet's words as this PoP last heard them: in force after a restart until the
+    /// fleet's bucket is read again (which also brings the withdrawals made meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Box<Overrides>>,
+}
+
+fn split<K: Ord + Clone>(map: &BTreeMap<K, bool>) -> (BTreeSet<K>, BTreeSet<K>) {
+    let (yes, no): (Vec<_>, Vec<_>) = map.iter().partition(|(_, v)| **v);
+    (
+        yes.into_iter().map(|(k, _)| k.clone()).collect(),
+        no.into_iter().map(|(k, _)| k.clone()).collect(),
+    )
 }
 
 impl Overrides {
-    /// The overrides in effect in `table`.
-    pub fn capture(table: &RoutingTable) -> Overrides {
-        let mut o = Overrides::default();
-        for s in &table.services {
-            for r in &s.regions {
-                for b in &r.backends {
-                    if b.state.is_drained() {
-                        o.drained.insert(b.address);
-                    }
-                }
-            }
-            if let Some(i) = s.state.primary()
-                && let Some(r) = s.regions.get(i)
-            {
-                o.primaries.insert(s.name.to_string(), r.name.to_string());
-            }
-        }
-        for (name, control) in &table.regions {
-            // Only this PoP's word: the fleet's lives in the fleet's bucket.
-            if control.words().0 == Some(false) {
-                o.inactive_regions.insert(name.clone());
-            }
-        }
+    /// This PoP's words and the fleet's as the file keeps them.
+    pub fn of(local: &Words, fleet: &Words) -> Overrides {
+        let mut o = Overrides::one(local);
+        o.fleet = (!fleet.is_empty()).then(|| Box::new(Overrides::one(fleet)));
         o
     }
 
-    /// Puts the overrides into `table`; returns those that name something it no longer has.
-    pub fn apply(&self, table: &RoutingTable) -> Vec<String> {
-        let mut stale = Vec::new();
-        for addr in &self.drained {
-            let mut found = false;
-            for (_, _, b) in table.backends_at(*addr) {
-                b.state.set_drained(true);
-                found = true;
-            }
-            if !found {
-                stale.push(format!("drained backend {addr}"));
-            }
+    fn one(words: &Words) -> Overrides {
+        let (drained, undrained) = split(&words.drains);
+        let (active_regions, inactive_regions) = split(&words.regions);
+        Overrides {
+            drained,
+            undrained,
+            inactive_regions,
+            active_regions,
+            primaries: words.primaries.clone(),
+            fleet: None,
         }
-        for name in &self.inactive_regions {
-            match table.regions.get(name) {
-                Some(c) => {
-                    c.set_active(false);
-                }
-                None => stale.push(format!("inactive region {name}")),
-            }
-        }
-        for (service, region) in &self.primaries {
-            match table
-                .service(service)
-                .and_then(|s| Some(s).zip(s.region(region)))
-            {
-                Some((s, (0, _))) => s.state.clear_primary(),
-                Some((s, (i, _))) => s.state.set_primary(i),
-                None => stale.push(format!("primary {region} of service {service}")),
-            }
-        }
-        stale
+    }
+
+    /// The (this PoP's, the fleet's) words the file kept.
+    pub fn words(&self) -> (Words, Words) {
+        let fleet = self
+            .fleet
+            .as_deref()
+            .map(Overrides::own)
+            .unwrap_or_default();
+        (self.own(), fleet)
+    }
+
+    fn own(&self) -> Words {
+        let mut w = Words::default();
+        w.drains.extend(self.drained.iter().map(|a| (*a, true)));
+        w.drains.extend(self.undrained.iter().map(|a| (*a, false)));
+        w.regions
+            .extend(self.inactive_regions.iter().map(|r| (r.clone(), false)));
+        w.regions
+            .extend(self.active_regions.iter().map(|r| (r.clone(), true)));
+        w.primaries = self.primaries.clone();
+        w
     }
 
     /// Writes the file in `dir`, replaced whole (see [`replace_file`]).
@@ -123,9 +125,17 @@ mod tests {
         assert_eq!(Overrides::load(dir.path()), Ok(None));
         let o = Overrides {
             drained: ["10.0.0.1:80".parse().unwrap()].into(),
+            undrained: ["10.0.0.2:80".parse().unwrap()].into(),
             inactive_regions: ["eu".to_string()].into(),
+            active_regions: ["us".to_string()].into(),
             primaries: [("web".to_string(), "us".to_string())].into(),
+            fleet: Some(Box::new(Overrides {
+                inactive_regions: ["ap".to_string()].into(),
+                ..Overrides::default()
+            })),
         };
+        let (local, fleet) = o.words();
+        assert_eq!(Overrides::of(&local, &fleet), o, "words and the file agree");
         o.save(dir.path()).unwrap();
         assert_eq!(Overrides::load(dir.path()), Ok(Some(o)));
         assert_eq!(

@@ -122,8 +122,7 @@ impl Control {
             &self.metrics,
         ));
         let version = table.version;
-        self.reapply_drains(&table);
-        self.table.store(table.clone());
+        self.publish(table.clone());
         self.dns_wake.notify_one();
         for commit in commits {
             commit();

@@ -2,7 +2,8 @@
 //!
 //! In: fleet-wide purges from a JetStream stream, read by a durable consumer named after the
 //! PoP (so a PoP that was away catches up on what it missed, within the stream's retention),
-//! and fleet-wide operator overrides from a key-value bucket every PoP watches. Out: purges and
+//! and fleet-wide operator words (regions, drains, primaries: [`Word`]) from a key-value
+//! bucket every PoP watches. Out: purges and
 //! overrides an operator made fleet-wide here, and a heartbeat.
 //!
 //! The data plane never waits on any of it: messages are applied through [`Apply`] by a task of
@@ -11,6 +12,7 @@
 
 mod link;
 pub mod message;
+pub mod word;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,14 +20,15 @@ use std::time::{Duration, Instant};
 
 use streamgate_telemetry::Metrics;
 
-pub use message::{Heartbeat, Purge, RegionOverride, Target};
+pub use message::{Heartbeat, Purge, Target};
+pub use word::Word;
 
 /// What the fleet asks of this PoP.
 pub trait Apply: Send + Sync + 'static {
     /// Removes what the purge names from this PoP's caches; returns how many objects went.
     fn purge(&self, purge: &Purge) -> u64;
-    /// A fleet-wide override of a region changed (`None`: withdrawn).
-    fn region(&self, name: &str, active: Option<bool>);
+    /// The fleet's word on a region, a backend or a primary changed.
+    fn word(&self, word: &Word);
     /// This PoP's routing table version and the age of its newest recovery point, for its
     /// heartbeat.
     fn status(&self) -> (u64, Option<f64>);
@@ -39,6 +42,8 @@ pub enum FleetError {
     JetStream(String),
     #[error("NATS did not confirm within {0:?}")]
     Timeout(Duration),
+    #[error("cannot be said to the fleet: {0}")]
+    Invalid(String),
 }
 
 /// Ids of purges applied lately: a purge comes once from the stream, but a PoP also applies
@@ -105,6 +110,10 @@ impl std::fmt::Debug for Fleet {
 /// Most PoPs `/fleet` keeps: whoever can publish heartbeats cannot make the map grow without
 /// bound with made-up names.
 pub(crate) const MAX_PEERS: usize = 4096;
+
+/// Most fleet words (keys of the overrides bucket) a PoP holds; the bucket's stream is made
+/// with the same bound.
+pub const MAX_WORDS: usize = 10_000;
 
 /// A PoP gone for good is forgotten after this long.
 const FORGET: Duration = Duration::from_secs(3600);
@@ -183,9 +192,10 @@ impl Fleet {
         Ok(purge)
     }
 
-    /// Makes a region active or inactive at every PoP (`None`: withdraws the fleet's word).
-    pub async fn set_region(&self, name: &str, active: Option<bool>) -> Result<(), FleetError> {
-        link::set_region(&self.inner, name, active).await?;
+    /// Says `word` to every PoP, this one included (which applies it when the bucket tells
+    /// it, like the others); a word of `None` withdraws the fleet's.
+    pub async fn say(&self, word: &Word) -> Result<(), FleetError> {
+        link::say(&self.inner, word).await?;
         self.inner.count("override", "published");
         Ok(())
     }

@@ -9,11 +9,9 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use futures_util::StreamExt;
 use tracing::{debug, info, warn};
 
-use crate::message::{self, Heartbeat, Purge, RegionOverride};
+use crate::message::{self, Heartbeat, Purge};
+use crate::word::Word;
 use crate::{FleetError, Inner};
-
-/// Keys of the overrides bucket that name a region.
-const REGION_KEY: &str = "region.";
 
 fn js_err(e: impl std::fmt::Display) -> FleetError {
     FleetError::JetStream(e.to_string())
@@ -113,6 +111,10 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
         name: format!("KV_{}", cfg.bucket()),
         subjects: vec![format!("$KV.{}.>", cfg.bucket())],
         max_messages_per_subject: 1,
+        // Bounds what a writer of the bucket can make every PoP hold: far more words than a
+        // fleet's regions, services and backends, each a short JSON value.
+        max_messages: crate::MAX_WORDS as i64,
+        max_message_size: 1024,
         discard: stream::DiscardPolicy::New,
         allow_rollup: true,
         deny_delete: true,
@@ -179,28 +181,24 @@ fn apply_purge(inner: &Inner, payload: &[u8]) {
 }
 
 fn apply_override(inner: &Inner, entry: &kv::Entry) {
-    let Some(region) = entry.key.strip_prefix(REGION_KEY) else {
-        warn!(key = %entry.key, "fleet: unknown override key dropped");
-        inner.count("override", "malformed");
-        return;
-    };
-    let active = match entry.operation {
-        kv::Operation::Put => match RegionOverride::decode(&entry.value) {
-            Ok(o) => {
-                inner.observe_lag(o.sent_ms);
-                Some(o.active)
-            }
-            Err(e) => {
-                warn!(key = %entry.key, error = %e, "fleet: malformed override dropped");
-                inner.count("override", "malformed");
-                return;
-            }
-        },
+    let value = match entry.operation {
+        kv::Operation::Put => Some(&entry.value[..]),
         kv::Operation::Delete | kv::Operation::Purge => None,
     };
-    inner.apply.region(region, active);
-    inner.count("override", "applied");
-    info!(region, active = ?active, "fleet override applied");
+    match Word::decode(&entry.key, value) {
+        Ok(r) => {
+            if let Some(sent_ms) = r.sent_ms {
+                inner.observe_lag(sent_ms);
+            }
+            inner.apply.word(&r.word);
+            inner.count("override", "applied");
+            info!(key = %entry.key, word = ?r.word, from = ?r.from_pop, "fleet override applied");
+        }
+        Err(e) => {
+            warn!(key = %entry.key, error = %e, "fleet: malformed override dropped");
+            inner.count("override", "malformed");
+        }
+    }
 }
 
 pub(crate) async fn publish_purge(inner: &Inner, purge: &Purge) -> Result<(), FleetError> {
@@ -224,11 +222,19 @@ pub(crate) async fn publish_purge(inner: &Inner, purge: &Purge) -> Result<(), Fl
         .map(|_| ())
 }
 
-pub(crate) async fn set_region(
-    inner: &Inner,
-    name: &str,
-    active: Option<bool>,
-) -> Result<(), FleetError> {
+pub(crate) async fn say(inner: &Inner, word: &Word) -> Result<(), FleetError> {
+    let key = word.key();
+    let value = word.value(&inner.config.pop, message::now_ms());
+    // What every PoP would refuse (an IPv6 scope id, a name over 128 bytes) is refused here.
+    if Word::decode(&key, value.as_deref())
+        .map(|r| r.word)
+        .as_ref()
+        != Ok(word)
+    {
+        return Err(FleetError::Invalid(format!(
+            "{word:?} does not survive the bucket (names are at most 128 bytes, addresses without a scope id)"
+        )));
+    }
     let bucket = inner
         .kv
         .lock()
@@ -237,22 +243,13 @@ pub(crate) async fn set_region(
         .ok_or_else(|| FleetError::NotConnected {
             servers: inner.config.servers.clone(),
         })?;
-    let key = format!("{REGION_KEY}{name}");
     let write = async {
-        match active {
-            Some(active) => {
-                let value = serde_json::to_vec(&RegionOverride {
-                    active,
-                    from_pop: inner.config.pop.clone(),
-                    sent_ms: message::now_ms(),
-                })
-                .map_err(js_err)?;
-                bucket
-                    .put(key, value.into())
-                    .await
-                    .map(|_| ())
-                    .map_err(js_err)
-            }
+        match value {
+            Some(value) => bucket
+                .put(key, value.into())
+                .await
+                .map(|_| ())
+                .map_err(js_err),
             None => bucket.delete(key).await.map_err(js_err),
         }
     };

@@ -30,15 +30,6 @@ pub struct Purge {
     pub target: Target,
 }
 
-/// A fleet-wide operator override, the value of a key of the overrides bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionOverride {
-    pub active: bool,
-    pub from_pop: String,
-    pub sent_ms: u64,
-}
-
 /// Each PoP's periodic word to the others (`GET /fleet`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,11 +55,11 @@ pub enum MessageError {
 }
 
 /// Ids, PoP and service names: short, printable, no spaces.
-fn token(s: &str) -> bool {
+pub(crate) fn token(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, MessageError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, MessageError> {
     if bytes.len() > MAX_MESSAGE {
         return Err(MessageError::TooLarge(bytes.len()));
     }
@@ -98,18 +89,6 @@ impl Purge {
             ));
         }
         Ok(p)
-    }
-}
-
-impl RegionOverride {
-    pub fn decode(bytes: &[u8]) -> Result<RegionOverride, MessageError> {
-        let o: RegionOverride = decode(bytes)?;
-        if !token(&o.from_pop) {
-            return Err(MessageError::Invalid(
-                "from_pop is 1-128 printable characters",
-            ));
-        }
-        Ok(o)
     }
 }
 
@@ -165,16 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn overrides_and_heartbeats_round_trip() {
-        let o = RegionOverride {
-            active: false,
-            from_pop: "fra1".into(),
-            sent_ms: 5,
-        };
-        assert_eq!(
-            RegionOverride::decode(&serde_json::to_vec(&o).unwrap()),
-            Ok(o)
-        );
+    fn heartbeats_round_trip() {
         let h = Heartbeat {
             pop: "fra1".into(),
             region: "eu".into(),

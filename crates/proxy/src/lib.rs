@@ -14,5 +14,5 @@ pub mod tcp;
 pub mod tunnel;
 pub mod upstream;
 
-pub use http::{AccessLogHandle, HttpProxy, ListenerLimits, Shared, bind, serve};
+pub use http::{AccessLogHandle, FleetHandle, HttpProxy, ListenerLimits, Shared, bind, serve};
 pub use upstream::Upstreams;

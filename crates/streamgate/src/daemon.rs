@@ -14,8 +14,11 @@ use streamgate_config::{AccessLogFormat, Config, Protocol};
 use streamgate_control::Control;
 use streamgate_control::admin::{self, Token};
 use streamgate_control::overrides::Overrides;
+use streamgate_control::words::Words;
 use streamgate_proxy::tcp::TcpProxy;
-use streamgate_proxy::{AccessLogHandle, HttpProxy, ListenerLimits, Shared, Upstreams};
+use streamgate_proxy::{
+    AccessLogHandle, FleetHandle, HttpProxy, ListenerLimits, Shared, Upstreams,
+};
 use streamgate_telemetry::Metrics;
 use streamgate_telemetry::access_log::{AccessLog, Format};
 use streamgate_tls::TlsHandle;
@@ -91,7 +94,7 @@ impl Daemon {
                 keep_last_good(&config, &s.dir);
                 restore_overrides(&table.load(), &s.dir)
             }
-            None => Overrides::default(),
+            None => (Words::default(), Words::default()),
         };
         let upstreams = Upstreams::new();
         upstreams.install(upstreams.prepare(&config)?);
@@ -144,6 +147,7 @@ impl Daemon {
             access_log: access_log.clone(),
             caches: caches.clone(),
             rates: streamgate_proxy::limits::RateLimits::new(),
+            fleet: FleetHandle::default(),
         };
 
         // Certificates load before anything listens: a bad one stops the start.
@@ -204,9 +208,7 @@ impl Daemon {
         );
         control.set_listeners(listeners.clone());
         // A restored drain of an address the first answers lack is put back when it returns.
-        for address in &restored.drained {
-            control.remember_drain(*address, true);
-        }
+        control.restore_words(restored);
         control.add_reload_hook(Arc::new(UpstreamReload {
             upstreams: upstreams.clone(),
         }));
@@ -227,6 +229,9 @@ impl Daemon {
         // under a running daemon.
         if let Some(f) = config.fleet.clone() {
             control.join_fleet(f);
+            if let Some(link) = control.fleet() {
+                let _ = shared.fleet.set(link.clone());
+            }
         }
         let admin_limits = admin::AdminLimits::of(&config);
         tasks.spawn(admin::serve(
@@ -311,26 +316,28 @@ impl Daemon {
 }
 
 /// Puts back what operators set through the admin API before the last stop; returns it.
-fn restore_overrides(table: &RoutingTable, dir: &std::path::Path) -> Overrides {
-    match Overrides::load(dir) {
-        Ok(None) => Overrides::default(),
-        Ok(Some(o)) => {
-            for stale in o.apply(table) {
-                warn!(item = %stale, "operator override names something the config no longer has; dropped");
-            }
-            info!(
-                drained = o.drained.len(),
-                inactive_regions = o.inactive_regions.len(),
-                primaries = o.primaries.len(),
-                "operator overrides restored"
-            );
-            o
-        }
+fn restore_overrides(table: &RoutingTable, dir: &std::path::Path) -> (Words, Words) {
+    let (mut local, fleet) = match Overrides::load(dir) {
+        Ok(None) => return (Words::default(), Words::default()),
+        Ok(Some(o)) => o.words(),
         Err(e) => {
             warn!(error = %e, "cannot read the operator overrides; starting without them");
-            Overrides::default()
+            return (Words::default(), Words::default());
         }
+    };
+    for stale in local.forget_missing(table) {
+        warn!(item = %stale, "operator override names something the config no longer has; dropped");
     }
+    // Before anything listens; the fleet's words as last heard, until its bucket is read.
+    streamgate_control::words::apply(table, &local, &fleet);
+    info!(
+        drains = local.drains.len(),
+        regions = local.regions.len(),
+        primaries = local.primaries.len(),
+        fleet_words = fleet.len(),
+        "operator overrides restored"
+    );
+    (local, fleet)
 }
 
 fn protocol_name(p: Protocol) -> &'static str {

@@ -11,12 +11,11 @@ use streamgate_balance::pick::distance_km;
 use streamgate_balance::{ClientFacts, RoutingTable};
 use streamgate_config::rules::Scheme;
 use streamgate_config::{HashKey, RegionPolicy};
-use tracing::info;
 
-use super::requests;
-use super::{AdminResponse, error, json_response, refused};
+use super::{AdminResponse, error, json_response};
 use crate::Control;
 use crate::reload::ReloadOutcome;
+use crate::words::{DecidedBy, primary_by};
 
 fn ms(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| {
@@ -49,6 +48,7 @@ pub(super) fn metrics(control: &Control) -> AdminResponse {
 
 pub(super) fn regions(control: &Control) -> AdminResponse {
     let table = control.table.load();
+    let (local_words, fleet_words) = control.words();
     let mut names: Vec<&String> = table.config.regions.iter().map(|r| &r.name).collect();
     names.dedup();
     let list: Vec<Value> = names
@@ -57,11 +57,7 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
             let active = table.regions.get(*name).is_none_or(|c| c.is_active());
             // Whose word decides: this PoP's operator's wins over the fleet's.
             let (local, fleet) = table.regions.get(*name).map_or((None, None), |c| c.words());
-            let decided_by = match (local, fleet) {
-                (Some(_), _) => "local",
-                (None, Some(_)) => "fleet",
-                (None, None) => "default",
-            };
+            let decided_by = DecidedBy::of(local, fleet).as_str();
             let services: Vec<Value> = table
                 .services
                 .iter()
@@ -75,6 +71,7 @@ pub(super) fn regions(control: &Control) -> AdminResponse {
                     json!({
                         "service": &*s.name,
                         "primary": s.primary_index() == i,
+                        "primary_by": primary_by(&table, &s.name, &local_words, &fleet_words).as_str(),
                         "healthy": r.health.is_healthy(),
                         // The same answer as /explain: active, healthy and past the hold-down.
                         "eligible": r.is_eligible(),
@@ -130,6 +127,7 @@ fn served(r: &streamgate_balance::ServiceRegion) -> u64 {
 
 pub(super) fn backends(control: &Control) -> AdminResponse {
     let table = control.table.load();
+    let (local, fleet) = control.words();
     let mut list = Vec::new();
     for s in &table.services {
         for r in &s.regions {
@@ -144,6 +142,7 @@ pub(super) fn backends(control: &Control) -> AdminResponse {
                     "up": st.is_up(),
                     "probed": st.was_probed(),
                     "drained": st.is_drained(),
+                    "drained_by": DecidedBy::of(local.drains.get(&b.address), fleet.drains.get(&b.address)).as_str(),
                     "ejected": st.is_ejected(),
                     "available": st.is_available(),
                     "unavailable_because": st.unavailable_reason().map(|u| u.as_str()),
@@ -159,99 +158,6 @@ pub(super) fn backends(control: &Control) -> AdminResponse {
     json_response(
         StatusCode::OK,
         json!({ "version": table.version, "backends": list }),
-    )
-}
-
-pub(super) fn drain(control: &Control, body: &Bytes, drain: bool) -> AdminResponse {
-    let addr = match requests::backend_address(body) {
-        Ok(a) => a,
-        Err(r) => return refused(r),
-    };
-    let table = control.table.load();
-    let mut matched = 0;
-    let mut changed = 0;
-    for (s, r, b) in table.backends_at(addr) {
-        matched += 1;
-        if b.state.set_drained(drain) {
-            changed += 1;
-            info!(service = %s.name, region = %r.name, backend = %addr, "backend {} by the admin API", if drain { "drained" } else { "undrained" });
-        }
-    }
-    if matched == 0 {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("no backend {addr} in the running configuration"),
-        );
-    }
-    control.remember_drain(addr, drain);
-    if changed > 0 {
-        control.persist_overrides();
-    }
-    let in_flight: u32 = table
-        .backends_at(addr)
-        .map(|(_, _, b)| b.state.in_flight())
-        .sum();
-    json_response(
-        StatusCode::OK,
-        json!({ "address": addr.to_string(), "drained": drain, "services": matched, "changed": changed, "in_flight": in_flight }),
-    )
-}
-
-pub(super) fn activate(control: &Control, name: &str, active: bool) -> AdminResponse {
-    let table = control.table.load();
-    let Some(c) = table.regions.get(name) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("no region named \"{name}\""),
-        );
-    };
-    let changed = c.set_active(active);
-    if changed {
-        info!(region = %name, "region {} by the admin API", if active { "activated" } else { "deactivated" });
-        control.changed.notify_one();
-        control.persist_overrides();
-    }
-    json_response(
-        StatusCode::OK,
-        json!({ "region": name, "active": active, "changed": changed }),
-    )
-}
-
-pub(super) fn primary(control: &Control, service: &str, body: &Bytes) -> AdminResponse {
-    let region = match requests::region(body) {
-        Ok(r) => r,
-        Err(r) => return refused(r),
-    };
-    let region = region.as_str();
-    let table = control.table.load();
-    let Some(s) = table.service(service) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            &format!("no service named \"{service}\""),
-        );
-    };
-    let Some((index, _)) = s.region(region) else {
-        let listed: Vec<&str> = s.regions.iter().map(|r| &*r.name).collect();
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!(
-                "service \"{service}\" does not use region \"{region}\"; its regions: {}",
-                listed.join(", ")
-            ),
-        );
-    };
-    let before = s.primary_index();
-    if index == 0 {
-        s.state.clear_primary();
-    } else {
-        s.state.set_primary(index);
-    }
-    info!(service = %service, from = %s.regions[before].name, to = %region, "primary region set by the admin API");
-    control.changed.notify_one();
-    control.persist_overrides();
-    json_response(
-        StatusCode::OK,
-        json!({ "service": service, "primary": region, "previous": &*s.regions[before].name }),
     )
 }
 

@@ -8,6 +8,7 @@ mod handlers;
 mod prefetch;
 pub mod requests;
 mod snapshots;
+mod words;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -292,27 +293,43 @@ async fn handle(
         (&Method::GET, ["metrics"]) => handlers::metrics(control),
         (&Method::GET, ["regions"]) => handlers::regions(control),
         (&Method::GET, ["backends"]) => handlers::backends(control),
-        (&Method::POST, ["backends", action @ ("drain" | "undrain")]) => {
-            handlers::drain(control, &body, *action == "drain")
+        (&Method::POST, ["backends", action @ ("drain" | "undrain" | "follow-fleet")]) => {
+            let drained = match *action {
+                "drain" => Some(true),
+                "undrain" => Some(false),
+                _ => None,
+            };
+            match words::Scope::of(&query) {
+                Ok(scope) => words::drain(control, &body, drained, scope).await,
+                Err(why) => error(StatusCode::BAD_REQUEST, &why),
+            }
         }
-        (&Method::POST, ["regions", name, action @ ("activate" | "deactivate")])
-            if query.split('&').any(|kv| kv == "scope=fleet") =>
-        {
-            fleet::region(control, name, *action == "activate").await
-        }
-        (&Method::POST, ["regions", name, action @ ("activate" | "deactivate")]) => {
-            handlers::activate(control, name, *action == "activate")
-        }
-        (&Method::POST, ["regions", name, "follow-fleet"]) => {
-            fleet::follow(
-                control,
+        (
+            &Method::POST,
+            [
+                "regions",
                 name,
-                query.split('&').any(|kv| kv == "scope=fleet"),
-            )
-            .await
+                action @ ("activate" | "deactivate" | "follow-fleet"),
+            ],
+        ) => {
+            let active = match *action {
+                "activate" => Some(true),
+                "deactivate" => Some(false),
+                _ => None,
+            };
+            match words::Scope::of(&query) {
+                Ok(scope) => words::region(control, name, active, scope).await,
+                Err(why) => error(StatusCode::BAD_REQUEST, &why),
+            }
         }
         (&Method::GET, ["fleet"]) => fleet::view(control),
-        (&Method::POST, ["services", name, "primary"]) => handlers::primary(control, name, &body),
+        (&Method::POST, ["services", name, action @ ("primary" | "follow-fleet")]) => {
+            let body = (*action == "primary").then_some(&body);
+            match words::Scope::of(&query) {
+                Ok(scope) => words::primary(control, name, body, scope).await,
+                Err(why) => error(StatusCode::BAD_REQUEST, &why),
+            }
+        }
         (&Method::POST, ["reload"]) => handlers::reload(control).await,
         (&Method::GET, ["config"]) => handlers::config(control),
         (&Method::GET, ["explain"]) => handlers::explain(control, &query),

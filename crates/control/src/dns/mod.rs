@@ -394,10 +394,9 @@ impl Control {
             Some(&current),
             &self.metrics,
         ));
-        // An address back in the answer was a new backend above: the operator's drain of it is
-        // put back before the table is published.
-        self.reapply_drains(&table);
-        self.table.store(table.clone());
+        // An address back in the answer was a new backend above: the operators' drain of it
+        // is put back before the table is published.
+        self.publish(table.clone());
         // New addresses get their probers (and start up, as backends added by a reload do);
         // removed ones lose theirs. In-flight requests to a removed address finish.
         self.health

@@ -3,11 +3,10 @@
 //! misses and revalidations of one object coalesced into one origin request; unsafe methods
 //! invalidating what they changed; PURGE from trusted peers.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 use streamgate_balance::RoutingTable;
 use streamgate_cache::ServiceCache;
@@ -48,7 +47,7 @@ impl HttpProxy {
             &cache.spec.key_query,
         );
         if out.parts.method.as_str() == "PURGE" {
-            return self.purge_request(&cache, &out, active);
+            return self.purge_request(&cache, &out, active).await;
         }
         let req_dirs = Directives::of_request(&out.parts.headers);
         if let RequestUse::Bypass(why) =
@@ -151,38 +150,6 @@ impl HttpProxy {
             };
         };
         self.go_to_origin(c, out, next, active, log).await
-    }
-
-    /// PURGE from a trusted peer invalidates every variant of the URL, under both schemes.
-    fn purge_request(
-        &self,
-        cache: &ServiceCache,
-        out: &Outbound<'_>,
-        active: ActiveRequest,
-    ) -> Response<ProxyBody> {
-        let peer: IpAddr = out.peer.ip().to_canonical();
-        let target = format!("{}{}", host_str(&out.host), out.path_and_query.as_str());
-        let (status, body) = if cache.spec.purge_from.iter().any(|n| n.contains(&peer)) {
-            let n: usize = purge_keys(&target, &cache.spec.key_query)
-                .unwrap_or_default()
-                .iter()
-                .map(|k| cache.purge_url(k))
-                .sum();
-            (StatusCode::OK, format!("{{\"purged\": {n}}}\n"))
-        } else {
-            warn!(peer = %peer, url = %target, "PURGE from an address not in purge_from; refused");
-            (
-                StatusCode::FORBIDDEN,
-                "{\"error\": \"PURGE not allowed from this address\"}\n".to_string(),
-            )
-        };
-        let mut r = Response::new(ProxyBody::full(body, Completion::serving(active)));
-        *r.status_mut() = status;
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        r
     }
 }
 

@@ -58,6 +58,12 @@ impl HttpProxy {
                     let cache = self.caches.for_service(&out.service.name, spec);
                     self.cached(&table, cache, out, active, &mut log).await
                 } else {
+                    let mut out = out;
+                    if out.parts.method.as_str() == "PURGE" {
+                        // Asked of this tier's cache only: a StreamGate behind it that trusts
+                        // this tier must not take a client's word for a fleet-wide purge.
+                        out.parts.headers.remove(super::purge::SCOPE);
+                    }
                     self.pass(out, active, &mut log).await
                 }
             }

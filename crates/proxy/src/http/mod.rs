@@ -12,6 +12,7 @@ mod hash_key;
 pub mod headers;
 mod origin;
 mod pump;
+mod purge;
 mod request;
 mod rules;
 
@@ -61,6 +62,8 @@ pub struct HttpProxy {
     /// `loops_detected_total{listener}`
     loops: IntCounter,
     rates: Arc<crate::limits::RateLimits>,
+    /// The link to the other PoPs, once `[fleet]`'s is started (fleet-wide PURGE).
+    fleet: FleetHandle,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
 }
 
@@ -93,6 +96,7 @@ impl HttpProxy {
             limited: crate::limits::LimitedCounters::of(&shared.metrics, listener),
             loops: shared.metrics.loops.with_label_values(&[listener]),
             rates: shared.rates.clone(),
+            fleet: shared.fleet.clone(),
             per_client: limits
                 .max_connections_per_client
                 .map(|n| (n, Arc::default())),
@@ -113,7 +117,11 @@ pub struct Shared {
     pub access_log: AccessLogHandle,
     pub caches: Arc<CacheRegistry>,
     pub rates: Arc<crate::limits::RateLimits>,
+    pub fleet: FleetHandle,
 }
+
+/// The fleet link, set once when the daemon joins its fleet (after the listeners exist).
+pub type FleetHandle = Arc<std::sync::OnceLock<streamgate_fleet::Fleet>>;
 
 /// Limits of an HTTP listener.
 #[derive(Debug, Clone)]
