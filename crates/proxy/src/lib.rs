@@ -10,6 +10,8 @@ pub mod io;
 pub mod limits;
 pub mod proxy_protocol;
 pub mod sni;
+#[cfg(target_os = "linux")]
+mod splice;
 pub mod tcp;
 pub mod tunnel;
 pub mod upstream;

@@ -22,10 +22,9 @@ use tracing::{debug, warn};
 
 use crate::accept::{Acceptor, client_behind_proxy};
 use crate::http::ListenerLimits;
-use crate::io::Prefixed;
 use crate::proxy_protocol;
 use crate::sni::{MAX_HELLO, Sni, client_hello_sni};
-use crate::tunnel::{Ended, Moved, TunnelMetrics, relay_counted};
+use crate::tunnel::{Ended, Moved, TunnelMetrics};
 
 /// Most backends one connection tries when connecting fails.
 const MAX_TRIES: usize = 8;
@@ -191,11 +190,17 @@ impl TcpProxy {
             log.status = 502;
             return;
         }
-        let client = Prefixed::new(prefix.freeze(), stream);
         // Relayed from here: a shutdown that cuts the tunnel off still logs what moved.
         log.status = 200;
         let moved = log.moved.clone();
-        let ended = relay_counted(client, backend, timeouts.tunnel_idle, &self.tunnels, &moved);
+        let ended = relay(
+            stream,
+            prefix,
+            backend,
+            timeouts.tunnel_idle,
+            &self.tunnels,
+            &moved,
+        );
         match ended.await {
             Ended::Closed { up, down } => {
                 debug!(service = %service.name, up, down, "connection done");
@@ -351,4 +356,33 @@ async fn read_sni(
     tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err("no ClientHello in time"))
+}
+
+/// Relays a connection whose first bytes (`prefix`, read to find the SNI) are in hand: sent to
+/// the backend first, then the sockets are spliced (Linux) or copied.
+async fn relay(
+    client: TcpStream,
+    prefix: BytesMut,
+    mut backend: TcpStream,
+    idle: std::time::Duration,
+    metrics: &TunnelMetrics,
+    moved: &Moved,
+) -> Ended {
+    #[cfg(target_os = "linux")]
+    {
+        if !prefix.is_empty() {
+            if let Err(e) = backend.write_all(&prefix).await {
+                return Ended::Failed(e);
+            }
+            moved
+                .up
+                .fetch_add(prefix.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        crate::splice::relay_spliced(&client, &backend, idle, metrics, moved).await
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let client = crate::io::Prefixed::new(prefix.freeze(), client);
+        crate::tunnel::relay_counted(client, backend, idle, metrics, moved).await
+    }
 }

@@ -47,7 +47,7 @@ impl TunnelMetrics {
 }
 
 /// Counts a tunnel as open while it lives.
-struct Open(IntGauge);
+pub(crate) struct Open(pub(crate) IntGauge);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -111,7 +111,7 @@ where
 }
 
 /// Resolves once no byte has moved either way for `idle`.
-async fn quiet_for(activity: Arc<AtomicU64>, idle: Duration) {
+pub(crate) async fn quiet_for(activity: Arc<AtomicU64>, idle: Duration) {
     loop {
         let last = activity.load(Relaxed);
         let deadline = last.saturating_add(idle.as_nanos() as u64);
