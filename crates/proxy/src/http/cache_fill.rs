@@ -191,12 +191,13 @@ impl HttpProxy {
         // gone); `fetch` adds ours, as for the client's own request.
         let mut parts = clone_head(&out.parts);
         add_validators(&mut parts.headers, stale);
-        let (facts, host, pq, client_version, peer) = (
+        let (facts, host, pq, client_version, peer, forwarded_for) = (
             out.facts.clone(),
             out.host.clone(),
             out.path_and_query.clone(),
             out.client_version,
             out.peer,
+            out.forwarded_for.clone(),
         );
         let (key, stale) = (key.to_string(), stale.clone());
         tokio::spawn(async move {
@@ -214,6 +215,7 @@ impl HttpProxy {
                 body: RequestBody::Empty,
                 client_version,
                 peer,
+                forwarded_for,
                 started: Instant::now(),
                 served_by: false,
             };
