@@ -10,12 +10,26 @@ use streamgate_config::KeyQuery;
 /// scheme's default: `Host: app.test:1337` reaches the origin as such, and an origin that
 /// reflects the Host field answers differently than for `app.test`.
 pub fn url_key(scheme: &str, host: &str, path_and_query: &str, rule: &KeyQuery) -> String {
+    let mut key = String::new();
+    url_key_into(&mut key, scheme, host, path_and_query, rule);
+    key
+}
+
+/// [`url_key`] written into `key` (emptied first), so a caller can reuse its memory.
+pub fn url_key_into(
+    key: &mut String,
+    scheme: &str,
+    host: &str,
+    path_and_query: &str,
+    rule: &KeyQuery,
+) {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let mut key = String::with_capacity(scheme.len() + 3 + host.len() + path_and_query.len());
-    push_origin(&mut key, scheme, host);
+    key.clear();
+    key.reserve(scheme.len() + 3 + host.len() + path_and_query.len());
+    push_origin(key, scheme, host);
     key.push_str(if path.is_empty() { "/" } else { path });
     match (rule, query) {
         (KeyQuery::All, Some(q)) if !q.is_empty() => {
@@ -40,7 +54,6 @@ pub fn url_key(scheme: &str, host: &str, path_and_query: &str, rule: &KeyQuery) 
         }
         _ => {}
     }
-    key
 }
 
 /// Whether `raw`, percent-decoded (and `+` as a space), is `name`.

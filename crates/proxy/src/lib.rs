@@ -4,6 +4,7 @@
 mod accept;
 pub mod access;
 mod coalesce;
+mod copy;
 mod h2_heads;
 pub mod http;
 pub mod io;

@@ -7,7 +7,6 @@
 //! shutdown of the other side's write half, as [`crate::tunnel`] does.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -39,7 +38,8 @@ pub async fn relay_spliced(
     metrics.total.inc();
     metrics.active.inc();
     let _open = Open(metrics.active.clone());
-    let activity = Arc::new(AtomicU64::new(now_nanos()));
+    // Borrowed by both directions and the idle check, all in this future.
+    let activity = AtomicU64::new(now_nanos());
     let both = async {
         tokio::try_join!(
             one_way(client, backend, &moved.up, &activity),
@@ -51,7 +51,7 @@ pub async fn relay_spliced(
             Ok((up, down)) => Ended::Closed { up, down },
             Err(e) => Ended::Failed(e),
         },
-        () = quiet_for(activity.clone(), idle) => Ended::Idle,
+        () = quiet_for(&activity, idle) => Ended::Idle,
     }
 }
 

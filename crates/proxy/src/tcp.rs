@@ -192,14 +192,13 @@ impl TcpProxy {
         }
         // Relayed from here: a shutdown that cuts the tunnel off still logs what moved.
         log.status = 200;
-        let moved = log.moved.clone();
         let ended = relay(
             stream,
             prefix,
             backend,
             timeouts.tunnel_idle,
             &self.tunnels,
-            &moved,
+            &log.moved,
         );
         match ended.await {
             Ended::Closed { up, down } => {
@@ -224,13 +223,14 @@ impl TcpProxy {
         timeout: Duration,
         log: &mut ConnectionLog,
     ) -> Result<(TcpStream, Lease), u16> {
+        // Backends that refused: filled only when one does, so a connection that gets through
+        // at once allocates no list.
         let mut tried: Vec<SocketAddr> = Vec::new();
         loop {
             let Some(pick): Option<Pick<'_>> = service.pick(facts, &tried) else {
                 warn!(service = %service.name, tried = tried.len(), "no usable backend for the connection; closed");
                 return Err(if tried.is_empty() { 503 } else { 502 });
             };
-            tried.push(pick.backend.address);
             log.record.region = Some(pick.region.name.clone());
             log.record.backend = Some(pick.backend.address);
             log.counts = Some(pick.region.metrics.requests.clone());
@@ -246,6 +246,7 @@ impl TcpProxy {
                     return Ok((s, lease));
                 }
                 failed => {
+                    tried.push(pick.backend.address);
                     let why = match failed {
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("connect timed out after {timeout:?}"),
@@ -284,7 +285,9 @@ struct ConnectionLog {
     /// The picked region's request counters.
     counts: Option<[IntCounter; 5]>,
     log: Option<Arc<AccessLog>>,
-    moved: Arc<Moved>,
+    /// Counted by the relay, which borrows it: the connection's task owns both, so a shutdown
+    /// that aborts the task still logs what moved.
+    moved: Moved,
 }
 
 impl ConnectionLog {
@@ -295,7 +298,8 @@ impl ConnectionLog {
                 listener: proxy.listener.clone(),
                 client: client.ip().to_canonical(),
                 protocol: if proxy.passthrough { "TLS" } else { "TCP" },
-                method: "-".into(),
+                // "-" is filled in when the line is written: most connections log no line.
+                method: String::new(),
                 host: String::new(),
                 path: String::new(),
                 status: 0,
@@ -313,7 +317,7 @@ impl ConnectionLog {
             status: 499,
             counts: None,
             log: proxy.access_log.load_full(),
-            moved: Arc::default(),
+            moved: Moved::default(),
         }
     }
 }
@@ -325,6 +329,7 @@ impl Drop for ConnectionLog {
         }
         if let Some(log) = &self.log {
             let mut record = self.record.clone();
+            record.method = "-".into();
             record.status = self.status;
             record.duration = self.started.elapsed();
             record.bytes_in = self.moved.up.load(Relaxed);

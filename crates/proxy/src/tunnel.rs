@@ -5,7 +5,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -89,29 +88,30 @@ where
     metrics.total.inc();
     metrics.active.inc();
     let _open = Open(metrics.active.clone());
-    let activity = Arc::new(AtomicU64::new(now_nanos()));
+    // Borrowed by both sides and the idle check, all in this future: no allocation.
+    let activity = AtomicU64::new(now_nanos());
     let mut a = Tracked {
         inner: client,
-        activity: activity.clone(),
+        activity: &activity,
         written: &moved.down,
     };
     let mut b = Tracked {
         inner: backend,
-        activity: activity.clone(),
+        activity: &activity,
         written: &moved.up,
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUF, COPY_BUF);
+    let copy = crate::copy::copy_bidirectional(&mut a, &mut b, COPY_BUF, COPY_BUF);
     tokio::select! {
         r = copy => match r {
             Ok((up, down)) => Ended::Closed { up, down },
             Err(e) => Ended::Failed(e),
         },
-        () = quiet_for(activity, idle) => Ended::Idle,
+        () = quiet_for(&activity, idle) => Ended::Idle,
     }
 }
 
 /// Resolves once no byte has moved either way for `idle`.
-pub(crate) async fn quiet_for(activity: Arc<AtomicU64>, idle: Duration) {
+pub(crate) async fn quiet_for(activity: &AtomicU64, idle: Duration) {
     loop {
         let last = activity.load(Relaxed);
         let deadline = last.saturating_add(idle.as_nanos() as u64);
@@ -129,7 +129,7 @@ pub(crate) async fn quiet_for(activity: Arc<AtomicU64>, idle: Duration) {
 /// Notes the time of every read and write that moved bytes.
 struct Tracked<'m, T> {
     inner: T,
-    activity: Arc<AtomicU64>,
+    activity: &'m AtomicU64,
     /// Bytes written to this side.
     written: &'m AtomicU64,
 }

@@ -97,13 +97,19 @@ fn read_if_here(
     read: &mut Vec<Result<Frame<Bytes>, BoxError>>,
 ) -> Option<Bytes> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
+    // The first chunk is held on its own: a body that came in one piece (the usual small
+    // answer) needs no list, which was one allocation per HTTP/2 request.
+    let mut first: Option<Bytes> = None;
     let mut data: Vec<Bytes> = Vec::new();
     let whole = loop {
         match Pin::new(&mut *body).poll_frame(&mut cx) {
             Poll::Ready(None) => break true,
             Poll::Ready(Some(Ok(f))) => match f.into_data() {
                 Ok(d) => {
-                    data.push(d);
+                    match first.take() {
+                        None if data.is_empty() => first = Some(d),
+                        held => data.extend(held.into_iter().chain([d])),
+                    }
                     if body.is_end_stream() {
                         break true;
                     }
@@ -122,14 +128,14 @@ fn read_if_here(
         }
     };
     if whole {
-        return Some(match data.len() {
-            0 => Bytes::new(),
-            1 => data.pop().unwrap_or_default(),
-            _ => data.concat().into(),
+        return Some(match first {
+            Some(d) => d,
+            None if data.is_empty() => Bytes::new(),
+            None => data.concat().into(),
         });
     }
     let after = std::mem::take(read);
-    read.extend(data.into_iter().map(|d| Ok(Frame::data(d))));
+    read.extend(first.into_iter().chain(data).map(|d| Ok(Frame::data(d))));
     read.extend(after);
     None
 }

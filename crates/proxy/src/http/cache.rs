@@ -13,7 +13,7 @@ use streamgate_cache::ServiceCache;
 use streamgate_cache::ask::ClientAsk;
 use streamgate_cache::decide::{CacheStatus, Decision, Request, decide};
 use streamgate_cache::fill::{self, Outcome, Role};
-use streamgate_cache::key::{purge_keys, url_key};
+use streamgate_cache::key::purge_keys;
 use streamgate_cache::policy::{self, Directives, RequestUse};
 use streamgate_telemetry::DataType;
 use tracing::{debug, warn};
@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody};
 use super::cache_fill::Next;
-use super::cache_serve::{CacheRequest, Served, set_log_cache, with_status_header};
+use super::cache_serve::{CacheRequest, Key, Served, set_log_cache, with_status_header};
 use super::request::{Outbound, host_str};
 use crate::io::ActiveRequest;
 
@@ -40,7 +40,7 @@ impl HttpProxy {
         active: ActiveRequest,
         log: &mut Option<Box<PendingLog>>,
     ) -> Response<ProxyBody> {
-        let key = url_key(
+        let key = Key::url(
             self.scheme(),
             host_str(&out.host),
             out.path_and_query.as_str(),
@@ -95,17 +95,23 @@ impl HttpProxy {
             let stale = match (look.decision, stored) {
                 (Decision::Hit, Some(v)) => {
                     let how = serve(CacheStatus::Hit, DataType::CacheHit);
-                    return self.serve_stored(&c, &v, &out, how, active, log);
+                    // Done with the request's fields: their map's memory carries the answer's.
+                    let spare = std::mem::take(&mut out.parts.headers);
+                    return self.serve_stored(&c, &v, &out, how, active, log, spare);
                 }
                 (Decision::StaleRefresh, Some(v)) => {
                     self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
                     let how = serve(CacheStatus::Stale, DataType::CacheStale);
-                    return self.serve_stored(&c, &v, &out, how, active, log);
+                    // Done with the request's fields: their map's memory carries the answer's.
+                    let spare = std::mem::take(&mut out.parts.headers);
+                    return self.serve_stored(&c, &v, &out, how, active, log, spare);
                 }
                 (Decision::StaleIfError, Some(v)) => {
                     warn!(key = %key, "origin failed for this object just now; serving the stale copy (stale-if-error)");
                     let how = serve(CacheStatus::Stale, DataType::CacheStale);
-                    return self.serve_stored(&c, &v, &out, how, active, log);
+                    // Done with the request's fields: their map's memory carries the answer's.
+                    let spare = std::mem::take(&mut out.parts.headers);
+                    return self.serve_stored(&c, &v, &out, how, active, log, spare);
                 }
                 (Decision::NotInCache, _) => return not_in_cache(cache, active, log),
                 (Decision::Revalidate { if_error_for }, Some(v)) => Some((v, if_error_for)),

@@ -119,7 +119,9 @@ impl HttpProxy {
                     personal: Some(&r.personal),
                     age: r.merged.timing.current_age(now),
                 };
-                return self.serve_stored(&c, &r.merged, &out, how, active, log);
+                // Done with the request's fields: their map's memory carries the answer's.
+                let spare = std::mem::take(&mut out.parts.headers);
+                return self.serve_stored(&c, &r.merged, &out, how, active, log, spare);
             }
             (Ok(f), Some(s)) if f.resp.status().is_server_error() && !if_error_for.is_zero() => {
                 let why = format!("origin failed with status {}", f.resp.status().as_u16());
@@ -169,7 +171,9 @@ impl HttpProxy {
             personal: None,
             age: stale.timing.current_age(SystemTime::now()),
         };
-        self.serve_stored(&c, &stale, &out, how, active, log)
+        // Done with the request's fields: their map's memory carries the answer's.
+        let spare = std::mem::take(&mut out.parts.headers);
+        self.serve_stored(&c, &stale, &out, how, active, log, spare)
     }
 
     /// stale-while-revalidate: one background refresh per object, made like a client's
@@ -191,12 +195,13 @@ impl HttpProxy {
         // gone); `fetch` adds ours, as for the client's own request.
         let mut parts = clone_head(&out.parts);
         add_validators(&mut parts.headers, stale);
-        let (facts, host, pq, client_version, peer) = (
+        let (facts, host, pq, client_version, peer, forwarded_for) = (
             out.facts.clone(),
             out.host.clone(),
             out.path_and_query.clone(),
             out.client_version,
             out.peer,
+            out.forwarded_for.clone(),
         );
         let (key, stale) = (key.to_string(), stale.clone());
         tokio::spawn(async move {
@@ -214,6 +219,7 @@ impl HttpProxy {
                 body: RequestBody::Empty,
                 client_version,
                 peer,
+                forwarded_for,
                 started: Instant::now(),
                 served_by: false,
             };
@@ -269,7 +275,7 @@ fn recorder_for(
     let now = SystemTime::now();
     match record_head(&c.cache, method, req, answer(f), request_time, now) {
         Some((head, length)) => {
-            Recorder::start(c.cache.clone(), c.key.clone(), head, length, guard).ok()
+            Recorder::start(c.cache.clone(), c.key.to_string(), head, length, guard).ok()
         }
         None => {
             if let Some(g) = &guard {

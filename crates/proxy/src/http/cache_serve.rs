@@ -2,6 +2,7 @@
 //! for a response still arriving from the origin, the client's view of it (206 for its range,
 //! 304 for its condition) while the whole is recorded.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ use http::{Response, StatusCode, Version};
 use streamgate_cache::ask::{ClientAsk, Validators, View, retain_304, view};
 use streamgate_cache::decide::CacheStatus;
 use streamgate_cache::entry::ServedHead;
+use streamgate_cache::key::url_key_into;
 use streamgate_cache::{ServiceCache, Variant};
+use streamgate_config::KeyQuery;
 use streamgate_telemetry::{DataType, code_class_index};
 
 use super::HttpProxy;
@@ -25,8 +28,103 @@ use crate::io::ActiveRequest;
 #[derive(Debug)]
 pub(crate) struct CacheRequest {
     pub cache: Arc<ServiceCache>,
-    pub key: String,
+    pub key: Key,
     pub ask: ClientAsk,
+}
+
+/// Longest key whose memory is kept for the next request.
+const MAX_KEPT_KEY: usize = 4096;
+
+thread_local! {
+    static SPARE_KEY: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// A request's cache key, written into memory the previous key on this thread gave back when
+/// it was dropped. A hit builds, uses and drops its key without waiting, so the next request
+/// finds it: a key of its own was 1 of the 9 allocations of a cache hit
+/// (benches/benches/allocs.rs).
+#[derive(Debug)]
+pub(crate) struct Key(String);
+
+impl Key {
+    pub(crate) fn url(scheme: &str, host: &str, path_and_query: &str, rule: &KeyQuery) -> Key {
+        let mut key = SPARE_KEY
+            .try_with(|k| std::mem::take(&mut *k.borrow_mut()))
+            .unwrap_or_default();
+        url_key_into(&mut key, scheme, host, path_and_query, rule);
+        Key(key)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        let key = std::mem::take(&mut self.0);
+        if key.capacity() <= MAX_KEPT_KEY {
+            // Thread teardown may have taken the slot already: the key is then freed.
+            let _ = SPARE_KEY.try_with(|k| {
+                let mut k = k.borrow_mut();
+                if k.capacity() < key.capacity() {
+                    *k = key;
+                }
+            });
+        }
+    }
+}
+
+/// `Age` values below this many seconds are slices of a static table: formatting one was 2 of
+/// the 9 allocations of a cache hit (benches/benches/allocs.rs).
+const STATIC_AGES: u64 = 1000;
+/// "0" to "999" one after the other: 10 of one digit, 90 of two, 900 of three.
+static AGE_DIGITS: [u8; 2890] = age_digits();
+
+const fn age_digits() -> [u8; 2890] {
+    let mut out = [0u8; 2890];
+    let (mut n, mut i) = (0u64, 0);
+    while n < STATIC_AGES {
+        if n >= 100 {
+            out[i] = b'0' + (n / 100) as u8;
+            i += 1;
+        }
+        if n >= 10 {
+            out[i] = b'0' + (n / 10 % 10) as u8;
+            i += 1;
+        }
+        out[i] = b'0' + (n % 10) as u8;
+        i += 1;
+        n += 1;
+    }
+    out
+}
+
+/// An `Age` field value.
+fn age_value(secs: u64) -> HeaderValue {
+    let (start, len) = match secs {
+        0..=9 => (secs, 1),
+        10..=99 => (10 + (secs - 10) * 2, 2),
+        100..STATIC_AGES => (190 + (secs - 100) * 3, 3),
+        _ => return HeaderValue::from(secs),
+    };
+    let digits = &AGE_DIGITS[start as usize..(start + len) as usize];
+    HeaderValue::from_maybe_shared(Bytes::from_static(digits))
+        .unwrap_or_else(|_| HeaderValue::from(secs))
 }
 
 /// How one answer from a stored object is served.
@@ -42,7 +140,10 @@ pub(crate) struct Served<'a> {
 }
 
 impl HttpProxy {
-    /// Answers from a stored object, counted as served by the edge.
+    /// Answers from a stored object, counted as served by the edge. `spare`: a map whose memory
+    /// the answer's fields may take (the request's own, once it is no longer read), or an
+    /// empty one.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn serve_stored(
         &self,
         c: &CacheRequest,
@@ -51,6 +152,7 @@ impl HttpProxy {
         how: Served<'_>,
         active: ActiveRequest,
         log: &mut Option<Box<PendingLog>>,
+        spare: HeaderMap,
     ) -> Response<ProxyBody> {
         set_log_cache(log, how.status);
         if how.data_type.is_some()
@@ -58,11 +160,12 @@ impl HttpProxy {
         {
             l.record.region = Some(streamgate_cache::EDGE.into());
         }
-        self.stored_response(&c.cache, v, out, &c.ask, how, active)
+        self.stored_response(&c.cache, v, out, &c.ask, how, active, spare)
     }
 
     /// Builds a response from a stored object: 304 for a matching condition, 206/416 for a
     /// range, headers only for HEAD.
+    #[allow(clippy::too_many_arguments)]
     fn stored_response(
         &self,
         cache: &ServiceCache,
@@ -71,19 +174,16 @@ impl HttpProxy {
         ask: &ClientAsk,
         how: Served<'_>,
         active: ActiveRequest,
+        spare: HeaderMap,
     ) -> Response<ProxyBody> {
         let name = cache.status_header.as_ref();
         let head = v.served_head(|stored| prepare_head(v.status, stored, name));
         let mut headers = if head.status_header.as_ref() == name {
-            head.headers.clone()
+            copy_into(spare, &head.headers)
         } else {
             prepare_head(v.status, &v.headers, name).headers
         };
-        replace_or_insert(
-            &mut headers,
-            &header::AGE,
-            HeaderValue::from(how.age.as_secs()),
-        );
+        replace_or_insert(&mut headers, &header::AGE, age_value(how.age.as_secs()));
         let mut code = v.status;
         let mut body = v.body.clone();
         let len = v.body.len() as u64;
@@ -203,6 +303,20 @@ fn set_unsatisfiable(headers: &mut HeaderMap, len: u64) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
 }
 
+/// `fields` in `spare`'s memory when it has room for them (a request's map, from hyper's
+/// parser, which reuses the map of the connection's previous answer, usually has): a clone was 2
+/// of the 9 allocations of a cache hit (benches/benches/allocs.rs). Otherwise a clone.
+fn copy_into(mut spare: HeaderMap, fields: &HeaderMap) -> HeaderMap {
+    if spare.capacity() < fields.len() {
+        return fields.clone();
+    }
+    spare.clear();
+    for (k, v) in fields {
+        spare.append(k.clone(), v.clone());
+    }
+    spare
+}
+
 /// Sets a field the prepared head has a placeholder for. `insert` would first make room for
 /// one more field, which a cloned map (filled to its capacity) does by rebuilding its index.
 fn replace_or_insert(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
@@ -258,4 +372,37 @@ pub(crate) fn with_status_header(
             .insert(name.clone(), HeaderValue::from_static(status.as_str()));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_from_the_table_are_the_formatted_ones() {
+        for secs in 0..1100 {
+            assert_eq!(age_value(secs), HeaderValue::from(secs), "{secs}");
+        }
+        assert_eq!(age_value(u64::MAX), HeaderValue::from(u64::MAX));
+    }
+
+    #[test]
+    fn fields_copied_into_a_spare_map_are_the_clones() {
+        let mut fields = HeaderMap::new();
+        fields.append("set-cookie", HeaderValue::from_static("a=1"));
+        fields.append("x-custom", HeaderValue::from_static("x"));
+        fields.append("set-cookie", HeaderValue::from_static("b=2"));
+        fields.insert(header::AGE, HeaderValue::from_static("0"));
+        let mut spare = HeaderMap::with_capacity(16);
+        spare.insert(header::HOST, HeaderValue::from_static("request.test"));
+        let copied = copy_into(spare, &fields);
+        let pairs = |m: &HeaderMap| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(&copied), pairs(&fields));
+        // Too small a map: a clone.
+        assert_eq!(pairs(&copy_into(HeaderMap::new(), &fields)), pairs(&fields));
+    }
 }

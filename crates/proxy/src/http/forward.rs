@@ -15,6 +15,7 @@ use super::HttpProxy;
 use super::body::{PendingLog, ProxyBody};
 use super::error::ProxyError;
 use super::error::error_response;
+use super::headers::ForwardedFor;
 use super::request::{Outbound, Prepared};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
@@ -25,6 +26,7 @@ impl HttpProxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        forwarded_for: ForwardedFor,
         active: ActiveRequest,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
@@ -38,7 +40,7 @@ impl HttpProxy {
             })
         });
         let mut response_edits = Vec::new();
-        let mut resp = match self.prepare(&table, req, peer, started, &mut log) {
+        let mut resp = match self.prepare(&table, req, peer, forwarded_for, started, &mut log) {
             Err(e) => error_response(&e, active),
             Ok(Prepared::Answer {
                 answer,

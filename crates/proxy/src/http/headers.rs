@@ -135,35 +135,56 @@ pub fn strip_client_forwarding(headers: &mut HeaderMap) {
     }
 }
 
+/// A client's address as an X-Forwarded-For element, formatted once for its connection: every
+/// request on it forwards the same value. Formatting it per request was 3 of the 16 allocations
+/// of a proxied HTTP/1.1 request (benches/benches/allocs.rs).
+#[derive(Debug, Clone)]
+pub struct ForwardedFor {
+    ip: IpAddr,
+    value: HeaderValue,
+}
+
+impl ForwardedFor {
+    pub fn new(peer: IpAddr) -> ForwardedFor {
+        let ip = peer.to_canonical();
+        // An address always makes a valid field value; shared from the start, so the clone
+        // each request takes costs no allocation.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        ForwardedFor { ip, value }
+    }
+}
+
 /// Adds X-Forwarded-For (appending the peer this request came from), -Proto, -Host and Via to
 /// a request about to go upstream.
 pub fn add_forwarding(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &ForwardedFor,
     https: bool,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     version: Version,
 ) {
-    let ip = peer.to_canonical().to_string();
     match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {ip}")) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", peer.ip)) {
                 headers.insert(&X_FORWARDED_FOR, v);
             }
         }
         _ => {
-            if let Ok(v) = HeaderValue::from_str(&ip) {
-                headers.insert(&X_FORWARDED_FOR, v);
-            }
+            headers.insert(&X_FORWARDED_FOR, peer.value.clone());
         }
     }
     headers.insert(
         &X_FORWARDED_PROTO,
         HeaderValue::from_static(if https { "https" } else { "http" }),
     );
-    if let Some(h) = host
-        && let Ok(v) = HeaderValue::from_str(h)
-    {
+    if let Some(h) = host {
+        // The host as text, as it always was: a value that is not text is sent empty.
+        let v = if h.to_str().is_ok() {
+            h.clone()
+        } else {
+            HeaderValue::from_static("")
+        };
         headers.insert(&X_FORWARDED_HOST, v);
     }
     append_via(headers, version);
@@ -335,15 +356,21 @@ mod tests {
         h.insert(header::VIA, HeaderValue::from_static("1.1 cdn"));
         add_forwarding(
             &mut h,
-            "::ffff:10.0.0.1".parse().unwrap(),
+            &ForwardedFor::new("::ffff:10.0.0.1".parse().unwrap()),
             false,
-            Some("example.com"),
+            Some(&HeaderValue::from_static("example.com")),
             Version::HTTP_2,
         );
         assert_eq!(h.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.0.0.1");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "example.com");
         assert_eq!(h.get(header::VIA).unwrap(), "1.1 cdn, 2 streamgate");
+        let mut first = HeaderMap::new();
+        let peer = ForwardedFor::new("::ffff:10.0.0.1".parse().unwrap());
+        add_forwarding(&mut first, &peer, true, None, Version::HTTP_11);
+        assert_eq!(first.get("x-forwarded-for").unwrap(), "10.0.0.1");
+        assert_eq!(first.get("x-forwarded-proto").unwrap(), "https");
+        assert!(first.get("x-forwarded-host").is_none());
     }
 
     #[test]

@@ -297,12 +297,14 @@ impl HttpProxy {
             activity.clone(),
         ));
         let proxy = self.clone();
+        let forwarded_for = headers::ForwardedFor::new(peer.ip());
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);
             let conn = activity.clone();
             let p = proxy.clone();
+            let forwarded_for = forwarded_for.clone();
             async move {
-                let mut handling = std::pin::pin!(p.handle(req, peer, active));
+                let mut handling = std::pin::pin!(p.handle(req, peer, forwarded_for, active));
                 let mut at_once = true;
                 let response = std::future::poll_fn(|cx| {
                     let r = handling.as_mut().poll(cx);

@@ -21,7 +21,7 @@ use super::body::{Completion, PendingLog, ProxyBody, RequestBody, Upload};
 use super::error::ProxyError;
 use super::error::error_response;
 use super::headers::{add_forwarding, append_via, is_idempotent, strip_hop_by_hop};
-use super::request::{Outbound, ambiguous_framing, host_str};
+use super::request::{Outbound, ambiguous_framing};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
 use crate::tunnel::{Ended, relay};
@@ -147,12 +147,11 @@ impl HttpProxy {
         let service = out.service;
         if !out.forwarded {
             out.forwarded = true;
-            let host = out.host.clone();
             add_forwarding(
                 &mut out.parts.headers,
-                out.peer.ip(),
+                &out.forwarded_for,
                 self.https,
-                Some(host_str(&host)),
+                Some(&out.host),
                 out.client_version,
             );
             if service.spec.region_policy == RegionPolicy::Geo
@@ -179,23 +178,25 @@ impl HttpProxy {
                 service: service.name.to_string(),
             });
         };
-        // Backends this request already failed on, so a retry goes elsewhere.
+        // Backends this request already failed on, so a retry goes elsewhere. Filled only when
+        // an attempt fails: a request answered at the first try allocates no list.
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempts: u32 = 0;
         // Attempts where the request (may have) reached a backend; a connect failure does not
         // count, as nginx tries every server when a connection is refused.
         let mut sent_attempts = 0;
         loop {
             // One clock read per attempt: the lease, the pool's idle check and the deadline share it.
-            let attempt_at = if tried.is_empty() {
+            let attempt_at = if attempts == 0 {
                 out.started
             } else {
                 Instant::now()
             };
-            tried.push(pick.backend.address);
+            attempts += 1;
             if let Some(l) = log.as_mut() {
                 l.record.region = Some(pick.region.name.clone());
                 l.record.backend = Some(pick.backend.address);
-                l.record.retries = tried.len() as u32 - 1;
+                l.record.retries = attempts - 1;
             }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
             let upstream = &service.spec.upstream;
@@ -268,15 +269,17 @@ impl HttpProxy {
                         && idempotent
                         && sent_attempts < max_sent_attempts
                         && matches!(out.body, RequestBody::Empty)
-                        && let Some(next) = self.retry_target(service, &out.facts, &tried, true)
                     {
-                        warn!(
-                            service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
-                            next = %next.backend.address, status = status.as_u16(),
-                            "backend answered {status}; retrying on another backend"
-                        );
-                        pick = next;
-                        continue;
+                        tried.push(pick.backend.address);
+                        if let Some(next) = self.retry_target(service, &out.facts, &tried, true) {
+                            warn!(
+                                service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
+                                next = %next.backend.address, status = status.as_u16(),
+                                "backend answered {status}; retrying on another backend"
+                            );
+                            pick = next;
+                            continue;
+                        }
                     }
                     let m = &pick.region.metrics;
                     m.latency
@@ -316,6 +319,7 @@ impl HttpProxy {
                 },
             };
             drop(lease);
+            tried.push(pick.backend.address);
             let failure = if upload.as_ref().is_some_and(|u| u.over_limit()) {
                 self.limited.count(Limit::Body);
                 ProxyError::PayloadTooLarge {

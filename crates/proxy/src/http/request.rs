@@ -24,8 +24,8 @@ use super::HttpProxy;
 use super::body::{PendingLog, RequestBody, Upload};
 use super::error::ProxyError;
 use super::headers::{
-    MAX_OWN_VIA_HOPS, client_ip, is_trusted, lists_token, own_via_hops, strip_client_forwarding,
-    strip_hop_by_hop,
+    ForwardedFor, MAX_OWN_VIA_HOPS, client_ip, is_trusted, lists_token, own_via_hops,
+    strip_client_forwarding, strip_hop_by_hop,
 };
 use super::rules::edit_request;
 
@@ -46,6 +46,8 @@ pub(crate) struct Outbound<'t> {
     pub body: RequestBody,
     pub client_version: Version,
     pub peer: SocketAddr,
+    /// `peer` as X-Forwarded-For says it, made once for the connection.
+    pub forwarded_for: ForwardedFor,
     pub started: Instant,
     /// Rules will edit the response: the origin path marks who answered ([`ServedBy`]).
     ///
@@ -108,6 +110,7 @@ impl HttpProxy {
         table: &'t RoutingTable,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        forwarded_for: ForwardedFor,
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Prepared<'t>, ProxyError> {
@@ -298,6 +301,7 @@ impl HttpProxy {
             body,
             client_version,
             peer,
+            forwarded_for,
             started,
             served_by,
         };

@@ -12,7 +12,7 @@ use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
 use super::codec::{BodyDecoder, Decoded};
-use super::pool::Pool;
+use super::pool::{Buffers, Pool, Pooled};
 use super::{Conn, UpstreamError};
 
 /// Read size for bodies: big enough that a 100 KiB response takes two reads.
@@ -22,6 +22,10 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct H1Body {
     conn: Option<Conn>,
     buf: BytesMut,
+    /// The request head's buffer, kept with the connection for its next request.
+    head: Vec<u8>,
+    /// `buf` grew for a large body: not worth keeping.
+    grew: bool,
     decoder: BodyDecoder,
     pool: Arc<Pool>,
     /// The connection may serve another request once this body has been read to its end.
@@ -39,7 +43,7 @@ pub struct H1Body {
 impl H1Body {
     pub(super) fn new(
         conn: Conn,
-        buf: BytesMut,
+        buffers: Buffers,
         decoder: BodyDecoder,
         pool: Arc<Pool>,
         reusable: bool,
@@ -48,7 +52,9 @@ impl H1Body {
     ) -> H1Body {
         let mut body = H1Body {
             conn: Some(conn),
-            buf,
+            buf: buffers.read,
+            head: buffers.head,
+            grew: false,
             decoder,
             pool,
             reusable,
@@ -82,7 +88,15 @@ impl H1Body {
             && let Some(conn) = self.conn.take()
             && let Some(stream) = conn.into_reusable()
         {
-            self.pool.put(stream, self.last_used);
+            let buffers = Buffers {
+                head: std::mem::take(&mut self.head),
+                read: std::mem::take(&mut self.buf),
+            };
+            let conn = Pooled {
+                stream,
+                buffers: buffers.kept(self.grew),
+            };
+            self.pool.put(conn, self.last_used);
         }
     }
 
@@ -149,6 +163,7 @@ impl Body for H1Body {
             };
             if this.buf.capacity() - this.buf.len() < 4096 {
                 this.buf.reserve(READ_CHUNK);
+                this.grew = true;
             }
             match poll_read_buf(Pin::new(conn), cx, &mut this.buf) {
                 Poll::Ready(Ok(0)) => {

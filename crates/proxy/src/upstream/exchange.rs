@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -16,6 +16,9 @@ use tokio_util::io::poll_read_buf;
 
 use super::codec::{self, RequestFraming, ResponseHead};
 use super::{RequestBody, Upload, UpstreamError};
+
+/// Read size for response heads (and a whole small response).
+const READ_HEAD: usize = 8 * 1024;
 
 pub(super) async fn connect(
     addr: SocketAddr,
@@ -60,18 +63,22 @@ impl From<UpstreamError> for Failure {
     }
 }
 
-/// Writes the request and reads the response head. Returns the connection, the head and the
-/// bytes read past it.
+/// Writes the request and reads the response head into `buf`, which then holds the bytes read
+/// past it. Returns the connection and the head.
 ///
 /// A request body is sent by a task of its own while the response head is awaited, so a backend
 /// that answers early (413, 401, or an echo streaming back) is read while the body still flows.
 pub(super) async fn exchange(
     mut conn: TcpStream,
-    wire: &Bytes,
+    wire: &[u8],
     body: RequestBody,
     framing: RequestFraming,
-) -> Result<(Conn, ResponseHead, BytesMut), Failure> {
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    buf: &mut BytesMut,
+) -> Result<(Conn, ResponseHead), Failure> {
+    // A connection's kept buffer takes the whole answer again in place once nothing points into
+    // it; a new connection's (or one still shared) is allocated here.
+    buf.clear();
+    buf.reserve(READ_HEAD);
     conn.write_all(wire)
         .await
         .map_err(|e| io_err("sending the request", e))?;
@@ -87,7 +94,7 @@ pub(super) async fn exchange(
         }
     };
     loop {
-        match codec::parse_response_head(&mut buf) {
+        match codec::parse_response_head(buf) {
             Err(e) => {
                 return Err(Failure {
                     error: e.into(),
@@ -100,11 +107,11 @@ pub(super) async fn exchange(
                 if (100..200).contains(&s) && s != 101 {
                     continue;
                 }
-                return Ok((conn, head, buf));
+                return Ok((conn, head));
             }
             Ok(None) => {
                 let started = !buf.is_empty();
-                if let Err(error) = read_more(&mut conn, &mut buf).await {
+                if let Err(error) = read_more(&mut conn, buf).await {
                     // If the client's body broke, that is the story, not the backend's reaction.
                     let error = match conn.writer_error().await {
                         Some(e @ UpstreamError::ClientBody(_)) => e,
@@ -204,7 +211,7 @@ async fn read_more<R: tokio::io::AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<(), UpstreamError> {
     if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(8 * 1024);
+        buf.reserve(READ_HEAD);
     }
     let n = std::future::poll_fn(|cx| poll_read_buf(std::pin::Pin::new(&mut *rd), cx, buf))
         .await

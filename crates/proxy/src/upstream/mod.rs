@@ -33,7 +33,7 @@ use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
 pub use compress::{Compressing, Encoder};
 pub(crate) use exchange::Conn;
 use exchange::{Failure, connect, exchange, is_stale_connection};
-pub use pool::Pool;
+pub use pool::{Buffers, Pool, Pooled};
 pub use pooled::PreparedClients;
 use pooled::{ClientKey, PooledClients};
 pub use request_body::{BodyTooLarge, BoxError, RequestBody, Upload};
@@ -318,29 +318,31 @@ impl Upstreams {
                 None => RequestFraming::Chunked,
             },
         };
-        let mut wire = BytesMut::with_capacity(512);
+        // A pooled connection the backend closed while it sat idle fails at once; a request
+        // without a body is then sent again on a new connection (the backend never saw it).
+        let mut reused = pool.checkout(timeouts.idle, now);
+        let mut buffers = reused
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.buffers))
+            .unwrap_or_default();
+        buffers.head.clear();
         codec::write_request_head(
-            &mut wire,
+            &mut buffers.head,
             &head.method,
             path_and_query,
             &head.headers,
             framing,
         );
-        let wire = wire.freeze();
-
-        // A pooled connection the backend closed while it sat idle fails at once; a request
-        // without a body is then sent again on a new connection (the backend never saw it).
-        let mut reused = pool.checkout(timeouts.idle, now);
         loop {
             let was_reused = reused.is_some();
             let conn = match reused.take() {
-                Some(c) => c,
+                Some(c) => c.stream,
                 None => connect(backend, timeouts.connect).await?,
             };
             let replayable = matches!(body, RequestBody::Empty);
             let this_body = std::mem::replace(body, RequestBody::Empty);
-            match exchange(conn, &wire, this_body, framing).await {
-                Ok((conn, rhead, buf)) => {
+            match exchange(conn, &buffers.head, this_body, framing, &mut buffers.read).await {
+                Ok((conn, rhead)) => {
                     let framing = codec::response_framing(&head.method, &rhead)?;
                     let reusable =
                         rhead.keep_alive && rhead.status != StatusCode::SWITCHING_PROTOCOLS;
@@ -353,7 +355,7 @@ impl Upstreams {
                     } = rhead;
                     let mut resp = Response::new(UpstreamBody::H1(H1Body::new(
                         conn,
-                        buf,
+                        buffers,
                         decoder,
                         pool,
                         reusable,
