@@ -36,7 +36,7 @@ impl HttpProxy {
         self: &Arc<Self>,
         table: &Arc<RoutingTable>,
         cache: Arc<ServiceCache>,
-        mut out: Outbound<'_>,
+        out: &mut Outbound<'_>,
         active: ActiveRequest,
         log: &mut Option<Box<PendingLog>>,
     ) -> Response<ProxyBody> {
@@ -47,7 +47,9 @@ impl HttpProxy {
             &cache.spec.key_query,
         );
         if out.parts.method.as_str() == "PURGE" {
-            return self.purge_request(&cache, &out, active).await;
+            // Boxed, as the origin paths below: the hit path, which never suspends, would
+            // otherwise carry their futures' size in every request's future.
+            return Box::pin(self.purge_request(&cache, out, active)).await;
         }
         let req_dirs = Directives::of_request(&out.parts.headers);
         if let RequestUse::Bypass(why) =
@@ -57,7 +59,7 @@ impl HttpProxy {
             set_log_cache(log, CacheStatus::Bypass);
             let method = out.parts.method.clone();
             let (host, path) = (out.host.clone(), out.path_and_query.clone());
-            let resp = self.pass(out, active, log).await;
+            let resp = Box::pin(self.pass(out, active, log)).await;
             if policy::invalidates(&method, resp.status()) {
                 invalidate(&cache, host_str(&host), path.as_str(), resp.headers());
             }
@@ -97,21 +99,21 @@ impl HttpProxy {
                     let how = serve(CacheStatus::Hit, DataType::CacheHit);
                     // Done with the request's fields: their map's memory carries the answer's.
                     let spare = std::mem::take(&mut out.parts.headers);
-                    return self.serve_stored(&c, &v, &out, how, active, log, spare);
+                    return self.serve_stored(&c, &v, out, how, active, log, spare);
                 }
                 (Decision::StaleRefresh, Some(v)) => {
                     self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
                     let how = serve(CacheStatus::Stale, DataType::CacheStale);
                     // Done with the request's fields: their map's memory carries the answer's.
                     let spare = std::mem::take(&mut out.parts.headers);
-                    return self.serve_stored(&c, &v, &out, how, active, log, spare);
+                    return self.serve_stored(&c, &v, out, how, active, log, spare);
                 }
                 (Decision::StaleIfError, Some(v)) => {
                     warn!(key = %key, "origin failed for this object just now; serving the stale copy (stale-if-error)");
                     let how = serve(CacheStatus::Stale, DataType::CacheStale);
                     // Done with the request's fields: their map's memory carries the answer's.
                     let spare = std::mem::take(&mut out.parts.headers);
-                    return self.serve_stored(&c, &v, &out, how, active, log, spare);
+                    return self.serve_stored(&c, &v, out, how, active, log, spare);
                 }
                 (Decision::NotInCache, _) => return not_in_cache(cache, active, log),
                 (Decision::Revalidate { if_error_for }, Some(v)) => Some((v, if_error_for)),
@@ -155,7 +157,7 @@ impl HttpProxy {
                 None => Next::Fill { guard },
             };
         };
-        self.go_to_origin(c, out, next, active, log).await
+        Box::pin(self.go_to_origin(c, out, next, active, log)).await
     }
 }
 

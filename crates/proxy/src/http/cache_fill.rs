@@ -61,7 +61,7 @@ impl HttpProxy {
     pub(crate) async fn go_to_origin(
         &self,
         c: CacheRequest,
-        mut out: Outbound<'_>,
+        out: &mut Outbound<'_>,
         next: Next,
         active: ActiveRequest,
         log: &mut Option<Box<PendingLog>>,
@@ -85,7 +85,7 @@ impl HttpProxy {
             add_validators(&mut out.parts.headers, s);
         }
         let mut request_time = SystemTime::now();
-        let mut fetched = self.fetch_for_cache(&mut out, log).await;
+        let mut fetched = self.fetch_for_cache(out, log).await;
         // A 304 that cannot refresh the stored object (no validators were sent, or its strong
         // ETag names another representation, RFC 9111 §4.3.4): ask once more, unconditionally.
         if let (Ok(f), Some(s)) = (&fetched, &stale)
@@ -94,7 +94,7 @@ impl HttpProxy {
         {
             strip_validators(&mut out.parts.headers);
             request_time = SystemTime::now();
-            fetched = self.fetch_for_cache(&mut out, log).await;
+            fetched = self.fetch_for_cache(out, log).await;
         }
         let failure = match (fetched, &stale) {
             (Ok(f), Some(s)) if f.resp.status() == StatusCode::NOT_MODIFIED => {
@@ -121,7 +121,7 @@ impl HttpProxy {
                 };
                 // Done with the request's fields: their map's memory carries the answer's.
                 let spare = std::mem::take(&mut out.parts.headers);
-                return self.serve_stored(&c, &r.merged, &out, how, active, log, spare);
+                return self.serve_stored(&c, &r.merged, out, how, active, log, spare);
             }
             (Ok(f), Some(s)) if f.resp.status().is_server_error() && !if_error_for.is_zero() => {
                 let why = format!("origin failed with status {}", f.resp.status().as_u16());
@@ -129,16 +129,16 @@ impl HttpProxy {
             }
             (Ok(f), _) => {
                 strip_validators(&mut out.parts.headers);
-                let recorder = recorder_for(&c, &out, &f, request_time, guard);
+                let recorder = recorder_for(&c, out, &f, request_time, guard);
                 if recorder.is_none() && origin_should_cut_range(&c.ask, answer(&f)) {
                     // Not stored: reading (and dropping) everything before the client's range
                     // would cost more than asking the origin for the range itself.
                     drop(f);
                     c.ask.restore_into(&mut out.parts.headers);
-                    let resp = match self.fetch(&mut out, log).await {
+                    let resp = match self.fetch(out, log).await {
                         Ok(f) => self.origin_response(
                             f,
-                            &out,
+                            out,
                             DataType::Pass,
                             Completion::serving(active),
                         ),
@@ -148,7 +148,7 @@ impl HttpProxy {
                 }
                 let stall = out.service.spec.timeouts.upstream_response;
                 let mut resp =
-                    self.origin_response(f, &out, DataType::CacheMiss, Completion::serving(active));
+                    self.origin_response(f, out, DataType::CacheMiss, Completion::serving(active));
                 narrow_to_ask(&mut resp, &c.ask);
                 if let Some(r) = recorder {
                     resp.body_mut().record_into(r, stall);
@@ -173,7 +173,7 @@ impl HttpProxy {
         };
         // Done with the request's fields: their map's memory carries the answer's.
         let spare = std::mem::take(&mut out.parts.headers);
-        self.serve_stored(&c, &stale, &out, how, active, log, spare)
+        self.serve_stored(&c, &stale, out, how, active, log, spare)
     }
 
     /// stale-while-revalidate: one background refresh per object, made like a client's

@@ -19,6 +19,8 @@ use super::headers::ForwardedFor;
 use super::request::{Outbound, Prepared};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
+use streamgate_config::rules::Template;
+use streamgate_policy::Edit;
 
 impl HttpProxy {
     /// Answers one request. Never fails: every error becomes a response.
@@ -39,45 +41,37 @@ impl HttpProxy {
                 started,
             })
         });
-        let mut response_edits = Vec::new();
-        let mut resp = match self.prepare(&table, req, peer, forwarded_for, started, &mut log) {
-            Err(e) => error_response(&e, active),
-            Ok(Prepared::Answer {
-                answer,
-                response_edits: edits,
-            }) => {
-                response_edits = edits;
-                super::rules::answer(answer, active)
+        // The match ends before the first await, so the request's preparation (640 bytes) is
+        // not kept in the future across it. Every await of this future below borrows `out`
+        // rather than taking it: an async fn keeps its by-value arguments twice over (as
+        // captured and as a local), and the future is moved into place per request (hyper's
+        // dispatch copied the 9.7 KB future per request: 2% of the proxy's CPU under perf).
+        let (mut out, response_edits, active) =
+            match self.prepare(&table, req, peer, forwarded_for, started, &mut log) {
+                Err(e) => return finish(error_response(&e, active), &[], log),
+                Ok(Prepared::Answer {
+                    answer,
+                    response_edits,
+                }) => return finish(super::rules::answer(answer, active), &response_edits, log),
+                Ok(Prepared::Forward {
+                    out,
+                    response_edits,
+                }) => (out, response_edits, active),
+            };
+        let resp = if let Err(e) = self.admit(&out) {
+            error_response(&e, active)
+        } else if let Some(spec) = out.service.spec.cache.as_ref() {
+            let cache = self.caches.for_service(&out.service.name, spec);
+            self.cached(&table, cache, &mut out, active, &mut log).await
+        } else {
+            if out.parts.method.as_str() == "PURGE" {
+                // Asked of this tier's cache only: a StreamGate behind it that trusts
+                // this tier must not take a client's word for a fleet-wide purge.
+                out.parts.headers.remove(super::purge::SCOPE);
             }
-            Ok(Prepared::Forward {
-                out,
-                response_edits: edits,
-            }) => {
-                response_edits = edits;
-                if let Err(e) = self.admit(&out) {
-                    error_response(&e, active)
-                } else if let Some(spec) = out.service.spec.cache.as_ref() {
-                    let cache = self.caches.for_service(&out.service.name, spec);
-                    self.cached(&table, cache, out, active, &mut log).await
-                } else {
-                    let mut out = out;
-                    if out.parts.method.as_str() == "PURGE" {
-                        // Asked of this tier's cache only: a StreamGate behind it that trusts
-                        // this tier must not take a client's word for a fleet-wide purge.
-                        out.parts.headers.remove(super::purge::SCOPE);
-                    }
-                    self.pass(out, active, &mut log).await
-                }
-            }
+            self.pass(&mut out, active, &mut log).await
         };
-        if !response_edits.is_empty() {
-            super::rules::edit_response(&mut resp, &response_edits);
-        }
-        if let Some(mut pending) = log {
-            pending.record.status = resp.status().as_u16();
-            resp.body_mut().log_when_done(pending);
-        }
-        resp
+        finish(resp, &response_edits, log)
     }
 
     /// The service's limits: a body declared larger than `max_body` (413), the service's and
@@ -116,4 +110,20 @@ impl HttpProxy {
         }
         Ok(())
     }
+}
+
+/// The rules' response edits and the access log's record, for every answer.
+fn finish(
+    mut resp: Response<ProxyBody>,
+    response_edits: &[Edit<Template>],
+    log: Option<Box<PendingLog>>,
+) -> Response<ProxyBody> {
+    if !response_edits.is_empty() {
+        super::rules::edit_response(&mut resp, response_edits);
+    }
+    if let Some(mut pending) = log {
+        pending.record.status = resp.status().as_u16();
+        resp.body_mut().log_when_done(pending);
+    }
+    resp
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 /// Kept with the HTTP/1.1 codec, which needs it too (upstream does not depend on http).
 pub use crate::upstream::codec::lists_token;
@@ -27,29 +28,46 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Removes hop-by-hop headers: the fixed list and any named in Connection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages have none: one pass over their fields instead of a lookup per name.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the fields notes which hop-by-hop names are present: most messages have
+    // none, and most of the rest only `Connection: keep-alive` (every nginx response). A
+    // removal per listed name hashes each; with the list below, this function was 8% of a
+    // proxied request's instructions (callgrind) before it removed only what it found.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        present |= hop_by_hop_bit(name);
+    }
+    if present == 0 {
         return;
     }
-    // Names listed in Connection are hop-by-hop too, on every Connection line.
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    // Names listed in Connection are hop-by-hop too, on every Connection line. The lists are
+    // kept by reference count (no copy) while the fields they name are removed.
+    if present & CONNECTION_BIT != 0 {
+        let lists: SmallVec<[HeaderValue; 2]> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|list| list.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .cloned()
             .collect();
-        for n in named {
-            headers.remove(n);
-        }
         headers.remove(header::CONNECTION);
+        for list in &lists {
+            let Ok(list) = list.to_str() else { continue };
+            for name in list.split(',').map(str::trim) {
+                // By name as text: parsed on the stack, never allocated; not a field name,
+                // nothing to remove.
+                if !name.is_empty() && !name.eq_ignore_ascii_case("keep-alive") {
+                    headers.remove(name);
+                }
+            }
+        }
     }
-    for name in hop_by_hop() {
-        headers.remove(name);
+    for (i, name) in hop_by_hop().into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     // TE: only "trailers" may cross (gRPC needs it); anything else is hop-by-hop.
-    if let Some(te) = headers.get(header::TE) {
+    if present & TE_BIT != 0
+        && let Some(te) = headers.get(header::TE)
+    {
         let keep = te.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
@@ -60,6 +78,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(header::TE);
         }
     }
+}
+
+const CONNECTION_BIT: u16 = 1 << 8;
+const TE_BIT: u16 = 1 << 9;
+
+/// Which hop-by-hop field `name` is, as a bit: bit i for `hop_by_hop()[i]`, then Connection
+/// and TE; 0 for an end-to-end field.
+fn hop_by_hop_bit(name: &HeaderName) -> u16 {
+    if name == header::CONNECTION {
+        return CONNECTION_BIT;
+    }
+    if name == header::TE {
+        return TE_BIT;
+    }
+    hop_by_hop()
+        .iter()
+        .position(|h| *h == name)
+        .map_or(0, |i| 1 << i)
 }
 
 /// The fields that are always hop-by-hop (besides Connection, the fields it names, and TE).
@@ -73,10 +109,6 @@ fn hop_by_hop() -> [&'static HeaderName; 7] {
         &header::UPGRADE,
         &header::TRAILER,
     ]
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION || name == header::TE || hop_by_hop().contains(&name)
 }
 
 /// Forwarding fields a client may not set: they tell the origin who the client is, how it came

@@ -43,17 +43,17 @@ impl HttpProxy {
     /// Straight to the origin, no cache.
     pub(crate) async fn pass(
         &self,
-        mut out: Outbound<'_>,
+        out: &mut Outbound<'_>,
         active: ActiveRequest,
         log: &mut Option<Box<PendingLog>>,
     ) -> Response<ProxyBody> {
-        match self.fetch(&mut out, log).await {
+        match self.fetch(out, log).await {
             Ok(f)
                 if f.resp.status() == StatusCode::SWITCHING_PROTOCOLS && out.upgrade.is_some() =>
             {
-                self.tunnel(f, &mut out, active)
+                self.tunnel(f, out, active)
             }
-            Ok(f) => self.origin_response(f, &out, DataType::Pass, Completion::serving(active)),
+            Ok(f) => self.origin_response(f, out, DataType::Pass, Completion::serving(active)),
             Err(e) => error_response(&e, active),
         }
     }
@@ -204,38 +204,42 @@ impl HttpProxy {
                 RequestBody::Stream(_, u) => Some(u.clone()),
                 RequestBody::Empty => None,
             };
-            let exchange = async {
-                if upstream.protocol != UpstreamProtocol::Http1 {
-                    self.upstreams
-                        .send_pooled(
-                            pick.backend.address,
-                            upstream,
-                            &out.parts,
-                            out.path_and_query.as_str(),
-                            &mut out.body,
-                            exchange_timeouts,
-                        )
-                        .await
-                } else {
-                    self.upstreams
-                        .send(
-                            pick.backend.address,
-                            &out.parts,
-                            out.path_and_query.as_str(),
-                            &mut out.body,
-                            exchange_timeouts,
-                            attempt_at,
-                        )
-                        .await
-                }
+            let answered = {
+                // Pinned here, and borrowed below: an exchange passed by value would sit in this
+                // future twice (as the deadline's argument and its pinned local).
+                let exchange = std::pin::pin!(async {
+                    if upstream.protocol != UpstreamProtocol::Http1 {
+                        self.upstreams
+                            .send_pooled(
+                                pick.backend.address,
+                                upstream,
+                                &out.parts,
+                                out.path_and_query.as_str(),
+                                &mut out.body,
+                                exchange_timeouts,
+                            )
+                            .await
+                    } else {
+                        self.upstreams
+                            .send(
+                                pick.backend.address,
+                                &out.parts,
+                                out.path_and_query.as_str(),
+                                &mut out.body,
+                                exchange_timeouts,
+                                attempt_at,
+                            )
+                            .await
+                    }
+                });
+                within_response_deadline(
+                    exchange,
+                    attempt_at,
+                    upload.as_deref(),
+                    timeouts.upstream_response,
+                )
+                .await
             };
-            let answered = within_response_deadline(
-                exchange,
-                attempt_at,
-                upload.as_deref(),
-                timeouts.upstream_response,
-            )
-            .await;
             let failure = match answered {
                 // Both framings at once (an HTTP/1.1 backend behind TLS, read by hyper): the
                 // body's length is ambiguous, so the response is refused, never stored.
@@ -466,14 +470,13 @@ enum Late {
 /// a large upload is not a slow backend. An upload with no progress for `limit` is the client's
 /// stall.
 async fn within_response_deadline<F: std::future::Future>(
-    exchange: F,
+    mut exchange: std::pin::Pin<&mut F>,
     started: Instant,
     upload: Option<&Upload>,
     limit: std::time::Duration,
 ) -> Result<F::Output, Late> {
     let limit_nanos = limit.as_nanos() as u64;
     let start = nanos_at(started);
-    let mut exchange = std::pin::pin!(exchange);
     loop {
         let from = upload.map_or(start, |u| u.last_progress().max(start));
         let now = streamgate_balance::stats::now_nanos();

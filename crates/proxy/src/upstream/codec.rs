@@ -1,9 +1,12 @@
 //! HTTP/1.1 to backends, on the wire (RFC 9112): the request head we write, the response head we
 //! parse, and how the response body is framed.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use smallvec::SmallVec;
 
 /// Most headers a backend response may carry.
 const MAX_HEADERS: usize = 128;
@@ -82,9 +85,16 @@ pub enum HeadError {
 /// Parses a response head from the front of `buf`. `Ok(None)`: more bytes needed. On success the
 /// head's bytes are removed from `buf`; header values share its memory.
 pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Left uninitialised, as the spans below (a SmallVec's inline array): zeroing both arrays (8 KiB) was 9% of the
+    // instructions of a proxied 1 KiB request (callgrind, 10 000 requests).
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
             return if buf.len() >= MAX_HEAD {
@@ -106,16 +116,16 @@ pub fn parse_response_head(buf: &mut BytesMut) -> Result<Option<ResponseHead>, H
     // slice the values from it without copying.
     // On the stack: a Vec here was one allocation of every proxied request.
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = resp.headers.len();
-    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+    // Filled in place: a SmallVec returned from `collect` is moved, inline array and all.
+    let mut spans: SmallVec<[(usize, usize, usize, usize); MAX_HEADERS]> = SmallVec::new();
+    for h in resp.headers.iter() {
         let n = h.name.as_ptr() as usize - base;
         let v = h.value.as_ptr() as usize - base;
-        *span = (n, h.name.len(), v, h.value.len());
+        spans.push((n, h.name.len(), v, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut map = HeaderMap::with_capacity(count);
-    for &(n, nl, v, vl) in &spans[..count] {
+    let mut map = HeaderMap::with_capacity(spans.len());
+    for &(n, nl, v, vl) in &spans {
         let name = HeaderName::from_bytes(&head[n..n + nl])
             .map_err(|e| HeadError::Malformed(e.to_string()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
