@@ -18,6 +18,8 @@ pub struct Contender {
     pub h2c: Option<SocketAddr>,
     /// HTTP/1.1 listener in front of the proxy's cache.
     pub cache: Option<SocketAddr>,
+    /// HTTP/2 cleartext (prior knowledge) listener in front of the proxy's cache.
+    pub h2c_cache: Option<SocketAddr>,
     /// HTTPS (TLS terminated by the proxy, HTTP/1.1) pass-through listener.
     pub https: Option<SocketAddr>,
     /// L4 listener forwarding to the TCP origin (iperf3).
@@ -41,6 +43,7 @@ impl Contender {
             http: None,
             h2c: None,
             cache: None,
+            h2c_cache: None,
             https: None,
             tcp: Some(tcp_origin),
             child: None,
@@ -226,6 +229,7 @@ const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
     let origin = o.http;
     let (http, h2c, cache, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let h2c_cache = free_port()?;
     let stream = Path::new(NGINX_STREAM_MODULE).exists();
     let tcp = if stream { Some(free_port()?) } else { None };
     let cache_dir = work.join("nginx-cache");
@@ -236,7 +240,7 @@ pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
          upstream origin {{ server {origin}; keepalive 256; keepalive_requests 10000000; }}\n \
          gzip on; gzip_comp_level 6; gzip_min_length 1024; gzip_vary on; gzip_proxied any;\n \
          proxy_cache_path {cdir} levels=1:2 keys_zone=sg:16m max_size=256m inactive=1h use_temp_path=off;\n \
-         server {{\n  listen {cache} backlog=4096;\n  \
+         server {{\n  listen {cache} backlog=4096;\n  listen {h2c_cache} http2 backlog=4096;\n  \
          location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; \
          proxy_set_header Host $host; proxy_cache sg; proxy_cache_valid 200 1h; proxy_cache_lock on; \
          add_header X-Cache $upstream_cache_status; }}\n }}\n \
@@ -284,6 +288,7 @@ pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
         http: Some(http),
         h2c: Some(h2c),
         cache: Some(cache),
+        h2c_cache: Some(h2c_cache),
         https: Some(https),
         tcp,
         child: Some(child),
@@ -293,6 +298,7 @@ pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
 pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
     let origin = o.http;
     let (http, h2c, cache) = (free_port()?, free_port()?, free_port()?);
+    let h2c_cache = free_port()?;
     let (https, tcp) = (free_port()?, free_port()?);
     let conf = format!(
         "global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  \
@@ -300,7 +306,7 @@ pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> 
          frontend fe\n  bind {http}\n  bind {h2c} proto h2\n  default_backend be\n\n\
          backend be\n  server origin {origin}\n\n\
          cache sg\n  total-max-size 256\n  max-object-size 1048576\n  max-age 3600\n\n\
-         frontend fe_cache\n  bind {cache}\n  default_backend be_cache\n\n\
+         frontend fe_cache\n  bind {cache}\n  bind {h2c_cache} proto h2\n  default_backend be_cache\n\n\
          backend be_cache\n  http-request cache-use sg\n  http-response cache-store sg\n  server origin {origin}\n\n\
          frontend fe_tls\n  bind {https} ssl crt {both} alpn http/1.1\n  default_backend be\n\n\
          listen l4\n  mode tcp\n  bind {tcp}\n  server o {tcp_origin}\n",
@@ -324,6 +330,7 @@ pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> 
         http: Some(http),
         h2c: Some(h2c),
         cache: Some(cache),
+        h2c_cache: Some(h2c_cache),
         https: Some(https),
         tcp: Some(tcp),
         child: Some(child),
@@ -388,6 +395,8 @@ pub fn start_streamgate(
         http: Some(http),
         h2c: Some(http),
         cache: Some(cache),
+        // HTTP/1.1 and h2c share the cache listener too.
+        h2c_cache: Some(cache),
         https: Some(https),
         tcp: Some(tcp),
         child: Some(child),
@@ -417,6 +426,7 @@ pub fn start_varnish(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         http: None,
         h2c: None,
         cache: Some(cache),
+        h2c_cache: None,
         https: None,
         tcp: None,
         child: Some(child),

@@ -85,6 +85,7 @@ enum Target {
     Pass,
     H2c,
     Cache,
+    H2cCache,
     Https,
     Tcp,
 }
@@ -140,6 +141,16 @@ const SCENARIOS: &[Scenario] = &[
         },
         target: Target::H2c,
         what: "h2c, 16 connections x 8 streams, 1 KiB",
+    },
+    Scenario {
+        name: "h2c-hit-1k",
+        path: "/1k",
+        load: Load::H2load {
+            clients: 16,
+            streams: 8,
+        },
+        target: Target::H2cCache,
+        what: "cache hits over h2c, 16 connections x 8 streams, 1 KiB",
     },
     Scenario {
         name: "hit-1k",
@@ -204,7 +215,7 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, hit-1k, hit-latency-1k, hit-100k, https-1k, tls-handshakes, tcp-throughput, gzip-pass-20k, gzip-hit-20k";
+const SCENARIO_NAMES: &str = "pass-1k, pass-100k, latency-1k, h2c-1k, h2c-hit-1k, hit-1k, hit-latency-1k, hit-100k, https-1k, tls-handshakes, tcp-throughput, gzip-pass-20k, gzip-hit-20k";
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Row {
@@ -357,6 +368,7 @@ fn address(sc: &Scenario, p: &Contender) -> Option<std::net::SocketAddr> {
         Target::Pass => p.http,
         Target::H2c => p.h2c,
         Target::Cache => p.cache,
+        Target::H2cCache => p.h2c_cache,
         Target::Https => p.https,
         Target::Tcp => p.tcp,
     }

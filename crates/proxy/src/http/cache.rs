@@ -102,7 +102,7 @@ impl HttpProxy {
                     return self.serve_stored(&c, &v, out, how, active, log, spare);
                 }
                 (Decision::StaleRefresh, Some(v)) => {
-                    self.refresh_in_background(table.clone(), cache.clone(), key, &out, &v);
+                    self.refresh_in_background(table.clone(), cache.clone(), key, out, &v);
                     let how = serve(CacheStatus::Stale, DataType::CacheStale);
                     // Done with the request's fields: their map's memory carries the answer's.
                     let spare = std::mem::take(&mut out.parts.headers);
