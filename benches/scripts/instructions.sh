@@ -12,19 +12,8 @@ BIN=${STREAMGATE:-target/release/streamgate}
 for tool in valgrind callgrind_control callgrind_annotate h2load nginx curl; do
   command -v $tool >/dev/null || { echo "needs $tool (apt-get install valgrind nghttp2-client nginx curl)" >&2; exit 2; }
 done
-WORK=$(mktemp -d /var/tmp/sg-instructions.XXXXXX)
-trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-chmod 755 "$WORK"
-head -c 1024 /dev/zero | tr '\0' a > "$WORK/1k"
-chmod 644 "$WORK/1k"
-cat > "$WORK/origin.conf" <<CONF
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:18181; location / { root $WORK; expires 1h; } } }
-CONF
+. "$(dirname "$0")/origin.sh"
+origin_work instructions 18181 "expires 1h;"
 cat > "$WORK/sg.toml" <<CONF
 [runtime]
 workers = 1
@@ -66,10 +55,10 @@ one() {
     if [ "$proto" = h1 ]; then h2load --h1 -n "$1" -c 8 "$url"; else h2load -n "$1" -c 4 -m 8 "$url"; fi
   }
   load 2000 >/dev/null
-  callgrind_control -z $pid >/dev/null
+  callgrind_control -z $pid >/dev/null 2>&1
   local done
   done=$(load "$N" | awk '/^requests:/ {print $8}')
-  callgrind_control -d $pid >/dev/null
+  callgrind_control -d $pid >/dev/null 2>&1
   kill $pid; wait $pid 2>/dev/null || true
   local ir
   ir=$(callgrind_annotate "$(ls "$WORK"/cg.out.* | head -1)" 2>/dev/null |

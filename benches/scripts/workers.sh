@@ -8,18 +8,8 @@ set -eu
 ROUNDS=${1:-2}
 D=${2:-6}
 BIN=${STREAMGATE:-target/release/streamgate}
-WORK=$(mktemp -d /var/tmp/sg-workers.XXXXXX)
-trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-chmod 755 "$WORK"
-head -c 1024 /dev/zero | tr '\0' a > "$WORK/1k"
-chmod 644 "$WORK/1k"
-cat > "$WORK/origin.conf" <<CONF
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; server { listen 127.0.0.1:18081; root $WORK; } }
-CONF
+. "$(dirname "$0")/origin.sh"
+origin_work workers 18081
 one() {
   local workers=$1 place=$2 sg="" load=""
   if [ "$place" = pinned ]; then sg="taskset -c 0"; load="taskset -c 1"; fi

@@ -22,6 +22,22 @@ fn fleet(nats: &NatsServer, pop: &str) -> String {
     )
 }
 
+/// PoP `name` of the fleet on `nats`: [`cdn`] with its `[fleet]` section.
+fn pop_config(nats: &NatsServer, o1: &Origin, o2: &Origin, regions: &[&str], name: &str) -> Config {
+    cdn(o1, o2, regions).raw(&fleet(nats, name))
+}
+
+/// [`pop_config`], started.
+async fn pop(
+    nats: &NatsServer,
+    o1: &Origin,
+    o2: &Origin,
+    regions: &[&str],
+    name: &str,
+) -> TestDaemon {
+    pop_config(nats, o1, o2, regions, name).start().await
+}
+
 /// Regions one (o1) and two (o2); the service uses `regions` in that order, failover.
 fn cdn(o1: &Origin, o2: &Origin, regions: &[&str]) -> Config {
     let mut c = Config::new()
@@ -100,14 +116,8 @@ async fn backend(d: &TestDaemon, address: &str) -> Value {
 async fn drains_and_primaries_said_fleet_wide_apply_at_every_pop_and_a_local_word_wins() {
     let nats = NatsServer::start();
     let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
-    let a = cdn(&o1, &o2, &["one", "two"])
-        .raw(&fleet(&nats, "a"))
-        .start()
-        .await;
-    let b = cdn(&o1, &o2, &["one", "two"])
-        .raw(&fleet(&nats, "b"))
-        .start()
-        .await;
+    let a = pop(&nats, &o1, &o2, &["one", "two"], "a").await;
+    let b = pop(&nats, &o1, &o2, &["one", "two"], "b").await;
     assert!(connected(&a).await && connected(&b).await);
     assert!(served_by(&a, "o1").await && served_by(&b, "o1").await);
     let o1_addr = o1.addr.to_string();
@@ -199,15 +209,9 @@ async fn drains_and_primaries_said_fleet_wide_apply_at_every_pop_and_a_local_wor
 async fn a_region_a_later_reload_adds_takes_the_word_the_fleet_said_before() {
     let nats = NatsServer::start();
     let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
-    let a = cdn(&o1, &o2, &["one", "two"])
-        .raw(&fleet(&nats, "a"))
-        .start()
-        .await;
+    let a = pop(&nats, &o1, &o2, &["one", "two"], "a").await;
     // b starts without region two.
-    let b = cdn(&o1, &o2, &["one"])
-        .raw(&fleet(&nats, "b"))
-        .start()
-        .await;
+    let b = pop(&nats, &o1, &o2, &["one"], "b").await;
     assert!(connected(&a).await && connected(&b).await);
     let (status, v) = a
         .admin(Method::POST, "/regions/two/deactivate?scope=fleet", "")
@@ -223,11 +227,7 @@ async fn a_region_a_later_reload_adds_takes_the_word_the_fleet_said_before() {
     }
 
     // b's config now has region two, first: the fleet's word keeps it out from the start.
-    b.rewrite_config(
-        &cdn(&o1, &o2, &["two", "one"])
-            .raw(&fleet(&nats, "b"))
-            .to_toml(),
-    );
+    b.rewrite_config(&pop_config(&nats, &o1, &o2, &["two", "one"], "b").to_toml());
     let (status, v) = b.admin(Method::POST, "/reload", "").await;
     assert_eq!(status, StatusCode::OK, "{v}");
     let two = region(&b.admin(Method::GET, "/regions", "").await.1, "two");
@@ -263,14 +263,8 @@ async fn purge_with_purge_scope_fleet_reaches_every_pop() {
     const OBJ: &str = "/c/page?cc=max-age%3D600";
     let nats = NatsServer::start();
     let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
-    let a = cdn(&o1, &o2, &["one"])
-        .raw(&fleet(&nats, "a"))
-        .start()
-        .await;
-    let b = cdn(&o1, &o2, &["one"])
-        .raw(&fleet(&nats, "b"))
-        .start()
-        .await;
+    let a = pop(&nats, &o1, &o2, &["one"], "a").await;
+    let b = pop(&nats, &o1, &o2, &["one"], "b").await;
     let alone = cdn(&o1, &o2, &["one"]).start().await;
     assert!(connected(&a).await && connected(&b).await);
     for d in [&a, &b, &alone] {
@@ -325,14 +319,10 @@ async fn a_pop_restarted_while_nats_is_down_keeps_the_fleets_last_words() {
     const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
     let mut nats = NatsServer::start();
     let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
-    let a = cdn(&o1, &o2, &["one", "two"])
-        .raw(&fleet(&nats, "a"))
-        .start()
-        .await;
+    let a = pop(&nats, &o1, &o2, &["one", "two"], "a").await;
     let store = tempfile::tempdir().unwrap();
-    let c_text = cdn(&o1, &o2, &["one", "two"])
+    let c_text = pop_config(&nats, &o1, &o2, &["one", "two"], "c")
         .snapshots(Snapshots::new(store.path()).interval("1h"))
-        .raw(&fleet(&nats, "c"))
         .to_toml();
     let mut c = DaemonProcess::start(BIN, &c_text, &["web", "admin"]);
     assert!(connected(&a).await);

@@ -334,6 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn each_hop_by_hop_field_alone_is_removed() {
+        // Removal goes by the bit each field sets: every listed field, found on its own.
+        for name in hop_by_hop().into_iter().chain([&header::CONNECTION]) {
+            let mut h = HeaderMap::new();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert!(h.get(name).is_none(), "{name}");
+            assert_eq!(h.get("x-kept").unwrap(), "1", "{name}");
+        }
+        // `Keep-Alive` named in Connection in any case, and the field itself.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
     fn every_connection_line_names_hop_by_hop_headers() {
         let mut h = HeaderMap::new();
         h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
