@@ -14,9 +14,27 @@ use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// An echo server: every byte back until the client closes its side, then closes.
+/// Socket buffers of the test's own sockets in the bulk test. Without a bound, 100 echoing
+/// connections are 400 sockets that the kernel autotunes up to `tcp_rmem` max (32 MiB here):
+/// that crossed the kernel's global TCP memory-pressure line (`tcp_mem`, 1.5 GiB here) on every
+/// run, and in 2 of 8 runs connections stalled in zero-window probes backed off to 120 s.
+/// Bounded, the test's sockets hold at most 200 MiB between them.
+const TEST_SOCKET_BUFFER: u32 = 256 * 1024;
+
+/// A socket whose kernel buffers are fixed at [`TEST_SOCKET_BUFFER`] (no autotuning).
+fn bounded_socket() -> tokio::net::TcpSocket {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.set_recv_buffer_size(TEST_SOCKET_BUFFER).unwrap();
+    s.set_send_buffer_size(TEST_SOCKET_BUFFER).unwrap();
+    s
+}
+
+/// An echo server: every byte back until the client closes its side, then closes. Its
+/// connections inherit the listener's bounded buffers.
 async fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = bounded_socket();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let l = s.listen(1024).unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -68,7 +86,7 @@ async fn tcp_echo_100_connections_64_mib_each_way_with_checksums_and_half_close(
     let tasks: Vec<_> = (0..100u64)
         .map(|seed| {
             tokio::spawn(async move {
-                let s = TcpStream::connect(addr).await.unwrap();
+                let s = bounded_socket().connect(addr).await.unwrap();
                 let (mut r, mut w) = s.into_split();
                 let writer = tokio::spawn(async move {
                     let mut rng = fastrand::Rng::with_seed(seed);
