@@ -1,11 +1,14 @@
 #!/bin/bash
-# User-space instructions per request, counted by callgrind: proxied HTTP/1.1, proxied h2c and
-# cache hits (1 KiB, an nginx origin). Instruction counts do not depend on the machine's load, so
-# this compares two binaries on a noisy machine where timing cannot: run it with each and compare.
+# User-space instructions per request, counted by callgrind: proxied HTTP/1.1 and h2c, and cache
+# hits over both (1 KiB, an nginx origin). Instruction counts do not depend on the machine's load,
+# so this compares two binaries on a noisy machine where timing cannot: run it with each and
+# compare.
 # It counts StreamGate's own work only (the kernel's share is not instructions in the process), and
 # valgrind counts a `rep movsb` copy per step, so large copies weigh more here than on the CPU.
 #   benches/scripts/instructions.sh [REQUESTS]      (apt-get install valgrind nghttp2-client nginx)
 #   STREAMGATE=/path/to/other/streamgate benches/scripts/instructions.sh
+#   KEEP=/some/dir benches/scripts/instructions.sh   keeps each path's profile as DIR/NAME.callgrind
+#                                                    (read it with callgrind_annotate)
 set -eu
 N=${1:-10000}
 BIN=${STREAMGATE:-target/release/streamgate}
@@ -60,8 +63,10 @@ one() {
   done=$(load "$N" | awk '/^requests:/ {print $8}')
   callgrind_control -d $pid >/dev/null 2>&1
   kill $pid; wait $pid 2>/dev/null || true
-  local ir
-  ir=$(callgrind_annotate "$(ls "$WORK"/cg.out.* | head -1)" 2>/dev/null |
+  local ir out
+  out=$(ls "$WORK"/cg.out.* | head -1)
+  [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$out" "$KEEP/$name.callgrind"
+  ir=$(callgrind_annotate "$out" 2>/dev/null |
     awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
   printf "%-16s %8d instructions per request (%s of %s requests succeeded)\n" \
     "$name" $((ir / N)) "$done" "$N"
@@ -70,3 +75,4 @@ echo "$BIN, $N requests per path"
 one proxied-h1-1k http://127.0.0.1:18180/1k h1
 one proxied-h2c-1k http://127.0.0.1:18180/1k h2
 one hit-h1-1k http://127.0.0.1:18182/1k h1
+one hit-h2c-1k http://127.0.0.1:18182/1k h2

@@ -1,20 +1,24 @@
 # Sourced by the bash scripts beside it: a work directory that is removed on exit, with every
 # process whose pid file is in it stopped, holding a 1 KiB payload and an nginx origin's config.
-#   origin_work NAME PORT [DIRECTIVES]   sets WORK; writes $WORK/1k and $WORK/origin.conf, an
-#                                        nginx on 127.0.0.1:PORT serving $WORK with DIRECTIVES
+#   origin_work NAME PORT [DIRECTIVES]   sets WORK; writes $WORK/www/1k and $WORK/origin.conf, an
+#                                        nginx on 127.0.0.1:PORT serving $WORK/www with DIRECTIVES
+# The payload sits in its own directory: the daemon's config file watcher is woken by every open
+# of a file in the config's directory (inotify's OPEN is in notify's fixed mask), and with the
+# config beside the payload that was 1 200 of 39 400 instructions per proxied request.
 origin_work() {
   WORK=$(mktemp -d "/var/tmp/sg-$1.XXXXXX")
   trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
   # nginx workers run as an unprivileged user: the files must be readable to them.
-  chmod 755 "$WORK"
-  head -c 1024 /dev/zero | tr '\0' a > "$WORK/1k"
-  chmod 644 "$WORK/1k"
+  mkdir "$WORK/www"
+  chmod 755 "$WORK" "$WORK/www"
+  head -c 1024 /dev/zero | tr '\0' a > "$WORK/www/1k"
+  chmod 644 "$WORK/www/1k"
   cat > "$WORK/origin.conf" <<CONF
 worker_processes 1;
 pid $WORK/origin.pid;
 error_log $WORK/origin.err;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$2; location / { root $WORK; ${3:-} } } }
+  server { listen 127.0.0.1:$2; location / { root $WORK/www; ${3:-} } } }
 CONF
 }
