@@ -45,9 +45,10 @@ const BODY: usize = 1024;
 /// allocation per request on any path fails the bench.
 const BUDGET: &[(Case, f64)] = &[
     (Case::H1, 6.5),
-    // Debug builds of tokio box every spawned future over 2 KiB (release: 16 KiB), and hyper
-    // spawns a task for each HTTP/2 stream.
-    (Case::H2c, if cfg!(debug_assertions) { 8.5 } else { 7.5 }),
+    // hyper spawns a task for each HTTP/2 stream, and StreamExecutor boxes it (one allocation
+    // for fewer instructions and cache misses; see its comment). Debug builds of tokio box a
+    // spawned future over 2 KiB themselves, so both profiles count the same.
+    (Case::H2c, 8.5),
     (Case::CacheHit, 4.5),
     (Case::Tcp, 5.5),
 ];

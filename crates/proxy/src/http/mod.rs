@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use streamgate_balance::{GeoHandle, TableHandle};
@@ -149,8 +149,28 @@ impl ListenerLimits {
     }
 }
 
-fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+/// Spawns hyper's HTTP/2 tasks, one per stream, each holding its request's future (3.7 KiB).
+/// Spawned as it stands, that future is copied into the task as well as built; moved once into
+/// a box, the task is small. Per h2c request (callgrind with its cache simulation, 10 000
+/// requests): proxied 56 164 -> 52 792 instructions, L1 read misses 637 -> 411, write misses
+/// 688 -> 344; cache hits 42 974 -> 40 407, 519 -> 325, 590 -> 264. One allocation more per
+/// stream. HTTP/1.1 spawns nothing per request (hyper keeps its future in the connection);
+/// boxing that future instead cost HTTP/1.1 300 instructions and 48 write misses a request.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamExecutor;
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
+fn builder(limits: &ListenerLimits) -> auto::Builder<StreamExecutor> {
+    let mut b = auto::Builder::new(StreamExecutor);
     b.http1()
         .timer(TokioTimer::new())
         // Head and idle deadlines are enforced by `TimedIo`; hyper's own would merge them.
@@ -227,7 +247,7 @@ impl HttpProxy {
         self: Arc<Self>,
         mut stream: TcpStream,
         peer: SocketAddr,
-        builder: auto::Builder<TokioExecutor>,
+        builder: auto::Builder<StreamExecutor>,
         watcher: Watcher,
         activity: &Arc<ConnActivity>,
     ) {
@@ -285,7 +305,7 @@ impl HttpProxy {
         io: I,
         peer: SocketAddr,
         timeouts: ClientTimeouts,
-        builder: &auto::Builder<TokioExecutor>,
+        builder: &auto::Builder<StreamExecutor>,
         watcher: Watcher,
         activity: &Arc<ConnActivity>,
     ) where
