@@ -14,14 +14,16 @@ use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Socket buffers of the test's own sockets in the bulk test. Without a bound, 100 echoing
-/// connections are 400 sockets that the kernel autotunes up to `tcp_rmem` max (32 MiB here):
-/// that crossed the kernel's global TCP memory-pressure line (`tcp_mem`, 1.5 GiB here) on every
-/// run, and in 2 of 8 runs connections stalled in zero-window probes backed off to 120 s.
-/// Bounded, the test's sockets hold at most 200 MiB between them.
+/// Socket buffers asked for the test's own sockets in the bulk test. Without a bound, the
+/// test's 400 sockets (the proxy's 200 are not ours to bound) are autotuned up to `tcp_rmem`
+/// max (32 MiB here): that crossed the kernel's global TCP memory-pressure line (`tcp_mem`,
+/// 1.5 GiB here) on every run, and in 2 of 8 runs connections stalled in zero-window probes
+/// backed off to 120 s. Bounded, four runs in a row stayed below it. The kernel doubles the
+/// size asked for and caps it at `net.core.rmem_max` / `wmem_max`.
 const TEST_SOCKET_BUFFER: u32 = 256 * 1024;
 
-/// A socket whose kernel buffers are fixed at [`TEST_SOCKET_BUFFER`] (no autotuning).
+/// A socket whose kernel buffers are set from [`TEST_SOCKET_BUFFER`], which turns autotuning
+/// off for them.
 fn bounded_socket() -> tokio::net::TcpSocket {
     let s = tokio::net::TcpSocket::new_v4().unwrap();
     s.set_recv_buffer_size(TEST_SOCKET_BUFFER).unwrap();

@@ -183,7 +183,8 @@ fn known_name(raw: &[u8]) -> Option<HeaderName> {
 fn connection_persists(version: Version, headers: &HeaderMap, keep_alive_listed: bool) -> bool {
     let has = |token: &str| lists_token(headers, &header::CONNECTION, token);
     match version {
-        Version::HTTP_10 => keep_alive_listed || has("keep-alive"),
+        // `close` wins over `keep-alive` (RFC 9112 §9.3): the backend is closing.
+        Version::HTTP_10 => (keep_alive_listed || has("keep-alive")) && !has("close"),
         _ => !has("close"),
     }
 }
@@ -551,6 +552,15 @@ mod tests {
         assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: x, keep-alive\r\n\r\n").keep_alive);
+        // close wins over keep-alive (RFC 9112 9.3), on one line or two, in either version:
+        // the backend is closing, so the connection must not go back to the pool.
+        for v in ["1.0", "1.1"] {
+            let one = format!("HTTP/{v} 200 OK\r\nConnection: keep-alive, close\r\n\r\n");
+            let two =
+                format!("HTTP/{v} 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n");
+            assert!(!head(&one).keep_alive, "{one:?}");
+            assert!(!head(&two).keep_alive, "{two:?}");
+        }
         // A lone keep-alive is noted, not kept; any other list stays for the hop-by-hop strip.
         let h = head("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n");
         assert!(h.keep_alive && h.headers.get("connection").is_none());
