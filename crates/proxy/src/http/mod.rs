@@ -154,10 +154,11 @@ impl ListenerLimits {
 /// a box, the task is small. Per h2c request, against the binary just before (callgrind with
 /// its cache simulation, 10 000 requests): proxied 56 164 -> 52 792 instructions, L1 read
 /// misses 637 -> 411, write misses 688 -> 344; cache hits 42 974 -> 40 407, 519 -> 325,
-/// 590 -> 264. One allocation more per stream. HTTP/1.1 spawns nothing per request (hyper keeps its future in the connection);
-/// boxing that future instead cost HTTP/1.1 300 instructions and 48 write misses a request.
+/// 590 -> 264. One allocation more per stream. HTTP/1.1 spawns nothing per request (hyper
+/// keeps its future in the connection); boxing that future instead cost HTTP/1.1 300
+/// instructions and 48 write misses a request.
 #[derive(Clone, Copy, Debug)]
-pub struct StreamExecutor;
+struct StreamExecutor;
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
