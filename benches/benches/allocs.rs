@@ -50,6 +50,7 @@ const BUDGET: &[(Case, f64)] = &[
     // spawned future over 2 KiB themselves, so both profiles count the same.
     (Case::H2c, 8.5),
     (Case::CacheHit, 4.5),
+    (Case::CacheHitH2c, 8.5),
     (Case::Tcp, 5.5),
 ];
 
@@ -61,6 +62,8 @@ enum Case {
     H2c,
     /// HTTP/1.1 keep-alive, 1 KiB answered from the cache.
     CacheHit,
+    /// HTTP/2 prior knowledge, one stream at a time, 1 KiB answered from the cache.
+    CacheHitH2c,
     /// One L4 connection: connect, 64 bytes echoed, close.
     Tcp,
 }
@@ -71,6 +74,7 @@ impl Case {
             Case::H1 => "proxied-h1-1k",
             Case::H2c => "proxied-h2c-1k",
             Case::CacheHit => "cache-hit-h1-1k",
+            Case::CacheHitH2c => "cache-hit-h2c-1k",
             Case::Tcp => "tcp-connection",
         }
     }
@@ -144,7 +148,8 @@ fn daemon_thread(text: String, addrs: mpsc::Sender<Addrs>, mut cmds: UnboundedRe
     drop(rt);
 }
 
-/// A 1 KiB answer for every request (cacheable for an hour), over HTTP/1.1 keep-alive.
+/// A 1 KiB answer for every request (cacheable for an hour), over HTTP/1.1 keep-alive, with the
+/// fields nginx sends for a static file (hyper adds Date and Content-Length).
 async fn origin(listener: TcpListener) {
     let body = Bytes::from(vec![b'x'; BODY]);
     loop {
@@ -156,8 +161,13 @@ async fn origin(listener: TcpListener) {
                 async move {
                     Ok::<_, Infallible>(
                         Response::builder()
+                            .header("server", "origin")
                             .header("content-type", "application/octet-stream")
+                            .header("last-modified", "Mon, 30 Nov 2026 14:02:13 GMT")
+                            .header("etag", "\"6b0d81e5-400\"")
+                            .header("expires", "Mon, 30 Nov 2026 17:06:08 GMT")
                             .header("cache-control", "public, max-age=3600")
+                            .header("accept-ranges", "bytes")
                             .body(Full::new(body))
                             .unwrap(),
                     )
@@ -277,8 +287,9 @@ async fn run(cmds: &UnboundedSender<Cmd>, a: &Addrs, path: Case) -> AllocationIn
             h1_requests(&mut sender, N).await;
             counting.end().await
         }
-        Case::H2c => {
-            let stream = TcpStream::connect(a.web).await.unwrap();
+        Case::H2c | Case::CacheHitH2c => {
+            let to = if path == Case::H2c { a.web } else { a.cache };
+            let stream = TcpStream::connect(to).await.unwrap();
             let (mut sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                     .await
