@@ -312,6 +312,29 @@ async fn request_rates_per_service_and_per_client_get_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn by_default_a_request_may_carry_100_header_fields() {
+    // Envoy's default (HAProxy's is 101); hyper parses up to 100 on the stack. The origin
+    // takes any number of fields, so every 431 is the proxy's.
+    let o = RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(o.addr))
+        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
+        .start()
+        .await;
+    for (fields, status) in [(100, "HTTP/1.1 200"), (101, "HTTP/1.1 431")] {
+        // Host and Connection are two of them.
+        let extra: String = (0..fields - 2).map(|i| format!("X-H{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{extra}Connection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with(status), "{fields} fields: {answer}");
+    }
+    assert_eq!(limited(&d, "header").await, 1.0);
+}
+
+#[tokio::test]
 async fn oversized_heads_get_431_and_are_counted() {
     let o = Origin::start("o").await;
     let d = limited_config(

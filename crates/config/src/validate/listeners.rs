@@ -2,6 +2,9 @@
 
 use super::*;
 
+/// `max_headers` when the listener does not set it.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+
 pub(super) fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>) -> Vec<Listener> {
     let mut out = Vec::new();
     let mut names = HashSet::new();
@@ -75,7 +78,10 @@ pub(super) fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>
             .max_headers
             .as_ref()
             .and_then(|m| ctx.int_in(m, format!("{p}.max_headers"), 8, 1024))
-            .map_or(128, |n| n as usize);
+            // Envoy's default (HAProxy's is 101). hyper parses up to 100 fields in arrays on
+            // the stack and more on the heap: 128 cost two allocations per HTTP/1.1 request
+            // and 266 of a proxied request's 35 197 instructions (532 of a hit's 23 477).
+            .map_or(DEFAULT_MAX_HEADERS, |n| n as usize);
         let mut certificates = Vec::new();
         match (&l.certificates, protocol) {
             (Some(list), Protocol::Https) => {
