@@ -49,7 +49,8 @@ pub struct Variant {
 
 /// A response head ready to be cloned into every hit: the stored headers plus what the proxy
 /// adds to each answer, with a placeholder for each per-hit value so a hit only replaces values
-/// (a clone of a header map has no spare room; an added field would reallocate it).
+/// (a clone of a header map keeps its index's free slots but not its fields' spare capacity;
+/// the proxy leaves the slots an answer needs, see `prepare_head` in the proxy crate).
 #[derive(Debug, Clone)]
 pub struct ServedHead {
     /// The cache-status header it has a placeholder for; a head prepared for another name is
@@ -223,7 +224,7 @@ fn compact(headers: HeaderMap) -> HeaderMap {
         copy.set_sensitive(v.is_sensitive());
         out.append(name.clone(), copy);
     }
-    // A map keeps room to grow; its clone holds exactly its fields.
+    // A map keeps room to grow; its clone holds exactly its fields (and the index's size).
     out.clone()
 }
 
