@@ -335,6 +335,37 @@ async fn by_default_a_request_may_carry_100_header_fields() {
 }
 
 #[tokio::test]
+async fn max_headers_holds_for_http2_requests_too() {
+    // hyper enforces `max_headers` on HTTP/1.1 only; an h2c request was bounded by bytes alone.
+    // Counted as HTTP/1.1 counts lines: :authority as Host, a Cookie split into crumbs as one.
+    let o = RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
+    let d = Config::new()
+        .listener(Listener::http("web").max_headers(20))
+        .region(Region::new("origin").address(o.addr))
+        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
+        .start()
+        .await;
+    let client = http2();
+    let url = format!("http://{}/", d.addr("web"));
+    let names: Vec<String> = (0..20).map(|i| format!("x-h{i}")).collect();
+    let fields =
+        |n: usize| -> Vec<(&str, &str)> { names[..n].iter().map(|k| (k.as_str(), "v")).collect() };
+    let mut with_cookies = fields(18);
+    with_cookies.extend([("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+    for (extra, status) in [
+        (fields(19), StatusCode::OK),
+        (with_cookies, StatusCode::OK),
+        (fields(20), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+    ] {
+        let n = extra.len();
+        let a = get(&client, &url, &extra).await.unwrap();
+        assert_eq!(a.status, status, "{n} fields and :authority");
+    }
+    assert_eq!(limited(&d, "header").await, 1.0);
+    assert_eq!(o.heads().len(), 2, "the refused request was not forwarded");
+}
+
+#[tokio::test]
 async fn oversized_heads_get_431_and_are_counted() {
     let o = Origin::start("o").await;
     let d = limited_config(

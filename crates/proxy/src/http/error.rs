@@ -62,6 +62,8 @@ pub enum ProxyError {
     },
     #[error("forwarding loop: Via already names this proxy {hops} times")]
     LoopDetected { hops: usize },
+    #[error("HTTP/2 request with more than max_headers ({max}) fields")]
+    TooManyFields { max: usize },
 }
 
 impl ProxyError {
@@ -79,6 +81,7 @@ impl ProxyError {
             ProxyError::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::TooManyFields { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -99,6 +102,7 @@ impl ProxyError {
             | ProxyError::ClientAborted { .. }
             | ProxyError::RequestBodyTimeout { .. }
             | ProxyError::PayloadTooLarge { .. }
+            | ProxyError::TooManyFields { .. }
             | ProxyError::TooManyRequests { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::LoopDetected { .. } => Side::Downstream,
@@ -135,6 +139,7 @@ impl ProxyError {
                 "408 Request Timeout: the request body stopped arriving\n"
             }
             ProxyError::PayloadTooLarge { .. } => "413 Content Too Large\n",
+            ProxyError::TooManyFields { .. } => "431 Request Header Fields Too Large\n",
             ProxyError::TooManyRequests { .. } => "429 Too Many Requests\n",
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",

@@ -65,6 +65,8 @@ pub struct HttpProxy {
     /// The link to the other PoPs, once `[fleet]`'s is started (fleet-wide PURGE).
     fleet: FleetHandle,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
+    /// `max_headers`: hyper holds HTTP/1.1 heads to it; HTTP/2 requests are counted here.
+    max_headers: usize,
 }
 
 impl HttpProxy {
@@ -100,6 +102,7 @@ impl HttpProxy {
             per_client: limits
                 .max_connections_per_client
                 .map(|n| (n, Arc::default())),
+            max_headers: limits.max_headers,
         })
     }
 }

@@ -114,6 +114,12 @@ impl HttpProxy {
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Prepared<'t>, ProxyError> {
+        if req.version() == Version::HTTP_2 && h2_field_count(&req) > self.max_headers {
+            self.limited.count(crate::limits::Limit::Header);
+            return Err(ProxyError::TooManyFields {
+                max: self.max_headers,
+            });
+        }
         let trusted = table
             .config
             .geo
@@ -384,6 +390,16 @@ pub(crate) fn ambiguous_framing(h: &http::HeaderMap) -> bool {
 
 pub(crate) fn host_str(h: &HeaderValue) -> &str {
     h.to_str().unwrap_or("")
+}
+
+/// An HTTP/2 request's fields counted as HTTP/1.1 counts header lines (hyper holds those to
+/// `max_headers`): `:authority` as the Host line, and a Cookie sent as crumbs (RFC 9113
+/// §8.2.3) as one line.
+fn h2_field_count(req: &Request<Incoming>) -> usize {
+    let headers = req.headers();
+    let crumbs = headers.get_all(header::COOKIE).iter().count();
+    let authority = req.uri().authority().is_some() && !headers.contains_key(header::HOST);
+    headers.len() - crumbs.saturating_sub(1) + usize::from(authority)
 }
 
 #[cfg(test)]
