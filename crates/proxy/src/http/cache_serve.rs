@@ -303,12 +303,12 @@ fn set_unsatisfiable(headers: &mut HeaderMap, len: u64) {
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
 }
 
-/// `fields` in `spare`'s memory when it has room for them (a request's map, from hyper's
+/// `fields` in `spare`'s memory when it has as many slots (a request's map, from hyper's
 /// parser, which reuses the map of the connection's previous answer, usually has): a clone was 2
 /// of the 9 allocations of a cache hit (benches/benches/allocs.rs). Otherwise a clone. Either
-/// way the answer has room for one more field (see `prepare_head`).
+/// way the answer has the free slots `prepare_head` left in `fields`.
 fn copy_into(mut spare: HeaderMap, fields: &HeaderMap) -> HeaderMap {
-    if spare.capacity() <= fields.len() {
+    if spare.capacity() < fields.capacity() {
         return fields.clone();
     }
     spare.clear();
@@ -350,14 +350,17 @@ fn prepare_head(
         );
     }
     // Kept for the object's lifetime. A clone keeps the index's free slots (not the fields'
-    // spare capacity), and each answer's clone inherits them. hyper's HTTP/2 server looks Date
-    // and Content-Length up with `entry`, which first makes room for one more name: an answer
-    // filled to its capacity (12 names, 6, 24) had its index rebuilt and its fields moved on
-    // every hit. So the head keeps a slot for that lookup, one for the Content-Range of a
-    // range (206, 416) and one for the Date hyper adds when the origin sent none. An h2c hit of
-    // nginx's 9 fields (12 served) went from 40 409 to 39 179 instructions and from 10 to 8
-    // allocations (benches/benches/allocs.rs). The slots cost 4 bytes each, and only when
-    // the index would otherwise be full.
+    // spare capacity), and each answer (a clone, or a copy into a map with as many slots)
+    // inherits them. hyper's HTTP/2 server looks Date and Content-Length up with `entry`, which
+    // first makes room for one more name: an answer filled to its capacity (12 names, 6, 24)
+    // had its index rebuilt on every hit. So the head keeps a slot for that lookup, one for
+    // the Content-Range of a range (206, 416) and one for the Date hyper adds when the origin
+    // sent none. (An answer that does gain a name still moves its fields once, as a clone's
+    // field vector has no spare room; hits of a whole object from an origin that sends Date,
+    // the common case, gain none.) An h2c hit of nginx's 9 fields (12 served) went from
+    // 40 409 to 39 179 instructions and from 10 to 8 allocations (benches/benches/allocs.rs).
+    // When the index had to double for the slots, it costs 4 bytes per slot it doubled to
+    // (64 bytes for 12 names).
     headers.reserve(
         1 + usize::from(status == StatusCode::OK)
             + usize::from(!headers.contains_key(header::DATE)),
@@ -421,23 +424,27 @@ mod tests {
                         );
                     }
                     let head = prepare_head(StatusCode::OK, &stored, Some(&status)).headers;
-                    let mut answer = copy_into(HeaderMap::new(), &head);
-                    replace_or_insert(&mut answer, &header::AGE, age_value(5));
-                    if range {
-                        set_content_range(&mut answer, 0, 9, 1024);
+                    // The request's map the answer may be copied into: none, or of each size
+                    // hyper's and h2's parsers make.
+                    for spare in [0, 6, 12, 24, 48] {
+                        let mut answer = copy_into(HeaderMap::with_capacity(spare), &head);
+                        let capacity = answer.capacity();
+                        replace_or_insert(&mut answer, &header::AGE, age_value(5));
+                        if range {
+                            set_content_range(&mut answer, 0, 9, 1024);
+                        }
+                        answer
+                            .entry(header::DATE)
+                            .or_insert(HeaderValue::from_static("Mon, 30 Nov 2026"));
+                        answer
+                            .entry(header::CONTENT_LENGTH)
+                            .or_insert(HeaderValue::from(10));
+                        assert_eq!(
+                            answer.capacity(),
+                            capacity,
+                            "{names} stored names, Date {with_date}, range {range}, spare {spare}"
+                        );
                     }
-                    let capacity = answer.capacity();
-                    answer
-                        .entry(header::DATE)
-                        .or_insert(HeaderValue::from_static("Mon, 30 Nov 2026"));
-                    answer
-                        .entry(header::CONTENT_LENGTH)
-                        .or_insert(HeaderValue::from(10));
-                    assert_eq!(
-                        answer.capacity(),
-                        capacity,
-                        "{names} stored names, Date {with_date}, range {range}"
-                    );
                 }
             }
         }
@@ -475,6 +482,7 @@ mod tests {
         );
         let copied = copy_into(full, &roomy);
         assert!(copied.capacity() > copied.keys_len());
+        assert_eq!(copied.capacity(), roomy.capacity(), "the original's slots");
         // Too small a map: a clone.
         assert_eq!(pairs(&copy_into(HeaderMap::new(), &fields)), pairs(&fields));
     }
