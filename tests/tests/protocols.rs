@@ -114,6 +114,50 @@ async fn a_ca_file_without_certificates_fails_the_check_naming_the_service() {
     assert!(stderr.contains("no PEM certificate"), "{stderr}");
 }
 
+#[tokio::test]
+async fn cookie_crumbs_of_an_http2_request_reach_an_http1_backend_as_one_field() {
+    // RFC 9113 §8.2.3: an HTTP/2 client may split Cookie into one field per cookie; before
+    // the request goes on as HTTP/1.1 they are joined with "; " (many applications read only
+    // the first Cookie line, and would lose the session in a later crumb).
+    let o = RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(o.addr))
+        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
+        .start()
+        .await;
+    let url = format!("http://{}/", d.addr("web"));
+    let crumbs = [
+        ("cookie", "a=1"),
+        ("cookie", "session=s3cr3t"),
+        ("cookie", "c=3"),
+    ];
+    let a = get(&http2(), &url, &crumbs).await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    let heads = o.heads();
+    let cookies: Vec<&str> = heads[0]
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies.len(), 1, "{}", heads[0]);
+    assert_eq!(
+        cookies[0].split_once(':').unwrap().1.trim(),
+        "a=1; session=s3cr3t; c=3"
+    );
+    // One Cookie field from an HTTP/1.1 client goes on as it came.
+    let a = get(&http1(), &url, &[("cookie", "a=1; b=2")])
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        o.heads()[1]
+            .to_ascii_lowercase()
+            .contains("\r\ncookie: a=1; b=2\r\n"),
+        "{}",
+        o.heads()[1]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_style_h2c_keeps_trailers_both_ways() {
     let o = Origin::start("grpc").await;

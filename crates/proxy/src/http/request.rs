@@ -114,11 +114,14 @@ impl HttpProxy {
         started: Instant,
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Prepared<'t>, ProxyError> {
-        if req.version() == Version::HTTP_2 && h2_field_count(&req) > self.max_headers {
-            self.limited.count(crate::limits::Limit::Header);
-            return Err(ProxyError::TooManyFields {
-                max: self.max_headers,
-            });
+        if req.version() == Version::HTTP_2 {
+            if h2_field_count(&req) > self.max_headers {
+                self.limited.count(crate::limits::Limit::Header);
+                return Err(ProxyError::TooManyFields {
+                    max: self.max_headers,
+                });
+            }
+            join_cookie_crumbs(req.headers_mut());
         }
         let trusted = table
             .config
@@ -392,6 +395,28 @@ pub(crate) fn host_str(h: &HeaderValue) -> &str {
     h.to_str().unwrap_or("")
 }
 
+/// RFC 9113 §8.2.3: a Cookie an HTTP/2 client split into crumbs (one field per cookie, for
+/// HPACK) becomes one field, joined with "; ", before the request goes on: as HTTP/1.1 to most
+/// backends, where many applications read only the first Cookie line; and for the sticky
+/// cookie of `consistent_hash` and `Vary: Cookie`, which read one value.
+fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, crumb) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Valid: each crumb was a valid value, and "; " is one too.
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// An HTTP/2 request's fields counted as HTTP/1.1 counts header lines (hyper holds those to
 /// `max_headers`): `:authority` as the Host line, and a Cookie sent as crumbs (RFC 9113
 /// §8.2.3) as one line.
@@ -404,7 +429,34 @@ fn h2_field_count(req: &Request<Incoming>) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_authority;
+    use super::{join_cookie_crumbs, valid_authority};
+    use http::header::{COOKIE, HeaderMap, HeaderValue};
+
+    #[test]
+    fn cookie_crumbs_are_joined_into_one_field() {
+        let table: &[(&[&str], &[&str])] = &[
+            (&[], &[]),
+            (&["a=1"], &["a=1"]),
+            (&["a=1; b=2"], &["a=1; b=2"]),
+            (&["a=1", "b=2", "c=3"], &["a=1; b=2; c=3"]),
+            (&["", "b=2"], &["; b=2"]),
+        ];
+        for (crumbs, want) in table {
+            let mut h = HeaderMap::new();
+            h.insert("x-other", HeaderValue::from_static("kept"));
+            for c in *crumbs {
+                h.append(COOKIE, HeaderValue::from_str(c).unwrap());
+            }
+            join_cookie_crumbs(&mut h);
+            let got: Vec<_> = h
+                .get_all(COOKIE)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(&got, want, "{crumbs:?}");
+            assert_eq!(h.get("x-other").unwrap(), "kept");
+        }
+    }
 
     #[test]
     fn hosts_are_authorities() {
