@@ -28,6 +28,26 @@ impl std::fmt::Debug for RawOrigin {
 }
 
 impl RawOrigin {
+    /// Answers every request `200 ok`, however many header fields it has (hyper's servers, like
+    /// [`crate::Origin`], refuse more than 100): a 431 in front of it is the proxy's.
+    pub async fn ok() -> RawOrigin {
+        RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await
+    }
+
+    /// A daemon whose listener (named `web`) sends every request here.
+    pub async fn behind(&self, web: crate::Listener) -> crate::TestDaemon {
+        crate::Config::new()
+            .listener(web)
+            .region(crate::Region::new("origin").address(self.addr))
+            .service(
+                crate::Service::new("s")
+                    .listeners(&["web"])
+                    .regions(&["origin"]),
+            )
+            .start()
+            .await
+    }
+
     pub async fn start(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

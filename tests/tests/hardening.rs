@@ -315,13 +315,8 @@ async fn request_rates_per_service_and_per_client_get_429_with_retry_after() {
 async fn by_default_a_request_may_carry_100_header_fields() {
     // Envoy's default (HAProxy's is 101); hyper parses up to 100 on the stack. The origin
     // takes any number of fields, so every 431 is the proxy's.
-    let o = RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
-    let d = Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("origin").address(o.addr))
-        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
-        .start()
-        .await;
+    let o = RawOrigin::ok().await;
+    let d = o.behind(Listener::http("web")).await;
     for (fields, status) in [(100, "HTTP/1.1 200"), (101, "HTTP/1.1 431")] {
         // Host and Connection are two of them.
         let extra: String = (0..fields - 2).map(|i| format!("X-H{i}: v\r\n")).collect();
@@ -338,13 +333,8 @@ async fn by_default_a_request_may_carry_100_header_fields() {
 async fn max_headers_holds_for_http2_requests_too() {
     // hyper enforces `max_headers` on HTTP/1.1 only; an h2c request was bounded by bytes alone.
     // Counted as HTTP/1.1 counts lines: :authority as Host, a Cookie split into crumbs as one.
-    let o = RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
-    let d = Config::new()
-        .listener(Listener::http("web").max_headers(20))
-        .region(Region::new("origin").address(o.addr))
-        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
-        .start()
-        .await;
+    let o = RawOrigin::ok().await;
+    let d = o.behind(Listener::http("web").max_headers(20)).await;
     let client = http2();
     let url = format!("http://{}/", d.addr("web"));
     let names: Vec<String> = (0..20).map(|i| format!("x-h{i}")).collect();

@@ -119,13 +119,8 @@ async fn cookie_crumbs_of_an_http2_request_reach_an_http1_backend_as_one_field()
     // RFC 9113 §8.2.3: an HTTP/2 client may split Cookie into one field per cookie; before
     // the request goes on as HTTP/1.1 they are joined with "; " (many applications read only
     // the first Cookie line, and would lose the session in a later crumb).
-    let o = RawOrigin::start(|_| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()).await;
-    let d = Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("origin").address(o.addr))
-        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
-        .start()
-        .await;
+    let o = RawOrigin::ok().await;
+    let d = o.behind(Listener::http("web")).await;
     let url = format!("http://{}/", d.addr("web"));
     let crumbs = [
         ("cookie", "a=1"),
