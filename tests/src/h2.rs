@@ -23,6 +23,20 @@ pub fn get_block() -> Vec<u8> {
     b
 }
 
+/// Whether the frames the server sent (`got`, from its first byte) hold a GOAWAY (type 7).
+pub fn has_goaway(got: &[u8]) -> bool {
+    let mut i = 0;
+    while i + 9 <= got.len() {
+        if got[i + 3] == 7 {
+            return true;
+        }
+        let len =
+            (usize::from(got[i]) << 16) | (usize::from(got[i + 1]) << 8) | usize::from(got[i + 2]);
+        i += 9 + len;
+    }
+    false
+}
+
 /// Writes `frames` after the preface and an empty SETTINGS, then reads until the server closes
 /// (at most 10 s): whether a GOAWAY came, and whether the connection was closed.
 pub async fn raw_h2(addr: SocketAddr, frames: Vec<u8>) -> (bool, bool) {
@@ -49,17 +63,7 @@ pub async fn raw_h2(addr: SocketAddr, frames: Vec<u8>) -> (bool, bool) {
         .await
         .is_ok();
         s = rd.reunite(w.await.unwrap()).unwrap();
-        // Frames the server sent: look for a GOAWAY (type 7).
-        let mut i = 0;
-        let mut goaway = false;
-        while i + 9 <= got.len() {
-            let len = (usize::from(got[i]) << 16)
-                | (usize::from(got[i + 1]) << 8)
-                | usize::from(got[i + 2]);
-            goaway |= got[i + 3] == 7;
-            i += 9 + len;
-        }
-        (goaway, closed)
+        (has_goaway(&got), closed)
     };
     drop(s);
     writer

@@ -372,3 +372,87 @@ async fn one_sighup_is_one_reload() {
     });
     assert_eq!(reloads.as_deref(), Some("1"));
 }
+
+/// Reads from `s` until the daemon closes it (at most 5 s): the bytes read, or None if it was
+/// still open. With `h2`, answers the daemon's PINGs as a live HTTP/2 client does (a graceful
+/// GOAWAY waits for one round trip).
+async fn read_to_close(s: &mut tokio::net::TcpStream, h2: bool) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut seen = 0;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            while h2 && seen + 9 <= got.len() {
+                let f = &got[seen..];
+                let len = (usize::from(f[0]) << 16) | (usize::from(f[1]) << 8) | usize::from(f[2]);
+                if f.len() < 9 + len {
+                    break;
+                }
+                if f[3] == 6 && f[4] & 1 == 0 {
+                    let ack = streamgate_tests::h2::frame(6, 1, 0, &f[9..9 + len]);
+                    let _ = s.write_all(&ack).await;
+                }
+                seen += 9 + len;
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start("o").await;
+    let mut p = DaemonProcess::start(BIN, &service(local(&origin)).to_toml(), &["web"]);
+    let addr = p.addr("web");
+    // HTTP/1.1: one answered request, then the connection sits idle, kept alive.
+    let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h1.write_all(b"GET /x HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&head).contains("origin o /x") {
+        let n = h1.read(&mut buf).await.unwrap();
+        assert!(n > 0, "answered: {}", String::from_utf8_lossy(&head));
+        head.extend_from_slice(&buf[..n]);
+    }
+    // HTTP/2 (prior knowledge): the daemon's SETTINGS show the connection is being served.
+    let mut h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(streamgate_tests::h2::frame(4, 0, 0, &[]));
+    h2.write_all(&hello).await.unwrap();
+    let n = h2.read(&mut buf).await.unwrap();
+    assert!(n >= 9 && buf[3] == 4, "the daemon's SETTINGS first");
+
+    let asked = Instant::now();
+    p.signal("TERM");
+    assert_eq!(
+        read_to_close(&mut h1, false).await.as_deref(),
+        Some(&b""[..]),
+        "the idle HTTP/1.1 connection is closed, nothing sent"
+    );
+    let frames = read_to_close(&mut h2, true)
+        .await
+        .expect("the idle HTTP/2 connection is closed");
+    assert!(
+        streamgate_tests::h2::has_goaway(&frames),
+        "an HTTP/2 client is told with GOAWAY"
+    );
+    // Well before the 10 s shutdown_timeout: nothing was left to wait for.
+    let status = p.wait_exit(Duration::from_secs(5)).expect("daemon exits");
+    assert!(status.success(), "{status:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(
+        p.log_json()
+            .iter()
+            .any(|l| l["message"] == "all connections closed; bye")
+    );
+}

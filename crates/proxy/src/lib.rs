@@ -5,6 +5,7 @@ mod accept;
 pub mod access;
 mod coalesce;
 mod copy;
+mod drain;
 mod h2_heads;
 pub mod http;
 pub mod io;

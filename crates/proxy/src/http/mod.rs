@@ -23,7 +23,6 @@ use std::sync::Arc;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use streamgate_balance::{GeoHandle, TableHandle};
 use streamgate_cache::CacheRegistry;
 use streamgate_telemetry::Metrics;
@@ -39,6 +38,7 @@ use tokio::task::JoinSet;
 use tracing::debug;
 
 use crate::coalesce::CoalescedWrites;
+use crate::drain::Drain;
 use crate::io::{ActiveRequest, ClientTimeouts, ConnActivity, TimedIo};
 use crate::upstream::Upstreams;
 
@@ -211,7 +211,7 @@ pub async fn serve(
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let drain = Arc::new(Drain::default());
     let builder = builder(&limits);
     let mut acceptor = Acceptor::new(
         listener,
@@ -224,14 +224,13 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     while let Some(conn) = acceptor.next(&mut shutdown).await {
         while conns.try_join_next().is_some() {}
-        let watcher = graceful.watcher();
-        let (proxy, builder) = (proxy.clone(), builder.clone());
+        let (proxy, builder, drain) = (proxy.clone(), builder.clone(), drain.clone());
         conns.spawn(async move {
             let activity = ConnActivity::new();
             // Aborted at the shutdown deadline: the connection's tunnels end with it.
             let _close = activity.close_on_drop();
             proxy
-                .connection(conn.stream, conn.peer, builder, watcher, &activity)
+                .connection(conn.stream, conn.peer, builder, &drain, &activity)
                 .await;
             // An upgraded connection (WebSocket) lives on as a tunnel after hyper is done with
             // it: it keeps its slot and graceful shutdown waits for it.
@@ -240,7 +239,7 @@ pub async fn serve(
         });
     }
     drop(acceptor);
-    graceful.shutdown().await;
+    drain.start();
     while conns.join_next().await.is_some() {}
 }
 
@@ -252,7 +251,7 @@ impl HttpProxy {
         mut stream: TcpStream,
         peer: SocketAddr,
         builder: auto::Builder<StreamExecutor>,
-        watcher: Watcher,
+        drain: &Drain,
         activity: &Arc<ConnActivity>,
     ) {
         let timeouts = {
@@ -283,14 +282,14 @@ impl HttpProxy {
         let io = Prefixed::new(prefix, stream);
         match &self.tls {
             None => {
-                self.serve_io(io, peer, timeouts, &builder, watcher, activity)
+                self.serve_io(io, peer, timeouts, &builder, drain, activity)
                     .await
             }
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
                 match tokio::time::timeout(timeouts.request_header, acceptor.accept(io)).await {
                     Ok(Ok(s)) => {
-                        self.serve_io(s, peer, timeouts, &builder, watcher, activity)
+                        self.serve_io(s, peer, timeouts, &builder, drain, activity)
                             .await
                     }
                     Ok(Err(e)) => {
@@ -310,7 +309,7 @@ impl HttpProxy {
         peer: SocketAddr,
         timeouts: ClientTimeouts,
         builder: &auto::Builder<StreamExecutor>,
-        watcher: Watcher,
+        drain: &Drain,
         activity: &Arc<ConnActivity>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -340,8 +339,20 @@ impl HttpProxy {
                 Ok::<_, Infallible>(response)
             }
         });
-        let conn = builder.serve_connection_with_upgrades(io, svc);
-        if let Err(e) = watcher.watch(conn).await {
+        let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
+        // Told to drain, hyper finishes the request in hand and closes; an idle connection
+        // closes at once.
+        let mut seat = drain.seat();
+        let mut told = false;
+        let ended = std::future::poll_fn(|cx| {
+            if !told && seat.poll_draining(cx) {
+                told = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await;
+        if let Err(e) = ended {
             // hyper answered 431 itself: count it.
             if e.downcast_ref::<hyper::Error>()
                 .is_some_and(hyper::Error::is_parse_too_large)
