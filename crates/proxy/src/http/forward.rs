@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::Response;
 use http::header::{self};
-use http::{Request, Response};
-use hyper::body::Incoming;
 use streamgate_balance::stats::nanos_at;
 
 use super::HttpProxy;
@@ -16,6 +15,7 @@ use super::body::{PendingLog, ProxyBody};
 use super::error::ProxyError;
 use super::error::error_response;
 use super::headers::ForwardedFor;
+use super::request::ClientRequest;
 use super::request::{Outbound, Prepared};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
@@ -26,7 +26,7 @@ impl HttpProxy {
     /// Answers one request. Never fails: every error becomes a response.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: ClientRequest,
         peer: SocketAddr,
         forwarded_for: ForwardedFor,
         active: ActiveRequest,

@@ -8,6 +8,7 @@ mod cache_serve;
 mod compress;
 pub mod error;
 mod forward;
+pub mod h1;
 mod hash_key;
 pub mod headers;
 mod origin;
@@ -65,8 +66,12 @@ pub struct HttpProxy {
     /// The link to the other PoPs, once `[fleet]`'s is started (fleet-wide PURGE).
     fleet: FleetHandle,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
-    /// `max_headers`: hyper holds HTTP/1.1 heads to it; HTTP/2 requests are counted here.
+    /// `max_headers`: HTTP/1.1 heads are held to it as they are parsed; HTTP/2 requests are
+    /// counted here.
     max_headers: usize,
+    /// `max_header_bytes`: the largest HTTP/1.1 head our own server reads (hyper takes larger
+    /// ones, to answer 431).
+    max_header_bytes: usize,
 }
 
 impl HttpProxy {
@@ -103,6 +108,7 @@ impl HttpProxy {
                 .max_connections_per_client
                 .map(|n| (n, Arc::default())),
             max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
         })
     }
 }
@@ -315,19 +321,29 @@ impl HttpProxy {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let activity = activity.clone();
-        let io = TokioIo::new(CoalescedWrites::new(
+        let mut io = CoalescedWrites::new(
             TimedIo::new(io, activity.clone(), timeouts),
             activity.clone(),
-        ));
-        let proxy = self.clone();
+        );
         let forwarded_for = headers::ForwardedFor::new(peer.ip());
+        let mut seat = drain.seat();
+        // Plain HTTP/1.1 requests are ours; from the first that is not, hyper serves the
+        // connection, reading first what was read for it.
+        let read = match h1::serve(self, &mut io, peer, &forwarded_for, &activity, &mut seat).await
+        {
+            h1::Ended::Closed => return,
+            h1::Ended::HandOver(read) => read,
+        };
+        let io = TokioIo::new(Prefixed::new(read, io));
+        let proxy = self.clone();
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);
             let conn = activity.clone();
             let p = proxy.clone();
             let forwarded_for = forwarded_for.clone();
             async move {
-                let mut handling = std::pin::pin!(p.handle(req, peer, forwarded_for, active));
+                let mut handling =
+                    std::pin::pin!(p.handle(req.map(Some), peer, forwarded_for, active));
                 let mut at_once = true;
                 let response = std::future::poll_fn(|cx| {
                     let r = handling.as_mut().poll(cx);
@@ -342,7 +358,6 @@ impl HttpProxy {
         let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(io, svc));
         // Told to drain, hyper finishes the request in hand and closes; an idle connection
         // closes at once.
-        let mut seat = drain.seat();
         let mut told = false;
         let ended = std::future::poll_fn(|cx| {
             if !told && seat.poll_draining(cx) {

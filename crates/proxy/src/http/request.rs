@@ -12,7 +12,6 @@ use http::request::Parts;
 use http::uri::PathAndQuery;
 use http::{Method, Request, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use streamgate_balance::stats::nanos_at;
 use streamgate_balance::{ClientFacts, NoRoute, RoutingTable, Service};
 use streamgate_config::rules::Template;
@@ -21,6 +20,10 @@ use streamgate_telemetry::access_log::AccessRecord;
 use tracing::debug;
 
 use super::HttpProxy;
+
+/// A client's request as the handler takes it. The body is `None` for a request read by our
+/// own HTTP/1.1 server ([`super::h1`]), which serves only requests without a body.
+pub type ClientRequest = Request<Option<hyper::body::Incoming>>;
 use super::body::{PendingLog, RequestBody, Upload};
 use super::error::ProxyError;
 use super::headers::{
@@ -73,7 +76,7 @@ pub(crate) enum Prepared<'t> {
 }
 
 impl HttpProxy {
-    pub(crate) fn log_skeleton(&self, req: &Request<Incoming>, peer: SocketAddr) -> AccessRecord {
+    pub(crate) fn log_skeleton(&self, req: &ClientRequest, peer: SocketAddr) -> AccessRecord {
         AccessRecord {
             time: std::time::SystemTime::now(),
             listener: self.listener.clone(),
@@ -108,7 +111,7 @@ impl HttpProxy {
     pub(crate) fn prepare<'t>(
         &self,
         table: &'t RoutingTable,
-        mut req: Request<Incoming>,
+        mut req: ClientRequest,
         peer: SocketAddr,
         forwarded_for: ForwardedFor,
         started: Instant,
@@ -246,7 +249,7 @@ impl HttpProxy {
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
         // After CONNECT the stream itself is the tunnel; no body goes ahead of the upgrade.
-        let body_done = h2_websocket || body.is_end_stream();
+        let body = body.filter(|b| !h2_websocket && !b.is_end_stream());
         if h2_websocket {
             parts.method = Method::GET;
             // HTTP/2 has no key/accept handshake; HTTP/1.1 needs one.
@@ -289,14 +292,15 @@ impl HttpProxy {
             (facts.key, facts.sticky) =
                 super::hash_key::hash_facts(hash, &parts.headers, path_and_query.as_str());
         }
-        let body = if body_done {
-            RequestBody::Empty
-        } else {
-            let upload = Upload::new(service.spec.limits.max_body);
-            if let Some(l) = log.as_mut() {
-                l.bytes_in = Some(upload.clone());
+        let body = match body {
+            None => RequestBody::Empty,
+            Some(body) => {
+                let upload = Upload::new(service.spec.limits.max_body);
+                if let Some(l) = log.as_mut() {
+                    l.bytes_in = Some(upload.clone());
+                }
+                RequestBody::Stream(body, upload)
             }
-            RequestBody::Stream(body, upload)
         };
         let served_by = !rules.response.is_empty();
         let out = Outbound {
@@ -322,7 +326,7 @@ impl HttpProxy {
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
-fn request_host(req: &Request<Incoming>) -> Result<HeaderValue, ProxyError> {
+fn request_host(req: &ClientRequest) -> Result<HeaderValue, ProxyError> {
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::InvalidHost);
     }
@@ -420,7 +424,7 @@ fn join_cookie_crumbs(headers: &mut http::HeaderMap) {
 /// True when an HTTP/2 request has more fields than `max`, counted as HTTP/1.1 counts header
 /// lines (hyper holds those to `max_headers`): `:authority` as the Host line, and a Cookie sent
 /// as crumbs (RFC 9113 §8.2.3) as one line.
-fn h2_too_many_fields(req: &Request<Incoming>, max: usize) -> bool {
+fn h2_too_many_fields(req: &ClientRequest, max: usize) -> bool {
     let headers = req.headers();
     // Every value plus `:authority` is the most there can be: most requests are under the
     // limit at once, without the two lookups below (about 300 instructions per request).

@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::{HeaderMap, Response, StatusCode};
 use streamgate_balance::Service;
 use streamgate_config::rules::{Scheme, Template};
 use streamgate_policy::{Answer, Edit, Late, Outcome};
@@ -16,6 +15,7 @@ use tracing::debug;
 
 use super::HttpProxy;
 use super::body::{Completion, ProxyBody};
+use super::request::ClientRequest;
 use crate::io::ActiveRequest;
 
 /// Put on a response by the origin path: who answered, for `$backend` and `$region`.
@@ -31,7 +31,7 @@ impl HttpProxy {
     pub(crate) fn evaluate_rules(
         &self,
         service: &Service,
-        req: &Request<Incoming>,
+        req: &ClientRequest,
         client: IpAddr,
         forwarded_https: bool,
         host: &str,

@@ -1,0 +1,210 @@
+//! The daemon's own HTTP/1.1 server (plain requests) and its hand-over to hyper's (the rest),
+//! seen from a client's socket: pipelining across the hand-over, HEAD, chunked answers of
+//! unknown length, `Connection: close`, and a client that leaves before its answer.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use streamgate_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn behind(origin: &Origin) -> Config {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(origin, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+}
+
+/// Writes `raw` on a new connection and reads until the daemon closes it (at most 5 s).
+async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("the daemon closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Splits a stream of responses with Content-Length framing into (head, body) pairs.
+fn answers(mut text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = text.find("\r\n\r\n") {
+        let head = text[..end].to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let body = text[end + 4..end + 4 + len].to_string();
+        out.push((head, body));
+        text = &text[end + 4 + len..];
+    }
+    out
+}
+
+async fn open_connections(d: &TestDaemon) -> Option<f64> {
+    metric(
+        &d.metrics().await,
+        "streamgate_connections_active{listener=\"web\"}",
+    )
+}
+
+/// The client's connection is gone from the daemon within 2 s.
+async fn closes_within_2s(d: &TestDaemon) {
+    let left = std::time::Instant::now();
+    while open_connections(d).await != Some(0.0) {
+        assert!(
+            left.elapsed() < Duration::from_secs(2),
+            "still open: {:?}",
+            open_connections(d).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_across_the_hand_over() {
+    let origin = Origin::start("o").await;
+    let d = behind(&origin).start().await;
+    // A plain GET (ours), a POST with a body (hyper's from here on), and a GET after it.
+    let raw = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let got = answers(&exchange(d.addr("web"), raw).await);
+    let bodies: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, ["origin o /one", "5", "origin o /three"], "{got:?}");
+    assert!(got.iter().all(|(h, _)| h.starts_with("http/1.1 200 ok")));
+    assert!(got[0].0.contains("\r\ndate: "), "{}", got[0].0);
+    assert!(got[2].0.contains("\r\nconnection: close"), "{}", got[2].0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_answer_has_the_length_a_get_would_get_and_no_body() {
+    let origin = Origin::start("o").await;
+    let d = behind(&origin).start().await;
+    let raw = b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let text = exchange(d.addr("web"), raw).await;
+    // The HEAD answer's head, then at once the GET's: no body bytes between them.
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", "origin o /x".len())),
+        "{head}"
+    );
+    assert!(rest.starts_with("HTTP/1.1 200 OK"), "{rest}");
+    assert!(rest.ends_with("\r\n\r\norigin o /x"), "{rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_of_unknown_length_is_chunked_and_the_connection_lives_on() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            .to_vec()
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    let raw = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let text = exchange(d.addr("web"), raw).await;
+    let chunked = "transfer-encoding: chunked\r\n";
+    assert_eq!(
+        text.to_ascii_lowercase().matches(chunked).count(),
+        2,
+        "{text}"
+    );
+    // Both bodies whole, each ended by the last chunk.
+    let bodies: Vec<String> = text
+        .split("HTTP/1.1 200 OK")
+        .skip(1)
+        .map(|a| {
+            let body = a.split_once("\r\n\r\n").unwrap().1;
+            let mut out = String::new();
+            let mut rest = body;
+            loop {
+                let (size, after) = rest.split_once("\r\n").unwrap();
+                let n = usize::from_str_radix(size, 16).unwrap();
+                if n == 0 {
+                    assert_eq!(after, "\r\n", "the last chunk ends the answer");
+                    break;
+                }
+                out.push_str(&after[..n]);
+                rest = &after[n + 2..];
+            }
+            out
+        })
+        .collect();
+    assert_eq!(bodies, ["hello world", "hello world"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_is_let_go_at_once() {
+    let origin = Origin::start("o").await;
+    origin.set_delay(Duration::from_secs(4));
+    let d = behind(&origin).start().await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits() == 1).await,
+        "request forwarded"
+    );
+    assert_eq!(open_connections(&d).await, Some(1.0));
+    drop(s);
+    // Its connection closes while the origin is still working on the request (4 s), as with
+    // hyper's server: the request in hand is dropped, not answered into a closed socket.
+    closes_within_2s(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_quiet_stream_is_let_go_at_once() {
+    // The head and a first chunk, then nothing more: an event stream between events.
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec()
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("hello") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("the first chunk arrives")
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(open_connections(&d).await, Some(1.0));
+    drop(s);
+    closes_within_2s(&d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interim_status_as_the_origins_answer_ends_the_client_connection() {
+    // A 101 to a request that asked for no upgrade: the client cannot take it as the answer
+    // and keep the connection, so the daemon closes it (as hyper's server does).
+    let origin = RawOrigin::start(|_| b"HTTP/1.1 101 Switching Protocols\r\n\r\n".to_vec()).await;
+    let d = origin.behind(Listener::http("web")).await;
+    let text = exchange(d.addr("web"), b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 "), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_after_an_http1_request_on_the_same_connection_is_refused() {
+    let origin = Origin::start("o").await;
+    let d = behind(&origin).start().await;
+    let mut raw = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+    raw.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    raw.extend(streamgate_tests::h2::frame(4, 0, 0, &[]));
+    let text = exchange(d.addr("web"), &raw).await;
+    // The HTTP/1.1 answer, then the connection ends: no SETTINGS frame, no HTTP/2.
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("\r\n\r\norigin o /x"), "{text:?}");
+}
