@@ -432,12 +432,21 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
     let n = h2.read(&mut buf).await.unwrap();
     assert!(n >= 9 && buf[3] == 4, "the daemon's SETTINGS first");
 
+    // Part of a head only: not a request yet, closed as an idle connection is.
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial.write_all(b"GET /y HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
     let asked = Instant::now();
     p.signal("TERM");
     assert_eq!(
         read_to_close(&mut h1, false).await.as_deref(),
         Some(&b""[..]),
         "the idle HTTP/1.1 connection is closed, nothing sent"
+    );
+    assert!(
+        read_to_close(&mut partial, false).await.is_some(),
+        "a connection with part of a head is closed"
     );
     let frames = read_to_close(&mut h2, true)
         .await

@@ -208,3 +208,24 @@ async fn http2_after_an_http1_request_on_the_same_connection_is_refused() {
     assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
     assert!(text.ends_with("\r\n\r\norigin o /x"), "{text:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_wrong_from_its_first_bytes_gets_400_at_once() {
+    let origin = Origin::start("o").await;
+    let d = behind(&origin).start().await;
+    for raw in [
+        &b"G@T / HTTP/1.1\r\nHost: a\r\n"[..],
+        b"GET /\r\n",
+        // A TLS ClientHello's first bytes on a plain port.
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ] {
+        let started = std::time::Instant::now();
+        let text = exchange(d.addr("web"), raw).await;
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request"),
+            "{raw:?}: {text}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2), "{raw:?}");
+    }
+    assert_eq!(origin.hits(), 0);
+}

@@ -374,21 +374,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         self.inner.is_write_vectored()
     }
 
+    // A flush waits on the client as a write does: TLS takes a write into its buffer and
+    // blocks in the flush, and our HTTP/1.1 server reads nothing meanwhile.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.after_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.after_write(cx, polled)
     }
 }
 
 impl<T> TimedIo<T> {
-    fn after_write(
+    fn after_write<R>(
         &mut self,
         cx: &mut Context<'_>,
-        polled: Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         match polled {
             Poll::Pending => {
                 if self.write_blocked_since == 0 {
@@ -528,6 +534,57 @@ mod tests {
         assert_eq!(io.read(&mut buf).await.unwrap(), 8);
         let err = io.read(&mut buf).await.unwrap_err();
         assert!(err.to_string().contains("request header"), "{err}");
+    }
+
+    /// A stream whose flush never completes: a TLS client that stopped reading, its last
+    /// records accepted by TLS and stuck behind a full socket.
+    struct NeverFlushed;
+
+    impl AsyncRead for NeverFlushed {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for NeverFlushed {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flush_the_client_never_takes_times_out_like_a_write() {
+        let activity = ConnActivity::new();
+        let mut io = TimedIo::new(NeverFlushed, activity.clone(), timeouts());
+        // Even while a request is active (its answer is being written).
+        let _active = ActiveRequest::new(&activity);
+        io.write_all(b"answer").await.unwrap();
+        let started = std::time::Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(2), io.flush())
+            .await
+            .expect("the flush is timed like a write")
+            .unwrap_err();
+        assert!(err.to_string().contains("client stopped reading"), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let err = tokio::time::timeout(Duration::from_secs(2), io.shutdown())
+            .await
+            .expect("and the shutdown")
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]

@@ -47,6 +47,9 @@ pub(super) enum Ended {
 /// The start of HTTP/2's connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
+/// A head this short is parsed on every read, not only once it may be whole.
+const EARLY_PARSE: usize = 1024;
+
 /// Bodies up to this size go out in the head's buffer: one `send` for the answer (see
 /// `FLATTEN_MAX` in coalesce.rs for why one buffer beats `writev`).
 const WITH_HEAD: usize = 4096;
@@ -72,7 +75,10 @@ where
         // Bytes of `buf` known not to end a head.
         let mut scanned = 0;
         let (req, asked_close) = loop {
-            let whole = !buf.is_empty() && head::may_be_whole(&buf, scanned);
+            // Parsed when it may be whole, and on every read while it is short: a head that
+            // is wrong from its first bytes (a TLS hello, `G@T`) gets hyper's 400 at once.
+            let whole =
+                !buf.is_empty() && (buf.len() <= EARLY_PARSE || head::may_be_whole(&buf, scanned));
             if whole || buf.len() >= proxy.max_header_bytes {
                 let (max, max_bytes) = (proxy.max_headers, proxy.max_header_bytes);
                 match head::read_head(&mut buf, max, max_bytes, &mut fields) {
@@ -94,8 +100,9 @@ where
                 buf.reserve(8 * 1024);
             }
             let read = std::future::poll_fn(|cx| {
-                // Told to drain between requests: an idle connection closes now.
-                if buf.is_empty() && seat.poll_draining(cx) {
+                // Told to drain between requests: an idle connection closes now, and so does
+                // one with only part of a head (hyper's server did the same).
+                if seat.poll_draining(cx) {
                     return Poll::Ready(None);
                 }
                 poll_read_buf(Pin::new(&mut *io), cx, &mut buf).map(Some)
@@ -191,7 +198,10 @@ where
 }
 
 /// Writes the head in `out` and the body after it. `Ok(false)`: the body ended early or failed
-/// (the client cannot tell where this answer ends; the connection must close).
+/// (the client cannot tell where this answer ends; the connection must close). What the body
+/// has ready goes out in one write with the head: a 100 KiB answer from nginx arrives in about
+/// four pieces, and writing each on its own made 5.1 sends per answer against hyper's 3.2
+/// (strace, 2 000 answers).
 async fn send_body<I>(
     io: &mut I,
     read: &mut BytesMut,
@@ -213,17 +223,15 @@ where
         Framing::Chunked | Framing::UntilClose => u64::MAX,
     };
     let chunked = encoded.framing == Framing::Chunked;
+    let mut waiting = Gather::new(out);
     loop {
-        // What is ready joins the bytes waiting in `out`; before waiting for more, they go.
+        // What is ready joins what waits; before waiting for more, it goes.
         let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
         let frame = match ready.await {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                if !out.is_empty() {
-                    io.write_all(out).await?;
-                    out.clear();
-                    io.flush().await?;
-                }
+                waiting.write(io).await?;
+                io.flush().await?;
                 // A client that leaves while the origin is quiet (a long poll, an event
                 // stream) ends the answer now, not at the origin's next bytes.
                 let next = std::future::poll_fn(|cx| {
@@ -247,17 +255,15 @@ where
         match frame {
             None => {
                 if chunked {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                    waiting.copy(b"0\r\n\r\n");
                 }
-                io.write_all(out).await?;
-                out.clear();
+                waiting.write(io).await?;
                 // A length announced and not reached: the client would wait for the rest.
                 return Ok(!matches!(encoded.framing, Framing::Length(_)) || left == 0);
             }
             Some(Err(_)) => {
                 // The origin's body broke off: what was sent stands, the connection ends.
-                io.write_all(out).await?;
-                out.clear();
+                waiting.write(io).await?;
                 return Ok(false);
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -266,31 +272,44 @@ where
                     if data.len() as u64 > left {
                         // More than the length it announced: cut, and close after.
                         data.truncate(left as usize);
-                        put_data(io, out, data, chunked).await?;
-                        io.write_all(out).await?;
-                        out.clear();
+                        waiting.data(data, chunked);
+                        waiting.write(io).await?;
                         return Ok(false);
                     }
                     if !chunked && encoded.framing != Framing::UntilClose {
                         left -= data.len() as u64;
                     }
-                    put_data(io, out, data, chunked).await?;
+                    waiting.data(data, chunked);
+                    if left == 0 {
+                        // The announced length is the answer, as in hyper: the next request
+                        // does not wait for an origin's late end of stream. One more look
+                        // lets a body that ends now finish its work (the cache's recording);
+                        // dropped unfinished, it finishes that without the client.
+                        let _ = std::future::poll_fn(|cx| {
+                            Poll::Ready(Pin::new(&mut body).poll_frame(cx))
+                        })
+                        .await;
+                        waiting.write(io).await?;
+                        return Ok(true);
+                    }
+                    if waiting.is_full() {
+                        waiting.write(io).await?;
+                    }
                 }
                 Err(frame) => {
                     if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
                         // Only the fields the head announced (as hyper does).
-                        out.extend_from_slice(b"0\r\n");
+                        waiting.copy(b"0\r\n");
                         for (name, value) in &trailers {
                             if encoded.trailers.contains(name) {
-                                out.extend_from_slice(name.as_str().as_bytes());
-                                out.extend_from_slice(b": ");
-                                out.extend_from_slice(value.as_bytes());
-                                out.extend_from_slice(b"\r\n");
+                                waiting.copy(name.as_str().as_bytes());
+                                waiting.copy(b": ");
+                                waiting.copy(value.as_bytes());
+                                waiting.copy(b"\r\n");
                             }
                         }
-                        out.extend_from_slice(b"\r\n");
-                        io.write_all(out).await?;
-                        out.clear();
+                        waiting.copy(b"\r\n");
+                        waiting.write(io).await?;
                         return Ok(true);
                     }
                 }
@@ -299,29 +318,87 @@ where
     }
 }
 
-/// Adds a piece of body after what waits in `out`: copied when small, else written after it.
-async fn put_data<I>(
-    io: &mut I,
-    out: &mut Vec<u8>,
-    data: Bytes,
-    chunked: bool,
-) -> std::io::Result<()>
-where
-    I: AsyncWrite + Unpin,
-{
-    if chunked {
-        use std::io::Write as _;
-        let _ = write!(out, "{:x}\r\n", data.len());
+/// Bytes of an answer waiting to go out, in order: pieces copied into `out` (the head, chunk
+/// lines, small pieces of body) and larger pieces of body, kept as they are.
+struct Gather<'o> {
+    out: &'o mut Vec<u8>,
+    /// Bytes of `out` already in `parts`.
+    sealed: usize,
+    parts: smallvec::SmallVec<[Part; 16]>,
+}
+
+enum Part {
+    Copied(std::ops::Range<usize>),
+    Shared(Bytes),
+}
+
+impl<'o> Gather<'o> {
+    fn new(out: &'o mut Vec<u8>) -> Gather<'o> {
+        Gather {
+            out,
+            sealed: 0,
+            parts: smallvec::SmallVec::new(),
+        }
     }
-    if out.len() + data.len() <= WITH_HEAD {
-        out.extend_from_slice(&data);
-    } else {
-        io.write_all(out).await?;
-        out.clear();
-        io.write_all(&data).await?;
+
+    fn copy(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
     }
-    if chunked {
-        out.extend_from_slice(b"\r\n");
+
+    /// A piece of body: copied when the buffer stays small, else kept as it is.
+    fn data(&mut self, data: Bytes, chunked: bool) {
+        if chunked {
+            use std::io::Write as _;
+            let _ = write!(self.out, "{:x}\r\n", data.len());
+        }
+        if self.out.len() + data.len() <= WITH_HEAD {
+            self.out.extend_from_slice(&data);
+        } else {
+            self.seal();
+            self.parts.push(Part::Shared(data));
+        }
+        if chunked {
+            self.copy(b"\r\n");
+        }
     }
-    Ok(())
+
+    fn seal(&mut self) {
+        if self.out.len() > self.sealed {
+            self.parts.push(Part::Copied(self.sealed..self.out.len()));
+            self.sealed = self.out.len();
+        }
+    }
+
+    /// Room for a few more pieces, as one `writev` takes them.
+    fn is_full(&self) -> bool {
+        self.parts.len() >= 12
+    }
+
+    /// Writes everything waiting, in as few calls as the socket takes it.
+    async fn write<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> std::io::Result<()> {
+        self.seal();
+        {
+            let out = &*self.out;
+            let mut slices: smallvec::SmallVec<[std::io::IoSlice<'_>; 16]> = self
+                .parts
+                .iter()
+                .map(|p| match p {
+                    Part::Copied(r) => std::io::IoSlice::new(&out[r.clone()]),
+                    Part::Shared(d) => std::io::IoSlice::new(d),
+                })
+                .collect();
+            let mut left = &mut slices[..];
+            while !left.is_empty() {
+                let n = io.write_vectored(left).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::WriteZero.into());
+                }
+                std::io::IoSlice::advance_slices(&mut left, n);
+            }
+        }
+        self.out.clear();
+        self.sealed = 0;
+        self.parts.clear();
+        Ok(())
+    }
 }
