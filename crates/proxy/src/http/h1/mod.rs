@@ -376,6 +376,12 @@ impl<'o> Gather<'o> {
 
     /// Writes everything waiting, in as few calls as the socket takes it.
     async fn write<I: AsyncWrite + Unpin>(&mut self, io: &mut I) -> std::io::Result<()> {
+        if self.parts.is_empty() {
+            // All copied (the usual small answer): one buffer, no list of slices.
+            io.write_all(self.out).await?;
+            self.out.clear();
+            return Ok(());
+        }
         self.seal();
         {
             let out = &*self.out;
