@@ -298,6 +298,27 @@ async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Re
             .body(BodyExt::boxed(StreamBody::new(chunks)))
             .unwrap();
     }
+    if path == "/late-end" {
+        // All five bytes its Content-Length announces at once, the end of the stream 3 s later
+        // (an HTTP/2 origin can do that; HTTP/1.1 framing ends with the last byte).
+        let pieces = stream::unfold(0u8, |step| async move {
+            match step {
+                0 => Some((
+                    Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"hello"))),
+                    1,
+                )),
+                1 => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    None
+                }
+                _ => None,
+            }
+        });
+        return builder
+            .header("content-length", "5")
+            .body(BodyExt::boxed(StreamBody::new(pieces)))
+            .unwrap();
+    }
     if let Some(rest) = path.strip_prefix("/c/") {
         return cacheable(name, rest, &req, builder, st);
     }

@@ -229,3 +229,31 @@ async fn a_head_wrong_from_its_first_bytes_gets_400_at_once() {
     }
     assert_eq!(origin.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_done_when_its_length_is_sent_not_when_the_origin_ends_its_stream() {
+    // Over h2c the origin sends the five bytes it announced, then ends the stream 3 s later.
+    let origin = Origin::start("o").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(&origin, 1)]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .upstream(Upstream::new().protocol("h2c")),
+        )
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let raw = b"GET /late-end HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let got = answers(&exchange(d.addr("web"), raw).await);
+    let bodies: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
+    assert_eq!(bodies, ["hello", "origin o /x"], "{got:?}");
+    // The pipelined request did not wait for the first stream's end.
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+}
