@@ -18,14 +18,10 @@ fn behind(origin: &Origin) -> Config {
 
 /// Writes `raw` on a new connection and reads until the daemon closes it (at most 5 s).
 async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+    tokio::time::timeout(Duration::from_secs(5), raw_exchange(addr, raw, usize::MAX))
         .await
         .expect("the daemon closes the connection")
-        .unwrap();
-    String::from_utf8_lossy(&got).into_owned()
+        .unwrap()
 }
 
 /// Splits a stream of responses with Content-Length framing into (head, body) pairs.

@@ -187,7 +187,8 @@ pub(super) fn encode_head(
     })
 }
 
-fn put(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// One field line.
+pub(super) fn put(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
     dst.extend_from_slice(name.as_bytes());
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);

@@ -55,7 +55,7 @@ pub(super) fn may_be_whole(buf: &[u8], scanned: usize) -> bool {
 
 /// Reads the head at the front of `buf`. `max_headers` and `max_bytes` are the listener's
 /// limits: a head over them is not ours (hyper answers 431). The request's fields go into
-/// `fields` (taken), an emptied map kept from the last answer, as hyper's server does: sized
+/// `fields` (taken; it must be empty), an emptied map kept from the last answer, as hyper's server does: sized
 /// for a whole answer, it takes the forwarding fields the proxy adds without growing (a map
 /// sized for the request alone grew on those: 1 100 more instructions a proxied request).
 pub(super) fn read_head(
@@ -125,8 +125,9 @@ fn build(
     fields: &mut HeaderMap,
 ) -> Option<(ClientRequest, bool)> {
     let uri = Uri::from_maybe_shared(head.slice(p..p + pl)).ok()?;
+    // Emptied by the caller when its answer went out (clearing walks the whole index).
     let mut headers = std::mem::take(fields);
-    headers.clear();
+    debug_assert!(headers.is_empty());
     headers.reserve(spans.len());
     let mut close = false;
     let mut length_seen = false;

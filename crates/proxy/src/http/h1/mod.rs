@@ -136,15 +136,9 @@ where
             }
             at_once = false;
             // As hyper does (half-close off): a client that closes while its request is in
-            // hand is gone, and the request is dropped. Bytes of a next request are kept.
-            if buf.is_empty() {
-                if buf.capacity() == 0 {
-                    buf.reserve(8 * 1024);
-                }
-                match poll_read_buf(Pin::new(&mut *io), cx, &mut buf) {
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                    Poll::Ready(Ok(_)) | Poll::Pending => {}
-                }
+            // hand is gone, and the request is dropped.
+            if client_left(io, &mut buf, cx) {
+                return Poll::Ready(None);
             }
             Poll::Pending
         })
@@ -197,6 +191,26 @@ where
     }
 }
 
+/// Whether the client has closed (or its socket failed) while we wait on the handler or the
+/// origin. Only looked for while `read` is empty, as hyper does: bytes of a next request are
+/// kept there and not read past.
+fn client_left<I: AsyncRead + Unpin>(
+    io: &mut I,
+    read: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> bool {
+    if !read.is_empty() {
+        return false;
+    }
+    if read.capacity() == 0 {
+        read.reserve(8 * 1024);
+    }
+    matches!(
+        poll_read_buf(Pin::new(io), cx, read),
+        Poll::Ready(Ok(0) | Err(_))
+    )
+}
+
 /// Writes the head in `out` and the body after it. `Ok(false)`: the body ended early or failed
 /// (the client cannot tell where this answer ends; the connection must close). What the body
 /// has ready goes out in one write with the head: a 100 KiB answer from nginx arrives in about
@@ -238,10 +252,7 @@ where
                     if let Poll::Ready(f) = Pin::new(&mut body).poll_frame(cx) {
                         return Poll::Ready(Some(f));
                     }
-                    if read.is_empty()
-                        && let Poll::Ready(Ok(0) | Err(_)) =
-                            poll_read_buf(Pin::new(&mut *io), cx, &mut *read)
-                    {
+                    if client_left(io, read, cx) {
                         return Poll::Ready(None);
                     }
                     Poll::Pending
@@ -302,10 +313,7 @@ where
                         waiting.copy(b"0\r\n");
                         for (name, value) in &trailers {
                             if encoded.trailers.contains(name) {
-                                waiting.copy(name.as_str().as_bytes());
-                                waiting.copy(b": ");
-                                waiting.copy(value.as_bytes());
-                                waiting.copy(b"\r\n");
+                                encode::put(waiting.out, name.as_str(), value.as_bytes());
                             }
                         }
                         waiting.copy(b"\r\n");
