@@ -44,7 +44,7 @@ const BODY: usize = 1024;
 /// allocation for the window's edges and the timers that run on the daemon's thread. One more
 /// allocation per request on any path fails the bench.
 const BUDGET: &[(Case, f64)] = &[
-    (Case::H1, 2.5),
+    (Case::H1, 0.5),
     // hyper spawns a task for each HTTP/2 stream, and StreamExecutor boxes it (one allocation
     // for fewer instructions and cache misses; see its comment). Debug builds of tokio box a
     // spawned future over 2 KiB themselves, so both profiles count the same.

@@ -12,6 +12,7 @@ pub mod io;
 pub mod limits;
 pub mod proxy_protocol;
 pub mod sni;
+mod spare_maps;
 #[cfg(target_os = "linux")]
 mod splice;
 pub mod tcp;

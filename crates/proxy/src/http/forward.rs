@@ -71,6 +71,8 @@ impl HttpProxy {
             }
             self.pass(&mut out, active, &mut log).await
         };
+        // The request's map, as large as the next backend answer's, is kept for it.
+        crate::spare_maps::give(std::mem::take(&mut out.parts.headers));
         finish(resp, &response_edits, log)
     }
 
