@@ -33,11 +33,15 @@ thread_local! {
 /// Keeps `map`, emptied, for a later [`take`] on this thread (or drops it: too small, too
 /// large, or too many kept already).
 pub(crate) fn give(mut map: HeaderMap) {
-    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&map.capacity()) {
+    // `capacity` counts names; values repeated under one name are in a list of their own that
+    // `clear` empties but does not free, and that this cannot see once they are gone. Maps
+    // with more values than names are not kept (HTTP/1.1 requests cannot have many: at most
+    // `max_headers`; see `http::forward` for the maps that are given at all).
+    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&map.capacity()) || map.len() > map.capacity() {
         return;
     }
     map.clear();
-    SPARE.with(|spare| {
+    let _ = SPARE.try_with(|spare| {
         if let Ok(mut spare) = spare.try_borrow_mut()
             && spare.len() < KEEP
         {
@@ -48,7 +52,10 @@ pub(crate) fn give(mut map: HeaderMap) {
 
 /// An empty map with room for `fields` fields: a kept one when there is one.
 pub(crate) fn take(fields: usize) -> HeaderMap {
-    let kept = SPARE.with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()));
+    let kept = SPARE
+        .try_with(|spare| spare.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten();
     match kept {
         Some(mut map) => {
             map.reserve(fields);
@@ -90,5 +97,15 @@ mod tests {
         }
         let kept = SPARE.with(|s| s.borrow().len());
         assert_eq!(kept, KEEP);
+    }
+
+    #[test]
+    fn a_map_with_more_values_than_names_is_not_kept() {
+        let mut map = HeaderMap::with_capacity(MIN_CAPACITY);
+        for _ in 0..MIN_CAPACITY * 4 {
+            map.append(http::header::COOKIE, HeaderValue::from_static("a=b"));
+        }
+        give(map);
+        assert_eq!(take(0).capacity(), 0);
     }
 }

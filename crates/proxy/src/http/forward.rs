@@ -71,8 +71,12 @@ impl HttpProxy {
             }
             self.pass(&mut out, active, &mut log).await
         };
-        // The request's map, as large as the next backend answer's, is kept for it.
-        crate::spare_maps::give(std::mem::take(&mut out.parts.headers));
+        // An HTTP/1.1 request's map, as large as the next backend answer's, is kept for it. An
+        // HTTP/2 request's is not: its Cookie crumbs (about a byte each on the wire) were
+        // joined into one field, and the memory that held them would be kept with it.
+        if out.client_version == http::Version::HTTP_11 {
+            crate::spare_maps::give(std::mem::take(&mut out.parts.headers));
+        }
         finish(resp, &response_edits, log)
     }
 

@@ -174,8 +174,14 @@ where
             tracing::warn!(listener = %proxy.listener, status = %parts.status, "answer with conflicting lengths not sent; connection closed");
             return Ended::Closed;
         };
-        fields = parts.headers;
-        fields.clear();
+        // Kept for the next request unless it holds many repeated values (an HTTP/2
+        // origin's answer may hold hundreds), whose memory `clear` would keep.
+        if parts.headers.len() <= parts.headers.capacity() {
+            fields = parts.headers;
+            fields.clear();
+        } else {
+            fields = http::HeaderMap::new();
+        }
         let complete = match send_body(io, &mut buf, &mut out, body, &encoded).await {
             Ok(complete) => complete,
             Err(_) => return Ended::Closed,
