@@ -279,6 +279,16 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     }
 }
 
+/// The JSON lines of an access log written so far (none while the file does not exist; a line
+/// being written is left out).
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// The value of one series (`name{labels}`, written as the text shows it) in Prometheus text,
 /// if it is exported.
 pub fn metric(text: &str, series: &str) -> Option<f64> {

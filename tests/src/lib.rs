@@ -20,8 +20,8 @@ pub use config::{
     Outlier, Region, Retry, Service, Snapshots, Timeouts, Upstream,
 };
 pub use daemon::{
-    DaemonProcess, TestDaemon, admin_call, eventually, fixture, metric, with_test_admin,
-    write_config,
+    DaemonProcess, TestDaemon, admin_call, eventually, fixture, json_lines, metric,
+    with_test_admin, write_config,
 };
 pub use dns::{DnsAnswer, DnsServer};
 pub use origin::Origin;

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use serde_json::Value;
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -177,13 +176,7 @@ async fn tcp_connections_are_logged_and_counted() {
     let mut sink = Vec::new();
     let _ = refused.read_to_end(&mut sink).await;
 
-    let lines = || -> Vec<Value> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    };
+    let lines = || json_lines(&log);
     assert!(
         eventually(Duration::from_secs(5), || lines().len() >= 2).await,
         "{:?}",

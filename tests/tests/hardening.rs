@@ -380,6 +380,68 @@ async fn oversized_heads_get_431_and_are_counted() {
     assert_eq!(o.hits(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_refused_before_any_handler_are_access_logged() {
+    // hyper answers these itself (400, 414, 431) without running the proxy's handler: an
+    // operator still finds each in the access log, as nginx logs its 400s.
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("access.log");
+    let d = limited_config(
+        &o,
+        Listener::http("web")
+            .max_headers(16)
+            .max_header_bytes("128KiB"),
+        Limits::new(),
+    )
+    .access_log(AccessLog::new(&log_path).format("json"))
+    .start()
+    .await;
+    let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases = [
+        (format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n"), 431),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "u".repeat(70_000)),
+            414,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n".to_string(),
+            400,
+        ),
+    ];
+    for (raw, status) in &cases {
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+    }
+    let lines = || json_lines(&log_path);
+    assert!(
+        eventually(Duration::from_secs(5), || lines().len() == cases.len()).await,
+        "{:?}",
+        lines()
+    );
+    let mut statuses: Vec<u64> = lines()
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [400, 414, 431]);
+    for line in lines() {
+        assert_eq!(line["listener"], "web");
+        assert_eq!(line["client"], "127.0.0.1");
+        assert_eq!(line["method"], "-");
+        assert_eq!(line["path"], "-");
+        assert_eq!(line["bytes_out"], 0);
+    }
+    // The two over a limit are counted as such; the malformed one is not.
+    assert_eq!(limited(&d, "header").await, 2.0);
+    assert_eq!(o.hits(), 0);
+}
+
 #[tokio::test]
 async fn connections_per_client_are_capped() {
     let o = Origin::start("o").await;

@@ -473,13 +473,7 @@ async fn access_log_lines_carry_every_field() {
         .await
         .unwrap();
 
-    let lines = || -> Vec<Value> {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let lines = || json_lines(&log_path);
     assert!(
         eventually(Duration::from_secs(5), || lines().len() == 3).await,
         "{:?}",

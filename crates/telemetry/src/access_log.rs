@@ -41,6 +41,38 @@ pub struct AccessRecord {
     pub retries: u32,
 }
 
+impl AccessRecord {
+    /// A request as it arrives, now: what it was done with (status, bytes, duration, service,
+    /// region, backend, cache, retries) is filled in when it is done.
+    pub fn arriving(
+        listener: Arc<str>,
+        client: IpAddr,
+        protocol: &'static str,
+        method: String,
+        host: String,
+        path: String,
+    ) -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::now(),
+            listener,
+            client,
+            protocol,
+            method,
+            host,
+            path,
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            service: None,
+            region: None,
+            backend: None,
+            cache: None,
+            retries: 0,
+        }
+    }
+}
+
 /// How lines look.
 #[derive(Debug, Clone)]
 pub enum Format {

@@ -200,3 +200,28 @@ pub(crate) fn error_response(e: &ProxyError, active: ActiveRequest) -> Response<
     }
     resp
 }
+
+/// The status hyper's HTTP/1.1 server sent for a head it could not take, from the error it
+/// ended the connection with; `None` for errors it answers nothing to (an HTTP/2 preface on
+/// an HTTP/1.1 connection, its internal errors) and for every other error.
+pub(super) fn refused_head_status(e: &hyper::Error) -> Option<StatusCode> {
+    if !e.is_parse() {
+        return None;
+    }
+    let text = e.to_string();
+    if e.is_parse_too_large() {
+        // hyper's two "too large" kinds (the head past `max_buf_size` or `max_headers`, or a
+        // Content-Length past 2^64 - 2; and a request-target past 65 534 bytes) differ only in
+        // their text. A newer hyper that
+        // changed it would log 431 for a 414: tests/tests/hardening.rs checks both.
+        return Some(if text.starts_with("URI too long") {
+            StatusCode::URI_TOO_LONG
+        } else {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        });
+    }
+    if e.is_parse_version_h2() || text.starts_with("internal error") {
+        return None;
+    }
+    Some(StatusCode::BAD_REQUEST)
+}

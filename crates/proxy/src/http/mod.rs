@@ -368,13 +368,35 @@ impl HttpProxy {
         })
         .await;
         if let Err(e) = ended {
-            // hyper answered 431 itself: count it.
-            if e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_parse_too_large)
-            {
-                self.limited.count(crate::limits::Limit::Header);
+            if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                self.refused_head(e, peer);
             }
             debug!(listener = %self.listener, peer = %peer, error = %e, "client connection ended with an error");
+        }
+    }
+
+    /// hyper answers a head it cannot take (400, 414, 431) itself, before any handler runs, and
+    /// then ends the connection with the error: counted and access-logged here, as nginx logs
+    /// its 400s and HAProxy its `<BADREQ>`. Method and path are `-`: the head was not read.
+    fn refused_head(&self, e: &hyper::Error, peer: SocketAddr) {
+        let Some(status) = error::refused_head_status(e) else {
+            return;
+        };
+        if e.is_parse_too_large() {
+            self.limited.count(crate::limits::Limit::Header);
+        }
+        if let Some(sink) = self.access_log.load().as_ref() {
+            let mut record = streamgate_telemetry::access_log::AccessRecord::arriving(
+                self.listener.clone(),
+                peer.ip().to_canonical(),
+                "HTTP/1.1",
+                "-".to_string(),
+                String::new(),
+                "-".to_string(),
+            );
+            // hyper's answer has no body: bytes_out stays 0.
+            record.status = status.as_u16();
+            sink.log(record);
         }
     }
 }

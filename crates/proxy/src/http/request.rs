@@ -77,34 +77,23 @@ pub(crate) enum Prepared<'t> {
 
 impl HttpProxy {
     pub(crate) fn log_skeleton(&self, req: &ClientRequest, peer: SocketAddr) -> AccessRecord {
-        AccessRecord {
-            time: std::time::SystemTime::now(),
-            listener: self.listener.clone(),
-            client: peer.ip().to_canonical(),
-            protocol: match req.version() {
+        AccessRecord::arriving(
+            self.listener.clone(),
+            peer.ip().to_canonical(),
+            match req.version() {
                 Version::HTTP_2 => "HTTP/2",
                 Version::HTTP_10 => "HTTP/1.0",
                 _ => "HTTP/1.1",
             },
-            method: req.method().as_str().to_string(),
-            host: request_host(req)
+            req.method().as_str().to_string(),
+            request_host(req)
                 .ok()
                 .map(|h| host_str(&h).to_string())
                 .unwrap_or_default(),
-            path: req
-                .uri()
+            req.uri()
                 .path_and_query()
                 .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
-            status: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            duration: std::time::Duration::ZERO,
-            service: None,
-            region: None,
-            backend: None,
-            cache: None,
-            retries: 0,
-        }
+        )
     }
 
     /// Matches the request to a service and rewrites its head for the backend.
