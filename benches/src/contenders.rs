@@ -141,6 +141,13 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> Result<()>
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
+            // `taskset` exits 127 when the program it was to start is not installed.
+            if status.code() == Some(127) {
+                bail!(
+                    "{what}: its program was not found (taskset exited 127); the benchmark \
+                     needs apt-get install nginx haproxy varnish iperf3 wrk nghttp2-client"
+                );
+            }
             bail!("{what} exited during start-up ({status}); see its log in the work directory");
         }
         if Instant::now() > deadline {
