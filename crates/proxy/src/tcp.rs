@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use streamgate_balance::{ClientFacts, GeoHandle, Lease, Outcome, Pick, TableHandle};
@@ -293,25 +293,15 @@ struct ConnectionLog {
 impl ConnectionLog {
     fn new(proxy: &TcpProxy, client: SocketAddr) -> ConnectionLog {
         ConnectionLog {
-            record: AccessRecord {
-                time: SystemTime::now(),
-                listener: proxy.listener.clone(),
-                client: client.ip().to_canonical(),
-                protocol: if proxy.passthrough { "TLS" } else { "TCP" },
-                // "-" is filled in when the line is written: most connections log no line.
-                method: String::new(),
-                host: String::new(),
-                path: String::new(),
-                status: 0,
-                bytes_in: 0,
-                bytes_out: 0,
-                duration: Duration::ZERO,
-                service: None,
-                region: None,
-                backend: None,
-                cache: None,
-                retries: 0,
-            },
+            // "-" is filled in when the line is written: most connections log no line.
+            record: AccessRecord::arriving(
+                proxy.listener.clone(),
+                client.ip().to_canonical(),
+                if proxy.passthrough { "TLS" } else { "TCP" },
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
             started: Instant::now(),
             // A connection dropped before it reached a decision (shutdown) was cut short.
             status: 499,
