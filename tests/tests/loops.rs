@@ -93,3 +93,26 @@ async fn requests_through_two_tiers_of_streamgate_are_forwarded() {
     assert_eq!(looped.status, StatusCode::LOOP_DETECTED);
     assert_eq!(o.hits(), 1, "a looping request was forwarded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_via_line_goes_on_and_counts() {
+    // Our hop on a second Via line (an intermediary that put its own line first) was dropped
+    // when the request was forwarded, so the next pass did not count it.
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(Region::new("r").origins(&[&o]))).await;
+    let answer = get(
+        &http1(),
+        &d.url("web", "/"),
+        &[("via", "1.1 cdn"), ("via", "1.1 streamgate")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    let seen = o.last_headers();
+    let via: Vec<&str> = seen
+        .get_all("via")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(via, ["1.1 cdn, 1.1 streamgate, 1.1 streamgate"]);
+}

@@ -172,18 +172,17 @@ pub fn strip_client_forwarding(headers: &mut HeaderMap) {
 /// of a proxied HTTP/1.1 request (benches/benches/allocs.rs).
 #[derive(Debug, Clone)]
 pub struct ForwardedFor {
-    ip: IpAddr,
     value: HeaderValue,
 }
 
 impl ForwardedFor {
     pub fn new(peer: IpAddr) -> ForwardedFor {
-        let ip = peer.to_canonical();
         // An address always makes a valid field value; shared from the start, so the clone
         // each request takes costs no allocation.
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip.to_string()))
-            .unwrap_or_else(|_| HeaderValue::from_static(""));
-        ForwardedFor { ip, value }
+        let value =
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_canonical().to_string()))
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+        ForwardedFor { value }
     }
 }
 
@@ -196,16 +195,8 @@ pub fn add_forwarding(
     host: Option<&HeaderValue>,
     version: Version,
 ) {
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {}", peer.ip)) {
-                headers.insert(&X_FORWARDED_FOR, v);
-            }
-        }
-        _ => {
-            headers.insert(&X_FORWARDED_FOR, peer.value.clone());
-        }
-    }
+    // Every line, as nginx's `$proxy_add_x_forwarded_for` joins them, then this hop.
+    append_to_list(headers, &X_FORWARDED_FOR, &peer.value);
     headers.insert(
         &X_FORWARDED_PROTO,
         HeaderValue::from_static(if https { "https" } else { "http" }),
@@ -249,14 +240,29 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
         Version::HTTP_3 => "3 streamgate",
         _ => "1.1 streamgate",
     };
-    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {hop}")) {
-                headers.insert(header::VIA, v);
-            }
+    append_to_list(headers, &header::VIA, &HeaderValue::from_static(hop));
+}
+
+/// Appends `item` to the comma-separated list `name`, all of whose lines become one: a hop of
+/// ours on a later Via line must still be counted at the next pass (see [`own_via_hops`]).
+/// One lookup when the list is absent (the usual case). Lines that are not text are dropped.
+fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, item: &HeaderValue) {
+    match headers.entry(name) {
+        http::header::Entry::Vacant(v) => {
+            v.insert(item.clone());
         }
-        None => {
-            headers.insert(header::VIA, HeaderValue::from_static(hop));
+        http::header::Entry::Occupied(mut o) => {
+            let mut joined = String::new();
+            for line in o.iter().filter_map(|v| v.to_str().ok()) {
+                if !line.trim().is_empty() {
+                    joined.push_str(line);
+                    joined.push_str(", ");
+                }
+            }
+            joined.push_str(item.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::from_str(&joined) {
+                o.insert(v);
+            }
         }
     }
 }
@@ -422,6 +428,41 @@ mod tests {
         assert_eq!(first.get("x-forwarded-for").unwrap(), "10.0.0.1");
         assert_eq!(first.get("x-forwarded-proto").unwrap(), "https");
         assert!(first.get("x-forwarded-host").is_none());
+    }
+
+    #[test]
+    fn forwarding_keeps_every_via_and_forwarded_for_line() {
+        // Lines after the first were dropped: a hop of ours on a second Via line went
+        // uncounted at the next pass (a loop an intermediary that puts its line first would
+        // never end), and a trusted proxy's second X-Forwarded-For line was lost.
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("via", "1.1 cdn"),
+            ("via", "1.1 streamgate"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.2"),
+        ] {
+            h.append(name, HeaderValue::from_static(value));
+        }
+        add_forwarding(
+            &mut h,
+            &ForwardedFor::new("10.0.0.1".parse().unwrap()),
+            false,
+            None,
+            Version::HTTP_11,
+        );
+        let all = |name: &str| -> Vec<&str> {
+            h.get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(all("via"), ["1.1 cdn, 1.1 streamgate, 1.1 streamgate"]);
+        assert_eq!(own_via_hops(&h), 2);
+        assert_eq!(
+            all("x-forwarded-for"),
+            ["203.0.113.9, 198.51.100.2, 10.0.0.1"]
+        );
     }
 
     #[test]
