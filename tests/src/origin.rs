@@ -55,6 +55,24 @@ pub struct OriginState {
     /// Ordinary requests being answered now, and the most there were at once.
     pub in_flight: AtomicU64,
     pub max_in_flight: AtomicU64,
+    /// Connections open now (their tasks not yet dropped).
+    pub open_connections: AtomicU64,
+}
+
+/// Counts a connection task as open until it is dropped (ended or aborted).
+struct OpenConnection(Arc<OriginState>);
+
+impl OpenConnection {
+    fn new(st: &Arc<OriginState>) -> OpenConnection {
+        st.open_connections.fetch_add(1, SeqCst);
+        OpenConnection(st.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, SeqCst);
+    }
 }
 
 /// What a TLS origin saw of a client's handshake.
@@ -116,7 +134,9 @@ impl Origin {
                 let name = name_owned.clone();
                 let st = st.clone();
                 let tls = tls.clone();
+                let open = OpenConnection::new(&st);
                 conns.spawn(async move {
+                    let _open = open;
                     // Which connection served a request (probes aside) is what tests ask about.
                     let service = |seen: Option<TlsSeen>| {
                         let st = st.clone();
@@ -221,8 +241,18 @@ impl Origin {
     }
 
     /// Closes the listener and every open connection: the origin is dead.
-    pub fn stop(&self) {
+    /// Stops listening and closes every connection, and returns once they are closed: an
+    /// abort only asks, and a request sent before it is done could still be answered by a
+    /// connection of this origin's (a test saw that under load).
+    pub async fn stop(&self) {
         self.task.abort();
+        for _ in 0..500 {
+            if self.task.is_finished() && self.state.open_connections.load(SeqCst) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("origin {} did not stop within 5 s", self.name);
     }
 }
 

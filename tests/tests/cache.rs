@@ -177,7 +177,7 @@ async fn stale_if_error_keeps_serving_while_the_origin_is_down() {
     );
     assert_eq!(during_errors.body, first.body);
     // Every backend of every region gone: still served.
-    o.stop();
+    o.stop().await;
     let down = fetch(&d, path, &[]).await;
     assert_eq!((down.status, xc(&down)), (StatusCode::OK, "STALE"));
     assert_eq!(down.body, first.body);

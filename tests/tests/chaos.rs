@@ -57,13 +57,13 @@ impl Origins {
     }
 
     async fn kill(&self, i: usize) {
-        self.origins[i].lock().await.stop();
+        self.origins[i].lock().await.stop().await;
     }
 
     async fn restart(&self, i: usize) {
         let mut o = self.origins[i].lock().await;
         let (name, addr, state) = (o.name.clone(), o.addr, o.state.clone());
-        o.stop();
+        o.stop().await;
         // The stopped listener closes when its aborted task is dropped: wait for the port.
         for _ in 0..100 {
             if std::net::TcpListener::bind(addr).is_ok() {

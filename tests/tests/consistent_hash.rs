@@ -169,7 +169,7 @@ async fn a_drained_or_dead_origin_sends_only_its_own_keys_elsewhere() {
     );
 
     // A dead origin: its first request fails to connect and is sent to the key's next entry.
-    c.stop();
+    c.stop().await;
     check(&mapping(&d).await, "c");
 }
 
@@ -246,7 +246,8 @@ async fn the_sticky_cookie_is_set_honoured_and_replaced_when_its_origin_dies() {
         .into_iter()
         .find(|o| o.name == other)
         .unwrap()
-        .stop();
+        .stop()
+        .await;
     let answer = get_from(from, to, "/", &[("cookie", &cookie)])
         .await
         .unwrap();

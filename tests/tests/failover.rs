@@ -155,8 +155,8 @@ async fn a_dead_region_fails_over_within_1_5s_with_no_failed_request_and_fails_b
     // Kill the whole primary region.
     let (addr1, addr2) = (us1.addr, us2.addr);
     let killed = Instant::now();
-    us1.stop();
-    us2.stop();
+    us1.stop().await;
+    us2.stop().await;
     drop((us1, us2));
     // Health checks mark both backends down (fall 3 x 200 ms) and the region unhealthy.
     assert!(

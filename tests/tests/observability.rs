@@ -111,7 +111,7 @@ async fn metrics_after_known_traffic_have_exact_series_and_values() {
     );
 
     // The backend dies: backend_up flips to 0, the region goes unhealthy and b takes over.
-    a.stop();
+    a.stop().await;
     assert!(
         eventually(Duration::from_secs(5), || {
             let t = d.daemon.table.load();
@@ -294,7 +294,7 @@ async fn dashboard_and_alert_rules_use_only_metrics_the_daemon_exports() {
             .await
             .unwrap();
     }
-    a.stop();
+    a.stop().await;
     for _ in 0..3 {
         get(&c, &d.url("web", "/"), &[("host", "example.com")])
             .await
