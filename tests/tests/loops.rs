@@ -116,3 +116,16 @@ async fn every_via_line_goes_on_and_counts() {
         .collect();
     assert_eq!(via, ["1.1 cdn, 1.1 streamgate, 1.1 streamgate"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hops_on_a_via_line_with_bytes_beyond_ascii_count() {
+    // A comment in Latin-1 (obs-text) made the whole line invisible to the hop count: such a
+    // loop was never refused.
+    let o = Origin::start("o").await;
+    let d = TestDaemon::start(&config(Region::new("r").origins(&[&o]))).await;
+    let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 streamgate, 1.1 streamgate (caf".to_vec();
+    raw.extend_from_slice(b"\xe9), 1.1 streamgate\r\nConnection: close\r\n\r\n");
+    let answer = raw_exchange(d.addr("web"), &raw, 1 << 16).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 508"), "{answer}");
+    assert_eq!(o.hits(), 0, "a looping request was forwarded");
+}

@@ -216,18 +216,22 @@ pub fn add_forwarding(
 /// How many hops of `headers`' Via (every line, comma-separated) were received by a proxy
 /// calling itself [`VIA_NAME`]: `1.1 streamgate`, `2 streamgate (comment)`. A client can claim
 /// more than there were, which only gets its own request refused.
+///
+/// Read as bytes: a line with obs-text (a comment in Latin-1, say) is not text to `to_str`, and
+/// skipping it would not count a hop of ours on it, so such a loop would never be refused.
 pub fn own_via_hops(headers: &HeaderMap) -> usize {
     headers
         .get_all(header::VIA)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|line| line.split(','))
+        .flat_map(|line| line.as_bytes().split(|&b| b == b','))
         .filter(|hop| {
-            let mut words = hop.split_ascii_whitespace();
+            let mut words = hop
+                .split(|b| b.is_ascii_whitespace())
+                .filter(|w| !w.is_empty());
             let _protocol = words.next();
             words
                 .next()
-                .is_some_and(|by| by.eq_ignore_ascii_case(VIA_NAME))
+                .is_some_and(|by| by.eq_ignore_ascii_case(VIA_NAME.as_bytes()))
         })
         .count()
 }
@@ -245,24 +249,27 @@ pub fn append_via(headers: &mut HeaderMap, version: Version) {
 
 /// Appends `item` to the comma-separated list `name`, all of whose lines become one: a hop of
 /// ours on a later Via line must still be counted at the next pass (see [`own_via_hops`]).
-/// One lookup when the list is absent (the usual case). Lines that are not text are dropped.
+/// One lookup when the list is absent (the usual case). Every line goes on as its bytes (as
+/// nginx's `$proxy_add_x_forwarded_for`), empty ones aside.
 fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, item: &HeaderValue) {
     match headers.entry(name) {
         http::header::Entry::Vacant(v) => {
             v.insert(item.clone());
         }
         http::header::Entry::Occupied(mut o) => {
-            let mut joined = String::new();
-            for line in o.iter().filter_map(|v| v.to_str().ok()) {
-                if !line.trim().is_empty() {
-                    joined.push_str(line);
-                    joined.push_str(", ");
+            let mut joined = Vec::new();
+            for line in o.iter().map(HeaderValue::as_bytes) {
+                if !line.trim_ascii().is_empty() {
+                    joined.extend_from_slice(line);
+                    joined.extend_from_slice(b", ");
                 }
             }
-            joined.push_str(item.to_str().unwrap_or_default());
-            if let Ok(v) = HeaderValue::from_str(&joined) {
-                o.insert(v);
-            }
+            joined.extend_from_slice(item.as_bytes());
+            // Field values joined by ", " are a field value: this cannot fail. Were it to,
+            // this hop alone is better than the old lines without it.
+            let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))
+                .unwrap_or_else(|_| item.clone());
+            o.insert(v);
         }
     }
 }
@@ -463,6 +470,30 @@ mod tests {
             all("x-forwarded-for"),
             ["203.0.113.9, 198.51.100.2, 10.0.0.1"]
         );
+    }
+
+    #[test]
+    fn via_lines_with_bytes_beyond_ascii_are_counted_and_kept() {
+        // obs-text (RFC 9110 §5.5) in a Via comment: the line was skipped when hops were
+        // counted and dropped when the request was forwarded, so a loop through an
+        // intermediary that writes such a comment never reached the 508.
+        let mut h = HeaderMap::new();
+        h.append(
+            header::VIA,
+            HeaderValue::from_bytes(b"1.1 streamgate, 1.1 caf\xe9 (\xe9dge)").unwrap(),
+        );
+        assert_eq!(own_via_hops(&h), 1);
+        append_via(&mut h, Version::HTTP_11);
+        let lines: Vec<&[u8]> = h
+            .get_all(header::VIA)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(
+            lines,
+            [&b"1.1 streamgate, 1.1 caf\xe9 (\xe9dge), 1.1 streamgate"[..]]
+        );
+        assert_eq!(own_via_hops(&h), 2);
     }
 
     #[test]
