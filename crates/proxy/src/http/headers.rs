@@ -285,8 +285,9 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     // Walk right to left: each hop was appended by the proxy before it.
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(s) = value.to_str() else { return client };
-        for part in s.rsplit(',') {
-            let Some(ip) = parse_forwarded_ip(part.trim()) else {
+        // Empty elements name no hop (a list may have them, RFC 9110 §5.6.1).
+        for part in s.rsplit(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some(ip) = parse_forwarded_ip(part) else {
                 return client;
             };
             client = ip.to_canonical();
@@ -551,5 +552,36 @@ mod tests {
             client_ip(mapped, &h, &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn client_ip_skips_empty_list_elements() {
+        // A list may have empty elements (RFC 9110 §5.6.1): they name no hop, and nginx's
+        // realip skips them too. A non-empty element that is not an address still stops the
+        // walk at the last trusted hop.
+        let trusted: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let table: &[(&[&str], &str)] = &[
+            (&["198.51.100.7, , 10.1.2.3"], "198.51.100.7"),
+            (&["198.51.100.7,,10.1.2.3,"], "198.51.100.7"),
+            (&["198.51.100.7", "", "10.1.2.3"], "198.51.100.7"),
+            (&["198.51.100.7, junk, 10.1.2.3"], "10.1.2.3"),
+            (&[" , "], "127.0.0.1"),
+            (&["10.9.9.9, , 203.0.113.5"], "203.0.113.5"),
+        ];
+        for (lines, want) in table {
+            let mut h = HeaderMap::new();
+            for line in *lines {
+                h.append("x-forwarded-for", HeaderValue::from_str(line).unwrap());
+            }
+            assert_eq!(
+                client_ip(local, &h, &trusted),
+                want.parse::<IpAddr>().unwrap(),
+                "{lines:?}"
+            );
+        }
     }
 }
