@@ -9,7 +9,7 @@ use streamgate_proxy::upstream::codec::parse_response_head;
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     let before = buf.len();
-    if let Ok(Some(_)) = parse_response_head(&mut buf) {
+    if let Ok(Some(_)) = parse_response_head(&mut buf, Some(&mut Vec::new())) {
         assert!(buf.len() <= before);
     }
 });

@@ -253,3 +253,68 @@ async fn an_answer_is_done_when_its_length_is_sent_not_when_the_origin_ends_its_
         started.elapsed()
     );
 }
+
+/// A backend's answer goes on as it was sent (names as the backend spelled them, every line of a
+/// repeated field, the backend's Via hops before ours), less the fields for its hop only. An
+/// ordinary head goes on as the backend's bytes; one with a field named in Connection goes
+/// through the field map (lower-case names), and both must look the same otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answer_goes_on_as_sent_less_its_hop_by_hop_fields() {
+    let origin = RawOrigin::start(|head| {
+        let connection = if head.starts_with("GET /named ") {
+            "Connection: x-private\r\nX-Private: 1\r\n"
+        } else {
+            "Connection: keep-alive\r\n"
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\nServer: origin\r\nX-Mixed-Case: One\r\n{connection}\
+Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nVia: 1.1 cdn\r\n\
+Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok"
+        )
+        .into_bytes()
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    for (path, as_spelled) in [("/plain", true), ("/named", false)] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let text = exchange(d.addr("web"), raw.as_bytes()).await;
+        let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+        assert_eq!(body, "ok", "{path}");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        let lines: Vec<&str> = head.lines().skip(1).collect();
+        let lower: Vec<String> = lines.iter().map(|l| l.to_ascii_lowercase()).collect();
+        for gone in ["keep-alive:", "proxy-connection:", "x-private:"] {
+            assert!(
+                !lower.iter().any(|l| l.starts_with(gone)),
+                "{gone} in {head}"
+            );
+        }
+        let connection: Vec<&String> = lower
+            .iter()
+            .filter(|l| l.starts_with("connection:"))
+            .collect();
+        assert_eq!(connection, ["connection: close"], "{head}");
+        let cookies: Vec<&String> = lower
+            .iter()
+            .filter(|l| l.starts_with("set-cookie:"))
+            .collect();
+        assert_eq!(cookies, ["set-cookie: a=1", "set-cookie: b=2"], "{head}");
+        let via: Vec<&str> = lower
+            .iter()
+            .filter_map(|l| l.strip_prefix("via: "))
+            .flat_map(|v| v.split(", "))
+            .collect();
+        assert_eq!(via, ["1.1 cdn", "1.1 streamgate"], "{head}");
+        assert_eq!(
+            lower
+                .iter()
+                .filter(|l| l.starts_with("content-length:"))
+                .count(),
+            1
+        );
+        assert!(lower.iter().any(|l| l == "content-length: 2"), "{head}");
+        assert!(lower.iter().any(|l| l.starts_with("date: ")), "{head}");
+        assert!(lower.iter().any(|l| l == "x-mixed-case: one"), "{head}");
+        assert_eq!(lines.contains(&"X-Mixed-Case: One"), as_spelled, "{head}");
+    }
+}

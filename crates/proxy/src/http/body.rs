@@ -140,6 +140,9 @@ fn read_if_here(
     None
 }
 
+// A backend's body, the variant of nearly every proxied answer, boxed would be an allocation
+// per request.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
@@ -179,6 +182,22 @@ impl ProxyBody {
         let held = (done.lease.take(), done.active.take());
         let pumped = super::pump::Pumped::start(body, read, held, idle);
         Self::from_inner(Inner::Pumped(pumped), done, served)
+    }
+
+    /// A backend's answer fields as it sent them, when they were kept so (the response's map
+    /// then holds only what this proxy added). Taken once, by the server writing the head.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<crate::upstream::codec::RawFields> {
+        match &mut self.inner {
+            Inner::Upstream(b) => b.take_raw_fields(),
+            Inner::Pumped(_) | Inner::Full(_) => None,
+        }
+    }
+
+    /// Gives back what [`ProxyBody::take_raw_fields`] took, once the head is written.
+    pub(crate) fn put_back(&mut self, raw: crate::upstream::codec::RawFields) {
+        if let Inner::Upstream(b) = &mut self.inner {
+            b.put_back(raw);
+        }
     }
 
     fn from_inner(inner: Inner, done: Completion, served: IntCounter) -> ProxyBody {

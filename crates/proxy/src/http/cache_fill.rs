@@ -222,6 +222,7 @@ impl HttpProxy {
                 forwarded_for,
                 started: Instant::now(),
                 served_by: false,
+                raw_answer: false,
             };
             let request_time = SystemTime::now();
             let Ok(f) = proxy.fetch_for_cache(&mut o, &mut None).await else {

@@ -23,13 +23,16 @@ use streamgate_config::rules::Template;
 use streamgate_policy::Edit;
 
 impl HttpProxy {
-    /// Answers one request. Never fails: every error becomes a response.
+    /// Answers one request. Never fails: every error becomes a response. `raw_ok`: the
+    /// answer is written by our own HTTP/1.1 server, which can forward a backend's fields
+    /// as they came ([`crate::upstream::codec::RawFields`]).
     pub async fn handle(
         self: Arc<Self>,
         req: ClientRequest,
         peer: SocketAddr,
         forwarded_for: ForwardedFor,
         active: ActiveRequest,
+        raw_ok: bool,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let table = self.table.load_full();
@@ -69,6 +72,14 @@ impl HttpProxy {
                 // this tier must not take a client's word for a fleet-wide purge.
                 out.parts.headers.remove(super::purge::SCOPE);
             }
+            // Nothing on the way reads the answer's fields: no cache (above), no compression,
+            // no response rules, no upgrade (a 101 is never raw anyway), and HEAD keeps the
+            // map path's Content-Length handling.
+            out.raw_answer = raw_ok
+                && response_edits.is_empty()
+                && out.service.spec.compression.is_none()
+                && out.upgrade.is_none()
+                && out.parts.method != http::Method::HEAD;
             self.pass(&mut out, active, &mut log).await
         };
         // An HTTP/1.1 request's map, as large as the next backend answer's, is kept for it. An

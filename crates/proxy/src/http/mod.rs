@@ -343,7 +343,7 @@ impl HttpProxy {
             let forwarded_for = forwarded_for.clone();
             async move {
                 let mut handling =
-                    std::pin::pin!(p.handle(req.map(Some), peer, forwarded_for, active));
+                    std::pin::pin!(p.handle(req.map(Some), peer, forwarded_for, active, false));
                 let mut at_once = true;
                 let response = std::future::poll_fn(|cx| {
                     let r = handling.as_mut().poll(cx);

@@ -228,6 +228,7 @@ impl HttpProxy {
                                 &mut out.body,
                                 exchange_timeouts,
                                 attempt_at,
+                                out.raw_answer,
                             )
                             .await
                     }

@@ -56,6 +56,9 @@ pub(crate) struct Outbound<'t> {
     ///
     /// [`ServedBy`]: super::rules::ServedBy
     pub served_by: bool,
+    /// The answer goes to an HTTP/1.1 client of our own server with nothing reading or editing
+    /// its fields on the way: the backend's may be forwarded as it sent them.
+    pub raw_answer: bool,
 }
 
 /// A request matched to its service: forwarded, or answered by one of its rules.
@@ -306,6 +309,7 @@ impl HttpProxy {
             forwarded_for,
             started,
             served_by,
+            raw_answer: false,
         };
         Ok(Prepared::Forward {
             out,

@@ -38,6 +38,11 @@ pub struct H1Body {
     /// Start of the current silence, read from the clock only once we are waiting.
     waiting_since: Option<Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The answer's fields as the backend sent them, until the client's head is written.
+    raw: Option<super::codec::RawFields>,
+    /// The spans' vector, back from `raw` once the head is written, for the connection's next
+    /// answer.
+    spans: Vec<[u16; 4]>,
 }
 
 impl H1Body {
@@ -54,6 +59,7 @@ impl H1Body {
             conn: Some(conn),
             buf: buffers.read,
             head: buffers.head,
+            spans: buffers.spans,
             grew: false,
             decoder,
             pool,
@@ -62,11 +68,30 @@ impl H1Body {
             last_used: started,
             waiting_since: None,
             timer: None,
+            raw: None,
         };
         if body.decoder.is_done() {
             body.finish();
         }
         body
+    }
+
+    /// The answer's fields as the backend sent them, when they were kept that way.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<super::codec::RawFields> {
+        self.raw.take()
+    }
+
+    /// The answer's fields as the backend sent them (see `codec::RawFields`).
+    pub(super) fn keep_raw_fields(&mut self, raw: Option<super::codec::RawFields>) {
+        self.raw = raw;
+    }
+
+    /// Gives back what [`H1Body::take_raw_fields`] took, once the head is written. A body
+    /// that was whole with its head (Content-Length: 0) has already given its connection
+    /// back: the vector goes with this body, and the connection's next raw answer allocates
+    /// one.
+    pub(crate) fn put_back(&mut self, raw: super::codec::RawFields) {
+        self.spans = raw.into_spans();
     }
 
     /// A 101 Switching Protocols: the connection (and bytes already read past the head) now
@@ -91,6 +116,7 @@ impl H1Body {
             let buffers = Buffers {
                 head: std::mem::take(&mut self.head),
                 read: std::mem::take(&mut self.buf),
+                spans: std::mem::take(&mut self.spans),
             };
             let conn = Pooled {
                 stream,

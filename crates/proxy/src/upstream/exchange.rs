@@ -74,6 +74,7 @@ pub(super) async fn exchange(
     body: RequestBody,
     framing: RequestFraming,
     buf: &mut BytesMut,
+    mut raw: Option<&mut Vec<[u16; 4]>>,
 ) -> Result<(Conn, ResponseHead), Failure> {
     // A connection's kept buffer takes the whole answer again in place once nothing points into
     // it; a new connection's (or one still shared) is allocated here.
@@ -94,7 +95,7 @@ pub(super) async fn exchange(
         }
     };
     loop {
-        match codec::parse_response_head(buf) {
+        match codec::parse_response_head(buf, raw.as_deref_mut()) {
             Err(e) => {
                 return Err(Failure {
                     error: e.into(),

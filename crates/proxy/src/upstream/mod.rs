@@ -13,6 +13,7 @@ mod exchange;
 pub mod fuzzing;
 mod pool;
 mod pooled;
+mod raw_head;
 mod request_body;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ use streamgate_tls::TlsError;
 
 /// A backend's response body: read by our HTTP/1.1 client, or by hyper's HTTP/2 one.
 #[derive(Debug)]
+// `H1`, the variant of nearly every proxied answer, boxed would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum UpstreamBody {
     H1(H1Body),
     Pooled(PooledBody),
@@ -70,6 +73,23 @@ impl PooledBody {
 }
 
 impl UpstreamBody {
+    /// The answer's fields as the backend sent them, when `send` was asked to keep them so
+    /// and the head allowed it; the response's own map then holds only what was added to it.
+    pub(crate) fn take_raw_fields(&mut self) -> Option<codec::RawFields> {
+        match self {
+            UpstreamBody::H1(b) => b.take_raw_fields(),
+            UpstreamBody::Pooled(_) | UpstreamBody::Compressed(_) => None,
+        }
+    }
+
+    /// Gives back what [`UpstreamBody::take_raw_fields`] took, once the head is written: the
+    /// connection keeps the vector for its next answer.
+    pub(crate) fn put_back(&mut self, raw: codec::RawFields) {
+        if let UpstreamBody::H1(b) = self {
+            b.put_back(raw);
+        }
+    }
+
     /// The tunnel of a 101 response (HTTP/1.1 upgrades only).
     pub(crate) fn into_tunnel(self) -> Option<(TcpStream, BytesMut)> {
         match self {
@@ -299,6 +319,9 @@ impl Upstreams {
     /// Sends a request to `backend` and reads the response head. The body streams from the
     /// connection as the caller polls it. The request body is taken from `body` only once a
     /// connection is established: after a connect failure it is still there for another backend.
+    /// `raw`: the answer's fields may be kept as the backend sent them (see
+    /// [`UpstreamBody::take_raw_fields`]), for a caller that reads none of them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         backend: SocketAddr,
@@ -307,6 +330,7 @@ impl Upstreams {
         body: &mut RequestBody,
         timeouts: ExchangeTimeouts,
         now: Instant,
+        raw: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let pool = self.pool(backend);
         pool.set_idle_timeout(timeouts.idle);
@@ -341,7 +365,16 @@ impl Upstreams {
             };
             let replayable = matches!(body, RequestBody::Empty);
             let this_body = std::mem::replace(body, RequestBody::Empty);
-            match exchange(conn, &buffers.head, this_body, framing, &mut buffers.read).await {
+            match exchange(
+                conn,
+                &buffers.head,
+                this_body,
+                framing,
+                &mut buffers.read,
+                raw.then_some(&mut buffers.spans),
+            )
+            .await
+            {
                 Ok((conn, rhead)) => {
                     let framing = codec::response_framing(&head.method, &rhead)?;
                     let reusable =
@@ -351,9 +384,10 @@ impl Upstreams {
                         status,
                         version,
                         headers,
+                        raw,
                         ..
                     } = rhead;
-                    let mut resp = Response::new(UpstreamBody::H1(H1Body::new(
+                    let mut body = H1Body::new(
                         conn,
                         buffers,
                         decoder,
@@ -361,7 +395,9 @@ impl Upstreams {
                         reusable,
                         timeouts.body_stall,
                         now,
-                    )));
+                    );
+                    body.keep_raw_fields(raw);
+                    let mut resp = Response::new(UpstreamBody::H1(body));
                     *resp.status_mut() = status;
                     *resp.version_mut() = version;
                     *resp.headers_mut() = headers;

@@ -38,6 +38,8 @@ pub struct Buffers {
     /// Empty whenever it is kept; its memory is reused once the fields and body chunks of the
     /// last response that point into it are gone.
     pub read: BytesMut,
+    /// For the spans of an answer forwarded as the backend sent it (`codec::RawFields`).
+    pub spans: Vec<[u16; 4]>,
 }
 
 impl Buffers {

@@ -9,6 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, StatusCode};
 
+use crate::upstream::codec::RawFields;
+
 /// What the handler's body says about its length before it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum BodySize {
@@ -46,6 +48,7 @@ pub(super) struct BadLength;
 pub(super) fn encode_head(
     dst: &mut Vec<u8>,
     status: StatusCode,
+    raw: Option<&RawFields>,
     headers: &HeaderMap,
     size: BodySize,
     head_request: bool,
@@ -70,6 +73,15 @@ pub(super) fn encode_head(
     let mut said_close = false;
     let mut wrote_date = false;
     let mut trailers = Vec::new();
+    // A backend's fields as it sent them: no framing or hop-by-hop field is among them (see
+    // `RawFields`), so they go first and as they are; `headers` then holds what this proxy
+    // adds.
+    if let Some(raw) = raw {
+        for (name, value) in raw.iter() {
+            put_bytes(dst, name, value);
+        }
+        wrote_date = raw.has_date;
+    }
     for (name, value) in headers {
         match *name {
             header::CONTENT_LENGTH => {
@@ -189,7 +201,11 @@ pub(super) fn encode_head(
 
 /// One field line.
 pub(super) fn put(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
-    dst.extend_from_slice(name.as_bytes());
+    put_bytes(dst, name.as_bytes(), value);
+}
+
+fn put_bytes(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);
     dst.extend_from_slice(b"\r\n");
@@ -253,7 +269,7 @@ mod tests {
         }
         let mut dst = Vec::new();
         let status = StatusCode::from_u16(status).unwrap();
-        let r = encode_head(&mut dst, status, &map, size, head_request, close);
+        let r = encode_head(&mut dst, status, None, &map, size, head_request, close);
         let text = String::from_utf8(dst).unwrap();
         // The Date line is the clock's; the rest is compared whole.
         let text = text
@@ -341,7 +357,7 @@ mod tests {
     fn a_date_is_added_unless_the_answer_has_one() {
         let mut dst = Vec::new();
         let none = HeaderMap::new();
-        encode_head(&mut dst, StatusCode::OK, &none, Empty, false, false).unwrap();
+        encode_head(&mut dst, StatusCode::OK, None, &none, Empty, false, false).unwrap();
         let text = String::from_utf8(dst).unwrap();
         let date = text.lines().find_map(|l| l.strip_prefix("date: ")).unwrap();
         assert!(httpdate::parse_http_date(date).is_ok(), "{date}");
@@ -351,7 +367,7 @@ mod tests {
             "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap(),
         );
         let mut dst = Vec::new();
-        encode_head(&mut dst, StatusCode::OK, &dated, Empty, false, false).unwrap();
+        encode_head(&mut dst, StatusCode::OK, None, &dated, Empty, false, false).unwrap();
         assert_eq!(String::from_utf8(dst).unwrap().matches("date: ").count(), 1);
     }
 }

@@ -12,6 +12,7 @@
 //! 431) and everything it does for those requests are therefore unchanged.
 
 mod encode;
+pub mod forwarded_head;
 pub mod fuzzing;
 mod head;
 
@@ -121,12 +122,12 @@ where
         };
         let head_request = req.method() == Method::HEAD;
         let active = ActiveRequest::new(activity);
-        let mut handling = std::pin::pin!(proxy.clone().handle(
-            req,
-            peer,
-            forwarded_for.clone(),
-            active
-        ));
+        let mut handling =
+            std::pin::pin!(
+                proxy
+                    .clone()
+                    .handle(req, peer, forwarded_for.clone(), active, true)
+            );
         let mut at_once = true;
         let mut draining = false;
         let answer = std::future::poll_fn(|cx| {
@@ -147,7 +148,8 @@ where
         let Some(answer) = answer else {
             return Ended::Closed;
         };
-        let (mut parts, body) = answer.into_parts();
+        let (mut parts, mut body) = answer.into_parts();
+        let raw = body.take_raw_fields();
         // An interim status cannot be the answer: hyper sends 500 for it and closes.
         let interim = parts.status.is_informational()
             && parts.status != http::StatusCode::SWITCHING_PROTOCOLS;
@@ -155,6 +157,7 @@ where
             parts.status = http::StatusCode::INTERNAL_SERVER_ERROR;
             parts.headers.clear();
         }
+        let raw = raw.filter(|_| !interim);
         let size = if interim || body.is_end_stream() {
             BodySize::Empty
         } else {
@@ -166,6 +169,7 @@ where
         let Ok(encoded) = encode_head(
             &mut out,
             parts.status,
+            raw.as_ref(),
             &parts.headers,
             size,
             head_request,
@@ -174,6 +178,9 @@ where
             tracing::warn!(listener = %proxy.listener, status = %parts.status, "answer with conflicting lengths not sent; connection closed");
             return Ended::Closed;
         };
+        if let Some(raw) = raw {
+            body.put_back(raw);
+        }
         // Kept for the next request unless it holds many repeated values (an HTTP/2
         // origin's answer may hold hundreds), whose memory `clear` would keep.
         if parts.headers.len() <= parts.headers.capacity() {
