@@ -238,13 +238,21 @@ pub fn own_via_hops(headers: &HeaderMap) -> usize {
 
 /// Appends this hop to Via.
 pub fn append_via(headers: &mut HeaderMap, version: Version) {
-    let hop = match version {
+    append_to_list(
+        headers,
+        &header::VIA,
+        &HeaderValue::from_static(via_hop(version)),
+    );
+}
+
+/// This hop in a Via list, for a message received with `version`.
+pub fn via_hop(version: Version) -> &'static str {
+    match version {
         Version::HTTP_10 => "1.0 streamgate",
         Version::HTTP_2 => "2 streamgate",
         Version::HTTP_3 => "3 streamgate",
         _ => "1.1 streamgate",
-    };
-    append_to_list(headers, &header::VIA, &HeaderValue::from_static(hop));
+    }
 }
 
 /// Appends `item` to the comma-separated list `name`, all of whose lines become one: a hop of

@@ -81,6 +81,10 @@ impl H1Body {
         self.raw.take()
     }
 
+    pub(crate) fn has_raw_fields(&self) -> bool {
+        self.raw.is_some()
+    }
+
     /// The answer's fields as the backend sent them (see `codec::RawFields`).
     pub(super) fn keep_raw_fields(&mut self, raw: Option<super::codec::RawFields>) {
         self.raw = raw;

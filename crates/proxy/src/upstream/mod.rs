@@ -82,6 +82,11 @@ impl UpstreamBody {
         }
     }
 
+    /// The answer's fields are kept as the backend sent them (see `take_raw_fields`).
+    pub(crate) fn has_raw_fields(&self) -> bool {
+        matches!(self, UpstreamBody::H1(b) if b.has_raw_fields())
+    }
+
     /// Gives back what [`UpstreamBody::take_raw_fields`] took, once the head is written: the
     /// connection keeps the vector for its next answer.
     pub(crate) fn put_back(&mut self, raw: codec::RawFields) {

@@ -33,6 +33,8 @@ pub struct RawFields {
     pub framing: ResponseFraming,
     /// The connection may carry another request after this answer.
     pub keep_alive: bool,
+    /// The backend's HTTP version (for this hop's Via).
+    pub version: Version,
 }
 
 /// What a field is to this hop.
@@ -102,6 +104,7 @@ impl RawFields {
             has_date: facts.has_date,
             framing: facts.framing,
             keep_alive: facts.keep_alive,
+            version,
         })
     }
 

@@ -80,6 +80,12 @@ pub(super) fn encode_head(
         for (name, value) in raw.iter() {
             put_bytes(dst, name, value);
         }
+        // This hop, after the backend's own Via lines (the map has none of its own then).
+        put(
+            dst,
+            "via",
+            crate::http::headers::via_hop(raw.version).as_bytes(),
+        );
         wrote_date = raw.has_date;
     }
     for (name, value) in headers {
