@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use crate::upstream::codec::LastFields;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 use ipnet::IpNet;
@@ -25,6 +26,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static VIA: HeaderName = header::VIA;
 
 /// Removes hop-by-hop headers: the fixed list and any named in Connection.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -211,6 +213,30 @@ pub fn add_forwarding(
         headers.insert(&X_FORWARDED_HOST, v);
     }
     append_via(headers, version);
+}
+
+/// What [`add_forwarding`] puts in a map, as fields written after the request's own instead
+/// (see [`LastFields`]), for a request whose map nothing else reads them from.
+pub fn last_fields<'a>(
+    peer: &'a ForwardedFor,
+    https: bool,
+    host: &'a HeaderValue,
+    version: Version,
+) -> LastFields<'a> {
+    // The host as text, as `add_forwarding` sends it: a value that is not text is sent empty.
+    let host = if host.to_str().is_ok() {
+        host.as_bytes()
+    } else {
+        b""
+    };
+    let proto: &[u8] = if https { b"https" } else { b"http" };
+    LastFields {
+        joined: [
+            (&X_FORWARDED_FOR, peer.value.as_bytes()),
+            (&VIA, via_hop(version).as_bytes()),
+        ],
+        set: [(&X_FORWARDED_PROTO, proto), (&X_FORWARDED_HOST, host)],
+    }
 }
 
 /// How many hops of `headers`' Via (every line, comma-separated) were received by a proxy
@@ -591,5 +617,93 @@ mod tests {
                 "{lines:?}"
             );
         }
+    }
+
+    /// The forwarding fields written after the map's (`last_fields`) are what `add_forwarding`
+    /// puts in the map, field for field, whatever lines of them the request already had.
+    #[test]
+    fn last_fields_write_what_add_forwarding_puts_in_the_map() {
+        use crate::upstream::codec::{RequestFraming, write_request_head};
+        let peer = ForwardedFor::new("192.0.2.9".parse().unwrap());
+        let table: &[&[(&str, &[u8])]] = &[
+            &[],
+            &[("host", b"a"), ("accept", b"*/*")],
+            &[("x-forwarded-for", b"198.51.100.1"), ("via", b"1.1 cdn")],
+            &[
+                ("x-forwarded-for", b"198.51.100.1"),
+                ("x-forwarded-for", b" "),
+                ("x-forwarded-for", b"10.0.0.1, 10.0.0.2"),
+            ],
+            &[
+                ("via", b"1.0 a"),
+                ("via", b"1.1 b (caf\xe9)"),
+                ("x-forwarded-proto", b"https"),
+                ("x-forwarded-host", b"evil"),
+            ],
+            &[("x-forwarded-hostname", b"kept"), ("vía", b"x")],
+        ];
+        for fields in table {
+            let mut map = HeaderMap::new();
+            for (n, v) in *fields {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(n.as_bytes()),
+                    HeaderValue::from_bytes(v),
+                ) {
+                    map.append(n, v);
+                }
+            }
+            for (https, host, version) in [
+                (
+                    false,
+                    HeaderValue::from_static("example.com"),
+                    Version::HTTP_11,
+                ),
+                (
+                    true,
+                    HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+                    Version::HTTP_2,
+                ),
+            ] {
+                let mut in_map = map.clone();
+                add_forwarding(&mut in_map, &peer, https, Some(&host), version);
+                let mut a = Vec::new();
+                write_request_head(
+                    &mut a,
+                    &Method::GET,
+                    "/",
+                    &in_map,
+                    RequestFraming::Empty,
+                    None,
+                );
+                let last = last_fields(&peer, https, &host, version);
+                let mut b = Vec::new();
+                write_request_head(
+                    &mut b,
+                    &Method::GET,
+                    "/",
+                    &map,
+                    RequestFraming::Empty,
+                    Some(&last),
+                );
+                assert_eq!(fields_of(&a), fields_of(&b), "{fields:?}");
+            }
+        }
+    }
+
+    /// A request head's fields: lower-case name, then each value in order.
+    fn fields_of(head: &[u8]) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut fields);
+        assert!(matches!(req.parse(head), Ok(httparse::Status::Complete(_))));
+        let mut got: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+        for h in req.headers.iter() {
+            let name = h.name.to_ascii_lowercase();
+            match got.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => v.push(h.value.to_vec()),
+                None => got.push((name, vec![h.value.to_vec()])),
+            }
+        }
+        got.sort_by(|x, y| x.0.cmp(&y.0));
+        got
     }
 }

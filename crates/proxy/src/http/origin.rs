@@ -20,7 +20,9 @@ use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody, RequestBody, Upload};
 use super::error::ProxyError;
 use super::error::error_response;
-use super::headers::{add_forwarding, append_via, is_idempotent, strip_hop_by_hop};
+use super::headers::{
+    add_forwarding, append_via, is_idempotent, last_fields as last_fields_of, strip_hop_by_hop,
+};
 use super::request::{Outbound, ambiguous_framing};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
@@ -145,8 +147,12 @@ impl HttpProxy {
         log: &mut Option<Box<PendingLog>>,
     ) -> Result<Fetched<'t>, ProxyError> {
         let service = out.service;
-        if !out.forwarded {
-            out.forwarded = true;
+        let upstream = &service.spec.upstream;
+        // Without a cache nothing reads the forwarding fields from the map (a cache would, for
+        // Vary): to an HTTP/1.1 backend they are written after the map's fields.
+        let last_fields =
+            service.spec.cache.is_none() && upstream.protocol == UpstreamProtocol::Http1;
+        if !out.forwarded && !last_fields {
             add_forwarding(
                 &mut out.parts.headers,
                 &out.forwarded_for,
@@ -154,6 +160,9 @@ impl HttpProxy {
                 Some(&out.host),
                 out.client_version,
             );
+        }
+        if !out.forwarded {
+            out.forwarded = true;
             if service.spec.region_policy == RegionPolicy::Geo
                 && let (Some(ip), Some(db)) = (out.facts.ip, self.geo.load().as_ref())
             {
@@ -199,7 +208,6 @@ impl HttpProxy {
                 l.record.retries = attempts - 1;
             }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
-            let upstream = &service.spec.upstream;
             let upload = match &out.body {
                 RequestBody::Stream(_, u) => Some(u.clone()),
                 RequestBody::Empty => None,
@@ -229,6 +237,16 @@ impl HttpProxy {
                                 exchange_timeouts,
                                 attempt_at,
                                 out.raw_answer,
+                                last_fields
+                                    .then(|| {
+                                        last_fields_of(
+                                            &out.forwarded_for,
+                                            self.https,
+                                            &out.host,
+                                            out.client_version,
+                                        )
+                                    })
+                                    .as_ref(),
                             )
                             .await
                     }

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
+pub use super::last_fields::LastFields;
 pub use super::raw_head::RawFields;
 
 /// Most headers a backend response may carry.
@@ -27,21 +28,30 @@ pub enum RequestFraming {
 }
 
 /// Writes a request head. Framing headers are ours, not the client's: the client's were for its
-/// own hop.
+/// own hop. `last`: forwarding fields written after the map's, in place of its lines of them.
 pub fn write_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
     framing: RequestFraming,
+    last: Option<&LastFields<'_>>,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut seen = 0;
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
+        }
+        if let Some(last) = last {
+            let bit = last.bit(name);
+            if bit != 0 {
+                seen |= bit;
+                continue;
+            }
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -61,6 +71,9 @@ pub fn write_request_head(
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if let Some(last) = last {
+        last.write(out, headers, seen);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -564,6 +577,7 @@ mod tests {
             "/a?b=1",
             &h,
             RequestFraming::Length(5),
+            None,
         );
         assert_eq!(
             &out[..],
@@ -576,6 +590,7 @@ mod tests {
             "/",
             &HeaderMap::new(),
             RequestFraming::Empty,
+            None,
         );
         assert_eq!(&out[..], b"GET / HTTP/1.1\r\n\r\n");
         out.clear();
@@ -585,6 +600,7 @@ mod tests {
             "/",
             &HeaderMap::new(),
             RequestFraming::Chunked,
+            None,
         );
         assert_eq!(
             &out[..],

@@ -11,6 +11,7 @@ pub mod codec;
 mod compress;
 mod exchange;
 pub mod fuzzing;
+mod last_fields;
 mod pool;
 mod pooled;
 mod raw_head;
@@ -325,7 +326,8 @@ impl Upstreams {
     /// connection as the caller polls it. The request body is taken from `body` only once a
     /// connection is established: after a connect failure it is still there for another backend.
     /// `raw`: the answer's fields may be kept as the backend sent them (see
-    /// [`UpstreamBody::take_raw_fields`]), for a caller that reads none of them.
+    /// [`UpstreamBody::take_raw_fields`]), for a caller that reads none of them. `last`: the
+    /// forwarding fields, written after the map's (see [`codec::LastFields`]).
     #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
@@ -336,6 +338,7 @@ impl Upstreams {
         timeouts: ExchangeTimeouts,
         now: Instant,
         raw: bool,
+        last: Option<&codec::LastFields<'_>>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let pool = self.pool(backend);
         pool.set_idle_timeout(timeouts.idle);
@@ -361,6 +364,7 @@ impl Upstreams {
             path_and_query,
             &head.headers,
             framing,
+            last,
         );
         loop {
             let was_reused = reused.is_some();
