@@ -237,6 +237,14 @@ fn connection_persists(version: Version, headers: &HeaderMap, keep_alive_listed:
     }
 }
 
+/// A Content-Length value: digits only (RFC 9110 §8.6; Rust's `parse` would also take "+5").
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// How a response body ends (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFraming {
@@ -288,13 +296,7 @@ pub fn response_framing(
     let mut length: Option<u64> = None;
     for v in head.headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().unwrap_or("x").split(',') {
-            let part = part.trim();
-            // 1*DIGIT: Rust's parse would also take "+5".
-            let n: u64 = part
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| part.parse().ok())
-                .flatten()
+            let n = parse_length(part.trim().as_bytes())
                 .ok_or_else(|| HeadError::Malformed("content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Malformed("conflicting content-length".into()));

@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use http::{StatusCode, Version};
 
-use super::codec::ResponseFraming;
+use super::codec::{ResponseFraming, parse_length};
 
 /// Most fields forwarded this way; a longer head takes the map path. nginx sends about ten.
 const MAX_RAW_FIELDS: usize = 24;
@@ -154,7 +154,7 @@ fn forwarded(
                 ]);
             }
             Kind::ContentLength => {
-                let n = plain_length(value()?)?;
+                let n = parse_length(value()?)?;
                 // Lines that differ are refused by the map path.
                 if length.is_some_and(|l| l != n) {
                     return None;
@@ -196,12 +196,4 @@ fn forwarded(
         framing,
         keep_alive,
     })
-}
-
-/// A Content-Length of digits only (RFC 9110 §8.6); a list of them is for the map path.
-fn plain_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, StatusCode};
 
-use crate::upstream::codec::RawFields;
+use crate::upstream::codec::{RawFields, parse_length};
 
 /// What the handler's body says about its length before it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,14 +215,6 @@ fn put_bytes(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);
     dst.extend_from_slice(b"\r\n");
-}
-
-/// A Content-Length value: digits only (RFC 9110 §8.6).
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 thread_local! {
