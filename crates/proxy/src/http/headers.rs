@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::upstream::codec::LastFields;
+use crate::upstream::codec::{LastFields, join_list};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 use ipnet::IpNet;
@@ -292,13 +292,7 @@ fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, item: &HeaderValue
         }
         http::header::Entry::Occupied(mut o) => {
             let mut joined = Vec::new();
-            for line in o.iter().map(HeaderValue::as_bytes) {
-                if !line.trim_ascii().is_empty() {
-                    joined.extend_from_slice(line);
-                    joined.extend_from_slice(b", ");
-                }
-            }
-            joined.extend_from_slice(item.as_bytes());
+            join_list(&mut joined, o.iter(), item.as_bytes());
             // Field values joined by ", " are a field value: this cannot fail. Were it to,
             // this hop alone is better than the old lines without it.
             let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined))

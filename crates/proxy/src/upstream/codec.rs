@@ -8,7 +8,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
 
-pub use super::last_fields::LastFields;
+pub use super::last_fields::{LastFields, join_list};
 pub use super::raw_head::RawFields;
 
 /// Most headers a backend response may carry.

@@ -7,8 +7,24 @@
 //! `write_request_head`. The caller decides when nothing else reads them from the map (see
 //! `http::origin::fetch`).
 
-use http::HeaderMap;
 use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
+
+/// A list field's lines joined into one value with `item` last: every line that is not blank,
+/// as its bytes (obs-text included), then ", ", then `item`.
+pub fn join_list<'v>(
+    out: &mut Vec<u8>,
+    lines: impl IntoIterator<Item = &'v HeaderValue>,
+    item: &[u8],
+) {
+    for line in lines.into_iter().map(HeaderValue::as_bytes) {
+        if !line.trim_ascii().is_empty() {
+            out.extend_from_slice(line);
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(item);
+}
 
 /// The fields, with this hop's values.
 #[derive(Debug, Clone, Copy)]
@@ -44,14 +60,10 @@ impl LastFields<'_> {
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             if seen & (1 << i) != 0 {
-                for line in headers.get_all(name) {
-                    if !line.as_bytes().trim_ascii().is_empty() {
-                        out.extend_from_slice(line.as_bytes());
-                        out.extend_from_slice(b", ");
-                    }
-                }
+                join_list(out, headers.get_all(name), item);
+            } else {
+                out.extend_from_slice(item);
             }
-            out.extend_from_slice(item);
             out.extend_from_slice(b"\r\n");
         }
         for (name, value) in self.set {
