@@ -20,9 +20,7 @@ use super::HttpProxy;
 use super::body::{Completion, PendingLog, ProxyBody, RequestBody, Upload};
 use super::error::ProxyError;
 use super::error::error_response;
-use super::headers::{
-    add_forwarding, append_via, is_idempotent, last_fields as last_fields_of, strip_hop_by_hop,
-};
+use super::headers::{add_forwarding, append_via, is_idempotent, last_fields, strip_hop_by_hop};
 use super::request::{Outbound, ambiguous_framing};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
@@ -150,9 +148,9 @@ impl HttpProxy {
         let upstream = &service.spec.upstream;
         // Without a cache nothing reads the forwarding fields from the map (a cache would, for
         // Vary): to an HTTP/1.1 backend they are written after the map's fields.
-        let last_fields =
+        let forwarding_last =
             service.spec.cache.is_none() && upstream.protocol == UpstreamProtocol::Http1;
-        if !out.forwarded && !last_fields {
+        if !out.forwarded && !forwarding_last {
             add_forwarding(
                 &mut out.parts.headers,
                 &out.forwarded_for,
@@ -237,9 +235,9 @@ impl HttpProxy {
                                 exchange_timeouts,
                                 attempt_at,
                                 out.raw_answer,
-                                last_fields
+                                forwarding_last
                                     .then(|| {
-                                        last_fields_of(
+                                        last_fields(
                                             &out.forwarded_for,
                                             self.https,
                                             &out.host,
