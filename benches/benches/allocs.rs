@@ -44,11 +44,13 @@ const BODY: usize = 1024;
 /// allocation for the window's edges and the timers that run on the daemon's thread. One more
 /// allocation per request on any path fails the bench.
 const BUDGET: &[(Case, f64)] = &[
-    (Case::H1, 0.5),
+    // The backend's HTTP/1.1 body is boxed (`upstream::UpstreamBody::H1`): one allocation for
+    // 4% fewer instructions and a quarter fewer L1 write misses per request, on h2c too.
+    (Case::H1, 1.5),
     // hyper spawns a task for each HTTP/2 stream, and StreamExecutor boxes it (one allocation
     // for fewer instructions and cache misses; see its comment). Debug builds of tokio box a
     // spawned future over 2 KiB themselves, so both profiles count the same.
-    (Case::H2c, 8.5),
+    (Case::H2c, 9.5),
     (Case::CacheHit, 0.5),
     (Case::CacheHitH2c, 8.5),
     (Case::Tcp, 5.5),

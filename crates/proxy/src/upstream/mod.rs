@@ -44,10 +44,11 @@ use streamgate_tls::TlsError;
 
 /// A backend's response body: read by our HTTP/1.1 client, or by hyper's HTTP/2 one.
 #[derive(Debug)]
-// `H1`, the variant of nearly every proxied answer, boxed would be an allocation per request.
-#[allow(clippy::large_enum_variant)]
 pub enum UpstreamBody {
-    H1(H1Body),
+    /// Boxed: one allocation per answer, against 288 bytes more in every move of the answer
+    /// on its way to the client. Proxied HTTP/1.1 went from 25 691 to 24 726 instructions a
+    /// request and from 303 to 231 L1 write misses; h2c from 53 484 to 52 424 (callgrind).
+    H1(Box<H1Body>),
     Pooled(PooledBody),
     /// Either of the above, compressed for the client (`[services.compression]`).
     Compressed(Box<Compressing>),
@@ -406,7 +407,7 @@ impl Upstreams {
                         now,
                     );
                     body.keep_raw_fields(raw);
-                    let mut resp = Response::new(UpstreamBody::H1(body));
+                    let mut resp = Response::new(UpstreamBody::H1(Box::new(body)));
                     *resp.status_mut() = status;
                     *resp.version_mut() = version;
                     *resp.headers_mut() = headers;
