@@ -40,12 +40,12 @@ const WARM_UP: u64 = 200;
 const BODY: usize = 1024;
 
 /// The most allocations per request (per connection for `tcp`) each path may make: the counts
-/// of the bench profile when the budgets were last lowered (docs/benchmarks.md), plus half an
+/// of the bench profile when the budgets were last set (docs/benchmarks.md), plus half an
 /// allocation for the window's edges and the timers that run on the daemon's thread. One more
 /// allocation per request on any path fails the bench.
 const BUDGET: &[(Case, f64)] = &[
     // The backend's HTTP/1.1 body is boxed (`upstream::UpstreamBody::H1`): one allocation for
-    // 4% fewer instructions and a quarter fewer L1 write misses per request, on h2c too.
+    // 4% fewer instructions and a quarter fewer L1 write misses per request (h2c: 2% fewer).
     (Case::H1, 1.5),
     // hyper spawns a task for each HTTP/2 stream, and StreamExecutor boxes it (one allocation
     // for fewer instructions and cache misses; see its comment). Debug builds of tokio box a

@@ -4,8 +4,8 @@
 //! answer (its index and its entries; `benches/benches/allocs.rs`), and to free the request's
 //! map, just as large, when it was done. The request's map is now emptied and kept here
 //! ([`give`]), and the next answer's head is parsed into it ([`take`]): the maps of a proxied
-//! HTTP/1.1 request cost no allocation. The answer's map becomes the connection's next request map (see
-//! `http::h1`), so one map per connection goes round and one waits here.
+//! HTTP/1.1 request cost no allocation. The answer's map becomes the connection's next request
+//! map (see `http::h1`), so one map per connection goes round and one waits here.
 //!
 //! A map is kept only up to [`MAX_CAPACITY`] fields and [`KEEP`] maps per thread, so a client's
 //! 100-field request cannot make the thread hold more than a few hundred KiB.
