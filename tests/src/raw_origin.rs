@@ -3,6 +3,7 @@
 //! responses before the final one, malformed framing).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +17,8 @@ type Respond = dyn Fn(&str) -> Vec<u8> + Send + Sync;
 pub struct RawOrigin {
     pub addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    /// Connections that carried at least one request (probes aside).
+    request_conns: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -54,13 +57,16 @@ impl RawOrigin {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let respond: Arc<Respond> = Arc::new(respond);
         let seen = heads.clone();
+        let request_conns = Arc::new(AtomicUsize::new(0));
+        let conns = request_conns.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
                     continue;
                 };
-                let (respond, seen) = (respond.clone(), seen.clone());
+                let (respond, seen, conns) = (respond.clone(), seen.clone(), conns.clone());
                 tokio::spawn(async move {
+                    let mut counted = false;
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
                     loop {
@@ -76,6 +82,10 @@ impl RawOrigin {
                         let answer = if head.starts_with("GET /healthz ") {
                             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
                         } else {
+                            if !counted {
+                                counted = true;
+                                conns.fetch_add(1, Ordering::Relaxed);
+                            }
                             seen.lock().unwrap().push(head.clone());
                             respond(&head)
                         };
@@ -86,12 +96,22 @@ impl RawOrigin {
                 });
             }
         });
-        RawOrigin { addr, heads, task }
+        RawOrigin {
+            addr,
+            heads,
+            request_conns,
+            task,
+        }
     }
 
     /// Request heads received (probes aside).
     pub fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
+    }
+
+    /// How many connections carried requests (probes aside).
+    pub fn request_connections(&self) -> usize {
+        self.request_conns.load(Ordering::Relaxed)
     }
 }
 

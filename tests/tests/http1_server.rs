@@ -318,3 +318,35 @@ Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok"
         assert_eq!(lines.contains(&"X-Mixed-Case: One"), as_spelled, "{head}");
     }
 }
+
+/// An empty answer (Content-Length: 0) that goes on as the backend sent it gives its backend
+/// connection back once the client's head is written: twenty pipelined requests take one
+/// backend connection, and every answer arrives, empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_answers_sent_as_the_backend_sent_them_reuse_its_connection() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 0\r\n\r\n".to_vec()
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut raw = String::new();
+    for i in 0..20 {
+        let close = if i == 19 { "Connection: close\r\n" } else { "" };
+        raw.push_str(&format!("GET /e{i} HTTP/1.1\r\nHost: a\r\n{close}\r\n"));
+    }
+    let text = exchange(d.addr("web"), raw.as_bytes()).await;
+    let got = answers(&text);
+    assert_eq!(got.len(), 20, "{text}");
+    for (head, body) in &got {
+        assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+        assert!(head.contains("\r\nserver: origin"), "{head}");
+        assert!(head.contains("\r\ncontent-length: 0"), "{head}");
+        assert_eq!(body, "");
+    }
+    assert_eq!(origin.heads().len(), 20);
+    assert_eq!(
+        origin.request_connections(),
+        1,
+        "one backend connection, reused"
+    );
+}

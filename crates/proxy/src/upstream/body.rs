@@ -45,16 +45,30 @@ pub struct H1Body {
     spans: Vec<[u16; 4]>,
 }
 
+/// What the backend's answer head says of its body and connection.
+#[derive(Debug)]
+pub(super) struct AnswerFacts {
+    pub decoder: BodyDecoder,
+    /// The connection may carry another request once the body has been read.
+    pub reusable: bool,
+    /// The answer's fields as the backend sent them, when they go on that way.
+    pub raw: Option<super::codec::RawFields>,
+}
+
 impl H1Body {
     pub(super) fn new(
         conn: Conn,
         buffers: Buffers,
-        decoder: BodyDecoder,
+        facts: AnswerFacts,
         pool: Arc<Pool>,
-        reusable: bool,
         stall_timeout: Duration,
         started: Instant,
     ) -> H1Body {
+        let AnswerFacts {
+            decoder,
+            reusable,
+            raw,
+        } = facts;
         let mut body = H1Body {
             conn: Some(conn),
             buf: buffers.read,
@@ -68,9 +82,12 @@ impl H1Body {
             last_used: started,
             waiting_since: None,
             timer: None,
-            raw: None,
+            raw,
         };
-        if body.decoder.is_done() {
+        // A body that came whole with its head (Content-Length: 0) gives its connection back
+        // now, unless its fields go on raw: the spans' vector is the connection's, and comes
+        // back with `put_back` (or the body's drop) once the client's head is written.
+        if body.decoder.is_done() && body.raw.is_none() {
             body.finish();
         }
         body
@@ -85,17 +102,13 @@ impl H1Body {
         self.raw.is_some()
     }
 
-    /// The answer's fields as the backend sent them (see `codec::RawFields`).
-    pub(super) fn keep_raw_fields(&mut self, raw: Option<super::codec::RawFields>) {
-        self.raw = raw;
-    }
-
     /// Gives back what [`H1Body::take_raw_fields`] took, once the head is written. A body
-    /// that was whole with its head (Content-Length: 0) has already given its connection
-    /// back: the vector goes with this body, and the connection's next raw answer allocates
-    /// one.
+    /// that was whole with its head goes back to the pool now, with the vector.
     pub(crate) fn put_back(&mut self, raw: super::codec::RawFields) {
         self.spans = raw.into_spans();
+        if self.decoder.is_done() {
+            self.finish();
+        }
     }
 
     /// A 101 Switching Protocols: the connection (and bytes already read past the head) now
@@ -150,6 +163,17 @@ impl H1Body {
                 after: self.stall_timeout,
             }),
             Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A body whole with its head whose raw fields were not given back (the answer was replaced,
+/// or its head not written): its connection still goes back to the pool. A body that ended
+/// otherwise has no connection left here, or one that is not reusable.
+impl Drop for H1Body {
+    fn drop(&mut self) {
+        if self.decoder.is_done() {
+            self.finish();
         }
     }
 }

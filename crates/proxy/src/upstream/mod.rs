@@ -398,16 +398,12 @@ impl Upstreams {
                         raw,
                         ..
                     } = rhead;
-                    let mut body = H1Body::new(
-                        conn,
-                        buffers,
+                    let facts = body::AnswerFacts {
                         decoder,
-                        pool,
                         reusable,
-                        timeouts.body_stall,
-                        now,
-                    );
-                    body.keep_raw_fields(raw);
+                        raw,
+                    };
+                    let body = H1Body::new(conn, buffers, facts, pool, timeouts.body_stall, now);
                     let mut resp = Response::new(UpstreamBody::H1(Box::new(body)));
                     *resp.status_mut() = status;
                     *resp.version_mut() = version;
