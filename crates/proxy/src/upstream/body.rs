@@ -102,7 +102,7 @@ impl H1Body {
         self.raw.is_some()
     }
 
-    /// Gives back what [`H1Body::take_raw_fields`] took, once the head is written. A body
+    /// Gives back what [`H1Body::take_raw_fields`] took, once the head is encoded. A body
     /// that was whole with its head goes back to the pool now, with the vector.
     pub(crate) fn put_back(&mut self, raw: super::codec::RawFields) {
         self.spans = raw.into_spans();

@@ -90,7 +90,7 @@ impl UpstreamBody {
         matches!(self, UpstreamBody::H1(b) if b.has_raw_fields())
     }
 
-    /// Gives back what [`UpstreamBody::take_raw_fields`] took, once the head is written: the
+    /// Gives back what [`UpstreamBody::take_raw_fields`] took, once the head is encoded: the
     /// connection keeps the vector for its next answer.
     pub(crate) fn put_back(&mut self, raw: codec::RawFields) {
         if let UpstreamBody::H1(b) = self {
