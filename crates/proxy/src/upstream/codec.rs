@@ -53,10 +53,7 @@ pub fn write_request_head(
                 continue;
             }
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         RequestFraming::Empty => {
@@ -235,6 +232,15 @@ fn connection_persists(version: Version, headers: &HeaderMap, keep_alive_listed:
         Version::HTTP_10 => (keep_alive_listed || has("keep-alive")) && !has("close"),
         _ => !has("close"),
     }
+}
+
+/// Writes one field line: `name: value` and CRLF. Request heads, the forwarding fields and the
+/// HTTP/1.1 server's answer heads are all written with it.
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A Content-Length value: digits only (RFC 9110 §8.6; Rust's `parse` would also take "+5").

@@ -7,6 +7,7 @@
 //! `write_request_head`. The caller decides when nothing else reads them from the map (see
 //! `http::origin::fetch`).
 
+use super::codec::put_field;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue};
 
@@ -57,20 +58,17 @@ impl LastFields<'_> {
     /// Writes the four fields. `seen`: the bits of those the map has lines of.
     pub fn write(&self, out: &mut Vec<u8>, headers: &HeaderMap, seen: u8) {
         for (i, (name, item)) in self.joined.into_iter().enumerate() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
             if seen & (1 << i) != 0 {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
                 join_list(out, headers.get_all(name), item);
+                out.extend_from_slice(b"\r\n");
             } else {
-                out.extend_from_slice(item);
+                put_field(out, name.as_str().as_bytes(), item);
             }
-            out.extend_from_slice(b"\r\n");
         }
         for (name, value) in self.set {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            put_field(out, name.as_str().as_bytes(), value);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, StatusCode};
 
-use crate::upstream::codec::{RawFields, parse_length};
+use crate::upstream::codec::{RawFields, parse_length, put_field};
 
 /// What the handler's body says about its length before it is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,7 @@ pub(super) fn encode_head(
     // adds.
     if let Some(raw) = raw {
         for (name, value) in raw.iter() {
-            put_bytes(dst, name, value);
+            put_field(dst, name, value);
         }
         // This hop, after the backend's own Via lines (the map has none of its own then).
         put(
@@ -207,14 +207,7 @@ pub(super) fn encode_head(
 
 /// One field line.
 pub(super) fn put(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
-    put_bytes(dst, name.as_bytes(), value);
-}
-
-fn put_bytes(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    dst.extend_from_slice(name);
-    dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value);
-    dst.extend_from_slice(b"\r\n");
+    put_field(dst, name.as_bytes(), value);
 }
 
 thread_local! {
