@@ -5,9 +5,22 @@
 # The payload sits in its own directory: the daemon's config file watcher is woken by every open
 # of a file in the config's directory (inotify's OPEN is in notify's fixed mask), and with the
 # config beside the payload that was 1 200 of 39 400 instructions per proxied request.
+
+# Stops every process with a pid file in $WORK, waits (up to 5 s) until they have exited so that
+# nothing they write on exit lands after the removal, and removes $WORK.
+stop_work() {
+  local pids
+  pids=$(cat "$WORK"/*.pid 2>/dev/null) || true
+  [ -n "$pids" ] && { kill $pids 2>/dev/null || true; }
+  for _ in $(seq 50); do
+    kill -0 $pids 2>/dev/null || break
+    sleep 0.1
+  done
+  rm -rf "$WORK"
+}
 origin_work() {
   WORK=$(mktemp -d "/var/tmp/sg-$1.XXXXXX")
-  trap 'kill $(cat "$WORK"/*.pid 2>/dev/null) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+  trap 'stop_work' EXIT
   # nginx workers run as an unprivileged user: the files must be readable to them.
   mkdir "$WORK/www"
   chmod 755 "$WORK" "$WORK/www"

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::share::CpuShare;
+
 /// A proxy under test.
 #[derive(Debug)]
 pub struct Contender {
@@ -26,6 +28,8 @@ pub struct Contender {
     pub tcp: Option<SocketAddr>,
     /// `None` for the "direct" baseline, which is no process.
     child: Option<Child>,
+    /// The cgroup capping it (`--proxy-share`); removed after the process is stopped.
+    _share: Option<CpuShare>,
 }
 
 impl Contender {
@@ -47,6 +51,7 @@ impl Contender {
             https: None,
             tcp: Some(tcp_origin),
             child: None,
+            _share: None,
         }
     }
 }
@@ -158,6 +163,27 @@ fn wait_listening(addr: SocketAddr, child: &mut Child, what: &str) -> Result<()>
     Ok(())
 }
 
+/// Where the proxies run: pinned to one core and, with `--proxy-share`, each in a cgroup that
+/// caps it to that percentage of the core.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyCore {
+    pub cpu: usize,
+    pub share: Option<u32>,
+}
+
+impl ProxyCore {
+    /// The command that starts `program` as the contender `name`, with its cgroup if capped.
+    fn command(&self, name: &str, program: &str) -> Result<(Command, Option<CpuShare>)> {
+        match self.share {
+            None => Ok((pinned(self.cpu, program), None)),
+            Some(percent) => {
+                let share = CpuShare::create(name, percent)?;
+                Ok((share.command(self.cpu, program), Some(share)))
+            }
+        }
+    }
+}
+
 fn pinned(cpu: usize, program: &str) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", &cpu.to_string(), program]);
@@ -233,7 +259,7 @@ pub fn start_origin(work: &Path, cpu: usize) -> Result<OriginServer> {
 /// nginx's stream (L4) module, a separate package on Debian (libnginx-mod-stream).
 const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
+pub fn start_nginx(work: &Path, core: ProxyCore, o: &Origins) -> Result<Contender> {
     let origin = o.http;
     let (http, h2c, cache, https) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let h2c_cache = free_port()?;
@@ -280,7 +306,8 @@ pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
     };
     let path = work.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let mut child = pinned(cpu, "nginx")
+    let (mut command, share) = core.command("nginx", "nginx")?;
+    let mut child = command
         .arg("-c")
         .arg(&path)
         .arg("-e")
@@ -299,10 +326,11 @@ pub fn start_nginx(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
         https: Some(https),
         tcp,
         child: Some(child),
+        _share: share,
     })
 }
 
-pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> {
+pub fn start_haproxy(work: &Path, core: ProxyCore, o: &Origins) -> Result<Contender> {
     let origin = o.http;
     let (http, h2c, cache) = (free_port()?, free_port()?, free_port()?);
     let h2c_cache = free_port()?;
@@ -323,7 +351,8 @@ pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> 
     let path = work.join("haproxy.cfg");
     std::fs::write(&path, conf)?;
     let log = std::fs::File::create(work.join("haproxy.log"))?;
-    let mut child = pinned(cpu, "haproxy")
+    let (mut command, share) = core.command("haproxy", "haproxy")?;
+    let mut child = command
         .arg("-f")
         .arg(&path)
         .arg("-db")
@@ -341,6 +370,7 @@ pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> 
         https: Some(https),
         tcp: Some(tcp),
         child: Some(child),
+        _share: share,
     })
 }
 
@@ -348,7 +378,7 @@ pub fn start_haproxy(work: &Path, cpu: usize, o: &Origins) -> Result<Contender> 
 /// proxied service has that many `[[services.rules]]` that no benchmark request matches.
 pub fn start_streamgate(
     work: &Path,
-    cpu: usize,
+    core: ProxyCore,
     o: &Origins,
     binary: &Path,
     rules: usize,
@@ -388,7 +418,8 @@ pub fn start_streamgate(
     let path = work.join(format!("{name}.toml"));
     std::fs::write(&path, conf)?;
     let log = std::fs::File::create(work.join(format!("{name}.log")))?;
-    let mut child = pinned(cpu, &binary.display().to_string())
+    let (mut command, share) = core.command(name, &binary.display().to_string())?;
+    let mut child = command
         .args(["--log-level", "warn", "run", "--config"])
         .arg(&path)
         .stdout(Stdio::null())
@@ -407,15 +438,17 @@ pub fn start_streamgate(
         https: Some(https),
         tcp: Some(tcp),
         child: Some(child),
+        _share: share,
     })
 }
 
 /// Varnish (malloc storage, one thread pool) pinned to `cpu`: a cache only.
-pub fn start_varnish(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Contender> {
+pub fn start_varnish(work: &Path, core: ProxyCore, origin: SocketAddr) -> Result<Contender> {
     let cache = free_port()?;
     let dir = work.join("varnish");
     let log = std::fs::File::create(work.join("varnish.log"))?;
-    let mut child = pinned(cpu, "varnishd")
+    let (mut command, share) = core.command("varnish", "varnishd")?;
+    let mut child = command
         .arg("-F")
         .arg("-a")
         .arg(cache.to_string())
@@ -437,6 +470,7 @@ pub fn start_varnish(work: &Path, cpu: usize, origin: SocketAddr) -> Result<Cont
         https: None,
         tcp: None,
         child: Some(child),
+        _share: share,
     })
 }
 

@@ -6,6 +6,7 @@
 //! Run: `cargo run --release -p streamgate-bench -- --rounds 5 --duration 5`
 
 mod contenders;
+mod share;
 mod tools;
 
 use std::path::PathBuf;
@@ -39,6 +40,11 @@ struct Args {
     /// Core for the proxies.
     #[arg(long, default_value_t = 0)]
     proxy_cpu: usize,
+    /// Cap each proxy to this percentage of its core (a cgroup CPU quota, 10 ms periods), so
+    /// that the proxy sets the pace and requests per second compare capacity on equal CPU;
+    /// uncapped, the load core saturates first in the 1 KiB scenarios. Needs root.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    proxy_share: Option<u32>,
     /// Core for the load generator and the origin.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
@@ -255,18 +261,22 @@ fn main() -> Result<()> {
         key,
         cert_and_key,
     };
+    let core = contenders::ProxyCore {
+        cpu: args.proxy_cpu,
+        share: args.proxy_share,
+    };
     let mut proxies: Vec<Contender> = vec![
         contenders::start_streamgate(
             work.path(),
-            args.proxy_cpu,
+            core,
             &origins,
             &binary,
             0,
             !args.no_compression,
         )?,
-        contenders::start_nginx(work.path(), args.proxy_cpu, &origins)?,
-        contenders::start_haproxy(work.path(), args.proxy_cpu, &origins)?,
-        contenders::start_varnish(work.path(), args.proxy_cpu, origin.addr)?,
+        contenders::start_nginx(work.path(), core, &origins)?,
+        contenders::start_haproxy(work.path(), core, &origins)?,
+        contenders::start_varnish(work.path(), core, origin.addr)?,
         Contender::direct(tcp_origin),
     ];
     if args.rules > 0 {
@@ -274,7 +284,7 @@ fn main() -> Result<()> {
             1,
             contenders::start_streamgate(
                 work.path(),
-                args.proxy_cpu,
+                core,
                 &origins,
                 &binary,
                 args.rules,
@@ -445,8 +455,13 @@ fn report(rows: &[Row], args: &Args, proxies: &[Contender]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n## Load benchmark: {} rounds x {} s, proxies on core {}, wrk/h2load + origin on core {}\n",
-        args.rounds, args.duration, args.proxy_cpu, args.load_cpu
+        "\n## Load benchmark: {} rounds x {} s, proxies on core {}{}, wrk/h2load + origin on core {}\n",
+        args.rounds,
+        args.duration,
+        args.proxy_cpu,
+        args.proxy_share
+            .map_or(String::new(), |p| format!(" (each capped to {p}% of it)")),
+        args.load_cpu
     );
     let _ = writeln!(
         out,
