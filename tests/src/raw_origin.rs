@@ -12,11 +12,15 @@ use tokio::task::JoinHandle;
 
 type Respond = dyn Fn(&str) -> Vec<u8> + Send + Sync;
 
-/// A running raw origin. Each request head it reads (bodies are not expected) is recorded and
-/// answered with `respond(head)`; health probes (`/healthz`) get a plain 200.
+/// A running raw origin. Each request head it reads is recorded and answered with
+/// `respond(head)`; health probes (`/healthz`) get a plain 200. A body (`Content-Length` only)
+/// is read after the answer is sent, as backends that answer on the head do (nginx's static
+/// files to a POST, a 401 or 413): its length is recorded, and the connection goes on.
 pub struct RawOrigin {
     pub addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    /// Lengths of the request bodies read to their end.
+    bodies: Arc<Mutex<Vec<usize>>>,
     /// Connections that carried at least one request (probes aside).
     request_conns: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -57,6 +61,8 @@ impl RawOrigin {
         let heads = Arc::new(Mutex::new(Vec::new()));
         let respond: Arc<Respond> = Arc::new(respond);
         let seen = heads.clone();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let read_bodies = bodies.clone();
         let request_conns = Arc::new(AtomicUsize::new(0));
         let conns = request_conns.clone();
         let task = tokio::spawn(async move {
@@ -65,6 +71,7 @@ impl RawOrigin {
                     continue;
                 };
                 let (respond, seen, conns) = (respond.clone(), seen.clone(), conns.clone());
+                let read_bodies = read_bodies.clone();
                 tokio::spawn(async move {
                     let mut counted = false;
                     let mut buf = Vec::new();
@@ -92,6 +99,17 @@ impl RawOrigin {
                         if s.write_all(&answer).await.is_err() {
                             return;
                         }
+                        let length = content_length(&head);
+                        while buf.len() < length {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        if length > 0 {
+                            buf.drain(..length);
+                            read_bodies.lock().unwrap().push(length);
+                        }
                     }
                 });
             }
@@ -99,6 +117,7 @@ impl RawOrigin {
         RawOrigin {
             addr,
             heads,
+            bodies,
             request_conns,
             task,
         }
@@ -109,10 +128,25 @@ impl RawOrigin {
         self.heads.lock().unwrap().clone()
     }
 
+    /// Lengths of the request bodies read to their end, in order.
+    pub fn bodies(&self) -> Vec<usize> {
+        self.bodies.lock().unwrap().clone()
+    }
+
     /// How many connections carried requests (probes aside).
     pub fn request_connections(&self) -> usize {
         self.request_conns.load(Ordering::Relaxed)
     }
+}
+
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
 }
 
 impl Drop for RawOrigin {

@@ -12,6 +12,7 @@ use tokio::time::Sleep;
 use tokio_util::io::poll_read_buf;
 
 use super::codec::{BodyDecoder, Decoded};
+use super::exchange::Reuse;
 use super::pool::{Buffers, Pool, Pooled};
 use super::{Conn, UpstreamError};
 
@@ -121,25 +122,38 @@ impl H1Body {
         }
     }
 
-    /// The body ended: hand the connection back if nothing is left over on it.
+    /// The body ended: hand the connection back if nothing is left over on it, at once, or
+    /// once the rest of the request body has gone ([`Reuse::AfterUpload`]).
     /// A connection that cannot be reused stays with the body (a 101's tunnel takes it; else it
     /// closes when the body is dropped).
     fn finish(&mut self) {
-        if self.reusable
-            && self.buf.is_empty()
-            && let Some(conn) = self.conn.take()
-            && let Some(stream) = conn.into_reusable()
-        {
-            let buffers = Buffers {
-                head: std::mem::take(&mut self.head),
-                read: std::mem::take(&mut self.buf),
-                spans: std::mem::take(&mut self.spans),
-            };
-            let conn = Pooled {
-                stream,
-                buffers: buffers.kept(self.grew),
-            };
-            self.pool.put(conn, self.last_used);
+        if !(self.reusable && self.buf.is_empty()) {
+            return;
+        }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let buffers = Buffers {
+            head: std::mem::take(&mut self.head),
+            read: std::mem::take(&mut self.buf),
+            spans: std::mem::take(&mut self.spans),
+        }
+        .kept(self.grew);
+        match conn.into_reusable() {
+            Reuse::Now(stream) => self.pool.put(Pooled { stream, buffers }, self.last_used),
+            Reuse::AfterUpload(tail) => {
+                // Dropped outside the runtime (at exit), the tail is dropped with the body.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let pool = self.pool.clone();
+                runtime.spawn(async move {
+                    if let Some(stream) = tail.finish().await {
+                        pool.put(Pooled { stream, buffers }, Instant::now());
+                    }
+                });
+            }
+            Reuse::No => {}
         }
     }
 

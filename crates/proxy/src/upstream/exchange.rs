@@ -4,9 +4,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -87,10 +88,11 @@ pub(super) async fn exchange(
         RequestBody::Empty => Conn::Whole(conn),
         RequestBody::Stream(client_body, upload) => {
             let (rd, wr) = conn.into_split();
-            let writer = tokio::spawn(write_body(wr, client_body, framing, upload));
+            let writer = tokio::spawn(write_body(wr, client_body, framing, upload.clone()));
             Conn::Split {
                 rd,
                 writer: BodyWriter(Some(writer)),
+                upload,
             }
         }
     };
@@ -136,7 +138,60 @@ pub(crate) enum Conn {
     Split {
         rd: OwnedReadHalf,
         writer: BodyWriter,
+        upload: Arc<Upload>,
     },
+}
+
+/// What a backend connection whose answer has ended can do next.
+#[derive(Debug)]
+pub(crate) enum Reuse {
+    /// Serve another request now.
+    Now(TcpStream),
+    /// The answer ended before the request body did: a backend that answers on the head (a
+    /// 401 or 413, nginx's static files to a POST) and reads the rest after. The rest still
+    /// goes, and the connection serves again once it has: a body dropped half-read makes
+    /// hyper's server close the client's connection, and a client that reuses it loses its
+    /// next request (h2load: one connection in 30 with two workers, 16 KiB uploads).
+    AfterUpload(UploadTail),
+    /// Closed.
+    No,
+}
+
+/// The rest of a request body on its way after the answer; see [`Reuse::AfterUpload`].
+#[derive(Debug)]
+pub(crate) struct UploadTail {
+    rd: OwnedReadHalf,
+    writer: BodyWriter,
+    upload: Arc<Upload>,
+}
+
+/// An upload that moves nothing for this long after its answer is given up on, and so is one
+/// still going after `TAIL_MAX`: nginx's `lingering_timeout` and `lingering_time`, the bounds
+/// it puts on reading a body nobody will use.
+const TAIL_QUIET: Duration = Duration::from_secs(5);
+const TAIL_MAX: Duration = Duration::from_secs(30);
+
+impl UploadTail {
+    /// Waits for the rest of the body to go; the connection if it went whole. Given up (the
+    /// upload aborted, the connection closed) when it stalls or runs long.
+    pub(crate) async fn finish(mut self) -> Option<TcpStream> {
+        let started = Instant::now();
+        let handle = self.writer.0.as_mut()?;
+        loop {
+            match tokio::time::timeout(TAIL_QUIET, &mut *handle).await {
+                Ok(Ok(Ok(wr))) => return self.rd.reunite(wr).ok(),
+                Ok(_) => return None,
+                Err(_) => {
+                    let quiet = streamgate_balance::stats::now_nanos()
+                        .saturating_sub(self.upload.last_progress());
+                    if quiet >= TAIL_QUIET.as_nanos() as u64 || started.elapsed() >= TAIL_MAX {
+                        // The writer is aborted as `self` drops.
+                        return None;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The task sending a request body; aborted if the exchange ends before it does.
@@ -152,22 +207,29 @@ impl Drop for BodyWriter {
 }
 
 impl Conn {
-    /// The connection for the pool, if the whole request body was sent; None otherwise.
-    pub(crate) fn into_reusable(self) -> Option<TcpStream> {
+    /// What the connection can do once its answer has ended.
+    pub(crate) fn into_reusable(self) -> Reuse {
         match self {
-            Conn::Whole(s) => Some(s),
-            Conn::Split { rd, mut writer } => {
-                let writer = writer.0.take()?;
-                if !writer.is_finished() {
-                    writer.abort();
-                    return None;
+            Conn::Whole(s) => Reuse::Now(s),
+            Conn::Split {
+                rd,
+                mut writer,
+                upload,
+            } => {
+                let Some(handle) = writer.0.as_mut() else {
+                    return Reuse::No;
+                };
+                if !handle.is_finished() {
+                    return Reuse::AfterUpload(UploadTail { rd, writer, upload });
                 }
                 // A finished task's output is ready: polling once with a no-op waker takes it.
-                let mut writer = writer;
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                match std::pin::Pin::new(&mut writer).poll(&mut cx) {
-                    std::task::Poll::Ready(Ok(Ok(wr))) => rd.reunite(wr).ok(),
-                    _ => None,
+                match std::pin::Pin::new(handle).poll(&mut cx) {
+                    std::task::Poll::Ready(Ok(Ok(wr))) => match rd.reunite(wr) {
+                        Ok(s) => Reuse::Now(s),
+                        Err(_) => Reuse::No,
+                    },
+                    _ => Reuse::No,
                 }
             }
         }
@@ -256,6 +318,11 @@ async fn write_body(
                     .await
                     .map_err(|e| io_err("sending the request body", e))?;
             }
+        }
+        // Its last byte is in: hyper's server says so only once it reads again, which after
+        // an early answer waits for the client's next request (and the connection for it).
+        if body.is_end_stream() {
+            break;
         }
     }
     if chunked {
