@@ -181,3 +181,23 @@ pub async fn get_tls(
         body,
     })
 }
+
+/// Splits a stream of responses with Content-Length framing into (head, body) pairs; an answer
+/// whose body has not all arrived is left out.
+pub fn answers(mut text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = text.find("\r\n\r\n") {
+        let head = text[..end].to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if text.len() < end + 4 + len {
+            break;
+        }
+        let body = text[end + 4..end + 4 + len].to_string();
+        out.push((head, body));
+        text = &text[end + 4 + len..];
+    }
+    out
+}

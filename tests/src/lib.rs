@@ -13,7 +13,7 @@ pub mod raw_origin;
 pub mod tls;
 
 pub use client::{
-    Answer, get, get_from, get_tls, http1, http2, raw_exchange, send, stall_then_drain,
+    Answer, answers, get, get_from, get_tls, http1, http2, raw_exchange, send, stall_then_drain,
 };
 pub use config::{
     Access, AccessLog, Admin, Cache, Config, Failover, Geo, Hash, Health, Limits, Listener,

@@ -24,22 +24,6 @@ async fn exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
         .unwrap()
 }
 
-/// Splits a stream of responses with Content-Length framing into (head, body) pairs.
-fn answers(mut text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    while let Some(end) = text.find("\r\n\r\n") {
-        let head = text[..end].to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse().unwrap());
-        let body = text[end + 4..end + 4 + len].to_string();
-        out.push((head, body));
-        text = &text[end + 4 + len..];
-    }
-    out
-}
-
 async fn open_connections(d: &TestDaemon) -> Option<f64> {
     metric(
         &d.metrics().await,
@@ -351,101 +335,5 @@ async fn empty_answers_sent_as_the_backend_sent_them_reuse_its_connection() {
         origin.request_connections(),
         1,
         "one backend connection, reused"
-    );
-}
-
-/// Reads from `s` until `text` holds `n` answers (Content-Length framed), at most 5 s.
-async fn read_answers(s: &mut TcpStream, text: &mut String, n: usize) {
-    let mut chunk = [0u8; 4096];
-    while answers(text).len() < n {
-        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .unwrap_or_else(|_| panic!("no answer {n} within 5 s: {text:?}"));
-        match read {
-            Ok(0) | Err(_) => {
-                panic!("the daemon closed the connection before answer {n}: {text:?}")
-            }
-            Ok(k) => text.push_str(&String::from_utf8_lossy(&chunk[..k])),
-        }
-    }
-}
-
-/// A backend that answers on the head, before the upload has ended (nginx's static files to a
-/// POST, a 401, a 413), and then reads the rest: the client's connection lives on. The rest of
-/// the body still reaches the backend, and the next request on the connection is answered.
-/// hyper's server closes a connection whose request body is dropped half-read, and a client
-/// that reuses it loses its next request (h2load saw one connection in 30 break this way with
-/// two workers).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
-    let origin = RawOrigin::start(|head| {
-        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-            path.len()
-        )
-        .into_bytes()
-    })
-    .await;
-    let d = origin.behind(Listener::http("web")).await;
-    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
-    let body = vec![b'u'; 10_000];
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
-        .await
-        .unwrap();
-    s.write_all(&body[..1000]).await.unwrap();
-    let mut text = String::new();
-    read_answers(&mut s, &mut text, 1).await;
-    // The answer is whole; the rest of the body follows it, then the next request.
-    s.write_all(&body[1000..]).await.unwrap();
-    // The backend connection goes back to the pool from a task of its own once the body has
-    // gone: given a moment, the next request takes it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    read_answers(&mut s, &mut text, 2).await;
-    let got = answers(&text);
-    assert!(got[0].0.starts_with("http/1.1 200 ok"), "{text}");
-    assert_eq!(got[0].1, "/upload");
-    assert!(got[1].0.starts_with("http/1.1 200 ok"), "{text}");
-    assert_eq!(got[1].1, "/next");
-    assert!(!got[0].0.contains("connection: close"), "{text}");
-    assert_eq!(
-        origin.bodies(),
-        vec![10_000],
-        "the whole upload reached the backend"
-    );
-    assert_eq!(
-        origin.request_connections(),
-        1,
-        "the backend connection is reused once the upload has ended"
-    );
-}
-
-/// After an early answer, an upload that stops moving is given up on (5 s without a byte, as
-/// nginx's `lingering_timeout`): the client's connection closes, and the backend connection,
-/// which still waits for the rest of that body, is not used again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_that_stops_after_an_early_answer_is_let_go() {
-    let origin = RawOrigin::ok().await;
-    let d = origin.behind(Listener::http("web")).await;
-    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
-        .await
-        .unwrap();
-    s.write_all(&[b'u'; 1000]).await.unwrap();
-    let mut text = String::new();
-    read_answers(&mut s, &mut text, 1).await;
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the stalled upload's connection is closed");
-    let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
-    assert_eq!(next.status, 200);
-    assert!(origin.bodies().is_empty(), "{:?}", origin.bodies());
-    assert_eq!(
-        origin.request_connections(),
-        2,
-        "the next request does not go on the connection the upload left half-sent"
     );
 }

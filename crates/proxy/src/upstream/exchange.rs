@@ -178,20 +178,28 @@ impl UploadTail {
         let started = Instant::now();
         let handle = self.writer.0.as_mut()?;
         loop {
-            match tokio::time::timeout(TAIL_QUIET, &mut *handle).await {
-                Ok(Ok(Ok(wr))) => return self.rd.reunite(wr).ok(),
-                Ok(_) => return None,
-                Err(_) => {
-                    let quiet = streamgate_balance::stats::now_nanos()
-                        .saturating_sub(self.upload.last_progress());
-                    if quiet >= TAIL_QUIET.as_nanos() as u64 || started.elapsed() >= TAIL_MAX {
-                        // The writer is aborted as `self` drops.
-                        return None;
-                    }
-                }
+            let quiet = Duration::from_nanos(
+                streamgate_balance::stats::now_nanos().saturating_sub(self.upload.last_progress()),
+            );
+            // Given up: the writer is aborted as `self` drops.
+            let wait = tail_wait(started.elapsed(), quiet)?;
+            if let Ok(done) = tokio::time::timeout(wait, &mut *handle).await {
+                return match done {
+                    Ok(Ok(wr)) => self.rd.reunite(wr).ok(),
+                    _ => None,
+                };
             }
         }
     }
+}
+
+/// How long to wait for a tail before looking again, `waited` after its answer ended and
+/// `quiet` after its upload last moved; None: give up.
+fn tail_wait(waited: Duration, quiet: Duration) -> Option<Duration> {
+    if waited >= TAIL_MAX || quiet >= TAIL_QUIET {
+        return None;
+    }
+    Some((TAIL_QUIET - quiet).min(TAIL_MAX - waited))
 }
 
 /// The task sending a request body; aborted if the exchange ends before it does.
@@ -294,6 +302,7 @@ async fn write_body(
     upload: Arc<Upload>,
 ) -> Result<OwnedWriteHalf, UpstreamError> {
     let chunked = framing == RequestFraming::Chunked;
+    let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UpstreamError::ClientBody(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
@@ -303,6 +312,10 @@ async fn write_body(
             upload.sent(data.len());
             if upload.over_limit() {
                 return Err(UpstreamError::ClientBody("larger than max_body".into()));
+            }
+            sent += data.len() as u64;
+            if matches!(framing, RequestFraming::Length(n) if sent > n) {
+                return Err(UpstreamError::ClientBody("longer than its length".into()));
             }
             if chunked {
                 let size = format!("{:x}\r\n", data.len());
@@ -325,6 +338,11 @@ async fn write_body(
             break;
         }
     }
+    // An HTTP/2 client's RST_STREAM with NO_ERROR ends hyper's body as if it were whole. A
+    // backend still owed bytes would read the next request on this connection as the rest.
+    if matches!(framing, RequestFraming::Length(n) if sent != n) {
+        return Err(UpstreamError::ClientBody("ended before its length".into()));
+    }
     if chunked {
         wr.write_all(b"0\r\n\r\n")
             .await
@@ -332,4 +350,30 @@ async fn write_body(
     }
     upload.finished();
     Ok(wr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_waits_while_its_upload_moves_for_at_most_thirty_seconds() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (since the answer ended, since the upload last moved) -> wait before looking again
+        let table = [
+            (s(0), s(0), Some(s(5))),
+            (s(0), ms(100), Some(ms(4900))),
+            (s(4), s(4), Some(s(1))),
+            (s(5), s(5), None),
+            (s(12), ms(10), Some(ms(4990))),
+            (s(27), s(0), Some(s(3))),
+            (s(29), s(2), Some(s(1))),
+            (s(30), s(0), None),
+            (s(40), s(1), None),
+        ];
+        for (waited, quiet, want) in table {
+            assert_eq!(tail_wait(waited, quiet), want, "{waited:?} {quiet:?}");
+        }
+    }
 }

@@ -1,0 +1,201 @@
+//! A backend that answers before the request body has all arrived (a 401 or 413 decided on the
+//! head, nginx's static files answering a POST): the rest of the body still goes, the client's
+//! connection and the backend's serve the next request, an upload that stops is let go, and a
+//! body that ends short never leaves its backend connection to the next request.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use streamgate_tests::h2::frame;
+use streamgate_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An origin that answers every request at once with its path, and reads its body after.
+async fn path_origin() -> RawOrigin {
+    RawOrigin::start(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            path.len()
+        )
+        .into_bytes()
+    })
+    .await
+}
+
+/// Reads from `s` until `text` holds `n` answers (Content-Length framed), at most 5 s.
+async fn read_answers(s: &mut TcpStream, text: &mut String, n: usize) {
+    let mut chunk = [0u8; 4096];
+    while answers(text).len() < n {
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no answer {n} within 5 s: {text:?}"));
+        match read {
+            Ok(0) | Err(_) => {
+                panic!("the daemon closed the connection before answer {n}: {text:?}")
+            }
+            Ok(k) => text.push_str(&String::from_utf8_lossy(&chunk[..k])),
+        }
+    }
+}
+
+/// A backend that answers on the head, before the upload has ended (nginx's static files to a
+/// POST, a 401, a 413), and then reads the rest: the client's connection lives on. The rest of
+/// the body still reaches the backend, and the next request on the connection is answered.
+/// hyper's server closes a connection whose request body is dropped half-read, and a client
+/// that reuses it loses its next request (h2load saw one connection in 30 break this way with
+/// two workers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
+    let origin = RawOrigin::start(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            path.len()
+        )
+        .into_bytes()
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let body = vec![b'u'; 10_000];
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&body[..1000]).await.unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    // The answer is whole; the rest of the body follows it, then the next request.
+    s.write_all(&body[1000..]).await.unwrap();
+    // The backend connection goes back to the pool from a task of its own once the body has
+    // gone: once the backend has it all, and a moment after, the next request takes it.
+    let origin_has_it = eventually(Duration::from_secs(5), || origin.bodies().len() == 1).await;
+    assert!(origin_has_it, "the rest of the upload reached the backend");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_answers(&mut s, &mut text, 2).await;
+    let got = answers(&text);
+    assert!(got[0].0.starts_with("http/1.1 200 ok"), "{text}");
+    assert_eq!(got[0].1, "/upload");
+    assert!(got[1].0.starts_with("http/1.1 200 ok"), "{text}");
+    assert_eq!(got[1].1, "/next");
+    assert!(!got[0].0.contains("connection: close"), "{text}");
+    assert_eq!(
+        origin.bodies(),
+        vec![10_000],
+        "the whole upload reached the backend"
+    );
+    assert_eq!(
+        origin.request_connections(),
+        1,
+        "the backend connection is reused once the upload has ended"
+    );
+}
+
+/// After an early answer, an upload that stops moving is given up on (5 s without a byte, as
+/// nginx's `lingering_timeout`): the client's connection closes, and the backend connection,
+/// which still waits for the rest of that body, is not used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stops_after_an_early_answer_is_let_go() {
+    let origin = RawOrigin::ok().await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'u'; 1000]).await.unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    let answered = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the stalled upload's connection is closed within 10 s"
+    );
+    // Not at once: the upload had 5 s to go on.
+    assert!(
+        answered.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        answered.elapsed()
+    );
+    let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
+    assert_eq!(next.status, 200);
+    assert!(origin.bodies().is_empty(), "{:?}", origin.bodies());
+    assert_eq!(
+        origin.request_connections(),
+        2,
+        "the next request does not go on the connection the upload left half-sent"
+    );
+}
+
+/// Reads HTTP/2 frames from `s` until one on stream 1 ends it (END_STREAM), at most 5 s.
+async fn read_to_end_of_stream_1(s: &mut TcpStream) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut i = 0;
+        while i + 9 <= got.len() {
+            let len = (usize::from(got[i]) << 16)
+                | (usize::from(got[i + 1]) << 8)
+                | usize::from(got[i + 2]);
+            let (kind, flags) = (got[i + 3], got[i + 4]);
+            let stream = u32::from_be_bytes([got[i + 5], got[i + 6], got[i + 7], got[i + 8]]);
+            if (kind == 0 || kind == 1) && flags & 1 == 1 && stream == 1 {
+                return;
+            }
+            i += 9 + len;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the answer within 5 s");
+        match read {
+            Ok(0) | Err(_) => panic!("closed before the answer"),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// An HTTP/2 client that resets its upload (RST_STREAM with NO_ERROR) after an early answer:
+/// hyper ends such a body as if whole, but the backend is still owed the rest of its
+/// Content-Length, and would read the next request on that connection as part of the body
+/// (request smuggling past the proxy's routing). The backend connection is closed, and the
+/// next request goes on a new one and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_reset_after_an_early_answer_does_not_leave_its_backend_connection() {
+    let origin = path_origin().await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    // POST /upload for a.example with content-length: 100000, HPACK without indexing.
+    let mut block = vec![0x83, 0x86, 0x04, 7];
+    block.extend_from_slice(b"/upload");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"a.example");
+    block.extend_from_slice(&[0x0f, 0x0d, 6]);
+    block.extend_from_slice(b"100000");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 4, 1, &block));
+    out.extend(frame(0, 0, 1, &[b'u'; 1000]));
+    s.write_all(&out).await.unwrap();
+    read_to_end_of_stream_1(&mut s).await;
+    s.write_all(&frame(3, 0, 1, &0u32.to_be_bytes()))
+        .await
+        .unwrap();
+    // Time for the body's end to reach the upload task.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&http1(), &d.url("web", "/next"), &[]),
+    )
+    .await
+    .expect("the next request is answered, not read as the rest of a body")
+    .unwrap();
+    assert_eq!(next.status, 200);
+    assert_eq!(next.text(), "/next");
+    assert!(origin.bodies().is_empty(), "{:?}", origin.bodies());
+    assert_eq!(origin.request_connections(), 2);
+}
