@@ -302,7 +302,6 @@ async fn write_body(
     upload: Arc<Upload>,
 ) -> Result<OwnedWriteHalf, UpstreamError> {
     let chunked = framing == RequestFraming::Chunked;
-    let mut sent: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UpstreamError::ClientBody(e.to_string()))?;
         if let Some(data) = frame.data_ref() {
@@ -313,8 +312,8 @@ async fn write_body(
             if upload.over_limit() {
                 return Err(UpstreamError::ClientBody("larger than max_body".into()));
             }
-            sent += data.len() as u64;
-            if matches!(framing, RequestFraming::Length(n) if sent > n) {
+            // `upload` counts what this task sends (the body's one reader).
+            if matches!(framing, RequestFraming::Length(n) if upload.bytes() > n) {
                 return Err(UpstreamError::ClientBody("longer than its length".into()));
             }
             if chunked {
@@ -340,7 +339,7 @@ async fn write_body(
     }
     // An HTTP/2 client's RST_STREAM with NO_ERROR ends hyper's body as if it were whole. A
     // backend still owed bytes would read the next request on this connection as the rest.
-    if matches!(framing, RequestFraming::Length(n) if sent != n) {
+    if matches!(framing, RequestFraming::Length(n) if upload.bytes() != n) {
         return Err(UpstreamError::ClientBody("ended before its length".into()));
     }
     if chunked {
