@@ -40,6 +40,9 @@ pub struct OriginState {
     /// Delay before answering probes, in milliseconds.
     pub health_delay_ms: AtomicU64,
     pub body_bytes_received: AtomicU64,
+    /// `/sink` bodies read to their end, and bodies that broke off (reset or closed early).
+    pub whole_sinks: AtomicU64,
+    pub cut_sinks: AtomicU64,
     pub last_headers: Mutex<Option<HeaderMap>>,
     /// HTTP version of the last ordinary request.
     pub last_version: Mutex<Option<http::Version>>,
@@ -355,6 +358,7 @@ async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Re
     if path == "/sink" {
         let mut body = req.into_body();
         let mut n = 0u64;
+        let mut whole = true;
         while let Some(frame) = body.frame().await {
             match frame {
                 Ok(f) => {
@@ -362,9 +366,18 @@ async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Re
                         n += d.len() as u64;
                     }
                 }
-                Err(_) => break,
+                Err(_) => {
+                    whole = false;
+                    break;
+                }
             }
         }
+        let ends = if whole {
+            &st.whole_sinks
+        } else {
+            &st.cut_sinks
+        };
+        ends.fetch_add(1, SeqCst);
         st.body_bytes_received.fetch_add(n, SeqCst);
         return builder.body(full(n.to_string())).unwrap();
     }

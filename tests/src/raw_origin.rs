@@ -13,8 +13,8 @@ use tokio::task::JoinHandle;
 type Respond = dyn Fn(&str) -> Vec<u8> + Send + Sync;
 
 /// A running raw origin. Each request head it reads is recorded and answered with
-/// `respond(head)`; health probes (`/healthz`) get a plain 200. A body (`Content-Length` only)
-/// is read after the answer is sent, as backends that answer on the head do (nginx's static
+/// `respond(head)`; health probes (`/healthz`) get a plain 200. A body (by `Content-Length` or
+/// chunked) is read after the answer is sent, as backends that answer on the head do (nginx's static
 /// files to a POST, a 401 or 413): its length is recorded, and the connection goes on.
 pub struct RawOrigin {
     pub addr: SocketAddr,
@@ -99,16 +99,25 @@ impl RawOrigin {
                         if s.write_all(&answer).await.is_err() {
                             return;
                         }
+                        let chunked = is_chunked(&head);
                         let length = content_length(&head);
-                        while buf.len() < length {
+                        // (bytes on the wire, body length) once the body is all in.
+                        let end = |buf: &[u8]| match chunked {
+                            true => chunked_end(buf),
+                            false => (buf.len() >= length).then_some((length, length)),
+                        };
+                        let (wire, body) = loop {
+                            if let Some(end) = end(&buf) {
+                                break end;
+                            }
                             match s.read(&mut chunk).await {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
                             }
-                        }
-                        if length > 0 {
-                            buf.drain(..length);
-                            read_bodies.lock().unwrap().push(length);
+                        };
+                        if wire > 0 {
+                            buf.drain(..wire);
+                            read_bodies.lock().unwrap().push(body);
                         }
                     }
                 });
@@ -136,6 +145,42 @@ impl RawOrigin {
     /// How many connections carried requests (probes aside).
     pub fn request_connections(&self) -> usize {
         self.request_conns.load(Ordering::Relaxed)
+    }
+}
+
+fn is_chunked(head: &str) -> bool {
+    head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    })
+}
+
+/// Where a chunked body that starts `buf` ends, and its length: `None` until its last chunk
+/// (and the empty line after any trailer fields) is in.
+fn chunked_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let (mut at, mut body) = (0, 0);
+    loop {
+        let line = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size = std::str::from_utf8(&buf[at..at + line]).ok()?;
+        let size = size.split(';').next()?.trim();
+        let size = usize::from_str_radix(size, 16).expect("a chunk size");
+        at += line + 2;
+        if size == 0 {
+            // Trailer fields, if any, then an empty line.
+            let rest = &buf[at..];
+            if rest.starts_with(b"\r\n") {
+                return Some((at + 2, body));
+            }
+            let end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
+            return Some((at + end + 4, body));
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
+        body += size;
     }
 }
 

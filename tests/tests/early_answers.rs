@@ -199,3 +199,95 @@ async fn an_http2_upload_reset_after_an_early_answer_does_not_leave_its_backend_
     assert!(origin.bodies().is_empty(), "{:?}", origin.bodies());
     assert_eq!(origin.request_connections(), 2);
 }
+
+/// POST /upload (or `path`) for a.example without a length, HPACK without indexing, then its
+/// first 1000 bytes: an HTTP/2 client's opening of a streamed upload.
+fn h2_upload_without_length(path: &str) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"a.example");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 4, 1, &block));
+    out.extend(frame(0, 0, 1, &[b'u'; 1000]));
+    out
+}
+
+/// The same reset of an HTTP/2 upload that has no length: it goes to an HTTP/1.1 backend
+/// chunked, and hyper ends the body as if whole, so the last chunk would tell the backend the
+/// body is complete: a truncated upload stored as a whole file. The backend connection is
+/// closed instead, without its last chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_without_a_length_reset_by_its_client_is_not_passed_on_as_whole() {
+    let origin = path_origin().await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(&h2_upload_without_length("/upload"))
+        .await
+        .unwrap();
+    read_to_end_of_stream_1(&mut s).await;
+    s.write_all(&frame(3, 0, 1, &0u32.to_be_bytes()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
+    assert_eq!(next.text(), "/next");
+    let heads = origin.heads();
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{heads:?}"
+    );
+    assert!(origin.bodies().is_empty(), "{:?}", origin.bodies());
+    assert_eq!(origin.request_connections(), 2);
+}
+
+/// The same reset toward an HTTP/2 backend (h2c), before any answer: the backend's stream is
+/// reset, not ended with END_STREAM as if the upload were whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_reset_by_its_client_is_reset_toward_an_http2_backend() {
+    let origin = Origin::start("h2").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(&origin, 1)]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .upstream(Upstream::new().protocol("h2c")),
+        )
+        .start()
+        .await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(&h2_upload_without_length("/sink"))
+        .await
+        .unwrap();
+    // The upload reaches the backend before the client resets it.
+    let st = &origin.state;
+    for _ in 0..100 {
+        if st.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(&frame(3, 0, 1, &0u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let ends = || {
+        let whole = st.whole_sinks.load(std::sync::atomic::Ordering::SeqCst);
+        (
+            whole,
+            st.cut_sinks.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    };
+    for _ in 0..100 {
+        if ends() != (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ends(), (0, 1), "(whole, cut) uploads at the backend");
+}

@@ -287,7 +287,10 @@ impl HttpProxy {
         let body = match body {
             None => RequestBody::Empty,
             Some(body) => {
-                let upload = Upload::new(service.spec.limits.max_body);
+                let upload = Upload::new(
+                    service.spec.limits.max_body,
+                    client_version == Version::HTTP_2,
+                );
                 if let Some(l) = log.as_mut() {
                     l.bytes_in = Some(upload.clone());
                 }

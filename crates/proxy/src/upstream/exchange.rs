@@ -342,6 +342,11 @@ async fn write_body(
     if matches!(framing, RequestFraming::Length(n) if upload.bytes() != n) {
         return Err(UpstreamError::ClientBody("ended before its length".into()));
     }
+    // The same reset of a body without a length: the last chunk would tell the backend that
+    // the body is whole.
+    if upload.cut_short(&body) {
+        return Err(UpstreamError::ClientBody("reset before its end".into()));
+    }
     if chunked {
         wr.write_all(b"0\r\n\r\n")
             .await

@@ -33,15 +33,29 @@ pub struct Upload {
     /// `now_nanos()` of the last progress.
     last: AtomicU64,
     done: std::sync::atomic::AtomicBool,
+    /// The client's body is an HTTP/2 stream's, whose end is its END_STREAM flag.
+    flagged_end: bool,
 }
 
 impl Upload {
-    pub fn new(limit: u64) -> Arc<Upload> {
+    /// `flagged_end`: the body comes over HTTP/2 (see [`Upload::cut_short`]).
+    pub fn new(limit: u64, flagged_end: bool) -> Arc<Upload> {
         Arc::new(Upload {
             limit,
             last: AtomicU64::new(streamgate_balance::stats::now_nanos()),
+            flagged_end,
             ..Upload::default()
         })
+    }
+
+    /// Whether `body`, which has just ended, was cut short rather than ended. hyper ends an
+    /// HTTP/2 body reset by its client with NO_ERROR (RFC 9113 §8.1 lets a server stop an
+    /// upload that way) just as it ends a whole one; only the stream's state tells them apart:
+    /// END_STREAM received or not. A body without a length that is passed on as ended would
+    /// reach its backend truncated and taken for whole. An HTTP/1.1 body needs no such check:
+    /// hyper reports one that stops short as an error.
+    pub fn cut_short(&self, body: &Incoming) -> bool {
+        self.flagged_end && !body.is_end_stream()
     }
 
     /// The body passed the service's `max_body`: the upload stops (413).
@@ -80,6 +94,11 @@ impl Upload {
 #[error("request body larger than max_body")]
 pub struct BodyTooLarge;
 
+/// An HTTP/2 request body was reset by its client before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("request body reset by the client before its end")]
+pub struct BodyCutShort;
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -103,6 +122,9 @@ impl Body for RequestBody {
                         if b.is_end_stream() {
                             up.finished();
                         }
+                    }
+                    Poll::Ready(None) if up.cut_short(b) => {
+                        return Poll::Ready(Some(Err(Box::new(BodyCutShort))));
                     }
                     Poll::Ready(None) => up.finished(),
                     _ => {}
