@@ -188,10 +188,7 @@ pub fn answers(mut text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     while let Some(end) = text.find("\r\n\r\n") {
         let head = text[..end].to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .map_or(0, |v| v.trim().parse().unwrap());
+        let len = crate::wire::content_length(&head);
         if text.len() < end + 4 + len {
             break;
         }

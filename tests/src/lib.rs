@@ -11,6 +11,7 @@ pub mod nats;
 pub mod origin;
 pub mod raw_origin;
 pub mod tls;
+pub mod wire;
 
 pub use client::{
     Answer, answers, get, get_from, get_tls, http1, http2, raw_exchange, send, stall_then_drain,

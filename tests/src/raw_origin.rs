@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::wire::{chunked_end, content_length, is_chunked};
+
 type Respond = dyn Fn(&str) -> Vec<u8> + Send + Sync;
 
 /// A running raw origin. Each request head it reads is recorded and answered with
@@ -146,52 +148,6 @@ impl RawOrigin {
     pub fn request_connections(&self) -> usize {
         self.request_conns.load(Ordering::Relaxed)
     }
-}
-
-fn is_chunked(head: &str) -> bool {
-    head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(name, value)| {
-            name.eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-        })
-    })
-}
-
-/// Where a chunked body that starts `buf` ends, and its length: `None` until its last chunk
-/// (and the empty line after any trailer fields) is in.
-fn chunked_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let (mut at, mut body) = (0, 0);
-    loop {
-        let line = buf[at..].windows(2).position(|w| w == b"\r\n")?;
-        let size = std::str::from_utf8(&buf[at..at + line]).ok()?;
-        let size = size.split(';').next()?.trim();
-        let size = usize::from_str_radix(size, 16).expect("a chunk size");
-        at += line + 2;
-        if size == 0 {
-            // Trailer fields, if any, then an empty line.
-            let rest = &buf[at..];
-            if rest.starts_with(b"\r\n") {
-                return Some((at + 2, body));
-            }
-            let end = rest.windows(4).position(|w| w == b"\r\n\r\n")?;
-            return Some((at + end + 4, body));
-        }
-        if buf.len() < at + size + 2 {
-            return None;
-        }
-        at += size + 2;
-        body += size;
-    }
-}
-
-fn content_length(head: &str) -> usize {
-    head.lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0)
 }
 
 impl Drop for RawOrigin {
