@@ -291,3 +291,40 @@ async fn an_http2_upload_reset_by_its_client_is_reset_toward_an_http2_backend() 
     }
     assert_eq!(ends(), (0, 1), "(whole, cut) uploads at the backend");
 }
+
+/// An HTTP/2 upload whose announced length is all in, reset (NO_ERROR) before its END_STREAM:
+/// the backend has the whole body by its framing, so the body is whole, and the backend
+/// connection serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_reset_after_all_its_length_is_whole() {
+    let origin = path_origin().await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    // POST /upload for a.example with content-length: 1000, then all 1000 bytes, no END_STREAM.
+    let mut block = vec![0x83, 0x86, 0x04, 7];
+    block.extend_from_slice(b"/upload");
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"a.example");
+    block.extend_from_slice(&[0x0f, 0x0d, 4]);
+    block.extend_from_slice(b"1000");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(1, 4, 1, &block));
+    out.extend(frame(0, 0, 1, &[b'u'; 1000]));
+    s.write_all(&out).await.unwrap();
+    read_to_end_of_stream_1(&mut s).await;
+    s.write_all(&frame(3, 0, 1, &0u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let origin_has_it = eventually(Duration::from_secs(5), || origin.bodies().len() == 1).await;
+    assert!(origin_has_it, "the whole body reached the backend");
+    assert_eq!(origin.bodies(), vec![1000]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
+    assert_eq!(next.text(), "/next");
+    assert_eq!(
+        origin.request_connections(),
+        1,
+        "the backend connection is reused"
+    );
+}

@@ -346,6 +346,11 @@ impl HttpProxy {
                 ProxyError::PayloadTooLarge {
                     max: service.spec.limits.max_body,
                 }
+            } else if upload.as_ref().is_some_and(|u| u.was_cut()) {
+                // Seen by an HTTP/2 backend's client as its body's error: still the client's.
+                ProxyError::ClientAborted {
+                    reason: "request body reset by the client before its end".into(),
+                }
             } else {
                 failure
             };

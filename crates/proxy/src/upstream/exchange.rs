@@ -344,9 +344,9 @@ async fn write_body(
     }
     // The same reset of a body without a length: the last chunk would tell the backend that
     // the body is whole.
-    if upload.cut_short(&body) {
-        return Err(UpstreamError::ClientBody("reset before its end".into()));
-    }
+    upload
+        .check_end(&body)
+        .map_err(|cut| UpstreamError::ClientBody(cut.to_string()))?;
     if chunked {
         wr.write_all(b"0\r\n\r\n")
             .await

@@ -35,10 +35,11 @@ pub struct Upload {
     done: std::sync::atomic::AtomicBool,
     /// The client's body is an HTTP/2 stream's, whose end is its END_STREAM flag.
     flagged_end: bool,
+    cut: std::sync::atomic::AtomicBool,
 }
 
 impl Upload {
-    /// `flagged_end`: the body comes over HTTP/2 (see [`Upload::cut_short`]).
+    /// `flagged_end`: the body comes over HTTP/2 (see [`Upload::check_end`]).
     pub fn new(limit: u64, flagged_end: bool) -> Arc<Upload> {
         Arc::new(Upload {
             limit,
@@ -48,14 +49,25 @@ impl Upload {
         })
     }
 
-    /// Whether `body`, which has just ended, was cut short rather than ended. hyper ends an
-    /// HTTP/2 body reset by its client with NO_ERROR (RFC 9113 §8.1 lets a server stop an
-    /// upload that way) just as it ends a whole one; only the stream's state tells them apart:
-    /// END_STREAM received or not. A body without a length that is passed on as ended would
-    /// reach its backend truncated and taken for whole. An HTTP/1.1 body needs no such check:
-    /// hyper reports one that stops short as an error.
-    pub fn cut_short(&self, body: &Incoming) -> bool {
-        self.flagged_end && !body.is_end_stream()
+    /// `body` has just ended: whole, or cut short. hyper ends an HTTP/2 body reset by its client
+    /// with NO_ERROR (RFC 9113 §8.1 lets a server stop an upload that way) just as it ends a
+    /// whole one; only the stream's state tells them apart: END_STREAM received or not. A body
+    /// passed on as ended would reach its backend truncated and taken for whole, unless all of
+    /// its announced length is in. A cut is recorded ([`Upload::was_cut`]): the client's doing,
+    /// not the backend's. An HTTP/1.1 body needs no such check: hyper reports one that stops
+    /// short as an error.
+    pub fn check_end(&self, body: &Incoming) -> Result<(), BodyCutShort> {
+        // The size hint counts what is still owed: 0 once a known length is all in.
+        if !self.flagged_end || body.is_end_stream() || body.size_hint().exact() == Some(0) {
+            return Ok(());
+        }
+        self.cut.store(true, Relaxed);
+        Err(BodyCutShort(h2::Error::from(h2::Reason::CANCEL)))
+    }
+
+    /// Whether the client reset the body before its end ([`Upload::check_end`]).
+    pub fn was_cut(&self) -> bool {
+        self.cut.load(Relaxed)
     }
 
     /// The body passed the service's `max_body`: the upload stops (413).
@@ -94,10 +106,12 @@ impl Upload {
 #[error("request body larger than max_body")]
 pub struct BodyTooLarge;
 
-/// An HTTP/2 request body was reset by its client before its end.
+/// An HTTP/2 request body was reset by its client before its end. Its source is the reset that
+/// hyper's client then sends to an HTTP/2 backend's stream (it looks for one in the error's
+/// sources; without it, INTERNAL_ERROR).
 #[derive(Debug, thiserror::Error)]
 #[error("request body reset by the client before its end")]
-pub struct BodyCutShort;
+pub struct BodyCutShort(#[source] h2::Error);
 
 impl Body for RequestBody {
     type Data = Bytes;
@@ -123,10 +137,12 @@ impl Body for RequestBody {
                             up.finished();
                         }
                     }
-                    Poll::Ready(None) if up.cut_short(b) => {
-                        return Poll::Ready(Some(Err(Box::new(BodyCutShort))));
+                    Poll::Ready(None) => {
+                        if let Err(cut) = up.check_end(b) {
+                            return Poll::Ready(Some(Err(Box::new(cut))));
+                        }
+                        up.finished();
                     }
-                    Poll::Ready(None) => up.finished(),
                     _ => {}
                 }
                 polled.map_err(BoxError::from)
