@@ -228,6 +228,13 @@ impl Conn {
                     return Reuse::No;
                 };
                 if !handle.is_finished() {
+                    // An HTTP/2 client's upload is stopped instead: its body dropped once the
+                    // answer has gone, h2 resets the stream with NO_ERROR (RFC 9113 §8.1, as
+                    // nginx does), and the client stops sending a body nobody will use. Only
+                    // HTTP/1.1 needs the rest read, to keep the client's connection.
+                    if upload.over_http2() {
+                        return Reuse::No;
+                    }
                     return Reuse::AfterUpload(UploadTail { rd, writer, upload });
                 }
                 // A finished task's output is ready: polling once with a no-op waker takes it.
@@ -333,7 +340,12 @@ async fn write_body(
         }
         // Its last byte is in: hyper's server says so only once it reads again, which after
         // an early answer waits for the client's next request (and the connection for it).
-        if body.is_end_stream() {
+        // All of a known length is in: the backend has the whole body, and need not wait for
+        // an HTTP/2 client's END_STREAM, which may come in a frame of its own later, or never
+        // (a reset).
+        if body.is_end_stream()
+            || matches!(framing, RequestFraming::Length(n) if upload.bytes() == n)
+        {
             break;
         }
     }

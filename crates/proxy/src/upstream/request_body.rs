@@ -65,6 +65,11 @@ impl Upload {
         Err(BodyCutShort(h2::Error::from(h2::Reason::CANCEL)))
     }
 
+    /// Whether the body comes from an HTTP/2 client.
+    pub fn over_http2(&self) -> bool {
+        self.flagged_end
+    }
+
     /// Whether the client reset the body before its end ([`Upload::check_end`]).
     pub fn was_cut(&self) -> bool {
         self.cut.load(Relaxed)
