@@ -11,12 +11,17 @@ use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// An origin that answers every request at once with its path, and reads its body after.
+/// An origin that answers every request at once with its path, and reads its body after: a
+/// refusal (401) for paths under `/refused`, a 200 for the rest.
 async fn path_origin() -> RawOrigin {
     RawOrigin::start(|head| {
         let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+        let status = match path.starts_with("/refused") {
+            true => "401 Unauthorized",
+            false => "200 OK",
+        };
         format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{path}",
             path.len()
         )
         .into_bytes()
@@ -175,17 +180,17 @@ async fn read_until_on_stream_1(
     }
 }
 
-/// After an early answer to an HTTP/2 client, its upload is stopped at once with
+/// After an early refusal of an HTTP/2 client's upload, the upload is stopped at once with
 /// `RST_STREAM(NO_ERROR)` (RFC 9113 §8.1; nginx does the same), not read on and passed to the
 /// backend: a client uploading a large file that the backend refused (401, 413) stops sending.
 /// HTTP/2 needs no tail to keep the client's connection, as HTTP/1.1 does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http2_upload_is_stopped_after_an_early_answer() {
+async fn an_http2_upload_refused_early_is_stopped() {
     let origin = path_origin().await;
     let d = origin.behind(Listener::http("web")).await;
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     let mut got = Vec::new();
-    s.write_all(&h2_upload("/upload", Some(100_000), 1000))
+    s.write_all(&h2_upload("/refused", Some(100_000), 1000))
         .await
         .unwrap();
     read_to_end_of_stream_1(&mut s, &mut got).await;
@@ -212,6 +217,62 @@ async fn an_http2_upload_is_stopped_after_an_early_answer() {
     );
 }
 
+/// An upload that the backend accepted before its end (a 2xx, as an ingest endpoint may send
+/// before it reads the body) still goes to the backend whole for an HTTP/2 client too, with no
+/// reset, and the backend connection then serves the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_accepted_early_still_reaches_the_backend() {
+    let origin = path_origin().await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let mut got = Vec::new();
+    s.write_all(&h2_upload("/upload", Some(20_000), 1000))
+        .await
+        .unwrap();
+    read_to_end_of_stream_1(&mut s, &mut got).await;
+    let body = vec![b'u'; 16_000];
+    s.write_all(&frame(0, 0, 1, &body)).await.unwrap();
+    s.write_all(&frame(0, 1, 1, &body[..3000])).await.unwrap();
+    let origin_has_it = eventually(Duration::from_secs(5), || origin.bodies().len() == 1).await;
+    assert!(origin_has_it, "the rest of the upload reached the backend");
+    assert_eq!(origin.bodies(), vec![20_000]);
+    let reset = |kind, _, _: &[u8]| kind == 3;
+    assert!(
+        !read_until_on_stream_1(&mut s, &mut got, Duration::from_millis(300), reset).await,
+        "no reset of an accepted upload"
+    );
+    let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
+    assert_eq!(next.text(), "/next");
+    assert_eq!(
+        origin.request_connections(),
+        1,
+        "the backend connection is reused once the upload has ended"
+    );
+}
+
+/// An HTTP/2 POST with `content-length: 0` and no END_STREAM yet has all of its body: its backend
+/// connection goes back to the pool with the answer, and does not wait for a flag that may come
+/// late, or never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_of_length_zero_does_not_hold_its_backend_connection() {
+    let origin = path_origin().await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let mut got = Vec::new();
+    s.write_all(&h2_upload("/empty", Some(0), 0)).await.unwrap();
+    read_to_end_of_stream_1(&mut s, &mut got).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
+    assert_eq!(next.text(), "/next");
+    let heads = origin.heads();
+    assert!(heads[0].contains("content-length: 0\r\n"), "{heads:?}");
+    assert_eq!(
+        origin.request_connections(),
+        1,
+        "the connection served the next request at once"
+    );
+}
+
 /// An HTTP/2 client's opening of an upload: the preface, POST `path` for a.example (with a
 /// `content-length` when `length` is given; HPACK without indexing), and its first `sent`
 /// bytes, without END_STREAM.
@@ -228,7 +289,9 @@ fn h2_upload(path: &str, length: Option<usize>, sent: usize) -> Vec<u8> {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(4, 0, 0, &[]));
     out.extend(frame(1, 4, 1, &block));
-    out.extend(frame(0, 0, 1, &vec![b'u'; sent]));
+    if sent > 0 {
+        out.extend(frame(0, 0, 1, &vec![b'u'; sent]));
+    }
     out
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use streamgate_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn one_service(region: Region, app: Service) -> Config {
     Config::new()
@@ -271,6 +272,48 @@ async fn no_usable_backend_is_503() {
     assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(a.text(), "503 Service Unavailable: no healthy backend\n");
     assert_eq!(a.header("retry-after"), Some("1"));
+}
+
+/// A client whose upload breaks off (a malformed chunk) is answered 400, and the backend's
+/// answer to the truncated body (the 500 of an application that hit EOF) is not held against
+/// the backend: broken uploads cannot get a healthy backend ejected.
+#[tokio::test]
+async fn broken_uploads_do_not_eject_their_backend() {
+    let origin = Origin::start("app").await;
+    let d = one_service(
+        local().backends(&[(&origin, 1)]),
+        app()
+            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
+    .await;
+    for i in 1..=3 {
+        let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+        s.write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(b"5\r\nhello\r\nzz\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+            .await
+            .expect("the broken upload's connection is closed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        let seen = eventually(Duration::from_secs(5), || {
+            origin
+                .state
+                .cut_sinks
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == i
+        })
+        .await;
+        assert!(seen, "the backend saw upload {i} break off");
+    }
+    let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.text(), "origin app /");
 }
 
 #[tokio::test]

@@ -267,6 +267,14 @@ impl HttpProxy {
                         max: service.spec.limits.max_body,
                     }
                 }
+                // The client's body broke off (a bad chunk, a closed or reset connection),
+                // and the backend answered what it got: often a 500 from an application that
+                // hit EOF. That is the client's doing, and never a mark against the backend.
+                Ok(Ok(_)) if upload.as_ref().is_some_and(|u| u.client_broke()) => {
+                    ProxyError::ClientAborted {
+                        reason: "request body broke off before its end".into(),
+                    }
+                }
                 Ok(Ok(resp)) if ambiguous_framing(resp.headers()) => ProxyError::Upstream {
                     backend: pick.backend.address,
                     reason: "response has both Transfer-Encoding and Content-Length".into(),
@@ -346,10 +354,11 @@ impl HttpProxy {
                 ProxyError::PayloadTooLarge {
                     max: service.spec.limits.max_body,
                 }
-            } else if upload.as_ref().is_some_and(|u| u.was_cut()) {
-                // Seen by an HTTP/2 backend's client as its body's error: still the client's.
+            } else if upload.as_ref().is_some_and(|u| u.client_broke()) {
+                // Seen by an HTTP/2 backend's client as its body's error, or by the backend as
+                // a connection closed mid-body: still the client's.
                 ProxyError::ClientAborted {
-                    reason: "request body reset by the client before its end".into(),
+                    reason: "request body broke off before its end".into(),
                 }
             } else {
                 failure

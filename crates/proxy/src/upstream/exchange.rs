@@ -110,6 +110,9 @@ pub(super) async fn exchange(
                 if (100..200).contains(&s) && s != 101 {
                     continue;
                 }
+                if let Conn::Split { upload, .. } = &conn {
+                    upload.answered(s);
+                }
                 return Ok((conn, head));
             }
             Ok(None) => {
@@ -228,11 +231,8 @@ impl Conn {
                     return Reuse::No;
                 };
                 if !handle.is_finished() {
-                    // An HTTP/2 client's upload is stopped instead: its body dropped once the
-                    // answer has gone, h2 resets the stream with NO_ERROR (RFC 9113 §8.1, as
-                    // nginx does), and the client stops sending a body nobody will use. Only
-                    // HTTP/1.1 needs the rest read, to keep the client's connection.
-                    if upload.over_http2() {
+                    // Its body dropped with the writer, h2 resets the client's stream.
+                    if upload.stop_after_answer() {
                         return Reuse::No;
                     }
                     return Reuse::AfterUpload(UploadTail { rd, writer, upload });
@@ -280,6 +280,12 @@ impl tokio::io::AsyncRead for Conn {
     }
 }
 
+/// The client's body broke off: recorded ([`Upload::broke`]) before the backend sees it end.
+fn client_broke(upload: &Upload, reason: String) -> UpstreamError {
+    upload.broke();
+    UpstreamError::ClientBody(reason)
+}
+
 fn io_err(stage: &'static str, source: io::Error) -> UpstreamError {
     UpstreamError::Io { stage, source }
 }
@@ -309,8 +315,15 @@ async fn write_body(
     upload: Arc<Upload>,
 ) -> Result<OwnedWriteHalf, UpstreamError> {
     let chunked = framing == RequestFraming::Chunked;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| UpstreamError::ClientBody(e.to_string()))?;
+    // All of a known length is in (`Length(0)` before any frame): the backend has the whole
+    // body, and need not wait for an HTTP/2 client's END_STREAM, which may come in a frame of
+    // its own later, or never (a reset).
+    let all_in =
+        |upload: &Upload| matches!(framing, RequestFraming::Length(n) if upload.bytes() == n);
+    while !all_in(&upload)
+        && let Some(frame) = body.frame().await
+    {
+        let frame = frame.map_err(|e| client_broke(&upload, e.to_string()))?;
         if let Some(data) = frame.data_ref() {
             if data.is_empty() {
                 continue;
@@ -321,7 +334,7 @@ async fn write_body(
             }
             // `upload` counts what this task sends (the body's one reader).
             if matches!(framing, RequestFraming::Length(n) if upload.bytes() > n) {
-                return Err(UpstreamError::ClientBody("longer than its length".into()));
+                return Err(client_broke(&upload, "longer than its length".into()));
             }
             if chunked {
                 let size = format!("{:x}\r\n", data.len());
@@ -340,19 +353,14 @@ async fn write_body(
         }
         // Its last byte is in: hyper's server says so only once it reads again, which after
         // an early answer waits for the client's next request (and the connection for it).
-        // All of a known length is in: the backend has the whole body, and need not wait for
-        // an HTTP/2 client's END_STREAM, which may come in a frame of its own later, or never
-        // (a reset).
-        if body.is_end_stream()
-            || matches!(framing, RequestFraming::Length(n) if upload.bytes() == n)
-        {
+        if body.is_end_stream() {
             break;
         }
     }
     // An HTTP/2 client's RST_STREAM with NO_ERROR ends hyper's body as if it were whole. A
     // backend still owed bytes would read the next request on this connection as the rest.
-    if matches!(framing, RequestFraming::Length(n) if upload.bytes() != n) {
-        return Err(UpstreamError::ClientBody("ended before its length".into()));
+    if matches!(framing, RequestFraming::Length(_)) && !all_in(&upload) {
+        return Err(client_broke(&upload, "ended before its length".into()));
     }
     // The same reset of a body without a length: the last chunk would tell the backend that
     // the body is whole.

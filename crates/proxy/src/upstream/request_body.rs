@@ -35,7 +35,10 @@ pub struct Upload {
     done: std::sync::atomic::AtomicBool,
     /// The client's body is an HTTP/2 stream's, whose end is its END_STREAM flag.
     flagged_end: bool,
-    cut: std::sync::atomic::AtomicBool,
+    /// The client's body broke off: reset, closed, malformed or short of its length.
+    broke: std::sync::atomic::AtomicBool,
+    /// The backend refused the request (a 4xx or 5xx answer) before the body was all in.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Upload {
@@ -53,26 +56,47 @@ impl Upload {
     /// with NO_ERROR (RFC 9113 §8.1 lets a server stop an upload that way) just as it ends a
     /// whole one; only the stream's state tells them apart: END_STREAM received or not. A body
     /// passed on as ended would reach its backend truncated and taken for whole, unless all of
-    /// its announced length is in. A cut is recorded ([`Upload::was_cut`]): the client's doing,
-    /// not the backend's. An HTTP/1.1 body needs no such check: hyper reports one that stops
+    /// its announced length is in. A cut is recorded ([`Upload::client_broke`]): the client's
+    /// doing, not the backend's. An HTTP/1.1 body needs no such check: hyper reports one that stops
     /// short as an error.
     pub fn check_end(&self, body: &Incoming) -> Result<(), BodyCutShort> {
         // The size hint counts what is still owed: 0 once a known length is all in.
         if !self.flagged_end || body.is_end_stream() || body.size_hint().exact() == Some(0) {
             return Ok(());
         }
-        self.cut.store(true, Relaxed);
+        self.broke();
         Err(BodyCutShort(h2::Error::from(h2::Reason::CANCEL)))
     }
 
-    /// Whether the body comes from an HTTP/2 client.
-    pub fn over_http2(&self) -> bool {
-        self.flagged_end
+    /// The client's body broke off (an error reading it, or short of its length). Recorded
+    /// before the backend can see the body end, so a backend's answer to a truncated body (a
+    /// 500 from an application that hit EOF) is known for the client's doing when it comes,
+    /// and does not count against the backend's health.
+    pub fn broke(&self) {
+        self.broke.store(true, Relaxed);
     }
 
-    /// Whether the client reset the body before its end ([`Upload::check_end`]).
-    pub fn was_cut(&self) -> bool {
-        self.cut.load(Relaxed)
+    /// The backend's answer, once its head is read: a refusal (4xx, 5xx) makes the rest of an
+    /// HTTP/2 client's body of no use ([`Upload::stop_after_answer`]).
+    pub fn answered(&self, status: u16) {
+        if status >= 400 {
+            self.refused.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the rest of the body is stopped once the answer has gone, rather than still
+    /// passed on. An HTTP/2 client's upload that the backend refused: its stream is reset with
+    /// NO_ERROR (RFC 9113 §8.1, as nginx does) and the client stops sending a body nobody will
+    /// use, while its connection goes on. An accepted upload (a 2xx or 3xx before its end, as an
+    /// ingest endpoint may send) still goes to the backend, which may be reading it; and an
+    /// HTTP/1.1 client's always does, since its keep-alive connection needs the rest read.
+    pub fn stop_after_answer(&self) -> bool {
+        self.flagged_end && self.refused.load(Relaxed)
+    }
+
+    /// Whether the client's body broke off ([`Upload::broke`], [`Upload::check_end`]).
+    pub fn client_broke(&self) -> bool {
+        self.broke.load(Relaxed)
     }
 
     /// The body passed the service's `max_body`: the upload stops (413).
@@ -131,6 +155,7 @@ impl Body for RequestBody {
             RequestBody::Stream(b, up) => {
                 let polled = Pin::new(&mut *b).poll_frame(cx);
                 match &polled {
+                    Poll::Ready(Some(Err(_))) => up.broke(),
                     Poll::Ready(Some(Ok(f))) => {
                         if let Some(d) = f.data_ref() {
                             up.sent(d.len());
@@ -167,5 +192,32 @@ impl Body for RequestBody {
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Stream(b, _) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_http2_upload_is_stopped_after_its_answer() {
+        // (HTTP/2 client, answer status, stopped)
+        let table = [
+            (true, 401, true),
+            (true, 413, true),
+            (true, 500, true),
+            (true, 200, false),
+            (true, 202, false),
+            (true, 302, false),
+            (false, 401, false),
+            (false, 200, false),
+        ];
+        for (h2, status, stopped) in table {
+            let upload = Upload::new(u64::MAX, h2);
+            upload.answered(status);
+            assert_eq!(upload.stop_after_answer(), stopped, "{h2} {status}");
+        }
+        // Not answered yet: nothing is stopped.
+        assert!(!Upload::new(u64::MAX, true).stop_after_answer());
     }
 }
