@@ -274,6 +274,21 @@ async fn no_usable_backend_is_503() {
     assert_eq!(a.header("retry-after"), Some("1"));
 }
 
+/// Sends `/sink` a chunked upload that breaks off with a malformed chunk; the daemon's answer.
+async fn broken_upload(d: &TestDaemon) -> String {
+    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(b"5\r\nhello\r\nzz\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("the broken upload's connection is closed")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// A client whose upload breaks off (a malformed chunk) is answered 400, and the backend's
 /// answer to the truncated body (the 500 of an application that hit EOF) is not held against
 /// the backend: broken uploads cannot get a healthy backend ejected.
@@ -289,17 +304,7 @@ async fn broken_uploads_do_not_eject_their_backend() {
     .start()
     .await;
     for i in 1..=3 {
-        let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
-        s.write_all(b"POST /sink HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .await
-            .unwrap();
-        s.write_all(b"5\r\nhello\r\nzz\r\n").await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
-            .await
-            .expect("the broken upload's connection is closed")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = broken_upload(&d).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
         let seen = eventually(Duration::from_secs(5), || {
             origin
@@ -314,6 +319,32 @@ async fn broken_uploads_do_not_eject_their_backend() {
     let a = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(a.text(), "origin app /");
+}
+
+/// Nor do they hide a failing backend: broken uploads between its 500s count neither way, and
+/// the 500s still add up to its ejection.
+#[tokio::test]
+async fn broken_uploads_do_not_shield_a_failing_backend() {
+    let origin = Origin::start("sick").await;
+    origin.set_status(500);
+    let d = one_service(
+        local().backends(&[(&origin, 1)]),
+        app()
+            .outlier(Outlier::new().consecutive_failures(3).base_ejection("1m"))
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
+    .await;
+    let c = http1();
+    for _ in 0..2 {
+        assert_eq!(get(&c, &d.url("web", "/"), &[]).await.unwrap().status, 500);
+        let answer = broken_upload(&d).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    }
+    assert_eq!(get(&c, &d.url("web", "/"), &[]).await.unwrap().status, 500);
+    // The third 500 in a row ejected the only backend.
+    let a = get(&c, &d.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text());
 }
 
 #[tokio::test]
