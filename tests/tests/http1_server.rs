@@ -337,3 +337,49 @@ async fn empty_answers_sent_as_the_backend_sent_them_reuse_its_connection() {
         "one backend connection, reused"
     );
 }
+
+/// What a backend's answer says of its framing is checked before it goes on, as nginx does: a
+/// transfer coding other than `chunked` alone is refused (502), since this hop's
+/// Transfer-Encoding is not passed on and the coding would reach the client unnamed; a length
+/// sent as a list of equal values goes on as one value; and an HTTP/1.0 answer with
+/// Transfer-Encoding has faulty framing, so its backend connection is closed after it
+/// (RFC 9112 §6.1), not used for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answers_framing_is_checked_before_it_goes_on() {
+    let origin = RawOrigin::start(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("?");
+        match path {
+            "/gzip-chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                    .to_vec()
+            }
+            "/old-chunked" => b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\n\
+Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello".to_vec(),
+        }
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    let ask = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let text = exchange(d.addr("web"), ask("/listed").as_bytes()).await;
+    let got = answers(&text);
+    assert!(got[0].0.starts_with("http/1.1 200 ok\r\n"), "{text}");
+    assert!(got[0].0.contains("\r\ncontent-length: 5\r\n"), "{text}");
+    assert_eq!(got[0].1, "hello");
+    assert_eq!(origin.request_connections(), 1);
+    // On the same backend connection: an HTTP/1.0 answer with Transfer-Encoding...
+    let text = exchange(d.addr("web"), ask("/old-chunked").as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{text}");
+    // ...ends it: the next request takes a new one.
+    let text = exchange(d.addr("web"), ask("/listed").as_bytes()).await;
+    assert_eq!(answers(&text)[0].1, "hello", "{text}");
+    assert_eq!(
+        origin.request_connections(),
+        2,
+        "the connection of the faulty framing is not used again"
+    );
+    let text = exchange(d.addr("web"), ask("/gzip-chunked").as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
+}

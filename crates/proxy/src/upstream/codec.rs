@@ -227,6 +227,11 @@ pub(crate) fn known_name(raw: &[u8]) -> Option<HeaderName> {
 
 fn connection_persists(version: Version, headers: &HeaderMap, keep_alive_listed: bool) -> bool {
     let has = |token: &str| lists_token(headers, &header::CONNECTION, token);
+    // An HTTP/1.0 answer with Transfer-Encoding has faulty framing: the connection is closed
+    // after it (RFC 9112 §6.1).
+    if version == Version::HTTP_10 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return false;
+    }
     match version {
         // `close` wins over `keep-alive` (RFC 9112 §9.3): the backend is closing.
         Version::HTTP_10 => (keep_alive_listed || has("keep-alive")) && !has("close"),
@@ -282,22 +287,20 @@ pub fn response_framing(
             "both Transfer-Encoding and Content-Length".into(),
         ));
     }
-    // Lines of one field are one list (RFC 9110 §5.3): the last line's last coding decides.
-    if let Some(te) = head
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let te = te
-            .to_str()
-            .map_err(|_| HeadError::Malformed("transfer-encoding".into()))?;
-        let last = te.rsplit(',').next().unwrap_or("").trim();
-        return Ok(if last.eq_ignore_ascii_case("chunked") {
-            ResponseFraming::Chunked
-        } else {
-            ResponseFraming::UntilClose
-        });
+    // The one transfer coding taken from a backend is `chunked`, alone, as nginx does (it
+    // answers 502 to any other). This hop's Transfer-Encoding is not passed on, so a coding
+    // under the chunks (`gzip, chunked`) would reach the client unnamed, as if it were the
+    // content; and after a last coding other than chunked the body runs to the close, with any
+    // chunk lines in it taken for content.
+    let mut codings = head.headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        if codings.next().is_some() || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(HeadError::Malformed(
+                "a transfer coding other than chunked".into(),
+            ));
+        }
+        return Ok(ResponseFraming::Chunked);
     }
     let mut length: Option<u64> = None;
     for v in head.headers.get_all(header::CONTENT_LENGTH) {
@@ -314,6 +317,34 @@ pub fn response_framing(
         Some(n) => ResponseFraming::Length(n),
         None => ResponseFraming::UntilClose,
     })
+}
+
+/// A length the backend sent as a list of equal values (`5, 5`, or on two lines; RFC 9110
+/// §8.6 lets a recipient take it as one) goes on as one value: clients and caches downstream
+/// may refuse the list. A list that does not agree, on an answer without a body (HEAD, 204,
+/// 304, whose length framed nothing here), is dropped.
+pub fn settle_length(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lines.next() else {
+        return;
+    };
+    if lines.next().is_none() && first.as_bytes().iter().all(u8::is_ascii_digit) {
+        return;
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii());
+            if n.is_none() || length.is_some_and(|l| Some(l) != n) {
+                headers.remove(header::CONTENT_LENGTH);
+                return;
+            }
+            length = n;
+        }
+    }
+    if let Some(n) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
 }
 
 /// Incremental decoder of a response body from a read buffer.
@@ -642,6 +673,11 @@ mod tests {
         assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
         assert!(head("HTTP/1.0 200 OK\r\nConnection: x, keep-alive\r\n\r\n").keep_alive);
+        // Faulty framing (RFC 9112 §6.1): closed after the answer.
+        let old_chunked =
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!head(old_chunked).keep_alive);
+        assert!(head(&old_chunked.replace("1.0", "1.1")).keep_alive);
         // close wins over keep-alive (RFC 9112 9.3), on one line or two, in either version:
         // the backend is closing, so the connection must not go back to the pool.
         for v in ["1.0", "1.1"] {
@@ -663,27 +699,33 @@ mod tests {
 
     #[test]
     fn framing_rules() {
-        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!(
-            response_framing(&Method::GET, &h),
-            Ok(ResponseFraming::Chunked)
-        );
-        // Lines of one field are one list (RFC 9110 §5.3): the last coding of the last line
-        // decides, and a body whose last coding is not chunked is read until close.
-        let h = head(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
-        );
-        assert_eq!(
-            response_framing(&Method::GET, &h),
-            Ok(ResponseFraming::UntilClose)
-        );
-        let h = head(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
-        assert_eq!(
-            response_framing(&Method::GET, &h),
-            Ok(ResponseFraming::Chunked)
-        );
+        for te in ["chunked", "Chunked", " CHUNKED "] {
+            let h = head(&format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding:{te}\r\n\r\n"
+            ));
+            assert_eq!(
+                response_framing(&Method::GET, &h),
+                Ok(ResponseFraming::Chunked),
+                "{te}"
+            );
+        }
+        // Only chunked, alone (as nginx): another coding would reach the client unnamed.
+        for te in [
+            "gzip, chunked",
+            "chunked, identity",
+            "gzip",
+            "identity",
+            "chunked, chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+            "gzip\r\nTransfer-Encoding: chunked",
+            "chunked\r\nTransfer-Encoding: gzip",
+            "",
+        ] {
+            let h = head(&format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n"
+            ));
+            assert!(response_framing(&Method::GET, &h).is_err(), "{te:?}");
+        }
         // Both framings, or a Content-Length that is not digits: refused (RFC 9112 §6.3).
         for bad in [
             "Transfer-Encoding: chunked\r\nContent-Length: 5",
@@ -697,12 +739,15 @@ mod tests {
             let h = head(&format!("HTTP/1.1 200 OK\r\n{bad}\r\n\r\n"));
             assert!(response_framing(&Method::GET, &h).is_err(), "{bad}");
         }
-        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
+        let mut h = head("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n");
         assert_eq!(
             response_framing(&Method::GET, &h),
             Ok(ResponseFraming::Length(5)),
             "a repeated equal value is one length"
         );
+        settle_length(&mut h.headers);
+        assert_eq!(h.headers.get_all("content-length").iter().count(), 1);
+        assert_eq!(h.headers["content-length"], "5", "and goes on as one");
         let h = head("HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(
             response_framing(&Method::GET, &h),
@@ -770,5 +815,32 @@ mod tests {
         let mut buf = BytesMut::from(&b"2\r\nabXY"[..]);
         assert!(matches!(d.decode(&mut buf).unwrap(), Decoded::Data(_)));
         assert!(d.decode(&mut buf).is_err());
+    }
+
+    #[test]
+    fn lengths_go_on_as_one_value() {
+        // (the backend's Content-Length lines, what goes on)
+        let table: [(&[&str], Option<&str>); 7] = [
+            (&["5"], Some("5")),
+            (&["5, 5"], Some("5")),
+            (&["5", "5"], Some("5")),
+            (&[" 5 ,5 "], Some("5")),
+            (&["5, 6"], None),
+            (&["5", "x"], None),
+            (&[], None),
+        ];
+        for (lines, goes_on) in table {
+            let mut map = HeaderMap::new();
+            for l in lines {
+                map.append(header::CONTENT_LENGTH, HeaderValue::from_str(l).unwrap());
+            }
+            settle_length(&mut map);
+            let got: Vec<&str> = map
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            assert_eq!(got, goes_on.into_iter().collect::<Vec<_>>(), "{lines:?}");
+        }
     }
 }

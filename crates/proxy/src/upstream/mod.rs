@@ -394,10 +394,11 @@ impl Upstreams {
                     let ResponseHead {
                         status,
                         version,
-                        headers,
+                        mut headers,
                         raw,
                         ..
                     } = rhead;
+                    codec::settle_length(&mut headers);
                     let facts = body::AnswerFacts {
                         decoder,
                         reusable,

@@ -188,7 +188,8 @@ fn forwarded(
         (false, None) => ResponseFraming::UntilClose,
     };
     let keep_alive = match version {
-        Version::HTTP_10 => keep_alive_listed && !close,
+        // With Transfer-Encoding, faulty framing: closed after it (RFC 9112 §6.1).
+        Version::HTTP_10 => keep_alive_listed && !close && !chunked,
         _ => !close,
     };
     Some(Facts {
