@@ -383,3 +383,60 @@ Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     let text = exchange(d.addr("web"), ask("/gzip-chunked").as_bytes()).await;
     assert!(text.starts_with("HTTP/1.1 502 "), "{text}");
 }
+
+/// An HTTP/1.1 request's header map, emptied, takes a later backend answer's fields on the
+/// same thread (spare_maps.rs), for HTTP/1.1 and HTTP/2 clients alike: nothing of one
+/// client's request or answer may show in another's, nor in what the backend gets for it. One
+/// worker, so every client shares the thread and its spare maps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_one_clients_exchange_shows_in_anothers() {
+    let origin = RawOrigin::start(|head| {
+        if head.starts_with("GET /a ") {
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: sid=A\r\nX-For-A: a\r\nContent-Length: 1\r\n\r\nA"
+                .to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nB".to_vec()
+        }
+    })
+    .await;
+    let d = Config::new()
+        .workers(1)
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(origin.addr))
+        .service(Service::new("s").listeners(&["web"]).regions(&["origin"]))
+        .start()
+        .await;
+    // Enough fields that the request's map is large enough to be kept.
+    let names: Vec<String> = (0..16).map(|i| format!("x-private-{i}")).collect();
+    let mut secret: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "A")).collect();
+    secret.push(("authorization", "Bearer secret-A"));
+    for _ in 0..3 {
+        let a = get(&http1(), &d.url("web", "/a"), &secret).await.unwrap();
+        assert_eq!(a.text(), "A");
+        assert_eq!(a.header("set-cookie"), Some("sid=A"));
+        for client in [http1(), http2()] {
+            let b = get(&client, &d.url("web", "/b"), &[]).await.unwrap();
+            assert_eq!(b.text(), "B");
+            for (name, value) in &b.headers {
+                let value = value.to_str().unwrap_or("");
+                assert!(
+                    !["set-cookie", "x-for-a", "authorization"].contains(&name.as_str())
+                        && !name.as_str().starts_with("x-private")
+                        && !value.contains("secret-A")
+                        && !value.contains("sid=A"),
+                    "{name}: {value} in another client's answer"
+                );
+            }
+        }
+    }
+    let heads = origin.heads();
+    let to_b: Vec<&String> = heads.iter().filter(|h| h.starts_with("GET /b ")).collect();
+    assert_eq!(to_b.len(), 6);
+    for head in to_b {
+        let head = head.to_ascii_lowercase();
+        assert!(
+            !head.contains("secret-a") && !head.contains("x-private") && !head.contains("sid=a"),
+            "{head}"
+        );
+    }
+}
