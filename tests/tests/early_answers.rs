@@ -261,7 +261,7 @@ async fn an_http2_upload_of_length_zero_does_not_hold_its_backend_connection() {
     let mut got = Vec::new();
     s.write_all(&h2_upload("/empty", Some(0), 0)).await.unwrap();
     read_to_end_of_stream_1(&mut s, &mut got).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let next = get(&http1(), &d.url("web", "/next"), &[]).await.unwrap();
     assert_eq!(next.text(), "/next");
     let heads = origin.heads();
