@@ -192,6 +192,29 @@ async fn the_admin_api_refuses_what_a_browser_page_would_send() {
     .await
     .unwrap();
     assert_eq!(read.status, StatusCode::OK);
+    // Without a token, a page whose name is rebound to 127.0.0.1 cannot read the API either
+    // (its addresses, config and metrics); probes by any name still get the health endpoints.
+    let rebound = |path: &str| {
+        let url = d.admin_url(path);
+        async move {
+            get(&http1(), &url, &[("host", "rebind.evil.example:9901")])
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    for path in ["/backends", "/config", "/metrics"] {
+        assert_eq!(rebound(path).await, StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(rebound("/live").await, StatusCode::OK);
+    let by_name = get(
+        &http1(),
+        &d.admin_url("/backends"),
+        &[("host", "localhost")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_name.status, StatusCode::OK);
 }
 
 // Paused time: every timer here is tokio's (the admin listener's hyper TokioTimer, the

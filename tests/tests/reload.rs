@@ -135,6 +135,35 @@ async fn a_rotated_admin_token_takes_effect_on_reload() {
     assert_eq!(regions("first-token").await, StatusCode::UNAUTHORIZED);
 }
 
+/// A reload that drops the admin token while the API listens off loopback is refused: its move
+/// to loopback waits for a restart, and the API would be open, without a token, where it
+/// listens today.
+#[tokio::test]
+async fn a_reload_cannot_drop_the_token_of_an_admin_api_off_loopback() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("admin.token");
+    std::fs::write(&token_path, "the-token").unwrap();
+    // Every address, reached here on loopback only.
+    let admin = Admin::new().set("listen", "0.0.0.0:0");
+    let text = service(&o).admin(admin.token_file(&token_path)).to_toml();
+    let d = TestDaemon::start(&text).await;
+    let port = d.daemon.admin_addr().port();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let moved = service(&o)
+        .admin(Admin::new().set("listen", "127.0.0.1:0"))
+        .to_toml();
+    d.rewrite_config(&moved);
+    let auth = [("authorization", "Bearer the-token")];
+    let (status, body) = admin_call(Method::POST, &url("/reload"), &auth, "").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.to_string().contains("admin.token_file"), "{body}");
+    let open = get(&http1(), &url("/regions"), &[]).await.unwrap();
+    assert_eq!(open.status, StatusCode::UNAUTHORIZED, "{}", open.text());
+    let with = get(&http1(), &url("/regions"), &auth).await.unwrap();
+    assert_eq!(with.status, StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_operator_changes_leave_one_whole_state_file() {
     let o = Origin::start("o").await;

@@ -218,6 +218,7 @@ impl Daemon {
         }));
         control.add_reload_hook(Arc::new(TokenReload {
             handle: token.clone(),
+            listening: admin,
         }));
         if !tls_handles.is_empty() {
             control.add_reload_hook(Arc::new(CertificateReload {
@@ -401,11 +402,22 @@ impl streamgate_control::ReloadHook for AccessLogReload {
 #[derive(Debug)]
 struct TokenReload {
     handle: Arc<arc_swap::ArcSwapOption<Token>>,
+    /// Where the admin API listens until a restart (a reload cannot move it).
+    listening: SocketAddr,
 }
 
 impl streamgate_control::ReloadHook for TokenReload {
     fn prepare(&self, config: &Config) -> std::result::Result<Box<dyn FnOnce() + Send>, String> {
         let token = read_token(config).map_err(|e| format!("{e:#}"))?;
+        // The new config may move the API to loopback without a token, but the move waits for
+        // a restart: dropping the token now would open the API where it listens today.
+        if token.is_none() && !self.listening.ip().is_loopback() {
+            return Err(format!(
+                "admin.token_file: the admin API listens on {} until a restart, and off \
+                 loopback it needs a token; keep admin.token_file until the restart",
+                self.listening
+            ));
+        }
         let handle = self.handle.clone();
         Ok(Box::new(move || handle.store(token.map(Arc::new))))
     }

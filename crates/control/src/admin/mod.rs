@@ -50,7 +50,9 @@ impl Token {
 
     fn matches(&self, presented: &[u8]) -> bool {
         let expected = &self.0;
-        let mut diff = (expected.len() ^ presented.len()) as u8;
+        // Any difference of length: a cast of the lengths' XOR to a byte once let the token
+        // with 256 bytes more through.
+        let mut diff = u8::from(expected.len() != presented.len());
         for (i, &b) in expected.iter().enumerate() {
             diff |= b ^ presented.get(i).copied().unwrap_or(0);
         }
@@ -187,13 +189,10 @@ pub async fn serve_metrics(
 
 /// Why a state-changing request is refused: a browser on this machine (or on a network that
 /// reaches the admin listener) must not be able to drive the admin API from a web page. Forms
-/// and simple requests carry a non-JSON Content-Type; a page's fetch carries its Origin; a
-/// DNS-rebound name carries a Host that is not this listener's address.
-fn cross_site(
-    req: &Request<Incoming>,
-    own: Option<std::net::SocketAddr>,
-    has_token: bool,
-) -> Option<&'static str> {
+/// and simple requests carry a non-JSON Content-Type; a page's fetch carries its Origin. (A
+/// DNS-rebound name, whose Host is not this listener's address, is refused for every request:
+/// see `handle`.)
+fn cross_site(req: &Request<Incoming>) -> Option<&'static str> {
     let h = req.headers();
     if let Some(ct) = h.get(header::CONTENT_TYPE) {
         let json = ct
@@ -207,10 +206,7 @@ fn cross_site(
             );
         }
     }
-    let host = h
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let host = host_of(req);
     if let Some(origin) = h.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let authority = origin.split_once("://").map_or("", |(_, a)| a);
@@ -218,12 +214,14 @@ fn cross_site(
             return Some("cross-origin requests are not accepted");
         }
     }
-    // Without a token the API is on loopback: only loopback names may address it (a DNS name
-    // rebound to 127.0.0.1 by a web page is refused).
-    if !has_token && !loopback_host(host, own) {
-        return Some("Host is not this admin listener's address");
-    }
     None
+}
+
+fn host_of(req: &Request<Incoming>) -> &str {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 /// `localhost`, a loopback address, or the listener's own address, with or without a port.
@@ -268,9 +266,19 @@ async fn handle(
             return r;
         }
     }
+    // Without a token the API is on loopback: a page whose DNS name is rebound to 127.0.0.1
+    // must not read it either (/config, /backends, /metrics), so the Host is checked for
+    // reads too; the health endpoints stay open to probes by any name.
+    if token.is_none() && !open && !loopback_host(host_of(&req), own) {
+        warn!(path = %path, "admin request refused: Host is not this listener's address");
+        return error(
+            StatusCode::FORBIDDEN,
+            "Host is not this admin listener's address (use 127.0.0.1 or localhost)",
+        );
+    }
     if req.method() != Method::GET
         && req.method() != Method::HEAD
-        && let Some(why) = cross_site(&req, own, token.is_some())
+        && let Some(why) = cross_site(&req)
     {
         warn!(path = %path, reason = why, "admin request refused");
         let status = if why.starts_with("state-changing") {
@@ -392,6 +400,12 @@ mod tests {
         assert!(!t.matches(b"s3cre"));
         assert!(!t.matches(b"s3cret!"));
         assert!(!t.matches(b""));
+        // Longer by a multiple of 256 (the lengths' XOR cast to a byte once let it through).
+        for extra in [256, 512, 65_536] {
+            let mut longer = b"s3cret".to_vec();
+            longer.resize(6 + extra, 0);
+            assert!(!t.matches(&longer), "{extra} bytes more");
+        }
         assert_eq!(format!("{t:?}"), "Token(<redacted>)");
         assert!(Token::new("  ").is_none());
     }
