@@ -200,3 +200,38 @@ async fn proxied_responses_and_head_requests() {
     assert_eq!(a.header("content-encoding"), Some("gzip"));
     assert!(a.body.is_empty());
 }
+
+/// The labels compression adds are this proxy's: a backend that names Vary or Content-Encoding
+/// in Connection (hop-by-hop on its own hop) cannot strip them from a compressed answer, so the
+/// cache never serves gzip bytes to a client that did not ask for them, and no client gets them
+/// unlabelled. A compressed answer offers no byte ranges, whatever the backend said: ranges
+/// are served from the identity (as nginx's gzip does), and a client resuming a compressed
+/// download with one would mix the two.
+#[tokio::test]
+async fn compressed_answers_keep_their_labels_and_offer_no_ranges() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let c = http1();
+    let path = "/c/h?cc=max-age%3D60&size=20000&hdr=Content-Type:text/html\
+&hdr=Connection:vary%2C+content-encoding&hdr=Accept-Ranges:bytes";
+    let gzip = [("host", "cdn.test"), ("accept-encoding", "gzip")];
+    for round in ["miss", "hit"] {
+        let a = get(&c, &url(&d, path), &gzip).await.unwrap();
+        assert_eq!(a.header("content-encoding"), Some("gzip"), "{round}");
+        let vary = a.header("vary").unwrap_or("").to_ascii_lowercase();
+        assert!(vary.contains("accept-encoding"), "{round}: {:?}", a.headers);
+        assert_eq!(a.header("accept-ranges"), None, "{round}");
+        assert_eq!(decode("gzip", &a.body), plain(SIZE), "{round}");
+    }
+    let a = get(&c, &url(&d, path), &[("host", "cdn.test")])
+        .await
+        .unwrap();
+    assert_eq!(a.header("content-encoding"), None);
+    assert_eq!(
+        a.body,
+        plain(SIZE),
+        "the identity, not the stored gzip copy"
+    );
+    assert_eq!(a.header("accept-ranges"), Some("bytes"));
+    assert_eq!(o.hits(), 2, "one origin request per encoding");
+}

@@ -329,9 +329,10 @@ fn replace_or_insert(headers: &mut HeaderMap, name: &HeaderName, value: HeaderVa
     }
 }
 
-/// The head every answer from a stored object starts from: its stored headers, Via, and for a
-/// 200 Accept-Ranges (ranges are served from it), with placeholders for Age and the cache-status
-/// header that each answer replaces.
+/// The head every answer from a stored object starts from: its stored headers, Via, and for an
+/// identity 200 Accept-Ranges (ranges are served from it; a compressed copy offers none, see
+/// `compress::response`), with placeholders for Age and the cache-status header that each
+/// answer replaces.
 fn prepare_head(
     status: StatusCode,
     stored: &HeaderMap,
@@ -340,7 +341,11 @@ fn prepare_head(
     let mut headers = stored.clone();
     headers.insert(header::AGE, HeaderValue::from_static("0"));
     append_via(&mut headers, Version::HTTP_11);
-    if status == StatusCode::OK && !headers.contains_key(header::ACCEPT_RANGES) {
+    let encoded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if status == StatusCode::OK && !encoded && !headers.contains_key(header::ACCEPT_RANGES) {
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     if let Some(name) = status_header {

@@ -73,6 +73,10 @@ pub(crate) fn response(
     head: bool,
 ) -> Response<UpstreamBody> {
     let (mut parts, body) = resp.into_parts();
+    // The labels added below are this proxy's: a backend that names Vary or Content-Encoding
+    // in Connection (for its own hop) must not have them stripped after they are added, which
+    // would give a cache gzip bytes that vary on nothing, or a client gzip bytes unlabelled.
+    super::headers::strip_hop_by_hop(&mut parts.headers);
     if encoded(&parts.headers) {
         vary_on_encoding(&mut parts.headers);
         return Response::from_parts(parts, body);
@@ -101,6 +105,10 @@ pub(crate) fn response(
         HeaderValue::from_static(e.token()),
     );
     h.remove(header::CONTENT_LENGTH);
+    // Ranges are served from the identity (see `normalize_request`): a client that resumed a
+    // compressed download with one would append identity bytes to gzip ones. nginx's gzip
+    // clears Accept-Ranges too.
+    h.remove(header::ACCEPT_RANGES);
     // Another representation: a strong validator of the identity body would be a lie
     // (RFC 9110 §8.8.1), as nginx's gzip also makes it weak.
     if let Some(tag) = h.get(header::ETAG)
