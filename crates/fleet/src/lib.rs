@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use streamgate_telemetry::Metrics;
 
-pub use message::{Heartbeat, Purge, Target};
+pub use message::{Heartbeat, Purge, Target, check_purge};
 pub use word::Word;
 
 /// What the fleet asks of this PoP.

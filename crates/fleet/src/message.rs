@@ -74,22 +74,29 @@ impl Purge {
                 "id and from_pop are 1-128 printable characters",
             ));
         }
-        if p.service.as_deref().is_some_and(|s| !token(s)) {
-            return Err(MessageError::Invalid(
-                "service is 1-128 printable characters",
-            ));
-        }
-        let text = match &p.target {
-            Target::Url(t) | Target::Prefix(t) | Target::Tag(t) => Some(t),
-            Target::All => None,
-        };
-        if text.is_some_and(|t| t.is_empty() || t.len() > 8192 || t.chars().any(char::is_control)) {
-            return Err(MessageError::Invalid(
-                "a purge target is 1-8192 characters without controls",
-            ));
-        }
+        check_purge(p.service.as_deref(), &p.target)?;
         Ok(p)
     }
+}
+
+/// What every PoP takes in a purge's service and target. Checked before one is published too:
+/// a purge the other PoPs would drop must not be answered as sent to them.
+pub fn check_purge(service: Option<&str>, target: &Target) -> Result<(), MessageError> {
+    if service.is_some_and(|s| !token(s)) {
+        return Err(MessageError::Invalid(
+            "service is 1-128 printable characters",
+        ));
+    }
+    let text = match target {
+        Target::Url(t) | Target::Prefix(t) | Target::Tag(t) => Some(t),
+        Target::All => None,
+    };
+    if text.is_some_and(|t| t.is_empty() || t.len() > 8192 || t.chars().any(char::is_control)) {
+        return Err(MessageError::Invalid(
+            "a purge target is 1-8192 characters without controls",
+        ));
+    }
+    Ok(())
 }
 
 impl Heartbeat {

@@ -90,6 +90,11 @@ pub fn purge(body: &[u8]) -> Result<PurgeRequest, Refused> {
         PurgeWhat::Tag(t) => Target::Tag(t.clone()),
         PurgeWhat::All => Target::All,
     });
+    // Checked as every PoP will check it, before anything is purged here.
+    if let Some(target) = &fleet {
+        streamgate_fleet::check_purge(text("service"), target)
+            .map_err(|e| bad(format!("for the fleet: {e}")))?;
+    }
     Ok(PurgeRequest {
         what,
         service: text("service").map(str::to_string),
@@ -212,6 +217,26 @@ mod tests {
         for (body, want) in cases {
             let got = purge(body.as_bytes()).map(|p| p.what).map_err(|r| r.status);
             assert_eq!(got, want, "{body}");
+        }
+        // For the fleet: what every PoP would take, or nothing (a purge the others drop must
+        // not be purged here and reported as published).
+        let long_url = format!(r#"{{"url": "http://a.test/{}""#, "x".repeat(9000));
+        let long_service = format!(r#"{{"all": true, "service": "{}""#, "s".repeat(200));
+        for (body, taken) in [
+            (r#"{"tag": "t1""#.to_string(), true),
+            (r#"{"tag": "a\u0001b""#.to_string(), false),
+            (r#"{"all": true, "service": "two words""#.to_string(), false),
+            (long_url, false),
+            (long_service, false),
+        ] {
+            let local = format!("{body}}}");
+            assert!(purge(local.as_bytes()).is_ok(), "{local}");
+            let fleet = format!(r#"{body}, "scope": "fleet"}}"#);
+            let got = purge(fleet.as_bytes()).map_err(|r| r.status);
+            assert_eq!(got.is_ok(), taken, "{fleet}");
+            if !taken {
+                assert_eq!(got.err(), Some(StatusCode::BAD_REQUEST));
+            }
         }
         assert_eq!(
             backend_address(br#"{"address": "[::1]:80"}"#),
