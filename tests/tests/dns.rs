@@ -450,3 +450,47 @@ async fn a_drained_address_that_leaves_the_answer_and_comes_back_is_still_draine
     }
     assert_eq!(drained_rows(&d).await, [(a_addr, false), (b_addr, false)]);
 }
+
+/// A reload that waits on DNS for a name new to its file longer than `request_header` still runs
+/// to its end and answers: the admin API bounds how long a request takes to arrive, not how long
+/// a reload takes (once it was answered 408 with nothing said, and a reload given up on there
+/// had already swapped its geo database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_waits_on_dns_answers_when_it_is_done() {
+    let dns = DnsServer::start().await;
+    dns.set(NAME, &[ip("127.0.0.1")], 60);
+    dns.answer("silent.test", DnsAnswer::Silent);
+    let a = Origin::start("a").await;
+    let with = |names: &[String]| {
+        let mut region = Region::new("r");
+        for n in names {
+            region = region.address(n);
+        }
+        Config::new()
+            .timeouts(Timeouts::new().request_header("500ms"))
+            .listener(Listener::http("web"))
+            .region(region)
+            .service(Service::new("app").listeners(&["web"]).regions(&["r"]))
+            .raw(&format!(
+                "[dns]\nservers = [\"{}\"]\ntimeout = \"2s\"\nallow_local = true\n",
+                dns.addr
+            ))
+            .to_toml()
+    };
+    let port = a.addr.port();
+    let d = TestDaemon::start(&with(&[format!("{NAME}:{port}")])).await;
+    d.rewrite_config(&with(&[
+        format!("{NAME}:{port}"),
+        format!("silent.test:{port}"),
+    ]));
+    let started = Instant::now();
+    let (status, body) = d.admin(Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "it did wait on DNS"
+    );
+    assert_eq!(body["version"], 2, "{body}");
+    let answer = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+}

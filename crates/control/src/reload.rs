@@ -100,6 +100,12 @@ impl Control {
                 }
             }
         }
+        // A name new to this file is resolved before its table is published, so its regions
+        // do not go without backends until the re-resolution task gets to it. This is the last
+        // await: nothing is swapped before it, so a reload given up on here (its caller gone)
+        // leaves the running configuration and database whole.
+        let resolved =
+            crate::dns::resolve_missing(&self.dns, &config, &current.resolved, &self.metrics).await;
         if let Some(db) = new_geo {
             if let Some(db) = &db {
                 info!(database = %db.path().display(), records = db.records_checked, "geo database loaded");
@@ -111,10 +117,6 @@ impl Control {
         for item in &changes.needs_restart {
             warn!(setting = %item, "changed in the config file; takes effect at the next restart");
         }
-        // A name new to this file is resolved before its table is published, so its regions
-        // do not go without backends until the re-resolution task gets to it.
-        let resolved =
-            crate::dns::resolve_missing(&self.dns, &config, &current.resolved, &self.metrics).await;
         let table = Arc::new(RoutingTable::build_resolved(
             Arc::new(config),
             Arc::new(resolved),

@@ -145,15 +145,7 @@ pub async fn serve(
             async move {
                 // The token of the last reload (a rotated file takes effect without a restart).
                 let token = token.load_full();
-                let r = match tokio::time::timeout(
-                    limits.request_header,
-                    handle(&control, token.as_deref(), own, req),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => error(StatusCode::REQUEST_TIMEOUT, "request not complete in time"),
-                };
+                let r = handle(&control, token.as_deref(), own, limits.request_header, req).await;
                 Ok::<_, Infallible>(r)
             }
         })
@@ -237,10 +229,14 @@ fn loopback_host(host: &str, own: Option<std::net::SocketAddr>) -> bool {
             .is_ok_and(|ip| ip.is_loopback() || own.is_some_and(|o| o.ip() == ip))
 }
 
+/// `body_within`: the request body must arrive within this (`request_header`), as its head
+/// did. What the request then does is not cut short by it: a reload that waits on DNS for a
+/// new backend name, or a long prefetch, runs to its end and answers.
 async fn handle(
     control: &Control,
     token: Option<&Token>,
     own: Option<std::net::SocketAddr>,
+    body_within: Duration,
     req: Request<Incoming>,
 ) -> AdminResponse {
     let path = req.uri().path().to_string();
@@ -290,9 +286,16 @@ async fn handle(
     }
     let method = req.method().clone();
     let query = req.uri().query().unwrap_or("").to_string();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    let read = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = match tokio::time::timeout(body_within, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not complete in time",
+            );
+        }
     };
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
