@@ -113,6 +113,9 @@ pub struct CacheRegistry {
     caches: ArcSwap<Vec<(String, Arc<ServiceCache>)>>,
     write: Mutex<()>,
     metrics: Arc<Metrics>,
+    /// An operator's purge went since the last recovery point: the next one is written soon
+    /// (see `recovery`), so a crash does not bring purged objects back.
+    purged: std::sync::atomic::AtomicBool,
 }
 
 impl CacheRegistry {
@@ -121,7 +124,27 @@ impl CacheRegistry {
             caches: ArcSwap::default(),
             write: Mutex::new(()),
             metrics,
+            purged: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// An operator's purge removed objects ([`CacheRegistry::purge`], or a PURGE request): the
+    /// next recovery point is written soon rather than at the next interval.
+    pub fn note_purge(&self) {
+        self.purged
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a purge went since the last recovery point began.
+    pub fn purge_pending(&self) -> bool {
+        self.purged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Clears [`CacheRegistry::purge_pending`] as a recovery point begins (one that fails sets it
+    /// again).
+    pub(crate) fn take_purge(&self) -> bool {
+        self.purged
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The cache of `service`, created on first use (a lock-free lookup afterwards).
@@ -196,6 +219,9 @@ impl CacheRegistry {
                 Purge::Tag(t) => c.purge_tag(t),
                 Purge::All => c.purge_all(),
             };
+        }
+        if n > 0 {
+            self.note_purge();
         }
         self.refresh_gauges();
         n

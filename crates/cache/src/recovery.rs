@@ -50,6 +50,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(RecoveryError::from)
 }
 
+/// How soon after an operator's purge a point is written, after the last one: a purged object
+/// (a takedown, a leaked file) must not come back with a crash and a restore, which at the
+/// interval's pace (5 min by default) it could for minutes. A point looks at every object, so
+/// they are spaced at least ten times the last one's writing time apart: a stream of purges costs
+/// the writer's thread at most a tenth of its time.
+fn purge_gap(last_write: Duration) -> Duration {
+    (last_write * 10).max(Duration::from_secs(5))
+}
+
 /// What the writer knows between points.
 #[derive(Debug, Default)]
 struct Writer {
@@ -282,6 +291,8 @@ impl Snapshotter {
         let settings = self.require()?;
         let mut writer = self.writer.lock().await;
         let caches = self.caches.clone();
+        // Purges from here on are after this point's look at the cache.
+        let purged = caches.take_purge();
         let started = Instant::now();
         let chain = writer.chain.take();
         let chain = chain.filter(|_| !self.chain_damaged.swap(false, Relaxed));
@@ -293,6 +304,9 @@ impl Snapshotter {
             Err(e) => {
                 // `seen` went with the failed write: the next point starts a chain afresh.
                 drop(writer);
+                if purged {
+                    self.caches.note_purge();
+                }
                 return Err(e);
             }
         };
@@ -367,12 +381,13 @@ impl Snapshotter {
     }
 
     /// Writes a point every interval (the first one interval after start) while the
-    /// snapshotter lives, and keeps the age gauge current.
+    /// snapshotter lives, and soon after an operator's purge; keeps the age gauge current.
     pub fn spawn(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last = Instant::now();
+            let mut took = Duration::ZERO;
             let mut failing = false;
             loop {
                 tick.tick().await;
@@ -381,11 +396,16 @@ impl Snapshotter {
                 let Some(settings) = s.settings() else {
                     continue;
                 };
-                if last.elapsed() < settings.interval {
+                let since = last.elapsed();
+                if since < settings.interval
+                    && !(s.caches.purge_pending() && since >= purge_gap(took))
+                {
                     continue;
                 }
                 last = Instant::now();
-                match s.take().await {
+                let written = s.take().await;
+                took = last.elapsed();
+                match written {
                     Ok(_) => failing = false,
                     // Once per run of failures: a full disk should not flood the log.
                     Err(e) if !failing => {
@@ -473,6 +493,20 @@ mod tests {
     use crate::store::tests_support::spec;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
+
+    #[test]
+    fn a_purge_is_on_disk_soon_at_a_tenth_of_the_writers_time() {
+        let ms = Duration::from_millis;
+        // (the last point's writing time, the least time from it to a purge's point)
+        for (took, gap) in [
+            (ms(0), ms(5000)),
+            (ms(120), ms(5000)),
+            (ms(500), ms(5000)),
+            (ms(2000), ms(20_000)),
+        ] {
+            assert_eq!(purge_gap(took), gap, "{took:?}");
+        }
+    }
     use std::num::NonZeroUsize;
     use std::path::Path;
 

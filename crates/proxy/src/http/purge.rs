@@ -53,6 +53,9 @@ impl HttpProxy {
                         .iter()
                         .map(|k| cache.purge_url(k))
                         .sum();
+                    if purged > 0 {
+                        self.caches.note_purge();
+                    }
                     if fleet {
                         self.publish_purge(&out.service.name, target, purged).await
                     } else {
