@@ -67,7 +67,8 @@ fn needs_work(p: &[u8]) -> bool {
 
 fn decode_unreserved(p: &str) -> String {
     let b = p.as_bytes();
-    let mut out = String::with_capacity(b.len());
+    // Bytes: a path may hold raw UTF-8 (httparse and `http::Uri` take it), copied as it came.
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%'
@@ -76,20 +77,22 @@ fn decode_unreserved(p: &str) -> String {
         {
             let c = h * 16 + l;
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                out.push(c as char);
+                out.push(c);
             } else {
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                out.push(b'%');
+                out.push(b"0123456789ABCDEF"[usize::from(h)]);
+                out.push(b"0123456789ABCDEF"[usize::from(l)]);
             }
             i += 3;
             continue;
         }
-        // Paths reaching here are valid request targets: ASCII only.
-        out.push(b[i] as char);
+        // Each byte as it came: a raw UTF-8 sequence stays whole (its bytes are never `%`).
+        // Pushed as a `char`, each of its bytes became a character of its own (`é` as `Ã©`).
+        out.push(b[i]);
         i += 1;
     }
-    out
+    // Valid: the input's bytes in order, and ASCII in place of each `%XX`.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn hex(c: u8) -> Option<u8> {
@@ -108,6 +111,9 @@ mod tests {
             ("/a.b/c..d/.e", None),
             ("/pub/../admin", Some("/admin")),
             ("/pub/%2e%2e/admin", Some("/admin")),
+            // Raw UTF-8 stays as it came when something else is normalised.
+            ("/caf\u{e9}/%41", Some("/caf\u{e9}/A")),
+            ("/caf\u{e9}/x/../%7e", Some("/caf\u{e9}/~")),
             ("/pub/%2E%2E/%2e/admin", Some("/admin")),
             ("/%70ub/x", Some("/pub/x")),
             ("/a//b///c", Some("/a/b/c")),
