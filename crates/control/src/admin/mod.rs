@@ -9,6 +9,7 @@ mod prefetch;
 pub mod requests;
 mod snapshots;
 mod words;
+mod write_deadline;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -115,6 +116,8 @@ async fn accept_loop<S>(
         let svc = svc();
         tokio::spawn(async move {
             let _slot = slot;
+            // An answer the client does not read within request_header ends the connection.
+            let stream = write_deadline::WriteDeadline::new(stream, limits.request_header);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Some(limits.request_header))

@@ -1,0 +1,51 @@
+//! The admin API's own limits, seen from a client's socket.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use http::StatusCode;
+use streamgate_tests::*;
+use tokio::io::AsyncWriteExt;
+
+/// Clients that send requests and never read the answers cannot keep the admin API's
+/// connection slots: an answer not read within `request_header` ends its connection, and an
+/// operator is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_cannot_hold_the_admin_slots() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .timeouts(Timeouts::new().request_header("1s"))
+        .admin(Admin::new().listen("127.0.0.1:0").max_connections(2))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let admin = d.daemon.admin_addr();
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(admin).await.unwrap();
+        hogs.push(tokio::spawn(async move {
+            // /metrics answers are kilobytes each: a few fill what the socket holds.
+            let asks = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(2000);
+            let _ = s.write_all(&asks).await;
+            // Open, and never read.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(s);
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&http1(), &d.admin_url("/live"), &[]),
+    )
+    .await
+    .expect("an operator is served once the clients that read nothing are cut off")
+    .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    for h in hogs {
+        h.abort();
+    }
+}
