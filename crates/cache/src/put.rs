@@ -150,13 +150,18 @@ pub fn revalidated(
 }
 
 /// Whether a 304 can refresh `stale`: validators were sent, and a strong ETag in the 304, if
-/// any, is the stored one.
+/// any, is the stored one, or the one it was made weak from. A copy compressed at the edge keeps
+/// `W/"v1"` for the origin's `"v1"` (another representation of it), and origins that compare
+/// weakly (nginx, Express) confirm it with a 304 carrying `"v1"`: a byte-for-byte comparison
+/// refused every such 304 and fetched the whole body again.
 pub fn validates(stale: &Variant, not_modified: &HeaderMap) -> bool {
     if !stale.has_validators() {
         return false;
     }
     match (not_modified.get(header::ETAG), &stale.etag) {
-        (Some(new), Some(old)) if !new.as_bytes().starts_with(b"W/") => new == old,
+        (Some(new), Some(old)) if !new.as_bytes().starts_with(b"W/") => {
+            new == old || old.as_bytes().strip_prefix(b"W/") == Some(new.as_bytes())
+        }
         _ => true,
     }
 }
@@ -425,11 +430,25 @@ mod tests {
             ],
         );
         let bare = stored(&c, &[("cache-control", "max-age=60")]);
+        // As compressed here: the origin's "v1" made weak.
+        let weakened = stored(&c, &[("cache-control", "max-age=60"), ("etag", "W/\"v1\"")]);
         type Case<'a> = (&'a str, &'a Variant, Fields<'a>, bool);
         let cases: &[Case<'_>] = &[
             ("same strong ETag", &tagged, &[("etag", "\"v1\"")], true),
             ("another strong ETag", &tagged, &[("etag", "\"v2\"")], false),
             ("a weak ETag", &tagged, &[("etag", "W/\"v2\"")], true),
+            (
+                "the strong ETag a weak copy came from",
+                &weakened,
+                &[("etag", "\"v1\"")],
+                true,
+            ),
+            (
+                "another strong ETag, weak copy",
+                &weakened,
+                &[("etag", "\"v2\"")],
+                false,
+            ),
             ("no ETag in the 304", &tagged, &[], true),
             ("Last-Modified only", &dated, &[], true),
             ("nothing was sent to validate", &bare, &[], false),
