@@ -153,6 +153,29 @@ async fn a_refused_tcp_backend_is_skipped_for_the_next() {
     }
 }
 
+/// A TCP service's own `[services.timeouts]` hold for its connections, as for HTTP services:
+/// an idle connection is closed after the service's `tunnel_idle`, not the file's (an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_services_own_idle_timeout_closes_its_connections() {
+    let echo = echo_server().await;
+    let d = tcp_config(
+        Region::new("r").address(echo),
+        Listener::tcp("l4"),
+        echo_service().timeouts(Timeouts::new().tunnel_idle("1s")),
+    )
+    .timeouts(Timeouts::new().tunnel_idle("1h"))
+    .start()
+    .await;
+    let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
+    s.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open 5 s after 1 s of silence");
+}
+
 /// A backend that reads a PROXY header (any version) and answers with the source it names.
 async fn proxy_reporter() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -101,6 +101,7 @@ pub async fn serve_tcp(
 impl TcpProxy {
     async fn handle(&self, mut stream: TcpStream, peer: SocketAddr) {
         let table = self.table.load_full();
+        // Before a service is known (the ClientHello's read): the file's timeouts.
         let timeouts = table.config.timeouts;
         let proxied = self.proxy_protocol.then_some(&*table);
         let Some((client, rest)) =
@@ -168,7 +169,7 @@ impl TcpProxy {
             facts.geo = db.lookup(client.ip());
         }
         let (mut backend, lease) = match self
-            .connect(service, &facts, timeouts.connect, &mut log)
+            .connect(service, &facts, service.spec.timeouts.connect, &mut log)
             .await
         {
             Ok(c) => c,
@@ -196,7 +197,7 @@ impl TcpProxy {
             stream,
             prefix,
             backend,
-            timeouts.tunnel_idle,
+            service.spec.timeouts.tunnel_idle,
             &self.tunnels,
             &log.moved,
         );
@@ -208,7 +209,7 @@ impl TcpProxy {
                 debug!(service = %service.name, error = %e, "connection ended with an error");
             }
             Ended::Idle => {
-                debug!(service = %service.name, idle = ?timeouts.tunnel_idle, "idle connection closed");
+                debug!(service = %service.name, idle = ?service.spec.timeouts.tunnel_idle, "idle connection closed");
             }
         }
         drop(lease);
