@@ -41,6 +41,8 @@ pub struct BackendState {
     /// `now_nanos()` until which passive health keeps this backend out; 0 = not ejected.
     ejected_until: AtomicU64,
     ejections: AtomicU32,
+    /// When the latest ejection's cool-down ended (or ends), for [`ejection_level`]; 0: never.
+    ejection_ended: AtomicU64,
     /// Counts toward rise/fall; owned by the single prober task of this backend.
     probe_streak: AtomicU32,
     pub requests: AtomicU64,
@@ -60,6 +62,7 @@ impl Default for BackendState {
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
+            ejection_ended: AtomicU64::new(0),
             probe_streak: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -225,7 +228,8 @@ impl BackendState {
     ) -> Option<Duration> {
         if outcome == Outcome::Success {
             self.consecutive_failures.store(0, Relaxed);
-            // A success after an ejection expired ends the ejection history gradually.
+            // A success after an ejection expired ends that ejection; the history of ejections
+            // fades with time back (`ejection_level`).
             if self.ejected_until.load(Relaxed) != 0 && self.not_ejected() {
                 self.ejected_until.store(0, Relaxed);
             }
@@ -247,19 +251,29 @@ impl BackendState {
             return None;
         }
         self.consecutive_failures.store(0, Relaxed);
-        let times = self.ejections.fetch_add(1, Relaxed).min(16);
+        let now = now_nanos();
+        let times = ejection_level(
+            self.ejections.load(Relaxed),
+            self.ejection_ended.load(Relaxed),
+            now,
+            policy.base_ejection,
+        )
+        .min(16);
+        self.ejections.store(times + 1, Relaxed);
         let cool_down = policy
             .base_ejection
             .saturating_mul(1u32 << times.min(10))
             .min(policy.max_ejection);
-        self.ejected_until
-            .store(now_nanos() + cool_down.as_nanos() as u64, Relaxed);
+        let until = now.saturating_add(u64::try_from(cool_down.as_nanos()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until, Relaxed);
+        self.ejection_ended.store(until, Relaxed);
         Some(cool_down)
     }
 
     /// Forgets passive-health history (after an active probe saw the backend recover).
     pub fn clear_ejection(&self) {
         self.ejected_until.store(0, Relaxed);
+        self.ejection_ended.store(0, Relaxed);
         self.ejections.store(0, Relaxed);
         self.consecutive_failures.store(0, Relaxed);
     }
@@ -268,6 +282,20 @@ impl BackendState {
     pub fn probe_streak(&self) -> &AtomicU32 {
         &self.probe_streak
     }
+}
+
+/// How many ejections the next cool-down doubles for: the `prior` count, less one for each
+/// `base` the backend has been back since its last cool-down `ended` (`now_nanos()` times).
+/// Without it the count only ever grew, for backends without active health checks (whose
+/// recovery clears it): after the fifth ejection in the process's life, every blip took a
+/// backend out for the whole `max_ejection`. Envoy fades its ejection multiplier the same way,
+/// one step per interval without an ejection.
+pub fn ejection_level(prior: u32, ended: u64, now: u64, base: Duration) -> u32 {
+    if ended == 0 || now <= ended {
+        return prior;
+    }
+    let steps = (now - ended) / u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1);
+    prior.saturating_sub(u32::try_from(steps).unwrap_or(u32::MAX))
 }
 
 /// How a request to a backend went, for passive health.
@@ -409,6 +437,63 @@ mod tests {
         assert_eq!(
             s.record_outcome(Outcome::Failure, &policy),
             Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn ejections_fade_with_time_back() {
+        let s = Duration::from_secs;
+        let at = |secs: u64| secs * 1_000_000_000;
+        // (prior ejections, the last cool-down ended at, now, base) -> the level counted from
+        for (prior, ended, now, base, level) in [
+            (3, 0, at(100), s(10), 3),                // never ejected: nothing to fade
+            (3, at(100), at(50), s(10), 3),           // still cooling down
+            (3, at(100), at(109), s(10), 3),          // back for less than one base
+            (3, at(100), at(110), s(10), 2),          // one base back: one step
+            (6, at(100), at(135), s(10), 3),          // three and a half: three steps
+            (6, at(100), at(100_000), s(10), 0),      // long healthy: from the start
+            (2, at(100), at(200), Duration::ZERO, 0), // no base: no history
+        ] {
+            assert_eq!(
+                ejection_level(prior, ended, now, base),
+                level,
+                "{prior} {ended} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_backend_long_healthy_is_ejected_for_the_first_cool_down_again() {
+        let policy = streamgate_config::Outlier {
+            consecutive_failures: std::num::NonZeroU32::new(1),
+            consecutive_connect_failures: std::num::NonZeroU32::new(1),
+            base_ejection: Duration::from_millis(1),
+            max_ejection: Duration::from_millis(30),
+        };
+        let s = BackendState::default();
+        for _ in 0..6 {
+            // Each cool-down expired by hand at once: no time back in between.
+            s.ejected_until.store(1, Relaxed);
+            s.ejection_ended.store(now_nanos(), Relaxed);
+            s.record_outcome(Outcome::Failure, &policy);
+        }
+        assert_eq!(s.ejections.load(Relaxed), 6);
+        s.ejected_until.store(1, Relaxed);
+        s.ejection_ended.store(now_nanos(), Relaxed);
+        assert_eq!(
+            s.record_outcome(Outcome::Failure, &policy),
+            Some(Duration::from_millis(30)),
+            "straight after: max_ejection"
+        );
+        // Healthy for twenty bases since the last cool-down ended.
+        s.ejected_until.store(1, Relaxed);
+        s.ejection_ended.store(now_nanos(), Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(s.record_outcome(Outcome::Success, &policy).is_none());
+        assert_eq!(
+            s.record_outcome(Outcome::Failure, &policy),
+            Some(Duration::from_millis(1)),
+            "the first cool-down, not max_ejection"
         );
     }
 
