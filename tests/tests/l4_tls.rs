@@ -176,6 +176,36 @@ async fn a_tcp_services_own_idle_timeout_closes_its_connections() {
     assert!(closed.is_ok(), "still open 5 s after 1 s of silence");
 }
 
+/// A TCP service whose backend address is its own listener (a name that resolves to this host,
+/// a copied config) does not connect to itself without end: the connection that comes back
+/// from the daemon is refused, and the chain stops at once instead of growing until file
+/// descriptors run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_backend_that_is_its_own_listener_is_refused_not_looped() {
+    let own = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = tcp_config(
+        Region::new("r").address(own),
+        Listener::tcp("l4").listen(&own.to_string()),
+        echo_service(),
+    )
+    .start()
+    .await;
+    let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
+    let _ = s.write_all(b"ping").await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the looping connection is closed");
+    let metrics = d.metrics().await;
+    let loops = metric(&metrics, "streamgate_connections_total{listener=\"l4\"}");
+    assert!(
+        loops.is_some_and(|n| n <= 4.0),
+        "connections through the listener: {loops:?}"
+    );
+}
+
 /// A backend that reads a PROXY header (any version) and answers with the source it names.
 async fn proxy_reporter() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -10,6 +10,7 @@ mod h2_heads;
 pub mod http;
 pub mod io;
 pub mod limits;
+mod own_connections;
 pub mod proxy_protocol;
 pub mod sni;
 mod spare_maps;

@@ -168,6 +168,11 @@ impl TcpProxy {
         {
             facts.geo = db.lookup(client.ip());
         }
+        if crate::own_connections::is_own(peer) {
+            warn!(listener = %self.listener, service = %service.name, "a connection from this daemon itself: a backend address of this service is one of its own listeners (a loop); closed");
+            log.status = 508;
+            return;
+        }
         let (mut backend, lease) = match self
             .connect(service, &facts, service.spec.timeouts.connect, &mut log)
             .await
@@ -178,6 +183,7 @@ impl TcpProxy {
                 return;
             }
         };
+        let _own = crate::own_connections::Outgoing::register(backend.local_addr());
         let local = stream.local_addr().unwrap_or(peer);
         let header = match service.spec.upstream.send_proxy {
             SendProxy::Off => None,
