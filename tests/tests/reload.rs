@@ -212,3 +212,50 @@ async fn concurrent_operator_changes_leave_one_whole_state_file() {
         .collect();
     assert_eq!(names, ["operator-state.json"], "no temporary file left");
 }
+
+/// A backend removed by a reload (or dropped from a DNS name's answer, which rebuilds the table
+/// the same way) takes its `health_checks_total` series with it: a name whose answers keep
+/// changing would otherwise grow the metrics without bound.
+#[tokio::test]
+async fn a_removed_backend_takes_its_health_series_with_it() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let with = |origins: &[&Origin]| {
+        Config::new()
+            .listener(Listener::http("web"))
+            .region(Region::new("r").origins(origins))
+            .service(
+                Service::new("s")
+                    .listeners(&["web"])
+                    .regions(&["r"])
+                    .health(
+                        Health::new()
+                            .kind("http")
+                            .path("/healthz")
+                            .interval("100ms")
+                            .timeout("100ms"),
+                    ),
+            )
+            .to_toml()
+    };
+    let d = TestDaemon::start(&with(&[&a, &b])).await;
+    let probed = |metrics: &str, o: &Origin| {
+        let label = format!("backend=\"{}\"", o.addr);
+        metrics
+            .lines()
+            .any(|l| l.contains("health_checks_total{") && l.contains(&label))
+    };
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = d.metrics().await;
+        if probed(&metrics, &a) && probed(&metrics, &b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(probed(&metrics, &b), "{metrics}");
+    let (status, body) = reload(&d, &with(&[&a]), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metrics = d.metrics().await;
+    assert!(!probed(&metrics, &b), "the removed backend's series stay");
+    assert!(probed(&metrics, &a));
+}

@@ -81,6 +81,7 @@ impl HealthSupervisor {
                 }
             }
         }
+        let mut gone = Vec::new();
         self.probers.retain(|k, p| {
             let keep = wanted.get(k).is_some_and(|(spec, upstream, state)| {
                 *spec == p.spec && *upstream == p.upstream && Arc::ptr_eq(state, &p.state)
@@ -88,9 +89,23 @@ impl HealthSupervisor {
             if !keep && !wanted.contains_key(k) {
                 // A check that was removed leaves its backend up rather than stuck down.
                 p.state.set_up(true);
+                gone.push(k.address);
             }
             keep
         });
+        // The series of an address no longer probed go with it: a DNS name whose answers keep
+        // changing would otherwise add two series per new address for ever.
+        for address in gone {
+            if !wanted.keys().any(|k| k.address == address) {
+                let label = address.to_string();
+                for result in ["success", "failure"] {
+                    let _ = self
+                        .metrics
+                        .health_checks
+                        .remove_label_values(&[&label, result]);
+                }
+            }
+        }
         for (key, (spec, upstream, state)) in wanted {
             if self.probers.contains_key(&key) {
                 continue;
