@@ -95,8 +95,12 @@ impl HealthSupervisor {
         });
         // The series of an address no longer probed go with it: a DNS name whose answers keep
         // changing would otherwise add two series per new address for ever.
+        let probed: std::collections::HashSet<SocketAddr> = match gone.is_empty() {
+            true => Default::default(),
+            false => wanted.keys().map(|k| k.address).collect(),
+        };
         for address in gone {
-            if !wanted.keys().any(|k| k.address == address) {
+            if !probed.contains(&address) {
                 let label = address.to_string();
                 for result in ["success", "failure"] {
                     let _ = self

@@ -341,11 +341,10 @@ fn prepare_head(
     let mut headers = stored.clone();
     headers.insert(header::AGE, HeaderValue::from_static("0"));
     append_via(&mut headers, Version::HTTP_11);
-    let encoded = headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if status == StatusCode::OK && !encoded && !headers.contains_key(header::ACCEPT_RANGES) {
+    if status == StatusCode::OK
+        && !super::compress::encoded(&headers)
+        && !headers.contains_key(header::ACCEPT_RANGES)
+    {
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     if let Some(name) = status_header {

@@ -48,7 +48,8 @@ fn compressible(status: StatusCode, h: &HeaderMap, c: &Compression) -> bool {
             .is_none_or(|n| n >= c.min_size)
 }
 
-fn encoded(h: &HeaderMap) -> bool {
+/// Whether the fields name a content coding other than the identity.
+pub(crate) fn encoded(h: &HeaderMap) -> bool {
     h.get_all(header::CONTENT_ENCODING)
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))

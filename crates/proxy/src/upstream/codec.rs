@@ -302,10 +302,19 @@ pub fn response_framing(
         }
         return Ok(ResponseFraming::Chunked);
     }
+    Ok(match listed_length(&head.headers)? {
+        Some(n) => ResponseFraming::Length(n),
+        None => ResponseFraming::UntilClose,
+    })
+}
+
+/// The length of every Content-Length line and list element, which must all be the same
+/// digits; `None` without the field.
+fn listed_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
     let mut length: Option<u64> = None;
-    for v in head.headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().unwrap_or("x").split(',') {
-            let n = parse_length(part.trim().as_bytes())
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii())
                 .ok_or_else(|| HeadError::Malformed("content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Malformed("conflicting content-length".into()));
@@ -313,10 +322,7 @@ pub fn response_framing(
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(n) => ResponseFraming::Length(n),
-        None => ResponseFraming::UntilClose,
-    })
+    Ok(length)
 }
 
 /// A length the backend sent as a list of equal values (`5, 5`, or on two lines; RFC 9110
@@ -331,19 +337,14 @@ pub fn settle_length(headers: &mut HeaderMap) {
     if lines.next().is_none() && first.as_bytes().iter().all(u8::is_ascii_digit) {
         return;
     }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part.trim_ascii());
-            if n.is_none() || length.is_some_and(|l| Some(l) != n) {
-                headers.remove(header::CONTENT_LENGTH);
-                return;
-            }
-            length = n;
+    match listed_length(headers) {
+        Ok(Some(n)) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         }
-    }
-    if let Some(n) = length {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        Ok(None) => {}
+        Err(_) => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
     }
 }
 
