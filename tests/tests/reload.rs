@@ -203,14 +203,22 @@ async fn concurrent_operator_changes_leave_one_whole_state_file() {
         "{} drained in the file",
         drained()
     );
-    // Files only: config/ holds the last known good configs.
-    let names: Vec<String> = std::fs::read_dir(snaps.path())
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["operator-state.json"], "no temporary file left");
+    // Files only: config/ holds the last known good configs. The writer may still be writing
+    // the latest state once more (its temporary file exists until the rename): a temporary
+    // file left behind never goes.
+    let names = || -> Vec<String> {
+        std::fs::read_dir(snaps.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let settled = eventually(Duration::from_secs(5), || {
+        names() == ["operator-state.json"]
+    })
+    .await;
+    assert!(settled, "no temporary file left: {:?}", names());
 }
 
 /// A backend removed by a reload (or dropped from a DNS name's answer, which rebuilds the table
