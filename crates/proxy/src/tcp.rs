@@ -168,7 +168,8 @@ impl TcpProxy {
         {
             facts.geo = db.lookup(client.ip());
         }
-        if crate::own_connections::is_own(peer) {
+        let local = stream.local_addr().unwrap_or(peer);
+        if crate::own_connections::is_own(peer, local) {
             warn!(listener = %self.listener, service = %service.name, "a connection from this daemon itself: a backend address of this service is one of its own listeners (a loop); closed");
             log.status = 508;
             return;
@@ -183,8 +184,8 @@ impl TcpProxy {
                 return;
             }
         };
-        let _own = crate::own_connections::Outgoing::register(backend.local_addr());
-        let local = stream.local_addr().unwrap_or(peer);
+        let _own =
+            crate::own_connections::Outgoing::register(backend.local_addr(), backend.peer_addr());
         let header = match service.spec.upstream.send_proxy {
             SendProxy::Off => None,
             SendProxy::V1 => Some(proxy_protocol::encode_v1(client, local)),
