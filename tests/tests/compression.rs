@@ -4,9 +4,13 @@
 //! other types and bodies the origin encoded itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::time::Duration;
 
-use http::{Method, StatusCode};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use streamgate_tests::config::Raw;
 use streamgate_tests::*;
 
@@ -234,4 +238,142 @@ async fn compressed_answers_keep_their_labels_and_offer_no_ranges() {
     );
     assert_eq!(a.header("accept-ranges"), Some("bytes"));
     assert_eq!(o.hits(), 2, "one origin request per encoding");
+}
+
+/// A `hold=1` answer's head, for `host`, gzip-accepted: the body's first 64 KiB are sent, the
+/// rest waits for [`Origin::release`].
+async fn held(
+    c: &streamgate_tests::client::TestClient,
+    d: &TestDaemon,
+    host: &str,
+    path: &str,
+) -> Response<Incoming> {
+    let req = Request::get(url(d, path))
+        .header("host", host)
+        .header("accept-encoding", "gzip")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    c.request(req).await.unwrap()
+}
+
+/// Reads a gzip body frame by frame into `dec` until it has decoded `want` bytes: a body that
+/// never yields that much in 10 s fails.
+async fn decode_until(body: &mut Incoming, dec: &mut Gunzip, want: usize) {
+    let read = async {
+        while dec.get_ref().len() < want {
+            let frame = body.frame().await.expect("the stream ended early").unwrap();
+            if let Ok(data) = frame.into_data() {
+                dec.write_all(&data).unwrap();
+                dec.flush().unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("what the backend sent so far did not reach the client decodable");
+}
+
+type Gunzip = flate2::write::GzDecoder<Vec<u8>>;
+
+fn gunzip() -> Gunzip {
+    flate2::write::GzDecoder::new(Vec::new())
+}
+
+/// A backend that sends part of a body and pauses (a page's head flushed early, a feed) is
+/// seen by the client up to the pause: the encoder's output is flushed whenever the backend
+/// has nothing more for now, not held until a block fills.
+#[tokio::test]
+async fn a_compressed_stream_reaches_the_client_as_the_backend_sends_it() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let c = http1();
+    let path = "/c/stream?size=200000&hold=1&hdr=Content-Type:text/plain";
+    let mut resp = held(&c, &d, "api.test", path).await;
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let mut dec = gunzip();
+    decode_until(resp.body_mut(), &mut dec, 64 * 1024).await;
+    assert_eq!(dec.get_ref()[..], plain(200_000)[..64 * 1024]);
+    o.release();
+    let rest = resp.into_body().collect().await.unwrap().to_bytes();
+    dec.write_all(&rest).unwrap();
+    assert_eq!(
+        dec.finish().unwrap(),
+        plain(200_000),
+        "whole, trailer included"
+    );
+}
+
+/// Encoders are bounded by `max_memory` across the daemon: a client cannot pin gigabytes by
+/// opening streams it never reads. A response past the bound goes out as it came, is counted,
+/// and is not stored, so that the cache's compressed copy is made by a later request.
+#[tokio::test]
+async fn encoders_past_max_memory_send_the_identity_which_is_not_stored() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .cache(Cache::new("64MiB").status_header("X-Edge"))
+                // gzip encoders count 384 KiB each: two fit.
+                .set(
+                    "compression",
+                    Raw("{ encodings = [\"gzip\"], max_memory = \"1MiB\" }".into()),
+                ),
+        )
+        .start()
+        .await;
+    let c = http1();
+    let big = "size=200000&hold=1&hdr=Content-Type:text/html&cc=max-age%3D60";
+    let mut open = Vec::new();
+    for i in 0..2 {
+        let mut resp = held(&c, &d, "cdn.test", &format!("/c/held{i}?{big}")).await;
+        let encoding = resp.headers().get("content-encoding");
+        assert_eq!(
+            encoding.and_then(|v| v.to_str().ok()),
+            Some("gzip"),
+            "stream {i}: {resp:?}"
+        );
+        decode_until(resp.body_mut(), &mut gunzip(), 1).await;
+        open.push(resp);
+    }
+    let small = "/c/page?size=20000&hdr=Content-Type:text/html&cc=max-age%3D60";
+    let gzip = [("host", "cdn.test"), ("accept-encoding", "gzip")];
+    let a = get(&c, &url(&d, small), &gzip).await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.header("content-encoding"), None, "{:?}", a.headers);
+    assert_eq!(a.body, plain(SIZE));
+    let vary = a.header("vary").unwrap_or("").to_ascii_lowercase();
+    assert!(vary.contains("accept-encoding"), "{:?}", a.headers);
+    let m = d.metrics().await;
+    let series = "streamgate_limited_total{limit=\"compression\",listener=\"web\"}";
+    assert_eq!(metric(&m, series), Some(1.0), "{series}");
+
+    o.release();
+    for resp in open {
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+    }
+    // The encoders are given back as their streams end; the identity was not kept for gzip.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let a = loop {
+        let a = get(&c, &url(&d, small), &gzip).await.unwrap();
+        if a.header("content-encoding").is_some() || std::time::Instant::now() > deadline {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        a.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        a.headers
+    );
+    assert_eq!(a.header("x-edge"), Some("MISS"));
+    assert_eq!(decode("gzip", &a.body), plain(SIZE));
+    let a = get(&c, &url(&d, small), &gzip).await.unwrap();
+    assert_eq!(a.header("x-edge"), Some("HIT"));
+    assert_eq!(decode("gzip", &a.body), plain(SIZE));
 }

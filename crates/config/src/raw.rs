@@ -215,6 +215,7 @@ pub(crate) struct RawCompression {
     pub gzip_level: Option<S<i64>>,
     pub brotli_level: Option<S<i64>>,
     pub zstd_level: Option<S<i64>>,
+    pub max_memory: Option<S<SizeText>>,
 }
 
 #[derive(Debug, Deserialize)]

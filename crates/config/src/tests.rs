@@ -468,3 +468,38 @@ cookie = "sg"
         Some(HashPolicy::default())
     );
 }
+
+#[test]
+fn compression_memory_defaults_and_must_hold_one_encoder() {
+    let c = parse_str(&format!("{GOOD}\n[services.compression]\n")).unwrap();
+    let spec = c.services[0].compression.clone().unwrap();
+    assert_eq!(spec.max_memory, 256 << 20);
+    // (levels, encodings, max_memory, accepted?)
+    let table = [
+        ("", "\"gzip\"", "\"512KiB\"", true),
+        ("", "\"gzip\"", "\"300KiB\"", false),
+        ("brotli_level = 4", "\"br\", \"gzip\"", "\"6MiB\"", true),
+        ("brotli_level = 9", "\"br\", \"gzip\"", "\"6MiB\"", false),
+        ("zstd_level = 19", "\"zstd\"", "\"64MiB\"", false),
+        ("zstd_level = 19", "\"gzip\"", "\"1MiB\"", true),
+    ];
+    for (levels, encodings, max, ok) in table {
+        let text = format!(
+            "{GOOD}\n[services.compression]\nencodings = [{encodings}]\n{levels}\nmax_memory = {max}\n"
+        );
+        match parse_str(&text) {
+            Ok(_) => assert!(ok, "{levels} {encodings} {max}: accepted"),
+            Err(e) => {
+                assert!(!ok, "{levels} {encodings} {max}: {e:?}");
+                let line = text.lines().position(|l| l.contains("max_memory")).unwrap() + 1;
+                let got = e.0[0].to_string();
+                assert!(
+                    got.starts_with(&format!(
+                        "demo.toml:{line}: services[0].compression.max_memory:"
+                    )) && got.contains("raise it to at least"),
+                    "{got}"
+                );
+            }
+        }
+    }
+}

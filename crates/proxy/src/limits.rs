@@ -17,13 +17,14 @@ use streamgate_telemetry::Metrics;
 use streamgate_telemetry::prometheus::IntCounter;
 
 /// Values of the `limit` label.
-pub const LIMITS: [&str; 6] = [
+pub const LIMITS: [&str; 7] = [
     "connections",
     "client_connections",
     "header",
     "body",
     "rate",
     "client_rate",
+    "compression",
 ];
 
 /// A limit that refused something, indexed into [`LIMITS`].
@@ -35,11 +36,13 @@ pub enum Limit {
     Body,
     Rate,
     ClientRate,
+    /// A response sent uncompressed: the encoders at work held `max_memory`.
+    Compression,
 }
 
 /// `limited_total{listener,limit}` of one listener, every label present from the start.
 #[derive(Debug, Clone)]
-pub struct LimitedCounters([IntCounter; 6]);
+pub struct LimitedCounters([IntCounter; 7]);
 
 impl LimitedCounters {
     pub fn of(m: &Metrics, listener: &str) -> LimitedCounters {

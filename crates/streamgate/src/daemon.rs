@@ -148,6 +148,7 @@ impl Daemon {
             caches: caches.clone(),
             rates: streamgate_proxy::limits::RateLimits::new(),
             fleet: FleetHandle::default(),
+            encoders: Arc::default(),
         };
 
         // Certificates load before anything listens: a bad one stops the start.

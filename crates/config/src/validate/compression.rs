@@ -79,5 +79,32 @@ pub(super) fn compression(raw: &S<RawCompression>, svc: &str, ctx: &mut Ctx<'_>)
     {
         out.zstd_level = n as i32;
     }
+    if let Some(v) = &c.max_memory {
+        match crate::units::parse_size(v.get_ref()) {
+            Ok(n) => {
+                out.max_memory = n;
+                // One encoder of the largest kind must fit, or that coding would never be used.
+                if let Some((e, need)) = out
+                    .encodings
+                    .iter()
+                    .map(|&e| (e, out.encoder_memory(e)))
+                    .max_by_key(|&(_, m)| m)
+                    && n < need
+                {
+                    ctx.err(
+                        v.span(),
+                        format!("{p}.max_memory"),
+                        format!(
+                            "{n} bytes hold no {} encoder at this level ({} KiB each); raise it to at least \"{}KiB\" or lower the level",
+                            e.token(),
+                            need / 1024,
+                            need / 1024
+                        ),
+                    );
+                }
+            }
+            Err(e) => ctx.err(v.span(), format!("{p}.max_memory"), e),
+        }
+    }
     out
 }

@@ -274,7 +274,17 @@ fn recorder_for(
 ) -> Option<Recorder> {
     let (method, req) = (&out.parts.method, &out.parts.headers);
     let now = SystemTime::now();
-    match record_head(&c.cache, method, req, answer(f), request_time, now) {
+    let head = if f
+        .resp
+        .extensions()
+        .get::<super::compress::Uncompressed>()
+        .is_some()
+    {
+        None
+    } else {
+        record_head(&c.cache, method, req, answer(f), request_time, now)
+    };
+    match head {
         Some((head, length)) => {
             Recorder::start(c.cache.clone(), c.key.to_string(), head, length, guard).ok()
         }

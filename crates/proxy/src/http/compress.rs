@@ -8,7 +8,9 @@ use streamgate_config::{Compression, Encoding};
 use streamgate_policy::encoding::negotiate;
 
 use super::headers::lists_token;
-use crate::upstream::{Compressing, Encoder, UpstreamBody};
+use std::sync::Arc;
+
+use crate::upstream::{Compressing, Encoder, EncoderMemory, NotStarted, UpstreamBody};
 
 /// Replaces Accept-Encoding with the coding negotiated from it (none: the field is removed).
 /// A range request gets the identity: a range of a compressed body is not what clients mean.
@@ -64,6 +66,12 @@ fn vary_on_encoding(h: &mut HeaderMap) {
     }
 }
 
+/// Marks a response that would have been compressed for its client, had the encoders at work
+/// not held the service's `max_memory` already. Counted as `limited_total{limit="compression"}`;
+/// a cache does not store it, so that the coding's copy is made by a later request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Uncompressed;
+
 /// Compresses a backend's response for a client that accepts `accepted`. Every response that
 /// could be compressed (or came encoded) varies on Accept-Encoding, so that a cache never gives
 /// one client's coding to another.
@@ -71,6 +79,7 @@ pub(crate) fn response(
     resp: Response<UpstreamBody>,
     accepted: Option<Encoding>,
     c: &Compression,
+    memory: &Arc<EncoderMemory>,
     head: bool,
 ) -> Response<UpstreamBody> {
     let (mut parts, body) = resp.into_parts();
@@ -92,9 +101,14 @@ pub(crate) fn response(
     let body = if head {
         body
     } else {
-        match Encoder::new(e, c) {
+        match Encoder::new(e, c, memory) {
             Ok(enc) => UpstreamBody::Compressed(Box::new(Compressing::new(body, enc))),
-            Err(err) => {
+            Err(NotStarted::Busy) => {
+                // Sent as it came, and not stored: the next request for it is compressed.
+                parts.extensions.insert(Uncompressed);
+                return Response::from_parts(parts, body);
+            }
+            Err(NotStarted::Failed(err)) => {
                 tracing::warn!(error = %err, encoding = e.token(), "cannot start an encoder; sending identity");
                 return Response::from_parts(parts, body);
             }

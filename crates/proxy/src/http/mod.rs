@@ -63,6 +63,7 @@ pub struct HttpProxy {
     /// `loops_detected_total{listener}`
     loops: IntCounter,
     rates: Arc<crate::limits::RateLimits>,
+    encoders: Arc<crate::upstream::EncoderMemory>,
     /// The link to the other PoPs, once `[fleet]`'s is started (fleet-wide PURGE).
     fleet: FleetHandle,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
@@ -103,6 +104,7 @@ impl HttpProxy {
             limited: crate::limits::LimitedCounters::of(&shared.metrics, listener),
             loops: shared.metrics.loops.with_label_values(&[listener]),
             rates: shared.rates.clone(),
+            encoders: shared.encoders.clone(),
             fleet: shared.fleet.clone(),
             per_client: limits
                 .max_connections_per_client
@@ -127,6 +129,8 @@ pub struct Shared {
     pub caches: Arc<CacheRegistry>,
     pub rates: Arc<crate::limits::RateLimits>,
     pub fleet: FleetHandle,
+    /// What the daemon's response encoders hold (`[services.compression] max_memory`).
+    pub encoders: Arc<crate::upstream::EncoderMemory>,
 }
 
 /// The fleet link, set once when the daemon joins its fleet (after the listeners exist).

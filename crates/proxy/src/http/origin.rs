@@ -320,10 +320,18 @@ impl HttpProxy {
                             resp,
                             super::compress::accepted(&out.parts.headers),
                             c,
+                            &self.encoders,
                             out.parts.method == http::Method::HEAD,
                         ),
                         None => resp,
                     };
+                    if resp
+                        .extensions()
+                        .get::<super::compress::Uncompressed>()
+                        .is_some()
+                    {
+                        self.limited.count(crate::limits::Limit::Compression);
+                    }
                     // Only for rules that may read it: an extension costs an allocation.
                     if out.served_by {
                         resp.extensions_mut().insert(super::rules::ServedBy {

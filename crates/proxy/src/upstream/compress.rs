@@ -5,6 +5,8 @@
 
 use std::io::Write as _;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +18,51 @@ use super::{UpstreamBody, UpstreamError};
 /// A streaming encoder of one coding.
 pub struct Encoder {
     inner: Coder,
+    /// Input written since the output was last flushed.
+    unflushed: bool,
+    _held: Held,
+}
+
+/// Bytes a daemon's live encoders hold, by [`Compression::encoder_memory`]'s estimates: one
+/// for all its listeners.
+#[derive(Debug, Default)]
+pub struct EncoderMemory(AtomicU64);
+
+impl EncoderMemory {
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One encoder's share of its daemon's [`EncoderMemory`], given back when the encoder is
+/// dropped.
+struct Held(Arc<EncoderMemory>, u64);
+
+impl Held {
+    /// `bytes` more of `m`, if its total stays within `max`.
+    fn take(m: &Arc<EncoderMemory>, bytes: u64, max: u64) -> Option<Held> {
+        m.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(bytes).filter(|&total| total <= max)
+        })
+        .ok()
+        .map(|_| Held(m.clone(), bytes))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
+}
+
+/// Why a response was not compressed.
+#[derive(Debug)]
+pub enum NotStarted {
+    /// The encoders at work hold `max_memory` already.
+    Busy,
+    /// The encoder's library refused.
+    Failed(std::io::Error),
 }
 
 enum Coder {
@@ -50,8 +97,14 @@ impl std::fmt::Debug for Coder {
 const BROTLI_LGWIN: u32 = 19;
 
 impl Encoder {
-    /// An encoder of `e` at the service's level for it.
-    pub(crate) fn new(e: Encoding, c: &Compression) -> std::io::Result<Encoder> {
+    /// An encoder of `e` at the service's level for it, if the daemon's encoders at work
+    /// (`memory`) leave room for it under the service's `max_memory`.
+    pub(crate) fn new(
+        e: Encoding,
+        c: &Compression,
+        memory: &Arc<EncoderMemory>,
+    ) -> Result<Encoder, NotStarted> {
+        let held = Held::take(memory, c.encoder_memory(e), c.max_memory).ok_or(NotStarted::Busy)?;
         let inner = match e {
             Encoding::Gzip => Coder::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
@@ -63,18 +116,35 @@ impl Encoder {
                 c.brotli_level,
                 BROTLI_LGWIN,
             ))),
-            Encoding::Zstd => {
-                Coder::Zstd(zstd::stream::write::Encoder::new(Vec::new(), c.zstd_level)?)
-            }
+            Encoding::Zstd => Coder::Zstd(
+                zstd::stream::write::Encoder::new(Vec::new(), c.zstd_level)
+                    .map_err(NotStarted::Failed)?,
+            ),
         };
-        Ok(Encoder { inner })
+        Ok(Encoder {
+            inner,
+            unflushed: false,
+            _held: held,
+        })
     }
 
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.unflushed |= !data.is_empty();
         match &mut self.inner {
             Coder::Gzip(w) => w.write_all(data),
             Coder::Brotli(w) => w.write_all(data),
             Coder::Zstd(w) => w.write_all(data),
+        }
+    }
+
+    /// Pushes out everything written so far (a sync flush: the stream goes on), so that a
+    /// client sees what the backend has sent without waiting for a block to fill.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.unflushed = false;
+        match &mut self.inner {
+            Coder::Gzip(w) => w.flush(),
+            Coder::Brotli(w) => w.flush(),
+            Coder::Zstd(w) => w.flush(),
         }
     }
 
@@ -127,6 +197,20 @@ impl Compressing {
                 return Poll::Ready(None);
             };
             match Pin::new(&mut self.inner).poll_frame(cx) {
+                // Nothing more for now: what the encoder holds goes out, as a backend that
+                // streams (events, a page's head sent early) means it to. A body that arrives
+                // faster than it is sent out rarely gets here; each flush costs a few bytes.
+                Poll::Pending if encoder.unflushed => {
+                    if let Err(e) = encoder.flush() {
+                        self.encoder = None;
+                        return Poll::Ready(Some(Err(failed(e))));
+                    }
+                    let out = encoder.take();
+                    if out.is_empty() {
+                        return Poll::Pending;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                }
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => {
                     self.encoder = None;

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 
 pub use body::H1Body;
 use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
-pub use compress::{Compressing, Encoder};
+pub use compress::{Compressing, Encoder, EncoderMemory, NotStarted};
 pub(crate) use exchange::Conn;
 use exchange::{Failure, connect, exchange, is_stale_connection};
 pub use pool::{Buffers, Pool, Pooled};
