@@ -88,6 +88,13 @@ impl TestDaemon {
         metrics_at(&self.admin_url("/metrics")).await
     }
 
+    /// `streamgate_limited_total{limit,listener="web"}`: what `limit` refused on listener "web".
+    pub async fn limited(&self, limit: &str) -> f64 {
+        let m = self.metrics().await;
+        let series = format!("streamgate_limited_total{{limit=\"{limit}\",listener=\"web\"}}");
+        metric(&m, &series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    }
+
     /// Replaces the daemon's config file with `text` (and the test admin table); nothing is
     /// reloaded.
     pub fn rewrite_config(&self, text: &str) {

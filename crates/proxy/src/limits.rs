@@ -134,7 +134,9 @@ impl ClientRate {
         }
     }
 
+    /// One request of `client` (counted by [`client_key`]) at `now`.
     pub fn check(&self, client: IpAddr, now: u64) -> Result<(), Duration> {
+        let client = client_key(client);
         let mut shard = self.shards[shard_of(client)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -157,6 +159,18 @@ impl ClientRate {
         }
         shard.insert(client, next);
         Ok(())
+    }
+}
+
+/// The key a client is counted by: an IPv4 address as it is (an IPv4-mapped IPv6 address as
+/// its IPv4 one), an IPv6 address by its /64. One subscriber, host or virtual machine is given a
+/// whole /64 (RFC 6177, mobile networks included) and may pick any address in it for each
+/// connection: counted by address, one client would have 2^64 separate limits. Cloudflare's rate
+/// limits count IPv6 clients by /64 too; with HAProxy it takes `ipmask(32,64)`.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
     }
 }
 
@@ -185,8 +199,10 @@ pub struct ClientSlot {
 }
 
 impl ClientConnections {
-    /// A slot for one more connection of `client`, if it has fewer than `max` open.
+    /// A slot for one more connection of `client` (counted by [`client_key`]), if it has fewer
+    /// than `max` open.
     pub fn try_open(self: &Arc<Self>, client: IpAddr, max: usize) -> Option<ClientSlot> {
+        let client = client_key(client);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(client).or_insert(0);
         if *n >= max {
@@ -215,6 +231,22 @@ impl Drop for ClientSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_are_counted_by_ipv4_address_and_ipv6_slash_64() {
+        let table = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
+            ("2001:db8:1:2::ffff", "2001:db8:1:2::"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::"),
+            ("::1", "::"),
+        ];
+        for (ip, key) in table {
+            let want: IpAddr = key.parse().unwrap();
+            assert_eq!(client_key(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
 
     const S: u64 = 1_000_000_000;
 
