@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use streamgate_tests::client::TestClient;
 use streamgate_tests::config::Raw;
 use streamgate_tests::*;
 
@@ -240,17 +241,20 @@ async fn compressed_answers_keep_their_labels_and_offer_no_ranges() {
     assert_eq!(o.hits(), 2, "one origin request per encoding");
 }
 
-/// A `hold=1` answer's head, for `host`, gzip-accepted: the body's first 64 KiB are sent, the
-/// rest waits for [`Origin::release`].
+/// A `hold=1` answer's head, for `host`, gzip-accepted, for `client` (by X-Forwarded-For, which
+/// only a daemon that trusts loopback reads): the body's first 64 KiB are sent, the rest waits
+/// for [`Origin::release`].
 async fn held(
-    c: &streamgate_tests::client::TestClient,
+    c: &TestClient,
     d: &TestDaemon,
     host: &str,
     path: &str,
+    client: &str,
 ) -> Response<Incoming> {
     let req = Request::get(url(d, path))
         .header("host", host)
         .header("accept-encoding", "gzip")
+        .header("x-forwarded-for", client)
         .body(Full::new(Bytes::new()))
         .unwrap();
     c.request(req).await.unwrap()
@@ -288,7 +292,7 @@ async fn a_compressed_stream_reaches_the_client_as_the_backend_sends_it() {
     let d = daemon(&o).await;
     let c = http1();
     let path = "/c/stream?size=200000&hold=1&hdr=Content-Type:text/plain";
-    let mut resp = held(&c, &d, "api.test", path).await;
+    let mut resp = held(&c, &d, "api.test", path, "192.0.2.1").await;
     assert_eq!(resp.headers()["content-encoding"], "gzip");
     let mut dec = gunzip();
     decode_until(resp.body_mut(), &mut dec, 64 * 1024).await;
@@ -303,15 +307,13 @@ async fn a_compressed_stream_reaches_the_client_as_the_backend_sends_it() {
     );
 }
 
-/// Encoders are bounded by `max_memory` across the daemon: a client cannot pin gigabytes by
-/// opening streams it never reads. A response past the bound goes out as it came, is counted,
-/// and is not stored, so that the cache's compressed copy is made by a later request.
-#[tokio::test]
-async fn encoders_past_max_memory_send_the_identity_which_is_not_stored() {
-    let o = Origin::start("o").await;
-    let d = Config::new()
+/// A service whose encoders may hold 1 MiB (two gzip encoders; one per client), with a cache,
+/// that takes X-Forwarded-For from loopback.
+async fn tight_daemon(o: &Origin) -> TestDaemon {
+    Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
         .listener(Listener::http("web"))
-        .region(Region::new("r").origins(&[&o]))
+        .region(Region::new("r").origins(&[o]))
         .service(
             Service::new("cdn")
                 .listeners(&["web"])
@@ -324,12 +326,19 @@ async fn encoders_past_max_memory_send_the_identity_which_is_not_stored() {
                 ),
         )
         .start()
-        .await;
-    let c = http1();
+        .await
+}
+
+/// Held gzip streams of `clients`, on their own connections, read until their first bytes.
+async fn hold_encoders(
+    c: &TestClient,
+    d: &TestDaemon,
+    clients: &[&str],
+) -> Vec<Response<Incoming>> {
     let big = "size=200000&hold=1&hdr=Content-Type:text/html&cc=max-age%3D60";
     let mut open = Vec::new();
-    for i in 0..2 {
-        let mut resp = held(&c, &d, "cdn.test", &format!("/c/held{i}?{big}")).await;
+    for (i, client) in clients.iter().enumerate() {
+        let mut resp = held(c, d, "cdn.test", &format!("/c/held{i}?{big}"), client).await;
         let encoding = resp.headers().get("content-encoding");
         assert_eq!(
             encoding.and_then(|v| v.to_str().ok()),
@@ -339,6 +348,90 @@ async fn encoders_past_max_memory_send_the_identity_which_is_not_stored() {
         decode_until(resp.body_mut(), &mut gunzip(), 1).await;
         open.push(resp);
     }
+    open
+}
+
+/// One client's encoders hold at most an eighth of `max_memory` (one encoder here): a client
+/// that opens streams and reads none cannot stop other clients' answers being compressed (and
+/// cached compressed).
+#[tokio::test]
+async fn one_clients_encoders_hold_only_its_share() {
+    let o = Origin::start("o").await;
+    let d = tight_daemon(&o).await;
+    let c = http1();
+    let open = hold_encoders(&c, &d, &["192.0.2.1"]).await;
+    let page = |n: u32| format!("/c/share{n}?size=20000&hdr=Content-Type:text/html");
+    let from = |client| {
+        [
+            ("host", "cdn.test"),
+            ("accept-encoding", "gzip"),
+            ("x-forwarded-for", client),
+        ]
+    };
+    let a = get(&c, &url(&d, &page(1)), &from("192.0.2.1"))
+        .await
+        .unwrap();
+    assert_eq!(a.header("content-encoding"), None, "past its share");
+    assert_eq!(a.body, plain(SIZE));
+    let a = get(&c, &url(&d, &page(2)), &from("192.0.2.9"))
+        .await
+        .unwrap();
+    assert_eq!(a.header("content-encoding"), Some("gzip"), "another client");
+    assert_eq!(decode("gzip", &a.body), plain(SIZE));
+    assert_eq!(d.limited("compression").await, 1.0);
+    o.release();
+    drop(open);
+}
+
+/// A stale object refreshed in the background while the encoders are all at work keeps its
+/// compressed copy: the refresh's identity answer is not stored in its place.
+#[tokio::test]
+async fn a_background_refresh_past_max_memory_keeps_the_compressed_copy() {
+    let o = Origin::start("o").await;
+    let d = tight_daemon(&o).await;
+    let c = http1();
+    let path = "/c/swr?size=20000&hdr=Content-Type:text/html\
+&cc=max-age%3D1%2C+stale-while-revalidate%3D60";
+    let gzip = [("host", "cdn.test"), ("accept-encoding", "gzip")];
+    let a = get(&c, &url(&d, path), &gzip).await.unwrap();
+    assert_eq!(a.header("content-encoding"), Some("gzip"));
+    // Two clients' streams: `tight_daemon`'s encoders are all at work.
+    let open = hold_encoders(&c, &d, &["192.0.2.1", "192.0.2.2"]).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = o.hits();
+    let a = get(&c, &url(&d, path), &gzip).await.unwrap();
+    assert_eq!(a.header("content-encoding"), Some("gzip"), "the stale copy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while o.hits() == before && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        o.hits() > before,
+        "the stale copy was refreshed in the background"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let a = get(&c, &url(&d, path), &gzip).await.unwrap();
+    assert_eq!(
+        a.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        a.headers
+    );
+    assert_eq!(decode("gzip", &a.body), plain(SIZE));
+    o.release();
+    drop(open);
+}
+
+/// Encoders are bounded by `max_memory` across the daemon: a client cannot pin gigabytes by
+/// opening streams it never reads. A response past the bound goes out as it came, is counted,
+/// and is not stored, so that the cache's compressed copy is made by a later request.
+#[tokio::test]
+async fn encoders_past_max_memory_send_the_identity_which_is_not_stored() {
+    let o = Origin::start("o").await;
+    let d = tight_daemon(&o).await;
+    let c = http1();
+    // Two clients' streams: `tight_daemon`'s encoders are all at work.
+    let open = hold_encoders(&c, &d, &["192.0.2.1", "192.0.2.2"]).await;
     let small = "/c/page?size=20000&hdr=Content-Type:text/html&cc=max-age%3D60";
     let gzip = [("host", "cdn.test"), ("accept-encoding", "gzip")];
     let a = get(&c, &url(&d, small), &gzip).await.unwrap();
@@ -347,9 +440,7 @@ async fn encoders_past_max_memory_send_the_identity_which_is_not_stored() {
     assert_eq!(a.body, plain(SIZE));
     let vary = a.header("vary").unwrap_or("").to_ascii_lowercase();
     assert!(vary.contains("accept-encoding"), "{:?}", a.headers);
-    let m = d.metrics().await;
-    let series = "streamgate_limited_total{limit=\"compression\",listener=\"web\"}";
-    assert_eq!(metric(&m, series), Some(1.0), "{series}");
+    assert_eq!(d.limited("compression").await, 1.0);
 
     o.release();
     for resp in open {

@@ -15,7 +15,7 @@ use streamgate_cache::put::{
     Answer, add_validators, origin_should_cut_range, record_head, revalidated, strip_validators,
     validates,
 };
-use streamgate_cache::record::Recorder;
+use streamgate_cache::record::{RecordHead, Recorder};
 use streamgate_cache::{ServiceCache, Variant};
 use streamgate_telemetry::DataType;
 use tracing::warn;
@@ -246,11 +246,7 @@ impl HttpProxy {
                 return;
             }
             let stall = o.service.spec.timeouts.upstream_response;
-            let now = SystemTime::now();
-            let (method, req) = (&o.parts.method, &o.parts.headers);
-            let Some((head, length)) =
-                record_head(&cache, method, req, answer(&f), request_time, now)
-            else {
+            let Some((head, length)) = storable_head(&cache, &o, &f, request_time) else {
                 guard.set(Outcome::Uncacheable);
                 return;
             };
@@ -272,19 +268,7 @@ fn recorder_for(
     request_time: SystemTime,
     guard: Option<FillGuard>,
 ) -> Option<Recorder> {
-    let (method, req) = (&out.parts.method, &out.parts.headers);
-    let now = SystemTime::now();
-    let head = if f
-        .resp
-        .extensions()
-        .get::<super::compress::Uncompressed>()
-        .is_some()
-    {
-        None
-    } else {
-        record_head(&c.cache, method, req, answer(f), request_time, now)
-    };
-    match head {
+    match storable_head(&c.cache, out, f, request_time) {
         Some((head, length)) => {
             Recorder::start(c.cache.clone(), c.key.to_string(), head, length, guard).ok()
         }
@@ -295,6 +279,35 @@ fn recorder_for(
             None
         }
     }
+}
+
+/// The head to record of a fetched response the cache may store. Not one sent uncompressed
+/// only because the encoders were busy ([`Uncompressed`]): stored, it would stand for the
+/// coding's copy for its whole lifetime.
+///
+/// [`Uncompressed`]: super::compress::Uncompressed
+fn storable_head(
+    cache: &ServiceCache,
+    out: &Outbound<'_>,
+    f: &Fetched<'_>,
+    request_time: SystemTime,
+) -> Option<(RecordHead, Option<u64>)> {
+    if f.resp
+        .extensions()
+        .get::<super::compress::Uncompressed>()
+        .is_some()
+    {
+        return None;
+    }
+    let (method, req) = (&out.parts.method, &out.parts.headers);
+    record_head(
+        cache,
+        method,
+        req,
+        answer(f),
+        request_time,
+        SystemTime::now(),
+    )
 }
 
 fn answer<'a>(f: &'a Fetched<'_>) -> Answer<'a> {

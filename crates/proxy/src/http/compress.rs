@@ -80,6 +80,7 @@ pub(crate) fn response(
     accepted: Option<Encoding>,
     c: &Compression,
     memory: &Arc<EncoderMemory>,
+    client: std::net::IpAddr,
     head: bool,
 ) -> Response<UpstreamBody> {
     let (mut parts, body) = resp.into_parts();
@@ -101,7 +102,7 @@ pub(crate) fn response(
     let body = if head {
         body
     } else {
-        match Encoder::new(e, c, memory) {
+        match Encoder::new(e, c, memory, client) {
             Ok(enc) => UpstreamBody::Compressed(Box::new(Compressing::new(body, enc))),
             Err(NotStarted::Busy) => {
                 // Sent as it came, and not stored: the next request for it is compressed.

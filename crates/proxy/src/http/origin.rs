@@ -321,6 +321,7 @@ impl HttpProxy {
                             super::compress::accepted(&out.parts.headers),
                             c,
                             &self.encoders,
+                            out.facts.ip.unwrap_or(out.peer.ip()),
                             out.parts.method == http::Method::HEAD,
                         ),
                         None => resp,

@@ -3,10 +3,11 @@
 //! whatever the encoder has produced is passed on. The cache stores the result, so an object is
 //! compressed once per encoding, not once per hit.
 
+use std::collections::HashMap;
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use http_body::{Body, Frame};
 use streamgate_config::{Compression, Encoding};
 
 use super::{UpstreamBody, UpstreamError};
+use crate::limits::client_key;
 
 /// A streaming encoder of one coding.
 pub struct Encoder {
@@ -23,36 +25,80 @@ pub struct Encoder {
     _held: Held,
 }
 
-/// Bytes a daemon's live encoders hold, by [`Compression::encoder_memory`]'s estimates: one
-/// for all its listeners.
+/// Bytes a daemon's live encoders hold, by [`Compression::encoder_memory`]'s estimates: in
+/// all, and per client. One for all its listeners.
 #[derive(Debug, Default)]
-pub struct EncoderMemory(AtomicU64);
+pub struct EncoderMemory(Mutex<Holdings>);
+
+#[derive(Debug, Default)]
+struct Holdings {
+    total: u64,
+    /// By [`client_key`]; a client holding nothing has no entry.
+    clients: HashMap<IpAddr, u64>,
+}
+
+/// The share of `max_memory` one client's encoders may hold: a client that opens streams and
+/// reads none of them (each pins its encoder until `idle`) takes an eighth, not all, and the
+/// responses of other clients go on being compressed and cached.
+const CLIENT_SHARE: u64 = 8;
+
+/// Whether an encoder of `bytes` may start while the daemon's encoders hold `total` and the
+/// client's `client`: both stay within their bounds. A client's bound is never below one
+/// encoder, so a small `max_memory` still compresses for everyone.
+fn admits(total: u64, client: u64, bytes: u64, max: u64) -> bool {
+    let client_max = (max / CLIENT_SHARE).max(bytes);
+    let within = |held: u64, bound: u64| held.checked_add(bytes).is_some_and(|n| n <= bound);
+    within(total, max) && within(client, client_max)
+}
 
 impl EncoderMemory {
-    /// Bytes held now.
+    /// Bytes held now, in all.
     pub fn held(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+        self.lock().total
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holdings> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// One encoder's share of its daemon's [`EncoderMemory`], given back when the encoder is
 /// dropped.
-struct Held(Arc<EncoderMemory>, u64);
+struct Held {
+    memory: Arc<EncoderMemory>,
+    client: IpAddr,
+    bytes: u64,
+}
 
 impl Held {
-    /// `bytes` more of `m`, if its total stays within `max`.
-    fn take(m: &Arc<EncoderMemory>, bytes: u64, max: u64) -> Option<Held> {
-        m.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-            held.checked_add(bytes).filter(|&total| total <= max)
+    /// `bytes` more of `memory` for `client`, if [`admits`] says so under `max`.
+    fn take(memory: &Arc<EncoderMemory>, client: IpAddr, bytes: u64, max: u64) -> Option<Held> {
+        let client = client_key(client);
+        let mut h = memory.lock();
+        let of_client = h.clients.get(&client).copied().unwrap_or(0);
+        if !admits(h.total, of_client, bytes, max) {
+            return None;
+        }
+        h.total += bytes;
+        *h.clients.entry(client).or_insert(0) += bytes;
+        Some(Held {
+            memory: memory.clone(),
+            client,
+            bytes,
         })
-        .ok()
-        .map(|_| Held(m.clone(), bytes))
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.0.0.fetch_sub(self.1, Ordering::AcqRel);
+        let mut h = self.memory.lock();
+        h.total = h.total.saturating_sub(self.bytes);
+        if let Some(n) = h.clients.get_mut(&self.client) {
+            *n = n.saturating_sub(self.bytes);
+            if *n == 0 {
+                h.clients.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -97,14 +143,16 @@ impl std::fmt::Debug for Coder {
 const BROTLI_LGWIN: u32 = 19;
 
 impl Encoder {
-    /// An encoder of `e` at the service's level for it, if the daemon's encoders at work
-    /// (`memory`) leave room for it under the service's `max_memory`.
+    /// An encoder of `e` at the service's level for it, for `client`, if the daemon's encoders
+    /// at work (`memory`) leave room for it under the service's `max_memory` ([`admits`]).
     pub(crate) fn new(
         e: Encoding,
         c: &Compression,
         memory: &Arc<EncoderMemory>,
+        client: IpAddr,
     ) -> Result<Encoder, NotStarted> {
-        let held = Held::take(memory, c.encoder_memory(e), c.max_memory).ok_or(NotStarted::Busy)?;
+        let held = Held::take(memory, client, c.encoder_memory(e), c.max_memory)
+            .ok_or(NotStarted::Busy)?;
         let inner = match e {
             Encoding::Gzip => Coder::Gzip(flate2::write::GzEncoder::new(
                 Vec::new(),
@@ -243,5 +291,55 @@ impl Compressing {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoder_starts_while_the_daemon_and_its_client_have_room() {
+        const MIB: u64 = 1 << 20;
+        // (daemon's total, the client's, the encoder's size, max_memory, starts?)
+        let table = [
+            (0, 0, 6 * MIB, 256 * MIB, true),
+            (250 * MIB, 0, 6 * MIB, 256 * MIB, true),
+            (251 * MIB, 0, 6 * MIB, 256 * MIB, false),
+            // A client's share is an eighth: 32 MiB here.
+            (30 * MIB, 24 * MIB, 6 * MIB, 256 * MIB, true),
+            (30 * MIB, 30 * MIB, 6 * MIB, 256 * MIB, false),
+            // ...but never less than one encoder.
+            (0, 0, 6 * MIB, 6 * MIB, true),
+            (0, 6 * MIB, 6 * MIB, 12 * MIB, false),
+            (6 * MIB, 0, 6 * MIB, 12 * MIB, true),
+            (u64::MAX, 0, 1, u64::MAX, false),
+        ];
+        for (total, client, bytes, max, want) in table {
+            assert_eq!(
+                admits(total, client, bytes, max),
+                want,
+                "{total} {client} {bytes} {max}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_an_encoder_held_is_given_back_to_its_client_and_the_daemon() {
+        let m = Arc::new(EncoderMemory::default());
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let one = Held::take(&m, a, 100, 800).unwrap();
+        assert!(Held::take(&m, a, 100, 800).is_none(), "a's eighth is taken");
+        let two = Held::take(&m, b, 100, 800).unwrap();
+        assert_eq!(m.held(), 200);
+        drop(one);
+        assert_eq!(m.held(), 100);
+        assert!(Held::take(&m, a, 100, 800).is_some(), "a's share is back");
+        drop(two);
+        assert_eq!(m.held(), 0);
+        assert!(
+            m.lock().clients.is_empty(),
+            "no entry kept for clients holding nothing"
+        );
     }
 }
