@@ -162,3 +162,42 @@ fn country_rules_without_a_geo_database_are_a_config_error() {
         "{errors}"
     );
 }
+
+/// Behind a trusted balancer, the client is the address the balancer appended to
+/// X-Forwarded-For, whatever bytes the client put in the field on its own side: nginx's
+/// `proxy_add_x_forwarded_for` joins them into one line, and a byte that is not text must not
+/// hide the address to its right (which made the balancer the client, past every deny).
+#[tokio::test]
+async fn a_client_cannot_hide_behind_its_balancer_with_bytes_in_x_forwarded_for() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .access(Access::new().deny(&["203.0.113.0/24"])),
+        )
+        .start()
+        .await;
+    for (forwarded, want) in [
+        (&b"198.51.100.1"[..], "200"),
+        (b"203.0.113.7", "403"),
+        (b"\x80, 203.0.113.7", "403"),
+        (b"\xff\xfe junk \x80, 203.0.113.7", "403"),
+        (b"203.0.113.7, \x80", "200"),
+    ] {
+        let mut raw =
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Forwarded-For: ".to_vec();
+        raw.extend_from_slice(forwarded);
+        raw.extend_from_slice(b"\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), &raw, 1 << 16).await.unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{}: {answer}",
+            String::from_utf8_lossy(forwarded)
+        );
+    }
+}

@@ -312,10 +312,17 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
     let mut client = peer;
     // Walk right to left: each hop was appended by the proxy before it.
     for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        let Ok(s) = value.to_str() else { return client };
-        // Empty elements name no hop (a list may have them, RFC 9110 §5.6.1).
-        for part in s.rsplit(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let Some(ip) = parse_forwarded_ip(part) else {
+        // Split as bytes, not as text: a balancer appends the address it saw to the line the
+        // client sent, so bytes a client put on its own side (non-ASCII, say) must not hide
+        // the elements to their right. Only the element read is parsed.
+        let elements = value
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            // Empty elements name no hop (a list may have them, RFC 9110 §5.6.1).
+            .filter(|p| !p.is_empty());
+        for part in elements {
+            let Some(ip) = std::str::from_utf8(part).ok().and_then(parse_forwarded_ip) else {
                 return client;
             };
             client = ip.to_canonical();
