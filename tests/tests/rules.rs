@@ -67,6 +67,13 @@ async fn redirects_answers_and_denies_never_reach_the_origin() {
         "response headers of the rules matched before go on a rule's own answer too"
     );
 
+    let a = get("127.0.0.1", "/a/b", "secure.test.").await;
+    assert_eq!(
+        a.status,
+        StatusCode::PERMANENT_REDIRECT,
+        "a fully qualified name with its dot is the same host to rules as to routing"
+    );
+
     let a = get("127.0.0.1", "/blog/42", "www.test").await;
     assert_eq!(a.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(a.header("location"), Some("http://www.test/posts/42"));

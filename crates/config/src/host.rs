@@ -13,6 +13,11 @@ pub enum HostPattern {
 impl HostPattern {
     pub fn parse(s: &str) -> Result<HostPattern, String> {
         let s = s.trim().to_ascii_lowercase();
+        // A fully qualified `example.com.` is `example.com`: hosts are compared without it.
+        let s = match s.strip_suffix('.') {
+            Some(name) if !name.ends_with('.') => name.to_string(),
+            _ => s,
+        };
         if s == "*" {
             return Ok(HostPattern::Any);
         }

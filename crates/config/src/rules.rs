@@ -301,8 +301,12 @@ impl Template {
 }
 
 impl HostPattern {
-    /// Whether `host` (without port; any case) matches. Allocation-free.
+    /// Whether `host` (without port; any case; a fully qualified name's trailing dot
+    /// ignored, as routing ignores it) matches. Allocation-free.
     pub fn matches(&self, host: &str) -> bool {
+        // `admin.example.com.` reaches the service `admin.example.com` routes to: a rule on
+        // that name must hold for it too, or the dot walks past its deny or redirect.
+        let host = host.strip_suffix('.').unwrap_or(host);
         match self {
             HostPattern::Any => true,
             HostPattern::Exact(h) => h.eq_ignore_ascii_case(host),
@@ -353,6 +357,11 @@ mod tests {
             ("*.a.test", "x.a.test", true),
             ("*.a.test", "a.test", false),
             ("*.a.test", "xa.test", false),
+            // A fully qualified name's dot, on either side.
+            ("a.test", "a.test.", true),
+            ("*.a.test", "x.a.test.", true),
+            ("a.test.", "a.test", true),
+            ("a.test", "a.test..", false),
         ];
         for (p, h, want) in cases {
             assert_eq!(HostPattern::parse(p).unwrap().matches(h), want, "{p} {h}");
