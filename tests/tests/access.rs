@@ -201,3 +201,31 @@ async fn a_client_cannot_hide_behind_its_balancer_with_bytes_in_x_forwarded_for(
         );
     }
 }
+
+/// An address list may name IPv4 clients as IPv4-mapped IPv6 (as a dual-stack listener's
+/// logs show them): `::ffff:127.0.4.66` is 127.0.4.66, not a network that never matches.
+#[tokio::test]
+async fn ipv4_mapped_entries_in_an_access_list_match_their_ipv4_clients() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .access(Access::new().deny(&["::ffff:127.0.4.66", "::ffff:127.0.6.0/120"])),
+        )
+        .start()
+        .await;
+    let web = d.addr("web");
+    for (from, want) in [
+        ("127.0.4.65", StatusCode::OK),
+        ("127.0.4.66", StatusCode::FORBIDDEN),
+        ("127.0.6.200", StatusCode::FORBIDDEN),
+        ("127.0.7.1", StatusCode::OK),
+    ] {
+        let a = get_from(ip(from), web, "/", &[]).await.unwrap();
+        assert_eq!(a.status, want, "{from}");
+    }
+}

@@ -1,7 +1,5 @@
 //! `[services.access]`: addresses and countries allowed or denied.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
 
 use super::Ctx;
@@ -15,12 +13,8 @@ pub(super) fn access(raw: &S<RawAccess>, svc: &str, has_geo: bool, ctx: &mut Ctx
         let mut out = Vec::new();
         for (i, t) in list.iter().enumerate() {
             let s = t.get_ref().trim();
-            match s
-                .parse::<IpNet>()
-                .ok()
-                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-            {
-                Some(n) => out.push(n.trunc()),
+            match super::parse_net(s) {
+                Some(n) => out.push(n),
                 None => ctx.err(
                     t.span(),
                     format!("{p}.{key}[{i}]"),

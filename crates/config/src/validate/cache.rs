@@ -1,9 +1,6 @@
 //! `[services.cache]`: sizes, key rules, purge peers, the status header, targeted cache control.
 
-use std::net::IpAddr;
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use super::Ctx;
 use crate::model::*;
@@ -84,12 +81,8 @@ pub(super) fn cache(raw: &S<RawCache>, svc: &str, ctx: &mut Ctx<'_>) -> CacheSpe
     let mut purge_from = Vec::new();
     for (i, t) in c.purge_from.iter().enumerate() {
         let s = t.get_ref().trim();
-        match s
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-        {
-            Some(n) => purge_from.push(n.trunc()),
+        match super::parse_net(s) {
+            Some(n) => purge_from.push(n),
             None => ctx.err(
                 t.span(),
                 format!("{p}.purge_from[{i}]"),

@@ -460,6 +460,25 @@ fn template_fields(t: &str) -> Vec<&str> {
     out
 }
 
+/// An address or CIDR of an address list, its host bits cleared. An IPv4-mapped IPv6 network
+/// (`::ffff:203.0.113.0/120`) is the IPv4 network it maps: clients are compared by their IPv4
+/// address (a dual-stack listener sees them mapped), so as written it would never match.
+fn parse_net(s: &str) -> Option<IpNet> {
+    let net = s
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))?;
+    let mapped = match net {
+        IpNet::V6(n) if n.prefix_len() >= 96 => n.addr().to_ipv4_mapped().and_then(|v4| {
+            ipnet::Ipv4Net::new(v4, n.prefix_len() - 96)
+                .ok()
+                .map(IpNet::V4)
+        }),
+        _ => None,
+    };
+    Some(mapped.unwrap_or(net).trunc())
+}
+
 fn socket_addr(value: &S<String>, path: impl Display, ctx: &mut Ctx<'_>) -> Option<SocketAddr> {
     match value.get_ref().parse::<SocketAddr>() {
         Ok(a) => Some(a),

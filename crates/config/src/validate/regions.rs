@@ -159,12 +159,9 @@ pub(super) fn geo(raw: &S<RawGeo>, regions: &[Region], ctx: &mut Ctx<'_>) -> Geo
     let mut trusted_proxies = Vec::new();
     for (i, t) in g.trusted_proxies.iter().enumerate() {
         let s = t.get_ref().trim();
-        let net = s
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from));
+        let net = super::parse_net(s);
         match net {
-            Some(n) => trusted_proxies.push(n.trunc()),
+            Some(n) => trusted_proxies.push(n),
             None => ctx.err(
                 t.span(),
                 format!("geo.trusted_proxies[{i}]"),

@@ -1,10 +1,7 @@
 //! `[[services.rules]]`: conditions and actions checked and compiled (regexes, templates) once
 //! per config, every error reported with its line.
 
-use std::net::IpAddr;
 use std::ops::Range;
-
-use ipnet::IpNet;
 
 use super::Ctx;
 use crate::host::HostPattern;
@@ -219,12 +216,8 @@ fn matcher(
     }
     for (i, c) in m.clients.iter().enumerate() {
         let s = c.get_ref().trim();
-        match s
-            .parse::<IpNet>()
-            .ok()
-            .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
-        {
-            Some(n) => out.clients.push(n.trunc()),
+        match super::parse_net(s) {
+            Some(n) => out.clients.push(n),
             None => ctx.err(
                 c.span(),
                 format!("{p}.clients[{i}]"),
