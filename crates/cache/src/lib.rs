@@ -128,8 +128,9 @@ impl CacheRegistry {
         })
     }
 
-    /// An operator's purge removed objects ([`CacheRegistry::purge`], or a PURGE request): the
-    /// next recovery point is written soon rather than at the next interval.
+    /// An operator purged ([`CacheRegistry::purge`], or a PURGE request), whether or not
+    /// anything in memory matched: the next recovery point is written soon rather than at the
+    /// next interval.
     pub fn note_purge(&self) {
         self.purged
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -220,9 +221,10 @@ impl CacheRegistry {
                 Purge::All => c.purge_all(),
             };
         }
-        if n > 0 {
-            self.note_purge();
-        }
+        // Also when nothing in memory matched: an object evicted since the last point may
+        // still be in it, and the next point (an increment records the eviction) is what
+        // keeps a crash from bringing it back.
+        self.note_purge();
         self.refresh_gauges();
         n
     }
@@ -252,5 +254,21 @@ impl CacheRegistry {
         }
         self.metrics.cache_bytes.set(bytes as i64);
         self.metrics.cache_objects.set(objects as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_purge_that_matches_nothing_in_memory_still_brings_the_next_point_forward() {
+        let r = CacheRegistry::new(Arc::new(Metrics::new()));
+        assert!(!r.purge_pending());
+        let removed = r.purge(&Purge::Url("http://a.test/evicted".into()), None);
+        assert_eq!(removed, 0);
+        assert!(r.purge_pending(), "the recovery points may still hold it");
+        assert!(r.take_purge());
+        assert!(!r.purge_pending());
     }
 }

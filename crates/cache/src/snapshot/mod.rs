@@ -325,8 +325,14 @@ pub fn clean_temporary(dir: &Path) -> Result<usize, SnapshotError> {
             .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
         {
             let path = entry.path();
-            fs::remove_file(&path).map_err(io_err(&path))?;
-            removed += 1;
+            // One that cannot go (a directory so named, another owner's file) is left, said,
+            // and not allowed to stop the restore that runs after this.
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary file in the snapshots directory; left as it is")
+                }
+            }
         }
     }
     Ok(removed)
@@ -344,9 +350,12 @@ pub fn files(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
     for entry in read_dir {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name();
+        // Regular files only (a link is followed): opening a FIFO so named would block the
+        // start that restores from it.
         if name
             .to_str()
             .is_some_and(|n| n.starts_with(PREFIX) && n.ends_with(SUFFIX))
+            && fs::metadata(entry.path()).is_ok_and(|m| m.is_file())
         {
             out.push(entry.path());
         }
@@ -855,8 +864,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(".streamgate-1.snap.99.0.tmp"), b"half").unwrap();
         fs::write(dir.path().join("keep.me"), b"x").unwrap();
+        // One that cannot be removed is left, and does not stop the rest (nor the restore).
+        fs::create_dir(dir.path().join(".stuck.tmp")).unwrap();
         assert_eq!(clean_temporary(dir.path()).unwrap(), 1);
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+        // A FIFO named like a point is not one: opening it would block the start.
+        let fifo = dir.path().join(format!("{PREFIX}fifo{SUFFIX}"));
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        assert_eq!(files(dir.path()).unwrap(), Vec::<PathBuf>::new());
+        assert!(list(dir.path()).unwrap().is_empty());
         assert_eq!(clean_temporary(&dir.path().join("missing")).unwrap(), 0);
     }
 

@@ -53,9 +53,8 @@ impl HttpProxy {
                         .iter()
                         .map(|k| cache.purge_url(k))
                         .sum();
-                    if purged > 0 {
-                        self.caches.note_purge();
-                    }
+                    // Also when nothing in memory matched: see `CacheRegistry::purge`.
+                    self.caches.note_purge();
                     if fleet {
                         self.publish_purge(&out.service.name, target, purged).await
                     } else {
