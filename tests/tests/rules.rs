@@ -207,3 +207,38 @@ async fn explain_shows_the_rules_a_request_matches() {
         serde_json::json!({ "redirect": 308, "location": "https://secure.test/x?a=1" })
     );
 }
+
+/// A rewrite whose capture brings dot segments (`/img-../admin` gives `$1 = ../admin`) may not
+/// send the request out of the directory its template writes: routing chose this service for
+/// `/img-…`, not for `/admin` on the same backend. Refused with 400; the origin sees nothing.
+#[tokio::test]
+async fn a_rewrite_cannot_be_climbed_out_of_with_dot_segments_in_a_capture() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("img")
+                .listeners(&["web"])
+                .path_prefix("/img-")
+                .regions(&["r"])
+                .rules(&[
+                    r#"{ match = { path_regex = "^/img-(.*)$" }, rewrite = { path = "/images/$1" } }"#,
+                ]),
+        )
+        .start()
+        .await;
+    let c = http1();
+    let a = get(&c, &d.url("web", "/img-cat.png"), &[]).await.unwrap();
+    assert_eq!(a.text(), "origin o /images/cat.png");
+    let before = o.hits();
+    for path in [
+        "/img-../admin",
+        "/img-%2e%2e/admin",
+        "/img-../images-private/a",
+    ] {
+        let a = get(&c, &d.url("web", path), &[]).await.unwrap();
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {}", a.text());
+    }
+    assert_eq!(o.hits(), before, "nothing reached the origin");
+}

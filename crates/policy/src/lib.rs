@@ -16,7 +16,7 @@ pub mod path;
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use streamgate_config::rules::{HeaderEdits, Match, Rule, Rules, Scheme, Template};
+use streamgate_config::rules::{HeaderEdits, Match, Piece, Rule, Rules, Scheme, Template};
 
 pub use expand::{Late, finish};
 use expand::{Vars, expand, expand_early};
@@ -159,7 +159,25 @@ pub fn evaluate(rules: &Rules, req: &Request<'_>) -> Outcome {
             // Captures can start mid-segment (`^/img-(.*)$` on `/img-../x`): the result is
             // normalised again, so no dot segment reaches later rules, the cache key or the
             // origin.
-            out.path = Some(normalize_rewrite(p));
+            let p = normalize_rewrite(p);
+            // ...and may not climb out of the directory the template wrote: `/images/$1`
+            // stays under `/images/`. Routing chose this service for the client's path, not
+            // for wherever its dot segments lead on the same backend.
+            if let Some(dir) = rule
+                .rewrite
+                .as_ref()
+                .and_then(|rw| rw.path.as_ref())
+                .map(written_dir)
+                && !p.starts_with(&dir)
+            {
+                out.answer = Some(Answer::Respond {
+                    status: 400,
+                    body: format!("400 bad request: the path may not leave {dir}\n"),
+                    content_type: "text/plain; charset=utf-8".into(),
+                });
+                return out;
+            }
+            out.path = Some(p);
         }
         if rule.last {
             break;
@@ -173,6 +191,20 @@ pub fn split_port(host: &str) -> (&str, Option<&str>) {
     match host.rfind(':') {
         Some(i) if !host[i..].contains(']') => (&host[..i], Some(&host[i + 1..])),
         _ => (host, None),
+    }
+}
+
+/// The directory a rewrite template writes its path under, normalised: its leading text up to
+/// the last `/` before the first variable or capture (`/images/` of `/images/$1`; `/` when it
+/// starts with a variable, or when its variables are all in the query).
+fn written_dir(t: &Template) -> String {
+    let literal = match t.pieces.as_slice() {
+        [Piece::Text(text), _, ..] if !text.contains('?') => text.rfind('/').map(|i| &text[..=i]),
+        _ => None,
+    };
+    match literal {
+        Some(dir) => path::normalize(dir).unwrap_or_else(|| dir.to_string()),
+        None => "/".to_string(),
     }
 }
 
