@@ -223,6 +223,8 @@ async fn a_rewrite_cannot_be_climbed_out_of_with_dot_segments_in_a_capture() {
                 .path_prefix("/img-")
                 .regions(&["r"])
                 .rules(&[
+                    // docs/configuration.md's recipe against encoded slashes.
+                    r#"{ match = { path_regex = "(?i)%2f" }, deny = true }"#,
                     r#"{ match = { path_regex = "^/img-(.*)$" }, rewrite = { path = "/images/$1" } }"#,
                 ]),
         )
@@ -240,5 +242,7 @@ async fn a_rewrite_cannot_be_climbed_out_of_with_dot_segments_in_a_capture() {
         let a = get(&c, &d.url("web", path), &[]).await.unwrap();
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {}", a.text());
     }
+    let a = get(&c, &d.url("web", "/img-a%2fb"), &[]).await.unwrap();
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "an encoded slash");
     assert_eq!(o.hits(), before, "nothing reached the origin");
 }
