@@ -331,3 +331,33 @@ async fn websocket_over_http2_extended_connect_reaches_an_http1_backend() {
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// An extended CONNECT the backend does not upgrade (an ordinary 200 to its GET with Upgrade)
+/// is not a tunnel: the client gets 502, not the 200 that tells an HTTP/2 client its
+/// WebSocket is open (RFC 8441 §5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_connect_the_backend_does_not_upgrade_is_a_502() {
+    let o = Origin::start("o").await;
+    let d = one_region(Region::new("r").origins(&[&o]))
+        .service(service("plain"))
+        .start()
+        .await;
+    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("http://chat.example/live")
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(o.hits(), 1, "the backend was asked");
+}

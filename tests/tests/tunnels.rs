@@ -205,3 +205,69 @@ async fn graceful_shutdown_lets_a_tunnel_run_until_the_deadline_then_ends_it() {
         "{end:?}"
     );
 }
+
+/// A WebSocket keeps its client's `max_connections_per_client` slot while it is open, not only
+/// until its upgrade: one client cannot open tunnels past its limit and take every slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_holds_its_clients_connection_slot() {
+    let d = Config::new()
+        .timeouts(timeouts())
+        .listener(Listener::http("web").max_connections_per_client(1))
+        .region(Region::new("r").address(websocket_backend(false).await))
+        .service(Service::new("ws").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let web = d.addr("web");
+    let mut ws = open(&d).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = raw_exchange(web, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(second, "", "the client's one slot is its WebSocket's");
+    assert_eq!(d.limited("client_connections").await, 1.0);
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    drop(ws);
+    // Given back when the tunnel ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = raw_exchange(
+            web,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            1 << 16,
+        )
+        .await
+        .unwrap();
+        if !a.is_empty() || tokio::time::Instant::now() > deadline {
+            assert!(!a.is_empty(), "the slot came back");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A service that compresses its answers still upgrades: the 101 keeps its Upgrade and
+/// Connection fields (compression's hop-by-hop clean-up is for answers it may compress).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_opens_on_a_service_that_compresses() {
+    let d = Config::new()
+        .timeouts(timeouts())
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(websocket_backend(false).await))
+        .service(
+            Service::new("ws")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .set("compression", streamgate_tests::config::Raw("{ }".into())),
+        )
+        .start()
+        .await;
+    let mut ws = open(&d).await;
+    ws.send(Message::text("through")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("through"));
+}

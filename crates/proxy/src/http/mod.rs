@@ -278,7 +278,7 @@ impl HttpProxy {
             return;
         };
         // Counted by the client address (the PROXY header's, from a trusted balancer).
-        let _client_slot = match &self.per_client {
+        let client_slot = match &self.per_client {
             Some((max, open)) => match open.try_open(peer.ip().to_canonical(), *max) {
                 Some(slot) => Some(slot),
                 None => {
@@ -311,6 +311,11 @@ impl HttpProxy {
                 }
             }
         }
+        // An upgraded connection (WebSocket) lives on as a tunnel after the server is done
+        // with it: the client's slot is held until it ends too, or one client could open
+        // tunnels past max_connections_per_client.
+        activity.until_idle().await;
+        drop(client_slot);
     }
 
     async fn serve_io<I>(

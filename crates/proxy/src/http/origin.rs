@@ -53,6 +53,22 @@ impl HttpProxy {
             {
                 self.tunnel(f, out, active)
             }
+            // An HTTP/2 extended CONNECT (RFC 8441) the backend did not upgrade: a 2xx would tell
+            // the client its tunnel is open, with nothing behind it.
+            Ok(f)
+                if out.upgrade.is_some()
+                    && out.client_version == Version::HTTP_2
+                    && f.resp.status().is_success() =>
+            {
+                let e = ProxyError::Upstream {
+                    backend: f.pick.backend.address,
+                    reason: format!(
+                        "answered the WebSocket handshake with {}, not 101",
+                        f.resp.status().as_u16()
+                    ),
+                };
+                error_response(&e, active)
+            }
             Ok(f) => self.origin_response(f, out, DataType::Pass, Completion::serving(active)),
             Err(e) => error_response(&e, active),
         }
@@ -316,15 +332,18 @@ impl HttpProxy {
                     m.routing[pick.reason.index()].inc();
                     m.requests[code_class_index(status.as_u16())].inc();
                     let mut resp = match &service.spec.compression {
-                        Some(c) => super::compress::response(
-                            resp,
-                            super::compress::accepted(&out.parts.headers),
-                            c,
-                            &self.encoders,
-                            out.facts.ip.unwrap_or(out.peer.ip()),
-                            out.parts.method == http::Method::HEAD,
-                        ),
-                        None => resp,
+                        // A 101 is the tunnel's: its Upgrade and Connection are for the client.
+                        Some(c) if status != StatusCode::SWITCHING_PROTOCOLS => {
+                            super::compress::response(
+                                resp,
+                                super::compress::accepted(&out.parts.headers),
+                                c,
+                                &self.encoders,
+                                out.facts.ip.unwrap_or(out.peer.ip()),
+                                out.parts.method == http::Method::HEAD,
+                            )
+                        }
+                        _ => resp,
                     };
                     if resp
                         .extensions()
