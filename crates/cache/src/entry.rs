@@ -79,8 +79,20 @@ impl Variant {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum();
+        // The request's values are slices of its connection's read buffer (up to
+        // max_header_bytes, doubled as it grew): kept as they are, each variant would hold a
+        // whole buffer alive, uncounted. Copied, and counted.
+        let selectors: Vec<(HeaderName, Option<HeaderValue>)> = selectors
+            .into_iter()
+            .map(|(name, v)| (name, v.map(|v| own_value(&v))))
+            .collect();
+        let selector_bytes: usize = selectors
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.as_ref().map_or(0, HeaderValue::len) + STORED_FIELD)
+            .sum();
         let size = (body.len()
             + header_bytes
+            + selector_bytes
             + headers.len() * STORED_FIELD
             + (headers.len() + HEAD_EXTRA_FIELDS) * HEAD_FIELD
             + PER_VARIANT) as u64;
@@ -228,6 +240,13 @@ fn compact(headers: HeaderMap) -> HeaderMap {
     out.clone()
 }
 
+/// `v` in memory of its own.
+fn own_value(v: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    copy.set_sensitive(v.is_sensitive());
+    copy
+}
+
 /// Tags from `Surrogate-Key` (space separated) and `Cache-Tag` (comma separated).
 fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
     let mut tags: Vec<Box<str>> = Vec::new();
@@ -296,20 +315,35 @@ mod tests {
         secret.set_sensitive(true);
         h.insert("x-secret", secret);
         let t = SystemTime::UNIX_EPOCH;
-        let v = Variant::new(
-            StatusCode::OK,
-            h.clone(),
-            Bytes::new(),
-            Timing::of(&HeaderMap::new(), t, t),
-            Freshness {
-                lifetime: Duration::from_secs(60),
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-                must_revalidate: false,
-                always_revalidate: false,
-            },
-            vec![],
+        let stored = |selectors| {
+            Variant::new(
+                StatusCode::OK,
+                h.clone(),
+                Bytes::new(),
+                Timing::of(&HeaderMap::new(), t, t),
+                Freshness {
+                    lifetime: Duration::from_secs(60),
+                    stale_while_revalidate: Duration::ZERO,
+                    stale_if_error: Duration::ZERO,
+                    must_revalidate: false,
+                    always_revalidate: false,
+                },
+                selectors,
+            )
+        };
+        // A request's Vary value, as the server parses it: a slice of the same kind of buffer.
+        let origin = HeaderName::from_static("origin");
+        let v = stored(vec![(origin.clone(), Some(value(1000..61_000)))]);
+        let without = stored(vec![]);
+        assert!(
+            v.size >= without.size + 60_000,
+            "a selector's bytes are counted: {} against {}",
+            v.size,
+            without.size
         );
+        let sel = v.selectors[0].1.as_ref().unwrap();
+        assert_eq!(sel.as_bytes(), &read_buf[1000..61_000]);
+        assert!(!read_buf.as_ptr_range().contains(&sel.as_bytes().as_ptr()));
         assert_eq!(v.headers, h);
         let multi: Vec<_> = v.headers.get_all("x-multi").iter().collect();
         assert_eq!(multi, ["a=1", "b=2"]);
