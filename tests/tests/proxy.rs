@@ -516,3 +516,93 @@ async fn a_client_that_stops_reading_a_streamed_response_is_dropped_after_idle()
         .expect("the connection was left open");
     assert!(got < full, "the whole body arrived ({got} bytes): not cut");
 }
+
+/// A backend that answers the first request on each connection and closes the connection
+/// without answering the second, as one whose keep-alive timer fired just as a request
+/// arrived (or one that crashed running it). The request lines it read, in order.
+async fn closes_on_the_second_request() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = 0;
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let line = head.lines().next().unwrap_or("").to_string();
+                    if line.contains("/healthz") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        continue;
+                    }
+                    lines.lock().unwrap().push(line);
+                    if answered == 1 {
+                        return;
+                    }
+                    answered += 1;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A request the backend may have run is sent again after a reused connection fails with no
+/// answer only when running it twice is harmless: a GET is, a bodiless POST is not (nginx and
+/// Go's client do not resend it either); it gets 502.
+#[tokio::test]
+async fn a_post_is_not_sent_again_when_a_reused_connection_fails() {
+    let (addr, seen) = closes_on_the_second_request().await;
+    let d = one_service(local().address(addr), app()).start().await;
+    let c = http1();
+    let url = d.url("web", "/");
+    let first = send(&c, Method::GET, &format!("{url}first"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(first.status, StatusCode::OK);
+    let get = send(&c, Method::GET, &format!("{url}get"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        get.status,
+        StatusCode::OK,
+        "a GET is sent again on a new connection"
+    );
+    let post = send(
+        &c,
+        Method::POST,
+        &format!("{url}transfer"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY, "{}", post.text());
+    let posts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "{:?}", seen.lock().unwrap());
+}

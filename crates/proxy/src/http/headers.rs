@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 
 use crate::upstream::codec::{LastFields, join_list};
+use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Version};
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
@@ -349,13 +349,7 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
     None
 }
 
-/// Methods that may be sent again without changing the outcome (RFC 9110 §9.2.2).
-pub fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
+pub use crate::upstream::is_idempotent;
 
 #[cfg(test)]
 mod tests {

@@ -353,7 +353,8 @@ impl Upstreams {
             },
         };
         // A pooled connection the backend closed while it sat idle fails at once; a request
-        // without a body is then sent again on a new connection (the backend never saw it).
+        // without a body is then sent again on a new connection (the backend never saw it),
+        // if sending it twice would be harmless ([`replayable`]).
         let mut reused = pool.checkout(timeouts.idle, now);
         let mut buffers = reused
             .as_mut()
@@ -374,7 +375,7 @@ impl Upstreams {
                 Some(c) => c.stream,
                 None => connect(backend, timeouts.connect).await?,
             };
-            let replayable = matches!(body, RequestBody::Empty);
+            let replayable = replayable(head, body);
             let this_body = std::mem::replace(body, RequestBody::Empty);
             match exchange(
                 conn,
@@ -424,6 +425,25 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// Methods that may be sent again without changing the outcome (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a request the backend may have seen can be sent again on a new connection: no body
+/// to send twice, and a method (or an `Idempotency-Key`, as Go's client also takes it) that
+/// makes a second run harmless. A bodiless POST may still transfer money.
+fn replayable(head: &Parts, body: &RequestBody) -> bool {
+    matches!(body, RequestBody::Empty)
+        && (is_idempotent(&head.method)
+            || head.headers.contains_key("idempotency-key")
+            || head.headers.contains_key("x-idempotency-key"))
 }
 
 /// Closes idle connections past their time every few seconds, while the pools exist.
