@@ -354,6 +354,7 @@ pub use crate::upstream::is_idempotent;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     #[test]
     fn strips_hop_by_hop_and_listed_headers() {
