@@ -224,9 +224,13 @@ impl HttpProxy {
             ..ClientFacts::default()
         };
 
-        // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend.
+        // HTTP/1.1 Upgrade (WebSocket): the Upgrade header goes on to the backend. Not one to
+        // h2c: HTTP/2 cleartext through a proxy is a way past it ("h2c smuggling": the backend's
+        // HTTP/2 connection would carry requests no rule or route saw). Ignored, as a server
+        // may ignore any Upgrade (RFC 9110 §7.8); Envoy forwards no upgrade it is not told to.
         let upgrade_to = (req.version() == Version::HTTP_11
-            && lists_token(req.headers(), &header::CONNECTION, "upgrade"))
+            && lists_token(req.headers(), &header::CONNECTION, "upgrade")
+            && !lists_token(req.headers(), &header::UPGRADE, "h2c"))
         .then(|| req.headers().get(header::UPGRADE).cloned())
         .flatten()
         .or_else(|| h2_websocket.then(|| HeaderValue::from_static("websocket")));
