@@ -48,29 +48,60 @@ impl Screened {
     }
 }
 
+/// Cloud metadata services outside the link-local ranges: AWS's IPv6 endpoint (a unique-local
+/// address) and Alibaba Cloud's. Their answers carry the machine's credentials.
+const METADATA: [IpAddr; 2] = [
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+];
+
+/// The IPv4 address an IPv6 one carries on to, where it is a form that reaches it: IPv4-mapped
+/// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated but still routed by some
+/// stacks), NAT64's well-known prefix (`64:ff9b::/96`, RFC 6052) and 6to4 (`2002:aabb:ccdd::/48`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let tail =
+        || std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    match s {
+        // `::` and `::1` are IPv6's own.
+        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail()),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail()),
+        [0x2002, a, b, ..] => Some(std::net::Ipv4Addr::new(
+            (a >> 8) as u8,
+            a as u8,
+            (b >> 8) as u8,
+            b as u8,
+        )),
+        _ => None,
+    }
+}
+
 /// Why `ip` may not be a backend under `dns` (`None`: it may).
 pub(crate) fn refuse(ip: IpAddr, dns: &Dns) -> Option<Dropped> {
-    // ::ffff:127.0.0.1 is 127.0.0.1 to the socket that connects to it.
-    match ip.to_canonical() {
+    // ::ffff:127.0.0.1 is 127.0.0.1 to the socket that connects to it; 64:ff9b::7f00:1 is
+    // 127.0.0.1 through a NAT64 gateway: each is judged as the IPv4 address it reaches.
+    let ip = match ip {
+        IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let local = match ip {
         IpAddr::V4(v4) => {
             if v4.octets()[0] == 0 || v4.is_multicast() || v4.is_broadcast() {
-                Some(Dropped::Unusable)
-            } else if (v4.is_loopback() || v4.is_link_local()) && !dns.allow_local {
-                Some(Dropped::Local)
-            } else {
-                None
+                return Some(Dropped::Unusable);
             }
+            v4.is_loopback() || v4.is_link_local()
         }
         IpAddr::V6(v6) => {
             if v6.is_unspecified() || v6.is_multicast() {
-                Some(Dropped::Unusable)
-            } else if (v6.is_loopback() || v6.is_unicast_link_local()) && !dns.allow_local {
-                Some(Dropped::Local)
-            } else {
-                None
+                return Some(Dropped::Unusable);
             }
+            v6.is_loopback() || v6.is_unicast_link_local()
         }
-    }
+    };
+    ((local || METADATA.contains(&ip)) && !dns.allow_local).then_some(Dropped::Local)
 }
 
 /// Screens one answer: refused addresses out, then the first `max_addresses` in sorted order.
@@ -136,6 +167,23 @@ mod tests {
             ("fe80::1", Some(Dropped::Local), None),
             ("febf::1", Some(Dropped::Local), None),
             ("fec0::1", None, None),
+            // Metadata services outside link-local, and IPv6 forms that reach local IPv4.
+            ("fd00:ec2::254", Some(Dropped::Local), None),
+            ("fd00:ec2::253", None, None),
+            ("100.100.100.200", Some(Dropped::Local), None),
+            ("64:ff9b::a9fe:a9fe", Some(Dropped::Local), None),
+            ("64:ff9b::7f00:1", Some(Dropped::Local), None),
+            ("64:ff9b::cb00:7107", None, None),
+            ("::127.0.0.1", Some(Dropped::Local), None),
+            ("::169.254.169.254", Some(Dropped::Local), None),
+            ("2002:a9fe:a9fe::", Some(Dropped::Local), None),
+            ("2002:7f00:1::1", Some(Dropped::Local), None),
+            ("2002:cb00:7107::1", None, None),
+            (
+                "::0.1.2.3",
+                Some(Dropped::Unusable),
+                Some(Dropped::Unusable),
+            ),
         ];
         for (ip, want_strict, want_local) in cases {
             let ip: IpAddr = ip.parse().unwrap();
