@@ -560,3 +560,46 @@ async fn access_log_templates_and_sigusr1_reopen() {
     );
     assert_eq!(read(&rotated), "127.0.0.1 GET /one 200 web/a $\n");
 }
+
+/// `body_contains` looks at a health page's first 64 KiB: a larger page with the text early is
+/// up, not failed for its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_page_larger_than_64_kib_is_read_in_its_first_bytes() {
+    let a = Origin::start("a").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("a").origins(&[&a]))
+        .service(
+            Service::new("web")
+                .listeners(&["web"])
+                .regions(&["a"])
+                .health(
+                    Health::new()
+                        .path("/c/health?size=200000")
+                        .body_contains("abcdef")
+                        .interval("100ms")
+                        .fall(1)
+                        .rise(1),
+                ),
+        )
+        .start()
+        .await;
+    let series = |result: &str| {
+        format!(
+            "streamgate_health_checks_total{{backend=\"{}\",result=\"{result}\"}}",
+            a.addr
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let m = loop {
+        let m = d.metrics().await;
+        if value(&m, &series("success")).unwrap_or(0.0) >= 3.0
+            || std::time::Instant::now() > deadline
+        {
+            break m;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(value(&m, &series("success")).unwrap_or(0.0) >= 3.0, "{m}");
+    assert_eq!(value(&m, &series("failure")).unwrap_or(0.0), 0.0, "{m}");
+}

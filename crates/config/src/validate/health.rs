@@ -119,7 +119,9 @@ pub(super) fn parse_status_range(s: &str) -> Option<(u16, u16)> {
     let s = s.trim();
     let (lo, hi) = if let Some(class) = s.strip_suffix("xx") {
         let c: u16 = class.parse().ok()?;
-        (c * 100, c * 100 + 99)
+        // `657xx` must be refused, not wrapped round into range.
+        let lo = c.checked_mul(100)?;
+        (lo, lo.checked_add(99)?)
     } else if let Some((a, b)) = s.split_once('-') {
         (a.trim().parse().ok()?, b.trim().parse().ok()?)
     } else {
@@ -207,6 +209,9 @@ mod tests {
         assert_eq!(parse_status_range("2xx"), Some((200, 299)));
         assert_eq!(parse_status_range("399-200"), None);
         assert_eq!(parse_status_range("700"), None);
+        // Not wrapped round into range (657 * 100 overflows u16).
+        assert_eq!(parse_status_range("657xx"), None);
+        assert_eq!(parse_status_range("6xx"), None);
         assert_eq!(parse_status_range("ok"), None);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -104,13 +104,11 @@ impl HttpProbe {
             return Err(format!("status {status}, expected {lo}-{hi}"));
         }
         if let Some(needle) = &self.spec.body_contains {
-            let body = Limited::new(resp.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
+            let body = first_bytes(resp.into_body(), MAX_BODY).await?;
             if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-                return Err(format!("body does not contain {needle:?}"));
+                return Err(format!(
+                    "body does not contain {needle:?} in its first {MAX_BODY} bytes"
+                ));
             }
         }
         Ok(rtt)
@@ -173,4 +171,21 @@ impl Probe for HttpProbe {
             },
         }
     }
+}
+
+/// The body's first `max` bytes (all of a shorter one): a larger health page is looked at, not
+/// refused, and the rest is not read.
+async fn first_bytes(mut body: Incoming, max: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    while out.len() < max {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        let frame = frame.map_err(|e| format!("body: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            let room = max - out.len();
+            out.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok(out)
 }
