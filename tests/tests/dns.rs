@@ -273,6 +273,36 @@ async fn a_reload_that_adds_a_name_publishes_its_addresses_with_it() {
     assert_eq!(other.hits(), 0);
 }
 
+/// A reload that turns `allow_local` off drops the loopback addresses a name already gave, at
+/// once: they are not kept as the name's "last good" answer while its new answers are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_turns_allow_local_off_drops_the_local_addresses_held() {
+    let dns = DnsServer::start().await;
+    let a = Origin::start("a").await;
+    dns.set(NAME, &[ip("127.0.0.1")], 300);
+    let d = TestDaemon::start(&config(a.addr.port(), &dns)).await;
+    let url = d.url("web", "/");
+    assert_eq!(
+        get(&http1(), &url, &[]).await.unwrap().status,
+        StatusCode::OK
+    );
+    d.rewrite_config(&config_with(a.addr.port(), &dns, ""));
+    let (status, body) = d.admin(Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let hits = a.hits();
+    for _ in 0..3 {
+        let answer = get(&http1(), &url, &[]).await.unwrap();
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        a.hits(),
+        hits,
+        "a refused address was used after the reload"
+    );
+    assert!(backends(&d).await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_link_local_and_unusable_answers_give_no_backend_without_allow_local() {
     let dns = DnsServer::start().await;

@@ -169,6 +169,7 @@ pub async fn resolve_missing(
     let names = names_in(config);
     let mut resolved = current.clone();
     resolved.retain(|h| names.contains(h));
+    rescreen(&mut resolved, &config.dns);
     let missing = names.into_iter().filter(|n| resolved.get(n).is_none());
     for (host, result) in resolve_all(lookup, &config.dns, missing).await {
         report_screen(metrics, &config.dns, &host, &result, None);
@@ -190,6 +191,34 @@ pub async fn resolve_missing(
             .set(count as i64);
     }
     resolved
+}
+
+/// Screens the addresses held from earlier answers again under `dns` (a reload's): one that
+/// turns `allow_local` off, narrows `family` or lowers `max_addresses` drops what it no longer
+/// allows now. Otherwise they would stay until the name's next good answer, and a refused
+/// answer counts as a failure, which keeps the last good addresses: for ever. A name left with
+/// none is asked again at once, as a new one is.
+fn rescreen(resolved: &mut Resolved, dns: &Dns) {
+    let family = |ip: &IpAddr| match dns.family {
+        AddressFamily::Any => true,
+        AddressFamily::Ipv4 => ip.is_ipv4(),
+        AddressFamily::Ipv6 => ip.is_ipv6(),
+    };
+    let changed: Vec<(String, Vec<IpAddr>)> = resolved
+        .iter()
+        .filter_map(|(host, held)| {
+            let kept = screen::screen(held.iter().copied().filter(family), dns).kept;
+            (kept.as_slice() != held).then(|| (host.to_string(), kept))
+        })
+        .collect();
+    for (host, kept) in changed {
+        info!(name = %host, kept = ?kept, "backend name's addresses screened again under the new [dns]");
+        if kept.is_empty() {
+            resolved.retain(|h| h != host);
+        } else {
+            resolved.set(&host, kept);
+        }
+    }
 }
 
 type Answer = (String, Result<(Screened, Duration), DnsError>);
