@@ -29,8 +29,21 @@ struct Prober {
     spec: HealthCheck,
     /// How the probe speaks to the backend (protocol, TLS settings).
     upstream: Upstream,
+    /// The TLS configuration its probes were made with ([`tls_config`]).
+    tls: Option<Arc<rustls::ClientConfig>>,
     state: Arc<BackendState>,
     task: JoinHandle<()>,
+}
+
+/// The shared TLS client configuration probes of `upstream` use now (`None`: no TLS, or one that
+/// fails to build, which the probe reports itself). After a reload it is a new one only if the
+/// CA or client certificate files changed: a prober made with another is made again.
+fn tls_config(upstream: &Upstream) -> Option<Arc<rustls::ClientConfig>> {
+    upstream
+        .protocol
+        .is_tls()
+        .then(|| streamgate_tls::client_config(&upstream.tls, upstream.protocol.is_h2()).ok())
+        .flatten()
 }
 
 impl Drop for Prober {
@@ -84,7 +97,14 @@ impl HealthSupervisor {
         let mut gone = Vec::new();
         self.probers.retain(|k, p| {
             let keep = wanted.get(k).is_some_and(|(spec, upstream, state)| {
-                *spec == p.spec && *upstream == p.upstream && Arc::ptr_eq(state, &p.state)
+                let same_tls = match (&p.tls, tls_config(upstream)) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, &b),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                *spec == p.spec
+                    && *upstream == p.upstream
+                    && Arc::ptr_eq(state, &p.state)
+                    && same_tls
             });
             if !keep && !wanted.contains_key(k) {
                 // A check that was removed leaves its backend up rather than stuck down.
@@ -114,6 +134,7 @@ impl HealthSupervisor {
             if self.probers.contains_key(&key) {
                 continue;
             }
+            let tls = tls_config(&upstream);
             let probe = AnyProbe::from_config(&spec.kind, &upstream);
             let label = key.address.to_string();
             let counters = Counters {
@@ -139,6 +160,7 @@ impl HealthSupervisor {
                 Prober {
                     spec,
                     upstream,
+                    tls,
                     state,
                     task,
                 },

@@ -233,49 +233,93 @@ pub fn handle(pairs: &[CertPair], listener: &str) -> Result<TlsHandle, TlsError>
     )?)?)))
 }
 
-/// Client configurations built so far, by setting; emptied by [`forget_client_configs`].
-type ClientConfigs = Mutex<HashMap<(UpstreamTls, bool), Arc<rustls::ClientConfig>>>;
+/// A client configuration built for one setting, with the bytes of the files it was built from
+/// and the [`GENERATION`] it was last checked in.
+struct CachedClientConfig {
+    config: Arc<rustls::ClientConfig>,
+    files: Vec<u8>,
+    generation: u64,
+}
+
+/// Client configurations built so far, by setting.
+type ClientConfigs = Mutex<HashMap<(UpstreamTls, bool), CachedClientConfig>>;
+
+/// Bumped by [`forget_client_configs`]: a cached configuration of an older generation has its
+/// files read again before it is handed out.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn client_configs() -> &'static ClientConfigs {
     static CONFIGS: OnceLock<ClientConfigs> = OnceLock::new();
     CONFIGS.get_or_init(ClientConfigs::default)
 }
 
+/// The contents of the files a setting is built from (CA bundle, client certificate and key),
+/// each with its length; an unreadable one as a marker, so that it differs from any contents.
+fn file_contents(tls: &UpstreamTls) -> Vec<u8> {
+    let paths = [
+        tls.ca_file.as_deref(),
+        tls.client_cert.as_ref().map(|p| p.cert.as_path()),
+        tls.client_cert.as_ref().map(|p| p.key.as_path()),
+    ];
+    let mut out = Vec::new();
+    for path in paths.into_iter().flatten() {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                out.extend_from_slice(&bytes);
+            }
+            Err(_) => out.extend_from_slice(&u64::MAX.to_le_bytes()),
+        }
+    }
+    out
+}
+
 /// The client configuration for backends with these TLS settings: system roots (or the
 /// configured CA), an optional client certificate, ALPN for the upstream protocol. Built once
 /// per setting and shared (every backend pool and health prober of a service asks for it; each
-/// used to read the CA bundle, or every system root, again).
+/// used to read the CA bundle, or every system root, again). After [`forget_client_configs`]
+/// the files are read again: the same `Arc` comes back when they are unchanged, a new one when
+/// they changed, so holders can tell by `Arc::ptr_eq` whether to rebuild.
 pub fn client_config(
     tls: &UpstreamTls,
     alpn_h2: bool,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let key = (tls.clone(), alpn_h2);
-    if let Some(c) = client_configs()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-    {
-        return Ok(c.clone());
+    let generation = GENERATION.load(std::sync::atomic::Ordering::Acquire);
+    let lock = || client_configs().lock().unwrap_or_else(|e| e.into_inner());
+    let stale = match lock().get(&key) {
+        Some(c) if c.generation == generation => return Ok(c.config.clone()),
+        Some(c) => Some((c.config.clone(), c.files.clone())),
+        None => None,
+    };
+    // Read and built outside the lock: reading files must not hold up other lookups.
+    let files = file_contents(tls);
+    let config = match stale {
+        Some((config, old)) if old == files => config,
+        _ => build_client_config(tls, alpn_h2)?,
+    };
+    let mut map = lock();
+    let entry = map.entry(key).or_insert_with(|| CachedClientConfig {
+        config: config.clone(),
+        files: files.clone(),
+        generation,
+    });
+    if !Arc::ptr_eq(&entry.config, &config) || entry.generation != generation {
+        *entry = CachedClientConfig {
+            config: config.clone(),
+            files,
+            generation,
+        };
     }
-    // Built outside the lock: reading files must not hold up other lookups.
-    let built = build_client_config(tls, alpn_h2)?;
-    Ok(client_configs()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_insert(built)
-        .clone())
+    Ok(config)
 }
 
-/// Drops the shared client configurations, so the next [`client_config`] reads CA bundles and
-/// client certificates again: a reload calls this before it checks the new configuration, so a
-/// rotated client certificate takes effect with it. (The system's roots are read once per
-/// process.)
+/// Has the next [`client_config`] of every setting read its CA bundle and client certificate
+/// again: a reload calls this before it checks the new configuration, so a certificate rotated
+/// in place takes effect with it, and one left unchanged keeps its configuration (and the
+/// backend connections made with it). (The system's roots are read once per process.)
 pub fn forget_client_configs() {
-    client_configs()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// The system's trusted roots, read once.
@@ -495,13 +539,27 @@ mod tests {
             "ALPN differs, so does the config"
         );
         assert_eq!(h2.alpn_protocols, vec![b"h2".to_vec()]);
+        // A reload with the files unchanged keeps the config (and the connections made with
+        // it): holders compare by pointer.
+        forget_client_configs();
+        assert!(Arc::ptr_eq(&first, &client_config(&tls, false).unwrap()));
         // A CA bundle emptied on disk: still the shared config until a reload forgets it, then
         // the file is read again and its problem reported.
+        let pem = std::fs::read(&ca.cert).unwrap();
         std::fs::write(&ca.cert, "").unwrap();
         assert!(Arc::ptr_eq(&first, &client_config(&tls, false).unwrap()));
         forget_client_configs();
         let e = client_config(&tls, false).unwrap_err().to_string();
         assert!(e.contains("no PEM certificate"), "{e}");
+        // Another CA rotated in at the same path: a new config at the next reload.
+        let other = write_cert(&dir, "other", &["backend.example"]);
+        std::fs::copy(&other.cert, &ca.cert).unwrap();
+        forget_client_configs();
+        let rotated = client_config(&tls, false).unwrap();
+        assert!(!Arc::ptr_eq(&first, &rotated));
+        std::fs::write(&ca.cert, pem).unwrap();
+        forget_client_configs();
+        assert!(!Arc::ptr_eq(&rotated, &client_config(&tls, false).unwrap()));
     }
 
     fn tempfile_dir() -> std::path::PathBuf {

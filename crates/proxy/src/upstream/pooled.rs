@@ -38,38 +38,55 @@ pub(super) struct ClientKey {
 }
 
 /// Clients by what they are configured with, built when a config is loaded (so a bad CA file
-/// fails the load, not a request) and kept across reloads that leave them unchanged.
+/// fails the load, not a request) and kept across reloads that leave them unchanged: the same
+/// settings, and the same files behind them (a CA or client certificate rotated in place makes
+/// a new client at the reload).
 #[derive(Debug, Default)]
 pub(super) struct PooledClients {
-    clients: ArcSwap<HashMap<ClientKey, PooledClient>>,
+    clients: ArcSwap<HashMap<ClientKey, Built>>,
+}
+
+/// A client, and the TLS configuration it dials with.
+#[derive(Debug, Clone)]
+pub(super) struct Built {
+    client: PooledClient,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl PooledClients {
     pub fn get(&self, key: &ClientKey) -> Result<PooledClient, TlsError> {
         if let Some(c) = self.clients.load().get(key) {
-            return Ok(c.clone());
+            return Ok(c.client.clone());
         }
-        let client = build(key)?;
+        let built = build(key)?;
+        let client = built.client.clone();
         self.clients.rcu(|map| {
             let mut map = HashMap::clone(map);
-            map.entry(key.clone()).or_insert_with(|| client.clone());
+            map.entry(key.clone()).or_insert_with(|| built.clone());
             map
         });
         Ok(client)
     }
 
-    /// Builds the clients `keys` need, reusing those already built (and their connections).
-    /// `keys` come with the service that needs them, for errors.
+    /// Builds the clients `keys` need, reusing those already built (and their connections)
+    /// whose TLS configuration is still the current one. `keys` come with the service that
+    /// needs them, for errors.
     pub fn prepare(&self, keys: &[(&str, ClientKey)]) -> Result<PreparedClients, TlsError> {
         let current = self.clients.load();
-        let mut next = HashMap::new();
+        let mut next: HashMap<ClientKey, Built> = HashMap::new();
         for (service, k) in keys {
-            let c = match current.get(k).or_else(|| next.get(k)) {
+            let failed = |e: TlsError| TlsError::Upstream {
+                service: service.to_string(),
+                source: Box::new(e),
+            };
+            let tls = tls_config(k).map_err(failed)?;
+            let same = |b: &&Built| match (&b.tls, &tls) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            let c = match next.get(k).or_else(|| current.get(k)).filter(same) {
                 Some(c) => c.clone(),
-                None => build(k).map_err(|e| TlsError::Upstream {
-                    service: service.to_string(),
-                    source: Box::new(e),
-                })?,
+                None => build(k).map_err(failed)?,
             };
             next.insert(k.clone(), c);
         }
@@ -84,12 +101,24 @@ impl PooledClients {
 
 /// Clients built for a configuration that is not in use yet.
 #[derive(Debug)]
-pub struct PreparedClients(HashMap<ClientKey, PooledClient>);
+pub struct PreparedClients(HashMap<ClientKey, Built>);
 
-fn build(key: &ClientKey) -> Result<PooledClient, TlsError> {
-    let tls = match key.protocol {
-        UpstreamProtocol::Https | UpstreamProtocol::H2 => Some(TlsDial {
-            config: tls::client_config(&key.tls, key.protocol == UpstreamProtocol::H2)?,
+/// The TLS configuration a client of `key` dials with (`None`: plain TCP).
+fn tls_config(key: &ClientKey) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    match key.protocol {
+        UpstreamProtocol::Https | UpstreamProtocol::H2 => Ok(Some(tls::client_config(
+            &key.tls,
+            key.protocol == UpstreamProtocol::H2,
+        )?)),
+        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => Ok(None),
+    }
+}
+
+fn build(key: &ClientKey) -> Result<Built, TlsError> {
+    let config = tls_config(key)?;
+    let tls = match &config {
+        Some(config) => Some(TlsDial {
+            config: config.clone(),
             server_name: key
                 .tls
                 .server_name
@@ -100,7 +129,7 @@ fn build(key: &ClientKey) -> Result<PooledClient, TlsError> {
                 })
                 .transpose()?,
         }),
-        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => None,
+        None => None,
     };
     let dialer = Dialer {
         tls: tls.map(Arc::new),
@@ -115,7 +144,10 @@ fn build(key: &ClientKey) -> Result<PooledClient, TlsError> {
     if matches!(key.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) {
         b.http2_only(true);
     }
-    Ok(b.build(dialer))
+    Ok(Built {
+        client: b.build(dialer),
+        tls: config,
+    })
 }
 
 #[derive(Debug)]
