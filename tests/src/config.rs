@@ -414,7 +414,7 @@ mod tests {
                         Health::new()
                             .kind("http")
                             .path("/healthz")
-                            .method("HEAD")
+                            .method("OPTIONS")
                             .host("h.example")
                             .expect_status("2xx")
                             .body_contains("ok")

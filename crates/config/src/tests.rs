@@ -214,6 +214,20 @@ fn health_check_keys() {
         messages(&bad)[0]
             .contains("services[0].health.path: only http health checks take this key")
     );
+    let head = format!(
+        "{GOOD}\n[services.health]\nkind = \"http\"\nmethod = \"HEAD\"\nbody_contains = \"ok\"\n"
+    );
+    let line = head
+        .lines()
+        .position(|l| l.starts_with("body_contains"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        messages(&head),
+        [format!(
+            "demo.toml:{line}: services[0].health.body_contains: an answer to HEAD has no body, so this could never match; use method = \"GET\" or remove body_contains"
+        )]
+    );
 }
 
 #[test]

@@ -67,6 +67,15 @@ pub(super) fn health(raw: &S<RawHealth>, svc: &str, ctx: &mut Ctx<'_>) -> Health
                     (200, 399)
                 }),
             };
+            if let Some(v) = &h.body_contains
+                && method == "HEAD"
+            {
+                ctx.err(
+                    v.span(),
+                    format!("{p}.body_contains"),
+                    "an answer to HEAD has no body, so this could never match; use method = \"GET\" or remove body_contains",
+                );
+            }
             HealthKind::Http(HttpProbe {
                 method,
                 path,
