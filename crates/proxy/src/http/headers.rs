@@ -51,11 +51,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .collect();
         headers.remove(header::CONNECTION);
         for list in &lists {
-            let Ok(list) = list.to_str() else { continue };
-            for name in list.split(',').map(str::trim) {
+            // Split as bytes: a byte that is not text elsewhere on the line must not hide the
+            // names listed beside it.
+            for name in list
+                .as_bytes()
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+            {
                 // By name as text: parsed on the stack, never allocated; not a field name,
                 // nothing to remove.
-                if !name.is_empty() && !name.eq_ignore_ascii_case("keep-alive") {
+                if let Ok(name) = std::str::from_utf8(name)
+                    && !name.is_empty()
+                    && !name.eq_ignore_ascii_case("keep-alive")
+                {
                     headers.remove(name);
                 }
             }
@@ -404,12 +412,19 @@ mod tests {
             header::CONNECTION,
             HeaderValue::from_static("x-second, ,x-third"),
         );
+        // A byte that is not text on a line does not hide the names beside it.
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-fourth, \x80").unwrap(),
+        );
         h.insert("x-second", HeaderValue::from_static("1"));
         h.insert("x-third", HeaderValue::from_static("1"));
+        h.insert("x-fourth", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-second").is_none());
         assert!(h.get("x-third").is_none());
+        assert!(h.get("x-fourth").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert_eq!(h.get("x-kept").unwrap(), "1");
     }

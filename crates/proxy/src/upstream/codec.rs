@@ -507,11 +507,13 @@ impl BodyDecoder {
 
 /// Whether a comma-separated header lists `token` (case-insensitively) on any of its lines.
 pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    // As bytes: a byte that is not text elsewhere on a line must not hide its tokens
+    // (`Upgrade: h2c, \x80` lists h2c to a backend that splits it).
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
 }
 
 #[cfg(test)]
