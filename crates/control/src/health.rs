@@ -46,6 +46,19 @@ fn tls_config(upstream: &Upstream) -> Option<Arc<rustls::ClientConfig>> {
         .flatten()
 }
 
+/// Whether a prober made with `held` still probes with the TLS configuration of `upstream`.
+/// One that cannot be built now (a rejected reload left a bad CA file behind) keeps the prober
+/// as it is: the running configuration is still the one it was made with.
+fn same_tls(held: Option<&Arc<rustls::ClientConfig>>, upstream: &Upstream) -> bool {
+    if !upstream.protocol.is_tls() {
+        return held.is_none();
+    }
+    match streamgate_tls::client_config(&upstream.tls, upstream.protocol.is_h2()) {
+        Ok(now) => held.is_some_and(|h| Arc::ptr_eq(h, &now)),
+        Err(_) => true,
+    }
+}
+
 impl Drop for Prober {
     fn drop(&mut self) {
         self.task.abort();
@@ -97,14 +110,10 @@ impl HealthSupervisor {
         let mut gone = Vec::new();
         self.probers.retain(|k, p| {
             let keep = wanted.get(k).is_some_and(|(spec, upstream, state)| {
-                let same_tls = match (&p.tls, tls_config(upstream)) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, &b),
-                    (a, b) => a.is_none() && b.is_none(),
-                };
                 *spec == p.spec
                     && *upstream == p.upstream
                     && Arc::ptr_eq(state, &p.state)
-                    && same_tls
+                    && same_tls(p.tls.as_ref(), upstream)
             });
             if !keep && !wanted.contains_key(k) {
                 // A check that was removed leaves its backend up rather than stuck down.
@@ -233,5 +242,53 @@ async fn run<P: Probe>(
         }
         let jitter = 0.9 + 0.2 * fastrand::f64();
         tokio::time::sleep_until(started + interval.mul_f64(jitter)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use streamgate_config::{UpstreamProtocol, UpstreamTls};
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["backend.test".to_string()]).unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_prober_is_made_again_only_when_its_tls_files_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, ca_pem()).unwrap();
+        let upstream = Upstream {
+            protocol: UpstreamProtocol::Https,
+            tls: UpstreamTls {
+                ca_file: Some(ca.clone()),
+                ..UpstreamTls::default()
+            },
+            ..Upstream::default()
+        };
+        let held = tls_config(&upstream);
+        assert!(held.is_some());
+        assert!(same_tls(held.as_ref(), &upstream));
+        streamgate_tls::forget_client_configs();
+        assert!(
+            same_tls(held.as_ref(), &upstream),
+            "a reload with the files unchanged"
+        );
+        std::fs::write(&ca, "not a certificate").unwrap();
+        streamgate_tls::forget_client_configs();
+        assert!(
+            same_tls(held.as_ref(), &upstream),
+            "a bad file a rejected reload left behind keeps the running prober"
+        );
+        std::fs::write(&ca, ca_pem()).unwrap();
+        streamgate_tls::forget_client_configs();
+        assert!(!same_tls(held.as_ref(), &upstream), "a CA rotated in place");
+        let plain = Upstream::default();
+        assert!(same_tls(None, &plain));
+        assert!(!same_tls(held.as_ref(), &plain));
     }
 }

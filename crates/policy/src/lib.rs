@@ -168,7 +168,7 @@ pub fn evaluate(rules: &Rules, req: &Request<'_>) -> Outcome {
                 .as_ref()
                 .and_then(|rw| rw.path.as_ref())
                 .map(written_dir)
-                && !p.starts_with(&dir)
+                && !p.starts_with(&*dir)
             {
                 out.answer = Some(Answer::Respond {
                     status: 400,
@@ -197,14 +197,15 @@ pub fn split_port(host: &str) -> (&str, Option<&str>) {
 /// The directory a rewrite template writes its path under, normalised: its leading text up to
 /// the last `/` before the first variable or capture (`/images/` of `/images/$1`; `/` when it
 /// starts with a variable, or when its variables are all in the query).
-fn written_dir(t: &Template) -> String {
+fn written_dir(t: &Template) -> std::borrow::Cow<'_, str> {
     let literal = match t.pieces.as_slice() {
         [Piece::Text(text), _, ..] if !text.contains('?') => text.rfind('/').map(|i| &text[..=i]),
         _ => None,
     };
     match literal {
-        Some(dir) => path::normalize(dir).unwrap_or_else(|| dir.to_string()),
-        None => "/".to_string(),
+        // Normalised (an allocation) only when it needs it: most templates are written plain.
+        Some(dir) => path::normalize(dir).map_or(std::borrow::Cow::Borrowed(dir), Into::into),
+        None => std::borrow::Cow::Borrowed("/"),
     }
 }
 

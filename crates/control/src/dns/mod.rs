@@ -351,6 +351,14 @@ impl Control {
     ) {
         let _serial = self.reload_lock.lock().await;
         let current = self.table.load_full();
+        if current.config.dns != *dns {
+            // A reload changed [dns] while this round was asking: its answers were screened
+            // under the old settings (allow_local, family, max_addresses) and would undo the
+            // reload's own screening. Asked again, at once, under the new ones.
+            let now = Instant::now();
+            states.values_mut().for_each(|s| s.due = now);
+            return;
+        }
         let names = names_in(&current.config);
         let mut resolved = (*current.resolved).clone();
         let mut changed = resolved.retain(|h| names.contains(h));

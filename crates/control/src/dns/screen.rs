@@ -48,11 +48,14 @@ impl Screened {
     }
 }
 
-/// Cloud metadata services outside the link-local ranges: AWS's IPv6 endpoint (a unique-local
-/// address) and Alibaba Cloud's. Their answers carry the machine's credentials.
-const METADATA: [IpAddr; 2] = [
+/// Cloud metadata and platform services outside the link-local ranges: AWS's and Google
+/// Cloud's IPv6 metadata endpoints (unique-local addresses), Alibaba Cloud's metadata service and
+/// Azure's WireServer. Their answers carry the machine's credentials or configuration.
+const METADATA: [IpAddr; 4] = [
     IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
     IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
 ];
 
 /// The IPv4 address an IPv6 one carries on to, where it is a form that reaches it: IPv4-mapped
@@ -171,6 +174,8 @@ mod tests {
             ("fd00:ec2::254", Some(Dropped::Local), None),
             ("fd00:ec2::253", None, None),
             ("100.100.100.200", Some(Dropped::Local), None),
+            ("fd20:ce::254", Some(Dropped::Local), None),
+            ("168.63.129.16", Some(Dropped::Local), None),
             ("64:ff9b::a9fe:a9fe", Some(Dropped::Local), None),
             ("64:ff9b::7f00:1", Some(Dropped::Local), None),
             ("64:ff9b::cb00:7107", None, None),
