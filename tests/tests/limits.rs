@@ -158,3 +158,87 @@ async fn ipv6_clients_are_limited_by_their_slash_64() {
     assert_eq!(via("2001:db8:0:2::1").await, StatusCode::OK, "another /64");
     assert_eq!(d.limited("client_rate").await, 1.0);
 }
+
+/// A daemon that caches and lets each client one connection.
+async fn one_slot_each(o: &Origin) -> TestDaemon {
+    one_service(
+        o,
+        Listener::http("web").max_connections_per_client(1),
+        service().cache(Cache::new("64MiB")),
+    )
+    .start()
+    .await
+}
+
+/// The object whose first 64 KiB the origin sends, then holds the rest back (the recording
+/// waits for it).
+const HELD_MOVIE: &str = "/c/movie?size=1000000&hold=1&cc=max-age%3D60";
+
+/// After a client left: whether its next connection is served (the origin let go after).
+async fn served_again(o: &Origin, web: std::net::SocketAddr) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = get_from("127.0.0.1".parse().unwrap(), web, "/other", &[]).await;
+    let status = next.map(|a| a.status);
+    o.release();
+    assert_eq!(
+        status.ok(),
+        Some(StatusCode::OK),
+        "the slot came back when the client left"
+    );
+}
+
+/// A client that leaves in the middle of a cacheable download gives its connection slot back
+/// when it leaves, though the daemon goes on recording the answer into the cache: the client's
+/// next connection is served (a player that seeks reconnects this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_download_being_cached_gets_its_slot_back() {
+    let o = Origin::start("o").await;
+    let d = one_slot_each(&o).await;
+    let web = d.addr("web");
+    let mut s = TcpStream::connect(web).await.unwrap();
+    let request = format!("GET {HELD_MOVIE} HTTP/1.1\r\nHost: a\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut s, request.as_bytes())
+        .await
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 * 1024];
+    while got < 32 * 1024 {
+        let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+            .await
+            .unwrap();
+        assert!(n > 0);
+        got += n;
+    }
+    drop(s);
+    served_again(&o, web).await;
+}
+
+/// [`a_client_that_leaves_a_download_being_cached_gets_its_slot_back`] over HTTP/2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_leaves_a_download_being_cached_gets_its_slot_back() {
+    use http_body_util::BodyExt;
+    let o = Origin::start("o").await;
+    let d = one_slot_each(&o).await;
+    let web = d.addr("web");
+    let tcp = TcpStream::connect(web).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://a{HELD_MOVIE}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let mut resp = sender.send_request(req).await.unwrap();
+    let mut got = 0;
+    while got < 32 * 1024 {
+        let frame = resp.body_mut().frame().await.unwrap().unwrap();
+        got += frame.data_ref().map_or(0, |d| d.len());
+    }
+    drop(resp);
+    drop(sender);
+    conn.abort();
+    served_again(&o, web).await;
+}

@@ -39,6 +39,10 @@ pub struct ConnActivity {
     /// Set when the connection's task is gone (shutdown deadline): its tunnels end.
     closing: AtomicBool,
     closed: tokio::sync::Notify,
+    /// Tunnels (upgraded connections) open on it, and a wake when the last one ends: the
+    /// client's connection slot is held while they run ([`Self::until_no_tunnels`]).
+    tunnels: AtomicU32,
+    tunnels_done: tokio::sync::Notify,
 }
 
 impl ConnActivity {
@@ -51,7 +55,28 @@ impl ConnActivity {
             idle: tokio::sync::Notify::new(),
             closing: AtomicBool::new(false),
             closed: tokio::sync::Notify::new(),
+            tunnels: AtomicU32::new(0),
+            tunnels_done: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Marks a tunnel open on the connection until the guard is dropped.
+    pub fn tunnel(self: &Arc<Self>) -> TunnelHold {
+        self.tunnels.fetch_add(1, Relaxed);
+        TunnelHold(self.clone())
+    }
+
+    /// Resolves once no tunnel is open on the connection. Unlike [`Self::until_idle`], work the
+    /// daemon goes on with after its client left (an answer still being recorded into the
+    /// cache) does not count: the client is gone, a tunnel's client is not.
+    pub async fn until_no_tunnels(&self) {
+        loop {
+            let woken = self.tunnels_done.notified();
+            if self.tunnels.load(Relaxed) == 0 {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Resolves once no request or tunnel is active on the connection. An upgraded connection
@@ -103,6 +128,18 @@ impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.closing.store(true, Relaxed);
         self.0.closed.notify_waiters();
+    }
+}
+
+/// See [`ConnActivity::tunnel`].
+#[derive(Debug)]
+pub struct TunnelHold(Arc<ConnActivity>);
+
+impl Drop for TunnelHold {
+    fn drop(&mut self) {
+        if self.0.tunnels.fetch_sub(1, Relaxed) == 1 {
+            self.0.tunnels_done.notify_waiters();
+        }
     }
 }
 

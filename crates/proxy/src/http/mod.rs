@@ -313,8 +313,9 @@ impl HttpProxy {
         }
         // An upgraded connection (WebSocket) lives on as a tunnel after the server is done
         // with it: the client's slot is held until it ends too, or one client could open
-        // tunnels past max_connections_per_client.
-        activity.until_idle().await;
+        // tunnels past max_connections_per_client. Not for an answer still being recorded
+        // after its client left: that client is gone, and may come back.
+        activity.until_no_tunnels().await;
         drop(client_slot);
     }
 

@@ -113,7 +113,9 @@ impl HttpProxy {
         // The tunnel keeps its connection active (no request-header or keep-alive deadline
         // applies to it) until it ends; it ends when the connection's task does.
         let hold = active.another();
+        let tunnel = hold.conn().tunnel();
         tokio::spawn(async move {
+            let _tunnel = tunnel;
             let conn = hold.conn().clone();
             let Some(on_upgrade) = on_upgrade else { return };
             let upgraded = tokio::select! {
