@@ -39,10 +39,8 @@ struct Prober {
 /// fails to build, which the probe reports itself). After a reload it is a new one only if the
 /// CA or client certificate files changed: a prober made with another is made again.
 fn tls_config(upstream: &Upstream) -> Option<Arc<rustls::ClientConfig>> {
-    upstream
-        .protocol
-        .is_tls()
-        .then(|| streamgate_tls::client_config(&upstream.tls, upstream.protocol.is_h2()).ok())
+    streamgate_tls::upstream_client_config(upstream.protocol, &upstream.tls)
+        .ok()
         .flatten()
 }
 
@@ -50,11 +48,9 @@ fn tls_config(upstream: &Upstream) -> Option<Arc<rustls::ClientConfig>> {
 /// One that cannot be built now (a rejected reload left a bad CA file behind) keeps the prober
 /// as it is: the running configuration is still the one it was made with.
 fn same_tls(held: Option<&Arc<rustls::ClientConfig>>, upstream: &Upstream) -> bool {
-    if !upstream.protocol.is_tls() {
-        return held.is_none();
-    }
-    match streamgate_tls::client_config(&upstream.tls, upstream.protocol.is_h2()) {
-        Ok(now) => held.is_some_and(|h| Arc::ptr_eq(h, &now)),
+    match streamgate_tls::upstream_client_config(upstream.protocol, &upstream.tls) {
+        Ok(Some(now)) => held.is_some_and(|h| Arc::ptr_eq(h, &now)),
+        Ok(None) => held.is_none(),
         Err(_) => true,
     }
 }

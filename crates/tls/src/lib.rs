@@ -20,7 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use streamgate_config::{CertPair, UpstreamTls};
+use streamgate_config::{CertPair, UpstreamProtocol, UpstreamTls};
 use tracing::warn;
 
 /// Certificates expiring sooner than this are logged as a warning when loaded.
@@ -312,6 +312,19 @@ pub fn client_config(
         };
     }
     Ok(config)
+}
+
+/// The client configuration a backend spoken to with `protocol` is dialled with: `None` for a
+/// cleartext protocol, else [`client_config`] with ALPN `h2` for HTTP/2 over TLS. The one
+/// reading of a service's upstream settings for its pooled clients and its health probes.
+pub fn upstream_client_config(
+    protocol: UpstreamProtocol,
+    tls: &UpstreamTls,
+) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    if !protocol.is_tls() {
+        return Ok(None);
+    }
+    client_config(tls, protocol.is_h2()).map(Some)
 }
 
 /// Has the next [`client_config`] of every setting read its CA bundle and client certificate

@@ -79,7 +79,7 @@ impl PooledClients {
                 service: service.to_string(),
                 source: Box::new(e),
             };
-            let tls = tls_config(k).map_err(failed)?;
+            let tls = tls::upstream_client_config(k.protocol, &k.tls).map_err(failed)?;
             let same = |b: &&Built| match (&b.tls, &tls) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (a, b) => a.is_none() && b.is_none(),
@@ -103,19 +103,8 @@ impl PooledClients {
 #[derive(Debug)]
 pub struct PreparedClients(HashMap<ClientKey, Built>);
 
-/// The TLS configuration a client of `key` dials with (`None`: plain TCP).
-fn tls_config(key: &ClientKey) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
-    match key.protocol {
-        UpstreamProtocol::Https | UpstreamProtocol::H2 => Ok(Some(tls::client_config(
-            &key.tls,
-            key.protocol == UpstreamProtocol::H2,
-        )?)),
-        UpstreamProtocol::Http1 | UpstreamProtocol::H2c => Ok(None),
-    }
-}
-
 fn build(key: &ClientKey) -> Result<Built, TlsError> {
-    let config = tls_config(key)?;
+    let config = tls::upstream_client_config(key.protocol, &key.tls)?;
     let tls = match &config {
         Some(config) => Some(TlsDial {
             config: config.clone(),
