@@ -2,14 +2,14 @@
 //! coding it will get ([`normalize_request`]), so a cache varies on at most one value per
 //! coding; a backend's identity response then compressed with it ([`response`]).
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use streamgate_config::{Compression, Encoding};
 use streamgate_policy::encoding::negotiate;
 
 use super::headers::lists_token;
-use std::sync::Arc;
-
 use crate::upstream::{Compressing, Encoder, EncoderMemory, NotStarted, UpstreamBody};
 
 /// Replaces Accept-Encoding with the coding negotiated from it (none: the field is removed).

@@ -246,8 +246,10 @@ impl Compressing {
             };
             match Pin::new(&mut self.inner).poll_frame(cx) {
                 // Nothing more for now: what the encoder holds goes out, as a backend that
-                // streams (events, a page's head sent early) means it to. A body that arrives
-                // faster than it is sent out rarely gets here; each flush costs a few bytes.
+                // streams (events, a page's head sent early) means it to. This is every pause
+                // of the backend's (each socket read that leaves nothing more to read), and
+                // each flush costs a few bytes of output: a backend that trickles small pieces
+                // gets a larger compressed body, cached copy included.
                 Poll::Pending if encoder.unflushed => {
                     if let Err(e) = encoder.flush() {
                         self.encoder = None;
