@@ -58,6 +58,22 @@ impl RawOrigin {
     }
 
     pub async fn start(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
+        RawOrigin::start_with(respond, true).await
+    }
+
+    /// A backend that answers on the head and ignores the request's body framing: whatever
+    /// follows a head on the connection is read as the next request (the "CL.0" backends of
+    /// request-smuggling research: a static-file handler that never reads a POST's body).
+    pub async fn ignoring_bodies(
+        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    ) -> RawOrigin {
+        RawOrigin::start_with(respond, false).await
+    }
+
+    async fn start_with(
+        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+        reads_bodies: bool,
+    ) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
@@ -100,6 +116,9 @@ impl RawOrigin {
                         };
                         if s.write_all(&answer).await.is_err() {
                             return;
+                        }
+                        if !reads_bodies {
+                            continue;
                         }
                         let chunked = is_chunked(&head);
                         let length = content_length(&head);

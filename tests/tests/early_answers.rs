@@ -1,7 +1,8 @@
 //! A backend that answers before the request body has all arrived (a 401 or 413 decided on the
 //! head, nginx's static files answering a POST): the rest of the body still goes, the client's
-//! connection and the backend's serve the next request, an upload that stops is let go, and a
-//! body that ends short never leaves its backend connection to the next request.
+//! connection serves the next request, the backend's is closed (never pooled: request
+//! smuggling), an upload that stops is let go, and a body that ends short never leaves its
+//! backend connection to the next request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
@@ -73,8 +74,8 @@ async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
     read_answers(&mut s, &mut text, 1).await;
     // The answer is whole; the rest of the body follows it, then the next request.
     s.write_all(&body[1000..]).await.unwrap();
-    // The backend connection goes back to the pool from a task of its own once the body has
-    // gone: once the backend has it all, and a moment after, the next request takes it.
+    // The backend connection closes once the body has gone (see
+    // `a_connection_answered_before_its_upload_ended_is_not_reused`).
     let origin_has_it = eventually(Duration::from_secs(5), || origin.bodies().len() == 1).await;
     assert!(origin_has_it, "the rest of the upload reached the backend");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -95,9 +96,55 @@ async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
     );
     assert_eq!(
         origin.request_connections(),
-        1,
-        "the backend connection is reused once the upload has ended"
+        2,
+        "the backend connection answered before its upload ended is not reused"
     );
+}
+
+/// A backend that answers a POST on its head and never reads the body (a static-file handler;
+/// a "CL.0" backend) takes the body's bytes for the next request. If the connection went back
+/// to the pool once the upload's tail had gone, a body crafted as the start of a request
+/// ("GET /smuggled ... X: ") would prefix the next client's request on it, and that client
+/// would get the smuggled answer: the desync of request-smuggling research. nginx never keeps a
+/// backend connection whose request body was not all sent before the answer; neither does
+/// StreamGate: the tail still goes (the backend may want it), then the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_answered_before_its_upload_ended_is_not_reused() {
+    let origin = RawOrigin::ignoring_bodies(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
+            path.len()
+        )
+        .into_bytes()
+    })
+    .await;
+    let d = origin.behind(Listener::http("web")).await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    read_answers(&mut s, &mut text, 1).await;
+    assert_eq!(answers(&text)[0].1, "/upload");
+    // The body after the answer: the tail goes to the backend.
+    s.write_all(smuggled).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let victim = get(&http1(), &d.url("web", "/victim"), &[]).await.unwrap();
+        assert_eq!(
+            victim.text(),
+            "/victim",
+            "another client got a smuggled answer"
+        );
+    }
 }
 
 /// After an early answer, an upload that stops moving is given up on (5 s without a byte, as
@@ -219,7 +266,7 @@ async fn an_http2_upload_refused_early_is_stopped() {
 
 /// An upload that the backend accepted before its end (a 2xx, as an ingest endpoint may send
 /// before it reads the body) still goes to the backend whole for an HTTP/2 client too, with no
-/// reset, and the backend connection then serves the next request.
+/// reset; the backend connection then closes, as for HTTP/1.1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upload_accepted_early_still_reaches_the_backend() {
     let origin = path_origin().await;
@@ -245,8 +292,8 @@ async fn an_http2_upload_accepted_early_still_reaches_the_backend() {
     assert_eq!(next.text(), "/next");
     assert_eq!(
         origin.request_connections(),
-        1,
-        "the backend connection is reused once the upload has ended"
+        2,
+        "the backend connection answered before its upload ended is not reused"
     );
 }
 

@@ -151,10 +151,14 @@ pub(crate) enum Reuse {
     /// Serve another request now.
     Now(TcpStream),
     /// The answer ended before the request body did: a backend that answers on the head (a
-    /// 401 or 413, nginx's static files to a POST) and reads the rest after. The rest still
-    /// goes, and the connection serves again once it has: a body dropped half-read makes
-    /// hyper's server close the client's connection, and a client that reuses it loses its
-    /// next request (h2load: one connection in 30 with two workers, 16 KiB uploads).
+    /// 401 or 413, nginx's static files to a POST, an ingest endpoint's early 202). The rest
+    /// still goes: a body dropped half-read makes hyper's server close the client's
+    /// connection, and a client that reuses it loses its next request (h2load: one connection
+    /// in 30 with two workers, 16 KiB uploads). The connection then closes and is not pooled:
+    /// a backend that answered without reading the body may take the body's bytes for its next
+    /// request ("CL.0" request smuggling), and a body crafted as the start of a request would
+    /// then prefix another client's. nginx keeps no connection whose request body was not all
+    /// sent either (`request_body_sent` in its keepalive module).
     AfterUpload(UploadTail),
     /// Closed.
     No,
@@ -163,7 +167,6 @@ pub(crate) enum Reuse {
 /// The rest of a request body on its way after the answer; see [`Reuse::AfterUpload`].
 #[derive(Debug)]
 pub(crate) struct UploadTail {
-    rd: OwnedReadHalf,
     writer: BodyWriter,
     upload: Arc<Upload>,
 }
@@ -175,22 +178,24 @@ const TAIL_QUIET: Duration = Duration::from_secs(5);
 const TAIL_MAX: Duration = Duration::from_secs(30);
 
 impl UploadTail {
-    /// Waits for the rest of the body to go; the connection if it went whole. Given up (the
-    /// upload aborted, the connection closed) when it stalls or runs long.
-    pub(crate) async fn finish(mut self) -> Option<TcpStream> {
+    /// Waits for the rest of the body to go, then closes the connection. Given up (the upload
+    /// aborted) when it stalls or runs long.
+    pub(crate) async fn finish(mut self) {
         let started = Instant::now();
-        let handle = self.writer.0.as_mut()?;
+        let Some(handle) = self.writer.0.as_mut() else {
+            return;
+        };
         loop {
             let quiet = Duration::from_nanos(
                 streamgate_balance::stats::now_nanos().saturating_sub(self.upload.last_progress()),
             );
             // Given up: the writer is aborted as `self` drops.
-            let wait = tail_wait(started.elapsed(), quiet)?;
-            if let Ok(done) = tokio::time::timeout(wait, &mut *handle).await {
-                return match done {
-                    Ok(Ok(wr)) => self.rd.reunite(wr).ok(),
-                    _ => None,
-                };
+            let Some(wait) = tail_wait(started.elapsed(), quiet) else {
+                return;
+            };
+            if tokio::time::timeout(wait, &mut *handle).await.is_ok() {
+                // The write half ends here (the read half went with the answer): it closes.
+                return;
             }
         }
     }
@@ -235,7 +240,7 @@ impl Conn {
                     if upload.stop_after_answer() {
                         return Reuse::No;
                     }
-                    return Reuse::AfterUpload(UploadTail { rd, writer, upload });
+                    return Reuse::AfterUpload(UploadTail { writer, upload });
                 }
                 // A finished task's output is ready: polling once with a no-op waker takes it.
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
