@@ -15,19 +15,21 @@ use tokio::net::TcpStream;
 /// An origin that answers every request at once with its path, and reads its body after: a
 /// refusal (401) for paths under `/refused`, a 200 for the rest.
 async fn path_origin() -> RawOrigin {
-    RawOrigin::start(|head| {
-        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
-        let status = match path.starts_with("/refused") {
-            true => "401 Unauthorized",
-            false => "200 OK",
-        };
-        format!(
-            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{path}",
-            path.len()
-        )
-        .into_bytes()
-    })
-    .await
+    RawOrigin::start(path_answer).await
+}
+
+/// The answer of [`path_origin`] to `head`.
+fn path_answer(head: &str) -> Vec<u8> {
+    let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+    let status = match path.starts_with("/refused") {
+        true => "401 Unauthorized",
+        false => "200 OK",
+    };
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{path}",
+        path.len()
+    )
+    .into_bytes()
 }
 
 /// Reads from `s` until `text` holds `n` answers (Content-Length framed), at most 5 s.
@@ -54,15 +56,7 @@ async fn read_answers(s: &mut TcpStream, text: &mut String, n: usize) {
 /// two workers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
-    let origin = RawOrigin::start(|head| {
-        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-            path.len()
-        )
-        .into_bytes()
-    })
-    .await;
+    let origin = path_origin().await;
     let d = origin.behind(Listener::http("web")).await;
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     let body = vec![b'u'; 10_000];
@@ -110,15 +104,7 @@ async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
 /// StreamGate: the tail still goes (the backend may want it), then the connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_answered_before_its_upload_ended_is_not_reused() {
-    let origin = RawOrigin::ignoring_bodies(|head| {
-        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{path}",
-            path.len()
-        )
-        .into_bytes()
-    })
-    .await;
+    let origin = RawOrigin::ignoring_bodies(path_answer).await;
     let d = origin.behind(Listener::http("web")).await;
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
