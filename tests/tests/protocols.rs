@@ -194,6 +194,32 @@ async fn grpc_style_h2c_keeps_trailers_both_ways() {
     assert_eq!(o.last_headers()["te"], "trailers");
 }
 
+/// An HTTP/2 (h2c) client on a new connection to the listener "web".
+async fn h2_client(
+    d: &TestDaemon,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An HTTP/2 WebSocket's opening (RFC 8441's extended CONNECT) for `path` on chat.example.
+fn websocket_connect(path: &str) -> Request<http_body_util::Empty<Bytes>> {
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://chat.example{path}"))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap()
+}
+
 /// A WebSocket server that echoes every message.
 async fn websocket_echo() -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -276,24 +302,11 @@ async fn websocket_over_http2_extended_connect_reaches_an_http1_backend() {
         .start()
         .await;
 
-    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(&d).await;
     // Several WebSockets share the one HTTP/2 connection.
     let mut sessions = Vec::new();
     for n in 0..3u8 {
-        let req = Request::builder()
-            .method(Method::CONNECT)
-            .uri("http://chat.example/live")
-            .extension(hyper::ext::Protocol::from_static("websocket"))
-            .header("sec-websocket-version", "13")
-            .body(http_body_util::Empty::<Bytes>::new())
-            .unwrap();
+        let req = websocket_connect("/live");
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert!(resp.headers().get("sec-websocket-accept").is_none());
@@ -342,24 +355,92 @@ async fn an_extended_connect_the_backend_does_not_upgrade_is_a_502() {
         .service(service("plain"))
         .start()
         .await;
-    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .method(Method::CONNECT)
-        .uri("http://chat.example/live")
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .header("sec-websocket-version", "13")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap();
+    let mut sender = h2_client(&d).await;
+    let req = websocket_connect("/live");
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(o.hits(), 1, "the backend was asked");
+}
+
+/// A backend that answers every request `101 Switching Protocols` to the protocol named by the
+/// request's path (`/to/<protocol>`), with `accept` as its Sec-WebSocket-Accept, then sends bytes
+/// of that protocol.
+async fn switching_origin(accept: &'static str) -> RawOrigin {
+    RawOrigin::start(move |head| {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let protocol = path.strip_prefix("/to/").unwrap_or("websocket");
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: {protocol}\r\nconnection: upgrade\r\n\
+             sec-websocket-accept: {accept}\r\n\r\nbytes of {protocol}"
+        )
+        .into_bytes()
+    })
+    .await
+}
+
+/// Sends `head` on a new connection to `addr` and returns the status line of the answer.
+async fn status_line(addr: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&chunk[..n]),
+            other => panic!("no status line: {other:?} after {got:?}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or_default().to_string()
+}
+
+/// A 101 hands the client's connection to another protocol, so it is passed on only when it
+/// answers the upgrade the client asked for (RFC 9110 §7.8, §15.2.2). A 101 to a plain GET, or
+/// a switch to a protocol the client did not offer, would make the connection a byte stream no
+/// rule or limit sees: the backend's error, a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_is_passed_on_only_when_it_answers_the_upgrade_asked_for() {
+    let origin = switching_origin("unchecked").await;
+    let d = origin.behind(Listener::http("web")).await;
+    let upgrade = |path: &str, protocol: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    // The control: a WebSocket asked for and given (the client checks its own accept).
+    let line = status_line(d.addr("web"), &upgrade("/to/websocket", "websocket")).await;
+    assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+    let line = status_line(
+        d.addr("web"),
+        "GET /to/websocket HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert!(
+        line.starts_with("HTTP/1.1 502"),
+        "a 101 to a plain GET: {line}"
+    );
+    let line = status_line(d.addr("web"), &upgrade("/to/raw-tcp", "websocket")).await;
+    assert!(
+        line.starts_with("HTTP/1.1 502"),
+        "a switch to what was not offered: {line}"
+    );
+}
+
+/// For an HTTP/2 WebSocket StreamGate makes the HTTP/1.1 handshake itself, so it checks the
+/// backend's Sec-WebSocket-Accept as the client would have (RFC 6455 §4.2.2): a backend that
+/// does not compute it (not a WebSocket server, or something answering 101 to anything) is a
+/// 502, not a 200 that tells the client its WebSocket is open. (A right accept:
+/// `websocket_over_http2_extended_connect_reaches_an_http1_backend`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_websocket_answered_with_a_wrong_accept_is_a_502() {
+    let origin = switching_origin("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=").await;
+    let d = origin.behind(Listener::http("web")).await;
+    let mut sender = h2_client(&d).await;
+    let req = websocket_connect("/to/websocket");
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
 }
 
 /// A CA bundle rotated in place (same path, new contents) takes effect at the next reload: the

@@ -16,6 +16,7 @@ mod pump;
 mod purge;
 mod request;
 mod rules;
+mod switch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -275,7 +275,26 @@ impl HttpProxy {
                 )
                 .await
             };
+            // A 101 must answer the upgrade the request asked for (see `switch`).
+            let switch_refused = match &answered {
+                Ok(Ok(r)) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    let asked = out.upgrade.is_some();
+                    let h = &out.parts.headers;
+                    super::switch::refusal(
+                        asked.then(|| h.get(header::UPGRADE)).flatten(),
+                        r.headers(),
+                        (asked && out.client_version == Version::HTTP_2)
+                            .then(|| h.get(header::SEC_WEBSOCKET_KEY))
+                            .flatten(),
+                    )
+                }
+                _ => None,
+            };
             let failure = match answered {
+                Ok(Ok(_)) if switch_refused.is_some() => ProxyError::Upstream {
+                    backend: pick.backend.address,
+                    reason: switch_refused.unwrap_or_default().into(),
+                },
                 // Both framings at once (an HTTP/1.1 backend behind TLS, read by hyper): the
                 // body's length is ambiguous, so the response is refused, never stored.
                 // The upload was cut at max_body: whatever the backend made of the truncated
