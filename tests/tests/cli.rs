@@ -249,6 +249,53 @@ async fn a_1_gib_download_and_upload_do_not_raise_memory() {
     assert!(grew < 48 << 20, "peak RSS grew by {} MiB", grew >> 20);
 }
 
+/// An HTTP/2 client that opens its 256 streams to large answers, grants them all the window
+/// there is, and then reads nothing: what the daemon holds for it is bounded per stream (the
+/// send buffer and the pump's pieces), not the 400 KiB a stream that hyper keeps by default,
+/// which made one such connection pin over 100 MiB until its write timer ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_reads_nothing_pins_little_memory() {
+    use streamgate_tests::h2::frame;
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start("big").await;
+    let p = DaemonProcess::start(BIN, &service(local(&origin)).to_toml(), &["web"]);
+    let base = format!("http://{}", p.addr("web"));
+    get(&http1(), &format!("{base}/bytes/1000000"), &[])
+        .await
+        .unwrap();
+    let before = p.rss();
+    let mut s = tokio::net::TcpStream::connect(p.addr("web")).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE at its largest, and the connection's window too.
+    let mut settings = 4u16.to_be_bytes().to_vec();
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    out.extend(frame(4, 0, 0, &settings));
+    out.extend(frame(8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    let path = b"/bytes/8388608";
+    for i in 0..256u32 {
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path);
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"a.example");
+        out.extend(frame(1, 0x5, 2 * i + 1, &block));
+    }
+    s.write_all(&out).await.unwrap();
+    // Every stream has its answer under way once the origin has been asked 256 times.
+    let asked = eventually(Duration::from_secs(20), || origin.hits() >= 257).await;
+    assert!(asked, "{} requests reached the origin", origin.hits());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grew = p.rss().saturating_sub(before);
+    eprintln!("RSS {} -> {} MiB", before >> 20, (before + grew) >> 20);
+    // 38 MiB here with 64 KiB send buffers, 34-36 MiB with 16 KiB (the rest is the pump's
+    // pieces and the backend connections' buffers), 124 MiB with hyper's default of 400 KiB.
+    assert!(
+        grew < 56 << 20,
+        "one connection that reads nothing pins {} MiB",
+        grew >> 20
+    );
+    drop(s);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_a_changed_file_reload_the_config() {
     let a = Origin::start("a").await;

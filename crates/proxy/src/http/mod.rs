@@ -184,6 +184,11 @@ where
     }
 }
 
+/// What h2 may queue per stream beyond what the socket took. hyper's default, 400 KiB, let an
+/// HTTP/2 client that grants every window and reads nothing pin 124 MiB with one connection of
+/// 256 streams (`cli::an_http2_client_that_reads_nothing_pins_little_memory`).
+const H2_SEND_BUFFER: usize = 64 * 1024;
+
 fn builder(limits: &ListenerLimits) -> auto::Builder<StreamExecutor> {
     let mut b = auto::Builder::new(StreamExecutor);
     b.http1()
@@ -200,6 +205,7 @@ fn builder(limits: &ListenerLimits) -> auto::Builder<StreamExecutor> {
         .max_concurrent_streams(256)
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .max_header_list_size(limits.max_header_bytes as u32)
         // A peer that stops answering PINGs is gone (a stream may be waiting on a slow backend
         // while the client machine vanished): every `idle`, a PING; no answer within
