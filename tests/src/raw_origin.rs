@@ -14,6 +14,17 @@ use crate::wire::{chunked_end, content_length, is_chunked};
 
 type Respond = dyn Fn(&str) -> Vec<u8> + Send + Sync;
 
+/// When a raw origin reads a request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bodies {
+    /// After its answer, as backends that answer on the head do.
+    AfterAnswer,
+    /// Before its answer.
+    BeforeAnswer,
+    /// Never: what follows a head is read as the next request.
+    Ignored,
+}
+
 /// A running raw origin. Each request head it reads is recorded and answered with
 /// `respond(head)`; health probes (`/healthz`) get a plain 200. A body (by `Content-Length` or
 /// chunked) is read after the answer is sent, as backends that answer on the head do (nginx's static
@@ -58,7 +69,14 @@ impl RawOrigin {
     }
 
     pub async fn start(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
-        RawOrigin::start_with(respond, true).await
+        RawOrigin::start_with(respond, Bodies::AfterAnswer).await
+    }
+
+    /// A backend that reads each request's body before it answers, as most applications do.
+    pub async fn answering_after_bodies(
+        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    ) -> RawOrigin {
+        RawOrigin::start_with(respond, Bodies::BeforeAnswer).await
     }
 
     /// A backend that answers on the head and ignores the request's body framing: whatever
@@ -67,12 +85,12 @@ impl RawOrigin {
     pub async fn ignoring_bodies(
         respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
     ) -> RawOrigin {
-        RawOrigin::start_with(respond, false).await
+        RawOrigin::start_with(respond, Bodies::Ignored).await
     }
 
     async fn start_with(
         respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
-        reads_bodies: bool,
+        bodies_read: Bodies,
     ) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -114,10 +132,12 @@ impl RawOrigin {
                             seen.lock().unwrap().push(head.clone());
                             respond(&head)
                         };
-                        if s.write_all(&answer).await.is_err() {
+                        if bodies_read != Bodies::BeforeAnswer
+                            && s.write_all(&answer).await.is_err()
+                        {
                             return;
                         }
-                        if !reads_bodies {
+                        if bodies_read == Bodies::Ignored {
                             continue;
                         }
                         let chunked = is_chunked(&head);
@@ -139,6 +159,11 @@ impl RawOrigin {
                         if wire > 0 {
                             buf.drain(..wire);
                             read_bodies.lock().unwrap().push(body);
+                        }
+                        if bodies_read == Bodies::BeforeAnswer
+                            && s.write_all(&answer).await.is_err()
+                        {
+                            return;
                         }
                     }
                 });

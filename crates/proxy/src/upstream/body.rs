@@ -123,8 +123,8 @@ impl H1Body {
     }
 
     /// The body ended: hand the connection back if nothing is left over on it and the request
-    /// went whole before the answer; an upload still going is finished first and the connection
-    /// closed after it ([`Reuse::AfterUpload`]).
+    /// had all gone before the answer began, at once or once its writer is done; an upload still
+    /// going is finished first, and its connection closed ([`Reuse::AfterUpload`]).
     /// A connection that cannot be reused stays with the body (a 101's tunnel takes it; else it
     /// closes when the body is dropped).
     fn finish(&mut self) {
@@ -147,10 +147,12 @@ impl H1Body {
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
                     return;
                 };
-                // The tail goes (the backend may want it), then the connection closes: never
-                // pooled, see [`Reuse::AfterUpload`].
-                runtime.spawn(tail.finish());
-                drop(buffers);
+                let pool = self.pool.clone();
+                runtime.spawn(async move {
+                    if let Some(stream) = tail.finish().await {
+                        pool.put(Pooled { stream, buffers }, Instant::now());
+                    }
+                });
             }
             Reuse::No => {}
         }

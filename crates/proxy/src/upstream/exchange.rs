@@ -86,6 +86,9 @@ pub(super) async fn exchange(
         .map_err(|e| io_err("sending the request", e))?;
     let mut conn = match body {
         RequestBody::Empty => Conn::Whole(conn),
+        // All of it is in before it starts (an HTTP/2 client's `content-length: 0` without
+        // END_STREAM): nothing to send, so no task to wait for.
+        RequestBody::Stream(..) if framing == RequestFraming::Length(0) => Conn::Whole(conn),
         RequestBody::Stream(client_body, upload) => {
             let (rd, wr) = conn.into_split();
             let writer = tokio::spawn(write_body(wr, client_body, framing, upload.clone()));
@@ -150,15 +153,11 @@ pub(crate) enum Conn {
 pub(crate) enum Reuse {
     /// Serve another request now.
     Now(TcpStream),
-    /// The answer ended before the request body did: a backend that answers on the head (a
-    /// 401 or 413, nginx's static files to a POST, an ingest endpoint's early 202). The rest
-    /// still goes: a body dropped half-read makes hyper's server close the client's
-    /// connection, and a client that reuses it loses its next request (h2load: one connection
-    /// in 30 with two workers, 16 KiB uploads). The connection then closes and is not pooled:
-    /// a backend that answered without reading the body may take the body's bytes for its next
-    /// request ("CL.0" request smuggling), and a body crafted as the start of a request would
-    /// then prefix another client's. nginx keeps no connection whose request body was not all
-    /// sent either (`request_body_sent` in its keepalive module).
+    /// The request body is still being sent. The rest still goes: a body dropped half-read
+    /// makes hyper's server close the client's connection, and a client that reuses it loses
+    /// its next request (h2load: one connection in 30 with two workers, 16 KiB uploads). Then
+    /// the connection serves again only if the answer began after the whole body had gone
+    /// (its writer was finishing); see [`Upload::answered_early`] for why not otherwise.
     AfterUpload(UploadTail),
     /// Closed.
     No,
@@ -167,6 +166,7 @@ pub(crate) enum Reuse {
 /// The rest of a request body on its way after the answer; see [`Reuse::AfterUpload`].
 #[derive(Debug)]
 pub(crate) struct UploadTail {
+    rd: OwnedReadHalf,
     writer: BodyWriter,
     upload: Arc<Upload>,
 }
@@ -178,24 +178,22 @@ const TAIL_QUIET: Duration = Duration::from_secs(5);
 const TAIL_MAX: Duration = Duration::from_secs(30);
 
 impl UploadTail {
-    /// Waits for the rest of the body to go, then closes the connection. Given up (the upload
-    /// aborted) when it stalls or runs long.
-    pub(crate) async fn finish(mut self) {
+    /// Waits for the rest of the body to go; the connection if it went whole and may serve
+    /// again. Given up (the upload aborted, the connection closed) when it stalls or runs long.
+    pub(crate) async fn finish(mut self) -> Option<TcpStream> {
         let started = Instant::now();
-        let Some(handle) = self.writer.0.as_mut() else {
-            return;
-        };
+        let handle = self.writer.0.as_mut()?;
         loop {
             let quiet = Duration::from_nanos(
                 streamgate_balance::stats::now_nanos().saturating_sub(self.upload.last_progress()),
             );
             // Given up: the writer is aborted as `self` drops.
-            let Some(wait) = tail_wait(started.elapsed(), quiet) else {
-                return;
-            };
-            if tokio::time::timeout(wait, &mut *handle).await.is_ok() {
-                // The write half ends here (the read half went with the answer): it closes.
-                return;
+            let wait = tail_wait(started.elapsed(), quiet)?;
+            if let Ok(done) = tokio::time::timeout(wait, &mut *handle).await {
+                return match done {
+                    Ok(Ok(wr)) if !self.upload.answered_early() => self.rd.reunite(wr).ok(),
+                    _ => None,
+                };
             }
         }
     }
@@ -240,15 +238,17 @@ impl Conn {
                     if upload.stop_after_answer() {
                         return Reuse::No;
                     }
-                    return Reuse::AfterUpload(UploadTail { writer, upload });
+                    return Reuse::AfterUpload(UploadTail { rd, writer, upload });
                 }
                 // A finished task's output is ready: polling once with a no-op waker takes it.
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
                 match std::pin::Pin::new(handle).poll(&mut cx) {
-                    std::task::Poll::Ready(Ok(Ok(wr))) => match rd.reunite(wr) {
-                        Ok(s) => Reuse::Now(s),
-                        Err(_) => Reuse::No,
-                    },
+                    std::task::Poll::Ready(Ok(Ok(wr))) if !upload.answered_early() => {
+                        match rd.reunite(wr) {
+                            Ok(s) => Reuse::Now(s),
+                            Err(_) => Reuse::No,
+                        }
+                    }
                     _ => Reuse::No,
                 }
             }

@@ -39,6 +39,8 @@ pub struct Upload {
     broke: std::sync::atomic::AtomicBool,
     /// The backend refused the request (a 4xx or 5xx answer) before the body was all in.
     refused: std::sync::atomic::AtomicBool,
+    /// The answer's head came before the whole body had been sent.
+    early: std::sync::atomic::AtomicBool,
 }
 
 impl Upload {
@@ -82,6 +84,21 @@ impl Upload {
         if status >= 400 {
             self.refused.store(true, Relaxed);
         }
+        if !self.is_done() {
+            self.early.store(true, Relaxed);
+        }
+    }
+
+    /// Whether the answer began before the whole body had been sent (the writer marks the
+    /// body done right after its last write, with no wait between). Such a connection is
+    /// not used again: a backend that answers without reading the body (a static-file handler;
+    /// the "CL.0" backends of request-smuggling research) takes the body's bytes for its next
+    /// request, and a body crafted as the start of a request would prefix another client's.
+    /// nginx keeps no connection whose body was not all sent before the answer either
+    /// (`request_body_sent` in its keepalive module). A body sent whole before the answer
+    /// cannot be told from one the backend read, by any proxy.
+    pub fn answered_early(&self) -> bool {
+        self.early.load(Relaxed)
     }
 
     /// Whether the rest of the body is stopped once the answer has gone, rather than still
