@@ -57,8 +57,12 @@ async fn at_once(d: &Arc<TestDaemon>, n: usize, path: &'static str) -> Vec<Answe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_waiting_on_an_uncacheable_answer_go_at_once_not_one_by_one() {
     let o = Origin::start("o").await;
-    let d = Arc::new(start(&o, cache()).await);
-    o.set_delay(Duration::from_millis(300));
+    // Every client must arrive while the first one's request runs: 300 ms was too short for 20
+    // new connections on a loaded CI, so the origin takes 2 s. One at a time, the 20 would take
+    // 40 s: the lock_timeout (after which each waiting client goes on its own, all at once) is
+    // 60 s so that it does not hide it.
+    let d = Arc::new(start(&o, cache().lock_timeout("60s")).await);
+    o.set_delay(Duration::from_secs(2));
     for a in at_once(&d, 20, "/c/u?cc=private").await {
         assert_eq!(a.status, StatusCode::OK);
     }

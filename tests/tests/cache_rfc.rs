@@ -210,7 +210,10 @@ async fn clients_waiting_on_a_failed_revalidation_get_the_stale_copy() {
     let path = "/c/sie?cc=max-age%3D0%2C%20stale-if-error%3D600";
     let first = fetch(&d, path, &[]).await;
     o.set_status(503);
-    o.set_delay(Duration::from_millis(300));
+    // Every client must arrive while the first one's revalidation runs: 300 ms was too short
+    // for 30 new connections on a loaded CI. 2 s is still under the 5 s lock_timeout after
+    // which a waiting client goes to the origin on its own.
+    o.set_delay(Duration::from_secs(2));
     let before = o.hits();
     let tasks: Vec<_> = (0..30)
         .map(|_| {

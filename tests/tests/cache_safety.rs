@@ -278,7 +278,10 @@ async fn revalidations_are_coalesced_also_for_no_cache_clients() {
     let d = Arc::new(start(&o, cache()).await);
     let path = "/c/hot?cc=max-age%3D0&etag=v1";
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
-    o.set_delay(Duration::from_millis(300));
+    // Every client must arrive while the first one's revalidation runs (max-age=0: a client
+    // after it revalidates again). 300 ms was too short for 50 new connections on a loaded CI;
+    // 2 s is still under the 5 s lock_timeout after which a waiting client goes on its own.
+    o.set_delay(Duration::from_secs(2));
     for client_cc in [None, Some("no-cache")] {
         let before = o.conditional();
         let tasks: Vec<_> = (0..50)

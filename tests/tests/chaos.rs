@@ -64,13 +64,22 @@ impl Origins {
         let mut o = self.origins[i].lock().await;
         let (name, addr, state) = (o.name.clone(), o.addr, o.state.clone());
         o.stop().await;
-        // The stopped listener closes when its aborted task is dropped: wait for the port.
-        for _ in 0..100 {
-            if std::net::TcpListener::bind(addr).is_ok() {
+        // The stopped listener closes when its aborted task is dropped: wait for the port, up
+        // to 5 s (1 s was thin on a loaded machine). Probed as the origin binds it, with
+        // SO_REUSEADDR: without it, the connections the origin closed first (TIME_WAIT) keep
+        // the port taken for a minute.
+        let mut free = false;
+        for _ in 0..500 {
+            if tokio::net::TcpListener::bind(addr).await.is_ok() {
+                free = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(
+            free,
+            "port {addr} of {name} still taken 5 s after it stopped"
+        );
         *o = Origin::start_with_state(&name, addr, state).await;
     }
 }
@@ -131,6 +140,9 @@ async fn chaos_under_load_fails_no_idempotent_request() {
 
     // The chaos: about 15 s, one action every 150 ms, reloads in between.
     let started = Instant::now();
+    // The restarts, awaited at the end: a backend that failed to come back fails the test
+    // rather than leaving it to run with fewer backends.
+    let mut restarts = Vec::new();
     let mut reloads = 0;
     let mut step = 0u64;
     while reloads < 100 {
@@ -147,10 +159,10 @@ async fn chaos_under_load_fails_no_idempotent_request() {
                 let i = fastrand::usize(..n);
                 r.kill(i).await;
                 let r = r.clone();
-                tokio::spawn(async move {
+                restarts.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(..400))).await;
                     r.restart(i).await;
-                });
+                }));
             }
             // The whole primary region cut off for a second.
             1 if step % 30 == 1 => {
@@ -158,12 +170,12 @@ async fn chaos_under_load_fails_no_idempotent_request() {
                     a.kill(i).await;
                 }
                 let a = a.clone();
-                tokio::spawn(async move {
+                restarts.push(tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     for i in 0..3 {
                         a.restart(i).await;
                     }
-                });
+                }));
             }
             // A purge.
             2 => {
@@ -192,8 +204,14 @@ async fn chaos_under_load_fails_no_idempotent_request() {
         l.await.unwrap();
     }
     eprintln!("load done at {:?}", started.elapsed());
+    for r in restarts {
+        r.await.expect("a killed backend came back");
+    }
     let (ok, failed) = (ok.load(SeqCst), failed.load(SeqCst));
-    assert!(ok > 1000, "only {ok} requests in {:?}", started.elapsed());
+    // That the load ran all along, not how fast: 8 clients for the ~15 s of chaos. A debug
+    // daemon on a loaded 2-core CI machine answers far fewer than an idle one (thousands);
+    // 100 is under one answer a second per client.
+    assert!(ok > 100, "only {ok} requests in {:?}", started.elapsed());
     let failures = failures.lock().unwrap().clone();
     assert_eq!(
         failed,

@@ -84,13 +84,16 @@ fn tokio_stream_from<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_longer_than_upstream_response_is_not_a_timeout() {
     let o = Origin::start("o").await;
-    let d = config(&o, Timeouts::new().upstream_response("1s"))
+    // The deadline counts from the upload's last progress: 2 s is 8 times the 250 ms between
+    // pieces, which a loaded CI machine can stretch (1 s, 4 times, was too thin).
+    let d = config(&o, Timeouts::new().upstream_response("2s"))
         .start()
         .await;
-    // 3 s of upload, 64 KiB every 250 ms: the backend answers once it has it all.
-    let (status, text) = slow_upload(&d, 12, 64 * 1024, Duration::from_millis(250), None).await;
+    // 4 s of upload (twice the deadline), 64 KiB every 250 ms: the backend answers once it has
+    // it all.
+    let (status, text) = slow_upload(&d, 16, 64 * 1024, Duration::from_millis(250), None).await;
     assert_eq!(status, StatusCode::OK, "{text}");
-    assert_eq!(text, (12 * 64 * 1024).to_string());
+    assert_eq!(text, (16 * 64 * 1024).to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

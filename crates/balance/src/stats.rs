@@ -471,21 +471,25 @@ mod tests {
             max_ejection: Duration::from_millis(30),
         };
         let s = BackendState::default();
+        // Each cool-down expired by hand at once, yet ended an hour from now: no time back in
+        // between however long the thread is preempted (with `now_nanos()` here, 1 ms of it
+        // was one base back, and the level went down a step).
+        let no_time_back = || now_nanos() + 3_600_000_000_000;
         for _ in 0..6 {
-            // Each cool-down expired by hand at once: no time back in between.
             s.ejected_until.store(1, Relaxed);
-            s.ejection_ended.store(now_nanos(), Relaxed);
+            s.ejection_ended.store(no_time_back(), Relaxed);
             s.record_outcome(Outcome::Failure, &policy);
         }
         assert_eq!(s.ejections.load(Relaxed), 6);
         s.ejected_until.store(1, Relaxed);
-        s.ejection_ended.store(now_nanos(), Relaxed);
+        s.ejection_ended.store(no_time_back(), Relaxed);
         assert_eq!(
             s.record_outcome(Outcome::Failure, &policy),
             Some(Duration::from_millis(30)),
             "straight after: max_ejection"
         );
-        // Healthy for twenty bases since the last cool-down ended.
+        // Healthy for twenty bases since the last cool-down ended (at least: a longer sleep
+        // only fades the level further, and it is already at its floor).
         s.ejected_until.store(1, Relaxed);
         s.ejection_ended.store(now_nanos(), Relaxed);
         std::thread::sleep(Duration::from_millis(20));

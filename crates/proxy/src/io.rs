@@ -552,8 +552,11 @@ mod tests {
     #[tokio::test]
     async fn idle_connection_times_out() {
         let (client, server) = tokio::io::duplex(64);
-        let mut io = TimedIo::new(server, ConnActivity::new(), timeouts());
+        // Before the activity's clock starts: the idle deadline cannot be earlier than 300 ms
+        // from here, however late this thread runs (taken after it, a preemption between the
+        // two made the wait look short).
         let started = std::time::Instant::now();
+        let mut io = TimedIo::new(server, ConnActivity::new(), timeouts());
         let mut buf = [0u8; 8];
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
