@@ -26,11 +26,13 @@ pub(crate) fn refusal(
     let Some(offered) = offered else {
         return Some("switched protocols on a request that asked for no upgrade");
     };
-    let Some(chosen) = answered.get(header::UPGRADE) else {
-        return Some("switched protocols without naming one in Upgrade");
-    };
     let offered: Vec<&[u8]> = tokens(offered.as_bytes()).collect();
-    let mut chosen = tokens(chosen.as_bytes()).peekable();
+    // Every Upgrade line of the answer: a second one may name what the first did not.
+    let mut chosen = answered
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| tokens(v.as_bytes()))
+        .peekable();
     if chosen.peek().is_none() {
         return Some("switched protocols without naming one in Upgrade");
     }
@@ -106,6 +108,16 @@ mod tests {
             ((Some("websocket"), Some(" , "), None), None, false),
             ((Some("websocket"), Some("h2c"), None), None, false),
             (
+                (Some("websocket"), Some("websocket|h2c"), None),
+                None,
+                false,
+            ),
+            (
+                (Some("websocket, foo"), Some("websocket|foo"), None),
+                None,
+                true,
+            ),
+            (
                 (Some("websocket"), Some("websocket, h2c"), None),
                 None,
                 false,
@@ -130,8 +142,9 @@ mod tests {
         ];
         for &((offered, chosen, accept), key, passed) in rows {
             let mut answered = HeaderMap::new();
-            if let Some(c) = chosen {
-                answered.insert(header::UPGRADE, HeaderValue::from_str(c).unwrap());
+            // "a|b": two Upgrade lines.
+            for c in chosen.into_iter().flat_map(|c| c.split('|')) {
+                answered.append(header::UPGRADE, HeaderValue::from_str(c).unwrap());
             }
             if let Some(a) = accept {
                 answered.insert(
