@@ -23,6 +23,20 @@ pub fn get_block() -> Vec<u8> {
     b
 }
 
+/// `n` requests GET `path` for host a.example on streams 1, 3, 5..., each a HEADERS frame
+/// with END_STREAM and END_HEADERS (HPACK without indexing).
+pub fn get_streams(path: &str, n: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+        block.extend_from_slice(path.as_bytes());
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"a.example");
+        out.extend(frame(1, 0x5, 2 * i + 1, &block));
+    }
+    out
+}
+
 /// Whether the frames the server sent (`got`, from its first byte) hold a GOAWAY (type 7).
 pub fn has_goaway(got: &[u8]) -> bool {
     let mut i = 0;

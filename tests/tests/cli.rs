@@ -271,14 +271,7 @@ async fn an_http2_client_that_reads_nothing_pins_little_memory() {
     settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
     out.extend(frame(4, 0, 0, &settings));
     out.extend(frame(8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
-    let path = b"/bytes/8388608";
-    for i in 0..256u32 {
-        let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-        block.extend_from_slice(path);
-        block.extend_from_slice(&[0x01, 9]);
-        block.extend_from_slice(b"a.example");
-        out.extend(frame(1, 0x5, 2 * i + 1, &block));
-    }
+    out.extend(streamgate_tests::h2::get_streams("/bytes/8388608", 256));
     s.write_all(&out).await.unwrap();
     // Every stream has its answer under way once the origin has been asked 256 times.
     let asked = eventually(Duration::from_secs(20), || origin.hits() >= 257).await;

@@ -443,6 +443,42 @@ async fn an_http2_websocket_answered_with_a_wrong_accept_is_a_502() {
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
 }
 
+/// Clients that stop reading large answers from an HTTP/2 backend do not stall everyone else on
+/// the shared backend connection. hyper returns flow-control window to the backend only as a
+/// body is read, so each stalled answer keeps what the backend sent it; with hyper's default
+/// windows (2 MiB a stream, 5 MiB the connection) three such streams used up the connection's
+/// window, and every other request to that backend waited for them to be given up (`idle`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_do_not_stall_an_http2_backend_for_others() {
+    use streamgate_tests::h2::frame;
+    use tokio::io::AsyncWriteExt;
+    let o = Origin::start("h2").await;
+    let d = one_region(Region::new("r").origins(&[&o]))
+        .service(service("s").upstream(Upstream::new().protocol("h2c")))
+        .start()
+        .await;
+    // Eight streams for 8 MiB each on a connection that grants no more than HTTP/2's initial
+    // 64 KiB a stream and never reads.
+    let mut stalled = TcpStream::connect(d.addr("web")).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(streamgate_tests::h2::get_streams("/bytes/8388608", 8));
+    stalled.write_all(&out).await.unwrap();
+    let asked = eventually(Duration::from_secs(5), || o.hits() >= 8).await;
+    assert!(asked, "{} requests reached the backend", o.hits());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&http1(), &d.url("web", "/bytes/1000000"), &[]),
+    )
+    .await
+    .expect("another client's request waited on the stalled ones")
+    .unwrap();
+    assert_eq!(other.status, StatusCode::OK);
+    assert_eq!(other.body.len(), 1_000_000);
+    drop(stalled);
+}
+
 /// A CA bundle rotated in place (same path, new contents) takes effect at the next reload: the
 /// backend client is made again, not kept because its settings read the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -103,6 +103,19 @@ impl PooledClients {
 #[derive(Debug)]
 pub struct PreparedClients(HashMap<ClientKey, Built>);
 
+/// What an HTTP/2 backend may send one stream ahead of its reader. All streams to a backend
+/// share one connection, and hyper gives window back only as a body is read: a client that
+/// stops reading keeps its stream's window used. With hyper's defaults (2 MiB a stream, 5 MiB
+/// the connection) three stalled answers used up the connection's window and every other
+/// request to that backend waited until they were given up, `idle` later
+/// (`protocols::stalled_readers_do_not_stall_an_http2_backend_for_others`). So the bound is
+/// per stream, as HAProxy keeps it (64 KiB there): 256 KiB, 12 MB/s a stream at 20 ms of
+/// round trip, and the connection's window is as large as HTTP/2 allows, so that it is never
+/// what runs out. What stalled streams can hold is the stream window times the backend's
+/// concurrent streams (64 MiB at 256).
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 fn build(key: &ClientKey) -> Result<Built, TlsError> {
     let config = tls::upstream_client_config(key.protocol, &key.tls)?;
     let tls = match &config {
@@ -131,7 +144,9 @@ fn build(key: &ClientKey) -> Result<Built, TlsError> {
         // The request carries the Host the client asked for.
         .set_host(false);
     if matches!(key.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) {
-        b.http2_only(true);
+        b.http2_only(true)
+            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
+            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW);
     }
     Ok(Built {
         client: b.build(dialer),
