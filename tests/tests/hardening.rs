@@ -113,6 +113,41 @@ async fn an_upload_that_stops_is_the_clients_timeout() {
     );
 }
 
+/// An HTTP/2 POST with `content-length: 0` whose END_STREAM has not come has all of its body:
+/// a backend that then does not answer within `upstream_response` is the backend's timeout
+/// (504), not an upload the client let stall (408).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_to_an_empty_http2_upload_is_the_backends_timeout() {
+    let o = Origin::start("o").await;
+    o.set_delay(Duration::from_secs(5));
+    let d = config(&o, Timeouts::new().upstream_response("1s"))
+        .start()
+        .await;
+    let s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // A body that never ends: no END_STREAM while the sender is held.
+    let (_open, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(1);
+    let frames = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (f, rx))
+    }));
+    let req = Request::post("http://a.example/x")
+        .header("content-length", "0")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(4), tx.send_request(req))
+        .await
+        .expect("an answer within 4 s")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
 #[tokio::test]
 async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
     let public = Origin::start("public").await;
