@@ -244,9 +244,13 @@ impl Conn {
                     }
                     return Reuse::AfterUpload(UploadTail { rd, writer, upload });
                 }
-                // A finished task's output is ready: polling once with a no-op waker takes it.
+                // A finished task's output is ready: polling once with a no-op waker takes it,
+                // outside tokio's cooperative budget, which a task that has just moved a long
+                // answer has spent (a budgeted poll then says Pending, and the connection was
+                // closed instead of pooled).
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-                match std::pin::Pin::new(handle).poll(&mut cx) {
+                let mut taken = std::pin::pin!(tokio::task::unconstrained(handle));
+                match taken.as_mut().poll(&mut cx) {
                     std::task::Poll::Ready(Ok(Ok(wr))) if !upload.answered_early() => {
                         match rd.reunite(wr) {
                             Ok(s) => Reuse::Now(s),
@@ -408,5 +412,42 @@ mod tests {
         for (waited, quiet, want) in table {
             assert_eq!(tail_wait(waited, quiet), want, "{waited:?} {quiet:?}");
         }
+    }
+
+    /// A task that has just moved a long answer has spent tokio's cooperative budget, and a
+    /// JoinHandle polled then says Pending even when its task is done: the connection was
+    /// closed instead of pooled.
+    #[tokio::test]
+    async fn a_finished_writer_is_taken_however_busy_the_task_was() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let _peer = l.accept().await.unwrap();
+        let (rd, wr) = c.into_split();
+        let upload = Upload::new(u64::MAX, false);
+        upload.finished();
+        let writer = tokio::spawn(async move { Ok(wr) });
+        while !writer.is_finished() {
+            tokio::task::yield_now().await;
+        }
+        // Spend this task's budget without yielding, as many reads of a long answer do.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..1000 {
+            tx.send(()).unwrap();
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut spent = false;
+        for _ in 0..1000 {
+            if rx.poll_recv(&mut cx).is_pending() {
+                spent = true;
+                break;
+            }
+        }
+        assert!(spent, "the budget ran out");
+        let conn = Conn::Split {
+            rd,
+            writer: BodyWriter(Some(writer)),
+            upload,
+        };
+        assert!(matches!(conn.into_reusable(), Reuse::Now(_)));
     }
 }
