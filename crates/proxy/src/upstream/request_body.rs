@@ -78,14 +78,16 @@ impl Upload {
         self.broke.store(true, Relaxed);
     }
 
-    /// The backend's answer, once its head is read: a refusal (4xx, 5xx) makes the rest of an
-    /// HTTP/2 client's body of no use ([`Upload::stop_after_answer`]).
+    /// The backend's answer, once its head is read. Before the body has all gone, it is early
+    /// ([`Upload::answered_early`]), and a refusal (4xx, 5xx) makes the rest of an HTTP/2
+    /// client's body of no use ([`Upload::stop_after_answer`]); after, neither.
     pub fn answered(&self, status: u16) {
+        if self.is_done() {
+            return;
+        }
+        self.early.store(true, Relaxed);
         if status >= 400 {
             self.refused.store(true, Relaxed);
-        }
-        if !self.is_done() {
-            self.early.store(true, Relaxed);
         }
     }
 
@@ -236,5 +238,11 @@ mod tests {
         }
         // Not answered yet: nothing is stopped.
         assert!(!Upload::new(u64::MAX, true).stop_after_answer());
+        // Refused once the whole body had gone: nothing is left to stop, and the connection,
+        // whose writer may still be returning, can serve again.
+        let whole = Upload::new(u64::MAX, true);
+        whole.finished();
+        whole.answered(401);
+        assert!(!whole.stop_after_answer());
     }
 }
