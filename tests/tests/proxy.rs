@@ -610,3 +610,54 @@ async fn a_post_is_not_sent_again_when_a_reused_connection_fails() {
         .count();
     assert_eq!(posts, 1, "{:?}", seen.lock().unwrap());
 }
+
+/// `Expect: 100-continue` is answered by StreamGate (the client gets its 100 when the body is
+/// wanted) and not passed on, as nginx and Envoy do: a backend that honoured it again could
+/// answer a final status without reading the body it is then sent, and keep the connection for
+/// a next request that the body's bytes would prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_answered_here_and_not_passed_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start("a").await;
+    let d = one_service(local().origins(&[&origin]), app())
+        .start()
+        .await;
+    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(
+        b"POST /sink HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a 100 Continue within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {got:?}");
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    while !String::from_utf8_lossy(&rest).contains("\r\n\r\n5") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed: {rest:?}");
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.contains("HTTP/1.1 200"), "{text}");
+    assert!(
+        origin.last_headers().get("expect").is_none(),
+        "{:?}",
+        origin.last_headers()
+    );
+}

@@ -109,7 +109,11 @@ fn hop_by_hop_bit(name: &HeaderName) -> u16 {
 }
 
 /// The fields that are always hop-by-hop (besides Connection, the fields it names, and TE).
-fn hop_by_hop() -> [&'static HeaderName; 7] {
+/// `Expect` is one here: StreamGate's server answers `100-continue` itself when the body is
+/// wanted, and a backend asked again could answer a final status without reading the body it is
+/// then sent, keeping a connection that the body's bytes would prefix (nginx and Envoy drop it
+/// too).
+fn hop_by_hop() -> [&'static HeaderName; 8] {
     [
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
@@ -118,6 +122,7 @@ fn hop_by_hop() -> [&'static HeaderName; 7] {
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
         &header::TRAILER,
+        &header::EXPECT,
     ]
 }
 
