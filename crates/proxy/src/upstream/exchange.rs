@@ -87,9 +87,12 @@ pub(super) async fn exchange(
     let mut conn = match body {
         RequestBody::Empty => Conn::Whole(conn),
         // All of it is in before it starts (an HTTP/2 client's `content-length: 0` without
-        // END_STREAM): nothing to send, so no task to wait for. The upload is done, so the
-        // response deadline is the backend's from here.
-        RequestBody::Stream(_, upload) if framing == RequestFraming::Length(0) => {
+        // END_STREAM, or an END_STREAM that came after the body was looked at): nothing to
+        // send, so no task to wait for. The upload is done, so the response deadline is the
+        // backend's from here.
+        RequestBody::Stream(_, upload)
+            if matches!(framing, RequestFraming::Empty | RequestFraming::Length(0)) =>
+        {
             upload.finished();
             Conn::Whole(conn)
         }
