@@ -358,6 +358,12 @@ async fn write_body(
                     .await
                     .map_err(|e| io_err("sending the request body", e))?;
             }
+            // Done before its last bytes go: a backend that reads the body answers only after
+            // they have, and its answer must not look early however late this thread runs on
+            // after the write (CI saw one preempted there, and a connection closed).
+            if all_in(&upload) {
+                upload.finished();
+            }
             wr.write_all(data)
                 .await
                 .map_err(|e| io_err("sending the request body", e))?;
@@ -383,12 +389,12 @@ async fn write_body(
     upload
         .check_end(&body)
         .map_err(|cut| UpstreamError::ClientBody(cut.to_string()))?;
+    upload.finished();
     if chunked {
         wr.write_all(b"0\r\n\r\n")
             .await
             .map_err(|e| io_err("sending the request body", e))?;
     }
-    upload.finished();
     Ok(wr)
 }
 

@@ -92,10 +92,11 @@ impl Upload {
     }
 
     /// Whether the answer began before the whole body had been sent (the writer marks the
-    /// body done right after its last write, with no wait between). Such a connection is
-    /// not used again: a backend that answers without reading the body (a static-file handler;
-    /// the "CL.0" backends of request-smuggling research) takes the body's bytes for its next
-    /// request, and a body crafted as the start of a request would prefix another client's.
+    /// body done just before its last write: an answer to a body read whole comes after it).
+    /// Such a connection is not used again: a backend that answers without reading the body (a
+    /// static-file handler; the "CL.0" backends of request-smuggling research) takes the body's
+    /// bytes for its next request, and a body crafted as the start of a request would prefix
+    /// another client's.
     /// nginx keeps no connection whose body was not all sent before the answer either
     /// (`request_body_sent` in its keepalive module). A body sent whole before the answer
     /// cannot be told from one the backend read, by any proxy.
