@@ -12,29 +12,7 @@ done
 . "$(dirname "$0")/origin.sh"
 origin_work h2big 18281 "expires 1h;"
 head -c 1048576 /dev/urandom > "$WORK/www/1m"; chmod 644 "$WORK/www/1m"
-cat > "$WORK/sg.toml" <<CONF
-[runtime]
-workers = 1
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:18280"
-[[listeners]]
-name = "cache"
-listen = "127.0.0.1:18282"
-[[regions]]
-name = "local"
-backends = [ { address = "127.0.0.1:18281" } ]
-[[services]]
-name = "bench"
-listeners = ["web"]
-regions = ["local"]
-[[services]]
-name = "cached"
-listeners = ["cache"]
-regions = ["local"]
-[services.cache]
-max_size = "64MiB"
-CONF
+proxy_and_cache_config 18280 18282 18281
 taskset -c 1 nginx -c "$WORK/origin.conf" -e "$WORK/origin.err"
 for r in $(seq $ROUNDS); do
   for bin in "$@"; do

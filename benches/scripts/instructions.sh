@@ -17,31 +17,7 @@ for tool in valgrind callgrind_control callgrind_annotate h2load nginx curl; do
 done
 . "$(dirname "$0")/origin.sh"
 origin_work instructions 18181 "expires 1h;"
-cat > "$WORK/sg.toml" <<CONF
-[runtime]
-workers = 1
-[admin]
-listen = "127.0.0.1:18190"
-[[listeners]]
-name = "web"
-listen = "127.0.0.1:18180"
-[[listeners]]
-name = "cache"
-listen = "127.0.0.1:18182"
-[[regions]]
-name = "local"
-backends = [ { address = "127.0.0.1:18181" } ]
-[[services]]
-name = "bench"
-listeners = ["web"]
-regions = ["local"]
-[[services]]
-name = "cached"
-listeners = ["cache"]
-regions = ["local"]
-[services.cache]
-max_size = "64MiB"
-CONF
+proxy_and_cache_config 18180 18182 18181 18190
 nginx -c "$WORK/origin.conf" -e "$WORK/origin.err"
 
 # One path: the daemon under callgrind, 2000 requests of warm-up, counters zeroed, N requests,

@@ -2,6 +2,9 @@
 # process whose pid file is in it stopped, holding a 1 KiB payload and an nginx origin's config.
 #   origin_work NAME PORT [DIRECTIVES]   sets WORK; writes $WORK/www/1k and $WORK/origin.conf, an
 #                                        nginx on 127.0.0.1:PORT serving $WORK/www with DIRECTIVES
+#   proxy_and_cache_config WEB CACHE ORIGIN [ADMIN]
+#                                        writes $WORK/sg.toml: one worker, a proxied service on
+#                                        port WEB and a cached one on CACHE, both to ORIGIN
 # The payload sits in its own directory: the daemon's config file watcher is woken by every open
 # of a file in the config's directory (inotify's OPEN is in notify's fixed mask), and with the
 # config beside the payload that was 1 200 of 39 400 instructions per proxied request.
@@ -34,4 +37,32 @@ events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$2; location / { root $WORK/www; ${3:-} } } }
 CONF
+}
+
+proxy_and_cache_config() {
+  {
+    printf '[runtime]\nworkers = 1\n'
+    [ -n "${4:-}" ] && printf '[admin]\nlisten = "127.0.0.1:%s"\n' "$4"
+    cat <<CONF
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:$1"
+[[listeners]]
+name = "cache"
+listen = "127.0.0.1:$2"
+[[regions]]
+name = "local"
+backends = [ { address = "127.0.0.1:$3" } ]
+[[services]]
+name = "bench"
+listeners = ["web"]
+regions = ["local"]
+[[services]]
+name = "cached"
+listeners = ["cache"]
+regions = ["local"]
+[services.cache]
+max_size = "64MiB"
+CONF
+  } > "$WORK/sg.toml"
 }
