@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -88,82 +88,56 @@ impl RawOrigin {
         RawOrigin::start_with(respond, Bodies::Ignored).await
     }
 
+    /// [`RawOrigin::ignoring_bodies`] behind TLS (`tls`): an HTTPS backend that answers on the
+    /// head and reads what follows as the next request.
+    pub async fn ignoring_bodies_tls(
+        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> RawOrigin {
+        RawOrigin::listen(Arc::new(respond), Bodies::Ignored, Some(tls)).await
+    }
+
+    /// [`RawOrigin::answering_after_bodies`] behind TLS (`tls`).
+    pub async fn answering_after_bodies_tls(
+        respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> RawOrigin {
+        RawOrigin::listen(Arc::new(respond), Bodies::BeforeAnswer, Some(tls)).await
+    }
+
     async fn start_with(
         respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
         bodies_read: Bodies,
     ) -> RawOrigin {
+        RawOrigin::listen(Arc::new(respond), bodies_read, None).await
+    }
+
+    async fn listen(
+        respond: Arc<Respond>,
+        bodies_read: Bodies,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> RawOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let respond: Arc<Respond> = Arc::new(respond);
-        let seen = heads.clone();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let read_bodies = bodies.clone();
-        let request_conns = Arc::new(AtomicUsize::new(0));
-        let conns = request_conns.clone();
+        let seen = Seen {
+            heads: Arc::new(Mutex::new(Vec::new())),
+            bodies: Arc::new(Mutex::new(Vec::new())),
+            request_conns: Arc::new(AtomicUsize::new(0)),
+        };
+        let kept = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else {
+                let Ok((s, _)) = listener.accept().await else {
                     continue;
                 };
-                let (respond, seen, conns) = (respond.clone(), seen.clone(), conns.clone());
-                let read_bodies = read_bodies.clone();
+                let (respond, seen, tls) = (respond.clone(), seen.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut counted = false;
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    match tls {
+                        None => serve(s, &*respond, bodies_read, &seen).await,
+                        Some(cfg) => {
+                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(s).await {
+                                serve(s, &*respond, bodies_read, &seen).await;
                             }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-                        buf.drain(..end + 4);
-                        let answer = if head.starts_with("GET /healthz ") {
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
-                        } else {
-                            if !counted {
-                                counted = true;
-                                conns.fetch_add(1, Ordering::Relaxed);
-                            }
-                            seen.lock().unwrap().push(head.clone());
-                            respond(&head)
-                        };
-                        if bodies_read != Bodies::BeforeAnswer
-                            && s.write_all(&answer).await.is_err()
-                        {
-                            return;
-                        }
-                        if bodies_read == Bodies::Ignored {
-                            continue;
-                        }
-                        let chunked = is_chunked(&head);
-                        let length = content_length(&head);
-                        // (bytes on the wire, body length) once the body is all in.
-                        let end = |buf: &[u8]| match chunked {
-                            true => chunked_end(buf),
-                            false => (buf.len() >= length).then_some((length, length)),
-                        };
-                        let (wire, body) = loop {
-                            if let Some(end) = end(&buf) {
-                                break end;
-                            }
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        };
-                        if wire > 0 {
-                            buf.drain(..wire);
-                            read_bodies.lock().unwrap().push(body);
-                        }
-                        if bodies_read == Bodies::BeforeAnswer
-                            && s.write_all(&answer).await.is_err()
-                        {
-                            return;
                         }
                     }
                 });
@@ -171,9 +145,9 @@ impl RawOrigin {
         });
         RawOrigin {
             addr,
-            heads,
-            bodies,
-            request_conns,
+            heads: kept.heads,
+            bodies: kept.bodies,
+            request_conns: kept.request_conns,
             task,
         }
     }
@@ -198,4 +172,80 @@ impl Drop for RawOrigin {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// What a raw origin records, shared by its connections.
+#[derive(Clone)]
+struct Seen {
+    heads: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<Vec<usize>>>,
+    request_conns: Arc<AtomicUsize>,
+}
+
+/// Answers the requests of one connection, reading their bodies as `bodies_read` says.
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    respond: &Respond,
+    bodies_read: Bodies,
+    seen: &Seen,
+) {
+    let mut counted = false;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+        buf.drain(..end + 4);
+        let answer = if head.starts_with("GET /healthz ") {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+        } else {
+            if !counted {
+                counted = true;
+                seen.request_conns.fetch_add(1, Ordering::Relaxed);
+            }
+            seen.heads.lock().unwrap().push(head.clone());
+            respond(&head)
+        };
+        if bodies_read != Bodies::BeforeAnswer && !send(&mut s, &answer).await {
+            return;
+        }
+        if bodies_read == Bodies::Ignored {
+            continue;
+        }
+        let chunked = is_chunked(&head);
+        let length = content_length(&head);
+        // (bytes on the wire, body length) once the body is all in.
+        let end = |buf: &[u8]| match chunked {
+            true => chunked_end(buf),
+            false => (buf.len() >= length).then_some((length, length)),
+        };
+        let (wire, body) = loop {
+            if let Some(end) = end(&buf) {
+                break end;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        if wire > 0 {
+            buf.drain(..wire);
+            seen.bodies.lock().unwrap().push(body);
+        }
+        if bodies_read == Bodies::BeforeAnswer && !send(&mut s, &answer).await {
+            return;
+        }
+    }
+}
+
+/// Writes `answer` and flushes it (TLS holds written bytes until a flush); false once the
+/// connection is gone.
+async fn send<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) -> bool {
+    s.write_all(answer).await.is_ok() && s.flush().await.is_ok()
 }

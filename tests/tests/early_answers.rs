@@ -7,7 +7,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Method;
+
 use streamgate_tests::h2::frame;
+use streamgate_tests::tls::{Cert, make_cert, server_tls, write_cert};
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -106,6 +110,78 @@ async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
 async fn a_connection_answered_before_its_upload_ended_is_not_reused() {
     let origin = RawOrigin::ignoring_bodies(path_answer).await;
     let d = origin.behind(Listener::http("web")).await;
+    try_to_smuggle(&d).await;
+}
+
+/// The same desync through an HTTPS backend, which hyper's client speaks to: it puts a
+/// connection back in its pool once both the request and the answer are done, however they
+/// overlapped. Such a connection is poisoned for the pool before the body's last bytes go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_connection_answered_before_its_upload_ended_is_not_reused() {
+    let cert = make_cert(&["origin.test"]);
+    let origin = RawOrigin::ignoring_bodies_tls(path_answer, server_tls(&cert, None)).await;
+    let (d, _ca) = https_behind(&origin, &cert).await;
+    let first = get(&http1(), &d.url("web", "/first"), &[]).await.unwrap();
+    assert_eq!(first.text(), "/first", "the HTTPS backend answers");
+    try_to_smuggle(&d).await;
+}
+
+/// The watch on HTTPS backends costs no keep-alive where the backend reads each body before
+/// it answers: uploads one after another share one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_uploads_read_before_their_answers_share_a_connection() {
+    let cert = make_cert(&["origin.test"]);
+    let origin = RawOrigin::answering_after_bodies_tls(path_answer, server_tls(&cert, None)).await;
+    let (d, _ca) = https_behind(&origin, &cert).await;
+    let c = http1();
+    for i in 0..5 {
+        let path = format!("/upload/{i}");
+        let r = send(
+            &c,
+            Method::POST,
+            &d.url("web", &path),
+            &[],
+            Bytes::from(vec![b'u'; 10_000]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.text(), path);
+    }
+    assert_eq!(origin.bodies(), vec![10_000; 5]);
+    assert_eq!(
+        origin.request_connections(),
+        1,
+        "every upload went on the one pooled connection"
+    );
+}
+
+/// A daemon whose `web` listener sends every request to `origin` over HTTPS, trusting `cert`,
+/// and the directory of the CA file (kept for the daemon's life).
+async fn https_behind(origin: &RawOrigin, cert: &Cert) -> (TestDaemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = write_cert(dir.path(), "ca", cert);
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("origin").address(origin.addr))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["origin"])
+                .upstream(
+                    Upstream::new()
+                        .protocol("https")
+                        .tls_ca_file(&ca)
+                        .tls_server_name("origin.test"),
+                ),
+        )
+        .start()
+        .await;
+    (d, dir)
+}
+
+/// Sends a POST to `d`'s `web` whose body is the start of a request for `/smuggled`, its tail
+/// after the answer, then asks for `/victim` three times: each must get its own answer.
+async fn try_to_smuggle(d: &TestDaemon) {
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     s.write_all(

@@ -6,6 +6,7 @@
 //! commit that introduced this module), and tells exactly whether a failed request could have
 //! reached the backend.
 
+mod answer_watch;
 mod body;
 pub mod codec;
 mod compress;
@@ -279,7 +280,15 @@ impl Upstreams {
         // hyper takes the body before it connects: after a connect failure a body that was
         // streaming is gone, so only a bodiless request counts as never sent (retryable).
         let bodiless = matches!(body, RequestBody::Empty);
+        let upload = match &*body {
+            RequestBody::Stream(_, u) if !upstream.protocol.is_h2() => Some(u.clone()),
+            _ => None,
+        };
         let mut req = http::Request::new(std::mem::replace(body, RequestBody::Empty));
+        if let Some(u) = upload {
+            let capture = hyper_util::client::legacy::connect::capture_connection(&mut req);
+            u.watch_answer(answer_watch::AnswerWatch::new(capture));
+        }
         *req.method_mut() = head.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = if upstream.protocol.is_h2() {

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::RequestBody;
+use super::answer_watch::AnswerReads;
 use streamgate_tls::{self as tls, TlsError};
 
 pub(super) type PooledClient = Client<Dialer, RequestBody>;
@@ -172,7 +173,8 @@ pub(super) struct Dialer {
 #[derive(Debug)]
 pub(super) enum Dialed {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    /// With the reads that brought answer bytes, for [`AnswerWatch`](super::answer_watch).
+    Tls(Box<TlsStream<TcpStream>>, AnswerReads),
 }
 
 impl tower_service::Service<Uri> for Dialer {
@@ -208,7 +210,10 @@ impl tower_service::Service<Uri> for Dialer {
                 .map_err(|_| {
                     io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
                 })??;
-            Ok(TokioIo::new(Dialed::Tls(Box::new(s))))
+            Ok(TokioIo::new(Dialed::Tls(
+                Box::new(s),
+                AnswerReads::default(),
+            )))
         })
     }
 }
@@ -217,12 +222,12 @@ impl Connection for Dialed {
     fn connected(&self) -> Connected {
         match self {
             Dialed::Plain(_) => Connected::new(),
-            Dialed::Tls(s) => {
+            Dialed::Tls(s, reads) => {
                 let c = Connected::new();
                 if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                     c.negotiated_h2()
                 } else {
-                    c
+                    c.extra(reads.clone())
                 }
             }
         }
@@ -237,7 +242,14 @@ impl AsyncRead for Dialed {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Dialed::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Dialed::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Dialed::Tls(s, reads) => {
+                let before = buf.filled().len();
+                let read = Pin::new(s).poll_read(cx, buf);
+                if buf.filled().len() > before {
+                    reads.count();
+                }
+                read
+            }
         }
     }
 }
@@ -250,7 +262,7 @@ impl AsyncWrite for Dialed {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Dialed::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Dialed::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Dialed::Tls(s, _) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -261,28 +273,28 @@ impl AsyncWrite for Dialed {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Dialed::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Dialed::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Dialed::Tls(s, _) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Dialed::Plain(s) => s.is_write_vectored(),
-            Dialed::Tls(s) => s.is_write_vectored(),
+            Dialed::Tls(s, _) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Dialed::Plain(s) => Pin::new(s).poll_flush(cx),
-            Dialed::Tls(s) => Pin::new(s).poll_flush(cx),
+            Dialed::Tls(s, _) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Dialed::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Dialed::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Dialed::Tls(s, _) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

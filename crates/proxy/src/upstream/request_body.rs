@@ -2,13 +2,15 @@
 //! client, which sends it; the HTTP layer builds it from the client's body.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::answer_watch::AnswerWatch;
 
 /// Errors a response body can end with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,6 +43,9 @@ pub struct Upload {
     refused: std::sync::atomic::AtomicBool,
     /// The answer's head came before the whole body had been sent.
     early: std::sync::atomic::AtomicBool,
+    /// For a body hyper's client sends over HTTP/1.1: its connection, watched for an answer
+    /// that begins before the body's end.
+    watch: OnceLock<AnswerWatch>,
 }
 
 impl Upload {
@@ -124,6 +129,19 @@ impl Upload {
         self.bytes.load(Relaxed) > self.limit
     }
 
+    /// Watches the connection hyper's client sends this body on (see [`AnswerWatch`]).
+    pub(super) fn watch_answer(&self, watch: AnswerWatch) {
+        let _ = self.watch.set(watch);
+    }
+
+    /// The body's last bytes are about to go (see [`AnswerWatch::body_ending`]).
+    fn ending(&self) {
+        if let Some(w) = self.watch.get() {
+            w.body_ending();
+        }
+        self.finished();
+    }
+
     pub fn sent(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Relaxed);
         self.last
@@ -173,6 +191,9 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream(b, up) => {
+                if let Some(w) = up.watch.get() {
+                    w.body_polled();
+                }
                 let polled = Pin::new(&mut *b).poll_frame(cx);
                 match &polled {
                     Poll::Ready(Some(Err(_))) => up.broke(),
@@ -184,14 +205,14 @@ impl Body for RequestBody {
                             }
                         }
                         if b.is_end_stream() {
-                            up.finished();
+                            up.ending();
                         }
                     }
                     Poll::Ready(None) => {
                         if let Err(cut) = up.check_end(b) {
                             return Poll::Ready(Some(Err(Box::new(cut))));
                         }
-                        up.finished();
+                        up.ending();
                     }
                     _ => {}
                 }
