@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -20,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::CacheRegistry;
 use crate::snapshot::{
-    self, ChainState, Kind, RecoveryPoint, Restored, SnapshotError, Thresholds, ToWrite,
+    self, ChainState, Kind, RecoveryPoint, Restored, Retention, SnapshotError, Thresholds, ToWrite,
 };
 use crate::store::Entry;
 
@@ -122,8 +121,6 @@ pub struct Snapshotter {
     writer: tokio::sync::Mutex<Writer>,
     started: SystemTime,
     metrics: RecoveryMetrics,
-    /// Set when the newest point written does not read back: no increment builds on it.
-    chain_damaged: Arc<AtomicBool>,
 }
 
 /// The recovery metrics, resolved once.
@@ -150,7 +147,6 @@ impl Snapshotter {
             settings: ArcSwapOption::new(settings.map(Arc::new)),
             writer: tokio::sync::Mutex::new(Writer::default()),
             started: SystemTime::now(),
-            chain_damaged: Arc::default(),
             metrics: RecoveryMetrics {
                 age: metrics.recovery_point_age.clone(),
                 restore_seconds: metrics.recovery_restore_seconds.clone(),
@@ -264,7 +260,6 @@ impl Snapshotter {
             writer.newest = Some(r.point.created);
             // The next point is full: what expired during the restore is not in `seen`.
             writer.chain = None;
-            self.chain_damaged.store(false, Relaxed);
             writer.seen.clear();
             self.metrics.restore_seconds.set(r.took.as_secs_f64());
             info!(
@@ -285,8 +280,9 @@ impl Snapshotter {
     }
 
     /// Writes a recovery point now: an increment on the chain this daemon writes, or a full
-    /// point when there is none or it has grown past the thresholds; then applies retention
-    /// and verifies the new point in the background.
+    /// point when there is none or it has grown past the thresholds; reads it back whole and,
+    /// only if it is sound, applies retention. A point that does not read back is the error:
+    /// the older points stay, and the next point is a full one.
     pub async fn take(&self) -> Result<RecoveryPoint, RecoveryError> {
         let settings = self.require()?;
         let mut writer = self.writer.lock().await;
@@ -294,67 +290,56 @@ impl Snapshotter {
         // Purges from here on are after this point's look at the cache.
         let purged = caches.take_purge();
         let started = Instant::now();
+        // Taken: after a failure the next point starts a chain afresh.
         let chain = writer.chain.take();
-        let chain = chain.filter(|_| !self.chain_damaged.swap(false, Relaxed));
         let seen = std::mem::take(&mut writer.seen);
         let s = settings.clone();
         let written = in_background(move || write_point(&caches, &s, chain, seen)).await;
-        let (point, chain, seen, removed) = match written {
-            Ok(w) => w,
+        let settled = written.and_then(|(w, settled)| match settled {
+            Ok(retention) => Ok((w, retention)),
+            Err(e) => Err(self.damaged(&w.point, e)),
+        });
+        let (w, retention) = match settled {
+            Ok(done) => done,
             Err(e) => {
-                // `seen` went with the failed write: the next point starts a chain afresh.
                 drop(writer);
+                // The purge is not on disk yet: the next point is due soon again.
                 if purged {
                     self.caches.note_purge();
                 }
                 return Err(e);
             }
         };
-        writer.newest = Some(point.created);
-        writer.chain = Some(chain);
-        writer.seen = seen;
+        self.metrics.verified_ok.set(1);
+        self.metrics.verified_damaged.set(0);
+        writer.newest = Some(w.point.created);
+        writer.chain = Some(w.chain);
+        writer.seen = w.seen;
         drop(writer);
+        let point = w.point;
+        for e in &retention.failed {
+            warn!(error = %e, "cannot delete an old recovery point (the new one is written); check the directory's permissions");
+        }
         info!(
             file = %point.path.display(),
             kind = point.kind().as_str(),
             records = point.records,
             bytes = point.bytes,
-            deleted = removed,
+            deleted = retention.removed.len(),
             took_ms = started.elapsed().as_millis() as u64,
             "recovery point written"
         );
-        self.verify_in_background(point.clone());
         self.refresh_age().await;
         Ok(point)
     }
 
-    /// Re-reads a point just written, whole, off the runtime: what is on disk is what a
-    /// restore will find (`recovery_point_verified{result}`).
-    fn verify_in_background(&self, point: RecoveryPoint) {
-        let m = self.metrics.clone();
-        let chain_damaged = self.chain_damaged.clone();
-        let verify = move || match snapshot::verify(&point.path) {
-            Ok(_) => {
-                m.verified_ok.set(1);
-                m.verified_damaged.set(0);
-            }
-            Err(e) => {
-                m.verified_ok.set(0);
-                m.verified_damaged.set(1);
-                m.damaged.inc();
-                chain_damaged.store(true, Relaxed);
-                error!(error = %e, "a recovery point just written does not read back; check the disk");
-            }
-        };
-        let spawned = std::thread::Builder::new()
-            .name("streamgate-verify".into())
-            .spawn(move || {
-                lower_priority();
-                verify();
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start the re-read of a recovery point");
-        }
+    /// A point just written that does not read back (`recovery_point_verified{result}`).
+    fn damaged(&self, point: &RecoveryPoint, e: SnapshotError) -> RecoveryError {
+        self.metrics.verified_ok.set(0);
+        self.metrics.verified_damaged.set(1);
+        self.metrics.damaged.inc();
+        error!(file = %point.path.display(), error = %e, "a recovery point just written does not read back; the older points are kept; check the disk");
+        RecoveryError::Snapshot(e)
     }
 
     /// The recovery points on disk, newest first.
@@ -419,14 +404,15 @@ impl Snapshotter {
     }
 }
 
-/// Blocking: gathers every object, writes the next point, applies retention. Returns the point,
-/// the chain it extends (or starts), what it saw, and how many old points retention deleted.
+/// Blocking: gathers every object, writes the next point, reads it back and, if it is sound,
+/// applies retention: the point, and its re-read and retention (an error when it does not
+/// read back).
 fn write_point(
     caches: &CacheRegistry,
     settings: &Snapshots,
     chain: Option<ChainState>,
     seen: Seen,
-) -> Result<(RecoveryPoint, ChainState, Seen, usize), SnapshotError> {
+) -> Result<(Written, Result<Retention, SnapshotError>), SnapshotError> {
     let mut objects: Vec<(Arc<str>, Arc<str>, Entry)> = Vec::new();
     for (service, cache) in caches.services() {
         let service: Arc<str> = service.into();
@@ -476,13 +462,30 @@ fn write_point(
         settings.write_rate,
     )?;
     let chain = ChainState::after(chain.as_ref().filter(|_| kind == Kind::Increment), &point);
-    let removed = snapshot::apply_retention(
+    // Read back before anything old goes: a point the disk damaged must not cost the points
+    // that still restore.
+    let settled = snapshot::settle(
         &settings.dir,
+        &point,
         settings.keep.get(),
         settings.max_age,
         SystemTime::now(),
-    )?;
-    Ok((point, chain, now_seen, removed.len()))
+    );
+    let written = Written {
+        point,
+        chain,
+        seen: now_seen,
+    };
+    Ok((written, settled))
+}
+
+/// A point written by [`write_point`].
+struct Written {
+    point: RecoveryPoint,
+    /// The chain it extends or starts.
+    chain: ChainState,
+    /// What it saw.
+    seen: Seen,
 }
 
 #[cfg(test)]
@@ -585,28 +588,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_point_that_does_not_read_back_ends_its_chain() {
+    async fn after_a_point_that_fails_the_next_one_starts_a_chain() {
         let dir = tempfile::tempdir().unwrap();
-        let (s, caches) = snapshotter(dir.path());
+        let snaps = dir.path().join("snaps");
+        let (s, caches) = snapshotter(&snaps);
         put(&caches, "http://h/1");
-        let full = s.take().await.unwrap();
-        // What the background re-read finds when the disk returns other bytes than written.
-        let mut raw = std::fs::read(&full.path).unwrap();
-        let last = raw.len() - 1;
-        raw[last] ^= 1;
-        std::fs::write(&full.path, raw).unwrap();
-        s.verify_in_background(full.clone());
-        let flagged = async {
-            while !s.chain_damaged.load(Relaxed) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), flagged)
-            .await
-            .unwrap();
-        assert_eq!(s.metrics.verified_damaged.get(), 1);
+        assert_eq!(s.take().await.unwrap().kind(), Kind::Full);
+        put(&caches, "http://h/2");
+        assert_eq!(s.take().await.unwrap().kind(), Kind::Increment);
+        // The directory is out of reach for one write (a file stands at its name).
+        let aside = dir.path().join("aside");
+        std::fs::rename(&snaps, &aside).unwrap();
+        std::fs::write(&snaps, b"not a directory").unwrap();
+        put(&caches, "http://h/3");
+        assert!(s.take().await.is_err());
+        std::fs::remove_file(&snaps).unwrap();
+        std::fs::rename(&aside, &snaps).unwrap();
+        // Its chain's points are all back, but what the failed write saw is not on disk.
         let next = s.take().await.unwrap();
-        assert_eq!(next.kind(), Kind::Full, "no increment on a damaged point");
+        assert_eq!((next.kind(), next.records), (Kind::Full, 3));
+        assert_eq!(s.metrics.verified_ok.get(), 1);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@
 mod chain;
 pub(crate) mod codec;
 mod restore;
+mod retention;
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -39,6 +40,7 @@ use codec::{HEADER_LEN, Header};
 
 pub use chain::{ChainState, Kind, Thresholds, chain_of, next_kind, to_delete};
 pub use restore::{Plan, Restored, apply_plan, plan, restore};
+pub use retention::{Retention, apply_retention, settle};
 
 /// The file in the recovery directory naming the point to restore at the next start.
 pub const RESTORE_TO: &str = "restore-to";
@@ -230,23 +232,6 @@ pub fn write(
         base: at_ms(base_ms),
         parent: (parent_ms != 0).then(|| at_ms(parent_ms)),
     })
-}
-
-/// Deletes the points [`to_delete`] chooses (retention by count and age, chains kept whole).
-/// The point named in `restore-to` (the next start restores it) is kept too.
-pub fn apply_retention(
-    dir: &Path,
-    keep: usize,
-    max_age: Option<Duration>,
-    now: SystemTime,
-) -> Result<Vec<RecoveryPoint>, SnapshotError> {
-    let points = list(dir)?;
-    let asked = fs::read_to_string(dir.join(RESTORE_TO)).ok();
-    let gone = to_delete(&points, keep, max_age, now, asked.as_deref().map(str::trim));
-    for p in &gone {
-        fs::remove_file(&p.path).map_err(io_err(&p.path))?;
-    }
-    Ok(gone)
 }
 
 /// A whole full point in memory holding `payloads` as its records, with their checksums: what
@@ -687,7 +672,8 @@ mod tests {
         for key in ["http://h/1", "http://h/2", "http://h/3"] {
             cdn.insert(key, variant(b"x", None, true));
             written.push(full(&caches, dir.path()));
-            apply_retention(dir.path(), 2, None, SystemTime::now()).unwrap();
+            let done = apply_retention(dir.path(), 2, None, SystemTime::now()).unwrap();
+            assert!(done.failed.is_empty());
         }
         let listed = list(dir.path()).unwrap();
         assert_eq!(listed, vec![written[2].clone(), written[1].clone()]);

@@ -1,0 +1,131 @@
+//! Retention: which old points are deleted after a new one is written, and only once the new
+//! point reads back whole. Deleting the old points for a new one the disk damaged would leave
+//! nothing to restore; and a point that cannot be deleted (gone already, or refused by the
+//! file system) is reported for itself, never as a failure to write the point that was written.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::{RESTORE_TO, RecoveryPoint, SnapshotError, io_err, list, to_delete, verify};
+
+/// What retention did.
+#[derive(Debug, Default)]
+pub struct Retention {
+    /// Points deleted (or found already gone: another writer's retention, an operator).
+    pub removed: Vec<RecoveryPoint>,
+    /// Points that could not be deleted, and why; the others were deleted all the same.
+    pub failed: Vec<SnapshotError>,
+}
+
+/// Re-reads `point`, just written into `dir`, whole; then, if it is sound, deletes the points
+/// [`to_delete`] chooses (by count and age, chains kept whole, the point named in
+/// `restore-to` kept). A damaged point is the error, and every older point is kept.
+pub fn settle(
+    dir: &Path,
+    point: &RecoveryPoint,
+    keep: usize,
+    max_age: Option<Duration>,
+    now: SystemTime,
+) -> Result<Retention, SnapshotError> {
+    verify(&point.path)?;
+    apply_retention(dir, keep, max_age, now)
+}
+
+/// Deletes the points [`to_delete`] chooses in `dir`. Only a failure to list `dir` is the
+/// error; a point that cannot be deleted is in [`Retention::failed`].
+pub fn apply_retention(
+    dir: &Path,
+    keep: usize,
+    max_age: Option<Duration>,
+    now: SystemTime,
+) -> Result<Retention, SnapshotError> {
+    let points = list(dir)?;
+    let asked = fs::read_to_string(dir.join(RESTORE_TO)).ok();
+    let gone = to_delete(&points, keep, max_age, now, asked.as_deref().map(str::trim));
+    Ok(remove_points(gone))
+}
+
+/// Deletes `points`, going on past any that cannot be: one undeletable file must not keep
+/// the rest from going. A point already gone counts as removed.
+fn remove_points(points: Vec<RecoveryPoint>) -> Retention {
+    let mut done = Retention::default();
+    for p in points {
+        match fs::remove_file(&p.path) {
+            Ok(()) => done.removed.push(p),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => done.removed.push(p),
+            Err(e) => done.failed.push(io_err(&p.path)(e)),
+        }
+    }
+    done
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::{ToWrite, write};
+    use super::*;
+
+    /// Three full points of no records in `dir`, oldest first.
+    fn three_points(dir: &Path) -> Vec<RecoveryPoint> {
+        let records: [ToWrite<'_>; 0] = [];
+        (0..3)
+            .map(|_| write(dir, None, &records, 0, None).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_point_that_does_not_read_back_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let points = three_points(dir.path());
+        let newest = &points[2];
+        // The disk gave back something else: the last byte of the header's checksum.
+        let mut bytes = fs::read(&newest.path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&newest.path, &bytes).unwrap();
+        let settled = settle(dir.path(), newest, 1, None, SystemTime::now());
+        assert!(
+            matches!(settled, Err(SnapshotError::Corrupt { .. })),
+            "{settled:?}"
+        );
+        assert!(points.iter().all(|p| p.path.exists()), "every point kept");
+        // Read back whole, the same point lets retention go on.
+        bytes[last] ^= 0xff;
+        fs::write(&newest.path, &bytes).unwrap();
+        let settled = settle(dir.path(), newest, 1, None, SystemTime::now()).unwrap();
+        assert_eq!(settled.removed, vec![points[1].clone(), points[0].clone()]);
+        assert!(settled.failed.is_empty());
+        assert_eq!(list(dir.path()).unwrap(), vec![newest.clone()]);
+    }
+
+    #[test]
+    fn retention_goes_on_past_points_it_cannot_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let points = three_points(dir.path());
+        // One point already gone (an operator, another writer's retention), one that the file
+        // system refuses to unlink (a directory now stands at its name).
+        fs::remove_file(&points[0].path).unwrap();
+        fs::remove_file(&points[1].path).unwrap();
+        fs::create_dir(&points[1].path).unwrap();
+        fs::write(points[1].path.join("inside"), b"x").unwrap();
+        let extra = write(dir.path(), None, &[], 0, None).unwrap();
+        let done = remove_points(vec![
+            points[0].clone(),
+            points[1].clone(),
+            points[2].clone(),
+        ]);
+        assert_eq!(done.removed, vec![points[0].clone(), points[2].clone()]);
+        assert_eq!(done.failed.len(), 1, "{:?}", done.failed);
+        assert!(
+            done.failed[0]
+                .to_string()
+                .contains(&*points[1].path.to_string_lossy()),
+            "the error names the file: {}",
+            done.failed[0]
+        );
+        assert!(!points[2].path.exists(), "deleted after the failure");
+        assert!(extra.path.exists());
+    }
+}
