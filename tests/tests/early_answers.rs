@@ -126,6 +126,28 @@ async fn an_https_connection_answered_before_its_upload_ended_is_not_reused() {
     try_to_smuggle(&d).await;
 }
 
+/// The same desync from an HTTP/2 client whose body has a `content-length` and whose
+/// END_STREAM comes after the last byte: hyper's client stops polling the body at its length,
+/// so the end is taken where the length runs out, not at the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_upload_answered_early_by_an_https_backend_is_not_reused() {
+    let cert = make_cert(&["origin.test"]);
+    let origin = RawOrigin::ignoring_bodies_tls(path_answer, server_tls(&cert, None)).await;
+    let (d, _ca) = https_behind(&origin, &cert).await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let mut got = Vec::new();
+    s.write_all(&h2_upload("/upload", Some(smuggled.len()), 0))
+        .await
+        .unwrap();
+    read_to_end_of_stream_1(&mut s, &mut got).await;
+    s.write_all(&frame(0, 0, 1, smuggled)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(&frame(0, 1, 1, &[])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    victims_get_their_own(&d).await;
+}
+
 /// The watch on HTTPS backends costs no keep-alive where the backend reads each body before
 /// it answers: uploads one after another share one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,6 +221,11 @@ async fn try_to_smuggle(d: &TestDaemon) {
     // The body after the answer: the tail goes to the backend.
     s.write_all(smuggled).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    victims_get_their_own(d).await;
+}
+
+/// Three requests for `/victim` to `d`'s `web`, each of which must get its own answer.
+async fn victims_get_their_own(d: &TestDaemon) {
     for _ in 0..3 {
         let victim = get(&http1(), &d.url("web", "/victim"), &[]).await.unwrap();
         assert_eq!(

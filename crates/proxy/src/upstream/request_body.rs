@@ -204,7 +204,11 @@ impl Body for RequestBody {
                                 return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                             }
                         }
-                        if b.is_end_stream() {
+                        // The last frame hyper's client polls: it stops at trailers, and at
+                        // a length's last byte (an HTTP/2 body's END_STREAM may come later,
+                        // or never be polled).
+                        if f.is_trailers() || b.is_end_stream() || b.size_hint().exact() == Some(0)
+                        {
                             up.ending();
                         }
                     }
