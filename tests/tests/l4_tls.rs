@@ -470,3 +470,93 @@ async fn a_certificate_near_expiry_is_logged_as_a_warning() {
         p.log_json()
     );
 }
+
+/// The numbers of the descriptors the process `pid` has open.
+fn open_fds(pid: u32) -> Vec<usize> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The `RLIMIT_NOFILE` that leaves `free` more descriptors to a process holding `open`: new
+/// descriptors take the lowest free numbers, and the limit bounds the numbers.
+fn limit_leaving(open: &[usize], free: usize) -> usize {
+    let mut limit = 0;
+    let mut left = free;
+    while left > 0 {
+        if !open.contains(&limit) {
+            left -= 1;
+        }
+        limit += 1;
+    }
+    limit
+}
+
+/// A daemon short of file descriptors still relays the TCP connections it could accept and
+/// connect: when the pipes splice(2) needs cannot be made (four descriptors a connection),
+/// the bytes are copied instead. Room for five more descriptors: the first connection's two
+/// sockets and one pipe fit, its second pipe does not; copied, it leaves room for a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_are_copied_when_pipes_cannot_be_made() {
+    let echo = echo_server().await;
+    let config = tcp_config(
+        Region::new("r").address(echo),
+        Listener::tcp("l4"),
+        echo_service().health(Health::new().interval("1h")),
+    );
+    let p = DaemonProcess::start(
+        env!("CARGO_BIN_EXE_streamgate-e2e"),
+        &config.to_toml(),
+        &["l4"],
+    );
+    let addr = p.addr("l4");
+    // One connection first, so that every descriptor made on first use is there.
+    let mut warm = TcpStream::connect(addr).await.unwrap();
+    echoes(&mut warm, b"warm").await;
+    drop(warm);
+    // Its two sockets and four pipe ends close once both ways have ended: the count is taken
+    // once it has held still for half a second.
+    let mut last = open_fds(p.pid());
+    let mut still_since = std::time::Instant::now();
+    while still_since.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = open_fds(p.pid());
+        if now != last {
+            (last, still_since) = (now, std::time::Instant::now());
+        }
+    }
+    let limit = limit_leaving(&last, 5);
+    let set = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", p.pid()))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(set.success());
+    let mut conns = Vec::new();
+    for i in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        echoes(&mut s, format!("connection {i}").as_bytes()).await;
+        conns.push(s);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || p.log_json().iter().any(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("cannot make pipes"))
+        }))
+        .await,
+        "the fallback is logged"
+    );
+}
+
+/// Writes `text` on `s` and reads it back within 5 s.
+async fn echoes(s: &mut TcpStream, text: &[u8]) {
+    s.write_all(text).await.unwrap();
+    let mut got = vec![0u8; text.len()];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+        .await
+        .expect("echoed within 5 s")
+        .expect("echoed, not closed");
+    assert_eq!(got, text);
+}

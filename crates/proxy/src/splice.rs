@@ -27,10 +27,30 @@ const CHUNK: usize = 1 << 20;
 /// docs/benchmarks.md "L4 with splice").
 const PIPE: usize = 256 * 1024;
 
-/// Relays `client` <-> `backend` until both sides are done or `idle` passes without a byte.
+/// The two pipes of a spliced connection, one a direction: four file descriptors on top of its
+/// two sockets. Made before the relay starts, so that a daemon short of descriptors (or of the
+/// kernel's pipe buffers) can copy the connection instead of failing it.
+#[derive(Debug)]
+pub struct Pipes {
+    up: (OwnedFd, OwnedFd),
+    down: (OwnedFd, OwnedFd),
+}
+
+impl Pipes {
+    pub fn open() -> io::Result<Pipes> {
+        Ok(Pipes {
+            up: pipe()?,
+            down: pipe()?,
+        })
+    }
+}
+
+/// Relays `client` <-> `backend` through `pipes` until both sides are done or `idle` passes
+/// without a byte.
 pub async fn relay_spliced(
     client: &TcpStream,
     backend: &TcpStream,
+    pipes: Pipes,
     idle: Duration,
     metrics: &TunnelMetrics,
     moved: &Moved,
@@ -42,8 +62,8 @@ pub async fn relay_spliced(
     let activity = AtomicU64::new(now_nanos());
     let both = async {
         tokio::try_join!(
-            one_way(client, backend, &moved.up, &activity),
-            one_way(backend, client, &moved.down, &activity),
+            one_way(client, backend, pipes.up, &moved.up, &activity),
+            one_way(backend, client, pipes.down, &moved.down, &activity),
         )
     };
     tokio::select! {
@@ -67,10 +87,10 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
+    (pipe_r, pipe_w): (OwnedFd, OwnedFd),
     written: &AtomicU64,
     activity: &AtomicU64,
 ) -> io::Result<u64> {
-    let (pipe_r, pipe_w) = pipe()?;
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     let mut total = 0u64;
     loop {
@@ -164,7 +184,14 @@ mod tests {
             (got, back)
         };
         let (ended, (got, back)) = tokio::join!(
-            relay_spliced(&pc, &pb, Duration::from_secs(10), &m, &moved),
+            relay_spliced(
+                &pc,
+                &pb,
+                Pipes::open().unwrap(),
+                Duration::from_secs(10),
+                &m,
+                &moved
+            ),
             ends
         );
         assert!(got == data && back == data, "bytes arrive intact both ways");
@@ -182,8 +209,15 @@ mod tests {
         let (pc, pb, _client, _backend) = sockets().await;
         let m = metrics();
         let started = std::time::Instant::now();
-        let ended =
-            relay_spliced(&pc, &pb, Duration::from_millis(200), &m, &Moved::default()).await;
+        let ended = relay_spliced(
+            &pc,
+            &pb,
+            Pipes::open().unwrap(),
+            Duration::from_millis(200),
+            &m,
+            &Moved::default(),
+        )
+        .await;
         assert!(matches!(ended, Ended::Idle), "{ended:?}");
         assert!(started.elapsed() >= Duration::from_millis(200));
     }

@@ -372,20 +372,38 @@ async fn relay(
     moved: &Moved,
 ) -> Ended {
     #[cfg(target_os = "linux")]
-    {
-        if !prefix.is_empty() {
-            if let Err(e) = backend.write_all(&prefix).await {
-                return Ended::Failed(e);
+    match crate::splice::Pipes::open() {
+        Ok(pipes) => {
+            if !prefix.is_empty() {
+                if let Err(e) = backend.write_all(&prefix).await {
+                    return Ended::Failed(e);
+                }
+                moved
+                    .up
+                    .fetch_add(prefix.len() as u64, std::sync::atomic::Ordering::Relaxed);
             }
-            moved
-                .up
-                .fetch_add(prefix.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            return crate::splice::relay_spliced(&client, &backend, pipes, idle, metrics, moved)
+                .await;
         }
-        crate::splice::relay_spliced(&client, &backend, idle, metrics, moved).await
+        // Out of descriptors (EMFILE, ENFILE) or pipe memory: the sockets are open already,
+        // and a copy needs nothing more.
+        Err(e) => pipes_refused(&e),
     }
-    #[cfg(not(target_os = "linux"))]
+    let client = crate::io::Prefixed::new(prefix.freeze(), client);
+    crate::tunnel::relay_counted(client, backend, idle, metrics, moved).await
+}
+
+/// Logs, at most once a minute, that connections are copied because pipes cannot be made.
+#[cfg(target_os = "linux")]
+fn pipes_refused(e: &std::io::Error) {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = streamgate_balance::stats::now_nanos();
+    let last = LAST.load(Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= 60_000_000_000)
+        && LAST
+            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+            .is_ok()
     {
-        let client = crate::io::Prefixed::new(prefix.freeze(), client);
-        crate::tunnel::relay_counted(client, backend, idle, metrics, moved).await
+        warn!(error = %e, "cannot make pipes for splice(2); TCP connections are copied instead (raise LimitNOFILE)");
     }
 }
