@@ -333,12 +333,20 @@ impl Snapshotter {
         Ok(point)
     }
 
-    /// A point just written that does not read back (`recovery_point_verified{result}`).
+    /// A point just written that does not read back (`recovery_point_verified{result}`). A
+    /// damaged one is deleted: no restore uses it, and a disk that damages every write would
+    /// otherwise fill up with them while retention waits for a sound point. One that could not
+    /// be read at all (out of descriptors) may be whole, and stays; neither costs an older point.
     fn damaged(&self, point: &RecoveryPoint, e: SnapshotError) -> RecoveryError {
         self.metrics.verified_ok.set(0);
         self.metrics.verified_damaged.set(1);
-        self.metrics.damaged.inc();
-        error!(file = %point.path.display(), error = %e, "a recovery point just written does not read back; the older points are kept; check the disk");
+        if matches!(e, SnapshotError::Corrupt { .. }) {
+            self.metrics.damaged.inc();
+            let _ = std::fs::remove_file(&point.path);
+            error!(file = %point.path.display(), error = %e, "a recovery point just written does not read back; it is deleted and the older points are kept; check the disk");
+        } else {
+            error!(file = %point.path.display(), error = %e, "cannot re-read a recovery point just written; the older points are kept");
+        }
         RecoveryError::Snapshot(e)
     }
 
@@ -607,7 +615,44 @@ mod tests {
         // Its chain's points are all back, but what the failed write saw is not on disk.
         let next = s.take().await.unwrap();
         assert_eq!((next.kind(), next.records), (Kind::Full, 3));
+    }
+
+    #[tokio::test]
+    async fn a_point_that_does_not_read_back_is_counted_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, caches) = snapshotter(dir.path());
+        put(&caches, "http://h/1");
+        let older = s.take().await.unwrap();
+        put(&caches, "http://h/2");
+        let point = s.take().await.unwrap();
         assert_eq!(s.metrics.verified_ok.get(), 1);
+        // What the re-read finds when the disk returns other bytes than written.
+        let mut raw = std::fs::read(&point.path).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        std::fs::write(&point.path, raw).unwrap();
+        let e = snapshot::verify(&point.path).unwrap_err();
+        let reported = s.damaged(&point, e);
+        assert!(reported.to_string().contains("checksum"), "{reported}");
+        assert_eq!(
+            (
+                s.metrics.verified_ok.get(),
+                s.metrics.verified_damaged.get()
+            ),
+            (0, 1)
+        );
+        assert_eq!(s.metrics.damaged.get(), 1);
+        assert!(!point.path.exists(), "the damaged point is deleted");
+        assert!(older.path.exists(), "the older point stays");
+        // A point that could not be read at all may be whole: kept, and not counted.
+        let missing = RecoveryPoint {
+            path: dir.path().join("streamgate-0000000000000001.snap"),
+            ..older.clone()
+        };
+        let e = snapshot::verify(&missing.path).unwrap_err();
+        let _ = s.damaged(&older, e);
+        assert_eq!(s.metrics.damaged.get(), 1);
+        assert!(older.path.exists());
     }
 
     #[tokio::test]

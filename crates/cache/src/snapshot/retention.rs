@@ -19,9 +19,10 @@ pub struct Retention {
     pub failed: Vec<SnapshotError>,
 }
 
-/// Re-reads `point`, just written into `dir`, whole; then, if it is sound, deletes the points
-/// [`to_delete`] chooses (by count and age, chains kept whole, the point named in
-/// `restore-to` kept). A damaged point is the error, and every older point is kept.
+/// Re-reads `point`, just written into `dir`, whole; then, if it reads back, deletes the
+/// points [`to_delete`] chooses (by count and age, chains kept whole, the point named in
+/// `restore-to` kept). A point that does not read back is the error, and every older point is
+/// kept.
 pub fn settle(
     dir: &Path,
     point: &RecoveryPoint,
@@ -30,21 +31,29 @@ pub fn settle(
     now: SystemTime,
 ) -> Result<Retention, SnapshotError> {
     verify(&point.path)?;
-    apply_retention(dir, keep, max_age, now)
+    Ok(apply_retention(dir, keep, max_age, now))
 }
 
-/// Deletes the points [`to_delete`] chooses in `dir`. Only a failure to list `dir` is the
-/// error; a point that cannot be deleted is in [`Retention::failed`].
+/// Deletes the points [`to_delete`] chooses in `dir`. What cannot be done (listing `dir`,
+/// deleting a point) is in [`Retention::failed`]; it never undoes the point just written.
 pub fn apply_retention(
     dir: &Path,
     keep: usize,
     max_age: Option<Duration>,
     now: SystemTime,
-) -> Result<Retention, SnapshotError> {
-    let points = list(dir)?;
+) -> Retention {
+    let points = match list(dir) {
+        Ok(points) => points,
+        Err(e) => {
+            return Retention {
+                removed: Vec::new(),
+                failed: vec![e],
+            };
+        }
+    };
     let asked = fs::read_to_string(dir.join(RESTORE_TO)).ok();
     let gone = to_delete(&points, keep, max_age, now, asked.as_deref().map(str::trim));
-    Ok(remove_points(gone))
+    remove_points(gone)
 }
 
 /// Deletes `points`, going on past any that cannot be: one undeletable file must not keep
@@ -67,9 +76,12 @@ mod tests {
     use super::super::{ToWrite, write};
     use super::*;
 
-    /// Three full points of no records in `dir`, oldest first.
+    /// Three full points of one record each in `dir`, oldest first.
     fn three_points(dir: &Path) -> Vec<RecoveryPoint> {
-        let records: [ToWrite<'_>; 0] = [];
+        let records = [ToWrite::Remove {
+            service: "cdn",
+            key: "http://h/1",
+        }];
         (0..3)
             .map(|_| write(dir, None, &records, 0, None).unwrap())
             .collect()
@@ -80,7 +92,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let points = three_points(dir.path());
         let newest = &points[2];
-        // The disk gave back something else: the last byte of the header's checksum.
+        // The disk gave back something else: the record's last byte. The header is whole, so
+        // the point is listed, and only a read of the whole file finds the damage.
         let mut bytes = fs::read(&newest.path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -91,6 +104,11 @@ mod tests {
             "{settled:?}"
         );
         assert!(points.iter().all(|p| p.path.exists()), "every point kept");
+        assert_eq!(
+            list(dir.path()).unwrap().len(),
+            3,
+            "the damaged point is listed"
+        );
         // Read back whole, the same point lets retention go on.
         bytes[last] ^= 0xff;
         fs::write(&newest.path, &bytes).unwrap();
