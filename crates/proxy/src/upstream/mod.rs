@@ -12,6 +12,7 @@ pub mod codec;
 mod compress;
 mod exchange;
 pub mod fuzzing;
+mod h2_pool;
 mod last_fields;
 mod pool;
 mod pooled;
@@ -36,9 +37,10 @@ use codec::{BodyDecoder, HeadError, RequestFraming, ResponseHead};
 pub use compress::{Compressing, Encoder, EncoderMemory, NotStarted};
 pub(crate) use exchange::Conn;
 use exchange::{Failure, connect, exchange, is_stale_connection};
+use h2_pool::{H2Error, StreamSlot};
 pub use pool::{Buffers, Pool, Pooled};
 pub use pooled::PreparedClients;
-use pooled::{ClientKey, PooledClients};
+use pooled::{ClientKey, PooledClients, Sender};
 pub use request_body::{BodyTooLarge, BoxError, RequestBody, Upload};
 use streamgate_config::{Config, Upstream, UpstreamProtocol};
 use streamgate_tls::TlsError;
@@ -64,14 +66,17 @@ pub struct PooledBody {
     stall: Duration,
     /// Armed while waiting for data; reset by every frame.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// An HTTP/2 answer's place on its connection, until the body is dropped.
+    _slot: Option<StreamSlot>,
 }
 
 impl PooledBody {
-    fn new(body: hyper::body::Incoming, stall: Duration) -> PooledBody {
+    fn new(body: hyper::body::Incoming, stall: Duration, slot: Option<StreamSlot>) -> PooledBody {
         PooledBody {
             body,
             stall,
             timer: None,
+            _slot: slot,
         }
     }
 }
@@ -265,7 +270,7 @@ impl Upstreams {
             connect: timeouts.connect,
             idle: timeouts.idle,
         };
-        let client = self
+        let sender = self
             .pooled
             .get(&key)
             .map_err(|e| UpstreamError::Client(e.to_string()))?;
@@ -297,10 +302,21 @@ impl Upstreams {
             http::Version::HTTP_11
         };
         *req.headers_mut() = head.headers.clone();
+        let stall = timeouts.body_stall;
+        let client =
+            match sender {
+                Sender::Client(client) => client,
+                Sender::H2(pools) => {
+                    return match pools.send(backend, req).await {
+                        Ok((resp, slot)) => Ok(resp
+                            .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot))))),
+                        Err(H2Error::Connect(e)) if bodiless => Err(UpstreamError::Connect(e)),
+                        Err(e) => Err(UpstreamError::Client(error_chain(&e))),
+                    };
+                }
+            };
         match client.request(req).await {
-            Ok(resp) => {
-                Ok(resp.map(|b| UpstreamBody::Pooled(PooledBody::new(b, timeouts.body_stall))))
-            }
+            Ok(resp) => Ok(resp.map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None)))),
             Err(e) if e.is_connect() && bodiless => {
                 Err(UpstreamError::Connect(io::Error::other(error_chain(&e))))
             }
@@ -468,6 +484,7 @@ fn spawn_sweeper(upstreams: Weak<Upstreams>) {
             for pool in u.pools.load().values() {
                 pool.sweep();
             }
+            u.pooled.sweep();
         }
     });
 }

@@ -25,6 +25,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::RequestBody;
 use super::answer_watch::AnswerReads;
+use super::h2_pool::H2Pools;
 use streamgate_tls::{self as tls, TlsError};
 
 pub(super) type PooledClient = Client<Dialer, RequestBody>;
@@ -50,17 +51,25 @@ pub(super) struct PooledClients {
 /// A client, and the TLS configuration it dials with.
 #[derive(Debug, Clone)]
 pub(super) struct Built {
-    client: PooledClient,
+    sender: Sender,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
+/// What sends a service's requests: hyper's pooled client (HTTPS), or our HTTP/2 pools (h2c,
+/// h2; see [`H2Pools`]).
+#[derive(Debug, Clone)]
+pub(super) enum Sender {
+    Client(Arc<PooledClient>),
+    H2(Arc<H2Pools>),
+}
+
 impl PooledClients {
-    pub fn get(&self, key: &ClientKey) -> Result<PooledClient, TlsError> {
+    pub fn get(&self, key: &ClientKey) -> Result<Sender, TlsError> {
         if let Some(c) = self.clients.load().get(key) {
-            return Ok(c.client.clone());
+            return Ok(c.sender.clone());
         }
         let built = build(key)?;
-        let client = built.client.clone();
+        let client = built.sender.clone();
         self.clients.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.entry(key.clone()).or_insert_with(|| built.clone());
@@ -97,6 +106,15 @@ impl PooledClients {
     /// Puts prepared clients in use; clients no configuration needs any more are dropped.
     pub fn install(&self, prepared: PreparedClients) {
         self.clients.store(Arc::new(prepared.0));
+    }
+
+    /// Closes HTTP/2 connections quiet for their `idle` (hyper's client closes its own).
+    pub fn sweep(&self) {
+        for built in self.clients.load().values() {
+            if let Sender::H2(pools) = &built.sender {
+                pools.sweep();
+            }
+        }
     }
 }
 
@@ -138,19 +156,21 @@ fn build(key: &ClientKey) -> Result<Built, TlsError> {
         tls: tls.map(Arc::new),
         connect_timeout: key.connect,
     };
+    if matches!(key.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) {
+        let pools = H2Pools::new(dialer, H2_STREAM_WINDOW, H2_CONNECTION_WINDOW, key.idle);
+        return Ok(Built {
+            sender: Sender::H2(Arc::new(pools)),
+            tls: config,
+        });
+    }
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(key.idle)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         // The request carries the Host the client asked for.
         .set_host(false);
-    if matches!(key.protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) {
-        b.http2_only(true)
-            .http2_initial_stream_window_size(H2_STREAM_WINDOW)
-            .http2_initial_connection_window_size(H2_CONNECTION_WINDOW);
-    }
     Ok(Built {
-        client: b.build(dialer),
+        sender: Sender::Client(Arc::new(b.build(dialer))),
         tls: config,
     })
 }
@@ -193,6 +213,16 @@ impl tower_service::Service<Uri> for Dialer {
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| io::Error::other(format!("not a backend address: {uri}")))?;
+            this.dial(addr).await
+        })
+    }
+}
+
+impl Dialer {
+    /// Connects to `addr`, then TLS if configured, within the connect timeout (each).
+    pub(super) async fn dial(&self, addr: SocketAddr) -> io::Result<TokioIo<Dialed>> {
+        let this = self;
+        {
             let stream = tokio::time::timeout(this.connect_timeout, TcpStream::connect(addr))
                 .await
                 .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -214,7 +244,7 @@ impl tower_service::Service<Uri> for Dialer {
                 Box::new(s),
                 AnswerReads::default(),
             )))
-        })
+        }
     }
 }
 
