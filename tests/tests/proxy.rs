@@ -420,6 +420,37 @@ async fn a_503_from_a_backend_is_retried_for_idempotent_requests_only() {
     );
 }
 
+/// An idempotent request with a body (a PUT) that got a 503 is not sent again: the body went
+/// with the first attempt, and a retry went out with none, which stored an empty file.
+#[tokio::test]
+async fn a_put_with_a_body_is_not_replayed_without_it() {
+    let sick = Origin::start("sick").await;
+    sick.set_status(503);
+    let well = Origin::start("well").await;
+    let d = one_service(
+        local().backends(&[(&sick, 1), (&well, 1)]),
+        app().outlier(Outlier::new().consecutive_failures(0)),
+    )
+    .start()
+    .await;
+    let c = http1();
+    let body = Bytes::from(vec![b'p'; 1000]);
+    let mut saw_503 = false;
+    for _ in 0..10 {
+        let a = send(&c, Method::PUT, &d.url("web", "/echo"), &[], body.clone())
+            .await
+            .unwrap();
+        match a.status {
+            StatusCode::SERVICE_UNAVAILABLE => saw_503 = true,
+            status => {
+                assert_eq!(status, StatusCode::OK);
+                assert_eq!(a.body.len(), body.len(), "the backend got the whole body");
+            }
+        }
+    }
+    assert!(saw_503, "a PUT that reached the sick backend gets its 503");
+}
+
 #[tokio::test]
 async fn malformed_requests_get_4xx() {
     let origin = Origin::start("a").await;

@@ -192,6 +192,10 @@ impl HttpProxy {
             body_stall: timeouts.upstream_response,
         };
         let idempotent = is_idempotent(&out.parts.method);
+        // Read before the first attempt: a body goes with the attempt that sends it (the
+        // client's stream cannot be read twice), so `out.body` is empty afterwards whatever the
+        // request had, and a PUT replayed from it went out with none.
+        let bodiless = matches!(out.body, RequestBody::Empty);
         let max_sent_attempts = 1 + service.spec.retry.attempts;
         let Some(mut pick) = service.pick(&out.facts, &[]) else {
             warn!(service = %service.name, "no usable backend in any region: answering 503");
@@ -331,11 +335,7 @@ impl HttpProxy {
                         status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     );
-                    if retry_status
-                        && idempotent
-                        && sent_attempts < max_sent_attempts
-                        && matches!(out.body, RequestBody::Empty)
-                    {
+                    if retry_status && idempotent && sent_attempts < max_sent_attempts && bodiless {
                         tried.push(pick.backend.address);
                         if let Some(next) = self.retry_target(service, &out.facts, &tried, true) {
                             warn!(
@@ -441,7 +441,7 @@ impl HttpProxy {
                 tried.len() < MAX_TRIES
             } else {
                 idempotent
-                    && matches!(out.body, RequestBody::Empty)
+                    && bodiless
                     && !matches!(failure, ProxyError::ResponseTimeout { .. })
                     && sent_attempts < max_sent_attempts
             };
