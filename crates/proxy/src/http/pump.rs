@@ -143,8 +143,9 @@ async fn pump(
         }
     }
     // The backend is done with, and the channel closed behind the last piece; those pieces may
-    // still wait in the channel and in hyper for a window that never opens.
-    drop((lease, tx));
+    // still wait in the channel and in hyper for a window that never opens. The body goes too:
+    // an HTTP/2 backend's stream slot is held by it (upstream::h2_pool).
+    drop((lease, tx, body));
     while !shared.finished.load(Ordering::Acquire) {
         if tokio::time::timeout(idle, shared.taken.notified())
             .await

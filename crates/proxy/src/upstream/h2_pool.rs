@@ -6,11 +6,18 @@
 //! connection) and read nothing kept every other client's request to that backend waiting until
 //! its streams were given up, `idle` later
 //! (`protocols::one_client_cannot_take_every_stream_of_an_http2_backend`). Here a connection
-//! carries at most [`STREAMS_PER_CONNECTION`] streams, and the next request opens another
-//! connection beside it, as Envoy's HTTP/2 pool does. hyper does not tell a client what the
-//! backend's setting is, so the bound is the least RFC 9113 §6.5.2 asks servers to allow.
+//! carries at most [`STREAMS_PER_CONNECTION`] streams (the least RFC 9113 §6.5.2 asks servers
+//! to allow), or fewer if the backend's SETTINGS say so, and the next request opens another
+//! connection beside it, as Envoy's HTTP/2 pool does. Requests fill the busiest connection that
+//! has room, so that those opened for a burst fall quiet after it and are closed.
+//!
+//! What stalled answers can hold is bounded by the backend's connections: each stream has a
+//! 256 KiB window (`pooled::H2_STREAM_WINDOW`), so [`CONNECTIONS_PER_BACKEND`] connections of
+//! 100 streams hold at most 200 MiB, where hyper-util's one connection of the backend's 200
+//! held 50 MiB and made everyone else wait.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -29,14 +36,16 @@ use super::pooled::Dialer;
 /// Streams one backend connection carries before the next request opens another.
 pub(super) const STREAMS_PER_CONNECTION: usize = 100;
 
-/// Connections to one backend at most; past them, requests share the least busy one.
-const CONNECTIONS_PER_BACKEND: usize = 64;
+/// Connections to one backend at most; past them, requests wait on the least busy one. Eight
+/// of 100 streams: 800 requests at once to one backend (Envoy's default circuit breaker allows
+/// 1024 to a whole cluster).
+const CONNECTIONS_PER_BACKEND: usize = 8;
 
 /// Why a request to an HTTP/2 backend failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum H2Error {
     /// No connection could be made: nothing was sent.
-    #[error("{0}")]
+    #[error("cannot connect")]
     Connect(#[source] io::Error),
     #[error(transparent)]
     Send(#[from] hyper::Error),
@@ -65,6 +74,9 @@ struct Backend {
 struct Conn {
     send: SendRequest<RequestBody>,
     streams: AtomicUsize,
+    /// Streams it takes: [`STREAMS_PER_CONNECTION`], or the backend's SETTINGS if fewer
+    /// (updated by its connection task).
+    room: Arc<AtomicUsize>,
     /// `now_nanos()` when its last stream ended (or it opened).
     quiet_since: AtomicU64,
 }
@@ -87,20 +99,30 @@ enum Choice {
     Dial,
 }
 
-/// The connection with the fewest streams, if one has room; else a new connection, if the
-/// backend has room for one; else the least busy (its streams wait there for a free one).
-/// `streams`: each open connection's streams.
-fn choose(streams: &[usize]) -> Choice {
-    let least = streams
+/// The busiest connection that has room, if one has; else a new connection, if the backend
+/// has room for one; else the least busy (its streams wait there for a free one).
+/// `conns`: each open connection's (streams, room).
+fn choose(conns: &[(usize, usize)]) -> Choice {
+    let fullest_with_room = conns
         .iter()
         .enumerate()
-        .min_by_key(|(_, n)| **n)
-        .map(|(i, n)| (i, *n));
-    match least {
-        Some((i, n)) if n < STREAMS_PER_CONNECTION => Choice::Use(i),
-        Some((i, _)) if streams.len() >= CONNECTIONS_PER_BACKEND => Choice::Use(i),
+        .filter(|(_, (n, room))| n < room)
+        .max_by_key(|(_, (n, _))| *n);
+    if let Some((i, _)) = fullest_with_room {
+        return Choice::Use(i);
+    }
+    match least_busy(conns) {
+        Some(i) if conns.len() >= CONNECTIONS_PER_BACKEND => Choice::Use(i),
         _ => Choice::Dial,
     }
+}
+
+fn least_busy(conns: &[(usize, usize)]) -> Option<usize> {
+    conns
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, (n, _))| *n)
+        .map(|(i, _)| i)
 }
 
 impl Backend {
@@ -108,11 +130,25 @@ impl Backend {
     fn try_take(&self, idle: Duration) -> Option<(SendRequest<RequestBody>, StreamSlot)> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         prune(&mut conns, idle);
-        let streams: Vec<usize> = conns.iter().map(|c| c.streams.load(Relaxed)).collect();
-        match choose(&streams) {
+        let load: Vec<(usize, usize)> = conns
+            .iter()
+            .map(|c| (c.streams.load(Relaxed), c.room.load(Relaxed)))
+            .collect();
+        match choose(&load) {
             Choice::Use(i) => Some(take(&conns[i])),
             Choice::Dial => None,
         }
+    }
+
+    /// A place on the least busy open connection, full or not: where a request waits when no
+    /// new connection can be made.
+    fn take_least_busy(&self) -> Option<(SendRequest<RequestBody>, StreamSlot)> {
+        let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns
+            .iter()
+            .filter(|c| !c.send.is_closed())
+            .min_by_key(|c| c.streams.load(Relaxed))
+            .map(take)
     }
 }
 
@@ -189,7 +225,9 @@ impl H2Pools {
     }
 
     /// Makes a connection to `addr` (one at a time per backend) and takes its first place;
-    /// or a place on one made meanwhile.
+    /// or a place on one made meanwhile. When none can be made, a busy connection still open
+    /// takes the request (it waits there for a stream, as it did on hyper-util's one
+    /// connection): a backend refusing more connections is not a failed request.
     async fn dial(
         &self,
         backend: &Backend,
@@ -199,6 +237,22 @@ impl H2Pools {
         if let Some(taken) = backend.try_take(self.idle) {
             return Ok(taken);
         }
+        match self.connect(addr).await {
+            Ok(conn) => {
+                let taken = take(&conn);
+                backend
+                    .conns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+                Ok(taken)
+            }
+            Err(e) => backend.take_least_busy().ok_or(e),
+        }
+    }
+
+    /// A new connection to `addr`, its task running.
+    async fn connect(&self, addr: SocketAddr) -> Result<Arc<Conn>, H2Error> {
         let io = self.dialer.dial(addr).await.map_err(H2Error::Connect)?;
         let (send, conn) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -207,23 +261,26 @@ impl H2Pools {
             .handshake(io)
             .await
             .map_err(|e| H2Error::Connect(io::Error::other(e)))?;
+        let room = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+        let told = room.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let mut conn = std::pin::pin!(conn);
+            // The backend's SETTINGS_MAX_CONCURRENT_STREAMS, as the connection learns it.
+            std::future::poll_fn(|cx| {
+                let polled = conn.as_mut().poll(cx);
+                let allowed = conn.as_ref().get_ref().current_max_send_streams();
+                told.store(allowed.clamp(1, STREAMS_PER_CONNECTION), Relaxed);
+                polled
+            })
+            .await
         });
-        let conn = Arc::new(Conn {
+        Ok(Arc::new(Conn {
             send,
             streams: AtomicUsize::new(0),
+            room,
             quiet_since: AtomicU64::new(now_nanos()),
-        });
-        let taken = take(&conn);
-        backend
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
-        Ok(taken)
+        }))
     }
-
     /// Closes connections quiet for `idle` and forgets backends left with none.
     pub fn sweep(&self) {
         let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,23 +297,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_request_takes_the_least_busy_connection_with_room_or_a_new_one() {
+    fn a_request_takes_the_busiest_connection_with_room_or_a_new_one() {
         let full = STREAMS_PER_CONNECTION;
-        let table: &[(&[usize], Choice)] = &[
+        let table: &[(&[(usize, usize)], Choice)] = &[
             (&[], Choice::Dial),
-            (&[0], Choice::Use(0)),
-            (&[5, 2, 9], Choice::Use(1)),
-            (&[full - 1], Choice::Use(0)),
-            (&[full], Choice::Dial),
-            (&[full, full + 3], Choice::Dial),
-            (&[full, 7], Choice::Use(1)),
+            (&[(0, full)], Choice::Use(0)),
+            (&[(5, full), (2, full), (9, full)], Choice::Use(2)),
+            (&[(full - 1, full)], Choice::Use(0)),
+            (&[(full, full)], Choice::Dial),
+            (&[(full, full), (full + 3, full)], Choice::Dial),
+            (&[(full, full), (7, full)], Choice::Use(1)),
+            // The backend's SETTINGS allow fewer streams.
+            (&[(32, 32), (3, 32)], Choice::Use(1)),
+            (&[(32, 32)], Choice::Dial),
         ];
-        for (streams, choice) in table {
-            assert_eq!(choose(streams), *choice, "{streams:?}");
+        for (conns, choice) in table {
+            assert_eq!(choose(conns), *choice, "{conns:?}");
         }
         // At the most connections a backend gets, the least busy one takes the request.
-        let mut at_most = vec![full + 2; CONNECTIONS_PER_BACKEND];
-        at_most[9] = full;
-        assert_eq!(choose(&at_most), Choice::Use(9));
+        let mut at_most = vec![(full + 2, full); CONNECTIONS_PER_BACKEND];
+        at_most[5] = (full, full);
+        assert_eq!(choose(&at_most), Choice::Use(5));
     }
 }

@@ -1,6 +1,6 @@
-//! Backends spoken to through hyper's pooled client: HTTP/2 cleartext (gRPC), HTTPS and HTTP/2
-//! over TLS. HTTP/2 multiplexes many requests on one connection per backend, which is what
-//! hyper's client does well; TLS to backends trades our in-task HTTP/1.1 client's speed for one
+//! Backends spoken to through hyper's clients: HTTP/2 cleartext (gRPC) and HTTP/2 over TLS
+//! through hyper's HTTP/2 connections in our pools ([`H2Pools`]), HTTPS through hyper-util's
+//! pooled client. TLS to backends trades our in-task HTTP/1.1 client's speed for one
 //! well-tested path.
 
 use std::collections::HashMap;
@@ -122,16 +122,16 @@ impl PooledClients {
 #[derive(Debug)]
 pub struct PreparedClients(HashMap<ClientKey, Built>);
 
-/// What an HTTP/2 backend may send one stream ahead of its reader. All streams to a backend
-/// share one connection, and hyper gives window back only as a body is read: a client that
-/// stops reading keeps its stream's window used. With hyper's defaults (2 MiB a stream, 5 MiB
+/// What an HTTP/2 backend may send one stream ahead of its reader. Streams to a backend share
+/// its connections, and hyper gives window back only as a body is read: a client that stops
+/// reading keeps its stream's window used. With hyper's defaults (2 MiB a stream, 5 MiB
 /// the connection) three stalled answers used up the connection's window and every other
 /// request to that backend waited until they were given up, `idle` later
 /// (`protocols::stalled_readers_do_not_stall_an_http2_backend_for_others`). So the bound is
 /// per stream, as HAProxy keeps it (64 KiB there): 256 KiB, 12 MB/s a stream at 20 ms of
 /// round trip, and the connection's window is as large as HTTP/2 allows, so that it is never
-/// what runs out. What stalled streams can hold is the stream window times the backend's
-/// concurrent streams (64 MiB at 256).
+/// what runs out. What stalled streams can hold is the stream window times the streams a
+/// backend's connections carry (see `h2_pool`: 200 MiB at 8 x 100).
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
 const H2_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 
