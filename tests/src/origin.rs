@@ -53,6 +53,9 @@ pub struct OriginState {
     pub released: std::sync::atomic::AtomicBool,
     /// Requests with a validator (If-None-Match or If-Modified-Since).
     pub conditional: AtomicU64,
+    /// HTTP/2 streams a connection takes (`SETTINGS_MAX_CONCURRENT_STREAMS`), for connections
+    /// accepted after it is set; 0: hyper's default (200).
+    pub h2_streams: std::sync::atomic::AtomicU32,
     /// `/c/...` answers use this Cache-Control instead of the query's `cc` when set.
     pub cc_override: Mutex<Option<String>>,
     /// Ordinary requests being answered now, and the most there were at once.
@@ -152,7 +155,11 @@ impl Origin {
                             async move { Ok::<_, Infallible>(answer(&name, &st, req).await) }
                         })
                     };
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    let streams = st.h2_streams.load(SeqCst);
+                    if streams > 0 {
+                        builder.http2().max_concurrent_streams(streams);
+                    }
                     match tls {
                         None => {
                             let _ = builder

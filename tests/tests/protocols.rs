@@ -508,6 +508,36 @@ async fn one_client_cannot_take_every_stream_of_an_http2_backend() {
     drop(stalled);
 }
 
+/// A backend whose SETTINGS allow fewer streams than the 100 a connection carries: what it
+/// says is how many a connection takes, and the next request opens another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_backend_allowing_few_streams_gets_more_connections() {
+    let state = std::sync::Arc::new(streamgate_tests::origin::OriginState::default());
+    state
+        .h2_streams
+        .store(8, std::sync::atomic::Ordering::SeqCst);
+    let o = Origin::start_with_state("h2", "127.0.0.1:0".parse().unwrap(), state).await;
+    let d = one_region(Region::new("r").origins(&[&o]))
+        .service(service("s").upstream(Upstream::new().protocol("h2c")))
+        .start()
+        .await;
+    // The connection's SETTINGS are in before the stalled streams come: they came before the
+    // answer, and the connection's task notes them once it has read them (the pause keeps a
+    // loaded machine from running the test between the two).
+    let r = get(&http1(), &d.url("web", "/one"), &[]).await.unwrap();
+    assert_eq!(r.text(), "origin h2 /one");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stalled = stall_streams(&d, &o, 24).await;
+    let all = eventually(Duration::from_secs(10), || o.hits() >= 25).await;
+    assert!(
+        all,
+        "every stalled stream reached the backend: {}",
+        o.hits()
+    );
+    another_client_is_answered(&d, 1000).await;
+    drop(stalled);
+}
+
 /// An HTTP/2 backend that restarts (its connections cut) is used again at once: the closed
 /// connection is left out, and the next request opens a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,7 +237,17 @@ impl H2Pools {
         if let Some(taken) = backend.try_take(self.idle) {
             return Ok(taken);
         }
-        match self.connect(addr).await {
+        // Until its own SETTINGS come, a new connection is taken to allow what the backend's
+        // other connections do: a burst that opened it would otherwise go over the limit.
+        let room = backend
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| c.room.load(Relaxed))
+            .min()
+            .unwrap_or(STREAMS_PER_CONNECTION);
+        match self.connect(addr, room).await {
             Ok(conn) => {
                 let taken = take(&conn);
                 backend
@@ -251,8 +261,9 @@ impl H2Pools {
         }
     }
 
-    /// A new connection to `addr`, its task running.
-    async fn connect(&self, addr: SocketAddr) -> Result<Arc<Conn>, H2Error> {
+    /// A new connection to `addr`, its task running, taken to allow `room` streams until the
+    /// backend says.
+    async fn connect(&self, addr: SocketAddr, room: usize) -> Result<Arc<Conn>, H2Error> {
         let io = self.dialer.dial(addr).await.map_err(H2Error::Connect)?;
         let (send, conn) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -261,15 +272,19 @@ impl H2Pools {
             .handshake(io)
             .await
             .map_err(|e| H2Error::Connect(io::Error::other(e)))?;
-        let room = Arc::new(AtomicUsize::new(STREAMS_PER_CONNECTION));
+        let room = Arc::new(AtomicUsize::new(room));
         let told = room.clone();
         tokio::spawn(async move {
             let mut conn = std::pin::pin!(conn);
-            // The backend's SETTINGS_MAX_CONCURRENT_STREAMS, as the connection learns it.
+            // The backend's SETTINGS_MAX_CONCURRENT_STREAMS, once the connection has it (h2
+            // reads 100 or unlimited before).
+            let before = conn.as_ref().get_ref().current_max_send_streams();
             std::future::poll_fn(|cx| {
                 let polled = conn.as_mut().poll(cx);
                 let allowed = conn.as_ref().get_ref().current_max_send_streams();
-                told.store(allowed.clamp(1, STREAMS_PER_CONNECTION), Relaxed);
+                if allowed != before {
+                    told.store(allowed.clamp(1, STREAMS_PER_CONNECTION), Relaxed);
+                }
                 polled
             })
             .await
