@@ -522,8 +522,8 @@ async fn an_http2_backend_allowing_few_streams_gets_more_connections() {
         .start()
         .await;
     // The connection's SETTINGS are in before the stalled streams come: they came before the
-    // answer, and the connection's task notes them once it has read them (the pause keeps a
-    // loaded machine from running the test between the two).
+    // answer (the pause keeps a loaded machine from running the test before hyper's connection
+    // task has applied them).
     let r = get(&http1(), &d.url("web", "/one"), &[]).await.unwrap();
     assert_eq!(r.text(), "origin h2 /one");
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -7,7 +7,8 @@
 //! its streams were given up, `idle` later
 //! (`protocols::one_client_cannot_take_every_stream_of_an_http2_backend`). Here a connection
 //! carries at most [`STREAMS_PER_CONNECTION`] streams (the least RFC 9113 §6.5.2 asks servers
-//! to allow), or fewer if the backend's SETTINGS say so, and the next request opens another
+//! to allow), or fewer if the backend's SETTINGS say so (a new connection assumes what the
+//! backend's newest said until its own come), and the next request opens another
 //! connection beside it, as Envoy's HTTP/2 pool does. Requests fill the busiest connection that
 //! has room, so that those opened for a burst fall quiet after it and are closed.
 //!
@@ -20,18 +21,20 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use streamgate_balance::stats::now_nanos;
 
 use super::RequestBody;
-use super::pooled::Dialer;
+use super::pooled::{Dialed, Dialer};
 
 /// Streams one backend connection carries before the next request opens another.
 pub(super) const STREAMS_PER_CONNECTION: usize = 100;
@@ -63,20 +66,43 @@ pub(super) struct H2Pools {
 }
 
 /// The connections to one backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Backend {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// One connection is made at a time: requests that wait for it look again once it is up.
     dialing: tokio::sync::Mutex<()>,
+    /// The streams the backend's newest connection allows, what a new one assumes until its
+    /// own SETTINGS come (a burst that opened it would otherwise overrun a small limit).
+    learned: AtomicUsize,
+    /// `now_nanos()` of the last dial that failed: for a second after, requests that find
+    /// every connection busy wait on one rather than each dialling in turn.
+    failed_at: AtomicU64,
 }
+
+impl Default for Backend {
+    fn default() -> Backend {
+        Backend {
+            conns: Mutex::default(),
+            dialing: tokio::sync::Mutex::default(),
+            learned: AtomicUsize::new(STREAMS_PER_CONNECTION),
+            failed_at: AtomicU64::new(0),
+        }
+    }
+}
+
+/// hyper's HTTP/2 connection: the task that takes requests to the backend's connection.
+type Task = hyper::client::conn::http2::Connection<TokioIo<Dialed>, RequestBody, TokioExecutor>;
 
 #[derive(Debug)]
 struct Conn {
     send: SendRequest<RequestBody>,
     streams: AtomicUsize,
-    /// Streams it takes: [`STREAMS_PER_CONNECTION`], or the backend's SETTINGS if fewer
-    /// (updated by its connection task).
-    room: Arc<AtomicUsize>,
+    /// Its task, run by a spawned future that locks it only to poll it, and read here for the
+    /// backend's `SETTINGS_MAX_CONCURRENT_STREAMS` (hyper's own connection task applies them
+    /// as they come; the request task is polled only when a request comes, too late to place
+    /// it).
+    /// `None` once it has ended: dropped then, which closes `send`.
+    task: Arc<Mutex<Option<Pin<Box<Task>>>>>,
     /// `now_nanos()` when its last stream ended (or it opened).
     quiet_since: AtomicU64,
 }
@@ -117,12 +143,27 @@ fn choose(conns: &[(usize, usize)]) -> Choice {
     }
 }
 
+/// The least busy connection, among those that take streams at all (a backend may say 0 for
+/// a while) if any do.
 fn least_busy(conns: &[(usize, usize)]) -> Option<usize> {
     conns
         .iter()
         .enumerate()
-        .min_by_key(|(_, (n, _))| *n)
+        .min_by_key(|(_, (n, room))| (*room == 0, *n))
         .map(|(i, _)| i)
+}
+
+impl Conn {
+    /// Streams it takes: [`STREAMS_PER_CONNECTION`], or fewer if the backend says so.
+    fn room(&self) -> usize {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner());
+        task.as_ref().map_or(0, |t| {
+            t.as_ref()
+                .get_ref()
+                .current_max_send_streams()
+                .min(STREAMS_PER_CONNECTION)
+        })
+    }
 }
 
 impl Backend {
@@ -132,8 +173,11 @@ impl Backend {
         prune(&mut conns, idle);
         let load: Vec<(usize, usize)> = conns
             .iter()
-            .map(|c| (c.streams.load(Relaxed), c.room.load(Relaxed)))
+            .map(|c| (c.streams.load(Relaxed), c.room()))
             .collect();
+        if let Some((_, room)) = load.last() {
+            self.learned.store(*room, Relaxed);
+        }
         match choose(&load) {
             Choice::Use(i) => Some(take(&conns[i])),
             Choice::Dial => None,
@@ -144,11 +188,12 @@ impl Backend {
     /// new connection can be made.
     fn take_least_busy(&self) -> Option<(SendRequest<RequestBody>, StreamSlot)> {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        conns
+        let open: Vec<&Arc<Conn>> = conns.iter().filter(|c| !c.send.is_closed()).collect();
+        let load: Vec<(usize, usize)> = open
             .iter()
-            .filter(|c| !c.send.is_closed())
-            .min_by_key(|c| c.streams.load(Relaxed))
-            .map(take)
+            .map(|c| (c.streams.load(Relaxed), c.room()))
+            .collect();
+        least_busy(&load).map(|i| take(open[i]))
     }
 }
 
@@ -237,17 +282,13 @@ impl H2Pools {
         if let Some(taken) = backend.try_take(self.idle) {
             return Ok(taken);
         }
-        // Until its own SETTINGS come, a new connection is taken to allow what the backend's
-        // other connections do: a burst that opened it would otherwise go over the limit.
-        let room = backend
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|c| c.room.load(Relaxed))
-            .min()
-            .unwrap_or(STREAMS_PER_CONNECTION);
-        match self.connect(addr, room).await {
+        let recently_failed = now_nanos().saturating_sub(backend.failed_at.load(Relaxed))
+            < 1_000_000_000
+            && backend.failed_at.load(Relaxed) != 0;
+        if recently_failed && let Some(taken) = backend.take_least_busy() {
+            return Ok(taken);
+        }
+        match self.connect(addr, backend.learned.load(Relaxed)).await {
             Ok(conn) => {
                 let taken = take(&conn);
                 backend
@@ -257,45 +298,47 @@ impl H2Pools {
                     .push(conn);
                 Ok(taken)
             }
-            Err(e) => backend.take_least_busy().ok_or(e),
+            Err(e) => {
+                backend.failed_at.store(now_nanos(), Relaxed);
+                backend.take_least_busy().ok_or(e)
+            }
         }
     }
 
     /// A new connection to `addr`, its task running, taken to allow `room` streams until the
-    /// backend says.
+    /// backend's SETTINGS say.
     async fn connect(&self, addr: SocketAddr, room: usize) -> Result<Arc<Conn>, H2Error> {
         let io = self.dialer.dial(addr).await.map_err(H2Error::Connect)?;
-        let (send, conn) = Builder::new(TokioExecutor::new())
+        let (send, task) = Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(self.stream_window)
             .initial_connection_window_size(self.connection_window)
+            .initial_max_send_streams(room)
             .handshake(io)
             .await
             .map_err(|e| H2Error::Connect(io::Error::other(e)))?;
-        let room = Arc::new(AtomicUsize::new(room));
-        let told = room.clone();
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            // The backend's SETTINGS_MAX_CONCURRENT_STREAMS, once the connection has it (h2
-            // reads 100 or unlimited before).
-            let before = conn.as_ref().get_ref().current_max_send_streams();
-            std::future::poll_fn(|cx| {
-                let polled = conn.as_mut().poll(cx);
-                let allowed = conn.as_ref().get_ref().current_max_send_streams();
-                if allowed != before {
-                    told.store(allowed.clamp(1, STREAMS_PER_CONNECTION), Relaxed);
-                }
-                polled
-            })
-            .await
-        });
+        let task = Arc::new(Mutex::new(Some(Box::pin(task))));
+        let run = task.clone();
+        tokio::spawn(std::future::poll_fn(move |cx| {
+            let mut slot = run.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(task) = slot.as_mut() else {
+                return Poll::Ready(());
+            };
+            let ended = task.as_mut().poll(cx).is_ready();
+            if ended {
+                *slot = None;
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        }));
         Ok(Arc::new(Conn {
             send,
             streams: AtomicUsize::new(0),
-            room,
+            task,
             quiet_since: AtomicU64::new(now_nanos()),
         }))
     }
+
     /// Closes connections quiet for `idle` and forgets backends left with none.
     pub fn sweep(&self) {
         let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
@@ -325,6 +368,9 @@ mod tests {
             // The backend's SETTINGS allow fewer streams.
             (&[(32, 32), (3, 32)], Choice::Use(1)),
             (&[(32, 32)], Choice::Dial),
+            // A backend may say 0 for a while: that connection takes nothing.
+            (&[(0, 0)], Choice::Dial),
+            (&[(0, 0), (4, full)], Choice::Use(1)),
         ];
         for (conns, choice) in table {
             assert_eq!(choose(conns), *choice, "{conns:?}");
@@ -332,6 +378,9 @@ mod tests {
         // At the most connections a backend gets, the least busy one takes the request.
         let mut at_most = vec![(full + 2, full); CONNECTIONS_PER_BACKEND];
         at_most[5] = (full, full);
+        assert_eq!(choose(&at_most), Choice::Use(5));
+        // ... among those that take streams at all.
+        at_most[2] = (0, 0);
         assert_eq!(choose(&at_most), Choice::Use(5));
     }
 }
