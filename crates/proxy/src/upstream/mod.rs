@@ -63,7 +63,9 @@ pub enum UpstreamBody {
 #[derive(Debug)]
 pub struct PooledBody {
     body: hyper::body::Incoming,
-    stall: Duration,
+    /// The stall in milliseconds: a `Duration` would take the 8 bytes the slot needs, and a
+    /// proxied answer is kept within 256 bytes (`http::body::size`).
+    stall_ms: u32,
     /// Armed while waiting for data; reset by every frame.
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// An HTTP/2 answer's place on its connection, until the body is dropped.
@@ -74,7 +76,7 @@ impl PooledBody {
     fn new(body: hyper::body::Incoming, stall: Duration, slot: Option<StreamSlot>) -> PooledBody {
         PooledBody {
             body,
-            stall,
+            stall_ms: u32::try_from(stall.as_millis()).unwrap_or(u32::MAX),
             timer: None,
             _slot: slot,
         }
@@ -126,7 +128,7 @@ impl Body for UpstreamBody {
             UpstreamBody::Compressed(b) => b.poll_frame(cx),
             UpstreamBody::Pooled(b) => match std::pin::Pin::new(&mut b.body).poll_frame(cx) {
                 std::task::Poll::Pending => {
-                    let stall = b.stall;
+                    let stall = Duration::from_millis(u64::from(b.stall_ms));
                     let timer = b
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
