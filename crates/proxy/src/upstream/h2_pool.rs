@@ -31,6 +31,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use smallvec::SmallVec;
 use streamgate_balance::stats::now_nanos;
 
 use super::RequestBody;
@@ -89,6 +90,10 @@ impl Default for Backend {
         }
     }
 }
+
+/// Each connection's (streams, room), gathered for [`choose`] on every request: inline, since
+/// a backend has at most [`CONNECTIONS_PER_BACKEND`] connections.
+type Load = SmallVec<[(usize, usize); CONNECTIONS_PER_BACKEND]>;
 
 /// hyper's HTTP/2 connection: the task that takes requests to the backend's connection.
 type Task = hyper::client::conn::http2::Connection<TokioIo<Dialed>, RequestBody, TokioExecutor>;
@@ -171,7 +176,7 @@ impl Backend {
     fn try_take(&self, idle: Duration) -> Option<(SendRequest<RequestBody>, StreamSlot)> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         prune(&mut conns, idle);
-        let load: Vec<(usize, usize)> = conns
+        let load: Load = conns
             .iter()
             .map(|c| (c.streams.load(Relaxed), c.room()))
             .collect();
@@ -188,12 +193,11 @@ impl Backend {
     /// new connection can be made.
     fn take_least_busy(&self) -> Option<(SendRequest<RequestBody>, StreamSlot)> {
         let conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
-        let open: Vec<&Arc<Conn>> = conns.iter().filter(|c| !c.send.is_closed()).collect();
-        let load: Vec<(usize, usize)> = open
-            .iter()
+        let open = || conns.iter().filter(|c| !c.send.is_closed());
+        let load: Load = open()
             .map(|c| (c.streams.load(Relaxed), c.room()))
             .collect();
-        least_busy(&load).map(|i| take(open[i]))
+        least_busy(&load).and_then(|i| open().nth(i)).map(take)
     }
 }
 
@@ -282,9 +286,9 @@ impl H2Pools {
         if let Some(taken) = backend.try_take(self.idle) {
             return Ok(taken);
         }
-        let recently_failed = now_nanos().saturating_sub(backend.failed_at.load(Relaxed))
-            < 1_000_000_000
-            && backend.failed_at.load(Relaxed) != 0;
+        let failed_at = backend.failed_at.load(Relaxed);
+        let recently_failed =
+            failed_at != 0 && now_nanos().saturating_sub(failed_at) < 1_000_000_000;
         if recently_failed && let Some(taken) = backend.take_least_busy() {
             return Ok(taken);
         }

@@ -69,13 +69,13 @@ impl PooledClients {
             return Ok(c.sender.clone());
         }
         let built = build(key)?;
-        let client = built.sender.clone();
+        let sender = built.sender.clone();
         self.clients.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.entry(key.clone()).or_insert_with(|| built.clone());
             map
         });
-        Ok(client)
+        Ok(sender)
     }
 
     /// Builds the clients `keys` need, reusing those already built (and their connections)
@@ -221,30 +221,25 @@ impl tower_service::Service<Uri> for Dialer {
 impl Dialer {
     /// Connects to `addr`, then TLS if configured, within the connect timeout (each).
     pub(super) async fn dial(&self, addr: SocketAddr) -> io::Result<TokioIo<Dialed>> {
-        let this = self;
-        {
-            let stream = tokio::time::timeout(this.connect_timeout, TcpStream::connect(addr))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-            let _ = stream.set_nodelay(true);
-            let Some(tls) = &this.tls else {
-                return Ok(TokioIo::new(Dialed::Plain(stream)));
-            };
-            let name = tls
-                .server_name
-                .clone()
-                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
-            let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-            let s = tokio::time::timeout(this.connect_timeout, connector.connect(name, stream))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
-                })??;
-            Ok(TokioIo::new(Dialed::Tls(
-                Box::new(s),
-                AnswerReads::default(),
-            )))
-        }
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return Ok(TokioIo::new(Dialed::Plain(stream)));
+        };
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        let s = tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(TokioIo::new(Dialed::Tls(
+            Box::new(s),
+            AnswerReads::default(),
+        )))
     }
 }
 
