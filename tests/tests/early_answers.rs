@@ -118,9 +118,7 @@ async fn a_connection_answered_before_its_upload_ended_is_not_reused() {
 /// overlapped. Such a connection is poisoned for the pool before the body's last bytes go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_connection_answered_before_its_upload_ended_is_not_reused() {
-    let cert = make_cert(&["origin.test"]);
-    let origin = RawOrigin::ignoring_bodies_tls(path_answer, server_tls(&cert, None)).await;
-    let (d, _ca) = https_behind(&origin, &cert).await;
+    let (_origin, d, _ca) = cl0_https().await;
     let first = get(&http1(), &d.url("web", "/first"), &[]).await.unwrap();
     assert_eq!(first.text(), "/first", "the HTTPS backend answers");
     try_to_smuggle(&d).await;
@@ -131,10 +129,8 @@ async fn an_https_connection_answered_before_its_upload_ended_is_not_reused() {
 /// so the end is taken where the length runs out, not at the flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upload_answered_early_by_an_https_backend_is_not_reused() {
-    let cert = make_cert(&["origin.test"]);
-    let origin = RawOrigin::ignoring_bodies_tls(path_answer, server_tls(&cert, None)).await;
-    let (d, _ca) = https_behind(&origin, &cert).await;
-    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
+    let (_origin, d, _ca) = cl0_https().await;
+    let smuggled = SMUGGLED;
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     let mut got = Vec::new();
     s.write_all(&h2_upload("/upload", Some(smuggled.len()), 0))
@@ -177,6 +173,15 @@ async fn https_uploads_read_before_their_answers_share_a_connection() {
     );
 }
 
+/// A "CL.0" backend over HTTPS ([`RawOrigin::ignoring_bodies_tls`], answering with the path)
+/// and a daemon in front of it ([`https_behind`]).
+async fn cl0_https() -> (RawOrigin, TestDaemon, tempfile::TempDir) {
+    let cert = make_cert(&["origin.test"]);
+    let origin = RawOrigin::ignoring_bodies_tls(path_answer, server_tls(&cert, None)).await;
+    let (d, ca) = https_behind(&origin, &cert).await;
+    (origin, d, ca)
+}
+
 /// A daemon whose `web` listener sends every request to `origin` over HTTPS, trusting `cert`,
 /// and the directory of the CA file (kept for the daemon's life).
 async fn https_behind(origin: &RawOrigin, cert: &Cert) -> (TestDaemon, tempfile::TempDir) {
@@ -201,10 +206,14 @@ async fn https_behind(origin: &RawOrigin, cert: &Cert) -> (TestDaemon, tempfile:
     (d, dir)
 }
 
+/// A body crafted as the start of a request: a backend that takes it for the next request on
+/// its connection answers the next client's request with `/smuggled`.
+const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
+
 /// Sends a POST to `d`'s `web` whose body is the start of a request for `/smuggled`, its tail
 /// after the answer, then asks for `/victim` three times: each must get its own answer.
 async fn try_to_smuggle(d: &TestDaemon) {
-    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
+    let smuggled = SMUGGLED;
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     s.write_all(
         format!(

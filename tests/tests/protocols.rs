@@ -451,14 +451,19 @@ async fn an_http2_websocket_answered_with_a_wrong_accept_is_a_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_readers_do_not_stall_an_http2_backend_for_others() {
     let o = Origin::start("h2").await;
-    let d = one_region(Region::new("r").origins(&[&o]))
-        .service(service("s").upstream(Upstream::new().protocol("h2c")))
-        .start()
-        .await;
+    let d = h2c_behind(&o).await;
     let stalled = stall_streams(&d, &o, 8).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     another_client_is_answered(&d, 1_000_000).await;
     drop(stalled);
+}
+
+/// A daemon whose `web` sends every request to `o` over h2c.
+async fn h2c_behind(o: &Origin) -> TestDaemon {
+    one_region(Region::new("r").origins(&[o]))
+        .service(service("s").upstream(Upstream::new().protocol("h2c")))
+        .start()
+        .await
 }
 
 /// A connection to `d`'s `web` with `n` streams for 8 MiB each, granting no more than HTTP/2's
@@ -498,10 +503,7 @@ async fn another_client_is_answered(d: &TestDaemon, len: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_cannot_take_every_stream_of_an_http2_backend() {
     let o = Origin::start("h2").await;
-    let d = one_region(Region::new("r").origins(&[&o]))
-        .service(service("s").upstream(Upstream::new().protocol("h2c")))
-        .start()
-        .await;
+    let d = h2c_behind(&o).await;
     // More streams than the backend allows (the ones past it wait in our client).
     let stalled = stall_streams(&d, &o, 250).await;
     another_client_is_answered(&d, 1000).await;
@@ -517,10 +519,7 @@ async fn an_http2_backend_allowing_few_streams_gets_more_connections() {
         .h2_streams
         .store(8, std::sync::atomic::Ordering::SeqCst);
     let o = Origin::start_with_state("h2", "127.0.0.1:0".parse().unwrap(), state).await;
-    let d = one_region(Region::new("r").origins(&[&o]))
-        .service(service("s").upstream(Upstream::new().protocol("h2c")))
-        .start()
-        .await;
+    let d = h2c_behind(&o).await;
     // The connection's SETTINGS are in before the stalled streams come: they came before the
     // answer (the pause keeps a loaded machine from running the test before hyper's connection
     // task has applied them).
@@ -543,10 +542,7 @@ async fn an_http2_backend_allowing_few_streams_gets_more_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_http2_backend_is_used_again_at_once() {
     let o = Origin::start("h2").await;
-    let d = one_region(Region::new("r").origins(&[&o]))
-        .service(service("s").upstream(Upstream::new().protocol("h2c")))
-        .start()
-        .await;
+    let d = h2c_behind(&o).await;
     let c = http1();
     let r = get(&c, &d.url("web", "/one"), &[]).await.unwrap();
     assert_eq!(r.text(), "origin h2 /one");

@@ -391,15 +391,7 @@ async fn a_dead_backend_is_retried_on_another_and_the_client_sees_200() {
 
 #[tokio::test]
 async fn a_503_from_a_backend_is_retried_for_idempotent_requests_only() {
-    let sick = Origin::start("sick").await;
-    sick.set_status(503);
-    let well = Origin::start("well").await;
-    let d = one_service(
-        local().backends(&[(&sick, 1), (&well, 1)]),
-        app().outlier(Outlier::new().consecutive_failures(0)),
-    )
-    .start()
-    .await;
+    let (_sick, _well, d) = sick_and_well().await;
     let c = http1();
     for _ in 0..10 {
         assert_eq!(
@@ -420,10 +412,9 @@ async fn a_503_from_a_backend_is_retried_for_idempotent_requests_only() {
     );
 }
 
-/// An idempotent request with a body (a PUT) that got a 503 is not sent again: the body went
-/// with the first attempt, and a retry went out with none, which stored an empty file.
-#[tokio::test]
-async fn a_put_with_a_body_is_not_replayed_without_it() {
+/// A daemon over two backends, one answering every request 503, with outlier ejection off
+/// (so the sick one keeps its turns).
+async fn sick_and_well() -> (Origin, Origin, TestDaemon) {
     let sick = Origin::start("sick").await;
     sick.set_status(503);
     let well = Origin::start("well").await;
@@ -433,6 +424,14 @@ async fn a_put_with_a_body_is_not_replayed_without_it() {
     )
     .start()
     .await;
+    (sick, well, d)
+}
+
+/// An idempotent request with a body (a PUT) that got a 503 is not sent again: the body went
+/// with the first attempt, and a retry went out with none, which stored an empty file.
+#[tokio::test]
+async fn a_put_with_a_body_is_not_replayed_without_it() {
+    let (_sick, _well, d) = sick_and_well().await;
     let c = http1();
     let body = Bytes::from(vec![b'p'; 1000]);
     let mut saw_503 = false;
