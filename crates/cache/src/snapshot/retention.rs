@@ -119,6 +119,20 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_that_cannot_be_listed_is_retention_s_failure_not_the_point_s() {
+        let dir = tempfile::tempdir().unwrap();
+        let points = three_points(dir.path());
+        // The point reads back; what retention lists is not a directory (a file stands at
+        // its name), so listing it fails.
+        let not_a_dir = dir.path().join("not-a-dir");
+        fs::write(&not_a_dir, b"x").unwrap();
+        let settled = settle(&not_a_dir, &points[2], 1, None, SystemTime::now()).unwrap();
+        assert!(settled.removed.is_empty());
+        assert_eq!(settled.failed.len(), 1, "{:?}", settled.failed);
+        assert!(points.iter().all(|p| p.path.exists()));
+    }
+
+    #[test]
     fn retention_goes_on_past_points_it_cannot_delete() {
         let dir = tempfile::tempdir().unwrap();
         let points = three_points(dir.path());
