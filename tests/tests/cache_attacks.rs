@@ -227,3 +227,43 @@ async fn a_304_naming_another_representation_is_not_applied() {
         "asked again, plainly"
     );
 }
+
+/// An origin that reads a query as PHP, Express and Python do (`&` separates, `;` does not) and
+/// reflects its `id` parameter into a cacheable answer.
+async fn reflecting_id() -> RawOrigin {
+    RawOrigin::start(|head| {
+        let target = head.split(' ').nth(1).unwrap_or("");
+        let query = target.split_once('?').map_or("", |(_, q)| q);
+        let id = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("id="))
+            .unwrap_or("-");
+        let body = format!("id {id}");
+        format!(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_query_piece_the_origin_reads_as_one_parameter_is_keyed_whole() {
+    let o = reflecting_id().await;
+    let d = config(o.addr, cache().set("key_query", &["id"][..]))
+        .start()
+        .await;
+    // The attacker's `id` is `1;x=<script>` to this origin; were `x=...` dropped from the key
+    // as an unlisted parameter, the answer would be stored as `?id=1`'s.
+    let a = fetch(&d, "/p?id=1;x=%3Cscript%3E", &[]).await;
+    assert_eq!(a.text(), "id 1;x=%3Cscript%3E");
+    let b = fetch(&d, "/p?id=1", &[]).await;
+    assert_eq!(b.text(), "id 1", "x-cache {}", xc(&b));
+    // Names in another case are the same parameter to some origins: keyed too.
+    let c = fetch(&d, "/p?ID=2&id=1", &[]).await;
+    assert_eq!(xc(&c), "MISS");
+    // What the list leaves out still shares the entry.
+    let e = fetch(&d, "/p?utm=9&id=1", &[]).await;
+    assert_eq!((xc(&e), e.text().as_str()), ("HIT", "id 1"));
+}

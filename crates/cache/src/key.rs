@@ -37,29 +37,36 @@ pub fn url_key_into(
             key.push_str(q);
         }
         (KeyQuery::Only(keep), Some(q)) => {
-            // Parameters are matched as origins read them: `;` separates too, and names are
-            // compared percent-decoded, so `?id=1&i%64=2` cannot hide a second `id` from the key.
-            let mut pairs: Vec<&str> = q
-                .split(['&', ';'])
-                .filter(|kv| {
-                    let name = kv.split('=').next().unwrap_or("");
-                    keep.iter().any(|k| decoded_eq(name, k))
+            // Parameters are matched as origins may read them, and the key errs toward more:
+            // - `;` separates for some origins and not for others (PHP, Express and Python
+            //   since 3.9.2 read `id=1;x=2` as one `id`), so a `&`-separated piece is kept
+            //   whole when any `;`-separated part of it is a keyed name: `?id=1;x=<script>`
+            //   is not `?id=1`, and `?utm=x;id=evil` is not `?utm=x`;
+            // - names are compared percent-decoded and without regard to case (ASP.NET reads
+            //   `ID` as `id`), so `?id=1&I%44=2` cannot hide a second `id` from the key.
+            let mut pieces: Vec<&str> = q
+                .split('&')
+                .filter(|piece| {
+                    piece.split(';').any(|kv| {
+                        let name = kv.split('=').next().unwrap_or("");
+                        keep.iter().any(|k| decoded_eq(name, k))
+                    })
                 })
                 .collect();
-            pairs.sort_unstable();
-            if !pairs.is_empty() {
+            pieces.sort_unstable();
+            if !pieces.is_empty() {
                 key.push('?');
-                key.push_str(&pairs.join("&"));
+                key.push_str(&pieces.join("&"));
             }
         }
         _ => {}
     }
 }
 
-/// Whether `raw`, percent-decoded (and `+` as a space), is `name`.
+/// Whether `raw`, percent-decoded (and `+` as a space), is `name` in any case.
 fn decoded_eq(raw: &str, name: &str) -> bool {
     if !raw.contains(['%', '+']) {
-        return raw == name;
+        return raw.eq_ignore_ascii_case(name);
     }
     let b = raw.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -80,7 +87,7 @@ fn decoded_eq(raw: &str, name: &str) -> bool {
         }
         i += 1;
     }
-    out == name.as_bytes()
+    out.eq_ignore_ascii_case(name.as_bytes())
 }
 
 /// Appends `scheme://authority` normalised: lower case, no trailing dot on the name, no default
@@ -297,7 +304,21 @@ mod tests {
         );
         assert_eq!(
             url_key("http", "h", "/p?utm=x;id=evil&id=1", &only),
-            "http://h/p?id=1&id=evil"
+            "http://h/p?id=1&utm=x;id=evil"
+        );
+        // An origin that reads `id=1;x=<script>` as one `id`: not the entry of `?id=1`.
+        assert_eq!(
+            url_key("http", "h", "/p?id=1;x=%3Cscript%3E", &only),
+            "http://h/p?id=1;x=%3Cscript%3E"
+        );
+        assert_eq!(
+            url_key("http", "h", "/p?utm=1;ref=2&id=1", &only),
+            "http://h/p?id=1"
+        );
+        // An origin that reads names in any case (ASP.NET): `ID` is `id`.
+        assert_eq!(
+            url_key("http", "h", "/p?id=1&ID=2&I%44=3", &only),
+            "http://h/p?I%44=3&ID=2&id=1"
         );
         assert_eq!(url_key("http", "h", "/p?%=1&%6", &only), "http://h/p");
     }
