@@ -267,3 +267,31 @@ async fn a_query_piece_the_origin_reads_as_one_parameter_is_keyed_whole() {
     let e = fetch(&d, "/p?utm=9&id=1", &[]).await;
     assert_eq!((xc(&e), e.text().as_str()), ("HIT", "id 1"));
 }
+
+#[tokio::test]
+async fn a_get_with_a_body_goes_to_the_origin_and_is_not_stored() {
+    // An application that answers a GET from its body (some read JSON from it): that answer is
+    // this client's, not the URL's.
+    let o = RawOrigin::answering_after_bodies(|_| {
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 2\r\n\r\nok".to_vec()
+    })
+    .await;
+    let d = config(o.addr, cache()).start().await;
+    let url = d.url("web", "/search");
+    for client in [http1(), http2()] {
+        let a = send(
+            &client,
+            http::Method::GET,
+            &url,
+            &[("host", "cdn.example.com")],
+            bytes::Bytes::from_static(b"{\"q\":\"evil\"}"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(xc(&a), "BYPASS");
+    }
+    assert_eq!(o.bodies(), [12, 12], "the origin reads each body");
+    // The URL's own answer is fetched and stored as usual.
+    assert_eq!(xc(&fetch(&d, "/search", &[]).await), "MISS");
+    assert_eq!(xc(&fetch(&d, "/search", &[]).await), "HIT");
+}

@@ -21,9 +21,21 @@ pub enum RequestUse {
     Bypass(&'static str),
 }
 
-pub fn request_use(method: &Method, headers: &HeaderMap, req: &Directives) -> RequestUse {
+/// `has_body`: the request carries a body (a length above 0, chunked, or HTTP/2 DATA frames).
+pub fn request_use(
+    method: &Method,
+    headers: &HeaderMap,
+    req: &Directives,
+    has_body: bool,
+) -> RequestUse {
     if method != Method::GET && method != Method::HEAD {
         return RequestUse::Bypass("method");
+    }
+    // A GET body has no meaning in HTTP (RFC 9110 §9.3.1), but applications that read one
+    // answer from it: stored under the URL, one client's body would choose everyone's answer.
+    // Varnish does not send it on a miss; here it goes to the origin and the cache stays out.
+    if has_body {
+        return RequestUse::Bypass("request body");
     }
     if req.no_store {
         return RequestUse::Bypass("request no-store");
@@ -646,17 +658,21 @@ mod tests {
     fn requests_that_bypass() {
         let none = Directives::default();
         assert_eq!(
-            request_use(&Method::POST, &HeaderMap::new(), &none),
+            request_use(&Method::POST, &HeaderMap::new(), &none, false),
             RequestUse::Bypass("method")
         );
         let ns = Directives::of_request(&headers(&[("cache-control", "no-store")]));
         assert_eq!(
-            request_use(&Method::GET, &HeaderMap::new(), &ns),
+            request_use(&Method::GET, &HeaderMap::new(), &ns, false),
             RequestUse::Bypass("request no-store")
         );
         assert_eq!(
-            request_use(&Method::HEAD, &HeaderMap::new(), &none),
+            request_use(&Method::HEAD, &HeaderMap::new(), &none, false),
             RequestUse::Cacheable
+        );
+        assert_eq!(
+            request_use(&Method::GET, &HeaderMap::new(), &none, true),
+            RequestUse::Bypass("request body")
         );
         let ok = StatusCode::OK;
         assert!(invalidates(&Method::DELETE, ok) && !invalidates(&Method::GET, ok));

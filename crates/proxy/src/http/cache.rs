@@ -52,9 +52,12 @@ impl HttpProxy {
             return Box::pin(self.purge_request(&cache, out, active)).await;
         }
         let req_dirs = Directives::of_request(&out.parts.headers);
-        if let RequestUse::Bypass(why) =
-            policy::request_use(&out.parts.method, &out.parts.headers, &req_dirs)
-        {
+        if let RequestUse::Bypass(why) = policy::request_use(
+            &out.parts.method,
+            &out.parts.headers,
+            &req_dirs,
+            !http_body::Body::is_end_stream(&out.body),
+        ) {
             debug!(key = %key, why, "cache bypass");
             set_log_cache(log, CacheStatus::Bypass);
             let method = out.parts.method.clone();
