@@ -241,6 +241,58 @@ async fn compressed_answers_keep_their_labels_and_offer_no_ranges() {
     assert_eq!(o.hits(), 2, "one origin request per encoding");
 }
 
+/// A 304 from the origin names the identity's strong ETag (If-None-Match compares weakly, RFC
+/// 9110 §13.1.2, so `W/"v1"` matches `"v1"`); merged over the stored gzip copy's weak one, it
+/// made the two copies share a strong validator, and a download resumed with `If-Range` would
+/// have appended identity bytes to gzip ones.
+#[tokio::test]
+async fn a_revalidated_compressed_copy_keeps_its_weak_etag() {
+    let o = RawOrigin::start(|head| {
+        let head = head.to_ascii_lowercase();
+        if head.contains("if-none-match:") && head.contains("\"v1\"") {
+            return b"HTTP/1.1 304 Not Modified\r\netag: \"v1\"\r\ncache-control: max-age=0\r\n\r\n"
+                .to_vec();
+        }
+        let mut answer = format!(
+            "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncache-control: max-age=0\r\n\
+             content-type: text/html\r\ncontent-length: {SIZE}\r\n\r\n"
+        )
+        .into_bytes();
+        answer.extend(plain(SIZE));
+        answer
+    })
+    .await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(o.addr))
+        .service(
+            Service::new("cdn")
+                .listeners(&["web"])
+                .hosts(&["cdn.test"])
+                .regions(&["r"])
+                .cache(Cache::new("64MiB"))
+                .set("compression", Raw("{ min_size = \"1KiB\" }".into())),
+        )
+        .start()
+        .await;
+    let c = http1();
+    let gzip = [("host", "cdn.test"), ("accept-encoding", "gzip")];
+    for round in ["stored", "revalidated", "revalidated again"] {
+        let a = get(&c, &url(&d, "/r"), &gzip).await.unwrap();
+        assert_eq!(a.header("content-encoding"), Some("gzip"), "{round}");
+        assert_eq!(a.header("etag"), Some("W/\"v1\""), "{round}");
+        assert_eq!(decode("gzip", &a.body), plain(SIZE), "{round}");
+    }
+    let asked = o.heads();
+    assert_eq!(asked.len(), 3);
+    assert!(
+        asked[1..]
+            .iter()
+            .all(|h| h.to_ascii_lowercase().contains("if-none-match")),
+        "the later two were revalidations: {asked:?}"
+    );
+}
+
 /// A `hold=1` answer's head, for `host`, gzip-accepted, for `client` (by X-Forwarded-For, which
 /// only a daemon that trusts loopback reads): the body's first 64 KiB are sent, the rest waits
 /// for [`Origin::release`].

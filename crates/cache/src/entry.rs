@@ -191,6 +191,13 @@ impl Variant {
             {
                 continue;
             }
+            // A copy the edge compressed carries the weak form of the origin's tag (another
+            // representation, RFC 9110 §8.8.1); the 304 names the identity's strong one, which
+            // If-None-Match's weak comparison matched. Merged, the two copies would share a
+            // strong validator, and an If-Range resume would mix their bytes.
+            if name == header::ETAG && weakened_by_us(headers.get(name), not_modified.get(name)) {
+                continue;
+            }
             headers.remove(name);
             for v in not_modified.get_all(name) {
                 headers.append(name.clone(), v.clone());
@@ -270,10 +277,37 @@ fn tags_of(headers: &HeaderMap) -> Vec<Box<str>> {
     tags
 }
 
+/// Whether `stored` is `W/` and the strong `fresh` tag: the weak copy of a compressed variant.
+fn weakened_by_us(stored: Option<&HeaderValue>, fresh: Option<&HeaderValue>) -> bool {
+    match (stored, fresh) {
+        (Some(s), Some(f)) => s.as_bytes().strip_prefix(b"W/") == Some(f.as_bytes()),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::fmt_http_date;
+
+    #[test]
+    fn a_304_keeps_the_weak_tag_only_of_a_weakened_copy() {
+        let v = |s: &'static str| Some(HeaderValue::from_static(s));
+        for (stored, fresh, kept) in [
+            (v("W/\"v1\""), v("\"v1\""), true),
+            (v("W/\"v1\""), v("\"v2\""), false),
+            (v("W/\"v1\""), v("W/\"v1\""), false),
+            (v("\"v1\""), v("\"v1\""), false),
+            (None, v("\"v1\""), false),
+            (v("W/\"v1\""), None, false),
+        ] {
+            assert_eq!(
+                weakened_by_us(stored.as_ref(), fresh.as_ref()),
+                kept,
+                "{stored:?} {fresh:?}"
+            );
+        }
+    }
 
     fn variant(headers: &[(&'static str, &str)]) -> Variant {
         let mut h = HeaderMap::new();
