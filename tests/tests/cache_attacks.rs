@@ -295,3 +295,31 @@ async fn a_get_with_a_body_goes_to_the_origin_and_is_not_stored() {
     assert_eq!(xc(&fetch(&d, "/search", &[]).await), "MISS");
     assert_eq!(xc(&fetch(&d, "/search", &[]).await), "HIT");
 }
+
+#[tokio::test]
+async fn an_answer_whose_vary_cannot_be_read_is_not_stored() {
+    // The answer depends on X-User, named in a Vary the cache cannot read as text (obs-text):
+    // stored as if it did not vary, one user's answer would be the next user's.
+    let o = RawOrigin::start(|head| {
+        let user = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-user: "))
+            .unwrap_or("-")
+            .to_string();
+        let mut a = format!(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\nvary: x-user, x-r",
+            user.len()
+        )
+        .into_bytes();
+        a.extend_from_slice(b"\xe9gion\r\n\r\n");
+        a.extend_from_slice(user.as_bytes());
+        a
+    })
+    .await;
+    let d = config(o.addr, cache()).start().await;
+    let alice = fetch(&d, "/me", &[("x-user", "alice")]).await;
+    assert_eq!(alice.text(), "alice");
+    let bob = fetch(&d, "/me", &[("x-user", "bob")]).await;
+    assert_eq!(bob.text(), "bob", "x-cache {}", xc(&bob));
+    assert_eq!(xc(&bob), "MISS");
+}

@@ -101,6 +101,9 @@ pub enum NotStored {
     Authorization,
     SetCookie,
     VaryStar,
+    /// A Vary the cache cannot read (not text, or a member that is no field name): what the
+    /// answer depends on is unknown, as for `Vary: *`.
+    VaryUnreadable,
     NoFreshness,
     Partial,
 }
@@ -150,11 +153,18 @@ pub fn storable(
     if resp_headers.keys().any(is_personal) {
         return Err(NotStored::SetCookie);
     }
-    if resp_headers.get_all(header::VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|f| f.trim() == "*"))
-    }) {
-        return Err(NotStored::VaryStar);
+    for v in resp_headers.get_all(header::VARY) {
+        let Ok(s) = v.to_str() else {
+            return Err(NotStored::VaryUnreadable);
+        };
+        for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            if f == "*" {
+                return Err(NotStored::VaryStar);
+            }
+            if HeaderName::from_bytes(f.as_bytes()).is_err() {
+                return Err(NotStored::VaryUnreadable);
+            }
+        }
     }
     let explicit = if let Some(s) = resp.s_maxage {
         Some(Duration::from_secs(s.min(DELTA_MAX)))
@@ -466,6 +476,12 @@ mod tests {
                 200,
                 &[("cache-control", "max-age=60"), ("vary", "*")],
                 NotStored::VaryStar,
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "accept, x user")],
+                NotStored::VaryUnreadable,
             ),
             (&[], 200, &[], NotStored::NoFreshness),
             (
