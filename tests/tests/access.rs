@@ -202,6 +202,31 @@ async fn a_client_cannot_hide_behind_its_balancer_with_bytes_in_x_forwarded_for(
     }
 }
 
+/// Behind a trusted balancer, a client that names X-Forwarded-For (or Forwarded, Host, Via) in
+/// `Connection` does not make the origin see the balancer as the client: an origin that trusts
+/// internal addresses would have let it in, and its logs would have named the wrong client.
+#[tokio::test]
+async fn a_connection_line_cannot_drop_the_balancers_forwarded_for() {
+    let o = RawOrigin::ok().await;
+    let d = Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(o.addr))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 203.0.113.7\r\n\
+Connection: close, x-forwarded-for, via, x-drop\r\nX-Drop: 1\r\n\r\n";
+    let answer = raw_exchange(d.addr("web"), raw, 1 << 16).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let head = o.heads().pop().unwrap().to_ascii_lowercase();
+    assert!(
+        head.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("x-drop"), "other names still go: {head}");
+}
+
 /// An address list may name IPv4 clients as IPv4-mapped IPv6 (as a dual-stack listener's
 /// logs show them): `::ffff:127.0.4.66` is 127.0.4.66, not a network that never matches.
 #[tokio::test]

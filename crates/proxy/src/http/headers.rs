@@ -63,6 +63,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 if let Ok(name) = std::str::from_utf8(name)
                     && !name.is_empty()
                     && !name.eq_ignore_ascii_case("keep-alive")
+                    && !never_nominated(name)
                 {
                     headers.remove(name);
                 }
@@ -149,6 +150,21 @@ const CLIENT_FORWARDING: [&str; 17] = [
     "x-client-ip",
     "x-cluster-client-ip",
 ];
+
+/// Fields a `Connection` line may not remove: who the client is and which host it asked for.
+/// Behind a trusted balancer, `Connection: X-Forwarded-For` would drop the balancer's list
+/// after the client's address was read from it, and the origin would see the balancer as the
+/// client (the "hop-by-hop abuse" that bypasses origins trusting internal addresses).
+fn never_nominated(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("via")
+        || CLIENT_FORWARDING.iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
+        })
+}
 
 /// Whether `name` is a forwarding field, also spelt with underscores (which CGI-style stacks
 /// read as the same variable).
@@ -407,6 +423,30 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn a_connection_line_cannot_remove_who_the_client_is() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Forwarded-For, host, Via, x_real_ip, forwarded, x-other"),
+        );
+        for name in [
+            "x-forwarded-for",
+            "host",
+            "via",
+            "x_real_ip",
+            "forwarded",
+            "x-other",
+        ] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-other").is_none());
+        for name in ["x-forwarded-for", "host", "via", "x_real_ip", "forwarded"] {
+            assert_eq!(h.get(name).unwrap(), "1", "{name}");
+        }
     }
 
     #[test]
