@@ -691,3 +691,24 @@ async fn expect_100_continue_is_answered_here_and_not_passed_on() {
         origin.last_headers()
     );
 }
+
+/// `GET http://a.test?x=1` has no path: routes, rules and the cache see `/`, and so must the
+/// backend (`GET /?x=1`, not `GET ?x=1`, which backends refuse or read their own way).
+#[tokio::test]
+async fn an_absolute_form_target_without_a_path_reaches_the_backend_with_one() {
+    let o = RawOrigin::ok().await;
+    let d = o.behind(Listener::http("web")).await;
+    for target in ["http://a.test?x=1", "http://a.test"] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+    }
+    let lines: Vec<String> = o
+        .heads()
+        .iter()
+        .map(|h| h.lines().next().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(lines, ["GET /?x=1 HTTP/1.1", "GET / HTTP/1.1"]);
+}

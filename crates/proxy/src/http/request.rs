@@ -268,11 +268,16 @@ impl HttpProxy {
             super::compress::normalize_request(&mut parts.headers, c);
         }
         let path_and_query = match rules.path.take().or(normal) {
-            None => parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            None => match parts.uri.path_and_query() {
+                // `GET http://a.test?x=1` has the path `/` but the target `?x=1`: the backend
+                // would get `GET ?x=1`, which routes and rules did not see.
+                Some(pq) if pq.as_str().starts_with('?') => {
+                    PathAndQuery::from_maybe_shared(Bytes::from(format!("/{}", pq.as_str())))
+                        .map_err(|_| ProxyError::InvalidPath)?
+                }
+                Some(pq) => pq.clone(),
+                None => PathAndQuery::from_static("/"),
+            },
             Some(p) => {
                 // A rewrite's own query comes first, the client's after it.
                 let pq = match parts.uri.query() {
