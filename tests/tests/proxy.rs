@@ -712,3 +712,36 @@ async fn an_absolute_form_target_without_a_path_reaches_the_backend_with_one() {
         .collect();
     assert_eq!(lines, ["GET /?x=1 HTTP/1.1", "GET / HTTP/1.1"]);
 }
+
+/// A Host that is a list (`evil.test,a.example.test` ends in `.example.test`) is refused, not
+/// routed to the wildcard's service and passed on for an application to read its first name.
+#[tokio::test]
+async fn a_host_that_smuggles_a_second_name_past_a_wildcard_is_refused() {
+    let o = RawOrigin::ok().await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(o.addr))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .hosts(&["*.example.test"])
+                .regions(&["r"]),
+        )
+        .start()
+        .await;
+    for (host, want) in [
+        ("a.example.test", "200"),
+        ("evil.test,a.example.test", "400"),
+        ("evil.test;a.example.test", "400"),
+    ] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{host}: {answer}"
+        );
+    }
+    assert_eq!(o.heads().len(), 1);
+}
