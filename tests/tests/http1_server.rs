@@ -205,6 +205,36 @@ async fn http2_after_an_http1_request_on_the_same_connection_is_refused() {
     assert!(text.ends_with("\r\n\r\norigin o /x"), "{text:?}");
 }
 
+/// The same with the preface split across writes: its first line alone is not an HTTP/1.1
+/// head either, and was handed to hyper, which read the rest and spoke HTTP/2 on a connection
+/// whose deadlines had been chosen for HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_after_an_http1_request_is_refused_when_its_preface_comes_in_pieces() {
+    let origin = Origin::start("o").await;
+    let d = behind(&origin).start().await;
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"origin o /x") {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        got.extend_from_slice(&b[..n]);
+    }
+    s.write_all(b"PRI * HTTP/2").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut rest = b".0\r\n\r\nSM\r\n\r\n".to_vec();
+    rest.extend(streamgate_tests::h2::frame(4, 0, 0, &[]));
+    // Written into a closed connection, this may fail: that is the point.
+    let _ = s.write_all(&rest).await;
+    let mut after = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut after)).await;
+    assert!(read.is_ok(), "the connection stays open");
+    assert!(after.is_empty(), "no HTTP/2 after HTTP/1.1: {after:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_wrong_from_its_first_bytes_gets_400_at_once() {
     let origin = Origin::start("o").await;

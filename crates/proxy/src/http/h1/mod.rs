@@ -88,8 +88,12 @@ where
                     // `CoalescedWrites` chose their HTTP/1.1 ways on its first bytes): hyper's
                     // HTTP/1.1 server closed it at an HTTP/2 preface, and so do we. hyper-util
                     // would start HTTP/2 there (its `http1_only` does not hold for connections
-                    // with upgrades).
-                    Head::NotOurs if answered && buf.starts_with(H2_PREFACE) => {
+                    // with upgrades). A preface in pieces too: its first line alone
+                    // (`PRI * HTTP/2`) is no HTTP/1.1 head either.
+                    Head::NotOurs
+                        if answered
+                            && (buf.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&buf)) =>
+                    {
                         return Ended::Closed;
                     }
                     Head::NotOurs => return Ended::HandOver(buf.freeze()),
