@@ -323,3 +323,23 @@ async fn an_answer_whose_vary_cannot_be_read_is_not_stored() {
     assert_eq!(bob.text(), "bob", "x-cache {}", xc(&bob));
     assert_eq!(xc(&bob), "MISS");
 }
+
+#[tokio::test]
+async fn url_overrides_never_reach_the_origin_even_through_a_trusted_balancer() {
+    let o = Origin::start("o").await;
+    let d = config(o.addr, cache())
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .start()
+        .await;
+    let sent = [
+        ("x-original-url", "/admin"),
+        ("x_rewrite_url", "/admin"),
+        ("x-forwarded-proto", "https"),
+    ];
+    fetch(&d, "/c/t?cc=max-age%3D60", &sent).await;
+    let seen = o.last_headers();
+    assert!(seen.get("x-original-url").is_none());
+    assert!(seen.get("x_rewrite_url").is_none());
+    // What the balancer vouches for still goes on.
+    assert!(seen.get("x-forwarded-proto").is_some(), "{seen:?}");
+}

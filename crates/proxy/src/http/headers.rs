@@ -181,6 +181,24 @@ fn is_client_forwarding(name: &HeaderName) -> bool {
     })
 }
 
+/// Fields that replace the request's URL in the origin's framework (IIS's URL Rewrite, Symfony,
+/// Zend): no balancer sets them for the origin behind it, so they are a client's even when a
+/// trusted balancer passes them on, and they are removed whoever the peer is. Behind a trusted
+/// balancer (which passes on what the client sent), `X-Original-URL: /admin` would have
+/// reached the origin with the balancer's trust and its answer stored under a public URL.
+pub fn strip_url_overrides(headers: &mut HeaderMap) {
+    for name in [
+        "x-original-url",
+        "x-rewrite-url",
+        "x_original_url",
+        "x_rewrite_url",
+    ] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+}
+
 /// Removes the forwarding fields of a request from a peer that is not a trusted proxy, so an
 /// origin (and what it answers, which the cache shares) never sees a client's claims as ours.
 pub fn strip_client_forwarding(headers: &mut HeaderMap) {

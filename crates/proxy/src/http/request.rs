@@ -28,7 +28,7 @@ use super::body::{PendingLog, RequestBody, Upload};
 use super::error::ProxyError;
 use super::headers::{
     ForwardedFor, MAX_OWN_VIA_HOPS, client_ip, is_trusted, lists_token, own_via_hops,
-    strip_client_forwarding, strip_hop_by_hop,
+    strip_client_forwarding, strip_hop_by_hop, strip_url_overrides,
 };
 use super::rules::edit_request;
 
@@ -128,6 +128,8 @@ impl HttpProxy {
         // client that only a trusted balancer may set.
         if !peer_trusted {
             strip_client_forwarding(req.headers_mut());
+        } else {
+            strip_url_overrides(req.headers_mut());
         }
         // RFC 8441: an HTTP/2 CONNECT with :protocol = websocket opens a WebSocket; it goes to
         // the backend as an HTTP/1.1 Upgrade. Plain CONNECT (forward proxying) is not served.
