@@ -289,6 +289,43 @@ async fn an_http2_client_that_reads_nothing_pins_little_memory() {
     drop(s);
 }
 
+/// A prefetch reads each answer to count its bytes: gathered whole, eight objects of a few
+/// gigabytes at a time would have been eight times their size in the daemon's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetch_of_large_objects_holds_little_memory() {
+    let origin = Origin::start("big").await;
+    let config = Config::new()
+        .workers(2)
+        .listener(Listener::http("web"))
+        .region(local(&origin))
+        .service(
+            Service::new("app")
+                .listeners(&["web"])
+                .hosts(&["cdn.test"])
+                .regions(&["local"])
+                // Too large to store: what the prefetch holds is its own.
+                .cache(Cache::new("64MiB").max_object_size("1MiB")),
+        );
+    let p = DaemonProcess::start(BIN, &config.to_toml(), &["web", "admin"]);
+    let size = 48 << 20;
+    let urls: Vec<String> = (0..4)
+        .map(|i| format!("http://cdn.test/bytes/{size}?n={i}"))
+        .collect();
+    let before = p.peak_rss();
+    let body = serde_json::json!({ "urls": urls }).to_string();
+    let (status, v) = p.admin(http::Method::POST, "/cache/prefetch", &body).await;
+    assert_eq!(status, http::StatusCode::OK, "{v}");
+    assert_eq!(v["ok"], 4, "{v}");
+    assert_eq!(v["results"][0]["bytes"], size, "{v}");
+    let grew = p.peak_rss().saturating_sub(before);
+    eprintln!("peak RSS grew {} MiB", grew >> 20);
+    assert!(
+        grew < 64 << 20,
+        "prefetching 4 x 48 MiB raised the peak by {} MiB",
+        grew >> 20
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_a_changed_file_reload_the_config() {
     let a = Origin::start("a").await;
