@@ -133,3 +133,29 @@ pub async fn h2_trickle(addr: SocketAddr, first: Vec<u8>, each: Vec<u8>) -> Opti
     writer.abort();
     closed.ok().map(|_| started.elapsed())
 }
+
+/// An HTTP/2 (h2c) client on a new connection to the listener "web".
+pub async fn h2_client(
+    d: &crate::TestDaemon,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An HTTP/2 WebSocket's opening (RFC 8441's extended CONNECT) for `path` on chat.example.
+pub fn websocket_connect(path: &str) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://chat.example{path}"))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap()
+}

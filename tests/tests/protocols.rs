@@ -12,6 +12,7 @@ use hyper::body::Frame;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use streamgate_tests::h2::{h2_client, websocket_connect};
 use streamgate_tests::tls::{make_cert, server_tls, write_cert};
 use streamgate_tests::*;
 use tokio::net::{TcpListener, TcpStream};
@@ -192,32 +193,6 @@ async fn grpc_style_h2c_keeps_trailers_both_ways() {
     assert_eq!(got_trailers["x-checksum"], "c0ffee");
     assert_eq!(o.last_version(), Some(Version::HTTP_2));
     assert_eq!(o.last_headers()["te"], "trailers");
-}
-
-/// An HTTP/2 (h2c) client on a new connection to the listener "web".
-async fn h2_client(
-    d: &TestDaemon,
-) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
-    let tcp = TcpStream::connect(d.addr("web")).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-/// An HTTP/2 WebSocket's opening (RFC 8441's extended CONNECT) for `path` on chat.example.
-fn websocket_connect(path: &str) -> Request<http_body_util::Empty<Bytes>> {
-    Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("http://chat.example{path}"))
-        .extension(hyper::ext::Protocol::from_static("websocket"))
-        .header("sec-websocket-version", "13")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .unwrap()
 }
 
 /// A WebSocket server that echoes every message.

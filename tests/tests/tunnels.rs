@@ -340,3 +340,48 @@ async fn an_upgrade_to_h2c_is_not_passed_on() {
         assert!(!head.contains("http2-settings"), "{head}");
     }
 }
+
+/// WebSockets over HTTP/2 count against the connection limits as HTTP/1.1 ones do: one
+/// connection of 256 streams held 256 backend connections for a client allowed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_websockets_count_against_the_clients_connection_limit() {
+    use streamgate_tests::h2::{h2_client, websocket_connect};
+    let d = Config::new()
+        .timeouts(timeouts())
+        .listener(Listener::http("web").max_connections_per_client(2))
+        .region(Region::new("r").address(websocket_backend(false).await))
+        .service(Service::new("ws").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let mut sender = h2_client(&d).await;
+    let mut statuses = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..6 {
+        let resp = sender
+            .send_request(websocket_connect("/live"))
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == StatusCode::OK {
+            open.push(hyper::upgrade::on(resp).await.unwrap());
+        }
+    }
+    // The connection's own slot carries the first; the client's second slot one more.
+    assert_eq!(statuses, [200, 200, 429, 429, 429, 429]);
+    assert_eq!(d.limited("client_connections").await, 4.0);
+    // A tunnel that ends gives its slot back.
+    drop(open.pop());
+    let mut again = 0;
+    for _ in 0..100 {
+        let resp = sender
+            .send_request(websocket_connect("/live"))
+            .await
+            .unwrap();
+        again = resp.status().as_u16();
+        if again == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again, 200, "the ended tunnel's slot came back");
+}

@@ -61,6 +61,11 @@ impl Acceptor {
         }
     }
 
+    /// The listener's `max_connections` slots, if it has a limit.
+    pub fn slots(&self) -> Option<Arc<Semaphore>> {
+        self.slots.clone()
+    }
+
     /// The next connection, or `None` once `shutdown` turns. At the connection limit this waits
     /// for a slot before accepting, so the kernel's backlog holds the excess.
     pub async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Accepted> {

@@ -43,6 +43,8 @@ pub struct ConnActivity {
     /// client's connection slot is held while they run ([`Self::until_no_tunnels`]).
     tunnels: AtomicU32,
     tunnels_done: tokio::sync::Notify,
+    /// The limits its HTTP/2 tunnels count against, once its client is known.
+    tunnel_slots: std::sync::OnceLock<Arc<crate::tunnel_slots::TunnelSlots>>,
 }
 
 impl ConnActivity {
@@ -57,7 +59,16 @@ impl ConnActivity {
             closed: tokio::sync::Notify::new(),
             tunnels: AtomicU32::new(0),
             tunnels_done: tokio::sync::Notify::new(),
+            tunnel_slots: std::sync::OnceLock::new(),
         })
+    }
+
+    pub(crate) fn set_tunnel_slots(&self, slots: Arc<crate::tunnel_slots::TunnelSlots>) {
+        let _ = self.tunnel_slots.set(slots);
+    }
+
+    pub(crate) fn tunnel_slots(&self) -> Option<&Arc<crate::tunnel_slots::TunnelSlots>> {
+        self.tunnel_slots.get()
     }
 
     /// Marks a tunnel open on the connection until the guard is dropped.

@@ -18,6 +18,7 @@ mod spare_maps;
 mod splice;
 pub mod tcp;
 pub mod tunnel;
+mod tunnel_slots;
 pub mod upstream;
 
 pub use http::{AccessLogHandle, FleetHandle, HttpProxy, ListenerLimits, Shared, bind, serve};

@@ -64,6 +64,10 @@ pub enum ProxyError {
     LoopDetected { hops: usize },
     #[error("HTTP/2 request with more than max_headers ({max}) fields")]
     TooManyFields { max: usize },
+    /// An HTTP/2 WebSocket past its connection's first, with no slot left under
+    /// `max_connections_per_client` (`per_client`) or `max_connections`.
+    #[error("no connection slot left for another tunnel (per client: {per_client})")]
+    TunnelLimit { per_client: bool },
 }
 
 impl ProxyError {
@@ -82,8 +86,12 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::TooManyFields { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyRequests { .. } | ProxyError::TunnelLimit { per_client: true } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::NoBackend { .. } | ProxyError::TunnelLimit { per_client: false } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -104,6 +112,7 @@ impl ProxyError {
             | ProxyError::PayloadTooLarge { .. }
             | ProxyError::TooManyFields { .. }
             | ProxyError::TooManyRequests { .. }
+            | ProxyError::TunnelLimit { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::LoopDetected { .. } => Side::Downstream,
             _ => Side::Upstream,
@@ -141,6 +150,12 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "413 Content Too Large\n",
             ProxyError::TooManyFields { .. } => "431 Request Header Fields Too Large\n",
             ProxyError::TooManyRequests { .. } => "429 Too Many Requests\n",
+            ProxyError::TunnelLimit { per_client: true } => {
+                "429 Too Many Requests: this client's connections are all in use\n"
+            }
+            ProxyError::TunnelLimit { per_client: false } => {
+                "503 Service Unavailable: the listener's connections are all in use\n"
+            }
             ProxyError::UnknownHost { .. } => "404 Not Found: no service for this host\n",
             ProxyError::UnknownPath { .. } => "404 Not Found: no route for this path\n",
             ProxyError::MethodNotAllowed { .. } => "405 Method Not Allowed\n",

@@ -61,7 +61,10 @@ impl HttpProxy {
                     response_edits,
                 }) => (out, response_edits, active),
             };
-        let resp = if let Err(e) = self.admit(&out) {
+        let resp = if let Err(e) = self
+            .admit(&out)
+            .and_then(|()| self.admit_tunnel(&mut out, &active))
+        {
             error_response(&e, active)
         } else if let Some(spec) = out.service.spec.cache.as_ref() {
             let cache = self.caches.for_service(&out.service.name, spec);
@@ -89,6 +92,34 @@ impl HttpProxy {
             crate::spare_maps::give(std::mem::take(&mut out.parts.headers));
         }
         finish(resp, &response_edits, log)
+    }
+
+    /// An HTTP/2 WebSocket past the first on its connection takes a slot of the connection
+    /// limits while it is open (see `tunnel_slots`); the hold goes with the request's
+    /// extensions into the tunnel, or is given back with the request.
+    fn admit_tunnel(
+        &self,
+        out: &mut Outbound<'_>,
+        active: &ActiveRequest,
+    ) -> Result<(), ProxyError> {
+        if out.upgrade.is_none() || out.client_version != http::Version::HTTP_2 {
+            return Ok(());
+        }
+        let Some(slots) = active.conn().tunnel_slots() else {
+            return Ok(());
+        };
+        match slots.take() {
+            Ok(ticket) => {
+                out.parts.extensions.insert(ticket);
+                Ok(())
+            }
+            Err(limit) => {
+                self.limited.count(limit);
+                Err(ProxyError::TunnelLimit {
+                    per_client: limit == Limit::ClientConnections,
+                })
+            }
+        }
     }
 
     /// The service's limits: a body declared larger than `max_body` (413), the service's and

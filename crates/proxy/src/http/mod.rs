@@ -242,12 +242,20 @@ pub async fn serve(
     while let Some(conn) = acceptor.next(&mut shutdown).await {
         while conns.try_join_next().is_some() {}
         let (proxy, builder, drain) = (proxy.clone(), builder.clone(), drain.clone());
+        let listener_slots = acceptor.slots();
         conns.spawn(async move {
             let activity = ConnActivity::new();
             // Aborted at the shutdown deadline: the connection's tunnels end with it.
             let _close = activity.close_on_drop();
             proxy
-                .connection(conn.stream, conn.peer, builder, &drain, &activity)
+                .connection(
+                    conn.stream,
+                    conn.peer,
+                    builder,
+                    &drain,
+                    &activity,
+                    listener_slots,
+                )
                 .await;
             // An upgraded connection (WebSocket) lives on as a tunnel after hyper is done with
             // it: it keeps its slot and graceful shutdown waits for it.
@@ -270,6 +278,7 @@ impl HttpProxy {
         builder: auto::Builder<StreamExecutor>,
         drain: &Drain,
         activity: &Arc<ConnActivity>,
+        listener_slots: Option<Arc<tokio::sync::Semaphore>>,
     ) {
         let timeouts = {
             let t = self.table.load().config.timeouts;
@@ -296,6 +305,14 @@ impl HttpProxy {
             },
             None => None,
         };
+        let per_client = self
+            .per_client
+            .as_ref()
+            .map(|(max, open)| (*max, open.clone(), peer.ip().to_canonical()));
+        activity.set_tunnel_slots(crate::tunnel_slots::TunnelSlots::new(
+            listener_slots,
+            per_client,
+        ));
         let io = Prefixed::new(prefix, stream);
         match &self.tls {
             None => {

@@ -25,6 +25,7 @@ use super::request::{Outbound, ambiguous_framing};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
 use crate::tunnel::{Ended, relay};
+use crate::tunnel_slots::TunnelTicket;
 use crate::upstream::{ExchangeTimeouts, UpstreamBody};
 
 /// Most backends one request tries when connections fail.
@@ -113,7 +114,10 @@ impl HttpProxy {
         // The tunnel keeps its connection active (no request-header or keep-alive deadline
         // applies to it) until it ends; it ends when the connection's task does.
         let hold = active.another();
-        let tunnel = hold.conn().tunnel();
+        let tunnel = (
+            hold.conn().tunnel(),
+            out.parts.extensions.remove::<TunnelTicket>(),
+        );
         tokio::spawn(async move {
             let _tunnel = tunnel;
             let conn = hold.conn().clone();
