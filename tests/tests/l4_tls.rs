@@ -285,6 +285,31 @@ async fn proxy_protocol_on_an_http_listener_names_the_client() {
     assert_eq!(o.last_headers()["x-forwarded-for"], "198.51.100.9");
 }
 
+/// A trusted balancer's `PROXY UNKNOWN` (HAProxy sends it for a unix-socket or mixed-family
+/// front end) names no client: the connection is the balancer's, but its requests are the
+/// client's, so their forwarding fields are not believed as if the balancer had set them.
+#[tokio::test]
+async fn a_proxy_header_that_names_no_client_does_not_make_the_client_trusted() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web").proxy_protocol(true))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .access(Access::new().allow(&["198.51.100.0/24"])),
+        )
+        .start()
+        .await;
+    let raw = b"PROXY UNKNOWN\r\nGET /x HTTP/1.1\r\nHost: a\r\n\
+X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(d.addr("web"), raw, 1 << 16).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(o.hits(), 0);
+}
+
 /// Handshakes with `sni` and returns the certificate the server presented and the ALPN result.
 async fn handshake(
     addr: SocketAddr,

@@ -113,6 +113,19 @@ impl Acceptor {
     }
 }
 
+/// Who a connection is from, once its PROXY header (if any) has been read.
+pub(crate) struct Behind {
+    /// The client: the PROXY header's source, or the peer itself.
+    pub client: SocketAddr,
+    /// Bytes read past the header.
+    pub rest: Bytes,
+    /// A trusted balancer's header that named no client (`UNKNOWN`, `LOCAL`, an unspecified or
+    /// unix-socket address): the client stays the balancer's address, as the PROXY protocol
+    /// says, but what the connection's requests claim in their forwarding fields is the
+    /// client's own, not the balancer's, and is not believed.
+    pub unknown: bool,
+}
+
 /// On a listener that takes PROXY headers (`proxied` is then the routing table), reads the
 /// header when `peer` is one of the trusted proxies; other peers connect as themselves and their
 /// bytes are left alone, so an untrusted peer cannot spoof its address. Returns the client
@@ -123,9 +136,14 @@ pub(crate) async fn client_behind_proxy(
     peer: SocketAddr,
     listener: &str,
     proxied: Option<&RoutingTable>,
-) -> Option<(SocketAddr, Bytes)> {
+) -> Option<Behind> {
+    let plain = |client| Behind {
+        client,
+        rest: Bytes::new(),
+        unknown: false,
+    };
     let Some(table) = proxied else {
-        return Some((peer, Bytes::new()));
+        return Some(plain(peer));
     };
     let trusted = table.config.geo.as_ref().is_some_and(|g| {
         g.trusted_proxies
@@ -133,10 +151,14 @@ pub(crate) async fn client_behind_proxy(
             .any(|n| n.contains(&peer.ip().to_canonical()))
     });
     if !trusted {
-        return Some((peer, Bytes::new()));
+        return Some(plain(peer));
     }
     match proxy_protocol::read_header(stream, table.config.timeouts.request_header).await {
-        Ok((addrs, rest)) => Some((addrs.map_or(peer, |a| a.source), rest)),
+        Ok((addrs, rest)) => Some(Behind {
+            client: addrs.as_ref().map_or(peer, |a| a.source),
+            rest,
+            unknown: addrs.is_none(),
+        }),
         Err(e) => {
             warn!(listener, peer = %peer, error = %e, "bad PROXY header; connection closed");
             None

@@ -104,7 +104,8 @@ impl TcpProxy {
         // Before a service is known (the ClientHello's read): the file's timeouts.
         let timeouts = table.config.timeouts;
         let proxied = self.proxy_protocol.then_some(&*table);
-        let Some((client, rest)) =
+        // An L4 connection has no forwarding fields to believe or not: `unknown` is unused.
+        let Some(crate::accept::Behind { client, rest, .. }) =
             client_behind_proxy(&mut stream, peer, &self.listener, proxied).await
         else {
             return;

@@ -222,6 +222,9 @@ pub fn strip_client_forwarding(headers: &mut HeaderMap) {
 #[derive(Debug, Clone)]
 pub struct ForwardedFor {
     value: HeaderValue,
+    /// The peer is a trusted balancer whose PROXY header named no client: its requests'
+    /// forwarding fields are the client's, not the balancer's.
+    unvouched: bool,
 }
 
 impl ForwardedFor {
@@ -231,7 +234,23 @@ impl ForwardedFor {
         let value =
             HeaderValue::from_maybe_shared(bytes::Bytes::from(peer.to_canonical().to_string()))
                 .unwrap_or_else(|_| HeaderValue::from_static(""));
-        ForwardedFor { value }
+        ForwardedFor {
+            value,
+            unvouched: false,
+        }
+    }
+
+    /// See [`crate::accept::Behind::unknown`].
+    pub fn unvouched(self) -> ForwardedFor {
+        ForwardedFor {
+            unvouched: true,
+            ..self
+        }
+    }
+
+    /// Whether a trusted peer's forwarding fields may be believed on this connection.
+    pub fn vouched(&self) -> bool {
+        !self.unvouched
     }
 }
 

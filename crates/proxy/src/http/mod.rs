@@ -184,6 +184,13 @@ where
     }
 }
 
+fn client_timeouts(t: &streamgate_config::Timeouts) -> ClientTimeouts {
+    ClientTimeouts {
+        request_header: t.request_header,
+        idle: t.idle,
+    }
+}
+
 /// What h2 may queue per stream beyond what the socket took. hyper's default, 400 KiB, let an
 /// HTTP/2 client that grants every window and reads nothing pin 124 MiB with one connection of
 /// 256 streams (`cli::an_http2_client_that_reads_nothing_pins_little_memory`).
@@ -280,19 +287,21 @@ impl HttpProxy {
         activity: &Arc<ConnActivity>,
         listener_slots: Option<Arc<tokio::sync::Semaphore>>,
     ) {
-        let timeouts = {
-            let t = self.table.load().config.timeouts;
-            ClientTimeouts {
-                request_header: t.request_header,
-                idle: t.idle,
-            }
-        };
+        let timeouts = client_timeouts(&self.table.load().config.timeouts);
         let proxied = self.accept_proxy.then(|| self.table.load_full());
-        let Some((peer, prefix)) =
-            client_behind_proxy(&mut stream, peer, &self.listener, proxied.as_deref()).await
+        let Some(crate::accept::Behind {
+            client: peer,
+            rest: prefix,
+            unknown,
+        }) = client_behind_proxy(&mut stream, peer, &self.listener, proxied.as_deref()).await
         else {
             return;
         };
+        // Made once for the connection: every request on it forwards the same value.
+        let mut forwarded_for = headers::ForwardedFor::new(peer.ip());
+        if unknown {
+            forwarded_for = forwarded_for.unvouched();
+        }
         // Counted by the client address (the PROXY header's, from a trusted balancer).
         let client_slot = match &self.per_client {
             Some((max, open)) => match open.try_open(peer.ip().to_canonical(), *max) {
@@ -316,14 +325,14 @@ impl HttpProxy {
         let io = Prefixed::new(prefix, stream);
         match &self.tls {
             None => {
-                self.serve_io(io, peer, timeouts, &builder, drain, activity)
+                self.serve_io(io, peer, forwarded_for, &builder, drain, activity)
                     .await
             }
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
                 match tokio::time::timeout(timeouts.request_header, acceptor.accept(io)).await {
                     Ok(Ok(s)) => {
-                        self.serve_io(s, peer, timeouts, &builder, drain, activity)
+                        self.serve_io(s, peer, forwarded_for, &builder, drain, activity)
                             .await
                     }
                     Ok(Err(e)) => {
@@ -347,19 +356,19 @@ impl HttpProxy {
         self: &Arc<Self>,
         io: I,
         peer: SocketAddr,
-        timeouts: ClientTimeouts,
+        forwarded_for: headers::ForwardedFor,
         builder: &auto::Builder<StreamExecutor>,
         drain: &Drain,
         activity: &Arc<ConnActivity>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let timeouts = client_timeouts(&self.table.load().config.timeouts);
         let activity = activity.clone();
         let mut io = CoalescedWrites::new(
             TimedIo::new(io, activity.clone(), timeouts),
             activity.clone(),
         );
-        let forwarded_for = headers::ForwardedFor::new(peer.ip());
         let mut seat = drain.seat();
         // Plain HTTP/1.1 requests are ours; from the first that is not, hyper serves the
         // connection, reading first what was read for it.

@@ -123,7 +123,7 @@ impl HttpProxy {
             .geo
             .as_ref()
             .map_or(&[][..], |g| &g.trusted_proxies[..]);
-        let peer_trusted = is_trusted(peer.ip().to_canonical(), trusted);
+        let peer_trusted = forwarded_for.vouched() && is_trusted(peer.ip().to_canonical(), trusted);
         // First: neither routing, the rules nor the backend sees forwarding fields from a
         // client that only a trusted balancer may set.
         if !peer_trusted {
