@@ -46,6 +46,34 @@ impl NatsServer {
         format!("nats://{}", self.addr)
     }
 
+    /// Publishes `payload` on `subject` as any NATS client could (core NATS, its text
+    /// protocol), and returns once the server has taken it (its PONG after the PUB).
+    pub fn publish(&self, subject: &str, payload: &[u8]) {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO"), "{line}");
+        let mut out = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\nPING\r\n");
+        s.write_all(&out).unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PONG") {
+                return;
+            }
+        }
+    }
+
     /// Kills the server (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -335,3 +335,44 @@ async fn losing_nats_under_load_fails_no_request() {
     }
     assert!(published, "fleet purges work again after the reconnect");
 }
+
+/// A heartbeat speaks for the PoP its subject names: one published on another subject (by a
+/// PoP, or anyone else allowed to publish) cannot show a dead PoP alive in `/fleet`.
+#[tokio::test]
+async fn a_heartbeat_on_another_pops_subject_is_not_believed() {
+    let nats = NatsServer::start();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let a = cdn(&o1, &o2).raw(&fleet(&nats, "a")).start().await;
+    assert!(connected(&a).await, "a joins");
+    let forged = |pop: &str| {
+        json!({ "pop": pop, "region": "r", "sent_ms": 1, "config_version": 99 })
+            .to_string()
+            .into_bytes()
+    };
+    // First one on its own subject, which is believed: the test can see a heartbeat arrive.
+    nats.publish("streamgate.heartbeat.real", &forged("real"));
+    nats.publish("streamgate.heartbeat.evil", &forged("ghost"));
+    let mut pops = Vec::new();
+    for _ in 0..300 {
+        let v = a.admin(Method::GET, "/fleet", "").await.1;
+        pops = v["pops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["pop"].as_str().unwrap_or("").to_string())
+            .collect();
+        if pops.iter().any(|p| p == "real") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pops.iter().any(|p| p == "real"), "{pops:?}");
+    assert!(!pops.iter().any(|p| p == "ghost"), "{pops:?}");
+    assert_eq!(
+        value(
+            &a.metrics().await,
+            "streamgate_fleet_messages_total{kind=\"heartbeat\",result=\"malformed\"}"
+        ),
+        1.0
+    );
+}

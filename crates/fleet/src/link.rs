@@ -292,6 +292,13 @@ async fn peers(inner: Arc<Inner>, client: async_nats::Client) {
         };
         while let Some(m) = sub.next().await {
             match Heartbeat::decode(&m.payload) {
+                // A heartbeat speaks for the PoP its subject names: with NATS permissions that
+                // let each PoP publish only its own subject, no PoP (or other publisher) can
+                // show a dead PoP as alive or report another's config version.
+                Ok(h) if *m.subject != *inner.config.heartbeat_subject(&h.pop) => {
+                    debug!(subject = %m.subject, pop = %h.pop, "fleet: heartbeat on another PoP's subject dropped");
+                    inner.count("heartbeat", "malformed");
+                }
                 Ok(h) => {
                     let mut peers = inner.peers.lock().unwrap_or_else(|e| e.into_inner());
                     if !crate::remember(&mut peers, h, Instant::now()) {
