@@ -73,15 +73,10 @@ fn metric(body: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
-/// An operator's purge is on disk within seconds, not at the next interval (an hour here): a
-/// kill soon after it does not bring the purged objects back at the next start, whether they
-/// went through the admin API or a PURGE request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_survives_a_kill_soon_after_it() {
-    let origin = Origin::start("o").await;
-    let snaps = tempfile::tempdir().unwrap();
-    let text_cfg = config(&origin, snaps.path());
-    let first = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+/// A daemon that cached three objects, wrote a full point, then purged the first through the
+/// admin API and the second with a PURGE request.
+async fn cached_point_then_two_purges(text_cfg: &str) -> DaemonProcess {
+    let first = DaemonProcess::start(BIN, text_cfg, &["web", "admin"]);
     for i in 0..3 {
         assert_eq!(x_cache(&first, &path(i)).await, "MISS");
     }
@@ -101,6 +96,18 @@ async fn a_purge_survives_a_kill_soon_after_it() {
     .await
     .unwrap();
     assert_eq!(purge.status, StatusCode::OK, "{}", purge.text());
+    first
+}
+
+/// An operator's purge is on disk within seconds, not at the next interval (an hour here): a
+/// kill soon after it does not bring the purged objects back at the next start, whether they
+/// went through the admin API or a PURGE request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_survives_a_kill_soon_after_it() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let first = cached_point_then_two_purges(&text_cfg).await;
     // The point after the purges: at most 5 s after the full one, and a second to write.
     // Looked for up to 30 s (a debug build on a loaded machine writes slowly; 10 s was thin):
     // an hour's interval is still far off, and a passing run stops looking at once.
@@ -115,9 +122,45 @@ async fn a_purge_survives_a_kill_soon_after_it() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(points, 2, "a point written after the purges");
+    // That point holds the purges: their journal goes once it has been read back.
+    let journal = snaps.path().join("purges.journal");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while journal.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!journal.exists(), "the purge journal was trimmed");
     first.signal("KILL");
     drop(first);
 
+    let second = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
+    assert_eq!(x_cache(&second, &path(2)).await, "HIT");
+    for i in [0, 1] {
+        assert_eq!(x_cache(&second, &path(i)).await, "MISS", "{}", path(i));
+    }
+}
+
+/// The same kill right after the purges are answered, before any point could hold them: the
+/// purge journal brings them back after the restore. Before it, the objects came back from the
+/// older point, and a fleet purge already acknowledged was never sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_survives_a_kill_right_after_it_is_answered() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let text_cfg = config(&origin, snaps.path());
+    let first = cached_point_then_two_purges(&text_cfg).await;
+    // At once: the next point is at least 5 s away.
+    first.signal("KILL");
+    drop(first);
+    let points: Vec<String> = std::fs::read_dir(snaps.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".snap"))
+        .collect();
+    assert_eq!(
+        points.len(),
+        1,
+        "only the point before the purges: {points:?}"
+    );
     let second = DaemonProcess::start(BIN, &text_cfg, &["web", "admin"]);
     assert_eq!(x_cache(&second, &path(2)).await, "HIT");
     for i in [0, 1] {

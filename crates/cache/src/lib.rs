@@ -116,6 +116,9 @@ pub struct CacheRegistry {
     /// An operator's purge went since the last recovery point: the next one is written soon
     /// (see `recovery`), so a crash does not bring purged objects back.
     purged: std::sync::atomic::AtomicBool,
+    /// The snapshots directory, where each purge is journaled until a point holds it
+    /// (`snapshot::journal`); `None` without `[snapshots]`.
+    journal: arc_swap::ArcSwapOption<std::path::PathBuf>,
 }
 
 impl CacheRegistry {
@@ -125,6 +128,29 @@ impl CacheRegistry {
             write: Mutex::new(()),
             metrics,
             purged: std::sync::atomic::AtomicBool::new(false),
+            journal: arc_swap::ArcSwapOption::empty(),
+        })
+    }
+
+    /// Where purges are journaled from now on (the snapshots directory), or nowhere.
+    pub fn journal_to(&self, dir: Option<std::path::PathBuf>) {
+        self.journal.store(dir.map(Arc::new));
+    }
+
+    /// Writes an operator's purge to the journal and waits for the disk (one `fdatasync`), so
+    /// that a crash before the next recovery point does not bring the purged objects back.
+    /// Without `[snapshots]` there is nothing to bring them back and nothing is written.
+    pub fn journal_purge(&self, what: &Purge, service: Option<&str>) -> std::io::Result<()> {
+        let Some(dir) = self.journal.load_full() else {
+            return Ok(());
+        };
+        let entry = snapshot::journal::Journaled {
+            at_ms: snapshot::unix_ms(std::time::SystemTime::now()),
+            service: service.map(str::to_string),
+            what: what.clone(),
+        };
+        snapshot::journal::append(&dir, &entry).inspect_err(|e| {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot journal a purge: a crash before the next recovery point would bring its objects back");
         })
     }
 
@@ -207,8 +233,17 @@ impl CacheRegistry {
             .collect()
     }
 
-    /// Invalidates across every service (or one); returns how many objects went.
+    /// An operator's purge across every service (or one): applied, then journaled (see
+    /// [`CacheRegistry::journal_purge`]). Returns how many objects went.
     pub fn purge(&self, what: &Purge, service: Option<&str>) -> usize {
+        let n = self.apply_purge(what, service);
+        let _ = self.journal_purge(what, service);
+        n
+    }
+
+    /// Invalidates across every service (or one), without journaling (a restore applying the
+    /// journal, or emptying the caches for an older point); returns how many objects went.
+    pub(crate) fn apply_purge(&self, what: &Purge, service: Option<&str>) -> usize {
         let mut n = 0;
         for (name, c) in self.services() {
             if service.is_some_and(|s| s != name) {

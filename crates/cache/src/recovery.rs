@@ -142,6 +142,7 @@ impl Snapshotter {
         settings: Option<Snapshots>,
     ) -> Arc<Snapshotter> {
         let verified = |r| metrics.recovery_point_verified.with_label_values(&[r]);
+        caches.journal_to(settings.as_ref().map(|s| s.dir.clone()));
         Arc::new(Snapshotter {
             caches,
             settings: ArcSwapOption::new(settings.map(Arc::new)),
@@ -163,6 +164,8 @@ impl Snapshotter {
 
     /// New settings from a reload; the next point follows them.
     pub fn configure(&self, settings: Option<Snapshots>) {
+        self.caches
+            .journal_to(settings.as_ref().map(|s| s.dir.clone()));
         self.settings.store(settings.map(Arc::new));
     }
 
@@ -251,9 +254,22 @@ impl Snapshotter {
                 return Ok(Ok(None));
             };
             if replace {
-                caches.purge(&crate::Purge::All, None);
+                caches.apply_purge(&crate::Purge::All, None);
             }
-            snapshot::apply_plan(&caches, &plan).map(|r| Ok(Some(r)))
+            let restored = snapshot::apply_plan(&caches, &plan)?;
+            // Purges the point may not hold (made after it began, or not written since):
+            // applied again, which also brings the next point soon.
+            let journaled = snapshot::journal::read(&dir).unwrap_or_else(|e| {
+                error!(dir = %dir.display(), error = %e, "cannot read the purge journal: purges made since the last recovery point were not applied again");
+                Vec::new()
+            });
+            for j in &journaled {
+                caches.apply_purge(&j.what, j.service.as_deref());
+            }
+            if !journaled.is_empty() {
+                info!(purges = journaled.len(), "purges made since the recovery point applied again");
+            }
+            Ok(Ok(Some(restored)))
         })
         .await??;
         if let Some(r) = &restored {
@@ -289,6 +305,9 @@ impl Snapshotter {
         let caches = self.caches.clone();
         // Purges from here on are after this point's look at the cache.
         let purged = caches.take_purge();
+        // Journaled purges from a second before this (clocks step in milliseconds) stay
+        // journaled after it: the look at the cache may have missed them.
+        let journal_from = snapshot::unix_ms(SystemTime::now()).saturating_sub(1000);
         let started = Instant::now();
         // Taken: after a failure the next point starts a chain afresh.
         let chain = writer.chain.take();
@@ -317,6 +336,17 @@ impl Snapshotter {
         writer.seen = w.seen;
         drop(writer);
         let point = w.point;
+        let dir = settings.dir.clone();
+        if let Err(e) = blocking(move || {
+            snapshot::journal::trim(&dir, journal_from).map_err(|source| SnapshotError::Io {
+                path: dir.join(snapshot::journal::JOURNAL),
+                source,
+            })
+        })
+        .await
+        {
+            warn!(error = %e, "cannot trim the purge journal (the point is written; its purges will be applied again after a restore)");
+        }
         for e in &retention.failed {
             warn!(error = %e, "cannot delete an old recovery point (the new one is written); check the directory's permissions");
         }

@@ -24,6 +24,7 @@
 
 mod chain;
 pub(crate) mod codec;
+pub mod journal;
 mod restore;
 mod retention;
 

@@ -48,13 +48,16 @@ impl HttpProxy {
             match fleet_wide(out) {
                 Err(why) => (StatusCode::BAD_REQUEST, json!({ "error": why })),
                 Ok(fleet) => {
-                    let purged: usize = purge_keys(&target, &cache.spec.key_query)
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|k| cache.purge_url(k))
-                        .sum();
-                    // Also when nothing in memory matched: see `CacheRegistry::purge`.
+                    let keys = purge_keys(&target, &cache.spec.key_query).unwrap_or_default();
+                    let purged: usize = keys.iter().map(|k| cache.purge_url(k)).sum();
+                    // Also when nothing in memory matched: see `CacheRegistry::purge`. On disk
+                    // before it is answered (one fdatasync each; a purge is an operator's):
+                    // a crash before the next recovery point would bring it back otherwise.
                     self.caches.note_purge();
+                    for k in keys {
+                        let purge = streamgate_cache::Purge::Url(k);
+                        let _ = self.caches.journal_purge(&purge, Some(&out.service.name));
+                    }
                     if fleet {
                         self.publish_purge(&out.service.name, target, purged).await
                     } else {
