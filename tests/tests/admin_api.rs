@@ -49,3 +49,57 @@ async fn clients_that_never_read_cannot_hold_the_admin_slots() {
         h.abort();
     }
 }
+
+/// Clients that keep asking (`GET /live` needs no token) and read every answer cannot keep the
+/// slots either: a connection serves a hundred requests and closes, and an operator waiting in
+/// the backlog is taken before the client's next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_keep_asking_cannot_hold_the_admin_slots() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .admin(Admin::new().listen("127.0.0.1:0").max_connections(2))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let admin = d.daemon.admin_addr();
+    let mut hogs = Vec::new();
+    for _ in 0..2 {
+        hogs.push(tokio::spawn(async move {
+            loop {
+                let Ok(tcp) = tokio::net::TcpStream::connect(admin).await else {
+                    continue;
+                };
+                let Ok((mut tx, conn)) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await
+                else {
+                    continue;
+                };
+                tokio::spawn(conn);
+                loop {
+                    let req = http::Request::get("/live")
+                        .header("host", "127.0.0.1")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let Ok(r) = tx.send_request(req).await else {
+                        break;
+                    };
+                    let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&http1(), &d.admin_url("/regions"), &[]),
+    )
+    .await
+    .expect("an operator is served between the busy clients' connections")
+    .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    for h in hogs {
+        h.abort();
+    }
+}

@@ -122,12 +122,51 @@ async fn accept_loop<S>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(Some(limits.request_header))
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
+                .serve_connection(TokioIo::new(stream), taking_turns(svc));
             if let Err(e) = conn.await {
                 debug!(listener = what, peer = %peer, error = %e, "connection ended with an error");
             }
         });
     }
+}
+
+/// Requests one admin connection serves before it closes (nginx's `keepalive_requests`
+/// bound): clients that keep asking (`GET /live` in a loop needs no token) could otherwise hold
+/// every slot for ever and keep an operator waiting in the backlog.
+const REQUESTS_PER_CONNECTION: u32 = 100;
+
+/// `svc` with turns: the connection closes after [`REQUESTS_PER_CONNECTION`] answers, and after
+/// a refusal (401, 403): a client without the token keeps no slot.
+fn taking_turns<S>(
+    svc: S,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = AdminResponse,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<AdminResponse, Infallible>> + Send,
+> + Send
+where
+    S: hyper::service::Service<Request<Incoming>, Response = AdminResponse, Error = Infallible>
+        + Send,
+    S::Future: Send,
+{
+    let served = std::sync::atomic::AtomicU32::new(0);
+    hyper::service::service_fn(move |req| {
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let answer = svc.call(req);
+        async move {
+            let mut r = answer.await?;
+            if n >= REQUESTS_PER_CONNECTION
+                || matches!(r.status(), StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            {
+                r.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(r)
+        }
+    })
 }
 
 /// Serves the admin API until `shutdown`.
