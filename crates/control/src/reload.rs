@@ -88,7 +88,7 @@ impl Control {
         };
 
         // CA bundles and client certificates are read again for the configuration checked now.
-        streamgate_tls::forget_client_configs();
+        let forgotten = streamgate_tls::forget_client_configs();
         let hooks: Vec<Arc<dyn crate::ReloadHook>> =
             self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut commits = Vec::new();
@@ -96,6 +96,8 @@ impl Control {
             match h.prepare(&config) {
                 Ok(commit) => commits.push(commit),
                 Err(e) => {
+                    // Rejected: clients built from now on read what the running config did.
+                    streamgate_tls::remember_client_configs(forgotten);
                     return self.reject(vec![format!("{}: {e}", config.source.path.display())]);
                 }
             }

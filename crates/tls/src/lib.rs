@@ -331,8 +331,22 @@ pub fn upstream_client_config(
 /// again: a reload calls this before it checks the new configuration, so a certificate rotated
 /// in place takes effect with it, and one left unchanged keeps its configuration (and the
 /// backend connections made with it). (The system's roots are read once per process.)
-pub fn forget_client_configs() {
-    GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+/// Returns the generation forgotten, for [`remember_client_configs`].
+pub fn forget_client_configs() -> u64 {
+    GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+}
+
+/// Takes back the [`forget_client_configs`] that returned `forgotten`, for a reload that was
+/// rejected: the configurations kept for the running config stay current, and a client built
+/// later (a health prober for an address DNS adds) does not read a CA bundle or certificate
+/// the rejected reload found broken. Nothing happens if another reload forgot since.
+pub fn remember_client_configs(forgotten: u64) {
+    let _ = GENERATION.compare_exchange(
+        forgotten + 1,
+        forgotten,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
+    );
 }
 
 /// The system's trusted roots, read once.
@@ -561,9 +575,17 @@ mod tests {
         let pem = std::fs::read(&ca.cert).unwrap();
         std::fs::write(&ca.cert, "").unwrap();
         assert!(Arc::ptr_eq(&first, &client_config(&tls, false).unwrap()));
-        forget_client_configs();
+        let forgotten = forget_client_configs();
         let e = client_config(&tls, false).unwrap_err().to_string();
         assert!(e.contains("no PEM certificate"), "{e}");
+        // That reload is rejected: the running config's client stays, broken file or not.
+        remember_client_configs(forgotten);
+        assert!(Arc::ptr_eq(&first, &client_config(&tls, false).unwrap()));
+        forget_client_configs();
+        assert!(
+            client_config(&tls, false).is_err(),
+            "the next reload reads it again"
+        );
         // Another CA rotated in at the same path: a new config at the next reload.
         let other = write_cert(&dir, "other", &["backend.example"]);
         std::fs::copy(&other.cert, &ca.cert).unwrap();
