@@ -310,6 +310,43 @@ X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r
     assert_eq!(o.hits(), 0);
 }
 
+/// Nor does it make the client the balancer for `purge_from`: a PURGE through `PROXY UNKNOWN`
+/// from a balancer allowed to purge is some client's.
+#[tokio::test]
+async fn a_proxy_header_that_names_no_client_cannot_purge() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web").proxy_protocol(true))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .cache(Cache::new("16MiB").purge_from(&["127.0.0.1/32"])),
+        )
+        .start()
+        .await;
+    let purge = |proxy: &'static [u8]| {
+        let mut raw = proxy.to_vec();
+        raw.extend_from_slice(b"PURGE /c/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        raw
+    };
+    let unknown = raw_exchange(d.addr("web"), &purge(b"PROXY UNKNOWN\r\n"), 1 << 16)
+        .await
+        .unwrap();
+    assert!(unknown.starts_with("HTTP/1.1 403"), "{unknown}");
+    // The balancer's own connection (a PROXY header naming it) still may.
+    let own = raw_exchange(
+        d.addr("web"),
+        &purge(b"PROXY TCP4 127.0.0.1 127.0.0.1 40000 80\r\n"),
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+}
+
 /// Handshakes with `sni` and returns the certificate the server presented and the ALPN result.
 async fn handshake(
     addr: SocketAddr,

@@ -384,4 +384,24 @@ async fn http2_websockets_count_against_the_clients_connection_limit() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(again, 200, "the ended tunnel's slot came back");
+    // The first tunnel (riding on the connection's slots) ends: the next rides in its place,
+    // while the one holding the client's other slot is still open.
+    let _second = sender
+        .send_request(websocket_connect("/live"))
+        .await
+        .unwrap();
+    drop(open.remove(0));
+    let mut rode = 0;
+    for _ in 0..100 {
+        let resp = sender
+            .send_request(websocket_connect("/live"))
+            .await
+            .unwrap();
+        rode = resp.status().as_u16();
+        if rode == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rode, 200, "the riding tunnel's place came back");
 }

@@ -53,7 +53,9 @@ pub fn url_key_into(
                     })
                 })
                 .collect();
-            pieces.sort_unstable();
+            // By name only, and stably: `?id=1&id=2` and `?id=2&id=1` differ to origins that
+            // take the first or the last `id`.
+            pieces.sort_by_key(|p| p.split(['=', ';']).next().unwrap_or(""));
             if !pieces.is_empty() {
                 key.push('?');
                 key.push_str(&pieces.join("&"));
@@ -63,10 +65,22 @@ pub fn url_key_into(
     }
 }
 
-/// Whether `raw`, percent-decoded (and `+` as a space), is `name` in any case.
+/// Whether `raw`, percent-decoded (and `+` as a space), names `name` to some origin: in any
+/// case, as an array (`id[]`, `id[0]`: PHP and Express's qs), or with `.` or a space for `_`
+/// (PHP reads `page.id` as `page_id`).
 fn decoded_eq(raw: &str, name: &str) -> bool {
+    let same = |got: &[u8]| {
+        let base = got.split(|&b| b == b'[').next().unwrap_or(got);
+        base.eq_ignore_ascii_case(name.as_bytes())
+            || (name.contains('_')
+                && base.len() == name.len()
+                && base.iter().zip(name.bytes()).all(|(&a, b)| {
+                    let a = if matches!(a, b'.' | b' ') { b'_' } else { a };
+                    a.eq_ignore_ascii_case(&b)
+                }))
+    };
     if !raw.contains(['%', '+']) {
-        return raw.eq_ignore_ascii_case(name);
+        return same(raw.as_bytes());
     }
     let b = raw.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -87,7 +101,7 @@ fn decoded_eq(raw: &str, name: &str) -> bool {
         }
         i += 1;
     }
-    out.eq_ignore_ascii_case(name.as_bytes())
+    same(&out)
 }
 
 /// Appends `scheme://authority` normalised: lower case, no trailing dot on the name, no default
@@ -315,10 +329,30 @@ mod tests {
             url_key("http", "h", "/p?utm=1;ref=2&id=1", &only),
             "http://h/p?id=1"
         );
-        // An origin that reads names in any case (ASP.NET): `ID` is `id`.
+        // An origin that reads names in any case (ASP.NET): `ID` is `id`. Same names keep
+        // their order (first-wins and last-wins origins).
         assert_eq!(
             url_key("http", "h", "/p?id=1&ID=2&I%44=3", &only),
             "http://h/p?I%44=3&ID=2&id=1"
+        );
+        assert_eq!(
+            url_key("http", "h", "/p?id=2&id=1", &only),
+            "http://h/p?id=2&id=1"
+        );
+        // Arrays (PHP, qs) and PHP's `.` for `_`.
+        assert_eq!(
+            url_key("http", "h", "/p?id=1&id[]=evil&id%5B0%5D=x", &only),
+            "http://h/p?id=1&id%5B0%5D=x&id[]=evil"
+        );
+        let php = KeyQuery::Only(vec!["page_id".into()]);
+        assert_eq!(
+            url_key(
+                "http",
+                "h",
+                "/p?page_id=1&page.id=2&page+id=3&pageXid=4",
+                &php
+            ),
+            "http://h/p?page+id=3&page.id=2&page_id=1"
         );
         assert_eq!(url_key("http", "h", "/p?%=1&%6", &only), "http://h/p");
     }

@@ -119,6 +119,8 @@ pub struct CacheRegistry {
     /// The snapshots directory, where each purge is journaled until a point holds it
     /// (`snapshot::journal`); `None` without `[snapshots]`.
     journal: arc_swap::ArcSwapOption<std::path::PathBuf>,
+    /// The journal's thread, started with the first purge journaled.
+    journal_writer: std::sync::OnceLock<Option<snapshot::journal::Writer>>,
 }
 
 impl CacheRegistry {
@@ -129,6 +131,7 @@ impl CacheRegistry {
             metrics,
             purged: std::sync::atomic::AtomicBool::new(false),
             journal: arc_swap::ArcSwapOption::empty(),
+            journal_writer: std::sync::OnceLock::new(),
         })
     }
 
@@ -137,21 +140,54 @@ impl CacheRegistry {
         self.journal.store(dir.map(Arc::new));
     }
 
-    /// Writes an operator's purge to the journal and waits for the disk (one `fdatasync`), so
-    /// that a crash before the next recovery point does not bring the purged objects back.
-    /// Without `[snapshots]` there is nothing to bring them back and nothing is written.
-    pub fn journal_purge(&self, what: &Purge, service: Option<&str>) -> std::io::Result<()> {
+    fn journal_writer(&self) -> Option<&snapshot::journal::Writer> {
+        self.journal_writer
+            .get_or_init(|| {
+                snapshot::journal::Writer::start()
+                    .inspect_err(|e| tracing::error!(error = %e, "cannot start the purge journal's thread; purges are not journaled"))
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Queues an operator's purge for the journal (see `snapshot::journal`), so that a crash
+    /// before the next recovery point does not bring the purged objects back; whoever answers
+    /// the purge waits for [`CacheRegistry::purges_on_disk`] first. Without `[snapshots]` there
+    /// is nothing to bring them back and nothing is written.
+    pub fn journal_purge(&self, what: &Purge, service: Option<&str>) {
         let Some(dir) = self.journal.load_full() else {
-            return Ok(());
+            return;
         };
-        let entry = snapshot::journal::Journaled {
-            at_ms: snapshot::unix_ms(std::time::SystemTime::now()),
-            service: service.map(str::to_string),
-            what: what.clone(),
+        let Some(w) = self.journal_writer() else {
+            return;
         };
-        snapshot::journal::append(&dir, &entry).inspect_err(|e| {
-            tracing::error!(dir = %dir.display(), error = %e, "cannot journal a purge: a crash before the next recovery point would bring its objects back");
-        })
+        w.append(
+            dir,
+            snapshot::journal::Journaled {
+                at_ms: snapshot::unix_ms(std::time::SystemTime::now()),
+                service: service.map(str::to_string),
+                what: what.clone(),
+            },
+        );
+    }
+
+    /// Resolves once every purge journaled so far is on disk: `false` if one could not be
+    /// written (logged), `true` too without `[snapshots]`.
+    pub async fn purges_on_disk(&self) -> bool {
+        if self.journal.load().is_none() {
+            return true;
+        }
+        match self.journal_writer() {
+            Some(w) => w.on_disk().await,
+            None => false,
+        }
+    }
+
+    /// Drops the journaled purges made before `from_ms`, in order with the appends.
+    pub(crate) fn trim_journal(&self, from_ms: u64) {
+        if let (Some(dir), Some(w)) = (self.journal.load_full(), self.journal_writer()) {
+            w.trim(dir, from_ms);
+        }
     }
 
     /// An operator purged ([`CacheRegistry::purge`], or a PURGE request), whether or not
@@ -233,11 +269,11 @@ impl CacheRegistry {
             .collect()
     }
 
-    /// An operator's purge across every service (or one): applied, then journaled (see
-    /// [`CacheRegistry::journal_purge`]). Returns how many objects went.
+    /// An operator's purge across every service (or one): applied, then queued for the journal
+    /// (see [`CacheRegistry::journal_purge`]). Returns how many objects went.
     pub fn purge(&self, what: &Purge, service: Option<&str>) -> usize {
         let n = self.apply_purge(what, service);
-        let _ = self.journal_purge(what, service);
+        self.journal_purge(what, service);
         n
     }
 

@@ -58,6 +58,12 @@ fn purge_gap(last_write: Duration) -> Duration {
     (last_write * 10).max(Duration::from_secs(5))
 }
 
+/// How long before a point's time its look at the cache may have begun: the objects are
+/// gathered in memory first and then written, and the point is dated when writing starts.
+/// Journaled purges this close to a point are applied again after restoring it and kept in
+/// the journal (applying one twice only costs a miss).
+const JOURNAL_MARGIN_MS: u64 = 10_000;
+
 /// What the writer knows between points.
 #[derive(Debug, Default)]
 struct Writer {
@@ -263,6 +269,20 @@ impl Snapshotter {
                 error!(dir = %dir.display(), error = %e, "cannot read the purge journal: purges made since the last recovery point were not applied again");
                 Vec::new()
             });
+            let (created, now) = (
+                snapshot::unix_ms(restored.point.created),
+                snapshot::unix_ms(SystemTime::now()),
+            );
+            let journaled: Vec<_> = journaled
+                .into_iter()
+                .filter(|j| {
+                    let plausible = snapshot::journal::plausible(j.at_ms, now);
+                    if !plausible {
+                        warn!(at_ms = j.at_ms, "a journaled purge dated in the future is ignored");
+                    }
+                    plausible && j.at_ms.saturating_add(JOURNAL_MARGIN_MS) >= created
+                })
+                .collect();
             for j in &journaled {
                 caches.apply_purge(&j.what, j.service.as_deref());
             }
@@ -305,9 +325,6 @@ impl Snapshotter {
         let caches = self.caches.clone();
         // Purges from here on are after this point's look at the cache.
         let purged = caches.take_purge();
-        // Journaled purges from a second before this (clocks step in milliseconds) stay
-        // journaled after it: the look at the cache may have missed them.
-        let journal_from = snapshot::unix_ms(SystemTime::now()).saturating_sub(1000);
         let started = Instant::now();
         // Taken: after a failure the next point starts a chain afresh.
         let chain = writer.chain.take();
@@ -336,16 +353,14 @@ impl Snapshotter {
         writer.seen = w.seen;
         drop(writer);
         let point = w.point;
+        // The journal keeps what any point left to restore from may not hold: the purges from
+        // JOURNAL_MARGIN before the oldest one on.
         let dir = settings.dir.clone();
-        if let Err(e) = blocking(move || {
-            snapshot::journal::trim(&dir, journal_from).map_err(|source| SnapshotError::Io {
-                path: dir.join(snapshot::journal::JOURNAL),
-                source,
-            })
-        })
-        .await
+        if let Ok(points) = blocking(move || snapshot::list(&dir)).await
+            && let Some(oldest) = points.iter().map(|p| snapshot::unix_ms(p.created)).min()
         {
-            warn!(error = %e, "cannot trim the purge journal (the point is written; its purges will be applied again after a restore)");
+            self.caches
+                .trim_journal(oldest.saturating_sub(JOURNAL_MARGIN_MS));
         }
         for e in &retention.failed {
             warn!(error = %e, "cannot delete an old recovery point (the new one is written); check the directory's permissions");

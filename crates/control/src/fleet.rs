@@ -19,6 +19,15 @@ impl streamgate_fleet::Apply for FleetApply {
         self.purge_objects(p) as u64
     }
 
+    fn on_disk(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(control) => control.caches.purges_on_disk().await,
+                None => true,
+            }
+        })
+    }
+
     fn word(&self, word: &Word) {
         if let Some(control) = self.0.upgrade() {
             control.say_fleet(word);

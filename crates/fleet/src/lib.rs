@@ -27,6 +27,9 @@ pub use word::Word;
 pub trait Apply: Send + Sync + 'static {
     /// Removes what the purge names from this PoP's caches; returns how many objects went.
     fn purge(&self, purge: &Purge) -> u64;
+    /// Resolves once the purges applied so far are on disk (the purge journal), so that one
+    /// acknowledged to JetStream is not lost to a crash: `false` if they could not be written.
+    fn on_disk(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
     /// The fleet's word on a region, a backend or a primary changed.
     fn word(&self, word: &Word);
     /// This PoP's routing table version and the age of its newest recovery point, for its

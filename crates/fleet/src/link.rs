@@ -146,7 +146,10 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
             m = messages.next() => match m {
                 Some(Ok(m)) => {
                     apply_purge(inner, &m.payload);
-                    // Acked after applying: a purge lost to a crash comes again.
+                    // Acked once applied and journaled: a purge lost to a crash comes again.
+                    // One the journal could not take is acked all the same (logged): sent
+                    // again, it would fail again, and the purge is applied in memory.
+                    inner.apply.on_disk().await;
                     m.ack().await.map_err(js_err)?;
                 }
                 Some(Err(e)) => return Err(js_err(e)),

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -26,6 +26,8 @@ pub(crate) struct TunnelSlots {
     client: Option<(usize, Arc<ClientConnections>, IpAddr)>,
     /// HTTP/2 tunnels asked for or open on the connection.
     open: AtomicU32,
+    /// The tunnel riding on the connection's own slots is open: the next one takes slots.
+    riding: AtomicBool,
 }
 
 /// One HTTP/2 tunnel's hold on the limits, given back when its last clone is dropped (the
@@ -39,6 +41,8 @@ pub(crate) struct TunnelTicket {
 #[derive(Debug)]
 struct Held {
     slots: Arc<TunnelSlots>,
+    /// This is the tunnel riding on the connection's slots.
+    riding: bool,
     _client: Option<ClientSlot>,
     _listener: Option<OwnedSemaphorePermit>,
 }
@@ -46,6 +50,9 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.slots.open.fetch_sub(1, Relaxed);
+        if self.riding {
+            self.slots.riding.store(false, Relaxed);
+        }
     }
 }
 
@@ -58,18 +65,26 @@ impl TunnelSlots {
             listener,
             client,
             open: AtomicU32::new(0),
+            riding: AtomicBool::new(false),
         })
     }
 
     /// A hold for one more tunnel on this connection, or the limit that refuses it.
     pub fn take(self: &Arc<Self>) -> Result<TunnelTicket, Limit> {
-        let first = self.open.fetch_add(1, Relaxed) == 0;
+        self.open.fetch_add(1, Relaxed);
+        // Whichever tunnel rode on the connection's slots before, if it has ended the next
+        // one rides: as two HTTP/1.1 WebSockets one after the other would.
+        let riding = self
+            .riding
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_ok();
         let mut held = Held {
             slots: self.clone(),
+            riding,
             _client: None,
             _listener: None,
         };
-        if !first {
+        if !riding {
             if let Some((max, table, ip)) = &self.client {
                 held._client = Some(table.try_open(*ip, *max).ok_or(Limit::ClientConnections)?);
             }
@@ -108,7 +123,11 @@ mod tests {
         drop(second);
         assert_eq!(listener.available_permits(), 2, "and gave it back");
         let again = slots.take().unwrap();
-        drop((first, again));
+        // The riding one ends: the next rides in its place, taking nothing.
+        drop(first);
+        let rides = slots.take().unwrap();
+        assert_eq!(listener.available_permits(), 1, "only `again` holds a slot");
+        drop((again, rides));
         assert_eq!(slots.open.load(Relaxed), 0);
 
         // The listener's limit, with no per-client one.

@@ -8,13 +8,19 @@
 //! closes that window; a point written after a purge makes its line unneeded, and it is dropped
 //! once such a point has been read back.
 //!
-//! A line: `<ms since the epoch>\t<service or ->\t<url|prefix|tag|all>\t<value>`, the value
-//! escaped (`\\`, `\t`, `\n`). A line that does not read (the torn last line of a crash) is
-//! skipped.
+//! One thread does the journal's file work ([`Writer`]): purges are queued without blocking the
+//! runtime that answers requests, written in batches with one `fdatasync` each, and whoever
+//! answers or acknowledges a purge waits for [`Writer::on_disk`]. Appends and trims are never
+//! interleaved, because only that thread does either.
+//!
+//! A line: `<ms since the epoch>\t<service, empty for all>\t<url|prefix|tag|all>\t<value>`,
+//! the value escaped (`\\`, `\t`, `\n`). A line that does not read (the torn last line of a
+//! crash) is skipped.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 
 use crate::Purge;
 
@@ -62,7 +68,8 @@ impl Journaled {
             Purge::Tag(t) => ("tag", t.as_str()),
             Purge::All => ("all", ""),
         };
-        let service = self.service.as_deref().map_or("-".to_string(), escape);
+        // Service names are never empty (the config refuses one), so empty means every service.
+        let service = self.service.as_deref().map_or(String::new(), escape);
         format!("{}\t{service}\t{kind}\t{}\n", self.at_ms, escape(value))
     }
 
@@ -70,7 +77,7 @@ impl Journaled {
         let mut f = line.splitn(4, '\t');
         let at_ms = f.next()?.parse().ok()?;
         let service = match f.next()? {
-            "-" => None,
+            "" => None,
             s => Some(unescape(s)),
         };
         let kind = f.next()?;
@@ -90,15 +97,118 @@ impl Journaled {
     }
 }
 
-/// Appends `entry` and waits until it is on disk.
-pub fn append(dir: &Path, entry: &Journaled) -> io::Result<()> {
+/// Appends `entries` and waits until they are on disk.
+pub fn append(dir: &Path, entries: &[Journaled]) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(JOURNAL))?;
-    f.write_all(entry.line().as_bytes())?;
+    let lines: String = entries.iter().map(Journaled::line).collect();
+    f.write_all(lines.as_bytes())?;
     f.sync_data()
+}
+
+enum Job {
+    Append(Arc<PathBuf>, Journaled),
+    Trim(Arc<PathBuf>, u64),
+    /// Answered once every purge queued before it is on disk: `false` if one could not be
+    /// written.
+    OnDisk(tokio::sync::oneshot::Sender<bool>),
+}
+
+/// The journal's thread, started with the first purge to journal.
+#[derive(Debug)]
+pub struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
+}
+
+impl Writer {
+    pub fn start() -> io::Result<Writer> {
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("purge-journal".into())
+            .spawn(move || run(&rx))?;
+        Ok(Writer { jobs })
+    }
+
+    /// Queues `entry` for `dir`; it is on disk once a later [`Writer::on_disk`] says so.
+    pub fn append(&self, dir: Arc<PathBuf>, entry: Journaled) {
+        let _ = self.jobs.send(Job::Append(dir, entry));
+    }
+
+    /// Queues dropping the purges made before `from_ms` (see [`trim`]).
+    pub fn trim(&self, dir: Arc<PathBuf>, from_ms: u64) {
+        let _ = self.jobs.send(Job::Trim(dir, from_ms));
+    }
+
+    /// Resolves once every purge queued so far is on disk: `false` if one could not be written
+    /// (logged).
+    pub async fn on_disk(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Job::OnDisk(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// The thread: takes every job queued, writes the appends of a batch with one sync per
+/// directory, then trims and answers in queue order.
+fn run(rx: &mpsc::Receiver<Job>) {
+    let mut failed = false;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let mut pending: Vec<(Arc<PathBuf>, Journaled)> = Vec::new();
+        for job in batch {
+            match job {
+                Job::Append(dir, e) => pending.push((dir, e)),
+                Job::Trim(dir, from_ms) => {
+                    failed |= !flush(&mut pending);
+                    if let Err(e) = trim(&dir, from_ms) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "cannot trim the purge journal; its purges will be applied again after a restore");
+                    }
+                }
+                Job::OnDisk(tx) => {
+                    failed |= !flush(&mut pending);
+                    let _ = tx.send(!std::mem::take(&mut failed));
+                }
+            }
+        }
+        failed |= !flush(&mut pending);
+    }
+}
+
+/// Writes `pending` (one sync per directory); `false` if any could not be written.
+fn flush(pending: &mut Vec<(Arc<PathBuf>, Journaled)>) -> bool {
+    let mut ok = true;
+    while let Some((dir, _)) = pending.first() {
+        let dir = dir.clone();
+        let (these, rest): (Vec<_>, Vec<_>) = std::mem::take(pending)
+            .into_iter()
+            .partition(|(d, _)| *d == dir);
+        *pending = rest;
+        let entries: Vec<Journaled> = these.into_iter().map(|(_, e)| e).collect();
+        if let Err(e) = append(&dir, &entries) {
+            tracing::error!(dir = %dir.display(), error = %e, purges = entries.len(), "cannot journal purges: a crash before the next recovery point would bring their objects back");
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// Whether a purge dated `at_ms` can have been made by now (`now_ms`): one dated more than a
+/// minute ahead (a clock stepped back, another machine's file) would never be trimmed and would
+/// be applied at every restart.
+pub fn plausible(at_ms: u64, now_ms: u64) -> bool {
+    at_ms <= now_ms.saturating_add(60_000)
 }
 
 /// Every purge the journal holds, oldest first (none when there is no journal).
@@ -118,12 +228,14 @@ pub fn read(dir: &Path) -> io::Result<Vec<Journaled>> {
 /// file whole; with none left, the file goes.
 pub fn trim(dir: &Path, from_ms: u64) -> io::Result<()> {
     let all = read(dir)?;
-    if all.iter().all(|e| e.at_ms >= from_ms) {
+    let now = super::unix_ms(std::time::SystemTime::now());
+    let keep = |e: &Journaled| e.at_ms >= from_ms && plausible(e.at_ms, now);
+    if all.iter().all(keep) {
         return Ok(());
     }
     let kept: String = all
         .iter()
-        .filter(|e| e.at_ms >= from_ms)
+        .filter(|e| keep(e))
         .map(Journaled::line)
         .collect();
     let path = dir.join(JOURNAL);
@@ -159,25 +271,48 @@ mod tests {
         assert_eq!(read(dir.path()).unwrap(), []);
         let all = [
             entry(10, None, Purge::Url("http://a/x?y=1".into())),
-            entry(20, Some("cdn"), Purge::Prefix("http://a/\tb\\".into())),
+            entry(20, Some("-"), Purge::Prefix("http://a/\tb\\".into())),
             entry(30, None, Purge::Tag("line\nbreak".into())),
             entry(40, Some("cdn"), Purge::All),
         ];
-        for e in &all {
-            append(dir.path(), e).unwrap();
-        }
+        append(dir.path(), &all[..1]).unwrap();
+        append(dir.path(), &all[1..]).unwrap();
         assert_eq!(read(dir.path()).unwrap(), all);
         // A torn last line (a crash mid-append) is skipped.
         let mut f = OpenOptions::new()
             .append(true)
             .open(dir.path().join(JOURNAL))
             .unwrap();
-        f.write_all(b"50\t-\tur").unwrap();
+        f.write_all(b"50\t\tur").unwrap();
         assert_eq!(read(dir.path()).unwrap(), all);
         trim(dir.path(), 30).unwrap();
         assert_eq!(read(dir.path()).unwrap(), all[2..]);
         trim(dir.path(), 41).unwrap();
         assert!(!dir.path().join(JOURNAL).exists());
         assert_eq!(read(dir.path()).unwrap(), []);
+    }
+
+    #[tokio::test]
+    async fn the_writer_answers_once_what_came_before_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Arc::new(dir.path().to_path_buf());
+        let w = Writer::start().unwrap();
+        for at in 0..100 {
+            w.append(d.clone(), entry(at, None, Purge::Url(format!("k{at}"))));
+        }
+        assert!(w.on_disk().await);
+        assert_eq!(read(dir.path()).unwrap().len(), 100);
+        // A trim queued among appends drops only what came before its time.
+        w.trim(d.clone(), 50);
+        w.append(d.clone(), entry(10, None, Purge::All));
+        assert!(w.on_disk().await);
+        let left = read(dir.path()).unwrap();
+        assert_eq!(left.len(), 51, "50..99 and the one appended after the trim");
+        // A directory that cannot be written: the answer says so.
+        let file = dir.path().join("not-a-dir");
+        fs::write(&file, "").unwrap();
+        w.append(Arc::new(file), entry(1, None, Purge::All));
+        assert!(!w.on_disk().await);
+        assert!(w.on_disk().await, "and the next one is judged on its own");
     }
 }

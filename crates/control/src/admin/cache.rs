@@ -53,6 +53,13 @@ pub(super) async fn purge(control: &Control, body: &Bytes) -> AdminResponse {
     }
     let purged = crate::fleet::purge_local(control, &request.what, service);
     info!(request = ?request, purged, "cache purge");
+    if !control.caches.purges_on_disk().await {
+        // Applied here; a restore after a crash would not know of it: the operator must know.
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({ "purged": purged, "journaled": false, "error": "purged in memory, but the purge journal cannot be written (see the log); a crash before the next recovery point would bring the objects back" }),
+        );
+    }
     let Some(target) = request.fleet else {
         return json_response(StatusCode::OK, json!({ "purged": purged }));
     };

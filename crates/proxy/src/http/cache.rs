@@ -56,7 +56,13 @@ impl HttpProxy {
             &out.parts.method,
             &out.parts.headers,
             &req_dirs,
-            !http_body::Body::is_end_stream(&out.body),
+            // An HTTP/2 GET may end in an empty DATA frame; `content-length: 0` says so.
+            !http_body::Body::is_end_stream(&out.body)
+                && out
+                    .parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_none_or(|v| v.as_bytes() != b"0"),
         ) {
             debug!(key = %key, why, "cache bypass");
             set_log_cache(log, CacheStatus::Bypass);

@@ -187,15 +187,22 @@ fn is_client_forwarding(name: &HeaderName) -> bool {
 /// balancer (which passes on what the client sent), `X-Original-URL: /admin` would have
 /// reached the origin with the balancer's trust and its answer stored under a public URL.
 pub fn strip_url_overrides(headers: &mut HeaderMap) {
-    for name in [
-        "x-original-url",
-        "x-rewrite-url",
-        "x_original_url",
-        "x_rewrite_url",
-    ] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+    // Any mix of `-` and `_` (CGI and IIS read them as one variable).
+    let is_override = |n: &HeaderName| {
+        let n = n.as_str();
+        ["x-original-url", "x-rewrite-url"].iter().any(|f| {
+            f.len() == n.len()
+                && f.bytes()
+                    .zip(n.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+    };
+    if !headers.keys().any(is_override) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| is_override(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
     }
 }
 

@@ -38,7 +38,11 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let peer: IpAddr = out.peer.ip().to_canonical();
         let target = format!("{}{}", host_str(&out.host), out.path_and_query.as_str());
-        let (status, body) = if !cache.spec.purge_from.iter().any(|n| n.contains(&peer)) {
+        // A connection whose balancer did not say who the client is (PROXY UNKNOWN) is some
+        // client's, not the balancer's: the balancer's place in purge_from is not its.
+        let allowed =
+            out.forwarded_for.vouched() && cache.spec.purge_from.iter().any(|n| n.contains(&peer));
+        let (status, body) = if !allowed {
             warn!(peer = %peer, url = %target, "PURGE from an address not in purge_from; refused");
             (
                 StatusCode::FORBIDDEN,
@@ -51,14 +55,20 @@ impl HttpProxy {
                     let keys = purge_keys(&target, &cache.spec.key_query).unwrap_or_default();
                     let purged: usize = keys.iter().map(|k| cache.purge_url(k)).sum();
                     // Also when nothing in memory matched: see `CacheRegistry::purge`. On disk
-                    // before it is answered (one fdatasync each; a purge is an operator's):
-                    // a crash before the next recovery point would bring it back otherwise.
+                    // before it is answered: a crash before the next recovery point would
+                    // bring it back otherwise.
                     self.caches.note_purge();
                     for k in keys {
                         let purge = streamgate_cache::Purge::Url(k);
-                        let _ = self.caches.journal_purge(&purge, Some(&out.service.name));
+                        self.caches.journal_purge(&purge, Some(&out.service.name));
                     }
-                    if fleet {
+                    if !self.caches.purges_on_disk().await {
+                        // Applied here; a restore after a crash would not know of it.
+                        (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            json!({ "purged": purged, "journaled": false, "error": "purged in memory, but the purge journal cannot be written (see the log); a crash before the next recovery point would bring the objects back" }),
+                        )
+                    } else if fleet {
                         self.publish_purge(&out.service.name, target, purged).await
                     } else {
                         (StatusCode::OK, json!({ "purged": purged }))
