@@ -285,24 +285,24 @@ async fn proxy_protocol_on_an_http_listener_names_the_client() {
     assert_eq!(o.last_headers()["x-forwarded-for"], "198.51.100.9");
 }
 
+/// A daemon taking PROXY headers from a balancer on loopback, with one service made by `with`.
+async fn behind_a_balancer(o: &Origin, with: impl FnOnce(Service) -> Service) -> TestDaemon {
+    Config::new()
+        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web").proxy_protocol(true))
+        .region(Region::new("r").backends(&[(o, 1)]))
+        .service(with(Service::new("s").listeners(&["web"]).regions(&["r"])))
+        .start()
+        .await
+}
+
 /// A trusted balancer's `PROXY UNKNOWN` (HAProxy sends it for a unix-socket or mixed-family
 /// front end) names no client: the connection is the balancer's, but its requests are the
 /// client's, so their forwarding fields are not believed as if the balancer had set them.
 #[tokio::test]
 async fn a_proxy_header_that_names_no_client_does_not_make_the_client_trusted() {
     let o = Origin::start("o").await;
-    let d = Config::new()
-        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
-        .listener(Listener::http("web").proxy_protocol(true))
-        .region(Region::new("r").backends(&[(&o, 1)]))
-        .service(
-            Service::new("s")
-                .listeners(&["web"])
-                .regions(&["r"])
-                .access(Access::new().allow(&["198.51.100.0/24"])),
-        )
-        .start()
-        .await;
+    let d = behind_a_balancer(&o, |s| s.access(Access::new().allow(&["198.51.100.0/24"]))).await;
     let raw = b"PROXY UNKNOWN\r\nGET /x HTTP/1.1\r\nHost: a\r\n\
 X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
     let answer = raw_exchange(d.addr("web"), raw, 1 << 16).await.unwrap();
@@ -315,18 +315,10 @@ X-Forwarded-For: 198.51.100.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r
 #[tokio::test]
 async fn a_proxy_header_that_names_no_client_cannot_purge() {
     let o = Origin::start("o").await;
-    let d = Config::new()
-        .geo(Geo::without_database().trusted_proxies(&["127.0.0.1/32"]))
-        .listener(Listener::http("web").proxy_protocol(true))
-        .region(Region::new("r").backends(&[(&o, 1)]))
-        .service(
-            Service::new("s")
-                .listeners(&["web"])
-                .regions(&["r"])
-                .cache(Cache::new("16MiB").purge_from(&["127.0.0.1/32"])),
-        )
-        .start()
-        .await;
+    let d = behind_a_balancer(&o, |s| {
+        s.cache(Cache::new("16MiB").purge_from(&["127.0.0.1/32"]))
+    })
+    .await;
     let purge = |proxy: &'static [u8]| {
         let mut raw = proxy.to_vec();
         raw.extend_from_slice(b"PURGE /c/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
