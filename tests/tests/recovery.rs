@@ -382,3 +382,38 @@ async fn operator_overrides_survive_a_restart() {
         "{backends}"
     );
 }
+
+/// An operator's drain that cannot be saved (the snapshots directory is gone, or full) is in
+/// force, and the answer says a restart would lose it, rather than a plain 200.
+#[tokio::test]
+async fn a_word_that_cannot_be_saved_is_answered_so() {
+    let b = Origin::start("b").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let dir = snaps.path().join("points");
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("a").backends(&[(&b, 1)]))
+        .service(Service::new("app").listeners(&["web"]).regions(&["a"]))
+        .snapshots(Snapshots::new(&dir))
+        .start()
+        .await;
+    // The directory's place is taken by a file: nothing can be saved in it.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::write(&dir, "").unwrap();
+    let body = format!(r#"{{"address": "{}"}}"#, b.addr);
+    let (status, v) = admin_call(Method::POST, &d.admin_url("/backends/drain"), &[], &body).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(v.to_string().contains("restart would lose it"), "{v}");
+    // In force all the same.
+    let (_, backends) = admin_call(Method::GET, &d.admin_url("/backends"), &[], "").await;
+    assert!(
+        backends.to_string().contains("\"drained\":true"),
+        "{backends}"
+    );
+    // Saved again once the directory is back.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    let (status, v) = admin_call(Method::POST, &d.admin_url("/backends/drain"), &[], &body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(dir.join("operator-state.json").exists());
+}

@@ -83,6 +83,8 @@ pub struct Control {
     overrides_changed: Arc<Notify>,
     /// One writer of the overrides file at a time.
     overrides_write: Mutex<()>,
+    /// Admin requests waiting to hear whether the overrides they changed were saved.
+    overrides_waiting: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), String>>>>,
     /// The link to the other PoPs (`[fleet]`), set once at start.
     fleet: std::sync::OnceLock<streamgate_fleet::Fleet>,
     /// This PoP's operator's words on drains, regions and primaries (admin API, or restored at
@@ -134,6 +136,7 @@ impl Control {
             dns_wake: Arc::new(Notify::new()),
             overrides_changed: Arc::new(Notify::new()),
             overrides_write: Mutex::new(()),
+            overrides_waiting: Mutex::new(Vec::new()),
             fleet: std::sync::OnceLock::new(),
             local_words: Mutex::default(),
             fleet_words: Mutex::default(),
@@ -203,19 +206,31 @@ impl Control {
         self.overrides_changed.notify_one();
     }
 
+    /// Resolves once the operator overrides as they are now have been saved (by the writer
+    /// task): the error if they could not be, so the admin API can say that a restart would
+    /// lose them. Without `[snapshots]` nothing is saved, as documented, and this is `Ok`.
+    pub async fn save_overrides(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.overrides_waiting).push(tx);
+        self.overrides_changed.notify_one();
+        rx.await
+            .unwrap_or_else(|_| Err("the daemon is stopping".to_string()))
+    }
+
     /// Writes the operator overrides now (the last word of a graceful stop).
-    pub fn persist_overrides_now(&self) {
+    pub fn persist_overrides_now(&self) -> Result<(), String> {
         let Some(settings) = self.snapshots.settings() else {
-            return;
+            return Ok(());
         };
         let _one_writer = self
             .overrides_write
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let o = overrides::Overrides::of(&lock(&self.local_words), &lock(&self.fleet_words));
-        if let Err(e) = o.save(&settings.dir) {
-            tracing::warn!(dir = %settings.dir.display(), error = %e, "cannot save the operator overrides; a restart would lose them");
-        }
+        o.save(&settings.dir).map_err(|e| {
+            tracing::error!(dir = %settings.dir.display(), error = %e, "cannot save the operator overrides; a restart would lose them");
+            e.to_string()
+        })
     }
 
     /// This PoP's operator says `word`: it is put into the running table at once and saved.
@@ -302,14 +317,28 @@ impl Control {
         let changed = self.overrides_changed.clone();
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    () = changed.notified() => {}
-                    _ = shutdown.changed() => return,
-                }
+                let stopping = tokio::select! {
+                    () = changed.notified() => false,
+                    _ = shutdown.changed() => true,
+                };
                 let Some(control) = weak.upgrade() else {
                     return;
                 };
-                let _ = tokio::task::spawn_blocking(move || control.persist_overrides_now()).await;
+                if stopping {
+                    // The stop saves them last (`persist_overrides_now`); nobody waits for ever.
+                    for w in std::mem::take(&mut *lock(&control.overrides_waiting)) {
+                        let _ = w.send(Err("the daemon is stopping".to_string()));
+                    }
+                    return;
+                }
+                // Taken before the write: a word said during it waits for the next one.
+                let waiting = std::mem::take(&mut *lock(&control.overrides_waiting));
+                let saved = tokio::task::spawn_blocking(move || control.persist_overrides_now())
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                for w in waiting {
+                    let _ = w.send(saved.clone());
+                }
             }
         });
     }

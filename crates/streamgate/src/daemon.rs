@@ -307,7 +307,7 @@ impl Daemon {
             self.tasks.abort_all();
         }
         // The last word of a graceful stop: what was cached and set survives the restart.
-        self.control.persist_overrides_now();
+        let _ = self.control.persist_overrides_now();
         if self.snapshots.settings().is_some()
             && let Err(e) = self.snapshots.take().await
         {

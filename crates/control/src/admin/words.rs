@@ -47,7 +47,13 @@ async fn say(control: &Control, word: Word, scope: Scope) -> Result<(), Box<Admi
         Scope::Local => {
             control.say_local(&word);
             info!(word = ?word, "operator word set by the admin API");
-            Ok(())
+            // In force either way; the operator must know when a restart would undo it.
+            control.save_overrides().await.map_err(|e| {
+                Box::new(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("in force here, but not saved ({e}): a restart would lose it; check the [snapshots] directory"),
+                ))
+            })
         }
         Scope::Fleet => {
             let Some(fleet) = control.fleet() else {
