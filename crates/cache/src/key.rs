@@ -55,7 +55,7 @@ pub fn url_key_into(
                 .collect();
             // By name only, and stably: `?id=1&id=2` and `?id=2&id=1` differ to origins that
             // take the first or the last `id`.
-            pieces.sort_by_key(|p| p.split(['=', ';']).next().unwrap_or(""));
+            pieces.sort_by_cached_key(|p| param_name(p.split(['=', ';']).next().unwrap_or("")));
             if !pieces.is_empty() {
                 key.push('?');
                 key.push_str(&pieces.join("&"));
@@ -65,23 +65,17 @@ pub fn url_key_into(
     }
 }
 
-/// Whether `raw`, percent-decoded (and `+` as a space), names `name` to some origin: in any
-/// case, as an array (`id[]`, `id[0]`: PHP and Express's qs), or with `.` or a space for `_`
-/// (PHP reads `page.id` as `page_id`).
+/// Whether `raw` and `name` are one parameter to some origin (see [`param_name`]).
 fn decoded_eq(raw: &str, name: &str) -> bool {
-    let same = |got: &[u8]| {
-        let base = got.split(|&b| b == b'[').next().unwrap_or(got);
-        base.eq_ignore_ascii_case(name.as_bytes())
-            || (name.contains('_')
-                && base.len() == name.len()
-                && base.iter().zip(name.bytes()).all(|(&a, b)| {
-                    let a = if matches!(a, b'.' | b' ') { b'_' } else { a };
-                    a.eq_ignore_ascii_case(&b)
-                }))
-    };
-    if !raw.contains(['%', '+']) {
-        return same(raw.as_bytes());
-    }
+    param_name(raw) == param_name(name)
+}
+
+/// A parameter's name as the most lenient origin reads it: percent-decoded (`+` a space), in
+/// lower case (ASP.NET), without leading spaces, an array's name without its brackets (`id[]`,
+/// `id[0]`: PHP and Express's qs), and `.`, a space or an unclosed `[` as `_` (PHP reads
+/// `page.id` and `page[id` as `page_id`). Names that one origin reads as one are one here, so
+/// none of them can be left out of a key that lists the other.
+fn param_name(raw: &str) -> Vec<u8> {
     let b = raw.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -101,7 +95,22 @@ fn decoded_eq(raw: &str, name: &str) -> bool {
         }
         i += 1;
     }
-    same(&out)
+    out.make_ascii_lowercase();
+    let start = out.iter().position(|&c| c != b' ').unwrap_or(out.len());
+    out.drain(..start);
+    if let Some(open) = out.iter().position(|&c| c == b'[') {
+        if out[open..].contains(&b']') {
+            out.truncate(open);
+        } else {
+            out[open] = b'_';
+        }
+    }
+    for c in &mut out {
+        if matches!(*c, b'.' | b' ') {
+            *c = b'_';
+        }
+    }
+    out
 }
 
 /// Appends `scheme://authority` normalised: lower case, no trailing dot on the name, no default
@@ -314,7 +323,7 @@ mod tests {
         // What an origin may read as `id` is part of the key.
         assert_eq!(
             url_key("http", "h", "/p?id=1&i%64=2", &only),
-            "http://h/p?i%64=2&id=1"
+            "http://h/p?id=1&i%64=2"
         );
         assert_eq!(
             url_key("http", "h", "/p?utm=x;id=evil&id=1", &only),
@@ -333,7 +342,7 @@ mod tests {
         // their order (first-wins and last-wins origins).
         assert_eq!(
             url_key("http", "h", "/p?id=1&ID=2&I%44=3", &only),
-            "http://h/p?I%44=3&ID=2&id=1"
+            "http://h/p?id=1&ID=2&I%44=3"
         );
         assert_eq!(
             url_key("http", "h", "/p?id=2&id=1", &only),
@@ -342,7 +351,7 @@ mod tests {
         // Arrays (PHP, qs) and PHP's `.` for `_`.
         assert_eq!(
             url_key("http", "h", "/p?id=1&id[]=evil&id%5B0%5D=x", &only),
-            "http://h/p?id=1&id%5B0%5D=x&id[]=evil"
+            "http://h/p?id=1&id[]=evil&id%5B0%5D=x"
         );
         let php = KeyQuery::Only(vec!["page_id".into()]);
         assert_eq!(
@@ -352,7 +361,21 @@ mod tests {
                 "/p?page_id=1&page.id=2&page+id=3&pageXid=4",
                 &php
             ),
-            "http://h/p?page+id=3&page.id=2&page_id=1"
+            "http://h/p?page_id=1&page.id=2&page+id=3"
+        );
+        // PHP drops leading spaces and reads an unclosed `[` as `_`.
+        assert_eq!(
+            url_key("http", "h", "/p?id=1&+id=2&page[id=3", &only),
+            "http://h/p?id=1&+id=2"
+        );
+        assert_eq!(
+            url_key("http", "h", "/p?page[id=3", &php),
+            "http://h/p?page[id=3"
+        );
+        // Aliases keep their order too: ASP.NET reads `1,2` and `2,1`.
+        assert_ne!(
+            url_key("http", "h", "/p?id=1&ID=2", &only),
+            url_key("http", "h", "/p?ID=2&id=1", &only)
         );
         assert_eq!(url_key("http", "h", "/p?%=1&%6", &only), "http://h/p");
     }
