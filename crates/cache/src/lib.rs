@@ -171,23 +171,34 @@ impl CacheRegistry {
         );
     }
 
-    /// Resolves once every purge journaled so far is on disk: `false` if one could not be
-    /// written (logged), `true` too without `[snapshots]`.
-    pub async fn purges_on_disk(&self) -> bool {
+    /// Resolves once every purge journaled so far is on disk: `false` if one journaled since
+    /// `mark` ([`CacheRegistry::journal_mark`]) could not be written (logged), `true` too
+    /// without `[snapshots]`.
+    pub async fn purges_on_disk(&self, mark: u64) -> bool {
         if self.journal.load().is_none() {
             return true;
         }
         match self.journal_writer() {
-            Some(w) => w.on_disk().await,
+            Some(w) => w.on_disk(mark).await,
             None => false,
         }
     }
 
-    /// Drops the journaled purges made before `from_ms`, in order with the appends.
-    pub(crate) fn trim_journal(&self, from_ms: u64) {
-        if let (Some(dir), Some(w)) = (self.journal.load_full(), self.journal_writer()) {
-            w.trim(dir, from_ms);
+    /// Drops the journaled purges in `dir` made before `from_ms`, in order with the appends.
+    pub(crate) fn trim_journal(&self, dir: std::path::PathBuf, from_ms: u64) {
+        if let Some(w) = self.journal_writer() {
+            w.trim(Arc::new(dir), from_ms);
         }
+    }
+
+    /// Where the journal's sequence stands: pass it to [`CacheRegistry::purges_on_disk`] to
+    /// hear about the purges journaled after it.
+    pub fn journal_mark(&self) -> u64 {
+        if self.journal.load().is_none() {
+            return 0;
+        }
+        self.journal_writer()
+            .map_or(0, snapshot::journal::Writer::mark)
     }
 
     /// An operator purged ([`CacheRegistry::purge`], or a PURGE request), whether or not

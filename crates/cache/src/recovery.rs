@@ -58,11 +58,12 @@ fn purge_gap(last_write: Duration) -> Duration {
     (last_write * 10).max(Duration::from_secs(5))
 }
 
-/// How long before a point's time its look at the cache may have begun: the objects are
-/// gathered in memory first and then written, and the point is dated when writing starts.
-/// Journaled purges this close to a point are applied again after restoring it and kept in
-/// the journal (applying one twice only costs a miss).
-const JOURNAL_MARGIN_MS: u64 = 10_000;
+/// A point is dated when its objects are gathered from the caches; a purge journaled this
+/// close before that date (clocks in milliseconds, a purge applied just before its line was
+/// dated) is applied again after restoring the point and kept in the journal: applying one
+/// twice only costs a miss. A clock stepped back further than this between a purge and the
+/// next point is not covered (that point is dated after the newest one on disk).
+const JOURNAL_MARGIN_MS: u64 = 1_000;
 
 /// What the writer knows between points.
 #[derive(Debug, Default)]
@@ -229,6 +230,8 @@ impl Snapshotter {
         let dir = settings.dir.clone();
         let target = target.map(str::to_string);
         let mut writer = self.writer.lock().await;
+        // Purges still queued for the journal are in it before it is read.
+        self.caches.purges_on_disk(0).await;
         let damaged = self.metrics.damaged.clone();
         let restored = blocking(move || {
             let report = |e: &SnapshotError| {
@@ -359,8 +362,10 @@ impl Snapshotter {
         if let Ok(points) = blocking(move || snapshot::list(&dir)).await
             && let Some(oldest) = points.iter().map(|p| snapshot::unix_ms(p.created)).min()
         {
-            self.caches
-                .trim_journal(oldest.saturating_sub(JOURNAL_MARGIN_MS));
+            self.caches.trim_journal(
+                settings.dir.clone(),
+                oldest.saturating_sub(JOURNAL_MARGIN_MS),
+            );
         }
         for e in &retention.failed {
             warn!(error = %e, "cannot delete an old recovery point (the new one is written); check the directory's permissions");
@@ -466,6 +471,8 @@ fn write_point(
     chain: Option<ChainState>,
     seen: Seen,
 ) -> Result<(Written, Result<Retention, SnapshotError>), SnapshotError> {
+    // The point holds the caches as of now: a purge journaled from here on may be missing.
+    let looked = SystemTime::now();
     let mut objects: Vec<(Arc<str>, Arc<str>, Entry)> = Vec::new();
     for (service, cache) in caches.services() {
         let service: Arc<str> = service.into();
@@ -507,12 +514,13 @@ fn write_point(
         Kind::Full => None,
         Kind::Increment => chain.as_ref().map(|c| &c.last),
     };
-    let point = snapshot::write(
+    let point = snapshot::write_at(
         &settings.dir,
         parent,
         &records,
         objects.len() as u64,
         settings.write_rate,
+        looked,
     )?;
     let chain = ChainState::after(chain.as_ref().filter(|_| kind == Kind::Increment), &point);
     // Read back before anything old goes: a point the disk damaged must not cost the points

@@ -19,10 +19,19 @@ impl streamgate_fleet::Apply for FleetApply {
         self.purge_objects(p) as u64
     }
 
-    fn on_disk(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+    fn journal_mark(&self) -> u64 {
+        self.0
+            .upgrade()
+            .map_or(0, |control| control.caches.journal_mark())
+    }
+
+    fn on_disk(
+        &self,
+        mark: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
             match self.0.upgrade() {
-                Some(control) => control.caches.purges_on_disk().await,
+                Some(control) => control.caches.purges_on_disk(mark).await,
                 None => true,
             }
         })

@@ -27,9 +27,15 @@ pub use word::Word;
 pub trait Apply: Send + Sync + 'static {
     /// Removes what the purge names from this PoP's caches; returns how many objects went.
     fn purge(&self, purge: &Purge) -> u64;
+    /// Where the purge journal stands, before a purge is applied (for [`Apply::on_disk`]).
+    fn journal_mark(&self) -> u64;
     /// Resolves once the purges applied so far are on disk (the purge journal), so that one
-    /// acknowledged to JetStream is not lost to a crash: `false` if they could not be written.
-    fn on_disk(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+    /// acknowledged to JetStream is not lost to a crash: `false` if one applied since `mark`
+    /// could not be written.
+    fn on_disk(
+        &self,
+        mark: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
     /// The fleet's word on a region, a backend or a primary changed.
     fn word(&self, word: &Word);
     /// This PoP's routing table version and the age of its newest recovery point, for its

@@ -145,11 +145,12 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
         tokio::select! {
             m = messages.next() => match m {
                 Some(Ok(m)) => {
+                    let mark = inner.apply.journal_mark();
                     apply_purge(inner, &m.payload);
                     // Acked once applied and journaled: a purge lost to a crash comes again.
                     // One the journal could not take is acked all the same (logged): sent
                     // again, it would fail again, and the purge is applied in memory.
-                    inner.apply.on_disk().await;
+                    inner.apply.on_disk(mark).await;
                     m.ack().await.map_err(js_err)?;
                 }
                 Some(Err(e)) => return Err(js_err(e)),

@@ -110,17 +110,19 @@ pub fn append(dir: &Path, entries: &[Journaled]) -> io::Result<()> {
 }
 
 enum Job {
-    Append(Arc<PathBuf>, Journaled),
+    /// A purge and its place in the sequence.
+    Append(Arc<PathBuf>, Journaled, u64),
     Trim(Arc<PathBuf>, u64),
-    /// Answered once every purge queued before it is on disk: `false` if one could not be
-    /// written.
-    OnDisk(tokio::sync::oneshot::Sender<bool>),
+    /// Answered once every purge queued before it is on disk: `false` if one from the given
+    /// place in the sequence on could not be written.
+    OnDisk(u64, tokio::sync::oneshot::Sender<bool>),
 }
 
 /// The journal's thread, started with the first purge to journal.
 #[derive(Debug)]
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
+    next: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Job {
@@ -135,12 +137,23 @@ impl Writer {
         std::thread::Builder::new()
             .name("purge-journal".into())
             .spawn(move || run(&rx))?;
-        Ok(Writer { jobs })
+        Ok(Writer {
+            jobs,
+            next: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// The place in the sequence the next purge queued takes.
+    pub fn mark(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Queues `entry` for `dir`; it is on disk once a later [`Writer::on_disk`] says so.
     pub fn append(&self, dir: Arc<PathBuf>, entry: Journaled) {
-        let _ = self.jobs.send(Job::Append(dir, entry));
+        let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        if self.jobs.send(Job::Append(dir, entry, seq)).is_err() {
+            tracing::error!("the purge journal's thread is gone; purges are not journaled");
+        }
     }
 
     /// Queues dropping the purges made before `from_ms` (see [`trim`]).
@@ -148,11 +161,11 @@ impl Writer {
         let _ = self.jobs.send(Job::Trim(dir, from_ms));
     }
 
-    /// Resolves once every purge queued so far is on disk: `false` if one could not be written
-    /// (logged).
-    pub async fn on_disk(&self) -> bool {
+    /// Resolves once every purge queued so far is on disk: `false` if one queued from `mark`
+    /// ([`Writer::mark`]) on could not be written (logged).
+    pub async fn on_disk(&self, mark: u64) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.jobs.send(Job::OnDisk(tx)).is_err() {
+        if self.jobs.send(Job::OnDisk(mark, tx)).is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -162,46 +175,47 @@ impl Writer {
 /// The thread: takes every job queued, writes the appends of a batch with one sync per
 /// directory, then trims and answers in queue order.
 fn run(rx: &mpsc::Receiver<Job>) {
-    let mut failed = false;
+    // The last place in the sequence whose purge could not be written.
+    let mut failed: Option<u64> = None;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
-        let mut pending: Vec<(Arc<PathBuf>, Journaled)> = Vec::new();
+        let mut pending: Vec<(Arc<PathBuf>, Journaled, u64)> = Vec::new();
         for job in batch {
             match job {
-                Job::Append(dir, e) => pending.push((dir, e)),
+                Job::Append(dir, e, seq) => pending.push((dir, e, seq)),
                 Job::Trim(dir, from_ms) => {
-                    failed |= !flush(&mut pending);
+                    flush(&mut pending, &mut failed);
                     if let Err(e) = trim(&dir, from_ms) {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot trim the purge journal; its purges will be applied again after a restore");
                     }
                 }
-                Job::OnDisk(tx) => {
-                    failed |= !flush(&mut pending);
-                    let _ = tx.send(!std::mem::take(&mut failed));
+                Job::OnDisk(mark, tx) => {
+                    flush(&mut pending, &mut failed);
+                    let _ = tx.send(failed.is_none_or(|f| f < mark));
                 }
             }
         }
-        failed |= !flush(&mut pending);
+        flush(&mut pending, &mut failed);
     }
 }
 
-/// Writes `pending` (one sync per directory); `false` if any could not be written.
-fn flush(pending: &mut Vec<(Arc<PathBuf>, Journaled)>) -> bool {
-    let mut ok = true;
-    while let Some((dir, _)) = pending.first() {
+/// Writes `pending` (one sync per directory), noting the last purge that could not be written
+/// in `failed`.
+fn flush(pending: &mut Vec<(Arc<PathBuf>, Journaled, u64)>, failed: &mut Option<u64>) {
+    while let Some((dir, _, _)) = pending.first() {
         let dir = dir.clone();
         let (these, rest): (Vec<_>, Vec<_>) = std::mem::take(pending)
             .into_iter()
-            .partition(|(d, _)| *d == dir);
+            .partition(|(d, _, _)| *d == dir);
         *pending = rest;
-        let entries: Vec<Journaled> = these.into_iter().map(|(_, e)| e).collect();
+        let last = these.iter().map(|(_, _, seq)| *seq).max();
+        let entries: Vec<Journaled> = these.into_iter().map(|(_, e, _)| e).collect();
         if let Err(e) = append(&dir, &entries) {
             tracing::error!(dir = %dir.display(), error = %e, purges = entries.len(), "cannot journal purges: a crash before the next recovery point would bring their objects back");
-            ok = false;
+            *failed = (*failed).max(last);
         }
     }
-    ok
 }
 
 /// Whether a purge dated `at_ms` can have been made by now (`now_ms`): one dated more than a
@@ -297,22 +311,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = Arc::new(dir.path().to_path_buf());
         let w = Writer::start().unwrap();
+        let start = w.mark();
         for at in 0..100 {
             w.append(d.clone(), entry(at, None, Purge::Url(format!("k{at}"))));
         }
-        assert!(w.on_disk().await);
+        assert!(w.on_disk(start).await);
         assert_eq!(read(dir.path()).unwrap().len(), 100);
         // A trim queued among appends drops only what came before its time.
         w.trim(d.clone(), 50);
         w.append(d.clone(), entry(10, None, Purge::All));
-        assert!(w.on_disk().await);
+        assert!(w.on_disk(start).await);
         let left = read(dir.path()).unwrap();
         assert_eq!(left.len(), 51, "50..99 and the one appended after the trim");
         // A directory that cannot be written: the answer says so.
         let file = dir.path().join("not-a-dir");
         fs::write(&file, "").unwrap();
+        let failing = w.mark();
         w.append(Arc::new(file), entry(1, None, Purge::All));
-        assert!(!w.on_disk().await);
-        assert!(w.on_disk().await, "and the next one is judged on its own");
+        // Another purge written fine meanwhile, and asked about first: the failure is not
+        // taken by it and then forgotten.
+        let fine = w.mark();
+        w.append(d.clone(), entry(60, None, Purge::All));
+        assert!(w.on_disk(fine).await);
+        assert!(
+            !w.on_disk(failing).await,
+            "the failed one is told, whoever asked first"
+        );
+        assert!(!w.on_disk(failing).await, "every time");
     }
 }

@@ -170,10 +170,23 @@ pub fn write(
     objects: u64,
     write_rate: Option<u64>,
 ) -> Result<RecoveryPoint, SnapshotError> {
+    write_at(dir, parent, records, objects, write_rate, SystemTime::now())
+}
+
+/// [`write`], the point dated `looked`: when its objects were gathered from the caches, which
+/// is the moment it holds (and what the purge journal compares with).
+pub fn write_at(
+    dir: &Path,
+    parent: Option<&RecoveryPoint>,
+    records: &[ToWrite<'_>],
+    objects: u64,
+    write_rate: Option<u64>,
+    looked: SystemTime,
+) -> Result<RecoveryPoint, SnapshotError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     // Never older than the newest point already there, so names sort in the order written.
     let newest = list(dir)?.first().map_or(0, |p| unix_ms(p.created));
-    let ms = unix_ms(SystemTime::now()).max(newest.saturating_add(1));
+    let ms = unix_ms(looked).max(newest.saturating_add(1));
     let (base_ms, parent_ms, suffix) = match parent {
         Some(p) => (unix_ms(p.base), unix_ms(p.created), INCREMENT_SUFFIX),
         None => (ms, 0, SUFFIX),

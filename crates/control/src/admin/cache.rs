@@ -51,9 +51,10 @@ pub(super) async fn purge(control: &Control, body: &Bytes) -> AdminResponse {
             return error(StatusCode::NOT_FOUND, &why);
         }
     }
+    let mark = control.caches.journal_mark();
     let purged = crate::fleet::purge_local(control, &request.what, service);
     info!(request = ?request, purged, "cache purge");
-    if !control.caches.purges_on_disk().await {
+    if !control.caches.purges_on_disk(mark).await {
         // Applied here; a restore after a crash would not know of it: the operator must know.
         return json_response(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -58,11 +58,12 @@ impl HttpProxy {
                     // before it is answered: a crash before the next recovery point would
                     // bring it back otherwise.
                     self.caches.note_purge();
+                    let mark = self.caches.journal_mark();
                     for k in keys {
                         let purge = streamgate_cache::Purge::Url(k);
                         self.caches.journal_purge(&purge, Some(&out.service.name));
                     }
-                    if !self.caches.purges_on_disk().await {
+                    if !self.caches.purges_on_disk(mark).await {
                         // Applied here; a restore after a crash would not know of it.
                         (
                             StatusCode::INTERNAL_SERVER_ERROR,
