@@ -68,6 +68,27 @@ async fn connected(d: &TestDaemon) -> bool {
 
 const OBJ: &str = "/c/page?cc=max-age%3D600";
 
+/// `OBJ` purged fleet-wide through `d`'s admin API.
+async fn fleet_purge(d: &TestDaemon) -> (StatusCode, serde_json::Value) {
+    d.admin(
+        Method::POST,
+        "/cache/purge",
+        &json!({ "url": format!("http://cdn.test{OBJ}"), "scope": "fleet" }).to_string(),
+    )
+    .await
+}
+
+/// Whether `OBJ` stops being a hit at `d` within 10 s.
+async fn no_longer_a_hit(d: &TestDaemon) -> bool {
+    for _ in 0..500 {
+        if fetch(d.addr("web"), OBJ).await.header("x-cache") != Some("HIT") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     let nats = NatsServer::start();
@@ -103,26 +124,12 @@ async fn a_fleet_purge_reaches_every_pop_and_one_that_was_down_catches_up() {
     // c stops (a planned stop writes its cache to a recovery point); the purge goes out.
     c.signal("TERM");
     assert!(c.wait_exit(WAIT).is_some(), "c stops");
-    let (status, v) = a
-        .admin(
-            Method::POST,
-            "/cache/purge",
-            &json!({ "url": format!("http://cdn.test{OBJ}"), "scope": "fleet" }).to_string(),
-        )
-        .await;
+    let (status, v) = fleet_purge(&a).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["fleet"]["published"], true, "{v}");
     for (name, d) in [("a", &a), ("b", &b)] {
-        let mut purged = false;
-        for _ in 0..500 {
-            if fetch(d.addr("web"), OBJ).await.header("x-cache") != Some("HIT") {
-                purged = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         assert!(
-            purged,
+            no_longer_a_hit(d).await,
             "{name} applied the fleet purge: {}",
             d.metrics()
                 .await
@@ -375,4 +382,35 @@ async fn a_heartbeat_on_another_pops_subject_is_not_believed() {
         ),
         1.0
     );
+}
+
+/// A fleet purge from a PoP whose own purge journal cannot be written still reaches the other
+/// PoPs (a takedown must not wait on one PoP's disk); the answer says this PoP's copy is not on
+/// disk.
+#[tokio::test]
+async fn a_fleet_purge_is_published_when_the_local_journal_fails() {
+    let nats = NatsServer::start();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let store = tempfile::tempdir().unwrap();
+    let dir = store.path().join("points");
+    let a = cdn(&o1, &o2)
+        .snapshots(Snapshots::new(&dir).interval("1h"))
+        .raw(&fleet(&nats, "a"))
+        .start()
+        .await;
+    let b = cdn(&o1, &o2).raw(&fleet(&nats, "b")).start().await;
+    assert!(connected(&a).await && connected(&b).await, "a and b join");
+    fetch(b.addr("web"), OBJ).await;
+    assert_eq!(
+        fetch(b.addr("web"), OBJ).await.header("x-cache"),
+        Some("HIT")
+    );
+    // a's snapshots directory is taken by a file: its journal cannot be written.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::write(&dir, "").unwrap();
+    let (status, v) = fleet_purge(&a).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["journaled"], false, "{v}");
+    assert_eq!(v["fleet"]["published"], true, "{v}");
+    assert!(no_longer_a_hit(&b).await, "b applied the fleet purge");
 }

@@ -92,6 +92,9 @@ fn find<'a>(
         .map(|(_, c)| c)
 }
 
+/// What a purge's answer says when the purge journal did not take it.
+pub const NOT_JOURNALED: &str = "purged in memory, but the purge journal cannot be written (see the log); a crash before the next recovery point would bring the objects back";
+
 /// What to invalidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Purge {

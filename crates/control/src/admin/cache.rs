@@ -54,33 +54,38 @@ pub(super) async fn purge(control: &Control, body: &Bytes) -> AdminResponse {
     let mark = control.caches.journal_mark();
     let purged = crate::fleet::purge_local(control, &request.what, service);
     info!(request = ?request, purged, "cache purge");
-    if !control.caches.purges_on_disk(mark).await {
+    let journaled = control.caches.purges_on_disk(mark).await;
+    let (status, mut answer) = match request.fleet {
+        None => (StatusCode::OK, json!({ "purged": purged })),
+        Some(target) => {
+            let Some(fleet) = control.fleet() else {
+                return error(
+                    StatusCode::CONFLICT,
+                    &format!(
+                        "purged {purged} here; \"scope\": \"fleet\" needs a [fleet] table in the config"
+                    ),
+                );
+            };
+            // Published whether or not this PoP's journal took it: one PoP's disk must not
+            // keep a takedown from the others.
+            match fleet.purge(request.service.clone(), target).await {
+                Ok(p) => (
+                    StatusCode::OK,
+                    json!({ "purged": purged, "fleet": { "id": p.id, "published": true } }),
+                ),
+                // Applied here; the other PoPs did not get it: the operator must know.
+                Err(e) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "purged": purged, "fleet": { "published": false, "error": e.to_string() } }),
+                ),
+            }
+        }
+    };
+    if !journaled {
         // Applied here; a restore after a crash would not know of it: the operator must know.
-        return json_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({ "purged": purged, "journaled": false, "error": "purged in memory, but the purge journal cannot be written (see the log); a crash before the next recovery point would bring the objects back" }),
-        );
+        answer["journaled"] = json!(false);
+        answer["error"] = json!(streamgate_cache::NOT_JOURNALED);
+        return json_response(StatusCode::INTERNAL_SERVER_ERROR, answer);
     }
-    let Some(target) = request.fleet else {
-        return json_response(StatusCode::OK, json!({ "purged": purged }));
-    };
-    let Some(fleet) = control.fleet() else {
-        return error(
-            StatusCode::CONFLICT,
-            &format!(
-                "purged {purged} here; \"scope\": \"fleet\" needs a [fleet] table in the config"
-            ),
-        );
-    };
-    match fleet.purge(request.service.clone(), target).await {
-        Ok(p) => json_response(
-            StatusCode::OK,
-            json!({ "purged": purged, "fleet": { "id": p.id, "published": true } }),
-        ),
-        // Applied here; the other PoPs did not get it: the operator must know.
-        Err(e) => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "purged": purged, "fleet": { "published": false, "error": e.to_string() } }),
-        ),
-    }
+    json_response(status, answer)
 }

@@ -63,16 +63,21 @@ impl HttpProxy {
                         let purge = streamgate_cache::Purge::Url(k);
                         self.caches.journal_purge(&purge, Some(&out.service.name));
                     }
-                    if !self.caches.purges_on_disk(mark).await {
-                        // Applied here; a restore after a crash would not know of it.
-                        (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            json!({ "purged": purged, "journaled": false, "error": "purged in memory, but the purge journal cannot be written (see the log); a crash before the next recovery point would bring the objects back" }),
-                        )
-                    } else if fleet {
+                    let journaled = self.caches.purges_on_disk(mark).await;
+                    // Published whether or not this PoP's journal took it: one PoP's disk must
+                    // not keep a takedown from the others.
+                    let (status, mut answer) = if fleet {
                         self.publish_purge(&out.service.name, target, purged).await
                     } else {
                         (StatusCode::OK, json!({ "purged": purged }))
+                    };
+                    if journaled {
+                        (status, answer)
+                    } else {
+                        // Applied here; a restore after a crash would not know of it.
+                        answer["journaled"] = json!(false);
+                        answer["error"] = json!(streamgate_cache::NOT_JOURNALED);
+                        (StatusCode::INTERNAL_SERVER_ERROR, answer)
                     }
                 }
             }
