@@ -7,18 +7,37 @@ use http::StatusCode;
 use streamgate_tests::*;
 use tokio::io::AsyncWriteExt;
 
+/// A daemon whose admin API serves two connections at once.
+fn two_admin_slots(o: &Origin) -> Config {
+    Config::new()
+        .admin(Admin::new().listen("127.0.0.1:0").max_connections(2))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(o, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+}
+
+/// With the clients that hog the slots at work, an operator's GET `path` is answered 200
+/// within 10 s (`why` says why it must be).
+async fn an_operator_is_served(d: &TestDaemon, path: &str, why: &str) {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&http1(), &d.admin_url(path), &[]),
+    )
+    .await
+    .expect(why)
+    .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+}
+
 /// Clients that send requests and never read the answers cannot keep the admin API's
 /// connection slots: an answer not read within `request_header` ends its connection, and an
 /// operator is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_never_read_cannot_hold_the_admin_slots() {
     let o = Origin::start("o").await;
-    let d = Config::new()
+    let d = two_admin_slots(&o)
         .timeouts(Timeouts::new().request_header("1s"))
-        .admin(Admin::new().listen("127.0.0.1:0").max_connections(2))
-        .listener(Listener::http("web"))
-        .region(Region::new("r").backends(&[(&o, 1)]))
-        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
         .start()
         .await;
     let admin = d.daemon.admin_addr();
@@ -36,15 +55,12 @@ async fn clients_that_never_read_cannot_hold_the_admin_slots() {
             drop(s);
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let answer = tokio::time::timeout(
-        Duration::from_secs(10),
-        get(&http1(), &d.admin_url("/live"), &[]),
+    an_operator_is_served(
+        &d,
+        "/live",
+        "an operator is served once the clients that read nothing are cut off",
     )
-    .await
-    .expect("an operator is served once the clients that read nothing are cut off")
-    .unwrap();
-    assert_eq!(answer.status, StatusCode::OK);
+    .await;
     for h in hogs {
         h.abort();
     }
@@ -56,13 +72,7 @@ async fn clients_that_never_read_cannot_hold_the_admin_slots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_keep_asking_cannot_hold_the_admin_slots() {
     let o = Origin::start("o").await;
-    let d = Config::new()
-        .admin(Admin::new().listen("127.0.0.1:0").max_connections(2))
-        .listener(Listener::http("web"))
-        .region(Region::new("r").backends(&[(&o, 1)]))
-        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
-        .start()
-        .await;
+    let d = two_admin_slots(&o).start().await;
     let admin = d.daemon.admin_addr();
     let mut hogs = Vec::new();
     for _ in 0..2 {
@@ -90,15 +100,12 @@ async fn clients_that_keep_asking_cannot_hold_the_admin_slots() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let answer = tokio::time::timeout(
-        Duration::from_secs(10),
-        get(&http1(), &d.admin_url("/regions"), &[]),
+    an_operator_is_served(
+        &d,
+        "/regions",
+        "an operator is served between the busy clients' connections",
     )
-    .await
-    .expect("an operator is served between the busy clients' connections")
-    .unwrap();
-    assert_eq!(answer.status, StatusCode::OK);
+    .await;
     for h in hogs {
         h.abort();
     }

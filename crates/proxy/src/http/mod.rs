@@ -17,6 +17,7 @@ mod purge;
 mod request;
 mod rules;
 mod switch;
+mod upgraded;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
