@@ -53,16 +53,16 @@ impl HttpProxy {
                 Err(why) => (StatusCode::BAD_REQUEST, json!({ "error": why })),
                 Ok(fleet) => {
                     let keys = purge_keys(&target, &cache.spec.key_query).unwrap_or_default();
-                    let purged: usize = keys.iter().map(|k| cache.purge_url(k)).sum();
-                    // Also when nothing in memory matched: see `CacheRegistry::purge`. On disk
-                    // before it is answered: a crash before the next recovery point would
-                    // bring it back otherwise.
-                    self.caches.note_purge();
+                    // On disk before it is answered: a crash before the next recovery point
+                    // would bring it back otherwise.
                     let mark = self.caches.journal_mark();
-                    for k in keys {
-                        let purge = streamgate_cache::Purge::Url(k);
-                        self.caches.journal_purge(&purge, Some(&out.service.name));
-                    }
+                    let purged: usize = keys
+                        .into_iter()
+                        .map(|k| {
+                            let purge = streamgate_cache::Purge::Url(k);
+                            self.caches.purge(&purge, Some(&out.service.name))
+                        })
+                        .sum();
                     let journaled = self.caches.purges_on_disk(mark).await;
                     // Published whether or not this PoP's journal took it: one PoP's disk must
                     // not keep a takedown from the others.
