@@ -158,27 +158,47 @@ const CLIENT_FORWARDING: [&str; 17] = [
 fn never_nominated(name: &str) -> bool {
     name.eq_ignore_ascii_case("host")
         || name.eq_ignore_ascii_case("via")
-        || CLIENT_FORWARDING.iter().any(|f| {
-            f.len() == name.len()
-                && f.bytes()
-                    .zip(name.bytes())
-                    .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
-        })
+        || CLIENT_FORWARDING.iter().any(|f| spelled_as(name, f))
 }
 
-/// Whether `name` is a forwarding field, also spelt with underscores (which CGI-style stacks
-/// read as the same variable).
+/// Whether `name` is the field `lower` (given in lower case with `-`), in any case and with
+/// any mix of `-` and `_`: CGI-style stacks (and IIS) read `X_Forwarded_For` as the same
+/// variable, so a check that missed the spelling would let the field through.
+fn spelled_as(name: &str, lower: &str) -> bool {
+    lower.len() == name.len()
+        && lower
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'-' && b == b'_'))
+}
+
+/// Whether `name` is a forwarding field, also spelt with underscores.
 fn is_client_forwarding(name: &HeaderName) -> bool {
     let n = name.as_str();
+    // Most fields start with none of these: the common case costs one comparison.
     if !n.starts_with('x') && !n.starts_with('f') && !n.starts_with('t') {
         return false;
     }
-    CLIENT_FORWARDING.iter().any(|f| {
-        f.len() == n.len()
-            && f.bytes()
-                .zip(n.bytes())
-                .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-    })
+    CLIENT_FORWARDING.iter().any(|f| spelled_as(n, f))
+}
+
+/// Whether `name` replaces the request's URL in the origin's framework.
+fn is_url_override(name: &HeaderName) -> bool {
+    ["x-original-url", "x-rewrite-url"]
+        .iter()
+        .any(|f| spelled_as(name.as_str(), f))
+}
+
+/// Removes every field `matches` picks; a pass over the names first, as most requests carry
+/// none and then nothing is allocated.
+fn remove_matching(headers: &mut HeaderMap, matches: fn(&HeaderName) -> bool) {
+    if !headers.keys().any(matches) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|k| matches(k)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// Fields that replace the request's URL in the origin's framework (IIS's URL Rewrite, Symfony,
@@ -187,40 +207,13 @@ fn is_client_forwarding(name: &HeaderName) -> bool {
 /// balancer (which passes on what the client sent), `X-Original-URL: /admin` would have
 /// reached the origin with the balancer's trust and its answer stored under a public URL.
 pub fn strip_url_overrides(headers: &mut HeaderMap) {
-    // Any mix of `-` and `_` (CGI and IIS read them as one variable).
-    let is_override = |n: &HeaderName| {
-        let n = n.as_str();
-        ["x-original-url", "x-rewrite-url"].iter().any(|f| {
-            f.len() == n.len()
-                && f.bytes()
-                    .zip(n.bytes())
-                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-        })
-    };
-    if !headers.keys().any(is_override) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers.keys().filter(|k| is_override(k)).cloned().collect();
-    for name in names {
-        headers.remove(name);
-    }
+    remove_matching(headers, is_url_override);
 }
 
 /// Removes the forwarding fields of a request from a peer that is not a trusted proxy, so an
 /// origin (and what it answers, which the cache shares) never sees a client's claims as ours.
 pub fn strip_client_forwarding(headers: &mut HeaderMap) {
-    // Most requests carry none: one pass over their fields first.
-    if !headers.keys().any(is_client_forwarding) {
-        return;
-    }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| is_client_forwarding(k))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
-    }
+    remove_matching(headers, is_client_forwarding);
 }
 
 /// A client's address as an X-Forwarded-For element, formatted once for its connection: every
