@@ -43,7 +43,9 @@ pub struct ConnActivity {
     /// client's connection slot is held while they run ([`Self::until_no_tunnels`]).
     tunnels: AtomicU32,
     tunnels_done: tokio::sync::Notify,
-    /// The limits its HTTP/2 tunnels count against, once its client is known.
+    /// The limits its HTTP/2 tunnels count against, once its client is known, and the count,
+    /// made at its first tunnel.
+    tunnel_limits: std::sync::OnceLock<crate::tunnel_slots::TunnelLimits>,
     tunnel_slots: std::sync::OnceLock<Arc<crate::tunnel_slots::TunnelSlots>>,
 }
 
@@ -59,16 +61,22 @@ impl ConnActivity {
             closed: tokio::sync::Notify::new(),
             tunnels: AtomicU32::new(0),
             tunnels_done: tokio::sync::Notify::new(),
+            tunnel_limits: std::sync::OnceLock::new(),
             tunnel_slots: std::sync::OnceLock::new(),
         })
     }
 
-    pub(crate) fn set_tunnel_slots(&self, slots: Arc<crate::tunnel_slots::TunnelSlots>) {
-        let _ = self.tunnel_slots.set(slots);
+    pub(crate) fn set_tunnel_limits(&self, limits: crate::tunnel_slots::TunnelLimits) {
+        let _ = self.tunnel_limits.set(limits);
     }
 
+    /// The count of the connection's HTTP/2 tunnels against its limits, made on first use;
+    /// `None` before the connection's client is known.
     pub(crate) fn tunnel_slots(&self) -> Option<&Arc<crate::tunnel_slots::TunnelSlots>> {
-        self.tunnel_slots.get()
+        let limits = self.tunnel_limits.get()?;
+        Some(self.tunnel_slots.get_or_init(|| {
+            crate::tunnel_slots::TunnelSlots::new(limits.listener.clone(), limits.client.clone())
+        }))
     }
 
     /// Marks a tunnel open on the connection until the guard is dropped.

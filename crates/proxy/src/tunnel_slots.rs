@@ -17,7 +17,16 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::limits::{ClientConnections, ClientSlot, Limit};
 
-/// The limits one client connection's tunnels are counted against.
+/// The limits one client connection's tunnels count against, set as the connection starts.
+/// The counting state ([`TunnelSlots`]) is made from them only when a first HTTP/2 tunnel asks:
+/// most connections never do, and were paying an allocation each for it.
+#[derive(Debug, Clone)]
+pub(crate) struct TunnelLimits {
+    pub listener: Option<Arc<Semaphore>>,
+    pub client: Option<(usize, Arc<ClientConnections>, IpAddr)>,
+}
+
+/// The limits one client connection's tunnels are counted against, and the tunnels counted.
 #[derive(Debug)]
 pub(crate) struct TunnelSlots {
     /// `max_connections`: the listener's slots.

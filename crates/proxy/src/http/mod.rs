@@ -276,6 +276,13 @@ pub async fn serve(
     while conns.join_next().await.is_some() {}
 }
 
+/// Who a connection is from, as its requests will say, and the deadlines its reads get.
+struct Client {
+    peer: SocketAddr,
+    forwarded_for: headers::ForwardedFor,
+    timeouts: ClientTimeouts,
+}
+
 impl HttpProxy {
     /// One client connection: PROXY header (from trusted peers, if the listener takes them),
     /// TLS (https listeners), then HTTP until the connection ends.
@@ -319,23 +326,22 @@ impl HttpProxy {
             .per_client
             .as_ref()
             .map(|(max, open)| (*max, open.clone(), peer.ip().to_canonical()));
-        activity.set_tunnel_slots(crate::tunnel_slots::TunnelSlots::new(
-            listener_slots,
-            per_client,
-        ));
+        activity.set_tunnel_limits(crate::tunnel_slots::TunnelLimits {
+            listener: listener_slots,
+            client: per_client,
+        });
         let io = Prefixed::new(prefix, stream);
+        let client = Client {
+            peer,
+            forwarded_for,
+            timeouts,
+        };
         match &self.tls {
-            None => {
-                self.serve_io(io, peer, forwarded_for, &builder, drain, activity)
-                    .await
-            }
+            None => self.serve_io(io, client, &builder, drain, activity).await,
             Some(tls) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
                 match tokio::time::timeout(timeouts.request_header, acceptor.accept(io)).await {
-                    Ok(Ok(s)) => {
-                        self.serve_io(s, peer, forwarded_for, &builder, drain, activity)
-                            .await
-                    }
+                    Ok(Ok(s)) => self.serve_io(s, client, &builder, drain, activity).await,
                     Ok(Err(e)) => {
                         debug!(listener = %self.listener, peer = %peer, error = %e, "TLS handshake failed")
                     }
@@ -356,15 +362,18 @@ impl HttpProxy {
     async fn serve_io<I>(
         self: &Arc<Self>,
         io: I,
-        peer: SocketAddr,
-        forwarded_for: headers::ForwardedFor,
+        client: Client,
         builder: &auto::Builder<StreamExecutor>,
         drain: &Drain,
         activity: &Arc<ConnActivity>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let timeouts = client_timeouts(&self.table.load().config.timeouts);
+        let Client {
+            peer,
+            forwarded_for,
+            timeouts,
+        } = client;
         let activity = activity.clone();
         let mut io = CoalescedWrites::new(
             TimedIo::new(io, activity.clone(), timeouts),
