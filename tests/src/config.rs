@@ -198,6 +198,21 @@ impl Config {
         Config::default()
     }
 
+    /// The shape most cache tests use: a listener "web", one region "origin" at `backend`, and
+    /// a service "cdn" for `hosts` with `cache`.
+    pub fn cdn(backend: impl fmt::Display, hosts: &[&str], cache: Cache) -> Config {
+        Config::new()
+            .listener(Listener::http("web"))
+            .region(Region::new("origin").address(backend))
+            .service(
+                Service::new("cdn")
+                    .listeners(&["web"])
+                    .hosts(hosts)
+                    .regions(&["origin"])
+                    .cache(cache),
+            )
+    }
+
     /// `[runtime] workers`.
     pub fn workers(mut self, n: i64) -> Config {
         self.runtime.insert("workers", &n);

@@ -417,11 +417,12 @@ async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Re
     builder.body(full(format!("origin {name} {path}"))).unwrap()
 }
 
-/// `/c/...?cc=...&etag=...&lm=...&vary=...&tag=...&size=N&cookie=1&hdr=Name:value&hold=1`: a
+/// `/c/...?cc=...&etag=...&lm=...&vary=...&tag=...&size=N&cookie=1&hdr=Name:value&hold=1&chunked=1`: a
 /// response with the cache headers the query asks for; the body names the origin, the path and
 /// its hit number. A matching If-None-Match gets 304, which carries the same fields except that
 /// `cc304` replaces Cache-Control and `cookie304=1` adds a Set-Cookie. `hdr` (repeatable) adds
-/// any field; `hold=1` sends a `size` body's first 64 KiB, then waits for [`Origin::release`].
+/// any field; `hold=1` sends a `size` body's first 64 KiB (or `holdat=N` bytes), then waits for
+/// [`Origin::release`]; `chunked=1` sends it in 64 KiB frames without a Content-Length.
 fn cacheable(
     name: &str,
     rest: &str,
@@ -516,9 +517,22 @@ fn cacheable(
             .body(full(body.slice(start..=end)))
             .unwrap();
     }
+    if param("chunked").is_some() {
+        // In 64 KiB frames, without a Content-Length (chunked over HTTP/1.1).
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..body.len())
+            .step_by(64 * 1024)
+            .map(|at| Ok(Frame::data(body.slice(at..body.len().min(at + 64 * 1024)))))
+            .collect();
+        return builder
+            .body(BodyExt::boxed(StreamBody::new(stream::iter(frames))))
+            .unwrap();
+    }
     if param("hold").is_some() {
         let total = body.len();
-        let first = body.slice(..total.min(64 * 1024));
+        let at = param("holdat")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(64 * 1024);
+        let first = body.slice(..total.min(at));
         let rest = body.slice(first.len()..);
         let st = st.clone();
         let chunks = stream::once(async move { Ok::<_, BoxError>(Frame::data(first)) }).chain(

@@ -9,16 +9,7 @@ use http::StatusCode;
 use streamgate_tests::*;
 
 fn config(backend: impl std::fmt::Display, cache: Cache) -> Config {
-    Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("origin").address(backend))
-        .service(
-            Service::new("cdn")
-                .listeners(&["web"])
-                .hosts(&["*"])
-                .regions(&["origin"])
-                .cache(cache),
-        )
+    Config::cdn(backend, &["*"], cache)
 }
 
 fn cache() -> Cache {

@@ -12,16 +12,7 @@ use streamgate_tests::tls::{client_tls, make_cert, write_cert};
 use streamgate_tests::*;
 
 fn config(backend: impl std::fmt::Display, cache: Cache) -> Config {
-    Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("origin").address(backend))
-        .service(
-            Service::new("cdn")
-                .listeners(&["web"])
-                .hosts(&["cdn.example.com"])
-                .regions(&["origin"])
-                .cache(cache),
-        )
+    Config::cdn(backend, &["cdn.example.com"], cache)
 }
 
 fn cache() -> Cache {

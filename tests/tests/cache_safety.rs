@@ -10,16 +10,7 @@ use http::{Method, StatusCode};
 use streamgate_tests::*;
 
 fn config(backend: impl std::fmt::Display, cache: Cache) -> Config {
-    Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("origin").address(backend))
-        .service(
-            Service::new("cdn")
-                .listeners(&["web"])
-                .hosts(&["cdn.example.com", "app.test"])
-                .regions(&["origin"])
-                .cache(cache),
-        )
+    Config::cdn(backend, &["cdn.example.com", "app.test"], cache)
 }
 
 fn cache() -> Cache {

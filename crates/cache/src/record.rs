@@ -64,6 +64,8 @@ pub struct Recorder {
     taken: u64,
     /// Released when the recorder ends, stored or not, so coalesced waiters act.
     fill: Option<FillGuard>,
+    /// No length was declared: the buffer grows as the body comes.
+    grows: bool,
 }
 
 impl Recorder {
@@ -85,6 +87,7 @@ impl Recorder {
             taken: 0,
             fill,
             cache: cache.clone(),
+            grows: length.is_none(),
         };
         match length {
             Some(n) if n > spec.max_object_size => Err(r.drop_for(Dropped::Size)),
@@ -127,6 +130,28 @@ impl Recorder {
         }
         self.buf.extend_from_slice(data);
         Ok(())
+    }
+
+    /// Holds `n` more bytes of the fill budget for data read ahead of a client slower than the
+    /// origin while this recording runs (the proxy's pump reads a fill at the origin's pace);
+    /// `None` once the budget is spent, and the reader then waits for its client as before.
+    /// What a slow client has not taken yet is counted with the recordings it shares memory
+    /// with, so `max_fill_bytes` bounds both. A recording without a Content-Length grows as it
+    /// goes: its read-ahead leaves it the room to grow to `max_object_size`, or the client's
+    /// backlog would be what drops it (and its followers would all go to the origin).
+    pub fn hold_ahead(&self, n: u64) -> Option<AheadBytes> {
+        let (budget, spec) = (&self.cache.fill_budget, &self.cache.spec);
+        let growth = if self.grows {
+            spec.max_object_size.saturating_sub(self.taken)
+        } else {
+            0
+        };
+        budget
+            .try_take(n, spec.max_fill_bytes.saturating_sub(growth))
+            .then(|| AheadBytes {
+                budget: budget.clone(),
+                n,
+            })
     }
 
     /// The origin's body failed: nothing is stored.
@@ -183,6 +208,19 @@ impl Recorder {
         self.head = None;
         self.buf = BytesMut::new();
         why
+    }
+}
+
+/// Bytes of the fill budget held for data read ahead of its client; given back on drop.
+#[derive(Debug)]
+pub struct AheadBytes {
+    budget: Arc<crate::fill::FillBudget>,
+    n: u64,
+}
+
+impl Drop for AheadBytes {
+    fn drop(&mut self) {
+        self.budget.give_back(self.n);
     }
 }
 

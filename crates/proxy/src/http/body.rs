@@ -11,11 +11,10 @@ use streamgate_balance::Lease;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::BodyExt;
-use streamgate_cache::record::Recorder;
 use streamgate_telemetry::access_log::{AccessLog, AccessRecord};
 use streamgate_telemetry::prometheus::IntCounter;
 
+use super::recording::{Recording, finish_recording};
 use crate::io::ActiveRequest;
 use crate::upstream::UpstreamBody;
 
@@ -75,15 +74,6 @@ pub struct ProxyBody {
     /// The part of an upstream body the client gets (a range, or nothing for a 304); the rest
     /// is read for the recording only.
     window: Option<Window>,
-}
-
-/// A recording and the longest silence of the origin while it is finished without a client.
-/// Kept apart from the body: the answer is moved about 25 times on its way to the client, and
-/// at 272 bytes each move took glibc's looping AVX2 copy, at 256 its short one (callgrind).
-#[derive(Debug)]
-struct Recording {
-    recorder: Recorder,
-    drain_stall: std::time::Duration,
 }
 
 /// Bytes of the upstream body to skip, then to send.
@@ -150,7 +140,7 @@ fn read_if_here(
 #[derive(Debug)]
 enum Inner {
     Upstream(UpstreamBody),
-    /// Read by a task of its own (HTTP/2 clients, see `pump`).
+    /// Read by a task of its own (HTTP/2 clients and cache fills, see `pump`).
     Pumped(super::pump::Pumped),
     Full(Option<Bytes>),
 }
@@ -184,8 +174,43 @@ impl ProxyBody {
             return Self::from_inner(Inner::Full(data), done, served);
         }
         let held = (done.lease.take(), done.active.take());
-        let pumped = super::pump::Pumped::start(body, read, held, idle);
+        let pumped = super::pump::Pumped::start(body, read, held, idle, None);
         Self::from_inner(Inner::Pumped(pumped), done, served)
+    }
+
+    /// A backend's body being recorded into the cache (a fill), for a client of either
+    /// version. Unless it has already arrived, it is read by a task at the origin's pace (see
+    /// `pump`): a client slower than the origin, or one that reads nothing, must not hold back
+    /// the fill that every other client of a new object waits for.
+    pub fn recorded(
+        mut body: UpstreamBody,
+        mut done: Completion,
+        served: IntCounter,
+        (client_version, idle): (http::Version, std::time::Duration),
+        recording: Recording,
+    ) -> ProxyBody {
+        let mut read = Vec::new();
+        // Recorded as it is polled when there is nothing to wait for: it has all arrived, or
+        // its raw fields are for the HTTP/1.1 server to write (no cached answer has them).
+        let inner = if body.is_end_stream() || body.has_raw_fields() {
+            Inner::Upstream(body)
+        } else if body.size_hint().upper().is_some_and(|n| n <= READ_AT_ONCE)
+            && let Some(data) = read_if_here(&mut body, &mut read)
+        {
+            drop(done.lease.take());
+            if client_version == http::Version::HTTP_2 {
+                // As in `upstream_h2`: a stream without window must not keep its connection busy.
+                drop(done.active.take());
+            }
+            Inner::Full((!data.is_empty()).then_some(data))
+        } else {
+            let held = (done.lease.take(), done.active.take());
+            let pumped = super::pump::Pumped::start(body, read, held, idle, Some(recording));
+            return Self::from_inner(Inner::Pumped(pumped), done, served);
+        };
+        let mut answer = Self::from_inner(inner, done, served);
+        answer.record = Some(Box::new(recording));
+        answer
     }
 
     /// A backend's answer fields as it sent them, when they were kept so (the response's map
@@ -224,16 +249,6 @@ impl ProxyBody {
             record: None,
             window: None,
         }
-    }
-
-    /// Stores the body in the cache once it has streamed completely. If the client's part
-    /// ends first (a range, a 304, a client that went away), the rest is read in the background
-    /// for the recording, with `stall` as the longest silence of the origin.
-    pub fn record_into(&mut self, recorder: Recorder, stall: std::time::Duration) {
-        self.record = Some(Box::new(Recording {
-            recorder,
-            drain_stall: stall,
-        }));
     }
 
     /// The client gets `take` bytes after the first `skip` of an upstream body.
@@ -414,7 +429,14 @@ impl ProxyBody {
             Inner::Pumped(body) => {
                 rt.spawn(finish_recording(body, recorder, stall));
             }
-            Inner::Full(_) => {}
+            // A window that took nothing of a body that was all here (a 304, a 412): it is
+            // recorded now.
+            Inner::Full(data) => {
+                let mut recorder = recorder;
+                if data.is_none_or(|d| recorder.push(&d).is_ok()) {
+                    recorder.finish();
+                }
+            }
         }
     }
 }
@@ -422,39 +444,6 @@ impl ProxyBody {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         self.hand_off_recording();
-    }
-}
-
-/// Longest a recording finished without a client may take, in stalls: an origin trickling a
-/// byte just inside the stall timer cannot hold the fill budget and its connection for ever.
-const DRAIN_STALLS: u32 = 10;
-
-/// Reads the rest of `body` into `recorder` and stores it; gives up on an error, after `stall`
-/// without data, or after ten stalls in all.
-pub async fn finish_recording<B>(mut body: B, mut recorder: Recorder, stall: std::time::Duration)
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    let deadline = tokio::time::Instant::now() + stall.saturating_mul(DRAIN_STALLS);
-    loop {
-        let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match tokio::time::timeout(wait, body.frame()).await {
-            Ok(None) => return recorder.finish(),
-            Ok(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref()
-                    && recorder.push(data).is_err()
-                {
-                    return;
-                }
-                if frame.is_data() && body.is_end_stream() {
-                    return recorder.finish();
-                }
-                if frame.is_trailers() {
-                    return;
-                }
-            }
-            Ok(Some(Err(_))) | Err(_) => return recorder.fail(),
-        }
     }
 }
 

@@ -21,11 +21,12 @@ use streamgate_telemetry::DataType;
 use tracing::warn;
 
 use super::HttpProxy;
-use super::body::{Completion, PendingLog, ProxyBody, RequestBody, finish_recording};
+use super::body::{Completion, PendingLog, ProxyBody, RequestBody};
 use super::cache_serve::{CacheRequest, Served, narrow_to_ask, set_log_cache, with_status_header};
 use super::error::{ProxyError, error_response};
 use super::headers::strip_hop_by_hop;
 use super::origin::Fetched;
+use super::recording::{Recording, finish_recording};
 use super::request::Outbound;
 use crate::io::ActiveRequest;
 
@@ -141,18 +142,24 @@ impl HttpProxy {
                             out,
                             DataType::Pass,
                             Completion::serving(active),
+                            None,
                         ),
                         Err(e) => error_response(&e, active),
                     };
                     return with_status_header(resp, cache, status);
                 }
-                let stall = out.service.spec.timeouts.upstream_response;
-                let mut resp =
-                    self.origin_response(f, out, DataType::CacheMiss, Completion::serving(active));
+                let recording = recorder.map(|recorder| Recording {
+                    recorder,
+                    drain_stall: out.service.spec.timeouts.upstream_response,
+                });
+                let mut resp = self.origin_response(
+                    f,
+                    out,
+                    DataType::CacheMiss,
+                    Completion::serving(active),
+                    recording,
+                );
                 narrow_to_ask(&mut resp, &c.ask);
-                if let Some(r) = recorder {
-                    resp.body_mut().record_into(r, stall);
-                }
                 return with_status_header(resp, cache, status);
             }
             (Err(e), Some(s)) if !if_error_for.is_zero() => {

@@ -14,6 +14,7 @@ pub mod headers;
 mod origin;
 mod pump;
 mod purge;
+mod recording;
 mod request;
 mod rules;
 mod switch;

@@ -20,6 +20,7 @@ use super::body::{Completion, PendingLog, ProxyBody, RequestBody, Upload};
 use super::error::ProxyError;
 use super::error::error_response;
 use super::headers::{add_forwarding, append_via, is_idempotent, last_fields, strip_hop_by_hop};
+use super::recording::Recording;
 use super::request::{Outbound, ambiguous_framing};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
@@ -67,7 +68,9 @@ impl HttpProxy {
                 };
                 error_response(&e, active)
             }
-            Ok(f) => self.origin_response(f, out, DataType::Pass, Completion::serving(active)),
+            Ok(f) => {
+                self.origin_response(f, out, DataType::Pass, Completion::serving(active), None)
+            }
             Err(e) => error_response(&e, active),
         }
     }
@@ -389,6 +392,7 @@ impl HttpProxy {
         out: &Outbound<'_>,
         data_type: DataType,
         mut done: Completion,
+        recording: Option<Recording>,
     ) -> Response<ProxyBody> {
         let m = &f.pick.region.metrics;
         m.locality[data_type.index()].inc();
@@ -414,7 +418,13 @@ impl HttpProxy {
         }
         done.lease = Some(f.lease);
         let idle = out.service.spec.timeouts.idle;
-        upstream_response(resp, &self.served_origin, out.client_version, done, idle)
+        upstream_response(
+            resp,
+            &self.served_origin,
+            (out.client_version, idle),
+            done,
+            recording,
+        )
     }
 
     /// Another backend for a retry, if there is one and, for a request that may have reached a
@@ -492,12 +502,13 @@ async fn within_response_deadline<F: std::future::Future>(
     }
 }
 
+/// The answer to the client: a fill's body recorded on its way (`recording`).
 fn upstream_response(
     resp: Response<UpstreamBody>,
     served: &IntCounter,
-    client_version: Version,
+    (client_version, idle): (Version, std::time::Duration),
     done: Completion,
-    idle: std::time::Duration,
+    recording: Option<Recording>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     // Raw fields have no hop-by-hop field, and the HTTP/1.1 server writes their Via hop
@@ -508,7 +519,9 @@ fn upstream_response(
     }
     // The client gets our protocol version, whatever the backend spoke.
     parts.version = client_version;
-    let body = if client_version == Version::HTTP_2 {
+    let body = if let Some(r) = recording {
+        ProxyBody::recorded(body, done, served.clone(), (client_version, idle), r)
+    } else if client_version == Version::HTTP_2 {
         ProxyBody::upstream_h2(body, done, served.clone(), idle)
     } else {
         ProxyBody::upstream(body, done, served.clone())

@@ -1,4 +1,4 @@
-//! A backend body read by a task of its own, for HTTP/2 clients.
+//! A backend body read by a task of its own: for HTTP/2 clients, and for cache fills.
 //!
 //! hyper polls an HTTP/2 response body only when the stream has window to send it: a client that
 //! opens a stream and never grants it window would leave the body unpolled, and with it the
@@ -8,11 +8,25 @@
 //! hyper looks. The task also holds the request's mark on its connection
 //! ([`ActiveRequest`]): once it has given up, a connection whose other streams are done is
 //! idle and closed after `idle`, however long hyper waits on the stalled stream. What a stalled
-//! stream still holds is at most one piece in hyper and the channel's two: 48 KiB.
+//! stream still holds is at most one piece in hyper and the channel's two: 48 KiB (a fill's
+//! backlog, below, for `idle` more).
 //!
-//! HTTP/1.1 clients need none of this: a socket that stops draining is caught by the
-//! connection's own write timer.
+//! HTTP/1.1 clients need none of this for a plain answer: a socket that stops draining is caught
+//! by the connection's own write timer.
+//!
+//! A cache fill (a body being recorded, for a client of either version) is also read here, and
+//! at the origin's pace rather than its client's: every other client of a new object waits for
+//! that fill, and a first client that read nothing held them all until `lock_timeout`, then sent
+//! them to the origin at once. What the client has not taken yet waits in the task, its bytes
+//! held from the service's fill budget (`max_fill_bytes`, shared with the recordings); with the
+//! budget spent, or once the recording has ended, the task reads no further ahead than its
+//! client, as for any other answer. Read-ahead leaves `max_object_size` of the budget to the
+//! recordings: it must not be what makes a recording (its own, growing without a Content-Length)
+//! be dropped. A client given up on (nothing taken for `idle`: an HTTP/1.1 client of a fill is
+//! held to this too) or gone leaves the fill running, for at most ten stalls more. The backend
+//! is let go as soon as its body has been read, however long the client takes.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -26,8 +40,14 @@ use http_body_util::BodyExt;
 use streamgate_balance::Lease;
 use tokio::sync::{Notify, mpsc};
 
+use streamgate_cache::record::AheadBytes;
+use tokio::time::Instant;
+
+use super::recording::{DRAIN_STALLS, Recording};
 use crate::io::ActiveRequest;
 use crate::upstream::{BoxError, UpstreamBody};
+
+type Piece = Result<Frame<Bytes>, BoxError>;
 
 /// Frames buffered between the task and the client: two pieces.
 const DEPTH: usize = 2;
@@ -54,7 +74,7 @@ impl Shared {
     fn give_up(&self, idle: Duration) {
         self.gave_up.store(true, Ordering::Release);
         drop(self.active.lock().unwrap_or_else(|e| e.into_inner()).take());
-        tracing::debug!(idle = ?idle, "HTTP/2 client took nothing for idle; backend released");
+        tracing::debug!(idle = ?idle, "client took nothing of its answer for idle; answer ended");
     }
 }
 
@@ -67,20 +87,23 @@ pub struct Pumped {
     done: bool,
 }
 
-/// The client stopped reading: the backend was released.
+/// The client stopped reading: its answer was given up (and the backend released, unless a
+/// cache fill still reads it).
 #[derive(Debug, thiserror::Error)]
-#[error("the client took nothing of this response for its idle timeout; the backend was released")]
+#[error("the client took nothing of this response for its idle timeout; its answer was given up")]
 pub struct ClientStalled;
 
 impl Pumped {
-    /// Starts a task reading `body`, holding the backend's lease until the body is read or
-    /// given up, and the request's mark on its connection until the client has taken it all
-    /// or the task gives up.
+    /// Starts a task reading `body` (after the frames already `read` from it), holding the
+    /// backend's lease until the body is read or given up, and the request's mark on its
+    /// connection until the client has taken it all or the task gives up. With a `recording`,
+    /// the body is read at the origin's pace (see the module's text).
     pub fn start(
         body: UpstreamBody,
-        read: Vec<Result<Frame<Bytes>, BoxError>>,
+        read: Vec<Piece>,
         held: (Option<Lease>, Option<ActiveRequest>),
         idle: Duration,
+        recording: Option<Recording>,
     ) -> Pumped {
         let (tx, rx) = mpsc::channel(DEPTH);
         let (lease, active) = held;
@@ -88,8 +111,26 @@ impl Pumped {
             active: Mutex::new(active),
             ..Shared::default()
         });
-        let hint = body.size_hint();
-        tokio::spawn(pump(body, read, tx, lease, idle, shared.clone()));
+        // What is left of the body and what was read of it already: an HTTP/1.1 server frames
+        // the answer by this, and a hint short by the frames in `read` cut the answer short.
+        let read_len: u64 = read
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let left = body.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(left.lower() + read_len);
+        if let Some(upper) = left.upper() {
+            hint.set_upper(upper + read_len);
+        }
+        match recording {
+            None => tokio::spawn(pump(body, read, tx, lease, idle, shared.clone())),
+            Some(r) => {
+                let ends = Ends { tx, lease, idle };
+                tokio::spawn(pump_recording(body, read, ends, shared.clone(), r))
+            }
+        };
         Pumped {
             rx,
             shared,
@@ -146,6 +187,12 @@ async fn pump(
     // still wait in the channel and in hyper for a window that never opens. The body goes too:
     // an HTTP/2 backend's stream slot is held by it (upstream::h2_pool).
     drop((lease, tx, body));
+    until_taken(&shared, idle).await;
+}
+
+/// Waits for the client to take the pieces left in the channel, giving up on it after `idle`
+/// without a piece taken.
+async fn until_taken(shared: &Shared, idle: Duration) {
     while !shared.finished.load(Ordering::Acquire) {
         if tokio::time::timeout(idle, shared.taken.notified())
             .await
@@ -153,6 +200,246 @@ async fn pump(
         {
             return shared.give_up(idle);
         }
+    }
+}
+
+/// The client's side of a pump, and what is held for it.
+struct Ends {
+    tx: mpsc::Sender<Piece>,
+    lease: Option<Lease>,
+    idle: Duration,
+}
+
+/// Pieces read ahead of the client, each with its bytes of the fill budget.
+#[derive(Default)]
+struct Ahead {
+    pieces: VecDeque<(Piece, Option<AheadBytes>)>,
+    /// The budget refused the last piece: read no further until the client catches up.
+    over_budget: bool,
+    /// When the client last took a piece, or was given one to take.
+    since: Option<Instant>,
+}
+
+impl Ahead {
+    fn push(&mut self, piece: Piece, recording: Option<&Recording>) {
+        let n = piece
+            .as_ref()
+            .ok()
+            .and_then(Frame::data_ref)
+            .map_or(0, Bytes::len);
+        let hold = recording.and_then(|r| r.recorder.hold_ahead(n as u64));
+        self.over_budget |= n > 0 && hold.is_none();
+        if self.pieces.is_empty() {
+            self.since = Some(Instant::now());
+        }
+        self.pieces.push_back((piece, hold));
+    }
+
+    fn clear(&mut self) {
+        self.pieces.clear();
+        self.over_budget = false;
+    }
+}
+
+/// [`pump`] for a fill: reads at the origin's pace while the recording runs, keeping what the
+/// client has not taken (see the module's text).
+async fn pump_recording(
+    body: UpstreamBody,
+    read: Vec<Piece>,
+    ends: Ends,
+    shared: Arc<Shared>,
+    recording: Recording,
+) {
+    let Ends {
+        tx,
+        mut lease,
+        idle,
+    } = ends;
+    // Let go with the lease once read to its end: an HTTP/2 backend's stream slot is held by it.
+    let mut body = Some(body);
+    let stall = recording.drain_stall;
+    let mut recording = Some(recording);
+    let mut read = read.into_iter();
+    let mut ahead = Ahead::default();
+    // The client's end, while it is there and not given up on.
+    let mut tx = Some(tx);
+    let mut origin_done = false;
+    // Once the client is gone, the fill has until then.
+    let mut drain_by: Option<Instant> = None;
+    loop {
+        if tx.is_none() {
+            ahead.clear();
+            if recording.is_none() {
+                break;
+            }
+            if drain_by.is_none() {
+                // Its request is over: the connection may go idle while the fill runs on.
+                drop(
+                    shared
+                        .active
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take(),
+                );
+                drain_by = Some(Instant::now() + stall.saturating_mul(DRAIN_STALLS));
+            }
+        }
+        if origin_done {
+            if ahead.pieces.is_empty() {
+                break;
+            }
+            (body, lease) = (None, None);
+        }
+        let may_read = !origin_done
+            && (ahead.pieces.is_empty() || (recording.is_some() && !ahead.over_budget));
+        let took_too_long = ahead.since.map(|t| t + idle);
+        let step = tokio::select! {
+            biased;
+            permit = room(&tx), if !ahead.pieces.is_empty() => match (permit, ahead.pieces.pop_front()) {
+                (Ok(p), Some((piece, _hold))) => {
+                    p.send(piece);
+                    Step::Sent
+                }
+                _ => Step::ClientGone,
+            },
+            () = gone(&tx), if ahead.pieces.is_empty() => Step::ClientGone,
+            () = sleep_until_or_never(took_too_long), if tx.is_some() && !ahead.pieces.is_empty() => {
+                Step::ClientStalled
+            }
+            () = sleep_until_or_never(drain_by) => Step::DrainOver,
+            // The backend's own stall timer bounds this wait.
+            f = next_frame(&mut read, &mut body), if may_read => Step::Read(f),
+        };
+        let frame = match step {
+            Step::Sent => {
+                ahead.since = Some(Instant::now());
+                if ahead.pieces.is_empty() {
+                    ahead.over_budget = false;
+                }
+                continue;
+            }
+            Step::ClientGone => {
+                tx = None;
+                continue;
+            }
+            Step::ClientStalled => {
+                shared.give_up(idle);
+                tx = None;
+                continue;
+            }
+            Step::DrainOver => {
+                if let Some(r) = recording.take() {
+                    r.recorder.fail();
+                }
+                break;
+            }
+            Step::Read(f) => f,
+        };
+        // Frames read before the task began come first; the body's end is the end only after them.
+        let at_end = read.as_slice().is_empty() && body.as_ref().is_none_or(Body::is_end_stream);
+        let client = tx.is_some();
+        match frame {
+            None => {
+                origin_done = true;
+                if let Some(r) = recording.take() {
+                    r.recorder.finish();
+                }
+            }
+            Some(Err(e)) => {
+                origin_done = true;
+                if let Some(r) = recording.take() {
+                    r.recorder.fail();
+                }
+                if client {
+                    ahead.push(Err(e), None);
+                }
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(mut data) => {
+                    if let Some(r) = &mut recording
+                        && r.recorder.push(&data).is_err()
+                    {
+                        recording = None;
+                    }
+                    if at_end {
+                        origin_done = true;
+                        if let Some(r) = recording.take() {
+                            r.recorder.finish();
+                        }
+                    }
+                    if client {
+                        while data.len() > PIECE {
+                            let piece = Ok(Frame::data(data.split_to(PIECE)));
+                            ahead.push(piece, recording.as_ref());
+                        }
+                        ahead.push(Ok(Frame::data(data)), recording.as_ref());
+                    }
+                }
+                Err(trailers) => {
+                    // A response with trailers is not stored (as in `ProxyBody`); the client
+                    // gets them.
+                    recording = None;
+                    origin_done = true;
+                    if client {
+                        ahead.push(Ok(trailers), None);
+                    }
+                }
+            },
+        }
+    }
+    let client = tx.is_some();
+    drop((lease, tx, body));
+    if client {
+        until_taken(&shared, idle).await;
+    }
+}
+
+/// What a turn of [`pump_recording`] did.
+enum Step {
+    /// A piece went into the client's channel.
+    Sent,
+    ClientGone,
+    /// The client took nothing for `idle`.
+    ClientStalled,
+    /// The client is gone and the fill ran out of time.
+    DrainOver,
+    Read(Option<Piece>),
+}
+
+/// Room in the client's channel; never, without a client.
+async fn room(
+    tx: &Option<mpsc::Sender<Piece>>,
+) -> Result<mpsc::Permit<'_, Piece>, mpsc::error::SendError<()>> {
+    match tx {
+        Some(tx) => tx.reserve().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The client's end is dropped; never, without a client.
+async fn gone(tx: &Option<mpsc::Sender<Piece>>) {
+    match tx {
+        Some(tx) => tx.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next frame: those already read first, then the body's (never, once it is let go).
+async fn next_frame(
+    read: &mut std::vec::IntoIter<Piece>,
+    body: &mut Option<UpstreamBody>,
+) -> Option<Piece> {
+    match (read.next(), body) {
+        (Some(f), _) => Some(f),
+        (None, Some(body)) => body.frame().await.map(|f| f.map_err(BoxError::from)),
+        (None, None) => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_or_never(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

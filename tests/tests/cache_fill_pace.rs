@@ -1,0 +1,294 @@
+//! A cache fill goes at the origin's pace, not at its first client's: what a slow client, or
+//! one that reads nothing, can do to the clients waiting on the same new object, and what the
+//! read-ahead costs (held from `max_fill_bytes`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use streamgate_tests::*;
+
+fn cache() -> Cache {
+    Cache::new("64MiB")
+}
+
+async fn start(o: &Origin, cache: Cache) -> TestDaemon {
+    Config::cdn(o.addr, &["*"], cache).start().await
+}
+
+async fn fetch(d: &TestDaemon, path: &str) -> Answer {
+    get(
+        &http1(),
+        &d.url("web", path),
+        &[("host", "cdn.example.com")],
+    )
+    .await
+    .unwrap()
+}
+
+fn xc(a: &Answer) -> &str {
+    a.header("x-cache").unwrap_or("-")
+}
+
+/// A 16 MiB object, larger than what the kernel buffers between the daemon and a client that
+/// reads nothing, with a lock_timeout that a follower held by the leader's client would reach.
+const BIG: &str = "/c/big?cc=max-age%3D60&size=16777216";
+const BIG_LEN: usize = 16 << 20;
+
+fn big_cache() -> Cache {
+    cache().max_object_size("17MiB").lock_timeout("60s")
+}
+
+/// Waits until the origin has been asked `n` times (at most 10 s).
+async fn until_asked(o: &Origin, n: u64) {
+    for _ in 0..200 {
+        if o.hits() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the origin was asked {} times, not {n}", o.hits());
+}
+
+/// A second client of the object: served from the one fill well within the lock_timeout.
+async fn follower_is_served_from_the_fill(d: &TestDaemon, o: &Origin) {
+    let follower = tokio::time::timeout(Duration::from_secs(20), fetch(d, BIG))
+        .await
+        .expect("the follower waited on a fill held back by a client that reads nothing");
+    assert_eq!(follower.status, StatusCode::OK);
+    assert_eq!(follower.body.len(), BIG_LEN);
+    assert_eq!(o.hits(), 1, "one trip to the origin for both");
+}
+
+/// An HTTP/1.1 client with a 4 KiB receive buffer that has asked for `path` and reads nothing
+/// yet; the origin has been asked.
+async fn stalled_leader(d: &TestDaemon, o: &Origin, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut leader = sock.connect(d.addr("web")).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: cdn.example.com\r\n\r\n");
+    leader.write_all(head.as_bytes()).await.unwrap();
+    until_asked(o, 1).await;
+    leader
+}
+
+/// Reads the leader's answer and checks that it is all of [`BIG`].
+async fn leader_gets_it_all(mut leader: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let end = loop {
+        let n = leader.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "the leader's answer was cut at {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && got.len() >= end + 4 + BIG_LEN
+        {
+            break end + 4;
+        }
+    };
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let body = &got[end..];
+    assert_eq!(body.len(), BIG_LEN);
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, b)| *b == b'a' + (i % 26) as u8),
+        "the leader's body is the object"
+    );
+}
+
+async fn fill_bytes(d: &TestDaemon) -> f64 {
+    metric(&d.metrics().await, "streamgate_cache_fill_bytes").unwrap_or(-1.0)
+}
+
+async fn dropped_for_memory(d: &TestDaemon) -> f64 {
+    let series = "streamgate_cache_fills_dropped_total{reason=\"memory\"}";
+    metric(&d.metrics().await, series).unwrap_or(-1.0)
+}
+
+/// The fill of a miss goes at the origin's pace, not at its first client's: a client that reads
+/// nothing (or a byte a minute) must not keep every other client of a new object waiting for
+/// the lock_timeout and then send them all to the origin at once, as nginx's proxy_buffering
+/// does not either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_that_reads_nothing_does_not_hold_the_fill_it_leads() {
+    let o = Origin::start("o").await;
+    let d = start(&o, big_cache()).await;
+    let leader = stalled_leader(&d, &o, BIG).await;
+    follower_is_served_from_the_fill(&d, &o).await;
+    // The leader still gets all of it when it reads.
+    leader_gets_it_all(leader).await;
+}
+
+/// What waits for a slow client is held from `max_fill_bytes` with the recordings: with the
+/// budget spent the fill waits for its client (as every fill did before), and all of it is
+/// given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_a_slow_client_is_bounded_by_max_fill_bytes() {
+    let o = Origin::start("o").await;
+    let d = start(&o, big_cache().max_fill_bytes("20MiB")).await;
+    let leader = stalled_leader(&d, &o, BIG).await;
+    // The 16 MiB recording (the debug build's origin takes a while to make it) and up to 4 MiB
+    // read ahead of the leader, counted as they are read.
+    // (max_fill_bytes less the max_object_size left to recordings).
+    let (recording, limit) = (16.0 * 1048576.0, 20.0 * 1048576.0);
+    let mut most = 0.0f64;
+    for _ in 0..400 {
+        let held = fill_bytes(&d).await;
+        assert!(held <= limit, "cache_fill_bytes reached {held}");
+        most = most.max(held);
+        if most > recording + 1048576.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        most > recording + 1048576.0,
+        "what was read ahead was not counted: cache_fill_bytes reached {most}"
+    );
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let held = fill_bytes(&d).await;
+        assert!(held <= limit, "cache_fill_bytes reached {held}");
+    }
+    let objects = metric(&d.metrics().await, "streamgate_cache_objects");
+    assert_eq!(objects, Some(0.0), "the fill waits for the leader");
+    leader_gets_it_all(leader).await;
+    let mut held = fill_bytes(&d).await;
+    for _ in 0..100 {
+        if held == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held = fill_bytes(&d).await;
+    }
+    assert_eq!(held, 0.0, "the budget is given back");
+    let again = fetch(&d, BIG).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
+    assert_eq!(o.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_grants_no_window_does_not_hold_the_fill_it_leads() {
+    let o = Origin::start("o").await;
+    let d = start(&o, big_cache()).await;
+    let mut leader = streamgate_tests::h2::h2_client(&d).await;
+    let req = http::Request::get(format!("http://cdn.example.com{BIG}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    // The head is taken; the body is never read, so no window is given back.
+    let resp = leader.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    follower_is_served_from_the_fill(&d, &o).await;
+    drop(resp);
+}
+
+/// Read ahead of a slow client never takes the memory a recording needs: one without a
+/// Content-Length grows as it goes, and was dropped when its own client's backlog had taken
+/// the room (its followers then all went to the origin, and nothing was stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_without_a_length_is_not_dropped_for_what_waits_for_its_slow_client() {
+    let o = Origin::start("o").await;
+    let d = start(&o, big_cache().max_fill_bytes("20MiB")).await;
+    let path = "/c/chunked?cc=max-age%3D60&size=16777216&chunked=1";
+    let leader = stalled_leader(&d, &o, path).await;
+    // Up to 4 MiB waits for the leader, and the recording may still grow to 16 MiB: the fill
+    // waits for the leader once the memory held stops growing.
+    let mut seen = Vec::new();
+    for _ in 0..400 {
+        seen.push(fill_bytes(&d).await);
+        if dropped_for_memory(&d).await != 0.0 {
+            break;
+        }
+        if let [.., a, b, c] = seen[..]
+            && a > 0.0
+            && a == b
+            && b == c
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        dropped_for_memory(&d).await,
+        0.0,
+        "the recording was dropped (cache_fill_bytes went {seen:?})"
+    );
+    // The leader leaves; the fill finishes without it.
+    drop(leader);
+    let mut objects = None;
+    for _ in 0..200 {
+        objects = metric(&d.metrics().await, "streamgate_cache_objects");
+        if objects == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(objects, Some(1.0), "stored");
+    let again = fetch(&d, path).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
+    assert_eq!(o.hits(), 1);
+}
+
+/// Reads one answer framed by its Content-Length from `s`: its head and body.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .expect("a content-length");
+            if got.len() >= end + 4 + len {
+                let body = got[end + 4..end + 4 + len].to_vec();
+                return (head, body);
+            }
+        }
+        let n = s.read(&mut buf).await.unwrap();
+        assert_ne!(
+            n,
+            0,
+            "the answer was cut: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A fill under 64 KiB whose first part came with its head, the rest later: its HTTP/1.1
+/// client gets all of it as its Content-Length says, and the connection goes on. (Framed by
+/// what was left to read, the answer was cut short by the part already read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_fill_arriving_in_parts_reaches_an_http1_client_whole() {
+    use tokio::io::AsyncWriteExt;
+    let o = Arc::new(Origin::start("o").await);
+    let d = start(&o, cache()).await;
+    let path = "/c/parts?cc=max-age%3D60&size=40000&hold=1&holdat=8192";
+    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+    let ask = format!("GET {path} HTTP/1.1\r\nhost: cdn.example.com\r\n\r\n");
+    s.write_all(ask.as_bytes()).await.unwrap();
+    let release = {
+        let o = o.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            o.release();
+        })
+    };
+    let want: Vec<u8> = (0..40000).map(|i| b'a' + (i % 26) as u8).collect();
+    for round in ["miss", "hit"] {
+        let (head, body) = tokio::time::timeout(Duration::from_secs(10), read_answer(&mut s))
+            .await
+            .unwrap_or_else(|_| panic!("the {round}'s answer did not come whole"));
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(body == want, "the {round}'s body is the object");
+        s.write_all(ask.as_bytes()).await.unwrap();
+    }
+    release.await.unwrap();
+}
