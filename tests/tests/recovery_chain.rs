@@ -438,6 +438,17 @@ async fn a_broken_file_starts_from_the_last_known_good_copy_when_asked() {
         text(&against)
     );
 
+    // A newer copy that no longer loads (a file it named was removed, say) is passed over for
+    // the older good one.
+    let canonical = std::fs::canonicalize(&cfg).unwrap();
+    std::fs::write(
+        snaps.path().join("config/streamgate-9999999999999999.toml"),
+        format!(
+            "# streamgate last known good copy of {}\n{broken}",
+            canonical.display()
+        ),
+    )
+    .unwrap();
     let mut child = Command::new(BIN)
         .args([
             "--log-format",
@@ -475,6 +486,10 @@ async fn a_broken_file_starts_from_the_last_known_good_copy_when_asked() {
     let all = seen.join("\n");
     assert!(
         all.contains("LAST KNOWN GOOD COPY") && all.contains("kep"),
+        "{all}"
+    );
+    assert!(
+        all.contains("passed over") && all.contains("streamgate-9999999999999999.toml"),
         "{all}"
     );
     let a = get(

@@ -31,6 +31,26 @@ pub enum LastGoodError {
     Malformed { path: PathBuf },
     #[error("the last known good copy {} no longer validates:\n{errors}", path.display())]
     Invalid { path: PathBuf, errors: ConfigErrors },
+    #[error("no last known good copy in {} loads:\n{}", dir.display(), one_per_line(errors))]
+    NoneLoads {
+        dir: PathBuf,
+        errors: Vec<LastGoodError>,
+    },
+}
+
+fn one_per_line(errors: &[LastGoodError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| format!("- {e}")).collect();
+    lines.join("\n")
+}
+
+/// The newest copy that loads, and why each newer one did not (a file it names was removed, a
+/// newer binary validates differently, the disk damaged it): a fallback that stopped at the
+/// first bad copy left a daemon with nine good ones unable to start.
+#[derive(Debug)]
+pub struct Newest {
+    pub path: PathBuf,
+    pub config: Config,
+    pub skipped: Vec<LastGoodError>,
 }
 
 /// The directory of copies under a recovery directory.
@@ -130,28 +150,56 @@ fn original(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The newest good copy in `dir` of the config file at `of` (any file's when `None`; several
-/// config files may share a directory), validated again as the file it was read from (so
-/// relative paths resolve as they did). Returns the copy's path with the config.
-pub fn load_newest(dir: &Path, of: Option<&Path>) -> Result<(PathBuf, Config), LastGoodError> {
+/// The newest copy in `dir` of the config file at `of` (any file's when `None`; several config
+/// files may share a directory) that still loads, validated again as the file it was read from
+/// (so relative paths resolve as they did); newer copies that do not load are passed over.
+pub fn load_newest(dir: &Path, of: Option<&Path>) -> Result<Newest, LastGoodError> {
     let wanted = of.map(original);
+    let mut skipped = Vec::new();
     for copy in list(dir)? {
-        let text = fs::read_to_string(&copy).map_err(io_err(&copy))?;
-        let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
-        let Some(from) = first.strip_prefix(HEADER) else {
-            return Err(LastGoodError::Malformed { path: copy });
-        };
-        if wanted.as_deref().is_some_and(|w| w != Path::new(from)) {
-            continue;
+        match read_copy(&copy, wanted.as_deref()) {
+            Ok(None) => {}
+            Ok(Some(config)) => {
+                return Ok(Newest {
+                    path: copy,
+                    config,
+                    skipped,
+                });
+            }
+            Err(e) => skipped.push(e),
         }
-        return match parse(Path::new(from), rest) {
-            Ok(config) => Ok((copy, config)),
-            Err(errors) => Err(LastGoodError::Invalid { path: copy, errors }),
-        };
     }
-    Err(LastGoodError::None {
-        dir: dir.to_path_buf(),
+    let dir = dir.to_path_buf();
+    Err(if skipped.is_empty() {
+        LastGoodError::None { dir }
+    } else {
+        LastGoodError::NoneLoads {
+            dir,
+            errors: skipped,
+        }
     })
+}
+
+/// The config in the copy at `path`; `None` if it is another file's than `wanted`. A copy
+/// that cannot be read cannot say whose it is, and counts as one that does not load.
+fn read_copy(path: &Path, wanted: Option<&Path>) -> Result<Option<Config>, LastGoodError> {
+    let text = fs::read_to_string(path).map_err(io_err(path))?;
+    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let Some(from) = first.strip_prefix(HEADER) else {
+        return Err(LastGoodError::Malformed {
+            path: path.to_path_buf(),
+        });
+    };
+    if wanted.is_some_and(|w| w != Path::new(from)) {
+        return Ok(None);
+    }
+    match parse(Path::new(from), rest) {
+        Ok(config) => Ok(Some(config)),
+        Err(errors) => Err(LastGoodError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        }),
+    }
 }
 
 /// Where the copies of a config file would be, read leniently from a file that may not
@@ -221,7 +269,11 @@ mod tests {
             let mode = fs::metadata(&first).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let (copy, back) = load_newest(&dir, None).unwrap();
+        let Newest {
+            path: copy,
+            config: back,
+            ..
+        } = load_newest(&dir, None).unwrap();
         assert_eq!(copy, first);
         assert_eq!(back.source.path, original, "validated as the original file");
         assert_eq!(back.services, config.services);
@@ -230,12 +282,41 @@ mod tests {
             save(&dir, &parse(&original, &text).unwrap()).unwrap();
         }
         assert_eq!(list(&dir).unwrap().len(), KEEP);
-        let (_, newest) = load_newest(&dir, None).unwrap();
+        let newest = load_newest(&dir, None).unwrap().config;
         assert!(
             newest
                 .source
                 .text
                 .ends_with(&format!("# version {}\n", KEEP + 2))
+        );
+    }
+
+    #[test]
+    fn copies_that_do_not_load_are_passed_over_and_named_when_none_does() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("config");
+        let original = tmp.path().join("streamgate.toml");
+        let good = save(&dir, &parse(&original, GOOD).unwrap())
+            .unwrap()
+            .unwrap();
+        let newer = |n: u64| dir.join(format!("streamgate-{n:016}.toml"));
+        let invalid = format!("{HEADER}{}\n[[listeners]]\nname = 1\n", original.display());
+        fs::write(newer(9_000_000_000_000_001), invalid).unwrap();
+        fs::write(newer(9_000_000_000_000_002), "not a copy\n").unwrap();
+        let found = load_newest(&dir, None).unwrap();
+        assert_eq!(found.path, good);
+        let skipped: Vec<String> = found.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].contains("not a last known good copy"),
+            "{skipped:?}"
+        );
+        assert!(skipped[1].contains("no longer validates"), "{skipped:?}");
+        fs::remove_file(&good).unwrap();
+        let none = load_newest(&dir, None).unwrap_err().to_string();
+        assert!(
+            none.contains("no last known good copy") && none.contains("9000000000000001"),
+            "{none}"
         );
     }
 
@@ -249,7 +330,7 @@ mod tests {
         }
         save(&dir, &parse(&a, &format!("{GOOD}# a\n")).unwrap()).unwrap();
         save(&dir, &parse(&b, &format!("{GOOD}# b\n")).unwrap()).unwrap();
-        let (_, of_a) = load_newest(&dir, Some(&a)).unwrap();
+        let of_a = load_newest(&dir, Some(&a)).unwrap().config;
         assert!(of_a.source.text.ends_with("# a\n"), "not b's newer copy");
         assert_eq!(of_a.source.path, fs::canonicalize(&a).unwrap());
         let none = load_newest(&dir, Some(&tmp.path().join("c.toml")));

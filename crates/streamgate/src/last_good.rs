@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use streamgate_config::Config;
 use streamgate_config::diff::diff;
 use streamgate_config::last_good;
-use tracing::error;
+use tracing::{error, warn};
 
 /// Where the copies for the config file at `path` are: `dir` if given, else its
 /// `[snapshots] dir` (read leniently: the file need not validate).
@@ -36,21 +36,25 @@ pub fn load(path: &Path, fallback: bool, dir: Option<PathBuf>) -> Result<Config>
         Err(e) => e,
     };
     let copies = copies_dir(path, dir).with_context(|| format!("{errors}"))?;
-    let (copy, config) = last_good::load_newest(&copies, Some(path))
+    let newest = last_good::load_newest(&copies, Some(path))
         .with_context(|| format!("{errors}\nand no last known good config to fall back to"))?;
+    let copy = newest.path.display();
     eprintln!(
-        "streamgate: {} does not validate:\n{errors}\nSTARTING FROM THE LAST KNOWN GOOD COPY {}: \
+        "streamgate: {} does not validate:\n{errors}\nSTARTING FROM THE LAST KNOWN GOOD COPY {copy}: \
          fix the file and reload (SIGHUP or POST /reload)",
         path.display(),
-        copy.display()
     );
+    for skipped in &newest.skipped {
+        eprintln!("streamgate: a newer copy was passed over: {skipped}");
+        warn!(error = %skipped, "a newer last known good copy does not load; passed over");
+    }
     error!(
         config = %path.display(),
-        copy = %copy.display(),
+        copy = %copy,
         errors = %errors,
         "the config file does not validate; running on the last known good copy"
     );
-    Ok(config)
+    Ok(newest.config)
 }
 
 /// What running `config` (from `path`) would change against the newest good copy; printed.
@@ -59,7 +63,11 @@ pub fn check_against(path: &Path, config: &Config, dir: Option<PathBuf>) -> Resu
     let copies = copies_dir(path, dir)?;
     // The copy of this file, else the newest of any (a new file checked before it replaces the
     // one that runs).
-    let (copy, good) = match last_good::load_newest(&copies, Some(path)) {
+    let last_good::Newest {
+        path: copy,
+        config: good,
+        ..
+    } = match last_good::load_newest(&copies, Some(path)) {
         Err(last_good::LastGoodError::None { .. }) => last_good::load_newest(&copies, None)?,
         other => other?,
     };
