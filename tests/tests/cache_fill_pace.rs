@@ -9,8 +9,10 @@ use std::time::Duration;
 use http::StatusCode;
 use streamgate_tests::*;
 
+/// 128 MiB: `max_fill_bytes` is half, 64 MiB, of which read-ahead may hold what leaves
+/// `max_object_size` free.
 fn cache() -> Cache {
-    Cache::new("64MiB")
+    Cache::new("128MiB")
 }
 
 async fn start(o: &Origin, cache: Cache) -> TestDaemon {
@@ -51,9 +53,10 @@ async fn until_asked(o: &Origin, n: u64) {
     panic!("the origin was asked {} times, not {n}", o.hits());
 }
 
-/// A second client of the object: served from the one fill well within the lock_timeout.
-async fn follower_is_served_from_the_fill(d: &TestDaemon, o: &Origin) {
-    let follower = tokio::time::timeout(Duration::from_secs(20), fetch(d, BIG))
+/// A second client of the object at `path`: served from the one fill well within the
+/// lock_timeout.
+async fn follower_is_served_from_the_fill(d: &TestDaemon, o: &Origin, path: &str) {
+    let follower = tokio::time::timeout(Duration::from_secs(20), fetch(d, path))
         .await
         .expect("the follower waited on a fill held back by a client that reads nothing");
     assert_eq!(follower.status, StatusCode::OK);
@@ -67,10 +70,11 @@ async fn stalled_leader(d: &TestDaemon, o: &Origin, path: &str) -> tokio::net::T
     use tokio::io::AsyncWriteExt;
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
+    let asked = o.hits();
     let mut leader = sock.connect(d.addr("web")).await.unwrap();
     let head = format!("GET {path} HTTP/1.1\r\nhost: cdn.example.com\r\n\r\n");
     leader.write_all(head.as_bytes()).await.unwrap();
-    until_asked(o, 1).await;
+    until_asked(o, asked + 1).await;
     leader
 }
 
@@ -118,44 +122,58 @@ async fn an_http1_client_that_reads_nothing_does_not_hold_the_fill_it_leads() {
     let o = Origin::start("o").await;
     let d = start(&o, big_cache()).await;
     let leader = stalled_leader(&d, &o, BIG).await;
-    follower_is_served_from_the_fill(&d, &o).await;
+    follower_is_served_from_the_fill(&d, &o, BIG).await;
     // The leader still gets all of it when it reads.
     leader_gets_it_all(leader).await;
 }
 
-/// What waits for a slow client is held from `max_fill_bytes` with the recordings: with the
-/// budget spent the fill waits for its client (as every fill did before), and all of it is
-/// given back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_waits_for_a_slow_client_is_bounded_by_max_fill_bytes() {
-    let o = Origin::start("o").await;
-    let d = start(&o, big_cache().max_fill_bytes("20MiB")).await;
-    let leader = stalled_leader(&d, &o, BIG).await;
-    // The 16 MiB recording (the debug build's origin takes a while to make it) and up to 4 MiB
-    // read ahead of the leader, counted as they are read.
-    // (max_fill_bytes less the max_object_size left to recordings).
-    let (recording, limit) = (16.0 * 1048576.0, 20.0 * 1048576.0);
-    let mut most = 0.0f64;
-    for _ in 0..400 {
-        let held = fill_bytes(&d).await;
-        assert!(held <= limit, "cache_fill_bytes reached {held}");
-        most = most.max(held);
-        if most > recording + 1048576.0 {
-            break;
+/// Waits until `cache_fill_bytes` holds still (three equal readings 100 ms apart, not 0) and
+/// returns it; every reading on the way is at most `limit`.
+async fn settled_fill_bytes(d: &TestDaemon, limit: f64) -> f64 {
+    let mut seen: Vec<f64> = Vec::new();
+    for _ in 0..200 {
+        let held = fill_bytes(d).await;
+        assert!(
+            held <= limit,
+            "cache_fill_bytes reached {held}, past {limit}"
+        );
+        seen.push(held);
+        if let [.., a, b, c] = seen[..]
+            && a > 0.0
+            && a == b
+            && b == c
+        {
+            return c;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    panic!("cache_fill_bytes did not settle: {seen:?}");
+}
+
+/// What waits for a slow client is held from `max_fill_bytes` with the recordings, leaving
+/// `max_object_size` of it free: with the rest spent the fill waits for its client (as every
+/// fill did before), another object's fill is still stored, and all of it is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_waits_for_a_slow_client_is_bounded_and_leaves_room_for_other_fills() {
+    let o = Origin::start("o").await;
+    let d = start(&o, big_cache().max_fill_bytes("40MiB")).await;
+    let leader = stalled_leader(&d, &o, BIG).await;
+    // The 16 MiB recording and up to 7 MiB read ahead of the leader: 40 MiB less the 17 MiB
+    // left free.
+    let (recording, limit) = (16.0 * 1048576.0, 23.0 * 1048576.0);
+    let held = settled_fill_bytes(&d, limit).await;
     assert!(
-        most > recording + 1048576.0,
-        "what was read ahead was not counted: cache_fill_bytes reached {most}"
+        held > recording + 1048576.0,
+        "not the 16 MiB recording and what was read ahead: cache_fill_bytes is {held}"
     );
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let held = fill_bytes(&d).await;
-        assert!(held <= limit, "cache_fill_bytes reached {held}");
-    }
     let objects = metric(&d.metrics().await, "streamgate_cache_objects");
     assert_eq!(objects, Some(0.0), "the fill waits for the leader");
+    // Another new object, meanwhile, is fetched and stored.
+    let other = "/c/other?cc=max-age%3D60&size=16777216";
+    assert_eq!(fetch(&d, other).await.body.len(), BIG_LEN);
+    let again = fetch(&d, other).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
+    assert_eq!(dropped_for_memory(&d).await, 0.0);
     leader_gets_it_all(leader).await;
     let mut held = fill_bytes(&d).await;
     for _ in 0..100 {
@@ -168,7 +186,7 @@ async fn what_waits_for_a_slow_client_is_bounded_by_max_fill_bytes() {
     assert_eq!(held, 0.0, "the budget is given back");
     let again = fetch(&d, BIG).await;
     assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
-    assert_eq!(o.hits(), 1);
+    assert_eq!(o.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,40 +200,39 @@ async fn an_http2_client_that_grants_no_window_does_not_hold_the_fill_it_leads()
     // The head is taken; the body is never read, so no window is given back.
     let resp = leader.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    follower_is_served_from_the_fill(&d, &o).await;
-    drop(resp);
+    follower_is_served_from_the_fill(&d, &o, BIG).await;
+    // The leader gets all of it when it reads.
+    use http_body_util::BodyExt;
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), BIG_LEN);
 }
 
-/// Read ahead of a slow client never takes the memory a recording needs: one without a
-/// Content-Length grows as it goes, and was dropped when its own client's backlog had taken
-/// the room (its followers then all went to the origin, and nothing was stored).
+/// A fill without a Content-Length goes at the origin's pace too, and read-ahead never takes
+/// the memory its recording needs to grow: it was dropped when its own client's backlog had
+/// taken the room (its followers then all went to the origin, and nothing was stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fill_without_a_length_is_not_dropped_for_what_waits_for_its_slow_client() {
+async fn a_fill_without_a_length_is_read_ahead_and_never_dropped_for_it() {
     let o = Origin::start("o").await;
-    let d = start(&o, big_cache().max_fill_bytes("20MiB")).await;
+    let d = start(&o, big_cache()).await;
     let path = "/c/chunked?cc=max-age%3D60&size=16777216&chunked=1";
     let leader = stalled_leader(&d, &o, path).await;
-    // Up to 4 MiB waits for the leader, and the recording may still grow to 16 MiB: the fill
-    // waits for the leader once the memory held stops growing.
-    let mut seen = Vec::new();
-    for _ in 0..400 {
-        seen.push(fill_bytes(&d).await);
-        if dropped_for_memory(&d).await != 0.0 {
-            break;
-        }
-        if let [.., a, b, c] = seen[..]
-            && a > 0.0
-            && a == b
-            && b == c
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    follower_is_served_from_the_fill(&d, &o, path).await;
     assert_eq!(
         dropped_for_memory(&d).await,
         0.0,
-        "the recording was dropped (cache_fill_bytes went {seen:?})"
+        "the recording was dropped"
+    );
+    drop(leader);
+    // With 24 MiB to spend, the recording growing to 16 MiB and at most 7 MiB read ahead: the
+    // budget runs out before the body is read, and the recording is still not the one dropped.
+    let d = start(&o, big_cache().max_fill_bytes("40MiB")).await;
+    let path = "/c/chunked-2?cc=max-age%3D60&size=16777216&chunked=1";
+    let leader = stalled_leader(&d, &o, path).await;
+    let held = settled_fill_bytes(&d, 23.0 * 1048576.0).await;
+    assert_eq!(
+        dropped_for_memory(&d).await,
+        0.0,
+        "the recording was dropped (cache_fill_bytes {held})"
     );
     // The leader leaves; the fill finishes without it.
     drop(leader);
@@ -230,7 +247,6 @@ async fn a_fill_without_a_length_is_not_dropped_for_what_waits_for_its_slow_clie
     assert_eq!(objects, Some(1.0), "stored");
     let again = fetch(&d, path).await;
     assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
-    assert_eq!(o.hits(), 1);
 }
 
 /// Reads one answer framed by its Content-Length from `s`: its head and body.

@@ -64,8 +64,6 @@ pub struct Recorder {
     taken: u64,
     /// Released when the recorder ends, stored or not, so coalesced waiters act.
     fill: Option<FillGuard>,
-    /// No length was declared: the buffer grows as the body comes.
-    grows: bool,
 }
 
 impl Recorder {
@@ -87,7 +85,6 @@ impl Recorder {
             taken: 0,
             fill,
             cache: cache.clone(),
-            grows: length.is_none(),
         };
         match length {
             Some(n) if n > spec.max_object_size => Err(r.drop_for(Dropped::Size)),
@@ -136,18 +133,14 @@ impl Recorder {
     /// origin while this recording runs (the proxy's pump reads a fill at the origin's pace);
     /// `None` once the budget is spent, and the reader then waits for its client as before.
     /// What a slow client has not taken yet is counted with the recordings it shares memory
-    /// with, so `max_fill_bytes` bounds both. A recording without a Content-Length grows as it
-    /// goes: its read-ahead leaves it the room to grow to `max_object_size`, or the client's
-    /// backlog would be what drops it (and its followers would all go to the origin).
+    /// with, so `max_fill_bytes` bounds both; and it leaves `max_object_size` of the budget
+    /// free, so that read-ahead is never what drops a recording: this one growing without a
+    /// Content-Length, or another object's about to start. (A piece the budget refuses is still
+    /// kept, one origin read at most, and reading stops until the client has caught up.)
     pub fn hold_ahead(&self, n: u64) -> Option<AheadBytes> {
         let (budget, spec) = (&self.cache.fill_budget, &self.cache.spec);
-        let growth = if self.grows {
-            spec.max_object_size.saturating_sub(self.taken)
-        } else {
-            0
-        };
         budget
-            .try_take(n, spec.max_fill_bytes.saturating_sub(growth))
+            .try_take(n, spec.max_fill_bytes.saturating_sub(spec.max_object_size))
             .then(|| AheadBytes {
                 budget: budget.clone(),
                 n,

@@ -205,7 +205,10 @@ impl ProxyBody {
             Inner::Full((!data.is_empty()).then_some(data))
         } else {
             let held = (done.lease.take(), done.active.take());
-            let pumped = super::pump::Pumped::start(body, read, held, idle, Some(recording));
+            // An HTTP/1.1 client is held to its connection's write timer instead.
+            let give_up = client_version == http::Version::HTTP_2;
+            let recording = Some((recording, give_up));
+            let pumped = super::pump::Pumped::start(body, read, held, idle, recording);
             return Self::from_inner(Inner::Pumped(pumped), done, served);
         };
         let mut answer = Self::from_inner(inner, done, served);

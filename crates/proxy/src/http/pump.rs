@@ -20,11 +20,12 @@
 //! them to the origin at once. What the client has not taken yet waits in the task, its bytes
 //! held from the service's fill budget (`max_fill_bytes`, shared with the recordings); with the
 //! budget spent, or once the recording has ended, the task reads no further ahead than its
-//! client, as for any other answer. Read-ahead leaves `max_object_size` of the budget to the
-//! recordings: it must not be what makes a recording (its own, growing without a Content-Length)
-//! be dropped. A client given up on (nothing taken for `idle`: an HTTP/1.1 client of a fill is
-//! held to this too) or gone leaves the fill running, for at most ten stalls more. The backend
-//! is let go as soon as its body has been read, however long the client takes.
+//! client, as for any other answer. Read-ahead leaves `max_object_size` of the budget free for
+//! recordings (see `Recorder::hold_ahead`). An HTTP/2 client that takes nothing for `idle` is
+//! given up on; an HTTP/1.1 client is left to its connection's write timer, which any progress
+//! resets (a client reading a few hundred bytes a second is slow, not gone). A client given up on
+//! or gone leaves the fill running, for at most ten stalls more. The backend is let go as soon as
+//! its body has been read, however long the client takes.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -97,13 +98,14 @@ impl Pumped {
     /// Starts a task reading `body` (after the frames already `read` from it), holding the
     /// backend's lease until the body is read or given up, and the request's mark on its
     /// connection until the client has taken it all or the task gives up. With a `recording`,
-    /// the body is read at the origin's pace (see the module's text).
+    /// the body is read at the origin's pace (see the module's text), and the client is given
+    /// up on after `idle` without taking a piece only if its flag says so (HTTP/2).
     pub fn start(
         body: UpstreamBody,
         read: Vec<Piece>,
         held: (Option<Lease>, Option<ActiveRequest>),
         idle: Duration,
-        recording: Option<Recording>,
+        recording: Option<(Recording, bool)>,
     ) -> Pumped {
         let (tx, rx) = mpsc::channel(DEPTH);
         let (lease, active) = held;
@@ -126,7 +128,8 @@ impl Pumped {
         }
         match recording {
             None => tokio::spawn(pump(body, read, tx, lease, idle, shared.clone())),
-            Some(r) => {
+            Some((r, give_up)) => {
+                let idle = give_up.then_some(idle);
                 let ends = Ends { tx, lease, idle };
                 tokio::spawn(pump_recording(body, read, ends, shared.clone(), r))
             }
@@ -193,6 +196,17 @@ async fn pump(
 /// Waits for the client to take the pieces left in the channel, giving up on it after `idle`
 /// without a piece taken.
 async fn until_taken(shared: &Shared, idle: Duration) {
+    until_taken_or(shared, Some(idle)).await;
+}
+
+/// [`until_taken`]; without `idle`, for as long as the client's end lives.
+async fn until_taken_or(shared: &Shared, idle: Option<Duration>) {
+    let Some(idle) = idle else {
+        while !shared.finished.load(Ordering::Acquire) {
+            shared.taken.notified().await;
+        }
+        return;
+    };
     while !shared.finished.load(Ordering::Acquire) {
         if tokio::time::timeout(idle, shared.taken.notified())
             .await
@@ -207,7 +221,8 @@ async fn until_taken(shared: &Shared, idle: Duration) {
 struct Ends {
     tx: mpsc::Sender<Piece>,
     lease: Option<Lease>,
-    idle: Duration,
+    /// Give the client up after this long without a piece taken.
+    idle: Option<Duration>,
 }
 
 /// Pieces read ahead of the client, each with its bytes of the fill budget.
@@ -292,7 +307,7 @@ async fn pump_recording(
         }
         let may_read = !origin_done
             && (ahead.pieces.is_empty() || (recording.is_some() && !ahead.over_budget));
-        let took_too_long = ahead.since.map(|t| t + idle);
+        let took_too_long = idle.and_then(|i| Some(ahead.since? + i));
         let step = tokio::select! {
             biased;
             permit = room(&tx), if !ahead.pieces.is_empty() => match (permit, ahead.pieces.pop_front()) {
@@ -323,7 +338,7 @@ async fn pump_recording(
                 continue;
             }
             Step::ClientStalled => {
-                shared.give_up(idle);
+                shared.give_up(idle.unwrap_or_default());
                 tx = None;
                 continue;
             }
@@ -390,7 +405,7 @@ async fn pump_recording(
     let client = tx.is_some();
     drop((lease, tx, body));
     if client {
-        until_taken(&shared, idle).await;
+        until_taken_or(&shared, idle).await;
     }
 }
 

@@ -108,6 +108,11 @@ pub(super) fn encode_head(
                     return Err(BadLength);
                 }
                 let n = match size {
+                    // The body is framed by what it will send: a field saying otherwise would
+                    // leave the client reading the next answer as this one's rest.
+                    BodySize::Known(n) if parse_length(value.as_bytes()) != Some(n) => {
+                        return Err(BadLength);
+                    }
                     BodySize::Known(n) => n,
                     BodySize::Unknown => parse_length(value.as_bytes()).ok_or(BadLength)?,
                     // Nothing to send: the field stays only on a HEAD answer (the length of
@@ -342,6 +347,14 @@ mod tests {
                 "{fields:?}"
             );
         }
+        // A length field that is not the length of the body to be sent.
+        let short = &[("content-length", "7")];
+        assert_eq!(head(200, short, Known(5), false, false).1, Err(BadLength));
+        assert!(
+            head(200, &[("content-length", "5")], Known(5), false, false)
+                .1
+                .is_ok()
+        );
     }
 
     #[test]
