@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use crate::accept::{Acceptor, client_behind_proxy};
 use crate::http::ListenerLimits;
 use crate::proxy_protocol;
-use crate::sni::{MAX_HELLO, Sni, client_hello_sni};
+use crate::sni::{HelloReader, MAX_HELLO, Sni};
 use crate::tunnel::{Ended, Moved, TunnelMetrics};
 
 /// Most backends one connection tries when connecting fails.
@@ -344,9 +344,10 @@ async fn read_sni(
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> Result<Option<String>, &'static str> {
+    let mut hello = HelloReader::default();
     let read = async {
         loop {
-            match client_hello_sni(buf) {
+            match hello.advance(buf) {
                 Sni::Found(name) => return Ok(name),
                 Sni::NotTls => return Err("not a TLS ClientHello"),
                 Sni::Incomplete if buf.len() >= MAX_HELLO => return Err("ClientHello too large"),
