@@ -417,3 +417,32 @@ async fn a_word_that_cannot_be_saved_is_answered_so() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert!(dir.join("operator-state.json").exists());
 }
+
+/// A purge whose journal write hangs (a disk that stopped answering: here the journal is a
+/// FIFO nobody reads, so opening it blocks for ever) is answered within a bound, applied, and
+/// said not to be on disk, rather than never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_is_answered_when_the_journal_disk_hangs() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let d = config(&origin, Some(Snapshots::new(snaps.path()).interval("1h")))
+        .start()
+        .await;
+    let url = d.url("web", "/c/hung?cc=max-age%3D600");
+    fetch(&url).await;
+    assert_eq!(x_cache(&fetch(&url).await), "HIT");
+    let fifo = snaps.path().join("purges.journal");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let body = r#"{"url": "http://cdn.example.com/c/hung?cc=max-age%3D600"}"#;
+    let at = d.admin_url("/cache/purge");
+    let purge = admin_call(Method::POST, &at, &[], body);
+    let (status, v) = tokio::time::timeout(Duration::from_secs(30), purge)
+        .await
+        .expect("the purge was never answered");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["journaled"], false, "{v}");
+    assert_eq!(x_cache(&fetch(&url).await), "MISS", "applied all the same");
+    // The writer is still stuck: release it so the test's directory can go.
+    let _ = std::fs::OpenOptions::new().read(true).open(&fifo);
+}

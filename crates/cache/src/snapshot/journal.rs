@@ -118,6 +118,11 @@ enum Job {
     OnDisk(u64, tokio::sync::oneshot::Sender<bool>),
 }
 
+/// Longest a purge's answer waits for the journal's sync. A sync takes milliseconds, a slow
+/// one on a busy disk a second or two; a disk that stopped answering (a hung network mount)
+/// would otherwise hold every purge's answer, and a fleet purge's ack, for ever.
+pub const ON_DISK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The journal's thread, started with the first purge to journal.
 #[derive(Debug)]
 pub struct Writer {
@@ -162,13 +167,21 @@ impl Writer {
     }
 
     /// Resolves once every purge queued so far is on disk: `false` if one queued from `mark`
-    /// ([`Writer::mark`]) on could not be written (logged).
+    /// ([`Writer::mark`]) on could not be written (logged), or if the disk has not answered in
+    /// [`ON_DISK_WAIT`]: whoever waits (an operator's purge, a fleet purge's ack) is answered
+    /// that it is not on disk rather than never.
     pub async fn on_disk(&self, mark: u64) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.jobs.send(Job::OnDisk(mark, tx)).is_err() {
             return false;
         }
-        rx.await.unwrap_or(false)
+        match tokio::time::timeout(ON_DISK_WAIT, rx).await {
+            Ok(written) => written.unwrap_or(false),
+            Err(_) => {
+                tracing::error!(waited = ?ON_DISK_WAIT, "the purge journal's disk has not answered; the purge is applied but not journaled");
+                false
+            }
+        }
     }
 }
 
