@@ -443,6 +443,53 @@ async fn a_purge_is_answered_when_the_journal_disk_hangs() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
     assert_eq!(v["journaled"], false, "{v}");
     assert_eq!(x_cache(&fetch(&url).await), "MISS", "applied all the same");
+    // While the disk still hangs, the next purge does not wait the 5 s again (a fleet applies
+    // its purges one after another, and would fall to one every 5 s).
+    let again = admin_call(Method::POST, &at, &[], body);
+    let (status, v) = tokio::time::timeout(Duration::from_secs(3), again)
+        .await
+        .expect("the second purge waited for the hung disk again");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["journaled"], false, "{v}");
     // The writer is still stuck: release it so the test's directory can go.
     let _ = std::fs::OpenOptions::new().read(true).open(&fifo);
+}
+
+/// A purge whose journal line never reached the disk (the journal's path is a directory here,
+/// so every write fails) is not undone by going back to a point older than it: the running
+/// daemon remembers it and applies it after the restore, as it does the journal's lines.
+#[tokio::test]
+async fn a_restore_keeps_a_purge_the_journal_could_not_write() {
+    let origin = Origin::start("o").await;
+    let snaps = tempfile::tempdir().unwrap();
+    let d = config(&origin, Some(Snapshots::new(snaps.path()).interval("1h")))
+        .start()
+        .await;
+    let gone = d.url("web", "/c/gone?cc=max-age%3D600");
+    let kept = d.url("web", "/c/kept?cc=max-age%3D600");
+    fetch(&gone).await;
+    fetch(&kept).await;
+    let (status, point) = d.admin(Method::POST, "/snapshots", "").await;
+    assert_eq!(status, StatusCode::CREATED, "{point}");
+    let journal = snaps.path().join("purges.journal");
+    let _ = std::fs::remove_file(&journal);
+    std::fs::create_dir(&journal).unwrap();
+    let body = r#"{"url": "http://cdn.example.com/c/gone?cc=max-age%3D600"}"#;
+    let (status, v) = d.admin(Method::POST, "/cache/purge", body).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["journaled"], false, "{v}");
+
+    let ask = serde_json::json!({"point": point["file"]}).to_string();
+    let (status, r) = d.admin(Method::POST, "/snapshots/restore", &ask).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(
+        x_cache(&fetch(&kept).await),
+        "HIT",
+        "the point came back: {r}"
+    );
+    assert_eq!(
+        x_cache(&fetch(&gone).await),
+        "MISS",
+        "the restore brought a purged object back"
+    );
 }

@@ -194,6 +194,18 @@ impl CacheRegistry {
         }
     }
 
+    /// The purges for `dir` whose journal lines are not known to be on disk (queued behind a
+    /// slow disk, or their write failed): a restore applies them too.
+    pub(crate) fn unwritten_purges(
+        &self,
+        dir: &std::path::Path,
+    ) -> Vec<snapshot::journal::Journaled> {
+        match self.journal_writer.get() {
+            Some(Some(w)) => w.unwritten(dir),
+            _ => Vec::new(),
+        }
+    }
+
     /// Where the journal's sequence stands: pass it to [`CacheRegistry::purges_on_disk`] to
     /// hear about the purges journaled after it.
     pub fn journal_mark(&self) -> u64 {

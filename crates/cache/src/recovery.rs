@@ -230,8 +230,11 @@ impl Snapshotter {
         let dir = settings.dir.clone();
         let target = target.map(str::to_string);
         let mut writer = self.writer.lock().await;
-        // Purges still queued for the journal are in it before it is read.
+        // Purges still queued for the journal are in it before it is read; those its disk has
+        // not taken (a hung mount answers nothing in `ON_DISK_WAIT`, a full one fails) are
+        // applied from memory after it.
         self.caches.purges_on_disk(0).await;
+        let unwritten = self.caches.unwritten_purges(&dir);
         let damaged = self.metrics.damaged.clone();
         let restored = blocking(move || {
             let report = |e: &SnapshotError| {
@@ -268,10 +271,11 @@ impl Snapshotter {
             let restored = snapshot::apply_plan(&caches, &plan)?;
             // Purges the point may not hold (made after it began, or not written since):
             // applied again, which also brings the next point soon.
-            let journaled = snapshot::journal::read(&dir).unwrap_or_else(|e| {
-                error!(dir = %dir.display(), error = %e, "cannot read the purge journal: purges made since the last recovery point were not applied again");
+            let mut journaled = snapshot::journal::read(&dir).unwrap_or_else(|e| {
+                error!(dir = %dir.display(), error = %e, "cannot read the purge journal: purges journaled before this run were not applied again");
                 Vec::new()
             });
+            journaled.extend(unwritten);
             let (created, now) = (
                 snapshot::unix_ms(restored.point.created),
                 snapshot::unix_ms(SystemTime::now()),

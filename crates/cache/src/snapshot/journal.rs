@@ -128,6 +128,27 @@ pub const ON_DISK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub struct Writer {
     jobs: mpsc::Sender<Job>,
     next: std::sync::atomic::AtomicU64,
+    shared: Arc<Shared>,
+}
+
+/// What the thread and those who queue for it both see.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Purges queued but not known to be on disk (still queued, or their write failed), with
+    /// their directory and place in the sequence. A restore applies them again as it does the
+    /// file's: a purge whose line did not reach the disk of a running daemon must not be undone
+    /// by going back to a point older than it.
+    unwritten: std::sync::Mutex<Vec<(Arc<PathBuf>, Journaled, u64)>>,
+    /// A wait for the disk ran out and the thread has not answered since: the next waits are
+    /// answered at once, not [`ON_DISK_WAIT`] each (a fleet consumer applies its purges one at
+    /// a time, and would fall to one every 5 s).
+    stuck: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn unwritten(&self) -> std::sync::MutexGuard<'_, Vec<(Arc<PathBuf>, Journaled, u64)>> {
+        self.unwritten.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -139,12 +160,15 @@ impl std::fmt::Debug for Job {
 impl Writer {
     pub fn start() -> io::Result<Writer> {
         let (jobs, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
         std::thread::Builder::new()
             .name("purge-journal".into())
-            .spawn(move || run(&rx))?;
+            .spawn(move || run(&rx, &theirs))?;
         Ok(Writer {
             jobs,
             next: std::sync::atomic::AtomicU64::new(1),
+            shared,
         })
     }
 
@@ -156,6 +180,9 @@ impl Writer {
     /// Queues `entry` for `dir`; it is on disk once a later [`Writer::on_disk`] says so.
     pub fn append(&self, dir: Arc<PathBuf>, entry: Journaled) {
         let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.shared
+            .unwritten()
+            .push((dir.clone(), entry.clone(), seq));
         if self.jobs.send(Job::Append(dir, entry, seq)).is_err() {
             tracing::error!("the purge journal's thread is gone; purges are not journaled");
         }
@@ -170,7 +197,16 @@ impl Writer {
     /// ([`Writer::mark`]) on could not be written (logged), or if the disk has not answered in
     /// [`ON_DISK_WAIT`]: whoever waits (an operator's purge, a fleet purge's ack) is answered
     /// that it is not on disk rather than never.
+    /// Once a wait has run out, the next ones are answered `false` at once until the thread
+    /// answers again.
     pub async fn on_disk(&self, mark: u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.shared.stuck.load(Relaxed) {
+            tracing::warn!(
+                "the purge journal's disk still has not answered; the purge is applied but not journaled"
+            );
+            return false;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.jobs.send(Job::OnDisk(mark, tx)).is_err() {
             return false;
@@ -178,16 +214,27 @@ impl Writer {
         match tokio::time::timeout(ON_DISK_WAIT, rx).await {
             Ok(written) => written.unwrap_or(false),
             Err(_) => {
+                self.shared.stuck.store(true, Relaxed);
                 tracing::error!(waited = ?ON_DISK_WAIT, "the purge journal's disk has not answered; the purge is applied but not journaled");
                 false
             }
         }
     }
+
+    /// The purges queued for `dir` that are not known to be on disk, oldest first.
+    pub fn unwritten(&self, dir: &Path) -> Vec<Journaled> {
+        let unwritten = self.shared.unwritten();
+        unwritten
+            .iter()
+            .filter(|(d, _, _)| d.as_path() == dir)
+            .map(|(_, e, _)| e.clone())
+            .collect()
+    }
 }
 
 /// The thread: takes every job queued, writes the appends of a batch with one sync per
 /// directory, then trims and answers in queue order.
-fn run(rx: &mpsc::Receiver<Job>) {
+fn run(rx: &mpsc::Receiver<Job>, shared: &Shared) {
     // The last place in the sequence whose purge could not be written.
     let mut failed: Option<u64> = None;
     while let Ok(first) = rx.recv() {
@@ -198,24 +245,35 @@ fn run(rx: &mpsc::Receiver<Job>) {
             match job {
                 Job::Append(dir, e, seq) => pending.push((dir, e, seq)),
                 Job::Trim(dir, from_ms) => {
-                    flush(&mut pending, &mut failed);
+                    flush(&mut pending, &mut failed, shared);
+                    // A point read back holds what was purged before it, written or not.
+                    shared
+                        .unwritten()
+                        .retain(|(d, e, _)| *d != dir || e.at_ms >= from_ms);
                     if let Err(e) = trim(&dir, from_ms) {
                         tracing::warn!(dir = %dir.display(), error = %e, "cannot trim the purge journal; its purges will be applied again after a restore");
                     }
                 }
                 Job::OnDisk(mark, tx) => {
-                    flush(&mut pending, &mut failed);
+                    flush(&mut pending, &mut failed, shared);
+                    shared
+                        .stuck
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     let _ = tx.send(failed.is_none_or(|f| f < mark));
                 }
             }
         }
-        flush(&mut pending, &mut failed);
+        flush(&mut pending, &mut failed, shared);
     }
 }
 
 /// Writes `pending` (one sync per directory), noting the last purge that could not be written
-/// in `failed`.
-fn flush(pending: &mut Vec<(Arc<PathBuf>, Journaled, u64)>, failed: &mut Option<u64>) {
+/// in `failed`; those written are no longer [`Shared::unwritten`].
+fn flush(
+    pending: &mut Vec<(Arc<PathBuf>, Journaled, u64)>,
+    failed: &mut Option<u64>,
+    shared: &Shared,
+) {
     while let Some((dir, _, _)) = pending.first() {
         let dir = dir.clone();
         let (these, rest): (Vec<_>, Vec<_>) = std::mem::take(pending)
@@ -223,10 +281,13 @@ fn flush(pending: &mut Vec<(Arc<PathBuf>, Journaled, u64)>, failed: &mut Option<
             .partition(|(d, _, _)| *d == dir);
         *pending = rest;
         let last = these.iter().map(|(_, _, seq)| *seq).max();
+        let seqs: Vec<u64> = these.iter().map(|(_, _, seq)| *seq).collect();
         let entries: Vec<Journaled> = these.into_iter().map(|(_, e, _)| e).collect();
         if let Err(e) = append(&dir, &entries) {
             tracing::error!(dir = %dir.display(), error = %e, purges = entries.len(), "cannot journal purges: a crash before the next recovery point would bring their objects back");
             *failed = (*failed).max(last);
+        } else {
+            shared.unwritten().retain(|(_, _, seq)| !seqs.contains(seq));
         }
     }
 }
