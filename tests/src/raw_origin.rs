@@ -68,6 +68,33 @@ impl RawOrigin {
             .await
     }
 
+    /// A daemon whose listener `web` sends every request here over HTTPS, trusting `cert`
+    /// (made for `origin.test`), and the directory of its CA file (kept for the daemon's life).
+    pub async fn behind_https(
+        &self,
+        cert: &crate::tls::Cert,
+    ) -> (crate::TestDaemon, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, _) = crate::tls::write_cert(dir.path(), "ca", cert);
+        let d = crate::Config::new()
+            .listener(crate::Listener::http("web"))
+            .region(crate::Region::new("origin").address(self.addr))
+            .service(
+                crate::Service::new("s")
+                    .listeners(&["web"])
+                    .regions(&["origin"])
+                    .upstream(
+                        crate::Upstream::new()
+                            .protocol("https")
+                            .tls_ca_file(&ca)
+                            .tls_server_name("origin.test"),
+                    ),
+            )
+            .start()
+            .await;
+        (d, dir)
+    }
+
     pub async fn start(respond: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static) -> RawOrigin {
         RawOrigin::start_with(respond, Bodies::AfterAnswer).await
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 
 use streamgate_tests::h2::frame;
-use streamgate_tests::tls::{Cert, make_cert, server_tls, write_cert};
+use streamgate_tests::tls::{make_cert, server_tls};
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -150,7 +150,7 @@ async fn an_http2_upload_answered_early_by_an_https_backend_is_not_reused() {
 async fn https_uploads_read_before_their_answers_share_a_connection() {
     let cert = make_cert(&["origin.test"]);
     let origin = RawOrigin::answering_after_bodies_tls(path_answer, server_tls(&cert, None)).await;
-    let (d, _ca) = https_behind(&origin, &cert).await;
+    let (d, _ca) = origin.behind_https(&cert).await;
     let c = http1();
     for i in 0..5 {
         let path = format!("/upload/{i}");
@@ -174,36 +174,12 @@ async fn https_uploads_read_before_their_answers_share_a_connection() {
 }
 
 /// A "CL.0" backend over HTTPS ([`RawOrigin::ignoring_bodies_tls`], answering with the path)
-/// and a daemon in front of it ([`https_behind`]).
+/// and a daemon in front of it ([`RawOrigin::behind_https`]).
 async fn cl0_https() -> (RawOrigin, TestDaemon, tempfile::TempDir) {
     let cert = make_cert(&["origin.test"]);
     let origin = RawOrigin::ignoring_bodies_tls(path_answer, server_tls(&cert, None)).await;
-    let (d, ca) = https_behind(&origin, &cert).await;
+    let (d, ca) = origin.behind_https(&cert).await;
     (origin, d, ca)
-}
-
-/// A daemon whose `web` listener sends every request to `origin` over HTTPS, trusting `cert`,
-/// and the directory of the CA file (kept for the daemon's life).
-async fn https_behind(origin: &RawOrigin, cert: &Cert) -> (TestDaemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, _) = write_cert(dir.path(), "ca", cert);
-    let d = Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("origin").address(origin.addr))
-        .service(
-            Service::new("s")
-                .listeners(&["web"])
-                .regions(&["origin"])
-                .upstream(
-                    Upstream::new()
-                        .protocol("https")
-                        .tls_ca_file(&ca)
-                        .tls_server_name("origin.test"),
-                ),
-        )
-        .start()
-        .await;
-    (d, dir)
 }
 
 /// A body crafted as the start of a request: a backend that takes it for the next request on

@@ -305,20 +305,21 @@ impl Upstreams {
         };
         *req.headers_mut() = head.headers.clone();
         let stall = timeouts.body_stall;
-        let client =
-            match sender {
-                Sender::Client(client) => client,
-                Sender::H2(pools) => {
-                    return match pools.send(backend, req).await {
-                        Ok((resp, slot)) => Ok(resp
-                            .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot))))),
-                        Err(H2Error::Connect(e)) if bodiless => Err(UpstreamError::Connect(e)),
-                        Err(e) => Err(UpstreamError::Client(error_chain(&e))),
-                    };
-                }
-            };
+        let client = match sender {
+            Sender::Client(client) => client,
+            Sender::H2(pools) => {
+                return match pools.send(backend, req).await {
+                    Ok((resp, slot)) => Ok(settled(resp)
+                        .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot))))),
+                    Err(H2Error::Connect(e)) if bodiless => Err(UpstreamError::Connect(e)),
+                    Err(e) => Err(UpstreamError::Client(error_chain(&e))),
+                };
+            }
+        };
         match client.request(req).await {
-            Ok(resp) => Ok(resp.map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None)))),
+            Ok(resp) => {
+                Ok(settled(resp).map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None))))
+            }
             Err(e) if e.is_connect() && bodiless => {
                 Err(UpstreamError::Connect(io::Error::other(error_chain(&e))))
             }
@@ -489,4 +490,13 @@ fn spawn_sweeper(upstreams: Weak<Upstreams>) {
             u.pooled.sweep();
         }
     });
+}
+
+/// A pooled client's answer with its length settled as the daemon's own HTTP/1.1 client settles
+/// one: hyper keeps the fields as the backend sent them, and takes a length listed twice
+/// (`5, 5`), which the HTTP/1.1 server's length check and clients downstream would refuse.
+/// (Transfer-Encoding with Content-Length is refused in `http::origin` for every client.)
+fn settled<B>(mut resp: Response<B>) -> Response<B> {
+    codec::settle_length(resp.headers_mut());
+    resp
 }
