@@ -38,6 +38,20 @@ pub enum LastGoodError {
     },
 }
 
+impl LastGoodError {
+    /// No copy of the file asked about was found: none at all, or only copies that cannot say
+    /// whose they are (unreadable, damaged), so another file's copy may stand in for it.
+    pub fn none_of_its_own(&self) -> bool {
+        match self {
+            LastGoodError::None { .. } => true,
+            LastGoodError::NoneLoads { errors, .. } => errors
+                .iter()
+                .all(|e| !matches!(e, LastGoodError::Invalid { .. })),
+            _ => false,
+        }
+    }
+}
+
 fn one_per_line(errors: &[LastGoodError]) -> String {
     let lines: Vec<String> = errors.iter().map(|e| format!("- {e}")).collect();
     lines.join("\n")
@@ -333,8 +347,22 @@ mod tests {
         let of_a = load_newest(&dir, Some(&a)).unwrap().config;
         assert!(of_a.source.text.ends_with("# a\n"), "not b's newer copy");
         assert_eq!(of_a.source.path, fs::canonicalize(&a).unwrap());
-        let none = load_newest(&dir, Some(&tmp.path().join("c.toml")));
+        let c = tmp.path().join("c.toml");
+        let none = load_newest(&dir, Some(&c));
         assert!(matches!(none, Err(LastGoodError::None { .. })));
+        // A damaged copy cannot say whose it is: c still has none of its own, so a check of c
+        // may compare it with another file's copy.
+        fs::write(dir.join("streamgate-9000000000000001.toml"), "not a copy\n").unwrap();
+        let damaged = load_newest(&dir, Some(&c)).unwrap_err();
+        assert!(
+            matches!(damaged, LastGoodError::NoneLoads { .. }),
+            "{damaged}"
+        );
+        assert!(damaged.none_of_its_own(), "{damaged}");
+        let invalid = format!("{HEADER}{}\n[[listeners]]\nname = 1\n", c.display());
+        fs::write(dir.join("streamgate-9000000000000002.toml"), invalid).unwrap();
+        let its_own = load_newest(&dir, Some(&c)).unwrap_err();
+        assert!(!its_own.none_of_its_own(), "{its_own}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use streamgate_config::Config;
 use streamgate_config::diff::diff;
 use streamgate_config::last_good;
-use tracing::{error, warn};
+use tracing::error;
 
 /// Where the copies for the config file at `path` are: `dir` if given, else its
 /// `[snapshots] dir` (read leniently: the file need not validate).
@@ -46,7 +46,7 @@ pub fn load(path: &Path, fallback: bool, dir: Option<PathBuf>) -> Result<Config>
     );
     for skipped in &newest.skipped {
         eprintln!("streamgate: a newer copy was passed over: {skipped}");
-        warn!(error = %skipped, "a newer last known good copy does not load; passed over");
+        error!(error = %skipped, "a newer last known good copy does not load; passed over");
     }
     error!(
         config = %path.display(),
@@ -68,7 +68,7 @@ pub fn check_against(path: &Path, config: &Config, dir: Option<PathBuf>) -> Resu
         config: good,
         ..
     } = match last_good::load_newest(&copies, Some(path)) {
-        Err(last_good::LastGoodError::None { .. }) => last_good::load_newest(&copies, None)?,
+        Err(e) if e.none_of_its_own() => last_good::load_newest(&copies, None)?,
         other => other?,
     };
     let d = diff(&good, config);
