@@ -63,8 +63,8 @@ async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
     let origin = path_origin().await;
     let d = origin.behind(Listener::http("web")).await;
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
-    let body = vec![b'u'; 10_000];
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
+    let body = vec![b'u'; 40_000];
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 40000\r\n\r\n")
         .await
         .unwrap();
     s.write_all(&body[..1000]).await.unwrap();
@@ -89,7 +89,7 @@ async fn an_answer_before_the_upload_ends_keeps_the_client_connection() {
     assert!(!got[0].0.contains("connection: close"), "{text}");
     assert_eq!(
         origin.bodies(),
-        vec![10_000],
+        vec![40_000],
         "the whole upload reached the backend"
     );
     assert_eq!(
@@ -130,14 +130,17 @@ async fn an_https_connection_answered_before_its_upload_ended_is_not_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_upload_answered_early_by_an_https_backend_is_not_reused() {
     let (_origin, d, _ca) = cl0_https().await;
-    let smuggled = SMUGGLED;
+    let smuggled = smuggled();
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     let mut got = Vec::new();
     s.write_all(&h2_upload("/upload", Some(smuggled.len()), 0))
         .await
         .unwrap();
     read_to_end_of_stream_1(&mut s, &mut got).await;
-    s.write_all(&frame(0, 0, 1, smuggled)).await.unwrap();
+    // DATA frames of at most 16 KiB, HTTP/2's default largest frame.
+    for part in smuggled.chunks(16_000) {
+        s.write_all(&frame(0, 0, 1, part)).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.write_all(&frame(0, 1, 1, &[])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -183,13 +186,18 @@ async fn cl0_https() -> (RawOrigin, TestDaemon, tempfile::TempDir) {
 }
 
 /// A body crafted as the start of a request: a backend that takes it for the next request on
-/// its connection answers the next client's request with `/smuggled`.
-const SMUGGLED: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Ignore: ";
+/// its connection answers the next client's request with `/smuggled`. Padded past 16 KiB: a
+/// smaller body with its length declared is read whole before the backend is asked, so it is
+/// never sent after an answer (see `request_buffering.rs`).
+fn smuggled() -> Vec<u8> {
+    let pad = "p".repeat(20_000);
+    format!("GET /smuggled HTTP/1.1\r\nHost: a\r\nX-Pad: {pad}\r\nX-Ignore: ").into_bytes()
+}
 
 /// Sends a POST to `d`'s `web` whose body is the start of a request for `/smuggled`, its tail
 /// after the answer, then asks for `/victim` three times: each must get its own answer.
 async fn try_to_smuggle(d: &TestDaemon) {
-    let smuggled = SMUGGLED;
+    let smuggled = smuggled();
     let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
     s.write_all(
         format!(
@@ -204,7 +212,7 @@ async fn try_to_smuggle(d: &TestDaemon) {
     read_answers(&mut s, &mut text, 1).await;
     assert_eq!(answers(&text)[0].1, "/upload");
     // The body after the answer: the tail goes to the backend.
-    s.write_all(smuggled).await.unwrap();
+    s.write_all(&smuggled).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     victims_get_their_own(d).await;
 }
@@ -233,7 +241,7 @@ async fn an_upload_that_stops_after_an_early_answer_is_let_go() {
     // daemon cannot read earlier, so from here they are at least 5 s whatever the machine's
     // load (from the answer, read later, they may be less).
     let sent = std::time::Instant::now();
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 10000\r\n\r\n")
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
         .await
         .unwrap();
     s.write_all(&[b'u'; 1000]).await.unwrap();

@@ -24,7 +24,7 @@ use super::recording::Recording;
 use super::request::{Outbound, ambiguous_framing};
 use crate::io::ActiveRequest;
 use crate::limits::Limit;
-use crate::upstream::{ExchangeTimeouts, UpstreamBody};
+use crate::upstream::{ExchangeTimeouts, UpstreamBody, WholeReadError};
 
 /// Most backends one request tries when connections fail.
 const MAX_TRIES: usize = 8;
@@ -112,10 +112,31 @@ impl HttpProxy {
             body_stall: timeouts.upstream_response,
         };
         let idempotent = is_idempotent(&out.parts.method);
-        // Read before the first attempt: a body goes with the attempt that sends it (the
-        // client's stream cannot be read twice), so `out.body` is empty afterwards whatever the
-        // request had, and a PUT replayed from it went out with none.
-        let bodiless = matches!(out.body, RequestBody::Empty);
+        // A small body is all in before a backend is asked, as nginx buffers request bodies: a
+        // client that trickles it (one in each of an HTTP/2 connection's 256 streams) holds no
+        // backend connection meanwhile, and it can go to the next backend after a failure.
+        if let Err(e) = out.body.read_whole(timeouts.upstream_response).await {
+            self.metrics
+                .requests
+                .with_label_values(&[&*service.name, "none", "4xx"])
+                .inc();
+            return Err(match e {
+                WholeReadError::Stalled => ProxyError::RequestBodyTimeout {
+                    after: timeouts.upstream_response,
+                },
+                WholeReadError::Broke(reason) => ProxyError::ClientAborted { reason },
+            });
+        }
+        // The first attempt starts now if the client took time over its body: a pooled
+        // connection's idle time and the backend's latency sample count from here.
+        let first_at = match out.body {
+            RequestBody::Whole(..) => Instant::now(),
+            _ => out.started,
+        };
+        // Read before the first attempt: a streaming body goes with the attempt that sends it
+        // (the client's stream cannot be read twice), so `out.body` is empty afterwards, and a
+        // PUT replayed from it went out with none. One read whole stays for the next attempt.
+        let resendable = out.body.resendable();
         let max_sent_attempts = 1 + service.spec.retry.attempts;
         let Some(mut pick) = service.pick(&out.facts, &[]) else {
             warn!(service = %service.name, "no usable backend in any region: answering 503");
@@ -137,7 +158,7 @@ impl HttpProxy {
         loop {
             // One clock read per attempt: the lease, the pool's idle check and the deadline share it.
             let attempt_at = if attempts == 0 {
-                out.started
+                first_at
             } else {
                 Instant::now()
             };
@@ -148,10 +169,7 @@ impl HttpProxy {
                 l.record.retries = attempts - 1;
             }
             let lease = Lease::starting_at(pick.backend.state.clone(), attempt_at);
-            let upload = match &out.body {
-                RequestBody::Stream(_, u) => Some(u.clone()),
-                RequestBody::Empty => None,
-            };
+            let upload = out.body.upload().cloned();
             let answered = {
                 // Pinned here, and borrowed below: an exchange passed by value would sit in this
                 // future twice (as the deadline's argument and its pinned local).
@@ -255,7 +273,8 @@ impl HttpProxy {
                         status,
                         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                     );
-                    if retry_status && idempotent && sent_attempts < max_sent_attempts && bodiless {
+                    if retry_status && idempotent && sent_attempts < max_sent_attempts && resendable
+                    {
                         tried.push(pick.backend.address);
                         if let Some(next) = self.retry_target(service, &out.facts, &tried, true) {
                             warn!(
@@ -361,7 +380,7 @@ impl HttpProxy {
                 tried.len() < MAX_TRIES
             } else {
                 idempotent
-                    && bodiless
+                    && resendable
                     && !matches!(failure, ProxyError::ResponseTimeout { .. })
                     && sent_attempts < max_sent_attempts
             };

@@ -81,11 +81,16 @@ pub(super) async fn exchange(
     // it; a new connection's (or one still shared) is allocated here.
     buf.clear();
     buf.reserve(READ_HEAD);
-    conn.write_all(wire)
+    let whole: &[u8] = match &body {
+        RequestBody::Whole(b, _, _) => b,
+        _ => &[],
+    };
+    write_both(&mut conn, wire, whole)
         .await
         .map_err(|e| io_err("sending the request", e))?;
     let mut conn = match body {
-        RequestBody::Empty => Conn::Whole(conn),
+        // Its body went with the head, read whole before (the upload is done).
+        RequestBody::Empty | RequestBody::Whole(..) => Conn::Whole(conn),
         // All of it is in before it starts (an HTTP/2 client's `content-length: 0` without
         // END_STREAM, or an END_STREAM that came after the body was looked at): nothing to
         // send, so no task to wait for. The upload is done, so the response deadline is the
@@ -141,6 +146,22 @@ pub(super) async fn exchange(
             }
         }
     }
+}
+
+/// Writes `head` and then `body`, in one system call when the socket takes both.
+async fn write_both(conn: &mut TcpStream, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+    while !head.is_empty() && !body.is_empty() {
+        let slices = [io::IoSlice::new(head), io::IoSlice::new(body)];
+        let n = conn.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    conn.write_all(head).await?;
+    conn.write_all(body).await
 }
 
 /// A backend connection while its response is read: whole, or split while a task still sends

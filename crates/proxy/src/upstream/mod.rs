@@ -41,7 +41,9 @@ use h2_pool::{H2Error, StreamSlot};
 pub use pool::{Buffers, Pool, Pooled};
 pub use pooled::PreparedClients;
 use pooled::{ClientKey, PooledClients, Sender};
-pub use request_body::{BodyTooLarge, BoxError, RequestBody, Upload};
+pub use request_body::{
+    BodyTooLarge, BoxError, READ_WHOLE_UP_TO, RequestBody, Upload, WholeReadError,
+};
 use streamgate_config::{Config, Upstream, UpstreamProtocol};
 use streamgate_tls::TlsError;
 
@@ -285,13 +287,16 @@ impl Upstreams {
             .parse()
             .map_err(|e: http::uri::InvalidUri| UpstreamError::Client(e.to_string()))?;
         // hyper takes the body before it connects: after a connect failure a body that was
-        // streaming is gone, so only a bodiless request counts as never sent (retryable).
-        let bodiless = matches!(body, RequestBody::Empty);
+        // streaming is gone, so only a request without one or with one read whole counts as
+        // never sent (retryable).
+        let resendable = body.resendable();
+        // A body read whole is handed over in its first poll, before any answer can come, so
+        // there is nothing to watch (and a retry's connection is not the first one's).
         let upload = match &*body {
             RequestBody::Stream(_, u) if !upstream.protocol.is_h2() => Some(u.clone()),
             _ => None,
         };
-        let mut req = http::Request::new(std::mem::replace(body, RequestBody::Empty));
+        let mut req = http::Request::new(body.for_attempt());
         if let Some(u) = upload {
             let capture = hyper_util::client::legacy::connect::capture_connection(&mut req);
             u.watch_answer(answer_watch::AnswerWatch::new(capture));
@@ -311,7 +316,7 @@ impl Upstreams {
                 return match pools.send(backend, req).await {
                     Ok((resp, slot)) => Ok(settled(resp)
                         .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot))))),
-                    Err(H2Error::Connect(e)) if bodiless => Err(UpstreamError::Connect(e)),
+                    Err(H2Error::Connect(e)) if resendable => Err(UpstreamError::Connect(e)),
                     Err(e) => Err(UpstreamError::Client(error_chain(&e))),
                 };
             }
@@ -320,7 +325,7 @@ impl Upstreams {
             Ok(resp) => {
                 Ok(settled(resp).map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None))))
             }
-            Err(e) if e.is_connect() && bodiless => {
+            Err(e) if e.is_connect() && resendable => {
                 Err(UpstreamError::Connect(io::Error::other(error_chain(&e))))
             }
             Err(e) => Err(UpstreamError::Client(error_chain(&e))),
@@ -374,6 +379,7 @@ impl Upstreams {
         pool.set_idle_timeout(timeouts.idle);
         let framing = match &*body {
             RequestBody::Empty => RequestFraming::Empty,
+            RequestBody::Whole(b, _, _) => RequestFraming::Length(b.len() as u64),
             RequestBody::Stream(b, _) => match b.size_hint().exact() {
                 Some(0) if b.is_end_stream() => RequestFraming::Empty,
                 Some(n) => RequestFraming::Length(n),
@@ -404,7 +410,7 @@ impl Upstreams {
                 None => connect(backend, timeouts.connect).await?,
             };
             let replayable = replayable(head, body);
-            let this_body = std::mem::replace(body, RequestBody::Empty);
+            let this_body = body.for_attempt();
             match exchange(
                 conn,
                 &buffers.head,
@@ -465,10 +471,10 @@ pub fn is_idempotent(method: &http::Method) -> bool {
 }
 
 /// Whether a request the backend may have seen can be sent again on a new connection: no body
-/// to send twice, and a method (or an `Idempotency-Key`, as Go's client also takes it) that
+/// or one read whole (see [`RequestBody::resendable`]), and a method (or an `Idempotency-Key`, as Go's client also takes it) that
 /// makes a second run harmless. A bodiless POST may still transfer money.
 fn replayable(head: &Parts, body: &RequestBody) -> bool {
-    matches!(body, RequestBody::Empty)
+    body.resendable()
         && (is_idempotent(&head.method)
             || head.headers.contains_key("idempotency-key")
             || head.headers.contains_key("x-idempotency-key"))

@@ -22,6 +22,130 @@ pub enum RequestBody {
     Empty,
     /// The client's body, streamed as it arrives, and how its upload goes.
     Stream(Incoming, Arc<Upload>),
+    /// The client's whole body, read before a backend was picked (a small one with its length
+    /// declared, see [`RequestBody::read_whole`]) and its trailers: a slow client holds no
+    /// backend connection while it sends it, and it can go again to another backend.
+    Whole(Bytes, Option<Box<http::HeaderMap>>, Arc<Upload>),
+}
+
+/// Bodies up to this size, with their length declared, are read whole before a backend is
+/// asked: nginx's `client_body_buffer_size` on 64-bit machines. One HTTP/2 connection's 256
+/// streams hold at most 4 MiB so, and only what was sent.
+pub const READ_WHOLE_UP_TO: u64 = 16 * 1024;
+
+impl RequestBody {
+    /// The client's body as it goes with one attempt: a whole body is shared (and stays for the
+    /// next attempt), a streaming one is taken.
+    pub fn for_attempt(&mut self) -> RequestBody {
+        match self {
+            RequestBody::Whole(b, t, u) => RequestBody::Whole(b.clone(), t.clone(), u.clone()),
+            _ => std::mem::replace(self, RequestBody::Empty),
+        }
+    }
+
+    /// Whether the body can be sent again after an attempt that may have sent it: none, or one
+    /// read whole.
+    pub fn resendable(&self) -> bool {
+        !matches!(self, RequestBody::Stream(..))
+    }
+
+    /// The upload's account, for a body that has one.
+    pub fn upload(&self) -> Option<&Arc<Upload>> {
+        match self {
+            RequestBody::Empty => None,
+            RequestBody::Stream(_, u) | RequestBody::Whole(_, _, u) => Some(u),
+        }
+    }
+
+    /// Reads a streaming body whose length is declared (Content-Length) and at most
+    /// [`READ_WHOLE_UP_TO`] whole, giving the client `stall` between its frames; any other body
+    /// is left as it is. Err: the body broke off or stopped (the caller answers the client; no
+    /// backend was asked).
+    pub async fn read_whole(&mut self, stall: std::time::Duration) -> Result<(), WholeReadError> {
+        let RequestBody::Stream(body, upload) = self else {
+            return Ok(());
+        };
+        // What is still owed: the declared length, as nothing was read yet.
+        let Some(n) = body
+            .size_hint()
+            .exact()
+            .filter(|n| (1..=READ_WHOLE_UP_TO).contains(n))
+        else {
+            return Ok(());
+        };
+        // Grown as bytes come, not reserved from the declared length: 256 HTTP/2 streams that
+        // declare 16 KiB and send nothing hold nothing. One frame with all of it is kept as is.
+        let mut first: Option<Bytes> = None;
+        let mut more = bytes::BytesMut::new();
+        let mut got: u64 = 0;
+        let mut trailers = None;
+        // Read to the stream's end, for trailers an HTTP/2 backend is owed. Once the length is
+        // all in, its END_STREAM (or trailers) is waited for only `END_GRACE`: it may come in a
+        // frame of its own later, or never (a reset).
+        while !body.is_end_stream() {
+            let wait = if got == n {
+                END_GRACE.min(stall)
+            } else {
+                stall
+            };
+            let frame = match tokio::time::timeout(wait, http_body_util::BodyExt::frame(body)).await
+            {
+                Err(_) if got == n => break,
+                Err(_) => return Err(WholeReadError::Stalled),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    upload.broke();
+                    return Err(WholeReadError::Broke(e.to_string()));
+                }
+                Ok(Some(Ok(f))) => f,
+            };
+            let d = match frame.into_data() {
+                Ok(d) => d,
+                Err(f) => {
+                    trailers = f.into_trailers().ok().map(Box::new);
+                    continue;
+                }
+            };
+            upload.sent(d.len());
+            got += d.len() as u64;
+            if got > n {
+                upload.broke();
+                return Err(WholeReadError::Broke("longer than its length".into()));
+            }
+            match first.take() {
+                None if more.is_empty() => first = Some(d),
+                earlier => {
+                    if let Some(e) = earlier {
+                        more.extend_from_slice(&e);
+                    }
+                    more.extend_from_slice(&d);
+                }
+            }
+        }
+        // An HTTP/2 stream reset with NO_ERROR ends as a whole one does; its length tells.
+        if got != n {
+            upload.broke();
+            return Err(WholeReadError::Broke("ended before its length".into()));
+        }
+        upload.finished();
+        let data = first.unwrap_or_else(|| more.freeze());
+        *self = RequestBody::Whole(data, trailers, upload.clone());
+        Ok(())
+    }
+}
+
+/// How long a body read whole waits for its END_STREAM or trailers once its length is in.
+/// Clients send them with the last bytes (curl, browsers, Go, gRPC); this is for one that holds
+/// them back.
+const END_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Why a body could not be read whole before its backend was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum WholeReadError {
+    #[error("request body broke off: {0}")]
+    Broke(String),
+    #[error("request body stopped arriving")]
+    Stalled,
 }
 
 /// How a request body's upload goes: bytes passed on (for the access log), when the last ones
@@ -190,6 +314,21 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Whole(b, trailers, up) => {
+                if !b.is_empty() {
+                    if trailers.is_none() {
+                        up.ending();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(std::mem::take(b)))));
+                }
+                match trailers.take() {
+                    Some(t) => {
+                        up.ending();
+                        Poll::Ready(Some(Ok(Frame::trailers(*t))))
+                    }
+                    None => Poll::Ready(None),
+                }
+            }
             RequestBody::Stream(b, up) => {
                 if let Some(w) = up.watch.get() {
                     w.body_polled();
@@ -228,6 +367,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Whole(b, t, _) => b.is_empty() && t.is_none(),
             RequestBody::Stream(b, _) => b.is_end_stream(),
         }
     }
@@ -235,6 +375,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Whole(b, _, _) => SizeHint::with_exact(b.len() as u64),
             RequestBody::Stream(b, _) => b.size_hint(),
         }
     }
