@@ -9,6 +9,7 @@ pub mod dns;
 pub mod h2;
 pub mod nats;
 pub mod origin;
+pub mod presets;
 pub mod raw_origin;
 pub mod tls;
 pub mod wire;

@@ -133,10 +133,11 @@ async fn a_small_post_goes_to_the_next_backend_when_the_first_refuses_the_connec
         server_tls(&cert, None),
     )
     .await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // Bound and never listening, and kept for the test: a port let go at once could be taken
+    // by a test running beside this one.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = refusing.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (ca, _) = write_cert(dir.path(), "ca", &cert);
     let d = Config::new()
