@@ -89,3 +89,29 @@ pub fn api(regions: &[&str], failover: Failover) -> Service {
         )
         .failover(failover)
 }
+
+/// Regions `a` and `b` (failover, health checks every 100 ms, fall 2, rise 1) behind the
+/// service `web` for `example.com`, with the synthetic city database and loopback trusted
+/// (`observability.rs`, `access_log.rs`).
+pub fn two_regions(a: &[&Origin], b: &[&Origin]) -> Config {
+    Config::new()
+        .geo(Geo::fixture("geo/streamgate-synthetic-city.mmdb").trusted_proxies(&["127.0.0.1/32"]))
+        .listener(Listener::http("web"))
+        .region(Region::new("a").origins(a))
+        .region(Region::new("b").origins(b))
+        .service(
+            Service::new("web")
+                .listeners(&["web"])
+                .hosts(&["example.com"])
+                .regions(&["a", "b"])
+                .region_policy("failover")
+                .health(
+                    Health::new()
+                        .path("/healthz")
+                        .interval("100ms")
+                        .fall(2)
+                        .rise(1),
+                )
+                .failover(Failover::new().hold_down("200ms")),
+        )
+}
