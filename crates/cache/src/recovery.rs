@@ -232,9 +232,8 @@ impl Snapshotter {
         let mut writer = self.writer.lock().await;
         // Purges still queued for the journal are in it before it is read; those its disk has
         // not taken (a hung mount answers nothing in `ON_DISK_WAIT`, a full one fails) are
-        // applied from memory after it.
+        // applied from memory (see below).
         self.caches.purges_on_disk(0).await;
-        let unwritten = self.caches.unwritten_purges(&dir);
         let damaged = self.metrics.damaged.clone();
         let restored = blocking(move || {
             let report = |e: &SnapshotError| {
@@ -270,7 +269,11 @@ impl Snapshotter {
             }
             let restored = snapshot::apply_plan(&caches, &plan)?;
             // Purges the point may not hold (made after it began, or not written since):
-            // applied again, which also brings the next point soon.
+            // applied again, which also brings the next point soon. Those not on disk are taken
+            // from memory first, then the file: a purge made while the point was read back is
+            // in one or the other (a write between the two reads moves it from memory into the
+            // file), and one made after this is applied to the restored caches directly.
+            let unwritten = caches.unwritten_purges(&dir);
             let mut journaled = snapshot::journal::read(&dir).unwrap_or_else(|e| {
                 error!(dir = %dir.display(), error = %e, "cannot read the purge journal: purges journaled before this run were not applied again");
                 Vec::new()

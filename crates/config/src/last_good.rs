@@ -31,6 +31,8 @@ pub enum LastGoodError {
     Malformed { path: PathBuf },
     #[error("the last known good copy {} no longer validates:\n{errors}", path.display())]
     Invalid { path: PathBuf, errors: ConfigErrors },
+    #[error("{}: a last known good copy, damaged ({why})", path.display())]
+    Damaged { path: PathBuf, why: String },
     #[error("no last known good copy in {} loads:\n{}", dir.display(), one_per_line(errors))]
     NoneLoads {
         dir: PathBuf,
@@ -44,9 +46,12 @@ impl LastGoodError {
     pub fn none_of_its_own(&self) -> bool {
         match self {
             LastGoodError::None { .. } => true,
-            LastGoodError::NoneLoads { errors, .. } => errors
-                .iter()
-                .all(|e| !matches!(e, LastGoodError::Invalid { .. })),
+            LastGoodError::NoneLoads { errors, .. } => errors.iter().all(|e| {
+                !matches!(
+                    e,
+                    LastGoodError::Invalid { .. } | LastGoodError::Damaged { .. }
+                )
+            }),
             _ => false,
         }
     }
@@ -197,8 +202,14 @@ pub fn load_newest(dir: &Path, of: Option<&Path>) -> Result<Newest, LastGoodErro
 /// The config in the copy at `path`; `None` if it is another file's than `wanted`. A copy
 /// that cannot be read cannot say whose it is, and counts as one that does not load.
 fn read_copy(path: &Path, wanted: Option<&Path>) -> Result<Option<Config>, LastGoodError> {
-    let text = fs::read_to_string(path).map_err(io_err(path))?;
-    let (first, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    // The first line says whose copy it is, even when damage further on makes the rest
+    // unreadable: such a copy is this file's, not one that cannot say.
+    let (first, rest) = match bytes.iter().position(|&b| b == b'\n') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (&bytes[..], &[][..]),
+    };
+    let first = String::from_utf8_lossy(first);
     let Some(from) = first.strip_prefix(HEADER) else {
         return Err(LastGoodError::Malformed {
             path: path.to_path_buf(),
@@ -207,6 +218,10 @@ fn read_copy(path: &Path, wanted: Option<&Path>) -> Result<Option<Config>, LastG
     if wanted.is_some_and(|w| w != Path::new(from)) {
         return Ok(None);
     }
+    let rest = std::str::from_utf8(rest).map_err(|e| LastGoodError::Damaged {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
     match parse(Path::new(from), rest) {
         Ok(config) => Ok(Some(config)),
         Err(errors) => Err(LastGoodError::Invalid {
@@ -362,6 +377,13 @@ mod tests {
         let invalid = format!("{HEADER}{}\n[[listeners]]\nname = 1\n", c.display());
         fs::write(dir.join("streamgate-9000000000000002.toml"), invalid).unwrap();
         let its_own = load_newest(&dir, Some(&c)).unwrap_err();
+        assert!(!its_own.none_of_its_own(), "{its_own}");
+        // c's copy damaged after its first line (a byte that is not UTF-8) is still c's.
+        let mut damaged = format!("{HEADER}{}\n{GOOD}", c.display()).into_bytes();
+        damaged.push(0xFF);
+        fs::write(dir.join("streamgate-9000000000000002.toml"), damaged).unwrap();
+        let its_own = load_newest(&dir, Some(&c)).unwrap_err();
+        assert!(its_own.to_string().contains("damaged"), "{its_own}");
         assert!(!its_own.none_of_its_own(), "{its_own}");
     }
 

@@ -72,7 +72,11 @@ pub fn check_against(path: &Path, config: &Config, dir: Option<PathBuf>) -> Resu
         other => other?,
     };
     let d = diff(&good, config);
-    println!("against the last known good copy {}:", copy.display());
+    println!(
+        "against the last known good copy {} (of {}):",
+        copy.display(),
+        good.source.path.display()
+    );
     if good.source.text == config.source.text {
         println!("  the same file");
         return Ok(());

@@ -97,14 +97,27 @@ impl Journaled {
     }
 }
 
-/// Appends `entries` and waits until they are on disk.
+/// Appends `entries` and waits until they are on disk. A write that failed part-way (a full
+/// disk) left a line without its end: the first of these goes on a line of its own, not glued
+/// to that fragment and lost with it.
 pub fn append(dir: &Path, entries: &[Journaled]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
     fs::create_dir_all(dir)?;
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(JOURNAL))?;
-    let lines: String = entries.iter().map(Journaled::line).collect();
+    let path = dir.join(JOURNAL);
+    let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
+    let meta = f.metadata()?;
+    let mut last = [b'\n'];
+    // A regular file's last byte, read through a handle of its own (anything else, a FIFO
+    // standing in for a hung disk in a test, is written as it is).
+    if meta.is_file() && meta.len() > 0 {
+        fs::File::open(&path)?.read_exact_at(&mut last, meta.len() - 1)?;
+    }
+    let mut lines: String = if last[0] == b'\n' {
+        String::new()
+    } else {
+        "\n".into()
+    };
+    lines.extend(entries.iter().map(Journaled::line));
     f.write_all(lines.as_bytes())?;
     f.sync_data()
 }
@@ -256,14 +269,17 @@ fn run(rx: &mpsc::Receiver<Job>, shared: &Shared) {
                 }
                 Job::OnDisk(mark, tx) => {
                     flush(&mut pending, &mut failed, shared);
-                    shared
-                        .stuck
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     let _ = tx.send(failed.is_none_or(|f| f < mark));
                 }
             }
         }
         flush(&mut pending, &mut failed, shared);
+        // The disk answered. Cleared after every batch, not only at an answer: a waiter whose
+        // time ran out just as an answer came sets `stuck` again, and while it is set no one
+        // queues an answer to wait for; the next purge's append clears it.
+        shared
+            .stuck
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -281,13 +297,18 @@ fn flush(
             .partition(|(d, _, _)| *d == dir);
         *pending = rest;
         let last = these.iter().map(|(_, _, seq)| *seq).max();
-        let seqs: Vec<u64> = these.iter().map(|(_, _, seq)| *seq).collect();
+        // Sorted (they are queued in order), for a binary search per entry kept: after a long
+        // hang the whole queue is one batch, and a linear search each was quadratic.
+        let mut seqs: Vec<u64> = these.iter().map(|(_, _, seq)| *seq).collect();
+        seqs.sort_unstable();
         let entries: Vec<Journaled> = these.into_iter().map(|(_, e, _)| e).collect();
         if let Err(e) = append(&dir, &entries) {
             tracing::error!(dir = %dir.display(), error = %e, purges = entries.len(), "cannot journal purges: a crash before the next recovery point would bring their objects back");
             *failed = (*failed).max(last);
         } else {
-            shared.unwritten().retain(|(_, _, seq)| !seqs.contains(seq));
+            shared
+                .unwritten()
+                .retain(|(_, _, seq)| seqs.binary_search(seq).is_err());
         }
     }
 }
@@ -373,8 +394,15 @@ mod tests {
             .unwrap();
         f.write_all(b"50\t\tur").unwrap();
         assert_eq!(read(dir.path()).unwrap(), all);
+        // The next append after such a fragment (a write that failed part-way) is read back,
+        // not glued to it.
+        let after = entry(35, None, Purge::Url("after".into()));
+        append(dir.path(), std::slice::from_ref(&after)).unwrap();
+        let mut with_it = all.to_vec();
+        with_it.push(after);
+        assert_eq!(read(dir.path()).unwrap(), with_it);
         trim(dir.path(), 30).unwrap();
-        assert_eq!(read(dir.path()).unwrap(), all[2..]);
+        assert_eq!(read(dir.path()).unwrap(), with_it[2..]);
         trim(dir.path(), 41).unwrap();
         assert!(!dir.path().join(JOURNAL).exists());
         assert_eq!(read(dir.path()).unwrap(), []);
@@ -412,5 +440,28 @@ mod tests {
             "the failed one is told, whoever asked first"
         );
         assert!(!w.on_disk(failing).await, "every time");
+    }
+
+    /// A wait that ran out just as the thread answered leaves `stuck` set with a disk that is
+    /// fine: the next batch the thread writes clears it, so purges are not all told
+    /// "not journaled" from then on.
+    #[tokio::test]
+    async fn a_disk_that_answers_again_is_not_taken_for_stuck() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Arc::new(dir.path().to_path_buf());
+        let w = Writer::start().unwrap();
+        w.shared
+            .stuck
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mark = w.mark();
+        w.append(d.clone(), entry(1, None, Purge::All));
+        for _ in 0..100 {
+            if !w.shared.stuck.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(w.on_disk(mark).await, "the purge is on disk and told so");
+        assert!(w.unwritten(dir.path()).is_empty());
     }
 }
