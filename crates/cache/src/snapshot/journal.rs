@@ -297,8 +297,9 @@ fn flush(
             .partition(|(d, _, _)| *d == dir);
         *pending = rest;
         let last = these.iter().map(|(_, _, seq)| *seq).max();
-        // Sorted (they are queued in order), for a binary search per entry kept: after a long
-        // hang the whole queue is one batch, and a linear search each was quadratic.
+        // Sorted (two threads' appends may reach the queue out of order), for a binary search
+        // per entry kept: after a long hang the whole queue is one batch, and a linear search
+        // each was quadratic.
         let mut seqs: Vec<u64> = these.iter().map(|(_, _, seq)| *seq).collect();
         seqs.sort_unstable();
         let entries: Vec<Journaled> = these.into_iter().map(|(_, e, _)| e).collect();

@@ -41,9 +41,7 @@ use h2_pool::{H2Error, StreamSlot};
 pub use pool::{Buffers, Pool, Pooled};
 pub use pooled::PreparedClients;
 use pooled::{ClientKey, PooledClients, Sender};
-pub use request_body::{
-    BodyTooLarge, BoxError, READ_WHOLE_UP_TO, RequestBody, Upload, WholeReadError,
-};
+pub use request_body::{BodyTooLarge, BoxError, RequestBody, Upload, WholeReadError};
 use streamgate_config::{Config, Upstream, UpstreamProtocol};
 use streamgate_tls::TlsError;
 
@@ -471,8 +469,9 @@ pub fn is_idempotent(method: &http::Method) -> bool {
 }
 
 /// Whether a request the backend may have seen can be sent again on a new connection: no body
-/// or one read whole (see [`RequestBody::resendable`]), and a method (or an `Idempotency-Key`, as Go's client also takes it) that
-/// makes a second run harmless. A bodiless POST may still transfer money.
+/// or one read whole (see [`RequestBody::resendable`]), and a method (or an `Idempotency-Key`,
+/// as Go's client also takes it) that makes a second run harmless. A bodiless POST may still
+/// transfer money.
 fn replayable(head: &Parts, body: &RequestBody) -> bool {
     body.resendable()
         && (is_idempotent(&head.method)

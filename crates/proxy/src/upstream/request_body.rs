@@ -314,20 +314,12 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Whole(b, trailers, up) => {
+            // Its upload finished when it was read, and nothing watches it (see `send_pooled`).
+            RequestBody::Whole(b, trailers, _) => {
                 if !b.is_empty() {
-                    if trailers.is_none() {
-                        up.ending();
-                    }
                     return Poll::Ready(Some(Ok(Frame::data(std::mem::take(b)))));
                 }
-                match trailers.take() {
-                    Some(t) => {
-                        up.ending();
-                        Poll::Ready(Some(Ok(Frame::trailers(*t))))
-                    }
-                    None => Poll::Ready(None),
-                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
             RequestBody::Stream(b, up) => {
                 if let Some(w) = up.watch.get() {
