@@ -228,7 +228,7 @@ pub(super) fn refused_head_status(e: &hyper::Error) -> Option<StatusCode> {
         // hyper's two "too large" kinds (the head past `max_buf_size` or `max_headers`, or a
         // Content-Length past 2^64 - 2; and a request-target past 65 534 bytes) differ only in
         // their text. A newer hyper that
-        // changed it would log 431 for a 414: tests/tests/hardening.rs checks both.
+        // changed it would log 431 for a 414: tests/tests/e2e/hardening.rs checks both.
         return Some(if text.starts_with("URI too long") {
             StatusCode::URI_TOO_LONG
         } else {
