@@ -241,6 +241,11 @@ fn connection_persists(version: Version, headers: &HeaderMap, keep_alive_listed:
 
 /// Writes one field line: `name: value` and CRLF. Request heads, the forwarding fields and the
 /// HTTP/1.1 server's answer heads are all written with it.
+// A hint to inline: called from three places, it stopped being inlined into the answer
+// encoder. With the one-pass `parse_length` below, a proxied HTTP/1.1 request went from 25 418
+// to 25 295 instructions and a cache hit from 19 241 to 19 096 (callgrind, 5 000 requests);
+// `#[inline(always)]` with one capacity check measured the same.
+#[inline]
 pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -248,12 +253,20 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A Content-Length value: digits only (RFC 9110 §8.6; Rust's `parse` would also take "+5").
+/// A Content-Length value: digits only (RFC 9110 §8.6; Rust's `parse` would also take "+5"),
+/// `None` past `u64::MAX`. One pass: checking the digits, then UTF-8, then parsing took 112
+/// instructions for "1024" on every answer (callgrind).
 pub fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    v.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// How a response body ends (RFC 9112 §6.3).
@@ -523,6 +536,28 @@ mod tests {
     fn head(text: &str) -> ResponseHead {
         let mut b = BytesMut::from(text.as_bytes());
         parse_response_head(&mut b, None).unwrap().unwrap()
+    }
+
+    #[test]
+    fn lengths_are_digits_only_and_fit_in_64_bits() {
+        let cases: [(&[u8], Option<u64>); 13] = [
+            (b"0", Some(0)),
+            (b"1024", Some(1024)),
+            (b"007", Some(7)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"99999999999999999999999", None),
+            (b"", None),
+            (b"+5", None),
+            (b"-1", None),
+            (b" 5", None),
+            (b"5 ", None),
+            (b"5,5", None),
+            ("\u{663}".as_bytes(), None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(parse_length(v), want, "{:?}", String::from_utf8_lossy(v));
+        }
     }
 
     #[test]
