@@ -307,6 +307,30 @@ async fn a_body_larger_than_max_body_gets_413() {
 }
 
 #[tokio::test]
+async fn a_connection_line_cannot_hide_a_bodys_length_from_max_body() {
+    // RFC 9110 lets `Connection` name fields to drop at this hop; naming Content-Length (or
+    // Transfer-Encoding) must not take the body past the limit unseen. The origin would have
+    // had all 2 KiB before its answer was turned into a 413.
+    let o = Origin::start("o").await;
+    let d = limited_config(&o, Listener::http("web"), Limits::new().max_body("1KiB"))
+        .start()
+        .await;
+    for connection in ["content-length, close", "Content-Length,close"] {
+        let raw = format!(
+            "POST /sink HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\n\
+             Content-Length: 2048\r\n\r\n{}",
+            "x".repeat(2048)
+        );
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{connection}: {answer}");
+    }
+    assert_eq!(o.hits(), 0, "no body over max_body reached the origin");
+    assert_eq!(d.limited("body").await, 2.0);
+}
+
+#[tokio::test]
 async fn by_default_a_request_may_carry_100_header_fields() {
     // Envoy's default (HAProxy's is 101); hyper parses up to 100 on the stack. The origin
     // takes any number of fields, so every 431 is the proxy's.

@@ -126,11 +126,14 @@ impl HttpProxy {
     /// the client's request rates (429 with Retry-After). Each refusal is counted.
     fn admit(&self, out: &Outbound<'_>) -> Result<(), ProxyError> {
         let limits = &out.service.spec.limits;
-        let declared = out
-            .parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        // The length the body will have, as the server read its framing; the field is only a
+        // fallback. A `Connection` line may have removed the field by now.
+        let declared = http_body::Body::size_hint(&out.body).exact().or_else(|| {
+            out.parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        });
         if declared.is_some_and(|n| n > limits.max_body) {
             self.limited.count(Limit::Body);
             return Err(ProxyError::PayloadTooLarge {

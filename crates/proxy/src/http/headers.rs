@@ -154,10 +154,13 @@ const CLIENT_FORWARDING: [&str; 17] = [
 /// Fields a `Connection` line may not remove: who the client is and which host it asked for.
 /// Behind a trusted balancer, `Connection: X-Forwarded-For` would drop the balancer's list
 /// after the client's address was read from it, and the origin would see the balancer as the
-/// client (the "hop-by-hop abuse" that bypasses origins trusting internal addresses).
+/// client (the "hop-by-hop abuse" that bypasses origins trusting internal addresses). Nor
+/// Content-Length, which the limits read (this proxy writes the backend's framing itself):
+/// `Connection: Content-Length` hid a 2 KiB body from `max_body = "1KiB"`.
 fn never_nominated(name: &str) -> bool {
     name.eq_ignore_ascii_case("host")
         || name.eq_ignore_ascii_case("via")
+        || name.eq_ignore_ascii_case("content-length")
         || CLIENT_FORWARDING.iter().any(|f| spelled_as(name, f))
 }
 
@@ -467,9 +470,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::CONNECTION,
-            HeaderValue::from_static("X-Forwarded-For, host, Via, x_real_ip, forwarded, x-other"),
+            HeaderValue::from_static(
+                "X-Forwarded-For, host, Via, x_real_ip, forwarded, Content-Length, x-other",
+            ),
         );
         for name in [
+            "content-length",
             "x-forwarded-for",
             "host",
             "via",
@@ -481,7 +487,14 @@ mod tests {
         }
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-other").is_none());
-        for name in ["x-forwarded-for", "host", "via", "x_real_ip", "forwarded"] {
+        for name in [
+            "content-length",
+            "x-forwarded-for",
+            "host",
+            "via",
+            "x_real_ip",
+            "forwarded",
+        ] {
             assert_eq!(h.get(name).unwrap(), "1", "{name}");
         }
     }
