@@ -159,7 +159,19 @@ pub fn evaluate(rules: &Rules, req: &Request<'_>) -> Outcome {
             // Captures can start mid-segment (`^/img-(.*)$` on `/img-../x`): the result is
             // normalised again, so no dot segment reaches later rules, the cache key or the
             // origin.
-            let p = normalize_rewrite(p);
+            let p = match normalize_rewrite(p) {
+                Ok(p) => p,
+                // A capture joined to the template's text can make what the client's path
+                // could not: `/$1;v` with `..` captured.
+                Err(why) => {
+                    out.answer = Some(Answer::Respond {
+                        status: 400,
+                        body: format!("400 bad request: the rewritten path has {why}\n"),
+                        content_type: "text/plain; charset=utf-8".into(),
+                    });
+                    return out;
+                }
+            };
             // ...and may not climb out of the directory the template wrote: `/images/$1`
             // stays under `/images/`. Routing chose this service for the client's path, not
             // for wherever its dot segments lead on the same backend.
@@ -204,24 +216,28 @@ fn written_dir(t: &Template) -> std::borrow::Cow<'_, str> {
     };
     match literal {
         // Normalised (an allocation) only when it needs it: most templates are written plain.
-        Some(dir) => path::normalize(dir).map_or(std::borrow::Cow::Borrowed(dir), Into::into),
+        // One it would refuse is kept as written: no path normalised would start with it.
+        Some(dir) => path::normalize(dir)
+            .ok()
+            .flatten()
+            .map_or(std::borrow::Cow::Borrowed(dir), Into::into),
         None => std::borrow::Cow::Borrowed("/"),
     }
 }
 
 /// `path[?query]` with its path normalised as the client's was before routing.
-fn normalize_rewrite(p: String) -> String {
+fn normalize_rewrite(p: String) -> Result<String, path::BadPath> {
     let (path, query) = match p.split_once('?') {
         Some((a, b)) => (a, Some(b)),
         None => (p.as_str(), None),
     };
-    match path::normalize(path) {
+    Ok(match path::normalize(path)? {
         None => p,
         Some(n) => match query {
             Some(q) => format!("{n}?{q}"),
             None => n,
         },
-    }
+    })
 }
 
 /// Whether every condition of `m` holds. Allocation-free; the regex goes last.

@@ -172,6 +172,58 @@ async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
 }
 
 #[tokio::test]
+async fn paths_that_would_mean_another_path_to_the_origin_are_refused() {
+    // A stray `%` that a decoded escape completes (`%2` then `%65`) made `%2e%2e` after
+    // normalising, which matched `/pub/` here and which nginx or a URL parser at the origin
+    // reads as `..`; `..;` is `..` to Tomcat, Jetty and Spring, and `\` a separator to IIS.
+    let public = Origin::start("public").await;
+    let rest = Origin::start("rest").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("pub").backends(&[(&public, 1)]))
+        .region(Region::new("rest").backends(&[(&rest, 1)]))
+        .service(
+            Service::new("pub")
+                .listeners(&["web"])
+                .path_prefix("/pub/")
+                .regions(&["pub"]),
+        )
+        .service(Service::new("rest").listeners(&["web"]).regions(&["rest"]))
+        .start()
+        .await;
+    for path in [
+        "/pub/%2%65%2%65/admin",
+        "/pub/%%32%65%%32%65/admin",
+        "/pub/x%2%66y",
+        "/pub/%zz",
+        "/pub/%4",
+        "/pub/..;/admin",
+        "/pub/.;x/admin",
+        "/pub/%2e%2e;x/admin",
+        "/pub/..\\admin",
+    ] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    assert_eq!(public.hits() + rest.hits(), 0, "no origin was asked");
+    // What stays allowed: escapes of reserved characters, `;` parameters of ordinary segments.
+    for path in ["/pub/a%2Fb", "/pub/x;jsessionid=1", "/pub/caf%C3%A9"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(
+            answer.ends_with(&format!("origin public {path}")),
+            "{path}: {answer}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_admin_api_refuses_what_a_browser_page_would_send() {
     let o = Origin::start("o").await;
     let d = config(&o, Timeouts::new()).start().await;

@@ -225,6 +225,8 @@ async fn a_rewrite_cannot_be_climbed_out_of_with_dot_segments_in_a_capture() {
                 .rules(&[
                     // docs/configuration.md's recipe against encoded slashes.
                     r#"{ match = { path_regex = "(?i)%2f" }, deny = true }"#,
+                    // A capture that makes `..;`, which is `..` to Tomcat, Jetty and Spring.
+                    r#"{ match = { path_regex = "^/img-v-(.*)$" }, rewrite = { path = "/images/$1;v" }, last = true }"#,
                     r#"{ match = { path_regex = "^/img-(.*)$" }, rewrite = { path = "/images/$1" } }"#,
                 ]),
         )
@@ -238,6 +240,7 @@ async fn a_rewrite_cannot_be_climbed_out_of_with_dot_segments_in_a_capture() {
         "/img-../admin",
         "/img-%2e%2e/admin",
         "/img-../images-private/a",
+        "/img-v-..",
     ] {
         let a = get(&c, &d.url("web", path), &[]).await.unwrap();
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{path}: {}", a.text());

@@ -30,7 +30,8 @@ pub(super) fn rules(
         Some((p, q)) => (p, Some(q)),
         None => (path, None),
     };
-    let normal = streamgate_policy::path::normalize(path);
+    // A path the data path refuses (400) is explained as it was written.
+    let normal = streamgate_policy::path::normalize(path).ok().flatten();
     let path = normal.as_deref().unwrap_or(path);
     let (name, port) = streamgate_policy::split_port(host);
     let headers = HeaderMap::new();

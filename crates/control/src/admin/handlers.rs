@@ -340,8 +340,21 @@ fn explain_in(
     (method, scheme): (&str, Scheme),
 ) -> AdminResponse {
     let route_path = path.split_once('?').map_or(path, |(p, _)| p);
-    // As the data path routes it.
-    let normal = streamgate_policy::path::normalize(route_path);
+    // As the data path routes it, and refuses it.
+    let normal = match streamgate_policy::path::normalize(route_path) {
+        Ok(normal) => normal,
+        Err(why) => {
+            return json_response(
+                StatusCode::OK,
+                json!({
+                    "listener": listener, "host": host, "path": path,
+                    "service": Value::Null,
+                    "decision": Value::Null,
+                    "why": format!("the path is refused (400): it has {why}"),
+                }),
+            );
+        }
+    };
     let route_path = normal.as_deref().unwrap_or(route_path);
     let service = match table.route(listener, host, route_path) {
         Ok(s) => s,

@@ -158,7 +158,10 @@ impl HttpProxy {
             return Err(ProxyError::LoopDetected { hops });
         }
         // Routed and forwarded as normalised (http::path): what matched is what the origin gets.
-        let normal = streamgate_policy::path::normalize(req.uri().path());
+        let normal = streamgate_policy::path::normalize(req.uri().path()).map_err(|why| {
+            debug!(path = req.uri().path(), %why, "path refused");
+            ProxyError::InvalidPath
+        })?;
         let route_path = normal.as_deref().unwrap_or(req.uri().path());
         let service = match table.route(&self.listener, host_str(&host), route_path) {
             Ok(s) => s,
