@@ -11,6 +11,7 @@ pub mod fleet;
 mod host;
 pub mod last_good;
 pub mod model;
+pub mod path;
 mod raw;
 mod read;
 pub mod rules;

@@ -107,6 +107,26 @@ const CASES: &[(&str, &str, &[&str])] = &[
         ],
     ),
     (
+        "paths written otherwise than requests are matched (normalised) would never match",
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n\n\
+         [[regions]]\nname = \"local\"\nbackends = [ { address = \"127.0.0.1:9001\" } ]\n\n\
+         [[services]]\nname = \"a\"\nlisteners = [\"web\"]\nregions = [\"local\"]\n\
+         path_prefix = \"/a//b/\"\n\
+         rules = [\n\
+           { match = { path_prefix = \"/admin%2f\" }, deny = true },\n\
+           { match = { path = \"/%61dmin\" }, deny = true },\n\
+           { match = { path = \"/x/..;/y\" }, deny = true },\n\
+           { match = { path_prefix = \"/api/\" }, rewrite = { strip_prefix = \"/api/./v1\" } },\n\
+         ]\n",
+        &[
+            "sg.toml:13: services[0].path_prefix: request paths are matched normalised, so \"/a//b/\" would not match as written: write \"/a/b/\"",
+            "sg.toml:15: services[0].rules[0].match.path_prefix: request paths are matched normalised, so \"/admin%2f\" would not match as written: write \"/admin%2F\"",
+            "sg.toml:16: services[0].rules[1].match.path: request paths are matched normalised, so \"/%61dmin\" would not match as written: write \"/admin\"",
+            "sg.toml:17: services[0].rules[2].match.path: \"/x/..;/y\" has a dot segment with ';' parameters: requests with such a path are refused (400)",
+            "sg.toml:18: services[0].rules[3].rewrite.strip_prefix: request paths are matched normalised, so \"/api/./v1\" would not match as written: write \"/api/v1\"",
+        ],
+    ),
+    (
         "a syntax error is the one error reported",
         "[runtime]\nworkerz = 2\nworkers = = 2\n",
         &["sg.toml:3: "],

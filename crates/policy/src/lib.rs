@@ -11,7 +11,7 @@
 
 pub mod encoding;
 mod expand;
-pub mod path;
+pub use streamgate_config::path;
 
 use std::net::IpAddr;
 

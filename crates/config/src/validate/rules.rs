@@ -168,10 +168,12 @@ fn matcher(
         ("path_prefix", &m.path_prefix, &mut out.path_prefix),
     ] {
         if let Some(v) = value {
-            if v.get_ref().starts_with('/') {
-                *slot = Some(v.get_ref().clone());
-            } else {
+            if !v.get_ref().starts_with('/') {
                 ctx.err(v.span(), format!("{p}.{key}"), "a path starts with \"/\"");
+            } else if let Some(why) = crate::path::not_as_matched(v.get_ref()) {
+                ctx.err(v.span(), format!("{p}.{key}"), why);
+            } else {
+                *slot = Some(v.get_ref().clone());
             }
         }
     }
@@ -467,6 +469,11 @@ fn rewrite(raw: &S<RawRewrite>, p: &str, tpl: &Tpl<'_>, ctx: &mut Ctx<'_>) -> Re
     let prefix = |v: &Option<S<String>>, key: &str, ctx: &mut Ctx<'_>| {
         v.as_ref().and_then(|x| {
             if x.get_ref().starts_with('/') && uri_text(x.get_ref()) {
+                let normal = crate::path::not_as_matched(x.get_ref());
+                if let Some(why) = normal.filter(|_| key == "strip_prefix") {
+                    ctx.err(x.span(), format!("{p}.rewrite.{key}"), why);
+                    return None;
+                }
                 Some(x.get_ref().clone())
             } else {
                 ctx.err(

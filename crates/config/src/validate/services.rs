@@ -95,7 +95,12 @@ pub(super) fn services(
 
         let path_prefix = match &s.path_prefix {
             None => "/".to_string(),
-            Some(v) if v.get_ref().starts_with('/') => v.get_ref().clone(),
+            Some(v) if v.get_ref().starts_with('/') => {
+                if let Some(why) = crate::path::not_as_matched(v.get_ref()) {
+                    ctx.err(v.span(), format!("{p}.path_prefix"), why);
+                }
+                v.get_ref().clone()
+            }
             Some(v) => {
                 ctx.err(
                     v.span(),

@@ -123,6 +123,22 @@ fn decode_unreserved(p: &str) -> Result<String, BadPath> {
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
+/// Why a path written in the config cannot be compared with request paths, which are
+/// normalised before anything matches them: `/admin%2f` or `/a//b` would never match, and a
+/// deny rule written so would deny nothing. `None`: it is in normal form.
+pub fn not_as_matched(path: &str) -> Option<String> {
+    match normalize(path) {
+        Ok(None) => None,
+        Ok(Some(normal)) => Some(format!(
+            "request paths are matched normalised, so \"{path}\" would not match as written: \
+             write \"{normal}\""
+        )),
+        Err(why) => Some(format!(
+            "\"{path}\" has {why}: requests with such a path are refused (400)"
+        )),
+    }
+}
+
 fn hex(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
