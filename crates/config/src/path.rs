@@ -1,6 +1,7 @@
 //! Request paths as routes and caches see them, and as the origin gets them: normalised once,
 //! before routing, so that `/pub/../admin` cannot match the `/pub` service and then reach
-//! `/admin` at the origin. The rule (RFC 3986 §6.2.2, as nginx applies it):
+//! `/admin` at the origin. The rule (RFC 3986 §6.2.2, as nginx applies it, but
+//! for `%2F`, which nginx decodes and this keeps escaped, as Envoy does):
 //!
 //! 1. percent-encoded unreserved characters are decoded (`%41` is `A`, `%2e` is `.`); other
 //!    escapes are kept, with upper-case hex (`%2f` stays an escaped slash, as `%2F`);
@@ -10,9 +11,10 @@
 //! A path that an origin could read as another path than the one routed is refused
 //! ([`BadPath`], answered 400): a `%` not followed by two hex digits (nginx refuses it too; kept
 //! as it came, `%2%65` decoded to `%2e`, a new escape that matched no dot segment here and is
-//! `.` to nginx and URL parsers at the origin), a backslash (a separator to IIS, not a URL
-//! character at all), and a dot segment with `;` parameters (`..;` is `..` to Tomcat, Jetty and
-//! Spring).
+//! `.` to nginx and URL parsers at the origin), a backslash, escaped or not (a separator to
+//! IIS, and not a URL character at all), a dot segment with `;` parameters (`..;` is `..` to
+//! Tomcat, Jetty and Spring) or beside an escaped slash (`..%2F` is `../` to nginx, which
+//! decodes it first), and an escaped NUL (nginx refuses it).
 //!
 //! The query is left as it is.
 
@@ -25,6 +27,10 @@ pub enum BadPath {
     Backslash,
     #[error("a dot segment with ';' parameters")]
     DotSegmentParameters,
+    #[error("a dot segment beside an escaped slash")]
+    DotSegmentEscapedSlash,
+    #[error("an escaped NUL")]
+    Nul,
 }
 
 /// The normalised form of `path`, or `None` when it is already normal (the common case: one
@@ -52,6 +58,14 @@ pub fn normalize(path: &str) -> Result<Option<String>, BadPath> {
             }
             s if matches!(s.split_once(';'), Some(("." | "..", _))) => {
                 return Err(BadPath::DotSegmentParameters);
+            }
+            // `%2F` stays escaped here (as Envoy keeps it), but nginx and Python's servers
+            // decode it before resolving dot segments: `/pub/..%2Fadmin` is `/admin` to them.
+            s if s.contains("%2F")
+                && s.split("%2F")
+                    .any(|piece| matches!(piece.split(';').next(), Some("." | ".."))) =>
+            {
+                return Err(BadPath::DotSegmentEscapedSlash);
             }
             s => out.push(s),
         }
@@ -103,6 +117,11 @@ fn decode_unreserved(p: &str) -> Result<String, BadPath> {
                 return Err(BadPath::BadEscape);
             };
             let c = h * 16 + l;
+            match c {
+                b'\\' => return Err(BadPath::Backslash),
+                0 => return Err(BadPath::Nul),
+                _ => {}
+            }
             if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                 out.push(c);
             } else {
@@ -195,6 +214,15 @@ mod tests {
             ("/pub/.;x", BadPath::DotSegmentParameters),
             ("/pub/%2e%2e;x/admin", BadPath::DotSegmentParameters),
             ("/pub/..;", BadPath::DotSegmentParameters),
+            ("/pub/..%2Fadmin", BadPath::DotSegmentEscapedSlash),
+            ("/pub/a%2F..", BadPath::DotSegmentEscapedSlash),
+            ("/pub/%2e%2e%2fadmin", BadPath::DotSegmentEscapedSlash),
+            ("/pub/.%2Fx", BadPath::DotSegmentEscapedSlash),
+            ("/pub/..;x%2Fadmin", BadPath::DotSegmentParameters),
+            ("/pub/x%2F..;y", BadPath::DotSegmentEscapedSlash),
+            ("/a%5Cb", BadPath::Backslash),
+            ("/a%5cb", BadPath::Backslash),
+            ("/a%00b", BadPath::Nul),
         ];
         for (path, why) in refused {
             assert_eq!(normalize(path), Err(why), "{path}");

@@ -117,6 +117,8 @@ const CASES: &[(&str, &str, &[&str])] = &[
            { match = { path = \"/%61dmin\" }, deny = true },\n\
            { match = { path = \"/x/..;/y\" }, deny = true },\n\
            { match = { path_prefix = \"/api/\" }, rewrite = { strip_prefix = \"/api/./v1\" } },\n\
+           { match = { path_prefix = \"/b/\" }, rewrite = { add_prefix = \"/v%\" } },\n\
+           { match = { path_prefix = \"/c/\" }, rewrite = { add_prefix = \"/v2//\" } },\n\
          ]\n",
         &[
             "sg.toml:13: services[0].path_prefix: request paths are matched normalised, so \"/a//b/\" would not match as written: write \"/a/b/\"",
@@ -124,6 +126,7 @@ const CASES: &[(&str, &str, &[&str])] = &[
             "sg.toml:16: services[0].rules[1].match.path: request paths are matched normalised, so \"/%61dmin\" would not match as written: write \"/admin\"",
             "sg.toml:17: services[0].rules[2].match.path: \"/x/..;/y\" has a dot segment with ';' parameters: requests with such a path are refused (400)",
             "sg.toml:18: services[0].rules[3].rewrite.strip_prefix: request paths are matched normalised, so \"/api/./v1\" would not match as written: write \"/api/v1\"",
+            "sg.toml:19: services[0].rules[4].rewrite.add_prefix: \"/v%\" has a '%' not followed by two hex digits: every rewritten request would be refused (400)",
         ],
     ),
     (

@@ -201,6 +201,14 @@ async fn paths_that_would_mean_another_path_to_the_origin_are_refused() {
         "/pub/.;x/admin",
         "/pub/%2e%2e;x/admin",
         "/pub/..\\admin",
+        // Escaped separators beside dots: nginx and Python decode `%2F` before resolving
+        // `..`, IIS `%5C`; and a NUL, which nginx refuses and old Jetty read as nothing.
+        "/pub/..%2Fadmin",
+        "/pub/..%2fadmin",
+        "/pub/.%2F..%2F..%2Fadmin",
+        "/pub/..%5Cadmin",
+        "/pub/a%5Cb",
+        "/pub/..%00/admin",
     ] {
         let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
         let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)

@@ -469,8 +469,16 @@ fn rewrite(raw: &S<RawRewrite>, p: &str, tpl: &Tpl<'_>, ctx: &mut Ctx<'_>) -> Re
     let prefix = |v: &Option<S<String>>, key: &str, ctx: &mut Ctx<'_>| {
         v.as_ref().and_then(|x| {
             if x.get_ref().starts_with('/') && uri_text(x.get_ref()) {
-                let normal = crate::path::not_as_matched(x.get_ref());
-                if let Some(why) = normal.filter(|_| key == "strip_prefix") {
+                let why = match key {
+                    "strip_prefix" => crate::path::not_as_matched(x.get_ref()),
+                    _ => crate::path::normalize(x.get_ref()).err().map(|why| {
+                        format!(
+                            "\"{}\" has {why}: every rewritten request would be refused (400)",
+                            x.get_ref()
+                        )
+                    }),
+                };
+                if let Some(why) = why {
                     ctx.err(x.span(), format!("{p}.rewrite.{key}"), why);
                     return None;
                 }
