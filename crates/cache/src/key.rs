@@ -159,12 +159,27 @@ fn is_port(p: &str) -> bool {
 
 /// The URL keys a purge of `url` means: `http://host/path` purges that scheme's key;
 /// `host/path` without a scheme purges both schemes. `None` if there is no host.
+/// The path is normalised as a request's is before its key is made: a purge of `/%7Euser`
+/// or `/a//b` names the object stored for `/~user` or `/a/b` (it purged nothing before).
 pub fn purge_keys(url: &str, rule: &KeyQuery) -> Option<Vec<String>> {
-    let (schemes, host, path) = split_url(url)?;
+    let (schemes, host, path_and_query) = split_url(url)?;
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    // A path requests could not have (refused with 400) keeps its spelling: it names nothing.
+    let normal = match streamgate_config::path::normalize(path) {
+        Ok(Some(n)) => Some(match query {
+            Some(q) => format!("{n}?{q}"),
+            None => n,
+        }),
+        _ => None,
+    };
+    let path_and_query = normal.as_deref().unwrap_or(path_and_query);
     Some(
         schemes
             .iter()
-            .map(|s| url_key(s, host, path, rule))
+            .map(|s| url_key(s, host, path_and_query, rule))
             .collect(),
     )
 }
@@ -394,6 +409,15 @@ mod tests {
         assert_eq!(
             purge_keys("h.example", &all).unwrap(),
             ["http://h.example/", "https://h.example/"]
+        );
+        // As the request's path was normalised before its key was made.
+        assert_eq!(
+            purge_keys("http://h/%7Euser//a/./b?x=%7E", &all).unwrap(),
+            [url_key("http", "h", "/~user/a/b?x=%7E", &all)]
+        );
+        assert_eq!(
+            purge_keys("http://h/bad%zz", &all).unwrap(),
+            ["http://h/bad%zz"]
         );
         assert_eq!(purge_keys("http:///x", &all), None);
         assert_eq!(purge_keys("h?x", &all), None);
