@@ -163,18 +163,10 @@ fn is_port(p: &str) -> bool {
 /// or `/a//b` names the object stored for `/~user` or `/a/b` (it purged nothing before).
 pub fn purge_keys(url: &str, rule: &KeyQuery) -> Option<Vec<String>> {
     let (schemes, host, path_and_query) = split_url(url)?;
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    };
     // A path requests could not have (refused with 400) keeps its spelling: it names nothing.
-    let normal = match streamgate_config::path::normalize(path) {
-        Ok(Some(n)) => Some(match query {
-            Some(q) => format!("{n}?{q}"),
-            None => n,
-        }),
-        _ => None,
-    };
+    let normal = streamgate_config::path::normalize_target(path_and_query)
+        .ok()
+        .flatten();
     let path_and_query = normal.as_deref().unwrap_or(path_and_query);
     Some(
         schemes

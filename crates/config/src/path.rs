@@ -142,6 +142,18 @@ fn decode_unreserved(p: &str) -> Result<String, BadPath> {
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
+/// [`normalize`] for `path[?query]`: the path normalised, the query kept as it is.
+pub fn normalize_target(target: &str) -> Result<Option<String>, BadPath> {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    Ok(normalize(path)?.map(|n| match query {
+        Some(q) => format!("{n}?{q}"),
+        None => n,
+    }))
+}
+
 /// Why a path written in the config cannot be compared with request paths, which are
 /// normalised before anything matches them: `/admin%2f` or `/a//b` would never match, and a
 /// deny rule written so would deny nothing. `None`: it is in normal form.

@@ -227,17 +227,7 @@ fn written_dir(t: &Template) -> std::borrow::Cow<'_, str> {
 
 /// `path[?query]` with its path normalised as the client's was before routing.
 fn normalize_rewrite(p: String) -> Result<String, path::BadPath> {
-    let (path, query) = match p.split_once('?') {
-        Some((a, b)) => (a, Some(b)),
-        None => (p.as_str(), None),
-    };
-    Ok(match path::normalize(path)? {
-        None => p,
-        Some(n) => match query {
-            Some(q) => format!("{n}?{q}"),
-            None => n,
-        },
-    })
+    Ok(path::normalize_target(&p)?.unwrap_or(p))
 }
 
 /// Whether every condition of `m` holds. Allocation-free; the regex goes last.
