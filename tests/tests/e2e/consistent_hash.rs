@@ -279,3 +279,34 @@ async fn explain_names_the_hash_key() {
     };
     assert_eq!(origin_of(&answer), chosen);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_hashes_the_path_the_request_is_routed_with() {
+    // The data path hashes the normalised path: `/v//3` is hashed as `/v/3`. /explain hashed
+    // the path as typed, and named another backend about three times in four.
+    let origins = [
+        Origin::start("a").await,
+        Origin::start("b").await,
+        Origin::start("c").await,
+        Origin::start("d").await,
+    ];
+    let refs: Vec<&Origin> = origins.iter().collect();
+    let d = TestDaemon::start(&config(&refs, Hash::new().key("uri"))).await;
+    for i in 0..6 {
+        let path = format!("/v//{i}/./x?q={i}");
+        let query = format!(
+            "/explain?listener=web&host=x&path={}&ip=192.0.2.1",
+            path.replace('?', "%3F").replace('=', "%3D")
+        );
+        let (status, body) = d.admin(Method::GET, &query, "").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let backend = body["decision"]["backend"].as_str().unwrap();
+        let named = origins
+            .iter()
+            .find(|o| o.addr.to_string() == backend)
+            .map(|o| o.name.clone())
+            .unwrap();
+        let answer = get(&http1(), &d.url("web", &path), &[]).await.unwrap();
+        assert_eq!(origin_of(&answer), named, "{path}");
+    }
+}

@@ -387,7 +387,13 @@ fn explain_in(
             .hash
             .as_ref()
             .filter(|h| h.key == HashKey::Uri)
-            .map(|_| streamgate_balance::select::key_hash(path.as_bytes())),
+            .map(|_| {
+                // As the data path hashes it: normalised (rules' rewrites are not run here).
+                let uri = streamgate_policy::path::normalize_target(path)
+                    .ok()
+                    .flatten();
+                streamgate_balance::select::key_hash(uri.as_deref().unwrap_or(path).as_bytes())
+            }),
         ..ClientFacts::default()
     };
     let hash = service.spec.hash.as_ref().map(|h| {
