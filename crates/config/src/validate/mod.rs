@@ -25,6 +25,7 @@ mod health;
 mod limits;
 mod listeners;
 mod regions;
+mod rule_match;
 mod rules;
 mod services;
 mod upstream;
