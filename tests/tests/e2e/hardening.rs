@@ -135,8 +135,8 @@ async fn a_slow_answer_to_an_empty_http2_upload_is_the_backends_timeout() {
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
 }
 
-#[tokio::test]
-async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
+/// Two services on one listener: `/pub/` to the origin "public", everything else to "rest".
+async fn pub_and_rest() -> (Origin, Origin, TestDaemon) {
     let public = Origin::start("public").await;
     let rest = Origin::start("rest").await;
     let d = Config::new()
@@ -152,6 +152,20 @@ async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
         .service(Service::new("rest").listeners(&["web"]).regions(&["rest"]))
         .start()
         .await;
+    (public, rest, d)
+}
+
+/// `GET path` as the client wrote it (no client library re-spells it), and the whole answer.
+async fn get_raw(d: &TestDaemon, path: &str) -> String {
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+    raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
+    let (_public, rest, d) = pub_and_rest().await;
     let cases = [
         ("/pub/../admin", "origin rest /admin"),
         ("/pub/%2e%2e/admin", "origin rest /admin"),
@@ -161,10 +175,7 @@ async fn paths_are_normalised_before_routing_and_forwarded_as_routed() {
         ("//pub/x", "origin public /pub/x"),
     ];
     for (path, want) in cases {
-        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
-        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
-            .await
-            .unwrap();
+        let answer = get_raw(&d, path).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
         assert!(answer.ends_with(want), "{path}: {answer}");
     }
@@ -176,21 +187,7 @@ async fn paths_that_would_mean_another_path_to_the_origin_are_refused() {
     // A stray `%` that a decoded escape completes (`%2` then `%65`) made `%2e%2e` after
     // normalising, which matched `/pub/` here and which nginx or a URL parser at the origin
     // reads as `..`; `..;` is `..` to Tomcat, Jetty and Spring, and `\` a separator to IIS.
-    let public = Origin::start("public").await;
-    let rest = Origin::start("rest").await;
-    let d = Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("pub").backends(&[(&public, 1)]))
-        .region(Region::new("rest").backends(&[(&rest, 1)]))
-        .service(
-            Service::new("pub")
-                .listeners(&["web"])
-                .path_prefix("/pub/")
-                .regions(&["pub"]),
-        )
-        .service(Service::new("rest").listeners(&["web"]).regions(&["rest"]))
-        .start()
-        .await;
+    let (public, rest, d) = pub_and_rest().await;
     for path in [
         "/pub/%2%65%2%65/admin",
         "/pub/%%32%65%%32%65/admin",
@@ -210,19 +207,13 @@ async fn paths_that_would_mean_another_path_to_the_origin_are_refused() {
         "/pub/a%5Cb",
         "/pub/..%00/admin",
     ] {
-        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
-        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
-            .await
-            .unwrap();
+        let answer = get_raw(&d, path).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
     }
     assert_eq!(public.hits() + rest.hits(), 0, "no origin was asked");
     // What stays allowed: escapes of reserved characters, `;` parameters of ordinary segments.
     for path in ["/pub/a%2Fb", "/pub/x;jsessionid=1", "/pub/caf%C3%A9"] {
-        let raw = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
-        let answer = raw_exchange(d.addr("web"), raw.as_bytes(), 1 << 16)
-            .await
-            .unwrap();
+        let answer = get_raw(&d, path).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
         assert!(
             answer.ends_with(&format!("origin public {path}")),

@@ -73,8 +73,9 @@ impl RequestBody {
         else {
             return Ok(());
         };
-        // Grown as bytes come, not reserved from the declared length: 256 HTTP/2 streams that
-        // declare 16 KiB and send nothing hold nothing. One frame with all of it is kept as is.
+        // Nothing reserved from the declared length before bytes come: 256 HTTP/2 streams that
+        // declare 16 KiB and send nothing hold nothing. One frame with all of it is kept as is;
+        // a second frame sizes the buffer for the whole (below).
         let mut first: Option<Bytes> = None;
         let mut more = bytes::BytesMut::new();
         let mut got: u64 = 0;
