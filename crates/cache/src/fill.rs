@@ -87,6 +87,14 @@ pub fn join(fills: &Arc<Fills>, key: &str) -> Role {
     })
 }
 
+/// The fill of `key` in flight, to wait for, without leading one if there is none: for a
+/// request whose own fetch stores nothing (a HEAD's answer has no body), so that the requests
+/// behind it are not all told "not stored".
+pub fn follow(fills: &Arc<Fills>, key: &str) -> Option<watch::Receiver<Outcome>> {
+    let m = fills.inflight.lock().unwrap_or_else(|e| e.into_inner());
+    m.get(key).cloned()
+}
+
 /// Waits until the leader is done or `timeout` passes: the fill's outcome, or `Pending` if
 /// it timed out.
 pub async fn wait(mut rx: watch::Receiver<Outcome>, timeout: Duration) -> Outcome {

@@ -54,12 +54,7 @@ pub fn record_head(
     if length.is_some_and(|n| n > cache.spec.max_object_size) {
         return None;
     }
-    let mut names: Vec<HeaderName> = cache
-        .spec
-        .key_headers
-        .iter()
-        .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-        .collect();
+    let mut names: Vec<HeaderName> = cache.key_names.clone();
     for n in vary_names(resp.headers) {
         if !names.contains(&n) {
             names.push(n);

@@ -25,6 +25,9 @@ pub struct ServiceCache {
     pub status_header: Option<HeaderName>,
     /// `spec.targeted_fields` parsed once, in precedence order.
     pub targets: Vec<HeaderName>,
+    /// `spec.key_headers` parsed once: a stored variant answers only if it was selected by
+    /// every one of them.
+    pub key_names: Vec<HeaderName>,
     /// Shared with the cache this one replaced on a reload that kept the size.
     entries: Arc<TinyLfu<Entry>>,
     pub fills: Arc<Fills>,
@@ -37,8 +40,8 @@ fn status_header_of(spec: &CacheSpec) -> Option<HeaderName> {
     HeaderName::from_bytes(spec.status_header.as_bytes()).ok()
 }
 
-fn targets_of(spec: &CacheSpec) -> Vec<HeaderName> {
-    spec.targeted_fields
+fn names_of(fields: &[String]) -> Vec<HeaderName> {
+    fields
         .iter()
         .filter_map(|f| HeaderName::from_bytes(f.as_bytes()).ok())
         .collect()
@@ -74,7 +77,8 @@ impl ServiceCache {
         });
         ServiceCache {
             status_header: status_header_of(&spec),
-            targets: targets_of(&spec),
+            targets: names_of(&spec.targeted_fields),
+            key_names: names_of(&spec.key_headers),
             spec,
             entries: Arc::new(entries),
             fills: Arc::default(),
@@ -84,16 +88,24 @@ impl ServiceCache {
     }
 
     /// Whether `spec` can take over this store: the same byte bound and object size limit (which
-    /// shape the store); every other setting can change under stored objects.
+    /// shape the store), and the same `key_query`. A URL key made under other query rules names
+    /// another set of requests: with `key_query = ["id"]`, `/p?id=1&lang=fr` is stored as
+    /// `/p?id=1`, which a request for `/p?id=1` would be served once `lang` is keyed too (nginx
+    /// and Varnish objects likewise become unreachable when their key changes). Added key
+    /// headers are handled at lookup instead ([`ServiceCache::lookup_at`]), so a restored point
+    /// is held to them too. Every other setting can change under stored objects.
     pub fn fits(&self, spec: &CacheSpec) -> bool {
-        self.spec.max_size == spec.max_size && self.spec.max_object_size == spec.max_object_size
+        self.spec.max_size == spec.max_size
+            && self.spec.max_object_size == spec.max_object_size
+            && self.spec.key_query == spec.key_query
     }
 
     /// The same store, its objects and its misses in flight, under new settings (a reload).
     pub fn with_spec(&self, spec: CacheSpec) -> ServiceCache {
         ServiceCache {
             status_header: status_header_of(&spec),
-            targets: targets_of(&spec),
+            targets: names_of(&spec.targeted_fields),
+            key_names: names_of(&spec.key_headers),
             spec,
             entries: self.entries.clone(),
             fills: self.fills.clone(),
@@ -123,10 +135,14 @@ impl ServiceCache {
 
     /// `lookup` with the current time already read. The newest matching variant wins (RFC
     /// 9111 §4.1); each selecting header of the request is read once, however many variants.
+    /// A variant stored before a key header was configured (a reload, or a recovery point
+    /// written under older settings) was not selected by it and answers no one: it was one
+    /// tenant's copy, say, before `x-tenant` was keyed.
     pub fn lookup_at(&self, key: &str, req: &HeaderMap, now: Instant) -> Option<Arc<Variant>> {
         let entry = self.entries.get(key, now)?;
         if let [only] = &entry[..]
             && only.selectors.is_empty()
+            && self.key_names.is_empty()
         {
             return Some(only.clone());
         }
@@ -135,17 +151,19 @@ impl ServiceCache {
             .iter()
             .rev()
             .find(|v| {
-                v.selectors.iter().all(|(name, want)| {
-                    let got = match seen.iter().find(|(n, _)| *n == name) {
-                        Some((_, got)) => got.clone(),
-                        None => {
-                            let got = crate::key::selector_value(req, name);
-                            seen.push((name, got.clone()));
-                            got
-                        }
-                    };
-                    got.as_ref() == want.as_ref()
-                })
+                let keyed = |k: &HeaderName| v.selectors.iter().any(|(name, _)| name == k);
+                self.key_names.iter().all(keyed)
+                    && v.selectors.iter().all(|(name, want)| {
+                        let got = match seen.iter().find(|(n, _)| *n == name) {
+                            Some((_, got)) => got.clone(),
+                            None => {
+                                let got = crate::key::selector_value(req, name);
+                                seen.push((name, got.clone()));
+                                got
+                            }
+                        };
+                        got.as_ref() == want.as_ref()
+                    })
             })
             .cloned()
     }
@@ -222,11 +240,15 @@ impl ServiceCache {
     /// Puts back variants read from a recovery point, kept for `keep` from now. Variants over
     /// `max_object_size` (the setting may have shrunk) are left out.
     pub fn restore(&self, key: &str, variants: Vec<Variant>, keep: Duration) -> bool {
-        let list: Vec<Arc<Variant>> = variants
+        let now = SystemTime::now();
+        let mut list: Vec<Arc<Variant>> = variants
             .into_iter()
-            .filter(|v| v.size <= self.spec.max_object_size)
+            .filter_map(|v| self.restorable(v, now))
             .map(Arc::new)
             .collect();
+        // The newest are last (see `lookup_at`).
+        let over = list.len().saturating_sub(self.spec.max_variants.max(1));
+        list.drain(..over);
         if list.is_empty() {
             return false;
         }
@@ -235,6 +257,39 @@ impl ServiceCache {
         let now = Instant::now();
         self.entries
             .insert(key, entry, w, now.checked_add(keep).unwrap_or(now))
+    }
+
+    /// A variant read from a recovery point, if this cache could have stored it. A point is a
+    /// file, as trustworthy as whoever can write its directory, or the clock of the host that
+    /// wrote it: what the live path never stores (a Set-Cookie, `private`, `no-store`, a 206
+    /// or a 304) is left out, times ahead of now are now (a response time in the future would
+    /// keep a copy at age 0, fresh, until then), and lifetimes are held to what a live store
+    /// computes at most.
+    fn restorable(&self, mut v: Variant, now: SystemTime) -> Option<Variant> {
+        if v.size > self.spec.max_object_size {
+            return None;
+        }
+        let dirs = self.directives(&v.headers);
+        let rules = self.rules();
+        crate::policy::storable(
+            &http::Method::GET,
+            &HeaderMap::new(),
+            v.status,
+            &v.headers,
+            &dirs,
+            rules,
+            now,
+        )
+        .ok()?;
+        let t = &mut v.timing;
+        t.request_time = t.request_time.min(now);
+        t.response_time = t.response_time.min(now);
+        let most = Duration::from_secs(crate::directives::DELTA_MAX);
+        let f = &mut v.freshness;
+        f.lifetime = f.lifetime.min(most);
+        f.stale_while_revalidate = f.stale_while_revalidate.min(most);
+        f.stale_if_error = f.stale_if_error.min(most);
+        Some(v)
     }
 
     /// Removes every variant of one URL; returns how many objects went.

@@ -336,3 +336,125 @@ async fn url_overrides_never_reach_the_origin_even_through_a_trusted_balancer() 
     // What the balancer vouches for still goes on.
     assert!(seen.get("x-forwarded-proto").is_some(), "{seen:?}");
 }
+
+/// An origin whose answer differs by the `x-tenant` field and by the whole query: it reflects
+/// both.
+async fn per_tenant() -> RawOrigin {
+    RawOrigin::start(|head| {
+        let target = head.split(' ').nth(1).unwrap_or("");
+        let tenant = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-tenant:")
+                    .map(|v| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "-".into());
+        let body = format!("{tenant} {target}");
+        format!(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn key_rules_widened_by_a_reload_do_not_serve_copies_stored_under_the_old_ones() {
+    let o = per_tenant().await;
+    let keyed = |c: Cache| c.set("key_query", &["id"][..]);
+    let d = config(o.addr, keyed(cache())).start().await;
+    // Stored before the operator learnt that the answers differ by tenant and by language.
+    let a = fetch(&d, "/home", &[("x-tenant", "a")]).await;
+    assert_eq!(a.text(), "a /home");
+    assert_eq!(
+        fetch(&d, "/p?id=1&lang=fr", &[]).await.text(),
+        "- /p?id=1&lang=fr"
+    );
+    assert_eq!(xc(&fetch(&d, "/home", &[("x-tenant", "b")]).await), "HIT");
+
+    let wider = keyed(cache())
+        .set("key_query", &["id", "lang"][..])
+        .set("key_headers", &["x-tenant"][..]);
+    d.rewrite_config(&config(o.addr, wider).to_toml());
+    d.daemon
+        .apply(streamgate_config::load(&d.config_path).unwrap());
+    // Tenant a's copy was stored for everyone; now tenants are told apart, it answers no one.
+    let b = fetch(&d, "/home", &[("x-tenant", "b")]).await;
+    assert_eq!((b.text().as_str(), xc(&b)), ("b /home", "MISS"));
+    let b = fetch(&d, "/home", &[("x-tenant", "b")]).await;
+    assert_eq!((b.text().as_str(), xc(&b)), ("b /home", "HIT"));
+    let a = fetch(&d, "/home", &[("x-tenant", "a")]).await;
+    assert_eq!((a.text().as_str(), xc(&a)), ("a /home", "MISS"));
+    // `/p?id=1&lang=fr` was stored as `/p?id=1`: that key now means "no lang".
+    let p = fetch(&d, "/p?id=1", &[]).await;
+    assert_eq!((p.text().as_str(), xc(&p)), ("- /p?id=1", "MISS"));
+}
+
+#[tokio::test]
+async fn a_chunked_answer_cut_short_by_a_size_line_without_digits_is_not_stored() {
+    // An empty line, blanks, or an extension alone are no chunk size: httparse read each as
+    // size 0, the last chunk, so `hello` looked whole and was stored although the origin's
+    // body went on. hyper and nginx refuse them, and a bare LF inside an extension.
+    let o = RawOrigin::start(|head| {
+        let target = head.split(' ').nth(1).unwrap_or("");
+        let size_line = match target {
+            "/empty" => "",
+            "/blank" => "  ",
+            "/ext" => ";x=1",
+            "/lf" => "0;a\nb",
+            _ => "0",
+        };
+        format!(
+            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ntransfer-encoding: chunked\r\n\r\n\
+             5\r\nhello\r\n{size_line}\r\n\r\n"
+        )
+        .into_bytes()
+    })
+    .await;
+    let d = config(o.addr, cache()).start().await;
+    for path in ["/empty", "/blank", "/ext", "/lf"] {
+        let url = d.url("web", path);
+        for _ in 0..2 {
+            let got = get(&http1(), &url, &[("host", "cdn.example.com")]).await;
+            assert!(got.is_err(), "{path}: a whole answer: {got:?}");
+        }
+    }
+    assert_eq!(o.heads().len(), 8, "every request went to the origin");
+    // The well-formed answer is stored.
+    assert_eq!(fetch(&d, "/whole", &[]).await.text(), "hello");
+    assert_eq!(xc(&fetch(&d, "/whole", &[]).await), "HIT");
+}
+
+/// A HEAD fetches a HEAD, whose answer has no body to store. Had it led the fill, the GETs
+/// waiting behind it would be told "not stored" and each go to the origin on its own: a HEAD
+/// sent as an object expires would undo request coalescing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_miss_does_not_lead_the_gets_behind_it_to_the_origin_one_each() {
+    let o = Origin::start("o").await;
+    let d = Arc::new(start(&o, cache().lock_timeout("60s")).await);
+    o.set_delay(Duration::from_secs(2));
+    let path = "/c/live?cc=max-age%3D60";
+    let head = {
+        let url = d.url("web", path);
+        tokio::spawn(async move {
+            let h = [("host", "cdn.example.com")];
+            send(&http1(), http::Method::HEAD, &url, &h, bytes::Bytes::new()).await
+        })
+    };
+    // The HEAD is at the origin when the GETs come.
+    assert!(eventually(Duration::from_secs(5), || o.hits() == 1).await);
+    for a in at_once(&d, 8, path).await {
+        assert_eq!(a.status, StatusCode::OK, "{}", xc(&a));
+        assert!(!a.body.is_empty());
+    }
+    assert_eq!(head.await.unwrap().unwrap().status, StatusCode::OK);
+    assert_eq!(o.hits(), 2, "the HEAD, and one GET for the eight");
+    // A HEAD is answered from what a GET stored.
+    let h = [("host", "cdn.example.com")];
+    let url = d.url("web", path);
+    let again = send(&http1(), http::Method::HEAD, &url, &h, bytes::Bytes::new()).await;
+    assert_eq!(xc(&again.unwrap()), "HIT");
+    assert_eq!(o.hits(), 2);
+}

@@ -878,6 +878,55 @@ mod tests {
     }
 
     #[test]
+    fn a_point_restores_only_what_the_cache_could_have_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let caches = registry();
+        let cdn = caches.get("cdn").unwrap();
+        let with = |name: &'static str, value: &'static str| {
+            let mut v = variant(b"x", None, true);
+            v.headers.insert(name, HeaderValue::from_static(value));
+            v
+        };
+        let mut partial = variant(b"x", None, true);
+        partial.status = StatusCode::PARTIAL_CONTENT;
+        let mut ahead = variant(b"ahead", None, true);
+        let year = Duration::from_secs(365 * 86_400);
+        ahead.timing.response_time += year;
+        ahead.freshness.lifetime = Duration::from_secs(4_000_000_000);
+        // Put there as a writer of the directory could: the live path refuses each of these.
+        cdn.insert("http://h/cookie", with("set-cookie", "session=alice"));
+        cdn.insert(
+            "http://h/private",
+            with("cache-control", "private, max-age=600"),
+        );
+        cdn.insert("http://h/no-store", with("cache-control", "no-store"));
+        cdn.insert("http://h/partial", partial);
+        cdn.insert("http://h/ahead", ahead);
+        cdn.insert("http://h/fine", variant(b"fine", None, true));
+        full(&caches, dir.path());
+
+        let fresh = registry();
+        let done = restore(&fresh, dir.path(), None, |e| panic!("{e}"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.restored, 2);
+        let cdn = fresh.get("cdn").unwrap();
+        let req = HeaderMap::new();
+        for gone in ["cookie", "private", "no-store", "partial"] {
+            let key = format!("http://h/{gone}");
+            assert!(cdn.lookup(&key, &req).is_none(), "{gone} restored");
+        }
+        assert!(cdn.lookup("http://h/fine", &req).is_some());
+        let ahead = cdn.lookup("http://h/ahead", &req).unwrap();
+        let now = SystemTime::now();
+        assert!(
+            ahead.timing.response_time <= now,
+            "a response time in the future"
+        );
+        assert!(ahead.freshness.lifetime <= Duration::from_secs(1 << 31));
+    }
+
+    #[test]
     fn a_replacement_the_cache_refuses_does_not_bring_back_the_older_copy() {
         let dir = tempfile::tempdir().unwrap();
         let caches = registry();

@@ -134,6 +134,11 @@ impl HttpProxy {
             // `Vary: Cookie` every client would wait for everyone before it).
             let join = if waited == Some(Outcome::Stored) {
                 None
+            } else if out.parts.method == http::Method::HEAD {
+                // A HEAD fetches a HEAD, which stores nothing: it may wait for a GET's fill but
+                // never lead one, or every GET behind it would be told "not stored" and go to
+                // the origin on its own.
+                fill::follow(&cache.fills, key).map(Role::Follower)
             } else {
                 Some(fill::join(&cache.fills, key))
             };

@@ -437,6 +437,9 @@ impl BodyDecoder {
                     return Ok(Decoded::Data(data));
                 }
                 BodyDecoder::Chunked(state) => match *state {
+                    ChunkState::Size if !size_line_ok(buf) => {
+                        return Err(HeadError::Malformed("invalid chunk size".into()));
+                    }
                     ChunkState::Size => match httparse::parse_chunk_size(buf) {
                         Ok(httparse::Status::Complete((used, size))) => {
                             buf.advance(used);
@@ -527,6 +530,21 @@ pub fn lists_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool 
             .split(|&b| b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     })
+}
+
+/// Whether `buf` can start a chunk-size line as hyper and nginx read one: a hex digit first,
+/// and the line (once it is all there) ended by CRLF. httparse takes an empty line, blanks or an
+/// extension alone as size 0 (the last chunk), and a bare LF inside an extension, so a body cut
+/// there looked whole and was stored.
+fn size_line_ok(buf: &[u8]) -> bool {
+    let Some(&first) = buf.first() else {
+        return true;
+    };
+    first.is_ascii_hexdigit()
+        && buf
+            .iter()
+            .position(|&b| b == b'\n')
+            .is_none_or(|lf| buf[lf - 1] == b'\r')
 }
 
 #[cfg(test)]
@@ -800,6 +818,30 @@ mod tests {
         assert!(response_framing(&Method::GET, &h).is_err());
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n"[..]);
         assert!(parse_response_head(&mut b, None).is_err());
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        for (line, ok) in [
+            (&b""[..], true),
+            (b"5", true),
+            (b"5;ext=1", true),
+            (b"a\r\n", true),
+            (b"0;x=\"y\"\r\n", true),
+            (b"\r\n", false),
+            (b"  \r\n", false),
+            (b";x=1\r\n", false),
+            (b"0;a\nb\r\n", false),
+            (b"5\n", false),
+            (b"g\r\n", false),
+        ] {
+            assert_eq!(
+                size_line_ok(line),
+                ok,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]
