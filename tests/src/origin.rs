@@ -46,6 +46,8 @@ pub struct OriginState {
     pub last_headers: Mutex<Option<HeaderMap>>,
     /// HTTP version of the last ordinary request.
     pub last_version: Mutex<Option<http::Version>>,
+    /// The last request's target authority (HTTP/2's `:authority`), if it had one.
+    pub last_authority: Mutex<Option<String>>,
     /// TLS origins: what the handshake of the connection that carried the last ordinary request
     /// (not a probe) carried.
     pub last_tls: Mutex<Option<TlsSeen>>,
@@ -222,6 +224,11 @@ impl Origin {
             .unwrap_or_default()
     }
 
+    /// The last request's `:authority` (HTTP/2) or absolute-form authority.
+    pub fn last_authority(&self) -> Option<String> {
+        self.state.last_authority.lock().unwrap().clone()
+    }
+
     pub fn last_version(&self) -> Option<http::Version> {
         *self.state.last_version.lock().unwrap()
     }
@@ -301,6 +308,7 @@ async fn answer(name: &str, st: &Arc<OriginState>, req: Request<Incoming>) -> Re
     }
     *st.last_headers.lock().unwrap() = Some(req.headers().clone());
     *st.last_version.lock().unwrap() = Some(req.version());
+    *st.last_authority.lock().unwrap() = req.uri().authority().map(|a| a.to_string());
     let now = st.in_flight.fetch_add(1, SeqCst) + 1;
     st.max_in_flight.fetch_max(now, SeqCst);
     let delay = st.delay_ms.load(SeqCst);

@@ -82,6 +82,14 @@ async fn tls_backends_are_verified_get_sni_and_a_client_certificate() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(o.last_tls().unwrap().alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(o.last_version(), Some(Version::HTTP_2));
+    // The site asked for is the request's `:authority`, which an HTTP/2 server reads before
+    // Host (RFC 9113 §8.3.1), and no Host line that could differ from it.
+    assert_eq!(o.last_authority().as_deref(), Some("b.example"));
+    assert!(
+        o.last_headers().get("host").is_none(),
+        "{:?}",
+        o.last_headers()
+    );
 
     // A backend whose certificate the configured CA did not sign is not talked to.
     let hits = o.hits();

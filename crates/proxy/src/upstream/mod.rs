@@ -311,6 +311,7 @@ impl Upstreams {
         let client = match sender {
             Sender::Client(client) => client,
             Sender::H2(pools) => {
+                authority_from_host(&mut req);
                 return match pools.send(backend, req).await {
                     Ok((resp, slot)) => Ok(settled(resp)
                         .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot))))),
@@ -504,4 +505,22 @@ fn spawn_sweeper(upstreams: Weak<Upstreams>) {
 fn settled<B>(mut resp: Response<B>) -> Response<B> {
     codec::settle_length(resp.headers_mut());
     resp
+}
+/// HTTP/2 names the site in `:authority`, which a server reads before Host (RFC 9113 §8.3.1),
+/// and a Host that differs from it is malformed to some servers: the request's Host becomes
+/// its authority, as Envoy and HAProxy send it, and the backend's address only chooses the
+/// connection (the pool dials it, not the URI).
+fn authority_from_host(req: &mut http::Request<RequestBody>) {
+    let Some(host) = req.headers_mut().remove(http::header::HOST) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = host.to_str().ok().and_then(|h| h.parse().ok());
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        // Not an authority (the Host checks make this unreachable): sent as it came.
+        Err(_) => {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+    }
 }
