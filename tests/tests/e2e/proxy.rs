@@ -424,3 +424,52 @@ async fn a_host_that_smuggles_a_second_name_past_a_wildcard_is_refused() {
     }
     assert_eq!(o.heads().len(), 1);
 }
+
+/// RFC 9112 §3.2: two Host lines, or none in an HTTP/1.1 request, get a 400 whatever the
+/// target's form; and the rules see the host that the absolute-form target names, as the
+/// backend does, not a Host line it overrules.
+#[tokio::test]
+async fn an_absolute_form_request_is_held_to_one_host_line_and_ruled_by_its_own_host() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").origins(&[&o]))
+        .service(
+            Service::new("s")
+                .listeners(&["web"])
+                .hosts(&["*"])
+                .regions(&["r"])
+                .rules(&[
+                    r#"{ match = { headers = { host = "admin.example.com" } }, deny = true }"#,
+                ]),
+        )
+        .start()
+        .await;
+    let close = "Connection: close\r\n\r\n";
+    for (head, want) in [
+        (
+            "GET http://www.example.com/ HTTP/1.1\r\nHost: www.example.com\r\nHost: x\r\n",
+            "400",
+        ),
+        ("GET http://www.example.com/ HTTP/1.1\r\n", "400"),
+        (
+            "GET http://admin.example.com/ HTTP/1.1\r\nHost: www.example.com\r\n",
+            "403",
+        ),
+        ("GET / HTTP/1.1\r\nHost: admin.example.com\r\n", "403"),
+        (
+            "GET http://www.example.com/ HTTP/1.1\r\nHost: admin.example.com\r\n",
+            "200",
+        ),
+    ] {
+        let req = format!("{head}{close}");
+        let raw = raw_exchange(d.addr("web"), req.as_bytes(), 64 * 1024)
+            .await
+            .unwrap();
+        assert!(
+            raw.starts_with(&format!("HTTP/1.1 {want}")),
+            "{head:?}: {raw}"
+        );
+    }
+    assert_eq!(o.hits(), 1, "only the last reached the origin");
+}

@@ -409,3 +409,48 @@ async fn opens_within_5s(
     }
     status
 }
+
+/// A rule sees an HTTP/2 WebSocket as the backend gets it, a GET upgrading to websocket, as it
+/// sees an HTTP/1.1 one: the extended CONNECT is not a way past a rule that refuses GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_refusing_get_refuses_websockets_over_both_protocols() {
+    use streamgate_tests::h2::{h2_client, websocket_connect};
+    let d = Config::new()
+        .timeouts(timeouts())
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(websocket_backend(false).await))
+        .service(
+            Service::new("ws")
+                .listeners(&["web"])
+                .regions(&["r"])
+                .rules(&[
+                    r#"{ match = { path_prefix = "/admin", methods = ["GET"] }, deny = true }"#,
+                ]),
+        )
+        .start()
+        .await;
+    let h1 = |path: &'static str| {
+        let web = d.addr("web");
+        async move {
+            let tcp = TcpStream::connect(web).await.unwrap();
+            match tokio_tungstenite::client_async(format!("ws://chat.example{path}"), tcp).await {
+                Ok((_, resp)) => resp.status().as_u16(),
+                Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert_eq!(h1("/live").await, 101);
+    assert_eq!(h1("/admin/feed").await, 403);
+    let mut sender = h2_client(&d).await;
+    let mut h2 = async |path: &str| {
+        let resp = sender.send_request(websocket_connect(path)).await.unwrap();
+        resp.status().as_u16()
+    };
+    assert_eq!(h2("/live").await, 200);
+    assert_eq!(
+        h2("/admin/feed").await,
+        403,
+        "the CONNECT form got past the rule"
+    );
+}

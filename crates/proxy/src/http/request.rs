@@ -143,11 +143,23 @@ impl HttpProxy {
                 method: req.method().to_string(),
             });
         }
+        if h2_websocket {
+            // From here on (access checks, rules, `$method`) it is the request the backend
+            // gets: a GET upgrading to websocket, as an HTTP/1.1 client sends it, so a rule
+            // that refuses GET on a path refuses HTTP/2 WebSockets too. Envoy's codec
+            // translates it before any filter likewise.
+            *req.method_mut() = Method::GET;
+        }
         let host = request_host(&req)?;
         // RFC 9112 §3.2: a valid authority. A Host with a path in it would make the cache key
         // of one URL the key of another.
         if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
+        }
+        // The host it names is the Host the rules see, as the backend will: a rule matching
+        // `headers.host` is not passed by a Host line that the target's authority overrules.
+        if req.uri().authority().is_some() {
+            req.headers_mut().insert(header::HOST, host.clone());
         }
         // A request that has come round to us again (a backend, or a name that resolves to one,
         // leads back here) would be forwarded once more at every pass, a connection each, until
@@ -252,7 +264,6 @@ impl HttpProxy {
         // After CONNECT the stream itself is the tunnel; no body goes ahead of the upgrade.
         let body = body.filter(|b| !h2_websocket && !b.is_end_stream());
         if h2_websocket {
-            parts.method = Method::GET;
             // HTTP/2 has no key/accept handshake; HTTP/1.1 needs one.
             let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
             let key = base64::engine::general_purpose::STANDARD.encode(key);
@@ -337,18 +348,23 @@ impl HttpProxy {
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or the Host header.
 fn request_host(req: &ClientRequest) -> Result<HeaderValue, ProxyError> {
+    // One lookup for the field and for a second line of it: RFC 9112 §3.2 asks for a 400 to
+    // either, and to an HTTP/1.1 request without one, whatever the target's form (nginx
+    // refuses an absolute-form request with two Host lines as "duplicate host header").
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err(ProxyError::InvalidHost);
+    }
+    if first.is_none() && req.version() == Version::HTTP_11 {
+        return Err(ProxyError::MissingHost);
+    }
+    // An absolute-form target or HTTP/2's `:authority` names the host (RFC 9112 §3.2.2).
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::InvalidHost);
     }
-    // One lookup for the field and for a second line of it (RFC 9112 §3.2: 400).
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(h), None) => Ok(h.clone()),
-        (Some(_), Some(_)) => Err(ProxyError::InvalidHost),
-        // HTTP/1.0 may omit Host; only a catch-all service can take it.
-        (None, _) if req.version() == Version::HTTP_10 => Ok(HeaderValue::from_static("")),
-        (None, _) => Err(ProxyError::MissingHost),
-    }
+    // HTTP/1.0 may omit Host; only a catch-all service can take it.
+    Ok(first.cloned().unwrap_or(HeaderValue::from_static("")))
 }
 
 /// `host [":" port]`: a bracketed IP literal, or a name of letters, digits, `-`, `.` and `_`,
