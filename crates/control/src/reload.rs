@@ -212,8 +212,43 @@ pub(crate) fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// What a file event says of a change to the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileEvent {
+    /// A change has ended and the file can be read: a writer closed it, a name moved over it
+    /// (editors, `sed -i`, `mv`, Kubernetes' `..data` swap), it was removed or replaced.
+    Ended,
+    /// A write is under way: bytes written, or a regular file created (written next, then
+    /// closed). A writer that pauses longer than the debounce (`scp`, `kubectl cp`, `tee`)
+    /// would otherwise have its first half read, and a file cut at a `[[services]]` line is
+    /// valid TOML that drops services.
+    Writing,
+    /// Nothing changed: the file was read (every reload reads it, and reacting to that made
+    /// one SIGHUP reload forever) or its metadata changed.
+    Nothing,
+}
+
+/// Where the platform reports no close (not inotify), a write ends a change. `link`: the path
+/// is a symbolic link now (made in the file's place, `ln -sf`: nothing writes it after).
+fn file_event(kind: &notify::EventKind, link: bool) -> FileEvent {
+    use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
+    let write = if cfg!(target_os = "linux") {
+        FileEvent::Writing
+    } else {
+        FileEvent::Ended
+    };
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => FileEvent::Ended,
+        EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => FileEvent::Nothing,
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => write,
+        EventKind::Create(CreateKind::File) if !link => write,
+        _ => FileEvent::Ended,
+    }
+}
+
 /// Watches the config file (through its directory, since editors replace files) and reloads
-/// once changes have settled for `debounce`.
+/// once a change has ended ([`FileEvent`]), no write is under way, and no event came for
+/// `debounce`.
 pub fn watch_config(
     control: Arc<Control>,
     debounce: Duration,
@@ -226,20 +261,20 @@ pub fn watch_config(
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let name = path.file_name()?.to_os_string();
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<FileEvent>();
     let tx_first = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only what can change the file's contents: reading it (which every reload does)
-        // raises access events, and reacting to those made one SIGHUP reload forever.
         // Kubernetes ConfigMaps swap a `..data` symlink rather than touching the file itself.
         if let Ok(ev) = event
-            && !matches!(ev.kind, notify::EventKind::Access(_))
-            && ev.paths.iter().any(|p| {
+            && let Some(p) = ev.paths.iter().find(|p| {
                 p.file_name() == Some(name.as_os_str())
                     || p.file_name().is_some_and(|n| n == "..data")
             })
         {
-            let _ = tx.send(());
+            let link = p
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink());
+            let _ = tx.send(file_event(&ev.kind, link));
         }
     })
     .map_err(
@@ -253,23 +288,79 @@ pub fn watch_config(
     // The file may have changed between the load at start and this watch (an edit while the
     // daemon was starting would otherwise wait for the next event): look once now. The digest
     // makes it a no-op when nothing changed.
-    let _ = tx_first.send(());
+    let _ = tx_first.send(FileEvent::Ended);
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Debounce: wait until no event for `debounce`.
-            loop {
+        let (mut ended, mut writing) = (false, false);
+        loop {
+            let event = if ended && !writing {
                 match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
+                    Ok(event) => event,
+                    Err(_) => {
+                        ended = false;
+                        // Its digest decides whether the file changed (a touch or a rewrite of
+                        // the same bytes is no change): only a change is reloaded, and logged.
+                        if let ReloadOutcome::Unchanged { .. } = control.reload(false).await {
+                            tracing::debug!(file = %control.config_path.display(), "config file event; contents unchanged");
+                        }
+                        continue;
+                    }
                 }
-            }
-            // Its digest decides whether the file changed (a touch or a rewrite of the same
-            // bytes is no change): only a change is reloaded, and logged by the reload.
-            if let ReloadOutcome::Unchanged { .. } = control.reload(false).await {
-                tracing::debug!(file = %control.config_path.display(), "config file event; contents unchanged");
+            } else {
+                rx.recv().await
+            };
+            match event {
+                None => return,
+                Some(FileEvent::Ended) => (ended, writing) = (true, false),
+                Some(FileEvent::Writing) => writing = true,
+                Some(FileEvent::Nothing) => {}
             }
         }
     });
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FileEvent, file_event};
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, MetadataKind, ModifyKind,
+        RemoveKind, RenameMode,
+    };
+
+    #[test]
+    fn a_change_ends_when_its_writer_closes_the_file_or_a_name_moves() {
+        use FileEvent::{Ended, Nothing, Writing};
+        assert_eq!(
+            file_event(&EventKind::Create(CreateKind::File), true),
+            Ended
+        );
+        for (kind, says) in [
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                Ended,
+            ),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                Nothing,
+            ),
+            (
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                Nothing,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                Writing,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+                Nothing,
+            ),
+            (EventKind::Create(CreateKind::File), Writing),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), Ended),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), Ended),
+            (EventKind::Remove(RemoveKind::File), Ended),
+        ] {
+            assert_eq!(file_event(&kind, false), says, "{kind:?}");
+        }
+    }
 }
