@@ -289,3 +289,65 @@ async fn trailers_of_a_body_read_whole_reach_an_h2c_backend() {
     assert_eq!(collected.to_bytes(), "hello");
     assert_eq!(echoed["x-checksum"], "c0ffee");
 }
+
+/// A backend that reads one chunked request and answers with how many chunks and bytes its
+/// body came in.
+async fn chunk_counting_backend() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let got = read_until_end(&mut s, b"\r\n0\r\n\r\n").await;
+                let start = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let mut rest = &got[start..];
+                let (mut chunks, mut bytes) = (0, 0);
+                loop {
+                    let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let line = std::str::from_utf8(&rest[..line_end]).unwrap();
+                    let size = usize::from_str_radix(line, 16).unwrap();
+                    if size == 0 {
+                        break;
+                    }
+                    chunks += 1;
+                    bytes += size;
+                    rest = &rest[line_end + 2 + size + 2..];
+                }
+                let body = format!("{chunks} chunks, {bytes} bytes");
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A client's many tiny chunks that are in at once reach the backend together, not as a
+/// write (and a chunk to parse) each: 2 000 one-byte chunks were 2 000 chunks and 6 000
+/// writes to the backend.
+#[tokio::test]
+async fn tiny_chunks_that_came_together_go_to_the_backend_together() {
+    let d = Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(chunk_counting_backend().await))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let mut req = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..2000 {
+        req.extend_from_slice(b"1\r\nx\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let mut s = TcpStream::connect(d.addr("web")).await.unwrap();
+    s.write_all(&req).await.unwrap();
+    let answer = String::from_utf8(read_until_end(&mut s, b" bytes").await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let said = answer.rsplit("\r\n\r\n").next().unwrap();
+    let (chunks, bytes) = said.split_once(" chunks, ").unwrap();
+    assert_eq!(bytes, "2000 bytes");
+    let chunks: usize = chunks.parse().unwrap();
+    assert!(chunks <= 20, "{chunks} chunks for 2 000 bytes sent at once");
+}

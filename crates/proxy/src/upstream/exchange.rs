@@ -345,6 +345,15 @@ async fn read_more<R: tokio::io::AsyncRead + Unpin>(
     Ok(())
 }
 
+/// A request body's frames that are in already are sent to the backend together: one write
+/// (and, chunked, one chunk) for what a client sent as many small pieces. Sent one by one, a
+/// chunked upload of 10 000 one-byte chunks (60 KB from the client) cost 30 000 `send` calls
+/// and made the backend parse 10 000 chunks; nginx buffers a body, HAProxy writes it in
+/// buffer-sized blocks.
+const GATHER: usize = 64 * 1024;
+/// A frame at least this large goes out as it is, not copied into the gathered bytes.
+const WHOLE_FRAME: usize = 8 * 1024;
+
 async fn write_body(
     mut wr: OwnedWriteHalf,
     mut body: hyper::body::Incoming,
@@ -357,11 +366,13 @@ async fn write_body(
     // its own later, or never (a reset).
     let all_in =
         |upload: &Upload| matches!(framing, RequestFraming::Length(n) if upload.bytes() == n);
-    while !all_in(&upload)
-        && let Some(frame) = body.frame().await
-    {
+    let mut gathered = BytesMut::new();
+    while !all_in(&upload) {
+        let Some(frame) = next_frame(&mut body, &mut wr, &mut gathered, chunked).await? else {
+            break;
+        };
         let frame = frame.map_err(|e| client_broke(&upload, e.to_string()))?;
-        if let Some(data) = frame.data_ref() {
+        if let Ok(data) = frame.into_data() {
             if data.is_empty() {
                 continue;
             }
@@ -373,25 +384,20 @@ async fn write_body(
             if matches!(framing, RequestFraming::Length(n) if upload.bytes() > n) {
                 return Err(client_broke(&upload, "longer than its length".into()));
             }
-            if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                wr.write_all(size.as_bytes())
-                    .await
-                    .map_err(|e| io_err("sending the request body", e))?;
-            }
             // Done before its last bytes go: a backend that reads the body answers only after
             // they have, and its answer must not look early however late this thread runs on
             // after the write (CI saw one preempted there, and a connection closed).
             if all_in(&upload) {
                 upload.finished();
             }
-            wr.write_all(data)
-                .await
-                .map_err(|e| io_err("sending the request body", e))?;
-            if chunked {
-                wr.write_all(b"\r\n")
-                    .await
-                    .map_err(|e| io_err("sending the request body", e))?;
+            if data.len() >= WHOLE_FRAME {
+                send_data(&mut wr, gathered.split().freeze(), chunked).await?;
+                send_data(&mut wr, data, chunked).await?;
+            } else {
+                gathered.extend_from_slice(&data);
+                if gathered.len() >= GATHER {
+                    send_data(&mut wr, gathered.split().freeze(), chunked).await?;
+                }
             }
         }
         // Its last byte is in: hyper's server says so only once it reads again, which after
@@ -411,12 +417,58 @@ async fn write_body(
         .check_end(&body)
         .map_err(|cut| UpstreamError::ClientBody(cut.to_string()))?;
     upload.finished();
+    send_data(&mut wr, gathered.split().freeze(), chunked).await?;
     if chunked {
         wr.write_all(b"0\r\n\r\n")
             .await
             .map_err(|e| io_err("sending the request body", e))?;
     }
     Ok(wr)
+}
+
+/// The body's next frame. One that is not in yet lets what is gathered go first, unless it
+/// comes after a yield: hyper's HTTP/1.1 server hands a body over a frame at a time, decoding
+/// the next in the connection's task once this one is taken, so that task must run first.
+async fn next_frame(
+    body: &mut hyper::body::Incoming,
+    wr: &mut OwnedWriteHalf,
+    gathered: &mut BytesMut,
+    chunked: bool,
+) -> Result<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>, UpstreamError> {
+    use futures_util::FutureExt;
+    if let Some(next) = body.frame().now_or_never() {
+        return Ok(next);
+    }
+    if gathered.is_empty() {
+        return Ok(body.frame().await);
+    }
+    tokio::task::yield_now().await;
+    if let Some(next) = body.frame().now_or_never() {
+        return Ok(next);
+    }
+    send_data(wr, gathered.split().freeze(), chunked).await?;
+    Ok(body.frame().await)
+}
+
+/// Writes `data` (as one chunk if `chunked`) in one vectored write where the socket takes it.
+async fn send_data(
+    wr: &mut OwnedWriteHalf,
+    data: bytes::Bytes,
+    chunked: bool,
+) -> Result<(), UpstreamError> {
+    use bytes::Buf;
+    if data.is_empty() {
+        return Ok(());
+    }
+    let sent = if chunked {
+        let size = format!("{:x}\r\n", data.len());
+        let mut all = size.as_bytes().chain(data).chain(&b"\r\n"[..]);
+        wr.write_all_buf(&mut all).await
+    } else {
+        let mut data = data;
+        wr.write_all_buf(&mut data).await
+    };
+    sent.map_err(|e| io_err("sending the request body", e))
 }
 
 #[cfg(test)]
