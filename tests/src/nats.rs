@@ -74,6 +74,45 @@ impl NatsServer {
         }
     }
 
+    /// A request as any NATS client makes one (core NATS, a reply inbox of its own): the first
+    /// answer's payload, as text. The JetStream API answers this way (`$JS.API.STREAM.INFO.<name>`).
+    pub fn request(&self, subject: &str, payload: &[u8]) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("INFO"), "{line}");
+        let mut out = format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB _INBOX.test 1\r\n\
+             PUB {subject} _INBOX.test {}\r\n",
+            payload.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(payload);
+        out.extend_from_slice(b"\r\n");
+        s.write_all(&out).unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.starts_with("-ERR"), "{line}");
+            if line.starts_with("PING") {
+                s.write_all(b"PONG\r\n").unwrap();
+            }
+            // MSG <subject> <sid> <bytes>
+            if let Some(len) = line
+                .strip_prefix("MSG ")
+                .and_then(|m| m.split_whitespace().nth(2))
+            {
+                let mut body = vec![0u8; len.trim().parse::<usize>().unwrap() + 2];
+                r.read_exact(&mut body).unwrap();
+                body.truncate(body.len() - 2);
+                return String::from_utf8(body).unwrap();
+            }
+        }
+    }
+
     /// Kills the server (as a crash would).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -64,7 +64,7 @@ struct Seen {
 }
 
 /// Far more purges than a stream's retention holds between two restarts of a PoP.
-const SEEN: usize = 100_000;
+pub(crate) const SEEN: usize = 100_000;
 
 impl Seen {
     /// Records `id`; false if it was there already.
@@ -258,6 +258,20 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_purge_that_walked_the_cache_is_followed_by_as_long_a_pause() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        for (took, pause) in [
+            (Duration::from_micros(40), Duration::ZERO),
+            (ms(1), ms(1)),
+            (ms(35), ms(35)),
+            (ms(5_000), ms(1_000)),
+        ] {
+            assert_eq!(crate::link::pause_after(took), pause, "{took:?}");
+        }
+    }
+
     use super::*;
 
     fn beat(pop: &str) -> Heartbeat {

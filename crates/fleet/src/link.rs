@@ -81,15 +81,11 @@ async fn session(inner: &Arc<Inner>, js: &jetstream::Context) -> FleetError {
 
 async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<(), FleetError> {
     let cfg = &inner.config;
+    js.create_or_update_stream(purge_stream(cfg))
+        .await
+        .map_err(|e| js_err(format!("stream {}: {e}", cfg.stream())))?;
     let purges = js
-        .get_or_create_stream(stream::Config {
-            name: cfg.stream(),
-            subjects: vec![cfg.purge_subject()],
-            max_age: cfg.purge_retention,
-            storage: stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .get_stream(cfg.stream())
         .await
         .map_err(|e| js_err(format!("stream {}: {e}", cfg.stream())))?;
     let consumer = purges
@@ -146,7 +142,14 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
             m = messages.next() => match m {
                 Some(Ok(m)) => {
                     let mark = inner.apply.journal_mark();
-                    apply_purge(inner, &m.payload);
+                    // A prefix, tag or whole-cache purge walks every stored object: off the
+                    // runtime's threads, which serve traffic, and followed by a pause as long
+                    // as it took, so purges take at most half a core however fast they come.
+                    let started = Instant::now();
+                    let (applying, payload) = (inner.clone(), m.payload.clone());
+                    let _ = tokio::task::spawn_blocking(move || apply_purge(&applying, &payload))
+                        .await;
+                    tokio::time::sleep(pause_after(started.elapsed())).await;
                     // Acked once applied and journaled: a purge lost to a crash comes again.
                     // One the journal could not take is acked all the same (logged): sent
                     // again, it would fail again, and the purge is applied in memory.
@@ -162,6 +165,41 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
                 None => return Ok(()),
             },
         }
+    }
+}
+
+/// The purge stream. Bounded, as the overrides bucket is, so that whoever may publish on the
+/// purge subject cannot make every PoP's NATS hold without limit: no message larger than a
+/// PoP takes ([`message::MAX_MESSAGE`]), no more purges than a PoP remembers ids of (a purge
+/// pushed out before a PoP applied it would be lost in silence, so past that, new ones are
+/// refused and the publisher told). Made or updated at every session, so a stream made by an
+/// older release gets the bounds too.
+pub(crate) fn purge_stream(cfg: &streamgate_config::fleet::Fleet) -> stream::Config {
+    stream::Config {
+        name: cfg.stream(),
+        subjects: vec![cfg.purge_subject()],
+        max_age: cfg.purge_retention,
+        max_messages: crate::SEEN as i64,
+        max_bytes: MAX_PURGE_BYTES,
+        max_message_size: message::MAX_MESSAGE as i32,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// Bytes the purge stream holds at most: 100 000 purges of 2.5 KiB (a URL and its envelope).
+const MAX_PURGE_BYTES: i64 = 256 << 20;
+
+/// How long to wait after a purge that took `took` before the next: as long again once it
+/// took a millisecond or more (a walk of the cache; a URL purge takes microseconds and waits
+/// for nothing), at most a second.
+pub(crate) fn pause_after(took: Duration) -> Duration {
+    if took < Duration::from_millis(1) {
+        Duration::ZERO
+    } else {
+        took.min(Duration::from_secs(1))
     }
 }
 

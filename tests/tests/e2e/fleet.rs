@@ -414,3 +414,57 @@ async fn a_fleet_purge_is_published_when_the_local_journal_fails() {
     assert_eq!(v["fleet"]["published"], true, "{v}");
     assert!(no_longer_a_hit(&b).await, "b applied the fleet purge");
 }
+
+/// The purge stream is bounded, as every PoP's NATS must hold it: whoever may publish on the
+/// purge subject cannot make it grow without limit. A stream an older release made without
+/// bounds gets them when a PoP joins, and a purge over 16 KiB never reaches a PoP.
+#[tokio::test]
+async fn the_purge_stream_is_bounded_even_when_an_older_release_made_it() {
+    let nats = NatsServer::start();
+    let unbounded = json!({
+        "name": "STREAMGATE_PURGES",
+        "subjects": ["streamgate.purge"],
+        "storage": "file",
+        "max_age": 86_400_000_000_000u64,
+        "duplicate_window": 120_000_000_000u64,
+    });
+    let made = nats.request(
+        "$JS.API.STREAM.CREATE.STREAMGATE_PURGES",
+        unbounded.to_string().as_bytes(),
+    );
+    assert!(!made.contains("\"error\""), "{made}");
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let a = cdn(&o1, &o2).raw(&fleet(&nats, "a")).start().await;
+    assert!(connected(&a).await, "a joins");
+    let info: serde_json::Value =
+        serde_json::from_str(&nats.request("$JS.API.STREAM.INFO.STREAMGATE_PURGES", b"")).unwrap();
+    let c = &info["config"];
+    assert_eq!(c["max_msg_size"], 16 * 1024, "{info}");
+    assert_eq!(c["max_msgs"], 100_000, "{info}");
+    assert_eq!(c["max_bytes"], 256 << 20, "{info}");
+    assert_eq!(c["discard"], "new", "{info}");
+
+    fetch(a.addr("web"), OBJ).await;
+    assert_eq!(
+        fetch(a.addr("web"), OBJ).await.header("x-cache"),
+        Some("HIT")
+    );
+    let big = json!({
+        "id": "big", "from_pop": "x", "sent_ms": 1,
+        "target": { "url": format!("http://cdn.test/{}", "a".repeat(17_000)) },
+    });
+    nats.publish("streamgate.purge", big.to_string().as_bytes());
+    // The purge after it arrives; the large one never did.
+    let small = json!({
+        "id": "small", "from_pop": "x", "sent_ms": 1,
+        "target": { "url": format!("http://cdn.test{OBJ}") },
+    });
+    nats.publish("streamgate.purge", small.to_string().as_bytes());
+    assert!(no_longer_a_hit(&a).await);
+    let m = a.metrics().await;
+    let series = |result: &str| {
+        format!("streamgate_fleet_messages_total{{kind=\"purge\",result=\"{result}\"}}")
+    };
+    assert_eq!(value(&m, &series("malformed")), 0.0, "{m}");
+    assert_eq!(value(&m, &series("applied")), 1.0, "{m}");
+}
