@@ -59,6 +59,9 @@ fn encoded(c: &snapshot::Change) -> Vec<u8> {
         snapshot::Change::Remove { service, key } => {
             snapshot::codec::encode_removal(&mut out, service, key);
         }
+        snapshot::Change::KeyRules { service, rules } => {
+            snapshot::codec::encode_key_rules(&mut out, service, rules);
+        }
     }
     out
 }

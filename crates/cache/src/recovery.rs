@@ -481,8 +481,10 @@ fn write_point(
     // The point holds the caches as of now: a purge journaled from here on may be missing.
     let looked = SystemTime::now();
     let mut objects: Vec<(Arc<str>, Arc<str>, Entry)> = Vec::new();
+    let mut rules: Vec<(Arc<str>, String)> = Vec::new();
     for (service, cache) in caches.services() {
         let service: Arc<str> = service.into();
+        rules.push((service.clone(), cache.key_rules()));
         for (key, entry) in cache.entries() {
             objects.push((service.clone(), key, entry));
         }
@@ -497,7 +499,14 @@ fn write_point(
     };
     let kind = snapshot::next_kind(chain.as_ref(), thresholds);
     let mut now_seen: Seen = HashMap::with_capacity(objects.len());
-    let mut records = Vec::new();
+    // First, what the puts below were keyed by: a restore under other rules leaves them out.
+    let mut records: Vec<ToWrite<'_>> = rules
+        .iter()
+        .map(|(service, rules)| ToWrite::KeyRules {
+            service,
+            rules: rules.clone(),
+        })
+        .collect();
     for (service, key, entry) in &objects {
         let fp = fingerprint(entry);
         let id = (service.clone(), key.clone());
@@ -638,21 +647,46 @@ mod tests {
         put(&caches, "http://h/1");
         put(&caches, "http://h/2");
         let full = s.take().await.unwrap();
-        assert_eq!((full.kind(), full.records), (Kind::Full, 2));
+        // Every point's first record is the service's key rules.
+        assert_eq!((full.kind(), full.records), (Kind::Full, 1 + 2));
         put(&caches, "http://h/3");
         caches.get("cdn").unwrap().purge_url("http://h/1");
         let inc = s.take().await.unwrap();
         assert_eq!(
             (inc.kind(), inc.records, inc.objects),
-            (Kind::Increment, 2, 2)
+            (Kind::Increment, 1 + 2, 2)
         );
         let idle = s.take().await.unwrap();
-        assert_eq!((idle.kind(), idle.records), (Kind::Increment, 0));
+        assert_eq!((idle.kind(), idle.records), (Kind::Increment, 1));
         // A reload moves the directory: nothing there to build on.
         s.configure(Some(settings(b.path())));
         let moved = s.take().await.unwrap();
-        assert_eq!((moved.kind(), moved.records), (Kind::Full, 2));
+        assert_eq!((moved.kind(), moved.records), (Kind::Full, 1 + 2));
         assert!(moved.path.starts_with(b.path()));
+    }
+
+    #[tokio::test]
+    async fn objects_keyed_under_other_query_rules_are_not_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, caches) = snapshotter(dir.path());
+        put(&caches, "http://h/p?id=1&lang=fr");
+        s.take().await.unwrap();
+        put(&caches, "http://h/q?id=2");
+        assert_eq!(s.take().await.unwrap().kind(), Kind::Increment);
+        // The config changed while the daemon was down.
+        let restore_with = |key_query| {
+            let caches = CacheRegistry::new(Arc::new(Metrics::new()));
+            let mut keyed = spec(1 << 24);
+            keyed.key_query = key_query;
+            caches.for_service("cdn", &keyed);
+            let done = snapshot::restore(&caches, dir.path(), None, |e| panic!("{e}"))
+                .unwrap()
+                .unwrap();
+            (done.restored, done.unclaimed)
+        };
+        assert_eq!(restore_with(streamgate_config::KeyQuery::All), (2, 0));
+        let only_id = streamgate_config::KeyQuery::Only(vec!["id".into()]);
+        assert_eq!(restore_with(only_id), (0, 2));
     }
 
     #[tokio::test]
@@ -674,7 +708,7 @@ mod tests {
         std::fs::rename(&aside, &snaps).unwrap();
         // Its chain's points are all back, but what the failed write saw is not on disk.
         let next = s.take().await.unwrap();
-        assert_eq!((next.kind(), next.records), (Kind::Full, 3));
+        assert_eq!((next.kind(), next.records), (Kind::Full, 1 + 3));
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use streamgate_config::CacheSpec;
+use streamgate_config::{CacheSpec, KeyQuery};
 use streamgate_telemetry::prometheus::IntCounter;
 
 use crate::entry::Variant;
@@ -98,6 +98,21 @@ impl ServiceCache {
         self.spec.max_size == spec.max_size
             && self.spec.max_object_size == spec.max_object_size
             && self.spec.key_query == spec.key_query
+    }
+
+    /// The rules that shape this cache's URL keys (`key_query`), in one canonical spelling:
+    /// recorded in recovery points, so that objects keyed under other rules are not restored
+    /// (as a reload that changes them starts the store empty, see [`ServiceCache::fits`]).
+    pub fn key_rules(&self) -> String {
+        match &self.spec.key_query {
+            KeyQuery::All => "query=all".to_string(),
+            KeyQuery::Ignore => "query=ignore".to_string(),
+            KeyQuery::Only(names) => {
+                let mut names = names.clone();
+                names.sort();
+                format!("query=only:{}", names.join(","))
+            }
+        }
     }
 
     /// The same store, its objects and its misses in flight, under new settings (a reload).
@@ -237,13 +252,13 @@ impl ServiceCache {
         self.entries.entries()
     }
 
-    /// Puts back variants read from a recovery point, kept for `keep` from now. Variants over
-    /// `max_object_size` (the setting may have shrunk) are left out.
+    /// Puts back variants read from a recovery point (each passed by
+    /// [`ServiceCache::restorable`]), kept for `keep` from now. Variants over `max_object_size`
+    /// (the setting may have shrunk) are left out, and all but the newest `max_variants`.
     pub fn restore(&self, key: &str, variants: Vec<Variant>, keep: Duration) -> bool {
-        let now = SystemTime::now();
         let mut list: Vec<Arc<Variant>> = variants
             .into_iter()
-            .filter_map(|v| self.restorable(v, now))
+            .filter(|v| v.size <= self.spec.max_object_size)
             .map(Arc::new)
             .collect();
         // The newest are last (see `lookup_at`).
@@ -265,13 +280,10 @@ impl ServiceCache {
     /// or a 304) is left out, times ahead of now are now (a response time in the future would
     /// keep a copy at age 0, fresh, until then), and lifetimes are held to what a live store
     /// computes at most.
-    fn restorable(&self, mut v: Variant, now: SystemTime) -> Option<Variant> {
-        if v.size > self.spec.max_object_size {
-            return None;
-        }
+    pub fn restorable(&self, mut v: Variant, now: SystemTime) -> Option<Variant> {
         let dirs = self.directives(&v.headers);
         let rules = self.rules();
-        crate::policy::storable(
+        let storable = crate::policy::storable(
             &http::Method::GET,
             &HeaderMap::new(),
             v.status,
@@ -279,8 +291,14 @@ impl ServiceCache {
             &dirs,
             rules,
             now,
-        )
-        .ok()?;
+        );
+        // The stored freshness stands (it may come from a default_ttl since changed): only
+        // what may not be stored at all is left out.
+        if let Err(why) = storable
+            && why != crate::policy::NotStored::NoFreshness
+        {
+            return None;
+        }
         let t = &mut v.timing;
         t.request_time = t.request_time.min(now);
         t.response_time = t.response_time.min(now);

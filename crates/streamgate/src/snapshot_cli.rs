@@ -126,6 +126,7 @@ fn inspect(path: &Path) -> Result<(RecoveryPoint, Counts), SnapshotError> {
             c.variants += r.variants.len() as u64;
         }
         snapshot::Change::Remove { .. } => c.removed += 1,
+        snapshot::Change::KeyRules { .. } => {}
     })?;
     Ok((point, c))
 }

@@ -24,6 +24,8 @@ pub(crate) const HEADER_LEN: usize = 8 + 8 + 8 + 8 + 8 + 8 + 4;
 
 const PUT: u8 = 0;
 const REMOVE: u8 = 1;
+/// A service's key rules at this point: the puts of the file were keyed by them.
+const KEY_RULES: u8 = 2;
 
 /// What a header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,13 @@ pub(crate) fn encode_removal(out: &mut Vec<u8>, service: &str, key: &str) {
     out.push(REMOVE);
     put_bytes(out, service.as_bytes());
     put_bytes(out, key.as_bytes());
+}
+
+/// The key rules (`ServiceCache::key_rules`) the puts of `service` in this file were keyed by.
+pub(crate) fn encode_key_rules(out: &mut Vec<u8>, service: &str, rules: &str) {
+    out.push(KEY_RULES);
+    put_bytes(out, service.as_bytes());
+    put_bytes(out, rules.as_bytes());
 }
 
 /// One URL's variants, as a version 2 record.
@@ -240,6 +249,14 @@ pub(crate) fn decode(version: u8, payload: &[u8]) -> Option<Change> {
                 let service = c.str()?;
                 let key = c.str()?;
                 return c.0.is_empty().then_some(Change::Remove { service, key });
+            }
+            KEY_RULES => {
+                let service = c.str()?;
+                let rules = c.str()?;
+                return c
+                    .0
+                    .is_empty()
+                    .then_some(Change::KeyRules { service, rules });
             }
             _ => return None,
         }

@@ -120,6 +120,9 @@ pub enum Change {
     Put(Record),
     /// The URL is gone since the parent point (expired, evicted, purged).
     Remove { service: String, key: String },
+    /// The key rules the service's puts in this file were keyed by (first in a file; points
+    /// written before they were recorded have none).
+    KeyRules { service: String, rules: String },
 }
 
 /// One record to write: a URL's variants, or its removal.
@@ -133,6 +136,10 @@ pub enum ToWrite<'a> {
     Remove {
         service: &'a str,
         key: &'a str,
+    },
+    KeyRules {
+        service: &'a str,
+        rules: String,
     },
 }
 
@@ -215,6 +222,9 @@ pub fn write_at(
                 } => codec::encode(&mut payload, service, key, variants),
                 ToWrite::Remove { service, key } => {
                     codec::encode_removal(&mut payload, service, key)
+                }
+                ToWrite::KeyRules { service, rules } => {
+                    codec::encode_key_rules(&mut payload, service, rules)
                 }
             }
             let len = u32::try_from(payload.len()).map_err(|_| {
@@ -541,6 +551,7 @@ mod tests {
         let point = read_each(path, |c| match c {
             Change::Put(r) => records.push(r),
             Change::Remove { .. } => panic!("a removal in a full point"),
+            Change::KeyRules { .. } => {}
         })?;
         Ok((point, records))
     }

@@ -4,7 +4,7 @@
 //! record at a time, the cache's own size in total, never the file's). A damaged increment ends
 //! the chain at the point before it; a damaged full point sends us to an older chain.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,7 +23,8 @@ pub struct Restored {
     pub restored: u64,
     /// URLs whose every variant expired while the daemon was down.
     pub expired: u64,
-    /// URLs of services that no longer exist or no longer cache.
+    /// URLs of services that no longer exist or no longer cache, keyed under other query
+    /// rules, or with nothing the cache would store.
     pub unclaimed: u64,
     /// Points skipped as damaged or unusable (each also reported through `on_damaged`).
     pub damaged: u64,
@@ -134,8 +135,10 @@ pub fn apply_plan(caches: &CacheRegistry, plan: &Plan) -> Result<Restored, Snaps
     let now = SystemTime::now();
     let mut live: HashSet<(String, String)> = HashSet::new();
     for p in &plan.chain {
+        // Each file says which key rules its puts were keyed by.
+        let mut rules: HashMap<String, String> = HashMap::new();
         read_each(&p.path, |change| {
-            apply(caches, change, now, &mut live, &mut done)
+            apply(caches, change, now, &mut live, &mut done, &mut rules)
         })?;
         done.bytes += p.bytes;
     }
@@ -168,8 +171,12 @@ fn apply(
     now: SystemTime,
     live: &mut HashSet<(String, String)>,
     done: &mut Restored,
+    rules: &mut HashMap<String, String>,
 ) {
     match change {
+        Change::KeyRules { service, rules: r } => {
+            rules.insert(service, r);
+        }
         Change::Put(r) => {
             // Points written before keys carried the scheme and port (`host/path`) name objects
             // no request looks up now, and would be served to whichever port asked: left out.
@@ -178,11 +185,37 @@ fn apply(
                 done.unclaimed += 1;
                 return;
             };
-            let keep_until = r.variants.iter().map(Variant::keep_until).max();
+            // Keyed under other query rules (changed while the daemon was down): its key
+            // names other requests now, so neither it nor an older copy stands (a reload that
+            // changes them likewise starts the store empty). Points from before rules were
+            // recorded say nothing and are taken as they are.
+            if rules
+                .get(&r.service)
+                .is_some_and(|keyed| *keyed != cache.key_rules())
+            {
+                cache.purge_url(&r.key);
+                live.remove(&(r.service, r.key));
+                done.unclaimed += 1;
+                return;
+            }
+            // Held to what the live cache stores, times clamped to now before the store's
+            // deadline is reckoned from them.
+            let variants: Vec<Variant> = r
+                .variants
+                .into_iter()
+                .filter_map(|v| cache.restorable(v, now))
+                .collect();
+            if variants.is_empty() {
+                cache.purge_url(&r.key);
+                live.remove(&(r.service, r.key));
+                done.unclaimed += 1;
+                return;
+            }
+            let keep_until = variants.iter().map(Variant::keep_until).max();
             let id = (r.service, r.key);
             match keep_until.and_then(|t| t.duration_since(now).ok()) {
                 Some(left) if !left.is_zero() => {
-                    if cache.restore(&id.1, r.variants, left) {
+                    if cache.restore(&id.1, variants, left) {
                         live.insert(id);
                     } else {
                         // Refused (over today's max_object_size): an older copy from earlier in
