@@ -228,9 +228,10 @@ enum FileEvent {
     Nothing,
 }
 
-/// Where the platform reports no close (not inotify), a write ends a change. `link`: the path
-/// is a symbolic link now (made in the file's place, `ln -sf`: nothing writes it after).
-fn file_event(kind: &notify::EventKind, link: bool) -> FileEvent {
+/// Where the platform reports no close (not inotify), a write ends a change. `whole`: the path
+/// was made whole, and nothing writes it after: a symbolic link (`ln -sf`) or a hard link to
+/// an existing file (`ln`, `cp -l`).
+fn file_event(kind: &notify::EventKind, whole: bool) -> FileEvent {
     use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind};
     let write = if cfg!(target_os = "linux") {
         FileEvent::Writing
@@ -241,10 +242,26 @@ fn file_event(kind: &notify::EventKind, link: bool) -> FileEvent {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => FileEvent::Ended,
         EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_)) => FileEvent::Nothing,
         EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => write,
-        EventKind::Create(CreateKind::File) if !link => write,
+        EventKind::Create(CreateKind::File) if !whole => write,
         _ => FileEvent::Ended,
     }
 }
+
+/// Whether `path` is whole as it was made (see [`file_event`]).
+fn made_whole(path: &Path) -> bool {
+    let Ok(m) = path.symlink_metadata() else {
+        return false;
+    };
+    #[cfg(unix)]
+    let linked = std::os::unix::fs::MetadataExt::nlink(&m) > 1;
+    #[cfg(not(unix))]
+    let linked = false;
+    m.file_type().is_symlink() || linked
+}
+
+/// A write with no close after it for this long (a writer that hung, events the kernel's queue
+/// lost) ends its change all the same: the file is read, and validated, as it is.
+const STALLED_WRITE: Duration = Duration::from_secs(60);
 
 /// Watches the config file (through its directory, since editors replace files) and reloads
 /// once a change has ended ([`FileEvent`]), no write is under way, and no event came for
@@ -265,16 +282,22 @@ pub fn watch_config(
     let tx_first = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // Kubernetes ConfigMaps swap a `..data` symlink rather than touching the file itself.
-        if let Ok(ev) = event
-            && let Some(p) = ev.paths.iter().find(|p| {
-                p.file_name() == Some(name.as_os_str())
-                    || p.file_name().is_some_and(|n| n == "..data")
-            })
-        {
-            let link = p
-                .symlink_metadata()
-                .is_ok_and(|m| m.file_type().is_symlink());
-            let _ = tx.send(file_event(&ev.kind, link));
+        let Ok(ev) = event else { return };
+        // The kernel's queue overflowed: whatever happened to the file, look at it.
+        if ev.need_rescan() {
+            let _ = tx.send(FileEvent::Ended);
+            return;
+        }
+        if let Some(p) = ev.paths.iter().find(|p| {
+            p.file_name() == Some(name.as_os_str()) || p.file_name().is_some_and(|n| n == "..data")
+        }) {
+            // Reads and metadata are not sent: they would only hold a pending reload back.
+            match file_event(&ev.kind, made_whole(p)) {
+                FileEvent::Nothing => {}
+                said => {
+                    let _ = tx.send(said);
+                }
+            }
         }
     })
     .map_err(
@@ -292,11 +315,20 @@ pub fn watch_config(
     tokio::spawn(async move {
         let (mut ended, mut writing) = (false, false);
         loop {
-            let event = if ended && !writing {
-                match tokio::time::timeout(debounce, rx.recv()).await {
+            let wait = match (ended, writing) {
+                (_, true) => Some(STALLED_WRITE),
+                (true, false) => Some(debounce),
+                (false, false) => None,
+            };
+            let event = match wait {
+                None => rx.recv().await,
+                Some(wait) => match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(event) => event,
                     Err(_) => {
-                        ended = false;
+                        if writing {
+                            warn!(file = %control.config_path.display(), "config file written to without a close for a minute; reading it as it is");
+                        }
+                        (ended, writing) = (false, false);
                         // Its digest decides whether the file changed (a touch or a rewrite of
                         // the same bytes is no change): only a change is reloaded, and logged.
                         if let ReloadOutcome::Unchanged { .. } = control.reload(false).await {
@@ -304,9 +336,7 @@ pub fn watch_config(
                         }
                         continue;
                     }
-                }
-            } else {
-                rx.recv().await
+                },
             };
             match event {
                 None => return,
@@ -321,7 +351,7 @@ pub fn watch_config(
 
 #[cfg(test)]
 mod tests {
-    use super::{FileEvent, file_event};
+    use super::{FileEvent, file_event, made_whole};
     use notify::event::{
         AccessKind, AccessMode, CreateKind, DataChange, EventKind, MetadataKind, ModifyKind,
         RemoveKind, RenameMode,
@@ -362,5 +392,21 @@ mod tests {
         ] {
             assert_eq!(file_event(&kind, false), says, "{kind:?}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_are_made_whole_and_new_files_are_written_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("release.toml");
+        std::fs::write(&file, "x = 1\n").unwrap();
+        assert!(!made_whole(&file), "a regular file of its own");
+        let hard = dir.path().join("hard.toml");
+        std::fs::hard_link(&file, &hard).unwrap();
+        assert!(made_whole(&hard));
+        let soft = dir.path().join("soft.toml");
+        std::os::unix::fs::symlink(&file, &soft).unwrap();
+        assert!(made_whole(&soft));
+        assert!(!made_whole(&dir.path().join("missing.toml")));
     }
 }
