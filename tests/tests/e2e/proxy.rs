@@ -471,5 +471,16 @@ async fn an_absolute_form_request_is_held_to_one_host_line_and_ruled_by_its_own_
             "{head:?}: {raw}"
         );
     }
-    assert_eq!(o.hits(), 1, "only the last reached the origin");
+    // HTTP/2 names the host in `:authority` or Host; a request with neither is malformed.
+    let mut h2 = streamgate_tests::h2::h2_client(&d).await;
+    let nameless = http::Request::get("/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let answer = h2.send_request(nameless).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        o.hits(),
+        1,
+        "only the last HTTP/1.1 request reached the origin"
+    );
 }

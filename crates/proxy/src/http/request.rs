@@ -356,14 +356,20 @@ fn request_host(req: &ClientRequest) -> Result<HeaderValue, ProxyError> {
     if second.is_some() {
         return Err(ProxyError::InvalidHost);
     }
-    if first.is_none() && req.version() == Version::HTTP_11 {
+    // HTTP/1.1 must send Host; HTTP/2 `:authority` or Host (RFC 9113 §8.3.1: a request with
+    // neither is malformed); HTTP/1.0 may send neither, and only a catch-all service takes it.
+    let named = match req.version() {
+        Version::HTTP_10 => true,
+        Version::HTTP_11 => first.is_some(),
+        _ => first.is_some() || req.uri().authority().is_some(),
+    };
+    if !named {
         return Err(ProxyError::MissingHost);
     }
     // An absolute-form target or HTTP/2's `:authority` names the host (RFC 9112 §3.2.2).
     if let Some(a) = req.uri().authority() {
         return HeaderValue::from_str(a.as_str()).map_err(|_| ProxyError::InvalidHost);
     }
-    // HTTP/1.0 may omit Host; only a catch-all service can take it.
     Ok(first.cloned().unwrap_or(HeaderValue::from_static("")))
 }
 
