@@ -43,6 +43,17 @@ impl streamgate_fleet::Apply for FleetApply {
         }
     }
 
+    fn words_held(&self, keys: &std::collections::HashSet<String>) {
+        let Some(control) = self.0.upgrade() else {
+            return;
+        };
+        let gone = control.words().1.not_under(keys);
+        for word in gone {
+            tracing::info!(key = %word.key(), "fleet word no longer in the bucket; withdrawn here");
+            control.say_fleet(&word);
+        }
+    }
+
     fn status(&self) -> (u64, Option<f64>) {
         self.heartbeat_status()
     }

@@ -45,6 +45,21 @@ impl Words {
         }
     }
 
+    /// The withdrawals of the words held under none of `keys` (bucket keys, [`Word::key`]).
+    pub fn not_under(&self, keys: &std::collections::HashSet<String>) -> Vec<Word> {
+        let regions = self.regions.keys().map(|r| Word::Region(r.clone(), None));
+        let drains = self.drains.keys().map(|a| Word::Backend(*a, None));
+        let primaries = self
+            .primaries
+            .keys()
+            .map(|s| Word::Primary(s.clone(), None));
+        regions
+            .chain(drains)
+            .chain(primaries)
+            .filter(|w| !keys.contains(&w.key()))
+            .collect()
+    }
+
     /// Words held, of every kind.
     pub fn len(&self) -> usize {
         self.drains.len() + self.regions.len() + self.primaries.len()

@@ -38,6 +38,10 @@ pub trait Apply: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
     /// The fleet's word on a region, a backend or a primary changed.
     fn word(&self, word: &Word);
+    /// The keys the overrides bucket holds as this PoP joins: a fleet word it holds from
+    /// before (saved beside its recovery points) under any other key was withdrawn while it
+    /// was away, or lost with the bucket, and goes.
+    fn words_held(&self, keys: &std::collections::HashSet<String>);
     /// This PoP's routing table version and the age of its newest recovery point, for its
     /// heartbeat.
     fn status(&self) -> (u64, Option<f64>);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, kv, stream};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tracing::{debug, info, warn};
 
 use crate::message::{self, Heartbeat, Purge};
@@ -125,6 +125,15 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
         .await
         .map_err(|e| js_err(format!("bucket {}: {e}", cfg.bucket())))?;
     *inner.kv.lock().unwrap_or_else(|e| e.into_inner()) = Some(bucket.clone());
+    // Before watching: the watch brings what the bucket holds, never what it no longer does.
+    let held: std::collections::HashSet<String> = bucket
+        .keys()
+        .await
+        .map_err(|e| js_err(format!("keys of {}: {e}", cfg.bucket())))?
+        .try_collect()
+        .await
+        .map_err(|e| js_err(format!("keys of {}: {e}", cfg.bucket())))?;
+    inner.apply.words_held(&held);
     let mut overrides = bucket
         .watch_with_history(">")
         .await

@@ -356,3 +356,61 @@ async fn a_pop_restarted_while_nats_is_down_keeps_the_fleets_last_words() {
     .text();
     assert!(answer.starts_with("origin o2"), "{answer}");
 }
+
+/// A fleet word a PoP kept across a restart (saved beside its recovery points) goes when the
+/// bucket no longer holds it: withdrawn while the PoP was away, or lost with the bucket (a
+/// NATS cluster replaced, a bucket made anew). It stayed in force for good before.
+#[tokio::test]
+async fn a_word_the_bucket_no_longer_holds_is_withdrawn_when_a_pop_rejoins() {
+    const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
+    let nats = NatsServer::start();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let store = tempfile::tempdir().unwrap();
+    let c_text = pop_config(&nats, &o1, &o2, &["one", "two"], "c")
+        .snapshots(Snapshots::new(store.path()).interval("1h"))
+        .to_toml();
+    let mut c = DaemonProcess::start(BIN, &c_text, &["web", "admin"]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.admin(Method::GET, "/fleet", "").await.1["connected"] != true {
+        assert!(tokio::time::Instant::now() < deadline, "c joins");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, v) = c
+        .admin(Method::POST, "/regions/one/deactivate?scope=fleet", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.admin(Method::GET, "/fleet", "").await.1["overrides"]["regions"]["one"] != false {
+        assert!(tokio::time::Instant::now() < deadline, "c holds the word");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.signal("TERM");
+    assert!(c.wait_exit(WAIT).is_some(), "c stops");
+    // The bucket is lost while c is down.
+    let gone = nats.request("$JS.API.STREAM.DELETE.KV_streamgate_overrides", b"");
+    assert!(gone.contains("\"success\":true"), "{gone}");
+
+    let c = DaemonProcess::start(BIN, &c_text, &["web", "admin"]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let one = region(&c.admin(Method::GET, "/regions", "").await.1, "one");
+        if one["active"] == json!(true) {
+            assert_ne!(one["active_by"], json!("fleet"), "{one}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lost word is still in force: {one}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answer = get(
+        &http1(),
+        &format!("http://{}/x", c.addr("web")),
+        &[("host", "cdn.test")],
+    )
+    .await
+    .unwrap()
+    .text();
+    assert!(answer.starts_with("origin o1"), "{answer}");
+}
