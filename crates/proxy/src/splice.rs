@@ -101,7 +101,21 @@ async fn one_way(
         }) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // splice(2) stops at TCP urgent data (MSG_OOB: telnet's Synch, FTP's ABOR)
+                // and says EAGAIN however much follows it; at the FIN it says 0, and the rest
+                // was lost. recv(2) steps over the urgent byte, as nginx's and HAProxy's reads
+                // and our copy path do. After a spurious wake-up it says WouldBlock too.
+                match read_past_urgent(from, to, written).await? {
+                    Some(0) => break,
+                    Some(n) => {
+                        total += n as u64;
+                        activity.store(now_nanos(), Relaxed);
+                    }
+                    None => {}
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
         activity.store(now_nanos(), Relaxed);
@@ -126,6 +140,37 @@ async fn one_way(
     // The peer may be gone already; its reset ends the other direction anyway.
     let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
     Ok(total)
+}
+
+/// Reads what `from` has with recv(2) and writes it all to `to`: the bytes moved, `Some(0)` at
+/// the end of `from`, `None` if it had nothing.
+async fn read_past_urgent(
+    from: &TcpStream,
+    to: &TcpStream,
+    written: &AtomicU64,
+) -> io::Result<Option<usize>> {
+    let mut buf = [0u8; 4096];
+    // Straight to the socket: tokio's try_read would answer from the readiness the failed
+    // splice just cleared, without asking the kernel.
+    let sock = socket2::SockRef::from(from);
+    let n = match std::io::Read::read(&mut &*sock, &mut buf) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut rest = &buf[..n];
+    while !rest.is_empty() {
+        to.writable().await?;
+        match to.try_write(rest) {
+            Ok(m) => {
+                rest = &rest[m..];
+                written.fetch_add(m as u64, Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(n))
 }
 
 #[cfg(test)]
@@ -202,6 +247,38 @@ mod tests {
         assert_eq!(moved.up.load(Relaxed), 3 << 20);
         assert_eq!(m.active.get(), 0, "no tunnel counted open after it ends");
         assert_eq!(m.total.get(), 1);
+    }
+
+    /// Urgent data (MSG_OOB) stopped splice(2) at its mark: what followed never went, and the
+    /// FIN ended the stream there, cut short. The urgent byte is dropped, as recv(2) drops it.
+    #[tokio::test]
+    async fn bytes_after_urgent_data_still_cross() {
+        let (pc, pb, mut client, mut backend) = sockets().await;
+        let m = metrics();
+        let ends = async move {
+            client.write_all(b"ab").await.unwrap();
+            socket2::SockRef::from(&client)
+                .send_out_of_band(b"!")
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b"cd").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            drop(client);
+            got
+        };
+        let moved = Moved::default();
+        let relay = relay_spliced(
+            &pc,
+            &pb,
+            Pipes::open().unwrap(),
+            Duration::from_secs(2),
+            &m,
+            &moved,
+        );
+        let (_, got) = tokio::join!(relay, ends);
+        assert_eq!(String::from_utf8_lossy(&got), "abcd");
     }
 
     #[tokio::test]
