@@ -163,12 +163,21 @@ impl BackendState {
         (v > 0.0).then(|| Duration::from_nanos(v as u64))
     }
 
-    /// The latency estimate used for picking, in nanoseconds; backends without samples get a
-    /// small optimistic default so they are tried.
+    /// The latency estimate used for picking at `now` (`now_nanos()`), in nanoseconds:
+    /// decayed toward zero for the time since its last sample, as tower's and Finagle's
+    /// peak-EWMA read it. Undecayed, one slow answer (20 s) priced a backend out for good: the
+    /// other always won the two choices, so it never got the request whose sample would bring
+    /// its estimate down. Decayed, it is tried again once the estimate has faded (20 s to
+    /// under 5 ms in about 17 s), and a backend still slow takes its peak back at once.
+    /// Backends without samples get a small optimistic default so they are tried.
     #[inline]
-    pub fn latency_cost(&self) -> f64 {
+    pub fn latency_cost_at(&self, now: u64) -> f64 {
         let v = f64::from_bits(self.ewma_bits.load(Relaxed));
-        if v > 0.0 { v } else { 1e6 }
+        if v <= 0.0 {
+            return 1e6;
+        }
+        let elapsed = now.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
+        v * (-elapsed / EWMA_DECAY_NANOS).exp()
     }
 
     /// How long ago the last latency sample was recorded.
@@ -220,11 +229,13 @@ impl BackendState {
     }
 
     /// Records the outcome of a real request for passive health. Returns `Some(cool_down)` when
-    /// this failure ejected the backend.
+    /// this failure ejected the backend. `room`: whether the region has room for one more
+    /// ejection for failed answers (`max_ejection_percent`), asked only when one is due.
     pub fn record_outcome(
         &self,
         outcome: Outcome,
         policy: &streamgate_config::Outlier,
+        room: impl FnOnce() -> bool,
     ) -> Option<Duration> {
         if outcome == Outcome::Success {
             self.consecutive_failures.store(0, Relaxed);
@@ -248,6 +259,9 @@ impl BackendState {
             _ => policy.consecutive_failures?,
         };
         if n < threshold.get() || !self.not_ejected() {
+            return None;
+        }
+        if outcome != Outcome::ConnectFailure && !room() {
             return None;
         }
         self.consecutive_failures.store(0, Relaxed);
@@ -341,6 +355,18 @@ impl Lease {
         self.state.record_latency_at(took, nanos_at(at));
         took
     }
+
+    /// [`Lease::record_head_at`] counted from `sent` (`now_nanos()` when the last of the
+    /// request went, 0 if unknown) when that is later than the lease's start: a client's
+    /// upload that took two minutes is not two minutes of backend latency.
+    pub fn record_head_after(&self, sent: u64, at: Instant) {
+        let at_nanos = nanos_at(at);
+        // An answer before the upload's end (an early 413, say) counts from the lease's start.
+        let sent = if sent <= at_nanos { sent } else { 0 };
+        let from = nanos_at(self.started).max(sent);
+        let took = Duration::from_nanos(at_nanos.saturating_sub(from));
+        self.state.record_latency_at(took, at_nanos);
+    }
 }
 
 impl Drop for Lease {
@@ -384,6 +410,48 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_upload_is_not_backend_latency() {
+        let s = Arc::new(BackendState::default());
+        let t0 = Instant::now();
+        let lease = Lease::starting_at(s.clone(), t0);
+        let upload_done = t0 + Duration::from_secs(120);
+        let head = upload_done + Duration::from_millis(5);
+        lease.record_head_after(nanos_at(upload_done), head);
+        assert_eq!(s.latency(), Some(Duration::from_millis(5)));
+        // An answer before the upload's end counts from the start.
+        let s = Arc::new(BackendState::default());
+        let lease = Lease::starting_at(s.clone(), t0);
+        let early = t0 + Duration::from_millis(30);
+        lease.record_head_after(nanos_at(upload_done), early);
+        assert_eq!(s.latency(), Some(Duration::from_millis(30)));
+        // Nothing uploaded: from the start.
+        let s = Arc::new(BackendState::default());
+        let lease = Lease::starting_at(s.clone(), t0);
+        lease.record_head_after(0, early);
+        assert_eq!(s.latency(), Some(Duration::from_millis(30)));
+    }
+
+    #[test]
+    fn the_cost_of_an_old_sample_fades_so_the_backend_is_tried_again() {
+        let s = BackendState::default();
+        assert_eq!(s.latency_cost_at(now_nanos()), 1e6, "untried: 1 ms");
+        let t0 = now_nanos();
+        s.record_latency_at(Duration::from_secs(20), t0);
+        let secs = |n: u64| t0 + n * 1_000_000_000;
+        for (at, most, least) in [
+            (t0, 20.0e9, 19.9e9),
+            (secs(2), 7.4e9, 7.3e9),
+            (secs(17), 5.0e6, 3.0e6),
+        ] {
+            let c = s.latency_cost_at(at);
+            assert!(c <= most && c >= least, "{c} at {}", at - t0);
+        }
+        // A sample again: the peak is back at once.
+        s.record_latency_at(Duration::from_secs(20), secs(17));
+        assert!(s.latency_cost_at(secs(17)) >= 19.9e9);
+    }
+
+    #[test]
     fn flags_and_reasons() {
         let s = BackendState::default();
         assert!(s.is_available());
@@ -405,18 +473,19 @@ mod tests {
             consecutive_connect_failures: std::num::NonZeroU32::new(1),
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(3),
+            max_ejection_percent: 50,
         };
         let s = BackendState::default();
-        assert_eq!(s.record_outcome(Outcome::Failure, &policy), None);
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy, || true), None);
         assert_eq!(
-            s.record_outcome(Outcome::Success, &policy),
+            s.record_outcome(Outcome::Success, &policy, || true),
             None,
             "a success resets the streak"
         );
-        assert_eq!(s.record_outcome(Outcome::Failure, &policy), None);
-        assert_eq!(s.record_outcome(Outcome::Failure, &policy), None);
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy, || true), None);
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy, || true), None);
         assert_eq!(
-            s.record_outcome(Outcome::Failure, &policy),
+            s.record_outcome(Outcome::Failure, &policy, || true),
             Some(Duration::from_secs(1))
         );
         assert!(!s.is_available());
@@ -424,18 +493,18 @@ mod tests {
         // Expire it by hand and fail again: the cool-down doubles, capped by max_ejection.
         s.ejected_until.store(1, Relaxed);
         for _ in 0..2 {
-            s.record_outcome(Outcome::Failure, &policy);
+            s.record_outcome(Outcome::Failure, &policy, || true);
         }
         assert_eq!(
-            s.record_outcome(Outcome::Failure, &policy),
+            s.record_outcome(Outcome::Failure, &policy, || true),
             Some(Duration::from_secs(2))
         );
         s.ejected_until.store(1, Relaxed);
         for _ in 0..2 {
-            s.record_outcome(Outcome::Failure, &policy);
+            s.record_outcome(Outcome::Failure, &policy, || true);
         }
         assert_eq!(
-            s.record_outcome(Outcome::Failure, &policy),
+            s.record_outcome(Outcome::Failure, &policy, || true),
             Some(Duration::from_secs(3))
         );
     }
@@ -463,12 +532,34 @@ mod tests {
     }
 
     #[test]
+    fn a_region_without_room_keeps_a_backend_whose_answers_failed_but_not_one_refusing() {
+        let policy = streamgate_config::Outlier {
+            consecutive_failures: std::num::NonZeroU32::new(1),
+            ..Default::default()
+        };
+        let s = BackendState::default();
+        assert_eq!(s.record_outcome(Outcome::Failure, &policy, || false), None);
+        assert!(s.is_available(), "no room: not ejected for a 5xx");
+        assert!(
+            s.record_outcome(Outcome::Failure, &policy, || true)
+                .is_some()
+        );
+        let t = BackendState::default();
+        assert!(
+            t.record_outcome(Outcome::ConnectFailure, &policy, || false)
+                .is_some(),
+            "a refused connection ejects whatever the room"
+        );
+    }
+
+    #[test]
     fn a_backend_long_healthy_is_ejected_for_the_first_cool_down_again() {
         let policy = streamgate_config::Outlier {
             consecutive_failures: std::num::NonZeroU32::new(1),
             consecutive_connect_failures: std::num::NonZeroU32::new(1),
             base_ejection: Duration::from_millis(1),
             max_ejection: Duration::from_millis(30),
+            max_ejection_percent: 50,
         };
         let s = BackendState::default();
         // Each cool-down expired by hand at once, yet ended an hour from now: no time back in
@@ -478,13 +569,13 @@ mod tests {
         for _ in 0..6 {
             s.ejected_until.store(1, Relaxed);
             s.ejection_ended.store(no_time_back(), Relaxed);
-            s.record_outcome(Outcome::Failure, &policy);
+            s.record_outcome(Outcome::Failure, &policy, || true);
         }
         assert_eq!(s.ejections.load(Relaxed), 6);
         s.ejected_until.store(1, Relaxed);
         s.ejection_ended.store(no_time_back(), Relaxed);
         assert_eq!(
-            s.record_outcome(Outcome::Failure, &policy),
+            s.record_outcome(Outcome::Failure, &policy, || true),
             Some(Duration::from_millis(30)),
             "straight after: max_ejection"
         );
@@ -493,9 +584,12 @@ mod tests {
         s.ejected_until.store(1, Relaxed);
         s.ejection_ended.store(now_nanos(), Relaxed);
         std::thread::sleep(Duration::from_millis(20));
-        assert!(s.record_outcome(Outcome::Success, &policy).is_none());
+        assert!(
+            s.record_outcome(Outcome::Success, &policy, || true)
+                .is_none()
+        );
         assert_eq!(
-            s.record_outcome(Outcome::Failure, &policy),
+            s.record_outcome(Outcome::Failure, &policy, || true),
             Some(Duration::from_millis(1)),
             "the first cool-down, not max_ejection"
         );
@@ -505,7 +599,10 @@ mod tests {
     fn a_refused_connection_ejects_at_once_by_default() {
         let policy = streamgate_config::Outlier::default();
         let s = BackendState::default();
-        assert!(s.record_outcome(Outcome::ConnectFailure, &policy).is_some());
+        assert!(
+            s.record_outcome(Outcome::ConnectFailure, &policy, || false)
+                .is_some()
+        );
         assert!(!s.is_available());
         let off = streamgate_config::Outlier {
             consecutive_failures: None,
@@ -513,6 +610,9 @@ mod tests {
             ..policy
         };
         let t = BackendState::default();
-        assert_eq!(t.record_outcome(Outcome::ConnectFailure, &off), None);
+        assert_eq!(
+            t.record_outcome(Outcome::ConnectFailure, &off, || false),
+            None
+        );
     }
 }

@@ -537,6 +537,11 @@ pub struct Outlier {
     pub consecutive_connect_failures: Option<NonZeroU32>,
     pub base_ejection: Duration,
     pub max_ejection: Duration,
+    /// At most this share of a region's backends is out at once for failed answers (5xx,
+    /// broken answers, timeouts), which a client can provoke; at least one. Refused
+    /// connections, which a client cannot cause, eject whatever the share (Envoy's
+    /// `max_ejection_percent`).
+    pub max_ejection_percent: u8,
 }
 
 impl Default for Outlier {
@@ -546,6 +551,7 @@ impl Default for Outlier {
             consecutive_connect_failures: NonZeroU32::new(1),
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
         }
     }
 }

@@ -369,6 +369,7 @@ pub(crate) struct RawOutlier {
     pub consecutive_connect_failures: Option<S<i64>>,
     pub base_ejection: Option<S<DurationText>>,
     pub max_ejection: Option<S<DurationText>>,
+    pub max_ejection_percent: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

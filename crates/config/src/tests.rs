@@ -517,3 +517,16 @@ fn compression_memory_defaults_and_must_hold_one_encoder() {
         }
     }
 }
+
+#[test]
+fn max_ejection_percent_is_a_share_of_a_region() {
+    let outlier = |v: &str| format!("{GOOD}\n[services.outlier]\nmax_ejection_percent = {v}\n");
+    let errs = messages(&outlier("0"));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("outlier.max_ejection_percent: 0 is out of range; expected 1 to 100"),
+        "{errs:?}"
+    );
+    let cfg = parse_str(&outlier("20")).unwrap();
+    assert_eq!(cfg.services[0].outlier.max_ejection_percent, 20);
+}

@@ -196,7 +196,7 @@ fn target_of(service: &Service, home: usize) -> Option<usize> {
 }
 
 /// Mean latency of the region's up backends: recent request samples, fading toward the probe
-/// round trip as they age. 0 when nothing is known.
+/// round trip (or, unprobed, toward nothing) as they age. 0 when nothing is known.
 fn region_latency_nanos(region: &streamgate_balance::ServiceRegion) -> u64 {
     let mut sum = 0.0;
     let mut n = 0u32;
@@ -204,13 +204,13 @@ fn region_latency_nanos(region: &streamgate_balance::ServiceRegion) -> u64 {
         let probe = b.state.probe_rtt().map(|d| d.as_nanos() as f64);
         let request = b.state.latency().map(|d| d.as_nanos() as f64);
         let age = b.state.latency_age().unwrap_or(Duration::MAX);
+        let fade = || (-(age - FRESH_SAMPLE).as_secs_f64() / FADE.as_secs_f64()).exp();
         let estimate = match (request, probe) {
             (Some(r), _) if age < FRESH_SAMPLE => Some(r),
-            (Some(r), Some(p)) => {
-                let fade = (-(age - FRESH_SAMPLE).as_secs_f64() / FADE.as_secs_f64()).exp();
-                Some(p + (r - p) * fade)
-            }
-            (Some(r), None) => Some(r),
+            (Some(r), Some(p)) => Some(p + (r - p) * fade()),
+            // Without probes, toward nothing: kept whole, one slow sample (an upload, a slow
+            // page) kept a region that no longer gets requests priced out for good.
+            (Some(r), None) => Some(r * fade()),
             (None, Some(p)) => Some(p),
             (None, None) => None,
         };

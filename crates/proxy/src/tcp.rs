@@ -248,9 +248,11 @@ impl TcpProxy {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
                     lease.record_head_at(std::time::Instant::now());
-                    pick.backend
-                        .state
-                        .record_outcome(Outcome::Success, &service.spec.outlier);
+                    pick.backend.state.record_outcome(
+                        Outcome::Success,
+                        &service.spec.outlier,
+                        || true,
+                    );
                     pick.region.metrics.routing[pick.reason.index()].inc();
                     return Ok((s, lease));
                 }
@@ -260,9 +262,11 @@ impl TcpProxy {
                         Ok(Err(e)) => e.to_string(),
                         _ => format!("connect timed out after {timeout:?}"),
                     };
-                    pick.backend
-                        .state
-                        .record_outcome(Outcome::ConnectFailure, &service.spec.outlier);
+                    pick.backend.state.record_outcome(
+                        Outcome::ConnectFailure,
+                        &service.spec.outlier,
+                        || true,
+                    );
                     let kind = if why.contains("timed out") {
                         "timeout"
                     } else {

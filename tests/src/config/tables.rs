@@ -244,6 +244,7 @@ table!(
         consecutive_connect_failures: i64,
         base_ejection: &str,
         max_ejection: &str,
+        max_ejection_percent: i64,
     }
 );
 

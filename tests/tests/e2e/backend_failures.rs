@@ -344,3 +344,52 @@ async fn a_post_is_not_sent_again_when_a_reused_connection_fails() {
         .count();
     assert_eq!(posts, 1, "{:?}", seen.lock().unwrap());
 }
+
+/// Failed answers, which a client can provoke (a path that answers 500), take out at most half
+/// a region's backends (`max_ejection_percent`, at least one): a client could otherwise eject
+/// them all in turn, a request or two each. And a 501 (a method the backend does not serve) is
+/// the client's doing, not a failure of the backend.
+#[tokio::test]
+async fn failed_answers_eject_at_most_half_a_region_and_a_501_ejects_nothing() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    a.set_status(500);
+    b.set_status(500);
+    let d = one_service(
+        local().backends(&[(&a, 1), (&b, 1)]),
+        app()
+            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
+    .await;
+    let c = http1();
+    for _ in 0..6 {
+        let got = get(&c, &d.url("web", "/"), &[]).await.unwrap();
+        assert_eq!(
+            got.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            got.text()
+        );
+    }
+    assert_eq!(a.hits() + b.hits(), 6, "every request reached a backend");
+    assert!(
+        a.hits() == 1 || b.hits() == 1,
+        "one was ejected after its first 500"
+    );
+
+    let o = Origin::start("o").await;
+    o.set_status(501);
+    let d = one_service(
+        local().backends(&[(&o, 1)]),
+        app()
+            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
+    .await;
+    for _ in 0..3 {
+        let got = get(&c, &d.url("web", "/"), &[]).await.unwrap();
+        assert_eq!(got.status, StatusCode::NOT_IMPLEMENTED);
+    }
+}

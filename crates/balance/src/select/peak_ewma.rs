@@ -14,8 +14,8 @@ impl PeakEwma {
 }
 
 #[inline]
-fn cost(b: &Backend) -> f64 {
-    b.state.latency_cost() * f64::from(b.state.in_flight() + 1) / f64::from(b.weight)
+fn cost(b: &Backend, now: u64) -> f64 {
+    b.state.latency_cost_at(now) * f64::from(b.state.in_flight() + 1) / f64::from(b.weight)
 }
 
 impl Select for PeakEwma {
@@ -30,7 +30,8 @@ impl Select for PeakEwma {
                     let (a, b) = two_choices(n);
                     match (usable(&backends[a]), usable(&backends[b])) {
                         (true, true) => {
-                            return Some(if cost(&backends[b]) < cost(&backends[a]) {
+                            let now = crate::stats::now_nanos();
+                            return Some(if cost(&backends[b], now) < cost(&backends[a], now) {
                                 b
                             } else {
                                 a

@@ -177,11 +177,18 @@ pub(super) fn outlier(raw: Option<&RawOutlier>, svc: &str, ctx: &mut Ctx<'_>) ->
             "must be at least base_ejection",
         );
     }
+    let max_ejection_percent = match &o.max_ejection_percent {
+        None => d.max_ejection_percent,
+        Some(v) => ctx
+            .int_in(v, format!("{p}.max_ejection_percent"), 1, 100)
+            .map_or(d.max_ejection_percent, |n| n as u8),
+    };
     Outlier {
         consecutive_failures,
         consecutive_connect_failures,
         base_ejection,
         max_ejection,
+        max_ejection_percent,
     }
 }
 

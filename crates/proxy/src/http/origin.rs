@@ -261,12 +261,19 @@ impl HttpProxy {
                 Ok(Ok(resp)) => {
                     sent_attempts += 1;
                     let head_at = Instant::now();
-                    lease.record_head_at(head_at);
+                    // Counted from the request's last byte: a client's slow upload is not the
+                    // backend's latency.
+                    lease.record_head_after(
+                        upload.as_ref().map_or(0, |u| u.last_progress()),
+                        head_at,
+                    );
                     let status = resp.status();
-                    let outcome = if status.as_u16() < 500 {
-                        Outcome::Success
-                    } else {
-                        Outcome::Failure
+                    // 501 and 505 are the backend's answer to what the client asked (a
+                    // method or version it does not serve), not its failure: HAProxy's
+                    // `observe layer7` leaves them out for that reason.
+                    let outcome = match status.as_u16() {
+                        0..=499 | 501 | 505 => Outcome::Success,
+                        _ => Outcome::Failure,
                     };
                     self.note_outcome(service, &pick, outcome);
                     let retry_status = matches!(
@@ -467,11 +474,17 @@ impl HttpProxy {
     }
 
     fn note_outcome(&self, service: &Service, pick: &Pick<'_>, outcome: Outcome) {
-        if let Some(cool_down) = pick
-            .backend
-            .state
-            .record_outcome(outcome, &service.spec.outlier)
-        {
+        let policy = &service.spec.outlier;
+        // A client can provoke failed answers (a path that answers 500, one slower than the
+        // deadline): one that could eject every backend of a region in turn, a few requests
+        // each, would take the region down. At most `max_ejection_percent` of it is out for
+        // them at once, at least one backend.
+        let room = || {
+            let backends = &pick.region.backends;
+            let most = (backends.len() * usize::from(policy.max_ejection_percent) / 100).max(1);
+            backends.iter().filter(|b| b.state.is_ejected()).count() < most
+        };
+        if let Some(cool_down) = pick.backend.state.record_outcome(outcome, policy, room) {
             warn!(
                 service = %service.name, region = %pick.region.name, backend = %pick.backend.address,
                 cool_down = ?cool_down, "backend ejected after consecutive failures"
