@@ -176,8 +176,16 @@ impl BackendState {
         if v <= 0.0 {
             return 1e6;
         }
-        let elapsed = now.saturating_sub(self.ewma_stamp.load(Relaxed)) as f64;
-        v * (-elapsed / EWMA_DECAY_NANOS).exp()
+        match now.saturating_sub(self.ewma_stamp.load(Relaxed)) {
+            0 => v,
+            elapsed => v * (-(elapsed as f64) / EWMA_DECAY_NANOS).exp(),
+        }
+    }
+
+    /// `now_nanos()` of the last latency sample; 0 before the first.
+    #[inline]
+    pub fn latency_stamp(&self) -> u64 {
+        self.ewma_stamp.load(Relaxed)
     }
 
     /// How long ago the last latency sample was recorded.

@@ -13,9 +13,20 @@ impl PeakEwma {
     }
 }
 
+/// `b`'s cost with its estimate decayed to `at` (see `BackendState::latency_cost_at`).
 #[inline]
-fn cost(b: &Backend, now: u64) -> f64 {
-    b.state.latency_cost_at(now) * f64::from(b.state.in_flight() + 1) / f64::from(b.weight)
+fn cost(b: &Backend, at: u64) -> f64 {
+    b.state.latency_cost_at(at) * f64::from(b.state.in_flight() + 1) / f64::from(b.weight)
+}
+
+/// Which of `a` and `b` costs less, both estimates decayed to the newer of their last
+/// samples rather than to now: decaying both further, to now, multiplies both costs by the
+/// same factor and cannot change the answer, so a pick reads no clock.
+#[inline]
+fn cheaper(backends: &[Backend], a: usize, b: usize) -> usize {
+    let (x, y) = (&backends[a], &backends[b]);
+    let at = x.state.latency_stamp().max(y.state.latency_stamp());
+    if cost(y, at) < cost(x, at) { b } else { a }
 }
 
 impl Select for PeakEwma {
@@ -29,14 +40,7 @@ impl Select for PeakEwma {
                 for _ in 0..4 {
                     let (a, b) = two_choices(n);
                     match (usable(&backends[a]), usable(&backends[b])) {
-                        (true, true) => {
-                            let now = crate::stats::now_nanos();
-                            return Some(if cost(&backends[b], now) < cost(&backends[a], now) {
-                                b
-                            } else {
-                                a
-                            });
-                        }
+                        (true, true) => return Some(cheaper(backends, a, b)),
                         (true, false) => return Some(a),
                         (false, true) => return Some(b),
                         (false, false) => {}
@@ -65,5 +69,27 @@ mod tests {
             assert_eq!(p.select(&b, all), Some(1));
         }
         assert_eq!(p.select(&b, |x| x.address == b[0].address), Some(0));
+    }
+
+    #[test]
+    fn a_backend_slow_once_long_ago_is_tried_again() {
+        let b = backends(&[1, 1]);
+        let t0 = crate::stats::now_nanos();
+        b[0].state.record_latency_at(Duration::from_secs(20), t0);
+        b[1].state
+            .record_latency_at(Duration::from_millis(5), t0 + 1_000_000_000);
+        let p = PeakEwma::new();
+        assert_eq!(
+            p.select(&b, all),
+            Some(1),
+            "one second on: still priced out"
+        );
+        b[1].state
+            .record_latency_at(Duration::from_millis(5), t0 + 17_000_000_000);
+        assert_eq!(
+            p.select(&b, all),
+            Some(0),
+            "17 s on, its 20 s is under 5 ms"
+        );
     }
 }
