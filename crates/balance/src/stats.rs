@@ -365,8 +365,8 @@ impl Lease {
     }
 
     /// [`Lease::record_head_at`] counted from `sent` (`now_nanos()` when the last of the
-    /// request went, 0 if unknown) when that is later than the lease's start: a client's
-    /// upload that took two minutes is not two minutes of backend latency.
+    /// request went, 0 if it has not or is unknown) when that is later than the lease's
+    /// start: a client's upload that took two minutes is not two minutes of backend latency.
     pub fn record_head_after(&self, sent: u64, at: Instant) {
         let at_nanos = nanos_at(at);
         // An answer before the upload's end (an early 413, say) counts from the lease's start.

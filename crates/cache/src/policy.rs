@@ -71,7 +71,7 @@ pub fn invalidates(method: &Method, status: StatusCode) -> bool {
 }
 
 /// Statuses cacheable by default, i.e. heuristically (RFC 9110 §15.1).
-fn heuristically_cacheable(status: StatusCode) -> bool {
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
         200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501

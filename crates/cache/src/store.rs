@@ -292,12 +292,16 @@ impl ServiceCache {
             rules,
             now,
         );
-        // The stored freshness stands (it may come from a default_ttl since changed): only
-        // what may not be stored at all is left out.
-        if let Err(why) = storable
-            && why != crate::policy::NotStored::NoFreshness
-        {
-            return None;
+        // The stored freshness stands (it may come from a default_ttl since changed), for an
+        // answer that one could have given it: a success, a status heuristics may store, or
+        // one said public. A 500 or a 302 without freshness the live path never stores.
+        match storable {
+            Ok(_) => {}
+            Err(crate::policy::NotStored::NoFreshness)
+                if v.status.is_success()
+                    || crate::policy::heuristically_cacheable(v.status)
+                    || dirs.public => {}
+            Err(_) => return None,
         }
         let t = &mut v.timing;
         t.request_time = t.request_time.min(now);

@@ -263,6 +263,30 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn an_unbounded_purge_stream_gets_the_bounds_it_lacks_and_keeps_the_rest() {
+        use crate::link::with_bounds;
+        let mut have = async_nats::jetstream::stream::Config {
+            name: "STREAMGATE_PURGES".into(),
+            max_messages: -1,
+            max_bytes: -1,
+            max_message_size: -1,
+            num_replicas: 3,
+            ..Default::default()
+        };
+        let want = with_bounds(&have).unwrap();
+        assert_eq!(
+            (want.max_messages, want.max_bytes, want.max_message_size),
+            (1_000_000, 1 << 30, 16 * 1024)
+        );
+        assert_eq!(want.num_replicas, 3);
+        // The operator's own bounds stay, smaller or larger.
+        have.max_messages = 5_000;
+        have.max_bytes = 4 << 30;
+        have.max_message_size = 8 * 1024;
+        assert!(with_bounds(&have).is_none());
+    }
+
+    #[test]
     fn a_purge_that_walked_the_cache_is_followed_by_as_long_a_pause() {
         use std::time::Duration;
         let ms = Duration::from_millis;

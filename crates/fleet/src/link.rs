@@ -81,13 +81,22 @@ async fn session(inner: &Arc<Inner>, js: &jetstream::Context) -> FleetError {
 
 async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<(), FleetError> {
     let cfg = &inner.config;
-    js.create_or_update_stream(purge_stream(cfg))
-        .await
-        .map_err(|e| js_err(format!("stream {}: {e}", cfg.stream())))?;
     let purges = js
-        .get_stream(cfg.stream())
+        .get_or_create_stream(purge_stream(cfg))
         .await
         .map_err(|e| js_err(format!("stream {}: {e}", cfg.stream())))?;
+    // A stream an older release made has no bounds: they are added to it, and nothing else
+    // of it changes (its replicas, retention and placement are the operator's). A refused
+    // update (a NATS user without STREAM.UPDATE) leaves it as it is.
+    let have = &purges.cached_info().config;
+    if let Some(bounded) = with_bounds(have) {
+        match js.update_stream(&bounded).await {
+            Ok(_) => info!(stream = %cfg.stream(), "fleet: purge stream given its bounds"),
+            Err(e) => {
+                warn!(stream = %cfg.stream(), error = %e, "fleet: cannot bound the purge stream; going on with it unbounded")
+            }
+        }
+    }
     let consumer = purges
         .get_or_create_consumer(
             &cfg.pop,
@@ -156,8 +165,11 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
                     // as it took, so purges take at most half a core however fast they come.
                     let started = Instant::now();
                     let (applying, payload) = (inner.clone(), m.payload.clone());
-                    let _ = tokio::task::spawn_blocking(move || apply_purge(&applying, &payload))
-                        .await;
+                    if let Err(e) =
+                        tokio::task::spawn_blocking(move || apply_purge(&applying, &payload)).await
+                    {
+                        warn!(error = %e, "fleet: applying a purge failed; acknowledged so that it is not delivered again");
+                    }
                     tokio::time::sleep(pause_after(started.elapsed())).await;
                     // Acked once applied and journaled: a purge lost to a crash comes again.
                     // One the journal could not take is acked all the same (logged): sent
@@ -177,29 +189,49 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
     }
 }
 
-/// The purge stream. Bounded, as the overrides bucket is, so that whoever may publish on the
-/// purge subject cannot make every PoP's NATS hold without limit: no message larger than a
-/// PoP takes ([`message::MAX_MESSAGE`]), no more purges than a PoP remembers ids of (a purge
-/// pushed out before a PoP applied it would be lost in silence, so past that, new ones are
-/// refused and the publisher told). Made or updated at every session, so a stream made by an
-/// older release gets the bounds too.
+/// The purge stream, made with bounds, as the overrides bucket is, so that whoever may
+/// publish on the purge subject cannot make every PoP's NATS hold without limit: no message
+/// larger than a PoP takes ([`message::MAX_MESSAGE`]), at most a million purges and 1 GiB,
+/// the oldest going first (as `purge_retention` ages them out; a burst of purges is never
+/// refused).
 pub(crate) fn purge_stream(cfg: &streamgate_config::fleet::Fleet) -> stream::Config {
     stream::Config {
         name: cfg.stream(),
         subjects: vec![cfg.purge_subject()],
         max_age: cfg.purge_retention,
-        max_messages: crate::SEEN as i64,
+        max_messages: MAX_PURGES,
         max_bytes: MAX_PURGE_BYTES,
         max_message_size: message::MAX_MESSAGE as i32,
-        discard: stream::DiscardPolicy::New,
+        discard: stream::DiscardPolicy::Old,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     }
 }
 
-/// Bytes the purge stream holds at most: 100 000 purges of 2.5 KiB (a URL and its envelope).
-const MAX_PURGE_BYTES: i64 = 256 << 20;
+/// `have` with the bounds it lacks (unlimited: 0 or below), or `None` if it has them all.
+/// Bounds an operator set are kept, smaller or larger.
+pub(crate) fn with_bounds(have: &stream::Config) -> Option<stream::Config> {
+    let mut want = have.clone();
+    if want.max_messages <= 0 {
+        want.max_messages = MAX_PURGES;
+    }
+    if want.max_bytes <= 0 {
+        want.max_bytes = MAX_PURGE_BYTES;
+    }
+    if want.max_message_size <= 0 {
+        want.max_message_size = message::MAX_MESSAGE as i32;
+    }
+    (want.max_messages != have.max_messages
+        || want.max_bytes != have.max_bytes
+        || want.max_message_size != have.max_message_size)
+        .then_some(want)
+}
+
+/// Purges the stream holds at most.
+const MAX_PURGES: i64 = 1_000_000;
+/// Bytes it holds at most: a million purges of about 1 KiB (a URL and its envelope).
+const MAX_PURGE_BYTES: i64 = 1 << 30;
 
 /// How long to wait after a purge that took `took` before the next: as long again once it
 /// took a millisecond or more (a walk of the cache; a URL purge takes microseconds and waits

@@ -361,7 +361,8 @@ fn drill(config_path: &Path) -> Result<bool> {
         .fold((0, 0), |(o, b), (_, c)| (o + c.objects(), b + c.bytes()));
     println!(
         "restored {} (a chain of {} file{}) in {:.3} s: {} objects, {} in the cache, {} read; \
-         {} expired since it was written, {} of services that no longer cache",
+         {} expired since it was written, {} left out (services that no longer cache, other \
+         key rules, answers the cache would not store)",
         r.point.name(),
         r.chain,
         if r.chain == 1 { "" } else { "s" },

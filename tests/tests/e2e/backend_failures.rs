@@ -378,6 +378,30 @@ async fn failed_answers_eject_at_most_half_a_region_and_a_501_ejects_nothing() {
         "one was ejected after its first 500"
     );
 
+    // A backend out of service for another reason (drained) counts too: the last one stays.
+    let d = one_service(
+        local().backends(&[(&a, 1), (&b, 1)]),
+        app()
+            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
+    .await;
+    let drain = format!("{{\"address\": \"{}\"}}", a.addr);
+    assert_eq!(
+        d.admin(Method::POST, "/backends/drain", &drain).await.0,
+        StatusCode::OK
+    );
+    for _ in 0..3 {
+        let got = get(&c, &d.url("web", "/"), &[]).await.unwrap();
+        assert_eq!(
+            got.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            got.text()
+        );
+    }
+
     let o = Origin::start("o").await;
     o.set_status(501);
     let d = one_service(

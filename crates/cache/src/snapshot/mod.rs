@@ -900,6 +900,10 @@ mod tests {
         };
         let mut partial = variant(b"x", None, true);
         partial.status = StatusCode::PARTIAL_CONTENT;
+        // No freshness of its own, and a status no default_ttl or heuristic stores.
+        let mut error = variant(b"x", None, true);
+        error.status = StatusCode::INTERNAL_SERVER_ERROR;
+        error.headers.remove("cache-control");
         let mut ahead = variant(b"ahead", None, true);
         let year = Duration::from_secs(365 * 86_400);
         ahead.timing.response_time += year;
@@ -912,6 +916,7 @@ mod tests {
         );
         cdn.insert("http://h/no-store", with("cache-control", "no-store"));
         cdn.insert("http://h/partial", partial);
+        cdn.insert("http://h/error", error);
         cdn.insert("http://h/ahead", ahead);
         cdn.insert("http://h/fine", variant(b"fine", None, true));
         full(&caches, dir.path());
@@ -923,7 +928,7 @@ mod tests {
         assert_eq!(done.restored, 2);
         let cdn = fresh.get("cdn").unwrap();
         let req = HeaderMap::new();
-        for gone in ["cookie", "private", "no-store", "partial"] {
+        for gone in ["cookie", "private", "no-store", "partial", "error"] {
             let key = format!("http://h/{gone}");
             assert!(cdn.lookup(&key, &req).is_none(), "{gone} restored");
         }

@@ -262,11 +262,13 @@ impl HttpProxy {
                     sent_attempts += 1;
                     let head_at = Instant::now();
                     // Counted from the request's last byte: a client's slow upload is not the
-                    // backend's latency.
-                    lease.record_head_after(
-                        upload.as_ref().map_or(0, |u| u.last_progress()),
-                        head_at,
-                    );
+                    // backend's latency. An answer before the upload's end (a chunk still
+                    // trickling) counts from the start.
+                    let sent = upload
+                        .as_ref()
+                        .filter(|u| u.is_done())
+                        .map_or(0, |u| u.last_progress());
+                    lease.record_head_after(sent, head_at);
                     let status = resp.status();
                     // 501 and 505 are the backend's answer to what the client asked (a
                     // method or version it does not serve), not its failure: HAProxy's
@@ -477,12 +479,13 @@ impl HttpProxy {
         let policy = &service.spec.outlier;
         // A client can provoke failed answers (a path that answers 500, one slower than the
         // deadline): one that could eject every backend of a region in turn, a few requests
-        // each, would take the region down. At most `max_ejection_percent` of it is out for
-        // them at once, at least one backend.
+        // each, would take the region down. No ejection for them once `max_ejection_percent`
+        // of it is out of service for any reason (ejected, down, drained), at least one
+        // backend. (Two failing at the same instant may both take the last room.)
         let room = || {
             let backends = &pick.region.backends;
             let most = (backends.len() * usize::from(policy.max_ejection_percent) / 100).max(1);
-            backends.iter().filter(|b| b.state.is_ejected()).count() < most
+            backends.iter().filter(|b| !b.state.is_available()).count() < most
         };
         if let Some(cool_down) = pick.backend.state.record_outcome(outcome, policy, room) {
             warn!(
