@@ -156,9 +156,12 @@ impl HttpProxy {
         if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
         }
-        // The host it names is the Host the rules see, as the backend will: a rule matching
-        // `headers.host` is not passed by a Host line that the target's authority overrules.
-        if req.uri().authority().is_some() {
+        // From here on the Host field is the host routed by, which the rules see and the
+        // backend gets: an absolute-form target's or HTTP/2's authority (a Host line it
+        // overrules does not pass a rule matching `headers.host`), or an HTTP/1.0 request's
+        // empty one. An origin-form request's Host is that host already (and no Connection
+        // line can remove it), so it is left as it is: one header-map write less per request.
+        if req.uri().authority().is_some() || host.is_empty() {
             req.headers_mut().insert(header::HOST, host.clone());
         }
         // A request that has come round to us again (a backend, or a name that resolves to one,
@@ -275,9 +278,6 @@ impl HttpProxy {
                 .entry(header::SEC_WEBSOCKET_VERSION)
                 .or_insert(HeaderValue::from_static("13"));
         }
-        // The backend sees the host the client asked for (from the URI for HTTP/2 and
-        // absolute-form requests).
-        parts.headers.insert(header::HOST, host.clone());
         parts.version = Version::HTTP_11;
         edit_request(&mut parts.headers, &rules.request);
         if let Some(c) = &service.spec.compression {
