@@ -128,7 +128,7 @@ impl TcpProxy {
             match read_sni(&mut stream, &mut prefix, timeouts.request_header).await {
                 Ok(name) => name,
                 Err(why) => {
-                    warn!(listener = %self.listener, peer = %client, reason = why, "no usable ClientHello; connection closed");
+                    debug!(listener = %self.listener, peer = %client, reason = why, "no usable ClientHello; connection closed");
                     log.status = 400;
                     return;
                 }
@@ -140,7 +140,7 @@ impl TcpProxy {
         let service = match table.route(&self.listener, name.as_deref().unwrap_or(""), "/") {
             Ok(s) => s,
             Err(_) => {
-                warn!(listener = %self.listener, peer = %client, sni = ?name, "no service for this connection; closed");
+                debug!(listener = %self.listener, peer = %client, sni = ?name, "no service for this connection; closed");
                 log.status = 404;
                 return;
             }

@@ -121,6 +121,7 @@ impl Daemon {
 
         let access_log: AccessLogHandle = Arc::new(arc_swap::ArcSwapOption::new(open_access_log(
             &config.access_log,
+            &metrics,
         )?));
         let caches = CacheRegistry::new(metrics.clone());
         caches.spawn_gauge_refresher();
@@ -216,6 +217,7 @@ impl Daemon {
         control.add_reload_hook(Arc::new(AccessLogReload {
             handle: access_log.clone(),
             applied: Arc::new(Mutex::new(config.access_log.clone())),
+            metrics: metrics.clone(),
         }));
         control.add_reload_hook(Arc::new(TokenReload {
             handle: token.clone(),
@@ -354,7 +356,10 @@ fn protocol_name(p: Protocol) -> &'static str {
 /// Rebuilds the clients of TLS and HTTP/2 backends whose settings changed (CA, client
 /// certificate, server name): checked before the new table is published, swapped in after.
 /// Opens the access log `[access_log]` asks for (`None`: off).
-fn open_access_log(cfg: &streamgate_config::AccessLog) -> Result<Option<Arc<AccessLog>>> {
+fn open_access_log(
+    cfg: &streamgate_config::AccessLog,
+    metrics: &Metrics,
+) -> Result<Option<Arc<AccessLog>>> {
     if !cfg.enabled {
         return Ok(None);
     }
@@ -368,7 +373,7 @@ fn open_access_log(cfg: &streamgate_config::AccessLog) -> Result<Option<Arc<Acce
     let described = path
         .as_ref()
         .map_or("standard output".to_string(), |p| p.display().to_string());
-    let log = AccessLog::start(path, format)
+    let log = AccessLog::start(path, format, metrics.access_log_dropped.clone())
         .with_context(|| format!("access_log.path: cannot open {described}"))?;
     info!(destination = %described, "access log enabled");
     Ok(Some(log))
@@ -380,6 +385,7 @@ fn open_access_log(cfg: &streamgate_config::AccessLog) -> Result<Option<Arc<Acce
 struct AccessLogReload {
     handle: AccessLogHandle,
     applied: Arc<Mutex<streamgate_config::AccessLog>>,
+    metrics: Arc<Metrics>,
 }
 
 impl streamgate_control::ReloadHook for AccessLogReload {
@@ -387,7 +393,8 @@ impl streamgate_control::ReloadHook for AccessLogReload {
         if *self.applied.lock().unwrap_or_else(|e| e.into_inner()) == config.access_log {
             return Ok(Box::new(|| {}));
         }
-        let log = open_access_log(&config.access_log).map_err(|e| format!("{e:#}"))?;
+        let log =
+            open_access_log(&config.access_log, &self.metrics).map_err(|e| format!("{e:#}"))?;
         let handle = self.handle.clone();
         let applied = config.access_log.clone();
         let slot = self.applied.clone();

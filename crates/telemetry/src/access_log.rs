@@ -8,7 +8,9 @@ use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+
+use prometheus::IntCounter;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +19,27 @@ pub use streamgate_config::ACCESS_LOG_FIELDS as FIELDS;
 
 /// Lines waiting for the writer at most; past this, lines are dropped and counted.
 const QUEUE: usize = 64 * 1024;
+/// Bytes of request fields (method, host, path) waiting for the writer at most: the line
+/// count alone let clients with 64 KiB paths pin 4 GiB behind a slow disk.
+const QUEUE_BYTES: usize = 32 << 20;
+/// A logged field's bytes at most (HAProxy cuts whole lines at 1 KiB by default); a cut field
+/// ends in [`CUT`].
+const FIELD_MAX: usize = 4096;
+/// Ends a field cut at [`FIELD_MAX`].
+pub const CUT: &str = "...";
+
+/// `s` cut to at most [`FIELD_MAX`] bytes (at a character boundary), marked [`CUT`].
+fn capped(mut s: String) -> String {
+    if s.len() > FIELD_MAX {
+        let mut end = FIELD_MAX - CUT.len();
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str(CUT);
+    }
+    s
+}
 
 /// One request, as logged.
 #[derive(Debug, Clone)]
@@ -57,9 +80,9 @@ impl AccessRecord {
             listener,
             client,
             protocol,
-            method,
-            host,
-            path,
+            method: capped(method),
+            host: capped(host),
+            path: capped(path),
             status: 0,
             bytes_in: 0,
             bytes_out: 0,
@@ -70,6 +93,11 @@ impl AccessRecord {
             cache: None,
             retries: 0,
         }
+    }
+
+    /// Bytes it holds, as counted against [`QUEUE_BYTES`].
+    fn weight(&self) -> usize {
+        256 + self.method.len() + self.host.len() + self.path.len()
     }
 }
 
@@ -134,32 +162,49 @@ impl Format {
 pub struct AccessLog {
     tx: SyncSender<AccessRecord>,
     reopen: Arc<AtomicBool>,
-    /// Lines dropped because the writer fell behind.
-    pub dropped: Arc<AtomicU64>,
+    /// Bytes of the records queued ([`AccessRecord::weight`]).
+    queued: Arc<AtomicUsize>,
+    /// `access_log_dropped_total`: lines dropped because the writer fell behind.
+    dropped: IntCounter,
 }
 
 impl AccessLog {
-    /// Opens the destination (a file, or standard output) and starts the writer thread.
-    pub fn start(path: Option<PathBuf>, format: Format) -> io::Result<Arc<AccessLog>> {
+    /// Opens the destination (a file, or standard output) and starts the writer thread;
+    /// lines it cannot keep up with are counted in `dropped`.
+    pub fn start(
+        path: Option<PathBuf>,
+        format: Format,
+        dropped: IntCounter,
+    ) -> io::Result<Arc<AccessLog>> {
         let out = open(path.as_ref())?;
         let (tx, rx) = sync_channel(QUEUE);
         let reopen = Arc::new(AtomicBool::new(false));
-        let dropped = Arc::new(AtomicU64::new(0));
-        let flag = reopen.clone();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (flag, written) = (reopen.clone(), queued.clone());
         std::thread::Builder::new()
             .name("streamgate-access-log".into())
-            .spawn(move || write_loop(rx, out, path, format, flag))?;
+            .spawn(move || write_loop(rx, out, path, format, flag, written))?;
         Ok(Arc::new(AccessLog {
             tx,
             reopen,
+            queued,
             dropped,
         }))
     }
 
-    /// Queues a line; never blocks.
+    /// Queues a line; never blocks. Past [`QUEUE`] lines or [`QUEUE_BYTES`], it is dropped
+    /// and counted.
     pub fn log(&self, record: AccessRecord) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(record) {
-            self.dropped.fetch_add(1, Relaxed);
+        let weight = record.weight();
+        if self.queued.fetch_add(weight, Relaxed) + weight > QUEUE_BYTES {
+            self.queued.fetch_sub(weight, Relaxed);
+            self.dropped.inc();
+            return;
+        }
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record)
+        {
+            self.queued.fetch_sub(weight, Relaxed);
+            self.dropped.inc();
         }
     }
 
@@ -187,6 +232,7 @@ fn write_loop(
     path: Option<PathBuf>,
     format: Format,
     reopen: Arc<AtomicBool>,
+    queued: Arc<AtomicUsize>,
 ) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut line = String::with_capacity(512);
@@ -216,6 +262,7 @@ fn write_loop(
                 }
             }
         }
+        queued.fetch_sub(record.weight(), Relaxed);
         line.clear();
         format_record(&format, &record, &mut line);
         line.push('\n');
@@ -269,6 +316,10 @@ fn json_value(field: &str, r: &AccessRecord, out: &mut String) {
             plain_value(field, r, out);
         }
         "service" | "region" | "backend" | "cache" if is_none(field, r) => out.push_str("null"),
+        // The client's text as it came: JSON escaping is enough there.
+        "method" => string(&r.method, out),
+        "host" => string(&r.host, out),
+        "path" => string(&r.path, out),
         _ => {
             let mut v = String::new();
             plain_value(field, r, &mut v);
@@ -287,6 +338,24 @@ fn is_none(field: &str, r: &AccessRecord) -> bool {
     }
 }
 
+/// A client's text in a template line, escaped as nginx escapes variables: `"`, `\`, control
+/// bytes and bytes past ASCII as `\xHH`, so no client can end a quoted field, fake another,
+/// or reorder the line's text (U+202E).
+fn escaped(s: &str, out: &mut String) {
+    let plain = |b: u8| b != b'"' && b != b'\\' && (0x20..0x7f).contains(&b);
+    if s.bytes().all(plain) {
+        out.push_str(s);
+        return;
+    }
+    for b in s.bytes() {
+        if !plain(b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
+    }
+}
+
 fn plain_value(field: &str, r: &AccessRecord, out: &mut String) {
     let dash = |o: Option<&str>, out: &mut String| out.push_str(o.unwrap_or("-"));
     match field {
@@ -296,9 +365,9 @@ fn plain_value(field: &str, r: &AccessRecord, out: &mut String) {
             let _ = write!(out, "{}", r.client);
         }
         "protocol" => out.push_str(r.protocol),
-        "method" => out.push_str(&r.method),
-        "host" => out.push_str(&r.host),
-        "path" => out.push_str(&r.path),
+        "method" => escaped(&r.method, out),
+        "host" => escaped(&r.host, out),
+        "path" => escaped(&r.path, out),
         "status" => {
             let _ = write!(out, "{}", r.status);
         }
@@ -394,8 +463,13 @@ mod tests {
     fn a_burst_of_lines_arrives_whole_and_in_order() {
         let path = std::env::temp_dir().join(format!("sg-access-{}.log", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let log =
-            AccessLog::start(Some(path.clone()), Format::template("$status").unwrap()).unwrap();
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let log = AccessLog::start(
+            Some(path.clone()),
+            Format::template("$status").unwrap(),
+            dropped.clone(),
+        )
+        .unwrap();
         for i in 0..5000u16 {
             let mut r = record();
             r.status = i;
@@ -412,7 +486,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_file(&path);
-        assert_eq!(log.dropped.load(Relaxed), 0);
+        assert_eq!(dropped.get(), 0);
         assert!(got == want, "{} lines of 5000", got.lines().count());
     }
 
@@ -421,11 +495,63 @@ mod tests {
         let f = Format::template("$client $method $path $status $$ $cache").unwrap();
         let mut s = String::new();
         format_record(&f, &record(), &mut s);
-        assert_eq!(s, "192.0.2.7 GET /v/\"x\".ts?a=1 200 $ -");
+        assert_eq!(s, "192.0.2.7 GET /v/\\x22x\\x22.ts?a=1 200 $ -");
         assert!(
             Format::template("$nope")
                 .unwrap_err()
                 .contains("unknown field $nope")
         );
+    }
+
+    /// A client's text cannot end a quoted field, add one or reorder the line.
+    #[test]
+    fn template_fields_from_clients_are_escaped() {
+        let f = Format::template("\"$method $path\" $host").unwrap();
+        let mut r = record();
+        r.path = "/a\" 200 \"x\\y\u{202e}".into();
+        r.host = "h ost".into();
+        let mut s = String::new();
+        format_record(&f, &r, &mut s);
+        assert_eq!(s, "\"GET /a\\x22 200 \\x22x\\x5Cy\\xE2\\x80\\xAE\" h ost");
+    }
+
+    /// Long fields are cut, and the queue is held to bytes as well as lines: 64 KiB paths
+    /// behind a writer that stalled pinned gigabytes.
+    #[test]
+    fn long_fields_are_cut_and_the_queue_is_held_to_its_bytes() {
+        let long = format!("/{}", "a".repeat(60_000));
+        let r = AccessRecord::arriving(
+            "web".into(),
+            "192.0.2.7".parse().unwrap(),
+            "HTTP/1.1",
+            "GET".into(),
+            "h".into(),
+            long,
+        );
+        assert_eq!(r.path.len(), FIELD_MAX);
+        assert!(r.path.ends_with(CUT));
+        let cut = capped("é".repeat(3000));
+        assert!(
+            cut.len() <= FIELD_MAX && cut.ends_with(CUT),
+            "cut at a boundary"
+        );
+
+        // A writer that never drains.
+        let (tx, _stalled) = sync_channel(QUEUE);
+        let dropped = IntCounter::new("dropped", "dropped").unwrap();
+        let log = AccessLog {
+            tx,
+            reopen: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropped: dropped.clone(),
+        };
+        for _ in 0..20_000 {
+            log.log(r.clone());
+        }
+        let queued = log.queued.load(Relaxed);
+        assert!(queued <= QUEUE_BYTES, "{queued} bytes queued");
+        let kept = 20_000 - dropped.get();
+        assert_eq!(kept as usize, queued / r.weight());
+        assert!(kept < 8_000, "{kept} lines of 4 KiB kept");
     }
 }

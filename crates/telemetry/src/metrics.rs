@@ -113,6 +113,8 @@ pub struct Metrics {
     pub cache_evictions: IntCounter,
     /// `cache_variant_evictions_total`: variants dropped because their URL had `max_variants`.
     pub cache_variant_evictions: IntCounter,
+    /// `access_log_dropped_total`: access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     /// `cache_fill_bytes`: bytes held by responses being recorded into the cache.
     pub cache_fill_bytes: IntGauge,
     /// `cache_fills_dropped_total{reason}`: recordings given up (memory, size, error).
@@ -358,6 +360,11 @@ impl Metrics {
                 r,
                 "cache_variant_evictions_total",
                 "Stored variants dropped because their URL already had max_variants",
+            ),
+            access_log_dropped: int_counter(
+                r,
+                "access_log_dropped_total",
+                "Access log lines dropped because the writer fell behind (64 Ki lines or 32 MiB queued)",
             ),
             cache_fill_bytes: int_gauge(
                 r,

@@ -9,7 +9,7 @@ use http::{Response, StatusCode};
 use serde_json::json;
 use streamgate_cache::ServiceCache;
 use streamgate_cache::key::purge_keys;
-use tracing::{info, warn};
+use tracing::{debug, info};
 
 use super::HttpProxy;
 use super::body::{Completion, ProxyBody};
@@ -43,7 +43,7 @@ impl HttpProxy {
         let allowed =
             out.forwarded_for.vouched() && cache.spec.purge_from.iter().any(|n| n.contains(&peer));
         let (status, body) = if !allowed {
-            warn!(peer = %peer, url = %target, "PURGE from an address not in purge_from; refused");
+            debug!(peer = %peer, url = %target, "PURGE from an address not in purge_from; refused");
             (
                 StatusCode::FORBIDDEN,
                 json!({"error": "PURGE not allowed from this address"}),
