@@ -276,12 +276,12 @@ mod tests {
         let want = with_bounds(&have).unwrap();
         assert_eq!(
             (want.max_messages, want.max_bytes, want.max_message_size),
-            (1_000_000, 1 << 30, 16 * 1024)
+            (250_000, -1, 16 * 1024),
+            "no byte bound: NATS would reserve it against the account"
         );
         assert_eq!(want.num_replicas, 3);
         // The operator's own bounds stay, smaller or larger.
         have.max_messages = 5_000;
-        have.max_bytes = 4 << 30;
         have.max_message_size = 8 * 1024;
         assert!(with_bounds(&have).is_none());
     }

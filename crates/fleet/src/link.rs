@@ -191,16 +191,16 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
 
 /// The purge stream, made with bounds, as the overrides bucket is, so that whoever may
 /// publish on the purge subject cannot make every PoP's NATS hold without limit: no message
-/// larger than a PoP takes ([`message::MAX_MESSAGE`]), at most a million purges and 1 GiB,
-/// the oldest going first (as `purge_retention` ages them out; a burst of purges is never
-/// refused).
+/// larger than a PoP takes ([`message::MAX_MESSAGE`]), at most [`MAX_PURGES`], the oldest
+/// going first (as `purge_retention` ages them out; a burst of purges is never refused). No
+/// byte bound: NATS reserves a stream's `max_bytes` (times its replicas) against the
+/// account's storage when it is made, and a PoP whose account has less would never join.
 pub(crate) fn purge_stream(cfg: &streamgate_config::fleet::Fleet) -> stream::Config {
     stream::Config {
         name: cfg.stream(),
         subjects: vec![cfg.purge_subject()],
         max_age: cfg.purge_retention,
         max_messages: MAX_PURGES,
-        max_bytes: MAX_PURGE_BYTES,
         max_message_size: message::MAX_MESSAGE as i32,
         discard: stream::DiscardPolicy::Old,
         storage: stream::StorageType::File,
@@ -216,22 +216,16 @@ pub(crate) fn with_bounds(have: &stream::Config) -> Option<stream::Config> {
     if want.max_messages <= 0 {
         want.max_messages = MAX_PURGES;
     }
-    if want.max_bytes <= 0 {
-        want.max_bytes = MAX_PURGE_BYTES;
-    }
     if want.max_message_size <= 0 {
         want.max_message_size = message::MAX_MESSAGE as i32;
     }
-    (want.max_messages != have.max_messages
-        || want.max_bytes != have.max_bytes
-        || want.max_message_size != have.max_message_size)
+    (want.max_messages != have.max_messages || want.max_message_size != have.max_message_size)
         .then_some(want)
 }
 
-/// Purges the stream holds at most.
-const MAX_PURGES: i64 = 1_000_000;
-/// Bytes it holds at most: a million purges of about 1 KiB (a URL and its envelope).
-const MAX_PURGE_BYTES: i64 = 1 << 30;
+/// Purges the stream holds at most: 4 GiB at worst (of 16 KiB messages), about 250 MiB of
+/// real ones (a URL and its envelope).
+const MAX_PURGES: i64 = 250_000;
 
 /// How long to wait after a purge that took `took` before the next: as long again once it
 /// took a millisecond or more (a walk of the cache; a URL purge takes microseconds and waits

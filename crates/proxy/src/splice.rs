@@ -98,7 +98,8 @@ async fn one_way(
     loop {
         // Socket -> pipe: the pipe is empty here, so it takes what the socket has.
         let into_pipe = || splice(from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from);
-        let spliced = if std::mem::take(&mut more) {
+        let forced = std::mem::take(&mut more);
+        let spliced = if forced {
             into_pipe()
         } else {
             from.readable().await?;
@@ -106,7 +107,11 @@ async fn one_way(
         };
         let mut in_pipe = match spliced {
             Ok(0) => break,
-            Ok(n) => n,
+            Ok(n) => {
+                // Still past the last readiness edge: go on until a splice finds nothing.
+                more = forced;
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // splice(2) stops at TCP urgent data (MSG_OOB: telnet's Synch, FTP's ABOR)
                 // and says EAGAIN however much follows it; at the FIN it says 0, and the rest
@@ -269,15 +274,15 @@ mod tests {
             socket2::SockRef::from(&client)
                 .send_out_of_band(b"!")
                 .unwrap();
-            // More behind the mark than one read past it takes, and then nothing (no new
-            // readiness edge) until all of it has arrived.
-            client.write_all(&[b'c'; 20_000]).await.unwrap();
-            let mut got = vec![0u8; 2 + 20_000];
-            let all = tokio::time::timeout(Duration::from_secs(5), backend.read_exact(&mut got));
-            assert!(
-                all.await.is_ok(),
-                "the bytes behind the urgent mark stalled"
+            // More behind the mark than one read past it and one pipe take, and then nothing
+            // (no new readiness edge) until all of it has arrived.
+            let mut got = vec![0u8; 2 + (1 << 20)];
+            let (wrote, all) = tokio::join!(
+                client.write_all(&[b'c'; 1 << 20]),
+                tokio::time::timeout(Duration::from_secs(5), backend.read_exact(&mut got))
             );
+            wrote.unwrap();
+            assert!(all.is_ok(), "the bytes behind the urgent mark stalled");
             client.write_all(b"d").await.unwrap();
             client.shutdown().await.unwrap();
             backend.read_to_end(&mut got).await.unwrap();
@@ -294,7 +299,7 @@ mod tests {
             &moved,
         );
         let (_, got) = tokio::join!(relay, ends);
-        let want = [&b"ab"[..], &[b'c'; 20_000], b"d"].concat();
+        let want = [&b"ab"[..], &vec![b'c'; 1 << 20], b"d"].concat();
         assert!(got == want, "{} bytes of {}", got.len(), want.len());
     }
 

@@ -136,7 +136,8 @@ impl TcpProxy {
         } else {
             None
         };
-        log.record.host = name.clone().unwrap_or_default();
+        log.record.host =
+            streamgate_telemetry::access_log::capped(name.clone().unwrap_or_default());
         let service = match table.route(&self.listener, name.as_deref().unwrap_or(""), "/") {
             Ok(s) => s,
             Err(_) => {

@@ -28,8 +28,9 @@ const FIELD_MAX: usize = 4096;
 /// Ends a field cut at [`FIELD_MAX`].
 pub const CUT: &str = "...";
 
-/// `s` cut to at most [`FIELD_MAX`] bytes (at a character boundary), marked [`CUT`].
-fn capped(mut s: String) -> String {
+/// `s` cut to at most [`FIELD_MAX`] bytes (at a character boundary), marked [`CUT`], and
+/// holding no more memory than that: a truncated string keeps its whole buffer.
+pub fn capped(mut s: String) -> String {
     if s.len() > FIELD_MAX {
         let mut end = FIELD_MAX - CUT.len();
         while !s.is_char_boundary(end) {
@@ -37,6 +38,7 @@ fn capped(mut s: String) -> String {
         }
         s.truncate(end);
         s.push_str(CUT);
+        s.shrink_to_fit();
     }
     s
 }
@@ -530,6 +532,10 @@ mod tests {
         );
         assert_eq!(r.path.len(), FIELD_MAX);
         assert!(r.path.ends_with(CUT));
+        assert!(
+            r.path.capacity() < 2 * FIELD_MAX,
+            "the cut-off part's memory is kept"
+        );
         let cut = capped("é".repeat(3000));
         assert!(
             cut.len() <= FIELD_MAX && cut.ends_with(CUT),

@@ -440,8 +440,8 @@ async fn the_purge_stream_is_bounded_even_when_an_older_release_made_it() {
         serde_json::from_str(&nats.request("$JS.API.STREAM.INFO.STREAMGATE_PURGES", b"")).unwrap();
     let c = &info["config"];
     assert_eq!(c["max_msg_size"], 16 * 1024, "{info}");
-    assert_eq!(c["max_msgs"], 1_000_000, "{info}");
-    assert_eq!(c["max_bytes"], 1 << 30, "{info}");
+    assert_eq!(c["max_msgs"], 250_000, "{info}");
+    assert_eq!(c["max_bytes"], -1, "no storage reserved: {info}");
     // Nothing else of the operator's stream changes.
     assert_eq!(c["max_age"], 86_400_000_000_000u64, "{info}");
     assert_eq!(c["discard"], "old", "{info}");
