@@ -145,15 +145,19 @@ impl ClientRate {
         if shard.len() >= SHARD_KEYS && !shard.contains_key(&client) {
             // A key whose time has passed admits as if it were new: dropping it changes nothing.
             shard.retain(|_, t| *t > now);
-            // Under a flood of addresses every key may still be limiting. Forget some (which
-            // ones does not matter: each gets a fresh burst) down to 3/4 full, so the scan
-            // above runs once per SHARD_KEYS/4 new clients, not on every one: scanning on each
-            // made a flood of 500 000 addresses take 300 s in this module's unit test.
+            // Under a flood of addresses every key may still be limiting. Forget some down
+            // to 3/4 full, so the scan above runs once per SHARD_KEYS/4 new clients, not on
+            // every one: scanning on each made a flood of 500 000 addresses take 300 s in
+            // this module's unit test. The ones closest to their time go (the least held
+            // back, whose fresh burst changes least): forgotten at random, a client being held
+            // back hardest, the one flooding, got its whole burst again (nginx's limit_req
+            // drops its least recently used; HAProxy's stick tables the oldest).
             let excess = shard.len().saturating_sub(SHARD_KEYS * 3 / 4);
             if excess > 0 {
-                let gone: Vec<IpAddr> = shard.keys().take(excess).copied().collect();
-                for k in gone {
-                    shard.remove(&k);
+                let mut by_time: Vec<(u64, IpAddr)> = shard.iter().map(|(k, t)| (*t, *k)).collect();
+                by_time.select_nth_unstable(excess - 1);
+                for (_, k) in &by_time[..excess] {
+                    shard.remove(k);
                 }
             }
         }
@@ -295,6 +299,31 @@ mod tests {
         }
         let total: usize = r.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= SHARDS * SHARD_KEYS, "{total}");
+    }
+
+    #[test]
+    fn a_full_shard_forgets_the_clients_least_held_back_first() {
+        let r = ClientRate::new(Rate {
+            per_second: 1,
+            burst: 5,
+        });
+        // One shard's worth of clients: every other one has used its whole burst.
+        let mut one_shard = (0..u32::MAX)
+            .map(|i| IpAddr::from((0x0a00_0000 + i).to_be_bytes()))
+            .filter(|ip| shard_of(*ip) == 0);
+        let clients: Vec<IpAddr> = one_shard.by_ref().take(SHARD_KEYS).collect();
+        for (i, c) in clients.iter().enumerate() {
+            let requests = if i % 2 == 0 { 5 } else { 1 };
+            for _ in 0..requests {
+                assert!(r.check(*c, S).is_ok());
+            }
+        }
+        // One more client: a quarter of the shard is forgotten.
+        assert!(r.check(one_shard.next().unwrap(), S).is_ok());
+        assert!(r.shards[0].lock().unwrap().len() <= SHARD_KEYS * 3 / 4 + 1);
+        let held = clients.iter().step_by(2);
+        let given_back = held.filter(|c| r.check(**c, S).is_ok()).count();
+        assert_eq!(given_back, 0, "clients held back got their burst again");
     }
 
     #[test]
