@@ -214,13 +214,22 @@ pub fn encode_v1(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
             source.port(),
             destination.port()
         ),
-        (IpAddr::V6(_), IpAddr::V6(_)) => format!(
-            "PROXY TCP6 {s} {d} {} {}\r\n",
-            source.port(),
-            destination.port()
-        ),
-        // Mixed families: v1 cannot say it.
-        _ => "PROXY UNKNOWN\r\n".to_string(),
+        // Mixed families (an IPv6 client named by a balancer that reached us over IPv4):
+        // both as IPv6, the IPv4 one mapped, as HAProxy writes them. `UNKNOWN` lost the
+        // client's address altogether.
+        (s, d) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            format!(
+                "PROXY TCP6 {} {} {} {}\r\n",
+                v6(s),
+                v6(d),
+                source.port(),
+                destination.port()
+            )
+        }
     }
     .into_bytes()
 }
@@ -372,6 +381,15 @@ mod tests {
                 })
             );
         }
+        // Mixed families: both as IPv6 (the IPv4 one mapped), the client's address kept.
+        let mixed = encode_v1(
+            "[2001:db8::7]:4000".parse().unwrap(),
+            "192.0.2.1:443".parse().unwrap(),
+        );
+        assert_eq!(
+            String::from_utf8(mixed).unwrap(),
+            "PROXY TCP6 2001:db8::7 ::ffff:192.0.2.1 4000 443\r\n"
+        );
         let mut bad = encode_v2("1.2.3.4:1".parse().unwrap(), "5.6.7.8:2".parse().unwrap());
         bad[12] = 0x31;
         assert_eq!(parse(&bad), Err(ProxyHeaderError::V2("version is not 2")));
