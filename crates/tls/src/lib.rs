@@ -53,6 +53,8 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     /// Lower-case DNS names from the subjectAltName (or the CN), wildcards as `*.example.com`.
     names: Vec<String>,
+    /// Within its validity now (not expired, not before its start).
+    valid: bool,
 }
 
 /// Picks a certificate by the ClientHello's server name.
@@ -104,23 +106,27 @@ pub fn load(pairs: &[CertPair], listener: &str) -> Result<Arc<SniResolver>, TlsE
             "listener {listener}: no certificates"
         )));
     };
-    let default = first.key.clone();
-    let mut exact = HashMap::new();
-    let mut wildcard = HashMap::new();
+    let default = loaded.iter().find(|l| l.valid).unwrap_or(first).key.clone();
+    // A name two certificates cover is served by the first listed that is valid now: an
+    // expired one left above its renewal in the list is not served in its place.
+    let mut exact: HashMap<String, (Arc<CertifiedKey>, bool)> = HashMap::new();
+    let mut wildcard: HashMap<String, (Arc<CertifiedKey>, bool)> = HashMap::new();
     for l in &loaded {
         for n in &l.names {
-            match n.strip_prefix("*.") {
-                Some(suffix) => {
-                    wildcard
-                        .entry(suffix.to_string())
-                        .or_insert_with(|| l.key.clone());
-                }
-                None => {
-                    exact.entry(n.clone()).or_insert_with(|| l.key.clone());
-                }
+            let (map, name) = match n.strip_prefix("*.") {
+                Some(suffix) => (&mut wildcard, suffix.to_string()),
+                None => (&mut exact, n.clone()),
+            };
+            let held = map.entry(name).or_insert_with(|| (l.key.clone(), l.valid));
+            if !held.1 && l.valid {
+                *held = (l.key.clone(), true);
             }
         }
     }
+    let keys = |m: HashMap<String, (Arc<CertifiedKey>, bool)>| {
+        m.into_iter().map(|(n, (k, _))| (n, k)).collect()
+    };
+    let (exact, wildcard) = (keys(exact), keys(wildcard));
     Ok(Arc::new(SniResolver {
         exact,
         wildcard,
@@ -165,10 +171,13 @@ fn load_one(p: &CertPair, provider: &CryptoProvider, listener: &str) -> Result<L
             key: key_path,
         });
     }
-    let (names, not_after) = names_and_expiry(&chain[0]).map_err(|reason| TlsError::Cert {
-        path: cert_path.clone(),
-        reason,
-    })?;
+    let (names, (not_before, not_after)) =
+        names_and_validity(&chain[0]).map_err(|reason| TlsError::Cert {
+            path: cert_path.clone(),
+            reason,
+        })?;
+    let valid = not_after.is_none_or(|end| end > SystemTime::now())
+        && not_before.is_none_or(|start| start <= SystemTime::now());
     if let Some(end) = not_after {
         match end.duration_since(SystemTime::now()) {
             Err(_) => {
@@ -185,11 +194,15 @@ fn load_one(p: &CertPair, provider: &CryptoProvider, listener: &str) -> Result<L
     Ok(Loaded {
         key: Arc::new(certified),
         names,
+        valid,
     })
 }
 
-/// The DNS names a certificate is for, and when it expires.
-fn names_and_expiry(der: &CertificateDer<'_>) -> Result<(Vec<String>, Option<SystemTime>), String> {
+/// When a certificate's validity starts and ends (`None`: not a time this clock can hold).
+type Validity = (Option<SystemTime>, Option<SystemTime>);
+
+/// The DNS names a certificate is for, and when it is valid.
+fn names_and_validity(der: &CertificateDer<'_>) -> Result<(Vec<String>, Validity), String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| e.to_string())?;
     let mut names = Vec::new();
@@ -208,11 +221,17 @@ fn names_and_expiry(der: &CertificateDer<'_>) -> Result<(Vec<String>, Option<Sys
                 .map(str::to_ascii_lowercase),
         );
     }
-    let ts = cert.validity().not_after.timestamp();
-    let not_after = u64::try_from(ts)
-        .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
-    Ok((names, not_after))
+    let at = |ts: i64| {
+        u64::try_from(ts)
+            .ok()
+            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+    };
+    let validity = cert.validity();
+    let bounds = (
+        at(validity.not_before.timestamp()),
+        at(validity.not_after.timestamp()),
+    );
+    Ok((names, bounds))
 }
 
 /// A server configuration for `resolver`: ALPN h2 then http/1.1, TLS 1.2 and 1.3.
@@ -518,6 +537,32 @@ mod tests {
             "a wildcard covers one label only"
         );
         assert!(Arc::ptr_eq(&r.pick(Some("other.org")), &first), "default");
+    }
+
+    #[test]
+    fn a_name_two_certificates_cover_is_served_by_the_valid_one() {
+        let dir = tempfile_dir();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example.com".to_string()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let expired = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("old.pem"), dir.join("old.key"));
+        std::fs::write(&c, expired.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let old = CertPair { cert: c, key: k };
+        let renewed = write_cert(&dir, "new", &["a.example.com"]);
+        // The expired one first, as a renewal appended below it in the list would be.
+        let r = load(&[old.clone(), renewed.clone()], "test").unwrap();
+        let fresh = load(std::slice::from_ref(&renewed), "test")
+            .unwrap()
+            .pick(None);
+        let served = r.pick(Some("a.example.com"));
+        assert_eq!(served.cert, fresh.cert, "the renewal is served");
+        assert_eq!(r.pick(None).cert, fresh.cert, "and is the default");
+        // Alone, an expired certificate is still served (with a warning) rather than none.
+        let only = load(std::slice::from_ref(&old), "test").unwrap();
+        assert_ne!(only.pick(Some("a.example.com")).cert, fresh.cert);
     }
 
     #[test]
