@@ -374,63 +374,6 @@ async fn sighup_and_a_changed_file_reload_the_config() {
     );
 }
 
-/// A file written in place by a writer that pauses (`scp`, `kubectl cp`, `tee`) is read once
-/// the writer closes it: its first half can be valid TOML with services missing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_still_being_written_is_not_reloaded_until_its_writer_closes_it() {
-    use std::io::Write;
-    let a = Origin::start("a").await;
-    let b = Origin::start("b").await;
-    let p = DaemonProcess::start(BIN, &service(local(&a)).to_toml(), &["web", "admin"]);
-    let url = format!("http://{}/", p.addr("web"));
-    let origin = async || {
-        get(&http1(), &url, &[])
-            .await
-            .unwrap()
-            .header("x-origin")
-            .map(str::to_string)
-    };
-    assert_eq!(origin().await.as_deref(), Some("a"));
-
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&p.config_path)
-        .unwrap();
-    f.write_all(service(local(&b)).to_toml().as_bytes())
-        .unwrap();
-    f.flush().unwrap();
-    // Three times the debounce: the half written so far is a valid config, for b.
-    tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(
-        origin().await.as_deref(),
-        Some("a"),
-        "read before its writer was done"
-    );
-    f.write_all(b"\n# the rest of the file\n").unwrap();
-    drop(f);
-    let switched = async {
-        for _ in 0..100 {
-            if origin().await.as_deref() == Some("b") {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
-    };
-    assert!(
-        switched.await,
-        "not reloaded once closed; log: {:?}",
-        p.log_json()
-    );
-    let logs = p.log_json();
-    let reloads = logs
-        .iter()
-        .filter(|l| l["message"] == "configuration reloaded")
-        .count();
-    assert_eq!(reloads, 1, "{logs:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_never_appears_in_the_log() {
     let a = Origin::start("a").await;

@@ -567,38 +567,3 @@ async fn a_quiet_http2_backend_connection_is_closed_after_upstream_idle() {
     let closed = eventually(Duration::from_secs(10), || open() == 0).await;
     assert!(closed, "{} connections still open", open());
 }
-
-/// A CA bundle rotated in place (same path, new contents) takes effect at the next reload: the
-/// backend client is made again, not kept because its settings read the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ca_rotated_in_place_takes_effect_at_the_reload() {
-    let old_cert = make_cert(&["origin.test"]);
-    let new_cert = make_cert(&["origin.test"]);
-    let old = Origin::start_tls("old", server_tls(&old_cert, None)).await;
-    let new = Origin::start_tls("new", server_tls(&new_cert, None)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, _) = write_cert(dir.path(), "ca", &old_cert);
-    let config = |o: &Origin| {
-        one_region(Region::new("r").backends(&[(o, 1)])).service(
-            service("s").upstream(
-                Upstream::new()
-                    .protocol("https")
-                    .tls_ca_file(&ca)
-                    .tls_server_name("origin.test"),
-            ),
-        )
-    };
-    let d = config(&old).start().await;
-    let c = http1();
-    let r = get(&c, &d.url("web", "/one"), &[]).await.unwrap();
-    assert_eq!(r.text(), "origin old /one");
-    // The backend moves to a certificate the old CA did not sign, and the CA file with it.
-    let (rotated, _) = write_cert(dir.path(), "ca", &new_cert);
-    assert_eq!(rotated, ca);
-    d.rewrite_config(&config(&new).to_toml());
-    let (status, body) = d.admin(Method::POST, "/reload", "").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let r = get(&c, &d.url("web", "/two"), &[]).await.unwrap();
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.text(), "origin new /two");
-}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::Value;
-use streamgate_tests::tls::{make_cert, write_cert};
+use streamgate_tests::tls::{make_cert, server_tls, write_cert};
 use streamgate_tests::*;
 
 fn service(o: &Origin) -> Config {
@@ -266,4 +266,112 @@ async fn a_removed_backend_takes_its_health_series_with_it() {
     let metrics = d.metrics().await;
     assert!(!probed(&metrics, &b), "the removed backend's series stay");
     assert!(probed(&metrics, &a));
+}
+
+/// A CA bundle rotated in place (same path, new contents) takes effect at the next reload: the
+/// backend client is made again, not kept because its settings read the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotated_in_place_takes_effect_at_the_reload() {
+    let old_cert = make_cert(&["origin.test"]);
+    let new_cert = make_cert(&["origin.test"]);
+    let old = Origin::start_tls("old", server_tls(&old_cert, None)).await;
+    let new = Origin::start_tls("new", server_tls(&new_cert, None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = write_cert(dir.path(), "ca", &old_cert);
+    let config = |o: &Origin| {
+        Config::new()
+            .listener(Listener::http("web"))
+            .region(Region::new("r").backends(&[(o, 1)]))
+            .service(
+                Service::new("s")
+                    .listeners(&["web"])
+                    .regions(&["r"])
+                    .upstream(
+                        Upstream::new()
+                            .protocol("https")
+                            .tls_ca_file(&ca)
+                            .tls_server_name("origin.test"),
+                    ),
+            )
+    };
+    let d = config(&old).start().await;
+    let c = http1();
+    let r = get(&c, &d.url("web", "/one"), &[]).await.unwrap();
+    assert_eq!(r.text(), "origin old /one");
+    // The backend moves to a certificate the old CA did not sign, and the CA file with it.
+    let (rotated, _) = write_cert(dir.path(), "ca", &new_cert);
+    assert_eq!(rotated, ca);
+    d.rewrite_config(&config(&new).to_toml());
+    let (status, body) = d.admin(Method::POST, "/reload", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let r = get(&c, &d.url("web", "/two"), &[]).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "origin new /two");
+}
+
+/// The daemon binary's config with one service on "web" over `o`, for the file watcher.
+fn watched(o: &Origin) -> String {
+    Config::new()
+        .listener(Listener::http("web"))
+        .region(Region::new("local").backends(&[(o, 1)]))
+        .service(Service::new("app").listeners(&["web"]).regions(&["local"]))
+        .to_toml()
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
+
+/// A file written in place by a writer that pauses (`scp`, `kubectl cp`, `tee`) is read once
+/// the writer closes it: its first half can be valid TOML with services missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_still_being_written_is_not_reloaded_until_its_writer_closes_it() {
+    use std::io::Write;
+    let a = Origin::start("a").await;
+    let b = Origin::start("b").await;
+    let p = DaemonProcess::start(BIN, &watched(&a), &["web", "admin"]);
+    let url = format!("http://{}/", p.addr("web"));
+    let origin = async || {
+        get(&http1(), &url, &[])
+            .await
+            .unwrap()
+            .header("x-origin")
+            .map(str::to_string)
+    };
+    assert_eq!(origin().await.as_deref(), Some("a"));
+
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p.config_path)
+        .unwrap();
+    f.write_all(watched(&b).as_bytes()).unwrap();
+    f.flush().unwrap();
+    // Three times the debounce: the half written so far is a valid config, for b.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        origin().await.as_deref(),
+        Some("a"),
+        "read before its writer was done"
+    );
+    f.write_all(b"\n# the rest of the file\n").unwrap();
+    drop(f);
+    let switched = async {
+        for _ in 0..100 {
+            if origin().await.as_deref() == Some("b") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(
+        switched.await,
+        "not reloaded once closed; log: {:?}",
+        p.log_json()
+    );
+    let logs = p.log_json();
+    let reloads = logs
+        .iter()
+        .filter(|l| l["message"] == "configuration reloaded")
+        .count();
+    assert_eq!(reloads, 1, "{logs:?}");
 }
