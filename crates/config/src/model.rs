@@ -197,6 +197,9 @@ pub struct Listener {
     /// https: certificate chains and keys; the SNI names come from the certificates, the first
     /// is the default.
     pub certificates: Vec<CertPair>,
+    /// https: a handshake naming no server, or one no certificate covers, is refused
+    /// (`unrecognized_name`) rather than given the first certificate.
+    pub strict_sni: bool,
     /// Connections from `geo.trusted_proxies` start with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
 }

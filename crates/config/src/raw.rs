@@ -135,6 +135,7 @@ pub(crate) struct RawListener {
     pub max_header_bytes: Option<S<SizeText>>,
     pub max_headers: Option<S<i64>>,
     pub certificates: Option<S<Vec<S<RawCert>>>>,
+    pub strict_sni: Option<S<bool>>,
     pub proxy_protocol: Option<bool>,
 }
 

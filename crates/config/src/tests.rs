@@ -530,3 +530,18 @@ fn max_ejection_percent_is_a_share_of_a_region() {
     let cfg = parse_str(&outlier("20")).unwrap();
     assert_eq!(cfg.services[0].outlier.max_ejection_percent, 20);
 }
+
+#[test]
+fn strict_sni_is_for_https_listeners() {
+    let text = GOOD.replacen(
+        "listen = \"127.0.0.1:8080\"\n",
+        "listen = \"127.0.0.1:8080\"\nstrict_sni = true\n",
+        1,
+    );
+    let errs = messages(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("demo.toml:8: listeners[0].strict_sni: only https listeners"),
+        "{errs:?}"
+    );
+}

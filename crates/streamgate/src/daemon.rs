@@ -159,8 +159,8 @@ impl Daemon {
             .iter()
             .filter(|l| l.protocol == Protocol::Https)
         {
-            let h = streamgate_tls::handle(&l.certificates, &l.name)
-                .with_context(|| format!("listener \"{}\"", l.name))?;
+            let h =
+                streamgate_tls::handle(l).with_context(|| format!("listener \"{}\"", l.name))?;
             tls_handles.push((l.name.clone(), h));
         }
 
@@ -474,8 +474,7 @@ pub fn check_files(config: &Config) -> Result<()> {
         .iter()
         .filter(|l| l.protocol == Protocol::Https)
     {
-        streamgate_tls::check(&l.certificates, &l.name)
-            .with_context(|| format!("listener \"{}\"", l.name))?;
+        streamgate_tls::check(l).with_context(|| format!("listener \"{}\"", l.name))?;
     }
     Upstreams::default().prepare(config)?;
     Ok(())
@@ -498,8 +497,7 @@ impl streamgate_control::ReloadHook for CertificateReload {
             else {
                 continue;
             };
-            let cfg = streamgate_tls::check(&l.certificates, name)
-                .map_err(|e| format!("listener \"{name}\": {e}"))?;
+            let cfg = streamgate_tls::check(l).map_err(|e| format!("listener \"{name}\": {e}"))?;
             swaps.push((handle.clone(), cfg));
         }
         Ok(Box::new(move || {

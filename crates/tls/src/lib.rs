@@ -64,28 +64,33 @@ pub struct SniResolver {
     /// `.example.com` suffixes of wildcard names (one label only, as RFC 6125 allows).
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
+    /// No default: a name no certificate covers, or none, is refused (nginx's
+    /// `ssl_reject_handshake`, HAProxy's `strict-sni`), so a scanner connecting by address does
+    /// not learn the first certificate's names.
+    strict: bool,
 }
 
 impl SniResolver {
-    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let fallback = || (!self.strict).then(|| self.default.clone());
         let Some(name) = name.map(str::to_ascii_lowercase) else {
-            return self.default.clone();
+            return fallback();
         };
         if let Some(k) = self.exact.get(&name) {
-            return k.clone();
+            return Some(k.clone());
         }
         if let Some((_, rest)) = name.split_once('.')
             && let Some(k) = self.wildcard.get(rest)
         {
-            return k.clone();
+            return Some(k.clone());
         }
-        self.default.clone()
+        fallback()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        self.pick(hello.server_name())
     }
 }
 
@@ -95,7 +100,11 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Loads every certificate and key, checking each key belongs to its certificate, and logs the
 /// names each serves and any that expire within 30 days.
-pub fn load(pairs: &[CertPair], listener: &str) -> Result<Arc<SniResolver>, TlsError> {
+pub fn load(
+    pairs: &[CertPair],
+    listener: &str,
+    strict: bool,
+) -> Result<Arc<SniResolver>, TlsError> {
     let provider = provider();
     let mut loaded = Vec::new();
     for p in pairs {
@@ -131,6 +140,7 @@ pub fn load(pairs: &[CertPair], listener: &str) -> Result<Arc<SniResolver>, TlsE
         exact,
         wildcard,
         default,
+        strict,
     }))
 }
 
@@ -245,11 +255,9 @@ pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<rustls::ServerCon
     Ok(Arc::new(cfg))
 }
 
-/// Loads the certificates of a listener into a new handle.
-pub fn handle(pairs: &[CertPair], listener: &str) -> Result<TlsHandle, TlsError> {
-    Ok(Arc::new(ArcSwap::new(server_config(load(
-        pairs, listener,
-    )?)?)))
+/// Loads the certificates of an https listener into a new handle.
+pub fn handle(listener: &streamgate_config::Listener) -> Result<TlsHandle, TlsError> {
+    Ok(Arc::new(ArcSwap::new(check(listener)?)))
 }
 
 /// A client configuration built for one setting, with the bytes of the files it was built from
@@ -494,9 +502,16 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// Checks that a listener's certificate files load (for reload's all-or-nothing check).
-pub fn check(pairs: &[CertPair], listener: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    server_config(load(pairs, listener)?)
+/// Checks that an https listener's certificate files load (for reload's all-or-nothing
+/// check); the server configuration they make.
+pub fn check(
+    listener: &streamgate_config::Listener,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    server_config(load(
+        &listener.certificates,
+        &listener.name,
+        listener.strict_sni,
+    )?)
 }
 
 #[cfg(test)]
@@ -524,19 +539,37 @@ mod tests {
         let dir = tempfile_dir();
         let a = write_cert(&dir, "a", &["a.example.com"]);
         let w = write_cert(&dir, "w", &["*.example.com"]);
-        let r = load(&[a, w], "test").unwrap();
-        let first = r.pick(None);
+        let r = load(&[a, w], "test", false).unwrap();
+        let first = r.pick(None).unwrap();
         assert!(
-            Arc::ptr_eq(&r.pick(Some("A.example.com")), &first),
+            Arc::ptr_eq(&r.pick(Some("A.example.com")).unwrap(), &first),
             "exact (and default)"
         );
-        let wild = r.pick(Some("b.example.com"));
+        let wild = r.pick(Some("b.example.com")).unwrap();
         assert!(!Arc::ptr_eq(&wild, &first), "wildcard");
         assert!(
-            Arc::ptr_eq(&r.pick(Some("x.y.example.com")), &first),
+            Arc::ptr_eq(&r.pick(Some("x.y.example.com")).unwrap(), &first),
             "a wildcard covers one label only"
         );
-        assert!(Arc::ptr_eq(&r.pick(Some("other.org")), &first), "default");
+        assert!(
+            Arc::ptr_eq(&r.pick(Some("other.org")).unwrap(), &first),
+            "default"
+        );
+    }
+
+    #[test]
+    fn strict_sni_serves_only_the_names_it_has() {
+        let dir = tempfile_dir();
+        let a = write_cert(&dir, "a", &["a.example.com"]);
+        let w = write_cert(&dir, "w", &["*.example.org"]);
+        let r = load(&[a, w], "test", true).unwrap();
+        assert!(r.pick(Some("a.example.com")).is_some());
+        assert!(r.pick(Some("x.example.org")).is_some(), "wildcard");
+        assert!(
+            r.pick(Some("other.test")).is_none(),
+            "an unknown name is refused"
+        );
+        assert!(r.pick(None).is_none(), "no name is refused");
     }
 
     #[test]
@@ -553,16 +586,17 @@ mod tests {
         let old = CertPair { cert: c, key: k };
         let renewed = write_cert(&dir, "new", &["a.example.com"]);
         // The expired one first, as a renewal appended below it in the list would be.
-        let r = load(&[old.clone(), renewed.clone()], "test").unwrap();
-        let fresh = load(std::slice::from_ref(&renewed), "test")
+        let r = load(&[old.clone(), renewed.clone()], "test", false).unwrap();
+        let fresh = load(std::slice::from_ref(&renewed), "test", false)
             .unwrap()
-            .pick(None);
-        let served = r.pick(Some("a.example.com"));
+            .pick(None)
+            .unwrap();
+        let served = r.pick(Some("a.example.com")).unwrap();
         assert_eq!(served.cert, fresh.cert, "the renewal is served");
-        assert_eq!(r.pick(None).cert, fresh.cert, "and is the default");
+        assert_eq!(r.pick(None).unwrap().cert, fresh.cert, "and is the default");
         // Alone, an expired certificate is still served (with a warning) rather than none.
-        let only = load(std::slice::from_ref(&old), "test").unwrap();
-        assert_ne!(only.pick(Some("a.example.com")).cert, fresh.cert);
+        let only = load(std::slice::from_ref(&old), "test", false).unwrap();
+        assert_ne!(only.pick(Some("a.example.com")).unwrap().cert, fresh.cert);
     }
 
     #[test]
@@ -574,13 +608,13 @@ mod tests {
             cert: a.cert.clone(),
             key: b.key.clone(),
         };
-        let e = load(&[mismatched], "t").unwrap_err().to_string();
+        let e = load(&[mismatched], "t", false).unwrap_err().to_string();
         assert!(e.contains("does not belong to this certificate"), "{e}");
         let missing = CertPair {
             cert: dir.join("nope.pem"),
             key: a.key.clone(),
         };
-        let e = load(&[missing], "t").unwrap_err().to_string();
+        let e = load(&[missing], "t", false).unwrap_err().to_string();
         assert!(e.contains("nope.pem: cannot read certificate"), "{e}");
         std::fs::write(dir.join("empty.pem"), "").unwrap();
         let empty = CertPair {
@@ -588,7 +622,7 @@ mod tests {
             key: a.key.clone(),
         };
         assert!(
-            load(&[empty], "t")
+            load(&[empty], "t", false)
                 .unwrap_err()
                 .to_string()
                 .contains("no CERTIFICATE")

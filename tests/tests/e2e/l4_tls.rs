@@ -215,6 +215,45 @@ async fn handshake(
     (cert, alpn, conn)
 }
 
+/// `strict_sni = true` refuses a handshake naming no server, or a name no certificate covers,
+/// with an alert, as nginx's `ssl_reject_handshake` does, instead of showing the first
+/// certificate (whose names a scanner connecting by address would learn).
+#[tokio::test]
+async fn a_strict_sni_listener_refuses_names_it_has_no_certificate_for() {
+    let o = Origin::start("o").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(&["a.example.com"]);
+    let (ap, ak) = write_cert(dir.path(), "a", &a);
+    let d = Config::new()
+        .listener(Listener::https("tls", &[(&ap, &ak)]).set("strict_sni", true))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(Service::new("s").listeners(&["tls"]).regions(&["r"]))
+        .start()
+        .await;
+    let addr = d.addr("tls");
+    let roots = client_tls(&[&a], &[b"http/1.1"]);
+    let (cert, _, _) = handshake(addr, "a.example.com", roots.clone()).await;
+    assert_eq!(cert, *a.cert.der());
+    // Without strict_sni both would get a.example.com's certificate, and fail only at the
+    // client's check of the name: here the server says no.
+    for name in [
+        ServerName::try_from("b.example.com").unwrap(),
+        ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+    ] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let refused = tokio_rustls::TlsConnector::from(roots.clone())
+            .connect(name.clone(), tcp)
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("received fatal alert"),
+            "{name:?}: {refused}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn https_picks_the_certificate_by_sni_negotiates_h2_and_reloads_certificates() {
     let o = Origin::start("o").await;

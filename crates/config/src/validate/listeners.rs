@@ -108,6 +108,14 @@ pub(super) fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>
             ),
             (None, _) => {}
         }
+        let strict_sni = match &l.strict_sni {
+            Some(v) if *v.get_ref() && protocol != Protocol::Https => {
+                ctx.err(v.span(), format!("{p}.strict_sni"), "only https listeners choose certificates by SNI; tls_passthrough services are chosen by it already");
+                false
+            }
+            Some(v) => *v.get_ref(),
+            None => false,
+        };
         out.push(Listener {
             name: listener_name
                 .map(|n| n.get_ref().clone())
@@ -119,6 +127,7 @@ pub(super) fn listeners(raw: &[S<RawListener>], admin: &Admin, ctx: &mut Ctx<'_>
             max_header_bytes,
             max_headers,
             certificates,
+            strict_sni,
             proxy_protocol: l.proxy_protocol.unwrap_or(false),
         });
     }
