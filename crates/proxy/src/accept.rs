@@ -124,6 +124,10 @@ pub(crate) struct Behind {
     /// says, but what the connection's requests claim in their forwarding fields is the
     /// client's own, not the balancer's, and is not believed.
     pub unknown: bool,
+    /// The address the client connected to, as a trusted balancer's header names it (the
+    /// balancer's own listener), passed on in a PROXY header to a backend as HAProxy's
+    /// `send-proxy` does; `None` without one.
+    pub destination: Option<SocketAddr>,
 }
 
 /// On a listener that takes PROXY headers (`proxied` is then the routing table), reads the
@@ -141,6 +145,7 @@ pub(crate) async fn client_behind_proxy(
         client,
         rest: Bytes::new(),
         unknown: false,
+        destination: None,
     };
     let Some(table) = proxied else {
         return Some(plain(peer));
@@ -158,6 +163,7 @@ pub(crate) async fn client_behind_proxy(
             client: addrs.as_ref().map_or(peer, |a| a.source),
             rest,
             unknown: addrs.is_none(),
+            destination: addrs.as_ref().map(|a| a.destination),
         }),
         Err(e) => {
             warn!(listener, peer = %peer, error = %e, "bad PROXY header; connection closed");

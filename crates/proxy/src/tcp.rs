@@ -105,8 +105,12 @@ impl TcpProxy {
         let timeouts = table.config.timeouts;
         let proxied = self.proxy_protocol.then_some(&*table);
         // An L4 connection has no forwarding fields to believe or not: `unknown` is unused.
-        let Some(crate::accept::Behind { client, rest, .. }) =
-            client_behind_proxy(&mut stream, peer, &self.listener, proxied).await
+        let Some(crate::accept::Behind {
+            client,
+            rest,
+            destination,
+            ..
+        }) = client_behind_proxy(&mut stream, peer, &self.listener, proxied).await
         else {
             return;
         };
@@ -188,10 +192,12 @@ impl TcpProxy {
         };
         let _own =
             crate::own_connections::Outgoing::register(backend.local_addr(), backend.peer_addr());
+        // The address the client connected to: a trusted balancer's, or this listener's.
+        let to = destination.unwrap_or(local);
         let header = match service.spec.upstream.send_proxy {
             SendProxy::Off => None,
-            SendProxy::V1 => Some(proxy_protocol::encode_v1(client, local)),
-            SendProxy::V2 => Some(proxy_protocol::encode_v2(client, local)),
+            SendProxy::V1 => Some(proxy_protocol::encode_v1(client, to)),
+            SendProxy::V2 => Some(proxy_protocol::encode_v2(client, to)),
         };
         if let Some(h) = header
             && let Err(e) = backend.write_all(&h).await

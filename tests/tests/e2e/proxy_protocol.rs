@@ -11,7 +11,8 @@ use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A backend that reads a PROXY header (any version) and answers with the source it names.
+/// A backend that reads a PROXY header (any version) and answers with the source and the
+/// destination it names.
 async fn proxy_reporter() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -25,9 +26,11 @@ async fn proxy_reporter() -> SocketAddr {
                     streamgate_proxy::proxy_protocol::read_header(&mut s, Duration::from_secs(5))
                         .await
                         .unwrap();
+                let addrs = addrs.unwrap();
                 let line = format!(
-                    "{} {}\n",
-                    addrs.unwrap().source,
+                    "{} {} {}\n",
+                    addrs.source,
+                    addrs.destination,
                     String::from_utf8_lossy(&rest)
                 );
                 s.write_all(line.as_bytes()).await.unwrap();
@@ -48,14 +51,15 @@ async fn proxy_protocol_in_from_trusted_peers_and_out_to_backends() {
         )
         .start()
         .await;
-        // From 127.0.0.1 (trusted): the header's source is the client the backend is told about.
+        // From 127.0.0.1 (trusted): the header's source is the client the backend is told
+        // about, and its destination the address the client connected to (the balancer's).
         let mut s = TcpStream::connect(d.addr("l4")).await.unwrap();
         s.write_all(b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\nhello")
             .await
             .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "192.0.2.7:40000 hello\n", "{version}");
+        assert_eq!(out, "192.0.2.7:40000 10.0.0.1:443 hello\n", "{version}");
         // A malformed header closes the connection without reaching the backend.
         let mut bad = TcpStream::connect(d.addr("l4")).await.unwrap();
         bad.write_all(b"PROXY TCP4 999.1.1.1 10.0.0.1 1 2\r\n")

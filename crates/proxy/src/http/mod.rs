@@ -302,6 +302,7 @@ impl HttpProxy {
             client: peer,
             rest: prefix,
             unknown,
+            ..
         }) = client_behind_proxy(&mut stream, peer, &self.listener, proxied.as_deref()).await
         else {
             return;
