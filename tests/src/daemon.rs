@@ -55,6 +55,9 @@ impl TestDaemon {
         let (dir, config_path) = write_config(&with_test_admin(text));
         let config = streamgate_config::load(&config_path)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        // As the binary does at start, so that every daemon in this process gets the same
+        // connection budget whichever test raised the limit first.
+        let _ = streamgate_proxy::descriptors::raise_soft_limit();
         let daemon = Daemon::start(config).await.expect("daemon starts");
         TestDaemon {
             daemon,
@@ -139,8 +142,25 @@ impl DaemonProcess {
     /// Starts `bin run --config <text>` with JSON logs and waits until every listener in
     /// `expect_listeners` logged its bound address.
     pub fn start(bin: &str, text: &str, expect_listeners: &[&str]) -> DaemonProcess {
+        DaemonProcess::spawn(Command::new(bin), text, expect_listeners)
+    }
+
+    /// [`DaemonProcess::start`] under a descriptor limit of `nofile` (soft and hard), set by
+    /// util-linux's `prlimit`.
+    pub fn start_with_nofile(
+        bin: &str,
+        nofile: u64,
+        text: &str,
+        expect_listeners: &[&str],
+    ) -> DaemonProcess {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg(bin);
+        DaemonProcess::spawn(cmd, text, expect_listeners)
+    }
+
+    fn spawn(mut cmd: Command, text: &str, expect_listeners: &[&str]) -> DaemonProcess {
         let (dir, config_path) = write_config(&with_test_admin(text));
-        let mut child = Command::new(bin)
+        let mut child = cmd
             .args(["--log-format", "json", "run", "--config"])
             .arg(&config_path)
             .stdout(Stdio::null())
@@ -210,6 +230,11 @@ impl DaemonProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How many file descriptors the daemon has open, from /proc.
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |d| d.count())
     }
 
     /// Sends a signal by name ("TERM", "HUP", ...).

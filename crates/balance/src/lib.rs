@@ -10,6 +10,7 @@ pub mod pick;
 pub mod resolved;
 pub mod route;
 pub mod select;
+pub mod shortage;
 pub mod stats;
 pub mod table;
 

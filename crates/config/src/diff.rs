@@ -84,6 +84,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if old.runtime.workers != new.runtime.workers {
         d.needs_restart.push("runtime.workers".into());
     }
+    if old.runtime.max_connections != new.runtime.max_connections {
+        d.needs_restart.push("runtime.max_connections".into());
+    }
     if old.admin.listen != new.admin.listen {
         d.needs_restart.push("admin.listen".into());
     }

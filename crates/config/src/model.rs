@@ -67,6 +67,9 @@ pub struct Runtime {
     pub workers: Option<NonZeroUsize>,
     /// How long in-flight requests may run after SIGTERM before connections are closed.
     pub shutdown_timeout: Duration,
+    /// Client connections open at once across every listener; `None`: what the descriptor
+    /// limit allows (`streamgate_proxy::descriptors`).
+    pub max_connections: Option<NonZeroUsize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -43,6 +43,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawRuntime {
     pub workers: Option<S<i64>>,
     pub shutdown_timeout: Option<S<DurationText>>,
+    pub max_connections: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

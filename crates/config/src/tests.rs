@@ -257,6 +257,17 @@ fn diff_reports_changes() {
     );
     assert_eq!(d.needs_restart, vec!["runtime.workers".to_string()]);
     assert!(diff::diff(&a, &a).is_empty());
+    // The connection budget is set when the listeners start.
+    let m = parse_str(&GOOD.replace("workers = 2", "workers = 2\nmax_connections = 5000")).unwrap();
+    assert_eq!(m.runtime.max_connections.map(|n| n.get()), Some(5000));
+    assert_eq!(
+        diff::diff(&a, &m).needs_restart,
+        ["runtime.max_connections"]
+    );
+    assert_eq!(
+        messages(&GOOD.replace("workers = 2", "workers = 2\nmax_connections = 0")),
+        ["demo.toml:4: runtime.max_connections: 0 is out of range; expected 1 to 10000000"]
+    );
     // The fleet link is made at start.
     let f = parse_str(&format!(
         "{GOOD}\n[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\npop = \"fra1\"\n"

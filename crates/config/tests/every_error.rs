@@ -58,7 +58,7 @@ const CASES: &[(&str, &str, &[&str])] = &[
         "a key far from every known one lists them",
         "[runtime]\ncolour = \"blue\"\n[metrics]\nport = 9100\n[timout]\n",
         &[
-            "sg.toml:2: runtime.colour: unknown field `colour`; expected one of `workers`, `shutdown_timeout`",
+            "sg.toml:2: runtime.colour: unknown field `colour`; expected one of `workers`, `shutdown_timeout`, `max_connections`",
             "sg.toml:4: metrics.port: unknown field `port`; expected `listen`",
             "sg.toml:5: timout: unknown field `timout`; did you mean `timeouts`?",
         ],

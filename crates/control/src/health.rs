@@ -13,7 +13,7 @@ use streamgate_telemetry::prometheus::IntCounter;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::probe::{AnyProbe, Outcome, Probe};
 
@@ -234,6 +234,13 @@ async fn run<P: Probe>(
                     );
                     changed.notify_one();
                 }
+            }
+            Outcome::NotMade { reason } => {
+                // This daemon's shortage, not the backend's: the counts stand as they were.
+                debug!(
+                    service = %key.service, region = %key.region, backend = %key.address,
+                    reason = %reason, "health check not made: this process is short of resources"
+                );
             }
         }
         let jitter = 0.9 + 0.2 * fastrand::f64();

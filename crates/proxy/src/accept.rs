@@ -20,13 +20,16 @@ pub(crate) struct Acceptor {
     listener: TcpListener,
     name: Arc<str>,
     slots: Option<Arc<Semaphore>>,
+    /// `[runtime] max_connections`, shared by every listener.
+    budget: Arc<crate::descriptors::Budget>,
     accepted: IntCounter,
     open: IntGauge,
     limited: crate::limits::LimitedCounters,
 }
 
-/// A client connection and what it holds while open: a `connections_active` count and a slot
-/// under `max_connections`, both given back when it is dropped.
+/// A client connection and what it holds while open: a `connections_active` count, a slot
+/// under the listener's `max_connections` and one under the process's, all given back when it
+/// is dropped.
 pub(crate) struct Accepted {
     pub stream: TcpStream,
     pub peer: SocketAddr,
@@ -36,6 +39,7 @@ pub(crate) struct Accepted {
 pub(crate) struct OpenConnection {
     open: IntGauge,
     _slot: Option<OwnedSemaphorePermit>,
+    _process: OwnedSemaphorePermit,
 }
 
 impl Drop for OpenConnection {
@@ -49,12 +53,14 @@ impl Acceptor {
         listener: TcpListener,
         name: Arc<str>,
         max_connections: Option<usize>,
+        budget: Arc<crate::descriptors::Budget>,
         metrics: &Metrics,
     ) -> Acceptor {
         Acceptor {
             accepted: metrics.connections.with_label_values(&[&*name]),
             open: metrics.connections_active.with_label_values(&[&*name]),
             slots: max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            budget,
             limited: crate::limits::LimitedCounters::of(metrics, &name),
             listener,
             name,
@@ -66,8 +72,9 @@ impl Acceptor {
         self.slots.clone()
     }
 
-    /// The next connection, or `None` once `shutdown` turns. At the connection limit this waits
-    /// for a slot before accepting, so the kernel's backlog holds the excess.
+    /// The next connection, or `None` once `shutdown` turns. At the listener's connection limit
+    /// this waits for a slot before accepting, so the kernel's backlog holds the excess; at the
+    /// process's, it waits with the one client it accepted.
     pub async fn next(&mut self, shutdown: &mut watch::Receiver<bool>) -> Option<Accepted> {
         let slot = match &self.slots {
             Some(s) if s.available_permits() == 0 => {
@@ -85,31 +92,53 @@ impl Acceptor {
             },
             None => None,
         };
-        loop {
-            let (stream, peer) = tokio::select! {
+        let (stream, peer) = loop {
+            tokio::select! {
                 r = self.listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok(x) => break x,
+                    Err(e) if streamgate_balance::shortage::is_out_of_descriptors(&e) => {
+                        // Out of descriptors (idle backend connections from a burst hold them
+                        // for `upstream_idle`): close those and accept again at once, or back
+                        // off instead of spinning.
+                        self.limited.count(crate::limits::Limit::Descriptors);
+                        if self.budget.shed() == 0 {
+                            crate::descriptors::shortage_met(&e);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
                     Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
                         warn!(listener = %self.name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
                     }
                 },
                 _ = shutdown.changed() => return None,
-            };
-            let _ = stream.set_nodelay(true);
-            self.accepted.inc();
-            self.open.inc();
-            return Some(Accepted {
-                stream,
-                peer,
-                hold: OpenConnection {
-                    open: self.open.clone(),
-                    _slot: slot,
-                },
-            });
-        }
+            }
+        };
+        // Taken once a client is there, so that a listener nobody connects to holds none of
+        // the process's slots; a client past them waits, accepted, with at most one a
+        // listener, and the rest in the backlog.
+        let process = match self.budget.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.limited.count(crate::limits::Limit::ProcessConnections);
+                tokio::select! {
+                    p = self.budget.connections.clone().acquire_owned() => p.ok()?,
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        self.accepted.inc();
+        self.open.inc();
+        Some(Accepted {
+            stream,
+            peer,
+            hold: OpenConnection {
+                open: self.open.clone(),
+                _slot: slot,
+                _process: process,
+            },
+        })
     }
 }
 

@@ -5,6 +5,7 @@ mod accept;
 pub mod access;
 mod coalesce;
 mod copy;
+pub mod descriptors;
 mod drain;
 mod h2_heads;
 pub mod http;

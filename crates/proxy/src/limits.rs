@@ -17,8 +17,10 @@ use streamgate_telemetry::Metrics;
 use streamgate_telemetry::prometheus::IntCounter;
 
 /// Values of the `limit` label.
-pub const LIMITS: [&str; 7] = [
+pub const LIMITS: [&str; 9] = [
     "connections",
+    "process_connections",
+    "descriptors",
     "client_connections",
     "header",
     "body",
@@ -31,6 +33,11 @@ pub const LIMITS: [&str; 7] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     Connections,
+    /// `[runtime] max_connections`, across every listener (counted on the one that waited).
+    ProcessConnections,
+    /// Out of descriptors (or socket memory): an accept that failed, or a request or L4
+    /// connection answered 503 because its backend connect did.
+    Descriptors,
     ClientConnections,
     Header,
     Body,
@@ -42,7 +49,7 @@ pub enum Limit {
 
 /// `limited_total{listener,limit}` of one listener, every label present from the start.
 #[derive(Debug, Clone)]
-pub struct LimitedCounters([IntCounter; 7]);
+pub struct LimitedCounters([IntCounter; 9]);
 
 impl LimitedCounters {
     pub fn of(m: &Metrics, listener: &str) -> LimitedCounters {

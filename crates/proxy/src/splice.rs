@@ -16,6 +16,7 @@ use streamgate_balance::stats::now_nanos;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+use crate::descriptors::PipeRoom;
 use crate::tunnel::{Ended, Moved, Open, TunnelMetrics, quiet_for};
 
 /// Bytes one splice call may move. The pipe holds 64 KiB by default; asking for more than it
@@ -34,13 +35,16 @@ const PIPE: usize = 256 * 1024;
 pub struct Pipes {
     up: (OwnedFd, OwnedFd),
     down: (OwnedFd, OwnedFd),
+    /// Held while the pipes are open: a spliced connection's share of the descriptor budget.
+    _room: PipeRoom,
 }
 
 impl Pipes {
-    pub fn open() -> io::Result<Pipes> {
+    pub fn open(room: PipeRoom) -> io::Result<Pipes> {
         Ok(Pipes {
             up: pipe()?,
             down: pipe()?,
+            _room: room,
         })
     }
 }
@@ -201,6 +205,10 @@ mod tests {
         }
     }
 
+    fn room() -> PipeRoom {
+        crate::descriptors::Budget::new(4, || 0).pipes().unwrap()
+    }
+
     /// (the proxy's client side, the proxy's backend side, the client, the backend)
     async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
         let l1 = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -246,7 +254,7 @@ mod tests {
             relay_spliced(
                 &pc,
                 &pb,
-                Pipes::open().unwrap(),
+                Pipes::open(room()).unwrap(),
                 Duration::from_secs(10),
                 &m,
                 &moved
@@ -293,7 +301,7 @@ mod tests {
         let relay = relay_spliced(
             &pc,
             &pb,
-            Pipes::open().unwrap(),
+            Pipes::open(room()).unwrap(),
             Duration::from_secs(2),
             &m,
             &moved,
@@ -311,7 +319,7 @@ mod tests {
         let ended = relay_spliced(
             &pc,
             &pb,
-            Pipes::open().unwrap(),
+            Pipes::open(room()).unwrap(),
             Duration::from_millis(200),
             &m,
             &Moved::default(),

@@ -44,6 +44,8 @@ pub struct TcpProxy {
     limited: crate::limits::LimitedCounters,
     per_client: Option<(usize, Arc<crate::limits::ClientConnections>)>,
     access_log: crate::http::AccessLogHandle,
+    /// The process's connection budget and the splice pipes within it.
+    descriptors: Arc<crate::descriptors::Budget>,
 }
 
 impl TcpProxy {
@@ -67,6 +69,7 @@ impl TcpProxy {
                 .max_connections_per_client
                 .map(|n| (n, Arc::default())),
             access_log: shared.access_log.clone(),
+            descriptors: shared.descriptors.clone(),
         })
     }
 }
@@ -83,6 +86,7 @@ pub async fn serve_tcp(
         listener,
         proxy.listener.clone(),
         limits.max_connections,
+        proxy.descriptors.clone(),
         &proxy.metrics,
     );
     let mut conns = JoinSet::new();
@@ -215,6 +219,7 @@ impl TcpProxy {
             service.spec.timeouts.tunnel_idle,
             &self.tunnels,
             &log.moved,
+            &self.descriptors,
         );
         match ended.await {
             Ended::Closed { up, down } => {
@@ -231,7 +236,8 @@ impl TcpProxy {
     }
 
     /// Connects to a backend picked for `facts`, trying others when connecting fails.
-    /// `Err`: the status logged (503 no usable backend, 502 every connect failed).
+    /// `Err`: the status logged (503 no usable backend or this process short of descriptors,
+    /// 502 every connect failed).
     async fn connect(
         &self,
         service: &streamgate_balance::Service,
@@ -262,6 +268,12 @@ impl TcpProxy {
                     );
                     pick.region.metrics.routing[pick.reason.index()].inc();
                     return Ok((s, lease));
+                }
+                Ok(Err(e)) if streamgate_balance::shortage::is_local_shortage(&e) => {
+                    // Out of descriptors: no backend's fault, and none would do better.
+                    self.limited.count(crate::limits::Limit::Descriptors);
+                    crate::descriptors::shortage_met(&e);
+                    return Err(503);
                 }
                 failed => {
                     tried.push(pick.backend.address);
@@ -383,10 +395,14 @@ async fn relay(
     idle: std::time::Duration,
     metrics: &TunnelMetrics,
     moved: &Moved,
+    descriptors: &Arc<crate::descriptors::Budget>,
 ) -> Ended {
+    // Past a quarter of the connections splicing, the pipes' descriptors are not there to
+    // take: the connection is copied.
     #[cfg(target_os = "linux")]
-    match crate::splice::Pipes::open() {
-        Ok(pipes) => {
+    match descriptors.pipes().map(crate::splice::Pipes::open) {
+        None => {}
+        Some(Ok(pipes)) => {
             if !prefix.is_empty() {
                 if let Err(e) = backend.write_all(&prefix).await {
                     return Ended::Failed(e);
@@ -400,7 +416,7 @@ async fn relay(
         }
         // Out of descriptors (EMFILE, ENFILE) or pipe memory: the sockets are open already,
         // and a copy needs nothing more.
-        Err(e) => pipes_refused(&e),
+        Some(Err(e)) => pipes_refused(&e),
     }
     let client = crate::io::Prefixed::new(prefix.freeze(), client);
     crate::tunnel::relay_counted(client, backend, idle, metrics, moved).await
@@ -410,13 +426,7 @@ async fn relay(
 #[cfg(target_os = "linux")]
 fn pipes_refused(e: &std::io::Error) {
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let now = streamgate_balance::stats::now_nanos();
-    let last = LAST.load(Relaxed);
-    if (last == 0 || now.saturating_sub(last) >= 60_000_000_000)
-        && LAST
-            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
-            .is_ok()
-    {
+    if crate::descriptors::once_a_minute(&LAST) {
         warn!(error = %e, "cannot make pipes for splice(2); TCP connections are copied instead (raise LimitNOFILE)");
     }
 }

@@ -162,6 +162,11 @@ fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
 }
 
 fn run_daemon(config: streamgate_config::Config, demo_config: Option<&Path>) -> Result<()> {
+    // Before anything opens: the descriptor limit sets how many clients fit
+    // (`streamgate_proxy::descriptors`).
+    if let Err(e) = streamgate_proxy::descriptors::raise_soft_limit() {
+        warn!(error = %e, "cannot raise the soft descriptor limit to the hard one");
+    }
     let rt = runtime(config.runtime.workers.map(|w| w.get()))?;
     rt.block_on(async move {
         // Before anything listens: a signal that arrives while we start must not take the

@@ -150,6 +150,13 @@ impl Daemon {
             rates: streamgate_proxy::limits::RateLimits::new(),
             fleet: FleetHandle::default(),
             encoders: Arc::default(),
+            descriptors: {
+                let upstreams = upstreams.clone();
+                streamgate_proxy::descriptors::Budget::new(
+                    connection_budget(&config, &metrics),
+                    move || upstreams.shed_idle(),
+                )
+            },
         };
 
         // Certificates load before anything listens: a bad one stops the start.
@@ -507,4 +514,33 @@ impl streamgate_control::ReloadHook for CertificateReload {
             info!("TLS certificates reloaded");
         }))
     }
+}
+
+/// `[runtime] max_connections`, or by default what the descriptor limit in force leaves room
+/// for; logged, and set as `connections_limit`.
+fn connection_budget(config: &Config, metrics: &streamgate_telemetry::Metrics) -> usize {
+    use streamgate_proxy::descriptors;
+    let limit = descriptors::soft_limit();
+    let room = descriptors::connection_budget(limit);
+    let max_connections = match config.runtime.max_connections {
+        Some(n) if n.get() > room => {
+            warn!(
+                max_connections = n.get(),
+                descriptors = limit,
+                room,
+                "runtime.max_connections is more than the descriptor limit leaves room for; backend connects may fail with EMFILE (raise LimitNOFILE)"
+            );
+            n.get()
+        }
+        Some(n) => n.get(),
+        None => room,
+    };
+    info!(
+        descriptors = limit,
+        max_connections, "client connections held at once"
+    );
+    metrics
+        .connections_limit
+        .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+    max_connections
 }

@@ -91,6 +91,9 @@ pub struct Metrics {
     /// `connections_total{listener}` and `connections_active{listener}`
     pub connections: IntCounterVec,
     pub connections_active: IntGaugeVec,
+    /// `connections_limit`: client connections the daemon holds at once across its listeners
+    /// (`[runtime] max_connections`, by default what the descriptor limit leaves room for).
+    pub connections_limit: IntGauge,
     /// `tunnels_total{listener}` and `tunnels_active{listener}`: WebSocket and other upgrades,
     /// HTTP/2 extended CONNECT, TCP and TLS-passthrough connections.
     pub tunnels: IntCounterVec,
@@ -306,6 +309,11 @@ impl Metrics {
                 "connections_active",
                 "Open client connections",
                 &["listener"],
+            ),
+            connections_limit: int_gauge(
+                r,
+                "connections_limit",
+                "Client connections held at once across every listener; more wait in the backlog",
             ),
             tunnels: counter_vec(
                 r,

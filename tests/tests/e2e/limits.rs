@@ -6,8 +6,12 @@
 use std::time::Duration;
 
 use http::StatusCode;
+use streamgate_tests::tls::{make_cert, server_tls, write_cert};
 use streamgate_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_streamgate-e2e");
 
 fn one_service(o: &Origin, listener: Listener, service: Service) -> Config {
     Config::new()
@@ -272,4 +276,210 @@ async fn an_http2_client_that_leaves_a_download_being_cached_gets_its_slot_back(
     drop(sender);
     conn.abort();
     served_again(&o, web).await;
+}
+
+/// One GET on an open connection; the answer's status line and body.
+async fn ask(s: &mut TcpStream) -> (String, String) {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")?
+                            .trim()
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0usize);
+                if text.len() >= end + 4 + length {
+                    let status = text.lines().next().unwrap_or_default().to_string();
+                    return (status, text[end + 4..end + 4 + length].to_string());
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return (format!("closed after {text:?}"), String::new()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| ("no answer in 10 s".into(), String::new()))
+}
+
+/// A flood of idle connections past the descriptor limit. Without a process-wide cap the
+/// daemon accepted them until EMFILE, and then every request of the clients it already had
+/// needed a backend socket it could not get (502), and the admin API could not be reached.
+/// The default cap leaves room for both; the excess waits in the backlog and is served once
+/// connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_leaves_the_descriptors_that_open_clients_need() {
+    // Every answer closes its backend connection: each request needs a new backend socket.
+    let o = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".to_vec()
+    })
+    .await;
+    let config = Config::new()
+        .workers(1)
+        .timeouts(Timeouts::new().request_header("60s").idle("60s"))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").address(o.addr))
+        .service(service());
+    // 512 descriptors: (512 - 256 kept back) / 3 = 85 client connections.
+    const LIMIT: usize = 512;
+    // The flood below is more than a login shell's 1024 with the other tests' sockets.
+    streamgate_proxy::descriptors::raise_soft_limit().unwrap();
+    let p =
+        DaemonProcess::start_with_nofile(BIN, LIMIT as u64, &config.to_toml(), &["web", "admin"]);
+    let web = p.addr("web");
+    let mut first = TcpStream::connect(web).await.unwrap();
+    assert_eq!(
+        ask(&mut first).await,
+        ("HTTP/1.1 200 OK".into(), "ok".into())
+    );
+
+    let mut flood = Vec::new();
+    for _ in 0..600 {
+        flood.push(TcpStream::connect(web).await.unwrap());
+    }
+    // Until the daemon has taken what it will: the cap reached (counted), or, without one, its
+    // descriptors all open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let at_cap = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither the cap nor the limit was reached"
+        );
+        if p.open_descriptors() >= LIMIT - 1 {
+            break false;
+        }
+        if let Ok(m) = tokio::time::timeout(Duration::from_secs(1), p.metrics()).await {
+            let waited = "streamgate_limited_total{limit=\"process_connections\",listener=\"web\"}";
+            if metric(&m, waited).unwrap_or(0.0) >= 1.0 {
+                break true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        ask(&mut first).await,
+        ("HTTP/1.1 200 OK".into(), "ok".into()),
+        "a client already connected is still served"
+    );
+    let m = tokio::time::timeout(Duration::from_secs(5), p.metrics())
+        .await
+        .expect("the admin API answers");
+    assert!(at_cap, "the daemon ran out of descriptors");
+    assert_eq!(metric(&m, "streamgate_connections_limit"), Some(85.0));
+    assert_eq!(
+        metric(&m, "streamgate_connections_active{listener=\"web\"}"),
+        Some(85.0)
+    );
+    assert!(
+        p.open_descriptors() < LIMIT - 256,
+        "{} open",
+        p.open_descriptors()
+    );
+
+    // The excess waited in the backlog: once the others close, the last one is served.
+    let mut last = flood.pop().unwrap();
+    drop(flood);
+    assert_eq!(
+        ask(&mut last).await,
+        ("HTTP/1.1 200 OK".into(), "ok".into())
+    );
+}
+
+/// Backend sockets past the descriptor limit: three HTTP/2 connections of 200 streams each,
+/// held by a slow backend, need 600 backend sockets under a limit of 512. The connects that
+/// fail with EMFILE are this process's shortage, not the backend's: they are answered 503 and
+/// eject nothing. Before, each counted as the backend's connect failure, ejected it, and the
+/// service answered 503 for the whole ejection time after the flood had gone; and the idle
+/// backend connections the burst left behind held the descriptors a new client needed for a
+/// minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_for_backends_ejects_no_backend() {
+    let o = Origin::start("o").await;
+    flood_backend_sockets(&o, service()).await;
+}
+
+/// The same over HTTPS, whose client wraps the socket's error in its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_for_https_backends_ejects_no_backend() {
+    let cert = make_cert(&["origin.test"]);
+    let o = Origin::start_tls("tls", server_tls(&cert, None)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, _) = write_cert(dir.path(), "origin-ca", &cert);
+    let upstream = Upstream::new()
+        .protocol("https")
+        .tls_ca_file(&ca)
+        .tls_server_name("origin.test");
+    flood_backend_sockets(&o, service().upstream(upstream)).await;
+}
+
+/// 600 requests held by `o` on three HTTP/2 connections, through `service` under a limit of
+/// 512 descriptors: each is answered 200, or 503 for want of descriptors; none is counted
+/// against `o`, and a new client is served at once afterwards.
+async fn flood_backend_sockets(o: &Origin, service: Service) {
+    streamgate_proxy::descriptors::raise_soft_limit().unwrap();
+    o.set_delay(Duration::from_millis(1500));
+    let config = Config::new()
+        .workers(1)
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(o, 1)]))
+        .service(service);
+    let p = DaemonProcess::start_with_nofile(BIN, 512, &config.to_toml(), &["web", "admin"]);
+    let url = format!("http://{}/slow", p.addr("web"));
+    let clients = [http2(), http2(), http2()];
+    let answers =
+        futures_util::future::join_all((0..600).map(|i| get(&clients[i % 3], &url, &[]))).await;
+    let mut statuses = std::collections::BTreeMap::new();
+    for a in answers {
+        let a = a.unwrap();
+        if a.status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(a.text().contains("short of connections"), "{}", a.text());
+        }
+        *statuses.entry(a.status.as_u16()).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.get(&503).is_some_and(|n| *n > 0),
+        "the limit was reached: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [200, 503],
+        "{statuses:?}"
+    );
+
+    // The burst left ~490 idle backend connections in the pool for `upstream_idle` (60 s),
+    // and the descriptors with them: a new client is accepted by closing those, not a minute
+    // later.
+    o.set_delay(Duration::ZERO);
+    let after = tokio::time::timeout(Duration::from_secs(15), get(&http1(), &url, &[]))
+        .await
+        .expect("a new client is accepted while the burst's idle connections are pooled")
+        .unwrap();
+    assert_eq!(
+        after.status,
+        StatusCode::OK,
+        "the backend was not ejected: {}",
+        after.text()
+    );
+    let m = p.metrics().await;
+    let counted = metric(
+        &m,
+        "streamgate_limited_total{limit=\"descriptors\",listener=\"web\"}",
+    );
+    assert!(
+        counted >= Some(f64::from(statuses[&503])),
+        "{counted:?} counted, {statuses:?}"
+    );
 }

@@ -233,9 +233,14 @@ fn runtime(raw: &RawRuntime, ctx: &mut Ctx<'_>) -> Runtime {
         "runtime.shutdown_timeout",
         Duration::from_secs(30),
     );
+    let max_connections = raw.max_connections.as_ref().and_then(|m| {
+        ctx.int_in(m, "runtime.max_connections", 1, 10_000_000)
+            .and_then(|n| NonZeroUsize::new(n as usize))
+    });
     Runtime {
         workers,
         shutdown_timeout,
+        max_connections,
     }
 }
 

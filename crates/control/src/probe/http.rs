@@ -69,11 +69,13 @@ impl HttpProbe {
         }
     }
 
-    async fn run(&self, backend: SocketAddr) -> Result<Duration, String> {
-        let started = Instant::now();
-        let stream = TcpStream::connect(backend)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+    /// The check over `stream`, connected to `backend` since `started`.
+    async fn run(
+        &self,
+        stream: TcpStream,
+        backend: SocketAddr,
+        started: Instant,
+    ) -> Result<Duration, String> {
         let _ = stream.set_nodelay(true);
         let host = self
             .spec
@@ -163,13 +165,22 @@ impl HttpProbe {
 
 impl Probe for HttpProbe {
     async fn check(&self, backend: SocketAddr, timeout: Duration) -> Outcome {
-        match tokio::time::timeout(timeout, self.run(backend)).await {
-            Ok(Ok(rtt)) => Outcome::Healthy { rtt },
-            Ok(Err(reason)) => Outcome::Unhealthy { reason },
-            Err(_) => Outcome::Unhealthy {
+        let probe = async {
+            let started = Instant::now();
+            let stream = match TcpStream::connect(backend).await {
+                Ok(s) => s,
+                Err(e) => return Outcome::connect_failed(&e),
+            };
+            match self.run(stream, backend, started).await {
+                Ok(rtt) => Outcome::Healthy { rtt },
+                Err(reason) => Outcome::Unhealthy { reason },
+            }
+        };
+        tokio::time::timeout(timeout, probe)
+            .await
+            .unwrap_or_else(|_| Outcome::Unhealthy {
                 reason: format!("no answer within {timeout:?}"),
-            },
-        }
+            })
     }
 }
 

@@ -14,13 +14,35 @@ pub use tcp::TcpProbe;
 /// The result of one probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Healthy { rtt: Duration },
-    Unhealthy { reason: String },
+    Healthy {
+        rtt: Duration,
+    },
+    Unhealthy {
+        reason: String,
+    },
+    /// The probe could not be made: this daemon is short of descriptors or memory
+    /// ([`streamgate_balance::shortage`]). Says nothing of the backend, so it counts neither
+    /// way.
+    NotMade {
+        reason: String,
+    },
 }
 
 impl Outcome {
     pub fn is_healthy(&self) -> bool {
         matches!(self, Outcome::Healthy { .. })
+    }
+}
+
+impl Outcome {
+    /// A failed connect: [`Outcome::NotMade`] when the failure is this daemon's own shortage.
+    pub fn connect_failed(e: &std::io::Error) -> Outcome {
+        let reason = format!("connect: {e}");
+        if streamgate_balance::shortage::is_local_shortage(e) {
+            Outcome::NotMade { reason }
+        } else {
+            Outcome::Unhealthy { reason }
+        }
     }
 }
 

@@ -17,9 +17,7 @@ impl Probe for TcpProbe {
             Ok(Ok(_)) => Outcome::Healthy {
                 rtt: started.elapsed(),
             },
-            Ok(Err(e)) => Outcome::Unhealthy {
-                reason: format!("connect: {e}"),
-            },
+            Ok(Err(e)) => Outcome::connect_failed(&e),
             Err(_) => Outcome::Unhealthy {
                 reason: format!("connect timed out after {timeout:?}"),
             },

@@ -17,6 +17,9 @@ pub enum Side {
     Downstream,
     /// A backend failed or no backend could be used.
     Upstream,
+    /// This daemon: short of descriptors or memory. Neither the client's fault nor the
+    /// backend's, and another backend would meet the same shortage.
+    Internal,
 }
 
 /// Why a request was not forwarded or not answered by a backend.
@@ -40,6 +43,14 @@ pub enum ProxyError {
     Connect { backend: SocketAddr, reason: String },
     #[error("backend {backend}: connect timed out")]
     ConnectTimeout { backend: SocketAddr },
+    /// Connecting failed for want of this process's or host's resources (EMFILE, ENFILE,
+    /// ENOBUFS, ENOMEM).
+    #[error("cannot connect to backend {backend}: this process is short of resources: {source}")]
+    Shortage {
+        backend: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("backend {backend}: no response head within {after:?}")]
     ResponseTimeout {
         backend: SocketAddr,
@@ -89,9 +100,9 @@ impl ProxyError {
             ProxyError::TooManyRequests { .. } | ProxyError::TunnelLimit { per_client: true } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ProxyError::NoBackend { .. } | ProxyError::TunnelLimit { per_client: false } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoBackend { .. }
+            | ProxyError::TunnelLimit { per_client: false }
+            | ProxyError::Shortage { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout { .. } | ProxyError::ResponseTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -115,6 +126,7 @@ impl ProxyError {
             | ProxyError::TunnelLimit { .. }
             | ProxyError::Forbidden { .. }
             | ProxyError::LoopDetected { .. } => Side::Downstream,
+            ProxyError::Shortage { .. } => Side::Internal,
             _ => Side::Upstream,
         }
     }
@@ -164,6 +176,9 @@ impl ProxyError {
                 "508 Loop Detected: this request has already passed through this proxy\n"
             }
             ProxyError::NoBackend { .. } => "503 Service Unavailable: no healthy backend\n",
+            ProxyError::Shortage { .. } => {
+                "503 Service Unavailable: the proxy is short of connections; try again\n"
+            }
             ProxyError::Connect { .. } => "502 Bad Gateway: backend unreachable\n",
             ProxyError::Upstream { .. } => "502 Bad Gateway: backend failed\n",
             ProxyError::ConnectTimeout { .. } => {
@@ -179,6 +194,11 @@ impl ProxyError {
     pub fn from_upstream(backend: SocketAddr, e: UpstreamError) -> ProxyError {
         match e {
             UpstreamError::ConnectTimeout => ProxyError::ConnectTimeout { backend },
+            UpstreamError::Connect(source)
+                if streamgate_balance::shortage::is_local_shortage(&source) =>
+            {
+                ProxyError::Shortage { backend, source }
+            }
             UpstreamError::Connect(source) => ProxyError::Connect {
                 backend,
                 reason: source.to_string(),

@@ -76,6 +76,8 @@ pub struct HttpProxy {
     /// `max_header_bytes`: the largest HTTP/1.1 head our own server reads (hyper takes larger
     /// ones, to answer 431).
     max_header_bytes: usize,
+    /// The process's connection budget, shared by every listener.
+    descriptors: Arc<crate::descriptors::Budget>,
 }
 
 impl HttpProxy {
@@ -114,6 +116,7 @@ impl HttpProxy {
                 .map(|n| (n, Arc::default())),
             max_headers: limits.max_headers,
             max_header_bytes: limits.max_header_bytes,
+            descriptors: shared.descriptors.clone(),
         })
     }
 }
@@ -134,6 +137,8 @@ pub struct Shared {
     pub fleet: FleetHandle,
     /// What the daemon's response encoders hold (`[services.compression] max_memory`).
     pub encoders: Arc<crate::upstream::EncoderMemory>,
+    /// `[runtime] max_connections` and the splice pipes within it.
+    pub descriptors: Arc<crate::descriptors::Budget>,
 }
 
 /// The fleet link, set once when the daemon joins its fleet (after the listeners exist).
@@ -243,6 +248,7 @@ pub async fn serve(
         listener,
         proxy.listener.clone(),
         limits.max_connections,
+        proxy.descriptors.clone(),
         &proxy.metrics,
     );
     // Connection tasks live in this set so that aborting `serve` (shutdown deadline passed)

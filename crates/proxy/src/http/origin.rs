@@ -360,8 +360,14 @@ impl HttpProxy {
             } else {
                 failure
             };
-            if failure.side() == super::error::Side::Downstream {
-                // The client's fault (its body stopped or broke): not the backend's.
+            if failure.side() != super::error::Side::Upstream {
+                // The client's fault (its body stopped or broke), or this process's shortage
+                // (out of descriptors or socket memory, which any other backend would meet as well):
+                // not the backend's, and no cause to eject it.
+                if failure.side() == super::error::Side::Internal {
+                    self.limited.count(Limit::Descriptors);
+                    crate::descriptors::shortage_met(&failure);
+                }
                 pick.region.metrics.requests[code_class_index(failure.status().as_u16())].inc();
                 return Err(failure);
             }

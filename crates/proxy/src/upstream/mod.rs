@@ -324,9 +324,12 @@ impl Upstreams {
             Ok(resp) => {
                 Ok(settled(resp).map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None))))
             }
-            Err(e) if e.is_connect() && resendable => {
-                Err(UpstreamError::Connect(io::Error::other(error_chain(&e))))
-            }
+            Err(e) if e.is_connect() && resendable => Err(UpstreamError::Connect(
+                // The socket's own error when it is this process's shortage, so that the
+                // backend is not blamed for it.
+                streamgate_balance::shortage::shortage_in(&e)
+                    .unwrap_or_else(|| io::Error::other(error_chain(&e))),
+            )),
             Err(e) => Err(UpstreamError::Client(error_chain(&e))),
         }
     }
@@ -354,6 +357,38 @@ impl Upstreams {
 
     pub fn install(&self, prepared: PreparedClients) {
         self.pooled.install(prepared);
+    }
+
+    /// A new connection to `backend`. Out of descriptors, the idle HTTP/1 connections of
+    /// every pool are closed and the connect tried once more: they hold what a request needs
+    /// now (after a burst, up to 1024 a backend for `upstream_idle`).
+    async fn connect(
+        &self,
+        backend: SocketAddr,
+        timeout: Duration,
+    ) -> Result<TcpStream, UpstreamError> {
+        match connect(backend, timeout).await {
+            Err(UpstreamError::Connect(e))
+                if streamgate_balance::shortage::is_out_of_descriptors(&e)
+                    && self.shed_idle_http1() > 0 =>
+            {
+                connect(backend, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    /// Closes every idle pooled backend connection (HTTP/1 and HTTPS; HTTP/2 ones are few, and
+    /// shared); how many pools and clients gave some up. For a process out of descriptors: the
+    /// idle connections' are the ones it can free without failing anyone.
+    pub fn shed_idle(&self) -> usize {
+        self.shed_idle_http1() + self.pooled.shed_idle()
+    }
+
+    /// Closes the idle HTTP/1 backend connections; how many. Cheap enough for every connect
+    /// that finds the descriptors gone, unlike replacing the HTTPS clients.
+    fn shed_idle_http1(&self) -> usize {
+        self.pools.load().values().map(|p| p.clear()).sum()
     }
 
     /// Sends a request to `backend` and reads the response head. The body streams from the
@@ -406,7 +441,7 @@ impl Upstreams {
             let was_reused = reused.is_some();
             let conn = match reused.take() {
                 Some(c) => c.stream,
-                None => connect(backend, timeouts.connect).await?,
+                None => self.connect(backend, timeouts.connect).await?,
             };
             let replayable = replayable(head, body);
             let this_body = body.for_attempt();

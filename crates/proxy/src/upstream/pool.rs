@@ -105,6 +105,14 @@ impl Pool {
         idle.len()
     }
 
+    /// Closes every idle connection; how many there were.
+    pub fn clear(&self) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let n = idle.len();
+        idle.clear();
+        n
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)
     }

@@ -53,6 +53,8 @@ pub(super) struct PooledClients {
 pub(super) struct Built {
     sender: Sender,
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// An HTTPS client's dialer, to build it anew ([`PooledClients::shed_idle`]).
+    dialer: Option<Dialer>,
 }
 
 /// What sends a service's requests: hyper's pooled client (HTTPS), or our HTTP/2 pools (h2c,
@@ -108,6 +110,27 @@ impl PooledClients {
         self.clients.store(Arc::new(prepared.0));
     }
 
+    /// Closes the idle connections of the HTTPS clients, for a process out of descriptors:
+    /// hyper-util's pool cannot be emptied, so each client is replaced by a new one and the
+    /// old one's idle connections close with it (those in use finish first). How many clients
+    /// were replaced.
+    pub fn shed_idle(&self) -> usize {
+        let mut replaced = 0;
+        self.clients.rcu(|map| {
+            replaced = 0;
+            let mut next = HashMap::clone(map);
+            for (key, built) in next.iter_mut() {
+                if let (Sender::Client(_), Some(dialer)) = (&built.sender, &built.dialer) {
+                    let fresh = https_client(dialer.clone(), key.idle);
+                    built.sender = Sender::Client(Arc::new(fresh));
+                    replaced += 1;
+                }
+            }
+            next
+        });
+        replaced
+    }
+
     /// Closes HTTP/2 connections quiet for their `idle` (hyper's client closes its own).
     pub fn sweep(&self) {
         for built in self.clients.load().values() {
@@ -161,18 +184,25 @@ fn build(key: &ClientKey) -> Result<Built, TlsError> {
         return Ok(Built {
             sender: Sender::H2(Arc::new(pools)),
             tls: config,
+            dialer: None,
         });
     }
+    Ok(Built {
+        sender: Sender::Client(Arc::new(https_client(dialer.clone(), key.idle))),
+        tls: config,
+        dialer: Some(dialer),
+    })
+}
+
+/// hyper-util's pooled client over `dialer`, its connections closed after `idle` unused.
+fn https_client(dialer: Dialer, idle: Duration) -> PooledClient {
     let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(key.idle)
+    b.pool_idle_timeout(idle)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         // The request carries the Host the client asked for.
         .set_host(false);
-    Ok(Built {
-        sender: Sender::Client(Arc::new(b.build(dialer))),
-        tls: config,
-    })
+    b.build(dialer)
 }
 
 #[derive(Debug)]
