@@ -5,6 +5,7 @@
 //! it. Selection ([`pick`], [`select`]) takes no lock, allocates nothing and never awaits.
 
 mod centroids;
+pub mod departed;
 pub mod geo;
 pub mod pick;
 pub mod resolved;

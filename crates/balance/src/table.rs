@@ -2,10 +2,11 @@
 //! immutable once published. Live state (health, load, latency, operator overrides) lives in
 //! `Arc`s of atomics beside it and is carried over to the next table on reload.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use http::uri::Authority;
@@ -13,6 +14,7 @@ use streamgate_config::{self as config, Config};
 use streamgate_telemetry::prometheus::{Histogram, IntCounter};
 use streamgate_telemetry::{CODE_CLASSES, DataType, Metrics};
 
+use crate::departed::Departed;
 use crate::resolved::{Resolved, expand};
 use crate::route::{NoRoute, Router};
 use crate::select::BackendSelector;
@@ -417,6 +419,9 @@ pub struct ServiceRegion {
     pub health: Arc<RegionHealth>,
     pub control: Arc<RegionControl>,
     pub metrics: RegionMetrics,
+    /// Backends that left lately, with their state (a DNS answer that drops an address and
+    /// gives it back).
+    pub departed: Departed,
 }
 
 impl ServiceRegion {
@@ -433,12 +438,16 @@ impl ServiceRegion {
         let old_states: HashMap<SocketAddr, &Arc<BackendState>> = old
             .map(|o| o.backends.iter().map(|x| (x.address, &x.state)).collect())
             .unwrap_or_default();
+        let earlier = old.map(|o| &o.departed);
         let backends: Vec<Backend> = expand(region, resolved)
             .into_iter()
             .map(|(address, weight, name)| {
+                // Still here, or back within the grace: the state it had.
                 let state = old_states
                     .get(&address)
-                    .map(|s| Arc::clone(s))
+                    .copied()
+                    .or_else(|| earlier.and_then(|d| d.get(&address)))
+                    .map(Arc::clone)
                     .unwrap_or_default();
                 let mut b = Backend::new(address, weight.get(), state);
                 b.name = name;
@@ -446,7 +455,20 @@ impl ServiceRegion {
             })
             .collect();
         let selector = BackendSelector::new(spec.backend_policy, &backends);
+        let departed = match old {
+            Some(o) => {
+                let here: HashSet<SocketAddr> = backends.iter().map(|b| b.address).collect();
+                Departed::next(
+                    o.backends.iter().map(|b| (b.address, &b.state)),
+                    &o.departed,
+                    |a| here.contains(a),
+                    Instant::now(),
+                )
+            }
+            None => Departed::default(),
+        };
         ServiceRegion {
+            departed,
             name: region.name.as_str().into(),
             location: region.location,
             unit: region.location.map(crate::geo::unit_vector),

@@ -82,6 +82,8 @@ impl HealthSupervisor {
     /// Starts probers for new backends or changed checks, stops those no longer configured.
     pub fn reconcile(&mut self, table: &RoutingTable) {
         let mut wanted: HashMap<Key, (HealthCheck, Upstream, Arc<BackendState>)> = HashMap::new();
+        // Backends in the table without a check: a check removed leaves them up.
+        let mut unchecked: std::collections::HashSet<Key> = Default::default();
         for service in &table.services {
             for region in &service.regions {
                 for b in &region.backends {
@@ -90,6 +92,9 @@ impl HealthSupervisor {
                         region: region.name.to_string(),
                         address: b.address,
                     };
+                    if service.spec.health.is_none() {
+                        unchecked.insert(key.clone());
+                    }
                     match &service.spec.health {
                         Some(h) => {
                             let upstream = service.spec.upstream.clone();
@@ -112,8 +117,12 @@ impl HealthSupervisor {
                     && same_tls(p.tls.as_ref(), upstream)
             });
             if !keep && !wanted.contains_key(k) {
-                // A check that was removed leaves its backend up rather than stuck down.
-                p.state.set_up(true);
+                // A check that was removed leaves its backend up rather than stuck down; a
+                // backend that left (a DNS answer without it) keeps the health it had, for
+                // when it comes back (`streamgate_balance::departed`).
+                if unchecked.contains(k) {
+                    p.state.set_up(true);
+                }
                 gone.push(k.address);
             }
             keep
