@@ -230,13 +230,21 @@ fn normalize_rewrite(p: String) -> Result<String, path::BadPath> {
     Ok(path::normalize_target(&p)?.unwrap_or(p))
 }
 
+/// Whether a request's `method` is the rule's `wanted` (upper case, from the config): in any
+/// case, since backends that upper-case methods (Django, Flask, PHP behind CGI) would run a
+/// `delete` as DELETE past a rule that did not match it; and a HEAD is a GET, as in nginx's
+/// `limit_except`, since most frameworks answer it with the GET handler, side effects and all.
+fn method_matches(wanted: &str, method: &str) -> bool {
+    wanted.eq_ignore_ascii_case(method) || (wanted == "GET" && method.eq_ignore_ascii_case("HEAD"))
+}
+
 /// Whether every condition of `m` holds. Allocation-free; the regex goes last.
 pub fn matches(m: &Match, req: &Request<'_>, path: &str) -> bool {
     m.scheme.is_none_or(|s| s == req.scheme)
         && (m.hosts.is_empty() || m.hosts.iter().any(|h| h.matches(req.host)))
         && m.path.as_deref().is_none_or(|p| p == path)
         && m.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-        && (m.methods.is_empty() || m.methods.iter().any(|x| x == req.method))
+        && (m.methods.is_empty() || m.methods.iter().any(|x| method_matches(x, req.method)))
         && m.headers.iter().all(|(name, want)| {
             let mut values = req.headers.get_all(name.as_str()).iter();
             match want {

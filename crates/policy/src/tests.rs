@@ -202,12 +202,49 @@ deny = true
     let mut r = base();
     r.method = "GET";
     assert!(!denied(&r), "method");
+    // Methods are matched whatever their case: backends that upper-case them (Django, Flask,
+    // PHP) would run `post` as POST.
+    let mut r = base();
+    r.method = "post";
+    assert!(denied(&r), "a lower-case method");
+    let mut r = base();
+    r.method = "pUt";
+    assert!(denied(&r), "a mixed-case method");
     let mut r = base();
     r.headers.insert("x-debug", "0".parse().unwrap());
     assert!(!denied(&r), "header value");
     let mut r = base();
     r.headers.remove("x-trace");
     assert!(!denied(&r), "header presence");
+}
+
+#[test]
+fn a_rule_for_get_also_holds_for_head() {
+    // As nginx's `limit_except GET`: most frameworks run the GET handler for a HEAD, its side
+    // effects and its headers included.
+    let rules = compile(
+        r#"
+[[services.rules]]
+name = "export"
+match = { path_prefix = "/export", methods = ["GET"] }
+deny = true
+"#,
+    );
+    let denied = |method: &'static str| {
+        let mut r = get("/export/all");
+        r.method = method;
+        evaluate(&rules, &r.view()).answer.is_some()
+    };
+    let table = [
+        ("GET", true),
+        ("HEAD", true),
+        ("head", true),
+        ("POST", false),
+        ("OPTIONS", false),
+    ];
+    for (method, want) in table {
+        assert_eq!(denied(method), want, "{method}");
+    }
 }
 
 #[test]

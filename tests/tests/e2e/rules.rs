@@ -139,12 +139,22 @@ async fn rewrites_and_header_variables_reach_the_origin_and_the_client() {
         ip("127.0.3.4"),
         web,
         "/api/headers?q=1",
-        &[("host", "www.test"), ("x-internal", "secret")],
+        &[
+            ("host", "www.test"),
+            ("x-internal", "secret"),
+            // The same fields to a backend that reads them CGI-style (HTTP_X_INTERNAL).
+            ("x_internal", "secret"),
+            ("X_Client", "forged"),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let seen = o.last_headers();
+    assert!(
+        seen.get("x_internal").is_none() && seen.get("x_client").is_none(),
+        "underscore spellings of removed or set fields go too: {seen:?}"
+    );
     assert_eq!(
         seen.get("x-client").unwrap(),
         "127.0.3.4",

@@ -79,12 +79,35 @@ impl HttpProxy {
     }
 }
 
+/// Removes the client's fields that are `name` spelt with `_` for `-` (`X_Internal` for
+/// `X-Internal`): backends that read fields CGI-style (`HTTP_X_INTERNAL`) take them for the
+/// field a rule removed or set. nginx drops such fields by default
+/// (`underscores_in_headers off`); Envoy can (`headers_with_underscores_action`).
+fn remove_other_spellings(headers: &mut HeaderMap, name: &str) {
+    if !name.contains('-') {
+        return;
+    }
+    let same = |k: &HeaderName| {
+        let k = k.as_str();
+        k.len() == name.len()
+            && k.contains('_')
+            && k.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'_' && b == b'-'))
+    };
+    let others: Vec<HeaderName> = headers.keys().filter(|k| same(k)).cloned().collect();
+    for k in others {
+        headers.remove(k);
+    }
+}
+
 /// Applies request-side edits to the head going upstream.
 pub(crate) fn edit_request(headers: &mut HeaderMap, edits: &[Edit<String>]) {
     for e in edits {
         match e {
             Edit::Remove(n) => {
                 headers.remove(n.as_str());
+                remove_other_spellings(headers, n);
             }
             Edit::Set(n, v) | Edit::Add(n, v) => {
                 let (Ok(name), Ok(value)) = (
@@ -96,6 +119,7 @@ pub(crate) fn edit_request(headers: &mut HeaderMap, edits: &[Edit<String>]) {
                 };
                 if matches!(e, Edit::Set(..)) {
                     headers.insert(name, value);
+                    remove_other_spellings(headers, n);
                 } else {
                     headers.append(name, value);
                 }
