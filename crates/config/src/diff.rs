@@ -93,6 +93,10 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     if old.admin.max_connections != new.admin.max_connections {
         d.needs_restart.push("admin.max_connections".into());
     }
+    if old.admin.max_connections_per_client != new.admin.max_connections_per_client {
+        d.needs_restart
+            .push("admin.max_connections_per_client".into());
+    }
     if old.admin.metrics_listen != new.admin.metrics_listen {
         d.needs_restart.push("metrics.listen".into());
     }

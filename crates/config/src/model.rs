@@ -110,6 +110,9 @@ pub struct Admin {
     pub metrics_listen: Option<SocketAddr>,
     /// Connections the admin (and metrics) listener serves at once.
     pub max_connections: usize,
+    /// Connections one client address (IPv6: its /64) may hold on either listener; `None`:
+    /// 8 on a listener off loopback, no limit on one on loopback.
+    pub max_connections_per_client: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -63,6 +63,7 @@ pub(crate) struct RawAdmin {
     pub listen: Option<S<String>>,
     pub token_file: Option<S<String>>,
     pub max_connections: Option<S<i64>>,
+    pub max_connections_per_client: Option<S<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -268,6 +268,12 @@ fn diff_reports_changes() {
         messages(&GOOD.replace("workers = 2", "workers = 2\nmax_connections = 0")),
         ["demo.toml:4: runtime.max_connections: 0 is out of range; expected 1 to 10000000"]
     );
+    let p = parse_str(&format!("[admin]\nmax_connections_per_client = 3\n{GOOD}")).unwrap();
+    assert_eq!(p.admin.max_connections_per_client, Some(3));
+    assert_eq!(
+        diff::diff(&a, &p).needs_restart,
+        ["admin.max_connections_per_client"]
+    );
     // The fleet link is made at start.
     let f = parse_str(&format!(
         "{GOOD}\n[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\npop = \"fra1\"\n"

@@ -42,6 +42,7 @@ table!(impl Admin {
     listen: &str,
     token_file: &Path,
     max_connections: i64,
+    max_connections_per_client: i64,
 });
 
 /// A table whose constructor takes its one required key.

@@ -110,3 +110,44 @@ async fn clients_that_keep_asking_cannot_hold_the_admin_slots() {
         h.abort();
     }
 }
+
+/// Clients that trickle their request heads hold a slot each until `request_header` (the token
+/// is checked once a head is in). One client address gets `max_connections_per_client` of
+/// them; its next connections are closed at once, and an operator from elsewhere is served.
+/// Before, one client filled every slot and kept everyone else in the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_trickling_heads_cannot_hold_every_admin_slot() {
+    let o = Origin::start("o").await;
+    let d = Config::new()
+        .admin(
+            Admin::new()
+                .listen("127.0.0.1:0")
+                .max_connections(4)
+                .max_connections_per_client(2),
+        )
+        .timeouts(Timeouts::new().request_header("30s"))
+        .listener(Listener::http("web"))
+        .region(Region::new("r").backends(&[(&o, 1)]))
+        .service(Service::new("s").listeners(&["web"]).regions(&["r"]))
+        .start()
+        .await;
+    let admin = d.daemon.admin_addr();
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /backends HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        hogs.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_from("127.0.0.2".parse().unwrap(), admin, "/live", &[]),
+    )
+    .await
+    .expect("an operator from another address is served")
+    .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    drop(hogs);
+}

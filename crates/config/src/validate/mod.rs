@@ -280,6 +280,7 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
             token_file: None,
             metrics_listen: None,
             max_connections: ADMIN_MAX_CONNECTIONS,
+            max_connections_per_client: None,
         };
     };
     let listen = raw
@@ -308,11 +309,17 @@ fn admin(raw: Option<&RawAdmin>, ctx: &mut Ctx<'_>) -> Admin {
         .as_ref()
         .and_then(|v| ctx.int_in(v, "admin.max_connections", 1, 100_000))
         .map_or(ADMIN_MAX_CONNECTIONS, |n| n as usize);
+    let max_connections_per_client = raw
+        .max_connections_per_client
+        .as_ref()
+        .and_then(|v| ctx.int_in(v, "admin.max_connections_per_client", 1, 100_000))
+        .map(|n| n as usize);
     Admin {
         listen,
         token_file,
         metrics_listen: None,
         max_connections,
+        max_connections_per_client,
     }
 }
 

@@ -2,6 +2,7 @@
 //! /live and /ready requires `Authorization: Bearer <token>` from `admin.token_file`.
 
 mod cache;
+mod clients;
 mod explain_rules;
 mod fleet;
 mod handlers;
@@ -71,6 +72,8 @@ pub struct AdminLimits {
     /// The request head (and a keep-alive connection's next one) must arrive within this; so
     /// must a request body.
     pub request_header: Duration,
+    /// `admin.max_connections_per_client` as configured (see [`clients::per_client`]).
+    pub max_connections_per_client: Option<usize>,
 }
 
 impl AdminLimits {
@@ -78,6 +81,7 @@ impl AdminLimits {
         AdminLimits {
             max_connections: config.admin.max_connections,
             request_header: config.timeouts.request_header,
+            max_connections_per_client: config.admin.max_connections_per_client,
         }
     }
 }
@@ -96,6 +100,11 @@ async fn accept_loop<S>(
     S::Future: Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let per_client = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| clients::per_client(limits.max_connections_per_client, a));
+    let clients = Arc::new(clients::Clients::default());
     loop {
         let slot = tokio::select! {
             p = slots.clone().acquire_owned() => p,
@@ -113,9 +122,21 @@ async fn accept_loop<S>(
             },
             _ = shutdown.changed() => return,
         };
+        // One more than its share: closed at once, and its slot is free again.
+        let held = match per_client {
+            Some(max) => match clients.take(peer.ip(), max) {
+                Some(h) => Some(h),
+                None => {
+                    debug!(listener = what, peer = %peer, max, "client holds its share of connections; closed");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let svc = svc();
         tokio::spawn(async move {
             let _slot = slot;
+            let _held = held;
             // An answer the client does not read within request_header ends the connection.
             let stream = write_deadline::WriteDeadline::new(stream, limits.request_header);
             let conn = hyper::server::conn::http1::Builder::new()
