@@ -486,3 +486,36 @@ async fn a_reload_keeps_the_cache_unless_its_size_changes() {
     assert_eq!(xc(&fetch(&d, path, &[]).await), "MISS");
     assert_eq!(o.hits(), 2);
 }
+
+/// A prefetch call ends by its deadline: a URL the origin is slow with is cut off there, and
+/// those not reached are answered "not fetched" to send again. Before, 10 000 slow URLs held an
+/// admin slot and the operator's script for a day.
+#[tokio::test]
+async fn a_prefetch_ends_by_its_deadline_and_names_what_it_did_not_fetch() {
+    let o = Origin::start("o").await;
+    o.set_delay(std::time::Duration::from_secs(3));
+    let d = config(&o, cache()).start().await;
+    let urls: Vec<String> = (0..20)
+        .map(|i| format!("http://cdn.example.com/c/slow{i}?cc=max-age%3D60"))
+        .collect();
+    let body = serde_json::json!({ "urls": urls, "deadline_seconds": 1 }).to_string();
+    let v = admin(&d, "/cache/prefetch", &body).await;
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 20, "{v}");
+    assert_eq!(v["ok"], 0, "{v}");
+    let error = |r: &Value| r["error"].as_str().unwrap_or_default().to_string();
+    for r in &results[..8] {
+        assert!(error(r).starts_with("timed out"), "{r}");
+    }
+    for r in &results[8..] {
+        assert!(error(r).starts_with("not fetched"), "{r}");
+    }
+    let (status, v) = d
+        .admin(
+            Method::POST,
+            "/cache/prefetch",
+            r#"{"urls": [], "deadline_seconds": 0}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+}

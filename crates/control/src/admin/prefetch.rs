@@ -31,10 +31,11 @@ struct Targets {
 }
 
 pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
-    let urls = match requests::prefetch_urls(body) {
-        Ok(u) => u,
+    let (urls, within) = match requests::prefetch_urls(body) {
+        Ok(p) => (p.urls, p.deadline),
         Err(r) => return refused(r),
     };
+    let deadline = tokio::time::Instant::now() + within;
     let targets = {
         let table = control.table.load();
         let of = |protocol: Protocol| {
@@ -65,10 +66,19 @@ pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
     let mut results = Vec::with_capacity(urls.len());
     // A few at a time: prefetch warms the cache, it should not flood the origin.
     for chunk in urls.chunks(8) {
+        if tokio::time::Instant::now() >= deadline {
+            // Answered, not dropped: the caller sees which to send again.
+            let why = format!(
+                "not fetched: the prefetch's deadline of {} s passed first; send it again",
+                within.as_secs()
+            );
+            results.extend(chunk.iter().map(|u| json!({"url": u, "error": why})));
+            continue;
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for (i, u) in chunk.iter().enumerate() {
             let url = u.clone();
-            tasks.spawn(async move { (i, url.clone(), fetch_one(targets, &url).await) });
+            tasks.spawn(async move { (i, url.clone(), fetch_one(targets, &url, deadline).await) });
         }
         let mut out: Vec<(usize, Value)> = Vec::new();
         while let Some(Ok((i, url, r))) = tasks.join_next().await {
@@ -97,7 +107,11 @@ pub(super) async fn prefetch(control: &Control, body: &Bytes) -> AdminResponse {
     json_response(StatusCode::OK, json!({ "results": results, "ok": ok }))
 }
 
-async fn fetch_one(targets: Targets, url: &str) -> Result<(u16, Option<String>, usize), String> {
+async fn fetch_one(
+    targets: Targets,
+    url: &str,
+    deadline: tokio::time::Instant,
+) -> Result<(u16, Option<String>, usize), String> {
     let (schemes, host, path) = split_url(url).ok_or("not an http://host/path URL")?;
     let https = schemes == ["https"];
     let run = async {
@@ -118,9 +132,11 @@ async fn fetch_one(targets: Targets, url: &str) -> Result<(u16, Option<String>, 
             request(tcp, host, path).await
         }
     };
-    tokio::time::timeout(Duration::from_secs(60), run)
+    // 60 s a URL, and none past the call's deadline.
+    let by = deadline.min(tokio::time::Instant::now() + Duration::from_secs(60));
+    tokio::time::timeout_at(by, run)
         .await
-        .map_err(|_| "timed out after 60 s".to_string())?
+        .map_err(|_| "timed out (60 s a URL, or the prefetch's deadline)".to_string())?
 }
 
 async fn request<S>(

@@ -134,9 +134,9 @@ pub fn point(body: &[u8]) -> Result<String, Refused> {
         .ok_or_else(|| bad("expected {\"point\": \"streamgate-….snap\"} (see GET /snapshots)"))
 }
 
-/// `{"urls": ["http://host/path", ...]}` of `POST /cache/prefetch`. An entry that is not a
-/// string is kept as "" so that its place in the answer reports it.
-pub fn prefetch_urls(body: &[u8]) -> Result<Vec<String>, Refused> {
+/// `{"urls": ["http://host/path", ...], "deadline_seconds": N}` of `POST /cache/prefetch`. An
+/// entry that is not a string is kept as "" so that its place in the answer reports it.
+pub fn prefetch_urls(body: &[u8]) -> Result<Prefetch, Refused> {
     let v = json(body)?;
     let urls = v
         .get("urls")
@@ -148,11 +148,39 @@ pub fn prefetch_urls(body: &[u8]) -> Result<Vec<String>, Refused> {
             message: format!("at most {MAX_PREFETCH} URLs per call"),
         });
     }
-    Ok(urls
-        .iter()
-        .map(|u| u.as_str().unwrap_or("").to_string())
-        .collect())
+    let deadline = match v.get("deadline_seconds") {
+        None => PREFETCH_DEADLINE,
+        Some(d) => d
+            .as_u64()
+            .filter(|s| (1..=PREFETCH_DEADLINE.as_secs()).contains(s))
+            .map(std::time::Duration::from_secs)
+            .ok_or_else(|| {
+                bad(format!(
+                    "deadline_seconds: expected a whole number of seconds from 1 to {}",
+                    PREFETCH_DEADLINE.as_secs()
+                ))
+            })?,
+    };
+    Ok(Prefetch {
+        urls: urls
+            .iter()
+            .map(|u| u.as_str().unwrap_or("").to_string())
+            .collect(),
+        deadline,
+    })
 }
+
+/// What `POST /cache/prefetch` asks for.
+#[derive(Debug)]
+pub struct Prefetch {
+    pub urls: Vec<String>,
+    /// The whole call's time: URLs not fetched by then are answered "not fetched".
+    pub deadline: std::time::Duration,
+}
+
+/// The longest a prefetch call runs, and its default: 10 000 URLs of a slow origin, eight at a
+/// time and 60 s each, held an admin slot (and its operator's script) for a day.
+pub const PREFETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Every parser above and the operator-state file's, on one input: for the fuzz target and the
 /// seed test. Panics only if a property fails: no request is read from a body that is not a
@@ -244,13 +272,29 @@ mod tests {
         );
         assert!(backend_address(br#"{"address": "host:80"}"#).is_err());
         assert_eq!(region(br#"{"region": "eu"}"#), Ok("eu".into()));
-        assert_eq!(
-            prefetch_urls(br#"{"urls": ["http://a/b", 3]}"#),
-            Ok(vec!["http://a/b".into(), String::new()])
-        );
+        let p = prefetch_urls(br#"{"urls": ["http://a/b", 3]}"#).unwrap();
+        assert_eq!(p.urls, vec!["http://a/b".to_string(), String::new()]);
+        assert_eq!(p.deadline, PREFETCH_DEADLINE);
+        let deadlines = [
+            ("1", Some(1)),
+            ("600", Some(600)),
+            ("0", None),
+            ("601", None),
+            ("1.5", None),
+            ("\"60\"", None),
+        ];
+        for (given, want) in deadlines {
+            let body = format!(r#"{{"urls": [], "deadline_seconds": {given}}}"#);
+            let got = prefetch_urls(body.as_bytes())
+                .ok()
+                .map(|p| p.deadline.as_secs());
+            assert_eq!(got, want, "{given}");
+        }
         let many = format!(r#"{{"urls": [{}"x"]}}"#, "\"x\",".repeat(MAX_PREFETCH));
         assert_eq!(
-            prefetch_urls(many.as_bytes()).map_err(|r| r.status),
+            prefetch_urls(many.as_bytes())
+                .map(|_| ())
+                .map_err(|r| r.status),
             Err(StatusCode::PAYLOAD_TOO_LARGE)
         );
         // 10 000 nested arrays: an error, not a stack overflow.
