@@ -57,9 +57,13 @@ impl Departed {
         Departed(out)
     }
 
-    /// The state `address` left with, if it left within the grace.
-    pub fn get(&self, address: &SocketAddr) -> Option<&Arc<BackendState>> {
-        self.0.get(address).map(|(s, _)| s)
+    /// The state `address` left with, if it left within the grace of `now` (a table is rebuilt
+    /// only on a reload or a new answer: what is kept may be older than the grace).
+    pub fn get(&self, address: &SocketAddr, now: Instant) -> Option<&Arc<BackendState>> {
+        self.0
+            .get(address)
+            .filter(|(_, left)| now.saturating_duration_since(*left) < GRACE)
+            .map(|(s, _)| s)
     }
 
     pub fn len(&self) -> usize {
@@ -101,11 +105,18 @@ mod tests {
             t0,
         );
         assert_eq!(d1.len(), 1);
-        assert!(!d1.get(&addr(2)).unwrap().is_up(), "left with its state");
-        assert!(d1.get(&addr(1)).is_none(), "still there");
+        assert!(
+            !d1.get(&addr(2), t0).unwrap().is_up(),
+            "left with its state"
+        );
+        assert!(d1.get(&addr(1), t0).is_none(), "still there");
+        assert!(
+            d1.get(&addr(2), t0 + GRACE).is_none(),
+            "too long ago, rebuilt or not"
+        );
         // Another rebuild while it is away: still kept, with the time it left.
         let d2 = step(&[(addr(1), &a)], &d1, &[addr(1)], t0 + GRACE / 2);
-        assert!(Arc::ptr_eq(d2.get(&addr(2)).unwrap(), &b));
+        assert!(Arc::ptr_eq(d2.get(&addr(2), t0 + GRACE / 2).unwrap(), &b));
         // Past the grace: gone.
         let d3 = step(&[(addr(1), &a)], &d2, &[addr(1)], t0 + GRACE);
         assert!(d3.is_empty());
@@ -135,7 +146,7 @@ mod tests {
         );
         assert_eq!(new.len(), MAX, "the oldest let go");
         assert!(
-            (MAX..MAX + 10).all(|i| new.get(&port(i)).is_some()),
+            (MAX..MAX + 10).all(|i| new.get(&port(i), t0).is_some()),
             "the latest kept"
         );
     }

@@ -439,6 +439,7 @@ impl ServiceRegion {
             .map(|o| o.backends.iter().map(|x| (x.address, &x.state)).collect())
             .unwrap_or_default();
         let earlier = old.map(|o| &o.departed);
+        let now = Instant::now();
         let backends: Vec<Backend> = expand(region, resolved)
             .into_iter()
             .map(|(address, weight, name)| {
@@ -446,7 +447,7 @@ impl ServiceRegion {
                 let state = old_states
                     .get(&address)
                     .copied()
-                    .or_else(|| earlier.and_then(|d| d.get(&address)))
+                    .or_else(|| earlier.and_then(|d| d.get(&address, now)))
                     .map(Arc::clone)
                     .unwrap_or_default();
                 let mut b = Backend::new(address, weight.get(), state);
@@ -462,7 +463,7 @@ impl ServiceRegion {
                     o.backends.iter().map(|b| (b.address, &b.state)),
                     &o.departed,
                     |a| here.contains(a),
-                    Instant::now(),
+                    now,
                 )
             }
             None => Departed::default(),

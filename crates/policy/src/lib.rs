@@ -230,12 +230,12 @@ fn normalize_rewrite(p: String) -> Result<String, path::BadPath> {
     Ok(path::normalize_target(&p)?.unwrap_or(p))
 }
 
-/// Whether a request's `method` is the rule's `wanted` (upper case, from the config): in any
-/// case, since backends that upper-case methods (Django, Flask, PHP behind CGI) would run a
-/// `delete` as DELETE past a rule that did not match it; and a HEAD is a GET, as in nginx's
+/// Whether a request's `method` is the rule's `wanted`; a HEAD is a GET, as in nginx's
 /// `limit_except`, since most frameworks answer it with the GET handler, side effects and all.
+/// (Methods in lower case never get here: the proxy refuses them with 400, as nginx does,
+/// since backends that upper-case methods would run `delete` as a DELETE no rule matched.)
 fn method_matches(wanted: &str, method: &str) -> bool {
-    wanted.eq_ignore_ascii_case(method) || (wanted == "GET" && method.eq_ignore_ascii_case("HEAD"))
+    wanted == method || (wanted == "GET" && method == "HEAD")
 }
 
 /// Whether every condition of `m` holds. Allocation-free; the regex goes last.

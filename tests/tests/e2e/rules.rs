@@ -25,6 +25,7 @@ const RULES: &[&str] = &[
     r#"{ name = "from-lb", match = { headers = { "X-Forwarded-For" = "10.9.9.9" } }, deny = true }"#,
     r#"{ name = "in-r", match = { regions = ["r"], path = "/where" }, respond = { body = "routed to r\n" } }"#,
     r#"{ name = "beta", match = { headers = { "X-Beta" = "1" } }, rewrite = { add_prefix = "/beta" } }"#,
+    r#"{ name = "no-delete", match = { path_prefix = "/users/", methods = ["DELETE"] }, deny = true }"#,
 ];
 
 async fn daemon(o: &Origin) -> TestDaemon {
@@ -203,7 +204,7 @@ async fn explain_shows_the_rules_a_request_matches() {
         .await;
     assert_eq!(status, StatusCode::OK);
     let rules = &v["rules"];
-    assert_eq!(rules["count"], 10);
+    assert_eq!(rules["count"], 11);
     assert_eq!(rules["matched"], serde_json::json!(["security", "api"]));
     assert_eq!(rules["rewritten_path"], "/users");
     assert_eq!(rules["request_headers"][1]["value"], "127.0.0.9");
@@ -258,4 +259,28 @@ async fn a_rewrite_cannot_be_climbed_out_of_with_dot_segments_in_a_capture() {
     let a = get(&c, &d.url("web", "/img-a%2fb"), &[]).await.unwrap();
     assert_eq!(a.status, StatusCode::FORBIDDEN, "an encoded slash");
     assert_eq!(o.hits(), before, "nothing reached the origin");
+}
+
+/// A method in lower case is refused before the rules, as nginx does: `delete` matched no
+/// rule for DELETE, and backends that upper-case methods (Django, Flask, PHP) ran it as one.
+#[tokio::test]
+async fn a_lower_case_method_cannot_pass_a_rule_for_its_upper_case() {
+    let o = Origin::start("o").await;
+    let d = daemon(&o).await;
+    let web = d.addr("web");
+    let upper = raw_exchange(
+        web,
+        b"DELETE /users/1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        1 << 16,
+    )
+    .await
+    .unwrap();
+    assert!(upper.starts_with("HTTP/1.1 403"), "{upper}");
+    for method in ["delete", "Delete", "get"] {
+        let raw =
+            format!("{method} /users/1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(web, raw.as_bytes(), 1 << 16).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "{method}: {answer}");
+    }
+    assert_eq!(o.hits(), 0, "nothing reached the backend");
 }

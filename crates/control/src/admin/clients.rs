@@ -15,7 +15,7 @@ pub const OFF_LOOPBACK: usize = 8;
 /// The limit a listener bound to `listen` applies: `configured`, or [`OFF_LOOPBACK`] off
 /// loopback; none on loopback, where every client is this machine.
 pub fn per_client(configured: Option<usize>, listen: SocketAddr) -> Option<usize> {
-    configured.or((!listen.ip().is_loopback()).then_some(OFF_LOOPBACK))
+    configured.or((!listen.ip().to_canonical().is_loopback()).then_some(OFF_LOOPBACK))
 }
 
 /// Open connections by client (an IPv6 client by its /64, which its network gives it whole).
@@ -77,6 +77,7 @@ mod tests {
         let table = [
             (None, "127.0.0.1:9901", None),
             (None, "[::1]:9901", None),
+            (None, "[::ffff:127.0.0.1]:9901", None),
             (None, "0.0.0.0:9901", Some(OFF_LOOPBACK)),
             (None, "10.0.0.5:9901", Some(OFF_LOOPBACK)),
             (Some(2), "127.0.0.1:9901", Some(2)),

@@ -37,6 +37,8 @@ pub enum ProxyError {
     UnknownPath { listener: String },
     #[error("method {method} is not supported by this proxy")]
     MethodNotAllowed { method: String },
+    #[error("method names are upper case")]
+    InvalidMethod,
     #[error("service {service}: no usable backend in any region")]
     NoBackend { service: String },
     #[error("backend {backend}: connect failed: {reason}")]
@@ -87,6 +89,7 @@ impl ProxyError {
             ProxyError::MissingHost
             | ProxyError::InvalidHost
             | ProxyError::InvalidPath
+            | ProxyError::InvalidMethod
             | ProxyError::ClientAborted { .. } => StatusCode::BAD_REQUEST,
             ProxyError::UnknownHost { .. } | ProxyError::UnknownPath { .. } => {
                 StatusCode::NOT_FOUND
@@ -118,6 +121,7 @@ impl ProxyError {
             | ProxyError::UnknownHost { .. }
             | ProxyError::UnknownPath { .. }
             | ProxyError::MethodNotAllowed { .. }
+            | ProxyError::InvalidMethod
             | ProxyError::ClientAborted { .. }
             | ProxyError::RequestBodyTimeout { .. }
             | ProxyError::PayloadTooLarge { .. }
@@ -155,6 +159,7 @@ impl ProxyError {
             ProxyError::MissingHost => "400 Bad Request: missing Host header\n",
             ProxyError::InvalidHost => "400 Bad Request: invalid Host header\n",
             ProxyError::InvalidPath => "400 Bad Request: invalid path\n",
+            ProxyError::InvalidMethod => "400 Bad Request: method names are upper case\n",
             ProxyError::ClientAborted { .. } => "400 Bad Request: request body ended early\n",
             ProxyError::RequestBodyTimeout { .. } => {
                 "408 Request Timeout: the request body stopped arriving\n"

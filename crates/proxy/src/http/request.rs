@@ -131,6 +131,17 @@ impl HttpProxy {
         } else {
             strip_url_overrides(req.headers_mut());
         }
+        // Method names are case-sensitive (RFC 9110 §9.1) and every registered one is upper
+        // case. A `delete` would pass a rule for DELETE and be run as one by backends that
+        // upper-case methods (Django, Flask, PHP); nginx refuses such methods with 400 too.
+        if req
+            .method()
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_lowercase())
+        {
+            return Err(ProxyError::InvalidMethod);
+        }
         // RFC 8441: an HTTP/2 CONNECT with :protocol = websocket opens a WebSocket; it goes to
         // the backend as an HTTP/1.1 Upgrade. Plain CONNECT (forward proxying) is not served.
         let h2_websocket = req.method() == Method::CONNECT

@@ -91,6 +91,8 @@ fn remove_other_spellings(headers: &mut HeaderMap, name: &str) {
         let k = k.as_str();
         k.len() == name.len()
             && k.contains('_')
+            // The configured name itself may hold a `_`: that field is the one set.
+            && !k.eq_ignore_ascii_case(name)
             && k.bytes()
                 .zip(name.bytes())
                 .all(|(a, b)| a == b.to_ascii_lowercase() || (a == b'_' && b == b'-'))
@@ -103,11 +105,19 @@ fn remove_other_spellings(headers: &mut HeaderMap, name: &str) {
 
 /// Applies request-side edits to the head going upstream.
 pub(crate) fn edit_request(headers: &mut HeaderMap, edits: &[Edit<String>]) {
+    edit(headers, edits, true);
+}
+
+/// Applies `edits`; `spellings`: a field removed or set also goes in the client's `_`
+/// spellings (requests only: an origin's answer is not read CGI-style).
+fn edit(headers: &mut HeaderMap, edits: &[Edit<String>], spellings: bool) {
     for e in edits {
         match e {
             Edit::Remove(n) => {
                 headers.remove(n.as_str());
-                remove_other_spellings(headers, n);
+                if spellings {
+                    remove_other_spellings(headers, n);
+                }
             }
             Edit::Set(n, v) | Edit::Add(n, v) => {
                 let (Ok(name), Ok(value)) = (
@@ -119,7 +129,9 @@ pub(crate) fn edit_request(headers: &mut HeaderMap, edits: &[Edit<String>]) {
                 };
                 if matches!(e, Edit::Set(..)) {
                     headers.insert(name, value);
-                    remove_other_spellings(headers, n);
+                    if spellings {
+                        remove_other_spellings(headers, n);
+                    }
                 } else {
                     headers.append(name, value);
                 }
@@ -143,7 +155,7 @@ pub(crate) fn edit_response(resp: &mut Response<ProxyBody>, edits: &[Edit<Templa
             Edit::Add(n, t) => Edit::Add(n.clone(), streamgate_policy::finish(t, &late)),
         })
         .collect();
-    edit_request(resp.headers_mut(), &finished);
+    edit(resp.headers_mut(), &finished, false);
 }
 
 /// The answer a rule gives itself: 403, a fixed response or a redirect.
