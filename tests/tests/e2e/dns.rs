@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use streamgate_tests::*;
 
-const NAME: &str = "origin.test";
+pub(super) const NAME: &str = "origin.test";
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
 /// Two origins on one port: 127.0.0.1 and 127.0.0.2.
-async fn origin_pair() -> (Origin, Origin) {
+pub(super) async fn origin_pair() -> (Origin, Origin) {
     for _ in 0..20 {
         let a = Origin::start("a").await;
         let b_addr = SocketAddr::new(ip("127.0.0.2"), a.addr.port());
@@ -549,80 +549,4 @@ async fn a_reload_that_waits_on_dns_answers_when_it_is_done() {
     assert_eq!(body["version"], 2, "{body}");
     let answer = get(&http1(), &d.url("web", "/"), &[]).await.unwrap();
     assert_eq!(answer.status, StatusCode::OK);
-}
-
-/// Whether `address` is up in `/backends`; `None` while it is not listed.
-async fn up_of(d: &TestDaemon, address: &str) -> Option<bool> {
-    let (_, body) = d.admin(Method::GET, "/backends", "").await;
-    body["backends"]
-        .as_array()?
-        .iter()
-        .find(|b| b["address"] == address)
-        .and_then(|b| b["up"].as_bool())
-}
-
-/// A dead address that leaves the answer and comes back keeps the health it left with. Started
-/// afresh, it came back "up", and was tried until its first probe (a random part of the
-/// interval later); an answer that dropped and gave it back faster than that kept it up for
-/// ever.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_address_that_leaves_the_answer_and_comes_back_is_still_down() {
-    let dns = DnsServer::start().await;
-    let (a, b) = origin_pair().await;
-    let b_addr = b.addr.to_string();
-    b.stop().await;
-    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
-    let text = Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("r").address(format!("{NAME}:{}", a.addr.port())))
-        .service(
-            Service::new("app")
-                .listeners(&["web"])
-                .regions(&["r"])
-                .health(
-                    Health::new()
-                        .kind("tcp")
-                        .interval("3s")
-                        .timeout("500ms")
-                        .rise(1)
-                        .fall(1),
-                ),
-        )
-        .raw(&format!(
-            "[dns]\nservers = [\"{}\"]\nmin_ttl = \"200ms\"\nmax_ttl = \"10s\"\ntimeout = \"300ms\"\nallow_local = true\n",
-            dns.addr
-        ))
-        .to_toml();
-    let d = TestDaemon::start(&text).await;
-    let mut down = false;
-    for _ in 0..200 {
-        if up_of(&d, &b_addr).await == Some(false) {
-            down = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(down, "127.0.0.2 was never found down");
-
-    dns.set(NAME, &[ip("127.0.0.1")], 1);
-    let mut gone = false;
-    for _ in 0..100 {
-        if up_of(&d, &b_addr).await.is_none() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "127.0.0.2 never left");
-
-    dns.set(NAME, &[ip("127.0.0.1"), ip("127.0.0.2")], 1);
-    let mut back = None;
-    for _ in 0..100 {
-        back = up_of(&d, &b_addr).await;
-        if back.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(back, Some(false), "back, and down as it left");
 }

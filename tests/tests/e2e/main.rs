@@ -22,6 +22,7 @@ mod cli;
 mod compression;
 mod consistent_hash;
 mod dns;
+mod dns_health;
 mod early_answers;
 mod failover;
 mod first_hour;
