@@ -439,15 +439,25 @@ impl streamgate_control::ReloadHook for TokenReload {
 }
 
 /// The bearer token of `admin.token_file`, if one is set.
+/// A token shorter than this is warned of (not refused: a running PoP's reload must not fail on
+/// it): guesses are answered as fast as they come.
+const MIN_TOKEN_BYTES: usize = 16;
+
 fn read_token(config: &Config) -> Result<Option<Token>> {
     let Some(path) = &config.admin.token_file else {
         return Ok(None);
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("admin.token_file: cannot read {}", path.display()))?;
-    Ok(Some(Token::new(&text).with_context(|| {
-        format!("admin.token_file: {} is empty", path.display())
-    })?))
+    let token = Token::new(&text)
+        .with_context(|| format!("admin.token_file: {} is empty", path.display()))?;
+    if token.len() < MIN_TOKEN_BYTES {
+        warn!(
+            file = %path.display(), bytes = token.len(),
+            "admin.token_file holds a short token; use at least {MIN_TOKEN_BYTES} random bytes (e.g. `openssl rand -hex 32`)"
+        );
+    }
+    Ok(Some(token))
 }
 
 #[derive(Debug)]

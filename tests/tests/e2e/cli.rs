@@ -395,6 +395,10 @@ async fn the_admin_token_never_appears_in_the_log() {
     .await
     .unwrap();
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    for _ in 0..3 {
+        let again = get(&c, &format!("{base}/config"), &[]).await.unwrap();
+        assert_eq!(again.status, StatusCode::UNAUTHORIZED);
+    }
     let right = get(
         &c,
         &format!("{base}/backends"),
@@ -425,6 +429,17 @@ async fn the_admin_token_never_appears_in_the_log() {
     assert!(
         !all.contains(secret) && !all.contains("7f1e9"),
         "token leaked into the log:\n{all}"
+    );
+    // Refusals are seen (someone guessing), once a minute at most: the first at once.
+    let refusals = p
+        .log_json()
+        .into_iter()
+        .filter(|l| l["message"] == "admin requests refused: missing or wrong bearer token")
+        .collect::<Vec<_>>();
+    assert_eq!(refusals.len(), 1, "{all}");
+    assert!(
+        !all.contains("short token"),
+        "a 19-byte token is not short:\n{all}"
     );
 }
 
@@ -541,4 +556,25 @@ async fn sigterm_closes_idle_keep_alive_connections_at_once() {
             .iter()
             .any(|l| l["message"] == "all connections closed; bye")
     );
+}
+
+/// A short admin token is warned of at start: guesses are answered as fast as they come.
+#[tokio::test]
+async fn a_short_admin_token_is_warned_of() {
+    let a = Origin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("admin.token");
+    std::fs::write(&token_path, "abc123\n").unwrap();
+    let text = service(local(&a))
+        .admin(Admin::new().token_file(&token_path))
+        .to_toml();
+    let p = DaemonProcess::start(BIN, &text, &["web", "admin"]);
+    let warned = p.log_json().into_iter().any(|l| {
+        l["level"] == "WARN"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("admin.token_file holds a short token"))
+            && l["bytes"] == 6
+    });
+    assert!(warned, "{}", p.logs.lock().unwrap().join("\n"));
 }

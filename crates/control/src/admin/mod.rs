@@ -50,6 +50,16 @@ impl Token {
         (!t.is_empty()).then(|| Token(Arc::from(t.as_bytes())))
     }
 
+    /// Its length in bytes: a short one is warned of at start, since failed guesses are only
+    /// logged, not slowed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn matches(&self, presented: &[u8]) -> bool {
         let expected = &self.0;
         // Any difference of length: a cast of the lengths' XOR to a byte once let the token
@@ -148,6 +158,28 @@ async fn accept_loop<S>(
                 debug!(listener = what, peer = %peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Logs requests refused for a missing or wrong token: the first at once, then at most one
+/// line a minute with how many there were, so that someone guessing the token is seen without
+/// the guesses flooding the log.
+fn refused_token(path: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    REFUSED.fetch_add(1, Relaxed);
+    let now = streamgate_balance::stats::now_nanos();
+    let last = LAST.load(Relaxed);
+    if (last == 0 || now.saturating_sub(last) >= 60_000_000_000)
+        && LAST
+            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
+            .is_ok()
+    {
+        warn!(
+            refused = REFUSED.swap(0, Relaxed),
+            path, "admin requests refused: missing or wrong bearer token"
+        );
     }
 }
 
@@ -314,6 +346,7 @@ async fn handle(
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::as_bytes);
         if !presented.is_some_and(|p| t.matches(p)) {
+            refused_token(&path);
             let mut r = json_response(
                 StatusCode::UNAUTHORIZED,
                 json!({"error": "missing or wrong bearer token"}),
