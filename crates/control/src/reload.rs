@@ -308,6 +308,7 @@ pub fn watch_config(
         warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; reload with SIGHUP or POST /reload");
         return None;
     }
+    info!(file = %path.display(), "watching the config file for changes");
     // The file may have changed between the load at start and this watch (an edit while the
     // daemon was starting would otherwise wait for the next event): look once now. The digest
     // makes it a no-op when nothing changed.

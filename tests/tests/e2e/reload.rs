@@ -337,6 +337,15 @@ async fn a_file_still_being_written_is_not_reloaded_until_its_writer_closes_it()
             .map(str::to_string)
     };
     assert_eq!(origin().await.as_deref(), Some("a"));
+    // Written once the watcher is on the file: a write before it is seen as a change made
+    // while the daemon started, and read at once.
+    let watching = eventually(Duration::from_secs(10), || {
+        p.log_json()
+            .iter()
+            .any(|l| l["message"] == "watching the config file for changes")
+    })
+    .await;
+    assert!(watching, "{:?}", p.log_json());
 
     let mut f = std::fs::OpenOptions::new()
         .write(true)
