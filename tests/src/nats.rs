@@ -49,6 +49,12 @@ impl NatsServer {
     /// Publishes `payload` on `subject` as any NATS client could (core NATS, its text
     /// protocol), and returns once the server has taken it (its PONG after the PUB).
     pub fn publish(&self, subject: &str, payload: &[u8]) {
+        self.publish_with_header(subject, None, payload);
+    }
+
+    /// [`NatsServer::publish`] with a header `(name, value)` (HPUB), as a client that signs or
+    /// forges a signature would send it.
+    pub fn publish_with_header(&self, subject: &str, header: Option<(&str, &str)>, payload: &[u8]) {
         use std::io::{BufRead, BufReader, Write};
         let mut s = TcpStream::connect(self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -56,11 +62,25 @@ impl NatsServer {
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
         assert!(line.starts_with("INFO"), "{line}");
-        let mut out = format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nPUB {subject} {}\r\n",
-            payload.len()
-        )
-        .into_bytes();
+        let mut out =
+            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n".to_vec();
+        match header {
+            None => {
+                out.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes())
+            }
+            Some((name, value)) => {
+                let head = format!("NATS/1.0\r\n{name}: {value}\r\n\r\n");
+                out.extend_from_slice(
+                    format!(
+                        "HPUB {subject} {} {}\r\n",
+                        head.len(),
+                        head.len() + payload.len()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(head.as_bytes());
+            }
+        }
         out.extend_from_slice(payload);
         out.extend_from_slice(b"\r\nPING\r\n");
         s.write_all(&out).unwrap();

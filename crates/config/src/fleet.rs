@@ -10,6 +10,8 @@ pub struct Fleet {
     pub servers: Vec<String>,
     /// A NATS credentials file (JWT + NKey seed), as `nsc` writes it.
     pub credentials: Option<PathBuf>,
+    /// The key every PoP signs its purges with and checks others' against.
+    pub key_file: Option<PathBuf>,
     /// This PoP's name: unique in the fleet, its durable consumer's name.
     pub pop: String,
     /// This PoP's region, the label of its replication lag.

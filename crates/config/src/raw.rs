@@ -106,6 +106,7 @@ pub(crate) struct RawSnapshots {
 pub(crate) struct RawFleet {
     pub servers: Option<S<Vec<S<String>>>>,
     pub credentials: Option<S<String>>,
+    pub key_file: Option<S<String>>,
     pub pop: Option<S<String>>,
     pub region: Option<S<String>>,
     pub subject_prefix: Option<S<String>>,

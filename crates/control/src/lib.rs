@@ -144,10 +144,14 @@ impl Control {
     }
 
     /// Joins the fleet of `[fleet]` (the binary calls this once, at start).
-    pub fn join_fleet(self: &Arc<Self>, config: streamgate_config::fleet::Fleet) {
+    pub fn join_fleet(
+        self: &Arc<Self>,
+        config: streamgate_config::fleet::Fleet,
+    ) -> Result<(), streamgate_fleet::FleetError> {
         let apply = Arc::new(fleet::FleetApply(Arc::downgrade(self)));
-        let link = streamgate_fleet::Fleet::start(config, self.metrics.clone(), apply);
+        let link = streamgate_fleet::Fleet::start(config, self.metrics.clone(), apply)?;
         let _ = self.fleet.set(link);
+        Ok(())
     }
 
     /// The fleet link, when `[fleet]` is configured.

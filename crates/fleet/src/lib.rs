@@ -12,6 +12,7 @@
 
 mod link;
 pub mod message;
+pub mod signing;
 pub mod word;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -57,6 +58,12 @@ pub enum FleetError {
     Timeout(Duration),
     #[error("cannot be said to the fleet: {0}")]
     Invalid(String),
+    #[error("fleet.key_file {path}: {source}")]
+    Key {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Ids of purges applied lately: a purge comes once from the stream, but a PoP also applies
@@ -104,6 +111,8 @@ struct Inner {
     joined: std::sync::atomic::AtomicBool,
     seen: Mutex<Seen>,
     peers: Mutex<BTreeMap<String, Peer>>,
+    /// `[fleet] key_file`: purges are signed with it, and only signed ones applied.
+    key: Option<signing::Key>,
 }
 
 /// The link; cheap to clone.
@@ -152,13 +161,22 @@ pub(crate) fn remember(peers: &mut BTreeMap<String, Peer>, h: Heartbeat, now: In
 const CONFIRM: Duration = Duration::from_secs(3);
 
 impl Fleet {
-    /// Starts the link's tasks on the current runtime; returns at once.
+    /// Starts the link's tasks on the current runtime; returns at once. Fails only when
+    /// `key_file` cannot be read or holds too short a key.
     pub fn start(
         config: streamgate_config::fleet::Fleet,
         metrics: Arc<Metrics>,
         apply: Arc<dyn Apply>,
-    ) -> Fleet {
+    ) -> Result<Fleet, FleetError> {
+        let key = match &config.key_file {
+            Some(path) => Some(signing::Key::read(path).map_err(|source| FleetError::Key {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let inner = Arc::new(Inner {
+            key,
             config,
             metrics,
             apply,
@@ -169,7 +187,7 @@ impl Fleet {
             peers: Mutex::default(),
         });
         tokio::spawn(link::run(inner.clone()));
-        Fleet { inner }
+        Ok(Fleet { inner })
     }
 
     pub fn pop(&self) -> &str {

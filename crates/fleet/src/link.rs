@@ -159,6 +159,12 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
         tokio::select! {
             m = messages.next() => match m {
                 Some(Ok(m)) => {
+                    if !signed(inner, &m) {
+                        // Not from the fleet: dropped, and acked so that it is not delivered
+                        // again.
+                        m.ack().await.map_err(js_err)?;
+                        continue;
+                    }
                     let mark = inner.apply.journal_mark();
                     // A prefix, tag or whole-cache purge walks every stored object: off the
                     // runtime's threads, which serve traffic, and followed by a pause as long
@@ -238,6 +244,31 @@ pub(crate) fn pause_after(took: Duration) -> Duration {
     }
 }
 
+/// Whether a purge may be applied: always without a key; with one, only when it carries the
+/// key's signature of its bytes. Refused ones are logged (at most a line a minute) and counted
+/// as `unsigned`.
+fn signed(inner: &Inner, m: &jetstream::Message) -> bool {
+    let Some(key) = &inner.key else {
+        return true;
+    };
+    let ok = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(crate::signing::HEADER))
+        .is_some_and(|sig| key.verifies(&m.payload, sig.as_str()));
+    if !ok {
+        inner.count("purge", "unsigned");
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = crate::message::now_ms();
+        let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000 {
+            LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+            warn!(subject = %m.subject, "fleet: a purge without the fleet key's signature dropped (a publisher that is not a PoP of this fleet, or one with another key_file)");
+        }
+    }
+    ok
+}
+
 fn apply_purge(inner: &Inner, payload: &[u8]) {
     match Purge::decode(payload) {
         Err(e) => {
@@ -286,6 +317,9 @@ pub(crate) async fn publish_purge(inner: &Inner, purge: &Purge) -> Result<(), Fl
     let payload = serde_json::to_vec(purge).map_err(js_err)?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", purge.id.as_str());
+    if let Some(key) = &inner.key {
+        headers.insert(crate::signing::HEADER, key.sign(&payload).as_str());
+    }
     let confirm = async {
         js.publish_with_headers(inner.config.purge_subject(), headers, payload.into())
             .await

@@ -239,7 +239,7 @@ impl Daemon {
         // Read at start only: the link's identity (pop, stream, consumer) does not change
         // under a running daemon.
         if let Some(f) = config.fleet.clone() {
-            control.join_fleet(f);
+            control.join_fleet(f)?;
             if let Some(link) = control.fleet() {
                 let _ = shared.fleet.set(link.clone());
             }
@@ -473,8 +473,6 @@ impl streamgate_control::ReloadHook for UpstreamReload {
     }
 }
 
-/// Checks the files a configuration names beyond itself (certificates, keys, CA bundles), as
-/// `streamgate check` and a start would.
 /// Keeps `config` as the last known good copy under `dir` (logged, never fatal).
 pub fn keep_last_good(config: &Config, dir: &std::path::Path) {
     let copies = streamgate_config::last_good::dir_in(dir);
@@ -485,7 +483,13 @@ pub fn keep_last_good(config: &Config, dir: &std::path::Path) {
     }
 }
 
+/// Checks the files a configuration names beyond itself (certificates, keys, CA bundles, the
+/// fleet's key), as `streamgate check` and a start would.
 pub fn check_files(config: &Config) -> Result<()> {
+    if let Some(path) = config.fleet.as_ref().and_then(|f| f.key_file.as_ref()) {
+        streamgate_fleet::signing::Key::read(path)
+            .with_context(|| format!("fleet.key_file {}", path.display()))?;
+    }
     for l in config
         .listeners
         .iter()

@@ -151,7 +151,7 @@ pub struct Metrics {
 }
 
 /// Values of the `result` label of `fleet_messages_total`.
-pub const FLEET_RESULTS: [&str; 4] = ["applied", "duplicate", "malformed", "published"];
+pub const FLEET_RESULTS: [&str; 5] = ["applied", "duplicate", "malformed", "published", "unsigned"];
 
 /// Values of the `result` label of `dns_resolutions_total`.
 pub const DNS_RESULTS: [&str; 6] = [

@@ -16,6 +16,16 @@ fn check(path: &Path) -> Output {
         .unwrap()
 }
 
+/// `check` said the file is fine (exit 0), or its errors are shown.
+fn passes(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn check_reports_two_misspelt_keys_and_a_bare_number_duration_at_once() {
     let (_dir, path) = write_config(
@@ -66,15 +76,32 @@ fn the_documented_proxy_protocol_example_passes_check_without_a_geo_database() {
     );
     let (_dir, path) = write_config(&example);
     let out = check(&path);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    passes(&out);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("OK (1 listeners, 0 regions, 0 services)"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// A fleet key too short to sign with is named by `check`, before a start would fail on it.
+#[test]
+fn check_refuses_a_short_fleet_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, "short\n").unwrap();
+    let (_dir, path) = write_config(&format!(
+        "[[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n[fleet]\nservers = [\"nats://127.0.0.1:4222\"]\npop = \"a\"\nkey_file = \"{}\"\n",
+        key.display()
+    ));
+    let out = check(&path);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fleet.key_file") && err.contains("the key is 5 bytes"),
+        "{err}"
+    );
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let out = check(&path);
+    passes(&out);
 }

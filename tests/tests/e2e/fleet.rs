@@ -470,3 +470,59 @@ async fn the_purge_stream_is_bounded_even_when_an_older_release_made_it() {
     assert_eq!(value(&m, &series("malformed")), 0.0, "{m}");
     assert_eq!(value(&m, &series("applied")), 1.0, "{m}");
 }
+
+/// With `[fleet] key_file`, a PoP applies only purges signed with the fleet's key: one from a
+/// publisher without it, or with another key, is dropped and counted (`unsigned`), and the
+/// fleet's own purges still reach every PoP. Without a key, whoever may publish on the purge
+/// subject empties every PoP's cache.
+#[tokio::test]
+async fn with_a_fleet_key_only_signed_purges_are_applied() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let keyed = |pop: &str| format!("{}key_file = \"{}\"\n", fleet(&nats, pop), key.display());
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let a = cdn(&o1, &o2).raw(&keyed("a")).start().await;
+    let b = cdn(&o1, &o2).raw(&keyed("b")).start().await;
+    assert!(connected(&a).await && connected(&b).await, "both join");
+    fetch(b.addr("web"), OBJ).await;
+    assert_eq!(
+        fetch(b.addr("web"), OBJ).await.header("x-cache"),
+        Some("HIT")
+    );
+
+    let forged = |id: &str| {
+        json!({ "id": id, "from_pop": "a", "sent_ms": 1, "target": { "url": format!("http://cdn.test{OBJ}") } })
+            .to_string()
+    };
+    nats.publish("streamgate.purge", forged("unsigned").as_bytes());
+    let wrong = "00".repeat(32);
+    nats.publish_with_header(
+        "streamgate.purge",
+        Some(("Streamgate-Signature", &wrong)),
+        forged("wrongly-signed").as_bytes(),
+    );
+    let unsigned = "streamgate_fleet_messages_total{kind=\"purge\",result=\"unsigned\"}";
+    let mut counted = false;
+    for _ in 0..500 {
+        if value(&b.metrics().await, unsigned) == 2.0 {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "{}", b.metrics().await);
+    assert_eq!(
+        fetch(b.addr("web"), OBJ).await.header("x-cache"),
+        Some("HIT"),
+        "neither forged purge was applied"
+    );
+
+    let (status, v) = fleet_purge(&a).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(
+        no_longer_a_hit(&b).await,
+        "the fleet's own purge is applied"
+    );
+}

@@ -84,6 +84,10 @@ pub(super) fn fleet(raw: &S<RawFleet>, ctx: &mut Ctx<'_>) -> Option<Fleet> {
         .credentials
         .as_ref()
         .map(|c| ctx.existing_file(c, "fleet.credentials", "NATS credentials file"));
+    let key_file = f
+        .key_file
+        .as_ref()
+        .map(|k| ctx.existing_file(k, "fleet.key_file", "fleet signing key"));
     let duration =
         |v: &Option<S<DurationText>>, key: &str, default: Duration, ctx: &mut Ctx<'_>| match v {
             None => default,
@@ -113,6 +117,7 @@ pub(super) fn fleet(raw: &S<RawFleet>, ctx: &mut Ctx<'_>) -> Option<Fleet> {
     Some(Fleet {
         servers,
         credentials,
+        key_file,
         region: region.unwrap_or_else(|| pop.clone()),
         pop,
         subject_prefix: prefix?,
