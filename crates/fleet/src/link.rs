@@ -245,28 +245,39 @@ pub(crate) fn pause_after(took: Duration) -> Duration {
 }
 
 /// Whether a purge may be applied: always without a key; with one, only when it carries the
-/// key's signature of its bytes. Refused ones are logged (at most a line a minute) and counted
-/// as `unsigned`.
+/// key's signature of its subject and bytes (`unsigned` otherwise), and is younger than the
+/// stream keeps purges, with five minutes of clock skew (`stale` otherwise: only a signed purge
+/// captured and published again can be older). Refusals are logged at most once a minute.
 fn signed(inner: &Inner, m: &jetstream::Message) -> bool {
     let Some(key) = &inner.key else {
         return true;
     };
-    let ok = m
+    let authentic = m
         .headers
         .as_ref()
         .and_then(|h| h.get(crate::signing::HEADER))
-        .is_some_and(|sig| key.verifies(&m.payload, sig.as_str()));
-    if !ok {
-        inner.count("purge", "unsigned");
-        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let now = crate::message::now_ms();
-        let last = LAST.load(std::sync::atomic::Ordering::Relaxed);
-        if now.saturating_sub(last) >= 60_000 {
-            LAST.store(now, std::sync::atomic::Ordering::Relaxed);
-            warn!(subject = %m.subject, "fleet: a purge without the fleet key's signature dropped (a publisher that is not a PoP of this fleet, or one with another key_file)");
-        }
+        .is_some_and(|sig| key.verifies(m.subject.as_str(), &m.payload, sig.as_str()));
+    let refused = if !authentic {
+        Some("unsigned")
+    } else {
+        let oldest = u64::try_from(inner.config.purge_retention.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(300_000);
+        Purge::decode(&m.payload)
+            .is_ok_and(|p| message::now_ms().saturating_sub(p.sent_ms) > oldest)
+            .then_some("stale")
+    };
+    let Some(why) = refused else {
+        return true;
+    };
+    inner.count("purge", why);
+    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        *last = Some(Instant::now());
+        warn!(subject = %m.subject, result = why, "fleet: a purge without the fleet key's signature, or older than purge_retention, dropped (a publisher that is not a PoP of this fleet, one with another key_file, or a replay)");
     }
-    ok
+    false
 }
 
 fn apply_purge(inner: &Inner, payload: &[u8]) {
@@ -315,22 +326,36 @@ pub(crate) async fn publish_purge(inner: &Inner, purge: &Purge) -> Result<(), Fl
     })?;
     let js = jetstream::new(client.clone());
     let payload = serde_json::to_vec(purge).map_err(js_err)?;
+    let subject = inner.config.purge_subject();
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", purge.id.as_str());
-    if let Some(key) = &inner.key {
-        headers.insert(crate::signing::HEADER, key.sign(&payload).as_str());
+    match &inner.key {
+        Some(key) => {
+            let sig = key.sign(&subject, &payload);
+            // The signature is the deduplication id as well: one who cannot sign cannot take
+            // a coming purge's id first (an unsigned message with it would make JetStream
+            // drop the real one as a duplicate).
+            headers.insert("Nats-Msg-Id", sig.as_str());
+            headers.insert(crate::signing::HEADER, sig.as_str());
+        }
+        None => headers.insert("Nats-Msg-Id", purge.id.as_str()),
     }
     let confirm = async {
-        js.publish_with_headers(inner.config.purge_subject(), headers, payload.into())
+        js.publish_with_headers(subject, headers, payload.into())
             .await
             .map_err(js_err)?
             .await
             .map_err(js_err)
     };
-    tokio::time::timeout(super::CONFIRM, confirm)
+    let ack = tokio::time::timeout(super::CONFIRM, confirm)
         .await
-        .map_err(|_| FleetError::Timeout(super::CONFIRM))?
-        .map(|_| ())
+        .map_err(|_| FleetError::Timeout(super::CONFIRM))??;
+    // Every purge's id is new: a duplicate means the stream dropped it.
+    if ack.duplicate {
+        return Err(FleetError::JetStream(
+            "the stream took the purge for a duplicate of an earlier message and dropped it".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) async fn say(inner: &Inner, word: &Word) -> Result<(), FleetError> {

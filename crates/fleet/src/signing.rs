@@ -5,8 +5,9 @@
 //! and accounts, one publisher too many (a leaked PoP credential, a subject permission too
 //! wide) could empty every PoP's cache, or purge continuously. With a key, a PoP applies only
 //! purges signed with it, whoever published them; the others are counted (`unsigned`) and
-//! dropped. (A signed purge replayed is one more purge of the same object: harmless, and
-//! refused anyway while its id is remembered.)
+//! dropped. A signed purge captured and published again is refused once it is older than the
+//! stream keeps purges (`purge_retention`): only a replay can be (see `link::signed`); a
+//! younger one is refused while its id is remembered, and after a restart applies once more.
 
 use std::io;
 use std::path::Path;
@@ -47,15 +48,27 @@ impl Key {
         Key::new(&bytes).map_err(io::Error::other)
     }
 
-    /// The signature of `payload`, in lower-case hex.
-    pub fn sign(&self, payload: &[u8]) -> String {
-        hex(hmac::sign(&self.0, payload).as_ref())
+    /// The signature of `payload` published on `subject`, in lower-case hex. The subject is
+    /// signed too: a fleet that shares the key file with another (another `subject_prefix`)
+    /// does not take the other's purges.
+    pub fn sign(&self, subject: &str, payload: &[u8]) -> String {
+        hex(hmac::sign(&self.0, &input(subject, payload)).as_ref())
     }
 
-    /// Whether `signature` (hex) is `payload`'s; compared in constant time.
-    pub fn verifies(&self, payload: &[u8], signature: &str) -> bool {
-        unhex(signature).is_some_and(|tag| hmac::verify(&self.0, payload, &tag).is_ok())
+    /// Whether `signature` (hex) is that of `payload` on `subject`; compared in constant time.
+    pub fn verifies(&self, subject: &str, payload: &[u8], signature: &str) -> bool {
+        unhex(signature)
+            .is_some_and(|tag| hmac::verify(&self.0, &input(subject, payload), &tag).is_ok())
     }
+}
+
+/// What is signed: the subject, a line feed (which no subject holds), the payload.
+fn input(subject: &str, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(subject.len() + 1 + payload.len());
+    v.extend_from_slice(subject.as_bytes());
+    v.push(b'\n');
+    v.extend_from_slice(payload);
+    v
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -77,23 +90,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signatures_verify_only_with_the_key_and_the_bytes() {
+    fn signatures_verify_only_with_the_key_the_subject_and_the_bytes() {
         let key = Key::new(b"0123456789abcdef0123\n").unwrap();
         let other = Key::new(b"fedcba98765432100123").unwrap();
-        let sig = key.sign(b"{\"id\":\"a\"}");
+        let (subject, body) = ("acme.purge", &b"{\"id\":\"a\"}"[..]);
+        let sig = key.sign(subject, body);
         assert_eq!(sig.len(), 64);
         let table = [
-            (&key, &b"{\"id\":\"a\"}"[..], sig.as_str(), true),
-            (&key, b"{\"id\":\"b\"}", sig.as_str(), false),
-            (&other, b"{\"id\":\"a\"}", sig.as_str(), false),
-            (&key, b"{\"id\":\"a\"}", &sig[..62], false),
-            (&key, b"{\"id\":\"a\"}", "zz", false),
-            (&key, b"{\"id\":\"a\"}", "", false),
+            (&key, subject, body, sig.as_str(), true),
+            (&key, subject, &b"{\"id\":\"b\"}"[..], sig.as_str(), false),
+            (&key, "other.purge", body, sig.as_str(), false),
+            (&other, subject, body, sig.as_str(), false),
+            (&key, subject, body, &sig[..62], false),
+            (&key, subject, body, "zz", false),
+            (&key, subject, body, "", false),
         ];
-        for (k, payload, s, want) in table {
-            assert_eq!(k.verifies(payload, s), want, "{s}");
+        for (k, subj, payload, s, want) in table {
+            assert_eq!(k.verifies(subj, payload, s), want, "{subj} {s}");
         }
-        assert!(key.verifies(b"{\"id\":\"a\"}", &sig.to_ascii_uppercase()));
+        assert!(key.verifies(subject, body, &sig.to_ascii_uppercase()));
     }
 
     #[test]

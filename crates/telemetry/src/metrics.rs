@@ -151,7 +151,14 @@ pub struct Metrics {
 }
 
 /// Values of the `result` label of `fleet_messages_total`.
-pub const FLEET_RESULTS: [&str; 5] = ["applied", "duplicate", "malformed", "published", "unsigned"];
+pub const FLEET_RESULTS: [&str; 6] = [
+    "applied",
+    "duplicate",
+    "malformed",
+    "published",
+    "unsigned",
+    "stale",
+];
 
 /// Values of the `result` label of `dns_resolutions_total`.
 pub const DNS_RESULTS: [&str; 6] = [

@@ -471,6 +471,26 @@ async fn the_purge_stream_is_bounded_even_when_an_older_release_made_it() {
     assert_eq!(value(&m, &series("applied")), 1.0, "{m}");
 }
 
+/// Waits until `d` counted `n` purges dropped as `result`, then checks that `OBJ` is still a
+/// hit there: none of them was applied.
+async fn dropped_as(d: &TestDaemon, result: &str, n: f64) {
+    let series = format!("streamgate_fleet_messages_total{{kind=\"purge\",result=\"{result}\"}}");
+    let mut counted = false;
+    for _ in 0..500 {
+        if value(&d.metrics().await, &series) == n {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "{}", d.metrics().await);
+    assert_eq!(
+        fetch(d.addr("web"), OBJ).await.header("x-cache"),
+        Some("HIT"),
+        "a purge dropped as {result} was applied"
+    );
+}
+
 /// With `[fleet] key_file`, a PoP applies only purges signed with the fleet's key: one from a
 /// publisher without it, or with another key, is dropped and counted (`unsigned`), and the
 /// fleet's own purges still reach every PoP. Without a key, whoever may publish on the purge
@@ -503,21 +523,18 @@ async fn with_a_fleet_key_only_signed_purges_are_applied() {
         Some(("Streamgate-Signature", &wrong)),
         forged("wrongly-signed").as_bytes(),
     );
-    let unsigned = "streamgate_fleet_messages_total{kind=\"purge\",result=\"unsigned\"}";
-    let mut counted = false;
-    for _ in 0..500 {
-        if value(&b.metrics().await, unsigned) == 2.0 {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(counted, "{}", b.metrics().await);
-    assert_eq!(
-        fetch(b.addr("web"), OBJ).await.header("x-cache"),
-        Some("HIT"),
-        "neither forged purge was applied"
+    dropped_as(&b, "unsigned", 2.0).await;
+
+    // A signed purge older than the stream keeps purges can only be a replay: refused.
+    let signer = streamgate_fleet::signing::Key::read(&key).unwrap();
+    let old = forged("captured");
+    let sig = signer.sign("streamgate.purge", old.as_bytes());
+    nats.publish_with_header(
+        "streamgate.purge",
+        Some(("Streamgate-Signature", &sig)),
+        old.as_bytes(),
     );
+    dropped_as(&b, "stale", 1.0).await;
 
     let (status, v) = fleet_purge(&a).await;
     assert_eq!(status, StatusCode::OK, "{v}");
