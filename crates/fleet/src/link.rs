@@ -244,10 +244,8 @@ pub(crate) fn pause_after(took: Duration) -> Duration {
     }
 }
 
-/// Whether a purge may be applied: always without a key; with one, only when it carries the
-/// key's signature of its subject and bytes (`unsigned` otherwise), and is younger than the
-/// stream keeps purges, with five minutes of clock skew (`stale` otherwise: only a signed purge
-/// captured and published again can be older). Refusals are logged at most once a minute.
+/// Whether a purge may go on to be applied: always without a key; with one, only when it
+/// carries the key's signature of its subject and bytes (dropped as `unsigned` otherwise).
 fn signed(inner: &Inner, m: &jetstream::Message) -> bool {
     let Some(key) = &inner.key else {
         return true;
@@ -257,27 +255,28 @@ fn signed(inner: &Inner, m: &jetstream::Message) -> bool {
         .as_ref()
         .and_then(|h| h.get(crate::signing::HEADER))
         .is_some_and(|sig| key.verifies(m.subject.as_str(), &m.payload, sig.as_str()));
-    let refused = if !authentic {
-        Some("unsigned")
-    } else {
-        let oldest = u64::try_from(inner.config.purge_retention.as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(300_000);
-        Purge::decode(&m.payload)
-            .is_ok_and(|p| message::now_ms().saturating_sub(p.sent_ms) > oldest)
-            .then_some("stale")
-    };
-    let Some(why) = refused else {
-        return true;
-    };
-    inner.count("purge", why);
-    static LAST: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-        *last = Some(Instant::now());
-        warn!(subject = %m.subject, result = why, "fleet: a purge without the fleet key's signature, or older than purge_retention, dropped (a publisher that is not a PoP of this fleet, one with another key_file, or a replay)");
+    if !authentic {
+        dropped(inner, "unsigned");
     }
-    false
+    authentic
+}
+
+/// With a key, whether a purge sent at `sent_ms` is older than the stream keeps purges, with
+/// five minutes of clock skew: only a signed purge captured and published again can be.
+fn stale(inner: &Inner, sent_ms: u64) -> bool {
+    let oldest = u64::try_from(inner.config.purge_retention.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(300_000);
+    inner.key.is_some() && message::now_ms().saturating_sub(sent_ms) > oldest
+}
+
+/// Counts a purge refused as `why` (`unsigned`, `stale`); logged at most once a minute.
+fn dropped(inner: &Inner, why: &str) {
+    static LAST: streamgate_telemetry::Throttle = streamgate_telemetry::Throttle::new();
+    inner.count("purge", why);
+    if LAST.ready(Duration::from_secs(60)) {
+        warn!(subject = %inner.config.purge_subject(), result = why, "fleet: a purge without the fleet key's signature, or older than purge_retention, dropped (a publisher that is not a PoP of this fleet, one with another key_file, or a replay)");
+    }
 }
 
 fn apply_purge(inner: &Inner, payload: &[u8]) {
@@ -286,6 +285,7 @@ fn apply_purge(inner: &Inner, payload: &[u8]) {
             warn!(error = %e, "fleet: malformed purge dropped");
             inner.count("purge", "malformed");
         }
+        Ok(p) if stale(inner, p.sent_ms) => dropped(inner, "stale"),
         Ok(p) if !inner.seen_insert(&p.id) => {
             debug!(id = %p.id, "fleet: purge applied already");
             inner.count("purge", "duplicate");

@@ -10,8 +10,10 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
+use streamgate_telemetry::Throttle;
 use tokio::sync::Semaphore;
 
 /// Descriptors a client connection costs at most: its own socket and a backend's.
@@ -68,21 +70,19 @@ pub fn connection_budget(limit: u64) -> usize {
 pub struct Budget {
     /// `[runtime] max_connections` slots.
     pub connections: Arc<Semaphore>,
-    /// Their number.
-    pub max_connections: usize,
     /// Spliced L4 connections at once: a quarter of the connections.
     splicing: AtomicUsize,
     max_splicing: usize,
     /// Closes idle backend connections when the process is out of descriptors; how many.
     shed: Box<dyn Fn() -> usize + Send + Sync>,
-    /// When `shed` last ran, in `now_nanos`.
-    last_shed: AtomicU64,
+    /// When `shed` last ran.
+    last_shed: Throttle,
 }
 
 impl std::fmt::Debug for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Budget")
-            .field("max_connections", &self.max_connections)
+            .field("free", &self.connections.available_permits())
             .field("splicing", &self.splicing)
             .finish_non_exhaustive()
     }
@@ -97,25 +97,17 @@ impl Budget {
     ) -> Arc<Budget> {
         Arc::new(Budget {
             connections: Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS))),
-            max_connections,
             splicing: AtomicUsize::new(0),
             max_splicing: (max_connections / PIPE_SHARE).max(1),
             shed: Box::new(shed),
-            last_shed: AtomicU64::new(0),
+            last_shed: Throttle::new(),
         })
     }
 
     /// Frees idle descriptors, at most once a second (an accept that keeps failing retries at
     /// once after a shed, and then backs off); how many.
     pub fn shed(&self) -> usize {
-        let now = streamgate_balance::stats::now_nanos();
-        let then = self.last_shed.load(Relaxed);
-        if then != 0 && now.saturating_sub(then) < 1_000_000_000
-            || self
-                .last_shed
-                .compare_exchange(then, now.max(1), Relaxed, Relaxed)
-                .is_err()
-        {
+        if !self.last_shed.ready(Duration::from_secs(1)) {
             return 0;
         }
         (self.shed)()
@@ -146,22 +138,14 @@ impl Drop for PipeRoom {
 /// Logs, at most once a minute, a connect that failed for want of this process's resources
 /// (a flood can make thousands a second).
 pub fn shortage_met(e: &dyn std::fmt::Display) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    if once_a_minute(&LAST) {
+    static LAST: Throttle = Throttle::new();
+    if LAST.ready(MINUTE) {
         tracing::warn!(error = %e, "out of descriptors or socket memory: answering 503 without counting it against the backend (raise LimitNOFILE, lower runtime.max_connections)");
     }
 }
 
-/// True at most once a minute for each `last` (when it last was, in `now_nanos`): for warnings
-/// that a flood could repeat thousands of times a second.
-pub(crate) fn once_a_minute(last: &AtomicU64) -> bool {
-    let now = streamgate_balance::stats::now_nanos();
-    let then = last.load(Relaxed);
-    (then == 0 || now.saturating_sub(then) >= 60_000_000_000)
-        && last
-            .compare_exchange(then, now.max(1), Relaxed, Relaxed)
-            .is_ok()
-}
+/// How often a warning a flood could repeat is logged at most.
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

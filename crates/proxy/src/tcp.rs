@@ -425,8 +425,8 @@ async fn relay(
 /// Logs, at most once a minute, that connections are copied because pipes cannot be made.
 #[cfg(target_os = "linux")]
 fn pipes_refused(e: &std::io::Error) {
-    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if crate::descriptors::once_a_minute(&LAST) {
+    static LAST: streamgate_telemetry::Throttle = streamgate_telemetry::Throttle::new();
+    if LAST.ready(crate::descriptors::MINUTE) {
         warn!(error = %e, "cannot make pipes for splice(2); TCP connections are copied instead (raise LimitNOFILE)");
     }
 }

@@ -167,15 +167,9 @@ async fn accept_loop<S>(
 fn refused_token(path: &str) {
     use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
     static REFUSED: AtomicU64 = AtomicU64::new(0);
-    static LAST: AtomicU64 = AtomicU64::new(0);
+    static LAST: streamgate_telemetry::Throttle = streamgate_telemetry::Throttle::new();
     REFUSED.fetch_add(1, Relaxed);
-    let now = streamgate_balance::stats::now_nanos();
-    let last = LAST.load(Relaxed);
-    if (last == 0 || now.saturating_sub(last) >= 60_000_000_000)
-        && LAST
-            .compare_exchange(last, now.max(1), Relaxed, Relaxed)
-            .is_ok()
-    {
+    if LAST.ready(Duration::from_secs(60)) {
         warn!(
             refused = REFUSED.swap(0, Relaxed),
             path, "admin requests refused: missing or wrong bearer token"
