@@ -55,13 +55,9 @@ impl NatsServer {
     /// [`NatsServer::publish`] with a header `(name, value)` (HPUB), as a client that signs or
     /// forges a signature would send it.
     pub fn publish_with_header(&self, subject: &str, header: Option<(&str, &str)>, payload: &[u8]) {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
+        use std::io::Write;
+        let (mut s, mut r) = self.connect();
         let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.starts_with("INFO"), "{line}");
         let mut out =
             b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true}\r\n".to_vec();
         match header {
@@ -85,9 +81,7 @@ impl NatsServer {
         out.extend_from_slice(b"\r\nPING\r\n");
         s.write_all(&out).unwrap();
         loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            assert!(!line.starts_with("-ERR"), "{line}");
+            next_line(&mut r, &mut line);
             if line.starts_with("PONG") {
                 return;
             }
@@ -97,13 +91,9 @@ impl NatsServer {
     /// A request as any NATS client makes one (core NATS, a reply inbox of its own): the first
     /// answer's payload, as text. The JetStream API answers this way (`$JS.API.STREAM.INFO.<name>`).
     pub fn request(&self, subject: &str, payload: &[u8]) -> String {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let mut s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut r = BufReader::new(s.try_clone().unwrap());
+        use std::io::{Read, Write};
+        let (mut s, mut r) = self.connect();
         let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert!(line.starts_with("INFO"), "{line}");
         let mut out = format!(
             "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB _INBOX.test 1\r\n\
              PUB {subject} _INBOX.test {}\r\n",
@@ -114,9 +104,7 @@ impl NatsServer {
         out.extend_from_slice(b"\r\n");
         s.write_all(&out).unwrap();
         loop {
-            line.clear();
-            r.read_line(&mut line).unwrap();
-            assert!(!line.starts_with("-ERR"), "{line}");
+            next_line(&mut r, &mut line);
             if line.starts_with("PING") {
                 s.write_all(b"PONG\r\n").unwrap();
             }
@@ -131,6 +119,17 @@ impl NatsServer {
                 return String::from_utf8(body).unwrap();
             }
         }
+    }
+
+    /// A client connection, past the server's INFO line.
+    fn connect(&self) -> (TcpStream, std::io::BufReader<TcpStream>) {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        next_line(&mut r, &mut line);
+        assert!(line.starts_with("INFO"), "{line}");
+        (s, r)
     }
 
     /// Kills the server (as a crash would).
@@ -170,4 +169,12 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The server's next line into `line`; an `-ERR` fails the test.
+fn next_line(r: &mut std::io::BufReader<TcpStream>, line: &mut String) {
+    use std::io::BufRead;
+    line.clear();
+    r.read_line(line).unwrap();
+    assert!(!line.starts_with("-ERR"), "{line}");
 }

@@ -11,6 +11,23 @@ use streamgate_tests::presets::{app, local, web as one_service};
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// `app` over `region`, a backend ejected for a minute after `failures` failures in a row, and
+/// 503 (not fail-open) once every backend is out.
+async fn ejecting_after(failures: i64, region: Region) -> TestDaemon {
+    one_service(
+        region,
+        app()
+            .outlier(
+                Outlier::new()
+                    .consecutive_failures(failures)
+                    .base_ejection("1m"),
+            )
+            .failover(Failover::new().when_all_down("fail_closed")),
+    )
+    .start()
+    .await
+}
+
 /// A loopback port that refuses connections for as long as the socket is kept: bound, never
 /// listening. A port bound and let go at once could be taken by a test running beside this one.
 fn refusing_port() -> (tokio::net::TcpSocket, std::net::SocketAddr) {
@@ -33,14 +50,7 @@ async fn refused_backend_is_502_with_a_short_body() {
 #[tokio::test]
 async fn no_usable_backend_is_503() {
     let (_held, dead) = refusing_port();
-    let d = one_service(
-        local().address(dead),
-        app()
-            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
-            .failover(Failover::new().when_all_down("fail_closed")),
-    )
-    .start()
-    .await;
+    let d = ejecting_after(1, local().address(dead)).await;
     let c = http1();
     assert_eq!(
         get(&c, &d.url("web", "/"), &[]).await.unwrap().status,
@@ -74,14 +84,7 @@ async fn broken_upload(d: &TestDaemon) -> String {
 #[tokio::test]
 async fn broken_uploads_do_not_eject_their_backend() {
     let origin = Origin::start("app").await;
-    let d = one_service(
-        local().backends(&[(&origin, 1)]),
-        app()
-            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
-            .failover(Failover::new().when_all_down("fail_closed")),
-    )
-    .start()
-    .await;
+    let d = ejecting_after(1, local().backends(&[(&origin, 1)])).await;
     for i in 1..=3 {
         let answer = broken_upload(&d).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
@@ -106,14 +109,7 @@ async fn broken_uploads_do_not_eject_their_backend() {
 async fn broken_uploads_do_not_shield_a_failing_backend() {
     let origin = Origin::start("sick").await;
     origin.set_status(500);
-    let d = one_service(
-        local().backends(&[(&origin, 1)]),
-        app()
-            .outlier(Outlier::new().consecutive_failures(3).base_ejection("1m"))
-            .failover(Failover::new().when_all_down("fail_closed")),
-    )
-    .start()
-    .await;
+    let d = ejecting_after(3, local().backends(&[(&origin, 1)])).await;
     let c = http1();
     for _ in 0..2 {
         assert_eq!(get(&c, &d.url("web", "/"), &[]).await.unwrap().status, 500);
@@ -354,14 +350,7 @@ async fn failed_answers_eject_at_most_half_a_region_and_a_501_ejects_nothing() {
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
     a.set_status(500);
     b.set_status(500);
-    let d = one_service(
-        local().backends(&[(&a, 1), (&b, 1)]),
-        app()
-            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
-            .failover(Failover::new().when_all_down("fail_closed")),
-    )
-    .start()
-    .await;
+    let d = ejecting_after(1, local().backends(&[(&a, 1), (&b, 1)])).await;
     let c = http1();
     for _ in 0..6 {
         let got = get(&c, &d.url("web", "/"), &[]).await.unwrap();
@@ -379,14 +368,7 @@ async fn failed_answers_eject_at_most_half_a_region_and_a_501_ejects_nothing() {
     );
 
     // A backend out of service for another reason (drained) counts too: the last one stays.
-    let d = one_service(
-        local().backends(&[(&a, 1), (&b, 1)]),
-        app()
-            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
-            .failover(Failover::new().when_all_down("fail_closed")),
-    )
-    .start()
-    .await;
+    let d = ejecting_after(1, local().backends(&[(&a, 1), (&b, 1)])).await;
     let drain = format!("{{\"address\": \"{}\"}}", a.addr);
     assert_eq!(
         d.admin(Method::POST, "/backends/drain", &drain).await.0,
@@ -404,14 +386,7 @@ async fn failed_answers_eject_at_most_half_a_region_and_a_501_ejects_nothing() {
 
     let o = Origin::start("o").await;
     o.set_status(501);
-    let d = one_service(
-        local().backends(&[(&o, 1)]),
-        app()
-            .outlier(Outlier::new().consecutive_failures(1).base_ejection("1m"))
-            .failover(Failover::new().when_all_down("fail_closed")),
-    )
-    .start()
-    .await;
+    let d = ejecting_after(1, local().backends(&[(&o, 1)])).await;
     for _ in 0..3 {
         let got = get(&c, &d.url("web", "/"), &[]).await.unwrap();
         assert_eq!(got.status, StatusCode::NOT_IMPLEMENTED);

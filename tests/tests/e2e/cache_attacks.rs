@@ -230,15 +230,19 @@ async fn reflecting_id() -> RawOrigin {
             .find_map(|kv| kv.strip_prefix("id="))
             .unwrap_or("-");
         let body = format!("id {id}");
-        format!(
-            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+        fresh_for_a_minute(&body)
     })
     .await
 }
 
+/// A raw 200 of `body`, fresh for a minute.
+fn fresh_for_a_minute(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
 #[tokio::test]
 async fn a_query_piece_the_origin_reads_as_one_parameter_is_keyed_whole() {
     let o = reflecting_id().await;
@@ -351,11 +355,7 @@ async fn per_tenant() -> RawOrigin {
             })
             .unwrap_or_else(|| "-".into());
         let body = format!("{tenant} {target}");
-        format!(
-            "HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
+        fresh_for_a_minute(&body)
     })
     .await
 }

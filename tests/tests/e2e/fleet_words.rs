@@ -330,11 +330,7 @@ async fn a_pop_restarted_while_nats_is_down_keeps_the_fleets_last_words() {
         .admin(Method::POST, "/regions/one/deactivate?scope=fleet", "")
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while c.admin(Method::GET, "/fleet", "").await.1["overrides"]["regions"]["one"] != false {
-        assert!(tokio::time::Instant::now() < deadline, "c hears the word");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_the_word_against_one(&c, "c hears the word").await;
     c.signal("TERM");
     assert!(c.wait_exit(WAIT).is_some(), "c stops");
     nats.kill();
@@ -355,6 +351,16 @@ async fn a_pop_restarted_while_nats_is_down_keeps_the_fleets_last_words() {
     .unwrap()
     .text();
     assert!(answer.starts_with("origin o2"), "{answer}");
+}
+
+/// Waits (up to `WAIT`) until `c`'s `/fleet` shows the fleet's word deactivating region
+/// "one"; `why` names the wait when it fails.
+async fn holds_the_word_against_one(c: &DaemonProcess, why: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while c.admin(Method::GET, "/fleet", "").await.1["overrides"]["regions"]["one"] != false {
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A fleet word a PoP kept across a restart (saved beside its recovery points) goes when the
@@ -379,11 +385,7 @@ async fn a_word_the_bucket_no_longer_holds_is_withdrawn_when_a_pop_rejoins() {
         .admin(Method::POST, "/regions/one/deactivate?scope=fleet", "")
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while c.admin(Method::GET, "/fleet", "").await.1["overrides"]["regions"]["one"] != false {
-        assert!(tokio::time::Instant::now() < deadline, "c holds the word");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_the_word_against_one(&c, "c holds the word").await;
     c.signal("TERM");
     assert!(c.wait_exit(WAIT).is_some(), "c stops");
     // The bucket is lost while c is down.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use streamgate_tests::presets::{app, local, web as one_service};
+use streamgate_tests::presets::{app, local, over_origin, service_s, web as one_service};
 use streamgate_tests::*;
 
 #[tokio::test]
@@ -431,20 +431,15 @@ async fn a_host_that_smuggles_a_second_name_past_a_wildcard_is_refused() {
 #[tokio::test]
 async fn an_absolute_form_request_is_held_to_one_host_line_and_ruled_by_its_own_host() {
     let o = Origin::start("o").await;
-    let d = Config::new()
-        .listener(Listener::http("web"))
-        .region(Region::new("r").origins(&[&o]))
-        .service(
-            Service::new("s")
-                .listeners(&["web"])
-                .hosts(&["*"])
-                .regions(&["r"])
-                .rules(&[
-                    r#"{ match = { headers = { host = "admin.example.com" } }, deny = true }"#,
-                ]),
-        )
-        .start()
-        .await;
+    let d = over_origin(
+        &o,
+        Listener::http("web"),
+        service_s()
+            .hosts(&["*"])
+            .rules(&[r#"{ match = { headers = { host = "admin.example.com" } }, deny = true }"#]),
+    )
+    .start()
+    .await;
     let close = "Connection: close\r\n\r\n";
     for (head, want) in [
         (

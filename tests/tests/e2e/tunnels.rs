@@ -54,7 +54,23 @@ fn config(backend: std::net::SocketAddr, timeouts: Timeouts) -> Config {
         .timeouts(timeouts)
         .listener(Listener::http("web").max_connections(1))
         .region(Region::new("r").address(backend))
-        .service(Service::new("ws").listeners(&["web"]).regions(&["r"]))
+        .service(ws_service())
+}
+
+/// The service `ws` on `web` over `r`.
+fn ws_service() -> Service {
+    Service::new("ws").listeners(&["web"]).regions(&["r"])
+}
+
+/// `service` behind `listener`, over a WebSocket backend that echoes, with [`timeouts`].
+async fn websocket_daemon(listener: Listener, service: Service) -> TestDaemon {
+    Config::new()
+        .timeouts(timeouts())
+        .listener(listener)
+        .region(Region::new("r").address(websocket_backend(false).await))
+        .service(service)
+        .start()
+        .await
 }
 
 /// `request_header` and `idle` of 1 s.
@@ -237,13 +253,11 @@ async fn graceful_shutdown_lets_a_tunnel_run_until_the_deadline_then_ends_it() {
 /// until its upgrade: one client cannot open tunnels past its limit and take every slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tunnel_holds_its_clients_connection_slot() {
-    let d = Config::new()
-        .timeouts(timeouts())
-        .listener(Listener::http("web").max_connections_per_client(1))
-        .region(Region::new("r").address(websocket_backend(false).await))
-        .service(Service::new("ws").listeners(&["web"]).regions(&["r"]))
-        .start()
-        .await;
+    let d = websocket_daemon(
+        Listener::http("web").max_connections_per_client(1),
+        ws_service(),
+    )
+    .await;
     let web = d.addr("web");
     let mut ws = open(&d).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -282,18 +296,11 @@ async fn a_tunnel_holds_its_clients_connection_slot() {
 /// Connection fields (compression's hop-by-hop clean-up is for answers it may compress).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_opens_on_a_service_that_compresses() {
-    let d = Config::new()
-        .timeouts(timeouts())
-        .listener(Listener::http("web"))
-        .region(Region::new("r").address(websocket_backend(false).await))
-        .service(
-            Service::new("ws")
-                .listeners(&["web"])
-                .regions(&["r"])
-                .set("compression", streamgate_tests::config::Raw("{ }".into())),
-        )
-        .start()
-        .await;
+    let d = websocket_daemon(
+        Listener::http("web"),
+        ws_service().set("compression", streamgate_tests::config::Raw("{ }".into())),
+    )
+    .await;
     let mut ws = open(&d).await;
     ws.send(Message::text("through")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("through"));
@@ -346,13 +353,11 @@ async fn an_upgrade_to_h2c_is_not_passed_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_websockets_count_against_the_clients_connection_limit() {
     use streamgate_tests::h2::{h2_client, websocket_connect};
-    let d = Config::new()
-        .timeouts(timeouts())
-        .listener(Listener::http("web").max_connections_per_client(2))
-        .region(Region::new("r").address(websocket_backend(false).await))
-        .service(Service::new("ws").listeners(&["web"]).regions(&["r"]))
-        .start()
-        .await;
+    let d = websocket_daemon(
+        Listener::http("web").max_connections_per_client(2),
+        ws_service(),
+    )
+    .await;
     let mut sender = h2_client(&d).await;
     let mut statuses = Vec::new();
     let mut open = Vec::new();
@@ -415,20 +420,12 @@ async fn opens_within_5s(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_refusing_get_refuses_websockets_over_both_protocols() {
     use streamgate_tests::h2::{h2_client, websocket_connect};
-    let d = Config::new()
-        .timeouts(timeouts())
-        .listener(Listener::http("web"))
-        .region(Region::new("r").address(websocket_backend(false).await))
-        .service(
-            Service::new("ws")
-                .listeners(&["web"])
-                .regions(&["r"])
-                .rules(&[
-                    r#"{ match = { path_prefix = "/admin", methods = ["GET"] }, deny = true }"#,
-                ]),
-        )
-        .start()
-        .await;
+    let d = websocket_daemon(
+        Listener::http("web"),
+        ws_service()
+            .rules(&[r#"{ match = { path_prefix = "/admin", methods = ["GET"] }, deny = true }"#]),
+    )
+    .await;
     let h1 = |path: &'static str| {
         let web = d.addr("web");
         async move {
