@@ -206,3 +206,55 @@ pub(crate) fn answer(a: Answer, active: ActiveRequest) -> Response<ProxyBody> {
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn head(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in fields {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn request_edits_reach_the_underscore_spellings_and_keep_what_they_set() {
+        let mut h = head(&[
+            ("x-internal", "a"),
+            ("x_internal", "b"),
+            ("x_client", "forged"),
+        ]);
+        edit_request(
+            &mut h,
+            &[
+                Edit::Remove("X-Internal".into()),
+                Edit::Set("X-Client".into(), "127.0.0.1".into()),
+                // A configured name may hold a `_` itself: the field it sets stays.
+                Edit::Set("X-Api_Key".into(), "k".into()),
+            ],
+        );
+        assert!(h.get("x-internal").is_none() && h.get("x_internal").is_none());
+        assert!(h.get("x_client").is_none());
+        assert_eq!(h.get("x-client").unwrap(), "127.0.0.1");
+        assert_eq!(h.get("x-api_key").unwrap(), "k");
+    }
+
+    #[test]
+    fn answer_edits_touch_the_exact_names_only() {
+        let mut resp = Response::new(ProxyBody::empty());
+        *resp.headers_mut() = head(&[("x-powered-by", "a"), ("x_powered_by", "b")]);
+        edit_response(&mut resp, &[Edit::Remove("X-Powered-By".into())]);
+        assert!(resp.headers().get("x-powered-by").is_none());
+        assert_eq!(
+            resp.headers().get("x_powered_by").unwrap(),
+            "b",
+            "an origin's own field"
+        );
+    }
+}
