@@ -111,8 +111,12 @@ struct Inner {
     joined: std::sync::atomic::AtomicBool,
     seen: Mutex<Seen>,
     peers: Mutex<BTreeMap<String, Peer>>,
-    /// `[fleet] key_file`: purges are signed with it, and only signed ones applied.
+    /// `[fleet] key_file`: purges and words are signed with it, and only signed ones applied.
     key: Option<signing::Key>,
+    /// With a key, the bucket revision of the word applied under each key since this PoP
+    /// joined: a signed word that replaced an older revision (a captured value put again) is
+    /// refused. Bounded by the keys the fleet signed.
+    word_revisions: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// The link; cheap to clone.
@@ -185,6 +189,7 @@ impl Fleet {
             joined: std::sync::atomic::AtomicBool::new(false),
             seen: Mutex::default(),
             peers: Mutex::default(),
+            word_revisions: Mutex::default(),
         });
         tokio::spawn(link::run(inner.clone()));
         Ok(Fleet { inner })
@@ -260,6 +265,24 @@ impl Inner {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id)
+    }
+
+    /// Records that the word at bucket `revision` under `key`, which replaced revision
+    /// `after`, is in force; false if it replaced one older than the word in force (a replay).
+    /// The same revision again (a watch resumed) is not a replay.
+    fn newest_word(&self, key: &str, revision: u64, after: u64) -> bool {
+        let mut revisions = self
+            .word_revisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(&last) = revisions.get(key)
+            && revision != last
+            && after < last
+        {
+            return false;
+        }
+        revisions.insert(key.to_string(), revision);
+        true
     }
 
     fn count(&self, kind: &str, result: &str) {

@@ -10,7 +10,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use tracing::{debug, info, warn};
 
 use crate::message::{self, Heartbeat, Purge};
-use crate::word::Word;
+use crate::word::{self, Word};
 use crate::{FleetError, Inner};
 
 fn js_err(e: impl std::fmt::Display) -> FleetError {
@@ -143,6 +143,12 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
         .await
         .map_err(|e| js_err(format!("keys of {}: {e}", cfg.bucket())))?;
     inner.apply.words_held(&held);
+    // A bucket made anew counts its revisions from 1 again.
+    inner
+        .word_revisions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
     let mut overrides = bucket
         .watch_with_history(">")
         .await
@@ -304,8 +310,18 @@ fn apply_override(inner: &Inner, entry: &kv::Entry) {
         kv::Operation::Put => Some(&entry.value[..]),
         kv::Operation::Delete | kv::Operation::Purge => None,
     };
+    if let Some(key) = &inner.key
+        && !crate::word::signed_with(key, &word_subject(inner, &entry.key), value)
+    {
+        return refused_word(inner, &entry.key, "unsigned");
+    }
     match Word::decode(&entry.key, value) {
         Ok(r) => {
+            if inner.key.is_some()
+                && !inner.newest_word(&entry.key, entry.revision, r.after.unwrap_or(0))
+            {
+                return refused_word(inner, &entry.key, "stale");
+            }
             if let Some(sent_ms) = r.sent_ms {
                 inner.observe_lag(sent_ms);
             }
@@ -317,6 +333,20 @@ fn apply_override(inner: &Inner, entry: &kv::Entry) {
             warn!(key = %entry.key, error = %e, "fleet: malformed override dropped");
             inner.count("override", "malformed");
         }
+    }
+}
+
+/// The NATS subject a fleet word's `key` is put on: what its signature covers.
+fn word_subject(inner: &Inner, key: &str) -> String {
+    format!("$KV.{}.{key}", inner.config.bucket())
+}
+
+/// Counts a fleet word refused as `why` (`unsigned`, `stale`); logged at most once a minute.
+fn refused_word(inner: &Inner, key: &str, why: &str) {
+    static LAST: streamgate_telemetry::Throttle = streamgate_telemetry::Throttle::new();
+    inner.count("override", why);
+    if LAST.ready(Duration::from_secs(60)) {
+        warn!(bucket = %inner.config.bucket(), key, result = why, "fleet: an override without the fleet key's signature (a deletion, or a writer that is not a PoP of this fleet), or older than the word in force (a replay), dropped; the word in force stays");
     }
 }
 
@@ -360,8 +390,9 @@ pub(crate) async fn publish_purge(inner: &Inner, purge: &Purge) -> Result<(), Fl
 
 pub(crate) async fn say(inner: &Inner, word: &Word) -> Result<(), FleetError> {
     let key = word.key();
-    let value = word.value(&inner.config.pop, message::now_ms());
+    let subject = word_subject(inner, &key);
     // What every PoP would refuse (an IPv6 scope id, a name over 128 bytes) is refused here.
+    let value = word.value(&inner.config.pop, message::now_ms(), None);
     if Word::decode(&key, value.as_deref())
         .map(|r| r.word)
         .as_ref()
@@ -380,14 +411,42 @@ pub(crate) async fn say(inner: &Inner, word: &Word) -> Result<(), FleetError> {
             servers: inner.config.servers.clone(),
         })?;
     let write = async {
-        match value {
-            Some(value) => bucket
-                .put(key, value.into())
+        let Some(fleet_key) = &inner.key else {
+            return match value {
+                Some(value) => bucket
+                    .put(key, value.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(js_err),
+                None => bucket.delete(key).await.map_err(js_err),
+            };
+        };
+        // Signed over the revision it replaces, and written only over that revision: a PoP
+        // that saw a later one refuses this word if it is ever put again. Another PoP's word
+        // written in between: read the revision again.
+        for _ in 0..3 {
+            let after = bucket
+                .entry(key.as_str())
                 .await
-                .map(|_| ())
-                .map_err(js_err),
-            None => bucket.delete(key).await.map_err(js_err),
+                .map_err(js_err)?
+                .map_or(0, |e| e.revision);
+            let signer = word::Signer {
+                key: fleet_key,
+                subject: &subject,
+                after,
+            };
+            let signed = word
+                .value(&inner.config.pop, message::now_ms(), Some(signer))
+                .ok_or_else(|| FleetError::Invalid(format!("{word:?} cannot be written")))?;
+            match bucket.update(key.as_str(), signed.into(), after).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(js_err(e)),
+            }
         }
+        Err(FleetError::JetStream(format!(
+            "{key} kept changing under this word; say it again"
+        )))
     };
     tokio::time::timeout(super::CONFIRM, write)
         .await

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::message::{MessageError, token};
+use crate::signing::Key;
 
 /// What the fleet says about one thing; `None`: it says nothing (withdrawn).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,23 @@ struct Stored {
     from_pop: String,
     /// Unix milliseconds at publication: the start of the replication lag.
     sent_ms: u64,
+    /// With `[fleet] key_file`: the bucket revision of the key this word replaced (0: none),
+    /// so that a signed word put again later (a replay) is told from a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<u64>,
+    /// With `[fleet] key_file`: the key's signature of the value without this field, on the
+    /// key's subject (see [`signed_with`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+}
+
+/// How a word is signed: with the fleet's key, for the NATS subject its value is put on, over
+/// the bucket revision it replaces.
+#[derive(Clone, Copy)]
+pub struct Signer<'a> {
+    pub key: &'a Key,
+    pub subject: &'a str,
+    pub after: u64,
 }
 
 const REGION: &str = "region.";
@@ -49,6 +67,8 @@ pub struct Received {
     pub word: Word,
     pub from_pop: Option<String>,
     pub sent_ms: Option<u64>,
+    /// The bucket revision a signed word replaced.
+    pub after: Option<u64>,
 }
 
 impl Word {
@@ -74,19 +94,37 @@ impl Word {
     }
 
     /// The value to store, or `None` when the word is a withdrawal (the key is deleted).
-    pub fn value(&self, from_pop: &str, sent_ms: u64) -> Option<Vec<u8>> {
+    /// With `signer` (the fleet key and the NATS subject the value is put on) the value is
+    /// signed, and a withdrawal is a signed value that says nothing: a deleted key carries no
+    /// signature, so a PoP with the key cannot tell the fleet's withdrawal from anyone's.
+    pub fn value(
+        &self,
+        from_pop: &str,
+        sent_ms: u64,
+        signer: Option<Signer<'_>>,
+    ) -> Option<Vec<u8>> {
         let mut s = Stored {
             active: None,
             drained: None,
             region: None,
             from_pop: from_pop.to_string(),
             sent_ms,
+            after: signer.map(|s| s.after),
+            signature: None,
         };
         match self {
             Word::Region(_, Some(a)) => s.active = Some(*a),
             Word::Backend(_, Some(d)) => s.drained = Some(*d),
             Word::Primary(_, Some(r)) => s.region = Some(r.clone()),
-            _ => return None,
+            _ if signer.is_none() => return None,
+            _ => {}
+        }
+        if let Some(signer) = signer {
+            s.signature = Some(
+                signer
+                    .key
+                    .sign(signer.subject, &serde_json::to_vec(&s).ok()?),
+            );
         }
         serde_json::to_vec(&s).ok()
     }
@@ -110,6 +148,7 @@ impl Word {
         let word = if let Some(name) = key.strip_prefix(REGION) {
             let name = unescape(name).ok_or_else(unknown)?;
             let active = match &stored {
+                Some(s) if s.withdraws() => None,
                 Some(Stored {
                     active: Some(a),
                     drained: None,
@@ -125,6 +164,7 @@ impl Word {
             let ip: IpAddr = ip.replace('_', ":").parse().map_err(|_| unknown())?;
             let port: u16 = port.parse().map_err(|_| unknown())?;
             let drained = match &stored {
+                Some(s) if s.withdraws() => None,
                 Some(Stored {
                     active: None,
                     drained: Some(d),
@@ -138,6 +178,7 @@ impl Word {
         } else if let Some(service) = key.strip_prefix(PRIMARY) {
             let service = unescape(service).ok_or_else(unknown)?;
             let region = match &stored {
+                Some(s) if s.withdraws() => None,
                 Some(Stored {
                     active: None,
                     drained: None,
@@ -161,9 +202,31 @@ impl Word {
         Ok(Received {
             word,
             from_pop: stored.as_ref().map(|s| s.from_pop.clone()),
-            sent_ms: stored.map(|s| s.sent_ms),
+            sent_ms: stored.as_ref().map(|s| s.sent_ms),
+            after: stored.and_then(|s| s.after),
         })
     }
+}
+
+impl Stored {
+    /// Says nothing: a signed withdrawal.
+    fn withdraws(&self) -> bool {
+        self.active.is_none() && self.drained.is_none() && self.region.is_none()
+    }
+}
+
+/// Whether `value`, put on `subject`, carries `key`'s signature of what it says. The signature
+/// covers the value's fields, not its bytes (the value without it, written again), and the
+/// subject, so that a signed word cannot be moved to another thing's key. A deleted key
+/// (`None`) is never signed.
+pub fn signed_with(key: &Key, subject: &str, value: Option<&[u8]>) -> bool {
+    let Some(mut stored) = value.and_then(|v| crate::message::decode::<Stored>(v).ok()) else {
+        return false;
+    };
+    let Some(signature) = stored.signature.take() else {
+        return false;
+    };
+    serde_json::to_vec(&stored).is_ok_and(|unsigned| key.verifies(subject, &unsigned, &signature))
 }
 
 /// `[A-Za-z0-9-]` as is, every other byte as `_XX`.
@@ -218,7 +281,7 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b"-/_=.".contains(&b)),
             "{key} is a valid bucket key"
         );
-        let value = w.value("fra1", 7);
+        let value = w.value("fra1", 7, None);
         Word::decode(&key, value.as_deref()).unwrap().word
     }
 
@@ -281,6 +344,58 @@ mod tests {
         assert_eq!(
             (ok.from_pop.as_deref(), ok.sent_ms),
             (Some("fra1"), Some(9))
+        );
+    }
+
+    #[test]
+    fn a_signed_word_verifies_only_as_written_on_its_own_subject() {
+        let key = Key::new(b"0123456789abcdef0123").unwrap();
+        let subject = "$KV.b.region.eu";
+        let signer = |subject| {
+            Some(Signer {
+                key: &key,
+                subject,
+                after: 4,
+            })
+        };
+        let out = Word::Region("eu".into(), Some(false));
+        let signed = out.value("fra1", 7, signer(subject)).unwrap();
+        let text = String::from_utf8(signed.clone()).unwrap();
+        let withdrawal = Word::Region("eu".into(), None)
+            .value("fra1", 8, signer(subject))
+            .expect("a signed withdrawal is a value");
+        let table: [(&str, Option<Vec<u8>>, bool); 6] = [
+            (subject, Some(signed.clone()), true),
+            (subject, Some(withdrawal.clone()), true),
+            ("$KV.b.region.us", Some(signed.clone()), false),
+            (
+                subject,
+                Some(text.replace("false", "true").into_bytes()),
+                false,
+            ),
+            (
+                subject,
+                Some(text.replace("\"after\":4", "\"after\":9").into_bytes()),
+                false,
+            ),
+            (subject, None, false),
+        ];
+        for (subj, value, want) in table {
+            assert_eq!(
+                signed_with(&key, subj, value.as_deref()),
+                want,
+                "{subj} {value:?}"
+            );
+        }
+        assert!(!signed_with(
+            &key,
+            subject,
+            out.value("fra1", 7, None).as_deref()
+        ));
+        let r = Word::decode("region.eu", Some(&withdrawal)).unwrap();
+        assert_eq!(
+            (r.word, r.after),
+            (Word::Region("eu".into(), None), Some(4))
         );
     }
 }

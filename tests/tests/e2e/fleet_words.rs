@@ -416,3 +416,101 @@ async fn a_word_the_bucket_no_longer_holds_is_withdrawn_when_a_pop_rejoins() {
     .text();
     assert!(answer.starts_with("origin o1"), "{answer}");
 }
+
+/// Waits (up to `WAIT`) until `d` counts `n` fleet words refused as `result`.
+async fn words_refused(d: &TestDaemon, result: &str, n: f64) {
+    let series =
+        format!("streamgate_fleet_messages_total{{kind=\"override\",result=\"{result}\"}}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metric(&d.metrics().await, &series) != Some(n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is not {n}: {}",
+            d.metrics().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// With `[fleet] key_file`, a PoP applies only fleet words signed with the fleet's key. Before,
+/// words were not signed: whoever could write the bucket (a leaked credential, a permission
+/// too wide) took a region out of service, or drained a backend, at every PoP. An unsigned
+/// word, one signed for another key, a deletion (it carries no signature) and a signed word
+/// put again after the fleet said a newer one (a replay) are all refused and counted, and the
+/// word in force stays; the fleet's own words, withdrawals included, still apply.
+#[tokio::test]
+async fn with_a_fleet_key_only_signed_words_apply() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let (o1, o2) = (Origin::start("o1").await, Origin::start("o2").await);
+    let keyed = |pop: &str| {
+        cdn(&o1, &o2, &["one", "two"]).raw(&format!(
+            "{}key_file = \"{}\"\n",
+            fleet(&nats, pop),
+            key.display()
+        ))
+    };
+    let a = keyed("a").start().await;
+    let b = keyed("b").start().await;
+    assert!(connected(&a).await && connected(&b).await, "both join");
+    assert!(served_by(&b, "o1").await);
+
+    let subject = "$KV.streamgate_overrides.region.one";
+    let out = br#"{"active":false,"from_pop":"a","sent_ms":1}"#;
+    nats.publish(subject, out);
+    words_refused(&b, "unsigned", 1.0).await;
+    // Signed, but for another key (a backend's): not moved to this one.
+    let signer = streamgate_fleet::signing::Key::read(&key).unwrap();
+    let moved = streamgate_fleet::Word::Region("one".into(), Some(false)).value(
+        "a",
+        1,
+        Some(streamgate_fleet::word::Signer {
+            key: &signer,
+            subject: "$KV.streamgate_overrides.region.two",
+            after: 0,
+        }),
+    );
+    nats.publish(subject, &moved.unwrap());
+    words_refused(&b, "unsigned", 2.0).await;
+    assert!(served_by(&b, "o1").await, "no forged word applied");
+
+    // The fleet's own word applies, and its withdrawal (a signed value, not a deletion).
+    let (status, v) = a
+        .admin(Method::POST, "/regions/one/deactivate?scope=fleet", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(served_by(&b, "o2").await, "the fleet's word applies");
+    // A deletion of the key: anyone's, so not a withdrawal.
+    nats.publish_with_header(subject, Some(("KV-Operation", "DEL")), b"");
+    words_refused(&b, "unsigned", 3.0).await;
+    assert_eq!(
+        b.admin(Method::GET, "/fleet", "").await.1["overrides"]["regions"]["one"],
+        false,
+        "the deletion withdrew the fleet's word"
+    );
+    let (status, v) = a
+        .admin(Method::POST, "/regions/one/follow-fleet?scope=fleet", "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(served_by(&b, "o1").await, "the fleet's withdrawal applies");
+
+    // The first word, as it was signed (over no earlier revision), put again: a replay.
+    let replay = streamgate_fleet::Word::Region("one".into(), Some(false)).value(
+        "a",
+        2,
+        Some(streamgate_fleet::word::Signer {
+            key: &signer,
+            subject,
+            after: 0,
+        }),
+    );
+    nats.publish(subject, &replay.unwrap());
+    words_refused(&b, "stale", 1.0).await;
+    let answer = fetch(&b, "/x").await.text();
+    assert!(
+        answer.starts_with("origin o1"),
+        "the replay applied: {answer}"
+    );
+}
