@@ -1,6 +1,7 @@
-//! Client connection timeouts enforced at the socket: the request head must arrive within
-//! `request_header` of its first byte, an idle keep-alive connection closes after `idle`, and a
-//! client that stops reading a response for `idle` is dropped.
+//! Client connection timeouts enforced at the socket: a new connection's first request head must
+//! arrive within `request_header` of the connection's start (after PROXY and TLS), a later head
+//! within `request_header` of its first byte, an idle keep-alive connection closes after `idle`,
+//! and a client that stops reading a response for `idle` is dropped.
 //!
 //! hyper's own header timer also runs while a keep-alive connection waits for its next request,
 //! which would make the two settings one; doing it here keeps them distinct, as in nginx
@@ -232,6 +233,13 @@ pub struct TimedIo<T> {
     last_rx: u64,
     /// When the first byte arrived while no request was active: a request head is being read.
     head_started: u64,
+    /// When the socket was handed to HTTP, and the activity's `idle_since` then: while that
+    /// is unchanged no request has ended, and the first one is due within `request_header`
+    /// of the start. Waiting `idle` for it (60 s by default, against 10 s) let a flood of
+    /// silent connections hold the connection budget six times as long; nginx's
+    /// client_header_timeout and HAProxy's `timeout http-request` also count from the start.
+    started: u64,
+    started_idle_since: u64,
     /// HTTP/2: heads are found frame by frame (`h2_heads`), and idle counts from the last
     /// request's end whatever the client sends (PINGs and SETTINGS do not keep it open).
     is_h2: Option<bool>,
@@ -246,11 +254,14 @@ pub struct TimedIo<T> {
 
 impl<T> TimedIo<T> {
     pub fn new(inner: T, activity: Arc<ConnActivity>, timeouts: ClientTimeouts) -> TimedIo<T> {
+        let now = now_nanos();
         TimedIo {
+            started: now,
+            started_idle_since: activity.idle_since.load(Relaxed),
             inner,
             activity,
             timeouts,
-            last_rx: now_nanos(),
+            last_rx: now,
             head_started: 0,
             is_h2: None,
             preface: PrefaceCheck::default(),
@@ -297,6 +308,12 @@ impl<T> TimedIo<T> {
                 self.last_rx.max(idle_since)
             };
             consider(quiet_since + nanos(self.timeouts.idle), "idle");
+            if idle_since == self.started_idle_since {
+                consider(
+                    self.started + nanos(self.timeouts.request_header),
+                    "request header",
+                );
+            }
             if self.head_started > idle_since && self.is_h2 != Some(true) {
                 consider(
                     self.head_started + nanos(self.timeouts.request_header),
@@ -569,18 +586,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn idle_connection_times_out() {
+    async fn an_idle_connection_times_out_after_idle() {
         let (client, server) = tokio::io::duplex(64);
-        // Before the activity's clock starts: the idle deadline cannot be earlier than 300 ms
-        // from here, however late this thread runs (taken after it, a preemption between the
-        // two made the wait look short).
+        let activity = ConnActivity::new();
+        let mut io = TimedIo::new(server, activity.clone(), timeouts());
+        drop(ActiveRequest::new(&activity));
+        // After the request ended: the idle deadline cannot be earlier than 300 ms from here,
+        // however late this thread runs.
         let started = std::time::Instant::now();
-        let mut io = TimedIo::new(server, ConnActivity::new(), timeouts());
         let mut buf = [0u8; 8];
         let err = io.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("idle"), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(300));
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_gets_request_header_for_its_first_request() {
+        let (client, server) = tokio::io::duplex(64);
+        let started = std::time::Instant::now();
+        let mut io = TimedIo::new(server, ConnActivity::new(), timeouts());
+        let mut buf = [0u8; 8];
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().contains("request header"), "{err}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_millis(300),
+            "{waited:?}: the first request is due by request_header, not idle"
+        );
         drop(client);
     }
 

@@ -511,3 +511,47 @@ async fn heads_refused_before_any_handler_are_access_logged() {
     assert_eq!(d.limited("header").await, 2.0);
     assert_eq!(o.hits(), 0);
 }
+
+/// How long `bytes` sent on a new connection to `addr` keep it open, reading (and dropping)
+/// whatever comes; `None` if still open after 10 s.
+async fn open_for(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let read_to_end = async { while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {} };
+    tokio::time::timeout(Duration::from_secs(10), read_to_end)
+        .await
+        .ok()
+        .map(|_| started.elapsed())
+}
+
+/// A new connection's first request is due within `request_header` of the connection's start,
+/// as with nginx's client_header_timeout and HAProxy's `timeout http-request`. Before, a
+/// connection that sent nothing (or only the HTTP/2 preface) was kept for `idle` (60 s by
+/// default, against 10 s): a flood of silent connections held the connection budget six
+/// times as long. A keep-alive connection waiting for its next request still has `idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_new_connection_is_closed_at_request_header_not_idle() {
+    let o = Origin::start("o").await;
+    let d = config(&o, Timeouts::new().request_header("1s").idle("30s"))
+        .start()
+        .await;
+    let web = d.addr("web");
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    for (what, bytes) in [("nothing", &b""[..]), ("the HTTP/2 preface", &preface[..])] {
+        let took = open_for(web, bytes).await;
+        let took = took.unwrap_or_else(|| panic!("a connection that sent {what} was kept"));
+        assert!(
+            took < Duration::from_secs(5),
+            "{what}: closed after {took:?}"
+        );
+    }
+    let keep_alive = open_for(web, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        keep_alive, None,
+        "a keep-alive connection was closed before idle"
+    );
+    assert_eq!(o.hits(), 1);
+}
