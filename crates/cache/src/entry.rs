@@ -90,9 +90,12 @@ impl Variant {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.as_ref().map_or(0, HeaderValue::len) + STORED_FIELD)
             .sum();
+        // Tags are copies of the Surrogate-Key and Cache-Tag values, in boxes of their own.
+        let tag_bytes: usize = tags.iter().map(|t| t.len() + 16).sum();
         let size = (body.len()
             + header_bytes
             + selector_bytes
+            + tag_bytes
             + headers.len() * STORED_FIELD
             + (headers.len() + HEAD_EXTRA_FIELDS) * HEAD_FIELD
             + PER_VARIANT) as u64;

@@ -243,7 +243,10 @@ impl ServiceCache {
     fn put(&self, key: &str, entry: Entry) -> bool {
         let now = Instant::now();
         let expires = now.checked_add(keep_for(&entry)).unwrap_or(now);
-        let w = weight(&entry);
+        // The key is held once, by the store's node: a URL may be as long as a request head
+        // (max_header_bytes, 64 KiB by default), so uncounted, entries of tiny bodies held
+        // 25 times the bound.
+        let w = weight(&entry).saturating_add(key.len() as u64);
         self.entries.insert(key, entry, w, expires)
     }
 
@@ -438,6 +441,25 @@ mod tests {
         assert!(
             !c.insert("h/huge", variant(300 * 1024, "")),
             "over max_object_size"
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_counts_the_keys() {
+        let c = ServiceCache::new(spec(1 << 20), IntCounter::new("e", "e").unwrap(), edge());
+        let long = "q".repeat(60_000);
+        for i in 0..100 {
+            let key = format!("h/x?{i}{long}");
+            c.insert(&key, variant(10, ""));
+            // Twice: admitted by frequency, as a client asking for each URL twice would be.
+            c.insert(&key, variant(10, ""));
+        }
+        c.settle();
+        assert!(c.bytes() <= 1 << 20, "{} bytes", c.bytes());
+        assert!(
+            c.objects() as u64 * 60_000 <= 1 << 20,
+            "{} objects of 60 KB keys",
+            c.objects()
         );
     }
 
