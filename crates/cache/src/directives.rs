@@ -156,13 +156,45 @@ impl Directives {
     }
 
     /// Applies every member of every `name` line; true if there was any member.
+    ///
+    /// Malformed lists fail closed, as a shared cache must: a line with bytes beyond ASCII is
+    /// read with them replaced (skipping the line skipped its `private`), and a member whose
+    /// name is not a token (`private no-store`, `no-store;private`) still counts for every
+    /// `no-store`, `no-cache` or `private` word in it, as nginx and Varnish find them anywhere
+    /// in the value. Read as one unknown directive, such a member let one user's answer be
+    /// stored and served to the next.
     fn apply_all(&mut self, headers: &HeaderMap, name: &HeaderName) -> bool {
         let mut any = false;
         for v in headers.get_all(name) {
-            let Ok(v) = v.to_str() else { continue };
-            for m in members(v) {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            for m in members(&v) {
                 any = true;
-                self.apply(m);
+                if is_token(m.name) {
+                    self.apply(m);
+                }
+                // Only `private` and `no-cache` take a list of names, with spaces in quotes.
+                let listed = ["private", "no-cache"]
+                    .iter()
+                    .any(|d| m.name.eq_ignore_ascii_case(d));
+                let spaced = m.value.is_some_and(|v| v.contains(char::is_whitespace));
+                if is_token(m.name) && (listed || !spaced) {
+                    continue;
+                }
+                let text = [m.name, m.value.unwrap_or("")];
+                let words = text
+                    .iter()
+                    .flat_map(|t| t.split(|c: char| c.is_whitespace() || c == ';' || c == '"'));
+                for word in words.filter(|w| !w.is_empty()) {
+                    if ["no-store", "no-cache", "private"]
+                        .iter()
+                        .any(|d| word.eq_ignore_ascii_case(d))
+                    {
+                        self.apply(Member {
+                            name: word,
+                            value: None,
+                        });
+                    }
+                }
             }
         }
         any
@@ -218,6 +250,13 @@ fn chosen_target<'t>(headers: &HeaderMap, targets: &'t [HeaderName]) -> Option<&
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|s| members(s).next().is_some()))
     })
+}
+
+/// An RFC 9110 §5.6.2 token: what a directive's name is.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A targeted field is a Structured Field dictionary (RFC 9213 §2.1, RFC 8941 §3.2): keys are
@@ -349,6 +388,39 @@ mod tests {
             .no_cache,
             "Pragma counts only without Cache-Control"
         );
+    }
+
+    #[test]
+    fn malformed_lists_fail_closed() {
+        let private = |d: Directives| d.private;
+        let no_store = |d: Directives| d.no_store;
+        let no_cache = |d: Directives| d.no_cache;
+        type Case = (&'static [u8], fn(Directives) -> bool, bool);
+        let cases: [Case; 9] = [
+            (b"private no-store", private, true),
+            (b"private no-store", no_store, true),
+            (b"public, max-age=60 private", private, true),
+            (b"no-store;max-age=5", no_store, true),
+            (b"max-age=60, no-cache\xe9, private", private, true),
+            (b"max-age=60\xff no-store", no_store, true),
+            (b"max-age=60 NO-CACHE", no_cache, true),
+            // Well formed: nothing invented.
+            (
+                b"private=\"set-cookie, x-user\", max-age=60",
+                private,
+                false,
+            ),
+            (b"max-age=60, x-private-thing", private, false),
+        ];
+        for (value, get, want) in cases {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+            let d = Directives::of_response(&h, &[]);
+            assert_eq!(get(d), want, "{:?}: {d:?}", String::from_utf8_lossy(value));
+        }
     }
 
     #[test]

@@ -457,7 +457,7 @@ mod tests {
         c.settle();
         assert!(c.bytes() <= 1 << 20, "{} bytes", c.bytes());
         assert!(
-            c.objects() as u64 * 60_000 <= 1 << 20,
+            c.objects() * 60_000 <= 1 << 20,
             "{} objects of 60 KB keys",
             c.objects()
         );

@@ -375,3 +375,22 @@ async fn cache_stats_report_the_new_limits() {
     assert_eq!(v["caches"][0]["max_variants"], 7);
     assert_eq!(v["caches"][0]["max_fill_bytes"], 5 * 1024 * 1024);
 }
+
+/// A malformed Cache-Control fails closed. `private no-store` (a space for a comma) was read as
+/// one unknown directive: with a Last-Modified the answer was stored under heuristic freshness
+/// and the next user got the first one's page. nginx and Varnish find `private` and `no-store`
+/// anywhere in the value; so does the cache now.
+#[tokio::test]
+async fn a_cache_control_with_spaces_for_commas_still_keeps_a_page_private() {
+    let o = Origin::start("o").await;
+    let d = start(&o, cache()).await;
+    for cc in ["private%20no-store", "max-age%3D600%20private"] {
+        let path = format!("/c/me?cc={cc}&lm=Mon,%2001%20Jan%202024%2000:00:00%20GMT");
+        let alice = fetch(&d, &path, &[("cookie", "user=alice")]).await;
+        assert_eq!(xc(&alice), "MISS", "{cc}");
+        let bob = fetch(&d, &path, &[("cookie", "user=bob")]).await;
+        assert_ne!(xc(&bob), "HIT", "{cc}: bob got alice's page");
+        assert_ne!(bob.body, alice.body, "{cc}");
+    }
+    assert_eq!(o.hits(), 4);
+}
