@@ -113,6 +113,21 @@ fn param_name(raw: &str) -> Vec<u8> {
     out
 }
 
+/// `host` as the cache key spells it (lower case, no trailing dot, no default or zero-padded
+/// port), if the client spelt it otherwise. The proxy forwards this spelling: with the
+/// client's, `Host: APP.test.:080` shared the key of `app.test` while an origin matching Host
+/// exactly answered it otherwise (a redirect to the canonical name, another site's page), and
+/// that answer was served to everyone asking for `app.test`.
+pub fn respelt_host(scheme: &str, host: &str) -> Option<String> {
+    if !host.ends_with('.') && !host.bytes().any(|b| b.is_ascii_uppercase() || b == b':') {
+        return None;
+    }
+    let mut k = String::with_capacity(scheme.len() + 3 + host.len());
+    push_origin(&mut k, scheme, host);
+    let spelt = &k[scheme.len() + 3..];
+    (spelt != host).then(|| spelt.to_string())
+}
+
 /// Appends `scheme://authority` normalised: lower case, no trailing dot on the name, no default
 /// port (80 for http, 443 for https).
 fn push_origin(key: &mut String, scheme: &str, host: &str) {
@@ -461,5 +476,28 @@ mod tests {
         assert_eq!(n("identity"), "identity");
         assert_eq!(n(""), "");
         assert_eq!(n("gzip;q=0"), "");
+    }
+
+    #[test]
+    fn hosts_are_respelt_as_the_key_spells_them() {
+        let cases = [
+            ("http", "app.test", None),
+            ("http", "app.test:8080", None),
+            ("http", "APP.test.:080", Some("app.test")),
+            ("http", "app.test:80", Some("app.test")),
+            ("https", "app.test:80", None),
+            ("https", "app.test:443", Some("app.test")),
+            ("http", "app.test.", Some("app.test")),
+            ("http", "[::1]:80", Some("[::1]")),
+            ("http", "[::1]:8080", None),
+            ("http", "", None),
+        ];
+        for (scheme, host, want) in cases {
+            assert_eq!(
+                respelt_host(scheme, host).as_deref(),
+                want,
+                "{scheme} {host}"
+            );
+        }
     }
 }

@@ -394,3 +394,34 @@ async fn a_cache_control_with_spaces_for_commas_still_keeps_a_page_private() {
     }
     assert_eq!(o.hits(), 4);
 }
+
+/// The origin gets the host as the cache key spells it. Before, `Host: APP.test.:080` shared
+/// the key of `app.test` but reached the origin as sent: an origin that matches Host exactly
+/// (a canonical-name redirect, a virtual host falling through to another site) answered it
+/// otherwise, and everyone asking for `app.test` was served that answer.
+#[tokio::test]
+async fn every_spelling_of_a_host_reaches_the_origin_as_the_key_spells_it() {
+    let o = Origin::start("o").await;
+    let d = start(&o, cache()).await;
+    let path = "/c/h?cc=max-age%3D60";
+    for (i, host) in ["APP.test.:080", "app.TEST:80", "app.test."]
+        .iter()
+        .enumerate()
+    {
+        let a = get(&http1(), &d.url("web", path), &[("host", host)])
+            .await
+            .unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{host}");
+        assert_eq!(xc(&a), if i == 0 { "MISS" } else { "HIT" }, "{host}");
+    }
+    let seen = o.last_headers();
+    assert_eq!(seen.get("host").unwrap(), "app.test");
+    assert_eq!(seen.get("x-forwarded-host").unwrap(), "app.test");
+    // A port that is not the default stays, as part of the key and of the Host.
+    let a = get(&http1(), &d.url("web", path), &[("host", "App.Test:0443")])
+        .await
+        .unwrap();
+    assert_eq!(xc(&a), "MISS");
+    assert_eq!(o.last_headers().get("host").unwrap(), "app.test:443");
+    assert_eq!(o.hits(), 2);
+}

@@ -161,11 +161,18 @@ impl HttpProxy {
             // translates it before any filter likewise.
             *req.method_mut() = Method::GET;
         }
-        let host = request_host(&req)?;
+        let mut host = request_host(&req)?;
         // RFC 9112 §3.2: a valid authority. A Host with a path in it would make the cache key
         // of one URL the key of another.
         if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
+        }
+        // One spelling of each host, the cache key's, from here on: routed, matched by rules
+        // and forwarded (see `respelt_host`).
+        let respelt = streamgate_cache::key::respelt_host(self.scheme(), host_str(&host));
+        if let Some(h) = respelt.and_then(|h| HeaderValue::from_str(&h).ok()) {
+            req.headers_mut().insert(header::HOST, h.clone());
+            host = h;
         }
         // From here on the Host field is the host routed by, which the rules see and the
         // backend gets: an absolute-form target's or HTTP/2's authority (a Host line it
