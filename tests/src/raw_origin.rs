@@ -273,6 +273,22 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Writes `answer` and flushes it (TLS holds written bytes until a flush); false once the
 /// connection is gone.
+/// An answer framed by neither Content-Length nor Transfer-Encoding ends when the connection
+/// does: it is closed after it.
 async fn send<S: AsyncWrite + Unpin>(s: &mut S, answer: &[u8]) -> bool {
-    s.write_all(answer).await.is_ok() && s.flush().await.is_ok()
+    let sent = s.write_all(answer).await.is_ok() && s.flush().await.is_ok();
+    if sent && until_close(answer) {
+        let _ = s.shutdown().await;
+        return false;
+    }
+    sent
+}
+
+fn until_close(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer).to_ascii_lowercase();
+    let final_2xx = text.starts_with("http/1.1 2") || text.starts_with("http/1.0 2");
+    final_2xx
+        && !text.starts_with("http/1.1 204")
+        && !text.contains("\r\ncontent-length:")
+        && !text.contains("\r\ntransfer-encoding:")
 }

@@ -458,3 +458,34 @@ async fn a_head_miss_does_not_lead_the_gets_behind_it_to_the_origin_one_each() {
     assert_eq!(xc(&again.unwrap()), "HIT");
     assert_eq!(o.hits(), 2);
 }
+
+/// An answer whose body ends when the origin closes (neither Content-Length nor chunked) is
+/// passed on but not stored: its end cannot be told from an origin that died mid-body, and a
+/// copy cut short was stored as whole and served to everyone for its lifetime. The same
+/// answer with a length is stored.
+#[tokio::test]
+async fn an_answer_that_ends_when_the_origin_closes_is_not_stored() {
+    let o = RawOrigin::start(|head| {
+        let body = "x".repeat(100);
+        if head.contains("/framed") {
+            fresh_for_a_minute(&body)
+        } else {
+            // 100 of the 1000 bytes a crashing origin meant to send, then its close.
+            format!("HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\n\r\n{body}").into_bytes()
+        }
+    })
+    .await;
+    let d = config(o.addr, cache()).start().await;
+    for _ in 0..2 {
+        let a = fetch(&d, "/cut", &[]).await;
+        assert_eq!((a.status, a.body.len()), (StatusCode::OK, 100));
+        assert_ne!(
+            xc(&a),
+            "HIT",
+            "a body that may have been cut short was stored"
+        );
+    }
+    assert_eq!(o.heads().len(), 2, "each request went to the origin");
+    assert_eq!(xc(&fetch(&d, "/framed", &[]).await), "MISS");
+    assert_eq!(xc(&fetch(&d, "/framed", &[]).await), "HIT");
+}

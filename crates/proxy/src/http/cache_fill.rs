@@ -290,7 +290,11 @@ fn recorder_for(
 
 /// The head to record of a fetched response the cache may store. Not one sent uncompressed
 /// only because the encoders were busy ([`Uncompressed`]): stored, it would stand for the
-/// coding's copy for its whole lifetime.
+/// coding's copy for its whole lifetime. Not one whose body ends when the backend closes
+/// ([`UpstreamBody::until_close`]): a backend that died mid-body looks the same, and the cut
+/// copy would be served to everyone.
+///
+/// [`UpstreamBody::until_close`]: crate::upstream::UpstreamBody::until_close
 ///
 /// [`Uncompressed`]: super::compress::Uncompressed
 fn storable_head(
@@ -303,6 +307,7 @@ fn storable_head(
         .extensions()
         .get::<super::compress::Uncompressed>()
         .is_some()
+        || f.resp.body().until_close()
     {
         return None;
     }

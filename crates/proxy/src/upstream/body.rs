@@ -94,6 +94,11 @@ impl H1Body {
         body
     }
 
+    /// The body ends when the backend closes the connection.
+    pub(crate) fn until_close(&self) -> bool {
+        matches!(self.decoder, BodyDecoder::UntilClose)
+    }
+
     /// The answer's fields as the backend sent them, when they were kept that way.
     pub(crate) fn take_raw_fields(&mut self) -> Option<super::codec::RawFields> {
         self.raw.take()

@@ -224,6 +224,11 @@ pub struct Compressing {
 }
 
 impl Compressing {
+    /// The body being compressed.
+    pub(crate) fn inner(&self) -> &UpstreamBody {
+        &self.inner
+    }
+
     pub(crate) fn new(inner: UpstreamBody, encoder: Encoder) -> Compressing {
         Compressing {
             inner,

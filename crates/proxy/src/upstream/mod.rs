@@ -70,17 +70,36 @@ pub struct PooledBody {
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// An HTTP/2 answer's place on its connection, until the body is dropped.
     _slot: Option<StreamSlot>,
+    /// See [`UpstreamBody::until_close`].
+    until_close: bool,
 }
 
 impl PooledBody {
-    fn new(body: hyper::body::Incoming, stall: Duration, slot: Option<StreamSlot>) -> PooledBody {
+    fn new(
+        body: hyper::body::Incoming,
+        stall: Duration,
+        slot: Option<StreamSlot>,
+        until_close: bool,
+    ) -> PooledBody {
         PooledBody {
             body,
             stall_ms: u32::try_from(stall.as_millis()).unwrap_or(u32::MAX),
             timer: None,
             _slot: slot,
+            until_close,
         }
     }
+}
+
+/// Whether hyper's HTTP/1 client reads `resp`'s body until the connection closes: neither
+/// Content-Length nor Transfer-Encoding, on a status that has a body (hyper keeps both fields
+/// in the map it returns).
+fn read_until_close<B>(resp: &http::Response<B>) -> bool {
+    let h = resp.headers();
+    resp.version() < http::Version::HTTP_2
+        && !matches!(resp.status().as_u16(), 100..=199 | 204 | 304)
+        && !h.contains_key(http::header::CONTENT_LENGTH)
+        && !h.contains_key(http::header::TRANSFER_ENCODING)
 }
 
 impl UpstreamBody {
@@ -90,6 +109,18 @@ impl UpstreamBody {
         match self {
             UpstreamBody::H1(b) => b.take_raw_fields(),
             UpstreamBody::Pooled(_) | UpstreamBody::Compressed(_) => None,
+        }
+    }
+
+    /// Whether the body ends only when the backend closes its connection (HTTP/1 without
+    /// Content-Length or chunking). Such an end cannot be told from a backend that died
+    /// mid-body (RFC 9112 §6.3), so a cache must not take the body for whole: one cut short
+    /// would be served to everyone for its lifetime.
+    pub(crate) fn until_close(&self) -> bool {
+        match self {
+            UpstreamBody::H1(b) => b.until_close(),
+            UpstreamBody::Pooled(p) => p.until_close,
+            UpstreamBody::Compressed(c) => c.inner().until_close(),
         }
     }
 
@@ -313,8 +344,9 @@ impl Upstreams {
             Sender::H2(pools) => {
                 authority_from_host(&mut req);
                 return match pools.send(backend, req).await {
-                    Ok((resp, slot)) => Ok(settled(resp)
-                        .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot))))),
+                    Ok((resp, slot)) => Ok(settled(resp).map(|b| {
+                        UpstreamBody::Pooled(PooledBody::new(b, stall, Some(slot), false))
+                    })),
                     Err(H2Error::Connect(e)) if resendable => Err(UpstreamError::Connect(e)),
                     Err(e) => Err(UpstreamError::Client(error_chain(&e))),
                 };
@@ -322,7 +354,9 @@ impl Upstreams {
         };
         match client.request(req).await {
             Ok(resp) => {
-                Ok(settled(resp).map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None))))
+                let until_close = read_until_close(&resp);
+                Ok(settled(resp)
+                    .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None, until_close))))
             }
             Err(e) if e.is_connect() && resendable => Err(UpstreamError::Connect(
                 // The socket's own error when it is this process's shortage, so that the
