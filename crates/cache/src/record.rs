@@ -64,6 +64,9 @@ pub struct Recorder {
     taken: u64,
     /// Released when the recorder ends, stored or not, so coalesced waiters act.
     fill: Option<FillGuard>,
+    /// The origin said the length, and all of it was taken from the budget at the start: no
+    /// more of the body can be refused.
+    reserved: bool,
 }
 
 impl Recorder {
@@ -85,6 +88,7 @@ impl Recorder {
             taken: 0,
             fill,
             cache: cache.clone(),
+            reserved: false,
         };
         match length {
             Some(n) if n > spec.max_object_size => Err(r.drop_for(Dropped::Size)),
@@ -93,6 +97,7 @@ impl Recorder {
                     return Err(r.drop_for(Dropped::Memory));
                 }
                 r.taken = n;
+                r.reserved = true;
                 r.buf = BytesMut::with_capacity(n as usize);
                 Ok(r)
             }
@@ -147,16 +152,32 @@ impl Recorder {
             })
     }
 
+    /// The whole body's memory was taken at the start (the origin said its length): a body of
+    /// that length is never refused, so what the recording holds is the whole answer once it
+    /// ends, and a client behind it can be served from it (see `pump` in the proxy).
+    pub fn reserved(&self) -> bool {
+        self.reserved
+    }
+
+    /// The body so far, not stored (an answer with trailers, which the cache does not keep);
+    /// its waiters fetch on their own.
+    pub fn into_body(mut self) -> Bytes {
+        if let Some(g) = &self.fill {
+            g.set(Outcome::Uncacheable);
+        }
+        self.head = None;
+        std::mem::take(&mut self.buf).freeze()
+    }
+
     /// The origin's body failed: nothing is stored.
     pub fn fail(mut self) {
         self.drop_for(Dropped::Error);
     }
 
-    /// The body is complete: stores it with a Content-Length that is its length.
-    pub fn finish(mut self) {
-        let Some(mut head) = self.head.take() else {
-            return;
-        };
+    /// The body is complete: stores it with a Content-Length that is its length. Returns the
+    /// body, stored or not (`None`: the recording had been given up).
+    pub fn finish(mut self) -> Option<Bytes> {
+        let mut head = self.head.take()?;
         let buf = std::mem::take(&mut self.buf);
         // A buffer grown chunk by chunk may be up to twice its length; the store counts its
         // length, so it keeps an exact copy.
@@ -170,7 +191,7 @@ impl Recorder {
         let variant = Variant::new(
             head.status,
             head.headers,
-            body,
+            body.clone(),
             head.timing,
             head.freshness,
             head.selectors,
@@ -186,6 +207,7 @@ impl Recorder {
                 Outcome::Uncacheable
             });
         }
+        Some(body)
     }
 
     /// Counts why the recording ends and tells the waiters; returns the reason.

@@ -150,31 +150,30 @@ async fn settled_fill_bytes(d: &TestDaemon, limit: f64) -> f64 {
     panic!("cache_fill_bytes did not settle: {seen:?}");
 }
 
+/// Waits (up to 10 s) until the cache holds `n` objects.
+async fn until_stored(d: &TestDaemon, n: f64, why: &str) {
+    let mut objects = None;
+    for _ in 0..200 {
+        objects = metric(&d.metrics().await, "streamgate_cache_objects");
+        if objects == Some(n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{why}: {objects:?} objects stored, not {n}");
+}
+
 /// What waits for a slow client is held from `max_fill_bytes` with the recordings, leaving
-/// `max_object_size` of it free: with the rest spent the fill waits for its client (as every
-/// fill did before), another object's fill is still stored, and all of it is given back.
+/// `max_object_size` of it free. With the rest spent, a recording that holds the whole body
+/// (the origin said its length) goes on at the origin's pace and is stored; its client is then
+/// served from the stored object, and all of the budget is given back while it still reads
+/// nothing. Before, the fill waited for its client, its memory held all the while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_waits_for_a_slow_client_is_bounded_and_leaves_room_for_other_fills() {
+async fn what_waits_for_a_slow_client_is_bounded_and_given_back_once_stored() {
     let o = Origin::start("o").await;
     let d = start(&o, big_cache().max_fill_bytes("40MiB")).await;
     let leader = stalled_leader(&d, &o, BIG).await;
-    // The 16 MiB recording and up to 7 MiB read ahead of the leader: 40 MiB less the 17 MiB
-    // left free.
-    let (recording, limit) = (16.0 * 1048576.0, 23.0 * 1048576.0);
-    let held = settled_fill_bytes(&d, limit).await;
-    assert!(
-        held > recording + 1048576.0,
-        "not the 16 MiB recording and what was read ahead: cache_fill_bytes is {held}"
-    );
-    let objects = metric(&d.metrics().await, "streamgate_cache_objects");
-    assert_eq!(objects, Some(0.0), "the fill waits for the leader");
-    // Another new object, meanwhile, is fetched and stored.
-    let other = "/c/other?cc=max-age%3D60&size=16777216";
-    assert_eq!(fetch(&d, other).await.body.len(), BIG_LEN);
-    let again = fetch(&d, other).await;
-    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
-    assert_eq!(dropped_for_memory(&d).await, 0.0);
-    leader_gets_it_all(leader).await;
+    until_stored(&d, 1.0, "the fill went at the leader's pace").await;
     let mut held = fill_bytes(&d).await;
     for _ in 0..100 {
         if held == 0.0 {
@@ -183,10 +182,41 @@ async fn what_waits_for_a_slow_client_is_bounded_and_leaves_room_for_other_fills
         tokio::time::sleep(Duration::from_millis(50)).await;
         held = fill_bytes(&d).await;
     }
-    assert_eq!(held, 0.0, "the budget is given back");
+    assert_eq!(
+        held, 0.0,
+        "the budget is given back while the leader reads nothing"
+    );
+    // Another new object, meanwhile, is fetched and stored.
+    let other = "/c/other?cc=max-age%3D60&size=16777216";
+    assert_eq!(fetch(&d, other).await.body.len(), BIG_LEN);
+    let again = fetch(&d, other).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
+    assert_eq!(dropped_for_memory(&d).await, 0.0);
+    leader_gets_it_all(leader).await;
     let again = fetch(&d, BIG).await;
     assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
     assert_eq!(o.hits(), 2);
+}
+
+/// A few clients that each lead the fill of a new large object and read nothing could hold
+/// every recording's memory (`max_fill_bytes`) for as long as they kept their connections:
+/// no other new object of the service was stored meanwhile (dropped for memory, every request
+/// for it sent to the origin). Their fills now end at the origin's pace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_read_nothing_cannot_keep_other_objects_out_of_the_cache() {
+    let o = Origin::start("o").await;
+    // Two 16 MiB recordings and what was read ahead of the first fill 33 of the 34 MiB.
+    let d = start(&o, big_cache().max_fill_bytes("34MiB")).await;
+    let a = stalled_leader(&d, &o, "/c/a?cc=max-age%3D60&size=16777216").await;
+    let b = stalled_leader(&d, &o, "/c/b?cc=max-age%3D60&size=16777216").await;
+    until_stored(&d, 2.0, "the fills went at their leaders' pace").await;
+    let other = "/c/other?cc=max-age%3D60&size=16777216";
+    assert_eq!(fetch(&d, other).await.body.len(), BIG_LEN);
+    let again = fetch(&d, other).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
+    assert_eq!(dropped_for_memory(&d).await, 0.0);
+    leader_gets_it_all(a).await;
+    leader_gets_it_all(b).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,10 +18,13 @@
 //! at the origin's pace rather than its client's: every other client of a new object waits for
 //! that fill, and a first client that read nothing held them all until `lock_timeout`, then sent
 //! them to the origin at once. What the client has not taken yet waits in the task, its bytes
-//! held from the service's fill budget (`max_fill_bytes`, shared with the recordings); with the
-//! budget spent, or once the recording has ended, the task reads no further ahead than its
-//! client, as for any other answer. Read-ahead leaves `max_object_size` of the budget free for
-//! recordings (see `Recorder::hold_ahead`). An HTTP/2 client that takes nothing for `idle` is
+//! held from the service's fill budget (`max_fill_bytes`, shared with the recordings). Read-ahead
+//! leaves `max_object_size` of the budget free for recordings (see `Recorder::hold_ahead`). With
+//! that spent, a recording that holds the whole body (the origin said its length) reads on at
+//! the origin's pace, keeping nothing more for the client; one without a length reads no
+//! further ahead than its client, as for any other answer. Once a recording ends, whatever its
+//! client has still to take is served from the recorded body (slices of the stored object,
+//! counted by the cache), and the fill budget is all given back. An HTTP/2 client that takes nothing for `idle` is
 //! given up on; an HTTP/1.1 client is left to its connection's write timer, which any progress
 //! resets (a client reading a few hundred bytes a second is slow, not gone). A client given up on
 //! or gone leaves the fill running, for at most ten stalls more. The backend is let go as soon as
@@ -237,11 +240,7 @@ struct Ahead {
 
 impl Ahead {
     fn push(&mut self, piece: Piece, recording: Option<&Recording>) {
-        let n = piece
-            .as_ref()
-            .ok()
-            .and_then(Frame::data_ref)
-            .map_or(0, Bytes::len);
+        let n = data_len(&piece);
         let hold = recording.and_then(|r| r.recorder.hold_ahead(n as u64));
         self.over_budget |= n > 0 && hold.is_none();
         if self.pieces.is_empty() {
@@ -254,6 +253,32 @@ impl Ahead {
         self.pieces.clear();
         self.over_budget = false;
     }
+
+    /// Replaces what waits for the client with the recorded body from `sent` on: slices of
+    /// the stored object, which hold no fill budget (the cache counts them).
+    fn serve_rest_from(&mut self, body: &Bytes, sent: usize) {
+        self.clear();
+        let mut rest = body.slice(sent.min(body.len())..);
+        while rest.len() > PIECE {
+            self.pieces
+                .push_back((Ok(Frame::data(rest.split_to(PIECE))), None));
+        }
+        if !rest.is_empty() {
+            self.pieces.push_back((Ok(Frame::data(rest)), None));
+        }
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+    }
+}
+
+/// Bytes of data in `piece`.
+fn data_len(piece: &Piece) -> usize {
+    piece
+        .as_ref()
+        .ok()
+        .and_then(Frame::data_ref)
+        .map_or(0, Bytes::len)
 }
 
 /// [`pump`] for a fill: reads at the origin's pace while the recording runs, keeping what the
@@ -281,6 +306,14 @@ async fn pump_recording(
     let mut origin_done = false;
     // Once the client is gone, the fill has until then.
     let mut drain_by: Option<Instant> = None;
+    // Bytes of the body handed to the client's channel.
+    let mut sent = 0usize;
+    // Past the read-ahead budget with a recording that holds the whole body: read on at the
+    // origin's pace without keeping pieces for the client, who is served the rest from the
+    // recorded body once it ends. Waiting for the client instead let a few clients reading a
+    // few bytes a second hold every recording's memory (`max_fill_bytes`) for as long as they
+    // liked, and no other object of the service could be stored meanwhile.
+    let mut deferred = false;
     loop {
         if tx.is_none() {
             ahead.clear();
@@ -306,12 +339,14 @@ async fn pump_recording(
             (body, lease) = (None, None);
         }
         let may_read = !origin_done
-            && (ahead.pieces.is_empty() || (recording.is_some() && !ahead.over_budget));
+            && (ahead.pieces.is_empty()
+                || (recording.is_some() && (!ahead.over_budget || deferred)));
         let took_too_long = idle.and_then(|i| Some(ahead.since? + i));
         let step = tokio::select! {
             biased;
             permit = room(&tx), if !ahead.pieces.is_empty() => match (permit, ahead.pieces.pop_front()) {
                 (Ok(p), Some((piece, _hold))) => {
+                    sent += data_len(&piece);
                     p.send(piece);
                     Step::Sent
                 }
@@ -356,8 +391,10 @@ async fn pump_recording(
         match frame {
             None => {
                 origin_done = true;
-                if let Some(r) = recording.take() {
-                    r.recorder.finish();
+                if let Some(body) = recording.take().and_then(|r| r.recorder.finish())
+                    && client
+                {
+                    ahead.serve_rest_from(&body, sent);
                 }
             }
             Some(Err(e)) => {
@@ -375,25 +412,43 @@ async fn pump_recording(
                         && r.recorder.push(&data).is_err()
                     {
                         recording = None;
-                    }
-                    if at_end {
-                        origin_done = true;
-                        if let Some(r) = recording.take() {
-                            r.recorder.finish();
+                        if deferred {
+                            // Not reached with the whole body reserved; were it, what the
+                            // client has not had is gone: its answer ends in an error.
+                            origin_done = true;
+                            if client {
+                                ahead.push(Err("the recording of this answer failed".into()), None);
+                            }
+                            continue;
                         }
                     }
-                    if client {
+                    if client && !deferred {
                         while data.len() > PIECE {
                             let piece = Ok(Frame::data(data.split_to(PIECE)));
                             ahead.push(piece, recording.as_ref());
                         }
                         ahead.push(Ok(Frame::data(data)), recording.as_ref());
+                        deferred = ahead.over_budget
+                            && recording.as_ref().is_some_and(|r| r.recorder.reserved());
+                    }
+                    if at_end {
+                        origin_done = true;
+                        if let Some(body) = recording.take().and_then(|r| r.recorder.finish())
+                            && client
+                        {
+                            ahead.serve_rest_from(&body, sent);
+                        }
                     }
                 }
                 Err(trailers) => {
                     // A response with trailers is not stored (as in `ProxyBody`); the client
-                    // gets them.
-                    recording = None;
+                    // gets them, after what it was to be served from the recording.
+                    if let Some(r) = recording.take()
+                        && deferred
+                        && client
+                    {
+                        ahead.serve_rest_from(&r.recorder.into_body(), sent);
+                    }
                     origin_done = true;
                     if client {
                         ahead.push(Ok(trailers), None);

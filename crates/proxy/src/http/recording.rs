@@ -29,7 +29,10 @@ where
     loop {
         let wait = stall.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         match tokio::time::timeout(wait, body.frame()).await {
-            Ok(None) => return recorder.finish(),
+            Ok(None) => {
+                recorder.finish();
+                return;
+            }
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
                     && recorder.push(data).is_err()
@@ -37,7 +40,8 @@ where
                     return;
                 }
                 if frame.is_data() && body.is_end_stream() {
-                    return recorder.finish();
+                    recorder.finish();
+                    return;
                 }
                 if frame.is_trailers() {
                     return;
