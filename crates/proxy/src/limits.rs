@@ -17,7 +17,7 @@ use streamgate_telemetry::Metrics;
 use streamgate_telemetry::prometheus::IntCounter;
 
 /// Values of the `limit` label.
-pub const LIMITS: [&str; 9] = [
+pub const LIMITS: [&str; 10] = [
     "connections",
     "process_connections",
     "descriptors",
@@ -27,6 +27,7 @@ pub const LIMITS: [&str; 9] = [
     "rate",
     "client_rate",
     "compression",
+    "resets",
 ];
 
 /// A limit that refused something, indexed into [`LIMITS`].
@@ -45,11 +46,14 @@ pub enum Limit {
     ClientRate,
     /// A response sent uncompressed: the encoders at work held `max_memory`.
     Compression,
+    /// An HTTP/2 connection sent GOAWAY: its client reset most of its streams as soon as it
+    /// opened them (see `io::too_many_resets`).
+    Resets,
 }
 
 /// `limited_total{listener,limit}` of one listener, every label present from the start.
 #[derive(Debug, Clone)]
-pub struct LimitedCounters([IntCounter; 9]);
+pub struct LimitedCounters([IntCounter; 10]);
 
 impl LimitedCounters {
     pub fn of(m: &Metrics, listener: &str) -> LimitedCounters {

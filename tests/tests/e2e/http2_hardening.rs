@@ -219,3 +219,63 @@ async fn an_http2_connection_kept_busy_by_pings_alone_is_closed_at_idle() {
     assert!(took < Duration::from_secs(4), "closed after {took:?}");
     assert_eq!(o.hits(), 1);
 }
+
+/// "Paced" rapid reset: streams reset a few milliseconds after they open, once the server has
+/// taken them. h2 counts only resets of streams not yet taken, so each such stream cost a
+/// backend request (and a backend connection thrown away) without end: all 1000 here reached
+/// the origin over one connection. A connection whose client resets most of its streams as soon
+/// as it opens them now gets a GOAWAY, as Envoy's premature-reset check gives one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_paced_past_the_accept_queue_is_cut_with_a_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Origin::start("o").await;
+    // Slow enough that every stream is still waiting on it when its reset comes.
+    o.set_delay(Duration::from_secs(1));
+    let d = config(&o, Timeouts::new()).start().await;
+    let (mut rd, mut wr) = TcpStream::connect(d.addr("web"))
+        .await
+        .unwrap()
+        .into_split();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .is_ok();
+        (streamgate_tests::h2::has_goaway(&got), closed)
+    });
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let _ = wr.write_all(&out).await;
+    for batch in 0..10u32 {
+        let streams: Vec<u32> = (0..100).map(|i| 2 * (batch * 100 + i) + 1).collect();
+        let heads: Vec<u8> = streams
+            .iter()
+            .flat_map(|&s| frame(1, 0x5, s, &get_block()))
+            .collect();
+        if wr.write_all(&heads).await.is_err() {
+            break;
+        }
+        // Taken by the server, their requests on their way to the origin.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let resets: Vec<u8> = streams
+            .iter()
+            .flat_map(|&s| frame(3, 0, s, &8u32.to_be_bytes()))
+            .collect();
+        if wr.write_all(&resets).await.is_err() {
+            break;
+        }
+    }
+    let (goaway, closed) = reader.await.unwrap();
+    assert!(goaway && closed, "goaway {goaway}, closed {closed}");
+    assert!(o.hits() < 500, "{} requests reached the origin", o.hits());
+    let resets = "streamgate_limited_total{limit=\"resets\",listener=\"web\"}";
+    assert_eq!(metric(&d.metrics().await, resets), Some(1.0));
+}

@@ -397,12 +397,21 @@ impl HttpProxy {
         };
         let io = TokioIo::new(Prefixed::new(read, io));
         let proxy = self.clone();
+        let conn_activity = activity.clone();
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);
+            let watch = activity.stream();
             let conn = activity.clone();
             let p = proxy.clone();
             let forwarded_for = forwarded_for.clone();
             async move {
+                if conn.reset_flood() {
+                    // Cut for resetting its streams (see `io::too_many_resets`): what it opens
+                    // while its GOAWAY is on the way goes no further.
+                    let mut refused = http::Response::new(body::ProxyBody::empty());
+                    *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    return Ok(refused);
+                }
                 let mut handling =
                     std::pin::pin!(p.handle(req.map(Some), peer, forwarded_for, active, false));
                 let mut at_once = true;
@@ -412,6 +421,7 @@ impl HttpProxy {
                     r
                 })
                 .await;
+                watch.answered();
                 conn.note_answer(at_once);
                 Ok::<_, Infallible>(response)
             }
@@ -420,10 +430,25 @@ impl HttpProxy {
         // Told to drain, hyper finishes the request in hand and closes; an idle connection
         // closes at once.
         let mut told = false;
+        // A client cut for resetting its streams gets a second to take its GOAWAY: hyper's
+        // graceful shutdown waits for a PING's answer, which such a client may never send.
+        let mut cut: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let ended = std::future::poll_fn(|cx| {
             if !told && seat.poll_draining(cx) {
                 told = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            if cut.is_none() && conn_activity.reset_flood() {
+                told = true;
+                self.limited.count(crate::limits::Limit::Resets);
+                debug!(listener = %self.listener, peer = %peer, "HTTP/2 client reset most of its streams as it opened them; GOAWAY");
+                conn.as_mut().graceful_shutdown();
+                cut = Some(Box::pin(tokio::time::sleep(std::time::Duration::from_secs(1))));
+            }
+            if let Some(c) = cut.as_mut()
+                && c.as_mut().poll(cx).is_ready()
+            {
+                return std::task::Poll::Ready(Ok(()));
             }
             conn.as_mut().poll(cx)
         })
