@@ -172,15 +172,18 @@ impl Directives {
                 if is_token(m.name) {
                     self.apply(m);
                 }
-                // Only `private` and `no-cache` take a list of names, with spaces in quotes.
-                let listed = ["private", "no-cache"]
-                    .iter()
-                    .any(|d| m.name.eq_ignore_ascii_case(d));
-                let spaced = m.value.is_some_and(|v| v.contains(char::is_whitespace));
-                if is_token(m.name) && (listed || !spaced) {
+                // A value with a space or a quote in it is either a quoted list of field names
+                // (`private="set-cookie, x-user"`, whose words are never these three) or a
+                // member run into the next (`no-cache="x" private`): scanned either way.
+                let spaced = m
+                    .value
+                    .is_some_and(|v| v.contains(|c: char| c.is_whitespace() || c == '"'));
+                if is_token(m.name) && !spaced {
                     continue;
                 }
-                let text = [m.name, m.value.unwrap_or("")];
+                // The name counts as a word only when it is not a token already applied.
+                let name = if is_token(m.name) { "" } else { m.name };
+                let text = [name, m.value.unwrap_or("")];
                 let words = text
                     .iter()
                     .flat_map(|t| t.split(|c: char| c.is_whitespace() || c == ';' || c == '"'));
@@ -396,7 +399,7 @@ mod tests {
         let no_store = |d: Directives| d.no_store;
         let no_cache = |d: Directives| d.no_cache;
         type Case = (&'static [u8], fn(Directives) -> bool, bool);
-        let cases: [Case; 9] = [
+        let cases: [Case; 11] = [
             (b"private no-store", private, true),
             (b"private no-store", no_store, true),
             (b"public, max-age=60 private", private, true),
@@ -404,6 +407,8 @@ mod tests {
             (b"max-age=60, no-cache\xe9, private", private, true),
             (b"max-age=60\xff no-store", no_store, true),
             (b"max-age=60 NO-CACHE", no_cache, true),
+            (b"no-cache=\"x-debug\" private, max-age=600", private, true),
+            (b"private=x no-store", no_store, true),
             // Well formed: nothing invented.
             (
                 b"private=\"set-cookie, x-user\", max-age=60",

@@ -159,6 +159,27 @@ impl Recorder {
         self.reserved
     }
 
+    /// Bytes of the body recorded so far.
+    pub fn recorded(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// A copy of up to `max` recorded bytes from `from`: for a client fed from the recording
+    /// (see `pump` in the proxy).
+    pub fn copy_piece(&self, from: usize, max: usize) -> Bytes {
+        let from = from.min(self.buf.len());
+        let to = from.saturating_add(max).min(self.buf.len());
+        Bytes::copy_from_slice(&self.buf[from..to])
+    }
+
+    /// The origin's body failed: nothing is stored, and what was recorded is returned, for a
+    /// client fed from the recording.
+    pub fn fail_keeping_body(mut self) -> Bytes {
+        let body = std::mem::take(&mut self.buf).freeze();
+        self.drop_for(Dropped::Error);
+        body
+    }
+
     /// The body so far, not stored (an answer with trailers, which the cache does not keep);
     /// its waiters fetch on their own.
     pub fn into_body(mut self) -> Bytes {

@@ -114,9 +114,10 @@ struct Inner {
     /// `[fleet] key_file`: purges and words are signed with it, and only signed ones applied.
     key: Option<signing::Key>,
     /// With a key, the bucket revision of the word applied under each key since this PoP
-    /// joined: a signed word that replaced an older revision (a captured value put again) is
-    /// refused. Bounded by the keys the fleet signed.
-    word_revisions: Mutex<std::collections::HashMap<String, u64>>,
+    /// started, with when the bucket's stream was made (a bucket made anew starts over): a
+    /// signed word that replaced an older revision (a captured value put again) is refused.
+    /// Bounded by the keys the fleet signed.
+    word_revisions: Mutex<(Option<String>, std::collections::HashMap<String, u64>)>,
 }
 
 /// The link; cheap to clone.
@@ -271,10 +272,11 @@ impl Inner {
     /// `after`, is in force; false if it replaced one older than the word in force (a replay).
     /// The same revision again (a watch resumed) is not a replay.
     fn newest_word(&self, key: &str, revision: u64, after: u64) -> bool {
-        let mut revisions = self
+        let mut held = self
             .word_revisions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let revisions = &mut held.1;
         if let Some(&last) = revisions.get(key)
             && revision != last
             && after < last

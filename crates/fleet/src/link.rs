@@ -112,23 +112,24 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
     // The bucket's stream is made as a key-value bucket's is (one value per key, direct
     // gets): the client's create_key_value first asks for account info, whose answer from
     // nats-server 2.9 (Debian's) it cannot read.
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{}", cfg.bucket()),
-        subjects: vec![format!("$KV.{}.>", cfg.bucket())],
-        max_messages_per_subject: 1,
-        // Bounds what a writer of the bucket can make every PoP hold: far more words than a
-        // fleet's regions, services and backends, each a short JSON value.
-        max_messages: crate::MAX_WORDS as i64,
-        max_message_size: 1024,
-        discard: stream::DiscardPolicy::New,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| js_err(format!("bucket {}: {e}", cfg.bucket())))?;
+    let words_stream = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{}", cfg.bucket()),
+            subjects: vec![format!("$KV.{}.>", cfg.bucket())],
+            max_messages_per_subject: 1,
+            // Bounds what a writer of the bucket can make every PoP hold: far more words than a
+            // fleet's regions, services and backends, each a short JSON value.
+            max_messages: crate::MAX_WORDS as i64,
+            max_message_size: 1024,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err(format!("bucket {}: {e}", cfg.bucket())))?;
     let bucket = js
         .get_key_value(cfg.bucket())
         .await
@@ -143,12 +144,18 @@ async fn session_inner(inner: &Arc<Inner>, js: &jetstream::Context) -> Result<()
         .await
         .map_err(|e| js_err(format!("keys of {}: {e}", cfg.bucket())))?;
     inner.apply.words_held(&held);
-    // A bucket made anew counts its revisions from 1 again.
-    inner
-        .word_revisions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    // Replays stay refused across reconnects, but a bucket made anew counts its revisions from
+    // 1 again: what was held of another bucket goes.
+    let made = format!("{:?}", words_stream.cached_info().created);
+    {
+        let mut revisions = inner
+            .word_revisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if revisions.0.as_deref() != Some(made.as_str()) {
+            *revisions = (Some(made), Default::default());
+        }
+    }
     let mut overrides = bucket
         .watch_with_history(">")
         .await

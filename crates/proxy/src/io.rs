@@ -48,26 +48,8 @@ pub struct ConnActivity {
     /// made at its first tunnel.
     tunnel_limits: std::sync::OnceLock<crate::tunnel_slots::TunnelLimits>,
     tunnel_slots: std::sync::OnceLock<Arc<crate::tunnel_slots::TunnelSlots>>,
-    /// Requests handed to the handler, and those of them the client dropped (an HTTP/2
-    /// RST_STREAM) within [`PREMATURE`] of their start, before their answer: see
-    /// [`too_many_resets`].
-    streams: AtomicU32,
-    premature: AtomicU32,
-    reset_flood: AtomicBool,
-}
-
-/// A stream reset sooner than this after it opened, before its answer, is premature: a
-/// browser cancels a navigation or a video seek later than that, and rarely.
-pub const PREMATURE: Duration = Duration::from_secs(1);
-
-/// Whether a connection whose client opened `streams` and reset `premature` of them early is
-/// abusing the protocol: at least 100 streams, more than half reset. h2 counts only resets of
-/// streams not yet accepted (`max_pending_accept_reset_streams`), so a client that waits a
-/// millisecond before each reset ("paced" rapid reset) made every stream cost a backend request
-/// and a backend connection thrown away, without end. Envoy's premature-reset check is the
-/// same rule; nginx bounds it with `keepalive_requests`, HAProxy with its glitch counter.
-pub fn too_many_resets(streams: u32, premature: u32) -> bool {
-    streams >= 100 && u64::from(premature) * 2 > u64::from(streams)
+    /// Streams its client opened and reset early (see `stream_resets`).
+    pub(crate) resets: crate::stream_resets::ResetCounts,
 }
 
 impl ConnActivity {
@@ -84,26 +66,13 @@ impl ConnActivity {
             tunnels_done: tokio::sync::Notify::new(),
             tunnel_limits: std::sync::OnceLock::new(),
             tunnel_slots: std::sync::OnceLock::new(),
-            streams: AtomicU32::new(0),
-            premature: AtomicU32::new(0),
-            reset_flood: AtomicBool::new(false),
+            resets: Default::default(),
         })
     }
 
-    /// Marks a request handed to the handler; see [`StreamWatch`].
-    pub fn stream(self: &Arc<Self>) -> StreamWatch {
-        self.streams.fetch_add(1, Relaxed);
-        StreamWatch {
-            conn: self.clone(),
-            opened: Instant::now(),
-            answered: false,
-        }
-    }
-
-    /// The client has reset too many of its streams early ([`too_many_resets`]): the
-    /// connection is to be shut down.
-    pub fn reset_flood(&self) -> bool {
-        self.reset_flood.load(Relaxed)
+    /// Wakes the connection's task (to look at its flags).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
     }
 
     pub(crate) fn set_tunnel_limits(&self, limits: crate::tunnel_slots::TunnelLimits) {
@@ -176,36 +145,6 @@ impl ConnActivity {
     /// Whether the last answer was ready at once; reading it clears it.
     pub(crate) fn take_answered_at_once(&self) -> bool {
         self.answered_at_once.swap(false, Relaxed)
-    }
-}
-
-/// A request in the handler's hands, until its answer's head is ready: dropped before that (the
-/// client reset the stream) within [`PREMATURE`], it counts against the connection.
-#[derive(Debug)]
-pub struct StreamWatch {
-    conn: Arc<ConnActivity>,
-    opened: Instant,
-    answered: bool,
-}
-
-impl StreamWatch {
-    pub fn answered(mut self) {
-        self.answered = true;
-    }
-}
-
-impl Drop for StreamWatch {
-    fn drop(&mut self) {
-        if self.answered || self.opened.elapsed() >= PREMATURE {
-            return;
-        }
-        let c = &self.conn;
-        let premature = c.premature.fetch_add(1, Relaxed) + 1;
-        if too_many_resets(c.streams.load(Relaxed), premature) && !c.reset_flood.swap(true, Relaxed)
-        {
-            // The connection's task checks the flag when polled.
-            c.waker.wake();
-        }
     }
 }
 
@@ -651,26 +590,6 @@ mod tests {
         ClientTimeouts {
             request_header: Duration::from_millis(100),
             idle: Duration::from_millis(300),
-        }
-    }
-
-    #[test]
-    fn a_connection_that_resets_most_of_its_streams_early_is_shut_down() {
-        let cases = [
-            (0, 0, false),
-            (99, 99, false),
-            (100, 50, false),
-            (100, 51, true),
-            (1000, 499, false),
-            (1000, 501, true),
-            (u32::MAX, u32::MAX, true),
-        ];
-        for (streams, premature, want) in cases {
-            assert_eq!(
-                too_many_resets(streams, premature),
-                want,
-                "{streams} {premature}"
-            );
         }
     }
 

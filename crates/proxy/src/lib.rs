@@ -17,6 +17,7 @@ pub mod sni;
 mod spare_maps;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod stream_resets;
 pub mod tcp;
 pub mod tunnel;
 mod tunnel_slots;

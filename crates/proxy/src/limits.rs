@@ -47,7 +47,7 @@ pub enum Limit {
     /// A response sent uncompressed: the encoders at work held `max_memory`.
     Compression,
     /// An HTTP/2 connection sent GOAWAY: its client reset most of its streams as soon as it
-    /// opened them (see `io::too_many_resets`).
+    /// opened them (see `stream_resets`).
     Resets,
 }
 

@@ -338,3 +338,46 @@ async fn a_small_fill_arriving_in_parts_reaches_an_http1_client_whole() {
     }
     release.await.unwrap();
 }
+
+/// With no room to read ahead (`max_fill_bytes` no larger than `max_object_size`), a fill of
+/// known length still reaches a client that reads as fast as the origin sends, piece by piece,
+/// rather than all at once when the origin has sent the last byte; the client is fed from the
+/// recording. (Fed only at the end, a video player timed out on a slow origin.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_with_no_room_to_read_ahead_still_streams_to_its_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let o = Arc::new(Origin::start("o").await);
+    let d = start(&o, Cache::new("64MiB").max_object_size("48MiB")).await;
+    // 8 MiB, of which the origin sends 2 MiB and then waits.
+    let path = "/c/slow?cc=max-age%3D60&size=8388608&hold=1&holdat=2097152";
+    let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+    let ask = format!("GET {path} HTTP/1.1\r\nhost: cdn.example.com\r\n\r\n");
+    s.write_all(ask.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let early = tokio::time::timeout(Duration::from_secs(10), async {
+        while got.len() < 2 << 20 {
+            let n = s.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        early.is_ok(),
+        "the client had {} bytes of the 2 MiB the origin sent",
+        got.len()
+    );
+    o.release();
+    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    while got.len() < end + (8 << 20) {
+        let n = s.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "cut at {}", got.len() - end);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    let want: Vec<u8> = (0..8 << 20).map(|i| b'a' + (i % 26) as u8).collect();
+    assert!(got[end..] == want[..], "the body is the object");
+    let again = fetch(&d, path).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", 8 << 20));
+}

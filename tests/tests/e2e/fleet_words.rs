@@ -513,4 +513,15 @@ async fn with_a_fleet_key_only_signed_words_apply() {
         answer.starts_with("origin o1"),
         "the replay applied: {answer}"
     );
+    // The replay is now the bucket's latest value: a PoP that joins again (here, its purge
+    // consumer deleted under it) reads it again, and still refuses it.
+    let gone = nats.request("$JS.API.CONSUMER.DELETE.STREAMGATE_PURGES.b", b"");
+    assert!(gone.contains("\"success\":true"), "{gone}");
+    words_refused(&b, "stale", 2.0).await;
+    assert!(connected(&b).await, "b joins again");
+    let answer = fetch(&b, "/x").await.text();
+    assert!(
+        answer.starts_with("origin o1"),
+        "the replay applied on reconnect: {answer}"
+    );
 }

@@ -400,13 +400,13 @@ impl HttpProxy {
         let conn_activity = activity.clone();
         let svc = service_fn(move |req| {
             let active = ActiveRequest::new(&activity);
-            let watch = activity.stream();
+            let watch = crate::stream_resets::StreamWatch::open(&activity);
             let conn = activity.clone();
             let p = proxy.clone();
             let forwarded_for = forwarded_for.clone();
             async move {
-                if conn.reset_flood() {
-                    // Cut for resetting its streams (see `io::too_many_resets`): what it opens
+                if conn.resets.flood() {
+                    // Cut for resetting its streams (see `stream_resets`): what it opens
                     // while its GOAWAY is on the way goes no further.
                     let mut refused = http::Response::new(body::ProxyBody::empty());
                     *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
@@ -438,7 +438,7 @@ impl HttpProxy {
                 told = true;
                 conn.as_mut().graceful_shutdown();
             }
-            if cut.is_none() && conn_activity.reset_flood() {
+            if cut.is_none() && conn_activity.resets.flood() {
                 told = true;
                 self.limited.count(crate::limits::Limit::Resets);
                 debug!(listener = %self.listener, peer = %peer, "HTTP/2 client reset most of its streams as it opened them; GOAWAY");

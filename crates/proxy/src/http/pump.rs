@@ -309,10 +309,11 @@ async fn pump_recording(
     // Bytes of the body handed to the client's channel.
     let mut sent = 0usize;
     // Past the read-ahead budget with a recording that holds the whole body: read on at the
-    // origin's pace without keeping pieces for the client, who is served the rest from the
-    // recorded body once it ends. Waiting for the client instead let a few clients reading a
-    // few bytes a second hold every recording's memory (`max_fill_bytes`) for as long as they
-    // liked, and no other object of the service could be stored meanwhile.
+    // origin's pace without keeping pieces for the client, who is fed copies of the recording
+    // as it takes them, and slices of the recorded body once it ends. Waiting for the client
+    // instead let a few clients reading a few bytes a second hold every recording's memory
+    // (`max_fill_bytes`) for as long as they liked, and no other object of the service could
+    // be stored meanwhile.
     let mut deferred = false;
     loop {
         if tx.is_none() {
@@ -341,6 +342,13 @@ async fn pump_recording(
         let may_read = !origin_done
             && (ahead.pieces.is_empty()
                 || (recording.is_some() && (!ahead.over_budget || deferred)));
+        // The client is owed recorded bytes it has not had (a deferred fill).
+        let from_recording = deferred
+            && ahead.pieces.is_empty()
+            && recording
+                .as_ref()
+                .is_some_and(|r| r.recorder.recorded() > sent);
+        let owed = !ahead.pieces.is_empty() || from_recording;
         let took_too_long = idle.and_then(|i| Some(ahead.since? + i));
         let step = tokio::select! {
             biased;
@@ -352,8 +360,17 @@ async fn pump_recording(
                 }
                 _ => Step::ClientGone,
             },
-            () = gone(&tx), if ahead.pieces.is_empty() => Step::ClientGone,
-            () = sleep_until_or_never(took_too_long), if tx.is_some() && !ahead.pieces.is_empty() => {
+            permit = room(&tx), if from_recording => match (permit, &recording) {
+                (Ok(p), Some(r)) => {
+                    let piece = r.recorder.copy_piece(sent, PIECE);
+                    sent += piece.len();
+                    p.send(Ok(Frame::data(piece)));
+                    Step::Sent
+                }
+                _ => Step::ClientGone,
+            },
+            () = gone(&tx), if !owed => Step::ClientGone,
+            () = sleep_until_or_never(took_too_long), if tx.is_some() && owed => {
                 Step::ClientStalled
             }
             () = sleep_until_or_never(drain_by) => Step::DrainOver,
@@ -363,7 +380,7 @@ async fn pump_recording(
         let frame = match step {
             Step::Sent => {
                 ahead.since = Some(Instant::now());
-                if ahead.pieces.is_empty() {
+                if ahead.pieces.is_empty() && !deferred {
                     ahead.over_budget = false;
                 }
                 continue;
@@ -400,7 +417,12 @@ async fn pump_recording(
             Some(Err(e)) => {
                 origin_done = true;
                 if let Some(r) = recording.take() {
-                    r.recorder.fail();
+                    if deferred && client {
+                        // What was recorded reaches the client before the error.
+                        ahead.serve_rest_from(&r.recorder.fail_keeping_body(), sent);
+                    } else {
+                        r.recorder.fail();
+                    }
                 }
                 if client {
                     ahead.push(Err(e), None);
@@ -408,6 +430,17 @@ async fn pump_recording(
             }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(mut data) => {
+                    if deferred
+                        && client
+                        && ahead.pieces.is_empty()
+                        && recording
+                            .as_ref()
+                            .is_some_and(|r| r.recorder.recorded() == sent)
+                    {
+                        // A client caught up with the recording is owed bytes again from now:
+                        // its `idle` counts from here, not from its last piece.
+                        ahead.since = Some(Instant::now());
+                    }
                     if let Some(r) = &mut recording
                         && r.recorder.push(&data).is_err()
                     {

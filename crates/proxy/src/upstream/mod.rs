@@ -91,17 +91,6 @@ impl PooledBody {
     }
 }
 
-/// Whether hyper's HTTP/1 client reads `resp`'s body until the connection closes: neither
-/// Content-Length nor Transfer-Encoding, on a status that has a body (hyper keeps both fields
-/// in the map it returns).
-fn read_until_close<B>(resp: &http::Response<B>) -> bool {
-    let h = resp.headers();
-    resp.version() < http::Version::HTTP_2
-        && !matches!(resp.status().as_u16(), 100..=199 | 204 | 304)
-        && !h.contains_key(http::header::CONTENT_LENGTH)
-        && !h.contains_key(http::header::TRANSFER_ENCODING)
-}
-
 impl UpstreamBody {
     /// The answer's fields as the backend sent them, when `send` was asked to keep them so
     /// and the head allowed it; the response's own map then holds only what was added to it.
@@ -354,7 +343,7 @@ impl Upstreams {
         };
         match client.request(req).await {
             Ok(resp) => {
-                let until_close = read_until_close(&resp);
+                let until_close = pooled::read_until_close(&resp);
                 Ok(settled(resp)
                     .map(|b| UpstreamBody::Pooled(PooledBody::new(b, stall, None, until_close))))
             }

@@ -353,3 +353,55 @@ impl AsyncWrite for Dialed {
         }
     }
 }
+
+/// Whether hyper's HTTP/1 client reads `resp`'s body until the connection closes, on a status
+/// that has a body: a Transfer-Encoding whose last coding is not chunked (`gzip`, `identity`:
+/// RFC 9112 §6.3), or neither it nor Content-Length. hyper keeps both fields in its map.
+pub(super) fn read_until_close<B>(resp: &http::Response<B>) -> bool {
+    let h = resp.headers();
+    let codings = h.get_all(http::header::TRANSFER_ENCODING);
+    let chunked = codings
+        .iter()
+        .next_back()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    let framed = if codings.iter().next().is_some() {
+        chunked
+    } else {
+        h.contains_key(http::header::CONTENT_LENGTH)
+    };
+    resp.version() < http::Version::HTTP_2
+        && !matches!(resp.status().as_u16(), 100..=199 | 204 | 304)
+        && !framed
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bodies_read_until_close_by_hyper_are_told() {
+        type Case = (&'static [(&'static str, &'static str)], u16, bool);
+        let cases: [Case; 8] = [
+            (&[], 200, true),
+            (&[("content-length", "5")], 200, false),
+            (&[("transfer-encoding", "chunked")], 200, false),
+            (&[("transfer-encoding", "gzip, chunked")], 200, false),
+            (&[("transfer-encoding", "gzip")], 200, true),
+            (
+                &[("transfer-encoding", "identity"), ("content-length", "5")],
+                200,
+                true,
+            ),
+            (&[], 204, false),
+            (&[], 304, false),
+        ];
+        for (fields, status, want) in cases {
+            let mut r = http::Response::new(());
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            for (k, v) in fields {
+                r.headers_mut().append(*k, v.parse().unwrap());
+            }
+            assert_eq!(super::read_until_close(&r), want, "{fields:?} {status}");
+        }
+    }
+}
