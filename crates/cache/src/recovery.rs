@@ -621,9 +621,12 @@ mod tests {
             must_revalidate: false,
             always_revalidate: false,
         };
+        // As the live path stores it: framed by its length.
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(4));
         let v = crate::Variant::new(
             StatusCode::OK,
-            HeaderMap::new(),
+            h,
             Bytes::from_static(b"body"),
             Timing::of(&HeaderMap::new(), now, now),
             f,

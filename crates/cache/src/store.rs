@@ -306,6 +306,21 @@ impl ServiceCache {
                     || dirs.public => {}
             Err(_) => return None,
         }
+        // What the live path writes: a Content-Length that is the body's (a hit's HTTP/1.1
+        // answer is framed by it), and a selector for every field the answer varies on (one
+        // without, a `Vary: Cookie` object, would be everyone's).
+        let length = v.headers.get(http::header::CONTENT_LENGTH);
+        let framed = length
+            .and_then(|l| l.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|n| n == v.body.len());
+        let varies = v.headers.get_all(http::header::VARY);
+        let selected = varies.iter().all(|f| f.to_str().is_ok())
+            && crate::key::vary_names(&v.headers)
+                .iter()
+                .all(|n| v.selectors.iter().any(|(s, _)| s == n));
+        if !framed || !selected {
+            return None;
+        }
         let t = &mut v.timing;
         t.request_time = t.request_time.min(now);
         t.response_time = t.response_time.min(now);
@@ -544,5 +559,37 @@ mod variant_tests {
             c.lookup("k", &req(&[("accept-encoding", "gzip")]))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_recovery_point_cannot_restore_what_the_live_path_would_not_have_stored() {
+        let c = ServiceCache::new(spec(1 << 20), IntCounter::new("e", "e").unwrap(), edge());
+        let with = |fields: &[(&'static str, &'static str)], selectors| {
+            let mut v = variant("body", selectors);
+            v.headers = req(fields);
+            v
+        };
+        let cookie: &[(&'static str, Option<&'static str>)] = &[("cookie", Some("u=1"))];
+        let cases = [
+            (with(&[("content-length", "4")], &[]), true),
+            (with(&[], &[]), false),
+            (with(&[("content-length", "40")], &[]), false),
+            (
+                with(&[("content-length", "4"), ("vary", "Cookie")], cookie),
+                true,
+            ),
+            (
+                with(&[("content-length", "4"), ("vary", "Cookie")], &[]),
+                false,
+            ),
+            (
+                with(&[("content-length", "4"), ("vary", "a, Cookie")], cookie),
+                false,
+            ),
+        ];
+        for (i, (v, want)) in cases.into_iter().enumerate() {
+            let got = c.restorable(v, SystemTime::now()).is_some();
+            assert_eq!(got, want, "case {i}");
+        }
     }
 }

@@ -569,6 +569,7 @@ mod tests {
         headers.append("x-two", HeaderValue::from_static("1"));
         headers.append("x-two", HeaderValue::from_static("2"));
         headers.append("etag", HeaderValue::from_static("\"v1\""));
+        headers.append("content-length", HeaderValue::from(body.len()));
         let now = SystemTime::now();
         Variant::new(
             StatusCode::OK,
