@@ -167,13 +167,7 @@ impl HttpProxy {
         if !valid_authority(host.as_bytes()) {
             return Err(ProxyError::InvalidHost);
         }
-        // One spelling of each host, the cache key's, from here on: routed, matched by rules
-        // and forwarded (see `respelt_host`).
-        let respelt = streamgate_cache::key::respelt_host(self.scheme(), host_str(&host));
-        if let Some(h) = respelt.and_then(|h| HeaderValue::from_str(&h).ok()) {
-            req.headers_mut().insert(header::HOST, h.clone());
-            host = h;
-        }
+
         // From here on the Host field is the host routed by, which the rules see and the
         // backend gets: an absolute-form target's or HTTP/2's authority (a Host line it
         // overrules does not pass a rule matching `headers.host`), or an HTTP/1.0 request's
@@ -210,6 +204,19 @@ impl HttpProxy {
             }
         };
         service.state.note_request(nanos_at(started));
+        // A service with a cache: one spelling of each host, the key's, from here on, matched
+        // by rules and forwarded (see `respelt_host`). Not asked for the others: the check
+        // alone cost 380 instructions of a proxied request's 25 000 here.
+        let respelt_path: String;
+        let route_path = if service.spec.cache.is_some()
+            && !streamgate_cache::key::spelt_as_keyed(self.scheme(), host.as_bytes())
+        {
+            respelt_path = route_path.to_owned();
+            respell(&mut req, &mut host, self.scheme());
+            respelt_path.as_str()
+        } else {
+            route_path
+        };
 
         let ip = client_ip(peer.ip(), req.headers(), trusted);
         if let Some(l) = log.as_mut() {
@@ -428,6 +435,18 @@ fn valid_authority(h: &[u8]) -> bool {
 
 pub(crate) fn ambiguous_framing(h: &http::HeaderMap) -> bool {
     h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH)
+}
+
+/// Writes the host as the cache key spells it into the request: off the common path, and out of
+/// line.
+#[cold]
+#[inline(never)]
+fn respell(req: &mut ClientRequest, host: &mut HeaderValue, scheme: &str) {
+    let respelt = streamgate_cache::key::respelt_host(scheme, host_str(host));
+    if let Some(h) = respelt.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        req.headers_mut().insert(header::HOST, h.clone());
+        *host = h;
+    }
 }
 
 pub(crate) fn host_str(h: &HeaderValue) -> &str {
