@@ -149,5 +149,12 @@ async fn one_client_trickling_heads_cannot_hold_every_admin_slot() {
     .expect("an operator from another address is served")
     .unwrap();
     assert_eq!(answer.status, StatusCode::OK);
+    // The two beyond the client's share were refused, and counted as on a proxy listener.
+    let refused = "streamgate_limited_total{limit=\"client_connections\",listener=\"admin\"}";
+    let metrics = get_from("127.0.0.2".parse().unwrap(), admin, "/metrics", &[])
+        .await
+        .unwrap()
+        .text();
+    assert_eq!(metric(&metrics, refused), Some(2.0), "{metrics}");
     drop(hogs);
 }

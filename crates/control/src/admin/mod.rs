@@ -99,7 +99,7 @@ impl AdminLimits {
 /// Accepts connections within `limits` until `shutdown` and serves each with `svc`.
 async fn accept_loop<S>(
     listener: TcpListener,
-    what: &'static str,
+    (what, metrics): (&'static str, &streamgate_telemetry::Metrics),
     limits: AdminLimits,
     mut shutdown: watch::Receiver<bool>,
     svc: impl Fn() -> S,
@@ -115,6 +115,10 @@ async fn accept_loop<S>(
         .ok()
         .and_then(|a| clients::per_client(limits.max_connections_per_client, a));
     let clients = Arc::new(clients::Clients::default());
+    // As the proxy's listeners count theirs: `limited_total{listener,limit}`.
+    let refused = metrics
+        .limited
+        .with_label_values(&[what, "client_connections"]);
     loop {
         let slot = tokio::select! {
             p = slots.clone().acquire_owned() => p,
@@ -137,6 +141,7 @@ async fn accept_loop<S>(
             Some(max) => match clients.take(peer.ip(), max) {
                 Some(h) => Some(h),
                 None => {
+                    refused.inc();
                     debug!(listener = what, peer = %peer, max, "client holds its share of connections; closed");
                     continue;
                 }
@@ -225,7 +230,8 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let own = listener.local_addr().ok();
-    accept_loop(listener, "admin", limits, shutdown, move || {
+    let metrics = control.metrics.clone();
+    accept_loop(listener, ("admin", &metrics), limits, shutdown, move || {
         let control = control.clone();
         let token = token.clone();
         service_fn(move |req| {
@@ -250,21 +256,28 @@ pub async fn serve_metrics(
     limits: AdminLimits,
     shutdown: watch::Receiver<bool>,
 ) {
-    accept_loop(listener, "metrics", limits, shutdown, move || {
-        let control = control.clone();
-        service_fn(move |req: Request<Incoming>| {
+    let metrics = control.metrics.clone();
+    accept_loop(
+        listener,
+        ("metrics", &metrics),
+        limits,
+        shutdown,
+        move || {
             let control = control.clone();
-            async move {
-                Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
-                    (&Method::GET, "/metrics") => handlers::metrics(&control),
-                    _ => error(
-                        StatusCode::NOT_FOUND,
-                        "this listener serves GET /metrics only",
-                    ),
-                })
-            }
-        })
-    })
+            service_fn(move |req: Request<Incoming>| {
+                let control = control.clone();
+                async move {
+                    Ok::<_, Infallible>(match (req.method(), req.uri().path()) {
+                        (&Method::GET, "/metrics") => handlers::metrics(&control),
+                        _ => error(
+                            StatusCode::NOT_FOUND,
+                            "this listener serves GET /metrics only",
+                        ),
+                    })
+                }
+            })
+        },
+    )
     .await;
 }
 
