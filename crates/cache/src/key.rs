@@ -132,8 +132,12 @@ pub fn respelt_host(scheme: &str, host: &str) -> Option<String> {
 /// request asks (a Host with a port took the writing path, about 900 instructions a request
 /// in `benches/scripts/instructions.sh`, whose Host is `127.0.0.1:18180`).
 pub fn spelt_as_keyed(scheme: &str, host: &[u8]) -> bool {
-    // One pass: no upper case, and where the port starts (the last `:` outside brackets).
+    // One pass: no upper case, and where the port starts (the last `:` outside brackets). An
+    // empty port (`[::1]:`, `host:`) is left to `push_origin` to judge.
     let b = host;
+    if b.last() == Some(&b':') {
+        return false;
+    }
     let mut colon = None;
     for (i, &c) in b.iter().enumerate() {
         match c {
@@ -524,6 +528,8 @@ mod tests {
             ("http", "app.test:0", None),
             ("http", "app.test:00", Some("app.test:0")),
             ("http", "127.0.0.1:18180", None),
+            ("http", "[::1]:", Some("[::1]")),
+            ("http", "host:", None),
             ("http", "", None),
         ];
         for (scheme, host, want) in cases {

@@ -20,9 +20,12 @@ use crate::io::ConnActivity;
 pub const PREMATURE: Duration = Duration::from_secs(1);
 
 /// Whether a connection whose client opened `streams` and reset `premature` of them early is
-/// abusing the protocol: at least 100 streams, more than half reset.
+/// abusing the protocol: at least 500 streams, more than half reset (Envoy's defaults). Fewer
+/// streams are not judged: a gRPC client with short deadlines, or a page cancelling each
+/// search-as-you-type fetch, resets many of a few hundred streams early while its backend is
+/// slow, and must not lose its connection for it.
 pub fn too_many_resets(streams: u32, premature: u32) -> bool {
-    streams >= 100 && u64::from(premature) * 2 > u64::from(streams)
+    streams >= 500 && u64::from(premature) * 2 > u64::from(streams)
 }
 
 /// Requests handed to a connection's handler, those the client dropped (an HTTP/2 RST_STREAM)
@@ -89,10 +92,10 @@ mod tests {
     fn a_connection_that_resets_most_of_its_streams_early_is_shut_down() {
         let cases = [
             (0, 0, false),
-            (99, 99, false),
-            (100, 50, false),
-            (100, 51, true),
-            (1000, 499, false),
+            (499, 499, false),
+            (500, 250, false),
+            (500, 251, true),
+            (1000, 500, false),
             (1000, 501, true),
             (u32::MAX, u32::MAX, true),
         ];

@@ -222,7 +222,7 @@ async fn an_http2_connection_kept_busy_by_pings_alone_is_closed_at_idle() {
 
 /// "Paced" rapid reset: streams reset a few milliseconds after they open, once the server has
 /// taken them. h2 counts only resets of streams not yet taken, so each such stream cost a
-/// backend request (and a backend connection thrown away) without end: all 1000 here reached
+/// backend request (and a backend connection thrown away) without end: all 1500 here reached
 /// the origin over one connection. A connection whose client resets most of its streams as soon
 /// as it opens them now gets a GOAWAY, as Envoy's premature-reset check gives one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +239,7 @@ async fn http2_rapid_reset_paced_past_the_accept_queue_is_cut_with_a_goaway() {
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
-        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
             while let Ok(n) = rd.read(&mut buf).await {
                 if n == 0 {
                     return;
@@ -254,7 +254,7 @@ async fn http2_rapid_reset_paced_past_the_accept_queue_is_cut_with_a_goaway() {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(4, 0, 0, &[]));
     let _ = wr.write_all(&out).await;
-    for batch in 0..10u32 {
+    for batch in 0..15u32 {
         let streams: Vec<u32> = (0..100).map(|i| 2 * (batch * 100 + i) + 1).collect();
         let heads: Vec<u8> = streams
             .iter()
@@ -275,7 +275,48 @@ async fn http2_rapid_reset_paced_past_the_accept_queue_is_cut_with_a_goaway() {
     }
     let (goaway, closed) = reader.await.unwrap();
     assert!(goaway && closed, "goaway {goaway}, closed {closed}");
-    assert!(o.hits() < 500, "{} requests reached the origin", o.hits());
+    // Judged from its 500th stream on: the first 500 reached the origin, few of the next.
+    assert!(o.hits() <= 700, "{} requests reached the origin", o.hits());
     let resets = "streamgate_limited_total{limit=\"resets\",listener=\"web\"}";
     assert_eq!(metric(&d.metrics().await, resets), Some(1.0));
+}
+
+/// A client that cancels many of a few hundred streams early while its backend is slow (gRPC
+/// deadlines, a page cancelling each search-as-you-type fetch) keeps its connection: only a
+/// connection past 500 streams is judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cancelling_a_few_hundred_slow_streams_keeps_its_connection() {
+    let o = Origin::start("o").await;
+    o.set_delay(Duration::from_secs(1));
+    let d = config(&o, Timeouts::new()).start().await;
+    let s = TcpStream::connect(d.addr("web")).await.unwrap();
+    let (tx, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = || {
+        Request::get("http://a.example/")
+            .body(http_body_util::Empty::new())
+            .unwrap()
+    };
+    for _ in 0..4 {
+        let pending: Vec<_> = (0..100)
+            .map(|_| tokio::spawn(tx.clone().send_request(req())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Cancelled: each stream is reset.
+        pending.iter().for_each(|p| p.abort());
+    }
+    o.set_delay(Duration::ZERO);
+    let answer = tokio::time::timeout(Duration::from_secs(10), tx.clone().send_request(req()))
+        .await
+        .expect("answered")
+        .expect("the connection is still served");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert!(!conn.is_finished(), "the connection was closed");
+    let resets = "streamgate_limited_total{limit=\"resets\",listener=\"web\"}";
+    assert_eq!(metric(&d.metrics().await, resets), Some(0.0));
 }

@@ -430,8 +430,9 @@ impl HttpProxy {
         // Told to drain, hyper finishes the request in hand and closes; an idle connection
         // closes at once.
         let mut told = false;
-        // A client cut for resetting its streams gets a second to take its GOAWAY: hyper's
-        // graceful shutdown waits for a PING's answer, which such a client may never send.
+        // A client cut for resetting its streams has ten seconds to take its GOAWAY and finish
+        // its other streams: hyper's graceful shutdown waits for a PING's answer, which such a
+        // client may never send.
         let mut cut: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let ended = std::future::poll_fn(|cx| {
             if !told && seat.poll_draining(cx) {
@@ -443,7 +444,7 @@ impl HttpProxy {
                 self.limited.count(crate::limits::Limit::Resets);
                 debug!(listener = %self.listener, peer = %peer, "HTTP/2 client reset most of its streams as it opened them; GOAWAY");
                 conn.as_mut().graceful_shutdown();
-                cut = Some(Box::pin(tokio::time::sleep(std::time::Duration::from_secs(1))));
+                cut = Some(Box::pin(tokio::time::sleep(std::time::Duration::from_secs(10))));
             }
             if let Some(c) = cut.as_mut()
                 && c.as_mut().poll(cx).is_ready()
