@@ -118,6 +118,8 @@ pub struct FillBudget {
     used: AtomicU64,
     /// `cache_fill_bytes`, shared by every service.
     gauge: IntGauge,
+    /// Fills of the service running without their client (`record::MAX_ORPHANS`).
+    pub(crate) orphans: std::sync::atomic::AtomicUsize,
 }
 
 impl FillBudget {
@@ -125,6 +127,7 @@ impl FillBudget {
         FillBudget {
             used: AtomicU64::new(0),
             gauge,
+            orphans: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

@@ -52,7 +52,7 @@ pub struct EdgeMetrics {
     /// `cache_served_bytes_total{source="cache"}`
     pub served: IntCounter,
     /// `cache_fills_dropped_total{reason}`, indexed by [`record::Dropped`].
-    pub fills_dropped: [IntCounter; 3],
+    pub fills_dropped: [IntCounter; 4],
     /// `cache_variant_evictions_total`
     pub variant_evictions: IntCounter,
     /// `cache_fill_bytes`

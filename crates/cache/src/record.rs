@@ -7,6 +7,7 @@
 //! 8 MiB objects) costs the budget, not a thousand objects.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use http::StatusCode;
@@ -27,19 +28,35 @@ pub enum Dropped {
     Size,
     /// The origin's body failed or ended early.
     Error,
+    /// Its client left while [`MAX_ORPHANS`] fills of the service ran without theirs.
+    Orphaned,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 3] = [Dropped::Memory, Dropped::Size, Dropped::Error];
+    pub const ALL: [Dropped; 4] = [
+        Dropped::Memory,
+        Dropped::Size,
+        Dropped::Error,
+        Dropped::Orphaned,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Dropped::Memory => "memory",
             Dropped::Size => "size",
             Dropped::Error => "error",
+            Dropped::Orphaned => "orphaned",
         }
     }
 }
+
+/// Most fills of one service that go on after their client left. Such a fill is kept so that
+/// the next client of the object finds it stored, but each holds a backend connection (and up
+/// to ten stalls of the origin's time): without a bound, clients that asked for new objects of
+/// a slow origin and left at once made the daemon hold one backend connection per request,
+/// however many. nginx ends such a fetch with its client unless told otherwise
+/// (`proxy_ignore_client_abort`); past this many, so does StreamGate.
+pub const MAX_ORPHANS: usize = 256;
 
 /// The head of a response about to be recorded.
 #[derive(Debug)]
@@ -67,6 +84,8 @@ pub struct Recorder {
     /// The origin said the length, and all of it was taken from the budget at the start: no
     /// more of the body can be refused.
     reserved: bool,
+    /// Counted among the service's fills without a client (see [`Recorder::orphaned`]).
+    orphan: bool,
 }
 
 impl Recorder {
@@ -89,6 +108,7 @@ impl Recorder {
             fill,
             cache: cache.clone(),
             reserved: false,
+            orphan: false,
         };
         match length {
             Some(n) if n > spec.max_object_size => Err(r.drop_for(Dropped::Size)),
@@ -157,6 +177,27 @@ impl Recorder {
     /// ends, and a client behind it can be served from it (see `pump` in the proxy).
     pub fn reserved(&self) -> bool {
         self.reserved
+    }
+
+    /// Its client left: the recording goes on if fewer than [`MAX_ORPHANS`] of the service's
+    /// do already, else it is given up (counted as `orphaned`; its waiters fetch on their own)
+    /// and `None` is returned.
+    pub fn orphaned(mut self) -> Option<Recorder> {
+        if self.orphan {
+            return Some(self);
+        }
+        let orphans = &self.cache.fill_budget.orphans;
+        let taken = orphans
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < MAX_ORPHANS).then_some(n + 1)
+            })
+            .is_ok();
+        if !taken {
+            self.drop_for(Dropped::Orphaned);
+            return None;
+        }
+        self.orphan = true;
+        Some(self)
     }
 
     /// Bytes of the body recorded so far.
@@ -238,7 +279,7 @@ impl Recorder {
         if let Some(g) = &self.fill {
             g.set(match why {
                 Dropped::Error => Outcome::Failed,
-                Dropped::Memory | Dropped::Size => Outcome::Uncacheable,
+                Dropped::Memory | Dropped::Size | Dropped::Orphaned => Outcome::Uncacheable,
             });
         }
         self.head = None;
@@ -264,6 +305,12 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         if self.taken > 0 {
             self.cache.fill_budget.give_back(self.taken);
+        }
+        if self.orphan {
+            self.cache
+                .fill_budget
+                .orphans
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

@@ -120,7 +120,7 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// `cache_fill_bytes`: bytes held by responses being recorded into the cache.
     pub cache_fill_bytes: IntGauge,
-    /// `cache_fills_dropped_total{reason}`: recordings given up (memory, size, error).
+    /// `cache_fills_dropped_total{reason}`: recordings given up (memory, size, error, orphaned).
     pub cache_fills_dropped: IntCounterVec,
     /// `recovery_point_age_seconds`
     pub recovery_point_age: Gauge,
@@ -389,7 +389,7 @@ impl Metrics {
             cache_fills_dropped: counter_vec(
                 r,
                 "cache_fills_dropped_total",
-                "Responses streamed to their client but not stored, by reason (memory: max_fill_bytes reached, size: over max_object_size, error: the origin's body failed)",
+                "Responses streamed to their client but not stored, by reason (memory: max_fill_bytes reached, size: over max_object_size, error: the origin's body failed, orphaned: the client left while 256 fills of the service ran without theirs)",
                 &["reason"],
             ),
             recovery_point_age: gauge(

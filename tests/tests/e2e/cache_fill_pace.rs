@@ -381,3 +381,39 @@ async fn a_fill_with_no_room_to_read_ahead_still_streams_to_its_client() {
     let again = fetch(&d, path).await;
     assert_eq!((xc(&again), again.body.len()), ("HIT", 8 << 20));
 }
+
+/// Fills that go on after their client left are bounded: clients that asked for new objects of
+/// a slow origin and left at once made the daemon hold a backend connection per request, with
+/// no limit. The first 256 of a service still go on (and are stored); past that, a fill ends
+/// with its client, as nginx's does, counted as `orphaned`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_whose_clients_left_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let orphans = streamgate_cache::record::MAX_ORPHANS;
+    let o = Origin::start("o").await;
+    let d = start(&o, Cache::new("1GiB")).await;
+    let n = orphans + 44;
+    for i in 0..n {
+        // 128 KiB, of which the origin sends 64 KiB and then waits.
+        let path = format!("/c/left-{i}?cc=max-age%3D60&size=131072&hold=1");
+        let mut s = tokio::net::TcpStream::connect(d.addr("web")).await.unwrap();
+        let ask = format!("GET {path} HTTP/1.1\r\nhost: cdn.example.com\r\n\r\n");
+        s.write_all(ask.as_bytes()).await.unwrap();
+        let mut head = [0u8; 1024];
+        assert!(s.read(&mut head).await.unwrap() > 0, "no answer for {path}");
+        // The client leaves with its answer begun.
+    }
+    let series = "streamgate_cache_fills_dropped_total{reason=\"orphaned\"}";
+    let mut dropped = None;
+    for _ in 0..200 {
+        dropped = metric(&d.metrics().await, series);
+        if dropped == Some(44.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(dropped, Some(44.0), "{}", d.metrics().await);
+    // The fills kept go on once the origin sends the rest, and are stored.
+    o.release();
+    until_stored(&d, orphans as f64, "the fills without their clients").await;
+}

@@ -423,13 +423,20 @@ impl ProxyBody {
             return;
         };
         match std::mem::replace(&mut self.inner, Inner::Full(None)) {
+            // Read on without a client, if the service has room for one more such fill.
             Inner::Upstream(body) => {
+                let Some(recorder) = recorder.orphaned() else {
+                    return;
+                };
                 rt.spawn(async move {
                     let _lease = lease;
                     finish_recording(body, recorder, stall).await;
                 });
             }
             Inner::Pumped(body) => {
+                let Some(recorder) = recorder.orphaned() else {
+                    return;
+                };
                 rt.spawn(finish_recording(body, recorder, stall));
             }
             // A window that took nothing of a body that was all here (a 304, a 412): it is

@@ -14,6 +14,7 @@ pub mod headers;
 mod origin;
 mod pump;
 mod purge;
+mod read_ahead;
 mod recording;
 mod request;
 mod rules;

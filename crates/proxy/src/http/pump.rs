@@ -30,7 +30,6 @@
 //! or gone leaves the fill running, for at most ten stalls more. The backend is let go as soon as
 //! its body has been read, however long the client takes.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -44,14 +43,14 @@ use http_body_util::BodyExt;
 use streamgate_balance::Lease;
 use tokio::sync::{Notify, mpsc};
 
-use streamgate_cache::record::AheadBytes;
 use tokio::time::Instant;
 
+use super::read_ahead::{Ahead, data_len};
 use super::recording::{DRAIN_STALLS, Recording};
 use crate::io::ActiveRequest;
 use crate::upstream::{BoxError, UpstreamBody};
 
-type Piece = Result<Frame<Bytes>, BoxError>;
+pub(super) type Piece = Result<Frame<Bytes>, BoxError>;
 
 /// Frames buffered between the task and the client: two pieces.
 const DEPTH: usize = 2;
@@ -60,7 +59,7 @@ const DEPTH: usize = 2;
 /// most this much. hyper asks for the next piece once the last one is sent, so the `idle` bound
 /// on each hand-over means "at least one piece per `idle`": with 64 KiB pieces and idle = 10 s,
 /// a client reading 6 KB/s would have been cut while still reading.
-const PIECE: usize = 16 * 1024;
+pub(super) const PIECE: usize = 16 * 1024;
 
 /// What the task and the client's end share.
 #[derive(Debug, Default)]
@@ -228,59 +227,6 @@ struct Ends {
     idle: Option<Duration>,
 }
 
-/// Pieces read ahead of the client, each with its bytes of the fill budget.
-#[derive(Default)]
-struct Ahead {
-    pieces: VecDeque<(Piece, Option<AheadBytes>)>,
-    /// The budget refused the last piece: read no further until the client catches up.
-    over_budget: bool,
-    /// When the client last took a piece, or was given one to take.
-    since: Option<Instant>,
-}
-
-impl Ahead {
-    fn push(&mut self, piece: Piece, recording: Option<&Recording>) {
-        let n = data_len(&piece);
-        let hold = recording.and_then(|r| r.recorder.hold_ahead(n as u64));
-        self.over_budget |= n > 0 && hold.is_none();
-        if self.pieces.is_empty() {
-            self.since = Some(Instant::now());
-        }
-        self.pieces.push_back((piece, hold));
-    }
-
-    fn clear(&mut self) {
-        self.pieces.clear();
-        self.over_budget = false;
-    }
-
-    /// Replaces what waits for the client with the recorded body from `sent` on: slices of
-    /// the stored object, which hold no fill budget (the cache counts them).
-    fn serve_rest_from(&mut self, body: &Bytes, sent: usize) {
-        self.clear();
-        let mut rest = body.slice(sent.min(body.len())..);
-        while rest.len() > PIECE {
-            self.pieces
-                .push_back((Ok(Frame::data(rest.split_to(PIECE))), None));
-        }
-        if !rest.is_empty() {
-            self.pieces.push_back((Ok(Frame::data(rest)), None));
-        }
-        if self.since.is_none() {
-            self.since = Some(Instant::now());
-        }
-    }
-}
-
-/// Bytes of data in `piece`.
-fn data_len(piece: &Piece) -> usize {
-    piece
-        .as_ref()
-        .ok()
-        .and_then(Frame::data_ref)
-        .map_or(0, Bytes::len)
-}
-
 /// [`pump`] for a fill: reads at the origin's pace while the recording runs, keeping what the
 /// client has not taken (see the module's text).
 async fn pump_recording(
@@ -322,6 +268,17 @@ async fn pump_recording(
                 break;
             }
             if drain_by.is_none() {
+                // One fill more without its client, if the service has room for it.
+                recording = recording.and_then(|r| {
+                    let drain_stall = r.drain_stall;
+                    r.recorder.orphaned().map(|recorder| Recording {
+                        recorder,
+                        drain_stall,
+                    })
+                });
+                if recording.is_none() {
+                    break;
+                }
                 // Its request is over: the connection may go idle while the fill runs on.
                 drop(
                     shared
