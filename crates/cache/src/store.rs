@@ -57,8 +57,15 @@ fn keep_for(entry: &Entry) -> Duration {
         .unwrap_or(Duration::from_secs(1))
 }
 
-fn weight(entry: &Entry) -> u64 {
-    entry.iter().map(|v| v.size).sum()
+/// What an entry under `key` counts against the byte bound: its variants, and the key, which
+/// the store's node holds once. A URL may be as long as a request head (max_header_bytes,
+/// 64 KiB by default): uncounted, entries of tiny bodies held 25 times the bound.
+fn weight(key: &str, entry: &Entry) -> u64 {
+    entry
+        .iter()
+        .map(|v| v.size)
+        .sum::<u64>()
+        .saturating_add(key.len() as u64)
 }
 
 impl ServiceCache {
@@ -243,10 +250,7 @@ impl ServiceCache {
     fn put(&self, key: &str, entry: Entry) -> bool {
         let now = Instant::now();
         let expires = now.checked_add(keep_for(&entry)).unwrap_or(now);
-        // The key is held once, by the store's node: a URL may be as long as a request head
-        // (max_header_bytes, 64 KiB by default), so uncounted, entries of tiny bodies held
-        // 25 times the bound.
-        let w = weight(&entry).saturating_add(key.len() as u64);
+        let w = weight(key, &entry);
         self.entries.insert(key, entry, w, expires)
     }
 
@@ -271,7 +275,7 @@ impl ServiceCache {
             return false;
         }
         let entry: Entry = Arc::new(list);
-        let w = weight(&entry);
+        let w = weight(key, &entry);
         let now = Instant::now();
         self.entries
             .insert(key, entry, w, now.checked_add(keep).unwrap_or(now))
@@ -474,6 +478,20 @@ mod tests {
         assert!(
             c.objects() * 60_000 <= 1 << 20,
             "{} objects of 60 KB keys",
+            c.objects()
+        );
+        // A recovery point's objects are weighed the same way.
+        let c = ServiceCache::new(spec(1 << 20), IntCounter::new("e", "e").unwrap(), edge());
+        for i in 0..100 {
+            let key = format!("h/x?{i}{long}");
+            for _ in 0..2 {
+                c.restore(&key, vec![variant(10, "")], Duration::from_secs(600));
+            }
+        }
+        c.settle();
+        assert!(
+            c.objects() * 60_000 <= 1 << 20,
+            "{} restored objects of 60 KB keys",
             c.objects()
         );
     }
