@@ -169,20 +169,22 @@ impl Directives {
             let v = String::from_utf8_lossy(v.as_bytes());
             for m in members(&v) {
                 any = true;
-                if is_token(m.name) {
+                // A well-formed name is applied; one that is not is only scanned for words.
+                let name = if is_token(m.name) {
                     self.apply(m);
-                }
+                    ""
+                } else {
+                    m.name
+                };
                 // A value with a space or a quote in it is either a quoted list of field names
                 // (`private="set-cookie, x-user"`, whose words are never these three) or a
                 // member run into the next (`no-cache="x" private`): scanned either way.
                 let spaced = m
                     .value
                     .is_some_and(|v| v.contains(|c: char| c.is_whitespace() || c == '"'));
-                if is_token(m.name) && !spaced {
+                if name.is_empty() && !spaced {
                     continue;
                 }
-                // The name counts as a word only when it is not a token already applied.
-                let name = if is_token(m.name) { "" } else { m.name };
                 let text = [name, m.value.unwrap_or("")];
                 let words = text
                     .iter()

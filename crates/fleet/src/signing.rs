@@ -1,5 +1,6 @@
-//! Purges signed with a key the fleet shares (`[fleet] key_file`): HMAC-SHA256 over the
-//! message's bytes, in a header of its own.
+//! Purges and fleet words signed with a key the fleet shares (`[fleet] key_file`):
+//! HMAC-SHA256 over the subject and the message, a purge's in a header of its own, a word's in
+//! a field of its stored value (see `word::signed_with`).
 //!
 //! NATS permissions decide who may publish on the purge subject; with many PoPs, credentials
 //! and accounts, one publisher too many (a leaked PoP credential, a subject permission too
