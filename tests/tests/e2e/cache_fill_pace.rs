@@ -163,6 +163,16 @@ async fn until_stored(d: &TestDaemon, n: f64, why: &str) {
     panic!("{why}: {objects:?} objects stored, not {n}");
 }
 
+/// Another new 16 MiB object, fetched meanwhile, is stored: the next request for it is a HIT
+/// and nothing was dropped for memory.
+async fn another_new_object_is_stored(d: &TestDaemon) {
+    let other = "/c/other?cc=max-age%3D60&size=16777216";
+    assert_eq!(fetch(d, other).await.body.len(), BIG_LEN);
+    let again = fetch(d, other).await;
+    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
+    assert_eq!(dropped_for_memory(d).await, 0.0);
+}
+
 /// What waits for a slow client is held from `max_fill_bytes` with the recordings, leaving
 /// `max_object_size` of it free. With the rest spent, a recording that holds the whole body
 /// (the origin said its length) goes on at the origin's pace and is stored; its client is then
@@ -186,12 +196,7 @@ async fn what_waits_for_a_slow_client_is_bounded_and_given_back_once_stored() {
         held, 0.0,
         "the budget is given back while the leader reads nothing"
     );
-    // Another new object, meanwhile, is fetched and stored.
-    let other = "/c/other?cc=max-age%3D60&size=16777216";
-    assert_eq!(fetch(&d, other).await.body.len(), BIG_LEN);
-    let again = fetch(&d, other).await;
-    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
-    assert_eq!(dropped_for_memory(&d).await, 0.0);
+    another_new_object_is_stored(&d).await;
     leader_gets_it_all(leader).await;
     let again = fetch(&d, BIG).await;
     assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
@@ -210,11 +215,7 @@ async fn clients_that_read_nothing_cannot_keep_other_objects_out_of_the_cache() 
     let a = stalled_leader(&d, &o, "/c/a?cc=max-age%3D60&size=16777216").await;
     let b = stalled_leader(&d, &o, "/c/b?cc=max-age%3D60&size=16777216").await;
     until_stored(&d, 2.0, "the fills went at their leaders' pace").await;
-    let other = "/c/other?cc=max-age%3D60&size=16777216";
-    assert_eq!(fetch(&d, other).await.body.len(), BIG_LEN);
-    let again = fetch(&d, other).await;
-    assert_eq!((xc(&again), again.body.len()), ("HIT", BIG_LEN));
-    assert_eq!(dropped_for_memory(&d).await, 0.0);
+    another_new_object_is_stored(&d).await;
     leader_gets_it_all(a).await;
     leader_gets_it_all(b).await;
 }
