@@ -562,3 +562,33 @@ fn strict_sni_is_for_https_listeners() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn rule_header_values_hold_no_control_characters() {
+    // TOML escapes, as an operator would write them.
+    for (value, refused) in [
+        (r"a\tb", false),
+        (r"caf\u00e9", false),
+        (r"a\u0001b", true),
+        (r"a\u007fb", true),
+        (r"a\rb", true),
+        (r"a\u0000", true),
+    ] {
+        let text = format!(
+            "{GOOD}\n[[services.rules]]\nname = \"r\"\nrequest_headers = {{ set = {{ \"X-User\" = \"{value}\" }} }}\n"
+        );
+        let errors = parse_str(&text)
+            .err()
+            .map(|e| e.0.iter().map(ToString::to_string).collect::<Vec<_>>());
+        match (refused, errors) {
+            (false, None) => {}
+            (true, Some(e)) => assert!(
+                e.len() == 1
+                    && e[0].contains("request_headers.set.X-User")
+                    && e[0].contains("no control characters"),
+                "{value}: {e:?}"
+            ),
+            (refused, e) => panic!("{value}: refused {refused}, errors {e:?}"),
+        }
+    }
+}

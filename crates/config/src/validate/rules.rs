@@ -410,8 +410,16 @@ fn edits(
                 ctx.err(table.span(), k, "a header value is a string");
                 continue;
             };
-            if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                ctx.err(table.span(), k, "a header value has no line breaks or NUL");
+            // What a field value may not hold (RFC 9110 §5.5): a control byte other than
+            // HTAB. A value that cannot be sent would leave the field the rule meant to set
+            // as the client sent it.
+            if v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                ctx.err(
+                    table.span(),
+                    k,
+                    "a header value has no control characters (line breaks, NUL, DEL); \
+                     write a tab as \\t",
+                );
                 continue;
             }
             let spanned = S::new(table.span(), v.to_string());

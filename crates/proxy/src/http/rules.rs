@@ -124,7 +124,17 @@ fn edit(headers: &mut HeaderMap, edits: &[Edit<String>], spellings: bool) {
                     HeaderName::from_bytes(n.as_bytes()),
                     HeaderValue::from_str(v),
                 ) else {
-                    debug!(header = %n, "a rule's header value is not a valid field value; skipped");
+                    // Fails closed: a `set` whose value cannot be sent removes the field
+                    // rather than leave it as the client (or the origin) sent it, so a
+                    // forged `X-Auth-User` never passes for the rule's. Validation refuses
+                    // control bytes in the templates, so only an expansion could get here.
+                    debug!(header = %n, "a rule's header value is not a valid field value; the field is removed");
+                    if matches!(e, Edit::Set(..)) {
+                        headers.remove(n.as_str());
+                        if spellings {
+                            remove_other_spellings(headers, n);
+                        }
+                    }
                     continue;
                 };
                 if matches!(e, Edit::Set(..)) {
@@ -243,6 +253,20 @@ mod tests {
         assert!(h.get("x_client").is_none());
         assert_eq!(h.get("x-client").unwrap(), "127.0.0.1");
         assert_eq!(h.get("x-api_key").unwrap(), "k");
+    }
+
+    #[test]
+    fn a_set_whose_value_cannot_be_sent_removes_the_field_it_meant_to_set() {
+        let mut h = head(&[("x-auth-user", "forged"), ("x_auth_user", "forged")]);
+        edit_request(
+            &mut h,
+            &[
+                Edit::Set("X-Auth-User".into(), "a\u{1}b".into()),
+                Edit::Add("X-Note".into(), "a\u{7f}".into()),
+            ],
+        );
+        assert!(h.get("x-auth-user").is_none() && h.get("x_auth_user").is_none());
+        assert!(h.get("x-note").is_none());
     }
 
     #[test]
