@@ -127,7 +127,11 @@ impl Origin {
         state: Arc<OriginState>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Origin {
-        let listener = TcpListener::bind(addr).await.expect("bind origin");
+        let listener = if addr.port() == 0 {
+            bind_restartable(addr).await
+        } else {
+            TcpListener::bind(addr).await.expect("bind origin")
+        };
         let addr = listener.local_addr().unwrap();
         let name_owned = name.to_string();
         let st = state.clone();
@@ -271,6 +275,27 @@ impl Origin {
         }
         panic!("origin {} did not stop within 5 s", self.name);
     }
+}
+
+/// A listener on a free port below the kernel's ephemeral range, so that an origin stopped
+/// and started again on its port finds it free. A port the kernel handed out (`:0`) is in
+/// that range, and while its origin was down any outgoing connection of the suite (the
+/// daemon's health checks and backend connects, another test's clients) could be given it
+/// and hold it past the restart: "port still taken 5 s after it stopped".
+async fn bind_restartable(addr: SocketAddr) -> TcpListener {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > 2048 {
+        for _ in 0..200 {
+            let port = fastrand::u16(1024..low);
+            if let Ok(l) = TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+                return l;
+            }
+        }
+    }
+    TcpListener::bind(addr).await.expect("bind origin")
 }
 
 impl Drop for Origin {

@@ -67,10 +67,16 @@ impl Origins {
         // The stopped listener closes when its aborted task is dropped: wait for the port, up
         // to 5 s (1 s was thin on a loaded machine). Probed as the origin binds it, with
         // SO_REUSEADDR: without it, the connections the origin closed first (TIME_WAIT) keep
-        // the port taken for a minute.
+        // the port taken for a minute. Bound, never listening: a probe that listened would
+        // take the daemon's connects for an instant and reset them, each a sent attempt.
+        let probe = || {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.set_reuseaddr(true)?;
+            s.bind(addr)
+        };
         let mut free = false;
         for _ in 0..500 {
-            if tokio::net::TcpListener::bind(addr).await.is_ok() {
+            if probe().is_ok() {
                 free = true;
                 break;
             }
@@ -99,6 +105,7 @@ async fn chaos_under_load_fails_no_idempotent_request() {
     let p = DaemonProcess::start(BIN, &text.to_toml(), &["web", "admin"]);
     let web = p.addr("web");
 
+    let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -127,6 +134,8 @@ async fn chaos_under_load_fails_no_idempotent_request() {
                         ok.fetch_add(1, SeqCst);
                     }
                     other => {
+                        // As it happens, so that the log places it among the chaos.
+                        eprintln!("{:?} {host}{path} failed", started.elapsed());
                         failed.fetch_add(1, SeqCst);
                         failures.lock().unwrap().push(format!(
                             "{host}{path}: {:?}",
@@ -139,7 +148,6 @@ async fn chaos_under_load_fails_no_idempotent_request() {
     }
 
     // The chaos: about 15 s, one action every 150 ms, reloads in between.
-    let started = Instant::now();
     // The restarts, awaited at the end: a backend that failed to come back fails the test
     // rather than leaving it to run with fewer backends.
     let mut restarts = Vec::new();
